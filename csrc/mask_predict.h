@@ -1,0 +1,21 @@
+// janus_fast::mask_predict_step: one mask-predict iteration (fill masked positions with their
+// argmax token and its log-probability, then re-mask the lowest-scoring real tokens).
+// The schema is registered in mask_predict.cpp; the CPU kernel is in cpu/mask_predict_cpu.cpp,
+// the CUDA kernels in cuda/mask_predict_cuda.cu, the torch-free core logic in core/.
+#pragma once
+
+#include <torch/library.h>
+#include <ATen/ATen.h>
+
+namespace janus_fast {
+
+// Validates shapes, dtypes, devices, contiguity and the scalar arguments. Throws c10 errors
+// (TypeError / ValueError / RuntimeError in Python) instead of touching memory out of bounds.
+void check_mask_predict_inputs(const at::Tensor& logits, const at::Tensor& tokens,
+                               const at::Tensor& scores, const at::Tensor& lengths,
+                               int64_t iteration, int64_t num_iterations, int64_t mask_id);
+
+// Reads `lengths` (N,) to check 2 <= lengths <= T (a device synchronisation for CUDA tensors).
+void check_mask_predict_lengths(const at::Tensor& lengths, int64_t max_length);
+
+}  // namespace janus_fast

@@ -1,0 +1,187 @@
+"""Native ops of janus_fast behind typed Python entry points.
+
+``mask_predict_step`` runs the C++ / CUDA kernel ``torch.ops.janus_fast.mask_predict_step`` from
+the extension ``janus_fast._C`` when it is built, else the pure-PyTorch reference
+(``mask_predict_step_reference``, the spec both are tested against) with one warning.
+Set ``JANUS_FAST_FORCE_REFERENCE=1`` to always use the reference.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from janus_fast.ops.reference import mask_predict_step_reference, num_to_remask
+
+__all__ = [
+    "HAS_NATIVE_OPS",
+    "NATIVE_IMPORT_ERROR",
+    "mask_predict_step",
+    "mask_predict_step_reference",
+    "num_to_remask",
+    "uses_native_ops",
+]
+
+
+def _load_native() -> tuple[bool, str | None]:
+    try:
+        import janus_fast._C  # noqa: F401  (registers torch.ops.janus_fast.*)
+    except ImportError as error:
+        return False, str(error)
+    return hasattr(torch.ops.janus_fast, "mask_predict_step"), None
+
+
+HAS_NATIVE_OPS, NATIVE_IMPORT_ERROR = _load_native()
+_warned_missing = False
+
+_LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def uses_native_ops() -> bool:
+    """True when ``mask_predict_step`` calls the compiled kernels (built and not forced off)."""
+    forced = os.environ.get("JANUS_FAST_FORCE_REFERENCE", "0").lower() in ("1", "true", "yes")
+    return HAS_NATIVE_OPS and not forced
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"mask_predict_step: {name} must be an int, got {type(value).__name__}")
+    return value
+
+
+def _check_inputs(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    scores: torch.Tensor,
+    lengths: torch.Tensor,
+    iteration: int,
+    num_iterations: int,
+    mask_id: int,
+) -> None:
+    for name, tensor in (
+        ("logits", logits),
+        ("tokens", tokens),
+        ("scores", scores),
+        ("lengths", lengths),
+    ):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(
+                f"mask_predict_step: {name} must be a torch.Tensor, got {type(tensor).__name__}"
+            )
+    if logits.dtype not in _LOGIT_DTYPES:
+        raise TypeError(
+            f"mask_predict_step: logits must be float32, bfloat16 or float16, got {logits.dtype}"
+        )
+    for name, tensor, dtype in (
+        ("tokens", tokens, torch.int64),
+        ("scores", scores, torch.float32),
+        ("lengths", lengths, torch.int64),
+    ):
+        if tensor.dtype != dtype:
+            raise TypeError(f"mask_predict_step: {name} must be {dtype}, got {tensor.dtype}")
+    if logits.dim() != 3:
+        raise ValueError(
+            f"mask_predict_step: logits must be (N, T, V), got shape {tuple(logits.shape)}"
+        )
+    num_rows, max_length, vocab_size = logits.shape
+    for name, tensor in (("tokens", tokens), ("scores", scores)):
+        if tensor.shape != (num_rows, max_length):
+            raise ValueError(
+                f"mask_predict_step: {name} must be (N, T) = "
+                f"{(num_rows, max_length)}, got {tuple(tensor.shape)}"
+            )
+        if not tensor.is_contiguous():
+            raise ValueError(
+                f"mask_predict_step: {name} is updated in place and must be contiguous"
+            )
+    if lengths.shape != (num_rows,):
+        raise ValueError(
+            f"mask_predict_step: lengths must be (N,) = ({num_rows},), got {tuple(lengths.shape)}"
+        )
+    devices = {tensor.device for tensor in (logits, tokens, scores, lengths)}
+    if len(devices) != 1:
+        raise ValueError(
+            f"mask_predict_step: all tensors must be on one device, got logits on "
+            f"{logits.device}, tokens on {tokens.device}, scores on {scores.device}, "
+            f"lengths on {lengths.device}"
+        )
+    if max_length < 2:
+        raise ValueError(f"mask_predict_step: T must be >= 2 (bos and eos), got {max_length}")
+    if vocab_size < 2:
+        raise ValueError(f"mask_predict_step: V must be >= 2, got {vocab_size}")
+    iteration = _check_int("iteration", iteration)
+    num_iterations = _check_int("num_iterations", num_iterations)
+    mask_id = _check_int("mask_id", mask_id)
+    if num_iterations < 1:
+        raise ValueError(f"mask_predict_step: num_iterations must be >= 1, got {num_iterations}")
+    if not 0 <= iteration < num_iterations:
+        raise ValueError(
+            f"mask_predict_step: iteration must be in [0, {num_iterations}), got {iteration}"
+        )
+    if not 0 <= mask_id < vocab_size:
+        raise ValueError(f"mask_predict_step: mask_id must be in [0, {vocab_size}), got {mask_id}")
+    if num_rows > 0:
+        low, high = (int(value) for value in torch.aminmax(lengths))
+        if low < 2 or high > max_length:
+            raise ValueError(
+                f"mask_predict_step: lengths must be in [2, T={max_length}], "
+                f"got values in [{low}, {high}]"
+            )
+
+
+def mask_predict_step(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    scores: torch.Tensor,
+    lengths: torch.Tensor,
+    iteration: int,
+    num_iterations: int,
+    mask_id: int,
+) -> torch.Tensor:
+    """One mask-predict iteration: fill masked positions, then re-mask the least confident.
+
+    Step 1 (fill): every real position ``1 <= p <= lengths[r] - 2`` whose token is ``mask_id``
+    gets the argmax token over ``v != mask_id`` (ties -> lowest v) and, as score, that token's
+    log-softmax over the full vocabulary, computed in fp32. Other positions are not changed.
+    Step 2 (re-mask): ``floor((lengths[r] - 2) * (num_iterations - 1 - iteration) /
+    num_iterations)`` real positions with the lowest scores (ties -> lower position) are set to
+    ``mask_id``; their scores are kept. bos (0), eos (lengths[r] - 1) and padding never change.
+    Rows are independent.
+
+    Args:
+        logits: (N, T, V) float32 / bfloat16 / float16; made contiguous if it is not.
+        tokens: (N, T) int64, contiguous, updated in place.
+        scores: (N, T) float32, contiguous, updated in place.
+        lengths: (N,) int64, 2 <= lengths <= T, counting bos and eos.
+        iteration: t in [0, num_iterations).
+        num_iterations: number of mask-predict iterations, >= 1.
+        mask_id: the mask token, in [0, V).
+
+    Returns:
+        (N, T) bool, True where step 2 re-masked.
+
+    Raises:
+        TypeError / ValueError on a wrong dtype, shape, device, layout or argument range.
+    """
+    global _warned_missing
+    _check_inputs(logits, tokens, scores, lengths, iteration, num_iterations, mask_id)
+    logits = logits.contiguous()
+    lengths = lengths.contiguous()
+    if uses_native_ops():
+        return torch.ops.janus_fast.mask_predict_step(
+            logits, tokens, scores, lengths, iteration, num_iterations, mask_id
+        )
+    if not HAS_NATIVE_OPS and not _warned_missing:
+        _warned_missing = True
+        warnings.warn(
+            "janus_fast native extension (janus_fast._C) is not available "
+            f"({NATIVE_IMPORT_ERROR}); mask_predict_step uses the slower PyTorch reference. "
+            "Build it with `pip install --no-build-isolation -e .`.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return mask_predict_step_reference(
+        logits, tokens, scores, lengths, iteration, num_iterations, mask_id
+    )
