@@ -17,9 +17,7 @@ from hypothesis import strategies as st
 import janus_fast.ops as ops
 from janus_fast.ops import mask_predict_step, mask_predict_step_reference
 
-needs_native = pytest.mark.skipif(
-    not ops.HAS_NATIVE_OPS, reason=f"janus_fast._C not built: {ops.NATIVE_IMPORT_ERROR}"
-)
+needs_native = pytest.mark.skipif(not ops.HAS_NATIVE_OPS, reason=f"janus_fast._C not built: {ops.NATIVE_IMPORT_ERROR}")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -98,9 +96,7 @@ def test_native_matches_reference(case: dict, data: st.DataObject) -> None:
 
     # Step 1 alone (last iteration re-masks nothing): same tokens, scores within fp32 tolerance.
     native = run(native_op, logits, tokens, scores, lengths, last, num_iterations, mask_id)
-    reference = run(
-        mask_predict_step_reference, logits, tokens, scores, lengths, last, num_iterations, mask_id
-    )
+    reference = run(mask_predict_step_reference, logits, tokens, scores, lengths, last, num_iterations, mask_id)
     assert torch.equal(native[0], reference[0])
     torch.testing.assert_close(native[1], reference[1], rtol=1e-5, atol=1e-4, equal_nan=True)
     assert not native[2].any() and not reference[2].any()
@@ -123,9 +119,7 @@ def test_native_matches_reference(case: dict, data: st.DataObject) -> None:
         assert torch.equal(step[0], expected[0])
         assert_same(step[1], filled_scores)
         # Dispatcher = native op.
-        dispatched = run(
-            mask_predict_step, logits, tokens, scores, lengths, iteration, num_iterations, mask_id
-        )
+        dispatched = run(mask_predict_step, logits, tokens, scores, lengths, iteration, num_iterations, mask_id)
         for got, want in zip(dispatched, step, strict=True):
             assert_same(got, want)
 
@@ -145,9 +139,7 @@ def test_cuda_matches_cpu(case: dict, data: st.DataObject) -> None:
     cpu_fill = run(native_op, logits, tokens, scores, lengths, last, num_iterations, mask_id)
     cuda_fill = run(native_op, *on_cuda, last, num_iterations, mask_id)
     assert torch.equal(cuda_fill[0].cpu(), cpu_fill[0])
-    torch.testing.assert_close(
-        cuda_fill[1].cpu(), cpu_fill[1], rtol=1e-5, atol=1e-4, equal_nan=True
-    )
+    torch.testing.assert_close(cuda_fill[1].cpu(), cpu_fill[1], rtol=1e-5, atol=1e-4, equal_nan=True)
     # Re-masking from the same scores is exact.
     filled = [cpu_fill[0], cpu_fill[1]]
     cpu_step = run(native_op, logits, *filled, lengths, iteration, num_iterations, mask_id)
@@ -348,9 +340,7 @@ def test_native_op_large_vocabulary_and_long_rows() -> None:
         logits, tokens, scores, lengths = make_case(3, 5, 70, 1000, dtype, 517, False, 0.7)
         for iteration in (0, 2):
             native = run(native_op, logits, tokens, scores, lengths, iteration, 3, 517)
-            reference = run(
-                mask_predict_step_reference, logits, tokens, scores, lengths, iteration, 3, 517
-            )
+            reference = run(mask_predict_step_reference, logits, tokens, scores, lengths, iteration, 3, 517)
             filled = ~native[2]
             assert torch.equal(native[0][filled], reference[0][filled])
             torch.testing.assert_close(native[1], reference[1], rtol=1e-5, atol=1e-4)
@@ -371,5 +361,21 @@ def test_native_op_under_torch_compile_and_opcheck() -> None:
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     got = run(lambda *a: compiled(*a[:4]), logits, tokens, scores, lengths, 0, 3, 0)
+    expected = run(native_op, logits, tokens, scores, lengths, 0, 3, 0)
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@needs_native
+def test_native_op_under_torchscript() -> None:
+    """torch.ops.janus_fast.mask_predict_step is callable from a scripted function."""
+
+    def step(logits: torch.Tensor, tokens: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.ops.janus_fast.mask_predict_step(logits, tokens, scores, lengths, 0, 3, 0)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript is deprecated in recent torch
+        scripted = torch.jit.script(step)
+    logits, tokens, scores, lengths = make_case(4, 3, 8, 11, torch.float32, 0, False, 1.0)
+    got = run(lambda *a: scripted(*a[:4]), logits, tokens, scores, lengths, 0, 3, 0)
     expected = run(native_op, logits, tokens, scores, lengths, 0, 3, 0)
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))

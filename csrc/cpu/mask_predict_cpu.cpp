@@ -1,11 +1,11 @@
 // CPU kernel of janus_fast::mask_predict_step.
 //
 // Step 1 (fill) runs at::parallel_for over the N*T (row, position) pairs; each masked real
-// position reads its V logits once, in blocks of kBlock values converted to fp32 in a small
-// stack buffer: a lane-wise max/argmax over the block, then sum of exp(x - running max) per lane.
-// The running max is one scalar per vocabulary row, so the sums are rescaled only when it grows.
-// The loops over kLanes lanes are written so that the compiler vectorises them; the hot function
-// is compiled twice (x86-64-v3 = AVX2/FMA/F16C, and baseline) and picked at load time.
+// position reads its V logits once (reduce_row): blocks of kBlock logits converted to fp32 on
+// load, the block max, then the sum of exp(x - running max) in 8-lane vectors (GCC / Clang vector
+// extensions, one exp per logit, the running max a scalar so the sums are rescaled only when it
+// grows); the argmax is recovered from the block that set the max. The hot functions are compiled
+// twice (x86-64-v3 = AVX2/FMA, and baseline x86-64) and picked at load time (target_clones).
 // Step 2 (re-mask) runs at::parallel_for over rows with core::select_lowest.
 #include "mask_predict.h"
 
@@ -16,7 +16,6 @@
 #include <vector>
 
 #include "core/select_lowest.h"
-
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define JANUS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
