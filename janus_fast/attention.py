@@ -1,0 +1,105 @@
+"""Masked attention of the model: one entry point, the mask described by a few integers.
+
+``MaskSpec`` names the kind of mask (padding, causal, JANUS two-stream, AR two-stream) and carries
+its per-sentence integers. ``masked_attention`` turns it into a dense boolean mask with
+``janus_fast.masks`` and calls ``torch.nn.functional.scaled_dot_product_attention`` (the CPU path);
+on CUDA tensors the fused Triton kernels of ``janus_fast.kernels`` compute the same mask inside
+the kernel instead (``JANUS_FAST_ATTENTION_BACKEND=torch|triton|auto`` forces either).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from janus_fast import masks
+
+MASK_KINDS = ("padding", "causal", "two_stream", "ar_two_stream")
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """Which keys each query may see, from per-sentence integers.
+
+    kind: one of ``MASK_KINDS``. key_lengths: (B,) int64 (for two_stream: a = content lengths).
+    num_masked: (B,) int64, b of the two-stream mask. query_offset: keys already cached before the
+    first query (causal only).
+    """
+
+    kind: str
+    key_lengths: torch.Tensor
+    num_masked: torch.Tensor | None = None
+    query_offset: int = 0
+
+    @staticmethod
+    def padding(key_lengths: torch.Tensor) -> MaskSpec:
+        return MaskSpec("padding", key_lengths)
+
+    @staticmethod
+    def causal(key_lengths: torch.Tensor, query_offset: int = 0) -> MaskSpec:
+        return MaskSpec("causal", key_lengths, query_offset=query_offset)
+
+    @staticmethod
+    def two_stream(content_lengths: torch.Tensor, num_masked: torch.Tensor) -> MaskSpec:
+        return MaskSpec("two_stream", content_lengths, num_masked)
+
+    @staticmethod
+    def ar_two_stream(lengths: torch.Tensor) -> MaskSpec:
+        return MaskSpec("ar_two_stream", lengths)
+
+    def dense(self, num_queries: int, num_keys: int) -> torch.Tensor:
+        """The mask as a (B, Tq, Tk) bool tensor (True = may attend)."""
+        if self.kind == "padding":
+            return masks.padding_mask(self.key_lengths, num_queries, num_keys)
+        if self.kind == "causal":
+            return masks.causal_mask(self.key_lengths, num_queries, num_keys, self.query_offset)
+        if self.kind == "two_stream":
+            assert self.num_masked is not None
+            return masks.two_stream_mask(self.key_lengths, self.num_masked, num_keys, num_queries - num_keys)
+        if self.kind == "ar_two_stream":
+            return masks.ar_two_stream_mask(self.key_lengths, num_keys)
+        raise ValueError(f"unknown mask kind {self.kind!r}; expected one of {MASK_KINDS}")
+
+
+def _use_triton(query: torch.Tensor) -> bool:
+    backend = os.environ.get("JANUS_FAST_ATTENTION_BACKEND", "auto")
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"JANUS_FAST_ATTENTION_BACKEND={backend!r}; expected auto, torch or triton")
+    if backend == "torch":
+        return False
+    if backend == "triton":
+        return True
+    return query.is_cuda and not torch.is_grad_enabled()
+
+
+def masked_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: MaskSpec | None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Scaled dot-product attention under ``mask``.
+
+    Args:
+        query (B, H, Tq, D), key/value (B, H, Tk, D), any float dtype; mask None = all keys.
+    Returns:
+        (B, H, Tq, D); rows with no visible key are zeros.
+    """
+    if mask is not None and dropout_p == 0.0 and _use_triton(query):
+        from janus_fast.kernels import attention as triton_attention
+
+        return triton_attention(
+            query,
+            key,
+            value,
+            mask_kind=mask.kind,
+            key_lengths=mask.key_lengths,
+            num_masked=mask.num_masked,
+            query_offset=mask.query_offset,
+        )
+    dense = None if mask is None else mask.dense(query.shape[2], key.shape[2])[:, None]
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=dense, dropout_p=dropout_p)

@@ -1,0 +1,147 @@
+"""Checkpoint directories: ``config.json`` + ``model.safetensors`` + ``spm.model``.
+
+Weights are stored with safetensors (no pickle). Each file is written to a temporary file in the
+same directory and renamed into place, so a crash never leaves a half-written file under the final
+name. ``config.json`` records the SHA-256 of the weights file, so truncated or corrupted weights are
+reported as such, naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+if TYPE_CHECKING:
+    from janus_fast.model import JanusModel
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_NAME = "spm.model"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded: the message names the file and the problem."""
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        if os.path.exists(temp_path):
+            os.unlink(temp_path)
+        raise
+
+
+def save_pretrained(
+    model: JanusModel, directory: str, tokenizer_model: bytes | None = None, dtype: torch.dtype | None = None
+) -> None:
+    """Save ``model`` (weights optionally cast to ``dtype``, e.g. bf16) and its tokenizer."""
+    state = {
+        name: (tensor.detach().to(dtype) if dtype is not None and tensor.is_floating_point() else tensor.detach())
+        .contiguous()
+        .cpu()
+        for name, tensor in model.state_dict().items()
+    }
+    weights = save_safetensors(state, metadata={"format": "janus_fast", "version": str(FORMAT_VERSION)})
+    if tokenizer_model is not None:
+        atomic_write(os.path.join(directory, TOKENIZER_NAME), tokenizer_model)
+    atomic_write(os.path.join(directory, WEIGHTS_NAME), weights)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "model": json.loads(model.config.to_json()),
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+    }
+    atomic_write(os.path.join(directory, CONFIG_NAME), json.dumps(config, indent=2).encode())
+
+
+def read_config(directory: str) -> dict:
+    """The parsed ``config.json`` of a checkpoint directory (CheckpointError if unusable)."""
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"{directory}: not a checkpoint directory (it does not exist)")
+    path = os.path.join(directory, CONFIG_NAME)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{path}: missing") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: unreadable or not valid JSON ({error})") from error
+    if not isinstance(config, dict) or "model" not in config or "weights_sha256" not in config:
+        raise CheckpointError(f"{path}: not a janus_fast config (needs 'model' and 'weights_sha256')")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {config.get('format_version')} != {FORMAT_VERSION}")
+    return config
+
+
+def load_pretrained(directory: str, device: str | torch.device = "cpu") -> JanusModel:
+    """Load a checkpoint directory; every problem raises CheckpointError naming the file."""
+    from janus_fast.model import JanusConfig, JanusModel
+
+    config = read_config(directory)
+    config_path = os.path.join(directory, CONFIG_NAME)
+    try:
+        model_config = JanusConfig.from_dict(config["model"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{config_path}: invalid model config ({error})") from error
+
+    weights_path = os.path.join(directory, WEIGHTS_NAME)
+    try:
+        with open(weights_path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        raise CheckpointError(f"{weights_path}: cannot read ({error})") from error
+    if hashlib.sha256(data).hexdigest() != config["weights_sha256"]:
+        raise CheckpointError(
+            f"{weights_path}: corrupted or truncated ({len(data)} bytes; checksum does not match {config_path})"
+        )
+    try:
+        state = load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{weights_path}: not a valid safetensors file ({error})") from error
+
+    model = JanusModel(model_config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{name} {tuple(state[name].shape)} != {tuple(expected[name].shape)}"
+        for name in sorted(set(state) & set(expected))
+        if state[name].shape != expected[name].shape
+    ]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{weights_path}: does not match {config_path}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, shape mismatches {mismatched[:5]}"
+        )
+    model.load_state_dict({name: tensor.to(expected[name].dtype) for name, tensor in state.items()})
+    return model.to(device).eval()
+
+
+def load_tokenizer(directory: str):  # noqa: ANN201 - returns janus_fast.tokenizer.Tokenizer
+    """The SentencePiece tokenizer saved beside the weights (CheckpointError if unusable)."""
+    from janus_fast.tokenizer import Tokenizer
+
+    path = os.path.join(directory, TOKENIZER_NAME)
+    try:
+        return Tokenizer.load(path)
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({error})") from error
+    except (RuntimeError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a valid janus_fast SentencePiece model ({error})") from error

@@ -1,0 +1,204 @@
+"""The ``janus-fast`` command line: train, translate, evaluate, profile."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+
+from janus_fast.checkpoint import CheckpointError
+from janus_fast.data import InputError, decode_utf8, read_lines
+
+_OPTIONAL_TYPES = {"train_limit": int, "valid_limit": int, "max_updates": int, "threads": int}
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, instance: object, prefix: str = "") -> None:
+    """One ``--option`` per dataclass field, typed from its default."""
+    for item in dataclasses.fields(instance):
+        value = getattr(instance, item.name)
+        if dataclasses.is_dataclass(value):
+            _add_dataclass_options(parser, value, prefix=f"{item.name}_")
+            continue
+        flag = "--" + (prefix + item.name).replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, dest=prefix + item.name, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            kind = type(value) if value is not None else _OPTIONAL_TYPES.get(item.name, str)
+            parser.add_argument(flag, dest=prefix + item.name, type=kind, default=value, help=f"default: {value}")
+
+
+def _build_dataclass(cls: type, args: argparse.Namespace, prefix: str = ""):  # noqa: ANN202
+    values = {}
+    for item in dataclasses.fields(cls):
+        default = item.default_factory() if item.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            values[item.name] = _build_dataclass(type(default), args, prefix=f"{item.name}_")
+        else:
+            values[item.name] = getattr(args, prefix + item.name)
+    return cls(**values)
+
+
+def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
+    parser.add_argument("--mode", choices=("nar", "ar"), default="nar", help="mask-predict or autoregressive")
+    parser.add_argument("--iterations", type=int, default=10, help="mask-predict iterations (NAR)")
+    parser.add_argument("--length-beam", type=int, default=3, help="length candidates (NAR)")
+    parser.add_argument("--beam", type=int, default=1, help="beam size (AR; 1 = greedy)")
+    parser.add_argument("--max-batch-tokens", type=int, default=4096, help="padded source tokens per batch")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--on-long-input",
+        choices=("truncate", "error"),
+        default="truncate",
+        help="what to do with inputs longer than the model accepts",
+    )
+
+
+def _translator(args: argparse.Namespace):  # noqa: ANN202
+    from janus_fast.translator import Translator
+
+    return Translator.from_pretrained(
+        args.model, device=args.device, max_batch_tokens=args.max_batch_tokens, on_long_input=args.on_long_input
+    )
+
+
+def _decode_kwargs(args: argparse.Namespace) -> dict:
+    return {"mode": args.mode, "iterations": args.iterations, "length_beam": args.length_beam, "beam": args.beam}
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from janus_fast.train import TrainConfig, train
+
+    config = _build_dataclass(TrainConfig, args)
+    state = train(config)
+    print(f"done: {state.update} updates, {state.epoch} epochs, {state.train_seconds:.0f}s of training")
+    return 0
+
+
+def split_lines(raw: bytes, what: str) -> list[str]:
+    """Lines of raw input bytes (invalid UTF-8 replaced with a warning); a final newline ends the
+    last line rather than starting an empty one."""
+    text = decode_utf8(raw, what)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def command_translate(args: argparse.Namespace) -> int:
+    if args.input == "-":
+        lines = split_lines(sys.stdin.buffer.read(), "standard input")
+    else:
+        lines = read_lines(args.input)
+    translator = _translator(args)
+    from tqdm import tqdm
+
+    with tqdm(total=len(lines), disable=not args.progress, file=sys.stderr, unit="sent") as bar:
+        outputs = translator.translate(lines, progress=bar.update, **_decode_kwargs(args))
+    text = "".join(line.replace("\n", " ") + "\n" for line in outputs)
+    if args.output == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        from janus_fast.checkpoint import atomic_write
+
+        atomic_write(args.output, text.encode("utf-8"))
+    return 0
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    import sacrebleu
+
+    sources, references = read_lines(args.src), read_lines(args.ref)
+    if len(sources) != len(references):
+        raise InputError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
+    translator = _translator(args)
+    start = time.perf_counter()
+    hypotheses = translator.translate(sources, **_decode_kwargs(args))
+    seconds = time.perf_counter() - start
+    bleu = sacrebleu.metrics.BLEU()
+    chrf = sacrebleu.metrics.CHRF()
+    bleu_score = bleu.corpus_score(hypotheses, [references])
+    chrf_score = chrf.corpus_score(hypotheses, [references])
+    result = {
+        "bleu": round(bleu_score.score, 2),
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf": round(chrf_score.score, 2),
+        "chrf_signature": str(chrf.get_signature()),
+        "sentences": len(sources),
+        "seconds": round(seconds, 3),
+        "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 2),
+        **_decode_kwargs(args),
+    }
+    if args.output:
+        from janus_fast.checkpoint import atomic_write
+
+        atomic_write(args.output, "".join(h + "\n" for h in hypotheses).encode("utf-8"))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{bleu_score}\n  {bleu.get_signature()}")
+        print(f"{chrf_score}\n  {chrf.get_signature()}")
+        print(f"{len(sources)} sentences in {seconds:.2f}s: {result['sentences_per_second']} sentences/s")
+    return 0
+
+
+def command_profile(args: argparse.Namespace) -> int:
+    from janus_fast.profiling import profile_report
+
+    print(profile_report(vocab_size=args.vocab, repeats=args.repeats, as_json=args.json))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from janus_fast.train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="janus-fast", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train_parser = commands.add_parser("train", help="train a JANUS / AR / CMLM model")
+    _add_dataclass_options(train_parser, TrainConfig())
+    train_parser.set_defaults(handler=command_train)
+
+    translate_parser = commands.add_parser("translate", help="translate lines from stdin (or --input) to stdout")
+    _add_decoding_options(translate_parser)
+    translate_parser.add_argument("--input", "-i", default="-", help="input file (default: stdin)")
+    translate_parser.add_argument("--output", "-o", default="-", help="output file (default: stdout)")
+    translate_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
+    translate_parser.set_defaults(handler=command_translate)
+
+    evaluate_parser = commands.add_parser("evaluate", help="sacreBLEU and chrF of translations of --src against --ref")
+    _add_decoding_options(evaluate_parser)
+    evaluate_parser.add_argument("--src", required=True)
+    evaluate_parser.add_argument("--ref", required=True)
+    evaluate_parser.add_argument("--output", default=None, help="also write the translations here")
+    evaluate_parser.add_argument("--json", action="store_true")
+    evaluate_parser.set_defaults(handler=command_evaluate)
+
+    profile_parser = commands.add_parser("profile", help="throughput of the native ops and kernels")
+    profile_parser.add_argument("--vocab", type=int, default=8000)
+    profile_parser.add_argument("--repeats", type=int, default=5)
+    profile_parser.add_argument("--json", action="store_true")
+    profile_parser.set_defaults(handler=command_profile)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda message, category, *_: f"janus-fast: warning: {message}\n"
+    try:
+        return args.handler(args)
+    except (InputError, CheckpointError, ValueError, TypeError) as error:
+        print(f"janus-fast: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

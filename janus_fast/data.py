@@ -1,0 +1,203 @@
+"""Parallel text: reading, encoding, length-bucketed batches and the NAR masking of targets."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from janus_fast.model import BOS_ID, EOS_ID, PAD_ID
+
+LANGUAGES = ("de", "en", "fr", "cs")
+
+
+class InputError(ValueError):
+    """Bad user input (missing file, mismatched corpus, ...), reported with a clear message."""
+
+
+def read_lines(path: str) -> list[str]:
+    """Lines of a UTF-8 text file (plain or ``.gz``), without newlines.
+
+    Invalid UTF-8 is replaced (U+FFFD) with a warning naming the file; a missing or unreadable
+    file raises ``InputError`` naming it.
+    """
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as error:
+        raise InputError(f"cannot read {path}: {error}") from error
+    text = decode_utf8(raw, path)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
+
+
+def decode_utf8(raw: bytes, what: str) -> str:
+    """Decode bytes as UTF-8, replacing invalid sequences with a warning naming ``what``."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        warnings.warn(f"{what}: invalid UTF-8 replaced with U+FFFD", stacklevel=2)
+        return raw.decode("utf-8", errors="replace")
+
+
+def corpus_path(data_dir: str, split: str, language: str) -> str:
+    """Path of one side of a Multi30k-style split, e.g. ``train.de.gz`` (or plain ``train.de``)."""
+    if language not in LANGUAGES:
+        warnings.warn(f"language {language!r} is not one of the bundled ones {LANGUAGES}", stacklevel=2)
+    for name in (f"{split}.{language}.gz", f"{split}.{language}"):
+        path = os.path.join(data_dir, name)
+        if os.path.exists(path):
+            return path
+    raise InputError(f"no file {split}.{language}[.gz] in {data_dir}")
+
+
+def read_parallel(source_path: str, target_path: str, limit: int | None = None) -> tuple[list[str], list[str]]:
+    """Aligned source and target lines; their counts must match."""
+    sources, targets = read_lines(source_path), read_lines(target_path)
+    if len(sources) != len(targets):
+        raise InputError(f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)}")
+    if limit is not None:
+        sources, targets = sources[:limit], targets[:limit]
+    return sources, targets
+
+
+@dataclass
+class Batch:
+    """A padded batch. src (B, S), tgt (B, L) ``<bos> y <eos>``, lengths (B,) int64."""
+
+    src_tokens: torch.Tensor
+    src_lengths: torch.Tensor
+    tgt_tokens: torch.Tensor
+    tgt_lengths: torch.Tensor
+
+    @property
+    def num_target_tokens(self) -> int:
+        return int(self.tgt_lengths.sum()) - len(self.tgt_lengths)
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad int sequences: (B, max_len) int64 and lengths (B,) int64."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    out = torch.full((len(sequences), max(int(lengths.max()), 1)), pad_id, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        out[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+    return out, lengths
+
+
+class ParallelDataset:
+    """Encoded sentence pairs: sources without bos/eos, targets as ``<bos> y <eos>``.
+
+    Pairs with an empty side are dropped; longer ones are truncated to the model's maxima.
+    """
+
+    def __init__(self, sources: list[list[int]], targets: list[list[int]], max_source: int, max_target: int) -> None:
+        pairs = [(s[:max_source], [BOS_ID, *t[: max_target - 2], EOS_ID]) for s, t in zip(sources, targets) if s and t]
+        self.sources = [p[0] for p in pairs]
+        self.targets = [p[1] for p in pairs]
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def batches(self, max_tokens: int, generator: torch.Generator | None = None) -> list[list[int]]:
+        """Index lists of batches of at most ``max_tokens`` padded tokens (source or target).
+
+        Sentences are sorted by length (ties shuffled when ``generator`` is given) and cut into
+        batches; the batch order is shuffled with ``generator``.
+        """
+        count = len(self)
+        noise = torch.rand(count, generator=generator) if generator is not None else torch.zeros(count)
+        keys = [(len(self.targets[i]), len(self.sources[i]), float(noise[i])) for i in range(count)]
+        order = sorted(range(count), key=keys.__getitem__)
+        batches: list[list[int]] = []
+        current: list[int] = []
+        longest = 0
+        for index in order:
+            size = max(len(self.sources[index]), len(self.targets[index]))
+            if current and max(longest, size) * (len(current) + 1) > max_tokens:
+                batches.append(current)
+                current, longest = [], 0
+            current.append(index)
+            longest = max(longest, size)
+        if current:
+            batches.append(current)
+        if generator is not None:
+            permutation = torch.randperm(len(batches), generator=generator).tolist()
+            batches = [batches[i] for i in permutation]
+        return batches
+
+    def collate(self, indices: Sequence[int]) -> Batch:
+        src, src_lengths = pad_sequences([self.sources[i] for i in indices])
+        tgt, tgt_lengths = pad_sequences([self.targets[i] for i in indices])
+        return Batch(src, src_lengths, tgt, tgt_lengths)
+
+
+def uniform_mask(tgt_lengths: torch.Tensor, width: int, generator: torch.Generator) -> torch.Tensor:
+    """CMLM masking: k ~ U[1, n] of the n real tokens of each sentence, uniformly at random.
+
+    tgt_lengths (B,) counting bos/eos; returns (B, width) bool, never bos/eos/pad.
+    """
+    real_counts = tgt_lengths - 2
+    positions = torch.arange(width)[None]
+    is_real = (positions >= 1) & (positions < (tgt_lengths - 1)[:, None])
+    scores = torch.rand(len(tgt_lengths), width, generator=generator).masked_fill(~is_real, 2.0)
+    ranks = scores.argsort(1).argsort(1)
+    num_to_mask = (torch.rand(len(tgt_lengths), generator=generator) * real_counts).floor().long() + 1
+    num_to_mask = torch.minimum(num_to_mask, real_counts)
+    return (ranks < num_to_mask[:, None]) & is_real
+
+
+def span_mask(
+    tgt_lengths: torch.Tensor, width: int, generator: torch.Generator, ratio: float = 0.7, mean_span: float = 2.0
+) -> torch.Tensor:
+    """JANUS reference masking: spans ~ Poisson(mean_span) at random starts until a budget of
+    ceil(ratio * n) masked tokens is spent (spans may overlap, so ~55% end up masked).
+
+    tgt_lengths (B,) counting bos/eos; returns (B, width) bool, never bos/eos/pad, >= 1 per sentence
+    that has a real token.
+    """
+    batch = len(tgt_lengths)
+    real_counts = tgt_lengths - 2
+    budget = torch.ceil(ratio * real_counts.double()).long()
+    # at most `max_budget` spans are ever needed (each span has length >= 1 once zeros are skipped)
+    max_spans = max(int(budget.max()), 1)
+    rates = torch.full((batch, max_spans), mean_span, dtype=torch.double)
+    span_lengths = torch.poisson(rates, generator=generator).long().clamp(min=1)
+    starts = (torch.rand(batch, max_spans, generator=generator) * real_counts[:, None].clamp(min=1)).long() + 1
+    spent_before = span_lengths.cumsum(1) - span_lengths
+    used = spent_before < budget[:, None]
+    positions = torch.arange(width)[None, None]
+    covered = (positions >= starts[..., None]) & (positions < (starts + span_lengths)[..., None]) & used[..., None]
+    masked = covered.any(1)
+    is_real = (torch.arange(width)[None] >= 1) & (torch.arange(width)[None] < (tgt_lengths - 1)[:, None])
+    return masked & is_real
+
+
+def mask_targets(tgt_lengths: torch.Tensor, width: int, scheme: str, generator: torch.Generator) -> torch.Tensor:
+    """NAR-masked positions (B, width) bool by ``scheme`` ("span" or "uniform")."""
+    if scheme == "span":
+        return span_mask(tgt_lengths, width, generator)
+    if scheme == "uniform":
+        return uniform_mask(tgt_lengths, width, generator)
+    raise ValueError(f"unknown masking scheme {scheme!r}; expected span or uniform")
+
+
+__all__ = [
+    "Batch",
+    "InputError",
+    "ParallelDataset",
+    "read_lines",
+    "read_parallel",
+    "corpus_path",
+    "pad_sequences",
+    "mask_targets",
+    "span_mask",
+    "uniform_mask",
+    "decode_utf8",
+]

@@ -1,0 +1,235 @@
+"""Reference decoding in plain PyTorch: the ground truth of every fast path.
+
+* ``mask_predict``: NAR mask-predict with a length beam; ``num_iterations`` decoder passes exactly.
+* ``ar_search``: AR greedy (beam 1) and beam search on P_AR, with or without a key/value cache.
+* ``generate``: one entry point on tensors for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from janus_fast.model import EncoderOutput, JanusModel
+from janus_fast.ops import mask_predict_step
+
+MIN_NAR_LENGTH = 3  # bos + one real token + eos: a non-empty source never gets an empty translation
+
+
+@dataclass
+class Hypotheses:
+    """Decoded token ids per sentence (no bos/eos/pad) and their scores (mean log-probability
+    per token for NAR, length-normalised log-probability for AR)."""
+
+    tokens: list[list[int]]
+    scores: list[float]
+
+
+def length_candidates(
+    model: JanusModel, encoder_out: EncoderOutput, length_beam: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``length_beam`` target lengths (counting bos/eos) of the length head.
+
+    Returns lengths (B, l) int64, sorted by descending log-probability, and their log-probs (B, l).
+    """
+    log_probs = F.log_softmax(model.length_logits(encoder_out).float(), dim=-1)
+    classes = torch.arange(log_probs.shape[-1], device=log_probs.device)
+    lengths_of_class = model.lengths_from_classes(classes[None].expand_as(log_probs), encoder_out.lengths)
+    log_probs = log_probs.masked_fill(lengths_of_class < MIN_NAR_LENGTH, float("-inf"))
+    beam = min(length_beam, log_probs.shape[-1])
+    top_log_probs, top_classes = log_probs.topk(beam, dim=-1)
+    return lengths_of_class.gather(1, top_classes), top_log_probs
+
+
+def initial_nar_tokens(lengths: torch.Tensor, config_ids: tuple[int, int, int, int]) -> torch.Tensor:
+    """``<bos> <mask>*(L-2) <eos>`` right-padded: lengths (N,) -> (N, max L) int64."""
+    pad_id, bos_id, eos_id, mask_id = config_ids
+    width = int(lengths.max())
+    positions = torch.arange(width, device=lengths.device)[None]
+    tokens = torch.full((len(lengths), width), pad_id, dtype=torch.long, device=lengths.device)
+    tokens = torch.where(positions < lengths[:, None] - 1, mask_id, tokens)
+    tokens = torch.where(positions == lengths[:, None] - 1, eos_id, tokens)
+    tokens[:, 0] = bos_id
+    return tokens
+
+
+def strip_special(row: list[int], eos_id: int, specials: set[int]) -> list[int]:
+    """Tokens up to the first eos, without special ids."""
+    if eos_id in row:
+        row = row[: row.index(eos_id)]
+    return [token for token in row if token not in specials]
+
+
+@torch.inference_mode()
+def mask_predict(
+    model: JanusModel,
+    src_tokens: torch.Tensor,
+    src_lengths: torch.Tensor,
+    num_iterations: int = 10,
+    length_beam: int = 3,
+) -> Hypotheses:
+    """NAR mask-predict (Ghazvininejad et al. 2019) exactly as ``docs/janus-method.md`` says.
+
+    Each length candidate is a row; iteration t fills every masked position with its argmax token
+    and log-probability, then re-masks the n = floor((L-2)(T-1-t)/T) lowest-scoring real tokens
+    (``janus_fast.ops.mask_predict_step``). T iterations are T decoder passes; the last re-masks
+    nothing. Per sentence, the candidate with the highest mean log-probability wins.
+
+    src_tokens (B, S) int64, src_lengths (B,) int64 (>= 1).
+    """
+    if num_iterations < 1:
+        raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+    if length_beam < 1:
+        raise ValueError(f"length_beam must be >= 1, got {length_beam}")
+    config = model.config
+    encoder_out = model.encode(src_tokens, src_lengths)
+    candidates, _ = length_candidates(model, encoder_out, length_beam)
+    batch, beam = candidates.shape
+    lengths = candidates.reshape(-1)
+    rows_encoder = encoder_out.select(torch.arange(batch, device=lengths.device).repeat_interleave(beam))
+    tokens = initial_nar_tokens(lengths, (config.pad_id, config.bos_id, config.eos_id, config.mask_id))
+    scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+    for iteration in range(num_iterations):
+        logits = model.nar_logits(tokens, lengths, rows_encoder)
+        mask_predict_step(logits, tokens, scores, lengths, iteration, num_iterations, config.mask_id)
+
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
+    real = (positions >= 1) & (positions < lengths[:, None] - 1)
+    mean_scores = (scores * real).sum(1) / real.sum(1).clamp(min=1)
+    best = mean_scores.view(batch, beam).argmax(1)
+    chosen = torch.arange(batch, device=best.device) * beam + best
+    specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
+    out_tokens = [strip_special(row, config.eos_id, specials) for row in tokens[chosen].tolist()]
+    return Hypotheses(out_tokens, mean_scores[chosen].tolist())
+
+
+def max_ar_length(src_lengths: torch.Tensor, model: JanusModel, max_len_a: float, max_len_b: int) -> int:
+    """Number of tokens an AR search may generate (eos included)."""
+    longest = int(max_len_a * int(src_lengths.max()) + max_len_b)
+    return max(1, min(longest, model.config.max_target_positions - 1))
+
+
+@torch.inference_mode()
+def ar_search(
+    model: JanusModel,
+    src_tokens: torch.Tensor,
+    src_lengths: torch.Tensor,
+    beam: int = 1,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    use_cache: bool = True,
+) -> Hypotheses:
+    """AR beam search on P_AR (beam 1 = greedy), scores normalised by length at the end.
+
+    Finished hypotheses stay in the beam with their score frozen (they extend with pad at zero
+    cost). ``use_cache=False`` recomputes the whole prefix at every step (the check of the cache).
+    src_tokens (B, S) int64, src_lengths (B,) int64.
+    """
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    config = model.config
+    device = src_tokens.device
+    batch = src_tokens.shape[0]
+    steps = max_ar_length(src_lengths, model, max_len_a, max_len_b)
+    encoder_out = model.encode(src_tokens, src_lengths)
+    rows = torch.arange(batch, device=device).repeat_interleave(beam)
+    encoder_out = encoder_out.select(rows)
+    caches = model.new_caches(batch * beam, steps, encoder_out.states) if use_cache else None
+
+    history = torch.full((batch * beam, steps + 1), config.pad_id, dtype=torch.long, device=device)
+    history[:, 0] = config.bos_id
+    beam_scores = torch.zeros(batch, beam, device=device)
+    beam_scores[:, 1:] = float("-inf")  # all beams start identical: keep one
+    finished = torch.zeros(batch * beam, dtype=torch.bool, device=device)
+    out_lengths = torch.zeros(batch * beam, dtype=torch.long, device=device)
+
+    for step in range(steps):
+        if caches is not None:
+            logits = model.ar_step(history[:, step], step, encoder_out, caches)
+        else:
+            prefix = torch.cat([history[:, : step + 1], history[:, :1]], 1)  # a dummy last token
+            lengths = torch.full((batch * beam,), step + 2, dtype=torch.long, device=device)
+            logits = model.output_logits(model.ar_hidden(prefix, lengths, encoder_out)[:, step])
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        log_probs[:, config.mask_id] = float("-inf")
+        log_probs[:, config.pad_id] = float("-inf")
+        log_probs[:, config.bos_id] = float("-inf")
+        if step == steps - 1:  # force eos at the length limit
+            eos_log_probs = log_probs[:, config.eos_id].clone()
+            log_probs.fill_(float("-inf"))
+            log_probs[:, config.eos_id] = eos_log_probs
+        # finished rows extend with pad at no cost
+        log_probs[finished] = float("-inf")
+        log_probs[finished, config.pad_id] = 0.0
+
+        vocab = log_probs.shape[-1]
+        candidates = (beam_scores.view(-1, 1) + log_probs).view(batch, beam * vocab)
+        beam_scores, flat = candidates.topk(beam, dim=-1)
+        origin = (flat // vocab + torch.arange(batch, device=device)[:, None] * beam).view(-1)
+        next_tokens = (flat % vocab).view(-1)
+
+        history = history.index_select(0, origin)
+        finished = finished.index_select(0, origin)
+        out_lengths = out_lengths.index_select(0, origin)
+        if caches is not None and beam > 1:
+            for cache in caches:
+                cache.reorder(origin)
+        history[:, step + 1] = next_tokens
+        out_lengths = out_lengths + (~finished).long()
+        finished = finished | (next_tokens == config.eos_id)
+        if bool(finished.all()):
+            break
+
+    normalised = beam_scores.view(-1) / out_lengths.clamp(min=1)
+    best = normalised.view(batch, beam).argmax(1) + torch.arange(batch, device=device) * beam
+    specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
+    out_tokens = [strip_special(row[1:], config.eos_id, specials) for row in history[best].tolist()]
+    return Hypotheses(out_tokens, normalised[best].tolist())
+
+
+def generate(
+    model: JanusModel,
+    src_tokens: torch.Tensor,
+    src_lengths: torch.Tensor,
+    mode: str = "nar",
+    iterations: int = 10,
+    length_beam: int = 3,
+    beam: int = 1,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+) -> list[list[int]]:
+    """Translate a padded batch of source ids; returns target ids per sentence (no bos/eos/pad).
+
+    src_tokens (B, S) int64 right-padded, src_lengths (B,) int64 >= 1; mode "nar" (mask-predict,
+    ``iterations`` x ``length_beam``) or "ar" (``beam`` 1 = greedy).
+    """
+    _check_source(model, src_tokens, src_lengths)
+    if mode not in ("nar", "ar"):
+        raise ValueError(f"unknown mode {mode!r}; expected 'nar' or 'ar'")
+    if len(src_lengths) == 0:
+        return []
+    if mode == "nar":
+        return mask_predict(model, src_tokens, src_lengths, iterations, length_beam).tokens
+    return ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b).tokens
+
+
+def _check_source(model: JanusModel, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> None:
+    if src_tokens.dim() != 2 or src_lengths.dim() != 1 or src_tokens.shape[0] != src_lengths.shape[0]:
+        raise ValueError(
+            f"src_tokens must be (B, S) and src_lengths (B,); got {tuple(src_tokens.shape)} "
+            f"and {tuple(src_lengths.shape)}"
+        )
+    if src_tokens.dtype != torch.long or src_lengths.dtype != torch.long:
+        raise TypeError("src_tokens and src_lengths must be int64 tensors")
+    if len(src_lengths) == 0:
+        return
+    if int(src_lengths.min()) < 1 or int(src_lengths.max()) > src_tokens.shape[1]:
+        raise ValueError(f"src_lengths must be in [1, {src_tokens.shape[1]}]")
+    if src_tokens.shape[1] > model.config.max_source_positions:
+        raise ValueError(
+            f"source length {src_tokens.shape[1]} exceeds max_source_positions {model.config.max_source_positions}"
+        )
+    if int(src_tokens.min()) < 0 or int(src_tokens.max()) >= model.config.vocab_size:
+        raise ValueError(f"token ids must be in [0, {model.config.vocab_size})")

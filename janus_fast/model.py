@@ -1,0 +1,503 @@
+"""The JANUS model: a transformer encoder and ONE two-stream decoder shared by P_AR, P_NAR, P_AUX.
+
+The decoder runs a content stream and a query stream as one sequence ``[content | query]`` whose
+self-attention keys/values come from the content part only (XLNet style): both streams share every
+weight, and the query stream never sees its own token. Which element may see which is decided by
+``janus_fast.masks`` from a few integers per sentence, carried here by ``MaskSpec``.
+
+Shapes: B batch, S source length, T target/content length, Q query rows, d model width, V vocab.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from janus_fast.attention import MaskSpec, masked_attention
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID = 0, 1, 2, 3, 4
+
+
+@dataclass
+class JanusConfig:
+    """Hyper-parameters of a JANUS model (saved as ``config.json``)."""
+
+    vocab_size: int = 8000
+    d_model: int = 256
+    num_heads: int = 4
+    ffn_dim: int = 1024
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    max_source_positions: int = 256
+    max_target_positions: int = 256
+    num_length_classes: int = 256
+    length_offset: bool = False  # predict tgt_len - src_len + num_length_classes // 2
+    pad_id: int = PAD_ID
+    unk_id: int = UNK_ID
+    bos_id: int = BOS_ID
+    eos_id: int = EOS_ID
+    mask_id: int = MASK_ID
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+        special = (self.pad_id, self.unk_id, self.bos_id, self.eos_id, self.mask_id)
+        if len(set(special)) != 5 or max(special) >= self.vocab_size or min(special) < 0:
+            raise ValueError(f"special token ids {special} must be distinct and < vocab_size")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> JanusConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}")
+        return cls(**values)
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self-attention when ``memory`` is None, else cross-attention."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.kv_proj = nn.Linear(d_model, 2 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) -> (B, H, T, d/H)."""
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project (B, T, d) to keys and values, each (B, H, T, d/H)."""
+        key, value = self.kv_proj(x).chunk(2, dim=-1)
+        return self.split_heads(key), self.split_heads(value)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: MaskSpec | None,
+    ) -> torch.Tensor:
+        """x (B, Tq, d) attends to key/value (B, H, Tk, d/H) under ``mask``; returns (B, Tq, d)."""
+        query = self.split_heads(self.q_proj(x))
+        dropout = self.dropout if self.training else 0.0
+        out = masked_attention(query, key, value, mask, dropout_p=dropout)
+        batch, _, length, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(F.gelu(self.fc1(x))))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: JanusConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(config.d_model, config.num_heads, config.attention_dropout)
+        self.ffn = FeedForward(config.d_model, config.ffn_dim, config.dropout)
+        self.norm1 = nn.LayerNorm(config.d_model)
+        self.norm2 = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: MaskSpec) -> torch.Tensor:
+        h = self.norm1(x)
+        key, value = self.self_attn.keys_values(h)
+        x = x + self.dropout(self.self_attn(h, key, value, mask))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm decoder layer over the stacked ``[content | query]`` sequence.
+
+    Self-attention keys/values are computed from the first ``num_content`` elements only; with a
+    ``cache`` (incremental decoding) they are appended to the cached ones first.
+    """
+
+    def __init__(self, config: JanusConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(config.d_model, config.num_heads, config.attention_dropout)
+        self.cross_attn = Attention(config.d_model, config.num_heads, config.attention_dropout)
+        self.ffn = FeedForward(config.d_model, config.ffn_dim, config.dropout)
+        self.norm1 = nn.LayerNorm(config.d_model)
+        self.norm2 = nn.LayerNorm(config.d_model)
+        self.norm3 = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        num_content: int,
+        self_mask: MaskSpec | None,
+        memory_kv: tuple[torch.Tensor, torch.Tensor],
+        memory_mask: MaskSpec,
+        cache: LayerCache | None = None,
+    ) -> torch.Tensor:
+        h = self.norm1(x)
+        key, value = self.self_attn.keys_values(h[:, :num_content])
+        if cache is not None:
+            key, value = cache.append(key, value)
+        x = x + self.dropout(self.self_attn(h, key, value, self_mask))
+        x = x + self.dropout(self.cross_attn(self.norm2(x), *memory_kv, memory_mask))
+        return x + self.dropout(self.ffn(self.norm3(x)))
+
+
+class LayerCache:
+    """Preallocated self-attention keys/values of one decoder layer: (B, H, max_len, d/H) each."""
+
+    def __init__(self, batch: int, num_heads: int, max_len: int, head_dim: int, like: torch.Tensor) -> None:
+        self.keys = like.new_zeros(batch, num_heads, max_len, head_dim)
+        self.values = like.new_zeros(batch, num_heads, max_len, head_dim)
+        self.length = 0
+
+    def append(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, H, t, d/H) new keys/values; return all cached so far, (B, H, length, d/H)."""
+        end = self.length + key.shape[2]
+        self.keys[:, :, self.length : end] = key
+        self.values[:, :, self.length : end] = value
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (beam search), in place."""
+        self.keys = self.keys.index_select(0, index)
+        self.values = self.values.index_select(0, index)
+
+
+@dataclass
+class EncoderOutput:
+    """Encoder states and what the decoder needs from them, computed once per batch.
+
+    states: (B, S, d); lengths: (B,) int64; memory_kv: per decoder layer, cross-attention keys and
+    values (B, H, S, d/H).
+    """
+
+    states: torch.Tensor
+    lengths: torch.Tensor
+    memory_kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def mask(self) -> MaskSpec:
+        return MaskSpec.padding(self.lengths)
+
+    def select(self, index: torch.Tensor) -> EncoderOutput:
+        """Rows ``index`` (e.g. each sentence repeated for its length candidates or beams)."""
+        return EncoderOutput(
+            self.states.index_select(0, index),
+            self.lengths.index_select(0, index),
+            [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv],
+        )
+
+
+class JanusModel(nn.Module):
+    """JANUS encoder-decoder; see ``docs/janus-method.md``.
+
+    Token embeddings are shared by the source, the target and the output projection.
+    """
+
+    def __init__(self, config: JanusConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.embed_tokens = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_id)
+        self.embed_source_positions = nn.Embedding(config.max_source_positions, d)
+        self.embed_target_positions = nn.Embedding(config.max_target_positions, d)
+        self.embed_scale = math.sqrt(d)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
+        self.encoder_norm = nn.LayerNorm(d)
+        self.decoder_norm = nn.LayerNorm(d)
+        self.length_embed = nn.Linear(d, config.num_length_classes, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """BERT-style init: normal(0, 0.02) weights, zero biases, zero pad embedding."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.embed_tokens.weight, mean=0.0, std=self.config.d_model**-0.5)
+        with torch.no_grad():
+            self.embed_tokens.weight[self.config.pad_id].zero_()
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ----------------------------------------------------------------------------------- encoder
+    def encode(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
+        """src_tokens (B, S) int64 (right-padded), src_lengths (B,) int64 -> EncoderOutput."""
+        positions = torch.arange(src_tokens.shape[1], device=src_tokens.device)
+        x = self.embed_scale * self.embed_tokens(src_tokens) + self.embed_source_positions(positions)
+        x = self.embed_dropout(x)
+        mask = MaskSpec.padding(src_lengths)
+        for layer in self.encoder_layers:
+            x = layer(x, mask)
+        states = self.encoder_norm(x)
+        memory_kv = [layer.cross_attn.keys_values(states) for layer in self.decoder_layers]
+        return EncoderOutput(states, src_lengths, memory_kv)
+
+    def length_logits(self, encoder_out: EncoderOutput) -> torch.Tensor:
+        """Masked mean-pool of the encoder states projected to length classes: (B, C) float."""
+        states, lengths = encoder_out.states, encoder_out.lengths
+        real = torch.arange(states.shape[1], device=states.device)[None, :] < lengths[:, None]
+        pooled = (states * real[..., None].to(states.dtype)).sum(1)
+        pooled = pooled / lengths.clamp(min=1)[:, None].to(states.dtype)
+        return self.length_embed(pooled)
+
+    def length_targets(self, tgt_lengths: torch.Tensor, src_lengths: torch.Tensor) -> torch.Tensor:
+        """Length classes (B,) of target lengths counting bos/eos, clamped to the class range."""
+        classes = tgt_lengths
+        if self.config.length_offset:
+            classes = tgt_lengths - src_lengths + self.config.num_length_classes // 2
+        return classes.clamp(0, self.config.num_length_classes - 1)
+
+    def lengths_from_classes(self, classes: torch.Tensor, src_lengths: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``length_targets``: target lengths (counting bos/eos) from class indices."""
+        if self.config.length_offset:
+            classes = classes + src_lengths[:, None] - self.config.num_length_classes // 2
+        return classes.clamp(2, self.config.max_target_positions)
+
+    # ----------------------------------------------------------------------------------- decoder
+    def embed_target(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """tokens, positions (B, T) int64 -> (B, T, d)."""
+        x = self.embed_scale * self.embed_tokens(tokens) + self.embed_target_positions(positions)
+        return self.embed_dropout(x)
+
+    def decode(
+        self,
+        x: torch.Tensor,
+        num_content: int,
+        self_mask: MaskSpec | None,
+        encoder_out: EncoderOutput,
+        caches: list[LayerCache] | None = None,
+    ) -> torch.Tensor:
+        """Run the decoder over embedded ``[content | query]`` x (B, T, d); returns (B, T, d).
+
+        With ``caches`` (one per layer) the content part is appended to the cached keys/values.
+        """
+        layer_caches = caches if caches is not None else [None] * len(self.decoder_layers)
+        for layer, memory_kv, cache in zip(self.decoder_layers, encoder_out.memory_kv, layer_caches):
+            x = layer(x, num_content, self_mask, memory_kv, encoder_out.mask, cache)
+        return self.decoder_norm(x)
+
+    def new_caches(self, batch: int, max_len: int, like: torch.Tensor) -> list[LayerCache]:
+        """Empty key/value caches for incremental AR decoding of ``batch`` rows."""
+        config = self.config
+        head_dim = config.d_model // config.num_heads
+        return [LayerCache(batch, config.num_heads, max_len, head_dim, like) for _ in self.decoder_layers]
+
+    def ar_step(
+        self, tokens: torch.Tensor, step: int, encoder_out: EncoderOutput, caches: list[LayerCache]
+    ) -> torch.Tensor:
+        """One incremental AR step: content token y_step (B,) at position ``step`` is appended to
+        the caches and the query stream at position ``step + 1`` predicts the next token.
+
+        Returns (B, V) logits of P_AR(y_{step+1} | y_0 .. y_step, x).
+        """
+        positions = torch.full_like(tokens, step)[:, None]
+        x = torch.cat(
+            [
+                self.embed_target(tokens[:, None], positions),
+                self.embed_target(torch.full_like(tokens, self.config.mask_id)[:, None], positions + 1),
+            ],
+            1,
+        )
+        hidden = self.decode(x, 1, None, encoder_out, caches)
+        return self.output_logits(hidden[:, 1])
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., d) -> (..., V) through the shared embedding matrix."""
+        return F.linear(hidden, self.embed_tokens.weight)
+
+    def nar_logits(self, tokens: torch.Tensor, lengths: torch.Tensor, encoder_out: EncoderOutput) -> torch.Tensor:
+        """P_NAR logits of the content stream alone (mask-predict inference / CMLM training).
+
+        tokens (B, T) int64 with ``mask_id`` at the positions to predict, lengths (B,) -> (B, T, V).
+        """
+        positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+        x = self.embed_target(tokens, positions)
+        hidden = self.decode(x, tokens.shape[1], MaskSpec.padding(lengths), encoder_out)
+        return self.output_logits(hidden)
+
+    def ar_hidden(
+        self, tgt_tokens: torch.Tensor, tgt_lengths: torch.Tensor, encoder_out: EncoderOutput
+    ) -> torch.Tensor:
+        """P_AR query-stream states for every target position after bos.
+
+        tgt_tokens (B, L) ``<bos> y .. <eos>``; returns (B, L-1, d) where row i predicts
+        tgt_tokens[:, i + 1] having seen tgt_tokens[:, :i + 1].
+        """
+        content = tgt_tokens[:, :-1]
+        num_positions = content.shape[1]
+        positions = torch.arange(num_positions, device=content.device).expand_as(content)
+        query_tokens = torch.full_like(content, self.config.mask_id)
+        x = torch.cat([self.embed_target(content, positions), self.embed_target(query_tokens, positions + 1)], 1)
+        mask = MaskSpec.ar_two_stream(tgt_lengths - 1)
+        hidden = self.decode(x, num_positions, mask, encoder_out)
+        return hidden[:, num_positions:]
+
+    def forward(
+        self,
+        src_tokens: torch.Tensor,
+        src_lengths: torch.Tensor,
+        tgt_tokens: torch.Tensor,
+        tgt_lengths: torch.Tensor,
+        masked: torch.Tensor | None,
+        objective: str = "janus",
+    ) -> dict[str, torch.Tensor]:
+        """Training forward pass.
+
+        Args:
+            src_tokens (B, S), src_lengths (B,), tgt_tokens (B, L) ``<bos> y <eos>`` right-padded,
+            tgt_lengths (B,) counting bos/eos, masked (B, L) bool: NAR-masked target positions
+            (never bos/eos/pad; needed for "janus" and "cmlm"), objective "janus" | "ar" | "cmlm".
+        Returns:
+            dict with ``ar_logits`` (B, L-1, V) predicting tgt_tokens[:, 1:]; ``nar_logits`` and
+            ``aux_logits`` (B, K, V) for the k-th masked position of each sentence;
+            ``masked_positions`` (B, K) and ``masked_valid`` (B, K) bool; ``length_logits`` (B, C).
+        """
+        encoder_out = self.encode(src_tokens, src_lengths)
+        out: dict[str, torch.Tensor] = {}
+        if objective in ("janus", "ar"):
+            out["ar_logits"] = self.output_logits(self.ar_hidden(tgt_tokens, tgt_lengths, encoder_out))
+        if objective in ("janus", "cmlm"):
+            if masked is None:
+                raise ValueError(f"objective {objective!r} needs the NAR mask `masked`")
+            out["length_logits"] = self.length_logits(encoder_out)
+            layout = nar_layout(tgt_tokens, tgt_lengths, masked, self.config.mask_id)
+            out["masked_positions"], out["masked_valid"] = layout.masked_positions, layout.masked_valid
+            if objective == "cmlm":
+                inputs = torch.where(masked, self.config.mask_id, tgt_tokens)
+                logits = self.nar_logits(inputs, tgt_lengths, encoder_out)
+                index = layout.masked_positions[..., None].expand(-1, -1, logits.shape[-1])
+                out["nar_logits"] = logits.gather(1, index)
+            else:
+                x = torch.cat(
+                    [
+                        self.embed_target(layout.content_tokens, layout.content_positions),
+                        self.embed_target(layout.query_tokens, layout.masked_positions),
+                    ],
+                    1,
+                )
+                num_content = layout.content_tokens.shape[1]
+                mask = MaskSpec.two_stream(layout.content_lengths, layout.num_masked)
+                hidden = self.decode(x, num_content, mask, encoder_out)
+                slots = layout.slot_index[..., None].expand(-1, -1, hidden.shape[-1])
+                out["nar_logits"] = self.output_logits(hidden.gather(1, slots))
+                out["aux_logits"] = self.output_logits(hidden[:, num_content:])
+        if objective not in ("janus", "ar", "cmlm"):
+            raise ValueError(f"unknown objective {objective!r}; expected janus, ar or cmlm")
+        return out
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def save_pretrained(self, directory: str, tokenizer_model: bytes | None = None) -> None:
+        """Write ``config.json``, ``model.safetensors`` (and ``spm.model``) atomically."""
+        from janus_fast.checkpoint import save_pretrained
+
+        save_pretrained(self, directory, tokenizer_model)
+
+    @classmethod
+    def from_pretrained(cls, directory: str, device: str | torch.device = "cpu") -> JanusModel:
+        """Load a checkpoint directory written by ``save_pretrained`` (safetensors, no pickle)."""
+        from janus_fast.checkpoint import load_pretrained
+
+        return load_pretrained(directory, device=device)
+
+
+@dataclass
+class NarLayout:
+    """The JANUS two-stream NAR input of a batch (see ``janus_fast.masks.two_stream_mask``).
+
+    content_tokens, content_positions: (B, A) int64, ``[observed | mask slots | copies]``;
+    content_lengths (B,) = a; num_masked (B,) = b; masked_positions (B, K) target positions of the
+    masked tokens in order (0 where invalid); masked_valid (B, K) bool; query_tokens (B, K) all
+    ``mask_id``; slot_index (B, K) content index of mask slot k.
+    """
+
+    content_tokens: torch.Tensor
+    content_positions: torch.Tensor
+    content_lengths: torch.Tensor
+    num_masked: torch.Tensor
+    masked_positions: torch.Tensor
+    masked_valid: torch.Tensor
+    query_tokens: torch.Tensor
+    slot_index: torch.Tensor
+
+
+def nar_layout(tgt_tokens: torch.Tensor, tgt_lengths: torch.Tensor, masked: torch.Tensor, mask_id: int) -> NarLayout:
+    """Build the NAR two-stream layout with tensor ops only (no loop over the batch).
+
+    tgt_tokens (B, L) int64, tgt_lengths (B,) int64, masked (B, L) bool -> NarLayout.
+    """
+    batch, length = tgt_tokens.shape
+    device = tgt_tokens.device
+    positions = torch.arange(length, device=device).expand(batch, -1)
+    real = positions < tgt_lengths[:, None]
+    masked = masked & real
+    num_masked = masked.sum(1)
+    # observed first, then masked, each in left-to-right order, padding last
+    order_key = positions + length * masked.long() + 2 * length * (~real).long()
+    sorted_positions = order_key.argsort(dim=1)
+    content_lengths = tgt_lengths + num_masked
+    width = int(content_lengths.max())
+    max_masked = max(int(num_masked.max()), 1)
+
+    content_index = torch.arange(width, device=device).expand(batch, -1)
+    copies_start = (tgt_lengths)[:, None]  # a - b = L
+    source = torch.where(content_index < copies_start, content_index, content_index - num_masked[:, None])
+    source = source.clamp(0, length - 1)
+    content_positions = sorted_positions.gather(1, source)
+    content_valid = content_index < content_lengths[:, None]
+    slots_start = (tgt_lengths - num_masked)[:, None]
+    is_slot = (content_index >= slots_start) & (content_index < copies_start)
+    content_tokens = tgt_tokens.gather(1, content_positions)
+    content_tokens = torch.where(is_slot, mask_id, content_tokens)
+    content_tokens = torch.where(content_valid, content_tokens, 0)
+    content_positions = torch.where(content_valid, content_positions, 0)
+
+    k = torch.arange(max_masked, device=device).expand(batch, -1)
+    masked_valid = k < num_masked[:, None]
+    slot_index = (slots_start + k).clamp(max=width - 1)
+    masked_positions = sorted_positions.gather(1, slot_index.clamp(max=length - 1))
+    masked_positions = torch.where(masked_valid, masked_positions, 0)
+    slot_index = torch.where(masked_valid, slot_index, 0)
+    query_tokens = torch.full_like(masked_positions, mask_id)
+    return NarLayout(
+        content_tokens,
+        content_positions,
+        content_lengths,
+        num_masked,
+        masked_positions,
+        masked_valid,
+        query_tokens,
+        slot_index,
+    )
+
+
+__all__ = ["JanusConfig", "JanusModel", "EncoderOutput", "LayerCache", "NarLayout", "nar_layout"]

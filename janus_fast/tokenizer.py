@@ -1,0 +1,84 @@
+"""SentencePiece tokenisation with the reserved ids JANUS needs.
+
+Ids: pad 0, unk 1, bos 2, eos 3, ``<mask>`` 4 (a user-defined symbol), then the learned pieces.
+One joint model is trained on source + target text, so embeddings can be shared.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+
+import sentencepiece as spm
+
+from janus_fast.model import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
+
+MASK_PIECE = "<mask>"
+
+
+class Tokenizer:
+    """A SentencePiece model plus the JANUS special ids."""
+
+    def __init__(self, model_proto: bytes) -> None:
+        self.model_proto = model_proto
+        self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
+        expected = {PAD_ID: "<pad>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>", MASK_ID: MASK_PIECE}
+        for token_id, piece in expected.items():
+            if self.processor.id_to_piece(token_id) != piece:
+                raise ValueError(
+                    f"SentencePiece model has {self.processor.id_to_piece(token_id)!r} at id {token_id}, "
+                    f"expected {piece!r}: not a janus_fast tokenizer"
+                )
+
+    @classmethod
+    def train(
+        cls,
+        sentences: Iterable[str],
+        vocab_size: int = 8000,
+        model_type: str = "unigram",
+        max_sentences: int = 2_000_000,
+    ) -> Tokenizer:
+        """Train a joint model on ``sentences`` (source and target lines together)."""
+        model = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=1.0,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            user_defined_symbols=[MASK_PIECE],
+            input_sentence_size=max_sentences,
+            shuffle_input_sentence=True,
+            hard_vocab_limit=False,
+            num_threads=2,
+            minloglevel=2,
+        )
+        return cls(model.getvalue())
+
+    @classmethod
+    def load(cls, path: str) -> Tokenizer:
+        with open(path, "rb") as handle:
+            return cls(handle.read())
+
+    def save(self, path: str) -> None:
+        with open(path, "wb") as handle:
+            handle.write(self.model_proto)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.processor.get_piece_size()
+
+    def encode(self, sentence: str) -> list[int]:
+        """Pieces of one sentence, without bos/eos."""
+        return self.processor.encode(sentence)
+
+    def encode_batch(self, sentences: Sequence[str]) -> list[list[int]]:
+        return self.processor.encode(list(sentences))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Detokenised text; special ids (pad, bos, eos, mask) are dropped."""
+        return self.processor.decode([i for i in ids if i > MASK_ID or i == UNK_ID])

@@ -1,0 +1,126 @@
+"""User-facing translation: ``Translator.from_pretrained(path).translate(sentences)``."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+
+from janus_fast.checkpoint import CheckpointError, load_pretrained, load_tokenizer
+from janus_fast.data import pad_sequences
+from janus_fast.decoding import generate
+from janus_fast.model import JanusModel
+from janus_fast.tokenizer import Tokenizer
+
+DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "multi30k-de-en")
+
+
+class Translator:
+    """Translate sentences with a JANUS model, non-autoregressively (default) or autoregressively.
+
+    Args:
+        model: a ``JanusModel``; tokenizer: its ``Tokenizer``.
+        max_batch_tokens: padded source tokens per decoder batch (sentences are sorted by length).
+        on_long_input: "truncate" (warn and keep the first ``max_source_positions`` pieces) or
+            "error" (raise ValueError) for inputs longer than the model accepts.
+    """
+
+    def __init__(
+        self,
+        model: JanusModel,
+        tokenizer: Tokenizer,
+        max_batch_tokens: int = 4096,
+        on_long_input: str = "truncate",
+    ) -> None:
+        if on_long_input not in ("truncate", "error"):
+            raise ValueError(f"on_long_input must be 'truncate' or 'error', got {on_long_input!r}")
+        if tokenizer.vocab_size != model.config.vocab_size:
+            raise CheckpointError(
+                f"tokenizer has {tokenizer.vocab_size} pieces but the model {model.config.vocab_size}"
+            )
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch_tokens = max_batch_tokens
+        self.on_long_input = on_long_input
+
+    @classmethod
+    def from_pretrained(cls, path: str | None = None, device: str = "cpu", **options) -> Translator:
+        """Load a checkpoint directory (default: the model shipped with the package)."""
+        directory = path if path is not None else DEFAULT_MODEL_DIR
+        if path is None and not os.path.isdir(directory):
+            raise CheckpointError(f"no default model shipped at {directory}; pass the path of a trained checkpoint")
+        return cls(load_pretrained(directory, device=device), load_tokenizer(directory), **options)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode_sources(self, sentences: Sequence[str]) -> list[list[int]]:
+        """Piece ids per sentence ([] for blank lines), truncated or rejected when too long."""
+        limit = self.model.config.max_source_positions
+        encoded = []
+        for index, sentence in enumerate(sentences):
+            if not isinstance(sentence, str):
+                raise TypeError(f"sentence {index} is {type(sentence).__name__}, expected str")
+            ids = self.tokenizer.encode(sentence) if sentence.strip() else []
+            if len(ids) > limit:
+                if self.on_long_input == "error":
+                    raise ValueError(f"sentence {index} has {len(ids)} pieces; the model accepts {limit}")
+                warnings.warn(f"sentence {index} has {len(ids)} pieces; truncated to {limit}", stacklevel=2)
+                ids = ids[:limit]
+            encoded.append(ids)
+        return encoded
+
+    def translate(
+        self,
+        sentences: Sequence[str],
+        mode: str = "nar",
+        iterations: int = 10,
+        length_beam: int = 3,
+        beam: int = 1,
+        max_batch_tokens: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[str]:
+        """Translations of ``sentences``, in order, one per input (blank input -> "").
+
+        mode "nar": mask-predict with ``iterations`` and ``length_beam``; mode "ar": beam search
+        with ``beam`` (1 = greedy). ``progress`` is called with the number of sentences done.
+        """
+        if isinstance(sentences, str):
+            raise TypeError("translate() takes a list of sentences, not a single string")
+        encoded = self.encode_sources(sentences)
+        outputs = [""] * len(encoded)
+        for indices in length_sorted_batches(encoded, max_batch_tokens or self.max_batch_tokens):
+            src, src_lengths = pad_sequences([encoded[i] for i in indices], self.model.config.pad_id)
+            hypotheses = generate(
+                self.model,
+                src.to(self.device),
+                src_lengths.to(self.device),
+                mode=mode,
+                iterations=iterations,
+                length_beam=length_beam,
+                beam=beam,
+            )
+            for index, ids in zip(indices, hypotheses):
+                outputs[index] = self.tokenizer.decode(ids)
+            if progress is not None:
+                progress(len(indices))
+        return outputs
+
+
+def length_sorted_batches(encoded: Sequence[Sequence[int]], max_batch_tokens: int) -> list[list[int]]:
+    """Indices of non-empty sequences, sorted by length and cut into batches of at most
+    ``max_batch_tokens`` padded tokens (at least one sentence each)."""
+    order = sorted((i for i in range(len(encoded)) if encoded[i]), key=lambda i: len(encoded[i]))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index in order:
+        if current and len(encoded[index]) * (len(current) + 1) > max_batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches

@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny models and a small slice of Multi30k (nothing heavy)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import pytest
+import torch
+
+from janus_fast.model import JanusConfig, JanusModel
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MULTI30K = os.environ.get("JANUS_FAST_DATA", os.path.join(REPO_ROOT, "..", "shared", "data", "multi30k"))
+
+
+def tiny_config(**overrides) -> JanusConfig:
+    values = dict(
+        vocab_size=60,
+        d_model=32,
+        num_heads=4,
+        ffn_dim=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        dropout=0.0,
+        max_source_positions=64,
+        max_target_positions=64,
+    )
+    values.update(overrides)
+    return JanusConfig(**values)
+
+
+def random_model(seed: int = 0, **overrides) -> JanusModel:
+    """A random model with large enough weights that its outputs are not degenerate."""
+    torch.manual_seed(seed)
+    model = JanusModel(tiny_config(**overrides)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.3)
+        model.length_embed.weight.normal_(0.0, 1.0)
+    return model
+
+
+@pytest.fixture
+def model() -> JanusModel:
+    return random_model()
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> str:
+    """A Multi30k-shaped corpus: the first 400 training and 40 validation pairs, de/en."""
+    if not os.path.isdir(MULTI30K):
+        pytest.fail(f"Multi30k not found at {MULTI30K}; set JANUS_FAST_DATA")
+    out = tmp_path_factory.mktemp("corpus")
+    for split, count in (("train", 400), ("val", 40)):
+        for language in ("de", "en"):
+            with gzip.open(os.path.join(MULTI30K, f"{split}.{language}.gz"), "rt", encoding="utf-8") as handle:
+                lines = [next(handle) for _ in range(count)]
+            (out / f"{split}.{language}").write_text("".join(lines), encoding="utf-8")
+    return str(out)
+
+
+def tiny_train_config(corpus_dir: str, output_dir: str, **overrides):
+    from janus_fast.train import TrainConfig
+
+    values = dict(
+        output_dir=output_dir,
+        data_dir=corpus_dir,
+        vocab_size=300,
+        d_model=32,
+        num_heads=4,
+        ffn_dim=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        dropout=0.1,
+        max_tokens=600,
+        epochs=1,
+        max_updates=6,
+        save_every=3,
+        log_every=1,
+        warmup_updates=10,
+        lr=1e-3,
+        valid_bleu=False,
+        progress=False,
+        precision="fp32",
+        threads=1,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def trained_dir(corpus_dir, tmp_path_factory) -> str:
+    """A tiny model trained for a few updates: a real checkpoint directory for CLI tests."""
+    from janus_fast.train import train
+
+    out = str(tmp_path_factory.mktemp("trained"))
+    train(tiny_train_config(corpus_dir, out, max_updates=12, epochs=2, valid_bleu=True, valid_iterations=2))
+    return os.path.join(out, "last")

@@ -1,0 +1,108 @@
+"""Reference decoding: AR with/without cache, mask-predict invariants, input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from janus_fast.decoding import ar_search, generate, mask_predict
+
+
+def sources(vocab: int = 60):
+    generator = torch.Generator().manual_seed(1)
+    src = torch.randint(5, vocab, (4, 6), generator=generator)
+    lengths = torch.tensor([6, 4, 2, 1])
+    for row, length in enumerate(lengths.tolist()):
+        src[row, length:] = 0
+    return src, lengths
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_ar_with_cache_equals_without_cache(model, beam):
+    src, lengths = sources()
+    cached = ar_search(model, src, lengths, beam=beam, use_cache=True)
+    uncached = ar_search(model, src, lengths, beam=beam, use_cache=False)
+    assert cached.tokens == uncached.tokens
+    assert cached.scores == pytest.approx(uncached.scores, abs=1e-4)
+    assert any(len(t) > 1 for t in cached.tokens)  # not a degenerate all-empty output
+
+
+def test_beam_search_scores_at_least_greedy(model):
+    src, lengths = sources()
+    greedy = ar_search(model, src, lengths, beam=1)
+    beam = ar_search(model, src, lengths, beam=4)
+    for g, b in zip(greedy.scores, beam.scores):
+        assert b >= g - 1e-5
+
+
+def test_mask_predict_costs_exactly_t_decoder_calls_and_leaves_no_mask(model, monkeypatch):
+    src, lengths = sources()
+    calls = []
+    original = model.nar_logits
+
+    def counting(tokens, token_lengths, encoder_out):
+        calls.append(tokens.clone())
+        return original(tokens, token_lengths, encoder_out)
+
+    monkeypatch.setattr(model, "nar_logits", counting)
+    for iterations in (1, 2, 4, 10):
+        calls.clear()
+        result = mask_predict(model, src, lengths, num_iterations=iterations, length_beam=3)
+        assert len(calls) == iterations
+        for tokens in result.tokens:
+            assert model.config.mask_id not in tokens
+        first = calls[0]
+        assert (first[:, 0] == model.config.bos_id).all()
+        # every iteration keeps bos, eos and padding in place
+        for tokens in calls:
+            assert torch.equal(tokens[:, 0], first[:, 0])
+            assert torch.equal(tokens == model.config.pad_id, first == model.config.pad_id)
+        eos_positions = (first == model.config.eos_id).float().argmax(1)
+        for tokens in calls:
+            assert torch.equal(
+                tokens.gather(1, eos_positions[:, None].long()).flatten(),
+                torch.full((len(tokens),), model.config.eos_id),
+            )
+
+
+def test_mask_predict_remask_schedule(model, monkeypatch):
+    """Iteration t sees exactly floor((L-2)(T-t)/T) masks (all at t=0)."""
+    src, lengths = sources()
+    seen = []
+    original = model.nar_logits
+
+    def recording(tokens, token_lengths, encoder_out):
+        seen.append((tokens.clone(), token_lengths.clone()))
+        return original(tokens, token_lengths, encoder_out)
+
+    monkeypatch.setattr(model, "nar_logits", recording)
+    iterations = 4
+    mask_predict(model, src, lengths, num_iterations=iterations, length_beam=2)
+    for step, (tokens, token_lengths) in enumerate(seen):
+        expected = (token_lengths - 2) * (iterations - step) // iterations
+        assert torch.equal((tokens == model.config.mask_id).sum(1), expected)
+
+
+def test_generate_validates_input(model):
+    src, lengths = sources()
+    with pytest.raises(ValueError, match="mode"):
+        generate(model, src, lengths, mode="xyz")
+    with pytest.raises(TypeError):
+        generate(model, src.float(), lengths)
+    with pytest.raises(ValueError, match="src_lengths"):
+        generate(model, src, torch.tensor([7, 1, 1, 1]))
+    with pytest.raises(ValueError, match="token ids"):
+        generate(model, src + 1000, lengths)
+    with pytest.raises(ValueError):
+        generate(model, src, lengths, mode="nar", iterations=0)
+    assert generate(model, src[:0], lengths[:0], mode="nar") == []
+
+
+def test_translation_does_not_depend_on_batch(model):
+    src, lengths = sources()
+    batched = generate(model, src, lengths, mode="nar", iterations=3)
+    for row in range(len(src)):
+        alone = generate(
+            model, src[row : row + 1, : int(lengths[row])], lengths[row : row + 1], mode="nar", iterations=3
+        )
+        assert alone[0] == batched[row]
