@@ -60,13 +60,18 @@ def _extensions() -> tuple[list, dict]:
 
 
 ext_modules, cmdclass = _extensions()
+packages = ["janus_fast", "janus_fast.ops"]
+package_dir = {"janus_fast": "janus_fast"}
+if os.path.exists(os.path.join(ROOT, "kernels", "__init__.py")):
+    packages.append("janus_fast.kernels")
+    package_dir["janus_fast.kernels"] = "kernels"
 
 setup(
     name="janus_fast",
     version="0.1.0",
     description="JANUS joint AR/NAR translation: training and fast mask-predict decoding",
-    packages=["janus_fast", "janus_fast.ops", "janus_fast.kernels"],
-    package_dir={"janus_fast": "janus_fast", "janus_fast.kernels": "kernels"},
+    packages=packages,
+    package_dir=package_dir,
     package_data={"janus_fast": ["pretrained/*", "pretrained/**/*"]},
     python_requires=">=3.10",
     install_requires=[
