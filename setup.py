@@ -27,8 +27,8 @@ def _env_flag(name: str) -> bool:
 def _extensions() -> tuple[list, dict]:
     if _env_flag("JANUS_FAST_NO_EXTENSION"):
         return [], {}
-    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
     import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     if not sources:

@@ -52,7 +52,7 @@ def test_bf16_autocast_matches_fp32_loss():
     length_targets = model.length_targets(tgt_lengths, src_lengths)
     losses = {}
     for bf16 in (False, True):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(src, src_lengths, tgt, tgt_lengths, masked, "janus")
         losses[bf16], _ = compute_loss(out, tgt, tgt_lengths, length_targets, "janus", LossWeights())
     assert float(losses[True]) == pytest.approx(float(losses[False]), rel=0.03)
