@@ -16,8 +16,10 @@
 // a GPU is present (tests marked for CUDA).
 #include "mask_predict.h"
 
-#include <ATen/cuda/CUDAContext.h>
+// c10/cuda only (not ATen/cuda/CUDAContext.h, which pulls in cuBLAS / cuSPARSE headers).
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "core/select_lowest.h"
 
@@ -134,7 +136,7 @@ at::Tensor mask_predict_step_cuda(const at::Tensor& logits, at::Tensor& tokens,
   auto remasked = at::zeros({num_rows, max_length}, tokens.options().dtype(at::kBool));
   if (num_rows == 0) return remasked;
   TORCH_CHECK(num_rows * max_length <= INT32_MAX, "mask_predict_step_cuda: N * T too large");
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
   const auto fill = [&](auto* typed_logits) {
     fill_masked_kernel<<<static_cast<unsigned>(num_rows * max_length), kFillThreads, 0, stream>>>(
