@@ -25,9 +25,7 @@ MAX_LENGTHS = (16, 32, 64)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _median_seconds(
-    function: Callable[[], object], repeats: int, setup: Callable[[], None]
-) -> float:
+def _median_seconds(function: Callable[[], object], repeats: int, setup: Callable[[], None]) -> float:
     times = []
     for _ in range(repeats):
         setup()

@@ -67,13 +67,9 @@ def _check_inputs(
         ("lengths", lengths),
     ):
         if not isinstance(tensor, torch.Tensor):
-            raise TypeError(
-                f"mask_predict_step: {name} must be a torch.Tensor, got {type(tensor).__name__}"
-            )
+            raise TypeError(f"mask_predict_step: {name} must be a torch.Tensor, got {type(tensor).__name__}")
     if logits.dtype not in _LOGIT_DTYPES:
-        raise TypeError(
-            f"mask_predict_step: logits must be float32, bfloat16 or float16, got {logits.dtype}"
-        )
+        raise TypeError(f"mask_predict_step: logits must be float32, bfloat16 or float16, got {logits.dtype}")
     for name, tensor, dtype in (
         ("tokens", tokens, torch.int64),
         ("scores", scores, torch.float32),
@@ -82,24 +78,17 @@ def _check_inputs(
         if tensor.dtype != dtype:
             raise TypeError(f"mask_predict_step: {name} must be {dtype}, got {tensor.dtype}")
     if logits.dim() != 3:
-        raise ValueError(
-            f"mask_predict_step: logits must be (N, T, V), got shape {tuple(logits.shape)}"
-        )
+        raise ValueError(f"mask_predict_step: logits must be (N, T, V), got shape {tuple(logits.shape)}")
     num_rows, max_length, vocab_size = logits.shape
     for name, tensor in (("tokens", tokens), ("scores", scores)):
         if tensor.shape != (num_rows, max_length):
             raise ValueError(
-                f"mask_predict_step: {name} must be (N, T) = "
-                f"{(num_rows, max_length)}, got {tuple(tensor.shape)}"
+                f"mask_predict_step: {name} must be (N, T) = {(num_rows, max_length)}, got {tuple(tensor.shape)}"
             )
         if not tensor.is_contiguous():
-            raise ValueError(
-                f"mask_predict_step: {name} is updated in place and must be contiguous"
-            )
+            raise ValueError(f"mask_predict_step: {name} is updated in place and must be contiguous")
     if lengths.shape != (num_rows,):
-        raise ValueError(
-            f"mask_predict_step: lengths must be (N,) = ({num_rows},), got {tuple(lengths.shape)}"
-        )
+        raise ValueError(f"mask_predict_step: lengths must be (N,) = ({num_rows},), got {tuple(lengths.shape)}")
     devices = {tensor.device for tensor in (logits, tokens, scores, lengths)}
     if len(devices) != 1:
         raise ValueError(
@@ -117,17 +106,14 @@ def _check_inputs(
     if num_iterations < 1:
         raise ValueError(f"mask_predict_step: num_iterations must be >= 1, got {num_iterations}")
     if not 0 <= iteration < num_iterations:
-        raise ValueError(
-            f"mask_predict_step: iteration must be in [0, {num_iterations}), got {iteration}"
-        )
+        raise ValueError(f"mask_predict_step: iteration must be in [0, {num_iterations}), got {iteration}")
     if not 0 <= mask_id < vocab_size:
         raise ValueError(f"mask_predict_step: mask_id must be in [0, {vocab_size}), got {mask_id}")
     if num_rows > 0:
         low, high = (int(value) for value in torch.aminmax(lengths))
         if low < 2 or high > max_length:
             raise ValueError(
-                f"mask_predict_step: lengths must be in [2, T={max_length}], "
-                f"got values in [{low}, {high}]"
+                f"mask_predict_step: lengths must be in [2, T={max_length}], got values in [{low}, {high}]"
             )
 
 
@@ -182,6 +168,4 @@ def mask_predict_step(
             RuntimeWarning,
             stacklevel=2,
         )
-    return mask_predict_step_reference(
-        logits, tokens, scores, lengths, iteration, num_iterations, mask_id
-    )
+    return mask_predict_step_reference(logits, tokens, scores, lengths, iteration, num_iterations, mask_id)

@@ -72,9 +72,7 @@ def mask_predict_step_reference(
     by_score = torch.sort(scores, dim=1, stable=True).indices  # NaN sorts last
     by_real = torch.sort((~real).gather(1, by_score).to(torch.uint8), dim=1, stable=True).indices
     order = by_score.gather(1, by_real)
-    ranks = torch.empty_like(order).scatter_(
-        1, order, positions.expand(num_rows, max_length).contiguous()
-    )
+    ranks = torch.empty_like(order).scatter_(1, order, positions.expand(num_rows, max_length).contiguous())
     remasked = real & (ranks < num_to_remask(lengths, iteration, num_iterations).unsqueeze(1))
     tokens.masked_fill_(remasked, mask_id)
     return remasked
