@@ -59,6 +59,7 @@ class TrainConfig:
     dropout: float = 0.1
     max_source_positions: int = 128
     max_target_positions: int = 128
+    length_offset: bool = False  # predict tgt_len - src_len (+ 128) instead of tgt_len
     lr: float = 1e-3
     warmup_updates: int = 1000
     weight_decay: float = 1e-4
@@ -88,6 +89,7 @@ class TrainConfig:
             dropout=self.dropout,
             max_source_positions=self.max_source_positions,
             max_target_positions=self.max_target_positions,
+            length_offset=self.length_offset,
         )
 
 

@@ -89,3 +89,16 @@ def test_unknown_objective_is_rejected(model):
         assert "objective" in str(error)
     else:
         raise AssertionError("expected ValueError")
+
+
+def test_length_classes_round_trip_with_and_without_offset():
+    from conftest import random_model
+
+    for offset in (False, True):
+        model = random_model(length_offset=offset)
+        src_lengths = torch.tensor([1, 5, 30, 60])
+        tgt_lengths = torch.tensor([3, 9, 25, 64])
+        classes = model.length_targets(tgt_lengths, src_lengths)
+        assert (classes >= 0).all() and (classes < model.config.num_length_classes).all()
+        recovered = model.lengths_from_classes(classes[:, None], src_lengths)[:, 0]
+        assert torch.equal(recovered, tgt_lengths)
