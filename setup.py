@@ -37,7 +37,7 @@ def _extensions() -> tuple[list, dict]:
     want_cuda = not _env_flag("FORCE_ONLY_CPU") and (
         _env_flag("FORCE_CUDA") or (torch.cuda.is_available() and CUDA_HOME is not None)
     )
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if want_cuda and cuda_sources and torch.version.cuda is not None:
         extension = CUDAExtension(
@@ -45,7 +45,7 @@ def _extensions() -> tuple[list, dict]:
             sources + cuda_sources,
             include_dirs=include_dirs,
             define_macros=[("WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20", "--use_fast_math"]},
             extra_link_args=["-fopenmp"],
         )
     else:

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -173,7 +174,15 @@ def save_checkpoint(
     mask_generator: torch.Generator,
     config: TrainConfig,
 ) -> None:
-    """A checkpoint directory that is both a model (``from_pretrained``) and a resume point."""
+    """A checkpoint directory that is both a model (``from_pretrained``) and a resume point.
+
+    The whole directory is replaced atomically: it is written as ``DIR.tmp``, the old one moved
+    to ``DIR.old``, the new one renamed into place and the old one removed. A kill at any moment
+    leaves either DIR or DIR.old complete (``recover_checkpoint`` restores the latter).
+    """
+    final = directory.rstrip(os.sep)
+    directory = final + ".tmp"
+    shutil.rmtree(directory, ignore_errors=True)
     save_pretrained(model, directory, tokenizer.model_proto)
     train_state = {
         "optimizer": optimizer.state_dict(),
@@ -186,6 +195,19 @@ def save_checkpoint(
     buffer = io.BytesIO()
     torch.save(train_state, buffer)
     atomic_write(os.path.join(directory, TRAIN_STATE_NAME), buffer.getvalue())
+    previous = final + ".old"
+    shutil.rmtree(previous, ignore_errors=True)
+    if os.path.exists(final):
+        os.replace(final, previous)
+    os.replace(directory, final)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def recover_checkpoint(directory: str) -> None:
+    """After a kill in the middle of ``save_checkpoint``: bring back DIR.old if DIR is missing."""
+    final = directory.rstrip(os.sep)
+    if not os.path.exists(final) and os.path.exists(final + ".old"):
+        os.replace(final + ".old", final)
 
 
 def _bleu(
@@ -242,6 +264,7 @@ def train(config: TrainConfig) -> TrainState:
     state = TrainState()
 
     last_dir = os.path.join(config.output_dir, "last")
+    recover_checkpoint(last_dir)
     if os.path.exists(os.path.join(last_dir, TRAIN_STATE_NAME)):
         from janus_fast.checkpoint import load_pretrained
 

@@ -105,3 +105,16 @@ def test_two_process_ddp_training(corpus_dir, tmp_path):
     assert sorted(losses) == [1, 2, 3, 4]
     assert os.path.exists(os.path.join(out, "last", "model.safetensors"))
     shutil.rmtree(out)
+
+
+def test_kill_during_checkpoint_swap_resumes_from_previous(corpus_dir, tmp_path):
+    """A kill after `last` was moved aside but before the new one was renamed into place."""
+    out = str(tmp_path / "run")
+    train(tiny_train_config(corpus_dir, out, max_updates=3))
+    last = os.path.join(out, "last")
+    os.replace(last, last + ".old")
+    os.makedirs(last + ".tmp")  # a half-written new checkpoint
+    state = train(tiny_train_config(corpus_dir, out, max_updates=6))
+    assert state.update == 6
+    assert sorted(train_losses(out)) == [1, 2, 3, 4, 5, 6]
+    assert not os.path.exists(last + ".old") and not os.path.exists(last + ".tmp")
