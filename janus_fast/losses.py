@@ -39,15 +39,19 @@ def smoothed_cross_entropy(
     return F.cross_entropy(logits, targets[valid], label_smoothing=epsilon)
 
 
-def symmetric_kl(logits_p: torch.Tensor, logits_q: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """0.5 (KL(p||q) + KL(q||p)) summed over V, averaged over valid tokens.
+def symmetric_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """0.5 (KL(p||q) + KL(q||p)) summed over V, averaged over tokens.
 
-    logits_p, logits_q (..., V); valid (...) bool. Uses 0.5 * sum((p - q) * (log p - log q)).
+    log_p, log_q (M, V) float32 log-probabilities of the same M tokens.
+    Uses 0.5 * sum((p - q) * (log p - log q)).
     """
-    log_p = F.log_softmax(logits_p[valid].float(), dim=-1)
-    log_q = F.log_softmax(logits_q[valid].float(), dim=-1)
     per_token = ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1)
     return 0.5 * per_token.mean()
+
+
+def valid_log_probs(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """fp32 log-softmax of the valid rows: logits (..., V), valid (...) bool -> (M, V)."""
+    return F.log_softmax(logits[valid].float(), dim=-1)
 
 
 def compute_loss(
@@ -77,10 +81,12 @@ def compute_loss(
         if "aux_logits" in outputs:
             terms["ce_aux"] = smoothed_cross_entropy(outputs["aux_logits"], masked_targets, valid, eps)
             index = (positions - 1).clamp(min=0)[..., None].expand(-1, -1, outputs["ar_logits"].shape[-1])
-            ar_at_masked = outputs["ar_logits"].gather(1, index)
-            terms["kl_ar_nar"] = symmetric_kl(ar_at_masked, outputs["nar_logits"], valid)
-            terms["kl_ar_aux"] = symmetric_kl(ar_at_masked, outputs["aux_logits"], valid)
-            terms["kl_nar_aux"] = symmetric_kl(outputs["nar_logits"], outputs["aux_logits"], valid)
+            log_ar = valid_log_probs(outputs["ar_logits"].gather(1, index), valid)
+            log_nar = valid_log_probs(outputs["nar_logits"], valid)
+            log_aux = valid_log_probs(outputs["aux_logits"], valid)
+            terms["kl_ar_nar"] = symmetric_kl(log_ar, log_nar)
+            terms["kl_ar_aux"] = symmetric_kl(log_ar, log_aux)
+            terms["kl_nar_aux"] = symmetric_kl(log_nar, log_aux)
 
     if objective == "ar":
         total = terms["ce_ar"]

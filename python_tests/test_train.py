@@ -118,3 +118,17 @@ def test_kill_during_checkpoint_swap_resumes_from_previous(corpus_dir, tmp_path)
     assert state.update == 6
     assert sorted(train_losses(out)) == [1, 2, 3, 4, 5, 6]
     assert not os.path.exists(last + ".old") and not os.path.exists(last + ".tmp")
+
+
+def test_symmetric_kl_against_direct_formula():
+    from janus_fast.losses import symmetric_kl
+
+    generator = torch.Generator().manual_seed(0)
+    log_p = torch.log_softmax(torch.randn(5, 11, generator=generator), -1)
+    log_q = torch.log_softmax(torch.randn(5, 11, generator=generator), -1)
+    p, q = log_p.exp(), log_q.exp()
+    kl_pq = (p * (log_p - log_q)).sum(-1)
+    kl_qp = (q * (log_q - log_p)).sum(-1)
+    expected = (0.5 * (kl_pq + kl_qp)).mean()
+    torch.testing.assert_close(symmetric_kl(log_p, log_q), expected)
+    assert float(symmetric_kl(log_p, log_p)) == 0.0
