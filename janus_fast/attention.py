@@ -17,8 +17,6 @@ import torch.nn.functional as F
 
 from janus_fast import masks
 
-MASK_KINDS = ("padding", "causal", "two_stream", "ar_two_stream")
-
 
 @dataclass(frozen=True)
 class MaskSpec:
@@ -52,27 +50,23 @@ class MaskSpec:
 
     def dense(self, num_queries: int, num_keys: int) -> torch.Tensor:
         """The mask as a (B, Tq, Tk) bool tensor (True = may attend)."""
-        if self.kind == "padding":
-            return masks.padding_mask(self.key_lengths, num_queries, num_keys)
-        if self.kind == "causal":
-            return masks.causal_mask(self.key_lengths, num_queries, num_keys, self.query_offset)
-        if self.kind == "two_stream":
-            assert self.num_masked is not None
-            return masks.two_stream_mask(self.key_lengths, self.num_masked, num_keys, num_queries - num_keys)
-        if self.kind == "ar_two_stream":
-            return masks.ar_two_stream_mask(self.key_lengths, num_keys)
-        raise ValueError(f"unknown mask kind {self.kind!r}; expected one of {MASK_KINDS}")
+        return masks.dense_mask(self.kind, self.key_lengths, num_queries, num_keys, self.num_masked, self.query_offset)
 
 
-def _use_triton(query: torch.Tensor) -> bool:
+def use_triton(query: torch.Tensor) -> bool:
+    """Whether attention on ``query`` runs the Triton kernel: ``JANUS_FAST_ATTENTION_BACKEND``
+    "torch" / "triton" forces a path; "auto" (default) picks Triton for CUDA tensors when triton
+    is installed and the head dim is supported."""
     backend = os.environ.get("JANUS_FAST_ATTENTION_BACKEND", "auto")
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"JANUS_FAST_ATTENTION_BACKEND={backend!r}; expected auto, torch or triton")
-    if backend == "torch":
+    if backend != "auto":
+        return backend == "triton"
+    if not query.is_cuda:
         return False
-    if backend == "triton":
-        return True
-    return query.is_cuda and not torch.is_grad_enabled()
+    from janus_fast import kernels
+
+    return kernels.TRITON_AVAILABLE and query.shape[-1] in kernels.HEAD_DIMS
 
 
 def masked_attention(
@@ -89,17 +83,12 @@ def masked_attention(
     Returns:
         (B, H, Tq, D); rows with no visible key are zeros.
     """
-    if mask is not None and dropout_p == 0.0 and _use_triton(query):
-        from janus_fast.kernels import attention as triton_attention
+    if mask is not None and dropout_p == 0.0 and use_triton(query):
+        from janus_fast.kernels import fused_attention
 
-        return triton_attention(
-            query,
-            key,
-            value,
-            mask_kind=mask.kind,
-            key_lengths=mask.key_lengths,
-            num_masked=mask.num_masked,
-            query_offset=mask.query_offset,
+        return fused_attention(
+            query, key, value, mask_kind=mask.kind, key_lengths=mask.key_lengths,
+            num_masked=mask.num_masked, query_offset=mask.query_offset,
         )
     dense = None if mask is None else mask.dense(query.shape[2], key.shape[2])[:, None]
     return F.scaled_dot_product_attention(query, key, value, attn_mask=dense, dropout_p=dropout_p)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from janus_fast.attention import use_triton
 from janus_fast.model import EncoderOutput, JanusModel
 from janus_fast.ops import mask_predict_step
 
@@ -33,7 +34,19 @@ def length_candidates(
     """Top-``length_beam`` target lengths (counting bos/eos) of the length head.
 
     Returns lengths (B, l) int64, sorted by descending log-probability, and their log-probs (B, l).
+    On CUDA tensors the fused Triton kernel (``janus_fast.kernels.length_candidates``) does it.
     """
+    states = encoder_out.states
+    if states.is_cuda and use_triton(states):
+        from janus_fast.kernels import length_candidates as fused_length_candidates
+
+        config = model.config
+        beam = min(length_beam, config.num_length_classes - MIN_NAR_LENGTH)
+        lengths, log_probs = fused_length_candidates(
+            states, encoder_out.lengths, model.length_embed.weight, beam,
+            offset=config.length_offset, min_length=MIN_NAR_LENGTH,
+        )
+        return lengths.clamp(max=config.max_target_positions), log_probs
     log_probs = F.log_softmax(model.length_logits(encoder_out).float(), dim=-1)
     classes = torch.arange(log_probs.shape[-1], device=log_probs.device)
     lengths_of_class = model.lengths_from_classes(classes[None].expand_as(log_probs), encoder_out.lengths)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["padding_mask", "causal_mask", "two_stream_mask", "ar_two_stream_mask"]
+__all__ = ["MASK_KINDS", "padding_mask", "causal_mask", "two_stream_mask", "ar_two_stream_mask", "dense_mask"]
+
+MASK_KINDS = ("padding", "causal", "two_stream", "ar_two_stream")
 
 
 def padding_mask(key_lengths: torch.Tensor, num_queries: int, num_keys: int) -> torch.Tensor:
@@ -121,3 +123,28 @@ def ar_two_stream_mask(lengths: torch.Tensor, num_positions: int) -> torch.Tenso
     rows_real = torch.arange(num_positions, device=lengths.device).view(1, -1, 1) < lengths.view(-1, 1, 1)
     causal = causal & rows_real
     return torch.cat([causal, causal], dim=1)
+
+
+def dense_mask(
+    kind: str,
+    key_lengths: torch.Tensor,
+    num_queries: int,
+    num_keys: int,
+    num_masked: torch.Tensor | None = None,
+    query_offset: int = 0,
+) -> torch.Tensor:
+    """The (B, Tq, Tk) bool mask of ``kind`` (one of ``MASK_KINDS``) from its integers.
+
+    two_stream: rows are ``[content (Tk) | query (Tq - Tk)]``; ar_two_stream: Tq = 2 Tk.
+    """
+    if kind == "padding":
+        return padding_mask(key_lengths, num_queries, num_keys)
+    if kind == "causal":
+        return causal_mask(key_lengths, num_queries, num_keys, query_offset)
+    if kind == "two_stream":
+        if num_masked is None:
+            raise ValueError("the two_stream mask needs num_masked")
+        return two_stream_mask(key_lengths, num_masked, num_keys, num_queries - num_keys)
+    if kind == "ar_two_stream":
+        return ar_two_stream_mask(key_lengths, num_keys)
+    raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")

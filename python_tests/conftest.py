@@ -5,6 +5,10 @@ from __future__ import annotations
 import gzip
 import os
 
+# The Triton kernels are tested on the CPU through Triton's interpreter; it must be chosen before
+# triton is imported anywhere.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 

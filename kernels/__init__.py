@@ -1,0 +1,22 @@
+"""Triton kernels of janus_fast (installed as ``janus_fast.kernels``).
+
+* ``fused_attention``: flash-style attention with the padding / causal / JANUS two-stream masks
+  computed in the kernel from per-sentence integers (``attention.py``);
+* ``length_candidates``: fused length prediction, mean-pool -> projection -> log-softmax -> top-l
+  (``length.py``);
+each with its PyTorch reference (``attention_reference``, ``length_candidates_reference``).
+
+The model calls them on CUDA tensors (``janus_fast.attention.use_triton``); on the CPU it uses the
+PyTorch path. Importing this package never requires triton; calling a kernel does.
+"""
+
+from .attention import DTYPES, HEAD_DIMS, MASK_KINDS, attention_reference, fused_attention, interpreting
+from .attention import triton as _triton
+from .length import length_candidates, length_candidates_reference
+
+TRITON_AVAILABLE = _triton is not None
+
+__all__ = [
+    "DTYPES", "HEAD_DIMS", "MASK_KINDS", "TRITON_AVAILABLE", "attention_reference", "fused_attention",
+    "interpreting", "length_candidates", "length_candidates_reference",
+]

@@ -1,0 +1,141 @@
+"""Fused length prediction: masked mean-pool, projection, log-softmax and top-l, in one kernel.
+
+One program per sentence: it mean-pools the encoder states over the sentence's real tokens (in
+blocks of the model width), projects them with the length-embedding matrix (num_classes, d),
+takes a log-softmax over the classes that give a length >= ``min_length`` and extracts the top-l
+candidates by repeated argmax (ties -> the smaller class, i.e. the shorter length).
+
+With ``offset=True`` class c means target length ``c - num_classes // 2 + src_length``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .attention import interpreting
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:
+    triton = None
+
+
+def _class_lengths(num_classes: int, src_lengths: torch.Tensor, offset: bool) -> torch.Tensor:
+    """(B, C) int64: the target length each class stands for."""
+    classes = torch.arange(num_classes, device=src_lengths.device)[None].expand(len(src_lengths), -1)
+    return classes + src_lengths[:, None] - num_classes // 2 if offset else classes
+
+
+def length_candidates_reference(
+    encoder_states: torch.Tensor,
+    src_lengths: torch.Tensor,
+    length_weight: torch.Tensor,
+    beam: int,
+    *,
+    offset: bool = False,
+    min_length: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch reference. encoder_states (B, S, d), src_lengths (B,) int, length_weight (C, d).
+
+    Returns candidate lengths (B, beam) int64 and their log-probabilities (B, beam) float32, best
+    first; log-softmax over the classes whose length is >= ``min_length``.
+    """
+    states = encoder_states.float()
+    real = torch.arange(states.shape[1], device=states.device)[None] < src_lengths[:, None]
+    pooled = (states * real[..., None]).sum(1) / src_lengths.clamp(min=1)[:, None].float()
+    logits = F.linear(pooled, length_weight.float())
+    lengths = _class_lengths(length_weight.shape[0], src_lengths, offset)
+    log_probs = F.log_softmax(logits.masked_fill(lengths < min_length, float("-inf")), dim=-1)
+    # stable descending sort: equal log-probs keep the smaller class first
+    order = torch.sort(log_probs, dim=-1, descending=True, stable=True).indices[:, :beam]
+    return lengths.gather(1, order), log_probs.gather(1, order)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _length_kernel(
+        States, SrcLengths, Weight, OutLengths, OutLogProbs,
+        stride_sb, stride_ss, stride_sd, stride_wc, stride_wd,
+        seq_len, model_dim, num_classes, min_length,
+        BEAM: tl.constexpr, OFFSET: tl.constexpr,
+        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        sentence = tl.program_id(0)
+        src_length = tl.load(SrcLengths + sentence).to(tl.int32)
+        classes = tl.arange(0, BLOCK_C)
+        logits = tl.zeros((BLOCK_C,), tl.float32)
+        denominator = tl.maximum(src_length, 1).to(tl.float32)
+        for d_start in range(0, model_dim, BLOCK_D):
+            dims = d_start + tl.arange(0, BLOCK_D)
+            pooled = tl.zeros((BLOCK_D,), tl.float32)
+            for s_start in range(0, seq_len, BLOCK_S):
+                positions = s_start + tl.arange(0, BLOCK_S)
+                ptrs = States + sentence * stride_sb + positions[:, None] * stride_ss + dims[None, :] * stride_sd
+                valid = (positions[:, None] < src_length) & (dims[None, :] < model_dim)
+                pooled += tl.sum(tl.load(ptrs, mask=valid, other=0.0).to(tl.float32), 0)
+            pooled = pooled / denominator
+            w_ptrs = Weight + classes[:, None] * stride_wc + dims[None, :] * stride_wd
+            w_valid = (classes[:, None] < num_classes) & (dims[None, :] < model_dim)
+            weight = tl.load(w_ptrs, mask=w_valid, other=0.0).to(tl.float32)
+            logits += tl.sum(weight * pooled[None, :], 1)
+        lengths = classes
+        if OFFSET:
+            lengths = classes - num_classes // 2 + src_length
+        usable = (classes < num_classes) & (lengths >= min_length)
+        logits = tl.where(usable, logits, float("-inf"))
+        top = tl.max(logits, 0)
+        log_sum = tl.log(tl.sum(tl.where(usable, tl.exp(logits - top), 0.0), 0)) + top
+        log_probs = logits - log_sum
+        for rank in tl.static_range(BEAM):
+            best = tl.argmax(log_probs, 0)  # first maximum: ties -> smaller class
+            best_value = tl.max(log_probs, 0)
+            best_length = best
+            if OFFSET:
+                best_length = best - num_classes // 2 + src_length
+            tl.store(OutLengths + sentence * BEAM + rank, best_length.to(tl.int64))
+            tl.store(OutLogProbs + sentence * BEAM + rank, best_value)
+            log_probs = tl.where(classes == best, float("-inf"), log_probs)
+
+
+def length_candidates(
+    encoder_states: torch.Tensor,
+    src_lengths: torch.Tensor,
+    length_weight: torch.Tensor,
+    beam: int,
+    *,
+    offset: bool = False,
+    min_length: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton version of ``length_candidates_reference`` (same arguments and results).
+
+    encoder_states (B, S, d) fp32/fp16/bf16, src_lengths (B,) int, length_weight (C, d);
+    1 <= beam <= 16 and beam <= the number of usable classes.
+    """
+    if encoder_states.dim() != 3 or src_lengths.shape != (encoder_states.shape[0],):
+        raise ValueError(
+            f"encoder_states must be (B, S, d) and src_lengths (B,); got {tuple(encoder_states.shape)}, "
+            f"{tuple(src_lengths.shape)}"
+        )
+    if length_weight.dim() != 2 or length_weight.shape[1] != encoder_states.shape[2]:
+        raise ValueError(f"length_weight must be (C, {encoder_states.shape[2]}), got {tuple(length_weight.shape)}")
+    if not 1 <= beam <= min(16, length_weight.shape[0] - min_length):
+        raise ValueError(f"beam must be in [1, {min(16, length_weight.shape[0] - min_length)}], got {beam}")
+    if triton is None:
+        raise RuntimeError("triton is not installed: use length_candidates_reference")
+    if not encoder_states.is_cuda and not interpreting():
+        raise RuntimeError("the Triton length kernel needs CUDA tensors (or TRITON_INTERPRET=1 for testing)")
+    batch, seq_len, model_dim = encoder_states.shape
+    num_classes = length_weight.shape[0]
+    out_lengths = torch.empty(batch, beam, dtype=torch.int64, device=encoder_states.device)
+    out_log_probs = torch.empty(batch, beam, dtype=torch.float32, device=encoder_states.device)
+    block_d = 32 if interpreting() else 64
+    _length_kernel[(batch,)](
+        encoder_states, src_lengths, length_weight, out_lengths, out_log_probs,
+        *encoder_states.stride(), *length_weight.stride(),
+        seq_len, model_dim, num_classes, min_length,
+        BEAM=beam, OFFSET=offset, BLOCK_S=16, BLOCK_D=block_d, BLOCK_C=triton.next_power_of_2(num_classes),
+    )
+    return out_lengths, out_log_probs

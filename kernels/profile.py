@@ -1,0 +1,127 @@
+"""Throughput of the Triton kernels against the PyTorch path, for ``janus-fast profile``.
+
+On a CUDA machine each kernel is timed against its PyTorch reference (TFLOP/s for attention, GB/s
+for length prediction). Without a GPU nothing of the kernels can be timed (the interpreter says
+nothing about GPU speed): the rows then time the PyTorch CPU path the package uses instead, and
+say so.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from .attention import attention_reference, fused_attention
+from .length import length_candidates, length_candidates_reference
+
+# (batch, heads, queries, keys, head dim, mask kind): encoder self-attention, cross-attention,
+# the JANUS two-stream training mask and the AR two-stream mask, at Multi30k-like lengths
+ATTENTION_SHAPES = (
+    (64, 4, 32, 32, 64, "padding"),
+    (64, 4, 32, 40, 64, "padding"),
+    (64, 4, 64, 48, 64, "two_stream"),
+    (64, 4, 64, 32, 64, "ar_two_stream"),
+)
+LENGTH_SHAPES = ((64, 32, 256), (192, 32, 512))  # (batch, source length, model width)
+
+
+def _median_ms(function: Callable[[], object], repeats: int, synchronize: Callable[[], None]) -> float:
+    function()
+    synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+def _attention_inputs(batch, heads, num_queries, num_keys, head_dim, kind, device, dtype):
+    q = torch.randn(batch, heads, num_queries, head_dim, device=device, dtype=dtype)
+    k = torch.randn(batch, heads, num_keys, head_dim, device=device, dtype=dtype)
+    v = torch.randn_like(k)
+    key_lengths = torch.randint(num_keys // 2, num_keys + 1, (batch,), device=device)
+    num_masked = (key_lengths // 3) if kind == "two_stream" else None
+    if kind == "two_stream":
+        key_lengths = torch.minimum(key_lengths, torch.full_like(key_lengths, num_keys))
+    return q, k, v, {"mask_kind": kind, "key_lengths": key_lengths, "num_masked": num_masked}
+
+
+def profile_kernels(repeats: int = 10) -> list[dict]:
+    """Measured rows, one per (op, shape); fields say what was timed on which device."""
+    on_gpu = torch.cuda.is_available()
+    device = "cuda" if on_gpu else "cpu"
+    dtype = torch.float16 if on_gpu else torch.float32
+    synchronize = torch.cuda.synchronize if on_gpu else (lambda: None)
+    note = "" if on_gpu else "no CUDA device: GPU kernels not timed; PyTorch CPU path timed instead"
+    rows = []
+    for batch, heads, num_queries, num_keys, head_dim, kind in ATTENTION_SHAPES:
+        q, k, v, options = _attention_inputs(batch, heads, num_queries, num_keys, head_dim, kind, device, dtype)
+        flops = 4 * batch * heads * num_queries * num_keys * head_dim  # QK^T and PV, dense count
+        with torch.inference_mode():
+            reference_ms = _median_ms(partial(attention_reference, q, k, v, **options), repeats, synchronize)
+            kernel = partial(fused_attention, q, k, v, **options)
+            kernel_ms = _median_ms(kernel, repeats, synchronize) if on_gpu else None
+        rows.append(
+            {
+                "op": f"attention[{kind}]",
+                "shape": f"B{batch} H{heads} Tq{num_queries} Tk{num_keys} D{head_dim}",
+                "device": device,
+                "dtype": str(dtype).replace("torch.", ""),
+                "torch_ms": reference_ms,
+                "torch_tflops": flops / reference_ms / 1e9,
+                "triton_ms": kernel_ms,
+                "triton_tflops": flops / kernel_ms / 1e9 if kernel_ms else None,
+                "note": note,
+            }
+        )
+    for batch, seq_len, width in LENGTH_SHAPES:
+        states = torch.randn(batch, seq_len, width, device=device, dtype=dtype)
+        src_lengths = torch.randint(1, seq_len + 1, (batch,), device=device)
+        weight = torch.randn(256, width, device=device, dtype=dtype)
+        bytes_read = (states.numel() + weight.numel()) * states.element_size()
+        with torch.inference_mode():
+            reference = partial(length_candidates_reference, states, src_lengths, weight, 3)
+            reference_ms = _median_ms(reference, repeats, synchronize)
+            kernel = partial(length_candidates, states, src_lengths, weight, 3)
+            kernel_ms = _median_ms(kernel, repeats, synchronize) if on_gpu else None
+        rows.append(
+            {
+                "op": "length_candidates",
+                "shape": f"B{batch} S{seq_len} d{width} C256 l3",
+                "device": device,
+                "dtype": str(dtype).replace("torch.", ""),
+                "torch_ms": reference_ms,
+                "torch_gbs": bytes_read / reference_ms / 1e6,
+                "triton_ms": kernel_ms,
+                "triton_gbs": bytes_read / kernel_ms / 1e6 if kernel_ms else None,
+                "note": note,
+            }
+        )
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    """A markdown table of ``profile_kernels`` rows ("-" where nothing was measured)."""
+
+    def number(value: float | None, digits: int = 3) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "| op | shape | device | torch ms | triton ms | torch TFLOP/s or GB/s | triton TFLOP/s or GB/s |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        torch_rate = row.get("torch_tflops", row.get("torch_gbs"))
+        triton_rate = row.get("triton_tflops", row.get("triton_gbs"))
+        lines.append(
+            f"| {row['op']} | {row['shape']} | {row['device']} {row['dtype']} | {number(row['torch_ms'])} | "
+            f"{number(row['triton_ms'])} | {number(torch_rate)} | {number(triton_rate)} |"
+        )
+    notes = sorted({row["note"] for row in rows if row["note"]})
+    return "\n".join(lines + [f"note: {n}" for n in notes])
