@@ -28,7 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from janus_fast.checkpoint import atomic_write, save_pretrained
-from janus_fast.data import ParallelDataset, corpus_path, mask_targets, read_parallel
+from janus_fast.data import Batch, ParallelDataset, corpus_path, mask_targets, read_parallel
 from janus_fast.losses import LossWeights, compute_loss
 from janus_fast.model import JanusConfig, JanusModel
 from janus_fast.tokenizer import Tokenizer
@@ -323,24 +323,7 @@ def train(config: TrainConfig) -> TrainState:
         while state.batch_in_epoch < len(batches) and state.update < max_updates:
             step_start = time.perf_counter()
             batch = train_data.collate(batches[state.batch_in_epoch])
-            masked = mask_targets(batch.tgt_lengths, batch.tgt_tokens.shape[1], config.masking, mask_generator)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                outputs = ddp_model(
-                    batch.src_tokens,
-                    batch.src_lengths,
-                    batch.tgt_tokens,
-                    batch.tgt_lengths,
-                    masked,
-                    config.objective,
-                )
-            loss, terms = compute_loss(
-                outputs,
-                batch.tgt_tokens,
-                batch.tgt_lengths,
-                model.length_targets(batch.tgt_lengths, batch.src_lengths),
-                config.objective,
-                config.weights,
-            )
+            loss, terms = batch_loss(ddp_model, model, batch, config, mask_generator, bf16)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
@@ -393,6 +376,25 @@ def train(config: TrainConfig) -> TrainState:
     return state
 
 
+def batch_loss(
+    forward: torch.nn.Module,
+    model: JanusModel,
+    batch: Batch,
+    config: TrainConfig,
+    mask_generator: torch.Generator,
+    bf16: bool,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mask the batch's targets, run ``forward`` (the model or its DDP wrapper) and the objective's
+    loss; returns the loss and its terms."""
+    masked = mask_targets(batch.tgt_lengths, batch.tgt_tokens.shape[1], config.masking, mask_generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        outputs = forward(
+            batch.src_tokens, batch.src_lengths, batch.tgt_tokens, batch.tgt_lengths, masked, config.objective
+        )
+    length_targets = model.length_targets(batch.tgt_lengths, batch.src_lengths)
+    return compute_loss(outputs, batch.tgt_tokens, batch.tgt_lengths, length_targets, config.objective, config.weights)
+
+
 @torch.no_grad()
 def validation_loss(model: JanusModel, data: ParallelDataset, config: TrainConfig) -> float:
     """Token-weighted mean of the objective's loss over ``data`` (fixed masking seed)."""
@@ -401,19 +403,7 @@ def validation_loss(model: JanusModel, data: ParallelDataset, config: TrainConfi
     total, weight = 0.0, 0
     for indices in data.batches(config.max_tokens):
         batch = data.collate(indices)
-        masked = mask_targets(batch.tgt_lengths, batch.tgt_tokens.shape[1], config.masking, generator)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(config.precision)):
-            outputs = model(
-                batch.src_tokens, batch.src_lengths, batch.tgt_tokens, batch.tgt_lengths, masked, config.objective
-            )
-        loss, _ = compute_loss(
-            outputs,
-            batch.tgt_tokens,
-            batch.tgt_lengths,
-            model.length_targets(batch.tgt_lengths, batch.src_lengths),
-            config.objective,
-            config.weights,
-        )
+        loss, _ = batch_loss(model, model, batch, config, generator, use_bf16(config.precision))
         total += float(loss) * batch.num_target_tokens
         weight += batch.num_target_tokens
     return total / max(weight, 1)
