@@ -43,8 +43,12 @@ def length_candidates(
         config = model.config
         beam = min(length_beam, config.num_length_classes - MIN_NAR_LENGTH)
         lengths, log_probs = fused_length_candidates(
-            states, encoder_out.lengths, model.length_embed.weight, beam,
-            offset=config.length_offset, min_length=MIN_NAR_LENGTH,
+            states,
+            encoder_out.lengths,
+            model.length_embed.weight,
+            beam,
+            offset=config.length_offset,
+            min_length=MIN_NAR_LENGTH,
         )
         return lengths.clamp(max=config.max_target_positions), log_probs
     log_probs = F.log_softmax(model.length_logits(encoder_out).float(), dim=-1)
@@ -108,20 +112,35 @@ def mask_predict(
         logits = model.nar_logits(tokens, lengths, rows_encoder)
         mask_predict_step(logits, tokens, scores, lengths, iteration, num_iterations, config.mask_id)
 
+    return best_length_candidates(model, tokens, scores, lengths, beam)
+
+
+def best_length_candidates(
+    model: JanusModel, tokens: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor, beam: int
+) -> Hypotheses:
+    """Per sentence, the length candidate (row) with the highest mean token log-probability.
+
+    tokens (B*l, T) int64, scores (B*l, T) float32, lengths (B*l,) int64; rows of a sentence adjacent.
+    """
+    config = model.config
     positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
     real = (positions >= 1) & (positions < lengths[:, None] - 1)
     mean_scores = (scores * real).sum(1) / real.sum(1).clamp(min=1)
-    best = mean_scores.view(batch, beam).argmax(1)
-    chosen = torch.arange(batch, device=best.device) * beam + best
+    best = mean_scores.view(-1, beam).argmax(1)
+    chosen = torch.arange(len(best), device=best.device) * beam + best
     specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
     out_tokens = [strip_special(row, config.eos_id, specials) for row in tokens[chosen].tolist()]
     return Hypotheses(out_tokens, mean_scores[chosen].tolist())
 
 
-def max_ar_length(src_lengths: torch.Tensor, model: JanusModel, max_len_a: float, max_len_b: int) -> int:
-    """Number of tokens an AR search may generate (eos included)."""
-    longest = int(max_len_a * int(src_lengths.max()) + max_len_b)
-    return max(1, min(longest, model.config.max_target_positions - 1))
+def max_ar_lengths(src_lengths: torch.Tensor, model: JanusModel, max_len_a: float, max_len_b: int) -> torch.Tensor:
+    """Tokens each sentence's AR search may generate, eos included: (B,) int64, >= 1.
+
+    Per sentence (``max_len_a * src_len + max_len_b``), so a translation never depends on the
+    other sentences of its batch.
+    """
+    limits = (max_len_a * src_lengths.double() + max_len_b).long()
+    return limits.clamp(1, model.config.max_target_positions - 1)
 
 
 @torch.inference_mode()
@@ -145,7 +164,8 @@ def ar_search(
     config = model.config
     device = src_tokens.device
     batch = src_tokens.shape[0]
-    steps = max_ar_length(src_lengths, model, max_len_a, max_len_b)
+    row_limits = max_ar_lengths(src_lengths, model, max_len_a, max_len_b).repeat_interleave(beam)
+    steps = int(row_limits.max())
     encoder_out = model.encode(src_tokens, src_lengths)
     rows = torch.arange(batch, device=device).repeat_interleave(beam)
     encoder_out = encoder_out.select(rows)
@@ -169,10 +189,10 @@ def ar_search(
         log_probs[:, config.mask_id] = float("-inf")
         log_probs[:, config.pad_id] = float("-inf")
         log_probs[:, config.bos_id] = float("-inf")
-        if step == steps - 1:  # force eos at the length limit
-            eos_log_probs = log_probs[:, config.eos_id].clone()
-            log_probs.fill_(float("-inf"))
-            log_probs[:, config.eos_id] = eos_log_probs
+        at_limit = row_limits == step + 1  # force eos at each sentence's length limit
+        eos_log_probs = log_probs[at_limit, config.eos_id]
+        log_probs[at_limit] = float("-inf")
+        log_probs[at_limit, config.eos_id] = eos_log_probs
         # finished rows extend with pad at no cost
         log_probs[finished] = float("-inf")
         log_probs[finished, config.pad_id] = 0.0
@@ -212,17 +232,27 @@ def generate(
     beam: int = 1,
     max_len_a: float = 1.2,
     max_len_b: int = 10,
+    decoder: str = "engine",
 ) -> list[list[int]]:
     """Translate a padded batch of source ids; returns target ids per sentence (no bos/eos/pad).
 
     src_tokens (B, S) int64 right-padded, src_lengths (B,) int64 >= 1; mode "nar" (mask-predict,
-    ``iterations`` x ``length_beam``) or "ar" (``beam`` 1 = greedy).
+    ``iterations`` x ``length_beam``) or "ar" (``beam`` 1 = greedy). decoder "engine" (the fast
+    path, ``janus_fast.engine``) or "reference" (this module); both give the same outputs.
     """
     _check_source(model, src_tokens, src_lengths)
     if mode not in ("nar", "ar"):
         raise ValueError(f"unknown mode {mode!r}; expected 'nar' or 'ar'")
+    if decoder not in ("engine", "reference"):
+        raise ValueError(f"unknown decoder {decoder!r}; expected 'engine' or 'reference'")
     if len(src_lengths) == 0:
         return []
+    if decoder == "engine":
+        from janus_fast import engine
+
+        if mode == "nar":
+            return engine.mask_predict(model, src_tokens, src_lengths, iterations, length_beam).tokens
+        return engine.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b).tokens
     if mode == "nar":
         return mask_predict(model, src_tokens, src_lengths, iterations, length_beam).tokens
     return ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b).tokens

@@ -25,6 +25,7 @@ class Translator:
         max_batch_tokens: padded source tokens per decoder batch (sentences are sorted by length).
         on_long_input: "truncate" (warn and keep the first ``max_source_positions`` pieces) or
             "error" (raise ValueError) for inputs longer than the model accepts.
+        decoder: "engine" (fast, ``janus_fast.engine``) or "reference" (``janus_fast.decoding``).
     """
 
     def __init__(
@@ -33,7 +34,11 @@ class Translator:
         tokenizer: Tokenizer,
         max_batch_tokens: int = 4096,
         on_long_input: str = "truncate",
+        decoder: str = "engine",
     ) -> None:
+        if decoder not in ("engine", "reference"):
+            raise ValueError(f"decoder must be 'engine' or 'reference', got {decoder!r}")
+        self.decoder = decoder
         if on_long_input not in ("truncate", "error"):
             raise ValueError(f"on_long_input must be 'truncate' or 'error', got {on_long_input!r}")
         if tokenizer.vocab_size != model.config.vocab_size:
@@ -102,6 +107,7 @@ class Translator:
                 iterations=iterations,
                 length_beam=length_beam,
                 beam=beam,
+                decoder=self.decoder,
             )
             for index, ids in zip(indices, hypotheses):
                 outputs[index] = self.tokenizer.decode(ids)
