@@ -83,7 +83,7 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5", "ninja", "pybind11"],
+        "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5", "ninja", "pybind11", "matplotlib"],
         "triton": ["triton>=3.0"],
     },
     entry_points={"console_scripts": ["janus-fast=janus_fast.cli:main"]},

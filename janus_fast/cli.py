@@ -154,6 +154,13 @@ def command_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_bench(args: argparse.Namespace) -> int:
+    from janus_fast.bench import bench_main
+
+    print(bench_main(args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from janus_fast.train import TrainConfig
 
@@ -184,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     profile_parser.add_argument("--repeats", type=int, default=5)
     profile_parser.add_argument("--json", action="store_true")
     profile_parser.set_defaults(handler=command_profile)
+
+    bench_parser = commands.add_parser("bench", help="reference vs engine, NAR vs AR: speed and BLEU, one table")
+    bench_parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
+    bench_parser.add_argument("--data-dir", default="../shared/data/multi30k")
+    bench_parser.add_argument("--source-lang", default="de")
+    bench_parser.add_argument("--target-lang", default="en")
+    bench_parser.add_argument("--limit", type=int, default=1000, help="test sentences for the large-batch rows")
+    bench_parser.add_argument("--batch1", type=int, default=100, help="sentences decoded one at a time")
+    bench_parser.add_argument("--max-batch-tokens", type=int, default=4096)
+    bench_parser.add_argument("--repeats", type=int, default=1, help="timed repeats (the fastest is kept)")
+    bench_parser.add_argument("--plot", default="bench.png", help="PNG of BLEU vs ms/sentence ('' for none)")
+    bench_parser.add_argument("--json", action="store_true")
+    bench_parser.set_defaults(handler=command_bench)
     return parser
 
 

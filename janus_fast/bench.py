@@ -1,0 +1,244 @@
+"""``janus-fast bench``: reference vs engine, NAR vs AR, measured side by side in one run.
+
+For one model and the Multi30k test set it times every decoding mode at batch 1 (the first
+``batch1_sentences`` sentences one at a time) and at a large batch (``max_batch_tokens``), scores
+the large-batch output with sacreBLEU, estimates the FLOPs each mode spends per sentence from the
+config and the lengths actually decoded, and compares the achieved GFLOP/s with this machine's
+fp32 matmul peak measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+
+import sacrebleu
+import torch
+
+from janus_fast.data import corpus_path, read_parallel
+from janus_fast.model import JanusConfig
+from janus_fast.translator import Translator
+
+NAR_ITERATIONS = (1, 2, 4, 10)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table: a decoder and its options."""
+
+    decoder: str  # "reference" | "engine"
+    mode: str  # "nar" | "ar"
+    iterations: int = 10
+    length_beam: int = 3
+    beam: int = 1
+
+    @property
+    def name(self) -> str:
+        if self.mode == "nar":
+            return f"{self.decoder} NAR T={self.iterations} lb={self.length_beam}"
+        return f"{self.decoder} AR {'greedy' if self.beam == 1 else f'beam {self.beam}'}"
+
+    def options(self) -> dict:
+        return {"mode": self.mode, "iterations": self.iterations, "length_beam": self.length_beam, "beam": self.beam}
+
+
+def settings() -> list[Setting]:
+    rows = [Setting(decoder, "nar", iterations=t) for decoder in ("reference", "engine") for t in NAR_ITERATIONS]
+    rows += [Setting(decoder, "ar", beam=beam) for decoder in ("reference", "engine") for beam in (1, 4)]
+    return rows
+
+
+def matmul_peak_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """Measured fp32 GFLOP/s of a square torch.mm (median of ``repeats``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def flops_per_sentence(config: JanusConfig, setting: Setting, source_length: float, target_length: float) -> float:
+    """Matmul FLOPs per sentence (projections, FFN, attention scores/values, vocabulary).
+
+    source_length S and target_length L (pieces, bos/eos included) are averages over the data.
+    """
+    d, ffn, vocab = config.d_model, config.ffn_dim, config.vocab_size
+    encoder = config.encoder_layers * source_length * (2 * 4 * d * d + 2 * 2 * d * ffn + 2 * 2 * source_length * d)
+    cross_kv = config.decoder_layers * source_length * 2 * 2 * d * d
+
+    def decoder_rows(rows: float, keys: float) -> float:
+        per_row = 2 * 4 * d * d + 2 * 2 * d * ffn + 2 * 2 * (keys + source_length) * d
+        return config.decoder_layers * rows * per_row
+
+    if setting.mode == "nar":
+        rows = setting.length_beam * target_length
+        masked_fraction = (setting.iterations + 1) / (2 * setting.iterations) if setting.decoder == "engine" else 1.0
+        per_iteration = decoder_rows(rows, target_length) + 2 * rows * masked_fraction * vocab * d
+        return encoder + cross_kv + setting.iterations * per_iteration
+    steps = target_length - 1
+    # each step runs a content row and a query row (two streams) over a cache of ~L/2 keys
+    per_step = setting.beam * (decoder_rows(2, target_length / 2) + 2 * vocab * d)
+    return encoder + cross_kv + steps * per_step
+
+
+def _timed(function) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = function()
+    return time.perf_counter() - start, result
+
+
+def _time_setting(
+    translator: Translator, setting: Setting, sources: list[str], batch1: list[str], repeats: int
+) -> tuple[float, float, list[str]]:
+    """Fastest of ``repeats``: seconds for ``batch1`` one sentence at a time, seconds for all
+    ``sources`` in large batches, and the large-batch translations."""
+    options = setting.options()
+    batch1_seconds = min(
+        _timed(lambda: [translator.translate([s], **options) for s in batch1])[0] for _ in range(repeats)
+    )
+    runs = [_timed(lambda: translator.translate(sources, **options)) for _ in range(repeats)]
+    return batch1_seconds, min(seconds for seconds, _ in runs), runs[0][1]
+
+
+def run_bench(
+    model_dir: str | None,
+    data_dir: str,
+    source_lang: str = "de",
+    target_lang: str = "en",
+    limit: int = 1000,
+    batch1_sentences: int = 100,
+    max_batch_tokens: int = 4096,
+    repeats: int = 1,
+) -> dict:
+    """Measure every setting on the test set; returns {"rows": [...], "ratios": {...}, ...}."""
+    sources, references = read_parallel(
+        corpus_path(data_dir, "test_2016_flickr", source_lang),
+        corpus_path(data_dir, "test_2016_flickr", target_lang),
+        limit,
+    )
+    translators = {
+        decoder: Translator.from_pretrained(model_dir, max_batch_tokens=max_batch_tokens, decoder=decoder)
+        for decoder in ("reference", "engine")
+    }
+    config = translators["engine"].model.config
+    tokenizer = translators["engine"].tokenizer
+    source_length = statistics.mean(len(tokenizer.encode(s)) for s in sources)
+    peak = matmul_peak_gflops()
+    rows = []
+    for setting in settings():
+        translator = translators[setting.decoder]
+        batch1_seconds, batch_seconds, hypotheses = _time_setting(
+            translator, setting, sources, sources[:batch1_sentences], repeats
+        )
+        batch1 = sources[:batch1_sentences]
+        target_length = statistics.mean(len(tokenizer.encode(h)) + 2 for h in hypotheses)
+        flops = flops_per_sentence(config, setting, source_length, target_length)
+        batch_rate = len(sources) / batch_seconds
+        rows.append(
+            {
+                "setting": setting.name,
+                **setting.options(),
+                "decoder": setting.decoder,
+                "batch1_ms_per_sentence": 1e3 * batch1_seconds / len(batch1),
+                "batch1_sentences_per_second": len(batch1) / batch1_seconds,
+                "batch_ms_per_sentence": 1e3 / batch_rate,
+                "batch_sentences_per_second": batch_rate,
+                "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
+                "gflop_per_sentence": flops / 1e9,
+                "achieved_gflops": flops * batch_rate / 1e9,
+            }
+        )
+    by_name = {row["setting"]: row for row in rows}
+
+    def ratio(faster: str, slower: str, key: str) -> float:
+        return by_name[slower][key] / by_name[faster][key]
+
+    ratios = {}
+    for key, label in (("batch1_ms_per_sentence", "batch 1"), ("batch_ms_per_sentence", "large batch")):
+        ratios[f"engine NAR T=4 vs engine AR greedy, {label}"] = ratio("engine NAR T=4 lb=3", "engine AR greedy", key)
+        ratios[f"engine NAR T=10 vs engine AR greedy, {label}"] = ratio("engine NAR T=10 lb=3", "engine AR greedy", key)
+        ratios[f"engine AR greedy vs reference AR greedy, {label}"] = ratio(
+            "engine AR greedy", "reference AR greedy", key
+        )
+        for t in NAR_ITERATIONS:
+            ratios[f"engine NAR vs reference NAR T={t}, {label}"] = ratio(
+                f"engine NAR T={t} lb=3", f"reference NAR T={t} lb=3", key
+            )
+    return {
+        "rows": rows,
+        "ratios": ratios,
+        "matmul_peak_gflops": peak,
+        "sentences": len(sources),
+        "batch1_sentences": min(batch1_sentences, len(sources)),
+        "max_batch_tokens": max_batch_tokens,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def format_report(report: dict) -> str:
+    """The table, the ratios and the peak, as markdown."""
+    lines = [
+        f"{report['sentences']} test sentences (batch 1: the first {report['batch1_sentences']}), "
+        f"large batch = {report['max_batch_tokens']} tokens, {report['threads']} threads, "
+        f"fp32 matmul peak measured: {report['matmul_peak_gflops']:.0f} GFLOP/s",
+        "",
+        "| setting | batch 1 ms/sent | batch 1 sent/s | large batch ms/sent | large batch sent/s | BLEU "
+        "| GFLOP/sent | achieved GFLOP/s | of peak |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['setting']} | {row['batch1_ms_per_sentence']:.1f} | {row['batch1_sentences_per_second']:.1f} "
+            f"| {row['batch_ms_per_sentence']:.2f} | {row['batch_sentences_per_second']:.1f} | {row['bleu']:.2f} "
+            f"| {row['gflop_per_sentence']:.3f} | {row['achieved_gflops']:.1f} "
+            f"| {100 * row['achieved_gflops'] / report['matmul_peak_gflops']:.0f}% |"
+        )
+    lines += ["", "| speed-up (time ratio) | x |", "|---|---:|"]
+    lines += [f"| {name} | {value:.2f} |" for name, value in report["ratios"].items()]
+    return "\n".join(lines)
+
+
+def write_plot(report: dict, path: str) -> bool:
+    """BLEU against large-batch ms/sentence for every setting; False if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for row in report["rows"]:
+        marker = "o" if row["mode"] == "nar" else "s"
+        color = "tab:blue" if row["decoder"] == "engine" else "tab:gray"
+        axis.scatter(row["batch_ms_per_sentence"], row["bleu"], marker=marker, color=color)
+        axis.annotate(row["setting"].replace(" lb=3", ""), (row["batch_ms_per_sentence"], row["bleu"]), fontsize=7)
+    axis.set_xscale("log")
+    axis.set_xlabel("ms per sentence (large batch, log scale)")
+    axis.set_ylabel("BLEU (test_2016_flickr)")
+    axis.set_title("janus_fast: quality vs speed (engine blue, reference gray; o NAR, s AR)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def bench_main(args) -> str:  # noqa: ANN001 - argparse namespace from the CLI
+    report = run_bench(
+        args.model,
+        args.data_dir,
+        args.source_lang,
+        args.target_lang,
+        args.limit,
+        args.batch1,
+        args.max_batch_tokens,
+        args.repeats,
+    )
+    if args.plot:
+        report["plot"] = args.plot if write_plot(report, args.plot) else None
+    return json.dumps(report, indent=2) if args.json else format_report(report)
