@@ -96,6 +96,32 @@ def mask_predict(
 
     src_tokens (B, S) int64, src_lengths (B,) int64 (>= 1).
     """
+    state = start_mask_predict(model, src_tokens, src_lengths, num_iterations, length_beam)
+    for iteration in range(num_iterations):
+        logits = model.nar_logits(state.tokens, state.lengths, state.encoder_out)
+        mask_predict_step(
+            logits, state.tokens, state.scores, state.lengths, iteration, num_iterations, model.config.mask_id
+        )
+    return best_length_candidates(model, state.tokens, state.scores, state.lengths, state.length_beam)
+
+
+@dataclass
+class MaskPredictState:
+    """What mask-predict iterates on, one row per (sentence, length candidate), candidates of a
+    sentence adjacent: tokens (N, T) int64, scores (N, T) float32, lengths (N,) int64, and the
+    encoder output repeated per row (cross-attention keys/values computed once)."""
+
+    tokens: torch.Tensor
+    scores: torch.Tensor
+    lengths: torch.Tensor
+    encoder_out: EncoderOutput
+    length_beam: int
+
+
+def start_mask_predict(
+    model: JanusModel, src_tokens: torch.Tensor, src_lengths: torch.Tensor, num_iterations: int, length_beam: int
+) -> MaskPredictState:
+    """Encode once, pick the length candidates and lay out ``<bos> <mask>* <eos>`` rows."""
     if num_iterations < 1:
         raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
     if length_beam < 1:
@@ -108,11 +134,7 @@ def mask_predict(
     rows_encoder = encoder_out.select(torch.arange(batch, device=lengths.device).repeat_interleave(beam))
     tokens = initial_nar_tokens(lengths, (config.pad_id, config.bos_id, config.eos_id, config.mask_id))
     scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
-    for iteration in range(num_iterations):
-        logits = model.nar_logits(tokens, lengths, rows_encoder)
-        mask_predict_step(logits, tokens, scores, lengths, iteration, num_iterations, config.mask_id)
-
-    return best_length_candidates(model, tokens, scores, lengths, beam)
+    return MaskPredictState(tokens, scores, lengths, rows_encoder, beam)
 
 
 def best_length_candidates(

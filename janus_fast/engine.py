@@ -20,9 +20,8 @@ from janus_fast.attention import MaskSpec
 from janus_fast.decoding import (
     Hypotheses,
     best_length_candidates,
-    initial_nar_tokens,
-    length_candidates,
     max_ar_lengths,
+    start_mask_predict,
     strip_special,
 )
 from janus_fast.decoding import ar_search as reference_ar_search
@@ -42,27 +41,20 @@ def mask_predict(
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
-    if num_iterations < 1 or length_beam < 1:
-        raise ValueError(f"num_iterations and length_beam must be >= 1, got {num_iterations}, {length_beam}")
     config = model.config
-    encoder_out = model.encode(src_tokens, src_lengths)  # cross-attention K/V computed here, once
-    candidates, _ = length_candidates(model, encoder_out, length_beam)
-    batch, beam = candidates.shape
-    lengths = candidates.reshape(-1)  # one row per (sentence, length candidate)
-    rows_encoder = encoder_out.select(torch.arange(batch, device=lengths.device).repeat_interleave(beam))
-    tokens = initial_nar_tokens(lengths, (config.pad_id, config.bos_id, config.eos_id, config.mask_id))
-    scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+    state = start_mask_predict(model, src_tokens, src_lengths, num_iterations, length_beam)
+    tokens, scores, lengths = state.tokens, state.scores, state.lengths
     positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     self_mask = MaskSpec.padding(lengths)
     output_weight = model.embed_tokens.weight
     # only the masked positions of each iteration are written, and only those are read by the op
     logits = torch.empty(*tokens.shape, config.vocab_size, dtype=output_weight.dtype, device=tokens.device)
     for iteration in range(num_iterations):
-        hidden = model.decode(model.embed_target(tokens, positions), tokens.shape[1], self_mask, rows_encoder)
+        hidden = model.decode(model.embed_target(tokens, positions), tokens.shape[1], self_mask, state.encoder_out)
         masked = tokens == config.mask_id
         logits[masked] = F.linear(hidden[masked], output_weight)  # vocabulary projection of masked only
         mask_predict_step(logits, tokens, scores, lengths, iteration, num_iterations, config.mask_id)
-    return best_length_candidates(model, tokens, scores, lengths, beam)
+    return best_length_candidates(model, tokens, scores, lengths, state.length_beam)
 
 
 @torch.inference_mode()
