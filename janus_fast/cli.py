@@ -51,6 +51,12 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-tokens", type=int, default=4096, help="padded source tokens per batch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
+        "--decoder",
+        choices=("engine", "reference"),
+        default="engine",
+        help="the fast engine or the plain PyTorch reference decoder (same outputs)",
+    )
+    parser.add_argument(
         "--on-long-input",
         choices=("truncate", "error"),
         default="truncate",
@@ -62,7 +68,11 @@ def _translator(args: argparse.Namespace):  # noqa: ANN202
     from janus_fast.translator import Translator
 
     return Translator.from_pretrained(
-        args.model, device=args.device, max_batch_tokens=args.max_batch_tokens, on_long_input=args.on_long_input
+        args.model,
+        device=args.device,
+        max_batch_tokens=args.max_batch_tokens,
+        on_long_input=args.on_long_input,
+        decoder=args.decoder,
     )
 
 

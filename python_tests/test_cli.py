@@ -28,6 +28,19 @@ def test_translate_preserves_line_count_and_empty_lines(trained_dir, mode):
     assert lines[0] and lines[2] and lines[4]
 
 
+def test_engine_and_reference_decoders_agree_through_the_cli(trained_dir):
+    text = "Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n".encode()
+    for mode in ("nar", "ar"):
+        outputs = [
+            run_cli(
+                "translate", "--model", trained_dir, "--mode", mode, "--iterations", "3", "--decoder", d, stdin=text
+            )
+            for d in ("engine", "reference")
+        ]
+        assert all(o.returncode == 0 for o in outputs)
+        assert outputs[0].stdout == outputs[1].stdout
+
+
 def test_translate_without_final_newline_and_invalid_utf8(trained_dir):
     result = run_cli("translate", "--model", trained_dir, stdin=b"Ein Hund\n\xff\xfe kaputt")
     assert result.returncode == 0
