@@ -390,7 +390,7 @@ class JanusModel(nn.Module):
             if masked is None:
                 raise ValueError(f"objective {objective!r} needs the NAR mask `masked`")
             out["length_logits"] = self.length_logits(encoder_out)
-            layout = nar_layout(tgt_tokens, tgt_lengths, masked, self.config.mask_id)
+            layout = nar_layout(tgt_tokens, tgt_lengths, masked, self.config.mask_id, self.config.pad_id)
             out["masked_positions"], out["masked_valid"] = layout.masked_positions, layout.masked_valid
             if objective == "cmlm":
                 inputs = torch.where(masked, self.config.mask_id, tgt_tokens)
@@ -450,7 +450,9 @@ class NarLayout:
     slot_index: torch.Tensor
 
 
-def nar_layout(tgt_tokens: torch.Tensor, tgt_lengths: torch.Tensor, masked: torch.Tensor, mask_id: int) -> NarLayout:
+def nar_layout(
+    tgt_tokens: torch.Tensor, tgt_lengths: torch.Tensor, masked: torch.Tensor, mask_id: int, pad_id: int = PAD_ID
+) -> NarLayout:
     """Build the NAR two-stream layout with tensor ops only (no loop over the batch).
 
     tgt_tokens (B, L) int64, tgt_lengths (B,) int64, masked (B, L) bool -> NarLayout.
@@ -478,7 +480,7 @@ def nar_layout(tgt_tokens: torch.Tensor, tgt_lengths: torch.Tensor, masked: torc
     is_slot = (content_index >= slots_start) & (content_index < copies_start)
     content_tokens = tgt_tokens.gather(1, content_positions)
     content_tokens = torch.where(is_slot, mask_id, content_tokens)
-    content_tokens = torch.where(content_valid, content_tokens, 0)
+    content_tokens = torch.where(content_valid, content_tokens, pad_id)
     content_positions = torch.where(content_valid, content_positions, 0)
 
     k = torch.arange(max_masked, device=device).expand(batch, -1)
