@@ -87,8 +87,13 @@ def masked_attention(
         from janus_fast.kernels import fused_attention
 
         return fused_attention(
-            query, key, value, mask_kind=mask.kind, key_lengths=mask.key_lengths,
-            num_masked=mask.num_masked, query_offset=mask.query_offset,
+            query,
+            key,
+            value,
+            mask_kind=mask.kind,
+            key_lengths=mask.key_lengths,
+            num_masked=mask.num_masked,
+            query_offset=mask.query_offset,
         )
     dense = None if mask is None else mask.dense(query.shape[2], key.shape[2])[:, None]
     return F.scaled_dot_product_attention(query, key, value, attn_mask=dense, dropout_p=dropout_p)

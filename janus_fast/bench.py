@@ -33,12 +33,17 @@ class Setting:
     iterations: int = 10
     length_beam: int = 3
     beam: int = 1
+    precision: str = "fp32"  # "fp32" | "int8" (janus_fast.quantize)
+
+    @property
+    def translator_key(self) -> str:
+        return self.decoder if self.precision == "fp32" else f"{self.decoder} {self.precision}"
 
     @property
     def name(self) -> str:
         if self.mode == "nar":
-            return f"{self.decoder} NAR T={self.iterations} lb={self.length_beam}"
-        return f"{self.decoder} AR {'greedy' if self.beam == 1 else f'beam {self.beam}'}"
+            return f"{self.translator_key} NAR T={self.iterations} lb={self.length_beam}"
+        return f"{self.translator_key} AR {'greedy' if self.beam == 1 else f'beam {self.beam}'}"
 
     def options(self) -> dict:
         return {"mode": self.mode, "iterations": self.iterations, "length_beam": self.length_beam, "beam": self.beam}
@@ -47,6 +52,8 @@ class Setting:
 def settings() -> list[Setting]:
     rows = [Setting(decoder, "nar", iterations=t) for decoder in ("reference", "engine") for t in NAR_ITERATIONS]
     rows += [Setting(decoder, "ar", beam=beam) for decoder in ("reference", "engine") for beam in (1, 4)]
+    rows += [Setting("engine", "nar", iterations=t, precision="int8") for t in NAR_ITERATIONS]
+    rows += [Setting("engine", "ar", beam=1, precision="int8")]
     return rows
 
 
@@ -95,14 +102,15 @@ def _timed(function) -> tuple[float, object]:
 def _time_setting(
     translator: Translator, setting: Setting, sources: list[str], batch1: list[str], repeats: int
 ) -> tuple[float, float, list[str]]:
-    """Fastest of ``repeats``: seconds for ``batch1`` one sentence at a time, seconds for all
+    """Median of ``repeats``: seconds for ``batch1`` one sentence at a time, seconds for all
     ``sources`` in large batches, and the large-batch translations."""
     options = setting.options()
-    batch1_seconds = min(
+    translator.translate(batch1[:2], **options)  # warm-up (allocator, oneDNN primitive caches)
+    batch1_seconds = statistics.median(
         _timed(lambda: [translator.translate([s], **options) for s in batch1])[0] for _ in range(repeats)
     )
     runs = [_timed(lambda: translator.translate(sources, **options)) for _ in range(repeats)]
-    return batch1_seconds, min(seconds for seconds, _ in runs), runs[0][1]
+    return batch1_seconds, statistics.median(seconds for seconds, _ in runs), runs[0][1]
 
 
 def run_bench(
@@ -125,13 +133,16 @@ def run_bench(
         decoder: Translator.from_pretrained(model_dir, max_batch_tokens=max_batch_tokens, decoder=decoder)
         for decoder in ("reference", "engine")
     }
+    translators["engine int8"] = Translator(
+        translators["engine"].model, translators["engine"].tokenizer, max_batch_tokens, precision="int8"
+    )
     config = translators["engine"].model.config
     tokenizer = translators["engine"].tokenizer
     source_length = statistics.mean(len(tokenizer.encode(s)) for s in sources)
     peak = matmul_peak_gflops()
     rows = []
     for setting in settings():
-        translator = translators[setting.decoder]
+        translator = translators[setting.translator_key]
         batch1_seconds, batch_seconds, hypotheses = _time_setting(
             translator, setting, sources, sources[:batch1_sentences], repeats
         )
@@ -144,6 +155,7 @@ def run_bench(
                 "setting": setting.name,
                 **setting.options(),
                 "decoder": setting.decoder,
+                "precision": setting.precision,
                 "batch1_ms_per_sentence": 1e3 * batch1_seconds / len(batch1),
                 "batch1_sentences_per_second": len(batch1) / batch1_seconds,
                 "batch_ms_per_sentence": 1e3 / batch_rate,
@@ -169,6 +181,15 @@ def run_bench(
             ratios[f"engine NAR vs reference NAR T={t}, {label}"] = ratio(
                 f"engine NAR T={t} lb=3", f"reference NAR T={t} lb=3", key
             )
+        ratios[f"engine int8 vs engine fp32 NAR T=4, {label}"] = ratio(
+            "engine int8 NAR T=4 lb=3", "engine NAR T=4 lb=3", key
+        )
+        ratios[f"engine int8 vs engine fp32 AR greedy, {label}"] = ratio(
+            "engine int8 AR greedy", "engine AR greedy", key
+        )
+        ratios[f"engine int8 NAR T=4 vs engine int8 AR greedy, {label}"] = ratio(
+            "engine int8 NAR T=4 lb=3", "engine int8 AR greedy", key
+        )
     return {
         "rows": rows,
         "ratios": ratios,
@@ -215,13 +236,15 @@ def write_plot(report: dict, path: str) -> bool:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for row in report["rows"]:
         marker = "o" if row["mode"] == "nar" else "s"
-        color = "tab:blue" if row["decoder"] == "engine" else "tab:gray"
+        color = {"reference": "tab:gray", "engine": "tab:blue"}[row["decoder"]]
+        if row.get("precision") == "int8":
+            color = "tab:orange"
         axis.scatter(row["batch_ms_per_sentence"], row["bleu"], marker=marker, color=color)
         axis.annotate(row["setting"].replace(" lb=3", ""), (row["batch_ms_per_sentence"], row["bleu"]), fontsize=7)
     axis.set_xscale("log")
     axis.set_xlabel("ms per sentence (large batch, log scale)")
     axis.set_ylabel("BLEU (test_2016_flickr)")
-    axis.set_title("janus_fast: quality vs speed (engine blue, reference gray; o NAR, s AR)")
+    axis.set_title("janus_fast: quality vs speed (engine blue, int8 orange, reference gray; o NAR, s AR)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

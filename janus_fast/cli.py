@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 import warnings
@@ -49,12 +50,19 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length-beam", type=int, default=3, help="length candidates (NAR)")
     parser.add_argument("--beam", type=int, default=1, help="beam size (AR; 1 = greedy)")
     parser.add_argument("--max-batch-tokens", type=int, default=4096, help="padded source tokens per batch")
+    parser.add_argument("--batch-size", type=int, default=None, help="at most this many sentences per batch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--decoder",
         choices=("engine", "reference"),
         default="engine",
         help="the fast engine or the plain PyTorch reference decoder (same outputs)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="fp32",
+        help="fp32, or dynamic int8 linear layers on the CPU (faster, outputs may differ slightly)",
     )
     parser.add_argument(
         "--on-long-input",
@@ -73,11 +81,18 @@ def _translator(args: argparse.Namespace):  # noqa: ANN202
         max_batch_tokens=args.max_batch_tokens,
         on_long_input=args.on_long_input,
         decoder=args.decoder,
+        precision=args.precision,
     )
 
 
 def _decode_kwargs(args: argparse.Namespace) -> dict:
-    return {"mode": args.mode, "iterations": args.iterations, "length_beam": args.length_beam, "beam": args.beam}
+    return {
+        "mode": args.mode,
+        "iterations": args.iterations,
+        "length_beam": args.length_beam,
+        "beam": args.beam,
+        "batch_size": args.batch_size,
+    }
 
 
 def command_train(args: argparse.Namespace) -> int:
@@ -157,6 +172,23 @@ def command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from janus_fast.checkpoint import load_pretrained, load_tokenizer, save_pretrained
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    if os.path.abspath(args.output) == os.path.abspath(args.model):
+        raise ValueError("--output must differ from --model (the export never overwrites its source)")
+    model = load_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)
+    os.makedirs(args.output, exist_ok=True)
+    save_pretrained(model, args.output, tokenizer.model_proto, dtype=dtype)
+    size = sum(os.path.getsize(os.path.join(args.output, name)) for name in os.listdir(args.output))
+    print(f"wrote {args.output}: {args.dtype} weights, {size / 1e6:.1f} MB")
+    return 0
+
+
 def command_profile(args: argparse.Namespace) -> int:
     from janus_fast.profiling import profile_report
 
@@ -196,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--json", action="store_true")
     evaluate_parser.set_defaults(handler=command_evaluate)
 
+    export_parser = commands.add_parser("export", help="write an inference-only copy of a checkpoint (e.g. bf16)")
+    export_parser.add_argument("--model", required=True, help="checkpoint directory to read")
+    export_parser.add_argument("--output", required=True, help="directory to write")
+    export_parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16")
+    export_parser.set_defaults(handler=command_export)
+
     profile_parser = commands.add_parser("profile", help="throughput of the native ops and kernels")
     profile_parser.add_argument("--vocab", type=int, default=8000)
     profile_parser.add_argument("--repeats", type=int, default=5)
@@ -210,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--limit", type=int, default=1000, help="test sentences for the large-batch rows")
     bench_parser.add_argument("--batch1", type=int, default=100, help="sentences decoded one at a time")
     bench_parser.add_argument("--max-batch-tokens", type=int, default=4096)
-    bench_parser.add_argument("--repeats", type=int, default=1, help="timed repeats (the fastest is kept)")
+    bench_parser.add_argument("--repeats", type=int, default=3, help="timed repeats (the median is reported)")
     bench_parser.add_argument("--plot", default="bench.png", help="PNG of BLEU vs ms/sentence ('' for none)")
     bench_parser.add_argument("--json", action="store_true")
     bench_parser.set_defaults(handler=command_bench)

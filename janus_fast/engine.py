@@ -46,13 +46,12 @@ def mask_predict(
     tokens, scores, lengths = state.tokens, state.scores, state.lengths
     positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
     self_mask = MaskSpec.padding(lengths)
-    output_weight = model.embed_tokens.weight
     # only the masked positions of each iteration are written, and only those are read by the op
-    logits = torch.empty(*tokens.shape, config.vocab_size, dtype=output_weight.dtype, device=tokens.device)
+    logits = torch.empty(*tokens.shape, config.vocab_size, dtype=state.encoder_out.states.dtype, device=tokens.device)
     for iteration in range(num_iterations):
         hidden = model.decode(model.embed_target(tokens, positions), tokens.shape[1], self_mask, state.encoder_out)
         masked = tokens == config.mask_id
-        logits[masked] = F.linear(hidden[masked], output_weight)  # vocabulary projection of masked only
+        logits[masked] = model.output_logits(hidden[masked])  # vocabulary projection of masked only
         mask_predict_step(logits, tokens, scores, lengths, iteration, num_iterations, config.mask_id)
     return best_length_candidates(model, tokens, scores, lengths, state.length_beam)
 

@@ -232,6 +232,9 @@ class JanusModel(nn.Module):
         self.encoder_norm = nn.LayerNorm(d)
         self.decoder_norm = nn.LayerNorm(d)
         self.length_embed = nn.Linear(d, config.num_length_classes, bias=False)
+        # None: the tied embedding matrix in fp32; an int8 copy sets a quantized module (quantize.py)
+        self.output_projection: nn.Module | None = None
+        self.precision = "fp32"
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -333,6 +336,8 @@ class JanusModel(nn.Module):
 
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., d) -> (..., V) through the shared embedding matrix."""
+        if self.output_projection is not None:
+            return self.output_projection(hidden)
         return F.linear(hidden, self.embed_tokens.weight)
 
     def nar_logits(self, tokens: torch.Tensor, lengths: torch.Tensor, encoder_out: EncoderOutput) -> torch.Tensor:

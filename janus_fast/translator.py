@@ -12,6 +12,7 @@ from janus_fast.checkpoint import CheckpointError, load_pretrained, load_tokeniz
 from janus_fast.data import pad_sequences
 from janus_fast.decoding import generate
 from janus_fast.model import JanusModel
+from janus_fast.quantize import PRECISIONS, quantize_int8
 from janus_fast.tokenizer import Tokenizer
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "multi30k-de-en")
@@ -26,6 +27,8 @@ class Translator:
         on_long_input: "truncate" (warn and keep the first ``max_source_positions`` pieces) or
             "error" (raise ValueError) for inputs longer than the model accepts.
         decoder: "engine" (fast, ``janus_fast.engine``) or "reference" (``janus_fast.decoding``).
+        precision: "fp32" (default; engine == reference token for token) or "int8" (dynamic int8
+            linear layers, ``janus_fast.quantize``; CPU only, outputs may differ slightly).
     """
 
     def __init__(
@@ -35,6 +38,7 @@ class Translator:
         max_batch_tokens: int = 4096,
         on_long_input: str = "truncate",
         decoder: str = "engine",
+        precision: str = "fp32",
     ) -> None:
         if decoder not in ("engine", "reference"):
             raise ValueError(f"decoder must be 'engine' or 'reference', got {decoder!r}")
@@ -45,6 +49,15 @@ class Translator:
             raise CheckpointError(
                 f"tokenizer has {tokenizer.vocab_size} pieces but the model {model.config.vocab_size}"
             )
+        if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "int8":
+            if next(model.parameters()).device.type != "cpu":
+                raise ValueError("precision 'int8' runs on the CPU only")
+            model = quantize_int8(model)
+        self.precision = precision
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch_tokens = max_batch_tokens
@@ -86,18 +99,28 @@ class Translator:
         length_beam: int = 3,
         beam: int = 1,
         max_batch_tokens: int | None = None,
+        batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[str]:
         """Translations of ``sentences``, in order, one per input (blank input -> "").
 
         mode "nar": mask-predict with ``iterations`` and ``length_beam``; mode "ar": beam search
-        with ``beam`` (1 = greedy). ``progress`` is called with the number of sentences done.
+        with ``beam`` (1 = greedy). Sentences are sorted by length and decoded in batches of at most
+        ``max_batch_tokens`` padded source tokens (default: the translator's) and, if given, at
+        most ``batch_size`` sentences. ``progress`` is called with the number of sentences done.
         """
         if isinstance(sentences, str):
             raise TypeError("translate() takes a list of sentences, not a single string")
+        for name, value in (("max_batch_tokens", max_batch_tokens), ("batch_size", batch_size)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         encoded = self.encode_sources(sentences)
         outputs = [""] * len(encoded)
-        for indices in length_sorted_batches(encoded, max_batch_tokens or self.max_batch_tokens):
+        blank = sum(1 for ids in encoded if not ids)
+        if progress is not None and blank:
+            progress(blank)
+        batches = length_sorted_batches(encoded, max_batch_tokens or self.max_batch_tokens, batch_size)
+        for indices in batches:
             src, src_lengths = pad_sequences([encoded[i] for i in indices], self.model.config.pad_id)
             hypotheses = generate(
                 self.model,
@@ -116,14 +139,17 @@ class Translator:
         return outputs
 
 
-def length_sorted_batches(encoded: Sequence[Sequence[int]], max_batch_tokens: int) -> list[list[int]]:
+def length_sorted_batches(
+    encoded: Sequence[Sequence[int]], max_batch_tokens: int, batch_size: int | None = None
+) -> list[list[int]]:
     """Indices of non-empty sequences, sorted by length and cut into batches of at most
-    ``max_batch_tokens`` padded tokens (at least one sentence each)."""
+    ``max_batch_tokens`` padded tokens and ``batch_size`` sentences (at least one sentence each)."""
+    limit = batch_size if batch_size is not None else len(encoded)
     order = sorted((i for i in range(len(encoded)) if encoded[i]), key=lambda i: len(encoded[i]))
     batches: list[list[int]] = []
     current: list[int] = []
     for index in order:
-        if current and len(encoded[index]) * (len(current) + 1) > max_batch_tokens:
+        if current and (len(encoded[index]) * (len(current) + 1) > max_batch_tokens or len(current) >= limit):
             batches.append(current)
             current = []
         current.append(index)

@@ -22,6 +22,8 @@ def test_bench_smoke(trained_dir, corpus_dir, tmp_path):
         "6",
         "--batch1",
         "2",
+        "--repeats",
+        "1",
         "--plot",
         str(plot),
         "--json",
@@ -33,6 +35,10 @@ def test_bench_smoke(trained_dir, corpus_dir, tmp_path):
         for t in (1, 2, 4, 10):
             assert f"{decoder} NAR T={t} lb=3" in names
         assert f"{decoder} AR greedy" in names and f"{decoder} AR beam 4" in names
+    assert "engine int8 NAR T=4 lb=3" in names and "engine int8 AR greedy" in names
+    bleu = {row["setting"]: row["bleu"] for row in report["rows"]}
+    for setting in ("NAR T=1 lb=3", "NAR T=10 lb=3", "AR greedy", "AR beam 4"):
+        assert bleu[f"engine {setting}"] == bleu[f"reference {setting}"]  # same outputs, same score
     assert report["matmul_peak_gflops"] > 0
     assert all(row["batch_sentences_per_second"] > 0 and row["gflop_per_sentence"] > 0 for row in report["rows"])
     assert "engine NAR T=4 vs engine AR greedy, batch 1" in report["ratios"]

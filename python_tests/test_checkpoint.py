@@ -70,3 +70,21 @@ def test_bf16_weights_load(tmp_path, model):
     loaded = JanusModel.from_pretrained(str(tmp_path))
     weight = model.embed_tokens.weight
     torch.testing.assert_close(loaded.embed_tokens.weight, weight.bfloat16().float())
+
+
+def test_export_bf16_through_the_cli(trained_dir, tmp_path):
+    from test_cli import run_cli
+
+    from janus_fast.checkpoint import load_pretrained
+
+    output = tmp_path / "exported"
+    result = run_cli("export", "--model", trained_dir, "--output", str(output), "--dtype", "bf16")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    source_size = os.path.getsize(os.path.join(trained_dir, WEIGHTS_NAME))
+    assert os.path.getsize(output / WEIGHTS_NAME) < 0.55 * source_size
+    original, exported = load_pretrained(trained_dir), load_pretrained(str(output))
+    for (name, a), (_, b) in zip(original.state_dict().items(), exported.state_dict().items()):
+        assert b.dtype == a.dtype, name  # loaded back as fp32
+        assert torch.equal(b, a.to(torch.bfloat16).to(a.dtype)), name
+    same = run_cli("export", "--model", trained_dir, "--output", trained_dir)
+    assert same.returncode != 0 and b"must differ" in same.stderr

@@ -99,3 +99,24 @@ def test_translator_api(trained_dir):
     assert isinstance(greedy[0], str)
     with pytest.raises(TypeError):
         translator.translate("not a list")
+
+
+def test_batch_size_and_max_batch_tokens_do_not_change_outputs(trained_dir, corpus_dir):
+    from janus_fast import Translator
+    from janus_fast.translator import length_sorted_batches
+
+    sources = open(os.path.join(corpus_dir, "val.de"), encoding="utf-8").read().splitlines()[:12] + [""]
+    translator = Translator.from_pretrained(trained_dir)
+    done = []
+    expected = translator.translate(sources, mode="nar", iterations=2, progress=done.append)
+    assert sum(done) == len(sources)  # the progress callback sees every line, blank ones too
+    for options in ({"batch_size": 1}, {"batch_size": 5}, {"max_batch_tokens": 30}):
+        assert translator.translate(sources, mode="nar", iterations=2, **options) == expected, options
+    batches = length_sorted_batches([[5] * n for n in (3, 1, 4, 1, 5, 9, 2, 6)], 1000, batch_size=3)
+    assert [len(batch) for batch in batches] == [3, 3, 2]
+    assert sorted(i for batch in batches for i in batch) == list(range(8))
+    for bad in ({"batch_size": 0}, {"max_batch_tokens": -1}, {"batch_size": 2.5}):
+        with pytest.raises(ValueError, match="positive integer"):
+            translator.translate(sources, **bad)
+    result = run_cli("translate", "--model", trained_dir, "--batch-size", "0", stdin=b"Ein Mann.\n")
+    assert result.returncode != 0 and b"positive integer" in result.stderr
