@@ -1,9 +1,10 @@
 """The fast decode engine: the reference decoders' outputs with less work.
 
 * NAR: the encoder and its cross-attention keys/values run once; each mask-predict iteration runs
-  the decoder over all positions but projects to the vocabulary ONLY the positions that are
-  masked in that iteration (on average (T + 1) / 2T of them), writing them into a preallocated
-  (rows, T, V) buffer that the native ``mask_predict_step`` reads at exactly those positions.
+  the decoder over the real positions only, packed without padding (``janus_fast.packed``), and
+  projects to the vocabulary ONLY the positions that are masked in that iteration (on average
+  (T + 1) / 2T of them), writing them into a preallocated (rows, T, V) buffer that the native
+  ``mask_predict_step`` reads at exactly those positions.
 * AR greedy: a preallocated key/value cache, argmax per step, no beam bookkeeping, stop as soon
   as every sentence has its eos. AR beam search is the reference's (it already uses the cache).
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from janus_fast.attention import MaskSpec
 from janus_fast.decoding import (
     Hypotheses,
     best_length_candidates,
@@ -27,6 +27,7 @@ from janus_fast.decoding import (
 from janus_fast.decoding import ar_search as reference_ar_search
 from janus_fast.model import JanusModel
 from janus_fast.ops import mask_predict_step
+from janus_fast.packed import PackedRows, packed_decode
 
 
 @torch.inference_mode()
@@ -44,14 +45,15 @@ def mask_predict(
     config = model.config
     state = start_mask_predict(model, src_tokens, src_lengths, num_iterations, length_beam)
     tokens, scores, lengths = state.tokens, state.scores, state.lengths
-    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-    self_mask = MaskSpec.padding(lengths)
+    rows = PackedRows(lengths, tokens.shape[1])  # the candidates' lengths stay fixed: pack once
     # only the masked positions of each iteration are written, and only those are read by the op
     logits = torch.empty(*tokens.shape, config.vocab_size, dtype=state.encoder_out.states.dtype, device=tokens.device)
+    flat_logits = logits.view(-1, config.vocab_size)
     for iteration in range(num_iterations):
-        hidden = model.decode(model.embed_target(tokens, positions), tokens.shape[1], self_mask, state.encoder_out)
-        masked = tokens == config.mask_id
-        logits[masked] = model.output_logits(hidden[masked])  # vocabulary projection of masked only
+        hidden = packed_decode(model, tokens, lengths, state.encoder_out, rows)  # (real positions, d)
+        masked = tokens.view(-1).index_select(0, rows.index) == config.mask_id
+        # vocabulary projection of the masked positions only
+        flat_logits[rows.index[masked]] = model.output_logits(hidden[masked])
         mask_predict_step(logits, tokens, scores, lengths, iteration, num_iterations, config.mask_id)
     return best_length_candidates(model, tokens, scores, lengths, state.length_beam)
 

@@ -7,7 +7,9 @@ import torch
 from conftest import random_model
 
 from janus_fast import engine
+from janus_fast.attention import MaskSpec
 from janus_fast.decoding import ar_search, generate, mask_predict
+from janus_fast.packed import PackedRows, packed_decode
 
 
 def random_sources(seed: int, batch: int = 6, vocab: int = 60):
@@ -59,3 +61,24 @@ def test_generate_rejects_unknown_decoder():
     src, lengths = random_sources(0)
     with pytest.raises(ValueError, match="decoder"):
         generate(model, src, lengths, decoder="turbo")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_packed_decode_equals_padded_decode_at_real_positions(seed):
+    model = random_model(seed)
+    src, src_lengths = random_sources(seed)
+    generator = torch.Generator().manual_seed(seed + 100)
+    lengths = torch.randint(1, 9, (len(src),), generator=generator)
+    width = int(lengths.max())
+    tokens = torch.randint(5, 60, (len(src), width), generator=generator)
+    positions = torch.arange(width).expand_as(tokens)
+    with torch.inference_mode():
+        encoder_out = model.encode(src, src_lengths)
+        padded = model.decode(model.embed_target(tokens, positions), width, MaskSpec.padding(lengths), encoder_out)
+        rows = PackedRows(lengths, width)
+        packed = packed_decode(model, tokens, lengths, encoder_out, rows)
+    assert packed.shape == (int(lengths.sum()), model.config.d_model)
+    real = positions < lengths[:, None]
+    torch.testing.assert_close(packed, padded[real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rows.pad(packed)[real], padded[real])
+    assert (rows.pad(packed)[~real] == 0).all()
