@@ -233,18 +233,32 @@ def write_plot(report: dict, path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = plt.subplots(figsize=(8, 5))
+    styles = {
+        "reference": ("tab:gray", "reference"),
+        "engine": ("tab:blue", "engine"),
+        "int8": ("tab:orange", "engine int8"),
+    }
+    seen = set()
     for row in report["rows"]:
+        key = "int8" if row.get("precision") == "int8" else row["decoder"]
+        color, label = styles[key]
         marker = "o" if row["mode"] == "nar" else "s"
-        color = {"reference": "tab:gray", "engine": "tab:blue"}[row["decoder"]]
-        if row.get("precision") == "int8":
-            color = "tab:orange"
-        axis.scatter(row["batch_ms_per_sentence"], row["bleu"], marker=marker, color=color)
-        axis.annotate(row["setting"].replace(" lb=3", ""), (row["batch_ms_per_sentence"], row["bleu"]), fontsize=7)
+        legend = f"{label} {row['mode'].upper()}"
+        axis.scatter(
+            row["batch_ms_per_sentence"], row["bleu"], marker=marker, color=color,
+            label=None if legend in seen else legend,
+        )  # fmt: skip
+        seen.add(legend)
+        if key == "engine":  # one label per setting, next to the fp32 engine point
+            short = row["setting"].removeprefix("engine ").replace(" lb=3", "")
+            axis.annotate(short, (row["batch_ms_per_sentence"], row["bleu"]), xytext=(4, 4),
+                          textcoords="offset points", fontsize=8)  # fmt: skip
+    axis.legend(fontsize=8, loc="lower right")
     axis.set_xscale("log")
     axis.set_xlabel("ms per sentence (large batch, log scale)")
     axis.set_ylabel("BLEU (test_2016_flickr)")
-    axis.set_title("janus_fast: quality vs speed (engine blue, int8 orange, reference gray; o NAR, s AR)")
+    axis.set_title("BLEU vs decoding time (NAR: length beam 3)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -6,6 +6,10 @@ For each run (ar, cmlm, janus) it evaluates the run's best checkpoint (chosen on
 test_2016_flickr with ``janus-fast evaluate`` (sacreBLEU, cased, detokenized): AR greedy and beam 4,
 NAR T = 1, 2, 4, 10 with length beam 3, skipping the decoder a run was not trained for. It writes
 OUT/results.json, OUT/table.md and OUT/valid_curves.png (validation BLEU and loss per epoch).
+
+``--snapshot janus@774=DIR`` (repeatable) adds a row for an earlier checkpoint of a run, scored
+with the settings of the issue's targets only (AR beam 4 for runs trained for AR, NAR T=10 for runs
+trained for NAR): what more training did, measured on the test set.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ def training_summary(run_dir: str) -> dict:
     """Updates, training seconds and mean target tokens/s of a run, and its validation records."""
     state = torch.load(os.path.join(run_dir, "last", "train_state.pt"), weights_only=True)["state"]
     records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8")]
+    # a resumed run repeats the records after its last checkpoint: keep the last one per update
+    latest = {(r["type"], r["update"]): r for r in records}
+    records = sorted(latest.values(), key=lambda r: r["update"])
     train = [r for r in records if r["type"] == "train"]
     return {
         "updates": state["update"],
@@ -84,6 +91,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data/multi30k")
     parser.add_argument("--out", default="docs/multi30k")
     parser.add_argument("--checkpoint", default="best", help="best (chosen on val) or last")
+    parser.add_argument("--snapshot", action="append", default=[], metavar="RUN@UPDATE=DIR")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -97,8 +105,18 @@ def main() -> None:
                 scores[setting] = evaluate(os.path.join(run_dir, args.checkpoint), args.data_dir, options)
                 print(f"{name:6s} {setting:10s} {scores[setting]:.2f}", flush=True)
         results[name] = {**summary, "bleu": scores}
+    snapshots: dict[str, dict[str, float]] = {}
+    for spec in args.snapshot:
+        label, directory = spec.split("=", 1)
+        trained_for = TRAINED_FOR[label.split("@")[0]]
+        snapshots[label] = {
+            setting: evaluate(directory, args.data_dir, SETTINGS[setting])
+            for setting in ("AR beam 4", "NAR T=10")
+            if setting.split()[0] in trained_for
+        }
+        print(label, snapshots[label], flush=True)
     with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=1)
+        json.dump({**results, "snapshots": snapshots}, handle, indent=1)
 
     header = "| model | " + " | ".join(SETTINGS) + " | updates | training time | target tokens/s |"
     lines = [header, "|---|" + "---:|" * (len(SETTINGS) + 3)]
@@ -109,6 +127,11 @@ def main() -> None:
             f"| {name} | " + " | ".join(cells) + f" | {result['updates']} | {minutes:.0f} min | "
             f"{result['tokens_per_second']:.0f} |"
         )
+    if snapshots:
+        lines += ["", "| earlier checkpoint | AR beam 4 | NAR T=10 |", "|---|---:|---:|"]
+        for label, scores in snapshots.items():
+            cells = [f"{scores[s]:.2f}" if s in scores else "-" for s in ("AR beam 4", "NAR T=10")]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     table = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as handle:
         handle.write(table)
