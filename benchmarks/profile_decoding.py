@@ -3,9 +3,11 @@
 
     python benchmarks/profile_decoding.py [--model DIR] [--mode nar --iterations 4] [--sentences 30]
 
-Decodes the first ``--sentences`` test sentences one at a time with the engine and prints the
-ops by self CPU time, plus the share of time spent in matmuls (``addmm``/``mm``/``bmm``/linear)
-and the bytes of weights each decoder pass reads.
+Decodes the first ``--sentences`` test sentences one at a time with the chosen decoder (engine by
+default) and prints the ops by self CPU time, the share of time spent in matmuls
+(``addmm``/``mm``/``bmm``/dynamic int8 linear) and the size of the model's floating-point
+parameters (the fp32 weights every decoder pass streams; an int8 copy's packed weights are not
+counted).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def main() -> None:
     matmul = sum(event.self_cpu_time_total for event in events if event.key in MATMUL_OPS)
     weights = sum(p.numel() * p.element_size() for p in translator.model.parameters())
     print(f"{args.decoder} {args.precision} {options}: {1e3 * seconds / len(sources):.1f} ms/sentence (profiled)")
-    print(f"matmul ops: {100 * matmul / total:.0f}% of self CPU time; fp32 parameters {weights / 1e6:.1f} MB")
+    print(f"matmul ops: {100 * matmul / total:.0f}% of self CPU time; floating-point parameters {weights / 1e6:.1f} MB")
     print(events.table(sort_by="self_cpu_time_total", row_limit=15))
 
 

@@ -53,7 +53,7 @@ def save_pretrained(
     model: JanusModel, directory: str, tokenizer_model: bytes | None = None, dtype: torch.dtype | None = None
 ) -> None:
     """Save ``model`` (weights optionally cast to ``dtype``, e.g. bf16) and its tokenizer."""
-    if getattr(model, "precision", "fp32") != "fp32":
+    if model.precision != "fp32":
         raise CheckpointError(f"cannot save a {model.precision} inference copy; save the fp32 model it came from")
     state = {
         name: (tensor.detach().to(dtype) if dtype is not None and tensor.is_floating_point() else tensor.detach())

@@ -182,8 +182,7 @@ def command_export(args: argparse.Namespace) -> int:
         raise ValueError("--output must differ from --model (the export never overwrites its source)")
     model = load_pretrained(args.model)
     tokenizer = load_tokenizer(args.model)
-    os.makedirs(args.output, exist_ok=True)
-    save_pretrained(model, args.output, tokenizer.model_proto, dtype=dtype)
+    save_pretrained(model, args.output, tokenizer.model_proto, dtype=dtype)  # creates the directory
     size = sum(os.path.getsize(os.path.join(args.output, name)) for name in os.listdir(args.output))
     print(f"wrote {args.output}: {args.dtype} weights, {size / 1e6:.1f} MB")
     return 0

@@ -49,15 +49,13 @@ class Translator:
             raise CheckpointError(
                 f"tokenizer has {tokenizer.vocab_size} pieces but the model {model.config.vocab_size}"
             )
-        if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be a positive integer, got {max_batch_tokens!r}")
+        _check_positive_int("max_batch_tokens", max_batch_tokens)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "int8":
             if next(model.parameters()).device.type != "cpu":
                 raise ValueError("precision 'int8' runs on the CPU only")
             model = quantize_int8(model)
-        self.precision = precision
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch_tokens = max_batch_tokens
@@ -112,8 +110,8 @@ class Translator:
         if isinstance(sentences, str):
             raise TypeError("translate() takes a list of sentences, not a single string")
         for name, value in (("max_batch_tokens", max_batch_tokens), ("batch_size", batch_size)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if value is not None:
+                _check_positive_int(name, value)
         encoded = self.encode_sources(sentences)
         outputs = [""] * len(encoded)
         blank = sum(1 for ids in encoded if not ids)
@@ -137,6 +135,11 @@ class Translator:
             if progress is not None:
                 progress(len(indices))
         return outputs
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def length_sorted_batches(
