@@ -96,4 +96,31 @@ def masked_attention(
             query_offset=mask.query_offset,
         )
     dense = None if mask is None else mask.dense(query.shape[2], key.shape[2])[:, None]
+    if not query.is_cuda and query.requires_grad:
+        return explicit_attention(query, key, value, dense, dropout_p)
     return F.scaled_dot_product_attention(query, key, value, attn_mask=dense, dropout_p=dropout_p)
+
+
+def explicit_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    dense_mask: torch.Tensor | None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Attention as two matmuls around an fp32 softmax: the CPU training path.
+
+    On the CPU, SDPA's fused kernel with a boolean mask runs its backward several times slower
+    than these plain matmuls at training shapes (e.g. 5x in bf16 at B 48, Tq 70, Tk 40, D 64).
+    query (B, H, Tq, D), key/value (B, H, Tk, D), dense_mask (B, 1, Tq, Tk) bool or None;
+    returns (B, H, Tq, D) in the query's dtype, zeros for rows with no visible key.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)).float() * query.shape[-1] ** -0.5
+    if dense_mask is not None:
+        scores = scores.masked_fill(~dense_mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    if dense_mask is not None:
+        probs = probs.masked_fill(~dense_mask, 0.0)  # rows with no visible key: NaN -> 0
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, dropout_p)
+    return torch.matmul(probs.to(value.dtype), value)

@@ -1,4 +1,4 @@
-"""The ``janus-fast`` command line: train, translate, evaluate, profile."""
+"""The ``janus-fast`` command line: train, distill, translate, evaluate, export, profile, bench."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from janus_fast.checkpoint import CheckpointError
 from janus_fast.data import InputError, decode_utf8, read_lines
 
-_OPTIONAL_TYPES = {"train_limit": int, "valid_limit": int, "max_updates": int, "threads": int}
+_OPTIONAL_TYPES = {
+    "train_limit": int,
+    "valid_limit": int,
+    "max_updates": int,
+    "threads": int,
+    "train_target": str,
+    "init_from": str,
+}
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, instance: object, prefix: str = "") -> None:
@@ -172,6 +179,21 @@ def command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_distill(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from janus_fast.distill import distill
+
+    translator = _translator(args)
+    total = len(read_lines(args.src))
+    with tqdm(total=total, disable=not args.progress, file=sys.stderr, unit="sent") as bar:
+        count = distill(
+            translator, args.src, args.output, chunk_size=args.chunk_size, progress=bar.update, **_decode_kwargs(args)
+        )
+    print(f"wrote {count} lines to {args.output}", file=sys.stderr)
+    return 0
+
+
 def command_export(args: argparse.Namespace) -> int:
     import torch
 
@@ -226,6 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--output", default=None, help="also write the translations here")
     evaluate_parser.add_argument("--json", action="store_true")
     evaluate_parser.set_defaults(handler=command_evaluate)
+
+    distill_parser = commands.add_parser(
+        "distill", help="translate a training corpus with a teacher (sequence-level knowledge distillation)"
+    )
+    _add_decoding_options(distill_parser)
+    distill_parser.set_defaults(mode="ar", beam=4)
+    distill_parser.add_argument("--src", required=True, help="source lines (plain or .gz)")
+    distill_parser.add_argument("--output", required=True, help="translations, one per line (.gz: gzip)")
+    distill_parser.add_argument("--chunk-size", type=int, default=2000, help="lines per resumable chunk")
+    distill_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
+    distill_parser.set_defaults(handler=command_distill)
 
     export_parser = commands.add_parser("export", help="write an inference-only copy of a checkpoint (e.g. bf16)")
     export_parser.add_argument("--model", required=True, help="checkpoint directory to read")

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from janus_fast.checkpoint import atomic_write, save_pretrained
+from janus_fast.checkpoint import CheckpointError, atomic_write, load_pretrained, load_tokenizer, save_pretrained
 from janus_fast.data import Batch, ParallelDataset, corpus_path, mask_targets, read_parallel
 from janus_fast.losses import LossWeights, compute_loss
 from janus_fast.model import JanusConfig, JanusModel
@@ -46,6 +46,8 @@ class TrainConfig:
     target_lang: str = "en"
     train_split: str = "train"
     valid_split: str = "val"
+    train_target: str | None = None  # e.g. distilled translations replacing the train split's targets
+    init_from: str | None = None  # warm start: a compatible checkpoint's weights and tokenizer
     train_limit: int | None = None
     valid_limit: int | None = None
     objective: str = "janus"
@@ -155,11 +157,19 @@ class DistributedContext:
 
 
 def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, train_lines: list[str]) -> Tokenizer:
-    """The run's tokenizer: trained once by rank 0 and stored as OUT/spm.model."""
+    """The run's tokenizer, stored as OUT/spm.model: trained once by rank 0, or the ``init_from``
+    checkpoint's."""
     path = os.path.join(config.output_dir, "spm.model")
     if context.is_main and not os.path.exists(path):
-        tokenizer = Tokenizer.train(train_lines, config.vocab_size, config.tokenizer_type)
+        if config.init_from:
+            tokenizer = load_tokenizer(config.init_from)
+        else:
+            tokenizer = Tokenizer.train(train_lines, config.vocab_size, config.tokenizer_type)
         atomic_write(path, tokenizer.model_proto)
+    if context.is_main and config.init_from:
+        with open(path, "rb") as handle:
+            if handle.read() != load_tokenizer(config.init_from).model_proto:
+                raise CheckpointError(f"{path} differs from the tokenizer of --init-from {config.init_from}")
     context.barrier()
     return Tokenizer.load(path)
 
@@ -231,7 +241,7 @@ def train(config: TrainConfig) -> TrainState:
     data_dir = config.data_dir
     train_src, train_tgt = read_parallel(
         corpus_path(data_dir, config.train_split, config.source_lang),
-        corpus_path(data_dir, config.train_split, config.target_lang),
+        config.train_target or corpus_path(data_dir, config.train_split, config.target_lang),
         config.train_limit,
     )
     valid_src, valid_tgt = read_parallel(
@@ -265,9 +275,12 @@ def train(config: TrainConfig) -> TrainState:
 
     last_dir = os.path.join(config.output_dir, "last")
     recover_checkpoint(last_dir)
-    if os.path.exists(os.path.join(last_dir, TRAIN_STATE_NAME)):
-        from janus_fast.checkpoint import load_pretrained
-
+    resuming = os.path.exists(os.path.join(last_dir, TRAIN_STATE_NAME))
+    if config.init_from and not resuming:
+        warm_start(model, config.init_from)
+        if context.is_main:
+            print(f"initialised from {config.init_from} (fresh optimizer and schedule)", flush=True)
+    if resuming:
         resumed = load_pretrained(last_dir)
         model.load_state_dict(resumed.state_dict())
         saved = torch.load(os.path.join(last_dir, TRAIN_STATE_NAME), weights_only=True)
@@ -376,6 +389,18 @@ def train(config: TrainConfig) -> TrainState:
     return state
 
 
+def warm_start(model: JanusModel, directory: str) -> None:
+    """Copy the weights of the checkpoint in ``directory`` into ``model``; the architecture and
+    the vocabulary must match (CheckpointError naming every difference otherwise)."""
+    source = load_pretrained(directory)
+    ours, theirs = asdict(model.config), asdict(source.config)
+    ignored = ("dropout", "attention_dropout", "extra")
+    differences = [f"{k}: {theirs[k]} != {ours[k]}" for k in ours if k not in ignored and ours[k] != theirs[k]]
+    if differences:
+        raise CheckpointError(f"--init-from {directory}: incompatible with this run ({'; '.join(differences)})")
+    model.load_state_dict(source.state_dict())
+
+
 def batch_loss(
     forward: torch.nn.Module,
     model: JanusModel,
@@ -392,7 +417,15 @@ def batch_loss(
             batch.src_tokens, batch.src_lengths, batch.tgt_tokens, batch.tgt_lengths, masked, config.objective
         )
     length_targets = model.length_targets(batch.tgt_lengths, batch.src_lengths)
-    return compute_loss(outputs, batch.tgt_tokens, batch.tgt_lengths, length_targets, config.objective, config.weights)
+    return compute_loss(
+        outputs,
+        batch.tgt_tokens,
+        batch.tgt_lengths,
+        length_targets,
+        config.objective,
+        config.weights,
+        fused=torch.is_grad_enabled(),
+    )
 
 
 @torch.no_grad()
