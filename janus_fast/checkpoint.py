@@ -2,8 +2,8 @@
 
 Weights are stored with safetensors (no pickle). Each file is written to a temporary file in the
 same directory and renamed into place, so a crash never leaves a half-written file under the final
-name. ``config.json`` records the SHA-256 of the weights file, so truncated or corrupted weights are
-reported as such, naming the file.
+name. ``config.json`` records the SHA-256 of the weights file and of its own model config, so
+truncated or corrupted weights and edited configs are reported as such, naming the file.
 """
 
 from __future__ import annotations
@@ -65,12 +65,19 @@ def save_pretrained(
     if tokenizer_model is not None:
         atomic_write(os.path.join(directory, TOKENIZER_NAME), tokenizer_model)
     atomic_write(os.path.join(directory, WEIGHTS_NAME), weights)
+    model_config = json.loads(model.config.to_json())
     config = {
         "format_version": FORMAT_VERSION,
-        "model": json.loads(model.config.to_json()),
+        "model": model_config,
+        "model_sha256": config_digest(model_config),
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
     atomic_write(os.path.join(directory, CONFIG_NAME), json.dumps(config, indent=2).encode())
+
+
+def config_digest(model_config: dict) -> str:
+    """SHA-256 of the model config's canonical JSON: an edited ``config.json`` is detected."""
+    return hashlib.sha256(json.dumps(model_config, sort_keys=True).encode()).hexdigest()
 
 
 def read_config(directory: str) -> dict:
@@ -89,6 +96,11 @@ def read_config(directory: str) -> dict:
         raise CheckpointError(f"{path}: not a janus_fast config (needs 'model' and 'weights_sha256')")
     if config.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {config.get('format_version')} != {FORMAT_VERSION}")
+    if not isinstance(config["model"], dict) or config.get("model_sha256") != config_digest(config["model"]):
+        raise CheckpointError(
+            f"{path}: the model config does not match its model_sha256 (edited or corrupted; "
+            "a config cannot be changed without re-saving the checkpoint)"
+        )
     return config
 
 

@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Sequence
 
+from janus_fast.arguments import check_writable, check_writable_directory
 from janus_fast.checkpoint import CheckpointError
 from janus_fast.data import InputError, decode_utf8, read_lines
 
@@ -50,14 +51,25 @@ def _build_dataclass(cls: type, args: argparse.Namespace, prefix: str = ""):  # 
     return cls(**values)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from error
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
     parser.add_argument("--mode", choices=("nar", "ar"), default="nar", help="mask-predict or autoregressive")
     parser.add_argument("--iterations", type=int, default=10, help="mask-predict iterations (NAR)")
     parser.add_argument("--length-beam", type=int, default=3, help="length candidates (NAR)")
     parser.add_argument("--beam", type=int, default=1, help="beam size (AR; 1 = greedy)")
-    parser.add_argument("--max-batch-tokens", type=int, default=4096, help="padded source tokens per batch")
-    parser.add_argument("--batch-size", type=int, default=None, help="at most this many sentences per batch")
+    parser.add_argument("--max-batch-tokens", type=positive_int, default=4096, help="padded source tokens per batch")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="at most this many sentences per batch")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--decoder",
@@ -106,6 +118,7 @@ def command_train(args: argparse.Namespace) -> int:
     from janus_fast.train import TrainConfig, train
 
     config = _build_dataclass(TrainConfig, args)
+    check_writable_directory(config.output_dir, "--output-dir")
     state = train(config)
     print(f"done: {state.update} updates, {state.epoch} epochs, {state.train_seconds:.0f}s of training")
     return 0
@@ -122,6 +135,8 @@ def split_lines(raw: bytes, what: str) -> list[str]:
 
 
 def command_translate(args: argparse.Namespace) -> int:
+    if args.output != "-":
+        check_writable(args.output, "--output")
     if args.input == "-":
         lines = split_lines(sys.stdin.buffer.read(), "standard input")
     else:
@@ -145,6 +160,8 @@ def command_translate(args: argparse.Namespace) -> int:
 def command_evaluate(args: argparse.Namespace) -> int:
     import sacrebleu
 
+    if args.output:
+        check_writable(args.output, "--output")
     sources, references = read_lines(args.src), read_lines(args.ref)
     if len(sources) != len(references):
         raise InputError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
@@ -184,6 +201,7 @@ def command_distill(args: argparse.Namespace) -> int:
 
     from janus_fast.distill import distill
 
+    check_writable(args.output, "--output")
     translator = _translator(args)
     total = len(read_lines(args.src))
     with tqdm(total=total, disable=not args.progress, file=sys.stderr, unit="sent") as bar:
@@ -202,6 +220,7 @@ def command_export(args: argparse.Namespace) -> int:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     if os.path.abspath(args.output) == os.path.abspath(args.model):
         raise ValueError("--output must differ from --model (the export never overwrites its source)")
+    check_writable_directory(args.output, "--output")
     model = load_pretrained(args.model)
     tokenizer = load_tokenizer(args.model)
     save_pretrained(model, args.output, tokenizer.model_proto, dtype=dtype)  # creates the directory
@@ -256,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill_parser.set_defaults(mode="ar", beam=4)
     distill_parser.add_argument("--src", required=True, help="source lines (plain or .gz)")
     distill_parser.add_argument("--output", required=True, help="translations, one per line (.gz: gzip)")
-    distill_parser.add_argument("--chunk-size", type=int, default=2000, help="lines per resumable chunk")
+    distill_parser.add_argument("--chunk-size", type=positive_int, default=2000, help="lines per resumable chunk")
     distill_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
     distill_parser.set_defaults(handler=command_distill)
 
@@ -267,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.set_defaults(handler=command_export)
 
     profile_parser = commands.add_parser("profile", help="throughput of the native ops and kernels")
-    profile_parser.add_argument("--vocab", type=int, default=8000)
-    profile_parser.add_argument("--repeats", type=int, default=5)
+    profile_parser.add_argument("--vocab", type=positive_int, default=8000)
+    profile_parser.add_argument("--repeats", type=positive_int, default=5)
     profile_parser.add_argument("--json", action="store_true")
     profile_parser.set_defaults(handler=command_profile)
 
@@ -277,10 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--data-dir", default="../shared/data/multi30k")
     bench_parser.add_argument("--source-lang", default="de")
     bench_parser.add_argument("--target-lang", default="en")
-    bench_parser.add_argument("--limit", type=int, default=1000, help="test sentences for the large-batch rows")
-    bench_parser.add_argument("--batch1", type=int, default=100, help="sentences decoded one at a time")
-    bench_parser.add_argument("--max-batch-tokens", type=int, default=4096)
-    bench_parser.add_argument("--repeats", type=int, default=3, help="timed repeats (the median is reported)")
+    bench_parser.add_argument(
+        "--limit", type=positive_int, default=1000, help="test sentences for the large-batch rows"
+    )
+    bench_parser.add_argument("--batch1", type=positive_int, default=100, help="sentences decoded one at a time")
+    bench_parser.add_argument("--max-batch-tokens", type=positive_int, default=4096)
+    bench_parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats (the median is reported)")
     bench_parser.add_argument("--plot", default="bench.png", help="PNG of BLEU vs ms/sentence ('' for none)")
     bench_parser.add_argument("--json", action="store_true")
     bench_parser.set_defaults(handler=command_bench)

@@ -12,11 +12,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from janus_fast.arguments import check_int
 from janus_fast.attention import use_triton
 from janus_fast.model import EncoderOutput, JanusModel
 from janus_fast.ops import mask_predict_step
 
 MIN_NAR_LENGTH = 3  # bos + one real token + eos: a non-empty source never gets an empty translation
+MAX_BEAM = 128  # AR beam sizes above this can only be a mistake (rows = sentences x beam)
+# mask-predict runs the rows of a batch in groups whose (rows, T, V) fp32 logits fit this, so that
+# memory is bounded by the batch options and not by the number of sentences or candidates
+LOGITS_BUDGET_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -26,6 +31,10 @@ class Hypotheses:
 
     tokens: list[list[int]]
     scores: list[float]
+
+    @staticmethod
+    def concatenate(parts: list[Hypotheses]) -> Hypotheses:
+        return Hypotheses([t for p in parts for t in p.tokens], [s for p in parts for s in p.scores])
 
 
 def length_candidates(
@@ -41,7 +50,7 @@ def length_candidates(
         from janus_fast.kernels import length_candidates as fused_length_candidates
 
         config = model.config
-        beam = min(length_beam, config.num_length_classes - MIN_NAR_LENGTH)
+        beam = max_length_beam(model, length_beam)
         lengths, log_probs = fused_length_candidates(
             states,
             encoder_out.lengths,
@@ -55,9 +64,17 @@ def length_candidates(
     classes = torch.arange(log_probs.shape[-1], device=log_probs.device)
     lengths_of_class = model.lengths_from_classes(classes[None].expand_as(log_probs), encoder_out.lengths)
     log_probs = log_probs.masked_fill(lengths_of_class < MIN_NAR_LENGTH, float("-inf"))
-    beam = min(length_beam, log_probs.shape[-1])
-    top_log_probs, top_classes = log_probs.topk(beam, dim=-1)
-    return lengths_of_class.gather(1, top_classes), top_log_probs
+    top_log_probs, top_classes = log_probs.topk(max_length_beam(model, length_beam), dim=-1)
+    lengths = lengths_of_class.gather(1, top_classes)
+    # a sentence with fewer possible lengths than the beam (length_offset) repeats its best one in
+    # place of the impossible (-inf) ones: a repeat ties with the best row, and ties go to the first
+    impossible = top_log_probs == float("-inf")
+    return torch.where(impossible, lengths[:, :1], lengths), top_log_probs
+
+
+def max_length_beam(model: JanusModel, length_beam: int) -> int:
+    """``length_beam`` capped by the number of length classes that can be a length (>= 3)."""
+    return max(1, min(length_beam, model.config.num_length_classes - MIN_NAR_LENGTH))
 
 
 def initial_nar_tokens(lengths: torch.Tensor, config_ids: tuple[int, int, int, int]) -> torch.Tensor:
@@ -96,26 +113,65 @@ def mask_predict(
 
     src_tokens (B, S) int64, src_lengths (B,) int64 (>= 1).
     """
-    state = start_mask_predict(model, src_tokens, src_lengths, num_iterations, length_beam)
-    for iteration in range(num_iterations):
-        logits = model.nar_logits(state.tokens, state.lengths, state.encoder_out)
-        mask_predict_step(
-            logits, state.tokens, state.scores, state.lengths, iteration, num_iterations, model.config.mask_id
-        )
-    return best_length_candidates(model, state.tokens, state.scores, state.lengths, state.length_beam)
+    parts = []
+    for state in start_mask_predict(model, src_tokens, src_lengths, num_iterations, length_beam).split():
+        for iteration in range(num_iterations):
+            logits = model.nar_logits(state.tokens, state.lengths, state.encoder_out)
+            mask_predict_step(
+                logits, state.tokens, state.scores, state.lengths, iteration, num_iterations, model.config.mask_id
+            )
+        parts.append(best_length_candidates(model, state.tokens, state.scores, state.lengths, state.length_beam))
+    return Hypotheses.concatenate(parts)
 
 
 @dataclass
 class MaskPredictState:
     """What mask-predict iterates on, one row per (sentence, length candidate), candidates of a
-    sentence adjacent: tokens (N, T) int64, scores (N, T) float32, lengths (N,) int64, and the
-    encoder output repeated per row (cross-attention keys/values computed once)."""
+    sentence adjacent: tokens (N, T) int64, scores (N, T) float32, lengths (N,) int64, the
+    encoder output repeated per row (cross-attention keys/values computed once), and the size V
+    of the logits each row will need."""
 
     tokens: torch.Tensor
     scores: torch.Tensor
     lengths: torch.Tensor
     encoder_out: EncoderOutput
     length_beam: int
+    vocab_size: int
+
+    def split(self, budget_bytes: int = LOGITS_BUDGET_BYTES) -> list[MaskPredictState]:
+        """Consecutive groups of whole sentences whose (rows, T, V) fp32 logits take at most
+        ``budget_bytes`` (T = the group's longest candidate; at least one sentence per group). Rows
+        are independent, so splitting does not change any output."""
+        num_rows = len(self.lengths)
+        beam = self.length_beam
+        longest = self.lengths.view(-1, beam).max(1).values.tolist()  # per sentence
+        row_bytes = self.vocab_size * 4
+        groups: list[tuple[int, int]] = []
+        start, width = 0, 0
+        for sentence, length in enumerate(longest):
+            width = max(width, length)
+            rows = (sentence + 1) * beam - start
+            if rows > beam and rows * width * row_bytes > budget_bytes:
+                groups.append((start, sentence * beam))
+                start, width = sentence * beam, length
+        groups.append((start, num_rows))
+        if len(groups) == 1:
+            return [self]
+        states = []
+        for begin, end in groups:
+            rows = torch.arange(begin, end, device=self.tokens.device)
+            group_width = int(self.lengths[begin:end].max())
+            states.append(
+                MaskPredictState(
+                    self.tokens[begin:end, :group_width].clone(),
+                    self.scores[begin:end, :group_width].clone(),
+                    self.lengths[begin:end],
+                    self.encoder_out.select(rows),
+                    beam,
+                    self.vocab_size,
+                )
+            )
+        return states
 
 
 def start_mask_predict(
@@ -134,7 +190,7 @@ def start_mask_predict(
     rows_encoder = encoder_out.select(torch.arange(batch, device=lengths.device).repeat_interleave(beam))
     tokens = initial_nar_tokens(lengths, (config.pad_id, config.bos_id, config.eos_id, config.mask_id))
     scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
-    return MaskPredictState(tokens, scores, lengths, rows_encoder, beam)
+    return MaskPredictState(tokens, scores, lengths, rows_encoder, beam, config.vocab_size)
 
 
 def best_length_candidates(
@@ -244,6 +300,18 @@ def ar_search(
     return Hypotheses(out_tokens, normalised[best].tolist())
 
 
+def check_decoding_options(model: JanusModel, mode: str, iterations: int, length_beam: int, beam: int) -> None:
+    """TypeError / ValueError for options no decoding can use: iterations in [1, max target
+    positions], length_beam in [1, length classes] (capped later by the possible lengths), beam in
+    [1, MAX_BEAM]."""
+    if mode not in ("nar", "ar"):
+        raise ValueError(f"unknown mode {mode!r}; expected 'nar' or 'ar'")
+    config = model.config
+    check_int("iterations", iterations, 1, config.max_target_positions)
+    check_int("length_beam", length_beam, 1, config.num_length_classes)
+    check_int("beam", beam, 1, MAX_BEAM)
+
+
 def generate(
     model: JanusModel,
     src_tokens: torch.Tensor,
@@ -263,8 +331,7 @@ def generate(
     path, ``janus_fast.engine``) or "reference" (this module); both give the same outputs.
     """
     _check_source(model, src_tokens, src_lengths)
-    if mode not in ("nar", "ar"):
-        raise ValueError(f"unknown mode {mode!r}; expected 'nar' or 'ar'")
+    check_decoding_options(model, mode, iterations, length_beam, beam)
     if decoder not in ("engine", "reference"):
         raise ValueError(f"unknown decoder {decoder!r}; expected 'engine' or 'reference'")
     if len(src_lengths) == 0:

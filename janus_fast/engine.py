@@ -43,19 +43,22 @@ def mask_predict(
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
     config = model.config
-    state = start_mask_predict(model, src_tokens, src_lengths, num_iterations, length_beam)
-    tokens, scores, lengths = state.tokens, state.scores, state.lengths
-    rows = PackedRows(lengths, tokens.shape[1])  # the candidates' lengths stay fixed: pack once
-    # only the masked positions of each iteration are written, and only those are read by the op
-    logits = torch.empty(*tokens.shape, config.vocab_size, dtype=state.encoder_out.states.dtype, device=tokens.device)
-    flat_logits = logits.view(-1, config.vocab_size)
-    for iteration in range(num_iterations):
-        hidden = packed_decode(model, tokens, lengths, state.encoder_out, rows)  # (real positions, d)
-        masked = tokens.view(-1).index_select(0, rows.index) == config.mask_id
-        # vocabulary projection of the masked positions only
-        flat_logits[rows.index[masked]] = model.output_logits(hidden[masked])
-        mask_predict_step(logits, tokens, scores, lengths, iteration, num_iterations, config.mask_id)
-    return best_length_candidates(model, tokens, scores, lengths, state.length_beam)
+    parts = []
+    for state in start_mask_predict(model, src_tokens, src_lengths, num_iterations, length_beam).split():
+        tokens, scores, lengths = state.tokens, state.scores, state.lengths
+        rows = PackedRows(lengths, tokens.shape[1])  # the candidates' lengths stay fixed: pack once
+        # only the masked positions of each iteration are written, and only those are read by the op
+        dtype = state.encoder_out.states.dtype
+        logits = torch.empty(*tokens.shape, config.vocab_size, dtype=dtype, device=tokens.device)
+        flat_logits = logits.view(-1, config.vocab_size)
+        for iteration in range(num_iterations):
+            hidden = packed_decode(model, tokens, lengths, state.encoder_out, rows)  # (real positions, d)
+            masked = tokens.view(-1).index_select(0, rows.index) == config.mask_id
+            # vocabulary projection of the masked positions only
+            flat_logits[rows.index[masked]] = model.output_logits(hidden[masked])
+            mask_predict_step(logits, tokens, scores, lengths, iteration, num_iterations, config.mask_id)
+        parts.append(best_length_candidates(model, tokens, scores, lengths, state.length_beam))
+    return Hypotheses.concatenate(parts)
 
 
 @torch.inference_mode()

@@ -48,6 +48,24 @@ class JanusConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{item.name} must be an integer, got {type(value).__name__} {value!r}")
+            if item.type in ("float", float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise TypeError(f"{item.name} must be a number, got {type(value).__name__} {value!r}")
+            if item.type in ("bool", bool) and not isinstance(value, bool):
+                raise TypeError(f"{item.name} must be true or false, got {value!r}")
+        minimum = {"vocab_size": 6, "d_model": 1, "num_heads": 1, "ffn_dim": 1, "encoder_layers": 1}
+        minimum.update(decoder_layers=1, max_source_positions=1, max_target_positions=3, num_length_classes=4)
+        for name, low in minimum.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not isinstance(self.extra, dict):
+            raise TypeError(f"extra must be a mapping, got {type(self.extra).__name__}")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
         special = (self.pad_id, self.unk_id, self.bos_id, self.eos_id, self.mask_id)

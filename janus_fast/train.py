@@ -281,9 +281,9 @@ def train(config: TrainConfig) -> TrainState:
         if context.is_main:
             print(f"initialised from {config.init_from} (fresh optimizer and schedule)", flush=True)
     if resuming:
-        resumed = load_pretrained(last_dir)
-        model.load_state_dict(resumed.state_dict())
-        saved = torch.load(os.path.join(last_dir, TRAIN_STATE_NAME), weights_only=True)
+        saved = load_train_state(os.path.join(last_dir, TRAIN_STATE_NAME))
+        check_resumable(json.loads(saved["train_config"]), config)
+        model.load_state_dict(load_pretrained(last_dir).state_dict())
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
@@ -306,6 +306,8 @@ def train(config: TrainConfig) -> TrainState:
         )
 
     metrics_path = os.path.join(config.output_dir, "metrics.jsonl")
+    if context.is_main:
+        drop_metrics_after(metrics_path, state.update)  # records of updates a killed run did not save
     valid_mode = config.valid_mode or ("ar" if config.objective == "ar" else "nar")
     max_updates = config.max_updates if config.max_updates is not None else float("inf")
 
@@ -387,6 +389,51 @@ def train(config: TrainConfig) -> TrainState:
         checkpoint(last_dir)
     context.close()
     return state
+
+
+# Options a resumed run may change; any other difference from the saved run is refused.
+RESUME_MAY_CHANGE = frozenset(
+    {"output_dir", "data_dir", "epochs", "max_updates", "save_every", "log_every", "threads", "progress",
+     "precision", "valid_bleu", "valid_mode", "valid_iterations", "valid_limit"}
+)  # fmt: skip
+
+
+def load_train_state(path: str) -> dict:
+    """The optimizer / scheduler / RNG state saved beside a checkpoint (CheckpointError if unusable)."""
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated zip, bad pickle opcode, EOF, ...
+        raise CheckpointError(f"{path}: unreadable training state ({type(error).__name__}: {error})") from error
+    if not isinstance(saved, dict) or not {"optimizer", "scheduler", "state", "train_config"} <= set(saved):
+        raise CheckpointError(f"{path}: not a janus_fast training state")
+    return saved
+
+
+def check_resumable(saved: dict, config: TrainConfig) -> None:
+    """ValueError naming every option that differs from the run being resumed (beyond those a
+    restart may change: stopping point, logging, threads, precision, validation)."""
+    current = json.loads(json.dumps(asdict(config)))
+    changed = [
+        f"--{name.replace('_', '-')} {saved.get(name)!r} -> {current[name]!r}"
+        for name in sorted(current)
+        if name not in RESUME_MAY_CHANGE and saved.get(name) != current[name]
+    ]
+    if changed:
+        raise ValueError(
+            f"{config.output_dir} holds a run with other options ({'; '.join(changed)}); "
+            "resume with the same options or choose another --output-dir"
+        )
+
+
+def drop_metrics_after(path: str, update: int) -> None:
+    """Remove the records of ``metrics.jsonl`` logged after ``update`` (a resumed run logs them again)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as handle:
+        lines = handle.readlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("update", 0) <= update]
+    if len(kept) != len(lines):
+        atomic_write(path, "".join(kept).encode("utf-8"))
 
 
 def warm_start(model: JanusModel, directory: str) -> None:

@@ -8,9 +8,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from janus_fast.arguments import check_device, check_int
 from janus_fast.checkpoint import CheckpointError, load_pretrained, load_tokenizer
 from janus_fast.data import pad_sequences
-from janus_fast.decoding import generate
+from janus_fast.decoding import check_decoding_options, generate
 from janus_fast.model import JanusModel
 from janus_fast.quantize import PRECISIONS, quantize_int8
 from janus_fast.tokenizer import Tokenizer
@@ -49,7 +50,7 @@ class Translator:
             raise CheckpointError(
                 f"tokenizer has {tokenizer.vocab_size} pieces but the model {model.config.vocab_size}"
             )
-        _check_positive_int("max_batch_tokens", max_batch_tokens)
+        check_int("max_batch_tokens", max_batch_tokens, 1)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if precision == "int8":
@@ -64,6 +65,7 @@ class Translator:
     @classmethod
     def from_pretrained(cls, path: str | None = None, device: str = "cpu", **options) -> Translator:
         """Load a checkpoint directory (default: the model shipped with the package)."""
+        check_device(device)
         directory = path if path is not None else DEFAULT_MODEL_DIR
         if path is None and not os.path.isdir(directory):
             raise CheckpointError(f"no default model shipped at {directory}; pass the path of a trained checkpoint")
@@ -111,7 +113,8 @@ class Translator:
             raise TypeError("translate() takes a list of sentences, not a single string")
         for name, value in (("max_batch_tokens", max_batch_tokens), ("batch_size", batch_size)):
             if value is not None:
-                _check_positive_int(name, value)
+                check_int(name, value, 1)
+        check_decoding_options(self.model, mode, iterations, length_beam, beam)
         encoded = self.encode_sources(sentences)
         outputs = [""] * len(encoded)
         blank = sum(1 for ids in encoded if not ids)
@@ -135,11 +138,6 @@ class Translator:
             if progress is not None:
                 progress(len(indices))
         return outputs
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def length_sorted_batches(

@@ -115,8 +115,10 @@ def test_batch_size_and_max_batch_tokens_do_not_change_outputs(trained_dir, corp
     batches = length_sorted_batches([[5] * n for n in (3, 1, 4, 1, 5, 9, 2, 6)], 1000, batch_size=3)
     assert [len(batch) for batch in batches] == [3, 3, 2]
     assert sorted(i for batch in batches for i in batch) == list(range(8))
-    for bad in ({"batch_size": 0}, {"max_batch_tokens": -1}, {"batch_size": 2.5}):
-        with pytest.raises(ValueError, match="positive integer"):
+    for bad in ({"batch_size": 0}, {"max_batch_tokens": -1}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be >= 1"):
             translator.translate(sources, **bad)
+    with pytest.raises(TypeError, match="batch_size must be an integer"):
+        translator.translate(sources, batch_size=2.5)
     result = run_cli("translate", "--model", trained_dir, "--batch-size", "0", stdin=b"Ein Mann.\n")
-    assert result.returncode != 0 and b"positive integer" in result.stderr
+    assert result.returncode != 0 and b"--batch-size: must be >= 1" in result.stderr

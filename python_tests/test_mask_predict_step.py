@@ -379,3 +379,46 @@ def test_native_op_under_torchscript() -> None:
     got = run(lambda *a: scripted(*a[:4]), logits, tokens, scores, lengths, 0, 3, 0)
     expected = run(native_op, logits, tokens, scores, lengths, 0, 3, 0)
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+@needs_native
+def test_native_matches_reference_on_1000_fuzz_cases_with_nan_and_inf() -> None:
+    """Rows holding NaN, +inf, -inf (single logits, whole rows, the mask column), ties, lengths
+    2..T and every dtype: token for token, score for score (NaN where the reference has NaN)."""
+    generator = torch.Generator().manual_seed(2024)
+    specials = torch.tensor([float("nan"), float("inf"), float("-inf")])
+
+    def draw(low: int, high: int) -> int:
+        return int(torch.randint(low, high + 1, (), generator=generator))
+
+    for case in range(1000):
+        rows, width, vocab = draw(1, 3), draw(2, 9), [2, 3, 5, 17, 129, 300][draw(0, 5)]
+        logits = torch.randn(rows, width, vocab, generator=generator)
+        if draw(0, 4) == 0:
+            logits = logits.round()  # ties
+        for _ in range(draw(0, 6)):
+            logits[draw(0, rows - 1), draw(0, width - 1), draw(0, vocab - 1)] = specials[draw(0, 2)]
+        if draw(0, 9) == 0:
+            logits[draw(0, rows - 1), draw(0, width - 1)] = specials[draw(0, 2)]
+        mask_id = draw(0, vocab - 1)
+        if draw(0, 9) == 0:
+            logits[..., mask_id] = specials[draw(0, 2)]
+        logits = logits.to(DTYPES[draw(0, 2)])
+        lengths = torch.randint(2, width + 1, (rows,), generator=generator)
+        num_iterations = draw(1, 5)
+        iteration = draw(0, num_iterations - 1)
+        tokens = torch.full((rows, width), mask_id)
+        tokens[:, 0] = 0 if mask_id else 1
+        scores = torch.zeros(rows, width)
+        # step 1 (fill) alone on the last iteration: same tokens, same scores (NaN where NaN)
+        native = run(native_op, logits, tokens, scores, lengths, num_iterations - 1, num_iterations, mask_id)
+        reference = run(
+            mask_predict_step_reference, logits, tokens, scores, lengths, num_iterations - 1, num_iterations, mask_id
+        )
+        assert torch.equal(native[0], reference[0]), case
+        torch.testing.assert_close(native[1], reference[1], equal_nan=True, rtol=1e-5, atol=1e-4, msg=str(case))
+        # step 2 (re-mask) on the very same scores, NaN included: the same positions
+        step = run(native_op, logits, native[0], native[1], lengths, iteration, num_iterations, mask_id)
+        expected = run(mask_predict_step_reference, logits, native[0], native[1], lengths, iteration,
+                       num_iterations, mask_id)  # fmt: skip
+        assert torch.equal(step[2], expected[2]) and torch.equal(step[0], expected[0]), case

@@ -68,14 +68,17 @@ struct OnlineSoftmaxState {
   float sum_exp;     // sum of exp(x - max_value)
   float best_value;  // running argmax value over the candidate tokens
   int64_t best_index;  // its index, or kNoIndex if no candidate was greater than -inf
+  int64_t nan_index;   // the lowest candidate index holding NaN, or kNoIndex
+  int32_t poisoned;    // 1 once a NaN or +inf logit was seen (mask token included)
 };
 
 // Plain constants rather than std::numeric_limits so that device code can use them too.
 constexpr int64_t kNoIndex = INT64_MAX;
 constexpr float kNegativeInfinity = -HUGE_VALF;
+constexpr float kPositiveInfinity = HUGE_VALF;
 
 JANUS_HOST_DEVICE OnlineSoftmaxState empty_state() {
-  return OnlineSoftmaxState{kNegativeInfinity, 0.0f, kNegativeInfinity, kNoIndex};
+  return OnlineSoftmaxState{kNegativeInfinity, 0.0f, kNegativeInfinity, kNoIndex, kNoIndex, 0};
 }
 
 // Rescale `sum_exp` accumulated relative to `from_max` so that it is relative to `to_max`
@@ -96,13 +99,22 @@ JANUS_HOST_DEVICE OnlineSoftmaxState merge_states(const OnlineSoftmaxState& a,
                       (b.best_value == a.best_value && b.best_index < a.best_index);
   out.best_value = take_b ? b.best_value : a.best_value;
   out.best_index = take_b ? b.best_index : a.best_index;
+  out.nan_index = a.nan_index < b.nan_index ? a.nan_index : b.nan_index;
+  out.poisoned = a.poisoned | b.poisoned;
   return out;
 }
 
 // Add one logit at `index`; `candidate` is false for the mask token, which counts in the
-// log-sum-exp but can never be the argmax.
+// log-sum-exp but can never be the argmax. NaN and +inf poison the row (see token_log_prob); a
+// NaN candidate is remembered as the argmax, as torch.argmax treats NaN as the largest value.
 JANUS_HOST_DEVICE void add_logit(OnlineSoftmaxState& state, float value, int64_t index,
                                  bool candidate) {
+  if (value != value) {
+    state.poisoned = 1;
+    if (candidate && index < state.nan_index) state.nan_index = index;
+    return;
+  }
+  if (value == kPositiveInfinity) state.poisoned = 1;
   if (value > state.max_value) {
     state.sum_exp = rescale_sum(state.sum_exp, state.max_value, value) + 1.0f;
     state.max_value = value;
@@ -116,16 +128,20 @@ JANUS_HOST_DEVICE void add_logit(OnlineSoftmaxState& state, float value, int64_t
   }
 }
 
-// log-softmax of the argmax token: best_value - (max + log(sum_exp)).
-JANUS_HOST_DEVICE float best_log_prob(const OnlineSoftmaxState& state) {
-  return state.best_value - (state.max_value + ::logf(state.sum_exp));
-}
-
-// Index of the chosen token: the argmax, or when every candidate logit is -inf (or NaN) the
-// lowest token index that is not the mask token.
+// Index of the chosen token, as torch.argmax over the candidates: the first NaN if there is one,
+// else the first maximum; when every candidate logit is -inf, the lowest index that is not the
+// mask token.
 JANUS_HOST_DEVICE int64_t chosen_token(const OnlineSoftmaxState& state, int64_t mask_id) {
+  if (state.nan_index != kNoIndex) return state.nan_index;
   if (state.best_index != kNoIndex) return state.best_index;
   return mask_id == 0 ? 1 : 0;
+}
+
+// log-softmax over the whole row of the chosen token whose logit is `value`, as torch computes
+// it: NaN for a row holding NaN or +inf, or made only of -inf; else value - (max + log(sum_exp)).
+JANUS_HOST_DEVICE float token_log_prob(const OnlineSoftmaxState& state, float value) {
+  if (state.poisoned) return ::nanf("");
+  return value - (state.max_value + ::logf(state.sum_exp));
 }
 
 }  // namespace core

@@ -145,6 +145,8 @@ JANUS_ALWAYS_INLINE core::OnlineSoftmaxState reduce_row(const scalar_t* row, int
   int32_t best_block = -1;      // start of the block holding the first maximum
   FloatVec sum_exp[2] = {FloatVec{}, FloatVec{}};
 
+  IntVec nonfinite = IntVec{};  // lanes that saw NaN or +inf: the row is then reduced exactly
+  const FloatVec pos_inf = splat(std::numeric_limits<float>::infinity());
   alignas(64) float buffer[kBlock];
   const int32_t segments[2][2] = {{0, mask_id}, {mask_id + 1, vocab_size}};
   for (const auto& segment : segments) {
@@ -157,6 +159,7 @@ JANUS_ALWAYS_INLINE core::OnlineSoftmaxState reduce_row(const scalar_t* row, int
         for (int half = 0; half < 2; ++half) {
           const FloatVec value = load_vec(block + i + half * kWidth);
           block_max[half] = select(value > block_max[half], value, block_max[half]);
+          nonfinite |= (value != value) | (value == pos_inf);
         }
       }
       const float new_max = horizontal_max(
@@ -180,6 +183,14 @@ JANUS_ALWAYS_INLINE core::OnlineSoftmaxState reduce_row(const scalar_t* row, int
   }
 
   core::OnlineSoftmaxState state = core::empty_state();
+  bool any_nonfinite = false;
+  for (int l = 0; l < kWidth; ++l) any_nonfinite |= nonfinite[l] != 0;
+  if (any_nonfinite) {  // rare: one scalar pass with torch's NaN / +inf semantics (core::add_logit)
+    for (int32_t index = 0; index < vocab_size; ++index) {
+      core::add_logit(state, load_float(row + index), index, index != mask_id);
+    }
+    return state;
+  }
   state.max_value = running_max;
   state.sum_exp = 0.0f;
   for (int l = 0; l < kWidth; ++l) state.sum_exp += sum_exp[0][l] + sum_exp[1][l];
@@ -213,7 +224,7 @@ JANUS_ALWAYS_INLINE void fill_masked_impl(const scalar_t* logits, int64_t* token
         row, static_cast<int32_t>(vocab_size), static_cast<int32_t>(mask_id));
     const int64_t token = core::chosen_token(state, mask_id);
     tokens[item] = token;
-    scores[item] = load_float(row + token) - (state.max_value + std::log(state.sum_exp));
+    scores[item] = core::token_log_prob(state, load_float(row + token));
   }
 }
 

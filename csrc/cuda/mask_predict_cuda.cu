@@ -38,6 +38,8 @@ __device__ __forceinline__ core::OnlineSoftmaxState shuffle_down(
   other.sum_exp = __shfl_down_sync(0xffffffffu, state.sum_exp, offset);
   other.best_value = __shfl_down_sync(0xffffffffu, state.best_value, offset);
   other.best_index = __shfl_down_sync(0xffffffffu, state.best_index, offset);
+  other.nan_index = __shfl_down_sync(0xffffffffu, state.nan_index, offset);
+  other.poisoned = __shfl_down_sync(0xffffffffu, state.poisoned, offset);
   return other;
 }
 
@@ -77,8 +79,7 @@ __global__ void __launch_bounds__(kFillThreads)
   if (lane == 0) {
     const int64_t token = core::chosen_token(state, mask_id);
     tokens[item] = token;
-    scores[item] = static_cast<float>(row[token]) -
-                   (state.max_value + ::logf(state.sum_exp));
+    scores[item] = core::token_log_prob(state, static_cast<float>(row[token]));
   }
 }
 

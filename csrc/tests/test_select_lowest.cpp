@@ -139,7 +139,7 @@ void test_online_softmax() {
       CHECK(score == expected_score);
     } else {
       CHECK(std::fabs(score - expected_score) <= 1e-4 + 1e-5 * std::fabs(expected_score));
-      CHECK(std::fabs(janus_fast::core::best_log_prob(state) - expected_score) <=
+      CHECK(std::fabs(janus_fast::core::token_log_prob(state, state.best_value) - expected_score) <=
             1e-4 + 1e-5 * std::fabs(expected_score));
     }
   }

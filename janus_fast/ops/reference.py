@@ -39,6 +39,8 @@ def mask_predict_step_reference(
     Step 1 (fill): every real position ``1 <= p <= lengths[r] - 2`` holding ``mask_id`` gets the
     argmax token over ``v != mask_id`` (ties -> lowest v) and, as score, that token's
     log-softmax over the full vocabulary (fp32). Other positions are not read or changed.
+    Non-finite logits follow torch: a NaN candidate is the argmax (the first one), and a row holding
+    NaN or +inf anywhere (or only -inf) scores NaN.
     Step 2 (re-mask): the ``num_to_remask`` real positions with the lowest scores (ties -> lower
     position; NaN counts as highest) are set back to ``mask_id``; their scores are kept.
 

@@ -1,0 +1,57 @@
+"""Argument checks shared by the API and the command line: a clear error before any work."""
+
+from __future__ import annotations
+
+import numbers
+import os
+
+from janus_fast.data import InputError
+
+
+def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
+    """``value`` as an int in [low, high]: TypeError for non-integers (bool and float included),
+    ValueError outside the range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+    return value
+
+
+def check_writable(path: str, option: str) -> None:
+    """Raise InputError unless a file could be written at ``path`` (checked before the work)."""
+    if os.path.isdir(path):
+        raise InputError(f"{option} {path} is a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: cannot write there ({parent} is not a writable directory)")
+
+
+def check_writable_directory(path: str, option: str) -> None:
+    """Raise InputError unless ``path`` is, or can be created as, a writable directory."""
+    if os.path.exists(path):
+        if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(f"{option} {path} is not a writable directory")
+        return
+    check_writable(path, option)
+
+
+def check_device(device: object) -> None:
+    """Raise ValueError for a device string torch does not know or a CUDA device without CUDA."""
+    import torch
+
+    try:
+        resolved = torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"unknown device {device!r} ({error})") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available here (use --device cpu)")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: only cpu and cuda are supported")
+
+
+__all__ = ["check_int", "check_writable", "check_writable_directory", "check_device"]
