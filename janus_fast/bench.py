@@ -57,14 +57,17 @@ def settings() -> list[Setting]:
     return rows
 
 
-def matmul_peak_gflops(size: int = 1024, repeats: int = 5) -> float:
-    """Measured fp32 GFLOP/s of a square torch.mm (median of ``repeats``)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak_gflops(size: int = 1024, repeats: int = 5, device: str = "cpu") -> float:
+    """Measured fp32 GFLOP/s of a square torch.mm on ``device`` (median of ``repeats``)."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     a @ b
+    synchronize()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        synchronize()
         times.append(time.perf_counter() - start)
     return 2 * size**3 / statistics.median(times) / 1e9
 
@@ -122,26 +125,32 @@ def run_bench(
     batch1_sentences: int = 100,
     max_batch_tokens: int = 4096,
     repeats: int = 1,
+    device: str = "cpu",
 ) -> dict:
-    """Measure every setting on the test set; returns {"rows": [...], "ratios": {...}, ...}."""
+    """Measure every setting on the test set; returns {"rows": [...], "ratios": {...}, ...}.
+
+    On a CUDA ``device`` the int8 rows (a CPU feature) are left out and timings synchronize."""
     sources, references = read_parallel(
         corpus_path(data_dir, "test_2016_flickr", source_lang),
         corpus_path(data_dir, "test_2016_flickr", target_lang),
         limit,
     )
     translators = {
-        decoder: Translator.from_pretrained(model_dir, max_batch_tokens=max_batch_tokens, decoder=decoder)
+        decoder: Translator.from_pretrained(model_dir, device, max_batch_tokens=max_batch_tokens, decoder=decoder)
         for decoder in ("reference", "engine")
     }
-    translators["engine int8"] = Translator(
-        translators["engine"].model, translators["engine"].tokenizer, max_batch_tokens, precision="int8"
-    )
+    if device == "cpu":
+        translators["engine int8"] = Translator(
+            translators["engine"].model, translators["engine"].tokenizer, max_batch_tokens, precision="int8"
+        )
     config = translators["engine"].model.config
     tokenizer = translators["engine"].tokenizer
     source_length = statistics.mean(len(tokenizer.encode(s)) for s in sources)
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(device=device)
     rows = []
     for setting in settings():
+        if setting.translator_key not in translators:
+            continue
         translator = translators[setting.translator_key]
         batch1_seconds, batch_seconds, hypotheses = _time_setting(
             translator, setting, sources, sources[:batch1_sentences], repeats
@@ -167,7 +176,9 @@ def run_bench(
         )
     by_name = {row["setting"]: row for row in rows}
 
-    def ratio(faster: str, slower: str, key: str) -> float:
+    def ratio(faster: str, slower: str, key: str) -> float | None:
+        if faster not in by_name or slower not in by_name:
+            return None  # a row this device does not run
         return by_name[slower][key] / by_name[faster][key]
 
     ratios = {}
@@ -192,7 +203,8 @@ def run_bench(
         )
     return {
         "rows": rows,
-        "ratios": ratios,
+        "ratios": {name: value for name, value in ratios.items() if value is not None},
+        "device": device if device == "cpu" else torch.cuda.get_device_name(torch.device(device)),
         "matmul_peak_gflops": peak,
         "sentences": len(sources),
         "batch1_sentences": min(batch1_sentences, len(sources)),

@@ -22,6 +22,7 @@ _OPTIONAL_TYPES = {
     "threads": int,
     "train_target": str,
     "init_from": str,
+    "max_minutes": float,
 }
 
 

@@ -77,6 +77,9 @@ class Batch:
     tgt_tokens: torch.Tensor
     tgt_lengths: torch.Tensor
 
+    def to(self, device: str | torch.device) -> Batch:
+        return Batch(*(t.to(device) for t in (self.src_tokens, self.src_lengths, self.tgt_tokens, self.tgt_lengths)))
+
     @property
     def num_target_tokens(self) -> int:
         return int(self.tgt_lengths.sum()) - len(self.tgt_lengths)

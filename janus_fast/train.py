@@ -70,6 +70,8 @@ class TrainConfig:
     max_tokens: int = 4096
     epochs: int = 10
     max_updates: int | None = None
+    max_minutes: float | None = None  # stop (and save) after this much training time
+    device: str = "cpu"
     save_every: int = 200
     log_every: int = 20
     seed: int = 1
@@ -107,10 +109,13 @@ class TrainState:
     train_seconds: float = 0.0
 
 
-def use_bf16(precision: str) -> bool:
-    """Whether to train under bf16 autocast. "auto" asks oneDNN whether this CPU has native bf16
-    (avx512_bf16 / AMX): without it bf16 matmuls fall back to a path ~50x slower than fp32."""
+def use_bf16(precision: str, device: str = "cpu") -> bool:
+    """Whether to train under bf16 autocast. "auto": on a CUDA device where it supports bf16; on
+    the CPU where oneDNN reports native bf16 (avx512_bf16 / AMX), as without it bf16 matmuls fall
+    back to a path ~50x slower than fp32."""
     if precision == "auto":
+        if torch.device(device).type == "cuda":
+            return torch.cuda.is_bf16_supported()
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     if precision in ("bf16", "fp32"):
         return precision == "bf16"
@@ -265,7 +270,7 @@ def train(config: TrainConfig) -> TrainState:
     )
 
     torch.manual_seed(config.seed)
-    model = JanusModel(model_config)
+    model = JanusModel(model_config).to(config.device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=config.weight_decay
     )
@@ -283,7 +288,7 @@ def train(config: TrainConfig) -> TrainState:
     if resuming:
         saved = load_train_state(os.path.join(last_dir, TRAIN_STATE_NAME))
         check_resumable(json.loads(saved["train_config"]), config)
-        model.load_state_dict(load_pretrained(last_dir).state_dict())
+        model.load_state_dict(load_pretrained(last_dir, device=config.device).state_dict())
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
@@ -292,7 +297,7 @@ def train(config: TrainConfig) -> TrainState:
         if context.is_main:
             print(f"resuming from {last_dir} at update {state.update} (epoch {state.epoch + 1})", flush=True)
 
-    bf16 = use_bf16(config.precision)
+    bf16 = use_bf16(config.precision, config.device)
     ddp_model: torch.nn.Module = model
     if context.world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=config.objective == "ar")
@@ -310,6 +315,7 @@ def train(config: TrainConfig) -> TrainState:
         drop_metrics_after(metrics_path, state.update)  # records of updates a killed run did not save
     valid_mode = config.valid_mode or ("ar" if config.objective == "ar" else "nar")
     max_updates = config.max_updates if config.max_updates is not None else float("inf")
+    deadline = time.perf_counter() + 60 * config.max_minutes if config.max_minutes is not None else float("inf")
 
     def log(record: dict) -> None:
         if context.is_main:
@@ -321,7 +327,7 @@ def train(config: TrainConfig) -> TrainState:
             save_checkpoint(directory, model, tokenizer, optimizer, scheduler, state, mask_generator, config)
         context.barrier()
 
-    while state.epoch < config.epochs and state.update < max_updates:
+    while state.epoch < config.epochs and state.update < max_updates and time.perf_counter() < deadline:
         epoch_generator = torch.Generator().manual_seed(config.seed * 7919 + state.epoch)
         batches = train_data.batches(config.max_tokens, epoch_generator)
         usable = len(batches) - len(batches) % context.world_size
@@ -335,7 +341,7 @@ def train(config: TrainConfig) -> TrainState:
             dynamic_ncols=True,
         )
         window_tokens, window_loss, window_updates, window_start = 0, 0.0, 0, time.perf_counter()
-        while state.batch_in_epoch < len(batches) and state.update < max_updates:
+        while state.batch_in_epoch < len(batches) and state.update < max_updates and time.perf_counter() < deadline:
             step_start = time.perf_counter()
             batch = train_data.collate(batches[state.batch_in_epoch])
             loss, terms = batch_loss(ddp_model, model, batch, config, mask_generator, bf16)
@@ -393,8 +399,8 @@ def train(config: TrainConfig) -> TrainState:
 
 # Options a resumed run may change; any other difference from the saved run is refused.
 RESUME_MAY_CHANGE = frozenset(
-    {"output_dir", "data_dir", "epochs", "max_updates", "save_every", "log_every", "threads", "progress",
-     "precision", "valid_bleu", "valid_mode", "valid_iterations", "valid_limit"}
+    {"output_dir", "data_dir", "epochs", "max_updates", "max_minutes", "device", "save_every", "log_every",
+     "threads", "progress", "precision", "valid_bleu", "valid_mode", "valid_iterations", "valid_limit"}
 )  # fmt: skip
 
 
@@ -459,7 +465,9 @@ def batch_loss(
     """Mask the batch's targets, run ``forward`` (the model or its DDP wrapper) and the objective's
     loss; returns the loss and its terms."""
     masked = mask_targets(batch.tgt_lengths, batch.tgt_tokens.shape[1], config.masking, mask_generator)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    batch = batch.to(config.device)
+    masked = masked.to(config.device)
+    with torch.autocast(torch.device(config.device).type, dtype=torch.bfloat16, enabled=bf16):
         outputs = forward(
             batch.src_tokens, batch.src_lengths, batch.tgt_tokens, batch.tgt_lengths, masked, config.objective
         )
@@ -483,7 +491,7 @@ def validation_loss(model: JanusModel, data: ParallelDataset, config: TrainConfi
     total, weight = 0.0, 0
     for indices in data.batches(config.max_tokens):
         batch = data.collate(indices)
-        loss, _ = batch_loss(model, model, batch, config, generator, use_bf16(config.precision))
+        loss, _ = batch_loss(model, model, batch, config, generator, use_bf16(config.precision, config.device))
         total += float(loss) * batch.num_target_tokens
         weight += batch.num_target_tokens
     return total / max(weight, 1)

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+import torch.nn.functional as F
+
+from janus_fast.masks import dense_mask
 
 from .attention import attention_reference, fused_attention
 from .length import length_candidates, length_candidates_reference
@@ -65,6 +68,11 @@ def profile_kernels(repeats: int = 10) -> list[dict]:
         flops = 4 * batch * heads * num_queries * num_keys * head_dim  # QK^T and PV, dense count
         with torch.inference_mode():
             reference_ms = _median_ms(partial(attention_reference, q, k, v, **options), repeats, synchronize)
+            dense = dense_mask(
+                options["mask_kind"], options["key_lengths"], num_queries, num_keys, options.get("num_masked")
+            )[:, None]
+            sdpa = partial(F.scaled_dot_product_attention, q, k, v, attn_mask=dense)
+            sdpa_ms = _median_ms(sdpa, repeats, synchronize)
             kernel = partial(fused_attention, q, k, v, **options)
             kernel_ms = _median_ms(kernel, repeats, synchronize) if on_gpu else None
         rows.append(
@@ -75,8 +83,10 @@ def profile_kernels(repeats: int = 10) -> list[dict]:
                 "dtype": str(dtype).replace("torch.", ""),
                 "torch_ms": reference_ms,
                 "torch_tflops": flops / reference_ms / 1e9,
+                "sdpa_dense_mask_ms": sdpa_ms,
                 "triton_ms": kernel_ms,
                 "triton_tflops": flops / kernel_ms / 1e9 if kernel_ms else None,
+                "triton_vs_sdpa": sdpa_ms / kernel_ms if kernel_ms else None,
                 "note": note,
             }
         )

@@ -1,0 +1,203 @@
+"""One GPU visit, prepared: environment, GPU tests, kernel and decoding benchmarks, training.
+
+    python -m janus_fast.gpu_check --out DIR --data-dir DIR [--train MINUTES] [--dry-run]
+
+(``scripts/gpu_check.sh`` builds the package with the CUDA extension first.) Every step is timed,
+a failing step is recorded and the next one still runs, and everything lands in ``--out``: one
+JSON of every figure (``gpu_check.json``), the log of the GPU tests (``gpu_tests.log``) and, with
+``--train``, the trained model (``model/``: bf16 weights, config, tokenizer, metrics), at most
+7 files of under 16 MiB, one folder deep. ``--dry-run`` runs the same code paths on the CPU with
+tiny sizes (Triton through its interpreter), so that this script is tested in CI between visits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def environment() -> dict:
+    info = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    if torch.cuda.is_available():
+        properties = torch.cuda.get_device_properties(0)
+        info.update(gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2**30, 1))
+    from janus_fast import ops
+
+    info["native_ops"] = ops.HAS_NATIVE_OPS
+    info["native_cuda_kernel"] = bool(
+        ops.HAS_NATIVE_OPS and torch._C._dispatch_has_kernel_for_dispatch_key("janus_fast::mask_predict_step", "CUDA")
+    )
+    return info
+
+
+def gpu_tests(data_dir: str, dry_run: bool, log_path: str) -> dict:
+    """``python_tests/test_gpu.py`` (compiled kernels on the GPU; interpreter on the CPU in dry run)."""
+    env = dict(os.environ, JANUS_FAST_GPU_TESTS="1", JANUS_FAST_DATA=data_dir)
+    env["TRITON_INTERPRET"] = "1" if dry_run else "0"
+    env["JANUS_FAST_GPU_DRY_RUN"] = "1" if dry_run else "0"
+    command = [sys.executable, "-m", "pytest", "python_tests/test_gpu.py", "-q", "-p", "no:cacheprovider", "-rA"]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    with open(log_path, "w", encoding="utf-8") as handle:
+        handle.write(result.stdout + result.stderr)
+    summary = [line for line in result.stdout.splitlines() if " passed" in line or " failed" in line]
+    return {"returncode": result.returncode, "summary": summary[-1] if summary else result.stdout[-500:]}
+
+
+def _median_seconds(function: Callable[[], object], repeats: int, synchronize: Callable[[], None]) -> float:
+    function()
+    synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _fresh_step(function: Callable, arguments: tuple) -> None:
+    """Iteration 0 of a mask-predict step from all-masked tokens (arguments as the op takes them)."""
+    arguments[1].fill_(arguments[-1])
+    function(*arguments)
+
+
+def mask_predict_bandwidth(device: str, shapes: list[tuple[int, int, int]], repeats: int) -> list[dict]:
+    """Native mask_predict_step vs the reference on ``device``; GB/s of logits read against a
+    measured device copy (read + write) bandwidth."""
+    from janus_fast.ops import mask_predict_step_reference
+
+    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    source = torch.ones(1 << 26, device=device)
+    target = torch.empty_like(source)
+    copy_gbs = 2 * source.numel() * 4 / _median_seconds(lambda: target.copy_(source), repeats, synchronize) / 1e9
+    rows = []
+    for num_rows, max_length, vocab in shapes:
+        logits = torch.randn(num_rows, max_length, vocab, device=device)
+        lengths = torch.full((num_rows,), max_length, dtype=torch.long, device=device)
+        mask_id = 3
+        tokens = torch.full((num_rows, max_length), mask_id, dtype=torch.long, device=device)
+        scores = torch.zeros(num_rows, max_length, device=device)
+
+        arguments = (logits, tokens, scores, lengths, 0, 10, mask_id)
+        native_step = partial(_fresh_step, torch.ops.janus_fast.mask_predict_step, arguments)
+        native = _median_seconds(native_step, repeats, synchronize)
+        reference = _median_seconds(partial(_fresh_step, mask_predict_step_reference, arguments), repeats, synchronize)
+        gbs = logits.numel() * 4 / native / 1e9
+        rows.append(
+            {
+                "N": num_rows,
+                "T": max_length,
+                "V": vocab,
+                "native_ms": 1e3 * native,
+                "reference_ms": 1e3 * reference,
+                "native_gbs": gbs,
+                "copy_gbs": copy_gbs,
+                "bandwidth_fraction": gbs / copy_gbs,
+            }
+        )
+    return rows
+
+
+def train_model(data_dir: str, out_dir: str, minutes: float, device: str, dry_run: bool) -> dict:
+    """Train a JANUS model for ``minutes`` and write it (bf16) with its metrics to ``out_dir``."""
+    from janus_fast.checkpoint import load_pretrained, load_tokenizer, save_pretrained
+    from janus_fast.train import TrainConfig, train
+
+    run_dir = tempfile.mkdtemp(prefix="janus-gpu-run-")
+    size = dict(vocab_size=300, d_model=32, num_heads=4, ffn_dim=64, encoder_layers=1, decoder_layers=1)
+    config = TrainConfig(
+        output_dir=run_dir,
+        data_dir=data_dir,
+        device=device,
+        max_minutes=minutes,
+        epochs=1000,
+        progress=False,
+        **(dict(size, train_limit=300, valid_limit=30, max_tokens=800) if dry_run else {}),
+        **({} if dry_run else dict(max_tokens=32768, lr=1e-3, warmup_updates=2000, save_every=1000)),
+    )
+    state = train(config)
+    best = os.path.join(run_dir, "best" if os.path.isdir(os.path.join(run_dir, "best")) else "last")
+    model = load_pretrained(best)
+    save_pretrained(model, out_dir, load_tokenizer(best).model_proto, dtype=torch.bfloat16)
+    shutil.copy(os.path.join(run_dir, "metrics.jsonl"), os.path.join(out_dir, "metrics.jsonl"))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {"updates": state.update, "epochs": state.epoch, "best_valid_bleu": state.best_bleu, "model": out_dir}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder for the JSON, the logs and the trained model")
+    parser.add_argument("--data-dir", required=True, help="Multi30k-style corpus folder")
+    parser.add_argument("--train", type=float, default=0.0, metavar="MINUTES", help="train for this long (0: no)")
+    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, Triton interpreter")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.data_dir):
+        parser.error(f"--data-dir {args.data_dir} is not a folder")
+    if not args.dry_run and not torch.cuda.is_available():
+        parser.error("no CUDA device here; use --dry-run to check the script on the CPU")
+    os.makedirs(args.out, exist_ok=True)
+    device = "cpu" if args.dry_run else "cuda"
+    report: dict = {"dry_run": args.dry_run, "steps": {}}
+    json_path = os.path.join(args.out, "gpu_check.json")
+
+    def step(name: str, function: Callable[[], object]) -> None:
+        start = time.perf_counter()
+        print(f"gpu_check: {name} ...", flush=True)
+        try:
+            report[name] = function()
+            status = "ok"
+        except Exception:  # noqa: BLE001 - record it and go on with the next step
+            report[name] = {"error": traceback.format_exc()[-3000:]}
+            status = "failed"
+        report["steps"][name] = {"status": status, "seconds": round(time.perf_counter() - start, 1)}
+        print(f"gpu_check: {name} {status} in {report['steps'][name]['seconds']} s", flush=True)
+        with open(json_path, "w", encoding="utf-8") as handle:  # after every step: a kill keeps the rest
+            json.dump(report, handle, indent=2, default=str)
+
+    from janus_fast.bench import run_bench
+    from janus_fast.kernels.profile import profile_kernels
+
+    step("environment", environment)
+    step("gpu_tests", lambda: gpu_tests(args.data_dir, args.dry_run, os.path.join(args.out, "gpu_tests.log")))
+    step("kernels", lambda: profile_kernels(repeats=2 if args.dry_run else 20))
+    shapes = [(4, 8, 50)] if args.dry_run else [(64, 32, 8000), (192, 32, 8000)]
+    step("mask_predict_step", lambda: mask_predict_bandwidth(device, shapes, 2 if args.dry_run else 20))
+    sentences = dict(limit=8, batch1_sentences=2, repeats=1) if args.dry_run else dict(limit=1000, batch1_sentences=100)
+    step("bench", lambda: run_bench(None, args.data_dir, device=device, **sentences))
+    if args.train > 0:
+        step("train", lambda: train_model(args.data_dir, os.path.join(args.out, "model"), args.train, device,
+                                          args.dry_run))  # fmt: skip
+    failed = [name for name, item in report["steps"].items() if item["status"] != "ok"]
+    gpu_failed = isinstance(report.get("gpu_tests"), dict) and report["gpu_tests"].get("returncode") not in (0, None)
+    print(f"gpu_check: wrote {json_path}; failed steps: {failed or 'none'}; gpu tests failed: {gpu_failed}")
+    return 1 if failed or gpu_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

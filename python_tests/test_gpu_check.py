@@ -1,0 +1,40 @@
+"""``scripts/gpu_check.sh --dry-run``: the GPU visit's script, run on the CPU with tiny sizes, so
+that it cannot rot between GPU visits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from conftest import MULTI30K, REPO_ROOT
+
+from janus_fast.checkpoint import load_pretrained
+
+
+def test_gpu_check_dry_run_runs_every_step(tmp_path):
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("JANUS_FAST_GPU_TESTS", "TRITON_INTERPRET")}
+    result = subprocess.run(
+        ["bash", "scripts/gpu_check.sh", "--dry-run", "--out", str(out), "--data-dir", MULTI30K, "--train", "0.05"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert report["dry_run"] is True
+    expected_steps = ["environment", "gpu_tests", "kernels", "mask_predict_step", "bench", "train"]
+    assert list(report["steps"]) == expected_steps
+    assert all(step["status"] == "ok" for step in report["steps"].values()), report["steps"]
+    assert " passed" in report["gpu_tests"]["summary"] and "failed" not in report["gpu_tests"]["summary"]
+    assert "skipped" not in report["gpu_tests"]["summary"]  # the GPU tests really ran (on the CPU)
+    assert {row["setting"] for row in report["bench"]["rows"]} >= {"engine NAR T=4 lb=3", "engine AR greedy"}
+    assert report["mask_predict_step"][0]["native_ms"] > 0
+    files = [os.path.join(root, name) for root, _, names in os.walk(out) for name in names]
+    assert len(files) <= 8 and all(os.path.getsize(f) < 16 * 2**20 for f in files)
+    model = load_pretrained(str(out / "model"))
+    assert next(model.parameters()).dtype == model.embed_tokens.weight.dtype
+    assert (out / "model" / "metrics.jsonl").exists()
