@@ -104,7 +104,7 @@ def mask_predict(
     num_iterations: int = 10,
     length_beam: int = 3,
 ) -> Hypotheses:
-    """NAR mask-predict (Ghazvininejad et al. 2019) exactly as ``docs/janus-method.md`` says.
+    """NAR mask-predict (Ghazvininejad et al. 2019) exactly as ``docs/method.md`` says.
 
     Each length candidate is a row; iteration t fills every masked position with its argmax token
     and log-probability, then re-masks the n = floor((L-2)(T-1-t)/T) lowest-scoring real tokens

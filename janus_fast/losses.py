@@ -1,4 +1,4 @@
-"""The JANUS training loss and the baselines' losses (``docs/janus-method.md``, "Loss").
+"""The JANUS training loss and the baselines' losses (``docs/method.md``, "Loss").
 
     L = CE_AR + w_ar_nar KL(AR, NAR) + w_ar_aux KL(AR, AUX)
         + w_ce_nar_aux (CE_NAR + CE_AUX) + w_length L_len + w_nar_aux KL(NAR, AUX)

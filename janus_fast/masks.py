@@ -6,7 +6,7 @@ Triton attention kernels in ``janus_fast.kernels`` compute the very same predica
 kernel from the same integers; ``two_stream_mask`` is the single definition both are tested against.
 
 Layout of the NAR two-stream decoder input of one sentence with ``a`` content elements of which
-``b`` are masked target positions (``docs/janus-method.md``)::
+``b`` are masked target positions (``docs/method.md``)::
 
     content  [ observed (a - 2b) | mask slots k=0..b-1 | ground-truth copies k=0..b-1 | pad ]
     query    [ one row per masked position k=0..b-1 | pad ]

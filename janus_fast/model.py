@@ -258,7 +258,7 @@ class EncoderOutput:
 
 
 class JanusModel(nn.Module):
-    """JANUS encoder-decoder; see ``docs/janus-method.md``.
+    """JANUS encoder-decoder; see ``docs/method.md``.
 
     Token embeddings are shared by the source, the target and the output projection.
     """

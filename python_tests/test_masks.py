@@ -21,7 +21,7 @@ def element_kind(index: int, a: int, b: int) -> tuple[str, int]:
 
 
 def may_see(row_kind: str, row_k: int, col_kind: str, col_k: int) -> bool:
-    """The rules of docs/janus-method.md, written out case by case."""
+    """The rules of docs/method.md, written out case by case."""
     if row_kind == "pad" or col_kind == "pad":
         return False
     if row_kind in ("observed", "slot"):
