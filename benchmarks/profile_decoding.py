@@ -27,7 +27,7 @@ MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "quantized::linear_dynamic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--data-dir", default="../shared/data/multi30k")
+    parser.add_argument("--data-dir", required=True, help="Multi30k folder (test_2016_flickr.de.gz)")
     parser.add_argument("--mode", choices=("nar", "ar"), default="nar")
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--length-beam", type=int, default=3)

@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_parser = commands.add_parser("bench", help="reference vs engine, NAR vs AR: speed and BLEU, one table")
     bench_parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
-    bench_parser.add_argument("--data-dir", default="../shared/data/multi30k")
+    bench_parser.add_argument("--data-dir", required=True, help="folder with test_2016_flickr.<lang>[.gz]")
     bench_parser.add_argument("--source-lang", default="de")
     bench_parser.add_argument("--target-lang", default="en")
     bench_parser.add_argument(

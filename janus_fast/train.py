@@ -28,7 +28,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from janus_fast.checkpoint import CheckpointError, atomic_write, load_pretrained, load_tokenizer, save_pretrained
-from janus_fast.data import Batch, ParallelDataset, corpus_path, mask_targets, read_parallel
+from janus_fast.data import Batch, InputError, ParallelDataset, corpus_path, mask_targets, read_parallel
 from janus_fast.losses import LossWeights, compute_loss
 from janus_fast.model import JanusConfig, JanusModel
 from janus_fast.tokenizer import Tokenizer
@@ -41,7 +41,7 @@ class TrainConfig:
     """Everything a training run needs; every field is a ``janus-fast train`` option."""
 
     output_dir: str = "runs/janus"
-    data_dir: str = "../shared/data/multi30k"
+    data_dir: str = ""  # folder with {split}.{lang}[.gz] files; required
     source_lang: str = "de"
     target_lang: str = "en"
     train_split: str = "train"
@@ -242,6 +242,8 @@ def train(config: TrainConfig) -> TrainState:
         torch.set_num_threads(config.threads)
     elif context.world_size > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.world_size))
+    if not config.data_dir:
+        raise InputError("--data-dir is required: the folder with the {split}.{lang}[.gz] corpus files")
     os.makedirs(config.output_dir, exist_ok=True)
     data_dir = config.data_dir
     train_src, train_tgt = read_parallel(

@@ -88,7 +88,7 @@ def plot_curves(summaries: dict[str, dict], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="runs", help="directory holding final_ar, final_cmlm, final_janus")
-    parser.add_argument("--data-dir", default="../shared/data/multi30k")
+    parser.add_argument("--data-dir", required=True, help="Multi30k folder (test_2016_flickr.de/.en .gz)")
     parser.add_argument("--out", default="docs/multi30k")
     parser.add_argument("--checkpoint", default="best", help="best (chosen on val) or last")
     parser.add_argument("--snapshot", action="append", default=[], metavar="RUN@UPDATE=DIR")
