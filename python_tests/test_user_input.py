@@ -224,3 +224,34 @@ def test_translate_memory_is_bounded_on_4096_one_word_lines(tmp_path):
     assert peak_mb < 1536, peak_mb
     assert len((tmp_path / "out.txt").read_text(encoding="utf-8").splitlines()) == 4096
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+CLI_VALUES = st.one_of(
+    st.integers(-5, 300).map(str),
+    st.integers(2**31, 2**80).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(["", "x", "1e3", "0x10", " 3", "-0"]),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from(["--iterations", "--length-beam", "--beam", "--batch-size", "--max-batch-tokens"]),
+       value=CLI_VALUES)  # fmt: skip
+def test_cli_options_translate_or_exit_2_with_a_message(trained_dir, tmp_path_factory, capsys, option, value):
+    from janus_fast.cli import main
+
+    folder = tmp_path_factory.mktemp("cli")
+    source, output = folder / "in.txt", folder / "out.txt"
+    source.write_text("Ein Hund.\n\nZwei Katzen.\n", encoding="utf-8")
+    mode = ["--mode", "ar"] if option == "--beam" else ["--iterations", "2"] if option != "--iterations" else []
+    arguments = ["translate", "--model", trained_dir, "-i", str(source), "-o", str(output), *mode, option, value]
+    try:
+        code = main(arguments)
+    except SystemExit as exit_:  # argparse: a usage error names the option
+        code = exit_.code
+        assert code == 2 and option in capsys.readouterr().err
+        return
+    if code == 0:
+        assert len(output.read_text(encoding="utf-8").splitlines()) == 3
+    else:
+        assert code == 2 and capsys.readouterr().err.startswith("janus-fast: error:")
