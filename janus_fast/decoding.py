@@ -323,8 +323,11 @@ def generate(
     max_len_a: float = 1.2,
     max_len_b: int = 10,
     decoder: str = "engine",
-) -> list[list[int]]:
-    """Translate a padded batch of source ids; returns target ids per sentence (no bos/eos/pad).
+    return_scores: bool = False,
+) -> list[list[int]] | Hypotheses:
+    """Translate a padded batch of source ids; returns target ids per sentence (no bos/eos/pad),
+    or with ``return_scores`` the ``Hypotheses`` (ids and each sentence's score: mean token
+    log-probability for NAR, length-normalised log-probability for AR).
 
     src_tokens (B, S) int64 right-padded, src_lengths (B,) int64 >= 1; mode "nar" (mask-predict,
     ``iterations`` x ``length_beam``) or "ar" (``beam`` 1 = greedy). decoder "engine" (the fast
@@ -335,16 +338,19 @@ def generate(
     if decoder not in ("engine", "reference"):
         raise ValueError(f"unknown decoder {decoder!r}; expected 'engine' or 'reference'")
     if len(src_lengths) == 0:
-        return []
-    if decoder == "engine":
+        hypotheses = Hypotheses([], [])
+    elif decoder == "engine":
         from janus_fast import engine
 
         if mode == "nar":
-            return engine.mask_predict(model, src_tokens, src_lengths, iterations, length_beam).tokens
-        return engine.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b).tokens
-    if mode == "nar":
-        return mask_predict(model, src_tokens, src_lengths, iterations, length_beam).tokens
-    return ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b).tokens
+            hypotheses = engine.mask_predict(model, src_tokens, src_lengths, iterations, length_beam)
+        else:
+            hypotheses = engine.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b)
+    elif mode == "nar":
+        hypotheses = mask_predict(model, src_tokens, src_lengths, iterations, length_beam)
+    else:
+        hypotheses = ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b)
+    return hypotheses if return_scores else hypotheses.tokens
 
 
 def _check_source(model: JanusModel, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> None:

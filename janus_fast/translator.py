@@ -101,8 +101,11 @@ class Translator:
         max_batch_tokens: int | None = None,
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
-    ) -> list[str]:
-        """Translations of ``sentences``, in order, one per input (blank input -> "").
+        return_scores: bool = False,
+    ) -> list[str] | list[tuple[str, float]]:
+        """Translations of ``sentences``, in order, one per input (blank input -> ""); with
+        ``return_scores`` (translation, score) pairs, the score being the mean token log-probability
+        (NAR) or the length-normalised log-probability (AR) of the translation (0.0 for blanks).
 
         mode "nar": mask-predict with ``iterations`` and ``length_beam``; mode "ar": beam search
         with ``beam`` (1 = greedy). Sentences are sorted by length and decoded in batches of at most
@@ -117,6 +120,7 @@ class Translator:
         check_decoding_options(self.model, mode, iterations, length_beam, beam)
         encoded = self.encode_sources(sentences)
         outputs = [""] * len(encoded)
+        scores = [0.0] * len(encoded)
         blank = sum(1 for ids in encoded if not ids)
         if progress is not None and blank:
             progress(blank)
@@ -132,12 +136,14 @@ class Translator:
                 length_beam=length_beam,
                 beam=beam,
                 decoder=self.decoder,
+                return_scores=True,
             )
-            for index, ids in zip(indices, hypotheses):
+            for index, ids, score in zip(indices, hypotheses.tokens, hypotheses.scores):
                 outputs[index] = self.tokenizer.decode(ids)
+                scores[index] = score
             if progress is not None:
                 progress(len(indices))
-        return outputs
+        return list(zip(outputs, scores)) if return_scores else outputs
 
 
 def length_sorted_batches(

@@ -99,3 +99,21 @@ def test_reference_translation_does_not_depend_on_batch(model, mode, beam):
     for row in range(len(src)):
         alone = generate(model, src[row : row + 1, : int(lengths[row])], lengths[row : row + 1], **options)
         assert alone[0] == batched[row]
+
+
+def test_generate_and_translate_return_scores(model, trained_dir):
+    from janus_fast.translator import Translator
+
+    src, lengths = sources()
+    for mode in ("nar", "ar"):
+        tokens = generate(model, src, lengths, mode=mode, iterations=2)
+        scored = generate(model, src, lengths, mode=mode, iterations=2, return_scores=True)
+        assert scored.tokens == tokens and len(scored.scores) == len(tokens)
+        assert all(score <= 0.0 for score in scored.scores)  # log-probabilities
+    reference = ar_search(model, src, lengths, beam=1)
+    assert generate(model, src, lengths, mode="ar", return_scores=True).scores == pytest.approx(reference.scores)
+    translator = Translator.from_pretrained(trained_dir)
+    sentences = ["Ein Mann.", "", "Zwei Frauen."]
+    pairs = translator.translate(sentences, mode="nar", iterations=2, return_scores=True)
+    assert [text for text, _ in pairs] == translator.translate(sentences, mode="nar", iterations=2)
+    assert pairs[1] == ("", 0.0) and all(score <= 0.0 for _, score in pairs)
