@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from janus_fast.model import BOS_ID, EOS_ID, PAD_ID
+from janus_fast.vocab import BOS_ID, EOS_ID, PAD_ID
 
 LANGUAGES = ("de", "en", "fr", "cs")
 

@@ -8,7 +8,7 @@
 * AR greedy: a preallocated key/value cache, argmax per step, no beam bookkeeping, stop as soon
   as every sentence has its eos. AR beam search is the reference's (it already uses the cache).
 
-Outputs equal the reference decoders' (``janus_fast.decoding``), token for token; the tests
+Outputs equal the reference decoders' (``janus_fast.reference_decoding``), token for token; the tests
 check it.
 """
 
@@ -17,17 +17,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from janus_fast.decoding import (
-    Hypotheses,
-    best_length_candidates,
-    max_ar_lengths,
-    start_mask_predict,
-    strip_special,
-)
-from janus_fast.decoding import ar_search as reference_ar_search
 from janus_fast.model import JanusModel
 from janus_fast.ops import mask_predict_step
 from janus_fast.packed import PackedRows, packed_decode
+from janus_fast.reference_decoding import ar_search as reference_ar_search
+from janus_fast.search import Hypotheses, best_length_candidates, max_ar_lengths, start_mask_predict, strip_special
 
 
 @torch.inference_mode()
@@ -38,7 +32,7 @@ def mask_predict(
     num_iterations: int = 10,
     length_beam: int = 3,
 ) -> Hypotheses:
-    """Mask-predict as ``janus_fast.decoding.mask_predict``, projecting only masked positions.
+    """Mask-predict as ``janus_fast.reference_decoding.mask_predict``, projecting only masked positions.
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """

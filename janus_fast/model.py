@@ -20,8 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from janus_fast.attention import MaskSpec, masked_attention
-
-PAD_ID, UNK_ID, BOS_ID, EOS_ID, MASK_ID = 0, 1, 2, 3, 4
+from janus_fast.vocab import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
 
 
 @dataclass
@@ -464,20 +463,6 @@ class JanusModel(nn.Module):
         if objective not in ("janus", "ar", "cmlm"):
             raise ValueError(f"unknown objective {objective!r}; expected janus, ar or cmlm")
         return out
-
-    # ------------------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, directory: str, tokenizer_model: bytes | None = None) -> None:
-        """Write ``config.json``, ``model.safetensors`` (and ``spm.model``) atomically."""
-        from janus_fast.checkpoint import save_pretrained
-
-        save_pretrained(self, directory, tokenizer_model)
-
-    @classmethod
-    def from_pretrained(cls, directory: str, device: str | torch.device = "cpu") -> JanusModel:
-        """Load a checkpoint directory written by ``save_pretrained`` (safetensors, no pickle)."""
-        from janus_fast.checkpoint import load_pretrained
-
-        return load_pretrained(directory, device=device)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
-from janus_fast.model import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
+from janus_fast.vocab import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
 
 MASK_PIECE = "<mask>"
 

@@ -27,7 +27,7 @@ class Translator:
         max_batch_tokens: padded source tokens per decoder batch (sentences are sorted by length).
         on_long_input: "truncate" (warn and keep the first ``max_source_positions`` pieces) or
             "error" (raise ValueError) for inputs longer than the model accepts.
-        decoder: "engine" (fast, ``janus_fast.engine``) or "reference" (``janus_fast.decoding``).
+        decoder: "engine" (fast, ``janus_fast.engine``) or "reference" (``janus_fast.reference_decoding``).
         precision: "fp32" (default; engine == reference token for token) or "int8" (dynamic int8
             linear layers, ``janus_fast.quantize``; CPU only, outputs may differ slightly).
     """

@@ -9,65 +9,64 @@ import pytest
 import torch
 from conftest import random_model
 
-from janus_fast.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
-from janus_fast.model import JanusModel
+from janus_fast.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_pretrained, save_pretrained
 
 
 def test_round_trip_is_exact(tmp_path, model):
-    model.save_pretrained(str(tmp_path))
-    loaded = JanusModel.from_pretrained(str(tmp_path))
+    save_pretrained(model, str(tmp_path))
+    loaded = load_pretrained(str(tmp_path))
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     assert not any(name.startswith(".tmp-") for name in os.listdir(tmp_path))
 
 
 def test_truncated_weights_name_the_file(tmp_path, model):
-    model.save_pretrained(str(tmp_path))
+    save_pretrained(model, str(tmp_path))
     path = tmp_path / WEIGHTS_NAME
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="model.safetensors.*(corrupted|truncated)"):
-        JanusModel.from_pretrained(str(tmp_path))
+        load_pretrained(str(tmp_path))
 
 
 def test_flipped_byte_is_detected(tmp_path, model):
-    model.save_pretrained(str(tmp_path))
+    save_pretrained(model, str(tmp_path))
     path = tmp_path / WEIGHTS_NAME
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="corrupted"):
-        JanusModel.from_pretrained(str(tmp_path))
+        load_pretrained(str(tmp_path))
 
 
 def test_mismatched_config_is_reported(tmp_path, model):
-    model.save_pretrained(str(tmp_path))
+    save_pretrained(model, str(tmp_path))
     other = tmp_path / "other"
-    random_model(d_model=64).save_pretrained(str(other))
+    save_pretrained(random_model(d_model=64), str(other))
     (tmp_path / WEIGHTS_NAME).write_bytes((other / WEIGHTS_NAME).read_bytes())
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     config["weights_sha256"] = json.loads((other / CONFIG_NAME).read_text())["weights_sha256"]
     (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="does not match.*shape"):
-        JanusModel.from_pretrained(str(tmp_path))
+        load_pretrained(str(tmp_path))
 
 
 def test_bad_or_missing_config(tmp_path, model):
     with pytest.raises(CheckpointError, match="does not exist"):
-        JanusModel.from_pretrained(str(tmp_path / "nowhere"))
-    model.save_pretrained(str(tmp_path))
+        load_pretrained(str(tmp_path / "nowhere"))
+    save_pretrained(model, str(tmp_path))
     (tmp_path / CONFIG_NAME).write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json.*JSON"):
-        JanusModel.from_pretrained(str(tmp_path))
+        load_pretrained(str(tmp_path))
     os.remove(tmp_path / CONFIG_NAME)
     with pytest.raises(CheckpointError, match="config.json: missing"):
-        JanusModel.from_pretrained(str(tmp_path))
+        load_pretrained(str(tmp_path))
 
 
 def test_bf16_weights_load(tmp_path, model):
     from janus_fast.checkpoint import save_pretrained
 
     save_pretrained(model, str(tmp_path), dtype=torch.bfloat16)
-    loaded = JanusModel.from_pretrained(str(tmp_path))
+    loaded = load_pretrained(str(tmp_path))
     weight = model.embed_tokens.weight
     torch.testing.assert_close(loaded.embed_tokens.weight, weight.bfloat16().float())
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from janus_fast.decoding import ar_search, generate, mask_predict
+from janus_fast.decoding import generate
+from janus_fast.reference_decoding import ar_search, mask_predict
 
 
 def sources(vocab: int = 60):

@@ -8,8 +8,9 @@ from conftest import random_model
 
 from janus_fast import engine
 from janus_fast.attention import MaskSpec
-from janus_fast.decoding import ar_search, generate, mask_predict
+from janus_fast.decoding import generate
 from janus_fast.packed import PackedRows, packed_decode
+from janus_fast.reference_decoding import ar_search, mask_predict
 
 
 def random_sources(seed: int, batch: int = 6, vocab: int = 60):

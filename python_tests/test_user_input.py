@@ -16,8 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli import run_cli
 
-from janus_fast.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, config_digest, load_pretrained
-from janus_fast.decoding import generate, length_candidates
+from janus_fast.checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    config_digest,
+    load_pretrained,
+    save_pretrained,
+)
+from janus_fast.decoding import generate
+from janus_fast.search import length_candidates
 from janus_fast.train import TRAIN_STATE_NAME, train
 from janus_fast.translator import Translator
 
@@ -122,7 +130,7 @@ CONFIG_VALUES = st.one_of(
 @given(key=st.sampled_from(sorted(random_model().config.__dict__)), value=CONFIG_VALUES, resign=st.booleans())
 def test_edited_config_is_refused_or_valid(tmp_path_factory, key, value, resign):
     directory = tmp_path_factory.mktemp("ckpt")
-    random_model().save_pretrained(str(directory))
+    save_pretrained(random_model(), str(directory))
     path = directory / CONFIG_NAME
     config = json.loads(path.read_text())
     if config["model"][key] == value and type(config["model"][key]) is type(value):
@@ -140,7 +148,7 @@ def test_edited_config_is_refused_or_valid(tmp_path_factory, key, value, resign)
 
 
 def test_edited_mask_id_is_detected(tmp_path):
-    random_model().save_pretrained(str(tmp_path))
+    save_pretrained(random_model(), str(tmp_path))
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     config["model"]["mask_id"] = 7
     (tmp_path / CONFIG_NAME).write_text(json.dumps(config))

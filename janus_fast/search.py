@@ -1,0 +1,191 @@
+"""What both decoders share: length candidates, the mask-predict start state and its per-sentence
+pick, AR length limits, stripping of special tokens, and the hypotheses they return.
+
+``janus_fast.reference_decoding`` (the plain PyTorch decoders, the ground truth) and
+``janus_fast.engine`` (the fast ones) build on these; ``janus_fast.decoding.generate`` dispatches
+between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from janus_fast.attention import use_triton
+from janus_fast.model import EncoderOutput, JanusModel
+
+MIN_NAR_LENGTH = 3  # bos + one real token + eos: a non-empty source never gets an empty translation
+# mask-predict runs the rows of a batch in groups whose (rows, T, V) fp32 logits fit this, so that
+# memory is bounded by the batch options and not by the number of sentences or candidates
+LOGITS_BUDGET_BYTES = 256 * 2**20
+
+
+@dataclass
+class Hypotheses:
+    """Decoded token ids per sentence (no bos/eos/pad) and their scores (mean log-probability
+    per token for NAR, length-normalised log-probability for AR)."""
+
+    tokens: list[list[int]]
+    scores: list[float]
+
+    @staticmethod
+    def concatenate(parts: list[Hypotheses]) -> Hypotheses:
+        return Hypotheses([t for p in parts for t in p.tokens], [s for p in parts for s in p.scores])
+
+
+def length_candidates(
+    model: JanusModel, encoder_out: EncoderOutput, length_beam: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``length_beam`` target lengths (counting bos/eos) of the length head.
+
+    Returns lengths (B, l) int64, sorted by descending log-probability, and their log-probs (B, l).
+    On CUDA tensors the fused Triton kernel (``janus_fast.kernels.length_candidates``) does it.
+    """
+    states = encoder_out.states
+    if states.is_cuda and use_triton(states):
+        from janus_fast.kernels import length_candidates as fused_length_candidates
+
+        config = model.config
+        beam = max_length_beam(model, length_beam)
+        lengths, log_probs = fused_length_candidates(
+            states,
+            encoder_out.lengths,
+            model.length_embed.weight,
+            beam,
+            offset=config.length_offset,
+            min_length=MIN_NAR_LENGTH,
+        )
+        return lengths.clamp(max=config.max_target_positions), log_probs
+    log_probs = F.log_softmax(model.length_logits(encoder_out).float(), dim=-1)
+    classes = torch.arange(log_probs.shape[-1], device=log_probs.device)
+    lengths_of_class = model.lengths_from_classes(classes[None].expand_as(log_probs), encoder_out.lengths)
+    log_probs = log_probs.masked_fill(lengths_of_class < MIN_NAR_LENGTH, float("-inf"))
+    top_log_probs, top_classes = log_probs.topk(max_length_beam(model, length_beam), dim=-1)
+    lengths = lengths_of_class.gather(1, top_classes)
+    # a sentence with fewer possible lengths than the beam (length_offset) repeats its best one in
+    # place of the impossible (-inf) ones: a repeat ties with the best row, and ties go to the first
+    impossible = top_log_probs == float("-inf")
+    return torch.where(impossible, lengths[:, :1], lengths), top_log_probs
+
+
+def max_length_beam(model: JanusModel, length_beam: int) -> int:
+    """``length_beam`` capped by the number of length classes that can be a length (>= 3)."""
+    return max(1, min(length_beam, model.config.num_length_classes - MIN_NAR_LENGTH))
+
+
+def initial_nar_tokens(lengths: torch.Tensor, config_ids: tuple[int, int, int, int]) -> torch.Tensor:
+    """``<bos> <mask>*(L-2) <eos>`` right-padded: lengths (N,) -> (N, max L) int64."""
+    pad_id, bos_id, eos_id, mask_id = config_ids
+    width = int(lengths.max())
+    positions = torch.arange(width, device=lengths.device)[None]
+    tokens = torch.full((len(lengths), width), pad_id, dtype=torch.long, device=lengths.device)
+    tokens = torch.where(positions < lengths[:, None] - 1, mask_id, tokens)
+    tokens = torch.where(positions == lengths[:, None] - 1, eos_id, tokens)
+    tokens[:, 0] = bos_id
+    return tokens
+
+
+def strip_special(row: list[int], eos_id: int, specials: set[int]) -> list[int]:
+    """Tokens up to the first eos, without special ids."""
+    if eos_id in row:
+        row = row[: row.index(eos_id)]
+    return [token for token in row if token not in specials]
+
+
+@dataclass
+class MaskPredictState:
+    """What mask-predict iterates on, one row per (sentence, length candidate), candidates of a
+    sentence adjacent: tokens (N, T) int64, scores (N, T) float32, lengths (N,) int64, the
+    encoder output repeated per row (cross-attention keys/values computed once), and the size V
+    of the logits each row will need."""
+
+    tokens: torch.Tensor
+    scores: torch.Tensor
+    lengths: torch.Tensor
+    encoder_out: EncoderOutput
+    length_beam: int
+    vocab_size: int
+
+    def split(self, budget_bytes: int = LOGITS_BUDGET_BYTES) -> list[MaskPredictState]:
+        """Consecutive groups of whole sentences whose (rows, T, V) fp32 logits take at most
+        ``budget_bytes`` (T = the group's longest candidate; at least one sentence per group). Rows
+        are independent, so splitting does not change any output."""
+        num_rows = len(self.lengths)
+        beam = self.length_beam
+        longest = self.lengths.view(-1, beam).max(1).values.tolist()  # per sentence
+        row_bytes = self.vocab_size * 4
+        groups: list[tuple[int, int]] = []
+        start, width = 0, 0
+        for sentence, length in enumerate(longest):
+            width = max(width, length)
+            rows = (sentence + 1) * beam - start
+            if rows > beam and rows * width * row_bytes > budget_bytes:
+                groups.append((start, sentence * beam))
+                start, width = sentence * beam, length
+        groups.append((start, num_rows))
+        if len(groups) == 1:
+            return [self]
+        states = []
+        for begin, end in groups:
+            rows = torch.arange(begin, end, device=self.tokens.device)
+            group_width = int(self.lengths[begin:end].max())
+            states.append(
+                MaskPredictState(
+                    self.tokens[begin:end, :group_width].clone(),
+                    self.scores[begin:end, :group_width].clone(),
+                    self.lengths[begin:end],
+                    self.encoder_out.select(rows),
+                    beam,
+                    self.vocab_size,
+                )
+            )
+        return states
+
+
+def start_mask_predict(
+    model: JanusModel, src_tokens: torch.Tensor, src_lengths: torch.Tensor, num_iterations: int, length_beam: int
+) -> MaskPredictState:
+    """Encode once, pick the length candidates and lay out ``<bos> <mask>* <eos>`` rows."""
+    if num_iterations < 1:
+        raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+    if length_beam < 1:
+        raise ValueError(f"length_beam must be >= 1, got {length_beam}")
+    config = model.config
+    encoder_out = model.encode(src_tokens, src_lengths)
+    candidates, _ = length_candidates(model, encoder_out, length_beam)
+    batch, beam = candidates.shape
+    lengths = candidates.reshape(-1)
+    rows_encoder = encoder_out.select(torch.arange(batch, device=lengths.device).repeat_interleave(beam))
+    tokens = initial_nar_tokens(lengths, (config.pad_id, config.bos_id, config.eos_id, config.mask_id))
+    scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+    return MaskPredictState(tokens, scores, lengths, rows_encoder, beam, config.vocab_size)
+
+
+def best_length_candidates(
+    model: JanusModel, tokens: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor, beam: int
+) -> Hypotheses:
+    """Per sentence, the length candidate (row) with the highest mean token log-probability.
+
+    tokens (B*l, T) int64, scores (B*l, T) float32, lengths (B*l,) int64; rows of a sentence adjacent.
+    """
+    config = model.config
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
+    real = (positions >= 1) & (positions < lengths[:, None] - 1)
+    mean_scores = (scores * real).sum(1) / real.sum(1).clamp(min=1)
+    best = mean_scores.view(-1, beam).argmax(1)
+    chosen = torch.arange(len(best), device=best.device) * beam + best
+    specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
+    out_tokens = [strip_special(row, config.eos_id, specials) for row in tokens[chosen].tolist()]
+    return Hypotheses(out_tokens, mean_scores[chosen].tolist())
+
+
+def max_ar_lengths(src_lengths: torch.Tensor, model: JanusModel, max_len_a: float, max_len_b: int) -> torch.Tensor:
+    """Tokens each sentence's AR search may generate, eos included: (B,) int64, >= 1.
+
+    Per sentence (``max_len_a * src_len + max_len_b``), so a translation never depends on the
+    other sentences of its batch.
+    """
+    limits = (max_len_a * src_lengths.double() + max_len_b).long()
+    return limits.clamp(1, model.config.max_target_positions - 1)
