@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from janus_fast.attention import MaskSpec, masked_attention
+from janus_fast.length import length_classes, mean_pool
 from janus_fast.vocab import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
 
 
@@ -310,25 +311,13 @@ class JanusModel(nn.Module):
         return EncoderOutput(states, src_lengths, memory_kv)
 
     def length_logits(self, encoder_out: EncoderOutput) -> torch.Tensor:
-        """Masked mean-pool of the encoder states projected to length classes: (B, C) float."""
-        states, lengths = encoder_out.states, encoder_out.lengths
-        real = torch.arange(states.shape[1], device=states.device)[None, :] < lengths[:, None]
-        pooled = (states * real[..., None].to(states.dtype)).sum(1)
-        pooled = pooled / lengths.clamp(min=1)[:, None].to(states.dtype)
-        return self.length_embed(pooled)
+        """The length head (``janus_fast.length``): mean-pooled encoder states -> (B, C) logits."""
+        return self.length_embed(mean_pool(encoder_out.states, encoder_out.lengths))
 
     def length_targets(self, tgt_lengths: torch.Tensor, src_lengths: torch.Tensor) -> torch.Tensor:
         """Length classes (B,) of target lengths counting bos/eos, clamped to the class range."""
-        classes = tgt_lengths
-        if self.config.length_offset:
-            classes = tgt_lengths - src_lengths + self.config.num_length_classes // 2
-        return classes.clamp(0, self.config.num_length_classes - 1)
-
-    def lengths_from_classes(self, classes: torch.Tensor, src_lengths: torch.Tensor) -> torch.Tensor:
-        """Inverse of ``length_targets``: target lengths (counting bos/eos) from class indices."""
-        if self.config.length_offset:
-            classes = classes + src_lengths[:, None] - self.config.num_length_classes // 2
-        return classes.clamp(2, self.config.max_target_positions)
+        config = self.config
+        return length_classes(tgt_lengths, src_lengths, config.num_length_classes, config.length_offset)
 
     # ----------------------------------------------------------------------------------- decoder
     def embed_target(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

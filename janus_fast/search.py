@@ -8,12 +8,12 @@ between them.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from janus_fast.attention import use_triton
+from janus_fast.length import candidates_from_logits
 from janus_fast.model import EncoderOutput, JanusModel
 
 MIN_NAR_LENGTH = 3  # bos + one real token + eos: a non-empty source never gets an empty translation
@@ -38,36 +38,41 @@ class Hypotheses:
 def length_candidates(
     model: JanusModel, encoder_out: EncoderOutput, length_beam: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``length_beam`` target lengths (counting bos/eos) of the length head.
+    """Top-``length_beam`` target lengths (counting bos/eos) of the length head
+    (``janus_fast.length``): lengths (B, l) int64 best first, and their log-probs (B, l).
 
-    Returns lengths (B, l) int64, sorted by descending log-probability, and their log-probs (B, l).
-    On CUDA tensors the fused Triton kernel (``janus_fast.kernels.length_candidates``) does it.
+    The beam is capped by the classes that can be a length (>= ``MIN_NAR_LENGTH``); a sentence
+    with fewer possible lengths (``length_offset``) repeats its best one in place of the
+    impossible (-inf) candidates: a repeat ties with the best row, and ties go to the first. The
+    fused Triton kernel computes the candidates where ``use_length_kernel`` says so.
     """
-    states = encoder_out.states
-    if states.is_cuda and use_triton(states):
+    config = model.config
+    beam = max_length_beam(model, length_beam)
+    states, src_lengths = encoder_out.states, encoder_out.lengths
+    options = {"offset": config.length_offset, "min_length": MIN_NAR_LENGTH}
+    if use_length_kernel(states, beam):
         from janus_fast.kernels import length_candidates as fused_length_candidates
 
-        config = model.config
-        beam = max_length_beam(model, length_beam)
-        lengths, log_probs = fused_length_candidates(
-            states,
-            encoder_out.lengths,
-            model.length_embed.weight,
-            beam,
-            offset=config.length_offset,
-            min_length=MIN_NAR_LENGTH,
-        )
-        return lengths.clamp(max=config.max_target_positions), log_probs
-    log_probs = F.log_softmax(model.length_logits(encoder_out).float(), dim=-1)
-    classes = torch.arange(log_probs.shape[-1], device=log_probs.device)
-    lengths_of_class = model.lengths_from_classes(classes[None].expand_as(log_probs), encoder_out.lengths)
-    log_probs = log_probs.masked_fill(lengths_of_class < MIN_NAR_LENGTH, float("-inf"))
-    top_log_probs, top_classes = log_probs.topk(max_length_beam(model, length_beam), dim=-1)
-    lengths = lengths_of_class.gather(1, top_classes)
-    # a sentence with fewer possible lengths than the beam (length_offset) repeats its best one in
-    # place of the impossible (-inf) ones: a repeat ties with the best row, and ties go to the first
-    impossible = top_log_probs == float("-inf")
-    return torch.where(impossible, lengths[:, :1], lengths), top_log_probs
+        lengths, log_probs = fused_length_candidates(states, src_lengths, model.length_embed.weight, beam, **options)
+    else:
+        lengths, log_probs = candidates_from_logits(model.length_logits(encoder_out), src_lengths, beam, **options)
+    lengths = lengths.clamp(max=config.max_target_positions)
+    impossible = log_probs == float("-inf")
+    return torch.where(impossible, lengths[:, :1], lengths), log_probs
+
+
+def use_length_kernel(states: torch.Tensor, beam: int) -> bool:
+    """Whether length candidates come from the Triton kernel: ``JANUS_FAST_LENGTH_BACKEND``
+    "torch" / "triton" forces a path; "auto" (default) takes the kernel for CUDA states when triton
+    is installed and the beam is within the kernel's 16."""
+    backend = os.environ.get("JANUS_FAST_LENGTH_BACKEND", "auto")
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"JANUS_FAST_LENGTH_BACKEND={backend!r}; expected auto, torch or triton")
+    if backend != "auto":
+        return backend == "triton"
+    from janus_fast import kernels
+
+    return states.is_cuda and kernels.TRITON_AVAILABLE and beam <= 16
 
 
 def max_length_beam(model: JanusModel, length_beam: int) -> int:

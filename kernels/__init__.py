@@ -10,9 +10,11 @@ The model calls them on CUDA tensors (``janus_fast.attention.use_triton``); on t
 PyTorch path. Importing this package never requires triton; calling a kernel does.
 """
 
+from janus_fast.length import length_candidates_reference
+
 from .attention import DTYPES, HEAD_DIMS, MASK_KINDS, attention_reference, fused_attention, interpreting
 from .attention import triton as _triton
-from .length import length_candidates, length_candidates_reference
+from .length import length_candidates
 
 TRITON_AVAILABLE = _triton is not None
 

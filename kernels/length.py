@@ -11,7 +11,6 @@ With ``offset=True`` class c means target length ``c - num_classes // 2 + src_le
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .attention import interpreting
 
@@ -22,46 +21,29 @@ except ImportError:
     triton = None
 
 
-def _class_lengths(num_classes: int, src_lengths: torch.Tensor, offset: bool) -> torch.Tensor:
-    """(B, C) int64: the target length each class stands for."""
-    classes = torch.arange(num_classes, device=src_lengths.device)[None].expand(len(src_lengths), -1)
-    return classes + src_lengths[:, None] - num_classes // 2 if offset else classes
-
-
-def length_candidates_reference(
-    encoder_states: torch.Tensor,
-    src_lengths: torch.Tensor,
-    length_weight: torch.Tensor,
-    beam: int,
-    *,
-    offset: bool = False,
-    min_length: int = 2,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PyTorch reference. encoder_states (B, S, d), src_lengths (B,) int, length_weight (C, d).
-
-    Returns candidate lengths (B, beam) int64 and their log-probabilities (B, beam) float32, best
-    first; log-softmax over the classes whose length is >= ``min_length``.
-    """
-    states = encoder_states.float()
-    real = torch.arange(states.shape[1], device=states.device)[None] < src_lengths[:, None]
-    pooled = (states * real[..., None]).sum(1) / src_lengths.clamp(min=1)[:, None].float()
-    logits = F.linear(pooled, length_weight.float())
-    lengths = _class_lengths(length_weight.shape[0], src_lengths, offset)
-    log_probs = F.log_softmax(logits.masked_fill(lengths < min_length, float("-inf")), dim=-1)
-    # stable descending sort: equal log-probs keep the smaller class first
-    order = torch.sort(log_probs, dim=-1, descending=True, stable=True).indices[:, :beam]
-    return lengths.gather(1, order), log_probs.gather(1, order)
-
-
 if triton is not None:
 
     @triton.jit
     def _length_kernel(
-        States, SrcLengths, Weight, OutLengths, OutLogProbs,
-        stride_sb, stride_ss, stride_sd, stride_wc, stride_wd,
-        seq_len, model_dim, num_classes, min_length,
-        BEAM: tl.constexpr, OFFSET: tl.constexpr,
-        BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr,
+        States,
+        SrcLengths,
+        Weight,
+        OutLengths,
+        OutLogProbs,
+        stride_sb,
+        stride_ss,
+        stride_sd,
+        stride_wc,
+        stride_wd,
+        seq_len,
+        model_dim,
+        num_classes,
+        min_length,
+        BEAM: tl.constexpr,
+        OFFSET: tl.constexpr,
+        BLOCK_S: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_C: tl.constexpr,
     ):
         sentence = tl.program_id(0)
         src_length = tl.load(SrcLengths + sentence).to(tl.int32)
@@ -109,7 +91,7 @@ def length_candidates(
     offset: bool = False,
     min_length: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton version of ``length_candidates_reference`` (same arguments and results).
+    """Triton version of ``janus_fast.length.length_candidates_reference`` (same arguments and results).
 
     encoder_states (B, S, d) fp32/fp16/bf16, src_lengths (B,) int, length_weight (C, d);
     1 <= beam <= 16 and beam <= the number of usable classes.
@@ -133,9 +115,21 @@ def length_candidates(
     out_log_probs = torch.empty(batch, beam, dtype=torch.float32, device=encoder_states.device)
     block_d = 32 if interpreting() else 64
     _length_kernel[(batch,)](
-        encoder_states, src_lengths, length_weight, out_lengths, out_log_probs,
-        *encoder_states.stride(), *length_weight.stride(),
-        seq_len, model_dim, num_classes, min_length,
-        BEAM=beam, OFFSET=offset, BLOCK_S=16, BLOCK_D=block_d, BLOCK_C=triton.next_power_of_2(num_classes),
+        encoder_states,
+        src_lengths,
+        length_weight,
+        out_lengths,
+        out_log_probs,
+        *encoder_states.stride(),
+        *length_weight.stride(),
+        seq_len,
+        model_dim,
+        num_classes,
+        min_length,
+        BEAM=beam,
+        OFFSET=offset,
+        BLOCK_S=16,
+        BLOCK_D=block_d,
+        BLOCK_C=triton.next_power_of_2(num_classes),
     )
     return out_lengths, out_log_probs

@@ -162,3 +162,22 @@ def test_model_forward_through_triton_equals_torch_path(monkeypatch):
         got = model(src, src_lengths, tgt, tgt_lengths, masked, "janus")
     for name in ("ar_logits", "nar_logits", "aux_logits", "length_logits"):
         torch.testing.assert_close(got[name], expected[name], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(("d_model", "offset"), [(256, False), (64, True)])
+def test_decoders_length_candidates_kernel_equals_torch_branch(monkeypatch, d_model, offset):
+    """``search.length_candidates`` through the kernel (forced) and through the torch branch, at
+    the shipped model's width too (the branch the decoders take on CUDA)."""
+    from conftest import random_model
+
+    from janus_fast.search import length_candidates
+
+    model = random_model(d_model=d_model, num_heads=4, ffn_dim=64, length_offset=offset)
+    src = torch.randint(5, 60, (4, 9))
+    encoder_out = model.encode(src, torch.tensor([9, 1, 4, 7]))
+    results = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("JANUS_FAST_LENGTH_BACKEND", backend)
+        results[backend] = length_candidates(model, encoder_out, 3)
+    assert torch.equal(results["triton"][0], results["torch"][0])
+    torch.testing.assert_close(results["triton"][1], results["torch"][1], atol=1e-4, rtol=1e-4)
