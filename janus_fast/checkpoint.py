@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -47,6 +49,32 @@ def atomic_write(path: str, data: bytes) -> None:
         if os.path.exists(temp_path):
             os.unlink(temp_path)
         raise
+
+
+def replace_directory(directory: str, write: Callable[[str], None]) -> None:
+    """Replace ``directory`` atomically by what ``write(path)`` puts in a fresh directory ``path``.
+
+    The new one is written as ``DIR.tmp``, the old one moved to ``DIR.old``, the new one renamed
+    into place and the old one removed: a kill at any moment leaves DIR or DIR.old complete
+    (``recover_directory`` brings the latter back).
+    """
+    final = directory.rstrip(os.sep)
+    staging = final + ".tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    write(staging)
+    previous = final + ".old"
+    shutil.rmtree(previous, ignore_errors=True)
+    if os.path.exists(final):
+        os.replace(final, previous)
+    os.replace(staging, final)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def recover_directory(directory: str) -> None:
+    """After a kill in the middle of ``replace_directory``: bring back DIR.old if DIR is missing."""
+    final = directory.rstrip(os.sep)
+    if not os.path.exists(final) and os.path.exists(final + ".old"):
+        os.replace(final + ".old", final)
 
 
 def save_pretrained(

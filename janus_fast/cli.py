@@ -29,9 +29,11 @@ _OPTIONAL_TYPES = {
 def _add_dataclass_options(parser: argparse.ArgumentParser, instance: object, prefix: str = "") -> None:
     """One ``--option`` per dataclass field, typed from its default."""
     for item in dataclasses.fields(instance):
+        if not item.metadata.get("cli", True):
+            continue
         value = getattr(instance, item.name)
         if dataclasses.is_dataclass(value):
-            _add_dataclass_options(parser, value, prefix=f"{item.name}_")
+            _add_dataclass_options(parser, value, prefix=item.metadata.get("cli_prefix", f"{item.name}_"))
             continue
         flag = "--" + (prefix + item.name).replace("_", "-")
         if isinstance(value, bool):
@@ -44,9 +46,12 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, instance: object, pr
 def _build_dataclass(cls: type, args: argparse.Namespace, prefix: str = ""):  # noqa: ANN202
     values = {}
     for item in dataclasses.fields(cls):
+        if not item.metadata.get("cli", True):
+            continue
         default = item.default_factory() if item.default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(default):
-            values[item.name] = _build_dataclass(type(default), args, prefix=f"{item.name}_")
+            nested_prefix = item.metadata.get("cli_prefix", f"{item.name}_")
+            values[item.name] = _build_dataclass(type(default), args, prefix=nested_prefix)
         else:
             values[item.name] = getattr(args, prefix + item.name)
     return cls(**values)

@@ -36,16 +36,16 @@ class JanusConfig:
     decoder_layers: int = 3
     dropout: float = 0.1
     attention_dropout: float = 0.0
-    max_source_positions: int = 256
-    max_target_positions: int = 256
+    max_source_positions: int = 128
+    max_target_positions: int = 128
     num_length_classes: int = 256
     length_offset: bool = False  # predict tgt_len - src_len + num_length_classes // 2
-    pad_id: int = PAD_ID
-    unk_id: int = UNK_ID
-    bos_id: int = BOS_ID
-    eos_id: int = EOS_ID
-    mask_id: int = MASK_ID
-    extra: dict[str, Any] = field(default_factory=dict)
+    pad_id: int = field(default=PAD_ID, metadata={"cli": False})
+    unk_id: int = field(default=UNK_ID, metadata={"cli": False})
+    bos_id: int = field(default=BOS_ID, metadata={"cli": False})
+    eos_id: int = field(default=EOS_ID, metadata={"cli": False})
+    mask_id: int = field(default=MASK_ID, metadata={"cli": False})
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
     def __post_init__(self) -> None:
         for item in fields(self):

@@ -18,16 +18,24 @@ import io
 import json
 import math
 import os
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import sacrebleu
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from janus_fast.checkpoint import CheckpointError, atomic_write, load_pretrained, load_tokenizer, save_pretrained
+from janus_fast.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_pretrained,
+    load_tokenizer,
+    recover_directory,
+    replace_directory,
+    save_pretrained,
+)
 from janus_fast.data import Batch, InputError, ParallelDataset, corpus_path, mask_targets, read_parallel
 from janus_fast.losses import LossWeights, compute_loss
 from janus_fast.model import JanusConfig, JanusModel
@@ -52,17 +60,9 @@ class TrainConfig:
     valid_limit: int | None = None
     objective: str = "janus"
     masking: str = "span"
-    vocab_size: int = 8000
     tokenizer_type: str = "unigram"
-    d_model: int = 256
-    num_heads: int = 4
-    ffn_dim: int = 1024
-    encoder_layers: int = 3
-    decoder_layers: int = 3
-    dropout: float = 0.1
-    max_source_positions: int = 128
-    max_target_positions: int = 128
-    length_offset: bool = False  # predict tgt_len - src_len (+ 128) instead of tgt_len
+    # the architecture; its vocab_size is the size of the SentencePiece model trained for the run
+    model: JanusConfig = field(default_factory=JanusConfig, metadata={"cli_prefix": ""})
     lr: float = 1e-3
     warmup_updates: int = 1000
     weight_decay: float = 1e-4
@@ -83,19 +83,13 @@ class TrainConfig:
     progress: bool = True
     weights: LossWeights = field(default_factory=LossWeights)
 
-    def model_config(self, vocab_size: int) -> JanusConfig:
-        return JanusConfig(
-            vocab_size=vocab_size,
-            d_model=self.d_model,
-            num_heads=self.num_heads,
-            ffn_dim=self.ffn_dim,
-            encoder_layers=self.encoder_layers,
-            decoder_layers=self.decoder_layers,
-            dropout=self.dropout,
-            max_source_positions=self.max_source_positions,
-            max_target_positions=self.max_target_positions,
-            length_offset=self.length_offset,
-        )
+
+def train_config(**values) -> TrainConfig:
+    """A TrainConfig from flat options, as the command line gives them: the architecture's
+    (``d_model=...``, ``vocab_size=...``) go to its ``JanusConfig``, ``weights`` stays nested."""
+    architecture = {f.name for f in fields(JanusConfig)}
+    model = JanusConfig(**{name: values.pop(name) for name in list(values) if name in architecture})
+    return TrainConfig(model=model, **values)
 
 
 @dataclass
@@ -169,7 +163,7 @@ def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, tra
         if config.init_from:
             tokenizer = load_tokenizer(config.init_from)
         else:
-            tokenizer = Tokenizer.train(train_lines, config.vocab_size, config.tokenizer_type)
+            tokenizer = Tokenizer.train(train_lines, config.model.vocab_size, config.tokenizer_type)
         atomic_write(path, tokenizer.model_proto)
     if context.is_main and config.init_from:
         with open(path, "rb") as handle:
@@ -191,38 +185,24 @@ def save_checkpoint(
 ) -> None:
     """A checkpoint directory that is both a model (``from_pretrained``) and a resume point.
 
-    The whole directory is replaced atomically: it is written as ``DIR.tmp``, the old one moved
-    to ``DIR.old``, the new one renamed into place and the old one removed. A kill at any moment
-    leaves either DIR or DIR.old complete (``recover_checkpoint`` restores the latter).
+    Written as a whole directory replaced atomically (``checkpoint.replace_directory``).
     """
-    final = directory.rstrip(os.sep)
-    directory = final + ".tmp"
-    shutil.rmtree(directory, ignore_errors=True)
-    save_pretrained(model, directory, tokenizer.model_proto)
-    train_state = {
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "mask_rng": mask_generator.get_state(),
-        "state": asdict(state),
-        "train_config": json.dumps(asdict(config)),
-    }
-    buffer = io.BytesIO()
-    torch.save(train_state, buffer)
-    atomic_write(os.path.join(directory, TRAIN_STATE_NAME), buffer.getvalue())
-    previous = final + ".old"
-    shutil.rmtree(previous, ignore_errors=True)
-    if os.path.exists(final):
-        os.replace(final, previous)
-    os.replace(directory, final)
-    shutil.rmtree(previous, ignore_errors=True)
 
+    def write(directory: str) -> None:
+        save_pretrained(model, directory, tokenizer.model_proto)
+        train_state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "mask_rng": mask_generator.get_state(),
+            "state": asdict(state),
+            "train_config": json.dumps(asdict(config)),
+        }
+        buffer = io.BytesIO()
+        torch.save(train_state, buffer)
+        atomic_write(os.path.join(directory, TRAIN_STATE_NAME), buffer.getvalue())
 
-def recover_checkpoint(directory: str) -> None:
-    """After a kill in the middle of ``save_checkpoint``: bring back DIR.old if DIR is missing."""
-    final = directory.rstrip(os.sep)
-    if not os.path.exists(final) and os.path.exists(final + ".old"):
-        os.replace(final + ".old", final)
+    replace_directory(directory, write)
 
 
 def _bleu(
@@ -237,104 +217,137 @@ def _bleu(
 
 def train(config: TrainConfig) -> TrainState:
     """Train (or resume) a model as ``config`` says; returns the final TrainState."""
-    context = DistributedContext()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    elif context.world_size > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.world_size))
-    if not config.data_dir:
-        raise InputError("--data-dir is required: the folder with the {split}.{lang}[.gz] corpus files")
-    os.makedirs(config.output_dir, exist_ok=True)
-    data_dir = config.data_dir
-    train_src, train_tgt = read_parallel(
-        corpus_path(data_dir, config.train_split, config.source_lang),
-        config.train_target or corpus_path(data_dir, config.train_split, config.target_lang),
-        config.train_limit,
-    )
-    valid_src, valid_tgt = read_parallel(
-        corpus_path(data_dir, config.valid_split, config.source_lang),
-        corpus_path(data_dir, config.valid_split, config.target_lang),
-        config.valid_limit,
-    )
-    tokenizer = load_tokenizer_for_run(config, context, train_src + train_tgt)
-    model_config = config.model_config(tokenizer.vocab_size)
-    train_data = ParallelDataset(
-        tokenizer.encode_batch(train_src),
-        tokenizer.encode_batch(train_tgt),
-        model_config.max_source_positions,
-        model_config.max_target_positions,
-    )
-    valid_data = ParallelDataset(
-        tokenizer.encode_batch(valid_src),
-        tokenizer.encode_batch(valid_tgt),
-        model_config.max_source_positions,
-        model_config.max_target_positions,
-    )
-
-    torch.manual_seed(config.seed)
-    model = JanusModel(model_config).to(config.device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt(config.warmup_updates))
-    mask_generator = torch.Generator().manual_seed(config.seed + 1000 * context.rank)
-    state = TrainState()
-
-    last_dir = os.path.join(config.output_dir, "last")
-    recover_checkpoint(last_dir)
-    resuming = os.path.exists(os.path.join(last_dir, TRAIN_STATE_NAME))
-    if config.init_from and not resuming:
-        warm_start(model, config.init_from)
-        if context.is_main:
-            print(f"initialised from {config.init_from} (fresh optimizer and schedule)", flush=True)
-    if resuming:
-        saved = load_train_state(os.path.join(last_dir, TRAIN_STATE_NAME))
-        check_resumable(json.loads(saved["train_config"]), config)
-        model.load_state_dict(load_pretrained(last_dir, device=config.device).state_dict())
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        mask_generator.set_state(saved["mask_rng"])
-        state = TrainState(**saved["state"])
-        if context.is_main:
-            print(f"resuming from {last_dir} at update {state.update} (epoch {state.epoch + 1})", flush=True)
-
-    bf16 = use_bf16(config.precision, config.device)
-    ddp_model: torch.nn.Module = model
-    if context.world_size > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=config.objective == "ar")
-    if context.is_main:
-        print(
-            f"model: {model.num_parameters / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}, "
-            f"{len(train_data)} training pairs, objective {config.objective}, "
-            f"{'bf16 autocast' if bf16 else 'fp32'}, {context.world_size} process(es), "
-            f"{torch.get_num_threads()} thread(s) each",
-            flush=True,
-        )
-
-    metrics_path = os.path.join(config.output_dir, "metrics.jsonl")
-    if context.is_main:
-        drop_metrics_after(metrics_path, state.update)  # records of updates a killed run did not save
-    valid_mode = config.valid_mode or ("ar" if config.objective == "ar" else "nar")
+    run = Run(config)
+    run.resume_or_start()
     max_updates = config.max_updates if config.max_updates is not None else float("inf")
     deadline = time.perf_counter() + 60 * config.max_minutes if config.max_minutes is not None else float("inf")
 
-    def log(record: dict) -> None:
+    def more() -> bool:
+        return run.state.update < max_updates and time.perf_counter() < deadline
+
+    while run.state.epoch < config.epochs and more():
+        if run.train_epoch(more):
+            run.end_epoch()
+        run.checkpoint(run.last_dir)
+    run.context.close()
+    return run.state
+
+
+class Run:
+    """One training run: its data, tokenizer, model, optimizer and state (``TrainState``), set up
+    from a TrainConfig; ``train`` drives it epoch by epoch."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.context = context = DistributedContext()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        elif context.world_size > 1:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.world_size))
+        if not config.data_dir:
+            raise InputError("--data-dir is required: the folder with the {split}.{lang}[.gz] corpus files")
+        os.makedirs(config.output_dir, exist_ok=True)
+        self.load_data()
+        torch.manual_seed(config.seed)
+        self.model = JanusModel(self.model_config).to(config.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, inverse_sqrt(config.warmup_updates))
+        self.mask_generator = torch.Generator().manual_seed(config.seed + 1000 * context.rank)
+        self.state = TrainState()
+        self.last_dir = os.path.join(config.output_dir, "last")
+        self.metrics_path = os.path.join(config.output_dir, "metrics.jsonl")
+        self.bf16 = use_bf16(config.precision, config.device)
+        self.valid_mode = config.valid_mode or ("ar" if config.objective == "ar" else "nar")
+
+    def load_data(self) -> None:
+        """The corpus (training targets from ``train_target`` if given), the run's tokenizer, the
+        encoded datasets and the model config with the tokenizer's vocabulary size."""
+        config = self.config
+        data_dir = config.data_dir
+        train_src, train_tgt = read_parallel(
+            corpus_path(data_dir, config.train_split, config.source_lang),
+            config.train_target or corpus_path(data_dir, config.train_split, config.target_lang),
+            config.train_limit,
+        )
+        self.valid_src, self.valid_tgt = read_parallel(
+            corpus_path(data_dir, config.valid_split, config.source_lang),
+            corpus_path(data_dir, config.valid_split, config.target_lang),
+            config.valid_limit,
+        )
+        self.tokenizer = tokenizer = load_tokenizer_for_run(config, self.context, train_src + train_tgt)
+        self.model_config = model_config = replace(config.model, vocab_size=tokenizer.vocab_size)
+        limits = (model_config.max_source_positions, model_config.max_target_positions)
+        self.train_data = ParallelDataset(tokenizer.encode_batch(train_src), tokenizer.encode_batch(train_tgt), *limits)
+        self.valid_data = ParallelDataset(
+            tokenizer.encode_batch(self.valid_src), tokenizer.encode_batch(self.valid_tgt), *limits
+        )
+
+    def resume_or_start(self) -> None:
+        """Resume from ``last/`` if a run left one (refusing changed options), else start, from
+        the ``init_from`` weights if given; then wrap for DDP and say what runs."""
+        config, context, model = self.config, self.context, self.model
+        recover_directory(self.last_dir)
+        if os.path.exists(os.path.join(self.last_dir, TRAIN_STATE_NAME)):
+            saved = load_train_state(os.path.join(self.last_dir, TRAIN_STATE_NAME))
+            check_resumable(json.loads(saved["train_config"]), config)
+            model.load_state_dict(load_pretrained(self.last_dir, device=config.device).state_dict())
+            self.optimizer.load_state_dict(saved["optimizer"])
+            self.scheduler.load_state_dict(saved["scheduler"])
+            torch.set_rng_state(saved["torch_rng"])
+            self.mask_generator.set_state(saved["mask_rng"])
+            self.state = TrainState(**saved["state"])
+            message = f"resuming from {self.last_dir} at update {self.state.update} (epoch {self.state.epoch + 1})"
+        elif config.init_from:
+            warm_start(model, config.init_from)
+            message = f"initialised from {config.init_from} (fresh optimizer and schedule)"
+        else:
+            message = None
+        self.forward: torch.nn.Module = model
+        if context.world_size > 1:
+            ddp = torch.nn.parallel.DistributedDataParallel
+            self.forward = ddp(model, find_unused_parameters=config.objective == "ar")
         if context.is_main:
-            with open(metrics_path, "a", encoding="utf-8") as handle:
+            if message:
+                print(message, flush=True)
+            print(
+                f"model: {model.num_parameters / 1e6:.2f}M parameters, vocab {self.tokenizer.vocab_size}, "
+                f"{len(self.train_data)} training pairs, objective {config.objective}, "
+                f"{'bf16 autocast' if self.bf16 else 'fp32'}, {context.world_size} process(es), "
+                f"{torch.get_num_threads()} thread(s) each",
+                flush=True,
+            )
+            drop_metrics_after(self.metrics_path, self.state.update)  # records a killed run had not saved
+
+    def log(self, record: dict) -> None:
+        if self.context.is_main:
+            with open(self.metrics_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
 
-    def checkpoint(directory: str) -> None:
-        if context.is_main:
-            save_checkpoint(directory, model, tokenizer, optimizer, scheduler, state, mask_generator, config)
-        context.barrier()
+    def checkpoint(self, directory: str) -> None:
+        if self.context.is_main:
+            save_checkpoint(
+                directory,
+                self.model,
+                self.tokenizer,
+                self.optimizer,
+                self.scheduler,
+                self.state,
+                self.mask_generator,
+                self.config,
+            )
+        self.context.barrier()
 
-    while state.epoch < config.epochs and state.update < max_updates and time.perf_counter() < deadline:
+    def train_epoch(self, more: Callable[[], bool]) -> bool:
+        """Updates of the current epoch from where it stands while ``more()``; True when the epoch
+        is complete."""
+        config, context, state = self.config, self.context, self.state
         epoch_generator = torch.Generator().manual_seed(config.seed * 7919 + state.epoch)
-        batches = train_data.batches(config.max_tokens, epoch_generator)
+        batches = self.train_data.batches(config.max_tokens, epoch_generator)
         usable = len(batches) - len(batches) % context.world_size
         batches = batches[context.rank : usable : context.world_size]
-        model.train()
+        self.model.train()
         bar = tqdm(
             total=len(batches),
             initial=state.batch_in_epoch,
@@ -343,21 +356,20 @@ def train(config: TrainConfig) -> TrainState:
             dynamic_ncols=True,
         )
         window_tokens, window_loss, window_updates, window_start = 0, 0.0, 0, time.perf_counter()
-        while state.batch_in_epoch < len(batches) and state.update < max_updates and time.perf_counter() < deadline:
+        while state.batch_in_epoch < len(batches) and more():
             step_start = time.perf_counter()
-            batch = train_data.collate(batches[state.batch_in_epoch])
-            loss, terms = batch_loss(ddp_model, model, batch, config, mask_generator, bf16)
-            optimizer.zero_grad(set_to_none=True)
+            batch = self.train_data.collate(batches[state.batch_in_epoch])
+            loss, terms = batch_loss(self.forward, self.model, batch, config, self.mask_generator, self.bf16)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-            optimizer.step()
-            scheduler.step()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_norm)
+            self.optimizer.step()
+            self.scheduler.step()
             state.update += 1
             state.batch_in_epoch += 1
             state.train_seconds += time.perf_counter() - step_start
 
-            tokens = int(context.all_reduce_sum(batch.num_target_tokens))
-            window_tokens += tokens
+            window_tokens += int(context.all_reduce_sum(batch.num_target_tokens))
             loss_value = float(loss.detach())
             window_loss += loss_value
             window_updates += 1
@@ -365,38 +377,48 @@ def train(config: TrainConfig) -> TrainState:
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{window_tokens / max(elapsed, 1e-9):.0f}")
             bar.update(1)
             if state.update % config.log_every == 0:
-                log(
+                self.log(
                     {
                         "type": "train",
                         "update": state.update,
                         "epoch": state.epoch + 1,
                         "loss": window_loss / window_updates,
                         "tokens_per_second": window_tokens / elapsed,
-                        "lr": scheduler.get_last_lr()[0],
+                        "lr": self.scheduler.get_last_lr()[0],
                         "grad_norm": float(grad_norm),
                         **terms,
                     }
                 )
                 window_tokens, window_loss, window_updates, window_start = 0, 0.0, 0, time.perf_counter()
             if state.update % config.save_every == 0:
-                checkpoint(last_dir)
+                self.checkpoint(self.last_dir)
         bar.close()
-        if state.batch_in_epoch >= len(batches):
-            state.epoch += 1
-            state.batch_in_epoch = 0
-            record = validate(model, tokenizer, valid_data, valid_src, valid_tgt, config, valid_mode, context)
-            record.update({"type": "valid", "update": state.update, "epoch": state.epoch})
-            log(record)
-            if context.is_main:
-                print(json.dumps(record), flush=True)
-            score = record.get("bleu", -record["loss"])
-            improved = context.all_reduce_sum(float(context.is_main and score > state.best_bleu)) > 0
-            if improved:
-                state.best_bleu = score
-                checkpoint(os.path.join(config.output_dir, "best"))
-        checkpoint(last_dir)
-    context.close()
-    return state
+        return state.batch_in_epoch >= len(batches)
+
+    def end_epoch(self) -> None:
+        """Count the epoch, validate, and keep the checkpoint as ``best/`` if it improved."""
+        state, context = self.state, self.context
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        record = validate(
+            self.model,
+            self.tokenizer,
+            self.valid_data,
+            self.valid_src,
+            self.valid_tgt,
+            self.config,
+            self.valid_mode,
+            context,
+        )
+        record.update({"type": "valid", "update": state.update, "epoch": state.epoch})
+        self.log(record)
+        if context.is_main:
+            print(json.dumps(record), flush=True)
+        score = record.get("bleu", -record["loss"])
+        improved = context.all_reduce_sum(float(context.is_main and score > state.best_bleu)) > 0
+        if improved:
+            state.best_bleu = score
+            self.checkpoint(os.path.join(self.config.output_dir, "best"))
 
 
 # Options a resumed run may change; any other difference from the saved run is refused.
@@ -419,12 +441,18 @@ def load_train_state(path: str) -> dict:
 
 def check_resumable(saved: dict, config: TrainConfig) -> None:
     """ValueError naming every option that differs from the run being resumed (beyond those a
-    restart may change: stopping point, logging, threads, precision, validation)."""
-    current = json.loads(json.dumps(asdict(config)))
+    restart may change: stopping point, logging, threads, precision, validation). Options the
+    saved run did not record (older versions) are not compared."""
+
+    def options(values: dict) -> dict:  # the architecture's fields are options of their own
+        return {**{k: v for k, v in values.items() if k != "model"}, **values.get("model", {})}
+
+    saved, current = options(saved), options(json.loads(json.dumps(asdict(config))))
+    saved.pop("vocab_size", None), current.pop("vocab_size", None)  # the tokenizer's, checked on load
     changed = [
-        f"--{name.replace('_', '-')} {saved.get(name)!r} -> {current[name]!r}"
+        f"--{name.replace('_', '-')} {saved[name]!r} -> {current[name]!r}"
         for name in sorted(current)
-        if name not in RESUME_MAY_CHANGE and saved.get(name) != current[name]
+        if name not in RESUME_MAY_CHANGE and name in saved and saved[name] != current[name]
     ]
     if changed:
         raise ValueError(

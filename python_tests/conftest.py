@@ -77,7 +77,7 @@ def corpus_dir(tmp_path_factory) -> str:
 
 
 def tiny_train_config(corpus_dir: str, output_dir: str, **overrides):
-    from janus_fast.train import TrainConfig
+    from janus_fast.train import train_config
 
     values = dict(
         output_dir=output_dir,
@@ -102,7 +102,7 @@ def tiny_train_config(corpus_dir: str, output_dir: str, **overrides):
         threads=1,
     )
     values.update(overrides)
-    return TrainConfig(**values)
+    return train_config(**values)
 
 
 @pytest.fixture(scope="session")
