@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# libtorch must be loaded before the native extension janus_fast._C (linked against it), so that
+# `import janus_fast._C` works on its own; the public objects below are still imported lazily.
+import torch  # noqa: F401
+
 __version__ = "0.1.0"
 __all__ = ["JanusConfig", "JanusModel", "Translator", "generate", "__version__"]
 
@@ -26,7 +30,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """Import the public objects lazily so that ``import janus_fast`` stays cheap."""
+    """Import the public objects lazily: ``import janus_fast`` loads torch and nothing else."""
     if name in _LAZY:
         import importlib
 

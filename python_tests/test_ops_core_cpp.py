@@ -29,3 +29,19 @@ def test_core_cpp_unit_tests(tmp_path: Path) -> None:
     ):
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+
+
+def test_native_extension_imports_on_its_own():
+    """``import janus_fast._C`` in a fresh interpreter, without importing torch first."""
+    import subprocess
+    import sys
+
+    import janus_fast.ops as ops
+
+    if not ops.HAS_NATIVE_OPS:
+        import pytest
+
+        pytest.skip(f"janus_fast._C not built: {ops.NATIVE_IMPORT_ERROR}")
+    code = "import janus_fast._C, torch; print(hasattr(torch.ops.janus_fast, 'mask_predict_step'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
