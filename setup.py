@@ -60,7 +60,7 @@ def _extensions() -> tuple[list, dict]:
 
 
 ext_modules, cmdclass = _extensions()
-packages = ["janus_fast", "janus_fast.ops"]
+packages = ["janus_fast", "janus_fast.ops", "janus_fast.benchmarks"]
 package_dir = {"janus_fast": "janus_fast"}
 if os.path.exists(os.path.join(ROOT, "kernels", "__init__.py")):
     packages.append("janus_fast.kernels")

@@ -236,16 +236,26 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def command_profile(args: argparse.Namespace) -> int:
-    from janus_fast.profiling import profile_report
+    from janus_fast.benchmarks.report import profile_report
 
     print(profile_report(vocab_size=args.vocab, repeats=args.repeats, as_json=args.json))
     return 0
 
 
 def command_bench(args: argparse.Namespace) -> int:
-    from janus_fast.bench import bench_main
+    from janus_fast.benchmarks.decoding import bench_report, run_bench
 
-    print(bench_main(args))
+    report = run_bench(
+        args.model,
+        args.data_dir,
+        source_lang=args.source_lang,
+        target_lang=args.target_lang,
+        limit=args.limit,
+        batch1_sentences=args.batch1,
+        max_batch_tokens=args.max_batch_tokens,
+        repeats=args.repeats,
+    )
+    print(bench_report(report, args.plot, args.json))
     return 0
 
 

@@ -16,14 +16,12 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from functools import partial
 
 import torch
 
@@ -69,61 +67,6 @@ def gpu_tests(data_dir: str, dry_run: bool, log_path: str) -> dict:
     return {"returncode": result.returncode, "summary": summary[-1] if summary else result.stdout[-500:]}
 
 
-def _median_seconds(function: Callable[[], object], repeats: int, synchronize: Callable[[], None]) -> float:
-    function()
-    synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _fresh_step(function: Callable, arguments: tuple) -> None:
-    """Iteration 0 of a mask-predict step from all-masked tokens (arguments as the op takes them)."""
-    arguments[1].fill_(arguments[-1])
-    function(*arguments)
-
-
-def mask_predict_bandwidth(device: str, shapes: list[tuple[int, int, int]], repeats: int) -> list[dict]:
-    """Native mask_predict_step vs the reference on ``device``; GB/s of logits read against a
-    measured device copy (read + write) bandwidth."""
-    from janus_fast.ops import mask_predict_step_reference
-
-    synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    source = torch.ones(1 << 26, device=device)
-    target = torch.empty_like(source)
-    copy_gbs = 2 * source.numel() * 4 / _median_seconds(lambda: target.copy_(source), repeats, synchronize) / 1e9
-    rows = []
-    for num_rows, max_length, vocab in shapes:
-        logits = torch.randn(num_rows, max_length, vocab, device=device)
-        lengths = torch.full((num_rows,), max_length, dtype=torch.long, device=device)
-        mask_id = 3
-        tokens = torch.full((num_rows, max_length), mask_id, dtype=torch.long, device=device)
-        scores = torch.zeros(num_rows, max_length, device=device)
-
-        arguments = (logits, tokens, scores, lengths, 0, 10, mask_id)
-        native_step = partial(_fresh_step, torch.ops.janus_fast.mask_predict_step, arguments)
-        native = _median_seconds(native_step, repeats, synchronize)
-        reference = _median_seconds(partial(_fresh_step, mask_predict_step_reference, arguments), repeats, synchronize)
-        gbs = logits.numel() * 4 / native / 1e9
-        rows.append(
-            {
-                "N": num_rows,
-                "T": max_length,
-                "V": vocab,
-                "native_ms": 1e3 * native,
-                "reference_ms": 1e3 * reference,
-                "native_gbs": gbs,
-                "copy_gbs": copy_gbs,
-                "bandwidth_fraction": gbs / copy_gbs,
-            }
-        )
-    return rows
-
-
 def train_model(data_dir: str, out_dir: str, minutes: float, device: str, dry_run: bool) -> dict:
     """Train a JANUS model for ``minutes`` and write it (bf16) with its metrics to ``out_dir``."""
     from janus_fast.checkpoint import load_pretrained, load_tokenizer, save_pretrained
@@ -138,14 +81,15 @@ def train_model(data_dir: str, out_dir: str, minutes: float, device: str, dry_ru
         max_minutes=minutes,
         epochs=1000,
         progress=False,
-        **(dict(size, train_limit=300, valid_limit=30, max_tokens=800) if dry_run else {}),
+        **(dict(size, train_limit=300, valid_limit=30, max_tokens=800, log_every=1) if dry_run else {}),
         **({} if dry_run else dict(max_tokens=32768, lr=1e-3, warmup_updates=2000, save_every=1000)),
     )
     state = train(config)
     best = os.path.join(run_dir, "best" if os.path.isdir(os.path.join(run_dir, "best")) else "last")
     model = load_pretrained(best)
     save_pretrained(model, out_dir, load_tokenizer(best).model_proto, dtype=torch.bfloat16)
-    shutil.copy(os.path.join(run_dir, "metrics.jsonl"), os.path.join(out_dir, "metrics.jsonl"))
+    if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):  # none before the first logged update
+        shutil.copy(os.path.join(run_dir, "metrics.jsonl"), os.path.join(out_dir, "metrics.jsonl"))
     shutil.rmtree(run_dir, ignore_errors=True)
     return {"updates": state.update, "epochs": state.epoch, "best_valid_bleu": state.best_bleu, "model": out_dir}
 
@@ -180,14 +124,20 @@ def main(argv: list[str] | None = None) -> int:
         with open(json_path, "w", encoding="utf-8") as handle:  # after every step: a kill keeps the rest
             json.dump(report, handle, indent=2, default=str)
 
-    from janus_fast.bench import run_bench
-    from janus_fast.kernels.profile import profile_kernels
+    from janus_fast.benchmarks import ops
+    from janus_fast.benchmarks.decoding import run_bench
+    from janus_fast.benchmarks.kernels import profile_kernels
 
     step("environment", environment)
     step("gpu_tests", lambda: gpu_tests(args.data_dir, args.dry_run, os.path.join(args.out, "gpu_tests.log")))
     step("kernels", lambda: profile_kernels(repeats=2 if args.dry_run else 20))
-    shapes = [(4, 8, 50)] if args.dry_run else [(64, 32, 8000), (192, 32, 8000)]
-    step("mask_predict_step", lambda: mask_predict_bandwidth(device, shapes, 2 if args.dry_run else 20))
+    grid = (
+        dict(vocab_size=50, batch_sizes=(4,), max_lengths=(8,))
+        if args.dry_run
+        else dict(batch_sizes=(64, 192), max_lengths=(32,))
+    )
+    repeats = 2 if args.dry_run else 20
+    step("mask_predict_step", lambda: ops.run(repeats=repeats, device=device, **grid))
     sentences = dict(limit=8, batch1_sentences=2, repeats=1) if args.dry_run else dict(limit=1000, batch1_sentences=100)
     step("bench", lambda: run_bench(None, args.data_dir, device=device, **sentences))
     if args.train > 0:

@@ -1,7 +1,7 @@
 """torch.profiler breakdown of one decoding setting at batch 1 (the evidence behind the README's
 "why a target is missed" lines).
 
-    python benchmarks/profile_decoding.py [--model DIR] [--mode nar --iterations 4] [--sentences 30]
+    python -m janus_fast.benchmarks.profile_decoding --data-dir DIR [--model DIR] [--mode nar] [--sentences 30]
 
 Decodes the first ``--sentences`` test sentences one at a time with the chosen decoder (engine by
 default) and prints the ops by self CPU time, the share of time spent in matmuls

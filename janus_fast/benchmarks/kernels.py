@@ -8,18 +8,15 @@ say so.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 
+from janus_fast.benchmarks.timing import median_seconds
+from janus_fast.kernels import attention_reference, fused_attention, length_candidates, length_candidates_reference
 from janus_fast.masks import dense_mask
-
-from .attention import attention_reference, fused_attention
-from .length import length_candidates, length_candidates_reference
 
 # (batch, heads, queries, keys, head dim, mask kind): encoder self-attention, cross-attention,
 # the JANUS two-stream training mask and the AR two-stream mask, at Multi30k-like lengths
@@ -32,16 +29,8 @@ ATTENTION_SHAPES = (
 LENGTH_SHAPES = ((64, 32, 256), (192, 32, 512))  # (batch, source length, model width)
 
 
-def _median_ms(function: Callable[[], object], repeats: int, synchronize: Callable[[], None]) -> float:
-    function()
-    synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+def _median_ms(function: Callable[[], object], repeats: int, synchronize: Callable[[], object] | None) -> float:
+    return 1e3 * median_seconds(function, repeats, synchronize=synchronize)
 
 
 def _attention_inputs(batch, heads, num_queries, num_keys, head_dim, kind, device, dtype):
@@ -60,7 +49,7 @@ def profile_kernels(repeats: int = 10) -> list[dict]:
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
     dtype = torch.float16 if on_gpu else torch.float32
-    synchronize = torch.cuda.synchronize if on_gpu else (lambda: None)
+    synchronize = torch.cuda.synchronize if on_gpu else None
     note = "" if on_gpu else "no CUDA device: GPU kernels not timed; PyTorch CPU path timed instead"
     rows = []
     for batch, heads, num_queries, num_keys, head_dim, kind in ATTENTION_SHAPES:

@@ -11,7 +11,7 @@ import json
 
 def profile_report(vocab_size: int = 8000, repeats: int = 5, as_json: bool = False) -> str:
     """Run the benchmarks and return a printable report (or JSON)."""
-    from janus_fast.ops.benchmark import format_table, run
+    from janus_fast.benchmarks.ops import format_table, run
 
     sections: dict[str, object] = {}
     text: list[str] = []
@@ -19,7 +19,7 @@ def profile_report(vocab_size: int = 8000, repeats: int = 5, as_json: bool = Fal
     sections["mask_predict_step"] = op_rows
     text += ["mask_predict_step (native vs PyTorch reference)", format_table(op_rows), ""]
     try:
-        from janus_fast.kernels.profile import format_rows, profile_kernels
+        from janus_fast.benchmarks.kernels import format_rows, profile_kernels
     except ImportError as error:  # triton missing: say so, measure nothing
         sections["kernels"] = {"note": f"Triton kernels not available: {error}"}
         text.append(f"Triton kernels: not available ({error})")

@@ -1,6 +1,6 @@
 """Training throughput of the three objectives in one run, and where one JANUS update spends its time.
 
-    python benchmarks/profile_training.py --data-dir DIR [--updates 12] [--threads 1] [--precision auto]
+    python -m janus_fast.benchmarks.profile_training --data-dir DIR [--updates 12] [--threads 1] [--precision auto]
 
 Builds the 7.7M-parameter Multi30k model (random init, the shipped model's tokenizer), runs
 ``--updates`` optimizer updates of each objective on the same training batches (``--max-tokens``

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from dataclasses import dataclass
 
 import sacrebleu
 import torch
 
+from janus_fast.benchmarks.ops import synchronizer
+from janus_fast.benchmarks.timing import median_seconds
 from janus_fast.data import corpus_path, read_parallel
 from janus_fast.model import JanusConfig
 from janus_fast.translator import Translator
@@ -60,16 +61,7 @@ def settings() -> list[Setting]:
 def matmul_peak_gflops(size: int = 1024, repeats: int = 5, device: str = "cpu") -> float:
     """Measured fp32 GFLOP/s of a square torch.mm on ``device`` (median of ``repeats``)."""
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    a @ b
-    synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e9
+    return 2 * size**3 / median_seconds(lambda: a @ b, repeats, synchronize=synchronizer(device)) / 1e9
 
 
 def flops_per_sentence(config: JanusConfig, setting: Setting, source_length: float, target_length: float) -> float:
@@ -96,24 +88,19 @@ def flops_per_sentence(config: JanusConfig, setting: Setting, source_length: flo
     return encoder + cross_kv + steps * per_step
 
 
-def _timed(function) -> tuple[float, object]:
-    start = time.perf_counter()
-    result = function()
-    return time.perf_counter() - start, result
-
-
 def _time_setting(
     translator: Translator, setting: Setting, sources: list[str], batch1: list[str], repeats: int
 ) -> tuple[float, float, list[str]]:
     """Median of ``repeats``: seconds for ``batch1`` one sentence at a time, seconds for all
-    ``sources`` in large batches, and the large-batch translations."""
+    ``sources`` in large batches, and the large-batch translations (from the warm-up run)."""
     options = setting.options()
     translator.translate(batch1[:2], **options)  # warm-up (allocator, oneDNN primitive caches)
-    batch1_seconds = statistics.median(
-        _timed(lambda: [translator.translate([s], **options) for s in batch1])[0] for _ in range(repeats)
+    batch1_seconds = median_seconds(
+        lambda: [translator.translate([s], **options) for s in batch1], repeats, warmup=False
     )
-    runs = [_timed(lambda: translator.translate(sources, **options)) for _ in range(repeats)]
-    return batch1_seconds, statistics.median(seconds for seconds, _ in runs), runs[0][1]
+    hypotheses = translator.translate(sources, **options)
+    batch_seconds = median_seconds(lambda: translator.translate(sources, **options), repeats, warmup=False)
+    return batch1_seconds, batch_seconds, hypotheses
 
 
 def run_bench(
@@ -277,17 +264,9 @@ def write_plot(report: dict, path: str) -> bool:
     return True
 
 
-def bench_main(args) -> str:  # noqa: ANN001 - argparse namespace from the CLI
-    report = run_bench(
-        args.model,
-        args.data_dir,
-        args.source_lang,
-        args.target_lang,
-        args.limit,
-        args.batch1,
-        args.max_batch_tokens,
-        args.repeats,
-    )
-    if args.plot:
-        report["plot"] = args.plot if write_plot(report, args.plot) else None
-    return json.dumps(report, indent=2) if args.json else format_report(report)
+def bench_report(report: dict, plot: str | None, as_json: bool) -> str:
+    """``janus-fast bench``'s output for a ``run_bench`` report: the table (or JSON), and the plot
+    written to ``plot`` if given."""
+    if plot:
+        report["plot"] = plot if write_plot(report, plot) else None
+    return json.dumps(report, indent=2) if as_json else format_report(report)

@@ -6,19 +6,18 @@ vocabulary of V, it times the native op ``torch.ops.janus_fast.mask_predict_step
 achieves reading the logits once (N * T * V * itemsize / time) as a fraction of this machine's
 bandwidth, measured in the same run as (read + write bytes) / time of a large tensor copy.
 
-    python benchmarks/bench_mask_predict.py [--vocab 8000] [--repeats 5] [--dtype float32]
+    python -m janus_fast.benchmarks.ops [--vocab 8000] [--repeats 5] [--dtype float32] [--threads N]
     janus-fast profile            (the same table, plus the Triton kernels)
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
+from janus_fast.benchmarks.timing import median_seconds
 from janus_fast.ops import HAS_NATIVE_OPS, mask_predict_step_reference
 
 BATCH_SIZES = (1, 3, 64, 192)
@@ -26,22 +25,16 @@ MAX_LENGTHS = (16, 32, 64)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _median_seconds(function: Callable[[], object], repeats: int, setup: Callable[[], None]) -> float:
-    times = []
-    for _ in range(repeats):
-        setup()
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def synchronizer(device: str) -> Callable[[], object] | None:
+    """What makes a timing include the device's queued work: torch.cuda.synchronize on CUDA."""
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else None
 
 
-def copy_bandwidth_gbs(num_bytes: int = 1 << 29, repeats: int = 5) -> float:
+def copy_bandwidth_gbs(num_bytes: int = 1 << 29, repeats: int = 5, device: str = "cpu") -> float:
     """Memory bandwidth of a large float32 tensor copy, (read + write bytes) / time, in GB/s."""
-    source = torch.ones(num_bytes // 4)
+    source = torch.ones(num_bytes // 4, device=device)
     target = torch.empty_like(source)
-    target.copy_(source)  # warm up, touch the pages
-    seconds = _median_seconds(lambda: target.copy_(source), repeats, lambda: None)
+    seconds = median_seconds(lambda: target.copy_(source), repeats, synchronize=synchronizer(device))
     return 2 * num_bytes / seconds / 1e9
 
 
@@ -51,6 +44,7 @@ def run(
     dtype: torch.dtype = torch.float32,
     batch_sizes: tuple[int, ...] = BATCH_SIZES,
     max_lengths: tuple[int, ...] = MAX_LENGTHS,
+    device: str = "cpu",
 ) -> list[dict]:
     """Times native and reference mask-predict steps over a grid of (N, T).
 
@@ -59,16 +53,17 @@ def run(
         repeats: timed calls per case; the median is reported.
         dtype: logits dtype (float32 / bfloat16 / float16).
         batch_sizes, max_lengths: the grid of N and T.
+        device: "cpu" or "cuda" (the native op's kernel for that device; timings synchronize).
 
     Returns:
         One dict per (N, T) with keys N, T, V, dtype, native_ms (None without the extension),
         reference_ms, speedup, native_gbs, copy_gbs and bandwidth_fraction.
     """
-    copy_gbs = copy_bandwidth_gbs()
+    copy_gbs = copy_bandwidth_gbs(device=device)
     results = []
     for num_rows in batch_sizes:
         for max_length in max_lengths:
-            results.append(_time_case(num_rows, max_length, vocab_size, dtype, repeats, copy_gbs))
+            results.append(_time_case(num_rows, max_length, vocab_size, dtype, repeats, copy_gbs, device))
     return results
 
 
@@ -79,26 +74,27 @@ def _time_case(
     dtype: torch.dtype,
     repeats: int,
     copy_gbs: float,
+    device: str,
 ) -> dict:
     """Times one (N, T, V): iteration 0 of 10, lengths = T, every real position masked."""
     mask_id = 3
     generator = torch.Generator().manual_seed(num_rows * 1000 + max_length)
-    logits = torch.randn(num_rows, max_length, vocab_size, generator=generator).to(dtype)
-    lengths = torch.full((num_rows,), max_length, dtype=torch.long)
-    start_tokens = torch.full((num_rows, max_length), mask_id, dtype=torch.long)
+    logits = torch.randn(num_rows, max_length, vocab_size, generator=generator).to(device, dtype)
+    lengths = torch.full((num_rows,), max_length, dtype=torch.long, device=device)
+    start_tokens = torch.full((num_rows, max_length), mask_id, dtype=torch.long, device=device)
     tokens = start_tokens.clone()
-    scores = torch.zeros(num_rows, max_length)
+    scores = torch.zeros(num_rows, max_length, device=device)
     arguments = (logits, tokens, scores, lengths, 0, 10, mask_id)
 
     def reset() -> None:
         tokens.copy_(start_tokens)
 
-    reference_s = _median_seconds(lambda: mask_predict_step_reference(*arguments), repeats, reset)
+    synchronize = synchronizer(device)
+    reference_s = median_seconds(lambda: mask_predict_step_reference(*arguments), repeats, reset, synchronize)
     native_s = None
     if HAS_NATIVE_OPS:
         native = torch.ops.janus_fast.mask_predict_step
-        native(*arguments)  # warm up
-        native_s = _median_seconds(lambda: native(*arguments), repeats, reset)
+        native_s = median_seconds(lambda: native(*arguments), repeats, reset, synchronize)
     logit_bytes = logits.numel() * logits.element_size()
     native_gbs = logit_bytes / native_s / 1e9 if native_s else None
     return {
