@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from janus_fast.arguments import check_int
 from janus_fast.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -82,6 +83,29 @@ class TrainConfig:
     valid_iterations: int = 4
     progress: bool = True
     weights: LossWeights = field(default_factory=LossWeights)
+
+    def __post_init__(self) -> None:
+        """Refuse values no run can use before any work (tokenizer training, data reading)."""
+        choices = {
+            "objective": ("janus", "ar", "cmlm"),
+            "masking": ("span", "uniform"),
+            "precision": ("auto", "bf16", "fp32"),
+            "tokenizer_type": ("unigram", "bpe", "char", "word"),
+            "valid_mode": (None, "ar", "nar"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("max_tokens", "epochs", "save_every", "log_every", "warmup_updates", "valid_iterations"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("max_updates", "train_limit", "valid_limit", "threads"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 0 if name == "max_updates" else 1)
+        for name in ("lr", "clip_norm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.weight_decay < 0 or (self.max_minutes is not None and not self.max_minutes > 0):
+            raise ValueError("--weight-decay must be >= 0 and --max-minutes > 0")
 
 
 def train_config(**values) -> TrainConfig:

@@ -263,3 +263,20 @@ def test_cli_options_translate_or_exit_2_with_a_message(trained_dir, tmp_path_fa
         assert len(output.read_text(encoding="utf-8").splitlines()) == 3
     else:
         assert code == 2 and capsys.readouterr().err.startswith("janus-fast: error:")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--max-tokens", "0", "max_tokens must be >= 1"),
+        ("--masking", "spans", "--masking must be one of"),
+        ("--objective", "nat", "--objective must be one of"),
+        ("--lr", "-1", "--lr must be > 0"),
+        ("--epochs", "0", "epochs must be >= 1"),
+    ],
+)
+def test_train_options_refused_before_any_work(corpus_dir, tmp_path, option, value, message):
+    out = tmp_path / "run"
+    result = run_cli("train", "--data-dir", corpus_dir, "--output-dir", str(out), option, value)
+    assert result.returncode == 2 and message.encode() in result.stderr, result.stderr
+    assert not out.exists()  # nothing written, no tokenizer trained
