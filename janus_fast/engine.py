@@ -7,6 +7,10 @@
   ``mask_predict_step`` reads at exactly those positions.
 * AR greedy: a preallocated key/value cache, argmax per step, no beam bookkeeping, stop as soon
   as every sentence has its eos. AR beam search is the reference's (it already uses the cache).
+* On the CPU each decoder pass (a mask-predict iteration, an AR step) is ONE native call
+  (``janus_fast.native_decoder``) when the extension is built and the model is a plain JanusModel;
+  elsewhere the same passes run as PyTorch ops. ``decoder_weights`` ("fp32", "bf16", "int8") sets
+  how the native passes store their weights; fp32 gives the reference's tokens.
 
 Outputs equal the reference decoders' (``janus_fast.reference_decoding``), token for token; the tests
 check it.
@@ -18,10 +22,21 @@ import torch
 import torch.nn.functional as F
 
 from janus_fast.model import JanusModel
+from janus_fast.native_decoder import NativeDecoder, unsupported_reason
 from janus_fast.ops import mask_predict_step
 from janus_fast.packed import PackedRows, packed_decode
 from janus_fast.reference_decoding import ar_search as reference_ar_search
 from janus_fast.search import Hypotheses, best_length_candidates, max_ar_lengths, start_mask_predict, strip_special
+
+
+def native_decoder(model: JanusModel, decoder_weights: str) -> NativeDecoder | None:
+    """The model's native decoder when it can run one, else None (fp32 only: PyTorch passes)."""
+    reason = unsupported_reason(model)
+    if reason is None:
+        return NativeDecoder.for_model(model, decoder_weights)
+    if decoder_weights != "fp32":
+        raise ValueError(f"decoder_weights={decoder_weights!r} needs the native decoder, but {reason}")
+    return None
 
 
 @torch.inference_mode()
@@ -31,12 +46,14 @@ def mask_predict(
     src_lengths: torch.Tensor,
     num_iterations: int = 10,
     length_beam: int = 3,
+    decoder_weights: str = "fp32",
 ) -> Hypotheses:
     """Mask-predict as ``janus_fast.reference_decoding.mask_predict``, projecting only masked positions.
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
     config = model.config
+    native = native_decoder(model, decoder_weights)
     parts = []
     for state in start_mask_predict(model, src_tokens, src_lengths, num_iterations, length_beam).split():
         tokens, scores, lengths = state.tokens, state.scores, state.lengths
@@ -45,11 +62,19 @@ def mask_predict(
         dtype = state.encoder_out.states.dtype
         logits = torch.empty(*tokens.shape, config.vocab_size, dtype=dtype, device=tokens.device)
         flat_logits = logits.view(-1, config.vocab_size)
+        if native is not None:
+            memory = NativeDecoder.memory(state.encoder_out)
+            row_offsets = F.pad(lengths.cumsum(0), (1, 0))
         for iteration in range(num_iterations):
-            hidden = packed_decode(model, tokens, lengths, state.encoder_out, rows)  # (real positions, d)
-            masked = tokens.view(-1).index_select(0, rows.index) == config.mask_id
+            packed_tokens = tokens.view(-1).index_select(0, rows.index)
+            masked = (packed_tokens == config.mask_id).nonzero().squeeze(1)
             # vocabulary projection of the masked positions only
-            flat_logits[rows.index[masked]] = model.output_logits(hidden[masked])
+            if native is not None:
+                masked_logits = native.nar_logits(packed_tokens, rows.positions, row_offsets, memory, masked)
+            else:
+                hidden = packed_decode(model, tokens, lengths, state.encoder_out, rows)  # (real positions, d)
+                masked_logits = model.output_logits(hidden[masked])
+            flat_logits[rows.index[masked]] = masked_logits.to(dtype)
             mask_predict_step(logits, tokens, scores, lengths, iteration, num_iterations, config.mask_id)
         parts.append(best_length_candidates(model, tokens, scores, lengths, state.length_beam))
     return Hypotheses.concatenate(parts)
@@ -57,18 +82,25 @@ def mask_predict(
 
 @torch.inference_mode()
 def greedy(
-    model: JanusModel, src_tokens: torch.Tensor, src_lengths: torch.Tensor, max_len_a: float = 1.2, max_len_b: int = 10
+    model: JanusModel,
+    src_tokens: torch.Tensor,
+    src_lengths: torch.Tensor,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    decoder_weights: str = "fp32",
 ) -> Hypotheses:
     """AR greedy decoding with a preallocated KV cache, as ``ar_search(beam=1)``.
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
     config = model.config
+    native = native_decoder(model, decoder_weights)
     batch = src_tokens.shape[0]
     limits = max_ar_lengths(src_lengths, model, max_len_a, max_len_b)
     steps = int(limits.max())
     encoder_out = model.encode(src_tokens, src_lengths)
-    caches = model.new_caches(batch, steps, encoder_out.states)
+    caches = model.new_caches(batch, steps, encoder_out.states.float() if native else encoder_out.states)
+    memory = NativeDecoder.memory(encoder_out) if native else None
     history = torch.full((batch, steps + 1), config.pad_id, dtype=torch.long, device=src_tokens.device)
     history[:, 0] = config.bos_id
     banned = torch.tensor([config.mask_id, config.pad_id, config.bos_id], device=src_tokens.device)
@@ -76,7 +108,11 @@ def greedy(
     total_log_prob = torch.zeros(batch, device=src_tokens.device)
     out_lengths = torch.zeros(batch, dtype=torch.long, device=src_tokens.device)
     for step in range(steps):
-        log_probs = F.log_softmax(model.ar_step(history[:, step], step, encoder_out, caches).float(), dim=-1)
+        if native is not None:
+            logits = native.ar_step(history[:, step], step, memory, caches)
+        else:
+            logits = model.ar_step(history[:, step], step, encoder_out, caches)
+        log_probs = F.log_softmax(logits.float(), dim=-1)
         log_probs[:, banned] = float("-inf")
         next_tokens = log_probs.argmax(-1)
         next_tokens[limits == step + 1] = config.eos_id  # each sentence's length limit, as the reference
@@ -99,8 +135,9 @@ def ar_search(
     beam: int = 1,
     max_len_a: float = 1.2,
     max_len_b: int = 10,
+    decoder_weights: str = "fp32",
 ) -> Hypotheses:
     """Greedy through ``greedy``; beam search through the reference (KV-cached) beam search."""
     if beam == 1:
-        return greedy(model, src_tokens, src_lengths, max_len_a, max_len_b)
+        return greedy(model, src_tokens, src_lengths, max_len_a, max_len_b, decoder_weights)
     return reference_ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b)

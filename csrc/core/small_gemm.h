@@ -1,0 +1,237 @@
+// Matrix products for the decoder passes of the CPU engine (csrc/cpu/decoder_cpu.cpp), written for
+// the shapes of incremental and mask-predict decoding: few rows (1-4 at batch 1) against weights
+// that sit in cache, where a general GEMM spends its time on packing and dispatch.
+//
+//   y[m][n] = sum_k x[m][k] * w[k][n] * scale[n] + bias[n]     for m < M, n_begin <= n < n_end
+//   (or y[m][n] += the same with GemmWeight::accumulate: the residual connection)
+//
+// w is stored in panels of kPanel = 64 output columns: element (k, n) sits at
+// ((n / 64) * K + k) * 64 + n % 64 (N padded with zero columns to a multiple of 64), so one panel
+// (K x 64) is a contiguous stream; as float32, bfloat16 (upper 16 bits of a float32) or int8 (with
+// a float32 scale per output column n). Every weight is widened to float32 before the
+// multiply-add, so only the storage differs. The loop keeps an MR x 64 (or x 32) block of y in
+// registers and streams a panel once per block of MR rows; the vector width is chosen at run time
+// from what the CPU reports (AVX-512, AVX2 + FMA, or plain C++).
+//
+// Plain C++17 + intrinsics behind target attributes: no torch, so csrc/tests/ can test it alone.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define JANUS_X86 1
+#else
+#define JANUS_X86 0
+#endif
+
+namespace janus_fast {
+namespace core {
+
+enum class WeightType : int { kFloat32 = 0, kBFloat16 = 1, kInt8 = 2 };
+
+constexpr int64_t kPanel = 64;
+
+inline int64_t num_panels(int64_t n) { return (n + kPanel - 1) / kPanel; }
+
+struct GemmWeight {
+  const void* data = nullptr;    // num_panels(N) panels of [K][64]
+  WeightType type = WeightType::kFloat32;
+  const float* scale = nullptr;  // [N] for kInt8, else nullptr
+  const float* bias = nullptr;   // [N] or nullptr
+  bool accumulate = false;       // add to y (a residual) instead of overwriting it
+  int64_t k = 0;
+  int64_t n = 0;
+};
+
+inline float widen(const float* w, int64_t i) { return w[i]; }
+inline float widen(const uint16_t* w, int64_t i) {
+  const uint32_t bits = static_cast<uint32_t>(w[i]) << 16;
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+inline float widen(const int8_t* w, int64_t i) { return static_cast<float>(w[i]); }
+
+// Columns [n_begin, n_end) in plain C++ (the fallback, and the tail the vector kernels leave).
+template <typename W>
+void gemm_columns_scalar(int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight,
+                         float* y, int64_t ldy, int64_t n_begin, int64_t n_end) {
+  const W* w = static_cast<const W*>(weight.data);
+  for (int64_t m = 0; m < rows; ++m) {
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      float acc = 0.0f;
+      const int64_t panel = (n / kPanel) * weight.k * kPanel + n % kPanel;
+      for (int64_t k = 0; k < weight.k; ++k) acc += x[m * ldx + k] * widen(w, panel + k * kPanel);
+      if (weight.scale != nullptr) acc *= weight.scale[n];
+      if (weight.bias != nullptr) acc += weight.bias[n];
+      y[m * ldy + n] = weight.accumulate ? y[m * ldy + n] + acc : acc;
+    }
+  }
+}
+
+#if JANUS_X86
+#define JANUS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+#define JANUS_AVX2 __attribute__((target("avx2,fma")))
+
+JANUS_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+JANUS_AVX512 inline __m512 load16(const uint16_t* p) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+JANUS_AVX512 inline __m512 load16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+
+// One MR x 64 block of y: 4 * MR accumulators of 16 floats.
+template <int MR, typename W>
+JANUS_AVX512 inline void gemm_block_avx512(const float* x, int64_t ldx, const W* w, const GemmWeight& weight,
+                                           float* y, int64_t ldy, int64_t n0) {
+  __m512 acc[MR][4];
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
+  const W* column = w + (n0 / kPanel) * weight.k * kPanel;  // n0 is a panel start
+  for (int64_t k = 0; k < weight.k; ++k, column += kPanel) {
+    const __m512 w0 = load16(column), w1 = load16(column + 16);
+    const __m512 w2 = load16(column + 32), w3 = load16(column + 48);
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xv = _mm512_set1_ps(x[m * ldx + k]);
+      acc[m][0] = _mm512_fmadd_ps(xv, w0, acc[m][0]);
+      acc[m][1] = _mm512_fmadd_ps(xv, w1, acc[m][1]);
+      acc[m][2] = _mm512_fmadd_ps(xv, w2, acc[m][2]);
+      acc[m][3] = _mm512_fmadd_ps(xv, w3, acc[m][3]);
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    const int64_t n = n0 + 16 * j;
+    const __m512 scale = weight.scale ? _mm512_loadu_ps(weight.scale + n) : _mm512_set1_ps(1.0f);
+    const __m512 bias = weight.bias ? _mm512_loadu_ps(weight.bias + n) : _mm512_setzero_ps();
+    for (int m = 0; m < MR; ++m) {
+      const __m512 base = weight.accumulate ? _mm512_add_ps(_mm512_loadu_ps(y + m * ldy + n), bias) : bias;
+      _mm512_storeu_ps(y + m * ldy + n, _mm512_fmadd_ps(acc[m][j], scale, base));
+    }
+  }
+}
+
+template <typename W>
+JANUS_AVX512 void gemm_avx512(int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight, float* y,
+                              int64_t ldy, int64_t n_begin, int64_t n_end) {
+  const W* w = static_cast<const W*>(weight.data);
+  int64_t n0 = n_begin;
+  for (; n0 + 64 <= n_end; n0 += 64) {
+    int64_t m0 = 0;
+    for (; m0 + 4 <= rows; m0 += 4) gemm_block_avx512<4>(x + m0 * ldx, ldx, w, weight, y + m0 * ldy, ldy, n0);
+    const float* xr = x + m0 * ldx;
+    float* yr = y + m0 * ldy;
+    switch (rows - m0) {
+      case 3: gemm_block_avx512<3>(xr, ldx, w, weight, yr, ldy, n0); break;
+      case 2: gemm_block_avx512<2>(xr, ldx, w, weight, yr, ldy, n0); break;
+      case 1: gemm_block_avx512<1>(xr, ldx, w, weight, yr, ldy, n0); break;
+      default: break;
+    }
+  }
+  if (n0 < n_end) gemm_columns_scalar<W>(rows, x, ldx, weight, y, ldy, n0, n_end);
+}
+
+JANUS_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+JANUS_AVX2 inline __m256 load8(const uint16_t* p) {
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+JANUS_AVX2 inline __m256 load8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+// One MR x 32 block of y: 4 * MR accumulators of 8 floats (8 of the 16 registers at MR = 2).
+template <int MR, typename W>
+JANUS_AVX2 inline void gemm_block_avx2(const float* x, int64_t ldx, const W* w, const GemmWeight& weight,
+                                       float* y, int64_t ldy, int64_t n0) {
+  __m256 acc[MR][4];
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) acc[m][j] = _mm256_setzero_ps();
+  const W* column = w + (n0 / kPanel) * weight.k * kPanel + n0 % kPanel;  // a half panel
+  for (int64_t k = 0; k < weight.k; ++k, column += kPanel) {
+    const __m256 w0 = load8(column), w1 = load8(column + 8), w2 = load8(column + 16), w3 = load8(column + 24);
+    for (int m = 0; m < MR; ++m) {
+      const __m256 xv = _mm256_set1_ps(x[m * ldx + k]);
+      acc[m][0] = _mm256_fmadd_ps(xv, w0, acc[m][0]);
+      acc[m][1] = _mm256_fmadd_ps(xv, w1, acc[m][1]);
+      acc[m][2] = _mm256_fmadd_ps(xv, w2, acc[m][2]);
+      acc[m][3] = _mm256_fmadd_ps(xv, w3, acc[m][3]);
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    const int64_t n = n0 + 8 * j;
+    const __m256 scale = weight.scale ? _mm256_loadu_ps(weight.scale + n) : _mm256_set1_ps(1.0f);
+    const __m256 bias = weight.bias ? _mm256_loadu_ps(weight.bias + n) : _mm256_setzero_ps();
+    for (int m = 0; m < MR; ++m) {
+      const __m256 base = weight.accumulate ? _mm256_add_ps(_mm256_loadu_ps(y + m * ldy + n), bias) : bias;
+      _mm256_storeu_ps(y + m * ldy + n, _mm256_fmadd_ps(acc[m][j], scale, base));
+    }
+  }
+}
+
+template <typename W>
+JANUS_AVX2 void gemm_avx2(int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight, float* y,
+                          int64_t ldy, int64_t n_begin, int64_t n_end) {
+  const W* w = static_cast<const W*>(weight.data);
+  int64_t n0 = n_begin;
+  for (; n0 + 32 <= n_end; n0 += 32) {
+    int64_t m0 = 0;
+    for (; m0 + 2 <= rows; m0 += 2) gemm_block_avx2<2>(x + m0 * ldx, ldx, w, weight, y + m0 * ldy, ldy, n0);
+    if (m0 < rows) gemm_block_avx2<1>(x + m0 * ldx, ldx, w, weight, y + m0 * ldy, ldy, n0);
+  }
+  if (n0 < n_end) gemm_columns_scalar<W>(rows, x, ldx, weight, y, ldy, n0, n_end);
+}
+#endif  // JANUS_X86
+
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The widest kernel this CPU runs, from what it reports (cpuid).
+inline Isa detect_isa() {
+#if JANUS_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl"))
+    return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#endif
+  return Isa::kScalar;
+}
+
+inline const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "scalar";
+  }
+}
+
+// y = x w (see the top of this file) for columns [n_begin, n_end) of the first `rows` rows.
+template <typename W>
+void gemm_columns(Isa isa, int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight, float* y,
+                  int64_t ldy, int64_t n_begin, int64_t n_end) {
+#if JANUS_X86
+  if (isa == Isa::kAvx512) return gemm_avx512<W>(rows, x, ldx, weight, y, ldy, n_begin, n_end);
+  if (isa == Isa::kAvx2) return gemm_avx2<W>(rows, x, ldx, weight, y, ldy, n_begin, n_end);
+#endif
+  (void)isa;
+  gemm_columns_scalar<W>(rows, x, ldx, weight, y, ldy, n_begin, n_end);
+}
+
+inline void gemm(Isa isa, int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight, float* y,
+                 int64_t ldy, int64_t n_begin, int64_t n_end) {
+  switch (weight.type) {
+    case WeightType::kBFloat16:
+      return gemm_columns<uint16_t>(isa, rows, x, ldx, weight, y, ldy, n_begin, n_end);
+    case WeightType::kInt8:
+      return gemm_columns<int8_t>(isa, rows, x, ldx, weight, y, ldy, n_begin, n_end);
+    default:
+      return gemm_columns<float>(isa, rows, x, ldx, weight, y, ldy, n_begin, n_end);
+  }
+}
+
+}  // namespace core
+}  // namespace janus_fast

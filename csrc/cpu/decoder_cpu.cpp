@@ -1,0 +1,438 @@
+// Whole decoder passes of the CPU engine in one call each, with no per-op dispatch:
+//
+//   janus_fast::decoder_ar_step   one incremental AR step (content token + query stream) for B rows,
+//                                 appending to the key/value caches, returning (B, V) logits;
+//   janus_fast::decoder_nar_pass  the content-stream pass of mask-predict over packed rows
+//                                 (no padding), returning the logits of the requested positions only.
+//
+// Layers are pre-norm as janus_fast.model.DecoderLayer: x += SelfAttn(LN1 x); x += CrossAttn(LN2 x);
+// x += FFN(LN3 x); the final LayerNorm and the tied vocabulary projection follow. Residual adds
+// are fused into the output projections, GELU into the FFN, and the last layer runs its queries,
+// cross-attention and FFN only for the rows whose logits are wanted. Matrix products go through
+// core/small_gemm.h (float32 / bfloat16 / int8 weights, ISA chosen at run time); everything else
+// is float32. The weights come as one flat list prepared by janus_fast/native_decoder.py (its
+// docstring gives the order); the reference is the PyTorch model, and the tests compare the two.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/decoder_math.h"
+#include "core/small_gemm.h"
+
+namespace janus_fast {
+namespace {
+
+using core::GemmWeight;
+using core::Isa;
+
+constexpr float kLayerNormEps = 1e-5f;
+constexpr int64_t kGlobalTensors = 7;
+constexpr int64_t kLayerTensors = 27;
+
+// The ISA used by the matrix products: what the CPU reports, capped by JANUS_FAST_ISA
+// (scalar | avx2 | avx512) so that tests can run every path on one machine.
+Isa active_isa() {
+  static const Isa isa = [] {
+    Isa found = core::detect_isa();
+    if (const char* cap = std::getenv("JANUS_FAST_ISA")) {
+      const std::string value(cap);
+      if (value == "scalar") found = Isa::kScalar;
+      else if (value == "avx2" && found == Isa::kAvx512) found = Isa::kAvx2;
+    }
+    return found;
+  }();
+  return isa;
+}
+
+const float* float_data(const at::Tensor& t, int64_t numel, const char* what) {
+  TORCH_CHECK_VALUE(t.defined() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == numel &&
+                        t.device().is_cpu(),
+                    "decoder weights: ", what, " must be a contiguous float32 CPU tensor of ", numel,
+                    " elements, got ", t.defined() ? t.sizes() : at::IntArrayRef{});
+  return t.data_ptr<float>();
+}
+
+GemmWeight make_weight(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& bias, int64_t k, int64_t n,
+                       const char* what) {
+  TORCH_CHECK_VALUE(w.dim() == 3 && w.size(0) == core::num_panels(n) && w.size(1) == k &&
+                        w.size(2) == core::kPanel && w.is_contiguous() && w.device().is_cpu(),
+                    "decoder weights: ", what, " must be contiguous panels (", core::num_panels(n), ", ", k, ", ",
+                    core::kPanel, ") on the CPU, got ", w.sizes());
+  GemmWeight g;
+  g.k = k;
+  g.n = n;
+  g.data = w.data_ptr();
+  switch (w.scalar_type()) {
+    case at::kFloat: g.type = core::WeightType::kFloat32; break;
+    case at::kBFloat16: g.type = core::WeightType::kBFloat16; break;
+    case at::kChar: g.type = core::WeightType::kInt8; break;
+    default: TORCH_CHECK_TYPE(false, "decoder weights: ", what, " must be float32, bfloat16 or int8, got ", w.scalar_type());
+  }
+  if (g.type == core::WeightType::kInt8) g.scale = float_data(scale, n, what);
+  else TORCH_CHECK_VALUE(scale.numel() == 0, "decoder weights: ", what, " has a scale but is not int8");
+  if (bias.numel() > 0) g.bias = float_data(bias, n, what);
+  return g;
+}
+
+struct LayerWeights {
+  const float *norm1_w, *norm1_b, *norm2_w, *norm2_b, *norm3_w, *norm3_b;
+  GemmWeight q, kv, out, cross_q, cross_out, fc1, fc2;
+};
+
+struct DecoderWeights {
+  int64_t vocab = 0, dim = 0, ffn = 0, max_positions = 0, heads = 0, head_dim = 0;
+  const float* embed = nullptr;      // (V, d)
+  const float* positions = nullptr;  // (max_positions, d)
+  const float *final_w = nullptr, *final_b = nullptr;
+  GemmWeight vocab_projection;  // (d, V)
+  std::vector<LayerWeights> layers;
+};
+
+DecoderWeights parse_weights(at::TensorList w, int64_t num_heads) {
+  TORCH_CHECK_VALUE(w.size() > kGlobalTensors && (w.size() - kGlobalTensors) % kLayerTensors == 0,
+                    "decoder weights: expected ", kGlobalTensors, " + ", kLayerTensors,
+                    " * layers tensors, got ", w.size());
+  DecoderWeights d;
+  TORCH_CHECK_VALUE(w[0].dim() == 2 && w[1].dim() == 2, "decoder weights: embeddings must be 2-D");
+  d.vocab = w[0].size(0);
+  d.dim = w[0].size(1);
+  d.max_positions = w[1].size(0);
+  TORCH_CHECK_VALUE(num_heads >= 1 && d.dim % num_heads == 0, "decoder: d_model ", d.dim,
+                    " is not divisible by num_heads ", num_heads);
+  d.heads = num_heads;
+  d.head_dim = d.dim / num_heads;
+  d.embed = float_data(w[0], d.vocab * d.dim, "token embeddings");
+  d.positions = float_data(w[1], d.max_positions * d.dim, "target positions");
+  d.final_w = float_data(w[2], d.dim, "final norm weight");
+  d.final_b = float_data(w[3], d.dim, "final norm bias");
+  d.vocab_projection = make_weight(w[4], w[5], w[6], d.dim, d.vocab, "vocabulary projection");
+  const int64_t num_layers = (static_cast<int64_t>(w.size()) - kGlobalTensors) / kLayerTensors;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const at::Tensor* t = w.data() + kGlobalTensors + l * kLayerTensors;
+    const int64_t dim = d.dim;
+    if (l == 0) {
+      TORCH_CHECK_VALUE(t[22].dim() == 1 || t[23].dim() == 1, "decoder weights: fc1 needs a bias or scale");
+      d.ffn = std::max(t[22].numel(), t[23].numel());
+    }
+    LayerWeights layer;
+    layer.norm1_w = float_data(t[0], dim, "norm1 weight");
+    layer.norm1_b = float_data(t[1], dim, "norm1 bias");
+    layer.q = make_weight(t[2], t[3], t[4], dim, dim, "self-attention query");
+    layer.kv = make_weight(t[5], t[6], t[7], dim, 2 * dim, "self-attention key/value");
+    layer.out = make_weight(t[8], t[9], t[10], dim, dim, "self-attention output");
+    layer.norm2_w = float_data(t[11], dim, "norm2 weight");
+    layer.norm2_b = float_data(t[12], dim, "norm2 bias");
+    layer.cross_q = make_weight(t[13], t[14], t[15], dim, dim, "cross-attention query");
+    layer.cross_out = make_weight(t[16], t[17], t[18], dim, dim, "cross-attention output");
+    layer.norm3_w = float_data(t[19], dim, "norm3 weight");
+    layer.norm3_b = float_data(t[20], dim, "norm3 bias");
+    layer.fc1 = make_weight(t[21], t[22], t[23], dim, d.ffn, "fc1");
+    layer.fc2 = make_weight(t[24], t[25], t[26], d.ffn, dim, "fc2");
+    d.layers.push_back(layer);
+  }
+  return d;
+}
+
+// y (rows, n) = x (rows, k) w [+ y]; column blocks split over threads when the product is large.
+void linear(const float* x, int64_t rows, int64_t ldx, const GemmWeight& weight, float* y, int64_t ldy,
+            bool accumulate = false) {
+  if (rows <= 0) return;
+  GemmWeight w = weight;
+  w.accumulate = accumulate;
+  const Isa isa = active_isa();
+  const int64_t work = rows * w.k * w.n;
+  if (work < (int64_t{1} << 21) || at::get_num_threads() == 1) {
+    core::gemm(isa, rows, x, ldx, w, y, ldy, 0, w.n);
+    return;
+  }
+  const int64_t blocks = (w.n + 63) / 64;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    core::gemm(isa, rows, x, ldx, w, y, ldy, begin * 64, std::min(w.n, end * 64));
+  });
+}
+
+// Memory (cross-attention) keys/values of one layer: (R, H, S, head_dim) float32 contiguous.
+struct Memory {
+  const float* keys;
+  const float* values;
+  int64_t length;  // S
+};
+
+Memory memory_of(const at::Tensor& keys, const at::Tensor& values, int64_t rows, const DecoderWeights& d) {
+  for (const at::Tensor* t : {&keys, &values}) {
+    TORCH_CHECK_VALUE(t->dim() == 4 && t->size(0) == rows && t->size(1) == d.heads && t->size(3) == d.head_dim &&
+                          t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(),
+                      "decoder: memory keys/values must be contiguous float32 (", rows, ", ", d.heads, ", S, ",
+                      d.head_dim, "), got ", t->sizes(), " ", t->scalar_type());
+  }
+  TORCH_CHECK_VALUE(values.size(2) == keys.size(2), "decoder: memory keys and values differ in length");
+  return {keys.data_ptr<float>(), values.data_ptr<float>(), keys.size(2)};
+}
+
+std::vector<int64_t> checked_memory_lengths(const at::Tensor& lengths, int64_t rows, int64_t max_length) {
+  TORCH_CHECK_VALUE(lengths.dim() == 1 && lengths.size(0) == rows && lengths.scalar_type() == at::kLong &&
+                        lengths.device().is_cpu(),
+                    "decoder: memory_lengths must be int64 (", rows, ",), got ", lengths.sizes());
+  const at::Tensor contiguous = lengths.contiguous();
+  std::vector<int64_t> out(contiguous.data_ptr<int64_t>(), contiguous.data_ptr<int64_t>() + rows);
+  for (int64_t v : out)
+    TORCH_CHECK_VALUE(v >= 1 && v <= max_length, "decoder: memory length ", v, " outside [1, ", max_length, "]");
+  return out;
+}
+
+// Rows q_begin..q_end of `queries` (ldq apart) attend, head by head, to keys/values given per
+// query row by `locate(row, head)` -> (keys, key_stride, values, value_stride, num_keys).
+template <typename Locate>
+void attention_rows(const float* queries, int64_t ldq, int64_t num_rows, const DecoderWeights& d, float* out,
+                    int64_t ldo, int64_t max_keys, Locate locate) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d.head_dim));
+  const int64_t items = num_rows * d.heads;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, max_keys * d.head_dim));
+  at::parallel_for(0, items, items * max_keys * d.head_dim < 65536 ? items : grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(static_cast<size_t>(std::max<int64_t>(max_keys, 1)));
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t row = item / d.heads, head = item % d.heads;
+      const float* keys;
+      const float* values;
+      int64_t key_stride, value_stride, num_keys;
+      locate(row, head, keys, key_stride, values, value_stride, num_keys);
+      core::attend_one(queries + row * ldq + head * d.head_dim, keys, key_stride, values, value_stride, num_keys,
+                       d.head_dim, scale, scores.data(), out + row * ldo + head * d.head_dim);
+    }
+  });
+}
+
+// Cross-attention + FFN half of a layer for rows x (n, d), given each row's memory row index.
+void cross_and_ffn(float* x, int64_t n, const LayerWeights& layer, const DecoderWeights& d, const Memory& memory,
+                   const std::vector<int64_t>& memory_row, const std::vector<int64_t>& memory_lengths,
+                   float* h, float* q, float* a, float* f) {
+  const int64_t dim = d.dim, stride = memory.length * d.head_dim;
+  core::layer_norm(x, dim, n, dim, layer.norm2_w, layer.norm2_b, kLayerNormEps, h, dim);
+  linear(h, n, dim, layer.cross_q, q, dim);
+  attention_rows(q, dim, n, d, a, dim, memory.length,
+                 [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values, int64_t& vs,
+                     int64_t& count) {
+                   const int64_t m = memory_row[row];
+                   const int64_t offset = (m * d.heads + head) * stride;
+                   keys = memory.keys + offset;
+                   values = memory.values + offset;
+                   ks = vs = d.head_dim;
+                   count = memory_lengths[m];
+                 });
+  linear(a, n, dim, layer.cross_out, x, dim, /*accumulate=*/true);
+  core::layer_norm(x, dim, n, dim, layer.norm3_w, layer.norm3_b, kLayerNormEps, h, dim);
+  linear(h, n, dim, layer.fc1, f, d.ffn);
+  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) { core::gelu(f + b * d.ffn, (e - b) * d.ffn); });
+  linear(f, n, d.ffn, layer.fc2, x, dim, /*accumulate=*/true);
+}
+
+void embed(const DecoderWeights& d, int64_t token, int64_t position, float scale, float* out) {
+  TORCH_CHECK_VALUE(token >= 0 && token < d.vocab, "decoder: token id ", token, " outside [0, ", d.vocab, ")");
+  TORCH_CHECK_VALUE(position >= 0 && position < d.max_positions, "decoder: position ", position,
+                    " outside [0, ", d.max_positions, ")");
+  const float* e = d.embed + token * d.dim;
+  const float* p = d.positions + position * d.dim;
+  for (int64_t i = 0; i < d.dim; ++i) out[i] = scale * e[i] + p[i];
+}
+
+at::Tensor vocabulary_logits(const DecoderWeights& d, float* x, int64_t rows) {
+  at::Tensor logits = at::empty({rows, d.vocab}, at::TensorOptions().dtype(at::kFloat));
+  core::layer_norm(x, d.dim, rows, d.dim, d.final_w, d.final_b, kLayerNormEps, x, d.dim);
+  linear(x, rows, d.dim, d.vocab_projection, logits.data_ptr<float>(), d.vocab);
+  return logits;
+}
+
+at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double embed_scale, int64_t mask_id,
+                           const at::Tensor& tokens, int64_t step, at::TensorList memory_keys,
+                           at::TensorList memory_values, const at::Tensor& memory_lengths, at::TensorList cache_keys,
+                           at::TensorList cache_values) {
+  const DecoderWeights d = parse_weights(weights, num_heads);
+  const int64_t num_layers = static_cast<int64_t>(d.layers.size());
+  TORCH_CHECK_VALUE(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.device().is_cpu(),
+                    "decoder_ar_step: tokens must be int64 (B,) on the CPU, got ", tokens.sizes());
+  const int64_t batch = tokens.size(0);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(memory_keys.size()) == num_layers &&
+                        static_cast<int64_t>(memory_values.size()) == num_layers &&
+                        static_cast<int64_t>(cache_keys.size()) == num_layers &&
+                        static_cast<int64_t>(cache_values.size()) == num_layers,
+                    "decoder_ar_step: one memory and cache tensor per layer (", num_layers, ") expected");
+  TORCH_CHECK_VALUE(step >= 0 && step + 1 < d.max_positions, "decoder_ar_step: step ", step, " outside [0, ",
+                    d.max_positions - 1, ")");
+  for (int64_t l = 0; l < num_layers; ++l) {
+    for (const at::Tensor* t : {&cache_keys[l], &cache_values[l]}) {
+      TORCH_CHECK_VALUE(t->dim() == 4 && t->size(0) == batch && t->size(1) == d.heads && t->size(2) > step &&
+                            t->size(3) == d.head_dim && t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                            t->device().is_cpu(),
+                        "decoder_ar_step: caches must be contiguous float32 (", batch, ", ", d.heads,
+                        ", > step, ", d.head_dim, "), got ", t->sizes());
+    }
+  }
+  std::vector<Memory> memories;
+  for (int64_t l = 0; l < num_layers; ++l) memories.push_back(memory_of(memory_keys[l], memory_values[l], batch, d));
+  const std::vector<int64_t> mem_lengths = checked_memory_lengths(memory_lengths, batch, memories[0].length);
+  for (const Memory& m : memories)
+    TORCH_CHECK_VALUE(m.length == memories[0].length, "decoder_ar_step: memory lengths differ between layers");
+  const at::Tensor token_values = tokens.contiguous();
+  const int64_t* token_ids = token_values.data_ptr<int64_t>();
+
+  // rows 0..B-1: content stream (y_step at `step`); rows B..2B-1: query stream (mask at step + 1)
+  const int64_t rows = 2 * batch, dim = d.dim;
+  std::vector<float> x(rows * dim), h(rows * dim), q(rows * dim), a(rows * dim), kv(batch * 2 * dim),
+      f(rows * d.ffn);
+  const float scale = static_cast<float>(embed_scale);
+  for (int64_t b = 0; b < batch; ++b) {
+    embed(d, token_ids[b], step, scale, x.data() + b * dim);
+    embed(d, mask_id, step + 1, scale, x.data() + (batch + b) * dim);
+  }
+  std::vector<int64_t> memory_row(rows);
+  for (int64_t r = 0; r < rows; ++r) memory_row[r] = r % batch;
+  const int64_t num_keys = step + 1;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const LayerWeights& layer = d.layers[l];
+    // the last layer needs only the query rows past its key/value projection
+    const int64_t first = l == num_layers - 1 ? batch : 0, n = rows - first;
+    float* xs = x.data() + first * dim;
+    core::layer_norm(x.data(), dim, rows, dim, layer.norm1_w, layer.norm1_b, kLayerNormEps, h.data(), dim);
+    linear(h.data(), batch, dim, layer.kv, kv.data(), 2 * dim);
+    float* ck = cache_keys[l].data_ptr<float>();
+    float* cv = cache_values[l].data_ptr<float>();
+    const int64_t max_len = cache_keys[l].size(2);
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t head = 0; head < d.heads; ++head) {
+        const int64_t at_step = ((b * d.heads + head) * max_len + step) * d.head_dim;
+        std::memcpy(ck + at_step, kv.data() + b * 2 * dim + head * d.head_dim, d.head_dim * sizeof(float));
+        std::memcpy(cv + at_step, kv.data() + b * 2 * dim + dim + head * d.head_dim, d.head_dim * sizeof(float));
+      }
+    linear(h.data() + first * dim, n, dim, layer.q, q.data(), dim);
+    attention_rows(q.data(), dim, n, d, a.data(), dim, num_keys,
+                   [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
+                       int64_t& vs, int64_t& count) {
+                     const int64_t b = (row + first) % batch;
+                     const int64_t offset = (b * d.heads + head) * max_len * d.head_dim;
+                     keys = ck + offset;
+                     values = cv + offset;
+                     ks = vs = d.head_dim;
+                     count = num_keys;
+                   });
+    linear(a.data(), n, dim, layer.out, xs, dim, /*accumulate=*/true);
+    std::vector<int64_t> rows_memory(memory_row.begin() + first, memory_row.end());
+    cross_and_ffn(xs, n, layer, d, memories[l], rows_memory, mem_lengths, h.data(), q.data(), a.data(), f.data());
+  }
+  return vocabulary_logits(d, x.data() + batch * dim, batch);
+}
+
+at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double embed_scale, const at::Tensor& tokens,
+                            const at::Tensor& positions, const at::Tensor& row_offsets, at::TensorList memory_keys,
+                            at::TensorList memory_values, const at::Tensor& memory_lengths,
+                            const at::Tensor& output_positions) {
+  const DecoderWeights d = parse_weights(weights, num_heads);
+  const int64_t num_layers = static_cast<int64_t>(d.layers.size());
+  for (const at::Tensor* t : {&tokens, &positions, &row_offsets, &output_positions})
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->scalar_type() == at::kLong && t->device().is_cpu(),
+                      "decoder_nar_pass: tokens, positions, row_offsets and output_positions must be 1-D int64 "
+                      "CPU tensors");
+  const int64_t packed = tokens.size(0);
+  TORCH_CHECK_VALUE(positions.size(0) == packed, "decoder_nar_pass: ", packed, " tokens but ", positions.size(0),
+                    " positions");
+  const int64_t num_rows = row_offsets.size(0) - 1;
+  TORCH_CHECK_VALUE(num_rows >= 0, "decoder_nar_pass: row_offsets must hold N + 1 >= 1 values");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(memory_keys.size()) == num_layers &&
+                        static_cast<int64_t>(memory_values.size()) == num_layers,
+                    "decoder_nar_pass: one memory tensor per layer (", num_layers, ") expected");
+  const at::Tensor offsets_c = row_offsets.contiguous(), tokens_c = tokens.contiguous();
+  const at::Tensor positions_c = positions.contiguous(), outputs_c = output_positions.contiguous();
+  const int64_t* offsets = offsets_c.data_ptr<int64_t>();
+  TORCH_CHECK_VALUE(offsets[0] == 0 && offsets[num_rows] == packed,
+                    "decoder_nar_pass: row_offsets must start at 0 and end at the number of tokens");
+  std::vector<int64_t> row_of(packed);
+  int64_t max_row = 0;
+  for (int64_t r = 0; r < num_rows; ++r) {
+    TORCH_CHECK_VALUE(offsets[r + 1] > offsets[r], "decoder_nar_pass: row_offsets must increase (rows of >= 1)");
+    max_row = std::max(max_row, offsets[r + 1] - offsets[r]);
+    for (int64_t p = offsets[r]; p < offsets[r + 1]; ++p) row_of[p] = r;
+  }
+  const int64_t num_out = output_positions.size(0);
+  const int64_t* out_pos = outputs_c.data_ptr<int64_t>();
+  for (int64_t i = 0; i < num_out; ++i)
+    TORCH_CHECK_VALUE(out_pos[i] >= 0 && out_pos[i] < packed, "decoder_nar_pass: output position ", out_pos[i],
+                      " outside [0, ", packed, ")");
+  std::vector<Memory> memories;
+  for (int64_t l = 0; l < num_layers; ++l)
+    memories.push_back(memory_of(memory_keys[l], memory_values[l], num_rows, d));
+  for (const Memory& m : memories)
+    TORCH_CHECK_VALUE(m.length == memories[0].length, "decoder_nar_pass: memory lengths differ between layers");
+  const std::vector<int64_t> mem_lengths =
+      checked_memory_lengths(memory_lengths, num_rows, num_layers ? memories[0].length : 1);
+  if (num_out == 0) return at::empty({0, d.vocab}, at::TensorOptions().dtype(at::kFloat));
+
+  const int64_t dim = d.dim, cap = std::max(packed, num_out);  // rows of the per-row buffers
+  std::vector<float> x(packed * dim), h(cap * dim), q(cap * dim), a(cap * dim), kv(packed * 2 * dim),
+      f(cap * d.ffn), xo(num_out * dim);
+  const float scale = static_cast<float>(embed_scale);
+  const int64_t* token_ids = tokens_c.data_ptr<int64_t>();
+  const int64_t* position_ids = positions_c.data_ptr<int64_t>();
+  for (int64_t p = 0; p < packed; ++p) embed(d, token_ids[p], position_ids[p], scale, x.data() + p * dim);
+  std::vector<int64_t> out_rows(num_out);
+  for (int64_t i = 0; i < num_out; ++i) out_rows[i] = row_of[out_pos[i]];
+
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const LayerWeights& layer = d.layers[l];
+    const bool last = l == num_layers - 1;
+    core::layer_norm(x.data(), dim, packed, dim, layer.norm1_w, layer.norm1_b, kLayerNormEps, h.data(), dim);
+    linear(h.data(), packed, dim, layer.kv, kv.data(), 2 * dim);
+    // the last layer continues with the requested positions only
+    float* xs = x.data();
+    const float* hs = h.data();
+    int64_t n = packed;
+    const int64_t* query_packed = nullptr;  // query row i -> packed position (last layer)
+    if (last) {  // gather x and LN1(x) of the requested positions (into xo and a; a is free until attention)
+      for (int64_t i = 0; i < num_out; ++i) {
+        std::memcpy(xo.data() + i * dim, x.data() + out_pos[i] * dim, dim * sizeof(float));
+        std::memcpy(a.data() + i * dim, h.data() + out_pos[i] * dim, dim * sizeof(float));
+      }
+      xs = xo.data();
+      hs = a.data();
+      n = num_out;
+      query_packed = out_pos;
+    }
+    linear(hs, n, dim, layer.q, q.data(), dim);
+    attention_rows(q.data(), dim, n, d, a.data(), dim, max_row,
+                   [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
+                       int64_t& vs, int64_t& count) {
+                     const int64_t r = row_of[query_packed ? query_packed[row] : row];
+                     keys = kv.data() + offsets[r] * 2 * dim + head * d.head_dim;
+                     values = keys + dim;
+                     ks = vs = 2 * dim;
+                     count = offsets[r + 1] - offsets[r];
+                   });
+    linear(a.data(), n, dim, layer.out, xs, dim, /*accumulate=*/true);
+    cross_and_ffn(xs, n, layer, d, memories[l], last ? out_rows : row_of, mem_lengths, h.data(), q.data(), a.data(),
+                  f.data());
+  }
+  return vocabulary_logits(d, xo.data(), num_out);
+}
+
+std::string decoder_isa() { return core::isa_name(active_isa()); }
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
+  m.def(
+      "decoder_ar_step(Tensor[] weights, int num_heads, float embed_scale, int mask_id, Tensor tokens, int step, "
+      "Tensor[] memory_keys, Tensor[] memory_values, Tensor memory_lengths, Tensor(a!)[] cache_keys, "
+      "Tensor(b!)[] cache_values) -> Tensor",
+      &decoder_ar_step);
+  m.def(
+      "decoder_nar_pass(Tensor[] weights, int num_heads, float embed_scale, Tensor tokens, Tensor positions, "
+      "Tensor row_offsets, Tensor[] memory_keys, Tensor[] memory_values, Tensor memory_lengths, "
+      "Tensor output_positions) -> Tensor",
+      &decoder_nar_pass);
+  m.def("decoder_isa() -> str", &decoder_isa);
+}
+
+}  // namespace janus_fast

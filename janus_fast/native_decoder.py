@@ -1,0 +1,204 @@
+"""Whole decoder passes in one native call each (``csrc/cpu/decoder_cpu.cpp``), for the CPU engine.
+
+The PyTorch decoder spends most of a small batch's time dispatching ~100 small ops per layer and
+running general GEMMs on 1-4 rows. ``NativeDecoder`` hands the whole AR step (both streams, key/
+value caches updated in place) or the whole mask-predict pass (packed rows, logits of the
+requested positions only) to C++: fused residuals, GELU and layer norms, attention over the short
+sequences, and matrix products written for few rows (``csrc/core/small_gemm.h``, AVX-512 / AVX2 /
+plain C++ chosen from what the CPU reports). The PyTorch model stays the reference; the tests
+compare logits and tokens.
+
+Weights are converted once per model (and again whenever a parameter changes) into the layout
+the kernels read, in one of three storage types: ``fp32`` (same numbers as the model), ``bf16``
+(weights rounded to bfloat16, half the bytes to stream) or ``int8`` (per-output-channel symmetric
+int8 with a float32 scale, a quarter). Activations and accumulation are float32 in all three.
+
+The flat weight list (``DecoderWeights.tensors``) is, with every matrix stored (in, out):
+``embed_tokens (V, d), target_positions (T, d), final_norm.weight, final_norm.bias,
+vocab (d, V), vocab_scale, vocab_bias`` then per layer
+``norm1.w, norm1.b, q (w, scale, bias), kv (w, scale, bias), out (w, scale, bias), norm2.w, norm2.b,
+cross_q (...), cross_out (...), norm3.w, norm3.b, fc1 (...), fc2 (...)`` (27 tensors).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from janus_fast.model import EncoderOutput, JanusModel, LayerCache
+from janus_fast.ops import uses_native_ops
+
+WEIGHT_TYPES = ("fp32", "bf16", "int8")
+_EMPTY = torch.empty(0)
+
+
+def native_decoder_available() -> bool:
+    """True when the extension has the decoder ops (built with this version of the sources)."""
+    return uses_native_ops() and hasattr(torch.ops.janus_fast, "decoder_ar_step")
+
+
+def unsupported_reason(model: JanusModel) -> str | None:
+    """Why ``model`` cannot run on the native decoder, or None if it can."""
+    if not native_decoder_available():
+        return "the native extension (with the decoder ops) is not built"
+    parameter = next(model.parameters())
+    if parameter.device.type != "cpu":
+        return "the native decoder runs on the CPU only"
+    if parameter.dtype != torch.float32:
+        return f"the model's parameters are {parameter.dtype}, not float32"
+    if model.training:
+        return "the model is in training mode"
+    if model.output_projection is not None:
+        return "the model has a separate (quantized) output projection"
+    for module in model.decoder_layers.modules():
+        if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
+            return f"the decoder has {type(module).__name__} layers"
+    return None
+
+
+def cpu_isa() -> str:
+    """The instruction set the native matrix products use here: avx512, avx2 or scalar."""
+    return torch.ops.janus_fast.decoder_isa() if native_decoder_available() else "none"
+
+
+PANEL = 64  # output columns per stored panel (csrc/core/small_gemm.h)
+
+
+def pack_panels(weight: torch.Tensor) -> torch.Tensor:
+    """nn.Linear weight (out, in) -> panels (ceil(out / 64), in, 64): panel p holds columns
+    64p .. 64p + 63 of the (in, out) transpose, zero-padded past ``out``."""
+    out_features, in_features = weight.shape
+    padded = -(-out_features // PANEL) * PANEL
+    wide = torch.zeros(padded, in_features, dtype=weight.dtype)
+    wide[:out_features] = weight
+    return wide.view(padded // PANEL, PANEL, in_features).transpose(1, 2).contiguous()
+
+
+def _matrix(weight: torch.Tensor, bias: torch.Tensor | None, weight_type: str) -> list[torch.Tensor]:
+    """nn.Linear weight (out, in) -> [panels, scale (out,) or empty, bias (out,) or empty]."""
+    w = weight.detach().float()
+    bias_tensor = _EMPTY if bias is None else bias.detach().float().contiguous()
+    if weight_type == "fp32":
+        return [pack_panels(w), _EMPTY, bias_tensor]
+    if weight_type == "bf16":
+        return [pack_panels(w.to(torch.bfloat16)), _EMPTY, bias_tensor]
+    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    quantized = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return [pack_panels(quantized), scale.contiguous(), bias_tensor]
+
+
+def _vector(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().float().contiguous()
+
+
+def _parameters_version(model: JanusModel) -> tuple[int, ...]:
+    return tuple(p._version for p in model.parameters())
+
+
+class NativeDecoder:
+    """The decoder of ``model`` with weights stored as ``weight_type`` for the native passes."""
+
+    def __init__(self, model: JanusModel, weight_type: str = "fp32") -> None:
+        if weight_type not in WEIGHT_TYPES:
+            raise ValueError(f"weight_type must be one of {WEIGHT_TYPES}, got {weight_type!r}")
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise RuntimeError(f"NativeDecoder: {reason}")
+        config = model.config
+        self.weight_type = weight_type
+        self.num_heads = config.num_heads
+        self.embed_scale = float(model.embed_scale)
+        self.mask_id = config.mask_id
+        self.version = _parameters_version(model)
+        tensors = [
+            _vector(model.embed_tokens.weight),
+            _vector(model.embed_target_positions.weight),
+            _vector(model.decoder_norm.weight),
+            _vector(model.decoder_norm.bias),
+            *_matrix(model.embed_tokens.weight, None, weight_type),
+        ]
+        for layer in model.decoder_layers:
+            tensors += [_vector(layer.norm1.weight), _vector(layer.norm1.bias)]
+            for linear in (layer.self_attn.q_proj, layer.self_attn.kv_proj, layer.self_attn.out_proj):
+                tensors += _matrix(linear.weight, linear.bias, weight_type)
+            tensors += [_vector(layer.norm2.weight), _vector(layer.norm2.bias)]
+            for linear in (layer.cross_attn.q_proj, layer.cross_attn.out_proj):
+                tensors += _matrix(linear.weight, linear.bias, weight_type)
+            tensors += [_vector(layer.norm3.weight), _vector(layer.norm3.bias)]
+            for linear in (layer.ffn.fc1, layer.ffn.fc2):
+                tensors += _matrix(linear.weight, linear.bias, weight_type)
+        self.tensors = tensors
+
+    @staticmethod
+    def for_model(model: JanusModel, weight_type: str = "fp32") -> NativeDecoder:
+        """The model's native decoder, converted on first use and again after any parameter update."""
+        cache: dict[str, NativeDecoder] = model.__dict__.setdefault("_native_decoders", {})
+        decoder = cache.get(weight_type)
+        if decoder is None or decoder.version != _parameters_version(model):
+            decoder = cache[weight_type] = NativeDecoder(model, weight_type)
+        return decoder
+
+    @staticmethod
+    def memory(encoder_out: EncoderOutput) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """The cross-attention keys and values per layer as contiguous float32, and the lengths."""
+        keys = [k.float().contiguous() for k, _ in encoder_out.memory_kv]
+        values = [v.float().contiguous() for _, v in encoder_out.memory_kv]
+        return keys, values, encoder_out.lengths
+
+    def ar_step(
+        self,
+        tokens: torch.Tensor,
+        step: int,
+        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
+        caches: list[LayerCache],
+    ) -> torch.Tensor:
+        """``JanusModel.ar_step``: tokens (B,) int64 at position ``step`` -> (B, V) float32 logits.
+
+        ``memory`` is ``NativeDecoder.memory(encoder_out)``; the caches (float32, from
+        ``model.new_caches``) get this step's keys/values at index ``step``.
+        """
+        keys, values, lengths = memory
+        logits = torch.ops.janus_fast.decoder_ar_step(
+            self.tensors,
+            self.num_heads,
+            self.embed_scale,
+            self.mask_id,
+            tokens,
+            step,
+            keys,
+            values,
+            lengths,
+            [cache.keys for cache in caches],
+            [cache.values for cache in caches],
+        )
+        for cache in caches:
+            cache.length = step + 1
+        return logits
+
+    def nar_logits(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        row_offsets: torch.Tensor,
+        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
+        output_positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """Content-stream logits of packed rows, as ``model.nar_logits`` at the same positions.
+
+        tokens, positions (P,) int64: the real positions of N rows, row by row; row_offsets (N + 1,)
+        int64 where each row starts; memory per row; output_positions (M,) int64 indices into P.
+        Returns (M, V) float32.
+        """
+        keys, values, lengths = memory
+        return torch.ops.janus_fast.decoder_nar_pass(
+            self.tensors,
+            self.num_heads,
+            self.embed_scale,
+            tokens,
+            positions,
+            row_offsets,
+            keys,
+            values,
+            lengths,
+            output_positions,
+        )

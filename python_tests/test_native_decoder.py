@@ -1,0 +1,231 @@
+"""The native decoder passes (csrc/cpu/decoder_cpu.cpp) against the PyTorch model they replace.
+
+The reference is ``JanusModel`` itself (``ar_step``, ``nar_logits``); bf16 and int8 weight storage
+are checked against the PyTorch model with its weights rounded the same way (an independent
+computation of what those weights should give), every ISA path of the matrix products against the
+model in a subprocess per path, and the engine built on them against the reference decoders.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import random_model
+
+from janus_fast import engine
+from janus_fast.native_decoder import NativeDecoder, cpu_isa, native_decoder_available, pack_panels
+from janus_fast.reference_decoding import ar_search, mask_predict
+
+pytestmark = pytest.mark.skipif(not native_decoder_available(), reason="native extension not built")
+
+# "tiny": every matrix narrower than one 64-column panel (the scalar tail path); "medium": full
+# panels (the vector kernels) and a partial last panel (vocabulary 203, FFN 320).
+SHAPES = {
+    "tiny": {},
+    "medium": dict(d_model=128, num_heads=2, ffn_dim=320, vocab_size=203),
+}
+
+
+def model_for(shape: str, seed: int = 0):
+    model = random_model(seed, **SHAPES[shape])
+    with torch.no_grad():  # keep activations in a sane range for the wider model
+        for layer in model.decoder_layers:
+            for linear in (layer.ffn.fc1, layer.ffn.fc2, layer.self_attn.out_proj, layer.cross_attn.out_proj):
+                linear.weight.mul_(0.3)
+    return model
+
+
+def sources(seed: int, batch: int, vocab: int):
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 13, (batch,), generator=generator)
+    lengths[0] = 12
+    src = torch.randint(5, vocab, (batch, 12), generator=generator)
+    for row, length in enumerate(lengths.tolist()):
+        src[row, length:] = 0
+    return src, lengths
+
+
+def packed(tokens: torch.Tensor, lengths: torch.Tensor):
+    width = tokens.shape[1]
+    real = torch.arange(width)[None, :] < lengths[:, None]
+    index = real.reshape(-1).nonzero().squeeze(1)
+    positions = torch.arange(width).expand_as(tokens).reshape(-1)[index]
+    offsets = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
+    return index, tokens.reshape(-1)[index], positions, offsets
+
+
+def rounded_model(model, weight_type: str):
+    """A copy of ``model`` whose decoder matrices hold exactly what the native decoder stores."""
+    copy = random_model(0, **{k: getattr(model.config, k) for k in ("d_model", "num_heads", "ffn_dim", "vocab_size")})
+    copy.load_state_dict(model.state_dict())
+    # the tied embedding stays fp32 for lookups; only its use as the vocabulary projection is rounded
+    copy.output_projection = torch.nn.Linear(copy.config.d_model, copy.config.vocab_size, bias=False)
+    copy.output_projection.weight.data.copy_(copy.embed_tokens.weight.data)
+    matrices = [copy.output_projection]
+    for layer in copy.decoder_layers:
+        matrices += [layer.self_attn.q_proj, layer.self_attn.kv_proj, layer.self_attn.out_proj]
+        matrices += [layer.cross_attn.q_proj, layer.cross_attn.out_proj, layer.ffn.fc1, layer.ffn.fc2]
+    with torch.no_grad():
+        for module in matrices:
+            w = module.weight
+            if weight_type == "bf16":
+                w.copy_(w.to(torch.bfloat16).float())
+            else:
+                scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+                w.copy_(torch.round(w / scale[:, None]).clamp(-127, 127) * scale[:, None])
+    return copy
+
+
+def test_pack_panels_layout():
+    weight = torch.arange(70 * 3, dtype=torch.float32).view(70, 3)  # (out 70, in 3)
+    panels = pack_panels(weight)
+    assert panels.shape == (2, 3, 64)
+    for n in range(70):
+        for k in range(3):
+            assert panels[n // 64, k, n % 64] == weight[n, k]
+    assert panels[1, :, 6:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_ar_step_logits_match_model(shape, batch):
+    model = model_for(shape)
+    src, lengths = sources(1, batch, model.config.vocab_size)
+    native = NativeDecoder.for_model(model)
+    with torch.inference_mode():
+        encoder_out = model.encode(src, lengths)
+        memory = NativeDecoder.memory(encoder_out)
+        expected_caches = model.new_caches(batch, 9, encoder_out.states)
+        caches = model.new_caches(batch, 9, encoder_out.states)
+        tokens = torch.full((batch,), model.config.bos_id)
+        for step in range(8):
+            expected = model.ar_step(tokens, step, encoder_out, expected_caches)
+            got = native.ar_step(tokens, step, memory, caches)
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+            for ours, theirs in zip(caches, expected_caches):
+                torch.testing.assert_close(ours.keys[:, :, : step + 1], theirs.keys[:, :, : step + 1])
+            tokens = expected.argmax(-1)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_nar_logits_match_model_at_requested_positions(shape):
+    model = model_for(shape, seed=2)
+    batch, width = 4, 10
+    src, src_lengths = sources(2, batch, model.config.vocab_size)
+    generator = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([10, 3, 7, 2])
+    tokens = torch.randint(5, model.config.vocab_size, (batch, width), generator=generator)
+    tokens[torch.rand(batch, width, generator=generator) < 0.5] = model.config.mask_id
+    native = NativeDecoder.for_model(model)
+    with torch.inference_mode():
+        encoder_out = model.encode(src, src_lengths)
+        expected = model.nar_logits(tokens, lengths, encoder_out).reshape(batch * width, -1)
+        index, flat_tokens, positions, offsets = packed(tokens, lengths)
+        memory = NativeDecoder.memory(encoder_out)
+        everything = native.nar_logits(flat_tokens, positions, offsets, memory, torch.arange(len(index)))
+        torch.testing.assert_close(everything, expected[index], rtol=1e-4, atol=1e-4)
+        chosen = torch.tensor([5, 0, 17, 5, len(index) - 1])  # any order, repeats allowed
+        some = native.nar_logits(flat_tokens, positions, offsets, memory, chosen)
+        torch.testing.assert_close(some, expected[index[chosen]], rtol=1e-4, atol=1e-4)
+        none = native.nar_logits(flat_tokens, positions, offsets, memory, torch.empty(0, dtype=torch.long))
+        assert none.shape == (0, model.config.vocab_size)
+
+
+@pytest.mark.parametrize("weight_type", ["bf16", "int8"])
+def test_low_precision_weights_equal_model_with_rounded_weights(weight_type):
+    model = model_for("medium", seed=4)
+    rounded = rounded_model(model, weight_type)
+    src, lengths = sources(4, 2, model.config.vocab_size)
+    native = NativeDecoder.for_model(model, weight_type)
+    with torch.inference_mode():
+        encoder_out = model.encode(src, lengths)  # the encoder is not affected by decoder_weights
+        memory = NativeDecoder.memory(encoder_out)
+        caches = model.new_caches(2, 4, encoder_out.states)
+        expected_caches = rounded.new_caches(2, 4, encoder_out.states)
+        tokens = torch.full((2,), model.config.bos_id)
+        for step in range(3):
+            expected = rounded.ar_step(tokens, step, encoder_out, expected_caches)
+            got = native.ar_step(tokens, step, memory, caches)
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=2e-4)
+            tokens = expected.argmax(-1)
+        full = model.ar_step(tokens, 3, encoder_out, model.new_caches(2, 4, encoder_out.states))
+        assert not torch.allclose(full, expected, atol=1e-4)  # the rounding is visible
+
+
+def test_weights_reconverted_after_a_parameter_update():
+    model = model_for("tiny")
+    first = NativeDecoder.for_model(model)
+    assert NativeDecoder.for_model(model) is first
+    with torch.no_grad():
+        model.decoder_layers[0].ffn.fc1.weight.add_(0.1)
+    assert NativeDecoder.for_model(model) is not first
+
+
+ISA_SCRIPT = r"""
+import torch, sys
+sys.path.insert(0, sys.argv[1])
+from test_native_decoder import model_for, sources
+from janus_fast.native_decoder import NativeDecoder, cpu_isa
+print(cpu_isa())
+model = model_for("medium", seed=5)
+src, lengths = sources(5, 3, model.config.vocab_size)
+with torch.inference_mode():
+    enc = model.encode(src, lengths)
+    caches = model.new_caches(3, 3, enc.states)
+    expected = model.ar_step(torch.tensor([1, 7, 9]), 0, enc, caches)
+    got = NativeDecoder.for_model(model).ar_step(torch.tensor([1, 7, 9]), 0, NativeDecoder.memory(enc),
+                                                 model.new_caches(3, 3, enc.states))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+"""
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_every_isa_path_matches_model(isa):
+    order = ["scalar", "avx2", "avx512"]
+    if order.index(isa) > order.index(cpu_isa()):
+        pytest.skip(f"this CPU runs {cpu_isa()}, not {isa}")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, JANUS_FAST_ISA=isa)
+    result = subprocess.run([sys.executable, "-c", ISA_SCRIPT, here], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[0] == isa
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_engine_equals_reference_with_and_without_native_passes(native, monkeypatch):
+    if not native:
+        monkeypatch.setattr(engine, "unsupported_reason", lambda model: "disabled by the test")
+    model = model_for("medium", seed=6)
+    src, lengths = sources(6, 5, model.config.vocab_size)
+    assert engine.mask_predict(model, src, lengths, 4, 3).tokens == mask_predict(model, src, lengths, 4, 3).tokens
+    assert engine.greedy(model, src, lengths).tokens == ar_search(model, src, lengths, beam=1).tokens
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = model_for("tiny")
+    native = NativeDecoder.for_model(model)
+    src, lengths = sources(7, 2, model.config.vocab_size)
+    with torch.inference_mode():
+        memory = NativeDecoder.memory(model.encode(src, lengths))
+        caches = model.new_caches(2, 4, memory[0][0])
+        with pytest.raises(ValueError, match="token id"):
+            native.ar_step(torch.tensor([1, 10_000]), 0, memory, caches)
+        with pytest.raises(ValueError, match="caches"):
+            native.ar_step(torch.tensor([1, 2]), 4, memory, caches)
+        with pytest.raises(ValueError, match="output position"):
+            native.nar_logits(
+                torch.tensor([1, 2]), torch.tensor([0, 1]), torch.tensor([0, 1, 2]), memory, torch.tensor([2])
+            )
+        with pytest.raises(ValueError, match="row_offsets"):
+            native.nar_logits(
+                torch.tensor([1, 2]), torch.tensor([0, 1]), torch.tensor([0, 2, 2]), memory, torch.tensor([0])
+            )
+        with pytest.raises(ValueError, match="memory length"):
+            bad = (memory[0], memory[1], torch.tensor([1, 99]))
+            native.ar_step(torch.tensor([1, 2]), 0, bad, caches)
+    with pytest.raises(ValueError, match="weight_type"):
+        NativeDecoder(model, "fp8")
