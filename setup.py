@@ -83,8 +83,9 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5", "ninja", "pybind11", "matplotlib"],
+        "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5", "ninja", "pybind11", "matplotlib", "ctranslate2>=4"],
         "triton": ["triton>=3.0"],
+        "compare": ["ctranslate2>=4"],
     },
     entry_points={"console_scripts": ["janus-fast=janus_fast.cli:main"]},
     ext_modules=ext_modules,

@@ -85,9 +85,10 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=("fp32", "int8"),
+        choices=("fp32", "bf16", "int8"),
         default="fp32",
-        help="fp32, or dynamic int8 linear layers on the CPU (faster, outputs may differ slightly)",
+        help="weights of the CPU engine's native passes: fp32 (same output as the reference), bf16 (bf16 "
+        "dot products where the CPU has AVX-512 BF16) or int8 (faster; outputs may differ slightly)",
     )
     parser.add_argument(
         "--on-long-input",
@@ -254,6 +255,7 @@ def command_bench(args: argparse.Namespace) -> int:
         batch1_sentences=args.batch1,
         max_batch_tokens=args.max_batch_tokens,
         repeats=args.repeats,
+        compare=tuple(args.compare),
     )
     print(bench_report(report, args.plot, args.json))
     return 0
@@ -320,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats (the median is reported)")
     bench_parser.add_argument("--plot", default="bench.png", help="PNG of BLEU vs ms/sentence ('' for none)")
     bench_parser.add_argument("--json", action="store_true")
+    bench_parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        choices=("ctranslate2",),
+        help="also time another tool on a same-shape model in its own process (ctranslate2: pip install ctranslate2)",
+    )
     bench_parser.set_defaults(handler=command_bench)
     return parser
 

@@ -38,6 +38,7 @@ def generate(
     max_len_b: int = 10,
     decoder: str = "engine",
     return_scores: bool = False,
+    decoder_weights: str = "fp32",
 ) -> list[list[int]] | Hypotheses:
     """Translate a padded batch of source ids; returns target ids per sentence (no bos/eos/pad),
     or with ``return_scores`` the ``Hypotheses`` (ids and each sentence's score: mean token
@@ -46,19 +47,25 @@ def generate(
     src_tokens (B, S) int64 right-padded, src_lengths (B,) int64 >= 1; mode "nar" (mask-predict,
     ``iterations`` x ``length_beam``) or "ar" (``beam`` 1 = greedy). decoder "engine" (the fast
     path, ``janus_fast.engine``) or "reference" (``janus_fast.reference_decoding``); both give the
-    same outputs.
+    same outputs. ``decoder_weights`` ("fp32", "bf16", "int8"): the engine's native CPU passes store
+    their weights in that type (``janus_fast.native_decoder``); anything but fp32 changes outputs
+    slightly.
     """
     _check_source(model, src_tokens, src_lengths)
     check_decoding_options(model, mode, iterations, length_beam, beam)
     if decoder not in ("engine", "reference"):
         raise ValueError(f"unknown decoder {decoder!r}; expected 'engine' or 'reference'")
+    if decoder_weights not in ("fp32", "bf16", "int8"):
+        raise ValueError(f"decoder_weights must be 'fp32', 'bf16' or 'int8', got {decoder_weights!r}")
+    if decoder_weights != "fp32" and decoder != "engine":
+        raise ValueError("decoder_weights other than 'fp32' need decoder='engine'")
     if len(src_lengths) == 0:
         hypotheses = Hypotheses([], [])
     elif decoder == "engine":
         if mode == "nar":
-            hypotheses = engine.mask_predict(model, src_tokens, src_lengths, iterations, length_beam)
+            hypotheses = engine.mask_predict(model, src_tokens, src_lengths, iterations, length_beam, decoder_weights)
         else:
-            hypotheses = engine.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b)
+            hypotheses = engine.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b, decoder_weights)
     elif mode == "nar":
         hypotheses = reference_decoding.mask_predict(model, src_tokens, src_lengths, iterations, length_beam)
     else:

@@ -55,7 +55,9 @@ def mask_predict(
     config = model.config
     native = native_decoder(model, decoder_weights)
     parts = []
-    for state in start_mask_predict(model, src_tokens, src_lengths, num_iterations, length_beam).split():
+    encoder_out = native.encode(src_tokens, src_lengths) if native is not None else None
+    start = start_mask_predict(model, src_tokens, src_lengths, num_iterations, length_beam, encoder_out)
+    for state in start.split():
         tokens, scores, lengths = state.tokens, state.scores, state.lengths
         rows = PackedRows(lengths, tokens.shape[1])  # the candidates' lengths stay fixed: pack once
         # only the masked positions of each iteration are written, and only those are read by the op
@@ -98,8 +100,10 @@ def greedy(
     batch = src_tokens.shape[0]
     limits = max_ar_lengths(src_lengths, model, max_len_a, max_len_b)
     steps = int(limits.max())
-    encoder_out = model.encode(src_tokens, src_lengths)
-    caches = model.new_caches(batch, steps, encoder_out.states.float() if native else encoder_out.states)
+    encoder_out = (
+        native.encode(src_tokens, src_lengths) if native is not None else model.encode(src_tokens, src_lengths)
+    )
+    caches = model.new_caches(batch, steps, encoder_out.states)
     memory = NativeDecoder.memory(encoder_out) if native else None
     history = torch.full((batch, steps + 1), config.pad_id, dtype=torch.long, device=src_tokens.device)
     history[:, 0] = config.bos_id

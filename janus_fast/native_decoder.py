@@ -1,4 +1,5 @@
-"""Whole decoder passes in one native call each (``csrc/cpu/decoder_cpu.cpp``), for the CPU engine.
+"""Whole encoder and decoder passes in one native call each (``csrc/cpu/decoder_cpu.cpp``), for the
+CPU engine.
 
 The PyTorch decoder spends most of a small batch's time dispatching ~100 small ops per layer and
 running general GEMMs on 1-4 rows. ``NativeDecoder`` hands the whole AR step (both streams, key/
@@ -11,13 +12,19 @@ compare logits and tokens.
 Weights are converted once per model (and again whenever a parameter changes) into the layout
 the kernels read, in one of three storage types: ``fp32`` (same numbers as the model), ``bf16``
 (weights rounded to bfloat16, half the bytes to stream) or ``int8`` (per-output-channel symmetric
-int8 with a float32 scale, a quarter). Activations and accumulation are float32 in all three.
+int8 with a float32 scale, a quarter). Accumulation is float32 in all three; activations are
+float32 too, except that ``bf16`` on a CPU with AVX-512 BF16 rounds them to bfloat16 and runs the
+bf16 dot-product instruction (twice the multiply-adds per instruction).
 
-The flat weight list (``DecoderWeights.tensors``) is, with every matrix stored (in, out):
+The flat weight list of the decoder (``NativeDecoder.tensors``) is, every matrix as panels
+(``pack_panels``) followed by its scale and bias:
 ``embed_tokens (V, d), target_positions (T, d), final_norm.weight, final_norm.bias,
 vocab (d, V), vocab_scale, vocab_bias`` then per layer
 ``norm1.w, norm1.b, q (w, scale, bias), kv (w, scale, bias), out (w, scale, bias), norm2.w, norm2.b,
-cross_q (...), cross_out (...), norm3.w, norm3.b, fc1 (...), fc2 (...)`` (27 tensors).
+cross_q (...), cross_out (...), norm3.w, norm3.b, fc1 (...), fc2 (...)`` (27 tensors). The encoder's
+(``NativeDecoder.encoder_tensors``): ``embed_tokens, source_positions, encoder_norm.w, .b`` then per
+layer ``norm1.w, .b, q, kv, out, norm2.w, .b, fc1, fc2`` (19) and per decoder layer its
+cross-attention ``kv`` (3).
 """
 
 from __future__ import annotations
@@ -57,7 +64,8 @@ def unsupported_reason(model: JanusModel) -> str | None:
 
 
 def cpu_isa() -> str:
-    """The instruction set the native matrix products use here: avx512, avx2 or scalar."""
+    """The instruction set the native matrix products use here, from what the CPU reports:
+    avx512_bf16, avx512, avx2 or scalar (JANUS_FAST_ISA caps it)."""
     return torch.ops.janus_fast.decoder_isa() if native_decoder_available() else "none"
 
 
@@ -74,6 +82,23 @@ def pack_panels(weight: torch.Tensor) -> torch.Tensor:
     return wide.view(padded // PANEL, PANEL, in_features).transpose(1, 2).contiguous()
 
 
+def pack_bf16_pairs(weight: torch.Tensor) -> torch.Tensor:
+    """nn.Linear weight (out, in) -> bfloat16 (ceil(out / 64), ceil(in / 2), 64, 2): in panel p, row
+    r holds (w[2r][n], w[2r + 1][n]) of the (in, out) transpose for its 64 columns n (the layout of
+    the AVX-512 BF16 dot product), zero-padded."""
+    out_features, in_features = weight.shape
+    padded_out, padded_in = -(-out_features // PANEL) * PANEL, in_features + in_features % 2
+    wide = torch.zeros(padded_out, padded_in, dtype=torch.bfloat16)
+    wide[:out_features, :in_features] = weight
+    return wide.view(padded_out // PANEL, PANEL, padded_in // 2, 2).permute(0, 2, 1, 3).contiguous()
+
+
+def bf16_computes_in_bf16() -> bool:
+    """True where bf16 weights also run bf16 dot products (the CPU reports AVX-512 BF16): the
+    activations are then rounded to bfloat16 before each product, else only weights are rounded."""
+    return cpu_isa() == "avx512_bf16"
+
+
 def _matrix(weight: torch.Tensor, bias: torch.Tensor | None, weight_type: str) -> list[torch.Tensor]:
     """nn.Linear weight (out, in) -> [panels, scale (out,) or empty, bias (out,) or empty]."""
     w = weight.detach().float()
@@ -81,6 +106,8 @@ def _matrix(weight: torch.Tensor, bias: torch.Tensor | None, weight_type: str) -
     if weight_type == "fp32":
         return [pack_panels(w), _EMPTY, bias_tensor]
     if weight_type == "bf16":
+        if bf16_computes_in_bf16():
+            return [pack_bf16_pairs(w.to(torch.bfloat16)), _EMPTY, bias_tensor]
         return [pack_panels(w.to(torch.bfloat16)), _EMPTY, bias_tensor]
     scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
     quantized = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
@@ -128,6 +155,23 @@ class NativeDecoder:
             for linear in (layer.ffn.fc1, layer.ffn.fc2):
                 tensors += _matrix(linear.weight, linear.bias, weight_type)
         self.tensors = tensors
+        encoder = [
+            _vector(model.embed_tokens.weight),
+            _vector(model.embed_source_positions.weight),
+            _vector(model.encoder_norm.weight),
+            _vector(model.encoder_norm.bias),
+        ]
+        for layer in model.encoder_layers:
+            encoder += [_vector(layer.norm1.weight), _vector(layer.norm1.bias)]
+            for linear in (layer.self_attn.q_proj, layer.self_attn.kv_proj, layer.self_attn.out_proj):
+                encoder += _matrix(linear.weight, linear.bias, weight_type)
+            encoder += [_vector(layer.norm2.weight), _vector(layer.norm2.bias)]
+            for linear in (layer.ffn.fc1, layer.ffn.fc2):
+                encoder += _matrix(linear.weight, linear.bias, weight_type)
+        for layer in model.decoder_layers:
+            encoder += _matrix(layer.cross_attn.kv_proj.weight, layer.cross_attn.kv_proj.bias, weight_type)
+        self.encoder_tensors = encoder
+        self.num_encoder_layers = len(model.encoder_layers)
 
     @staticmethod
     def for_model(model: JanusModel, weight_type: str = "fp32") -> NativeDecoder:
@@ -137,6 +181,17 @@ class NativeDecoder:
         if decoder is None or decoder.version != _parameters_version(model):
             decoder = cache[weight_type] = NativeDecoder(model, weight_type)
         return decoder
+
+    def encode(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
+        """``JanusModel.encode`` in one native call: src_tokens (B, S) int64, src_lengths (B,) int64.
+
+        States and cross-attention keys/values at padded positions are zeros (the model computes
+        values there that nothing reads).
+        """
+        states, *memory = torch.ops.janus_fast.encoder_forward(
+            self.encoder_tensors, self.num_encoder_layers, self.num_heads, self.embed_scale, src_tokens, src_lengths
+        )
+        return EncoderOutput(states, src_lengths, list(zip(memory[0::2], memory[1::2])))
 
     @staticmethod
     def memory(encoder_out: EncoderOutput) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from janus_fast.model import JanusModel
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def quantize_int8(model: JanusModel) -> JanusModel:

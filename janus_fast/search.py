@@ -150,15 +150,22 @@ class MaskPredictState:
 
 
 def start_mask_predict(
-    model: JanusModel, src_tokens: torch.Tensor, src_lengths: torch.Tensor, num_iterations: int, length_beam: int
+    model: JanusModel,
+    src_tokens: torch.Tensor,
+    src_lengths: torch.Tensor,
+    num_iterations: int,
+    length_beam: int,
+    encoder_out: EncoderOutput | None = None,
 ) -> MaskPredictState:
-    """Encode once, pick the length candidates and lay out ``<bos> <mask>* <eos>`` rows."""
+    """Encode once (unless ``encoder_out`` is given), pick the length candidates and lay out
+    ``<bos> <mask>* <eos>`` rows."""
     if num_iterations < 1:
         raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
     if length_beam < 1:
         raise ValueError(f"length_beam must be >= 1, got {length_beam}")
     config = model.config
-    encoder_out = model.encode(src_tokens, src_lengths)
+    if encoder_out is None:
+        encoder_out = model.encode(src_tokens, src_lengths)
     candidates, _ = length_candidates(model, encoder_out, length_beam)
     batch, beam = candidates.shape
     lengths = candidates.reshape(-1)

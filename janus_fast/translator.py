@@ -13,6 +13,7 @@ from janus_fast.checkpoint import CheckpointError, load_pretrained, load_tokeniz
 from janus_fast.data import pad_sequences
 from janus_fast.decoding import check_decoding_options, generate
 from janus_fast.model import JanusModel
+from janus_fast.native_decoder import unsupported_reason
 from janus_fast.quantize import PRECISIONS, quantize_int8
 from janus_fast.tokenizer import Tokenizer
 
@@ -28,8 +29,11 @@ class Translator:
         on_long_input: "truncate" (warn and keep the first ``max_source_positions`` pieces) or
             "error" (raise ValueError) for inputs longer than the model accepts.
         decoder: "engine" (fast, ``janus_fast.engine``) or "reference" (``janus_fast.reference_decoding``).
-        precision: "fp32" (default; engine == reference token for token) or "int8" (dynamic int8
-            linear layers, ``janus_fast.quantize``; CPU only, outputs may differ slightly).
+        precision: "fp32" (default; engine == reference token for token), "bf16" or "int8": on the
+            CPU with the native decoder (``janus_fast.native_decoder``) the weights of the native
+            passes are stored (and, where the CPU has AVX-512 BF16, bf16 multiplied) in that
+            type; without it (or with the reference decoder) "int8" runs PyTorch's dynamic int8
+            linear layers (``janus_fast.quantize``). Outputs may differ slightly from fp32.
     """
 
     def __init__(
@@ -53,10 +57,18 @@ class Translator:
         check_int("max_batch_tokens", max_batch_tokens, 1)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if precision == "int8":
+        self.decoder_weights = "fp32"
+        if precision != "fp32":
             if next(model.parameters()).device.type != "cpu":
-                raise ValueError("precision 'int8' runs on the CPU only")
-            model = quantize_int8(model)
+                raise ValueError(f"precision {precision!r} runs on the CPU only")
+            reason = unsupported_reason(model.eval())
+            if decoder == "engine" and reason is None:
+                self.decoder_weights = precision
+            elif precision == "int8":
+                model = quantize_int8(model)
+            else:
+                raise ValueError(f"precision 'bf16' needs the engine's native CPU decoder, but {reason}")
+        self.precision = precision
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch_tokens = max_batch_tokens
@@ -137,6 +149,7 @@ class Translator:
                 beam=beam,
                 decoder=self.decoder,
                 return_scores=True,
+                decoder_weights=self.decoder_weights,
             )
             for index, ids, score in zip(indices, hypotheses.tokens, hypotheses.scores):
                 outputs[index] = self.tokenizer.decode(ids)

@@ -7,6 +7,8 @@ import os
 
 from test_cli import run_cli
 
+from janus_fast.benchmarks.ctranslate2_compare import ctranslate2_available
+
 
 def test_bench_smoke(trained_dir, corpus_dir, tmp_path):
     os.symlink(os.path.join(corpus_dir, "val.de"), tmp_path / "test_2016_flickr.de")
@@ -27,6 +29,7 @@ def test_bench_smoke(trained_dir, corpus_dir, tmp_path):
         "--plot",
         str(plot),
         "--json",
+        *(["--compare", "ctranslate2"] if ctranslate2_available() else []),
     )
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     report = json.loads(result.stdout)
@@ -35,11 +38,45 @@ def test_bench_smoke(trained_dir, corpus_dir, tmp_path):
         for t in (1, 2, 4, 10):
             assert f"{decoder} NAR T={t} lb=3" in names
         assert f"{decoder} AR greedy" in names and f"{decoder} AR beam 4" in names
-    assert "engine int8 NAR T=4 lb=3" in names and "engine int8 AR greedy" in names
+    for precision in ("bf16", "int8"):
+        assert f"engine {precision} NAR T=4 lb=3" in names and f"engine {precision} AR greedy" in names
     bleu = {row["setting"]: row["bleu"] for row in report["rows"]}
     for setting in ("NAR T=1 lb=3", "NAR T=10 lb=3", "AR greedy", "AR beam 4"):
         assert bleu[f"engine {setting}"] == bleu[f"reference {setting}"]  # same outputs, same score
     assert report["matmul_peak_gflops"] > 0
-    assert all(row["batch_sentences_per_second"] > 0 and row["gflop_per_sentence"] > 0 for row in report["rows"])
+    ours = [row for row in report["rows"] if row["decoder"] != "ctranslate2"]
+    assert all(row["batch_sentences_per_second"] > 0 and row["gflop_per_sentence"] > 0 for row in ours)
+    assert report["cpu"] and report["native_isa"]
+    if ctranslate2_available():
+        theirs = {row["setting"]: row for row in report["rows"] if row["decoder"] == "ctranslate2"}
+        assert set(theirs) == {"CTranslate2 AR greedy float32", "CTranslate2 AR greedy int8"}
+        assert all(row["batch1_ms_per_sentence"] > 0 and row["bleu"] is None for row in theirs.values())
+        assert "engine NAR T=4 lb=3 vs CTranslate2 AR greedy float32, batch 1" in report["ratios"]
     assert "engine NAR T=4 vs engine AR greedy, batch 1" in report["ratios"]
     assert plot.exists() and plot.stat().st_size > 1000
+
+
+def test_compare_without_ctranslate2_says_how_to_install(monkeypatch):
+    import pytest
+
+    from janus_fast.benchmarks import decoding
+    from janus_fast.data import InputError
+
+    monkeypatch.setattr(decoding, "ctranslate2_available", lambda: False)
+    with pytest.raises(InputError, match="pip install"):
+        decoding.run_bench(None, "/nonexistent", compare=("ctranslate2",))
+
+
+def test_ctranslate2_model_has_the_engine_shape(tmp_path):
+    """The same-shape CTranslate2 model loads and decodes exactly the forced number of tokens."""
+    import pytest
+
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from janus_fast.benchmarks.ctranslate2_compare import build_model
+    from janus_fast.model import JanusConfig
+
+    config = JanusConfig(vocab_size=300, d_model=64, num_heads=4, ffn_dim=128, encoder_layers=2, decoder_layers=2)
+    build_model(config, str(tmp_path / "model"))
+    translator = ctranslate2.Translator(str(tmp_path / "model"), device="cpu", intra_threads=1)
+    out = translator.translate_batch([["w1", "w2", "w3"]], beam_size=1, max_decoding_length=7, min_decoding_length=7)
+    assert len(out[0].hypotheses[0]) in (6, 7)  # 7 steps; the last one may be the end token

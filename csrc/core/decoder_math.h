@@ -1,5 +1,4 @@
-// The small per-row operations of a decoder layer, on float32 rows: layer norm, exact (erf) GELU
-// and the attention of one query row to a short list of keys. Plain C++17 (no torch) so that
+// The small per-row operations of a decoder layer, on float32 rows: layer norm and the attention of one query row to a short list of keys. Plain C++17 (no torch) so that
 // csrc/tests/ can check them alone; csrc/cpu/decoder_cpu.cpp strings them together.
 #pragma once
 
@@ -28,12 +27,6 @@ inline void layer_norm(const float* x, int64_t ldx, int64_t rows, int64_t dim, c
     const float inv_std = 1.0f / std::sqrt(var / static_cast<float>(dim) + eps);
     for (int64_t i = 0; i < dim; ++i) out[i] = (in[i] - mean) * inv_std * gamma[i] + beta[i];
   }
-}
-
-// x = x * Phi(x), the exact GELU of torch.nn.functional.gelu (approximate="none"), in place.
-inline void gelu(float* x, int64_t count) {
-  const float inv_sqrt2 = 0.70710678118654752440f;
-  for (int64_t i = 0; i < count; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * inv_sqrt2));
 }
 
 // One head of one query row: out = softmax(q . k_j * scale) v over keys j < num_keys, where key j

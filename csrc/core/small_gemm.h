@@ -30,7 +30,10 @@
 namespace janus_fast {
 namespace core {
 
-enum class WeightType : int { kFloat32 = 0, kBFloat16 = 1, kInt8 = 2 };
+// kBFloat16Pairs: bfloat16 weights laid out for the AVX-512 BF16 dot product: within a panel,
+// row kp (of ceil(K / 2)) holds for each of the 64 columns the pair (w[2kp][n], w[2kp + 1][n]);
+// x is rounded to bfloat16 as well and products accumulate in float32.
+enum class WeightType : int { kFloat32 = 0, kBFloat16 = 1, kInt8 = 2, kBFloat16Pairs = 3 };
 
 constexpr int64_t kPanel = 64;
 
@@ -54,6 +57,39 @@ inline float widen(const uint16_t* w, int64_t i) {
   return value;
 }
 inline float widen(const int8_t* w, int64_t i) { return static_cast<float>(w[i]); }
+
+// float32 -> bfloat16 bits, rounding to nearest even (as torch's conversion); NaN stays NaN.
+inline uint16_t to_bfloat16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+inline float from_bfloat16(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float value;
+  std::memcpy(&value, &wide, sizeof(value));
+  return value;
+}
+
+// kBFloat16Pairs in plain C++: x rounded to bfloat16, products summed in float32.
+inline void gemm_pairs_scalar(int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight, float* y,
+                              int64_t ldy, int64_t n_begin, int64_t n_end) {
+  const uint16_t* w = static_cast<const uint16_t*>(weight.data);
+  const int64_t pairs = (weight.k + 1) / 2;
+  for (int64_t m = 0; m < rows; ++m) {
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      const uint16_t* column = w + (n / kPanel) * pairs * kPanel * 2 + (n % kPanel) * 2;
+      float acc = 0.0f;
+      for (int64_t k = 0; k < weight.k; ++k)
+        acc += from_bfloat16(to_bfloat16(x[m * ldx + k])) * from_bfloat16(column[(k / 2) * kPanel * 2 + (k & 1)]);
+      if (weight.bias != nullptr) acc += weight.bias[n];
+      y[m * ldy + n] = weight.accumulate ? y[m * ldy + n] + acc : acc;
+    }
+  }
+}
 
 // Columns [n_begin, n_end) in plain C++ (the fallback, and the tail the vector kernels leave).
 template <typename W>
@@ -135,6 +171,75 @@ JANUS_AVX512 void gemm_avx512(int64_t rows, const float* x, int64_t ldx, const G
   if (n0 < n_end) gemm_columns_scalar<W>(rows, x, ldx, weight, y, ldy, n0, n_end);
 }
 
+#define JANUS_AVX512_BF16 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl,avx2,fma")))
+
+// One MR x 64 block of y from bfloat16 pairs: xp holds each row of x as ceil(K/2) bfloat16 pairs
+// (one uint32 each); `valid` of the 64 columns are stored (the last panel may be partial).
+template <int MR>
+JANUS_AVX512_BF16 inline void gemm_block_bf16_pairs(const uint32_t* xp, int64_t pairs, const uint16_t* panel,
+                                                    const GemmWeight& weight, float* y, int64_t ldy, int64_t n0,
+                                                    int64_t valid) {
+  __m512 acc[MR][4];
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
+  const uint16_t* row = panel;
+  for (int64_t kp = 0; kp < pairs; ++kp, row += 2 * kPanel) {
+    const __m512i w0 = _mm512_loadu_si512(row), w1 = _mm512_loadu_si512(row + 32);
+    const __m512i w2 = _mm512_loadu_si512(row + 64), w3 = _mm512_loadu_si512(row + 96);
+    for (int m = 0; m < MR; ++m) {
+      const __m512i xv = _mm512_set1_epi32(static_cast<int>(xp[m * pairs + kp]));
+      acc[m][0] = _mm512_dpbf16_ps(acc[m][0], (__m512bh)xv, (__m512bh)w0);
+      acc[m][1] = _mm512_dpbf16_ps(acc[m][1], (__m512bh)xv, (__m512bh)w1);
+      acc[m][2] = _mm512_dpbf16_ps(acc[m][2], (__m512bh)xv, (__m512bh)w2);
+      acc[m][3] = _mm512_dpbf16_ps(acc[m][3], (__m512bh)xv, (__m512bh)w3);
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    const int64_t n = n0 + 16 * j, count = std::min<int64_t>(16, valid - 16 * j);
+    if (count <= 0) break;
+    const __mmask16 mask = static_cast<__mmask16>(count >= 16 ? 0xffff : (1u << count) - 1u);
+    const __m512 bias = weight.bias ? _mm512_maskz_loadu_ps(mask, weight.bias + n) : _mm512_setzero_ps();
+    for (int m = 0; m < MR; ++m) {
+      const __m512 base =
+          weight.accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask, y + m * ldy + n), bias) : bias;
+      _mm512_mask_storeu_ps(y + m * ldy + n, mask, _mm512_add_ps(acc[m][j], base));
+    }
+  }
+}
+
+JANUS_AVX512_BF16 inline void gemm_bf16_pairs(int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight,
+                                              float* y, int64_t ldy, int64_t n_begin, int64_t n_end) {
+  const int64_t pairs = (weight.k + 1) / 2;
+  constexpr int64_t kRowsPerBlock = 6;
+  uint32_t xp[kRowsPerBlock * 512];
+  if (pairs > 512) return gemm_pairs_scalar(rows, x, ldx, weight, y, ldy, n_begin, n_end);
+  const uint16_t* w = static_cast<const uint16_t*>(weight.data);
+  for (int64_t m0 = 0; m0 < rows; m0 += kRowsPerBlock) {
+    const int64_t block = std::min(kRowsPerBlock, rows - m0);
+    for (int64_t m = 0; m < block; ++m) {
+      const float* xr = x + (m0 + m) * ldx;
+      for (int64_t kp = 0; kp < pairs; ++kp) {
+        const uint32_t lo = to_bfloat16(xr[2 * kp]);
+        const uint32_t hi = 2 * kp + 1 < weight.k ? to_bfloat16(xr[2 * kp + 1]) : 0u;
+        xp[m * pairs + kp] = lo | (hi << 16);
+      }
+    }
+    float* yr = y + m0 * ldy;
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += kPanel) {
+      const uint16_t* panel = w + (n0 / kPanel) * pairs * kPanel * 2;
+      const int64_t valid = std::min(kPanel, n_end - n0);
+      switch (block) {
+        case 6: gemm_block_bf16_pairs<6>(xp, pairs, panel, weight, yr, ldy, n0, valid); break;
+        case 5: gemm_block_bf16_pairs<5>(xp, pairs, panel, weight, yr, ldy, n0, valid); break;
+        case 4: gemm_block_bf16_pairs<4>(xp, pairs, panel, weight, yr, ldy, n0, valid); break;
+        case 3: gemm_block_bf16_pairs<3>(xp, pairs, panel, weight, yr, ldy, n0, valid); break;
+        case 2: gemm_block_bf16_pairs<2>(xp, pairs, panel, weight, yr, ldy, n0, valid); break;
+        default: gemm_block_bf16_pairs<1>(xp, pairs, panel, weight, yr, ldy, n0, valid); break;
+      }
+    }
+  }
+}
+
 JANUS_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 JANUS_AVX2 inline __m256 load8(const uint16_t* p) {
   const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -187,7 +292,7 @@ JANUS_AVX2 void gemm_avx2(int64_t rows, const float* x, int64_t ldx, const GemmW
 }
 #endif  // JANUS_X86
 
-enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 // The widest kernel this CPU runs, from what it reports (cpuid).
 inline Isa detect_isa() {
@@ -195,7 +300,7 @@ inline Isa detect_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl"))
-    return Isa::kAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
   return Isa::kScalar;
@@ -203,6 +308,7 @@ inline Isa detect_isa() {
 
 inline const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAvx512Bf16: return "avx512_bf16";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     default: return "scalar";
@@ -214,7 +320,7 @@ template <typename W>
 void gemm_columns(Isa isa, int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight, float* y,
                   int64_t ldy, int64_t n_begin, int64_t n_end) {
 #if JANUS_X86
-  if (isa == Isa::kAvx512) return gemm_avx512<W>(rows, x, ldx, weight, y, ldy, n_begin, n_end);
+  if (isa >= Isa::kAvx512) return gemm_avx512<W>(rows, x, ldx, weight, y, ldy, n_begin, n_end);
   if (isa == Isa::kAvx2) return gemm_avx2<W>(rows, x, ldx, weight, y, ldy, n_begin, n_end);
 #endif
   (void)isa;
@@ -224,6 +330,11 @@ void gemm_columns(Isa isa, int64_t rows, const float* x, int64_t ldx, const Gemm
 inline void gemm(Isa isa, int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight, float* y,
                  int64_t ldy, int64_t n_begin, int64_t n_end) {
   switch (weight.type) {
+    case WeightType::kBFloat16Pairs:
+#if JANUS_X86
+      if (isa == Isa::kAvx512Bf16) return gemm_bf16_pairs(rows, x, ldx, weight, y, ldy, n_begin, n_end);
+#endif
+      return gemm_pairs_scalar(rows, x, ldx, weight, y, ldy, n_begin, n_end);
     case WeightType::kBFloat16:
       return gemm_columns<uint16_t>(isa, rows, x, ldx, weight, y, ldy, n_begin, n_end);
     case WeightType::kInt8:

@@ -3,7 +3,9 @@
 //   janus_fast::decoder_ar_step   one incremental AR step (content token + query stream) for B rows,
 //                                 appending to the key/value caches, returning (B, V) logits;
 //   janus_fast::decoder_nar_pass  the content-stream pass of mask-predict over packed rows
-//                                 (no padding), returning the logits of the requested positions only.
+//                                 (no padding), returning the logits of the requested positions only;
+//   janus_fast::encoder_forward   the encoder over the real source positions and the decoder's
+//                                 cross-attention keys/values, computed once per batch.
 //
 // Layers are pre-norm as janus_fast.model.DecoderLayer: x += SelfAttn(LN1 x); x += CrossAttn(LN2 x);
 // x += FFN(LN3 x); the final LayerNorm and the tied vocabulary projection follow. Residual adds
@@ -35,14 +37,15 @@ constexpr int64_t kGlobalTensors = 7;
 constexpr int64_t kLayerTensors = 27;
 
 // The ISA used by the matrix products: what the CPU reports, capped by JANUS_FAST_ISA
-// (scalar | avx2 | avx512) so that tests can run every path on one machine.
+// (scalar | avx2 | avx512 | avx512_bf16) so that tests can run every path on one machine.
 Isa active_isa() {
   static const Isa isa = [] {
     Isa found = core::detect_isa();
     if (const char* cap = std::getenv("JANUS_FAST_ISA")) {
       const std::string value(cap);
-      if (value == "scalar") found = Isa::kScalar;
-      else if (value == "avx2" && found == Isa::kAvx512) found = Isa::kAvx2;
+      const Isa caps[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16};
+      for (const Isa cap_isa : caps)
+        if (value == core::isa_name(cap_isa) && cap_isa < found) found = cap_isa;
     }
     return found;
   }();
@@ -59,17 +62,22 @@ const float* float_data(const at::Tensor& t, int64_t numel, const char* what) {
 
 GemmWeight make_weight(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& bias, int64_t k, int64_t n,
                        const char* what) {
-  TORCH_CHECK_VALUE(w.dim() == 3 && w.size(0) == core::num_panels(n) && w.size(1) == k &&
-                        w.size(2) == core::kPanel && w.is_contiguous() && w.device().is_cpu(),
-                    "decoder weights: ", what, " must be contiguous panels (", core::num_panels(n), ", ", k, ", ",
-                    core::kPanel, ") on the CPU, got ", w.sizes());
+  const bool pairs = w.dim() == 4;  // bfloat16 pairs: (panels, ceil(k / 2), 64, 2)
+  TORCH_CHECK_VALUE((w.dim() == 3 && w.size(0) == core::num_panels(n) && w.size(1) == k && w.size(2) == core::kPanel) ||
+                        (pairs && w.size(0) == core::num_panels(n) && w.size(1) == (k + 1) / 2 &&
+                         w.size(2) == core::kPanel && w.size(3) == 2 && w.scalar_type() == at::kBFloat16),
+                    "decoder weights: ", what, " must be panels (", core::num_panels(n), ", ", k, ", ", core::kPanel,
+                    ") or bfloat16 pairs (", core::num_panels(n), ", ", (k + 1) / 2, ", ", core::kPanel, ", 2), got ",
+                    w.sizes());
+  TORCH_CHECK_VALUE(w.is_contiguous() && w.device().is_cpu(), "decoder weights: ", what,
+                    " must be contiguous on the CPU");
   GemmWeight g;
   g.k = k;
   g.n = n;
   g.data = w.data_ptr();
   switch (w.scalar_type()) {
     case at::kFloat: g.type = core::WeightType::kFloat32; break;
-    case at::kBFloat16: g.type = core::WeightType::kBFloat16; break;
+    case at::kBFloat16: g.type = pairs ? core::WeightType::kBFloat16Pairs : core::WeightType::kBFloat16; break;
     case at::kChar: g.type = core::WeightType::kInt8; break;
     default: TORCH_CHECK_TYPE(false, "decoder weights: ", what, " must be float32, bfloat16 or int8, got ", w.scalar_type());
   }
@@ -156,6 +164,20 @@ void linear(const float* x, int64_t rows, int64_t ldx, const GemmWeight& weight,
   });
 }
 
+// x = GELU(x) in place through torch's vectorized CPU kernel (the function the model calls).
+void gelu_inplace(float* x, int64_t count) {
+  if (count <= 0) return;
+  at::Tensor view = at::from_blob(x, {count}, at::TensorOptions().dtype(at::kFloat));
+  at::gelu_(view);
+}
+
+// Scratch buffers of the passes, kept per thread between calls: no allocation (and no page
+// faults) per decoder pass once the largest batch has been seen.
+float* scratch(std::vector<float>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
+  return buffer.data();
+}
+
 // Memory (cross-attention) keys/values of one layer: (R, H, S, head_dim) float32 contiguous.
 struct Memory {
   const float* keys;
@@ -227,7 +249,7 @@ void cross_and_ffn(float* x, int64_t n, const LayerWeights& layer, const Decoder
   linear(a, n, dim, layer.cross_out, x, dim, /*accumulate=*/true);
   core::layer_norm(x, dim, n, dim, layer.norm3_w, layer.norm3_b, kLayerNormEps, h, dim);
   linear(h, n, dim, layer.fc1, f, d.ffn);
-  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) { core::gelu(f + b * d.ffn, (e - b) * d.ffn); });
+  gelu_inplace(f, n * d.ffn);
   linear(f, n, d.ffn, layer.fc2, x, dim, /*accumulate=*/true);
 }
 
@@ -282,12 +304,17 @@ at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double emb
 
   // rows 0..B-1: content stream (y_step at `step`); rows B..2B-1: query stream (mask at step + 1)
   const int64_t rows = 2 * batch, dim = d.dim;
-  std::vector<float> x(rows * dim), h(rows * dim), q(rows * dim), a(rows * dim), kv(batch * 2 * dim),
-      f(rows * d.ffn);
+  thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer;
+  float* x = scratch(x_buffer, rows * dim);
+  float* h = scratch(h_buffer, rows * dim);
+  float* q = scratch(q_buffer, rows * dim);
+  float* a = scratch(a_buffer, rows * dim);
+  float* kv = scratch(kv_buffer, batch * 2 * dim);
+  float* f = scratch(f_buffer, rows * d.ffn);
   const float scale = static_cast<float>(embed_scale);
   for (int64_t b = 0; b < batch; ++b) {
-    embed(d, token_ids[b], step, scale, x.data() + b * dim);
-    embed(d, mask_id, step + 1, scale, x.data() + (batch + b) * dim);
+    embed(d, token_ids[b], step, scale, x + b * dim);
+    embed(d, mask_id, step + 1, scale, x + (batch + b) * dim);
   }
   std::vector<int64_t> memory_row(rows);
   for (int64_t r = 0; r < rows; ++r) memory_row[r] = r % batch;
@@ -296,20 +323,20 @@ at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double emb
     const LayerWeights& layer = d.layers[l];
     // the last layer needs only the query rows past its key/value projection
     const int64_t first = l == num_layers - 1 ? batch : 0, n = rows - first;
-    float* xs = x.data() + first * dim;
-    core::layer_norm(x.data(), dim, rows, dim, layer.norm1_w, layer.norm1_b, kLayerNormEps, h.data(), dim);
-    linear(h.data(), batch, dim, layer.kv, kv.data(), 2 * dim);
+    float* xs = x + first * dim;
+    core::layer_norm(x, dim, rows, dim, layer.norm1_w, layer.norm1_b, kLayerNormEps, h, dim);
+    linear(h, batch, dim, layer.kv, kv, 2 * dim);
     float* ck = cache_keys[l].data_ptr<float>();
     float* cv = cache_values[l].data_ptr<float>();
     const int64_t max_len = cache_keys[l].size(2);
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t head = 0; head < d.heads; ++head) {
         const int64_t at_step = ((b * d.heads + head) * max_len + step) * d.head_dim;
-        std::memcpy(ck + at_step, kv.data() + b * 2 * dim + head * d.head_dim, d.head_dim * sizeof(float));
-        std::memcpy(cv + at_step, kv.data() + b * 2 * dim + dim + head * d.head_dim, d.head_dim * sizeof(float));
+        std::memcpy(ck + at_step, kv + b * 2 * dim + head * d.head_dim, d.head_dim * sizeof(float));
+        std::memcpy(cv + at_step, kv + b * 2 * dim + dim + head * d.head_dim, d.head_dim * sizeof(float));
       }
-    linear(h.data() + first * dim, n, dim, layer.q, q.data(), dim);
-    attention_rows(q.data(), dim, n, d, a.data(), dim, num_keys,
+    linear(h + first * dim, n, dim, layer.q, q, dim);
+    attention_rows(q, dim, n, d, a, dim, num_keys,
                    [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
                        int64_t& vs, int64_t& count) {
                      const int64_t b = (row + first) % batch;
@@ -319,11 +346,11 @@ at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double emb
                      ks = vs = d.head_dim;
                      count = num_keys;
                    });
-    linear(a.data(), n, dim, layer.out, xs, dim, /*accumulate=*/true);
+    linear(a, n, dim, layer.out, xs, dim, /*accumulate=*/true);
     std::vector<int64_t> rows_memory(memory_row.begin() + first, memory_row.end());
-    cross_and_ffn(xs, n, layer, d, memories[l], rows_memory, mem_lengths, h.data(), q.data(), a.data(), f.data());
+    cross_and_ffn(xs, n, layer, d, memories[l], rows_memory, mem_lengths, h, q, a, f);
   }
-  return vocabulary_logits(d, x.data() + batch * dim, batch);
+  return vocabulary_logits(d, x + batch * dim, batch);
 }
 
 at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double embed_scale, const at::Tensor& tokens,
@@ -371,50 +398,188 @@ at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double em
   if (num_out == 0) return at::empty({0, d.vocab}, at::TensorOptions().dtype(at::kFloat));
 
   const int64_t dim = d.dim, cap = std::max(packed, num_out);  // rows of the per-row buffers
-  std::vector<float> x(packed * dim), h(cap * dim), q(cap * dim), a(cap * dim), kv(packed * 2 * dim),
-      f(cap * d.ffn), xo(num_out * dim);
+  thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer, xo_buffer;
+  float* x = scratch(x_buffer, packed * dim);
+  float* h = scratch(h_buffer, cap * dim);
+  float* q = scratch(q_buffer, cap * dim);
+  float* a = scratch(a_buffer, cap * dim);
+  float* kv = scratch(kv_buffer, packed * 2 * dim);
+  float* f = scratch(f_buffer, cap * d.ffn);
+  float* xo = scratch(xo_buffer, num_out * dim);
   const float scale = static_cast<float>(embed_scale);
   const int64_t* token_ids = tokens_c.data_ptr<int64_t>();
   const int64_t* position_ids = positions_c.data_ptr<int64_t>();
-  for (int64_t p = 0; p < packed; ++p) embed(d, token_ids[p], position_ids[p], scale, x.data() + p * dim);
+  for (int64_t p = 0; p < packed; ++p) embed(d, token_ids[p], position_ids[p], scale, x + p * dim);
   std::vector<int64_t> out_rows(num_out);
   for (int64_t i = 0; i < num_out; ++i) out_rows[i] = row_of[out_pos[i]];
 
   for (int64_t l = 0; l < num_layers; ++l) {
     const LayerWeights& layer = d.layers[l];
     const bool last = l == num_layers - 1;
-    core::layer_norm(x.data(), dim, packed, dim, layer.norm1_w, layer.norm1_b, kLayerNormEps, h.data(), dim);
-    linear(h.data(), packed, dim, layer.kv, kv.data(), 2 * dim);
+    core::layer_norm(x, dim, packed, dim, layer.norm1_w, layer.norm1_b, kLayerNormEps, h, dim);
+    linear(h, packed, dim, layer.kv, kv, 2 * dim);
     // the last layer continues with the requested positions only
-    float* xs = x.data();
-    const float* hs = h.data();
+    float* xs = x;
+    const float* hs = h;
     int64_t n = packed;
     const int64_t* query_packed = nullptr;  // query row i -> packed position (last layer)
     if (last) {  // gather x and LN1(x) of the requested positions (into xo and a; a is free until attention)
       for (int64_t i = 0; i < num_out; ++i) {
-        std::memcpy(xo.data() + i * dim, x.data() + out_pos[i] * dim, dim * sizeof(float));
-        std::memcpy(a.data() + i * dim, h.data() + out_pos[i] * dim, dim * sizeof(float));
+        std::memcpy(xo + i * dim, x + out_pos[i] * dim, dim * sizeof(float));
+        std::memcpy(a + i * dim, h + out_pos[i] * dim, dim * sizeof(float));
       }
-      xs = xo.data();
-      hs = a.data();
+      xs = xo;
+      hs = a;
       n = num_out;
       query_packed = out_pos;
     }
-    linear(hs, n, dim, layer.q, q.data(), dim);
-    attention_rows(q.data(), dim, n, d, a.data(), dim, max_row,
+    linear(hs, n, dim, layer.q, q, dim);
+    attention_rows(q, dim, n, d, a, dim, max_row,
                    [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
                        int64_t& vs, int64_t& count) {
                      const int64_t r = row_of[query_packed ? query_packed[row] : row];
-                     keys = kv.data() + offsets[r] * 2 * dim + head * d.head_dim;
+                     keys = kv + offsets[r] * 2 * dim + head * d.head_dim;
                      values = keys + dim;
                      ks = vs = 2 * dim;
                      count = offsets[r + 1] - offsets[r];
                    });
-    linear(a.data(), n, dim, layer.out, xs, dim, /*accumulate=*/true);
-    cross_and_ffn(xs, n, layer, d, memories[l], last ? out_rows : row_of, mem_lengths, h.data(), q.data(), a.data(),
-                  f.data());
+    linear(a, n, dim, layer.out, xs, dim, /*accumulate=*/true);
+    cross_and_ffn(xs, n, layer, d, memories[l], last ? out_rows : row_of, mem_lengths, h, q, a,
+                  f);
   }
-  return vocabulary_logits(d, xo.data(), num_out);
+  return vocabulary_logits(d, xo, num_out);
+}
+
+// ------------------------------------------------------------------------------------- encoder
+constexpr int64_t kEncoderGlobalTensors = 4;
+constexpr int64_t kEncoderLayerTensors = 19;
+
+struct EncoderLayerWeights {
+  const float *norm1_w, *norm1_b, *norm2_w, *norm2_b;
+  GemmWeight q, kv, out, fc1, fc2;
+};
+
+// encoder_forward: the whole encoder over the real positions of a padded batch, then the
+// cross-attention keys/values of every decoder layer. Returns [states (B, S, d), keys_0, values_0,
+// keys_1, ...] with keys/values (B, H, S, d/H); padded positions are zeros.
+std::vector<at::Tensor> encoder_forward(at::TensorList weights, int64_t num_encoder_layers, int64_t num_heads,
+                                        double embed_scale, const at::Tensor& src_tokens,
+                                        const at::Tensor& src_lengths) {
+  TORCH_CHECK_VALUE(num_encoder_layers >= 1 &&
+                        static_cast<int64_t>(weights.size()) >
+                            kEncoderGlobalTensors + num_encoder_layers * kEncoderLayerTensors &&
+                        (static_cast<int64_t>(weights.size()) - kEncoderGlobalTensors -
+                         num_encoder_layers * kEncoderLayerTensors) % 3 == 0,
+                    "encoder weights: expected ", kEncoderGlobalTensors, " + ", kEncoderLayerTensors,
+                    " * encoder layers + 3 * decoder layers tensors, got ", weights.size());
+  TORCH_CHECK_VALUE(weights[0].dim() == 2 && weights[1].dim() == 2, "encoder weights: embeddings must be 2-D");
+  DecoderWeights d;  // the shared fields: sizes, embeddings
+  d.vocab = weights[0].size(0);
+  d.dim = weights[0].size(1);
+  d.max_positions = weights[1].size(0);
+  TORCH_CHECK_VALUE(num_heads >= 1 && d.dim % num_heads == 0, "encoder: d_model ", d.dim,
+                    " is not divisible by num_heads ", num_heads);
+  d.heads = num_heads;
+  d.head_dim = d.dim / num_heads;
+  d.embed = float_data(weights[0], d.vocab * d.dim, "token embeddings");
+  d.positions = float_data(weights[1], d.max_positions * d.dim, "source positions");
+  const float* final_w = float_data(weights[2], d.dim, "encoder norm weight");
+  const float* final_b = float_data(weights[3], d.dim, "encoder norm bias");
+  const int64_t dim = d.dim;
+  std::vector<EncoderLayerWeights> layers;
+  for (int64_t l = 0; l < num_encoder_layers; ++l) {
+    const at::Tensor* t = weights.data() + kEncoderGlobalTensors + l * kEncoderLayerTensors;
+    TORCH_CHECK_VALUE(t[14].numel() > 0 || t[15].numel() > 0, "encoder weights: fc1 needs a bias or scale");
+    if (l == 0) d.ffn = std::max(t[14].numel(), t[15].numel());
+    EncoderLayerWeights layer;
+    layer.norm1_w = float_data(t[0], dim, "norm1 weight");
+    layer.norm1_b = float_data(t[1], dim, "norm1 bias");
+    layer.q = make_weight(t[2], t[3], t[4], dim, dim, "self-attention query");
+    layer.kv = make_weight(t[5], t[6], t[7], dim, 2 * dim, "self-attention key/value");
+    layer.out = make_weight(t[8], t[9], t[10], dim, dim, "self-attention output");
+    layer.norm2_w = float_data(t[11], dim, "norm2 weight");
+    layer.norm2_b = float_data(t[12], dim, "norm2 bias");
+    layer.fc1 = make_weight(t[13], t[14], t[15], dim, d.ffn, "fc1");
+    layer.fc2 = make_weight(t[16], t[17], t[18], d.ffn, dim, "fc2");
+    layers.push_back(layer);
+  }
+  std::vector<GemmWeight> cross_kv;
+  for (int64_t i = kEncoderGlobalTensors + num_encoder_layers * kEncoderLayerTensors;
+       i < static_cast<int64_t>(weights.size()); i += 3)
+    cross_kv.push_back(make_weight(weights[i], weights[i + 1], weights[i + 2], dim, 2 * dim, "cross key/value"));
+
+  TORCH_CHECK_VALUE(src_tokens.dim() == 2 && src_tokens.scalar_type() == at::kLong && src_tokens.device().is_cpu(),
+                    "encoder_forward: src_tokens must be int64 (B, S) on the CPU, got ", src_tokens.sizes());
+  const int64_t batch = src_tokens.size(0), width = src_tokens.size(1);
+  TORCH_CHECK_VALUE(width <= d.max_positions, "encoder_forward: ", width, " source positions but the model has ",
+                    d.max_positions);
+  const std::vector<int64_t> lengths = checked_memory_lengths(src_lengths, batch, width);
+  std::vector<int64_t> offsets(batch + 1, 0), row_of;
+  for (int64_t b = 0; b < batch; ++b) offsets[b + 1] = offsets[b] + lengths[b];
+  const int64_t packed = offsets[batch];
+  row_of.resize(packed);
+  const at::Tensor tokens_c = src_tokens.contiguous();
+  const int64_t* ids = tokens_c.data_ptr<int64_t>();
+  thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer;
+  float* x = scratch(x_buffer, packed * dim);
+  float* h = scratch(h_buffer, packed * dim);
+  float* q = scratch(q_buffer, packed * dim);
+  float* a = scratch(a_buffer, packed * dim);
+  float* kv = scratch(kv_buffer, packed * 2 * dim);
+  float* f = scratch(f_buffer, packed * std::max<int64_t>(d.ffn, 1));
+  const float scale = static_cast<float>(embed_scale);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t s = 0; s < lengths[b]; ++s) {
+      row_of[offsets[b] + s] = b;
+      embed(d, ids[b * width + s], s, scale, x + (offsets[b] + s) * dim);
+    }
+  for (const EncoderLayerWeights& layer : layers) {
+    core::layer_norm(x, dim, packed, dim, layer.norm1_w, layer.norm1_b, kLayerNormEps, h, dim);
+    linear(h, packed, dim, layer.kv, kv, 2 * dim);
+    linear(h, packed, dim, layer.q, q, dim);
+    attention_rows(q, dim, packed, d, a, dim, width,
+                   [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
+                       int64_t& vs, int64_t& count) {
+                     const int64_t r = row_of[row];
+                     keys = kv + offsets[r] * 2 * dim + head * d.head_dim;
+                     values = keys + dim;
+                     ks = vs = 2 * dim;
+                     count = lengths[r];
+                   });
+    linear(a, packed, dim, layer.out, x, dim, /*accumulate=*/true);
+    core::layer_norm(x, dim, packed, dim, layer.norm2_w, layer.norm2_b, kLayerNormEps, h, dim);
+    linear(h, packed, dim, layer.fc1, f, d.ffn);
+    gelu_inplace(f, packed * d.ffn);
+    linear(f, packed, d.ffn, layer.fc2, x, dim, /*accumulate=*/true);
+  }
+  core::layer_norm(x, dim, packed, dim, final_w, final_b, kLayerNormEps, x, dim);
+  const auto options = at::TensorOptions().dtype(at::kFloat);
+  std::vector<at::Tensor> outputs;
+  at::Tensor states = at::zeros({batch, width, dim}, options);
+  float* states_data = states.data_ptr<float>();
+  for (int64_t p = 0; p < packed; ++p) {
+    const int64_t b = row_of[p], s = p - offsets[b];
+    std::memcpy(states_data + (b * width + s) * dim, x + p * dim, dim * sizeof(float));
+  }
+  outputs.push_back(states);
+  for (const GemmWeight& weight : cross_kv) {
+    linear(x, packed, dim, weight, kv, 2 * dim);
+    at::Tensor keys = at::zeros({batch, d.heads, width, d.head_dim}, options);
+    at::Tensor values = at::zeros({batch, d.heads, width, d.head_dim}, options);
+    float* kd = keys.data_ptr<float>();
+    float* vd = values.data_ptr<float>();
+    for (int64_t p = 0; p < packed; ++p) {
+      const int64_t b = row_of[p], s = p - offsets[b];
+      for (int64_t head = 0; head < d.heads; ++head) {
+        const int64_t at_pos = ((b * d.heads + head) * width + s) * d.head_dim;
+        std::memcpy(kd + at_pos, kv + p * 2 * dim + head * d.head_dim, d.head_dim * sizeof(float));
+        std::memcpy(vd + at_pos, kv + p * 2 * dim + dim + head * d.head_dim, d.head_dim * sizeof(float));
+      }
+    }
+    outputs.push_back(keys);
+    outputs.push_back(values);
+  }
+  return outputs;
 }
 
 std::string decoder_isa() { return core::isa_name(active_isa()); }
@@ -432,6 +597,10 @@ TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
       "Tensor row_offsets, Tensor[] memory_keys, Tensor[] memory_values, Tensor memory_lengths, "
       "Tensor output_positions) -> Tensor",
       &decoder_nar_pass);
+  m.def(
+      "encoder_forward(Tensor[] weights, int num_encoder_layers, int num_heads, float embed_scale, "
+      "Tensor src_tokens, Tensor src_lengths) -> Tensor[]",
+      &encoder_forward);
   m.def("decoder_isa() -> str", &decoder_isa);
 }
 

@@ -10,16 +10,20 @@ fp32 matmul peak measured in the same run.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import statistics
 from dataclasses import dataclass
 
 import sacrebleu
 import torch
 
+from janus_fast.benchmarks.ctranslate2_compare import INSTALL_HINT, ctranslate2_available, time_ctranslate2
 from janus_fast.benchmarks.ops import synchronizer
 from janus_fast.benchmarks.timing import median_seconds
-from janus_fast.data import corpus_path, read_parallel
+from janus_fast.data import InputError, corpus_path, read_parallel
 from janus_fast.model import JanusConfig
+from janus_fast.native_decoder import cpu_isa
 from janus_fast.translator import Translator
 
 NAR_ITERATIONS = (1, 2, 4, 10)
@@ -34,7 +38,7 @@ class Setting:
     iterations: int = 10
     length_beam: int = 3
     beam: int = 1
-    precision: str = "fp32"  # "fp32" | "int8" (janus_fast.quantize)
+    precision: str = "fp32"  # "fp32" | "bf16" | "int8" (Translator precision)
 
     @property
     def translator_key(self) -> str:
@@ -53,8 +57,9 @@ class Setting:
 def settings() -> list[Setting]:
     rows = [Setting(decoder, "nar", iterations=t) for decoder in ("reference", "engine") for t in NAR_ITERATIONS]
     rows += [Setting(decoder, "ar", beam=beam) for decoder in ("reference", "engine") for beam in (1, 4)]
-    rows += [Setting("engine", "nar", iterations=t, precision="int8") for t in NAR_ITERATIONS]
-    rows += [Setting("engine", "ar", beam=1, precision="int8")]
+    for precision in ("bf16", "int8"):
+        rows += [Setting("engine", "nar", iterations=t, precision=precision) for t in NAR_ITERATIONS]
+        rows += [Setting("engine", "ar", beam=1, precision=precision)]
     return rows
 
 
@@ -113,10 +118,18 @@ def run_bench(
     max_batch_tokens: int = 4096,
     repeats: int = 1,
     device: str = "cpu",
+    compare: tuple[str, ...] = (),
 ) -> dict:
     """Measure every setting on the test set; returns {"rows": [...], "ratios": {...}, ...}.
 
-    On a CUDA ``device`` the int8 rows (a CPU feature) are left out and timings synchronize."""
+    On a CUDA ``device`` the bf16/int8 rows (CPU features) are left out and timings synchronize.
+    ``compare=("ctranslate2",)`` adds CTranslate2's AR greedy on a same-shape model, timed in its
+    own process with the engine's AR greedy output lengths (``ctranslate2_compare``)."""
+    for tool in compare:
+        if tool != "ctranslate2":
+            raise ValueError(f"unknown tool to compare with: {tool!r} (known: ctranslate2)")
+        if not ctranslate2_available():
+            raise InputError(INSTALL_HINT)
     sources, references = read_parallel(
         corpus_path(data_dir, "test_2016_flickr", source_lang),
         corpus_path(data_dir, "test_2016_flickr", target_lang),
@@ -127,14 +140,19 @@ def run_bench(
         for decoder in ("reference", "engine")
     }
     if device == "cpu":
-        translators["engine int8"] = Translator(
-            translators["engine"].model, translators["engine"].tokenizer, max_batch_tokens, precision="int8"
-        )
+        for precision in ("bf16", "int8"):
+            try:
+                translators[f"engine {precision}"] = Translator(
+                    translators["engine"].model, translators["engine"].tokenizer, max_batch_tokens, precision=precision
+                )
+            except ValueError:  # bf16 without the native decoder
+                pass
     config = translators["engine"].model.config
     tokenizer = translators["engine"].tokenizer
     source_length = statistics.mean(len(tokenizer.encode(s)) for s in sources)
     peak = matmul_peak_gflops(device=device)
     rows = []
+    greedy_outputs: list[str] = []
     for setting in settings():
         if setting.translator_key not in translators:
             continue
@@ -143,6 +161,8 @@ def run_bench(
             translator, setting, sources, sources[:batch1_sentences], repeats
         )
         batch1 = sources[:batch1_sentences]
+        if setting == Setting("engine", "ar", beam=1):
+            greedy_outputs = hypotheses
         target_length = statistics.mean(len(tokenizer.encode(h)) + 2 for h in hypotheses)
         flops = flops_per_sentence(config, setting, source_length, target_length)
         batch_rate = len(sources) / batch_seconds
@@ -160,6 +180,15 @@ def run_bench(
                 "gflop_per_sentence": flops / 1e9,
                 "achieved_gflops": flops * batch_rate / 1e9,
             }
+        )
+    if "ctranslate2" in compare:
+        rows += ctranslate2_rows(
+            config,
+            [len(tokenizer.encode(s)) for s in sources],
+            [len(tokenizer.encode(h)) + 1 for h in greedy_outputs],  # + eos, as CTranslate2 counts
+            batch1_sentences,
+            max_batch_tokens,
+            repeats,
         )
     by_name = {row["setting"]: row for row in rows}
 
@@ -179,15 +208,18 @@ def run_bench(
             ratios[f"engine NAR vs reference NAR T={t}, {label}"] = ratio(
                 f"engine NAR T={t} lb=3", f"reference NAR T={t} lb=3", key
             )
-        ratios[f"engine int8 vs engine fp32 NAR T=4, {label}"] = ratio(
-            "engine int8 NAR T=4 lb=3", "engine NAR T=4 lb=3", key
-        )
-        ratios[f"engine int8 vs engine fp32 AR greedy, {label}"] = ratio(
-            "engine int8 AR greedy", "engine AR greedy", key
-        )
-        ratios[f"engine int8 NAR T=4 vs engine int8 AR greedy, {label}"] = ratio(
-            "engine int8 NAR T=4 lb=3", "engine int8 AR greedy", key
-        )
+        for precision in ("bf16", "int8"):
+            ratios[f"engine {precision} vs engine fp32 NAR T=4, {label}"] = ratio(
+                f"engine {precision} NAR T=4 lb=3", "engine NAR T=4 lb=3", key
+            )
+            ratios[f"engine {precision} vs engine fp32 AR greedy, {label}"] = ratio(
+                f"engine {precision} AR greedy", "engine AR greedy", key
+            )
+        for ct2 in ("float32", "int8"):
+            theirs = f"CTranslate2 AR greedy {ct2}"
+            for ours in ("engine AR greedy", "engine NAR T=4 lb=3", "engine bf16 AR greedy", "engine bf16 NAR T=4 lb=3",
+                         "engine int8 AR greedy", "engine int8 NAR T=4 lb=3"):  # fmt: skip
+                ratios[f"{ours} vs {theirs}, {label}"] = ratio(ours, theirs, key)
     return {
         "rows": rows,
         "ratios": {name: value for name, value in ratios.items() if value is not None},
@@ -197,7 +229,62 @@ def run_bench(
         "batch1_sentences": min(batch1_sentences, len(sources)),
         "max_batch_tokens": max_batch_tokens,
         "threads": torch.get_num_threads(),
+        "cpu": cpu_description(),
+        "native_isa": cpu_isa(),
     }
+
+
+def ctranslate2_rows(
+    config: JanusConfig,
+    source_lengths: list[int],
+    output_lengths: list[int],
+    batch1_sentences: int,
+    max_batch_tokens: int,
+    repeats: int,
+) -> list[dict]:
+    """CTranslate2 AR greedy (float32 and int8) on a same-shape random model, as table rows."""
+    timings = time_ctranslate2(
+        config, source_lengths, output_lengths, batch1_sentences, max_batch_tokens, torch.get_num_threads(), repeats
+    )
+    batch1 = min(batch1_sentences, len(source_lengths))
+    rows = []
+    for compute_type, timing in timings.items():
+        rows.append(
+            {
+                "setting": f"CTranslate2 AR greedy {compute_type}",
+                "mode": "ar",
+                "iterations": None,
+                "length_beam": None,
+                "beam": 1,
+                "decoder": "ctranslate2",
+                "precision": compute_type,
+                "batch1_ms_per_sentence": 1e3 * timing["batch1_seconds"] / batch1,
+                "batch1_sentences_per_second": batch1 / timing["batch1_seconds"],
+                "batch_ms_per_sentence": 1e3 * timing["batch_seconds"] / len(source_lengths),
+                "batch_sentences_per_second": len(source_lengths) / timing["batch_seconds"],
+                "bleu": None,  # random weights: only the time means something
+                "gflop_per_sentence": None,
+                "achieved_gflops": None,
+            }
+        )
+    return rows
+
+
+def cpu_description() -> str:
+    """The CPU model name and whether it reports AVX-512 BF16 / VNNI (Linux), for every figure."""
+    name, flags = platform.processor() or "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name") and name in ("unknown CPU", "x86_64", ""):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    reported = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if flag in flags]
+    return f"{name} ({', '.join(reported) or 'no AVX2'}), {os.cpu_count()} cores"
 
 
 def format_report(report: dict) -> str:
@@ -206,17 +293,23 @@ def format_report(report: dict) -> str:
         f"{report['sentences']} test sentences (batch 1: the first {report['batch1_sentences']}), "
         f"large batch = {report['max_batch_tokens']} tokens, {report['threads']} threads, "
         f"fp32 matmul peak measured: {report['matmul_peak_gflops']:.0f} GFLOP/s",
+        f"CPU: {report.get('cpu', 'unknown')}; native matrix products: {report.get('native_isa', 'none')}",
         "",
         "| setting | batch 1 ms/sent | batch 1 sent/s | large batch ms/sent | large batch sent/s | BLEU "
         "| GFLOP/sent | achieved GFLOP/s | of peak |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
+        if row["bleu"] is None:  # another tool on random weights: time only
+            quality = "n/a | n/a | n/a | n/a"
+        else:
+            quality = (
+                f"{row['bleu']:.2f} | {row['gflop_per_sentence']:.3f} | {row['achieved_gflops']:.1f} "
+                f"| {100 * row['achieved_gflops'] / report['matmul_peak_gflops']:.0f}%"
+            )
         lines.append(
             f"| {row['setting']} | {row['batch1_ms_per_sentence']:.1f} | {row['batch1_sentences_per_second']:.1f} "
-            f"| {row['batch_ms_per_sentence']:.2f} | {row['batch_sentences_per_second']:.1f} | {row['bleu']:.2f} "
-            f"| {row['gflop_per_sentence']:.3f} | {row['achieved_gflops']:.1f} "
-            f"| {100 * row['achieved_gflops'] / report['matmul_peak_gflops']:.0f}% |"
+            f"| {row['batch_ms_per_sentence']:.2f} | {row['batch_sentences_per_second']:.1f} | {quality} |"
         )
     lines += ["", "| speed-up (time ratio) | x |", "|---|---:|"]
     lines += [f"| {name} | {value:.2f} |" for name, value in report["ratios"].items()]
@@ -236,11 +329,16 @@ def write_plot(report: dict, path: str) -> bool:
     styles = {
         "reference": ("tab:gray", "reference"),
         "engine": ("tab:blue", "engine"),
+        "bf16": ("tab:green", "engine bf16"),
         "int8": ("tab:orange", "engine int8"),
     }
     seen = set()
     for row in report["rows"]:
-        key = "int8" if row.get("precision") == "int8" else row["decoder"]
+        if row["decoder"] == "ctranslate2":  # no BLEU (random weights): its time as a vertical line
+            style = "--" if "int8" in row["setting"] else ":"
+            axis.axvline(row["batch_ms_per_sentence"], color="tab:red", linestyle=style, label=row["setting"])
+            continue
+        key = row.get("precision") if row.get("precision") in ("bf16", "int8") else row["decoder"]
         color, label = styles[key]
         marker = "o" if row["mode"] == "nar" else "s"
         legend = f"{label} {row['mode'].upper()}"

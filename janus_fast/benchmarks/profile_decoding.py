@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--length-beam", type=int, default=3)
     parser.add_argument("--beam", type=int, default=1)
     parser.add_argument("--decoder", choices=("engine", "reference"), default="engine")
-    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32")
     parser.add_argument("--sentences", type=int, default=30)
     args = parser.parse_args()
 
