@@ -105,3 +105,23 @@ def test_cache_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert native.cache_root() == tmp_path / "janus_fast"
     monkeypatch.setenv("JANUS_FAST_CACHE_DIR", os.path.join(str(tmp_path), "elsewhere"))
     assert native.cache_root() == tmp_path / "elsewhere"
+
+
+def test_device_without_native_kernel_uses_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device with no kernel in janus_fast._C (e.g. CUDA when it was compiled without nvcc): the
+    reference runs, with a warning, instead of a dispatcher error."""
+    import janus_fast.ops as ops
+
+    monkeypatch.setattr(ops, "HAS_NATIVE_OPS", True)
+    monkeypatch.delenv("JANUS_FAST_FORCE_REFERENCE", raising=False)
+    monkeypatch.setattr(ops, "_native_kernels", {"cpu": False})
+    calls = []
+    monkeypatch.setattr(ops, "mask_predict_step_reference", lambda *args: calls.append(args) or "reference")
+    tokens = torch.full((1, 5), 3, dtype=torch.int64)
+    assert ops.mask_predict_step(torch.randn(1, 5, 7), tokens, torch.zeros(1, 5), torch.tensor([5]), 0, 2, 3) == (
+        "reference"
+    )
+    assert len(calls) == 1
+    monkeypatch.setattr(ops, "_native_kernels", {})
+    with pytest.warns(RuntimeWarning, match="has no xla kernel"):
+        assert not ops._has_native_kernel("xla")

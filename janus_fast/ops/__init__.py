@@ -48,6 +48,30 @@ def _load_native() -> tuple[bool, str | None]:
 
 HAS_NATIVE_OPS, NATIVE_IMPORT_ERROR = _load_native()
 _warned_missing = False
+_native_kernels: dict[str, bool] = {}
+
+
+def _has_native_kernel(device_type: str) -> bool:
+    """Whether janus_fast._C has a kernel for this device type; warns once per device type where not,
+    e.g. a CUDA torch whose janus_fast._C was compiled without nvcc (CPU kernels only)."""
+    if device_type not in _native_kernels:
+        try:
+            key = torch._C._dispatch_key_for_device(device_type)
+            found = torch._C._dispatch_has_kernel_for_dispatch_key("janus_fast::mask_predict_step", key)
+        except RuntimeError:
+            found = False
+        _native_kernels[device_type] = found
+        if not found:
+            warnings.warn(
+                f"janus_fast._C has no {device_type} kernel of mask_predict_step (for CUDA: it was compiled "
+                "without nvcc); the slower PyTorch reference is used on that device. Make nvcc available "
+                "(CUDA_HOME) and rebuild: `python -m janus_fast.native` for the first-use build, "
+                "`pip install --no-build-isolation --force-reinstall --no-deps <checkout>` for an install-time one.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _native_kernels[device_type]
+
 
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -169,10 +193,11 @@ def mask_predict_step(
     logits = logits.contiguous()
     lengths = lengths.contiguous()
     if uses_native_ops():
-        return torch.ops.janus_fast.mask_predict_step(
-            logits, tokens, scores, lengths, iteration, num_iterations, mask_id
-        )
-    if not HAS_NATIVE_OPS and not _warned_missing:
+        if _has_native_kernel(logits.device.type):
+            return torch.ops.janus_fast.mask_predict_step(
+                logits, tokens, scores, lengths, iteration, num_iterations, mask_id
+            )
+    elif not HAS_NATIVE_OPS and not _warned_missing:
         _warned_missing = True
         warnings.warn(
             "janus_fast native extension (janus_fast._C) is not available "
