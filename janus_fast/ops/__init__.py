@@ -1,13 +1,17 @@
 """Native ops of janus_fast behind typed Python entry points.
 
 ``mask_predict_step`` runs the C++ / CUDA kernel ``torch.ops.janus_fast.mask_predict_step`` from
-the extension ``janus_fast._C`` when it is built, else the pure-PyTorch reference
-(``mask_predict_step_reference``, the spec both are tested against) with one warning.
-Set ``JANUS_FAST_FORCE_REFERENCE=1`` to always use the reference.
+the extension ``janus_fast._C`` when it is available, else the pure-PyTorch reference
+(``mask_predict_step_reference``, the spec both are tested against) with one warning that says why
+and what to run. ``janus_fast._C`` is the module compiled at install time when there is one, else it
+is compiled against the installed torch when this module is first imported (once, cached; see
+``janus_fast.native``). Set ``JANUS_FAST_FORCE_REFERENCE=1`` to always use the reference.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 import warnings
 
@@ -27,14 +31,47 @@ __all__ = [
 
 def _load_native() -> tuple[bool, str | None]:
     try:
-        import janus_fast._C  # noqa: F401  (registers torch.ops.janus_fast.*)
+        import janus_fast._C  # noqa: F401  (registers torch.ops.janus_fast.*; may build it first)
     except ImportError as error:
-        return False, str(error)
+        message = str(error)
+        spec = importlib.util.find_spec("janus_fast._C")
+        if spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
+            # the module compiled at install time does not load, e.g. it was built against another torch
+            message += (
+                f" ({spec.origin}, compiled at install time, does not load with torch {torch.__version__}: "
+                "reinstall janus_fast from its source checkout, `pip install --force-reinstall --no-deps "
+                "<checkout>`, or delete that file to have it built on first use)"
+            )
+        return False, message
     return hasattr(torch.ops.janus_fast, "mask_predict_step"), None
 
 
 HAS_NATIVE_OPS, NATIVE_IMPORT_ERROR = _load_native()
 _warned_missing = False
+_native_kernels: dict[str, bool] = {}
+
+
+def _has_native_kernel(device_type: str) -> bool:
+    """Whether janus_fast._C has a kernel for this device type; warns once per device type where not,
+    e.g. a CUDA torch whose janus_fast._C was compiled without nvcc (CPU kernels only)."""
+    if device_type not in _native_kernels:
+        try:
+            key = torch._C._dispatch_key_for_device(device_type)
+            found = torch._C._dispatch_has_kernel_for_dispatch_key("janus_fast::mask_predict_step", key)
+        except RuntimeError:
+            found = False
+        _native_kernels[device_type] = found
+        if not found:
+            warnings.warn(
+                f"janus_fast._C has no {device_type} kernel of mask_predict_step (for CUDA: it was compiled "
+                "without nvcc); the slower PyTorch reference is used on that device. Make nvcc available "
+                "(CUDA_HOME) and rebuild: `python -m janus_fast.native` for the first-use build, "
+                "`pip install --no-build-isolation --force-reinstall --no-deps <checkout>` for an install-time one.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _native_kernels[device_type]
+
 
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -156,15 +193,16 @@ def mask_predict_step(
     logits = logits.contiguous()
     lengths = lengths.contiguous()
     if uses_native_ops():
-        return torch.ops.janus_fast.mask_predict_step(
-            logits, tokens, scores, lengths, iteration, num_iterations, mask_id
-        )
-    if not HAS_NATIVE_OPS and not _warned_missing:
+        if _has_native_kernel(logits.device.type):
+            return torch.ops.janus_fast.mask_predict_step(
+                logits, tokens, scores, lengths, iteration, num_iterations, mask_id
+            )
+    elif not HAS_NATIVE_OPS and not _warned_missing:
         _warned_missing = True
         warnings.warn(
             "janus_fast native extension (janus_fast._C) is not available "
             f"({NATIVE_IMPORT_ERROR}); mask_predict_step uses the slower PyTorch reference. "
-            "Build it with `pip install --no-build-isolation -e .`.",
+            "`python -m janus_fast.native` builds it (or says why it cannot).",
             RuntimeWarning,
             stacklevel=2,
         )

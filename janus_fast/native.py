@@ -1,0 +1,339 @@
+"""Build and load the native op library ``janus_fast._C`` against the torch that is installed.
+
+There are two ways the library gets built, from the same sources, flags and source globs (below):
+
+* at install time, when ``setup.py`` can import torch (``pip install --no-build-isolation``, as
+  ``scripts/setup_env.sh`` does): the compiled module ``janus_fast/_C.<abi>.so`` is installed and
+  ``import janus_fast._C`` loads it;
+* on first use otherwise. A plain ``pip install .`` builds in pip's isolated environment, which has
+  no torch, so it installs the C++ sources with the package (``janus_fast/_csrc``) and no compiled
+  module; ``import janus_fast._C`` then runs ``janus_fast/_C.py``, which calls
+  :func:`build_and_load`: the sources are compiled once with ninja against the installed torch into
+  a per-user cache directory keyed by the torch version and a hash of the sources and flags
+  (``$JANUS_FAST_CACHE_DIR``, else ``$XDG_CACHE_HOME/janus_fast``, else ``~/.cache/janus_fast``),
+  under a file lock so that concurrent processes build it once, and the library is loaded, which
+  registers ``torch.ops.janus_fast.*``. Later processes load the cached library (no compiler needed).
+
+When the build cannot be done (no C++ compiler, no ninja, a compile error) the import raises an
+``ImportError`` that says what to run; ``janus_fast.ops`` then uses the PyTorch reference ops and
+warns with that message. A failed compile is remembered (the log stays in the cache directory) so
+that later imports do not repeat it; ``python -m janus_fast.native`` retries it.
+
+``python -m janus_fast.native`` builds the library now if needed and says which one is used.
+
+This module imports only the standard library at import time: ``setup.py`` loads it by path, before
+torch may be importable, for the source list and the flags.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import platform
+import shutil
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# The sources of janus_fast._C, relative to csrc/. Globbed: every .cpp file in csrc/ and csrc/cpu/
+# is part of the library, and the CUDA files in csrc/cuda/ when CUDA is built.
+CPU_SOURCE_GLOBS = ("*.cpp", "cpu/*.cpp")
+CUDA_SOURCE_GLOBS = ("cuda/*.cu",)
+CXX_FLAGS = ("-O3", "-std=c++20", "-fopenmp")
+NVCC_FLAGS = ("-O3", "-std=c++20", "--use_fast_math")
+LINK_FLAGS = ("-fopenmp",)
+CUDA_MACRO = "WITH_CUDA"
+# The files installed with the package for the first-use build (package_data of janus_fast._csrc,
+# relative to csrc/; csrc/tests/ is left out) and hashed into the cache key.
+PACKAGED_SOURCE_PATTERNS = ("*.cpp", "*.h", "*.hpp", "*.cuh", "*/*.cpp", "*/*.h", "*/*.hpp", "*/*.cu", "*/*.cuh")
+EXCLUDED_SOURCE_DIRS = ("tests",)
+
+LIBRARY_NAME = "janus_fast_C"
+_CACHE_FORMAT = "1"  # bump when the layout of the cache directory changes
+
+
+class NativeBuildError(ImportError):
+    """The native library could not be built or loaded; the message says what to run."""
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _glob(csrc: str | os.PathLike, patterns: tuple[str, ...]) -> list[str]:
+    return sorted(path for pattern in patterns for path in glob.glob(os.path.join(os.fspath(csrc), pattern)))
+
+
+def cuda_sources(csrc: str | os.PathLike) -> list[str]:
+    """The CUDA source files under ``csrc`` (paths joined onto ``csrc`` as given)."""
+    return _glob(csrc, CUDA_SOURCE_GLOBS)
+
+
+def extension_sources(csrc: str | os.PathLike, with_cuda: bool) -> list[str]:
+    """The source files of the library under ``csrc`` (paths joined onto ``csrc`` as given): the C++
+    ones, then the CUDA ones when ``with_cuda``."""
+    return _glob(csrc, CPU_SOURCE_GLOBS) + (cuda_sources(csrc) if with_cuda else [])
+
+
+def want_cuda(torch, has_cuda_sources: bool) -> bool:  # noqa: ANN001  (torch is passed in: no import here)
+    """Whether to compile the CUDA sources: ``FORCE_ONLY_CPU=1`` never, ``FORCE_CUDA=1`` always (with
+    a CUDA build of torch), else when a GPU is visible and a CUDA toolkit is found."""
+    if env_flag("FORCE_ONLY_CPU") or not has_cuda_sources or torch.version.cuda is None:
+        return False
+    if env_flag("FORCE_CUDA"):
+        return True
+    if not torch.cuda.is_available():
+        return False
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return CUDA_HOME is not None
+
+
+def source_dir() -> Path | None:
+    """The C++ sources: installed with the package, else those of the source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_csrc", here.parent / "csrc"):
+        if (candidate / "mask_predict.cpp").is_file():
+            return candidate
+    return None
+
+
+def cache_root() -> Path:
+    if os.environ.get("JANUS_FAST_CACHE_DIR"):
+        return Path(os.environ["JANUS_FAST_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "janus_fast"
+
+
+def _source_files(csrc: Path) -> list[Path]:
+    files = {path for pattern in PACKAGED_SOURCE_PATTERNS for path in csrc.glob(pattern) if path.is_file()}
+    return sorted(path for path in files if path.relative_to(csrc).parts[0] not in EXCLUDED_SOURCE_DIRS)
+
+
+def _cuda_architectures(torch) -> str:  # noqa: ANN001
+    """What decides the GPU code compiled: TORCH_CUDA_ARCH_LIST, else the visible GPUs."""
+    capabilities = sorted(
+        {torch.cuda.get_device_capability(index) for index in range(torch.cuda.device_count())}
+        if torch.cuda.is_available()
+        else set()
+    )
+    return f"{os.environ.get('TORCH_CUDA_ARCH_LIST', '')}|{capabilities}"
+
+
+def build_key(torch, csrc: Path, with_cuda: bool) -> str:  # noqa: ANN001
+    """Name of the cache directory: torch version, Python, device kind and a hash of everything that
+    goes into the build (sources and headers, flags, torch and compiler identity)."""
+    digest = hashlib.sha256()
+    for part in (
+        _CACHE_FORMAT,
+        torch.__version__,
+        str(getattr(torch.version, "git_version", "")),
+        str(torch.version.cuda),
+        sys.implementation.cache_tag,
+        platform.machine(),
+        str(with_cuda),
+        os.environ.get("CXX", "c++"),
+        " ".join(CXX_FLAGS + NVCC_FLAGS + LINK_FLAGS),
+        _cuda_architectures(torch) if with_cuda else "",
+    ):
+        digest.update(part.encode() + b"\0")
+    for path in _source_files(csrc):
+        digest.update(path.relative_to(csrc).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    device = f"cuda{torch.version.cuda}" if with_cuda else "cpu"
+    return f"torch{torch.__version__}-{sys.implementation.cache_tag}-{device}-{digest.hexdigest()[:16]}"
+
+
+def _say(message: str) -> None:
+    print(f"janus_fast: {message}", file=sys.stderr, flush=True)
+
+
+def _retry_command() -> str:
+    return f"{sys.executable} -m janus_fast.native"
+
+
+@contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """torch runs ``ninja`` from PATH; the ninja installed with the package (pip's ``ninja``) is not
+    on PATH when the environment is not activated, so add its directory for the build."""
+    old_path = os.environ.get("PATH", "")
+    directories = [sysconfig.get_path("scripts"), os.path.dirname(sys.executable)]
+    try:
+        import ninja
+
+        directories.insert(0, ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        pass
+    os.environ["PATH"] = os.pathsep.join([*directories, old_path])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old_path
+
+
+def _check_toolchain(with_cuda: bool) -> None:
+    """Missing tools: a clear error now rather than a compiler traceback (not remembered as a failure)."""
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise NativeBuildError(
+            f"janus_fast._C is built on first use, and that needs a C++ compiler: {compiler!r} is not on PATH. "
+            "Install one (Debian/Ubuntu: `sudo apt-get install g++`; conda: `conda install -c conda-forge gxx`), "
+            f"then run `{_retry_command()}` (or just use janus_fast again)."
+        )
+    if shutil.which("ninja") is None:
+        raise NativeBuildError(
+            f"janus_fast._C is built on first use, and that needs ninja: run `{sys.executable} -m pip install ninja`, "
+            f"then `{_retry_command()}`."
+        )
+    if with_cuda:
+        from torch.utils.cpp_extension import CUDA_HOME
+
+        if CUDA_HOME is None or shutil.which(os.path.join(CUDA_HOME, "bin", "nvcc")) is None:
+            raise NativeBuildError(
+                "janus_fast._C: building the CUDA op needs nvcc (set CUDA_HOME to a CUDA toolkit), or set "
+                f"FORCE_ONLY_CPU=1 for the CPU op only; then run `{_retry_command()}`."
+            )
+
+
+@contextmanager
+def _locked(lock_path: Path, what: str) -> Iterator[None]:
+    """An exclusive lock across processes (flock through filelock: released if the holder dies)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        _say(f"waiting for another process that is {what} (lock {lock_path})")
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _compile(torch, csrc: Path, build_dir: Path, with_cuda: bool) -> None:  # noqa: ANN001
+    from torch.utils import cpp_extension
+
+    # torch's own lock file in the build directory, left behind by a killed build, would make torch
+    # wait forever; our lock is held, so no other build of this directory runs.
+    (build_dir / "lock").unlink(missing_ok=True)
+    cpp_extension.load(
+        name=LIBRARY_NAME,
+        sources=extension_sources(csrc, with_cuda),
+        extra_cflags=[*CXX_FLAGS, "-DNDEBUG"] + ([f"-D{CUDA_MACRO}"] if with_cuda else []),
+        extra_cuda_cflags=[*NVCC_FLAGS, "-DNDEBUG", f"-D{CUDA_MACRO}"] if with_cuda else None,
+        extra_ldflags=list(LINK_FLAGS),
+        extra_include_paths=[str(csrc)],
+        build_directory=str(build_dir),
+        with_cuda=with_cuda,
+        is_python_module=False,  # loads the library with torch.ops.load_library
+        verbose=False,
+    )
+
+
+def build_and_load(retry_failed: bool = False) -> Path:
+    """Build the library if the cache has none for this torch and these sources, then load it.
+
+    Returns the path of the loaded library. Raises :class:`NativeBuildError` (an ``ImportError``)
+    with what to run when it cannot be built; a remembered compile failure is raised again without
+    compiling unless ``retry_failed``.
+    """
+    if env_flag("JANUS_FAST_NO_EXTENSION"):
+        raise NativeBuildError(
+            "janus_fast._C is not built: JANUS_FAST_NO_EXTENSION=1 turns off its first-use build "
+            f"(unset it and run `{_retry_command()}` to build it)"
+        )
+    import torch
+
+    csrc = source_dir()
+    if csrc is None:
+        raise NativeBuildError(
+            f"janus_fast._C: its C++ sources are not installed next to {Path(__file__).parent}; reinstall "
+            "the package from its source checkout: `pip install --force-reinstall --no-deps <checkout>`"
+        )
+    with_cuda = want_cuda(torch, bool(cuda_sources(csrc)))
+    build_dir = cache_root() / build_key(torch, csrc, with_cuda)
+    library = build_dir / f"{LIBRARY_NAME}.so"
+    built = build_dir / "built"
+    if not built.is_file():
+        try:
+            build_dir.mkdir(parents=True, exist_ok=True)
+            with _locked(build_dir.with_name(build_dir.name + ".lock"), "building janus_fast._C"):
+                if not built.is_file():
+                    _build(torch, csrc, build_dir, with_cuda, retry_failed)
+        except OSError as error:
+            raise NativeBuildError(
+                f"janus_fast._C: cannot build it in {build_dir} ({error}); set JANUS_FAST_CACHE_DIR to a writable "
+                f"directory and run `{_retry_command()}`"
+            ) from error
+    if os.path.realpath(library) not in torch.ops.loaded_libraries:
+        try:
+            torch.ops.load_library(str(library))
+        except OSError as error:
+            raise NativeBuildError(
+                f"janus_fast._C: the cached library {library} does not load ({error}); delete {build_dir} "
+                f"and run `{_retry_command()}`"
+            ) from error
+    return library
+
+
+def _build(torch, csrc: Path, build_dir: Path, with_cuda: bool, retry_failed: bool) -> None:  # noqa: ANN001
+    failed_log = build_dir / "build-failed.log"
+    if failed_log.is_file() and not retry_failed:
+        raise NativeBuildError(
+            f"janus_fast._C: its first-use build failed earlier (log: {failed_log}); after fixing the cause, "
+            f"run `{_retry_command()}` to build it again"
+        )
+    with _ninja_on_path():
+        _check_toolchain(with_cuda)
+        kind = "CPU + CUDA" if with_cuda else "CPU"
+        _say(
+            f"compiling the native op janus_fast._C ({kind}) against torch {torch.__version__}: once, "
+            f"about a minute; cached in {build_dir}"
+        )
+        started = time.perf_counter()
+        try:
+            _compile(torch, csrc, build_dir, with_cuda)
+        except Exception as error:  # a compile or link error: remember it, say where the log is
+            failed_log.write_text(f"{type(error).__name__}: {error}\n")
+            tail = "\n".join(str(error).strip().splitlines()[-15:])
+            raise NativeBuildError(
+                f"janus_fast._C: compiling the native op failed (log: {failed_log}):\n{tail}\n"
+                f"After fixing the cause, run `{_retry_command()}` to build it again."
+            ) from error
+    seconds = time.perf_counter() - started
+    failed_log.unlink(missing_ok=True)
+    (build_dir / "built").write_text(f"torch {torch.__version__}, {kind}, built in {seconds:.1f} s\n")
+    _say(f"janus_fast._C built in {seconds:.0f} s")
+
+
+def main() -> int:
+    """Build janus_fast._C now if needed (retrying a remembered failure) and say which library is used."""
+    import importlib.machinery
+    import importlib.util
+
+    spec = importlib.util.find_spec("janus_fast._C")
+    compiled = spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
+    try:
+        if compiled:
+            import janus_fast._C  # noqa: F401
+
+            where = f"{spec.origin} (built at install time)"
+        else:
+            where = f"{build_and_load(retry_failed=True)} (built on first use)"
+    except ImportError as error:
+        print(error, file=sys.stderr)
+        return 1
+    import torch
+
+    print(f"janus_fast._C: {where}; torch {torch.__version__}; op janus_fast::mask_predict_step registered")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
