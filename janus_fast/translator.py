@@ -20,6 +20,20 @@ from janus_fast.tokenizer import Tokenizer
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "multi30k-de-en")
 
 
+# With precision "int8", batches whose decoder passes have at least this many positions (NAR:
+# length beam x source tokens, about the target positions; AR: 2 streams x beam x sentences) run
+# PyTorch's dynamic int8 layers (int8 products, VNNI where the CPU has it: faster when the products
+# dominate); smaller ones the native passes with int8 weights (faster when streaming the weights
+# dominates). Measured on CPU B (README, "CPU decoding"): native wins at 45 positions (NAR, one
+# sentence) and 32 (AR, 16 sentences), dynamic at 180 (NAR, 4 sentences), a tie at 64 (AR).
+INT8_COMPUTE_MIN_POSITIONS = 64
+
+
+def decoder_positions(mode: str, src_lengths: torch.Tensor, length_beam: int, beam: int) -> int:
+    """Rows of one decoder pass for a batch: NAR length_beam x source tokens; AR 2 x beam x sentences."""
+    return length_beam * int(src_lengths.sum()) if mode == "nar" else 2 * beam * len(src_lengths)
+
+
 class Translator:
     """Translate sentences with a JANUS model, non-autoregressively (default) or autoregressively.
 
@@ -32,7 +46,8 @@ class Translator:
         precision: "fp32" (default; engine == reference token for token), "bf16" or "int8": on the
             CPU with the native decoder (``janus_fast.native_decoder``) the weights of the native
             passes are stored (and, where the CPU has AVX-512 BF16, bf16 multiplied) in that
-            type; without it (or with the reference decoder) "int8" runs PyTorch's dynamic int8
+            type; "int8" batches of ``INT8_COMPUTE_MIN_POSITIONS`` or more decoder positions, and int8
+            without the native decoder (or with the reference decoder), run PyTorch's dynamic int8
             linear layers (``janus_fast.quantize``). Outputs may differ slightly from fp32.
     """
 
@@ -58,12 +73,15 @@ class Translator:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.decoder_weights = "fp32"
+        self.int8_model: JanusModel | None = None  # PyTorch dynamic int8 copy, for large batches
         if precision != "fp32":
             if next(model.parameters()).device.type != "cpu":
                 raise ValueError(f"precision {precision!r} runs on the CPU only")
             reason = unsupported_reason(model.eval())
             if decoder == "engine" and reason is None:
                 self.decoder_weights = precision
+                if precision == "int8":
+                    self.int8_model = quantize_int8(model)
             elif precision == "int8":
                 model = quantize_int8(model)
             else:
@@ -139,8 +157,12 @@ class Translator:
         batches = length_sorted_batches(encoded, max_batch_tokens or self.max_batch_tokens, batch_size)
         for indices in batches:
             src, src_lengths = pad_sequences([encoded[i] for i in indices], self.model.config.pad_id)
+            model, decoder_weights = self.model, self.decoder_weights
+            positions = decoder_positions(mode, src_lengths, length_beam, beam)
+            if self.int8_model is not None and positions >= INT8_COMPUTE_MIN_POSITIONS:
+                model, decoder_weights = self.int8_model, "fp32"  # int8 compute (VNNI) beats int8 storage
             hypotheses = generate(
-                self.model,
+                model,
                 src.to(self.device),
                 src_lengths.to(self.device),
                 mode=mode,
@@ -149,7 +171,7 @@ class Translator:
                 beam=beam,
                 decoder=self.decoder,
                 return_scores=True,
-                decoder_weights=self.decoder_weights,
+                decoder_weights=decoder_weights,
             )
             for index, ids, score in zip(indices, hypotheses.tokens, hypotheses.scores):
                 outputs[index] = self.tokenizer.decode(ids)

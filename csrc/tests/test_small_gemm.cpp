@@ -1,0 +1,147 @@
+// core/small_gemm.h against a plain triple loop: every ISA this CPU runs, every weight type, row
+// counts around the register blocks, K odd and even, N with and without a partial last panel,
+// column ranges, the residual (accumulate) form. No torch: built and run by ctest.
+#include <cmath>
+#include <cstdio>
+#include <random>
+#include <vector>
+
+#include "core/decoder_math.h"
+#include "core/small_gemm.h"
+
+using namespace janus_fast::core;
+
+namespace {
+
+int failures = 0;
+
+void check(bool ok, const char* what, int rows, int k, int n, const char* isa) {
+  if (!ok) {
+    ++failures;
+    std::printf("FAIL %s rows=%d k=%d n=%d isa=%s\n", what, rows, k, n, isa);
+  }
+}
+
+// Weights stored in the layout of `type` from the dense (k, n) matrix `dense`; returns the
+// values the kernel should see (rounded / quantized).
+std::vector<float> pack(WeightType type, const std::vector<float>& dense, int k, int n, std::vector<float>& f32,
+                        std::vector<uint16_t>& b16, std::vector<int8_t>& i8, std::vector<float>& scale) {
+  const int64_t panels = num_panels(n), pairs = (k + 1) / 2;
+  std::vector<float> seen(dense);
+  if (type == WeightType::kInt8) {
+    scale.assign(n, 0.0f);
+    for (int c = 0; c < n; ++c) {
+      float top = 0.0f;
+      for (int r = 0; r < k; ++r) top = std::max(top, std::fabs(dense[r * n + c]));
+      scale[c] = std::max(top / 127.0f, 1e-12f);
+      for (int r = 0; r < k; ++r) seen[r * n + c] = std::nearbyint(dense[r * n + c] / scale[c]);
+    }
+  }
+  if (type == WeightType::kBFloat16 || type == WeightType::kBFloat16Pairs)
+    for (auto& v : seen) v = from_bfloat16(to_bfloat16(v));
+  f32.assign(panels * k * kPanel, 0.0f);
+  b16.assign(type == WeightType::kBFloat16Pairs ? panels * pairs * kPanel * 2 : panels * k * kPanel, 0);
+  i8.assign(panels * k * kPanel, 0);
+  for (int r = 0; r < k; ++r)
+    for (int c = 0; c < n; ++c) {
+      const int64_t at = ((c / kPanel) * k + r) * kPanel + c % kPanel;
+      f32[at] = seen[r * n + c];
+      i8[at] = static_cast<int8_t>(seen[r * n + c]);
+      if (type == WeightType::kBFloat16Pairs)
+        b16[(((c / kPanel) * pairs + r / 2) * kPanel + c % kPanel) * 2 + (r & 1)] = to_bfloat16(seen[r * n + c]);
+      else
+        b16[at] = to_bfloat16(seen[r * n + c]);
+    }
+  if (type == WeightType::kInt8)
+    for (int r = 0; r < k; ++r)
+      for (int c = 0; c < n; ++c) seen[r * n + c] *= scale[c];
+  return seen;
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const Isa best = detect_isa();
+  const Isa isas[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16};
+  const WeightType types[] = {WeightType::kFloat32, WeightType::kBFloat16, WeightType::kInt8,
+                              WeightType::kBFloat16Pairs};
+  int cases = 0;
+  for (const int k : {1, 7, 64, 130}) {
+    for (const int n : {5, 64, 100, 192}) {
+      std::vector<float> dense(k * n), bias(n);
+      for (auto& v : dense) v = normal(rng);
+      for (auto& v : bias) v = normal(rng);
+      for (const WeightType type : types) {
+        std::vector<float> f32, scale;
+        std::vector<uint16_t> b16;
+        std::vector<int8_t> i8;
+        const std::vector<float> seen = pack(type, dense, k, n, f32, b16, i8, scale);
+        GemmWeight w;
+        w.k = k;
+        w.n = n;
+        w.type = type;
+        w.bias = bias.data();
+        w.data = type == WeightType::kFloat32 ? static_cast<const void*>(f32.data())
+                 : type == WeightType::kInt8  ? static_cast<const void*>(i8.data())
+                                              : static_cast<const void*>(b16.data());
+        if (type == WeightType::kInt8) w.scale = scale.data();
+        for (const int rows : {1, 2, 3, 4, 5, 7, 13}) {
+          std::vector<float> x(rows * k);
+          for (auto& v : x) v = normal(rng);
+          std::vector<float> xs(x);  // what the kernel multiplies: bf16-rounded for the pairs path
+          if (type == WeightType::kBFloat16Pairs)
+            for (auto& v : xs) v = from_bfloat16(to_bfloat16(v));
+          for (const Isa isa : isas) {
+            if (isa > best) continue;
+            for (const bool accumulate : {false, true}) {
+              std::vector<float> y(rows * n, 0.5f);
+              w.accumulate = accumulate;
+              // two column ranges, split at a panel boundary, as the threaded caller does
+              const int64_t split = n > kPanel ? kPanel : n;
+              gemm(isa, rows, x.data(), k, w, y.data(), n, 0, split);
+              gemm(isa, rows, x.data(), k, w, y.data(), n, split, n);
+              bool ok = true;
+              for (int m = 0; m < rows; ++m)
+                for (int c = 0; c < n; ++c) {
+                  double expected = accumulate ? 0.5 : 0.0;
+                  expected += bias[c];
+                  for (int r = 0; r < k; ++r) expected += double(xs[m * k + r]) * seen[r * n + c];
+                  const double got = y[m * n + c];
+                  if (std::fabs(got - expected) > 1e-3 * (1.0 + std::fabs(expected))) ok = false;
+                }
+              check(ok, "gemm", rows, k, n, isa_name(isa));
+              ++cases;
+            }
+          }
+        }
+      }
+    }
+  }
+  // attention of one row against a direct softmax
+  {
+    const int keys = 9, dim = 8;
+    std::vector<float> q(dim), kv(keys * 2 * dim), out(dim), scores(keys);
+    for (auto& v : q) v = normal(rng);
+    for (auto& v : kv) v = normal(rng);
+    attend_one(q.data(), kv.data(), 2 * dim, kv.data() + dim, 2 * dim, keys, dim, 0.5f, scores.data(), out.data());
+    std::vector<double> p(keys);
+    double total = 0.0;
+    for (int j = 0; j < keys; ++j) {
+      double dot = 0.0;
+      for (int i = 0; i < dim; ++i) dot += double(q[i]) * kv[j * 2 * dim + i];
+      p[j] = std::exp(0.5 * dot);
+      total += p[j];
+    }
+    bool ok = true;
+    for (int i = 0; i < dim; ++i) {
+      double expected = 0.0;
+      for (int j = 0; j < keys; ++j) expected += p[j] / total * kv[j * 2 * dim + dim + i];
+      if (std::fabs(out[i] - expected) > 1e-5) ok = false;
+    }
+    check(ok, "attend_one", 1, keys, dim, "scalar");
+  }
+  std::printf("%d gemm cases on ISAs up to %s, %d failures\n", cases, isa_name(best), failures);
+  return failures == 0 ? 0 : 1;
+}
