@@ -277,3 +277,28 @@ def test_bad_inputs_raise_clear_errors():
             native.ar_step(torch.tensor([1, 2]), 0, bad, caches)
     with pytest.raises(ValueError, match="weight_type"):
         NativeDecoder(model, "fp8")
+
+
+def test_int8_translator_picks_storage_or_compute_by_decoder_positions(trained_dir, monkeypatch):
+    """int8: small batches run the native passes with int8 weights, large ones PyTorch's dynamic
+    int8 copy (INT8_COMPUTE_MIN_POSITIONS); both translate."""
+    from janus_fast import translator as translator_module
+
+    calls = []
+    real_generate = translator_module.generate
+
+    def recording_generate(model, *args, **kwargs):
+        calls.append((model, kwargs["decoder_weights"]))
+        return real_generate(model, *args, **kwargs)
+
+    monkeypatch.setattr(translator_module, "generate", recording_generate)
+    translator = translator_module.Translator.from_pretrained(trained_dir, precision="int8")
+    assert translator.int8_model is not None
+    one = translator.translate(["ein hund"], mode="nar", iterations=2)
+    assert calls[-1] == (translator.model, "int8") and len(one) == 1
+    many = translator.translate(["ein mann fährt fahrrad auf der straße"] * 8, mode="nar", iterations=2, batch_size=8)
+    assert calls[-1] == (translator.int8_model, "fp32") and len(many) == 8
+    translator.translate(["ein hund"] * 40, mode="ar", batch_size=40)
+    assert calls[-1] == (translator.int8_model, "fp32")
+    translator.translate(["ein hund"] * 3, mode="ar", batch_size=3)
+    assert calls[-1] == (translator.model, "int8")
