@@ -158,8 +158,10 @@ def load_pretrained(directory: str, device: str | torch.device = "cpu") -> Janus
     except (SafetensorError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{weights_path}: not a valid safetensors file ({error})") from error
 
-    model = JanusModel(model_config)
-    expected = model.state_dict()
+    # shapes first, on the meta device (no memory): a config edited to ask for huge tensors is
+    # refused here instead of being allocated; once they match, the sizes are the file's own
+    with torch.device("meta"):
+        expected = JanusModel(model_config).state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
@@ -172,6 +174,7 @@ def load_pretrained(directory: str, device: str | torch.device = "cpu") -> Janus
             f"{weights_path}: does not match {config_path}: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}, shape mismatches {mismatched[:5]}"
         )
+    model = JanusModel(model_config)
     model.load_state_dict({name: tensor.to(expected[name].dtype) for name, tensor in state.items()})
     return model.to(device).eval()
 
