@@ -221,7 +221,7 @@ def command_distill(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     import torch
 
-    from janus_fast.checkpoint import load_pretrained, load_tokenizer, save_pretrained
+    from janus_fast.checkpoint import load_pretrained, load_tokenizer, save_pretrained, save_tokenizer
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     if os.path.abspath(args.output) == os.path.abspath(args.model):
@@ -229,7 +229,8 @@ def command_export(args: argparse.Namespace) -> int:
     check_writable_directory(args.output, "--output")
     model = load_pretrained(args.model)
     tokenizer = load_tokenizer(args.model)
-    save_pretrained(model, args.output, tokenizer.model_proto, dtype=dtype)  # creates the directory
+    save_pretrained(model, args.output, dtype=dtype)  # creates the directory
+    save_tokenizer(tokenizer, args.output)
     size = sum(os.path.getsize(os.path.join(args.output, name)) for name in os.listdir(args.output))
     print(f"wrote {args.output}: {args.dtype} weights, {size / 1e6:.1f} MB")
     return 0
