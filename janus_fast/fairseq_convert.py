@@ -19,7 +19,8 @@ The mapping, per name:
 * ``decoder.embed_length.weight`` (256, d) -> ``length_embed.weight``.
 
 ``encoder.layers.*.{in_proj,out_proj,fc1,fc2}_{weight,bias}`` (copies fairseq 0.12 keeps for
-torch's fused encoder path) and ``*.version`` are not weights of the model and are dropped.
+torch's fused encoder path and rebuilds from q/k/v/fc1/fc2 on load), ``*.version`` and the sinusoidal
+positions' ``_float_tensor`` are not weights of the model and are dropped.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ from janus_fast.model import ACTIVATIONS, JanusConfig, JanusModel
 __all__ = ["SUPPORTED_ARCHITECTURES", "config_from_arguments", "convert_state_dict", "convert_fairseq"]
 
 SUPPORTED_ARCHITECTURES = ("cmlm_transformer",)
-IGNORED = re.compile(r"^(encoder|decoder)\.version$|^encoder\.layers\.\d+\.(in_proj|out_proj|fc1|fc2)_(weight|bias)$")
+IGNORED = re.compile(
+    r"^(encoder|decoder)\.(version|embed_positions\._float_tensor)$"
+    r"|^encoder\.layers\.\d+\.(in_proj|out_proj|fc1|fc2)_(weight|bias)$"
+)
 
 
 def _refuse(path: str, reason: str) -> CheckpointError:
