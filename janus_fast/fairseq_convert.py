@@ -64,7 +64,9 @@ def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "ch
     pairs += [("encoder_normalize_before", "decoder_normalize_before"), ("encoder_learned_pos", "decoder_learned_pos")]
     for encoder_name, decoder_name in pairs:
         if bool(value(encoder_name)) != bool(value(decoder_name)) or value(encoder_name) != value(decoder_name):
-            raise _refuse(path, f"{encoder_name}={value(encoder_name)} differs from {decoder_name}={value(decoder_name)}")
+            raise _refuse(
+                path, f"{encoder_name}={value(encoder_name)} differs from {decoder_name}={value(decoder_name)}"
+            )
     refused = [
         ("share_all_embeddings", lambda v: not v, "separate source/target embeddings (use --share-all-embeddings)"),
         ("layernorm_embedding", bool, "a layer norm on the embeddings"),
@@ -167,7 +169,9 @@ def convert_state_dict(
     def attention(source: str, target: str) -> None:
         for kind in ("weight", "bias"):
             out[f"{target}.q_proj.{kind}"] = take(f"{source}.q_proj.{kind}")
-            out[f"{target}.kv_proj.{kind}"] = torch.cat([take(f"{source}.k_proj.{kind}"), take(f"{source}.v_proj.{kind}")])
+            out[f"{target}.kv_proj.{kind}"] = torch.cat(
+                [take(f"{source}.k_proj.{kind}"), take(f"{source}.v_proj.{kind}")]
+            )
             out[f"{target}.out_proj.{kind}"] = take(f"{source}.out_proj.{kind}")
 
     def copy(source: str, target: str) -> None:
@@ -219,7 +223,11 @@ def convert_fairseq(
     model = JanusModel(config)
     weights = convert_state_dict(state, config, args, checkpoint_path)
     expected = model.state_dict()
-    wrong = [f"{n} {tuple(t.shape)} != {tuple(expected[n].shape)}" for n, t in weights.items() if t.shape != expected[n].shape]
+    wrong = [
+        f"{n} {tuple(t.shape)} != {tuple(expected[n].shape)}"
+        for n, t in weights.items()
+        if t.shape != expected[n].shape
+    ]
     missing = sorted(set(expected) - set(weights))
     if wrong or missing:
         raise _refuse(checkpoint_path, f"shape mismatches {wrong[:5]}, missing {missing[:5]}")

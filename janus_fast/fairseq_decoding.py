@@ -93,7 +93,9 @@ def _fill_masked(
     token (M,) and its log-probability (M,) over the whole vocabulary."""
     masked = tokens == model.config.mask_id
     positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-    hidden = model.decode(model.embed_target(tokens, positions), tokens.shape[1], MaskSpec.padding(lengths), encoder_out)
+    hidden = model.decode(
+        model.embed_target(tokens, positions), tokens.shape[1], MaskSpec.padding(lengths), encoder_out
+    )
     log_probs = F.log_softmax(model.output_logits(hidden[masked]).float(), dim=-1)
     best = log_probs.max(-1)
     return masked, best.indices, best.values

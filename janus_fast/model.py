@@ -23,7 +23,6 @@ from janus_fast.attention import MaskSpec, masked_attention
 from janus_fast.length import length_classes, mean_pool
 from janus_fast.vocab import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
 
-
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # the FFN activations a config may name
 
 
