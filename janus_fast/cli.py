@@ -306,6 +306,7 @@ def command_bench(args: argparse.Namespace) -> int:
         batch1_sentences=args.batch1,
         max_batch_tokens=args.max_batch_tokens,
         repeats=args.repeats,
+        compat=args.compat,
     )
     print(bench_report(report, args.plot, args.json))
     return 0
@@ -393,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats (the median is reported)")
     bench_parser.add_argument("--plot", default="bench.png", help="PNG of BLEU vs ms/sentence ('' for none)")
     bench_parser.add_argument("--json", action="store_true")
+    bench_parser.add_argument(
+        "--compat",
+        choices=("janus", "fairseq"),
+        default="janus",
+        help="fairseq: time fairseq-generate's mask-predict on a converted fairseq model (pre-tokenised test files)",
+    )
     bench_parser.set_defaults(handler=command_bench)
     return parser
 

@@ -23,6 +23,7 @@ from janus_fast.model import JanusConfig
 from janus_fast.translator import Translator
 
 NAR_ITERATIONS = (1, 2, 4, 10)
+FAIRSEQ_MAX_ITERS = (4, 9)  # --iter-decode-max-iter of the fairseq-compatible rows (5 and 10 passes)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Setting:
     length_beam: int = 3
     beam: int = 1
     precision: str = "fp32"  # "fp32" | "int8" (janus_fast.quantize)
+    compat: str = "janus"  # "janus" | "fairseq" (janus_fast.fairseq_decoding; iterations = max-iter)
 
     @property
     def translator_key(self) -> str:
@@ -42,15 +44,22 @@ class Setting:
 
     @property
     def name(self) -> str:
+        if self.compat == "fairseq":
+            return f"fairseq-compat NAR max-iter={self.iterations} lb={self.length_beam}"
         if self.mode == "nar":
             return f"{self.translator_key} NAR T={self.iterations} lb={self.length_beam}"
         return f"{self.translator_key} AR {'greedy' if self.beam == 1 else f'beam {self.beam}'}"
 
     def options(self) -> dict:
-        return {"mode": self.mode, "iterations": self.iterations, "length_beam": self.length_beam, "beam": self.beam}
+        options = {"mode": self.mode, "iterations": self.iterations, "length_beam": self.length_beam, "beam": self.beam}
+        return {**options, "compat": self.compat} if self.compat != "janus" else options
 
 
-def settings() -> list[Setting]:
+def settings(compat: str = "janus") -> list[Setting]:
+    """The rows of the table: for ``compat="fairseq"`` (a converted fairseq CMLM) the
+    fairseq-compatible mask-predict only; otherwise every decoder and mode of this project."""
+    if compat == "fairseq":
+        return [Setting("reference", "nar", iterations=t, compat="fairseq") for t in FAIRSEQ_MAX_ITERS]
     rows = [Setting(decoder, "nar", iterations=t) for decoder in ("reference", "engine") for t in NAR_ITERATIONS]
     rows += [Setting(decoder, "ar", beam=beam) for decoder in ("reference", "engine") for beam in (1, 4)]
     rows += [Setting("engine", "nar", iterations=t, precision="int8") for t in NAR_ITERATIONS]
@@ -77,6 +86,10 @@ def flops_per_sentence(config: JanusConfig, setting: Setting, source_length: flo
         per_row = 2 * 4 * d * d + 2 * 2 * d * ffn + 2 * 2 * (keys + source_length) * d
         return config.decoder_layers * rows * per_row
 
+    if setting.compat == "fairseq":  # max-iter + 1 passes, every position projected (an upper bound)
+        rows = setting.length_beam * target_length
+        passes = setting.iterations + 1
+        return encoder + cross_kv + passes * (decoder_rows(rows, target_length) + 2 * rows * vocab * d)
     if setting.mode == "nar":
         rows = setting.length_beam * target_length
         masked_fraction = (setting.iterations + 1) / (2 * setting.iterations) if setting.decoder == "engine" else 1.0
@@ -113,10 +126,13 @@ def run_bench(
     max_batch_tokens: int = 4096,
     repeats: int = 1,
     device: str = "cpu",
+    compat: str = "janus",
 ) -> dict:
     """Measure every setting on the test set; returns {"rows": [...], "ratios": {...}, ...}.
 
-    On a CUDA ``device`` the int8 rows (a CPU feature) are left out and timings synchronize."""
+    On a CUDA ``device`` the int8 rows (a CPU feature) are left out and timings synchronize.
+    ``compat="fairseq"`` measures fairseq-generate's mask-predict (``settings``) on a converted
+    fairseq model; its test files must then be tokenised as the model's training data was."""
     sources, references = read_parallel(
         corpus_path(data_dir, "test_2016_flickr", source_lang),
         corpus_path(data_dir, "test_2016_flickr", target_lang),
@@ -126,7 +142,7 @@ def run_bench(
         decoder: Translator.from_pretrained(model_dir, device, max_batch_tokens=max_batch_tokens, decoder=decoder)
         for decoder in ("reference", "engine")
     }
-    if device == "cpu":
+    if device == "cpu" and compat == "janus":
         translators["engine int8"] = Translator(
             translators["engine"].model, translators["engine"].tokenizer, max_batch_tokens, precision="int8"
         )
@@ -135,7 +151,7 @@ def run_bench(
     source_length = statistics.mean(len(tokenizer.encode(s)) for s in sources)
     peak = matmul_peak_gflops(device=device)
     rows = []
-    for setting in settings():
+    for setting in settings(compat):
         if setting.translator_key not in translators:
             continue
         translator = translators[setting.translator_key]
@@ -197,6 +213,7 @@ def run_bench(
         "batch1_sentences": min(batch1_sentences, len(sources)),
         "max_batch_tokens": max_batch_tokens,
         "threads": torch.get_num_threads(),
+        "compat": compat,
     }
 
 
