@@ -179,9 +179,27 @@ def load_pretrained(directory: str, device: str | torch.device = "cpu") -> Janus
     return model.to(device).eval()
 
 
-def load_tokenizer(directory: str):  # noqa: ANN201 - returns janus_fast.tokenizer.Tokenizer
-    """The SentencePiece tokenizer saved beside the weights (CheckpointError if unusable)."""
+def save_tokenizer(tokenizer, directory: str) -> None:  # noqa: ANN001 - Tokenizer or FairseqTokenizer
+    """Write ``tokenizer`` into a checkpoint directory (``spm.model``, or a fairseq dictionary's files)."""
+    from janus_fast.fairseq_dictionary import FairseqTokenizer
+
+    if isinstance(tokenizer, FairseqTokenizer):
+        tokenizer.save(directory)
+    else:
+        atomic_write(os.path.join(directory, TOKENIZER_NAME), tokenizer.model_proto)
+
+
+def load_tokenizer(directory: str):  # noqa: ANN201 - returns a Tokenizer or a FairseqTokenizer
+    """The tokenizer saved beside the weights (CheckpointError if unusable): the SentencePiece
+    model, or for a converted fairseq model its dictionary (``dict.txt``, ``janus_fast.fairseq_dictionary``)."""
+    from janus_fast.fairseq_dictionary import DICT_NAME, FairseqTokenizer
     from janus_fast.tokenizer import Tokenizer
+
+    if os.path.exists(os.path.join(directory, DICT_NAME)):
+        try:
+            return FairseqTokenizer.load(directory)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{directory}: unusable fairseq dictionary or BPE ({error})") from error
 
     path = os.path.join(directory, TOKENIZER_NAME)
     try:

@@ -1,4 +1,4 @@
-"""The ``janus-fast`` command line: train, distill, translate, evaluate, export, profile, bench."""
+"""The ``janus-fast`` command line: train, distill, translate, evaluate, export, convert, profile, bench."""
 
 from __future__ import annotations
 
@@ -91,6 +91,18 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
         "dot products where the CPU has AVX-512 BF16) or int8 (faster; outputs may differ slightly)",
     )
     parser.add_argument(
+        "--compat",
+        choices=("janus", "fairseq"),
+        default="janus",
+        help="decoding semantics: this project's (default) or fairseq-generate's mask-predict (docs/fairseq.md); "
+        "with fairseq, --iterations is fairseq's --iter-decode-max-iter (iterations + 1 passes)",
+    )
+    parser.add_argument(
+        "--force-max-iter",
+        action="store_true",
+        help="with --compat fairseq: run every pass (fairseq's --iter-decode-force-max-iter; default: adaptive stop)",
+    )
+    parser.add_argument(
         "--on-long-input",
         choices=("truncate", "error"),
         default="truncate",
@@ -118,6 +130,8 @@ def _decode_kwargs(args: argparse.Namespace) -> dict:
         "length_beam": args.length_beam,
         "beam": args.beam,
         "batch_size": args.batch_size,
+        "compat": args.compat,
+        "force_max_iter": args.force_max_iter,
     }
 
 
@@ -149,10 +163,15 @@ def command_translate(args: argparse.Namespace) -> int:
     else:
         lines = read_lines(args.input)
     translator = _translator(args)
-    from tqdm import tqdm
+    if args.token_ids:
+        sources = [parse_token_ids(line, number) for number, line in enumerate(lines, 1)]
+        found = translator.translate_ids(sources, **_decode_kwargs(args))
+        outputs = [" ".join(map(str, ids)) for ids in found.tokens]
+    else:
+        from tqdm import tqdm
 
-    with tqdm(total=len(lines), disable=not args.progress, file=sys.stderr, unit="sent") as bar:
-        outputs = translator.translate(lines, progress=bar.update, **_decode_kwargs(args))
+        with tqdm(total=len(lines), disable=not args.progress, file=sys.stderr, unit="sent") as bar:
+            outputs = translator.translate(lines, progress=bar.update, **_decode_kwargs(args))
     text = "".join(line.replace("\n", " ") + "\n" for line in outputs)
     if args.output == "-":
         sys.stdout.write(text)
@@ -161,6 +180,38 @@ def command_translate(args: argparse.Namespace) -> int:
         from janus_fast.checkpoint import atomic_write
 
         atomic_write(args.output, text.encode("utf-8"))
+    return 0
+
+
+def parse_token_ids(line: str, number: int) -> list[int]:
+    """Space-separated non-negative integers of input line ``number`` (InputError otherwise)."""
+    try:
+        ids = [int(field) for field in line.split()]
+    except ValueError as error:
+        raise InputError(f"input line {number}: --token-ids expects space-separated integers ({error})") from error
+    if any(i < 0 for i in ids):
+        raise InputError(f"input line {number}: token ids must be >= 0")
+    return ids
+
+
+def command_convert(args: argparse.Namespace) -> int:
+    from janus_fast.fairseq_convert import convert_fairseq
+
+    bpe, bpe_path = (None, None) if args.bpe is None else args.bpe
+    if bpe is not None and bpe not in ("sentencepiece", "subword-nmt"):
+        raise ValueError(f"--bpe {bpe}: expected sentencepiece or subword-nmt")
+    for path, option in ((args.fairseq, "--fairseq"), (args.dict, "--dict"), (bpe_path, "--bpe")):
+        if path is not None and not os.path.isfile(path):
+            raise InputError(f"{option} {path}: no such file")
+    if os.path.exists(args.output) and os.listdir(args.output):
+        raise InputError(f"--output {args.output} exists and is not empty")
+    check_writable_directory(args.output, "--output")
+    model = convert_fairseq(args.fairseq, args.dict, args.output, bpe, bpe_path)
+    config = model.config
+    print(
+        f"wrote {args.output}: {config.extra.get('fairseq_arch')} -> janus_fast, {model.num_parameters / 1e6:.2f}M "
+        f"parameters, vocabulary {config.vocab_size}; decode with --compat fairseq for fairseq-generate's outputs"
+    )
     return 0
 
 
@@ -222,7 +273,7 @@ def command_distill(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     import torch
 
-    from janus_fast.checkpoint import load_pretrained, load_tokenizer, save_pretrained
+    from janus_fast.checkpoint import load_pretrained, load_tokenizer, save_pretrained, save_tokenizer
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     if os.path.abspath(args.output) == os.path.abspath(args.model):
@@ -230,7 +281,8 @@ def command_export(args: argparse.Namespace) -> int:
     check_writable_directory(args.output, "--output")
     model = load_pretrained(args.model)
     tokenizer = load_tokenizer(args.model)
-    save_pretrained(model, args.output, tokenizer.model_proto, dtype=dtype)  # creates the directory
+    save_pretrained(model, args.output, dtype=dtype)  # creates the directory
+    save_tokenizer(tokenizer, args.output)
     size = sum(os.path.getsize(os.path.join(args.output, name)) for name in os.listdir(args.output))
     print(f"wrote {args.output}: {args.dtype} weights, {size / 1e6:.1f} MB")
     return 0
@@ -256,6 +308,7 @@ def command_bench(args: argparse.Namespace) -> int:
         max_batch_tokens=args.max_batch_tokens,
         repeats=args.repeats,
         compare=tuple(args.compare),
+        compat=args.compat,
     )
     print(bench_report(report, args.plot, args.json))
     return 0
@@ -276,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     translate_parser.add_argument("--input", "-i", default="-", help="input file (default: stdin)")
     translate_parser.add_argument("--output", "-o", default="-", help="output file (default: stdout)")
     translate_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
+    translate_parser.add_argument(
+        "--token-ids",
+        action="store_true",
+        help="input lines are space-separated vocabulary ids (no bos/eos); output lines are ids too",
+    )
     translate_parser.set_defaults(handler=command_translate)
 
     evaluate_parser = commands.add_parser("evaluate", help="sacreBLEU and chrF of translations of --src against --ref")
@@ -303,6 +361,22 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16")
     export_parser.set_defaults(handler=command_export)
 
+    convert_parser = commands.add_parser(
+        "convert", help="convert a fairseq CMLM checkpoint (read without running pickled code) to a janus_fast one"
+    )
+    convert_parser.add_argument("--fairseq", required=True, metavar="CHECKPOINT.pt", help="fairseq checkpoint")
+    convert_parser.add_argument("--dict", required=True, metavar="DICT.txt", help="its (joined) dictionary")
+    convert_parser.add_argument(
+        "--bpe",
+        nargs=2,
+        metavar=("KIND", "PATH"),
+        default=None,
+        help="the BPE its text was cut with: 'sentencepiece MODEL' or 'subword-nmt CODES' (default: none, "
+        "inputs are pre-tokenised in the dictionary's symbols)",
+    )
+    convert_parser.add_argument("--output", required=True, help="checkpoint directory to write (new or empty)")
+    convert_parser.set_defaults(handler=command_convert)
+
     profile_parser = commands.add_parser("profile", help="throughput of the native ops and kernels")
     profile_parser.add_argument("--vocab", type=positive_int, default=8000)
     profile_parser.add_argument("--repeats", type=positive_int, default=5)
@@ -328,6 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         choices=("ctranslate2",),
         help="also time another tool on a same-shape model in its own process (ctranslate2: pip install ctranslate2)",
+    )
+    bench_parser.add_argument(
+        "--compat",
+        choices=("janus", "fairseq"),
+        default="janus",
+        help="fairseq: time fairseq-generate's mask-predict on a converted fairseq model (pre-tokenised test files)",
     )
     bench_parser.set_defaults(handler=command_bench)
     return parser

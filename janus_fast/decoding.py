@@ -1,17 +1,42 @@
 """``generate``: one entry point on tensors, dispatching to the fast engine (``janus_fast.engine``)
-or the reference decoders (``janus_fast.reference_decoding``), with the checks of its arguments.
+or the reference decoders (``janus_fast.reference_decoding``), with the checks of its arguments;
+``compat="fairseq"`` runs fairseq-generate's mask-predict instead (``janus_fast.fairseq_decoding``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from janus_fast import engine, reference_decoding
+from janus_fast import engine, fairseq_decoding, reference_decoding
 from janus_fast.arguments import check_int
 from janus_fast.model import JanusModel
 from janus_fast.search import Hypotheses
 
 MAX_BEAM = 128  # AR beam sizes above this can only be a mistake (rows = sentences x beam)
+COMPAT_MODES = ("janus", "fairseq")
+
+
+def engine_supports(model: JanusModel) -> bool:
+    """Whether the fast engine can run ``model``: its packed decoder pass is written for pre-norm
+    layers; post-norm models (converted from fairseq) decode with the reference decoders."""
+    return model.config.normalize_before
+
+
+def check_compat(model: JanusModel, compat: str, mode: str, iterations: int, length_beam: int, force: bool) -> None:
+    """TypeError / ValueError for a compatibility mode and options it cannot run. With "fairseq",
+    ``iterations`` is fairseq's ``--iter-decode-max-iter`` (>= 0; iterations + 1 passes)."""
+    if compat not in COMPAT_MODES:
+        raise ValueError(f"unknown compat {compat!r}; expected one of {COMPAT_MODES}")
+    if not isinstance(force, bool):
+        raise TypeError(f"force_max_iter must be true or false, got {force!r}")
+    if compat == "janus":
+        if force:
+            raise ValueError("force_max_iter applies to compat='fairseq' only (janus runs every iteration)")
+        return
+    if mode != "nar":
+        raise ValueError("compat='fairseq' decodes mask-predict (mode 'nar') only")
+    check_int("iterations", iterations, 0, model.config.max_target_positions)
+    check_int("length_beam", length_beam, 1, model.config.num_length_classes)
 
 
 def check_decoding_options(model: JanusModel, mode: str, iterations: int, length_beam: int, beam: int) -> None:
@@ -39,6 +64,8 @@ def generate(
     decoder: str = "engine",
     return_scores: bool = False,
     decoder_weights: str = "fp32",
+    compat: str = "janus",
+    force_max_iter: bool = False,
 ) -> list[list[int]] | Hypotheses:
     """Translate a padded batch of source ids; returns target ids per sentence (no bos/eos/pad),
     or with ``return_scores`` the ``Hypotheses`` (ids and each sentence's score: mean token
@@ -47,12 +74,19 @@ def generate(
     src_tokens (B, S) int64 right-padded, src_lengths (B,) int64 >= 1; mode "nar" (mask-predict,
     ``iterations`` x ``length_beam``) or "ar" (``beam`` 1 = greedy). decoder "engine" (the fast
     path, ``janus_fast.engine``) or "reference" (``janus_fast.reference_decoding``); both give the
-    same outputs. ``decoder_weights`` ("fp32", "bf16", "int8"): the engine's native CPU passes store
-    their weights in that type (``janus_fast.native_decoder``); anything but fp32 changes outputs
-    slightly.
+    same outputs; the reference runs models the engine does not support (``engine_supports``).
+    ``decoder_weights`` ("fp32", "bf16", "int8"): the engine's native CPU passes store their weights
+    in that type (``janus_fast.native_decoder``); anything but fp32 changes outputs slightly.
+
+    compat "janus" (default: this project's semantics) or "fairseq": fairseq-generate's
+    mask-predict (``janus_fast.fairseq_decoding``; ``iterations`` is its ``--iter-decode-max-iter``,
+    so iterations + 1 passes; ``force_max_iter`` its ``--iter-decode-force-max-iter``); the tokens
+    then keep ``<unk>`` and the score is fairseq's (mean over bos..eos, natural log).
     """
     _check_source(model, src_tokens, src_lengths)
-    check_decoding_options(model, mode, iterations, length_beam, beam)
+    check_compat(model, compat, mode, iterations, length_beam, force_max_iter)
+    if compat == "janus":
+        check_decoding_options(model, mode, iterations, length_beam, beam)
     if decoder not in ("engine", "reference"):
         raise ValueError(f"unknown decoder {decoder!r}; expected 'engine' or 'reference'")
     if decoder_weights not in ("fp32", "bf16", "int8"):
@@ -61,7 +95,9 @@ def generate(
         raise ValueError("decoder_weights other than 'fp32' need decoder='engine'")
     if len(src_lengths) == 0:
         hypotheses = Hypotheses([], [])
-    elif decoder == "engine":
+    elif compat == "fairseq":
+        hypotheses = _fairseq_generate(model, src_tokens, src_lengths, iterations, length_beam, force_max_iter)
+    elif decoder == "engine" and engine_supports(model):
         if mode == "nar":
             hypotheses = engine.mask_predict(model, src_tokens, src_lengths, iterations, length_beam, decoder_weights)
         else:
@@ -71,6 +107,15 @@ def generate(
     else:
         hypotheses = reference_decoding.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b)
     return hypotheses if return_scores else hypotheses.tokens
+
+
+def _fairseq_generate(
+    model: JanusModel, src_tokens: torch.Tensor, src_lengths: torch.Tensor, max_iter: int, length_beam: int, force: bool
+) -> Hypotheses:
+    """fairseq-generate's hypotheses as ``Hypotheses``: tokens without bos/eos/pad, fairseq's score."""
+    found = fairseq_decoding.mask_predict(model, src_tokens, src_lengths, max_iter, length_beam, force)
+    drop = {model.config.bos_id, model.config.eos_id, model.config.pad_id}
+    return Hypotheses([[t for t in h.tokens if t not in drop] for h in found], [h.score for h in found])
 
 
 def _check_source(model: JanusModel, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> None:

@@ -23,6 +23,8 @@ from janus_fast.attention import MaskSpec, masked_attention
 from janus_fast.length import length_classes, mean_pool
 from janus_fast.vocab import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
 
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # the FFN activations a config may name
+
 
 @dataclass
 class JanusConfig:
@@ -40,6 +42,13 @@ class JanusConfig:
     max_target_positions: int = 128
     num_length_classes: int = 256
     length_offset: bool = False  # predict tgt_len - src_len + num_length_classes // 2
+    # architecture variants (defaults: this project's models; converted fairseq models set them)
+    normalize_before: bool = field(default=True, metadata={"cli": False})  # pre-norm (False: post-norm)
+    final_norms: bool = field(default=True, metadata={"cli": False})  # layer norms after the encoder/decoder
+    activation: str = field(default="gelu", metadata={"cli": False})  # FFN activation: gelu | relu
+    scale_embedding: bool = field(default=True, metadata={"cli": False})  # token embeddings * sqrt(d_model)
+    source_bos: bool = field(default=False, metadata={"cli": False})  # sources start with <bos>
+    source_eos: bool = field(default=False, metadata={"cli": False})  # sources end with <eos>
     pad_id: int = field(default=PAD_ID, metadata={"cli": False})
     unk_id: int = field(default=UNK_ID, metadata={"cli": False})
     bos_id: int = field(default=BOS_ID, metadata={"cli": False})
@@ -56,6 +65,8 @@ class JanusConfig:
                 raise TypeError(f"{item.name} must be a number, got {type(value).__name__} {value!r}")
             if item.type in ("bool", bool) and not isinstance(value, bool):
                 raise TypeError(f"{item.name} must be true or false, got {value!r}")
+            if item.type in ("str", str) and not isinstance(value, str):
+                raise TypeError(f"{item.name} must be a string, got {type(value).__name__} {value!r}")
         minimum = {"vocab_size": 6, "d_model": 1, "num_heads": 1, "ffn_dim": 1, "encoder_layers": 1}
         minimum.update(decoder_layers=1, max_source_positions=1, max_target_positions=3, num_length_classes=4)
         for name, low in minimum.items():
@@ -68,9 +79,14 @@ class JanusConfig:
             raise TypeError(f"extra must be a mapping, got {type(self.extra).__name__}")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         special = (self.pad_id, self.unk_id, self.bos_id, self.eos_id, self.mask_id)
-        if len(set(special)) != 5 or max(special) >= self.vocab_size or min(special) < 0:
-            raise ValueError(f"special token ids {special} must be distinct and < vocab_size")
+        # the mask may be <unk> (fairseq's CMLM masks with it); every other id is distinct
+        distinct = len(set(special[:4])) == 4 and self.mask_id not in (self.pad_id, self.bos_id, self.eos_id)
+        if not distinct or max(special) >= self.vocab_size or min(special) < 0:
+            raise ValueError(f"special token ids {special} (pad, unk, bos, eos, mask) must be distinct "
+                             "(the mask may equal unk) and < vocab_size")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -149,26 +165,35 @@ class Dropout(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, d_model: int, ffn_dim: int, dropout: float) -> None:
+    def __init__(self, d_model: int, ffn_dim: int, dropout: float, activation: str = "gelu") -> None:
         super().__init__()
         self.fc1 = nn.Linear(d_model, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, d_model)
         self.dropout = Dropout(dropout)
+        self.activation = ACTIVATIONS[activation]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(F.gelu(self.fc1(x))))
+        return self.fc2(self.dropout(self.activation(self.fc1(x))))
 
 
 class EncoderLayer(nn.Module):
+    """Encoder layer: pre-norm (default) or post-norm (``normalize_before=False``, fairseq's default)."""
+
     def __init__(self, config: JanusConfig) -> None:
         super().__init__()
         self.self_attn = Attention(config.d_model, config.num_heads, config.attention_dropout)
-        self.ffn = FeedForward(config.d_model, config.ffn_dim, config.dropout)
+        self.ffn = FeedForward(config.d_model, config.ffn_dim, config.dropout, config.activation)
         self.norm1 = nn.LayerNorm(config.d_model)
         self.norm2 = nn.LayerNorm(config.d_model)
         self.dropout = Dropout(config.dropout)
+        self.normalize_before = config.normalize_before
 
     def forward(self, x: torch.Tensor, mask: MaskSpec) -> torch.Tensor:
+        """x (B, S, d) -> (B, S, d)."""
+        if not self.normalize_before:
+            key, value = self.self_attn.keys_values(x)
+            x = self.norm1(x + self.dropout(self.self_attn(x, key, value, mask)))
+            return self.norm2(x + self.dropout(self.ffn(x)))
         h = self.norm1(x)
         key, value = self.self_attn.keys_values(h)
         x = x + self.dropout(self.self_attn(h, key, value, mask))
@@ -176,7 +201,7 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm decoder layer over the stacked ``[content | query]`` sequence.
+    """Pre-norm (default) or post-norm decoder layer over the stacked ``[content | query]`` sequence.
 
     Self-attention keys/values are computed from the first ``num_content`` elements only; with a
     ``cache`` (incremental decoding) they are appended to the cached ones first.
@@ -186,11 +211,12 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(config.d_model, config.num_heads, config.attention_dropout)
         self.cross_attn = Attention(config.d_model, config.num_heads, config.attention_dropout)
-        self.ffn = FeedForward(config.d_model, config.ffn_dim, config.dropout)
+        self.ffn = FeedForward(config.d_model, config.ffn_dim, config.dropout, config.activation)
         self.norm1 = nn.LayerNorm(config.d_model)
         self.norm2 = nn.LayerNorm(config.d_model)
         self.norm3 = nn.LayerNorm(config.d_model)
         self.dropout = Dropout(config.dropout)
+        self.normalize_before = config.normalize_before
 
     def forward(
         self,
@@ -201,6 +227,9 @@ class DecoderLayer(nn.Module):
         memory_mask: MaskSpec,
         cache: LayerCache | None = None,
     ) -> torch.Tensor:
+        """x (B, T, d) -> (B, T, d)."""
+        if not self.normalize_before:
+            return self._post_norm(x, num_content, self_mask, memory_kv, memory_mask, cache)
         h = self.norm1(x)
         key, value = self.self_attn.keys_values(h[:, :num_content])
         if cache is not None:
@@ -208,6 +237,23 @@ class DecoderLayer(nn.Module):
         x = x + self.dropout(self.self_attn(h, key, value, self_mask))
         x = x + self.dropout(self.cross_attn(self.norm2(x), *memory_kv, memory_mask))
         return x + self.dropout(self.ffn(self.norm3(x)))
+
+    def _post_norm(
+        self,
+        x: torch.Tensor,
+        num_content: int,
+        self_mask: MaskSpec | None,
+        memory_kv: tuple[torch.Tensor, torch.Tensor],
+        memory_mask: MaskSpec,
+        cache: LayerCache | None,
+    ) -> torch.Tensor:
+        """The post-norm layer (fairseq's ``normalize_before=False``): norm(x + sublayer(x))."""
+        key, value = self.self_attn.keys_values(x[:, :num_content])
+        if cache is not None:
+            key, value = cache.append(key, value)
+        x = self.norm1(x + self.dropout(self.self_attn(x, key, value, self_mask)))
+        x = self.norm2(x + self.dropout(self.cross_attn(x, *memory_kv, memory_mask)))
+        return self.norm3(x + self.dropout(self.ffn(x)))
 
 
 class LayerCache:
@@ -270,12 +316,13 @@ class JanusModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_id)
         self.embed_source_positions = nn.Embedding(config.max_source_positions, d)
         self.embed_target_positions = nn.Embedding(config.max_target_positions, d)
-        self.embed_scale = math.sqrt(d)
+        self.embed_scale = math.sqrt(d) if config.scale_embedding else 1.0
         self.embed_dropout = Dropout(config.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
-        self.encoder_norm = nn.LayerNorm(d)
-        self.decoder_norm = nn.LayerNorm(d)
+        # post-norm models (fairseq's default) have no final norms: identities without weights
+        self.encoder_norm: nn.Module = nn.LayerNorm(d) if config.final_norms else nn.Identity()
+        self.decoder_norm: nn.Module = nn.LayerNorm(d) if config.final_norms else nn.Identity()
         self.length_embed = nn.Linear(d, config.num_length_classes, bias=False)
         # None: the tied embedding matrix in fp32; an int8 copy sets a quantized module (quantize.py)
         self.output_projection: nn.Module | None = None

@@ -55,6 +55,9 @@ def unsupported_reason(model: JanusModel) -> str | None:
         return f"the model's parameters are {parameter.dtype}, not float32"
     if model.training:
         return "the model is in training mode"
+    config = model.config
+    if not config.normalize_before or not config.final_norms or config.activation != "gelu":
+        return "the native passes are written for pre-norm GELU layers with final layer norms"
     if model.output_projection is not None:
         return "the model has a separate (quantized) output projection"
     for module in model.decoder_layers.modules():

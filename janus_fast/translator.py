@@ -11,10 +11,11 @@ import torch
 from janus_fast.arguments import check_device, check_int
 from janus_fast.checkpoint import CheckpointError, load_pretrained, load_tokenizer
 from janus_fast.data import pad_sequences
-from janus_fast.decoding import check_decoding_options, generate
+from janus_fast.decoding import check_compat, check_decoding_options, generate
 from janus_fast.model import JanusModel
 from janus_fast.native_decoder import unsupported_reason
 from janus_fast.quantize import PRECISIONS, quantize_int8
+from janus_fast.search import Hypotheses
 from janus_fast.tokenizer import Tokenizer
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "multi30k-de-en")
@@ -38,7 +39,8 @@ class Translator:
     """Translate sentences with a JANUS model, non-autoregressively (default) or autoregressively.
 
     Args:
-        model: a ``JanusModel``; tokenizer: its ``Tokenizer``.
+        model: a ``JanusModel``; tokenizer: its ``Tokenizer`` (or ``FairseqTokenizer`` for a
+            converted fairseq model).
         max_batch_tokens: padded source tokens per decoder batch (sentences are sorted by length).
         on_long_input: "truncate" (warn and keep the first ``max_source_positions`` pieces) or
             "error" (raise ValueError) for inputs longer than the model accepts.
@@ -107,19 +109,29 @@ class Translator:
 
     def encode_sources(self, sentences: Sequence[str]) -> list[list[int]]:
         """Piece ids per sentence ([] for blank lines), truncated or rejected when too long."""
-        limit = self.model.config.max_source_positions
         encoded = []
         for index, sentence in enumerate(sentences):
             if not isinstance(sentence, str):
                 raise TypeError(f"sentence {index} is {type(sentence).__name__}, expected str")
-            ids = self.tokenizer.encode(sentence) if sentence.strip() else []
+            encoded.append(self.tokenizer.encode(sentence) if sentence.strip() else [])
+        return self.wrap_sources(encoded)
+
+    def wrap_sources(self, encoded: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Source ids as the model reads them: ``<bos>`` / ``<eos>`` added where its config says
+        (converted fairseq models: both), truncated or rejected when too long; [] stays []."""
+        config = self.model.config
+        head, tail = [config.bos_id] * config.source_bos, [config.eos_id] * config.source_eos
+        limit = config.max_source_positions - len(head) - len(tail)
+        wrapped = []
+        for index, ids in enumerate(encoded):
+            ids = list(ids)
             if len(ids) > limit:
                 if self.on_long_input == "error":
                     raise ValueError(f"sentence {index} has {len(ids)} pieces; the model accepts {limit}")
                 warnings.warn(f"sentence {index} has {len(ids)} pieces; truncated to {limit}", stacklevel=2)
                 ids = ids[:limit]
-            encoded.append(ids)
-        return encoded
+            wrapped.append(head + ids + tail if ids else [])
+        return wrapped
 
     def translate(
         self,
@@ -132,6 +144,8 @@ class Translator:
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
         return_scores: bool = False,
+        compat: str = "janus",
+        force_max_iter: bool = False,
     ) -> list[str] | list[tuple[str, float]]:
         """Translations of ``sentences``, in order, one per input (blank input -> ""); with
         ``return_scores`` (translation, score) pairs, the score being the mean token log-probability
@@ -141,15 +155,80 @@ class Translator:
         with ``beam`` (1 = greedy). Sentences are sorted by length and decoded in batches of at most
         ``max_batch_tokens`` padded source tokens (default: the translator's) and, if given, at
         most ``batch_size`` sentences. ``progress`` is called with the number of sentences done.
+        ``compat="fairseq"``: fairseq-generate's mask-predict (``janus_fast.decoding.generate``;
+        ``iterations`` is then its ``--iter-decode-max-iter``, ``force_max_iter`` its
+        ``--iter-decode-force-max-iter``).
         """
         if isinstance(sentences, str):
             raise TypeError("translate() takes a list of sentences, not a single string")
+        options = self._check_options(
+            mode, iterations, length_beam, beam, max_batch_tokens, batch_size, compat, force_max_iter
+        )
+        found = self._decode(self.encode_sources(sentences), options, max_batch_tokens, batch_size, progress)
+        outputs = [self.tokenizer.decode(ids) if ids is not None else "" for ids in found.tokens]
+        return list(zip(outputs, found.scores)) if return_scores else outputs
+
+    def translate_ids(
+        self,
+        sources: Sequence[Sequence[int]],
+        mode: str = "nar",
+        iterations: int = 10,
+        length_beam: int = 3,
+        beam: int = 1,
+        max_batch_tokens: int | None = None,
+        batch_size: int | None = None,
+        compat: str = "janus",
+        force_max_iter: bool = False,
+    ) -> Hypotheses:
+        """``translate`` on token ids: each source is a list of vocabulary ids without bos/eos
+        (added as the model's config says); returns the output ids (no bos/eos/pad) and scores,
+        [] and 0.0 for an empty source."""
+        options = self._check_options(
+            mode, iterations, length_beam, beam, max_batch_tokens, batch_size, compat, force_max_iter
+        )
+        vocab = self.model.config.vocab_size
+        for index, ids in enumerate(sources):
+            if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab for i in ids):
+                raise ValueError(f"source {index}: token ids must be integers in [0, {vocab})")
+        found = self._decode(self.wrap_sources(sources), options, max_batch_tokens, batch_size, None)
+        return Hypotheses([ids if ids is not None else [] for ids in found.tokens], found.scores)
+
+    def _check_options(
+        self,
+        mode: str,
+        iterations: int,
+        length_beam: int,
+        beam: int,
+        max_batch_tokens: int | None,
+        batch_size: int | None,
+        compat: str,
+        force_max_iter: bool,
+    ) -> dict:
         for name, value in (("max_batch_tokens", max_batch_tokens), ("batch_size", batch_size)):
             if value is not None:
                 check_int(name, value, 1)
-        check_decoding_options(self.model, mode, iterations, length_beam, beam)
-        encoded = self.encode_sources(sentences)
-        outputs = [""] * len(encoded)
+        check_compat(self.model, compat, mode, iterations, length_beam, force_max_iter)
+        if compat == "janus":
+            check_decoding_options(self.model, mode, iterations, length_beam, beam)
+        return {
+            "mode": mode,
+            "iterations": iterations,
+            "length_beam": length_beam,
+            "beam": beam,
+            "compat": compat,
+            "force_max_iter": force_max_iter,
+        }
+
+    def _decode(
+        self,
+        encoded: list[list[int]],
+        options: dict,
+        max_batch_tokens: int | None,
+        batch_size: int | None,
+        progress: Callable[[int], None] | None,
+    ) -> Hypotheses:
+        """Decode model-ready source ids in length-sorted batches; tokens None / score 0.0 for blanks."""
+        outputs: list = [None] * len(encoded)
         scores = [0.0] * len(encoded)
         blank = sum(1 for ids in encoded if not ids)
         if progress is not None and blank:
@@ -158,27 +237,24 @@ class Translator:
         for indices in batches:
             src, src_lengths = pad_sequences([encoded[i] for i in indices], self.model.config.pad_id)
             model, decoder_weights = self.model, self.decoder_weights
-            positions = decoder_positions(mode, src_lengths, length_beam, beam)
+            positions = decoder_positions(options["mode"], src_lengths, options["length_beam"], options["beam"])
             if self.int8_model is not None and positions >= INT8_COMPUTE_MIN_POSITIONS:
                 model, decoder_weights = self.int8_model, "fp32"  # int8 compute (VNNI) beats int8 storage
             hypotheses = generate(
                 model,
                 src.to(self.device),
                 src_lengths.to(self.device),
-                mode=mode,
-                iterations=iterations,
-                length_beam=length_beam,
-                beam=beam,
                 decoder=self.decoder,
                 return_scores=True,
                 decoder_weights=decoder_weights,
+                **options,
             )
             for index, ids, score in zip(indices, hypotheses.tokens, hypotheses.scores):
-                outputs[index] = self.tokenizer.decode(ids)
+                outputs[index] = ids
                 scores[index] = score
             if progress is not None:
                 progress(len(indices))
-        return list(zip(outputs, scores)) if return_scores else outputs
+        return Hypotheses(outputs, scores)
 
 
 def length_sorted_batches(

@@ -27,6 +27,7 @@ from janus_fast.native_decoder import cpu_isa
 from janus_fast.translator import Translator
 
 NAR_ITERATIONS = (1, 2, 4, 10)
+FAIRSEQ_MAX_ITERS = (4, 9)  # --iter-decode-max-iter of the fairseq-compatible rows (5 and 10 passes)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Setting:
     length_beam: int = 3
     beam: int = 1
     precision: str = "fp32"  # "fp32" | "bf16" | "int8" (Translator precision)
+    compat: str = "janus"  # "janus" | "fairseq" (janus_fast.fairseq_decoding; iterations = max-iter)
 
     @property
     def translator_key(self) -> str:
@@ -46,15 +48,22 @@ class Setting:
 
     @property
     def name(self) -> str:
+        if self.compat == "fairseq":
+            return f"fairseq-compat NAR max-iter={self.iterations} lb={self.length_beam}"
         if self.mode == "nar":
             return f"{self.translator_key} NAR T={self.iterations} lb={self.length_beam}"
         return f"{self.translator_key} AR {'greedy' if self.beam == 1 else f'beam {self.beam}'}"
 
     def options(self) -> dict:
-        return {"mode": self.mode, "iterations": self.iterations, "length_beam": self.length_beam, "beam": self.beam}
+        options = {"mode": self.mode, "iterations": self.iterations, "length_beam": self.length_beam, "beam": self.beam}
+        return {**options, "compat": self.compat} if self.compat != "janus" else options
 
 
-def settings() -> list[Setting]:
+def settings(compat: str = "janus") -> list[Setting]:
+    """The rows of the table: for ``compat="fairseq"`` (a converted fairseq CMLM) the
+    fairseq-compatible mask-predict only; otherwise every decoder and mode of this project."""
+    if compat == "fairseq":
+        return [Setting("reference", "nar", iterations=t, compat="fairseq") for t in FAIRSEQ_MAX_ITERS]
     rows = [Setting(decoder, "nar", iterations=t) for decoder in ("reference", "engine") for t in NAR_ITERATIONS]
     rows += [Setting(decoder, "ar", beam=beam) for decoder in ("reference", "engine") for beam in (1, 4)]
     for precision in ("bf16", "int8"):
@@ -82,6 +91,10 @@ def flops_per_sentence(config: JanusConfig, setting: Setting, source_length: flo
         per_row = 2 * 4 * d * d + 2 * 2 * d * ffn + 2 * 2 * (keys + source_length) * d
         return config.decoder_layers * rows * per_row
 
+    if setting.compat == "fairseq":  # max-iter + 1 passes, every position projected (an upper bound)
+        rows = setting.length_beam * target_length
+        passes = setting.iterations + 1
+        return encoder + cross_kv + passes * (decoder_rows(rows, target_length) + 2 * rows * vocab * d)
     if setting.mode == "nar":
         rows = setting.length_beam * target_length
         masked_fraction = (setting.iterations + 1) / (2 * setting.iterations) if setting.decoder == "engine" else 1.0
@@ -119,12 +132,15 @@ def run_bench(
     repeats: int = 1,
     device: str = "cpu",
     compare: tuple[str, ...] = (),
+    compat: str = "janus",
 ) -> dict:
     """Measure every setting on the test set; returns {"rows": [...], "ratios": {...}, ...}.
 
     On a CUDA ``device`` the bf16/int8 rows (CPU features) are left out and timings synchronize.
     ``compare=("ctranslate2",)`` adds CTranslate2's AR greedy on a same-shape model, timed in its
-    own process with the engine's AR greedy output lengths (``ctranslate2_compare``)."""
+    own process with the engine's AR greedy output lengths (``ctranslate2_compare``).
+    ``compat="fairseq"`` measures fairseq-generate's mask-predict (``settings``) on a converted
+    fairseq model; its test files must then be tokenised as the model's training data was."""
     for tool in compare:
         if tool != "ctranslate2":
             raise ValueError(f"unknown tool to compare with: {tool!r} (known: ctranslate2)")
@@ -139,7 +155,7 @@ def run_bench(
         decoder: Translator.from_pretrained(model_dir, device, max_batch_tokens=max_batch_tokens, decoder=decoder)
         for decoder in ("reference", "engine")
     }
-    if device == "cpu":
+    if device == "cpu" and compat == "janus":
         for precision in ("bf16", "int8"):
             try:
                 translators[f"engine {precision}"] = Translator(
@@ -153,7 +169,7 @@ def run_bench(
     peak = matmul_peak_gflops(device=device)
     rows = []
     greedy_outputs: list[str] = []
-    for setting in settings():
+    for setting in settings(compat):
         if setting.translator_key not in translators:
             continue
         translator = translators[setting.translator_key]
@@ -231,6 +247,7 @@ def run_bench(
         "threads": torch.get_num_threads(),
         "cpu": cpu_description(),
         "native_isa": cpu_isa(),
+        "compat": compat,
     }
 
 

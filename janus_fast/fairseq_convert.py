@@ -1,0 +1,238 @@
+"""``janus-fast convert --fairseq``: a fairseq CMLM checkpoint as a janus_fast checkpoint.
+
+Supported: fairseq's ``cmlm_transformer`` (and its named variants ``cmlm_transformer_*``) with
+shared embeddings (``--share-all-embeddings``), equal encoder/decoder widths, learned or
+sinusoidal positions. Everything else is refused with the reason (see ``docs/fairseq.md``).
+
+The mapping, per name:
+
+* ``{encoder,decoder}.embed_tokens.weight`` (equal; also ``decoder.output_projection.weight``)
+  -> ``embed_tokens.weight``;
+* ``{encoder,decoder}.embed_positions.weight`` rows ``pad + 1 ..`` (fairseq numbers real positions
+  from ``padding_idx + 1``) -> ``embed_{source,target}_positions.weight`` rows ``0 ..``; sinusoidal
+  positions are written out as a table the same way;
+* attention ``q_proj`` -> ``q_proj``; ``k_proj`` and ``v_proj`` stacked -> ``kv_proj``;
+  ``out_proj`` -> ``out_proj``; decoder ``encoder_attn`` -> ``cross_attn``;
+* encoder ``self_attn_layer_norm``, ``final_layer_norm`` -> ``norm1``, ``norm2``; decoder
+  ``self_attn_layer_norm``, ``encoder_attn_layer_norm``, ``final_layer_norm`` -> ``norm1..3``;
+  ``fc1``/``fc2`` -> ``ffn.fc1``/``ffn.fc2``;
+* ``decoder.embed_length.weight`` (256, d) -> ``length_embed.weight``.
+
+``encoder.layers.*.{in_proj,out_proj,fc1,fc2}_{weight,bias}`` (copies fairseq 0.12 keeps for
+torch's fused encoder path and rebuilds from q/k/v/fc1/fc2 on load), ``*.version`` and the sinusoidal
+positions' ``_float_tensor`` are not weights of the model and are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import torch
+
+from janus_fast.checkpoint import CheckpointError, save_pretrained
+from janus_fast.fairseq_checkpoint import fairseq_arguments, load_fairseq_checkpoint
+from janus_fast.fairseq_dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, FairseqTokenizer
+from janus_fast.model import ACTIVATIONS, JanusConfig, JanusModel
+
+__all__ = ["SUPPORTED_ARCHITECTURES", "config_from_arguments", "convert_state_dict", "convert_fairseq"]
+
+SUPPORTED_ARCHITECTURES = ("cmlm_transformer",)
+IGNORED = re.compile(
+    r"^(encoder|decoder)\.(version|embed_positions\._float_tensor)$"
+    r"|^encoder\.layers\.\d+\.(in_proj|out_proj|fc1|fc2)_(weight|bias)$"
+)
+
+
+def _refuse(path: str, reason: str) -> CheckpointError:
+    return CheckpointError(f"{path}: cannot convert: {reason}")
+
+
+def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "checkpoint") -> JanusConfig:
+    """The JanusConfig of a fairseq CMLM model from its arguments; CheckpointError for anything
+    the model cannot represent."""
+    arch = str(args.get("arch") or args.get("_name") or "")
+    if not any(arch == name or arch.startswith(name + "_") for name in SUPPORTED_ARCHITECTURES):
+        raise _refuse(path, f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+
+    def value(name: str, default: Any = None) -> Any:
+        return args.get(name, default)
+
+    pairs = [("encoder_embed_dim", "decoder_embed_dim"), ("encoder_ffn_embed_dim", "decoder_ffn_embed_dim")]
+    pairs += [("encoder_attention_heads", "decoder_attention_heads")]
+    pairs += [("encoder_normalize_before", "decoder_normalize_before"), ("encoder_learned_pos", "decoder_learned_pos")]
+    for encoder_name, decoder_name in pairs:
+        if bool(value(encoder_name)) != bool(value(decoder_name)) or value(encoder_name) != value(decoder_name):
+            raise _refuse(
+                path, f"{encoder_name}={value(encoder_name)} differs from {decoder_name}={value(decoder_name)}"
+            )
+    refused = [
+        ("share_all_embeddings", lambda v: not v, "separate source/target embeddings (use --share-all-embeddings)"),
+        ("layernorm_embedding", bool, "a layer norm on the embeddings"),
+        ("src_embedding_copy", bool, "source embedding copy"),
+        ("adaptive_softmax_cutoff", bool, "an adaptive softmax"),
+        ("adaptive_input", bool, "adaptive input embeddings"),
+        ("no_decoder_final_norm", bool, "a pre-norm decoder without its final norm"),
+        ("cross_self_attention", bool, "cross+self-attention"),
+        ("no_cross_attention", bool, "no cross-attention"),
+    ]
+    for name, bad, what in refused:
+        if bad(value(name)):
+            raise _refuse(path, f"{what} ({name}={value(name)!r}) is not supported")
+    if value("ngram_predictor", 1) != 1:
+        raise _refuse(path, f"ngram_predictor={value('ngram_predictor')} is not supported")
+    if value("decoder_output_dim", value("decoder_embed_dim")) != value("decoder_embed_dim"):
+        raise _refuse(path, "decoder_output_dim != decoder_embed_dim (an output projection) is not supported")
+    activation = value("activation_fn", "relu")
+    if activation not in ACTIVATIONS:
+        raise _refuse(path, f"activation_fn {activation!r} is not supported ({sorted(ACTIVATIONS)})")
+    if value("pad", PAD_ID) != PAD_ID or value("eos", EOS_ID) != EOS_ID or value("unk", UNK_ID) != UNK_ID:
+        raise _refuse(path, "special ids other than fairseq's defaults (bos 0, pad 1, eos 2, unk 3)")
+    return JanusConfig(
+        vocab_size=vocab_size,
+        d_model=int(value("encoder_embed_dim")),
+        num_heads=int(value("encoder_attention_heads")),
+        ffn_dim=int(value("encoder_ffn_embed_dim")),
+        encoder_layers=int(value("encoder_layers")),
+        decoder_layers=int(value("decoder_layers")),
+        dropout=float(value("dropout", 0.1)),
+        attention_dropout=float(value("attention_dropout", 0.0)),
+        max_source_positions=int(value("max_source_positions")),
+        max_target_positions=int(value("max_target_positions")),
+        num_length_classes=256,
+        length_offset=bool(value("pred_length_offset", False)),
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        mask_id=UNK_ID,
+        normalize_before=bool(value("encoder_normalize_before", False)),
+        final_norms=bool(value("encoder_normalize_before", False)),
+        activation=activation,
+        scale_embedding=not bool(value("no_scale_embedding", False)),
+        source_bos=True,  # translation_lev prepends <bos> to sources (and fairseq appends <eos>)
+        source_eos=True,
+        extra={"converted_from": "fairseq", "fairseq_arch": arch},
+    )
+
+
+def sinusoidal_positions(num_positions: int, dim: int, padding_idx: int) -> torch.Tensor:
+    """fairseq's sinusoidal table for real positions ``padding_idx + 1 ..``: (num_positions, dim),
+    half sines then half cosines of position * 10000^(-i / (dim/2 - 1))."""
+    half = dim // 2
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float) * -(math.log(10000) / (half - 1)))
+    positions = torch.arange(padding_idx + 1, padding_idx + 1 + num_positions, dtype=torch.float)
+    angles = positions[:, None] * frequencies[None, :]
+    table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2:
+        table = torch.cat([table, torch.zeros(num_positions, 1)], dim=1)
+    return table
+
+
+def _positions(state: dict[str, torch.Tensor], side: str, config: JanusConfig, args: dict, path: str) -> torch.Tensor:
+    """The (max positions, d) table of ``side`` ("encoder" | "decoder") with row i = position i."""
+    count = config.max_source_positions if side == "encoder" else config.max_target_positions
+    if args.get("no_token_positional_embeddings"):
+        return torch.zeros(count, config.d_model)
+    if not args.get(f"{side}_learned_pos"):
+        return sinusoidal_positions(count, config.d_model, PAD_ID)
+    table = state.get(f"{side}.embed_positions.weight")
+    if table is None or table.shape[0] < PAD_ID + 1 + count:
+        raise _refuse(path, f"{side}.embed_positions.weight missing or shorter than {PAD_ID + 1 + count} rows")
+    return table[PAD_ID + 1 : PAD_ID + 1 + count]
+
+
+def convert_state_dict(
+    state: dict[str, torch.Tensor], config: JanusConfig, args: dict[str, Any], path: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """fairseq CMLM weights -> the state dict of ``JanusModel(config)``; CheckpointError naming any
+    weight left over, missing or of the wrong shape."""
+    state = {name: tensor for name, tensor in state.items() if not IGNORED.match(name)}
+    used: set[str] = set()
+
+    def take(name: str) -> torch.Tensor:
+        if name not in state:
+            raise _refuse(path, f"weight {name} is missing")
+        used.add(name)
+        return state[name].float()
+
+    embed = take("encoder.embed_tokens.weight")
+    for tied in ("decoder.embed_tokens.weight", "decoder.output_projection.weight"):
+        if tied in state and not torch.equal(take(tied), embed):
+            raise _refuse(path, f"{tied} differs from encoder.embed_tokens.weight (embeddings not shared)")
+    out = {"embed_tokens.weight": embed, "length_embed.weight": take("decoder.embed_length.weight")}
+    out["embed_source_positions.weight"] = _positions(state, "encoder", config, args, path)
+    out["embed_target_positions.weight"] = _positions(state, "decoder", config, args, path)
+    used.update(name for name in ("encoder.embed_positions.weight", "decoder.embed_positions.weight") if name in state)
+
+    def attention(source: str, target: str) -> None:
+        for kind in ("weight", "bias"):
+            out[f"{target}.q_proj.{kind}"] = take(f"{source}.q_proj.{kind}")
+            out[f"{target}.kv_proj.{kind}"] = torch.cat(
+                [take(f"{source}.k_proj.{kind}"), take(f"{source}.v_proj.{kind}")]
+            )
+            out[f"{target}.out_proj.{kind}"] = take(f"{source}.out_proj.{kind}")
+
+    def copy(source: str, target: str) -> None:
+        for kind in ("weight", "bias"):
+            out[f"{target}.{kind}"] = take(f"{source}.{kind}")
+
+    for side, layers, norms in (
+        ("encoder", config.encoder_layers, ("self_attn_layer_norm", "final_layer_norm")),
+        ("decoder", config.decoder_layers, ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm")),
+    ):
+        for i in range(layers):
+            source, target = f"{side}.layers.{i}", f"{side}_layers.{i}"
+            attention(f"{source}.self_attn", f"{target}.self_attn")
+            if side == "decoder":
+                attention(f"{source}.encoder_attn", f"{target}.cross_attn")
+            for number, norm in enumerate(norms, 1):
+                copy(f"{source}.{norm}", f"{target}.norm{number}")
+            copy(f"{source}.fc1", f"{target}.ffn.fc1")
+            copy(f"{source}.fc2", f"{target}.ffn.fc2")
+        if config.final_norms:
+            copy(f"{side}.layer_norm", f"{side}_norm")
+    left_over = sorted(set(state) - used)
+    if left_over:
+        raise _refuse(path, f"weights this model has no place for: {left_over[:8]}")
+    return out
+
+
+def convert_fairseq(
+    checkpoint_path: str, dict_path: str, output: str, bpe: str | None = None, bpe_path: str | None = None
+) -> JanusModel:
+    """Convert ``checkpoint_path`` (read without executing pickled code) with its dictionary (and
+    BPE) into the checkpoint directory ``output``; returns the converted model."""
+    checkpoint = load_fairseq_checkpoint(checkpoint_path)
+    args = fairseq_arguments(checkpoint, checkpoint_path)
+    try:
+        tokenizer = FairseqTokenizer.from_files(dict_path, bpe, bpe_path)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{dict_path}: unusable dictionary or BPE ({error})") from error
+    state = checkpoint["model"]
+    embed = state.get("encoder.embed_tokens.weight")
+    if embed is None:
+        raise _refuse(checkpoint_path, "no encoder.embed_tokens.weight")
+    if embed.shape[0] != tokenizer.vocab_size:
+        raise CheckpointError(
+            f"{dict_path}: {tokenizer.vocab_size} symbols (with the 4 specials) but the checkpoint's embeddings "
+            f"have {embed.shape[0]} rows: not this model's dictionary"
+        )
+    config = config_from_arguments(args, tokenizer.vocab_size, checkpoint_path)
+    model = JanusModel(config)
+    weights = convert_state_dict(state, config, args, checkpoint_path)
+    expected = model.state_dict()
+    wrong = [
+        f"{n} {tuple(t.shape)} != {tuple(expected[n].shape)}"
+        for n, t in weights.items()
+        if t.shape != expected[n].shape
+    ]
+    missing = sorted(set(expected) - set(weights))
+    if wrong or missing:
+        raise _refuse(checkpoint_path, f"shape mismatches {wrong[:5]}, missing {missing[:5]}")
+    model.load_state_dict(weights)
+    model.eval()
+    save_pretrained(model, output)
+    tokenizer.save(output)
+    return model

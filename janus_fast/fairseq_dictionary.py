@@ -1,0 +1,138 @@
+"""A fairseq dictionary (``dict.txt``) with an optional BPE, as a janus_fast tokenizer.
+
+fairseq numbers its symbols ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3, then the lines of
+``dict.txt`` in order (``word count``, optionally followed by ``#fairseq:overwrite``). Text is
+split on whitespace into symbols; with a BPE, it is first cut into pieces by SentencePiece
+(``--bpe sentencepiece``) or subword-nmt codes (``--bpe subword-nmt``, needs the ``subword-nmt``
+package) and the pieces are joined back on output, as fairseq's ``--post-process`` does. Without a
+BPE the input must be pre-tokenised text in the dictionary's symbols.
+
+A converted checkpoint directory holds ``dict.txt`` and, with a BPE, ``bpe.model`` (SentencePiece)
+or ``bpe.codes`` (subword-nmt).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+DICT_NAME = "dict.txt"
+BPE_FILES = {"sentencepiece": "bpe.model", "subword-nmt": "bpe.codes"}
+SPECIAL_SYMBOLS = ("<s>", "<pad>", "</s>", "<unk>")
+BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+
+__all__ = ["FairseqTokenizer", "DICT_NAME", "BPE_FILES", "read_dictionary"]
+
+
+def read_dictionary(path: str) -> list[str]:
+    """All symbols of a fairseq ``dict.txt``, the four specials first; ValueError naming the line
+    for a malformed or duplicated entry."""
+    symbols = list(SPECIAL_SYMBOLS)
+    seen = set(symbols)
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            fields = line.rstrip("\n").rsplit(" ", 1)
+            if len(fields) != 2:
+                raise ValueError(f"{path}:{number}: expected 'symbol count', got {line.rstrip()!r}")
+            word, count = fields
+            overwrite = count == "#fairseq:overwrite"
+            if overwrite:
+                fields = word.rsplit(" ", 1)
+                if len(fields) != 2:
+                    raise ValueError(f"{path}:{number}: expected 'symbol count #fairseq:overwrite'")
+                word, count = fields
+            if not count.lstrip("-").isdigit():
+                raise ValueError(f"{path}:{number}: count {count!r} is not an integer")
+            if word in seen and not overwrite:
+                raise ValueError(f"{path}:{number}: duplicate symbol {word!r}")
+            seen.add(word)
+            symbols.append(word)
+    return symbols
+
+
+class FairseqTokenizer:
+    """Symbols of a fairseq dictionary plus an optional BPE; ``encode`` / ``decode`` as the
+    janus_fast ``Tokenizer`` (ids without bos/eos; output without specials, ``<unk>`` kept)."""
+
+    def __init__(self, symbols: Sequence[str], bpe: str | None = None, bpe_data: bytes | None = None) -> None:
+        if list(symbols[:4]) != list(SPECIAL_SYMBOLS):
+            raise ValueError(f"a fairseq dictionary starts with {SPECIAL_SYMBOLS}, got {tuple(symbols[:4])}")
+        if (bpe is None) != (bpe_data is None) or (bpe is not None and bpe not in BPE_FILES):
+            raise ValueError(f"bpe must be None or one of {sorted(BPE_FILES)} with its data, got {bpe!r}")
+        self.symbols = list(symbols)
+        self.index = {symbol: i for i, symbol in enumerate(self.symbols)}
+        self.bpe, self.bpe_data = bpe, bpe_data
+        self._splitter = _bpe_splitter(bpe, bpe_data)
+
+    @classmethod
+    def from_files(cls, dict_path: str, bpe: str | None = None, bpe_path: str | None = None) -> FairseqTokenizer:
+        """From a ``dict.txt`` and, for a BPE, its model / codes file."""
+        data = None
+        if bpe is not None:
+            if bpe_path is None:
+                raise ValueError(f"--bpe {bpe} needs the path of its model / codes")
+            with open(bpe_path, "rb") as handle:
+                data = handle.read()
+        return cls(read_dictionary(dict_path), bpe, data)
+
+    @classmethod
+    def load(cls, directory: str) -> FairseqTokenizer:
+        """From a converted checkpoint directory."""
+        for bpe, name in BPE_FILES.items():
+            if os.path.exists(os.path.join(directory, name)):
+                return cls.from_files(os.path.join(directory, DICT_NAME), bpe, os.path.join(directory, name))
+        return cls.from_files(os.path.join(directory, DICT_NAME))
+
+    def save(self, directory: str) -> None:
+        """Write ``dict.txt`` (counts are not kept: written as 0) and the BPE file to ``directory``."""
+        from janus_fast.checkpoint import atomic_write
+
+        lines = "".join(f"{symbol} 0\n" for symbol in self.symbols[4:])
+        atomic_write(os.path.join(directory, DICT_NAME), lines.encode("utf-8"))
+        if self.bpe is not None and self.bpe_data is not None:
+            atomic_write(os.path.join(directory, BPE_FILES[self.bpe]), self.bpe_data)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.symbols)
+
+    def encode(self, sentence: str) -> list[int]:
+        """Symbol ids of one sentence (BPE applied first), unknown symbols as ``<unk>``; no bos/eos."""
+        text = self._splitter(sentence) if self._splitter is not None else sentence
+        return [self.index.get(symbol, UNK_ID) for symbol in text.split()]
+
+    def encode_batch(self, sentences: Sequence[str]) -> list[list[int]]:
+        return [self.encode(sentence) for sentence in sentences]
+
+    def symbols_of(self, ids: Sequence[int]) -> str:
+        """The symbols of ``ids`` joined by spaces, without bos/eos/pad (fairseq-generate's
+        hypothesis string before ``--post-process``)."""
+        return " ".join(self.symbols[i] for i in ids if i not in (BOS_ID, EOS_ID, PAD_ID))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Output text: the symbols, joined back where a BPE cut them."""
+        text = self.symbols_of(ids)
+        if self.bpe == "sentencepiece":
+            return text.replace(" ", "").replace("\u2581", " ").strip()
+        if self.bpe == "subword-nmt":
+            return (text + " ").replace("@@ ", "").rstrip()
+        return text
+
+
+def _bpe_splitter(bpe: str | None, data: bytes | None):  # noqa: ANN202 - Callable[[str], str] | None
+    """A function text -> space-separated BPE pieces, or None without a BPE."""
+    if bpe is None or data is None:
+        return None
+    if bpe == "sentencepiece":
+        import sentencepiece as spm
+
+        processor = spm.SentencePieceProcessor(model_proto=data)
+        return lambda text: " ".join(processor.encode(text, out_type=str))
+    try:
+        from subword_nmt.apply_bpe import BPE
+    except ImportError as error:
+        raise ValueError("--bpe subword-nmt needs the subword-nmt package (pip install subword-nmt)") from error
+    import io
+
+    codes = BPE(io.StringIO(data.decode("utf-8")))
+    return lambda text: codes.process_line(text.strip())

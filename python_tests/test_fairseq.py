@@ -1,0 +1,338 @@
+"""Converted fairseq CMLM checkpoints against fairseq-generate (0.12.2) itself.
+
+The fixtures in ``data/fairseq`` were made by running fairseq (``scripts/fairseq_fixtures``, see
+``data/fairseq/README.md``): two checkpoints and fairseq-generate's H- (score in base 2 and
+hypothesis) and P- (positional scores) lines for several ``--iter-decode-max-iter``,
+``--iter-decode-with-beam``, adaptive and forced. fairseq is not needed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+import os
+import re
+import warnings
+
+import pytest
+import torch
+
+from janus_fast import fairseq_decoding
+from janus_fast.checkpoint import CheckpointError, load_pretrained, load_tokenizer
+from janus_fast.cli import main as cli_main
+from janus_fast.data import pad_sequences
+from janus_fast.decoding import generate
+from janus_fast.fairseq_checkpoint import load_fairseq_checkpoint
+from janus_fast.fairseq_convert import convert_fairseq
+from janus_fast.fairseq_dictionary import FairseqTokenizer, read_dictionary
+from janus_fast.model import JanusConfig, JanusModel
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "fairseq")
+GOLDEN = sorted(glob.glob(os.path.join(DATA, "generate_*.txt")))
+SETTING = re.compile(r"generate_(\w+?)_iter(\d+)_beam(\d+)_(adaptive|force)\.txt$")
+
+
+def read_golden(path: str) -> tuple[dict[int, tuple[float, str]], dict[int, list[float]]]:
+    """fairseq-generate's H- lines (id -> (score base 2, hypothesis)) and P- lines (id -> scores)."""
+    hypotheses, positional = {}, {}
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            key, rest = line.rstrip("\n").split("\t", 1)
+            if key.startswith("H-"):
+                score, text = rest.split("\t") if "\t" in rest else (rest, "")
+                hypotheses[int(key[2:])] = (float(score), text)
+            elif key.startswith("P-"):
+                positional[int(key[2:])] = [float(v) for v in rest.split()]
+    return hypotheses, positional
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory) -> dict[str, str]:
+    """Each fixture checkpoint converted once: model name -> checkpoint directory."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(DATA, "*.pt"))):
+        name = os.path.basename(path)[:-3]
+        out[name] = str(tmp_path_factory.mktemp(name) / "model")
+        convert_fairseq(path, os.path.join(DATA, "dict.txt"), out[name])
+    return out
+
+
+def source_batch(tokenizer: FairseqTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test sentences as translation_lev feeds them: ``<bos> x <eos>``, right-padded here."""
+    with open(os.path.join(DATA, "test.de"), encoding="utf-8") as handle:
+        lines = [line.rstrip("\n") for line in handle]
+    return pad_sequences([[0, *tokenizer.encode(line), 2] for line in lines], 1)
+
+
+def test_fixtures_present() -> None:
+    names = {SETTING.search(path).group(1) for path in GOLDEN}
+    assert {"trained", "prenorm"} <= names
+    assert all(os.path.getsize(path) <= 2_000_000 for path in glob.glob(os.path.join(DATA, "*.pt")))
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=os.path.basename)
+def test_tokens_and_scores_match_fairseq_generate(path: str, converted: dict[str, str]) -> None:
+    name, iterations, beam, stop = SETTING.search(path).groups()
+    model, tokenizer = load_pretrained(converted[name]), load_tokenizer(converted[name])
+    src, lengths = source_batch(tokenizer)
+    hypotheses, positional = read_golden(path)
+    assert len(hypotheses) == len(lengths)
+
+    found = fairseq_decoding.mask_predict(model, src, lengths, int(iterations), int(beam), stop == "force")
+    api = generate(
+        model,
+        src,
+        lengths,
+        iterations=int(iterations),
+        length_beam=int(beam),
+        compat="fairseq",
+        force_max_iter=stop == "force",
+        return_scores=True,
+    )
+    for index, hypothesis in enumerate(found):
+        score, text = hypotheses[index]
+        assert tokenizer.symbols_of(hypothesis.tokens) == text, f"sentence {index}"
+        assert hypothesis.score / math.log(2) == pytest.approx(score, abs=1e-4), f"sentence {index}"
+        ours = [value / math.log(2) for value in hypothesis.positional_scores]
+        assert ours == pytest.approx(positional[index], abs=2e-4), f"sentence {index}"
+        assert tokenizer.symbols_of(api.tokens[index]) == text
+        assert api.scores[index] == pytest.approx(hypothesis.score, abs=1e-6)
+
+
+def test_fixtures_cover_adaptive_stops_unk_and_diverse_outputs() -> None:
+    """The fixtures exercise what differs from the project's mask-predict: adaptive stops that
+    change the output, ``<unk>`` (the mask) in outputs, and models with varied outputs."""
+    adaptive, _ = read_golden(os.path.join(DATA, "generate_trained_iter4_beam3_adaptive.txt"))
+    forced, _ = read_golden(os.path.join(DATA, "generate_trained_iter4_beam3_force.txt"))
+    assert sum(adaptive[i][1] != forced[i][1] for i in adaptive) >= 10
+    assert sum("<unk>" in text for _, text in adaptive.values()) >= 30
+    for name in ("trained", "prenorm"):
+        found, _ = read_golden(os.path.join(DATA, f"generate_{name}_iter4_beam3_adaptive.txt"))
+        assert len({text for _, text in found.values()}) >= 0.9 * len(found)
+        assert len({word for _, text in found.values() for word in text.split()}) >= 25
+
+
+def test_batching_does_not_change_outputs(converted: dict[str, str]) -> None:
+    model, tokenizer = load_pretrained(converted["trained"]), load_tokenizer(converted["trained"])
+    src, lengths = source_batch(tokenizer)
+    together = fairseq_decoding.mask_predict(model, src[:8], lengths[:8], 4, 3)
+    for index in range(8):
+        alone = fairseq_decoding.mask_predict(
+            model, src[index : index + 1, : lengths[index]], lengths[index : index + 1], 4, 3
+        )
+        assert alone[0].tokens == together[index].tokens
+        assert alone[0].score == pytest.approx(together[index].score, abs=1e-5)
+
+
+def test_cli_translate_matches_fairseq_generate(converted: dict[str, str], tmp_path, capsys) -> None:
+    """End to end: convert with the CLI, translate the text file with --compat fairseq."""
+    model_dir = str(tmp_path / "model")
+    assert (
+        cli_main(
+            [
+                "convert",
+                "--fairseq",
+                os.path.join(DATA, "trained.pt"),
+                "--dict",
+                os.path.join(DATA, "dict.txt"),
+                "--output",
+                model_dir,
+            ]
+        )
+        == 0
+    )
+    out = tmp_path / "out.txt"
+    args = [
+        "translate",
+        "--model",
+        model_dir,
+        "--compat",
+        "fairseq",
+        "--iterations",
+        "9",
+        "--length-beam",
+        "5",
+        "--force-max-iter",
+        "-i",
+        os.path.join(DATA, "test.de"),
+        "-o",
+        str(out),
+        "--no-progress",
+    ]
+    assert cli_main(args) == 0
+    hypotheses, _ = read_golden(os.path.join(DATA, "generate_trained_iter9_beam5_force.txt"))
+    assert out.read_text(encoding="utf-8").splitlines() == [hypotheses[i][1] for i in range(len(hypotheses))]
+
+    # the same through token ids
+    tokenizer = load_tokenizer(model_dir)
+    ids_in = tmp_path / "ids.txt"
+    with open(os.path.join(DATA, "test.de"), encoding="utf-8") as handle:
+        ids_in.write_text("".join(" ".join(map(str, tokenizer.encode(line))) + "\n" for line in handle))
+    ids_out = tmp_path / "ids_out.txt"
+    assert cli_main(args[:-5] + ["--token-ids", "-i", str(ids_in), "-o", str(ids_out), "--no-progress"]) == 0
+    decoded = [tokenizer.symbols_of([int(i) for i in line.split()]) for line in ids_out.read_text().splitlines()]
+    assert decoded == [hypotheses[i][1] for i in range(len(hypotheses))]
+
+
+# --------------------------------------------------------------------------- restricted unpickler
+class _OpensAFile:
+    """Unpickling this calls ``open(path, "w")``: it would create the file if code ran."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):  # noqa: ANN204
+        return (open, (self.path, "w"))
+
+
+def test_restricted_unpickler_refuses_code(tmp_path) -> None:
+    marker = tmp_path / "code-ran"
+    checkpoint = load_fairseq_checkpoint(os.path.join(DATA, "trained.pt"))
+    checkpoint["extra_state"] = {"payload": _OpensAFile(str(marker))}
+    path = tmp_path / "evil.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match="not allowed.*nothing was executed"):
+        load_fairseq_checkpoint(str(path))
+    with pytest.raises(CheckpointError):
+        convert_fairseq(str(path), os.path.join(DATA, "dict.txt"), str(tmp_path / "out"))
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+    # the same with a raw pickle (not torch's zip format)
+    import pickle
+
+    raw = tmp_path / "evil.pkl"
+    raw.write_bytes(pickle.dumps({"model": {}, "payload": _OpensAFile(str(marker))}))
+    with pytest.raises(CheckpointError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note on the pickle protocol
+        load_fairseq_checkpoint(str(raw))
+    assert not marker.exists()
+
+
+def test_restricted_unpickler_reads_the_arguments_namespace() -> None:
+    checkpoint = load_fairseq_checkpoint(os.path.join(DATA, "trained.pt"))
+    assert isinstance(checkpoint["cfg"]["model"], argparse.Namespace)
+    assert checkpoint["cfg"]["model"].arch == "cmlm_transformer"
+
+
+# --------------------------------------------------------------------------- converter refusals
+def _modified(tmp_path, **changes) -> str:
+    checkpoint = load_fairseq_checkpoint(os.path.join(DATA, "trained.pt"))
+    for name, value in changes.items():
+        setattr(checkpoint["cfg"]["model"], name, value)
+    path = str(tmp_path / "modified.pt")
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"arch": "transformer"}, "architecture 'transformer' is not supported"),
+        ({"share_all_embeddings": False}, "separate source/target embeddings"),
+        ({"encoder_normalize_before": True}, "encoder_normalize_before=True differs"),
+        ({"activation_fn": "tanh"}, "activation_fn 'tanh'"),
+        ({"layernorm_embedding": True}, "layer norm on the embeddings"),
+    ],
+)
+def test_converter_refuses_what_it_cannot_map(tmp_path, changes: dict, message: str) -> None:
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        convert_fairseq(_modified(tmp_path, **changes), os.path.join(DATA, "dict.txt"), str(tmp_path / "out"))
+
+
+def test_converter_refuses_a_wrong_dictionary_and_extra_weights(tmp_path) -> None:
+    short = tmp_path / "dict.txt"
+    short.write_text("".join(f"w{i} 1\n" for i in range(10)))
+    with pytest.raises(CheckpointError, match="not this model's dictionary"):
+        convert_fairseq(os.path.join(DATA, "trained.pt"), str(short), str(tmp_path / "a"))
+    checkpoint = load_fairseq_checkpoint(os.path.join(DATA, "trained.pt"))
+    checkpoint["model"]["decoder.extra_head.weight"] = torch.zeros(2, 2)
+    torch.save(checkpoint, tmp_path / "extra.pt")
+    with pytest.raises(CheckpointError, match="decoder.extra_head.weight"):
+        convert_fairseq(str(tmp_path / "extra.pt"), os.path.join(DATA, "dict.txt"), str(tmp_path / "b"))
+
+
+def test_cli_convert_errors_are_one_line(tmp_path, capsys) -> None:
+    code = cli_main(
+        [
+            "convert",
+            "--fairseq",
+            str(tmp_path / "missing.pt"),
+            "--dict",
+            os.path.join(DATA, "dict.txt"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2 and "missing.pt: no such file" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- config and tokenizer
+def test_old_configs_load_with_todays_defaults() -> None:
+    old = {"vocab_size": 100, "d_model": 16, "num_heads": 2, "ffn_dim": 32}
+    config = JanusConfig.from_dict(old)
+    assert (config.normalize_before, config.final_norms, config.activation, config.scale_embedding) == (
+        True,
+        True,
+        "gelu",
+        True,
+    )
+    assert (config.source_bos, config.source_eos) == (False, False)
+
+
+def test_config_allows_mask_equal_to_unk_only() -> None:
+    JanusConfig(vocab_size=100, pad_id=1, unk_id=3, bos_id=0, eos_id=2, mask_id=3)
+    with pytest.raises(ValueError, match="distinct"):
+        JanusConfig(vocab_size=100, pad_id=1, unk_id=3, bos_id=0, eos_id=2, mask_id=1)
+    with pytest.raises(ValueError, match="activation"):
+        JanusConfig(activation="tanh")
+
+
+def test_post_norm_models_decode_the_same_with_either_decoder() -> None:
+    """The engine's packed pass is pre-norm only: post-norm models fall back to the reference."""
+    torch.manual_seed(0)
+    config = JanusConfig(
+        vocab_size=60,
+        d_model=16,
+        num_heads=2,
+        ffn_dim=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        normalize_before=False,
+        final_norms=False,
+        activation="relu",
+        max_target_positions=32,
+        num_length_classes=32,
+    )
+    model = JanusModel(config).eval()
+    src, lengths = pad_sequences([[5, 6, 7, 8], [9, 10]], config.pad_id)
+    engine = generate(model, src, lengths, iterations=3, decoder="engine", return_scores=True)
+    reference = generate(model, src, lengths, iterations=3, decoder="reference", return_scores=True)
+    assert engine == reference
+
+
+def test_dictionary_tokenizer(tmp_path) -> None:
+    symbols = read_dictionary(os.path.join(DATA, "dict.txt"))
+    assert symbols[:5] == ["<s>", "<pad>", "</s>", "<unk>", "."]
+    tokenizer = FairseqTokenizer(symbols)
+    ids = tokenizer.encode("ein mann qqqunknown .")
+    assert ids[2] == 3 and tokenizer.decode([0, *ids, 2, 1]) == "ein mann <unk> ."
+    bad = tmp_path / "bad.txt"
+    bad.write_text("a 1\na 2\n")
+    with pytest.raises(ValueError, match="duplicate symbol"):
+        read_dictionary(str(bad))
+
+
+def test_sentencepiece_bpe_round_trip() -> None:
+    """--bpe sentencepiece: text is cut into the model's pieces, output pieces are joined back."""
+    spm_path = os.path.join(os.path.dirname(__file__), "..", "janus_fast", "pretrained", "multi30k-de-en", "spm.model")
+    with open(spm_path, "rb") as handle:
+        data = handle.read()
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_proto=data)
+    pieces = [processor.id_to_piece(i) for i in range(5, processor.get_piece_size())]
+    tokenizer = FairseqTokenizer(["<s>", "<pad>", "</s>", "<unk>", *pieces], "sentencepiece", data)
+    ids = tokenizer.encode("Zwei Hunde spielen im Schnee.")
+    assert 3 not in ids and len(ids) >= 5
+    assert tokenizer.decode(ids) == "Zwei Hunde spielen im Schnee."
