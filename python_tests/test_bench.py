@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 from test_cli import run_cli
 
 from janus_fast.benchmarks.ctranslate2_compare import ctranslate2_available
 
 
+@pytest.mark.slow
 def test_bench_smoke(trained_dir, corpus_dir, tmp_path):
     os.symlink(os.path.join(corpus_dir, "val.de"), tmp_path / "test_2016_flickr.de")
     os.symlink(os.path.join(corpus_dir, "val.en"), tmp_path / "test_2016_flickr.en")

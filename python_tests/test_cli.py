@@ -28,6 +28,7 @@ def test_translate_preserves_line_count_and_empty_lines(trained_dir, mode):
     assert lines[0] and lines[2] and lines[4]
 
 
+@pytest.mark.slow
 def test_engine_and_reference_decoders_agree_through_the_cli(trained_dir):
     text = "Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\n".encode()
     for mode in ("nar", "ar"):
@@ -48,6 +49,7 @@ def test_translate_without_final_newline_and_invalid_utf8(trained_dir):
     assert b"invalid UTF-8" in result.stderr
 
 
+@pytest.mark.slow
 def test_long_input_truncated_with_warning_or_rejected(trained_dir):
     long_line = ("Hund " * 400).encode() + b"\n"
     result = run_cli("translate", "--model", trained_dir, "--iterations", "1", stdin=long_line)

@@ -7,11 +7,13 @@ import json
 import os
 import subprocess
 
+import pytest
 from conftest import MULTI30K, REPO_ROOT
 
 from janus_fast.checkpoint import load_pretrained
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_runs_every_step(tmp_path):
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in ("JANUS_FAST_GPU_TESTS", "TRITON_INTERPRET")}

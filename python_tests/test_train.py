@@ -58,6 +58,7 @@ def test_bf16_autocast_matches_fp32_loss():
     assert float(losses[True]) == pytest.approx(float(losses[False]), rel=0.03)
 
 
+@pytest.mark.slow
 def test_two_process_ddp_training(corpus_dir, tmp_path):
     out = str(tmp_path / "ddp")
     command = [

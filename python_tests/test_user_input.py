@@ -81,6 +81,7 @@ def test_length_beam_is_capped_by_the_possible_lengths(length_offset):
     assert generate(model, src, lengths, mode="nar", iterations=2, length_beam=16) == huge
 
 
+@pytest.mark.slow
 def test_huge_length_beam_through_the_cli(trained_dir):
     for beam in ("253", "254", "256"):
         result = run_cli("translate", "--model", trained_dir, "--length-beam", beam, "--iterations", "2",
@@ -215,6 +216,7 @@ def test_resumed_run_does_not_repeat_metrics(resumable_run, tmp_path):
     assert updates == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.slow
 def test_translate_memory_is_bounded_on_4096_one_word_lines(tmp_path):
     """4,096 one-word lines (with the shipped model) stay under 1.5 GB of peak RSS; two iterations
     keep the test short (the (rows, T, V) logits buffer does not depend on them)."""
