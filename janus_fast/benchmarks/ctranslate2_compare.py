@@ -97,33 +97,17 @@ def build_model(config: JanusConfig, directory: str, seed: int = 0) -> None:
     spec.save(directory)
 
 
-def _batches(source_lengths: list[int], max_batch_tokens: int) -> list[list[int]]:
-    """Sentence indices in length-sorted batches of at most ``max_batch_tokens`` padded tokens
-    (as ``Translator.translate`` groups them)."""
-    order = sorted(range(len(source_lengths)), key=lambda i: source_lengths[i])
-    batches, current = [], []
-    for index in order:
-        longest = max([source_lengths[i] for i in current] + [source_lengths[index], 1])
-        if current and longest * (len(current) + 1) > max_batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(index)
-    if current:
-        batches.append(current)
-    return batches
-
-
 def time_in_this_process(job: dict) -> dict:
     """Seconds for the batch-1 sentences and for all sentences in large batches, per compute type.
 
-    job: model_dir, source_lengths, output_lengths (tokens incl. eos), batch1 (count),
-    max_batch_tokens, threads, compute_types, repeats.
+    job: model_dir, source_lengths, output_lengths (tokens incl. eos), batch1 (count), batches
+    (sentence indices per large batch, as the engine's), threads, compute_types, repeats.
     """
     import ctranslate2
 
     lengths, outputs = job["source_lengths"], job["output_lengths"]
     sources = [[f"w{(i * 7 + j) % 4000}" for j in range(max(1, n))] for i, n in enumerate(lengths)]
-    batches = _batches(lengths, job["max_batch_tokens"])
+    batches = job["batches"]
     results = {}
     for compute_type in job["compute_types"]:
         translator = ctranslate2.Translator(
@@ -164,6 +148,9 @@ def time_ctranslate2(
     """Build the same-shape model and time it in a subprocess; {compute_type: {batch1_seconds, batch_seconds}}."""
     if not ctranslate2_available():
         raise RuntimeError(INSTALL_HINT)
+    from janus_fast.translator import length_sorted_batches  # the engine's own batching
+
+    batches = length_sorted_batches([[0] * n for n in source_lengths], max_batch_tokens)
     with tempfile.TemporaryDirectory() as directory:
         model_dir = os.path.join(directory, "model")
         build_model(config, model_dir)
@@ -172,7 +159,7 @@ def time_ctranslate2(
             source_lengths=source_lengths,
             output_lengths=output_lengths,
             batch1=min(batch1, len(source_lengths)),
-            max_batch_tokens=max_batch_tokens,
+            batches=batches,
             threads=threads,
             compute_types=list(compute_types),
             repeats=repeats,
