@@ -140,39 +140,28 @@ class NativeDecoder:
         self.embed_scale = float(model.embed_scale)
         self.mask_id = config.mask_id
         self.version = _parameters_version(model)
-        tensors = [
-            _vector(model.embed_tokens.weight),
-            _vector(model.embed_target_positions.weight),
-            _vector(model.decoder_norm.weight),
-            _vector(model.decoder_norm.bias),
-            *_matrix(model.embed_tokens.weight, None, weight_type),
-        ]
+        def norm(module: nn.LayerNorm) -> list[torch.Tensor]:
+            return [_vector(module.weight), _vector(module.bias)]
+
+        def matrices(*linears: nn.Linear) -> list[torch.Tensor]:
+            return [t for linear in linears for t in _matrix(linear.weight, linear.bias, weight_type)]
+
+        def self_attention(layer: nn.Module) -> list[torch.Tensor]:
+            attention = layer.self_attn
+            return norm(layer.norm1) + matrices(attention.q_proj, attention.kv_proj, attention.out_proj)
+
+        tensors = [_vector(model.embed_tokens.weight), _vector(model.embed_target_positions.weight)]
+        tensors += norm(model.decoder_norm) + _matrix(model.embed_tokens.weight, None, weight_type)
         for layer in model.decoder_layers:
-            tensors += [_vector(layer.norm1.weight), _vector(layer.norm1.bias)]
-            for linear in (layer.self_attn.q_proj, layer.self_attn.kv_proj, layer.self_attn.out_proj):
-                tensors += _matrix(linear.weight, linear.bias, weight_type)
-            tensors += [_vector(layer.norm2.weight), _vector(layer.norm2.bias)]
-            for linear in (layer.cross_attn.q_proj, layer.cross_attn.out_proj):
-                tensors += _matrix(linear.weight, linear.bias, weight_type)
-            tensors += [_vector(layer.norm3.weight), _vector(layer.norm3.bias)]
-            for linear in (layer.ffn.fc1, layer.ffn.fc2):
-                tensors += _matrix(linear.weight, linear.bias, weight_type)
+            tensors += self_attention(layer) + norm(layer.norm2)
+            tensors += matrices(layer.cross_attn.q_proj, layer.cross_attn.out_proj)
+            tensors += norm(layer.norm3) + matrices(layer.ffn.fc1, layer.ffn.fc2)
         self.tensors = tensors
-        encoder = [
-            _vector(model.embed_tokens.weight),
-            _vector(model.embed_source_positions.weight),
-            _vector(model.encoder_norm.weight),
-            _vector(model.encoder_norm.bias),
-        ]
+        encoder = [_vector(model.embed_tokens.weight), _vector(model.embed_source_positions.weight)]
+        encoder += norm(model.encoder_norm)
         for layer in model.encoder_layers:
-            encoder += [_vector(layer.norm1.weight), _vector(layer.norm1.bias)]
-            for linear in (layer.self_attn.q_proj, layer.self_attn.kv_proj, layer.self_attn.out_proj):
-                encoder += _matrix(linear.weight, linear.bias, weight_type)
-            encoder += [_vector(layer.norm2.weight), _vector(layer.norm2.bias)]
-            for linear in (layer.ffn.fc1, layer.ffn.fc2):
-                encoder += _matrix(linear.weight, linear.bias, weight_type)
-        for layer in model.decoder_layers:
-            encoder += _matrix(layer.cross_attn.kv_proj.weight, layer.cross_attn.kv_proj.bias, weight_type)
+            encoder += self_attention(layer) + norm(layer.norm2) + matrices(layer.ffn.fc1, layer.ffn.fc2)
+        encoder += matrices(*(layer.cross_attn.kv_proj for layer in model.decoder_layers))
         self.encoder_tensors = encoder
         self.num_encoder_layers = len(model.encoder_layers)
 

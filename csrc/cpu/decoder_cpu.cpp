@@ -101,23 +101,30 @@ struct DecoderWeights {
   std::vector<LayerWeights> layers;
 };
 
-DecoderWeights parse_weights(at::TensorList w, int64_t num_heads) {
-  TORCH_CHECK_VALUE(w.size() > kGlobalTensors && (w.size() - kGlobalTensors) % kLayerTensors == 0,
-                    "decoder weights: expected ", kGlobalTensors, " + ", kLayerTensors,
-                    " * layers tensors, got ", w.size());
+// Sizes, heads, the token and position embeddings and the final layer norm: w[0..3] of both the
+// decoder's and the encoder's weight lists.
+DecoderWeights parse_embeddings(at::TensorList w, int64_t num_heads, const char* what) {
+  TORCH_CHECK_VALUE(w.size() >= 4 && w[0].dim() == 2 && w[1].dim() == 2, what, " weights: embeddings must be 2-D");
   DecoderWeights d;
-  TORCH_CHECK_VALUE(w[0].dim() == 2 && w[1].dim() == 2, "decoder weights: embeddings must be 2-D");
   d.vocab = w[0].size(0);
   d.dim = w[0].size(1);
   d.max_positions = w[1].size(0);
-  TORCH_CHECK_VALUE(num_heads >= 1 && d.dim % num_heads == 0, "decoder: d_model ", d.dim,
+  TORCH_CHECK_VALUE(num_heads >= 1 && d.dim % num_heads == 0, what, ": d_model ", d.dim,
                     " is not divisible by num_heads ", num_heads);
   d.heads = num_heads;
   d.head_dim = d.dim / num_heads;
   d.embed = float_data(w[0], d.vocab * d.dim, "token embeddings");
-  d.positions = float_data(w[1], d.max_positions * d.dim, "target positions");
+  d.positions = float_data(w[1], d.max_positions * d.dim, "positions");
   d.final_w = float_data(w[2], d.dim, "final norm weight");
   d.final_b = float_data(w[3], d.dim, "final norm bias");
+  return d;
+}
+
+DecoderWeights parse_weights(at::TensorList w, int64_t num_heads) {
+  TORCH_CHECK_VALUE(w.size() > kGlobalTensors && (w.size() - kGlobalTensors) % kLayerTensors == 0,
+                    "decoder weights: expected ", kGlobalTensors, " + ", kLayerTensors,
+                    " * layers tensors, got ", w.size());
+  DecoderWeights d = parse_embeddings(w, num_heads, "decoder");
   d.vocab_projection = make_weight(w[4], w[5], w[6], d.dim, d.vocab, "vocabulary projection");
   const int64_t num_layers = (static_cast<int64_t>(w.size()) - kGlobalTensors) / kLayerTensors;
   for (int64_t l = 0; l < num_layers; ++l) {
@@ -472,19 +479,7 @@ std::vector<at::Tensor> encoder_forward(at::TensorList weights, int64_t num_enco
                          num_encoder_layers * kEncoderLayerTensors) % 3 == 0,
                     "encoder weights: expected ", kEncoderGlobalTensors, " + ", kEncoderLayerTensors,
                     " * encoder layers + 3 * decoder layers tensors, got ", weights.size());
-  TORCH_CHECK_VALUE(weights[0].dim() == 2 && weights[1].dim() == 2, "encoder weights: embeddings must be 2-D");
-  DecoderWeights d;  // the shared fields: sizes, embeddings
-  d.vocab = weights[0].size(0);
-  d.dim = weights[0].size(1);
-  d.max_positions = weights[1].size(0);
-  TORCH_CHECK_VALUE(num_heads >= 1 && d.dim % num_heads == 0, "encoder: d_model ", d.dim,
-                    " is not divisible by num_heads ", num_heads);
-  d.heads = num_heads;
-  d.head_dim = d.dim / num_heads;
-  d.embed = float_data(weights[0], d.vocab * d.dim, "token embeddings");
-  d.positions = float_data(weights[1], d.max_positions * d.dim, "source positions");
-  const float* final_w = float_data(weights[2], d.dim, "encoder norm weight");
-  const float* final_b = float_data(weights[3], d.dim, "encoder norm bias");
+  DecoderWeights d = parse_embeddings(weights, num_heads, "encoder");  // the shared fields
   const int64_t dim = d.dim;
   std::vector<EncoderLayerWeights> layers;
   for (int64_t l = 0; l < num_encoder_layers; ++l) {
@@ -552,7 +547,7 @@ std::vector<at::Tensor> encoder_forward(at::TensorList weights, int64_t num_enco
     gelu_inplace(f, packed * d.ffn);
     linear(f, packed, d.ffn, layer.fc2, x, dim, /*accumulate=*/true);
   }
-  core::layer_norm(x, dim, packed, dim, final_w, final_b, kLayerNormEps, x, dim);
+  core::layer_norm(x, dim, packed, dim, d.final_w, d.final_b, kLayerNormEps, x, dim);
   const auto options = at::TensorOptions().dtype(at::kFloat);
   std::vector<at::Tensor> outputs;
   at::Tensor states = at::zeros({batch, width, dim}, options);
