@@ -16,12 +16,6 @@ MAX_BEAM = 128  # AR beam sizes above this can only be a mistake (rows = sentenc
 COMPAT_MODES = ("janus", "fairseq")
 
 
-def engine_supports(model: JanusModel) -> bool:
-    """Whether the fast engine can run ``model``: its packed decoder pass is written for pre-norm
-    layers; post-norm models (converted from fairseq) decode with the reference decoders."""
-    return model.config.normalize_before
-
-
 def check_compat(model: JanusModel, compat: str, mode: str, iterations: int, length_beam: int, force: bool) -> None:
     """TypeError / ValueError for a compatibility mode and options it cannot run. With "fairseq",
     ``iterations`` is fairseq's ``--iter-decode-max-iter`` (>= 0; iterations + 1 passes)."""
@@ -74,7 +68,7 @@ def generate(
     src_tokens (B, S) int64 right-padded, src_lengths (B,) int64 >= 1; mode "nar" (mask-predict,
     ``iterations`` x ``length_beam``) or "ar" (``beam`` 1 = greedy). decoder "engine" (the fast
     path, ``janus_fast.engine``) or "reference" (``janus_fast.reference_decoding``); both give the
-    same outputs; the reference runs models the engine does not support (``engine_supports``).
+    same outputs. With compat "fairseq", "engine" runs the native CPU passes where they can run.
     ``decoder_weights`` ("fp32", "bf16", "int8"): the engine's native CPU passes store their weights
     in that type (``janus_fast.native_decoder``); anything but fp32 changes outputs slightly.
 
@@ -96,8 +90,10 @@ def generate(
     if len(src_lengths) == 0:
         hypotheses = Hypotheses([], [])
     elif compat == "fairseq":
-        hypotheses = _fairseq_generate(model, src_tokens, src_lengths, iterations, length_beam, force_max_iter)
-    elif decoder == "engine" and engine_supports(model):
+        hypotheses = _fairseq_generate(
+            model, src_tokens, src_lengths, iterations, length_beam, force_max_iter, native=decoder == "engine"
+        )
+    elif decoder == "engine":
         if mode == "nar":
             hypotheses = engine.mask_predict(model, src_tokens, src_lengths, iterations, length_beam, decoder_weights)
         else:
@@ -110,10 +106,16 @@ def generate(
 
 
 def _fairseq_generate(
-    model: JanusModel, src_tokens: torch.Tensor, src_lengths: torch.Tensor, max_iter: int, length_beam: int, force: bool
+    model: JanusModel,
+    src_tokens: torch.Tensor,
+    src_lengths: torch.Tensor,
+    max_iter: int,
+    length_beam: int,
+    force: bool,
+    native: bool,
 ) -> Hypotheses:
     """fairseq-generate's hypotheses as ``Hypotheses``: tokens without bos/eos/pad, fairseq's score."""
-    found = fairseq_decoding.mask_predict(model, src_tokens, src_lengths, max_iter, length_beam, force)
+    found = fairseq_decoding.mask_predict(model, src_tokens, src_lengths, max_iter, length_beam, force, native)
     drop = {model.config.bos_id, model.config.eos_id, model.config.pad_id}
     return Hypotheses([[t for t in h.tokens if t not in drop] for h in found], [h.score for h in found])
 

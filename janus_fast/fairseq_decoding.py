@@ -19,6 +19,10 @@ all on purpose (see ``docs/fairseq.md``):
 * a candidate's score is the mean of its position scores over ``<bos> .. <eos>`` (both 0); the
   length candidate with the highest score wins (the first on ties).
 
+Each pass runs the decoder over the real positions only and projects only the masked ones to
+the vocabulary: on the CPU as one native call (``janus_fast.native_decoder``, float32 weights,
+the same tokens), elsewhere through the PyTorch model.
+
 Shapes: B sentences, l length beam, N = B * l rows (a sentence's candidates adjacent), W width.
 """
 
@@ -31,6 +35,8 @@ import torch.nn.functional as F
 
 from janus_fast.attention import MaskSpec
 from janus_fast.model import EncoderOutput, JanusModel
+from janus_fast.native_decoder import NativeDecoder, unsupported_reason
+from janus_fast.packed import PackedRows
 
 __all__ = ["FairseqHypothesis", "mask_predict", "length_beam_lengths", "remask_counts"]
 
@@ -86,19 +92,45 @@ def _initial_tokens(lengths: torch.Tensor, pad_id: int, bos_id: int, eos_id: int
     return tokens
 
 
-def _fill_masked(
-    model: JanusModel, tokens: torch.Tensor, lengths: torch.Tensor, encoder_out: EncoderOutput
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decoder pass; returns the masked positions (N, W) bool and, for those only, the argmax
-    token (M,) and its log-probability (M,) over the whole vocabulary."""
-    masked = tokens == model.config.mask_id
-    positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
-    hidden = model.decode(
-        model.embed_target(tokens, positions), tokens.shape[1], MaskSpec.padding(lengths), encoder_out
-    )
-    log_probs = F.log_softmax(model.output_logits(hidden[masked]).float(), dim=-1)
-    best = log_probs.max(-1)
-    return masked, best.indices, best.values
+class _Decoder:
+    """The decoder passes of one batch: native (one call per pass over the packed real positions)
+    where ``unsupported_reason`` allows, else the PyTorch model over the padded rows."""
+
+    def __init__(self, model: JanusModel, native: bool) -> None:
+        self.model = model
+        self.native = NativeDecoder.for_model(model) if native and unsupported_reason(model) is None else None
+        self.memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor] | None = None
+
+    def encode(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
+        if self.native is not None:
+            return self.native.encode(src_tokens, src_lengths)
+        return self.model.encode(src_tokens, src_lengths)
+
+    def set_rows(self, encoder_out: EncoderOutput) -> None:
+        """The rows' encoder output changed (length candidates expanded, finished rows dropped)."""
+        self.memory = NativeDecoder.memory(encoder_out) if self.native is not None else None
+
+    def fill_masked(
+        self, tokens: torch.Tensor, lengths: torch.Tensor, encoder_out: EncoderOutput
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One decoder pass; returns the masked positions (N, W) bool and, for those only (row-major),
+        the argmax token (M,) and its log-probability (M,) over the whole vocabulary."""
+        model = self.model
+        masked = tokens == model.config.mask_id
+        if self.native is not None:
+            rows = PackedRows(lengths, tokens.shape[1])
+            packed_tokens = tokens.reshape(-1).index_select(0, rows.index)
+            offsets = F.pad(lengths.cumsum(0), (1, 0))
+            outputs = (packed_tokens == model.config.mask_id).nonzero().squeeze(1)
+            logits = self.native.nar_logits(packed_tokens, rows.positions, offsets, self.memory, outputs)
+        else:
+            positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
+            hidden = model.decode(
+                model.embed_target(tokens, positions), tokens.shape[1], MaskSpec.padding(lengths), encoder_out
+            )
+            logits = model.output_logits(hidden[masked])
+        best = F.log_softmax(logits.float(), dim=-1).max(-1)
+        return masked, best.indices, best.values
 
 
 @torch.inference_mode()
@@ -109,21 +141,25 @@ def mask_predict(
     max_iter: int = 10,
     length_beam: int = 1,
     force_max_iter: bool = False,
+    native: bool = True,
 ) -> list[FairseqHypothesis]:
     """fairseq-generate's mask-predict on a batch; one hypothesis per sentence.
 
     src_tokens (B, S) int64 right-padded (as the task gives them: ``<bos> x <eos>`` for
     translation_lev), src_lengths (B,) int64; ``max_iter`` >= 0 (``max_iter + 1`` passes),
-    ``length_beam`` >= 1, ``force_max_iter`` disables the adaptive stop.
+    ``length_beam`` >= 1, ``force_max_iter`` disables the adaptive stop; ``native`` False keeps the
+    PyTorch passes even where the native ones could run.
     """
     config = model.config
     num_passes = max_iter + 1
-    encoder_out = model.encode(src_tokens, src_lengths)
+    decoder = _Decoder(model, native)
+    encoder_out = decoder.encode(src_tokens, src_lengths)
     candidates = length_beam_lengths(model, encoder_out, length_beam)
     batch = candidates.shape[0]
     lengths = candidates.reshape(-1).clamp(max=config.max_target_positions)
     rows = torch.arange(batch, device=lengths.device).repeat_interleave(length_beam)
     encoder_out = encoder_out.select(rows)
+    decoder.set_rows(encoder_out)
     tokens = _initial_tokens(lengths, config.pad_id, config.bos_id, config.eos_id, config.mask_id)
     scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
     active = torch.arange(len(lengths), device=lengths.device)  # the row each active row is
@@ -131,7 +167,7 @@ def mask_predict(
 
     for step in range(num_passes):
         before = tokens.clone()
-        masked, new_tokens, new_scores = _fill_masked(model, tokens, lengths, encoder_out)
+        masked, new_tokens, new_scores = decoder.fill_masked(tokens, lengths, encoder_out)
         tokens[masked] = new_tokens
         scores[masked] = new_scores
         if step + 1 < num_passes:
@@ -159,6 +195,7 @@ def mask_predict(
         keep = (~done).nonzero().squeeze(1)
         tokens, scores, lengths, active = tokens[keep], scores[keep], lengths[keep], active[keep]
         encoder_out = encoder_out.select(keep)
+        decoder.set_rows(encoder_out)
 
     best = []
     for sentence in range(batch):

@@ -17,7 +17,8 @@ float32 too, except that ``bf16`` on a CPU with AVX-512 BF16 rounds them to bflo
 bf16 dot-product instruction (twice the multiply-adds per instruction).
 
 The flat weight list of the decoder (``NativeDecoder.tensors``) is, every matrix as panels
-(``pack_panels``) followed by its scale and bias:
+(``pack_panels``) followed by its scale and bias (a model without final norms passes empty tensors
+for them):
 ``embed_tokens (V, d), target_positions (T, d), final_norm.weight, final_norm.bias,
 vocab (d, V), vocab_scale, vocab_bias`` then per layer
 ``norm1.w, norm1.b, q (w, scale, bias), kv (w, scale, bias), out (w, scale, bias), norm2.w, norm2.b,
@@ -55,9 +56,6 @@ def unsupported_reason(model: JanusModel) -> str | None:
         return f"the model's parameters are {parameter.dtype}, not float32"
     if model.training:
         return "the model is in training mode"
-    config = model.config
-    if not config.normalize_before or not config.final_norms or config.activation != "gelu":
-        return "the native passes are written for pre-norm GELU layers with final layer norms"
     if model.output_projection is not None:
         return "the model has a separate (quantized) output projection"
     for module in model.decoder_layers.modules():
@@ -139,8 +137,13 @@ class NativeDecoder:
         self.num_heads = config.num_heads
         self.embed_scale = float(model.embed_scale)
         self.mask_id = config.mask_id
+        self.post_norm = not config.normalize_before
+        self.relu = config.activation == "relu"
         self.version = _parameters_version(model)
-        def norm(module: nn.LayerNorm) -> list[torch.Tensor]:
+
+        def norm(module: nn.Module) -> list[torch.Tensor]:
+            if isinstance(module, nn.Identity):  # no final norm: empty tensors
+                return [_EMPTY, _EMPTY]
             return [_vector(module.weight), _vector(module.bias)]
 
         def matrices(*linears: nn.Linear) -> list[torch.Tensor]:
@@ -181,7 +184,14 @@ class NativeDecoder:
         values there that nothing reads).
         """
         states, *memory = torch.ops.janus_fast.encoder_forward(
-            self.encoder_tensors, self.num_encoder_layers, self.num_heads, self.embed_scale, src_tokens, src_lengths
+            self.encoder_tensors,
+            self.num_encoder_layers,
+            self.num_heads,
+            self.embed_scale,
+            self.post_norm,
+            self.relu,
+            src_tokens,
+            src_lengths,
         )
         return EncoderOutput(states, src_lengths, list(zip(memory[0::2], memory[1::2])))
 
@@ -209,6 +219,8 @@ class NativeDecoder:
             self.tensors,
             self.num_heads,
             self.embed_scale,
+            self.post_norm,
+            self.relu,
             self.mask_id,
             tokens,
             step,
@@ -241,6 +253,8 @@ class NativeDecoder:
             self.tensors,
             self.num_heads,
             self.embed_scale,
+            self.post_norm,
+            self.relu,
             tokens,
             positions,
             row_offsets,

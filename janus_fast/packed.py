@@ -58,6 +58,11 @@ def _packed_layer(
     layer: DecoderLayer, x: torch.Tensor, rows: PackedRows, self_mask: MaskSpec, memory_kv, memory_mask: MaskSpec
 ) -> torch.Tensor:
     """``DecoderLayer.forward`` (inference, content stream only) on packed positions (P, d)."""
+    if not layer.normalize_before:  # post-norm (fairseq's default): norm(x + sublayer(x))
+        key, value = layer.self_attn.keys_values(rows.pad(x))
+        x = layer.norm1(x + _attend(layer.self_attn, x, key, value, self_mask, rows))
+        x = layer.norm2(x + _attend(layer.cross_attn, x, *memory_kv, memory_mask, rows))
+        return layer.norm3(x + layer.ffn(x))
     h = layer.norm1(x)
     key, value = layer.self_attn.keys_values(rows.pad(h))
     x = x + _attend(layer.self_attn, h, key, value, self_mask, rows)

@@ -27,6 +27,7 @@ from janus_fast.fairseq_checkpoint import load_fairseq_checkpoint
 from janus_fast.fairseq_convert import convert_fairseq
 from janus_fast.fairseq_dictionary import FairseqTokenizer, read_dictionary
 from janus_fast.model import JanusConfig, JanusModel
+from janus_fast.native_decoder import unsupported_reason
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "fairseq")
 GOLDEN = sorted(glob.glob(os.path.join(DATA, "generate_*.txt")))
@@ -71,15 +72,18 @@ def test_fixtures_present() -> None:
     assert all(os.path.getsize(path) <= 2_000_000 for path in glob.glob(os.path.join(DATA, "*.pt")))
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native_passes", "pytorch_passes"])
 @pytest.mark.parametrize("path", GOLDEN, ids=os.path.basename)
-def test_tokens_and_scores_match_fairseq_generate(path: str, converted: dict[str, str]) -> None:
+def test_tokens_and_scores_match_fairseq_generate(path: str, native: bool, converted: dict[str, str]) -> None:
     name, iterations, beam, stop = SETTING.search(path).groups()
     model, tokenizer = load_pretrained(converted[name]), load_tokenizer(converted[name])
+    if native and unsupported_reason(model) is not None:
+        pytest.skip(unsupported_reason(model))
     src, lengths = source_batch(tokenizer)
     hypotheses, positional = read_golden(path)
     assert len(hypotheses) == len(lengths)
 
-    found = fairseq_decoding.mask_predict(model, src, lengths, int(iterations), int(beam), stop == "force")
+    found = fairseq_decoding.mask_predict(model, src, lengths, int(iterations), int(beam), stop == "force", native)
     api = generate(
         model,
         src,
@@ -88,6 +92,7 @@ def test_tokens_and_scores_match_fairseq_generate(path: str, converted: dict[str
         length_beam=int(beam),
         compat="fairseq",
         force_max_iter=stop == "force",
+        decoder="engine" if native else "reference",
         return_scores=True,
     )
     for index, hypothesis in enumerate(found):
@@ -289,7 +294,7 @@ def test_config_allows_mask_equal_to_unk_only() -> None:
 
 
 def test_post_norm_models_decode_the_same_with_either_decoder() -> None:
-    """The engine's packed pass is pre-norm only: post-norm models fall back to the reference."""
+    """Post-norm ReLU layers without final norms: the engine's passes (native here) == the reference."""
     torch.manual_seed(0)
     config = JanusConfig(
         vocab_size=60,

@@ -7,9 +7,10 @@
 //   janus_fast::encoder_forward   the encoder over the real source positions and the decoder's
 //                                 cross-attention keys/values, computed once per batch.
 //
-// Layers are pre-norm as janus_fast.model.DecoderLayer: x += SelfAttn(LN1 x); x += CrossAttn(LN2 x);
-// x += FFN(LN3 x); the final LayerNorm and the tied vocabulary projection follow. Residual adds
-// are fused into the output projections, GELU into the FFN, and the last layer runs its queries,
+// Layers are wired as janus_fast.model.DecoderLayer: pre-norm (x += SelfAttn(LN1 x); x += CrossAttn(LN2 x);
+// x += FFN(LN3 x)) or post-norm (fairseq's default: x = LN1(x + SelfAttn x); ...), with a GELU or ReLU
+// FFN; the final LayerNorm (when the model has one) and the tied vocabulary projection follow. Residual
+// adds are fused into the output projections, the activation into the FFN, and the last layer runs its queries,
 // cross-attention and FFN only for the rows whose logits are wanted. Matrix products go through
 // core/small_gemm.h (float32 / bfloat16 / int8 weights, ISA chosen at run time); everything else
 // is float32. The weights come as one flat list prepared by janus_fast/native_decoder.py (its
@@ -87,6 +88,12 @@ GemmWeight make_weight(const at::Tensor& w, const at::Tensor& scale, const at::T
   return g;
 }
 
+// How the layers are wired (janus_fast.model.JanusConfig's normalize_before and activation).
+struct Architecture {
+  bool post_norm = false;  // x = LN(x + f(x)) instead of x += f(LN x)
+  bool relu = false;       // ReLU FFN instead of GELU
+};
+
 struct LayerWeights {
   const float *norm1_w, *norm1_b, *norm2_w, *norm2_b, *norm3_w, *norm3_b;
   GemmWeight q, kv, out, cross_q, cross_out, fc1, fc2;
@@ -96,7 +103,7 @@ struct DecoderWeights {
   int64_t vocab = 0, dim = 0, ffn = 0, max_positions = 0, heads = 0, head_dim = 0;
   const float* embed = nullptr;      // (V, d)
   const float* positions = nullptr;  // (max_positions, d)
-  const float *final_w = nullptr, *final_b = nullptr;
+  const float *final_w = nullptr, *final_b = nullptr;  // null: no final layer norm
   GemmWeight vocab_projection;  // (d, V)
   std::vector<LayerWeights> layers;
 };
@@ -115,8 +122,10 @@ DecoderWeights parse_embeddings(at::TensorList w, int64_t num_heads, const char*
   d.head_dim = d.dim / num_heads;
   d.embed = float_data(w[0], d.vocab * d.dim, "token embeddings");
   d.positions = float_data(w[1], d.max_positions * d.dim, "positions");
-  d.final_w = float_data(w[2], d.dim, "final norm weight");
-  d.final_b = float_data(w[3], d.dim, "final norm bias");
+  if (w[2].numel() > 0 || w[3].numel() > 0) {  // empty tensors: the model has no final layer norm
+    d.final_w = float_data(w[2], d.dim, "final norm weight");
+    d.final_b = float_data(w[3], d.dim, "final norm bias");
+  }
   return d;
 }
 
@@ -178,6 +187,31 @@ void gelu_inplace(float* x, int64_t count) {
   at::gelu_(view);
 }
 
+// x = ReLU(x) in place.
+void relu_inplace(float* x, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+void activate(const Architecture& arch, float* x, int64_t count) {
+  if (arch.relu) relu_inplace(x, count);
+  else gelu_inplace(x, count);
+}
+
+// The input of a sublayer over rows x (n, dim): LN(x) written to h in a pre-norm layer, x itself in a
+// post-norm one.
+const float* sublayer_input(const Architecture& arch, const float* x, int64_t n, int64_t dim, const float* norm_w,
+                            const float* norm_b, float* h) {
+  if (arch.post_norm) return x;
+  core::layer_norm(x, dim, n, dim, norm_w, norm_b, kLayerNormEps, h, dim);
+  return h;
+}
+
+// After a sublayer's residual add: a post-norm layer normalises x in place.
+void finish_sublayer(const Architecture& arch, float* x, int64_t n, int64_t dim, const float* norm_w,
+                     const float* norm_b) {
+  if (arch.post_norm) core::layer_norm(x, dim, n, dim, norm_w, norm_b, kLayerNormEps, x, dim);
+}
+
 // Scratch buffers of the passes, kept per thread between calls: no allocation (and no page
 // faults) per decoder pass once the largest batch has been seen.
 float* scratch(std::vector<float>& buffer, int64_t size) {
@@ -237,12 +271,11 @@ void attention_rows(const float* queries, int64_t ldq, int64_t num_rows, const D
 }
 
 // Cross-attention + FFN half of a layer for rows x (n, d), given each row's memory row index.
-void cross_and_ffn(float* x, int64_t n, const LayerWeights& layer, const DecoderWeights& d, const Memory& memory,
-                   const std::vector<int64_t>& memory_row, const std::vector<int64_t>& memory_lengths,
-                   float* h, float* q, float* a, float* f) {
+void cross_and_ffn(const Architecture& arch, float* x, int64_t n, const LayerWeights& layer, const DecoderWeights& d,
+                   const Memory& memory, const std::vector<int64_t>& memory_row,
+                   const std::vector<int64_t>& memory_lengths, float* h, float* q, float* a, float* f) {
   const int64_t dim = d.dim, stride = memory.length * d.head_dim;
-  core::layer_norm(x, dim, n, dim, layer.norm2_w, layer.norm2_b, kLayerNormEps, h, dim);
-  linear(h, n, dim, layer.cross_q, q, dim);
+  linear(sublayer_input(arch, x, n, dim, layer.norm2_w, layer.norm2_b, h), n, dim, layer.cross_q, q, dim);
   attention_rows(q, dim, n, d, a, dim, memory.length,
                  [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values, int64_t& vs,
                      int64_t& count) {
@@ -254,10 +287,11 @@ void cross_and_ffn(float* x, int64_t n, const LayerWeights& layer, const Decoder
                    count = memory_lengths[m];
                  });
   linear(a, n, dim, layer.cross_out, x, dim, /*accumulate=*/true);
-  core::layer_norm(x, dim, n, dim, layer.norm3_w, layer.norm3_b, kLayerNormEps, h, dim);
-  linear(h, n, dim, layer.fc1, f, d.ffn);
-  gelu_inplace(f, n * d.ffn);
+  finish_sublayer(arch, x, n, dim, layer.norm2_w, layer.norm2_b);
+  linear(sublayer_input(arch, x, n, dim, layer.norm3_w, layer.norm3_b, h), n, dim, layer.fc1, f, d.ffn);
+  activate(arch, f, n * d.ffn);
   linear(f, n, d.ffn, layer.fc2, x, dim, /*accumulate=*/true);
+  finish_sublayer(arch, x, n, dim, layer.norm3_w, layer.norm3_b);
 }
 
 void embed(const DecoderWeights& d, int64_t token, int64_t position, float scale, float* out) {
@@ -271,16 +305,17 @@ void embed(const DecoderWeights& d, int64_t token, int64_t position, float scale
 
 at::Tensor vocabulary_logits(const DecoderWeights& d, float* x, int64_t rows) {
   at::Tensor logits = at::empty({rows, d.vocab}, at::TensorOptions().dtype(at::kFloat));
-  core::layer_norm(x, d.dim, rows, d.dim, d.final_w, d.final_b, kLayerNormEps, x, d.dim);
+  if (d.final_w != nullptr) core::layer_norm(x, d.dim, rows, d.dim, d.final_w, d.final_b, kLayerNormEps, x, d.dim);
   linear(x, rows, d.dim, d.vocab_projection, logits.data_ptr<float>(), d.vocab);
   return logits;
 }
 
-at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double embed_scale, int64_t mask_id,
-                           const at::Tensor& tokens, int64_t step, at::TensorList memory_keys,
+at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                           int64_t mask_id, const at::Tensor& tokens, int64_t step, at::TensorList memory_keys,
                            at::TensorList memory_values, const at::Tensor& memory_lengths, at::TensorList cache_keys,
                            at::TensorList cache_values) {
   const DecoderWeights d = parse_weights(weights, num_heads);
+  const Architecture arch{post_norm, relu};
   const int64_t num_layers = static_cast<int64_t>(d.layers.size());
   TORCH_CHECK_VALUE(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.device().is_cpu(),
                     "decoder_ar_step: tokens must be int64 (B,) on the CPU, got ", tokens.sizes());
@@ -331,8 +366,8 @@ at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double emb
     // the last layer needs only the query rows past its key/value projection
     const int64_t first = l == num_layers - 1 ? batch : 0, n = rows - first;
     float* xs = x + first * dim;
-    core::layer_norm(x, dim, rows, dim, layer.norm1_w, layer.norm1_b, kLayerNormEps, h, dim);
-    linear(h, batch, dim, layer.kv, kv, 2 * dim);
+    const float* in = sublayer_input(arch, x, rows, dim, layer.norm1_w, layer.norm1_b, h);
+    linear(in, batch, dim, layer.kv, kv, 2 * dim);
     float* ck = cache_keys[l].data_ptr<float>();
     float* cv = cache_values[l].data_ptr<float>();
     const int64_t max_len = cache_keys[l].size(2);
@@ -342,7 +377,7 @@ at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double emb
         std::memcpy(ck + at_step, kv + b * 2 * dim + head * d.head_dim, d.head_dim * sizeof(float));
         std::memcpy(cv + at_step, kv + b * 2 * dim + dim + head * d.head_dim, d.head_dim * sizeof(float));
       }
-    linear(h + first * dim, n, dim, layer.q, q, dim);
+    linear(in + first * dim, n, dim, layer.q, q, dim);
     attention_rows(q, dim, n, d, a, dim, num_keys,
                    [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
                        int64_t& vs, int64_t& count) {
@@ -354,17 +389,20 @@ at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double emb
                      count = num_keys;
                    });
     linear(a, n, dim, layer.out, xs, dim, /*accumulate=*/true);
+    finish_sublayer(arch, xs, n, dim, layer.norm1_w, layer.norm1_b);
     std::vector<int64_t> rows_memory(memory_row.begin() + first, memory_row.end());
-    cross_and_ffn(xs, n, layer, d, memories[l], rows_memory, mem_lengths, h, q, a, f);
+    cross_and_ffn(arch, xs, n, layer, d, memories[l], rows_memory, mem_lengths, h, q, a, f);
   }
   return vocabulary_logits(d, x + batch * dim, batch);
 }
 
-at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double embed_scale, const at::Tensor& tokens,
+at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                            const at::Tensor& tokens,
                             const at::Tensor& positions, const at::Tensor& row_offsets, at::TensorList memory_keys,
                             at::TensorList memory_values, const at::Tensor& memory_lengths,
                             const at::Tensor& output_positions) {
   const DecoderWeights d = parse_weights(weights, num_heads);
+  const Architecture arch{post_norm, relu};
   const int64_t num_layers = static_cast<int64_t>(d.layers.size());
   for (const at::Tensor* t : {&tokens, &positions, &row_offsets, &output_positions})
     TORCH_CHECK_VALUE(t->dim() == 1 && t->scalar_type() == at::kLong && t->device().is_cpu(),
@@ -423,17 +461,17 @@ at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double em
   for (int64_t l = 0; l < num_layers; ++l) {
     const LayerWeights& layer = d.layers[l];
     const bool last = l == num_layers - 1;
-    core::layer_norm(x, dim, packed, dim, layer.norm1_w, layer.norm1_b, kLayerNormEps, h, dim);
-    linear(h, packed, dim, layer.kv, kv, 2 * dim);
+    const float* in = sublayer_input(arch, x, packed, dim, layer.norm1_w, layer.norm1_b, h);
+    linear(in, packed, dim, layer.kv, kv, 2 * dim);
     // the last layer continues with the requested positions only
     float* xs = x;
-    const float* hs = h;
+    const float* hs = in;
     int64_t n = packed;
     const int64_t* query_packed = nullptr;  // query row i -> packed position (last layer)
     if (last) {  // gather x and LN1(x) of the requested positions (into xo and a; a is free until attention)
       for (int64_t i = 0; i < num_out; ++i) {
         std::memcpy(xo + i * dim, x + out_pos[i] * dim, dim * sizeof(float));
-        std::memcpy(a + i * dim, h + out_pos[i] * dim, dim * sizeof(float));
+        std::memcpy(a + i * dim, in + out_pos[i] * dim, dim * sizeof(float));
       }
       xs = xo;
       hs = a;
@@ -451,8 +489,8 @@ at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double em
                      count = offsets[r + 1] - offsets[r];
                    });
     linear(a, n, dim, layer.out, xs, dim, /*accumulate=*/true);
-    cross_and_ffn(xs, n, layer, d, memories[l], last ? out_rows : row_of, mem_lengths, h, q, a,
-                  f);
+    finish_sublayer(arch, xs, n, dim, layer.norm1_w, layer.norm1_b);
+    cross_and_ffn(arch, xs, n, layer, d, memories[l], last ? out_rows : row_of, mem_lengths, h, q, a, f);
   }
   return vocabulary_logits(d, xo, num_out);
 }
@@ -470,7 +508,7 @@ struct EncoderLayerWeights {
 // cross-attention keys/values of every decoder layer. Returns [states (B, S, d), keys_0, values_0,
 // keys_1, ...] with keys/values (B, H, S, d/H); padded positions are zeros.
 std::vector<at::Tensor> encoder_forward(at::TensorList weights, int64_t num_encoder_layers, int64_t num_heads,
-                                        double embed_scale, const at::Tensor& src_tokens,
+                                        double embed_scale, bool post_norm, bool relu, const at::Tensor& src_tokens,
                                         const at::Tensor& src_lengths) {
   TORCH_CHECK_VALUE(num_encoder_layers >= 1 &&
                         static_cast<int64_t>(weights.size()) >
@@ -480,6 +518,7 @@ std::vector<at::Tensor> encoder_forward(at::TensorList weights, int64_t num_enco
                     "encoder weights: expected ", kEncoderGlobalTensors, " + ", kEncoderLayerTensors,
                     " * encoder layers + 3 * decoder layers tensors, got ", weights.size());
   DecoderWeights d = parse_embeddings(weights, num_heads, "encoder");  // the shared fields
+  const Architecture arch{post_norm, relu};
   const int64_t dim = d.dim;
   std::vector<EncoderLayerWeights> layers;
   for (int64_t l = 0; l < num_encoder_layers; ++l) {
@@ -529,9 +568,9 @@ std::vector<at::Tensor> encoder_forward(at::TensorList weights, int64_t num_enco
       embed(d, ids[b * width + s], s, scale, x + (offsets[b] + s) * dim);
     }
   for (const EncoderLayerWeights& layer : layers) {
-    core::layer_norm(x, dim, packed, dim, layer.norm1_w, layer.norm1_b, kLayerNormEps, h, dim);
-    linear(h, packed, dim, layer.kv, kv, 2 * dim);
-    linear(h, packed, dim, layer.q, q, dim);
+    const float* in = sublayer_input(arch, x, packed, dim, layer.norm1_w, layer.norm1_b, h);
+    linear(in, packed, dim, layer.kv, kv, 2 * dim);
+    linear(in, packed, dim, layer.q, q, dim);
     attention_rows(q, dim, packed, d, a, dim, width,
                    [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
                        int64_t& vs, int64_t& count) {
@@ -542,12 +581,13 @@ std::vector<at::Tensor> encoder_forward(at::TensorList weights, int64_t num_enco
                      count = lengths[r];
                    });
     linear(a, packed, dim, layer.out, x, dim, /*accumulate=*/true);
-    core::layer_norm(x, dim, packed, dim, layer.norm2_w, layer.norm2_b, kLayerNormEps, h, dim);
-    linear(h, packed, dim, layer.fc1, f, d.ffn);
-    gelu_inplace(f, packed * d.ffn);
+    finish_sublayer(arch, x, packed, dim, layer.norm1_w, layer.norm1_b);
+    linear(sublayer_input(arch, x, packed, dim, layer.norm2_w, layer.norm2_b, h), packed, dim, layer.fc1, f, d.ffn);
+    activate(arch, f, packed * d.ffn);
     linear(f, packed, d.ffn, layer.fc2, x, dim, /*accumulate=*/true);
+    finish_sublayer(arch, x, packed, dim, layer.norm2_w, layer.norm2_b);
   }
-  core::layer_norm(x, dim, packed, dim, d.final_w, d.final_b, kLayerNormEps, x, dim);
+  if (d.final_w != nullptr) core::layer_norm(x, dim, packed, dim, d.final_w, d.final_b, kLayerNormEps, x, dim);
   const auto options = at::TensorOptions().dtype(at::kFloat);
   std::vector<at::Tensor> outputs;
   at::Tensor states = at::zeros({batch, width, dim}, options);
@@ -583,18 +623,18 @@ std::string decoder_isa() { return core::isa_name(active_isa()); }
 
 TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
   m.def(
-      "decoder_ar_step(Tensor[] weights, int num_heads, float embed_scale, int mask_id, Tensor tokens, int step, "
-      "Tensor[] memory_keys, Tensor[] memory_values, Tensor memory_lengths, Tensor(a!)[] cache_keys, "
-      "Tensor(b!)[] cache_values) -> Tensor",
+      "decoder_ar_step(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
+      "Tensor tokens, int step, Tensor[] memory_keys, Tensor[] memory_values, Tensor memory_lengths, "
+      "Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values) -> Tensor",
       &decoder_ar_step);
   m.def(
-      "decoder_nar_pass(Tensor[] weights, int num_heads, float embed_scale, Tensor tokens, Tensor positions, "
-      "Tensor row_offsets, Tensor[] memory_keys, Tensor[] memory_values, Tensor memory_lengths, "
-      "Tensor output_positions) -> Tensor",
+      "decoder_nar_pass(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, "
+      "Tensor tokens, Tensor positions, Tensor row_offsets, Tensor[] memory_keys, Tensor[] memory_values, "
+      "Tensor memory_lengths, Tensor output_positions) -> Tensor",
       &decoder_nar_pass);
   m.def(
-      "encoder_forward(Tensor[] weights, int num_encoder_layers, int num_heads, float embed_scale, "
-      "Tensor src_tokens, Tensor src_lengths) -> Tensor[]",
+      "encoder_forward(Tensor[] weights, int num_encoder_layers, int num_heads, float embed_scale, bool post_norm, "
+      "bool relu, Tensor src_tokens, Tensor src_lengths) -> Tensor[]",
       &encoder_forward);
   m.def("decoder_isa() -> str", &decoder_isa);
 }

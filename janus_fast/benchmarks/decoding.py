@@ -49,7 +49,7 @@ class Setting:
     @property
     def name(self) -> str:
         if self.compat == "fairseq":
-            return f"fairseq-compat NAR max-iter={self.iterations} lb={self.length_beam}"
+            return f"{self.decoder} fairseq-compat NAR max-iter={self.iterations} lb={self.length_beam}"
         if self.mode == "nar":
             return f"{self.translator_key} NAR T={self.iterations} lb={self.length_beam}"
         return f"{self.translator_key} AR {'greedy' if self.beam == 1 else f'beam {self.beam}'}"
@@ -63,7 +63,11 @@ def settings(compat: str = "janus") -> list[Setting]:
     """The rows of the table: for ``compat="fairseq"`` (a converted fairseq CMLM) the
     fairseq-compatible mask-predict only; otherwise every decoder and mode of this project."""
     if compat == "fairseq":
-        return [Setting("reference", "nar", iterations=t, compat="fairseq") for t in FAIRSEQ_MAX_ITERS]
+        return [
+            Setting(decoder, "nar", iterations=t, compat="fairseq")
+            for decoder in ("reference", "engine")
+            for t in FAIRSEQ_MAX_ITERS
+        ]
     rows = [Setting(decoder, "nar", iterations=t) for decoder in ("reference", "engine") for t in NAR_ITERATIONS]
     rows += [Setting(decoder, "ar", beam=beam) for decoder in ("reference", "engine") for beam in (1, 4)]
     for precision in ("bf16", "int8"):
