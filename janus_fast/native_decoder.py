@@ -119,8 +119,8 @@ def _vector(t: torch.Tensor) -> torch.Tensor:
     return t.detach().float().contiguous()
 
 
-def _parameters_version(model: JanusModel) -> tuple[int, ...]:
-    return tuple(p._version for p in model.parameters())
+def _parameters_version(parameters: list[nn.Parameter]) -> tuple[int, ...]:
+    return tuple(p._version for p in parameters)
 
 
 class NativeDecoder:
@@ -139,7 +139,8 @@ class NativeDecoder:
         self.mask_id = config.mask_id
         self.post_norm = not config.normalize_before
         self.relu = config.activation == "relu"
-        self.version = _parameters_version(model)
+        self.parameters = list(model.parameters())  # walked once: checking versions is then cheap
+        self.version = _parameters_version(self.parameters)
 
         def norm(module: nn.Module) -> list[torch.Tensor]:
             if isinstance(module, nn.Identity):  # no final norm: empty tensors
@@ -170,10 +171,11 @@ class NativeDecoder:
 
     @staticmethod
     def for_model(model: JanusModel, weight_type: str = "fp32") -> NativeDecoder:
-        """The model's native decoder, converted on first use and again after any parameter update."""
+        """The model's native decoder, converted on first use and again after any in-place parameter
+        update (optimizer steps, ``load_state_dict``)."""
         cache: dict[str, NativeDecoder] = model.__dict__.setdefault("_native_decoders", {})
         decoder = cache.get(weight_type)
-        if decoder is None or decoder.version != _parameters_version(model):
+        if decoder is None or decoder.version != _parameters_version(decoder.parameters):
             decoder = cache[weight_type] = NativeDecoder(model, weight_type)
         return decoder
 

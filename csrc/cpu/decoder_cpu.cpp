@@ -187,9 +187,18 @@ void gelu_inplace(float* x, int64_t count) {
   at::gelu_(view);
 }
 
-// x = ReLU(x) in place.
+// x = ReLU(x) in place, split over threads when long.
 void relu_inplace(float* x, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+  at::parallel_for(0, count, int64_t{1} << 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+  });
+}
+
+// y (rows, dim) = LayerNorm(x (rows, dim)), rows split over threads when there are many (y may be x).
+void layer_norm_rows(const float* x, int64_t rows, int64_t dim, const float* w, const float* b, float* y) {
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    core::layer_norm(x + begin * dim, dim, end - begin, dim, w, b, kLayerNormEps, y + begin * dim, dim);
+  });
 }
 
 void activate(const Architecture& arch, float* x, int64_t count) {
@@ -202,14 +211,14 @@ void activate(const Architecture& arch, float* x, int64_t count) {
 const float* sublayer_input(const Architecture& arch, const float* x, int64_t n, int64_t dim, const float* norm_w,
                             const float* norm_b, float* h) {
   if (arch.post_norm) return x;
-  core::layer_norm(x, dim, n, dim, norm_w, norm_b, kLayerNormEps, h, dim);
+  layer_norm_rows(x, n, dim, norm_w, norm_b, h);
   return h;
 }
 
 // After a sublayer's residual add: a post-norm layer normalises x in place.
 void finish_sublayer(const Architecture& arch, float* x, int64_t n, int64_t dim, const float* norm_w,
                      const float* norm_b) {
-  if (arch.post_norm) core::layer_norm(x, dim, n, dim, norm_w, norm_b, kLayerNormEps, x, dim);
+  if (arch.post_norm) layer_norm_rows(x, n, dim, norm_w, norm_b, x);
 }
 
 // Scratch buffers of the passes, kept per thread between calls: no allocation (and no page
@@ -305,7 +314,7 @@ void embed(const DecoderWeights& d, int64_t token, int64_t position, float scale
 
 at::Tensor vocabulary_logits(const DecoderWeights& d, float* x, int64_t rows) {
   at::Tensor logits = at::empty({rows, d.vocab}, at::TensorOptions().dtype(at::kFloat));
-  if (d.final_w != nullptr) core::layer_norm(x, d.dim, rows, d.dim, d.final_w, d.final_b, kLayerNormEps, x, d.dim);
+  if (d.final_w != nullptr) layer_norm_rows(x, rows, d.dim, d.final_w, d.final_b, x);
   linear(x, rows, d.dim, d.vocab_projection, logits.data_ptr<float>(), d.vocab);
   return logits;
 }
@@ -587,7 +596,7 @@ std::vector<at::Tensor> encoder_forward(at::TensorList weights, int64_t num_enco
     linear(f, packed, d.ffn, layer.fc2, x, dim, /*accumulate=*/true);
     finish_sublayer(arch, x, packed, dim, layer.norm2_w, layer.norm2_b);
   }
-  if (d.final_w != nullptr) core::layer_norm(x, dim, packed, dim, d.final_w, d.final_b, kLayerNormEps, x, dim);
+  if (d.final_w != nullptr) layer_norm_rows(x, packed, dim, d.final_w, d.final_b, x);
   const auto options = at::TensorOptions().dtype(at::kFloat);
   std::vector<at::Tensor> outputs;
   at::Tensor states = at::zeros({batch, width, dim}, options);
