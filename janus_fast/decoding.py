@@ -16,9 +16,12 @@ MAX_BEAM = 128  # AR beam sizes above this can only be a mistake (rows = sentenc
 COMPAT_MODES = ("janus", "fairseq")
 
 
-def check_compat(model: JanusModel, compat: str, mode: str, iterations: int, length_beam: int, force: bool) -> None:
+def check_compat(
+    model: JanusModel, compat: str, mode: str, iterations: int, length_beam: int, force: bool, beam: int = 1
+) -> None:
     """TypeError / ValueError for a compatibility mode and options it cannot run. With "fairseq",
-    ``iterations`` is fairseq's ``--iter-decode-max-iter`` (>= 0; iterations + 1 passes)."""
+    ``iterations`` is fairseq's ``--iter-decode-max-iter`` (>= 0; iterations + 1 passes); AR is
+    greedy only (fairseq-generate's ``--beam 1``)."""
     if compat not in COMPAT_MODES:
         raise ValueError(f"unknown compat {compat!r}; expected one of {COMPAT_MODES}")
     if not isinstance(force, bool):
@@ -27,8 +30,12 @@ def check_compat(model: JanusModel, compat: str, mode: str, iterations: int, len
         if force:
             raise ValueError("force_max_iter applies to compat='fairseq' only (janus runs every iteration)")
         return
-    if mode != "nar":
-        raise ValueError("compat='fairseq' decodes mask-predict (mode 'nar') only")
+    if mode not in ("nar", "ar"):
+        raise ValueError(f"mode must be 'nar' or 'ar', got {mode!r}")
+    if mode == "ar":
+        if beam != 1:  # fairseq's beam search is not reproduced
+            raise ValueError(f"compat='fairseq' decodes AR greedily only (fairseq-generate's --beam 1), got {beam}")
+        return
     check_int("iterations", iterations, 0, model.config.max_target_positions)
     check_int("length_beam", length_beam, 1, model.config.num_length_classes)
 
@@ -78,7 +85,7 @@ def generate(
     then keep ``<unk>`` and the score is fairseq's (mean over bos..eos, natural log).
     """
     _check_source(model, src_tokens, src_lengths)
-    check_compat(model, compat, mode, iterations, length_beam, force_max_iter)
+    check_compat(model, compat, mode, iterations, length_beam, force_max_iter, beam)
     if compat == "janus":
         check_decoding_options(model, mode, iterations, length_beam, beam)
     if decoder not in ("engine", "reference"):
@@ -89,6 +96,9 @@ def generate(
         raise ValueError("decoder_weights other than 'fp32' need decoder='engine'")
     if len(src_lengths) == 0:
         hypotheses = Hypotheses([], [])
+    elif compat == "fairseq" and mode == "ar":
+        found = fairseq_decoding.ar_greedy(model, src_tokens, src_lengths, native=decoder == "engine")
+        hypotheses = _fairseq_hypotheses(model, found)
     elif compat == "fairseq":
         hypotheses = _fairseq_generate(
             model, src_tokens, src_lengths, iterations, length_beam, force_max_iter, native=decoder == "engine"
@@ -116,6 +126,11 @@ def _fairseq_generate(
 ) -> Hypotheses:
     """fairseq-generate's hypotheses as ``Hypotheses``: tokens without bos/eos/pad, fairseq's score."""
     found = fairseq_decoding.mask_predict(model, src_tokens, src_lengths, max_iter, length_beam, force, native)
+    return _fairseq_hypotheses(model, found)
+
+
+def _fairseq_hypotheses(model: JanusModel, found: list[fairseq_decoding.FairseqHypothesis]) -> Hypotheses:
+    """fairseq's hypotheses as ``Hypotheses``: tokens without bos/eos/pad (``<unk>`` kept), its score."""
     drop = {model.config.bos_id, model.config.eos_id, model.config.pad_id}
     return Hypotheses([[t for t in h.tokens if t not in drop] for h in found], [h.score for h in found])
 

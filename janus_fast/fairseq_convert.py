@@ -1,8 +1,11 @@
-"""``janus-fast convert --fairseq``: a fairseq CMLM checkpoint as a janus_fast checkpoint.
+"""``janus-fast convert --fairseq``: a fairseq CMLM or JANUS checkpoint as a janus_fast checkpoint.
 
-Supported: fairseq's ``cmlm_transformer`` (and its named variants ``cmlm_transformer_*``) with
-shared embeddings (``--share-all-embeddings``), equal encoder/decoder widths, learned or
-sinusoidal positions. Everything else is refused with the reason (see ``docs/fairseq.md``).
+Supported: fairseq's ``cmlm_transformer`` and the public JANUS plugin's ``janus_transformer``
+(and their named variants such as ``*_iwslt_de_en``) with shared embeddings
+(``--share-all-embeddings``), equal encoder/decoder widths, learned or sinusoidal positions. The
+plugin's decoder shares every weight between its two streams under CMLM's names; its AR query
+stream sits at the last visible content token's position (``query_position_offset=0``).
+Everything else is refused with the reason (see ``docs/fairseq.md``).
 
 The mapping, per name:
 
@@ -38,7 +41,9 @@ from janus_fast.model import ACTIVATIONS, JanusConfig, JanusModel
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "config_from_arguments", "convert_state_dict", "convert_fairseq"]
 
-SUPPORTED_ARCHITECTURES = ("cmlm_transformer",)
+# fairseq's CMLM and the public JANUS plugin's model (github.com/dropreg/JANUS, ``--user-dir janus/src``):
+# the same parameter names, both streams sharing every decoder weight
+SUPPORTED_ARCHITECTURES = ("cmlm_transformer", "janus_transformer")
 IGNORED = re.compile(
     r"^(encoder|decoder)\.(version|embed_positions\._float_tensor)$"
     r"|^encoder\.layers\.\d+\.(in_proj|out_proj|fc1|fc2)_(weight|bias)$"
@@ -111,8 +116,10 @@ def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "ch
         final_norms=bool(value("encoder_normalize_before", False)),
         activation=activation,
         scale_embedding=not bool(value("no_scale_embedding", False)),
-        source_bos=True,  # translation_lev prepends <bos> to sources (and fairseq appends <eos>)
+        source_bos=True,  # translation_lev / janus_translation prepend <bos> to sources (and fairseq appends <eos>)
         source_eos=True,
+        # the plugin's AR query stream sits at the position of the last visible content token
+        query_position_offset=0 if arch.startswith("janus_transformer") else 1,
         extra={"converted_from": "fairseq", "fairseq_arch": arch},
     )
 

@@ -19,6 +19,13 @@ all on purpose (see ``docs/fairseq.md``):
 * a candidate's score is the mean of its position scores over ``<bos> .. <eos>`` (both 0); the
   length candidate with the highest score wins (the first on ties).
 
+``ar_greedy`` is fairseq-generate's ``--beam 1`` AR decoding (its ``SequenceGenerator``), for
+models with an AR side (the JANUS plugin's ``janus_transformer``, ``--inference-mode ar``):
+start from ``<bos>``; each step takes the argmax of the log-softmax with ``<pad>`` banned (``<unk>``
+allowed), ``</s>`` banned at the first step (min length 1) and forced at step
+``max_len = min(int(max_len_a * W + max_len_b), max_target_positions - 1)`` (W the padded source
+width, as fairseq); the score is the mean log-probability over the tokens including ``</s>``.
+
 Each pass runs the decoder over the real positions only and projects only the masked ones to
 the vocabulary: on the CPU as one native call (``janus_fast.native_decoder``, float32 weights,
 the same tokens), elsewhere through the PyTorch model.
@@ -34,11 +41,11 @@ import torch
 import torch.nn.functional as F
 
 from janus_fast.attention import MaskSpec
-from janus_fast.model import EncoderOutput, JanusModel
+from janus_fast.model import EncoderOutput, JanusModel, LayerCache
 from janus_fast.native_decoder import NativeDecoder, unsupported_reason
 from janus_fast.packed import PackedRows
 
-__all__ = ["FairseqHypothesis", "mask_predict", "length_beam_lengths", "remask_counts"]
+__all__ = ["FairseqHypothesis", "ar_greedy", "mask_predict", "length_beam_lengths", "remask_counts"]
 
 
 @dataclass
@@ -105,6 +112,14 @@ class _Decoder:
         if self.native is not None:
             return self.native.encode(src_tokens, src_lengths)
         return self.model.encode(src_tokens, src_lengths)
+
+    def ar_step(
+        self, tokens: torch.Tensor, step: int, encoder_out: EncoderOutput, caches: list[LayerCache]
+    ) -> torch.Tensor:
+        """``JanusModel.ar_step``: tokens (B,) at position ``step`` -> (B, V) logits; caches updated."""
+        if self.native is not None:
+            return self.native.ar_step(tokens, step, self.memory, caches)
+        return self.model.ar_step(tokens, step, encoder_out, caches)
 
     def set_rows(self, encoder_out: EncoderOutput) -> None:
         """The rows' encoder output changed (length candidates expanded, finished rows dropped)."""
@@ -203,3 +218,52 @@ def mask_predict(
         group_scores = [hypothesis.score for hypothesis in group]  # type: ignore[union-attr]
         best.append(group[group_scores.index(max(group_scores))])
     return best  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def ar_greedy(
+    model: JanusModel,
+    src_tokens: torch.Tensor,
+    src_lengths: torch.Tensor,
+    max_len_a: float = 0.0,
+    max_len_b: int = 200,
+    native: bool = True,
+) -> list[FairseqHypothesis]:
+    """fairseq-generate's greedy AR decoding (``--beam 1``, its default ``--max-len-a 0 --max-len-b
+    200``); one hypothesis per sentence, tokens ``y .. </s>`` (no ``<bos>``), one score per token.
+
+    src_tokens (B, S) int64 right-padded (``<bos> x <eos>``), src_lengths (B,) int64.
+    """
+    config = model.config
+    decoder = _Decoder(model, native)
+    encoder_out = decoder.encode(src_tokens, src_lengths)
+    decoder.set_rows(encoder_out)
+    batch = len(src_lengths)
+    max_len = min(int(max_len_a * src_tokens.shape[1] + max_len_b), config.max_target_positions - 1)
+    caches = model.new_caches(batch, max_len + 1, encoder_out.states)
+    tokens = torch.full((batch,), config.bos_id, dtype=torch.long, device=src_tokens.device)
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    scores: list[list[float]] = [[] for _ in range(batch)]
+    finished = torch.zeros(batch, dtype=torch.bool, device=src_tokens.device)
+    for step in range(max_len + 1):
+        log_probs = F.log_softmax(decoder.ar_step(tokens, step, encoder_out, caches).float(), dim=-1)
+        log_probs = log_probs.nan_to_num(nan=float("-inf"))
+        log_probs[:, config.pad_id] = float("-inf")
+        if step >= max_len:  # only </s> is left
+            eos_scores = log_probs[:, config.eos_id].clone()
+            log_probs.fill_(float("-inf"))
+            log_probs[:, config.eos_id] = eos_scores
+        if step < 1:  # min length 1
+            log_probs[:, config.eos_id] = float("-inf")
+        best = log_probs.max(-1)
+        for row in (~finished).nonzero().squeeze(1).tolist():
+            outputs[row].append(int(best.indices[row]))
+            scores[row].append(float(best.values[row]))
+        finished |= best.indices == config.eos_id
+        if bool(finished.all()):
+            break
+        tokens = best.indices
+    return [
+        FairseqHypothesis(tokens, positional, sum(positional) / len(positional), len(tokens) - 1)
+        for tokens, positional in zip(outputs, scores)
+    ]

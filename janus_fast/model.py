@@ -49,6 +49,9 @@ class JanusConfig:
     scale_embedding: bool = field(default=True, metadata={"cli": False})  # token embeddings * sqrt(d_model)
     source_bos: bool = field(default=False, metadata={"cli": False})  # sources start with <bos>
     source_eos: bool = field(default=False, metadata={"cli": False})  # sources end with <eos>
+    # the AR query stream's position: that of the token it predicts (1, this project) or of the last
+    # visible content token (0, the public JANUS plugin's janus_transformer)
+    query_position_offset: int = field(default=1, metadata={"cli": False})
     pad_id: int = field(default=PAD_ID, metadata={"cli": False})
     unk_id: int = field(default=UNK_ID, metadata={"cli": False})
     bos_id: int = field(default=BOS_ID, metadata={"cli": False})
@@ -79,6 +82,8 @@ class JanusConfig:
             raise TypeError(f"extra must be a mapping, got {type(self.extra).__name__}")
         if self.d_model % self.num_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+        if self.query_position_offset not in (0, 1):
+            raise ValueError(f"query_position_offset must be 0 or 1, got {self.query_position_offset}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         special = (self.pad_id, self.unk_id, self.bos_id, self.eos_id, self.mask_id)
@@ -399,7 +404,8 @@ class JanusModel(nn.Module):
         self, tokens: torch.Tensor, step: int, encoder_out: EncoderOutput, caches: list[LayerCache]
     ) -> torch.Tensor:
         """One incremental AR step: content token y_step (B,) at position ``step`` is appended to
-        the caches and the query stream at position ``step + 1`` predicts the next token.
+        the caches and the query stream at position ``step + query_position_offset`` predicts the next
+        token.
 
         Returns (B, V) logits of P_AR(y_{step+1} | y_0 .. y_step, x).
         """
@@ -407,7 +413,10 @@ class JanusModel(nn.Module):
         x = torch.cat(
             [
                 self.embed_target(tokens[:, None], positions),
-                self.embed_target(torch.full_like(tokens, self.config.mask_id)[:, None], positions + 1),
+                self.embed_target(
+                    torch.full_like(tokens, self.config.mask_id)[:, None],
+                    positions + self.config.query_position_offset,
+                ),
             ],
             1,
         )
@@ -442,7 +451,8 @@ class JanusModel(nn.Module):
         num_positions = content.shape[1]
         positions = torch.arange(num_positions, device=content.device).expand_as(content)
         query_tokens = torch.full_like(content, self.config.mask_id)
-        x = torch.cat([self.embed_target(content, positions), self.embed_target(query_tokens, positions + 1)], 1)
+        query_positions = positions + self.config.query_position_offset
+        x = torch.cat([self.embed_target(content, positions), self.embed_target(query_tokens, query_positions)], 1)
         mask = MaskSpec.ar_two_stream(tgt_lengths - 1)
         hidden = self.decode(x, num_positions, mask, encoder_out)
         return hidden[:, num_positions:]

@@ -137,6 +137,7 @@ class NativeDecoder:
         self.num_heads = config.num_heads
         self.embed_scale = float(model.embed_scale)
         self.mask_id = config.mask_id
+        self.query_position_offset = config.query_position_offset
         self.post_norm = not config.normalize_before
         self.relu = config.activation == "relu"
         self.parameters = list(model.parameters())  # walked once: checking versions is then cheap
@@ -224,6 +225,7 @@ class NativeDecoder:
             self.post_norm,
             self.relu,
             self.mask_id,
+            self.query_position_offset,
             tokens,
             step,
             keys,

@@ -207,7 +207,7 @@ class Translator:
         for name, value in (("max_batch_tokens", max_batch_tokens), ("batch_size", batch_size)):
             if value is not None:
                 check_int(name, value, 1)
-        check_compat(self.model, compat, mode, iterations, length_beam, force_max_iter)
+        check_compat(self.model, compat, mode, iterations, length_beam, force_max_iter, beam)
         if compat == "janus":
             check_decoding_options(self.model, mode, iterations, length_beam, beam)
         return {

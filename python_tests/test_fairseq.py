@@ -17,6 +17,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from janus_fast import fairseq_decoding
 from janus_fast.checkpoint import CheckpointError, load_pretrained, load_tokenizer
@@ -27,7 +28,7 @@ from janus_fast.fairseq_checkpoint import load_fairseq_checkpoint
 from janus_fast.fairseq_convert import convert_fairseq
 from janus_fast.fairseq_dictionary import FairseqTokenizer, read_dictionary
 from janus_fast.model import JanusConfig, JanusModel
-from janus_fast.native_decoder import unsupported_reason
+from janus_fast.native_decoder import NativeDecoder, unsupported_reason
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "fairseq")
 GOLDEN = sorted(glob.glob(os.path.join(DATA, "generate_*.txt")))
@@ -59,16 +60,18 @@ def converted(tmp_path_factory) -> dict[str, str]:
     return out
 
 
-def source_batch(tokenizer: FairseqTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test sentences as translation_lev feeds them: ``<bos> x <eos>``, right-padded here."""
+def source_batch(tokenizer: FairseqTokenizer, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` (default all) test sentences as translation_lev and janus_translation
+    feed them: ``<bos> x <eos>``, right-padded here."""
     with open(os.path.join(DATA, "test.de"), encoding="utf-8") as handle:
-        lines = [line.rstrip("\n") for line in handle]
+        lines = [line.rstrip("\n") for line in handle][:count]
     return pad_sequences([[0, *tokenizer.encode(line), 2] for line in lines], 1)
 
 
 def test_fixtures_present() -> None:
     names = {SETTING.search(path).group(1) for path in GOLDEN}
-    assert {"trained", "prenorm"} <= names
+    assert {"trained", "prenorm", "janus"} <= names
+    assert os.path.exists(os.path.join(DATA, "ar_janus_greedy.txt"))
     assert all(os.path.getsize(path) <= 2_000_000 for path in glob.glob(os.path.join(DATA, "*.pt")))
 
 
@@ -79,9 +82,8 @@ def test_tokens_and_scores_match_fairseq_generate(path: str, native: bool, conve
     model, tokenizer = load_pretrained(converted[name]), load_tokenizer(converted[name])
     if native and unsupported_reason(model) is not None:
         pytest.skip(unsupported_reason(model))
-    src, lengths = source_batch(tokenizer)
     hypotheses, positional = read_golden(path)
-    assert len(hypotheses) == len(lengths)
+    src, lengths = source_batch(tokenizer, len(hypotheses))  # the JANUS plugin's files: the first 20
 
     found = fairseq_decoding.mask_predict(model, src, lengths, int(iterations), int(beam), stop == "force", native)
     api = generate(
@@ -341,3 +343,62 @@ def test_sentencepiece_bpe_round_trip() -> None:
     ids = tokenizer.encode("Zwei Hunde spielen im Schnee.")
     assert 3 not in ids and len(ids) >= 5
     assert tokenizer.decode(ids) == "Zwei Hunde spielen im Schnee."
+
+
+def test_janus_plugin_checkpoint_converts_with_its_query_position(converted: dict[str, str]) -> None:
+    config = load_pretrained(converted["janus"]).config
+    assert config.extra["fairseq_arch"] == "janus_transformer"
+    assert config.query_position_offset == 0 and load_pretrained(converted["trained"]).config.query_position_offset == 1
+    assert (config.normalize_before, config.final_norms, config.activation) == (False, False, "relu")
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native_ar_step", "model_ar_hidden"])
+def test_janus_plugin_ar_scores_match_its_generator(native: bool, converted: dict[str, str]) -> None:
+    """The plugin's AR (query stream at the last content token's position, ``<unk>`` as query
+    token, content keys/values up to it): its greedy hypotheses fed back through our AR pass give
+    its positional scores (P- lines, base 2, incl. ``</s>``). The reference is the plugin's
+    generator with its AR cache storing each content key once (README.md of the fixtures)."""
+    model, tokenizer = load_pretrained(converted["janus"]), load_tokenizer(converted["janus"])
+    hypotheses, positional = read_golden(os.path.join(DATA, "ar_janus_greedy.txt"))
+    src, lengths = source_batch(tokenizer, len(hypotheses))
+    targets = [[0, *tokenizer.encode(hypotheses[i][1]), 2] for i in range(len(hypotheses))]
+    tgt, tgt_lengths = pad_sequences(targets, 1)
+    with torch.inference_mode():
+        if native:
+            if unsupported_reason(model) is not None:
+                pytest.skip(unsupported_reason(model))
+            decoder = NativeDecoder.for_model(model)
+            encoder_out = decoder.encode(src, lengths)
+            memory = NativeDecoder.memory(encoder_out)
+            caches = model.new_caches(len(targets), tgt.shape[1], encoder_out.states)
+            steps = [decoder.ar_step(tgt[:, step], step, memory, caches) for step in range(tgt.shape[1] - 1)]
+            logits = torch.stack(steps, 1)
+        else:
+            logits = model.output_logits(model.ar_hidden(tgt, tgt_lengths, model.encode(src, lengths)))
+        log_probs = F.log_softmax(logits.float(), -1).gather(2, tgt[:, 1:, None]).squeeze(2) / math.log(2)
+    for index, target in enumerate(targets):
+        ours = log_probs[index, : len(target) - 1].tolist()
+        assert ours == pytest.approx(positional[index], abs=2e-4), f"sentence {index}"
+        assert sum(ours) / len(ours) == pytest.approx(hypotheses[index][0], abs=1e-4)
+
+
+@pytest.mark.parametrize("decoder", ["engine", "reference"])
+def test_janus_plugin_ar_greedy_matches_its_generator(decoder: str, converted: dict[str, str]) -> None:
+    """``generate(compat="fairseq", mode="ar")`` == the plugin's ``--inference-mode ar --beam 1``
+    (cache storing each content key once): tokens, ``<unk>`` included, and scores."""
+    model, tokenizer = load_pretrained(converted["janus"]), load_tokenizer(converted["janus"])
+    hypotheses, positional = read_golden(os.path.join(DATA, "ar_janus_greedy.txt"))
+    src, lengths = source_batch(tokenizer, len(hypotheses))
+    found = fairseq_decoding.ar_greedy(model, src, lengths, native=decoder == "engine")
+    api = generate(model, src, lengths, mode="ar", compat="fairseq", decoder=decoder, return_scores=True)
+    for index, hypothesis in enumerate(found):
+        score, text = hypotheses[index]
+        assert tokenizer.symbols_of(hypothesis.tokens) == text, f"sentence {index}"
+        assert [value / math.log(2) for value in hypothesis.positional_scores] == pytest.approx(
+            positional[index], abs=2e-4
+        )
+        assert hypothesis.score / math.log(2) == pytest.approx(score, abs=1e-4)
+        assert tokenizer.symbols_of(api.tokens[index]) == text
+    assert sum("<unk>" in text for _, text in hypotheses.values()) >= 10
+    with pytest.raises(ValueError, match="beam"):
+        generate(model, src, lengths, mode="ar", beam=4, compat="fairseq")

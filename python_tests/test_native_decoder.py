@@ -38,10 +38,13 @@ SHAPES = {
 }
 
 
-# how the layers are wired: this project's default, and fairseq's (converted checkpoints)
+# how the layers are wired: this project's default, and fairseq's (converted checkpoints; the JANUS
+# plugin's AR query position)
 ARCHITECTURES = {
     "pre_norm_gelu": {},
-    "post_norm_relu": dict(normalize_before=False, final_norms=False, activation="relu", scale_embedding=False),
+    "post_norm_relu": dict(
+        normalize_before=False, final_norms=False, activation="relu", scale_embedding=False, query_position_offset=0
+    ),
     "pre_norm_relu_no_final_norms": dict(final_norms=False, activation="relu"),
 }
 

@@ -320,7 +320,8 @@ at::Tensor vocabulary_logits(const DecoderWeights& d, float* x, int64_t rows) {
 }
 
 at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
-                           int64_t mask_id, const at::Tensor& tokens, int64_t step, at::TensorList memory_keys,
+                           int64_t mask_id, int64_t query_position_offset, const at::Tensor& tokens, int64_t step,
+                           at::TensorList memory_keys,
                            at::TensorList memory_values, const at::Tensor& memory_lengths, at::TensorList cache_keys,
                            at::TensorList cache_values) {
   const DecoderWeights d = parse_weights(weights, num_heads);
@@ -334,8 +335,10 @@ at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double emb
                         static_cast<int64_t>(cache_keys.size()) == num_layers &&
                         static_cast<int64_t>(cache_values.size()) == num_layers,
                     "decoder_ar_step: one memory and cache tensor per layer (", num_layers, ") expected");
-  TORCH_CHECK_VALUE(step >= 0 && step + 1 < d.max_positions, "decoder_ar_step: step ", step, " outside [0, ",
-                    d.max_positions - 1, ")");
+  TORCH_CHECK_VALUE(query_position_offset == 0 || query_position_offset == 1,
+                    "decoder_ar_step: query_position_offset must be 0 or 1, got ", query_position_offset);
+  TORCH_CHECK_VALUE(step >= 0 && step + query_position_offset < d.max_positions, "decoder_ar_step: step ", step,
+                    " outside [0, ", d.max_positions - query_position_offset, ")");
   for (int64_t l = 0; l < num_layers; ++l) {
     for (const at::Tensor* t : {&cache_keys[l], &cache_values[l]}) {
       TORCH_CHECK_VALUE(t->dim() == 4 && t->size(0) == batch && t->size(1) == d.heads && t->size(2) > step &&
@@ -353,7 +356,7 @@ at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double emb
   const at::Tensor token_values = tokens.contiguous();
   const int64_t* token_ids = token_values.data_ptr<int64_t>();
 
-  // rows 0..B-1: content stream (y_step at `step`); rows B..2B-1: query stream (mask at step + 1)
+  // rows 0..B-1: content stream (y_step at `step`); rows B..2B-1: query stream (mask at step + offset)
   const int64_t rows = 2 * batch, dim = d.dim;
   thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer;
   float* x = scratch(x_buffer, rows * dim);
@@ -365,7 +368,7 @@ at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double emb
   const float scale = static_cast<float>(embed_scale);
   for (int64_t b = 0; b < batch; ++b) {
     embed(d, token_ids[b], step, scale, x + b * dim);
-    embed(d, mask_id, step + 1, scale, x + (batch + b) * dim);
+    embed(d, mask_id, step + query_position_offset, scale, x + (batch + b) * dim);
   }
   std::vector<int64_t> memory_row(rows);
   for (int64_t r = 0; r < rows; ++r) memory_row[r] = r % batch;
@@ -633,7 +636,8 @@ std::string decoder_isa() { return core::isa_name(active_isa()); }
 TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
   m.def(
       "decoder_ar_step(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
-      "Tensor tokens, int step, Tensor[] memory_keys, Tensor[] memory_values, Tensor memory_lengths, "
+      "int query_position_offset, Tensor tokens, int step, Tensor[] memory_keys, Tensor[] memory_values, "
+      "Tensor memory_lengths, "
       "Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values) -> Tensor",
       &decoder_ar_step);
   m.def(
