@@ -3,8 +3,10 @@
 * NAR: the encoder and its cross-attention keys/values run once; each mask-predict iteration runs
   the decoder over the real positions only, packed without padding (``janus_fast.packed``), and
   projects to the vocabulary ONLY the positions that are masked in that iteration (on average
-  (T + 1) / 2T of them), writing them into a preallocated (rows, T, V) buffer that the native
-  ``mask_predict_step`` reads at exactly those positions.
+  (T + 1) / 2T of them). The native CPU pass also does the fill (argmax and its log-probability,
+  no (M, V) logits kept) and ``mask_predict_step`` then only re-masks; the PyTorch pass writes the
+  masked logits into a preallocated (rows, T, V) buffer that ``mask_predict_step`` reads at
+  exactly those positions.
 * AR greedy: a preallocated key/value cache, argmax per step, no beam bookkeeping, stop as soon
   as every sentence has its eos. AR beam search is the reference's (it already uses the cache).
 * On the CPU each decoder pass (a mask-predict iteration, an AR step) is ONE native call
@@ -60,23 +62,29 @@ def mask_predict(
     for state in start.split():
         tokens, scores, lengths = state.tokens, state.scores, state.lengths
         rows = PackedRows(lengths, tokens.shape[1])  # the candidates' lengths stay fixed: pack once
-        # only the masked positions of each iteration are written, and only those are read by the op
-        dtype = state.encoder_out.states.dtype
-        logits = torch.empty(*tokens.shape, config.vocab_size, dtype=dtype, device=tokens.device)
-        flat_logits = logits.view(-1, config.vocab_size)
         if native is not None:
             memory = NativeDecoder.memory(state.encoder_out)
             row_offsets = F.pad(lengths.cumsum(0), (1, 0))
+            # after the native fill no position holds the mask, so mask_predict_step reads no
+            # logits and only re-masks: it gets a (rows, T, mask_id + 1) stand-in
+            logits = torch.zeros(*tokens.shape, config.mask_id + 1, device=tokens.device)
+        else:
+            # only the masked positions of each iteration are written, and only those are read by the op
+            dtype = state.encoder_out.states.dtype
+            logits = torch.empty(*tokens.shape, config.vocab_size, dtype=dtype, device=tokens.device)
         for iteration in range(num_iterations):
             packed_tokens = tokens.view(-1).index_select(0, rows.index)
             masked = (packed_tokens == config.mask_id).nonzero().squeeze(1)
-            # vocabulary projection of the masked positions only
             if native is not None:
-                masked_logits = native.nar_logits(packed_tokens, rows.positions, row_offsets, memory, masked)
-            else:
+                filled, filled_scores = native.nar_fill(
+                    packed_tokens, rows.positions, row_offsets, memory, masked, config.mask_id
+                )
+                tokens.view(-1).index_copy_(0, rows.index[masked], filled)
+                scores.view(-1).index_copy_(0, rows.index[masked], filled_scores)
+            else:  # vocabulary projection of the masked positions only
                 hidden = packed_decode(model, tokens, lengths, state.encoder_out, rows)  # (real positions, d)
                 masked_logits = model.output_logits(hidden[masked])
-            flat_logits[rows.index[masked]] = masked_logits.to(dtype)
+                logits.view(-1, config.vocab_size)[rows.index[masked]] = masked_logits.to(logits.dtype)
             mask_predict_step(logits, tokens, scores, lengths, iteration, num_iterations, config.mask_id)
         parts.append(best_length_candidates(model, tokens, scores, lengths, state.length_beam))
     return Hypotheses.concatenate(parts)

@@ -267,3 +267,35 @@ class NativeDecoder:
             lengths,
             output_positions,
         )
+
+    def nar_fill(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        row_offsets: torch.Tensor,
+        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
+        output_positions: torch.Tensor,
+        exclude_id: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask-predict's fill at ``output_positions`` without the (M, V) logits: the argmax token
+        over the vocabulary without ``exclude_id`` (ties -> lowest id) and its log-softmax over the
+        whole vocabulary, as ``nar_logits`` followed by ``mask_predict_step``'s step 1.
+
+        Arguments as ``nar_logits``; returns tokens (M,) int64 and scores (M,) float32.
+        """
+        keys, values, lengths = memory
+        return torch.ops.janus_fast.decoder_nar_fill(
+            self.tensors,
+            self.num_heads,
+            self.embed_scale,
+            self.post_norm,
+            self.relu,
+            tokens,
+            positions,
+            row_offsets,
+            keys,
+            values,
+            lengths,
+            output_positions,
+            exclude_id,
+        )

@@ -4,6 +4,8 @@
 //                                 appending to the key/value caches, returning (B, V) logits;
 //   janus_fast::decoder_nar_pass  the content-stream pass of mask-predict over packed rows
 //                                 (no padding), returning the logits of the requested positions only;
+//   janus_fast::decoder_nar_fill  the same pass returning, per requested position, the argmax token
+//                                 and its log-probability (mask-predict's fill) instead of logits;
 //   janus_fast::encoder_forward   the encoder over the real source positions and the decoder's
 //                                 cross-attention keys/values, computed once per batch.
 //
@@ -19,13 +21,17 @@
 
 #include <ATen/Parallel.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <tuple>
 #include <string>
 #include <vector>
 
 #include "core/decoder_math.h"
 #include "core/small_gemm.h"
+#include "mask_predict.h"
 
 namespace janus_fast {
 namespace {
@@ -408,11 +414,17 @@ at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double emb
   return vocabulary_logits(d, x + batch * dim, batch);
 }
 
-at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
-                            const at::Tensor& tokens,
-                            const at::Tensor& positions, const at::Tensor& row_offsets, at::TensorList memory_keys,
-                            at::TensorList memory_values, const at::Tensor& memory_lengths,
-                            const at::Tensor& output_positions) {
+// The last decoder states (before the final norm) of the requested positions of a NAR pass.
+struct NarStates {
+  DecoderWeights d;
+  float* states;  // (rows, d): per-thread scratch, valid until this thread's next pass
+  int64_t rows;
+};
+
+NarStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm, bool relu, double embed_scale,
+                     const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& row_offsets,
+                     at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
+                     const at::Tensor& output_positions) {
   const DecoderWeights d = parse_weights(weights, num_heads);
   const Architecture arch{post_norm, relu};
   const int64_t num_layers = static_cast<int64_t>(d.layers.size());
@@ -452,7 +464,7 @@ at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double em
     TORCH_CHECK_VALUE(m.length == memories[0].length, "decoder_nar_pass: memory lengths differ between layers");
   const std::vector<int64_t> mem_lengths =
       checked_memory_lengths(memory_lengths, num_rows, num_layers ? memories[0].length : 1);
-  if (num_out == 0) return at::empty({0, d.vocab}, at::TensorOptions().dtype(at::kFloat));
+  if (num_out == 0) return {d, nullptr, 0};
 
   const int64_t dim = d.dim, cap = std::max(packed, num_out);  // rows of the per-row buffers
   thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer, xo_buffer;
@@ -504,7 +516,65 @@ at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double em
     finish_sublayer(arch, xs, n, dim, layer.norm1_w, layer.norm1_b);
     cross_and_ffn(arch, xs, n, layer, d, memories[l], last ? out_rows : row_of, mem_lengths, h, q, a, f);
   }
-  return vocabulary_logits(d, xo, num_out);
+  return {d, xo, num_out};
+}
+
+at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                            const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& row_offsets,
+                            at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
+                            const at::Tensor& output_positions) {
+  const NarStates s = nar_states(weights, num_heads, post_norm, relu, embed_scale, tokens, positions, row_offsets,
+                                 memory_keys, memory_values, memory_lengths, output_positions);
+  if (s.rows == 0) return at::empty({0, s.d.vocab}, at::TensorOptions().dtype(at::kFloat));
+  return vocabulary_logits(s.d, s.states, s.rows);
+}
+
+// decoder_nar_pass followed by the fill of mask-predict, without materialising the (M, V) logits:
+// per requested position the argmax over the vocabulary without `exclude_id` (ties -> lowest id; a
+// NaN is the argmax) and that token's log-softmax over the whole vocabulary (torch's log_softmax:
+// NaN when the row holds NaN or +inf, or only -inf), as janus_fast.ops.mask_predict_step's step 1. The
+// projection runs in tiles of rows whose logits stay in a per-thread buffer.
+std::tuple<at::Tensor, at::Tensor> decoder_nar_fill(at::TensorList weights, int64_t num_heads, double embed_scale,
+                                                    bool post_norm, bool relu, const at::Tensor& tokens,
+                                                    const at::Tensor& positions, const at::Tensor& row_offsets,
+                                                    at::TensorList memory_keys, at::TensorList memory_values,
+                                                    const at::Tensor& memory_lengths,
+                                                    const at::Tensor& output_positions, int64_t exclude_id) {
+  const NarStates s = nar_states(weights, num_heads, post_norm, relu, embed_scale, tokens, positions, row_offsets,
+                                 memory_keys, memory_values, memory_lengths, output_positions);
+  const DecoderWeights& d = s.d;
+  TORCH_CHECK_VALUE(exclude_id >= 0 && exclude_id < d.vocab, "decoder_nar_fill: exclude_id ", exclude_id,
+                    " outside [0, ", d.vocab, ")");
+  at::Tensor best = at::empty({s.rows}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor scores = at::empty({s.rows}, at::TensorOptions().dtype(at::kFloat));
+  if (s.rows == 0) return {best, scores};
+  if (d.final_w != nullptr) layer_norm_rows(s.states, s.rows, d.dim, d.final_w, d.final_b, s.states);
+  const int64_t threads = at::get_num_threads();
+  const int64_t tile = std::min<int64_t>(32, std::max<int64_t>(1, (s.rows + threads - 1) / threads));
+  const int64_t num_tiles = (s.rows + tile - 1) / tile;
+  int64_t* best_ids = best.data_ptr<int64_t>();
+  float* best_scores = scores.data_ptr<float>();
+  const Isa isa = active_isa();
+  at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> logits_buffer, log_probs_buffer;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t first = t * tile, n = std::min(tile, s.rows - first);
+      float* logits = scratch(logits_buffer, n * d.vocab);
+      core::gemm(isa, n, s.states + first * d.dim, d.dim, d.vocab_projection, logits, d.vocab, 0, d.vocab);
+      const auto options = at::TensorOptions().dtype(at::kFloat);
+      at::Tensor log_probs = at::from_blob(scratch(log_probs_buffer, n * d.vocab), {n, d.vocab}, options);
+      at::_log_softmax_out(log_probs, at::from_blob(logits, {n, d.vocab}, options), 1, false);
+      log_probs.select(1, exclude_id).fill_(-std::numeric_limits<float>::infinity());
+      const at::Tensor argmax = at::argmax(log_probs, 1);
+      const int64_t* ids = argmax.data_ptr<int64_t>();
+      const float* values = log_probs.data_ptr<float>();
+      for (int64_t i = 0; i < n; ++i) {
+        best_ids[first + i] = ids[i];
+        best_scores[first + i] = values[i * d.vocab + ids[i]];
+      }
+    }
+  });
+  return {best, scores};
 }
 
 // ------------------------------------------------------------------------------------- encoder
@@ -645,6 +715,11 @@ TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
       "Tensor tokens, Tensor positions, Tensor row_offsets, Tensor[] memory_keys, Tensor[] memory_values, "
       "Tensor memory_lengths, Tensor output_positions) -> Tensor",
       &decoder_nar_pass);
+  m.def(
+      "decoder_nar_fill(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, "
+      "Tensor tokens, Tensor positions, Tensor row_offsets, Tensor[] memory_keys, Tensor[] memory_values, "
+      "Tensor memory_lengths, Tensor output_positions, int exclude_id) -> (Tensor, Tensor)",
+      &decoder_nar_fill);
   m.def(
       "encoder_forward(Tensor[] weights, int num_encoder_layers, int num_heads, float embed_scale, bool post_norm, "
       "bool relu, Tensor src_tokens, Tensor src_lengths) -> Tensor[]",
