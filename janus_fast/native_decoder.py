@@ -219,11 +219,7 @@ class NativeDecoder:
         """
         keys, values, lengths = memory
         logits = torch.ops.janus_fast.decoder_ar_step(
-            self.tensors,
-            self.num_heads,
-            self.embed_scale,
-            self.post_norm,
-            self.relu,
+            *self._decoder_arguments(),
             self.mask_id,
             self.query_position_offset,
             tokens,
@@ -237,6 +233,10 @@ class NativeDecoder:
         for cache in caches:
             cache.length = step + 1
         return logits
+
+    def _decoder_arguments(self) -> tuple:
+        """The leading arguments of the decoder ops: weights, heads, embedding scale, wiring."""
+        return self.tensors, self.num_heads, self.embed_scale, self.post_norm, self.relu
 
     def nar_logits(
         self,
@@ -254,11 +254,7 @@ class NativeDecoder:
         """
         keys, values, lengths = memory
         return torch.ops.janus_fast.decoder_nar_pass(
-            self.tensors,
-            self.num_heads,
-            self.embed_scale,
-            self.post_norm,
-            self.relu,
+            *self._decoder_arguments(),
             tokens,
             positions,
             row_offsets,
@@ -285,11 +281,7 @@ class NativeDecoder:
         """
         keys, values, lengths = memory
         return torch.ops.janus_fast.decoder_nar_fill(
-            self.tensors,
-            self.num_heads,
-            self.embed_scale,
-            self.post_norm,
-            self.relu,
+            *self._decoder_arguments(),
             tokens,
             positions,
             row_offsets,
