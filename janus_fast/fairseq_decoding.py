@@ -256,14 +256,15 @@ def ar_greedy(
         if step < 1:  # min length 1
             log_probs[:, config.eos_id] = float("-inf")
         best = log_probs.max(-1)
+        best_tokens, best_scores = best.indices.tolist(), best.values.tolist()  # one transfer per step
         for row in (~finished).nonzero().squeeze(1).tolist():
-            outputs[row].append(int(best.indices[row]))
-            scores[row].append(float(best.values[row]))
+            outputs[row].append(best_tokens[row])
+            scores[row].append(best_scores[row])
         finished |= best.indices == config.eos_id
         if bool(finished.all()):
             break
         tokens = best.indices
     return [
-        FairseqHypothesis(tokens, positional, sum(positional) / len(positional), len(tokens) - 1)
-        for tokens, positional in zip(outputs, scores)
+        FairseqHypothesis(output, positional, sum(positional) / len(positional), len(output) - 1)
+        for output, positional in zip(outputs, scores)
     ]
