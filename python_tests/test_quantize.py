@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import random_model
 
-from janus_fast import engine
+from janus_fast import engine, quantize
 from janus_fast.checkpoint import CheckpointError, save_pretrained
-from janus_fast.quantize import quantize_int8
+from janus_fast.cpu_features import has_avx512_vnni
+from janus_fast.quantize import FullRangeDynamicLinear, dynamic_linear_type, quantize_int8
 
 
 def test_int8_logits_close_to_fp32_and_original_untouched():
@@ -50,3 +51,40 @@ def test_int8_engine_decodes_both_ways():
 def test_int8_copy_cannot_be_saved(tmp_path):
     with pytest.raises(CheckpointError, match="int8"):
         save_pretrained(quantize_int8(random_model(0)), str(tmp_path / "ckpt"))
+
+
+def emulated_dynamic_linear(quantized: torch.nn.Module, x: torch.Tensor, activation_levels: int) -> torch.Tensor:
+    """float64 model of a dynamic int8 linear: x quantized per tensor to 0..activation_levels with
+    the range widened to include 0, times the module's own per-channel int8 weights, plus bias."""
+    weight = quantized.weight()
+    scales, levels = weight.q_per_channel_scales().double(), weight.int_repr().double()
+    low, high = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+    scale = (high - low) / activation_levels
+    zero_point = round(-low / scale)
+    x_levels = torch.clamp(torch.round(x.double() / scale) + zero_point, 0, activation_levels)
+    return ((x_levels - zero_point) * scale) @ (levels * scales[:, None]).T + quantized.bias().double()
+
+
+@pytest.mark.parametrize("full_range", [False, True])
+def test_dynamic_linear_activation_range(full_range):
+    """Full range (VNNI CPUs) quantizes activations to 256 levels, PyTorch's default to 128: each
+    module matches its own float64 model and not the other's."""
+    if full_range and not has_avx512_vnni():
+        pytest.skip("full-range int8 activations are used (and exact) only where the CPU reports avx512_vnni")
+    linear = torch.nn.Linear(64, 48)
+    linear.qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+    quantized = dynamic_linear_type(full_range).from_float(linear)
+    x = torch.randn(7, 64, generator=torch.Generator().manual_seed(3)) * 3 + 0.5
+    got = quantized(x).double()
+    levels, other = (255, 127) if full_range else (127, 255)
+    assert (got - emulated_dynamic_linear(quantized, x, levels)).abs().max() < 1e-5
+    assert (got - emulated_dynamic_linear(quantized, x, other)).abs().max() > 1e-2
+
+
+def test_activation_range_follows_the_cpu(monkeypatch):
+    for reports_vnni, expected in ((True, FullRangeDynamicLinear), (False, torch.ao.nn.quantized.dynamic.Linear)):
+        monkeypatch.setattr(quantize, "has_avx512_vnni", lambda reports_vnni=reports_vnni: reports_vnni)
+        quantized = quantize_int8(random_model(0))
+        assert type(quantized.output_projection) is expected
+        linears = [module for module in quantized.modules() if isinstance(module, torch.ao.nn.quantized.dynamic.Linear)]
+        assert len(linears) > 10 and all(type(module) is expected for module in linears)

@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from janus_fast.benchmarks.decoding import cpu_description
 from janus_fast.benchmarks.timing import median_seconds
+from janus_fast.cpu_features import cpu_description
 from janus_fast.model import JanusModel
 from janus_fast.native_decoder import NativeDecoder
 from janus_fast.packed import PackedRows, packed_decode

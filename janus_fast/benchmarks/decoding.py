@@ -10,8 +10,6 @@ fp32 matmul peak measured in the same run.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 from dataclasses import dataclass
 
@@ -21,6 +19,7 @@ import torch
 from janus_fast.benchmarks.ctranslate2_compare import INSTALL_HINT, ctranslate2_available, time_ctranslate2
 from janus_fast.benchmarks.ops import synchronizer
 from janus_fast.benchmarks.timing import median_seconds
+from janus_fast.cpu_features import cpu_description
 from janus_fast.data import InputError, corpus_path, read_parallel
 from janus_fast.model import JanusConfig
 from janus_fast.native_decoder import cpu_isa
@@ -289,23 +288,6 @@ def ctranslate2_rows(
             }
         )
     return rows
-
-
-def cpu_description() -> str:
-    """The CPU model name and whether it reports AVX-512 BF16 / VNNI (Linux), for every figure."""
-    name, flags = platform.processor() or "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name") and name in ("unknown CPU", "x86_64", ""):
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    reported = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if flag in flags]
-    return f"{name} ({', '.join(reported) or 'no AVX2'}), {os.cpu_count()} cores"
 
 
 def format_report(report: dict) -> str:
