@@ -208,3 +208,49 @@ def load_tokenizer(directory: str):  # noqa: ANN201 - returns a Tokenizer or a F
         raise CheckpointError(f"{path}: cannot read ({error})") from error
     except (RuntimeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a valid janus_fast SentencePiece model ({error})") from error
+
+
+def average_checkpoints(directories: list[str]) -> JanusModel:
+    """A model whose every floating-point weight is the mean (accumulated in float64) of the
+    weights of ``directories``: checkpoints of one training run (same model config, same
+    tokenizer), e.g. the last few saves, which decode better than any one of them. Anything that
+    does not match is a CheckpointError naming the checkpoint and the difference."""
+    if len(directories) < 2:
+        raise CheckpointError(f"averaging needs at least 2 checkpoints, got {len(directories)}")
+    first_config = read_config(directories[0])["model"]
+    first_tokenizer = _tokenizer_bytes(directories[0])
+    model = load_pretrained(directories[0])
+    if model.precision != "fp32":
+        raise CheckpointError(f"{directories[0]}: cannot average a {model.precision} inference copy")
+    sums = {name: tensor.double() for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
+    for directory in directories[1:]:
+        config = read_config(directory)["model"]
+        differing = sorted(key for key in set(config) | set(first_config) if config.get(key) != first_config.get(key))
+        if differing:
+            raise CheckpointError(
+                f"{directory}: model config differs from {directories[0]} in {differing[:5]} (average checkpoints "
+                "of one training run)"
+            )
+        if _tokenizer_bytes(directory) != first_tokenizer:
+            raise CheckpointError(f"{directory}: its tokenizer differs from {directories[0]}'s")
+        for name, tensor in load_pretrained(directory).state_dict().items():
+            if name in sums:
+                sums[name] += tensor.double()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name in sums:
+                tensor.copy_(sums[name] / len(directories))
+    return model
+
+
+def _tokenizer_bytes(directory: str) -> bytes:
+    """The checkpoint's tokenizer files, concatenated in name order (to compare two checkpoints)."""
+    from janus_fast.fairseq_dictionary import BPE_FILES, DICT_NAME
+
+    tokenizer_files = {TOKENIZER_NAME, DICT_NAME, *BPE_FILES.values()}
+    names = sorted(name for name in os.listdir(directory) if name in tokenizer_files)
+    chunks = []
+    for name in names:
+        with open(os.path.join(directory, name), "rb") as handle:
+            chunks.append(name.encode() + b"\0" + handle.read())
+    return b"\0".join(chunks)

@@ -1,4 +1,4 @@
-"""The ``janus-fast`` command line: train, distill, translate, evaluate, export, convert, profile, bench."""
+"""The ``janus-fast`` command line: train, distill, translate, evaluate, export, average, convert, profile, bench."""
 
 from __future__ import annotations
 
@@ -288,6 +288,20 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_average(args: argparse.Namespace) -> int:
+    from janus_fast.checkpoint import average_checkpoints, load_tokenizer, save_pretrained, save_tokenizer
+
+    sources = {os.path.abspath(path) for path in args.models}
+    if os.path.abspath(args.output) in sources:
+        raise ValueError("--output must differ from every --models directory (averaging never overwrites a source)")
+    check_writable_directory(args.output, "--output")
+    model = average_checkpoints(args.models)
+    save_pretrained(model, args.output)
+    save_tokenizer(load_tokenizer(args.models[0]), args.output)
+    print(f"wrote {args.output}: the mean of {len(args.models)} checkpoints' weights (fp32)")
+    return 0
+
+
 def command_profile(args: argparse.Namespace) -> int:
     from janus_fast.benchmarks.report import profile_report
 
@@ -360,6 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--output", required=True, help="directory to write")
     export_parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16")
     export_parser.set_defaults(handler=command_export)
+
+    average_parser = commands.add_parser(
+        "average", help="average the weights of several checkpoints of one run (e.g. its last saves)"
+    )
+    average_parser.add_argument("--models", nargs="+", required=True, help="checkpoint directories (2 or more)")
+    average_parser.add_argument("--output", required=True, help="directory to write (fp32; `export` makes bf16)")
+    average_parser.set_defaults(handler=command_average)
 
     convert_parser = commands.add_parser(
         "convert", help="convert a fairseq CMLM checkpoint (read without running pickled code) to a janus_fast one"

@@ -87,3 +87,60 @@ def test_export_bf16_through_the_cli(trained_dir, tmp_path):
         assert torch.equal(b, a.to(torch.bfloat16).to(a.dtype)), name
     same = run_cli("export", "--model", trained_dir, "--output", trained_dir)
     assert same.returncode != 0 and b"must differ" in same.stderr
+
+
+def test_average_is_the_mean_of_the_weights(tmp_path):
+    from janus_fast.checkpoint import average_checkpoints
+
+    directories = []
+    for seed in range(3):
+        directory = str(tmp_path / f"ckpt{seed}")
+        save_pretrained(random_model(seed), directory, tokenizer_model=b"same tokenizer")
+        directories.append(directory)
+    averaged = average_checkpoints(directories).state_dict()
+    states = [random_model(seed).state_dict() for seed in range(3)]
+    assert averaged.keys() == states[0].keys()
+    for name, tensor in averaged.items():
+        expected = (states[0][name].double() + states[1][name].double() + states[2][name].double()) / 3
+        assert torch.equal(tensor, expected.to(tensor.dtype)), name
+    assert not torch.equal(averaged["embed_tokens.weight"], states[0]["embed_tokens.weight"])
+
+
+def test_average_refuses_checkpoints_of_different_runs(tmp_path):
+    from janus_fast.checkpoint import average_checkpoints
+
+    base, wider, other_tokenizer = (str(tmp_path / name) for name in ("base", "wider", "other"))
+    save_pretrained(random_model(0), base, tokenizer_model=b"tokenizer A")
+    save_pretrained(random_model(1, ffn_dim=96), wider, tokenizer_model=b"tokenizer A")
+    save_pretrained(random_model(2), other_tokenizer, tokenizer_model=b"tokenizer B")
+    with pytest.raises(CheckpointError, match="ffn_dim"):
+        average_checkpoints([base, wider])
+    with pytest.raises(CheckpointError, match="tokenizer differs"):
+        average_checkpoints([base, other_tokenizer])
+    with pytest.raises(CheckpointError, match="at least 2"):
+        average_checkpoints([base])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        average_checkpoints([base, str(tmp_path / "missing")])
+
+
+def test_average_through_the_cli(trained_dir, tmp_path):
+    from test_cli import run_cli
+
+    from janus_fast.checkpoint import load_tokenizer, save_tokenizer
+
+    shifted = str(tmp_path / "shifted")
+    model = load_pretrained(trained_dir)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.5)
+    save_pretrained(model, shifted)
+    save_tokenizer(load_tokenizer(trained_dir), shifted)
+    output = str(tmp_path / "averaged")
+    result = run_cli("average", "--models", trained_dir, shifted, "--output", output)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    original, averaged = load_pretrained(trained_dir), load_pretrained(output)
+    for (name, a), (_, b) in zip(original.state_dict().items(), averaged.state_dict().items()):
+        torch.testing.assert_close(b, a + 0.25, rtol=0, atol=1e-6, msg=name)
+    assert os.path.exists(os.path.join(output, "spm.model"))
+    same = run_cli("average", "--models", trained_dir, shifted, "--output", shifted)
+    assert same.returncode == 2 and b"must differ" in same.stderr
