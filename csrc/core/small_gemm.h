@@ -20,12 +20,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define JANUS_X86 1
-#else
-#define JANUS_X86 0
-#endif
+#include "core/isa.h"
 
 namespace janus_fast {
 namespace core {
@@ -109,9 +104,6 @@ void gemm_columns_scalar(int64_t rows, const float* x, int64_t ldx, const GemmWe
 }
 
 #if JANUS_X86
-#define JANUS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
-#define JANUS_AVX2 __attribute__((target("avx2,fma")))
-
 JANUS_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 JANUS_AVX512 inline __m512 load16(const uint16_t* p) {
   const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -170,8 +162,6 @@ JANUS_AVX512 void gemm_avx512(int64_t rows, const float* x, int64_t ldx, const G
   }
   if (n0 < n_end) gemm_columns_scalar<W>(rows, x, ldx, weight, y, ldy, n0, n_end);
 }
-
-#define JANUS_AVX512_BF16 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl,avx2,fma")))
 
 // One MR x 64 block of y from bfloat16 pairs: xp holds each row of x as ceil(K/2) bfloat16 pairs
 // (one uint32 each); `valid` of the 64 columns are stored (the last panel may be partial).
@@ -291,29 +281,6 @@ JANUS_AVX2 void gemm_avx2(int64_t rows, const float* x, int64_t ldx, const GemmW
   if (n0 < n_end) gemm_columns_scalar<W>(rows, x, ldx, weight, y, ldy, n0, n_end);
 }
 #endif  // JANUS_X86
-
-enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
-
-// The widest kernel this CPU runs, from what it reports (cpuid).
-inline Isa detect_isa() {
-#if JANUS_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl"))
-    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
-#endif
-  return Isa::kScalar;
-}
-
-inline const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::kAvx512Bf16: return "avx512_bf16";
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default: return "scalar";
-  }
-}
 
 // y = x w (see the top of this file) for columns [n_begin, n_end) of the first `rows` rows.
 template <typename W>

@@ -202,8 +202,9 @@ void relu_inplace(float* x, int64_t count) {
 
 // y (rows, dim) = LayerNorm(x (rows, dim)), rows split over threads when there are many (y may be x).
 void layer_norm_rows(const float* x, int64_t rows, int64_t dim, const float* w, const float* b, float* y) {
+  const Isa isa = active_isa();
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    core::layer_norm(x + begin * dim, dim, end - begin, dim, w, b, kLayerNormEps, y + begin * dim, dim);
+    core::layer_norm_isa(isa, x + begin * dim, dim, end - begin, dim, w, b, kLayerNormEps, y + begin * dim, dim);
   });
 }
 
@@ -269,6 +270,7 @@ template <typename Locate>
 void attention_rows(const float* queries, int64_t ldq, int64_t num_rows, const DecoderWeights& d, float* out,
                     int64_t ldo, int64_t max_keys, Locate locate) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(d.head_dim));
+  const Isa isa = active_isa();
   const int64_t items = num_rows * d.heads;
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, max_keys * d.head_dim));
   at::parallel_for(0, items, items * max_keys * d.head_dim < 65536 ? items : grain, [&](int64_t begin, int64_t end) {
@@ -279,7 +281,7 @@ void attention_rows(const float* queries, int64_t ldq, int64_t num_rows, const D
       const float* values;
       int64_t key_stride, value_stride, num_keys;
       locate(row, head, keys, key_stride, values, value_stride, num_keys);
-      core::attend_one(queries + row * ldq + head * d.head_dim, keys, key_stride, values, value_stride, num_keys,
+      core::attend(isa, queries + row * ldq + head * d.head_dim, keys, key_stride, values, value_stride, num_keys,
                        d.head_dim, scale, scores.data(), out + row * ldo + head * d.head_dim);
     }
   });

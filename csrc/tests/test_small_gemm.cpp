@@ -1,6 +1,7 @@
 // core/small_gemm.h against a plain triple loop: every ISA this CPU runs, every weight type, row
 // counts around the register blocks, K odd and even, N with and without a partial last panel,
-// column ranges, the residual (accumulate) form. No torch: built and run by ctest.
+// column ranges, the residual (accumulate) form; core/decoder_math.h's attention and layer norm on
+// every ISA against double. No torch: built and run by ctest.
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -119,29 +120,60 @@ int main() {
       }
     }
   }
-  // attention of one row against a direct softmax
-  {
-    const int keys = 9, dim = 8;
-    std::vector<float> q(dim), kv(keys * 2 * dim), out(dim), scores(keys);
-    for (auto& v : q) v = normal(rng);
-    for (auto& v : kv) v = normal(rng);
-    attend_one(q.data(), kv.data(), 2 * dim, kv.data() + dim, 2 * dim, keys, dim, 0.5f, scores.data(), out.data());
-    std::vector<double> p(keys);
-    double total = 0.0;
-    for (int j = 0; j < keys; ++j) {
-      double dot = 0.0;
-      for (int i = 0; i < dim; ++i) dot += double(q[i]) * kv[j * 2 * dim + i];
-      p[j] = std::exp(0.5 * dot);
-      total += p[j];
+  // attention of one row against a direct softmax in double: every ISA, head sizes with and without
+  // a vector path, key counts from none to many, keys and values interleaved (strided)
+  int attention_cases = 0;
+  for (const Isa isa : isas) {
+    if (isa > best) continue;
+    for (const int dim : {8, 12, 16, 48, 64, 128}) {
+      for (const int keys : {0, 1, 2, 9, 33}) {
+        std::vector<float> q(dim), kv(std::max(keys, 1) * 2 * dim), out(dim, 7.0f), scores(std::max(keys, 1));
+        for (auto& v : q) v = normal(rng);
+        for (auto& v : kv) v = normal(rng);
+        attend(isa, q.data(), kv.data(), 2 * dim, kv.data() + dim, 2 * dim, keys, dim, 0.5f, scores.data(),
+               out.data());
+        std::vector<double> p(keys);
+        double total = 0.0;
+        for (int j = 0; j < keys; ++j) {
+          double dot = 0.0;
+          for (int i = 0; i < dim; ++i) dot += double(q[i]) * kv[j * 2 * dim + i];
+          p[j] = std::exp(0.5 * dot);
+          total += p[j];
+        }
+        bool ok = true;
+        for (int i = 0; i < dim; ++i) {
+          double expected = 0.0;  // a row that sees no key gives zeros
+          for (int j = 0; j < keys; ++j) expected += p[j] / total * kv[j * 2 * dim + dim + i];
+          if (std::fabs(out[i] - expected) > 1e-5) ok = false;
+        }
+        check(ok, "attend", 1, keys, dim, isa_name(isa));
+        ++attention_cases;
+      }
     }
-    bool ok = true;
-    for (int i = 0; i < dim; ++i) {
-      double expected = 0.0;
-      for (int j = 0; j < keys; ++j) expected += p[j] / total * kv[j * 2 * dim + dim + i];
-      if (std::fabs(out[i] - expected) > 1e-5) ok = false;
+    // layer norm of a few rows (strided input) against double
+    for (const int dim : {8, 24, 256}) {
+      const int rows = 3, ld = dim + 5;
+      std::vector<float> x(rows * ld), gamma(dim), beta(dim), y(rows * dim);
+      for (auto& v : x) v = 3.0f + 2.0f * normal(rng);
+      for (auto& v : gamma) v = normal(rng);
+      for (auto& v : beta) v = normal(rng);
+      layer_norm_isa(isa, x.data(), ld, rows, dim, gamma.data(), beta.data(), 1e-5f, y.data(), dim);
+      bool ok = true;
+      for (int r = 0; r < rows; ++r) {
+        double mean = 0.0, var = 0.0;
+        for (int i = 0; i < dim; ++i) mean += x[r * ld + i];
+        mean /= dim;
+        for (int i = 0; i < dim; ++i) var += (x[r * ld + i] - mean) * (x[r * ld + i] - mean);
+        const double inv_std = 1.0 / std::sqrt(var / dim + 1e-5);
+        for (int i = 0; i < dim; ++i) {
+          const double expected = (x[r * ld + i] - mean) * inv_std * gamma[i] + beta[i];
+          if (std::fabs(y[r * dim + i] - expected) > 1e-4 * (1.0 + std::fabs(expected))) ok = false;
+        }
+      }
+      check(ok, "layer_norm", rows, dim, dim, isa_name(isa));
     }
-    check(ok, "attend_one", 1, keys, dim, "scalar");
   }
-  std::printf("%d gemm cases on ISAs up to %s, %d failures\n", cases, isa_name(best), failures);
+  std::printf("%d gemm and %d attention cases on ISAs up to %s, %d failures\n", cases, attention_cases,
+              isa_name(best), failures);
   return failures == 0 ? 0 : 1;
 }
