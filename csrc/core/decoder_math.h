@@ -8,9 +8,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "core/isa.h"
+#include "core/vector_exp.h"
 
 namespace janus_fast {
 namespace core {
@@ -65,6 +67,28 @@ inline void attend_one(const float* q, const float* keys, int64_t key_stride, co
   }
 }
 
+// scores[j] = exp(scores[j] - max_score) for j < n (every score <= max_score), 8 at a time;
+// returns their sum. Compiled for the vector width of the function it is inlined into.
+JANUS_ALWAYS_INLINE float softmax_numerators(float* scores, int64_t n, float max_score) {
+  FloatVec sums = FloatVec{};
+  const FloatVec shift = splat(max_score);
+  int64_t j = 0;
+  for (; j + kWidth <= n; j += kWidth) {
+    FloatVec value;
+    std::memcpy(&value, scores + j, sizeof(value));
+    value = exp_nonpositive(value - shift);
+    std::memcpy(scores + j, &value, sizeof(value));
+    sums += value;
+  }
+  float total = 0.0f;
+  for (int l = 0; l < kWidth; ++l) total += sums[l];
+  for (; j < n; ++j) {
+    scores[j] = exp_nonpositive(scores[j] - max_score);
+    total += scores[j];
+  }
+  return total;
+}
+
 #if JANUS_X86
 JANUS_AVX512 inline float sum16(__m512 v) { return _mm512_reduce_add_ps(v); }
 
@@ -93,12 +117,7 @@ JANUS_AVX512 void attend_one_avx512(const float* q, const float* keys, int64_t k
       scores[j] = sum16(dot) * scale;
       max_score = scores[j] > max_score ? scores[j] : max_score;
     }
-    float total = 0.0f;
-    for (int64_t j = 0; j < num_keys; ++j) {
-      scores[j] = std::exp(scores[j] - max_score);
-      total += scores[j];
-    }
-    const float inv_total = 1.0f / total;
+    const float inv_total = 1.0f / softmax_numerators(scores, num_keys, max_score);
     for (int64_t j = 0; j < num_keys; ++j) {
       const __m512 p = _mm512_set1_ps(scores[j] * inv_total);
       const float* value = values + j * value_stride;
@@ -123,12 +142,7 @@ JANUS_AVX2 void attend_one_avx2(const float* q, const float* keys, int64_t key_s
       scores[j] = sum8(dot) * scale;
       max_score = scores[j] > max_score ? scores[j] : max_score;
     }
-    float total = 0.0f;
-    for (int64_t j = 0; j < num_keys; ++j) {
-      scores[j] = std::exp(scores[j] - max_score);
-      total += scores[j];
-    }
-    const float inv_total = 1.0f / total;
+    const float inv_total = 1.0f / softmax_numerators(scores, num_keys, max_score);
     for (int64_t j = 0; j < num_keys; ++j) {
       const __m256 p = _mm256_set1_ps(scores[j] * inv_total);
       const float* value = values + j * value_stride;

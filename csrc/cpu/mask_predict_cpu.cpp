@@ -16,57 +16,29 @@
 #include <vector>
 
 #include "core/select_lowest.h"
+#include "core/vector_exp.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define JANUS_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define JANUS_CPU_CLONES
 #endif
-#define JANUS_ALWAYS_INLINE inline __attribute__((always_inline))
-
-// The vector helpers below are always inlined, so the ABI of passing vectors does not matter.
-#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace janus_fast {
 namespace {
 
-// GCC / Clang vector extensions: 8 fp32 lanes, one AVX2 register in the x86-64-v3 clone, two SSE
-// registers in the baseline one. They keep the per-lane state in registers.
-constexpr int kWidth = 8;
-typedef float FloatVec __attribute__((vector_size(4 * kWidth)));
-typedef int32_t IntVec __attribute__((vector_size(4 * kWidth)));
+// GCC / Clang vector extensions (core/vector_exp.h): 8 fp32 lanes, one AVX2 register in the
+// x86-64-v3 clone, two SSE registers in the baseline one. They keep the per-lane state in registers.
+using core::exp_nonpositive;
+using core::FloatVec;
+using core::IntVec;
+using core::kWidth;
+using core::select;
+using core::splat;
 typedef uint32_t UintVec __attribute__((vector_size(4 * kWidth)));
 typedef uint16_t Uint16Vec __attribute__((vector_size(2 * kWidth)));
 
 constexpr int kBlock = 128;  // logits per block: 8 steps of two vectors
-
-JANUS_ALWAYS_INLINE FloatVec splat(float value) { return FloatVec{} + value; }
-
-JANUS_ALWAYS_INLINE FloatVec select(IntVec mask, FloatVec if_true, FloatVec if_false) {
-  return (FloatVec)(((IntVec)if_true & mask) | ((IntVec)if_false & ~mask));
-}
-
-// exp(x) for x <= 0 (x = logit - running max): Cody-Waite range reduction and the Cephes degree-5
-// polynomial (about 1 ulp); exactly 0 below -87.3 (so exp(-inf) = 0), NaN stays NaN.
-JANUS_ALWAYS_INLINE FloatVec exp_nonpositive(FloatVec x) {
-  const FloatVec shifter = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
-  const FloatVec shifted = x * 1.44269504088896341f + shifter;
-  const FloatVec n = shifted - shifter;
-  const IntVec n_int = (IntVec)shifted - (IntVec)shifter;
-  FloatVec r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  FloatVec p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const FloatVec result = p * (FloatVec)((n_int + 127) << 23);
-  return select(x < -87.3f, FloatVec{}, result);
-}
-
-JANUS_ALWAYS_INLINE float exp_nonpositive(float x) { return exp_nonpositive(splat(x))[0]; }
 
 JANUS_ALWAYS_INLINE float load_float(const float* ptr) { return *ptr; }
 
