@@ -18,10 +18,4 @@ void check_mask_predict_inputs(const at::Tensor& logits, const at::Tensor& token
 // Reads `lengths` (N,) to check 2 <= lengths <= T (a device synchronisation for CUDA tensors).
 void check_mask_predict_lengths(const at::Tensor& lengths, int64_t max_length);
 
-// Step 1 (fill) of mask_predict_step on `rows` contiguous float32 logit rows (rows, vocab_size),
-// every one a masked position: tokens[r] = argmax over v != mask_id (ties -> lowest v), scores[r] =
-// its log-softmax over all V, with the CPU kernel's own reduction (cpu/mask_predict_cpu.cpp).
-void fill_logit_rows(const float* logits, int64_t rows, int64_t vocab_size, int64_t mask_id, int64_t* tokens,
-                     float* scores);
-
 }  // namespace janus_fast

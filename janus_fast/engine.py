@@ -7,8 +7,9 @@
   no (M, V) logits kept) and ``mask_predict_step`` then only re-masks; the PyTorch pass writes the
   masked logits into a preallocated (rows, T, V) buffer that ``mask_predict_step`` reads at
   exactly those positions.
-* AR greedy: a preallocated key/value cache, argmax per step, no beam bookkeeping, stop as soon
-  as every sentence has its eos. AR beam search is the reference's (it already uses the cache).
+* AR greedy: a preallocated key/value cache, argmax per step (in the native step: no (B, V)
+  logits), no beam bookkeeping, stop as soon as every sentence has its eos. AR beam search is the
+  reference's (it already uses the cache).
 * On the CPU each decoder pass (a mask-predict iteration, an AR step) is ONE native call
   (``janus_fast.native_decoder``) when the extension is built and the model is a plain JanusModel;
   elsewhere the same passes run as PyTorch ops. ``decoder_weights`` ("fp32", "bf16", "int8") sets
@@ -120,15 +121,18 @@ def greedy(
     total_log_prob = torch.zeros(batch, device=src_tokens.device)
     out_lengths = torch.zeros(batch, dtype=torch.long, device=src_tokens.device)
     for step in range(steps):
-        if native is not None:
-            logits = native.ar_step(history[:, step], step, memory, caches)
+        at_limit = limits == step + 1  # each sentence's length limit, as the reference: eos
+        if native is not None:  # the choice inside the native step: no (B, V) logits
+            next_tokens, chosen = native.ar_greedy_step(
+                history[:, step], step, memory, caches, banned, at_limit, config.eos_id
+            )
         else:
             logits = model.ar_step(history[:, step], step, encoder_out, caches)
-        log_probs = F.log_softmax(logits.float(), dim=-1)
-        log_probs[:, banned] = float("-inf")
-        next_tokens = log_probs.argmax(-1)
-        next_tokens[limits == step + 1] = config.eos_id  # each sentence's length limit, as the reference
-        chosen = log_probs.gather(1, next_tokens[:, None]).squeeze(1)
+            log_probs = F.log_softmax(logits.float(), dim=-1)
+            log_probs[:, banned] = float("-inf")
+            next_tokens = log_probs.argmax(-1)
+            next_tokens[at_limit] = config.eos_id
+            chosen = log_probs.gather(1, next_tokens[:, None]).squeeze(1)
         total_log_prob += torch.where(finished, 0.0, chosen)
         out_lengths += (~finished).long()
         history[:, step + 1] = torch.where(finished, config.pad_id, next_tokens)

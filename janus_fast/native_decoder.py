@@ -234,6 +234,41 @@ class NativeDecoder:
             cache.length = step + 1
         return logits
 
+    def ar_greedy_step(
+        self,
+        tokens: torch.Tensor,
+        step: int,
+        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
+        caches: list[LayerCache],
+        excluded_ids: torch.Tensor,
+        forced: torch.Tensor,
+        forced_id: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``ar_step`` followed by greedy search's choice, without the (B, V) logits: per sentence
+        the argmax over the vocabulary without ``excluded_ids`` (K,) int64 (ties -> lowest id), or
+        ``forced_id`` where ``forced`` (B,) bool is set, and that token's log-softmax over the whole
+        vocabulary. Returns tokens (B,) int64 and log-probabilities (B,) float32.
+        """
+        keys, values, lengths = memory
+        chosen = torch.ops.janus_fast.decoder_ar_greedy(
+            *self._decoder_arguments(),
+            self.mask_id,
+            self.query_position_offset,
+            tokens,
+            step,
+            keys,
+            values,
+            lengths,
+            [cache.keys for cache in caches],
+            [cache.values for cache in caches],
+            excluded_ids,
+            forced,
+            forced_id,
+        )
+        for cache in caches:
+            cache.length = step + 1
+        return chosen
+
     def _decoder_arguments(self) -> tuple:
         """The leading arguments of the decoder ops: weights, heads, embedding scale, wiring."""
         return self.tensors, self.num_heads, self.embed_scale, self.post_norm, self.relu

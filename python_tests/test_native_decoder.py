@@ -155,6 +155,49 @@ def test_ar_step_logits_match_model(shape, batch, architecture):
 
 
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ar_greedy_step_is_argmax_and_log_softmax_of_model_logits(threads, architecture):
+    """The greedy choice without logits == argmax over the non-excluded ids of the model's step
+    logits (the forced id where forced) and that token's log-softmax over the whole vocabulary."""
+    model = model_for("medium", seed=6, architecture=architecture)
+    batch = 6
+    src, lengths = sources(6, batch, model.config.vocab_size)
+    native = NativeDecoder.for_model(model)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            encoder_out = model.encode(src, lengths)
+            memory = NativeDecoder.memory(encoder_out)
+            expected_caches = model.new_caches(batch, 7, encoder_out.states)
+            caches = model.new_caches(batch, 7, encoder_out.states)
+            tokens = torch.full((batch,), model.config.bos_id)
+            for step in range(6):
+                logits = model.ar_step(tokens, step, encoder_out, expected_caches)
+                log_probs = F.log_softmax(logits, -1)
+                # exclude the specials and the first sentence's own favourite, so exclusion decides something
+                excluded = torch.tensor([model.config.mask_id, model.config.pad_id, int(log_probs[0].argmax())])
+                forced = torch.arange(batch) % 3 == step % 3
+                expected_tokens = log_probs.index_fill(1, excluded, float("-inf")).argmax(-1)
+                expected_tokens[forced] = model.config.eos_id
+                got_tokens, got_scores = native.ar_greedy_step(
+                    tokens, step, memory, caches, excluded, forced, model.config.eos_id
+                )
+                assert torch.equal(got_tokens, expected_tokens)
+                assert not set(got_tokens[~forced].tolist()) & set(excluded.tolist())
+                expected_scores = log_probs.gather(1, expected_tokens[:, None]).squeeze(1)
+                scale = max(1.0, float(logits.abs().amax()))  # rounding grows with the logits (no final norm)
+                torch.testing.assert_close(got_scores, expected_scores, rtol=1e-4, atol=1e-4 * scale)
+                tokens = expected_tokens
+            with pytest.raises(ValueError, match="excluded id"):
+                native.ar_greedy_step(tokens, 6, memory, caches, torch.tensor([-1]), forced, model.config.eos_id)
+            with pytest.raises(ValueError, match="forced must be bool"):
+                native.ar_greedy_step(tokens, 6, memory, caches, excluded, forced[:2], model.config.eos_id)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_nar_logits_match_model_at_requested_positions(shape, architecture):
     model = model_for(shape, seed=2, architecture=architecture)

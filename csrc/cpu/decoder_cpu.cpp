@@ -2,6 +2,8 @@
 //
 //   janus_fast::decoder_ar_step   one incremental AR step (content token + query stream) for B rows,
 //                                 appending to the key/value caches, returning (B, V) logits;
+//   janus_fast::decoder_ar_greedy the same step returning greedy search's token per row and its
+//                                 log-probability instead of logits;
 //   janus_fast::decoder_nar_pass  the content-stream pass of mask-predict over packed rows
 //                                 (no padding), returning the logits of the requested positions only;
 //   janus_fast::decoder_nar_fill  the same pass returning, per requested position, the argmax token
@@ -31,7 +33,6 @@
 
 #include "core/decoder_math.h"
 #include "core/small_gemm.h"
-#include "mask_predict.h"
 
 namespace janus_fast {
 namespace {
@@ -327,11 +328,20 @@ at::Tensor vocabulary_logits(const DecoderWeights& d, float* x, int64_t rows) {
   return logits;
 }
 
-at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
-                           int64_t mask_id, int64_t query_position_offset, const at::Tensor& tokens, int64_t step,
-                           at::TensorList memory_keys,
-                           at::TensorList memory_values, const at::Tensor& memory_lengths, at::TensorList cache_keys,
-                           at::TensorList cache_values) {
+// The last decoder states (before the final norm) of some rows of a pass: per-thread scratch, valid
+// until this thread's next pass.
+struct PassStates {
+  DecoderWeights d;
+  float* states;  // (rows, d)
+  int64_t rows;
+};
+
+// One AR step of both streams (appending the content keys/values to the caches): the query
+// stream's last states, one row per sentence.
+PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                     int64_t mask_id, int64_t query_position_offset, const at::Tensor& tokens, int64_t step,
+                     at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
+                     at::TensorList cache_keys, at::TensorList cache_values) {
   const DecoderWeights d = parse_weights(weights, num_heads);
   const Architecture arch{post_norm, relu};
   const int64_t num_layers = static_cast<int64_t>(d.layers.size());
@@ -413,17 +423,21 @@ at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double emb
     std::vector<int64_t> rows_memory(memory_row.begin() + first, memory_row.end());
     cross_and_ffn(arch, xs, n, layer, d, memories[l], rows_memory, mem_lengths, h, q, a, f);
   }
-  return vocabulary_logits(d, x + batch * dim, batch);
+  return {d, x + batch * dim, batch};
+}
+
+// decoder_ar_step: the step's (B, V) logits.
+at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                           int64_t mask_id, int64_t query_position_offset, const at::Tensor& tokens, int64_t step,
+                           at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
+                           at::TensorList cache_keys, at::TensorList cache_values) {
+  const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
+                                 tokens, step, memory_keys, memory_values, memory_lengths, cache_keys, cache_values);
+  return vocabulary_logits(s.d, s.states, s.rows);
 }
 
 // The last decoder states (before the final norm) of the requested positions of a NAR pass.
-struct NarStates {
-  DecoderWeights d;
-  float* states;  // (rows, d): per-thread scratch, valid until this thread's next pass
-  int64_t rows;
-};
-
-NarStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm, bool relu, double embed_scale,
+PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm, bool relu, double embed_scale,
                      const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& row_offsets,
                      at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
                      const at::Tensor& output_positions) {
@@ -525,58 +539,100 @@ at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double em
                             const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& row_offsets,
                             at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
                             const at::Tensor& output_positions) {
-  const NarStates s = nar_states(weights, num_heads, post_norm, relu, embed_scale, tokens, positions, row_offsets,
+  const PassStates s = nar_states(weights, num_heads, post_norm, relu, embed_scale, tokens, positions, row_offsets,
                                  memory_keys, memory_values, memory_lengths, output_positions);
   if (s.rows == 0) return at::empty({0, s.d.vocab}, at::TensorOptions().dtype(at::kFloat));
   return vocabulary_logits(s.d, s.states, s.rows);
 }
 
-// decoder_nar_pass followed by the fill of mask-predict, without materialising the (M, V) logits:
-// per requested position the argmax over the vocabulary without `exclude_id` (ties -> lowest id; a
-// NaN is the argmax) and that token's log-softmax over the whole vocabulary (torch's log_softmax:
-// NaN when the row holds NaN or +inf, or only -inf), as janus_fast.ops.mask_predict_step's step 1. The
-// projection runs in tiles of rows whose logits stay in a per-thread buffer.
-std::tuple<at::Tensor, at::Tensor> decoder_nar_fill(at::TensorList weights, int64_t num_heads, double embed_scale,
-                                                    bool post_norm, bool relu, const at::Tensor& tokens,
-                                                    const at::Tensor& positions, const at::Tensor& row_offsets,
-                                                    at::TensorList memory_keys, at::TensorList memory_values,
-                                                    const at::Tensor& memory_lengths,
-                                                    const at::Tensor& output_positions, int64_t exclude_id) {
-  const NarStates s = nar_states(weights, num_heads, post_norm, relu, embed_scale, tokens, positions, row_offsets,
-                                 memory_keys, memory_values, memory_lengths, output_positions);
-  const DecoderWeights& d = s.d;
-  TORCH_CHECK_VALUE(exclude_id >= 0 && exclude_id < d.vocab, "decoder_nar_fill: exclude_id ", exclude_id,
-                    " outside [0, ", d.vocab, ")");
-  at::Tensor best = at::empty({s.rows}, at::TensorOptions().dtype(at::kLong));
-  at::Tensor scores = at::empty({s.rows}, at::TensorOptions().dtype(at::kFloat));
-  if (s.rows == 0) return {best, scores};
-  if (d.final_w != nullptr) layer_norm_rows(s.states, s.rows, d.dim, d.final_w, d.final_b, s.states);
+// The greedy choice per row of `states` (rows, d), without materialising the (rows, V) logits:
+// the argmax over the vocabulary without the `excluded` ids (ties -> lowest id; a NaN is the
+// argmax), or `forced_id` where forced[r], and that token's log-softmax over the whole vocabulary
+// (torch's log_softmax: NaN when the row holds NaN or +inf, or only -inf). The final norm and the
+// vocabulary projection run in tiles of rows whose logits stay in a per-thread buffer.
+std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float* states, int64_t rows,
+                                                 const std::vector<int64_t>& excluded, const bool* forced,
+                                                 int64_t forced_id) {
+  at::Tensor best = at::empty({rows}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor scores = at::empty({rows}, at::TensorOptions().dtype(at::kFloat));
+  if (rows == 0) return {best, scores};
+  if (d.final_w != nullptr) layer_norm_rows(states, rows, d.dim, d.final_w, d.final_b, states);
   const int64_t threads = at::get_num_threads();
-  const int64_t tile = std::min<int64_t>(32, std::max<int64_t>(1, (s.rows + threads - 1) / threads));
-  const int64_t num_tiles = (s.rows + tile - 1) / tile;
+  const int64_t tile = std::min<int64_t>(32, std::max<int64_t>(1, (rows + threads - 1) / threads));
+  const int64_t num_tiles = (rows + tile - 1) / tile;
   int64_t* best_ids = best.data_ptr<int64_t>();
   float* best_scores = scores.data_ptr<float>();
   const Isa isa = active_isa();
   at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> logits_buffer, log_probs_buffer;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t first = t * tile, n = std::min(tile, s.rows - first);
+      const int64_t first = t * tile, n = std::min(tile, rows - first);
       float* logits = scratch(logits_buffer, n * d.vocab);
-      core::gemm(isa, n, s.states + first * d.dim, d.dim, d.vocab_projection, logits, d.vocab, 0, d.vocab);
+      core::gemm(isa, n, states + first * d.dim, d.dim, d.vocab_projection, logits, d.vocab, 0, d.vocab);
       const auto options = at::TensorOptions().dtype(at::kFloat);
       at::Tensor log_probs = at::from_blob(scratch(log_probs_buffer, n * d.vocab), {n, d.vocab}, options);
       at::_log_softmax_out(log_probs, at::from_blob(logits, {n, d.vocab}, options), 1, false);
-      log_probs.select(1, exclude_id).fill_(-std::numeric_limits<float>::infinity());
+      float* values = log_probs.data_ptr<float>();
+      std::vector<float> forced_values(n);  // read before the excluded ids are set to -inf
+      if (forced != nullptr)
+        for (int64_t i = 0; i < n; ++i) forced_values[i] = values[i * d.vocab + forced_id];
+      for (const int64_t id : excluded) log_probs.select(1, id).fill_(-std::numeric_limits<float>::infinity());
       const at::Tensor argmax = at::argmax(log_probs, 1);
       const int64_t* ids = argmax.data_ptr<int64_t>();
-      const float* values = log_probs.data_ptr<float>();
       for (int64_t i = 0; i < n; ++i) {
-        best_ids[first + i] = ids[i];
-        best_scores[first + i] = values[i * d.vocab + ids[i]];
+        const bool force = forced != nullptr && forced[first + i];
+        best_ids[first + i] = force ? forced_id : ids[i];
+        best_scores[first + i] = force ? forced_values[i] : values[i * d.vocab + ids[i]];
       }
     }
   });
   return {best, scores};
+}
+
+// decoder_nar_pass followed by the fill of mask-predict (select_tokens without `exclude_id`), as
+// janus_fast.ops.mask_predict_step's step 1.
+std::tuple<at::Tensor, at::Tensor> decoder_nar_fill(at::TensorList weights, int64_t num_heads, double embed_scale,
+                                                    bool post_norm, bool relu, const at::Tensor& tokens,
+                                                    const at::Tensor& positions, const at::Tensor& row_offsets,
+                                                    at::TensorList memory_keys, at::TensorList memory_values,
+                                                    const at::Tensor& memory_lengths,
+                                                    const at::Tensor& output_positions, int64_t exclude_id) {
+  const PassStates s = nar_states(weights, num_heads, post_norm, relu, embed_scale, tokens, positions, row_offsets,
+                                 memory_keys, memory_values, memory_lengths, output_positions);
+  TORCH_CHECK_VALUE(exclude_id >= 0 && exclude_id < s.d.vocab, "decoder_nar_fill: exclude_id ", exclude_id,
+                    " outside [0, ", s.d.vocab, ")");
+  return select_tokens(s.d, s.states, s.rows, {exclude_id}, nullptr, 0);
+}
+
+// decoder_ar_step followed by greedy search's choice (select_tokens): per sentence the argmax over
+// the vocabulary without `excluded_ids`, or `forced_id` where `forced` (B,) bool is set (the
+// sentence's length limit), and its log-probability; no (B, V) logits are returned.
+std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy(at::TensorList weights, int64_t num_heads, double embed_scale,
+                                                     bool post_norm, bool relu, int64_t mask_id,
+                                                     int64_t query_position_offset, const at::Tensor& tokens,
+                                                     int64_t step, at::TensorList memory_keys,
+                                                     at::TensorList memory_values, const at::Tensor& memory_lengths,
+                                                     at::TensorList cache_keys, at::TensorList cache_values,
+                                                     const at::Tensor& excluded_ids, const at::Tensor& forced,
+                                                     int64_t forced_id) {
+  TORCH_CHECK_VALUE(excluded_ids.dim() == 1 && excluded_ids.scalar_type() == at::kLong && excluded_ids.device().is_cpu(),
+                    "decoder_ar_greedy: excluded_ids must be int64 (K,) on the CPU, got ", excluded_ids.sizes());
+  TORCH_CHECK_VALUE(forced.dim() == 1 && forced.size(0) == tokens.size(0) && forced.scalar_type() == at::kBool &&
+                        forced.device().is_cpu(),
+                    "decoder_ar_greedy: forced must be bool (B,) on the CPU, got ", forced.sizes(), " ",
+                    forced.scalar_type());
+  const at::Tensor excluded_values = excluded_ids.contiguous();
+  const std::vector<int64_t> excluded(excluded_values.data_ptr<int64_t>(),
+                                      excluded_values.data_ptr<int64_t>() + excluded_values.numel());
+  const int64_t vocab = parse_weights(weights, num_heads).vocab;
+  for (const int64_t id : excluded)
+    TORCH_CHECK_VALUE(id >= 0 && id < vocab, "decoder_ar_greedy: excluded id ", id, " outside [0, ", vocab, ")");
+  TORCH_CHECK_VALUE(forced_id >= 0 && forced_id < vocab, "decoder_ar_greedy: forced_id ", forced_id,
+                    " outside [0, ", vocab, ")");
+  const at::Tensor forced_values = forced.contiguous();
+  const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
+                                 tokens, step, memory_keys, memory_values, memory_lengths, cache_keys, cache_values);
+  return select_tokens(s.d, s.states, s.rows, excluded, forced_values.data_ptr<bool>(), forced_id);
 }
 
 // ------------------------------------------------------------------------------------- encoder
@@ -712,6 +768,12 @@ TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
       "Tensor memory_lengths, "
       "Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values) -> Tensor",
       &decoder_ar_step);
+  m.def(
+      "decoder_ar_greedy(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
+      "int query_position_offset, Tensor tokens, int step, Tensor[] memory_keys, Tensor[] memory_values, "
+      "Tensor memory_lengths, Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values, Tensor excluded_ids, "
+      "Tensor forced, int forced_id) -> (Tensor, Tensor)",
+      &decoder_ar_greedy);
   m.def(
       "decoder_nar_pass(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, "
       "Tensor tokens, Tensor positions, Tensor row_offsets, Tensor[] memory_keys, Tensor[] memory_values, "

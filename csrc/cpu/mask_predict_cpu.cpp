@@ -213,23 +213,6 @@ JANUS_DEFINE_FILL(fill_masked_bfloat16, at::BFloat16)
 JANUS_DEFINE_FILL(fill_masked_half, at::Half)
 #undef JANUS_DEFINE_FILL
 
-}  // namespace
-
-// Step 1 on `rows` contiguous fp32 logit rows, each a masked position (the native NAR pass's fill,
-// csrc/cpu/decoder_cpu.cpp): the same row reduction, so the same tokens and scores.
-JANUS_CPU_CLONES void fill_logit_rows(const float* logits, int64_t rows, int64_t vocab_size,
-                                      int64_t mask_id, int64_t* tokens, float* scores) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = logits + r * vocab_size;
-    const core::OnlineSoftmaxState state = reduce_row(
-        row, static_cast<int32_t>(vocab_size), static_cast<int32_t>(mask_id));
-    tokens[r] = core::chosen_token(state, mask_id);
-    scores[r] = core::token_log_prob(state, row[tokens[r]]);
-  }
-}
-
-namespace {
-
 at::Tensor mask_predict_step_cpu(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& scores,
                                  const at::Tensor& lengths, int64_t iteration,
                                  int64_t num_iterations, int64_t mask_id) {
