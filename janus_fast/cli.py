@@ -103,6 +103,11 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
         help="with --compat fairseq: run every pass (fairseq's --iter-decode-force-max-iter; default: adaptive stop)",
     )
     parser.add_argument(
+        "--keep-repeats",
+        action="store_true",
+        help="NAR: keep runs of a repeated token (default: each run is kept once, the usual NAR post-processing)",
+    )
+    parser.add_argument(
         "--on-long-input",
         choices=("truncate", "error"),
         default="truncate",
@@ -132,6 +137,7 @@ def _decode_kwargs(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "compat": args.compat,
         "force_max_iter": args.force_max_iter,
+        "collapse_repeats": False if args.keep_repeats else None,
     }
 
 

@@ -11,6 +11,7 @@ from janus_fast import engine, fairseq_decoding, reference_decoding
 from janus_fast.arguments import check_int
 from janus_fast.model import JanusModel
 from janus_fast.search import Hypotheses
+from janus_fast.search import collapse_repeats as collapse_repeated_tokens
 
 MAX_BEAM = 128  # AR beam sizes above this can only be a mistake (rows = sentences x beam)
 COMPAT_MODES = ("janus", "fairseq")
@@ -52,6 +53,19 @@ def check_decoding_options(model: JanusModel, mode: str, iterations: int, length
     check_int("beam", beam, 1, MAX_BEAM)
 
 
+def resolve_collapse_repeats(mode: str, compat: str, collapse_repeats: bool | None) -> bool:
+    """Whether NAR outputs get their repeated neighbours collapsed (``search.collapse_repeats``):
+    None = the default, on for mode "nar" with compat "janus", off otherwise (AR outputs and
+    fairseq-generate's are kept as they are); True where it does not apply is a ValueError."""
+    if collapse_repeats is None:
+        return mode == "nar" and compat == "janus"
+    if not isinstance(collapse_repeats, bool):
+        raise TypeError(f"collapse_repeats must be true, false or None, got {collapse_repeats!r}")
+    if collapse_repeats and (mode != "nar" or compat != "janus"):
+        raise ValueError("collapse_repeats applies to mode='nar' with compat='janus' only")
+    return collapse_repeats
+
+
 def generate(
     model: JanusModel,
     src_tokens: torch.Tensor,
@@ -67,6 +81,7 @@ def generate(
     decoder_weights: str = "fp32",
     compat: str = "janus",
     force_max_iter: bool = False,
+    collapse_repeats: bool | None = None,
 ) -> list[list[int]] | Hypotheses:
     """Translate a padded batch of source ids; returns target ids per sentence (no bos/eos/pad),
     or with ``return_scores`` the ``Hypotheses`` (ids and each sentence's score: mean token
@@ -83,9 +98,14 @@ def generate(
     mask-predict (``janus_fast.fairseq_decoding``; ``iterations`` is its ``--iter-decode-max-iter``,
     so iterations + 1 passes; ``force_max_iter`` its ``--iter-decode-force-max-iter``); the tokens
     then keep ``<unk>`` and the score is fairseq's (mean over bos..eos, natural log).
+
+    ``collapse_repeats`` (default: on for NAR with compat "janus"): each run of a repeated token
+    in the chosen NAR candidate is kept once (``search.collapse_repeats``); the score stays the
+    candidate's.
     """
     _check_source(model, src_tokens, src_lengths)
     check_compat(model, compat, mode, iterations, length_beam, force_max_iter, beam)
+    collapse = resolve_collapse_repeats(mode, compat, collapse_repeats)
     if compat == "janus":
         check_decoding_options(model, mode, iterations, length_beam, beam)
     if decoder not in ("engine", "reference"):
@@ -112,6 +132,8 @@ def generate(
         hypotheses = reference_decoding.mask_predict(model, src_tokens, src_lengths, iterations, length_beam)
     else:
         hypotheses = reference_decoding.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b)
+    if collapse:
+        hypotheses = Hypotheses([collapse_repeated_tokens(tokens) for tokens in hypotheses.tokens], hypotheses.scores)
     return hypotheses if return_scores else hypotheses.tokens
 
 

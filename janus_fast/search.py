@@ -99,6 +99,13 @@ def strip_special(row: list[int], eos_id: int, specials: set[int]) -> list[int]:
     return [token for token in row if token not in specials]
 
 
+def collapse_repeats(tokens: list[int]) -> list[int]:
+    """Each run of one repeated token kept once ("a a a b a" -> "a b a"). Mask-predict fills the
+    positions of an iteration independently, so two neighbours often get the same token; collapsing
+    them is the usual NAR post-processing (Lee et al. 2018)."""
+    return [token for index, token in enumerate(tokens) if index == 0 or token != tokens[index - 1]]
+
+
 @dataclass
 class MaskPredictState:
     """What mask-predict iterates on, one row per (sentence, length candidate), candidates of a

@@ -118,3 +118,34 @@ def test_generate_and_translate_return_scores(model, trained_dir):
     pairs = translator.translate(sentences, mode="nar", iterations=2, return_scores=True)
     assert [text for text, _ in pairs] == translator.translate(sentences, mode="nar", iterations=2)
     assert pairs[1] == ("", 0.0) and all(score <= 0.0 for _, score in pairs)
+
+
+def test_collapse_repeats_keeps_each_run_once():
+    from janus_fast.search import collapse_repeats
+
+    assert collapse_repeats([5, 5, 6, 5, 5, 5, 7]) == [5, 6, 5, 7]
+    assert collapse_repeats([9]) == [9] and collapse_repeats([]) == []
+
+
+@pytest.mark.parametrize("decoder", ["engine", "reference"])
+def test_nar_collapses_repeated_neighbours_by_default(decoder):
+    """A random model repeats tokens a lot: the default output is the kept-repeats output with each
+    run collapsed, the scores are the candidates' either way; AR and fairseq semantics keep repeats."""
+    from conftest import random_model
+
+    from janus_fast.search import collapse_repeats
+
+    model = random_model(3)
+    src, lengths = sources()
+    kept = generate(model, src, lengths, iterations=3, decoder=decoder, collapse_repeats=False, return_scores=True)
+    default = generate(model, src, lengths, iterations=3, decoder=decoder, return_scores=True)
+    assert any(collapse_repeats(tokens) != tokens for tokens in kept.tokens)  # the case is exercised
+    assert default.tokens == [collapse_repeats(tokens) for tokens in kept.tokens]
+    assert default.scores == kept.scores
+    assert generate(model, src, lengths, mode="ar", decoder=decoder) == generate(
+        model, src, lengths, mode="ar", decoder=decoder, collapse_repeats=False
+    )
+    with pytest.raises(ValueError, match="collapse_repeats applies"):
+        generate(model, src, lengths, mode="ar", collapse_repeats=True)
+    with pytest.raises(TypeError, match="collapse_repeats"):
+        generate(model, src, lengths, collapse_repeats="yes")
