@@ -9,7 +9,7 @@
   exactly those positions.
 * AR greedy: a preallocated key/value cache, argmax per step (in the native step: no (B, V)
   logits), no beam bookkeeping, stop as soon as every sentence has its eos. AR beam search is the
-  reference's (it already uses the cache).
+  reference's loop (``search.beam_search``) over the native steps.
 * On the CPU each decoder pass (a mask-predict iteration, an AR step) is ONE native call
   (``janus_fast.native_decoder``) when the extension is built and the model is a plain JanusModel;
   elsewhere the same passes run as PyTorch ops. ``decoder_weights`` ("fp32", "bf16", "int8") sets
@@ -29,7 +29,14 @@ from janus_fast.native_decoder import NativeDecoder, unsupported_reason
 from janus_fast.ops import mask_predict_step
 from janus_fast.packed import PackedRows, packed_decode
 from janus_fast.reference_decoding import ar_search as reference_ar_search
-from janus_fast.search import Hypotheses, best_length_candidates, max_ar_lengths, start_mask_predict, strip_special
+from janus_fast.search import (
+    Hypotheses,
+    beam_search,
+    best_length_candidates,
+    max_ar_lengths,
+    start_mask_predict,
+    strip_special,
+)
 
 
 def native_decoder(model: JanusModel, decoder_weights: str) -> NativeDecoder | None:
@@ -144,6 +151,7 @@ def greedy(
     return Hypotheses(tokens, (total_log_prob / out_lengths.clamp(min=1)).tolist())
 
 
+@torch.inference_mode()
 def ar_search(
     model: JanusModel,
     src_tokens: torch.Tensor,
@@ -153,7 +161,27 @@ def ar_search(
     max_len_b: int = 10,
     decoder_weights: str = "fp32",
 ) -> Hypotheses:
-    """Greedy through ``greedy``; beam search through the reference (KV-cached) beam search."""
+    """Greedy through ``greedy``; beam search through ``search.beam_search`` (the reference's loop)
+    over the native steps where they run (key/value caches reordered per step), else the
+    reference itself. src_tokens (B, S) int64, src_lengths (B,) int64."""
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
     if beam == 1:
         return greedy(model, src_tokens, src_lengths, max_len_a, max_len_b, decoder_weights)
-    return reference_ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b)
+    native = native_decoder(model, decoder_weights)
+    if native is None:
+        return reference_ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b)
+    batch = src_tokens.shape[0]
+    row_limits = max_ar_lengths(src_lengths, model, max_len_a, max_len_b).repeat_interleave(beam)
+    rows = torch.arange(batch, device=src_tokens.device).repeat_interleave(beam)
+    encoder_out = native.encode(src_tokens, src_lengths).select(rows)
+    caches = model.new_caches(batch * beam, int(row_limits.max()), encoder_out.states)
+    memory = NativeDecoder.memory(encoder_out)
+
+    def reorder(origin: torch.Tensor) -> None:
+        for cache in caches:
+            cache.reorder(origin)
+
+    return beam_search(
+        lambda history, step: native.ar_step(history[:, step], step, memory, caches), reorder, model, beam, row_limits
+    )

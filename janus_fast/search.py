@@ -1,5 +1,6 @@
 """What both decoders share: length candidates, the mask-predict start state and its per-sentence
-pick, AR length limits, stripping of special tokens, and the hypotheses they return.
+pick, AR length limits and the beam search loop, stripping of special tokens, and the hypotheses
+they return.
 
 ``janus_fast.reference_decoding`` (the plain PyTorch decoders, the ground truth) and
 ``janus_fast.engine`` (the fast ones) build on these; ``janus_fast.decoding.generate`` dispatches
@@ -9,9 +10,11 @@ between them.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from janus_fast.length import candidates_from_logits
 from janus_fast.model import EncoderOutput, JanusModel
@@ -208,3 +211,69 @@ def max_ar_lengths(src_lengths: torch.Tensor, model: JanusModel, max_len_a: floa
     """
     limits = (max_len_a * src_lengths.double() + max_len_b).long()
     return limits.clamp(1, model.config.max_target_positions - 1)
+
+
+def beam_search(
+    step_logits: Callable[[torch.Tensor, int], torch.Tensor],
+    reorder: Callable[[torch.Tensor], None],
+    model: JanusModel,
+    beam: int,
+    row_limits: torch.Tensor,
+) -> Hypotheses:
+    """AR beam search on P_AR (beam 1 = greedy), scores normalised by length at the end; the
+    decoder is whatever ``step_logits`` runs.
+
+    ``step_logits(history, step)``: the (rows, V) logits of the next token of each row, given the
+    tokens so far, history (rows, steps + 1) int64 (bos, then one token per step; rows = sentences
+    x beam, a sentence's beams adjacent). ``reorder(origin)``: keep rows ``origin`` (rows,) int64 of
+    the decoder's state (its key/value caches), called after each step when beam > 1.
+    ``row_limits`` (rows,) int64: tokens each row may generate, eos included; eos is forced there.
+    Finished hypotheses stay in the beam with their score frozen (they extend with pad at zero cost).
+    """
+    config = model.config
+    device = row_limits.device
+    rows = row_limits.shape[0]
+    batch = rows // beam
+    steps = int(row_limits.max())
+    history = torch.full((rows, steps + 1), config.pad_id, dtype=torch.long, device=device)
+    history[:, 0] = config.bos_id
+    beam_scores = torch.zeros(batch, beam, device=device)
+    beam_scores[:, 1:] = float("-inf")  # all beams start identical: keep one
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    out_lengths = torch.zeros(rows, dtype=torch.long, device=device)
+
+    for step in range(steps):
+        log_probs = F.log_softmax(step_logits(history, step).float(), dim=-1)
+        log_probs[:, config.mask_id] = float("-inf")
+        log_probs[:, config.pad_id] = float("-inf")
+        log_probs[:, config.bos_id] = float("-inf")
+        at_limit = row_limits == step + 1  # force eos at each sentence's length limit
+        eos_log_probs = log_probs[at_limit, config.eos_id]
+        log_probs[at_limit] = float("-inf")
+        log_probs[at_limit, config.eos_id] = eos_log_probs
+        # finished rows extend with pad at no cost
+        log_probs[finished] = float("-inf")
+        log_probs[finished, config.pad_id] = 0.0
+
+        vocab = log_probs.shape[-1]
+        candidates = (beam_scores.view(-1, 1) + log_probs).view(batch, beam * vocab)
+        beam_scores, flat = candidates.topk(beam, dim=-1)
+        origin = (flat // vocab + torch.arange(batch, device=device)[:, None] * beam).view(-1)
+        next_tokens = (flat % vocab).view(-1)
+
+        history = history.index_select(0, origin)
+        finished = finished.index_select(0, origin)
+        out_lengths = out_lengths.index_select(0, origin)
+        if beam > 1:
+            reorder(origin)
+        history[:, step + 1] = next_tokens
+        out_lengths = out_lengths + (~finished).long()
+        finished = finished | (next_tokens == config.eos_id)
+        if bool(finished.all()):
+            break
+
+    normalised = beam_scores.view(-1) / out_lengths.clamp(min=1)
+    best = normalised.view(batch, beam).argmax(1) + torch.arange(batch, device=device) * beam
+    specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
+    out_tokens = [strip_special(row[1:], config.eos_id, specials) for row in history[best].tolist()]
+    return Hypotheses(out_tokens, normalised[best].tolist())

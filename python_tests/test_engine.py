@@ -35,7 +35,7 @@ def test_engine_mask_predict_equals_reference(seed, iterations, length_beam):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_engine_greedy_equals_reference(seed):
-    """The engine's own greedy search (beam > 1 is the reference's beam search, not tested here)."""
+    """The engine's own greedy search."""
     model = random_model(seed)
     src, lengths = random_sources(seed + 10)
     expected = ar_search(model, src, lengths, beam=1)
@@ -43,6 +43,36 @@ def test_engine_greedy_equals_reference(seed):
     assert got.tokens == expected.tokens
     assert got.scores == pytest.approx(expected.scores, abs=1e-5)
     assert any(len(t) > 1 for t in got.tokens)
+
+
+@pytest.mark.parametrize("seed", [2, 7])  # random models whose beam outputs differ from greedy's
+@pytest.mark.parametrize("beam", [2, 4])
+def test_engine_beam_search_equals_reference(seed, beam):
+    """The engine's beam search runs the reference's loop over the native steps, whose caches it
+    reorders: same tokens, same scores, and the native path really ran."""
+    from janus_fast.native_decoder import NativeDecoder, native_decoder_available
+
+    if not native_decoder_available():
+        pytest.skip("the native decoder is not built (the engine would run the reference itself)")
+    model = random_model(seed)
+    src, lengths = random_sources(seed + 20)
+    expected = ar_search(model, src, lengths, beam=beam)
+    calls = []
+    original = NativeDecoder.ar_step
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(NativeDecoder, "ar_step", counted)
+        got = engine.ar_search(model, src, lengths, beam=beam)
+    assert calls
+    assert got.tokens == expected.tokens
+    assert got.scores == pytest.approx(expected.scores, abs=1e-5)
+    assert any(len(t) > 1 for t in got.tokens)
+    if beam == 4:
+        assert got.tokens != engine.ar_search(model, src, lengths, beam=1).tokens  # the beam decides something
 
 
 @pytest.mark.parametrize("mode", ["nar", "ar"])
