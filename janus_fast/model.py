@@ -278,9 +278,10 @@ class LayerCache:
         return self.keys[:, :, :end], self.values[:, :, :end]
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` (beam search), in place."""
-        self.keys = self.keys.index_select(0, index)
-        self.values = self.values.index_select(0, index)
+        """Keep rows ``index`` (B,) int64 (beam search), in place: only the ``length`` positions
+        filled so far are copied (the rest is never read before it is written)."""
+        for cache in (self.keys, self.values):
+            cache[:, :, : self.length] = cache[:, :, : self.length].index_select(0, index)
 
 
 @dataclass
