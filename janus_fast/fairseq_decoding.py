@@ -137,7 +137,11 @@ class _Decoder:
             packed_tokens = tokens.reshape(-1).index_select(0, rows.index)
             offsets = F.pad(lengths.cumsum(0), (1, 0))
             outputs = (packed_tokens == model.config.mask_id).nonzero().squeeze(1)
-            logits = self.native.nar_logits(packed_tokens, rows.positions, offsets, self.memory, outputs)
+            # argmax over the whole vocabulary (the mask included) and its log-probability, no logits
+            filled, filled_scores = self.native.nar_fill(
+                packed_tokens, rows.positions, offsets, self.memory, outputs, exclude_id=-1
+            )
+            return masked, filled, filled_scores
         else:
             positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
             hidden = model.decode(

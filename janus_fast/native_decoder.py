@@ -309,8 +309,9 @@ class NativeDecoder:
         exclude_id: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Mask-predict's fill at ``output_positions`` without the (M, V) logits: the argmax token
-        over the vocabulary without ``exclude_id`` (ties -> lowest id) and its log-softmax over the
-        whole vocabulary, as ``nar_logits`` followed by ``mask_predict_step``'s step 1.
+        over the vocabulary without ``exclude_id`` (-1: over all of it, fairseq's fill; ties ->
+        lowest id) and its log-softmax over the whole vocabulary, as ``nar_logits`` followed by
+        ``mask_predict_step``'s step 1.
 
         Arguments as ``nar_logits``; returns tokens (M,) int64 and scores (M,) float32.
         """

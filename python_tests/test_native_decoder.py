@@ -255,8 +255,12 @@ def test_nar_fill_is_argmax_and_log_softmax_of_model_logits(shape, architecture)
             torch.set_num_threads(threads_before)
         empty = native.nar_fill(flat_tokens, positions, offsets, NativeDecoder.memory(encoder_out), wanted[:0], 1)
         assert empty[0].shape == (0,) and empty[1].shape == (0,)
+        # -1: over the whole vocabulary (fairseq's fill); the mask token itself is then a candidate
+        favourite = log_probs[wanted].argmax(-1)
+        got_tokens, _ = native.nar_fill(flat_tokens, positions, offsets, NativeDecoder.memory(encoder_out), wanted, -1)
+        assert torch.equal(got_tokens, favourite)
         with pytest.raises(ValueError, match="exclude_id"):
-            native.nar_fill(flat_tokens, positions, offsets, NativeDecoder.memory(encoder_out), wanted, -1)
+            native.nar_fill(flat_tokens, positions, offsets, NativeDecoder.memory(encoder_out), wanted, -2)
 
 
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))

@@ -589,8 +589,8 @@ std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float*
   return {best, scores};
 }
 
-// decoder_nar_pass followed by the fill of mask-predict (select_tokens without `exclude_id`), as
-// janus_fast.ops.mask_predict_step's step 1.
+// decoder_nar_pass followed by the fill of mask-predict (select_tokens without `exclude_id`, or over
+// the whole vocabulary for -1: fairseq's fill), as janus_fast.ops.mask_predict_step's step 1.
 std::tuple<at::Tensor, at::Tensor> decoder_nar_fill(at::TensorList weights, int64_t num_heads, double embed_scale,
                                                     bool post_norm, bool relu, const at::Tensor& tokens,
                                                     const at::Tensor& positions, const at::Tensor& row_offsets,
@@ -599,9 +599,10 @@ std::tuple<at::Tensor, at::Tensor> decoder_nar_fill(at::TensorList weights, int6
                                                     const at::Tensor& output_positions, int64_t exclude_id) {
   const PassStates s = nar_states(weights, num_heads, post_norm, relu, embed_scale, tokens, positions, row_offsets,
                                  memory_keys, memory_values, memory_lengths, output_positions);
-  TORCH_CHECK_VALUE(exclude_id >= 0 && exclude_id < s.d.vocab, "decoder_nar_fill: exclude_id ", exclude_id,
-                    " outside [0, ", s.d.vocab, ")");
-  return select_tokens(s.d, s.states, s.rows, {exclude_id}, nullptr, 0);
+  TORCH_CHECK_VALUE(exclude_id >= -1 && exclude_id < s.d.vocab, "decoder_nar_fill: exclude_id ", exclude_id,
+                    " outside [-1, ", s.d.vocab, ")");
+  const std::vector<int64_t> excluded = exclude_id >= 0 ? std::vector<int64_t>{exclude_id} : std::vector<int64_t>{};
+  return select_tokens(s.d, s.states, s.rows, excluded, nullptr, 0);
 }
 
 // decoder_ar_step followed by greedy search's choice (select_tokens): per sentence the argmax over
