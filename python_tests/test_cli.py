@@ -124,3 +124,14 @@ def test_batch_size_and_max_batch_tokens_do_not_change_outputs(trained_dir, corp
         translator.translate(sources, batch_size=2.5)
     result = run_cli("translate", "--model", trained_dir, "--batch-size", "0", stdin=b"Ein Mann.\n")
     assert result.returncode != 0 and b"--batch-size: must be >= 1" in result.stderr
+
+
+def test_keep_repeats_option_reaches_the_decoder():
+    from janus_fast.cli import _decode_kwargs, build_parser
+
+    parser = build_parser()
+    assert _decode_kwargs(parser.parse_args(["translate"]))["collapse_repeats"] is None  # the default: collapse
+    assert _decode_kwargs(parser.parse_args(["translate", "--keep-repeats"]))["collapse_repeats"] is False
+    assert _decode_kwargs(parser.parse_args(["evaluate", "--src", "a", "--ref", "b", "--keep-repeats"]))[
+        "collapse_repeats"
+    ] is False
