@@ -217,19 +217,7 @@ class NativeDecoder:
         ``memory`` is ``NativeDecoder.memory(encoder_out)``; the caches (float32, from
         ``model.new_caches``) get this step's keys/values at index ``step``.
         """
-        keys, values, lengths = memory
-        logits = torch.ops.janus_fast.decoder_ar_step(
-            *self._decoder_arguments(),
-            self.mask_id,
-            self.query_position_offset,
-            tokens,
-            step,
-            keys,
-            values,
-            lengths,
-            [cache.keys for cache in caches],
-            [cache.values for cache in caches],
-        )
+        logits = torch.ops.janus_fast.decoder_ar_step(*self._ar_step_arguments(tokens, step, memory, caches))
         for cache in caches:
             cache.length = step + 1
         return logits
@@ -249,8 +237,26 @@ class NativeDecoder:
         ``forced_id`` where ``forced`` (B,) bool is set, and that token's log-softmax over the whole
         vocabulary. Returns tokens (B,) int64 and log-probabilities (B,) float32.
         """
-        keys, values, lengths = memory
         chosen = torch.ops.janus_fast.decoder_ar_greedy(
+            *self._ar_step_arguments(tokens, step, memory, caches),
+            excluded_ids,
+            forced,
+            forced_id,
+        )
+        for cache in caches:
+            cache.length = step + 1
+        return chosen
+
+    def _ar_step_arguments(
+        self,
+        tokens: torch.Tensor,
+        step: int,
+        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
+        caches: list[LayerCache],
+    ) -> tuple:
+        """The arguments of the AR step ops: the decoder's, the step's tokens, memory and caches."""
+        keys, values, lengths = memory
+        return (
             *self._decoder_arguments(),
             self.mask_id,
             self.query_position_offset,
@@ -261,13 +267,7 @@ class NativeDecoder:
             lengths,
             [cache.keys for cache in caches],
             [cache.values for cache in caches],
-            excluded_ids,
-            forced,
-            forced_id,
         )
-        for cache in caches:
-            cache.length = step + 1
-        return chosen
 
     def _decoder_arguments(self) -> tuple:
         """The leading arguments of the decoder ops: weights, heads, embedding scale, wiring."""
