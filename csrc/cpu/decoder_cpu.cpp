@@ -573,9 +573,11 @@ std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float*
       at::Tensor log_probs = at::from_blob(scratch(log_probs_buffer, n * d.vocab), {n, d.vocab}, options);
       at::_log_softmax_out(log_probs, at::from_blob(logits, {n, d.vocab}, options), 1, false);
       float* values = log_probs.data_ptr<float>();
-      std::vector<float> forced_values(n);  // read before the excluded ids are set to -inf
-      if (forced != nullptr)
+      std::vector<float> forced_values;  // read before the excluded ids are set to -inf
+      if (forced != nullptr) {
+        forced_values.resize(n);
         for (int64_t i = 0; i < n; ++i) forced_values[i] = values[i * d.vocab + forced_id];
+      }
       for (const int64_t id : excluded) log_probs.select(1, id).fill_(-std::numeric_limits<float>::infinity());
       const at::Tensor argmax = at::argmax(log_probs, 1);
       const int64_t* ids = argmax.data_ptr<int64_t>();
@@ -625,7 +627,7 @@ std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy(at::TensorList weights, int
   const at::Tensor excluded_values = excluded_ids.contiguous();
   const std::vector<int64_t> excluded(excluded_values.data_ptr<int64_t>(),
                                       excluded_values.data_ptr<int64_t>() + excluded_values.numel());
-  const int64_t vocab = parse_weights(weights, num_heads).vocab;
+  const int64_t vocab = parse_embeddings(weights, num_heads, "decoder_ar_greedy").vocab;  // ar_states checks the rest
   for (const int64_t id : excluded)
     TORCH_CHECK_VALUE(id >= 0 && id < vocab, "decoder_ar_greedy: excluded id ", id, " outside [0, ", vocab, ")");
   TORCH_CHECK_VALUE(forced_id >= 0 && forced_id < vocab, "decoder_ar_greedy: forced_id ", forced_id,
