@@ -66,6 +66,15 @@ def resolve_collapse_repeats(mode: str, compat: str, collapse_repeats: bool | No
     return collapse_repeats
 
 
+def check_ar_rescore(mode: str, compat: str, ar_rescore: bool) -> None:
+    """TypeError / ValueError unless ``ar_rescore`` is a bool, and true only for mode "nar" with
+    compat "janus"."""
+    if not isinstance(ar_rescore, bool):
+        raise TypeError(f"ar_rescore must be true or false, got {ar_rescore!r}")
+    if ar_rescore and (mode != "nar" or compat != "janus"):
+        raise ValueError("ar_rescore applies to mode='nar' with compat='janus' only")
+
+
 def generate(
     model: JanusModel,
     src_tokens: torch.Tensor,
@@ -82,6 +91,7 @@ def generate(
     compat: str = "janus",
     force_max_iter: bool = False,
     collapse_repeats: bool | None = None,
+    ar_rescore: bool = False,
 ) -> list[list[int]] | Hypotheses:
     """Translate a padded batch of source ids; returns target ids per sentence (no bos/eos/pad),
     or with ``return_scores`` the ``Hypotheses`` (ids and each sentence's score: mean token
@@ -102,10 +112,16 @@ def generate(
     ``collapse_repeats`` (default: on for NAR with compat "janus"): each run of a repeated token
     in the chosen NAR candidate is kept once (``search.collapse_repeats``); the score stays the
     candidate's.
+
+    ``ar_rescore`` (NAR, compat "janus"; default off): pick each sentence's length candidate by the
+    same model's mean AR log-probability of it (one teacher-forced pass of both streams,
+    ``search.ar_candidate_scores``) instead of its mean NAR log-probability; the score is then the
+    AR one.
     """
     _check_source(model, src_tokens, src_lengths)
     check_compat(model, compat, mode, iterations, length_beam, force_max_iter, beam)
     collapse = resolve_collapse_repeats(mode, compat, collapse_repeats)
+    check_ar_rescore(mode, compat, ar_rescore)
     if compat == "janus":
         check_decoding_options(model, mode, iterations, length_beam, beam)
     if decoder not in ("engine", "reference"):
@@ -125,11 +141,15 @@ def generate(
         )
     elif decoder == "engine":
         if mode == "nar":
-            hypotheses = engine.mask_predict(model, src_tokens, src_lengths, iterations, length_beam, decoder_weights)
+            hypotheses = engine.mask_predict(
+                model, src_tokens, src_lengths, iterations, length_beam, decoder_weights, ar_rescore
+            )
         else:
             hypotheses = engine.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b, decoder_weights)
     elif mode == "nar":
-        hypotheses = reference_decoding.mask_predict(model, src_tokens, src_lengths, iterations, length_beam)
+        hypotheses = reference_decoding.mask_predict(
+            model, src_tokens, src_lengths, iterations, length_beam, ar_rescore
+        )
     else:
         hypotheses = reference_decoding.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b)
     if collapse:

@@ -31,6 +31,7 @@ from janus_fast.packed import PackedRows, packed_decode
 from janus_fast.reference_decoding import ar_search as reference_ar_search
 from janus_fast.search import (
     Hypotheses,
+    ar_candidate_scores,
     beam_search,
     best_length_candidates,
     max_ar_lengths,
@@ -57,8 +58,11 @@ def mask_predict(
     num_iterations: int = 10,
     length_beam: int = 3,
     decoder_weights: str = "fp32",
+    ar_rescore: bool = False,
 ) -> Hypotheses:
     """Mask-predict as ``janus_fast.reference_decoding.mask_predict``, projecting only masked positions.
+    ``ar_rescore``: the AR scores of the finished candidates come from one PyTorch pass of both
+    streams (``search.ar_candidate_scores``), as in the reference.
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
@@ -94,7 +98,8 @@ def mask_predict(
                 masked_logits = model.output_logits(hidden[masked])
                 logits.view(-1, config.vocab_size)[rows.index[masked]] = masked_logits.to(logits.dtype)
             mask_predict_step(logits, tokens, scores, lengths, iteration, num_iterations, config.mask_id)
-        parts.append(best_length_candidates(model, tokens, scores, lengths, state.length_beam))
+        ranking = ar_candidate_scores(model, tokens, lengths, state.encoder_out) if ar_rescore else None
+        parts.append(best_length_candidates(model, tokens, scores, lengths, state.length_beam, ranking))
     return Hypotheses.concatenate(parts)
 
 

@@ -90,8 +90,10 @@ class JanusConfig:
         # the mask may be <unk> (fairseq's CMLM masks with it); every other id is distinct
         distinct = len(set(special[:4])) == 4 and self.mask_id not in (self.pad_id, self.bos_id, self.eos_id)
         if not distinct or max(special) >= self.vocab_size or min(special) < 0:
-            raise ValueError(f"special token ids {special} (pad, unk, bos, eos, mask) must be distinct "
-                             "(the mask may equal unk) and < vocab_size")
+            raise ValueError(
+                f"special token ids {special} (pad, unk, bos, eos, mask) must be distinct "
+                "(the mask may equal unk) and < vocab_size"
+            )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

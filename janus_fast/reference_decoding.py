@@ -10,7 +10,14 @@ import torch
 
 from janus_fast.model import JanusModel
 from janus_fast.ops import mask_predict_step
-from janus_fast.search import Hypotheses, beam_search, best_length_candidates, max_ar_lengths, start_mask_predict
+from janus_fast.search import (
+    Hypotheses,
+    ar_candidate_scores,
+    beam_search,
+    best_length_candidates,
+    max_ar_lengths,
+    start_mask_predict,
+)
 
 
 @torch.inference_mode()
@@ -20,13 +27,15 @@ def mask_predict(
     src_lengths: torch.Tensor,
     num_iterations: int = 10,
     length_beam: int = 3,
+    ar_rescore: bool = False,
 ) -> Hypotheses:
     """NAR mask-predict (Ghazvininejad et al. 2019) exactly as ``docs/method.md`` says.
 
     Each length candidate is a row; iteration t fills every masked position with its argmax token
     and log-probability, then re-masks the n = floor((L-2)(T-1-t)/T) lowest-scoring real tokens
     (``janus_fast.ops.mask_predict_step``). T iterations are T decoder passes; the last re-masks
-    nothing. Per sentence, the candidate with the highest mean log-probability wins.
+    nothing. Per sentence, the candidate with the highest mean log-probability wins, or with
+    ``ar_rescore`` the one with the highest mean AR log-probability (``search.ar_candidate_scores``).
 
     src_tokens (B, S) int64, src_lengths (B,) int64 (>= 1).
     """
@@ -37,7 +46,10 @@ def mask_predict(
             mask_predict_step(
                 logits, state.tokens, state.scores, state.lengths, iteration, num_iterations, model.config.mask_id
             )
-        parts.append(best_length_candidates(model, state.tokens, state.scores, state.lengths, state.length_beam))
+        ranking = ar_candidate_scores(model, state.tokens, state.lengths, state.encoder_out) if ar_rescore else None
+        parts.append(
+            best_length_candidates(model, state.tokens, state.scores, state.lengths, state.length_beam, ranking)
+        )
     return Hypotheses.concatenate(parts)
 
 

@@ -1,6 +1,6 @@
 """What both decoders share: length candidates, the mask-predict start state and its per-sentence
-pick, AR length limits and the beam search loop, stripping of special tokens, and the hypotheses
-they return.
+pick (optionally by the model's AR scores), AR length limits and the beam search loop, stripping
+of special tokens, and the hypotheses they return.
 
 ``janus_fast.reference_decoding`` (the plain PyTorch decoders, the ground truth) and
 ``janus_fast.engine`` (the fast ones) build on these; ``janus_fast.decoding.generate`` dispatches
@@ -186,21 +186,50 @@ def start_mask_predict(
 
 
 def best_length_candidates(
-    model: JanusModel, tokens: torch.Tensor, scores: torch.Tensor, lengths: torch.Tensor, beam: int
+    model: JanusModel,
+    tokens: torch.Tensor,
+    scores: torch.Tensor,
+    lengths: torch.Tensor,
+    beam: int,
+    ranking: torch.Tensor | None = None,
 ) -> Hypotheses:
-    """Per sentence, the length candidate (row) with the highest mean token log-probability.
+    """Per sentence, the length candidate (row) with the highest mean token log-probability, or
+    with the highest ``ranking`` (N,) where given (e.g. ``ar_candidate_scores``); the hypothesis
+    score is the winner's mean log-probability, or its ranking.
 
-    tokens (B*l, T) int64, scores (B*l, T) float32, lengths (B*l,) int64; rows of a sentence adjacent.
+    tokens (B*l, T) int64, scores (B*l, T) float32, lengths (B*l,) int64; rows of a sentence
+    adjacent; ties go to the first row.
     """
     config = model.config
-    positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
-    real = (positions >= 1) & (positions < lengths[:, None] - 1)
-    mean_scores = (scores * real).sum(1) / real.sum(1).clamp(min=1)
-    best = mean_scores.view(-1, beam).argmax(1)
+    if ranking is None:
+        positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
+        real = (positions >= 1) & (positions < lengths[:, None] - 1)
+        ranking = (scores * real).sum(1) / real.sum(1).clamp(min=1)
+    best = ranking.view(-1, beam).argmax(1)
     chosen = torch.arange(len(best), device=best.device) * beam + best
     specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
     out_tokens = [strip_special(row, config.eos_id, specials) for row in tokens[chosen].tolist()]
-    return Hypotheses(out_tokens, mean_scores[chosen].tolist())
+    return Hypotheses(out_tokens, ranking[chosen].tolist())
+
+
+def ar_candidate_scores(
+    model: JanusModel, tokens: torch.Tensor, lengths: torch.Tensor, encoder_out: EncoderOutput
+) -> torch.Tensor:
+    """The model's own AR verdict on finished NAR candidates: per row, the mean P_AR
+    log-probability of its tokens after bos (eos included), teacher-forced in one pass of both
+    decoder streams (``JanusModel.ar_hidden``). Picking the length candidate by it instead of by
+    its NAR score is "AR rescoring" (``ar_rescore``).
+
+    tokens (N, T) int64 ``<bos> y <eos>`` right-padded (no mask left), lengths (N,) int64 >= 2,
+    encoder_out per row -> (N,) float32.
+    """
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
+    inside = positions < lengths[:, None]
+    rows = torch.where(inside, tokens, model.config.pad_id)
+    log_probs = F.log_softmax(model.output_logits(model.ar_hidden(rows, lengths, encoder_out)).float(), dim=-1)
+    predicted = log_probs.gather(2, rows[:, 1:, None]).squeeze(2)  # (N, T-1): tokens[1:] given their prefix
+    real = inside[:, 1:]
+    return (predicted * real).sum(1) / real.sum(1).clamp(min=1)
 
 
 def max_ar_lengths(src_lengths: torch.Tensor, model: JanusModel, max_len_a: float, max_len_b: int) -> torch.Tensor:

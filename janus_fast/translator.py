@@ -11,7 +11,13 @@ import torch
 from janus_fast.arguments import check_device, check_int
 from janus_fast.checkpoint import CheckpointError, load_pretrained, load_tokenizer
 from janus_fast.data import pad_sequences
-from janus_fast.decoding import check_compat, check_decoding_options, generate, resolve_collapse_repeats
+from janus_fast.decoding import (
+    check_ar_rescore,
+    check_compat,
+    check_decoding_options,
+    generate,
+    resolve_collapse_repeats,
+)
 from janus_fast.model import JanusModel
 from janus_fast.native_decoder import unsupported_reason
 from janus_fast.quantize import PRECISIONS, quantize_int8
@@ -147,6 +153,7 @@ class Translator:
         compat: str = "janus",
         force_max_iter: bool = False,
         collapse_repeats: bool | None = None,
+        ar_rescore: bool = False,
     ) -> list[str] | list[tuple[str, float]]:
         """Translations of ``sentences``, in order, one per input (blank input -> ""); with
         ``return_scores`` (translation, score) pairs, the score being the mean token log-probability
@@ -159,12 +166,22 @@ class Translator:
         ``compat="fairseq"``: fairseq-generate's mask-predict (``janus_fast.decoding.generate``;
         ``iterations`` is then its ``--iter-decode-max-iter``, ``force_max_iter`` its
         ``--iter-decode-force-max-iter``). ``collapse_repeats``: as ``janus_fast.decoding.generate``
-        (default: NAR outputs keep each run of a repeated token once).
+        (default: NAR outputs keep each run of a repeated token once). ``ar_rescore``: NAR picks
+        each sentence's length candidate by the model's AR score of it (``generate``).
         """
         if isinstance(sentences, str):
             raise TypeError("translate() takes a list of sentences, not a single string")
         options = self._check_options(
-            mode, iterations, length_beam, beam, max_batch_tokens, batch_size, compat, force_max_iter, collapse_repeats
+            mode,
+            iterations,
+            length_beam,
+            beam,
+            max_batch_tokens,
+            batch_size,
+            compat,
+            force_max_iter,
+            collapse_repeats,
+            ar_rescore,
         )
         found = self._decode(self.encode_sources(sentences), options, max_batch_tokens, batch_size, progress)
         outputs = [self.tokenizer.decode(ids) if ids is not None else "" for ids in found.tokens]
@@ -182,12 +199,22 @@ class Translator:
         compat: str = "janus",
         force_max_iter: bool = False,
         collapse_repeats: bool | None = None,
+        ar_rescore: bool = False,
     ) -> Hypotheses:
         """``translate`` on token ids: each source is a list of vocabulary ids without bos/eos
         (added as the model's config says); returns the output ids (no bos/eos/pad) and scores,
         [] and 0.0 for an empty source."""
         options = self._check_options(
-            mode, iterations, length_beam, beam, max_batch_tokens, batch_size, compat, force_max_iter, collapse_repeats
+            mode,
+            iterations,
+            length_beam,
+            beam,
+            max_batch_tokens,
+            batch_size,
+            compat,
+            force_max_iter,
+            collapse_repeats,
+            ar_rescore,
         )
         vocab = self.model.config.vocab_size
         for index, ids in enumerate(sources):
@@ -207,11 +234,13 @@ class Translator:
         compat: str,
         force_max_iter: bool,
         collapse_repeats: bool | None,
+        ar_rescore: bool,
     ) -> dict:
         for name, value in (("max_batch_tokens", max_batch_tokens), ("batch_size", batch_size)):
             if value is not None:
                 check_int(name, value, 1)
         check_compat(self.model, compat, mode, iterations, length_beam, force_max_iter, beam)
+        check_ar_rescore(mode, compat, ar_rescore)
         if compat == "janus":
             check_decoding_options(self.model, mode, iterations, length_beam, beam)
         return {
@@ -222,6 +251,7 @@ class Translator:
             "compat": compat,
             "force_max_iter": force_max_iter,
             "collapse_repeats": resolve_collapse_repeats(mode, compat, collapse_repeats),
+            "ar_rescore": ar_rescore,
         }
 
     def _decode(

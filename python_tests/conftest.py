@@ -26,6 +26,8 @@ def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
 # a slice of Multi30k committed with the tests (JANUS_FAST_DATA may name a full copy instead)
 MULTI30K = os.environ.get("JANUS_FAST_DATA", os.path.join(REPO_ROOT, "python_tests", "data", "multi30k-mini"))
 

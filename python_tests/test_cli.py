@@ -132,6 +132,21 @@ def test_keep_repeats_option_reaches_the_decoder():
     parser = build_parser()
     assert _decode_kwargs(parser.parse_args(["translate"]))["collapse_repeats"] is None  # the default: collapse
     assert _decode_kwargs(parser.parse_args(["translate", "--keep-repeats"]))["collapse_repeats"] is False
-    assert _decode_kwargs(parser.parse_args(["evaluate", "--src", "a", "--ref", "b", "--keep-repeats"]))[
-        "collapse_repeats"
-    ] is False
+    assert (
+        _decode_kwargs(parser.parse_args(["evaluate", "--src", "a", "--ref", "b", "--keep-repeats"]))[
+            "collapse_repeats"
+        ]
+        is False
+    )
+
+
+def test_ar_rescore_option_reaches_the_translator(trained_dir):
+    from janus_fast.cli import _decode_kwargs, build_parser
+
+    parser = build_parser()
+    assert _decode_kwargs(parser.parse_args(["translate"]))["ar_rescore"] is False
+    assert _decode_kwargs(parser.parse_args(["translate", "--ar-rescore"]))["ar_rescore"] is True
+    result = run_cli("translate", "--model", trained_dir, "--ar-rescore", "--iterations", "2", stdin=b"Ein Mann.\n")
+    assert result.returncode == 0 and len(result.stdout.decode().splitlines()) == 1
+    result = run_cli("translate", "--model", trained_dir, "--mode", "ar", "--ar-rescore", stdin=b"Ein Mann.\n")
+    assert result.returncode != 0 and b"ar_rescore applies" in result.stderr

@@ -149,3 +149,84 @@ def test_nar_collapses_repeated_neighbours_by_default(decoder):
         generate(model, src, lengths, mode="ar", collapse_repeats=True)
     with pytest.raises(TypeError, match="collapse_repeats"):
         generate(model, src, lengths, collapse_repeats="yes")
+
+
+def incremental_ar_score(model, src, src_length, row: list[int]) -> float:
+    """Mean P_AR log-probability of row[1:] (``<bos> y <eos>``) given its prefix, step by step through
+    the model's cached AR steps: the independent check of ``search.ar_candidate_scores``."""
+    encoder_out = model.encode(src[None, :src_length], torch.tensor([src_length]))
+    caches = model.new_caches(1, len(row), encoder_out.states)
+    total = 0.0
+    with torch.no_grad():
+        for step in range(len(row) - 1):
+            logits = model.ar_step(torch.tensor([row[step]]), step, encoder_out, caches)
+            total += float(torch.log_softmax(logits.double(), -1)[0, row[step + 1]])
+    return total / (len(row) - 1)
+
+
+def test_ar_candidate_scores_equal_the_cached_ar_steps(model):
+    from janus_fast.search import ar_candidate_scores
+
+    src, src_lengths = sources()
+    generator = torch.Generator().manual_seed(3)
+    lengths = torch.tensor([7, 3, 5, 2])
+    tokens = torch.randint(0, model.config.vocab_size, (4, 7), generator=generator)  # garbage past each length
+    tokens[:, 0] = model.config.bos_id
+    tokens[torch.arange(4), lengths - 1] = model.config.eos_id
+    with torch.no_grad():
+        scores = ar_candidate_scores(model, tokens, lengths, model.encode(src, src_lengths))
+    for row in range(4):
+        expected = incremental_ar_score(model, src[row], int(src_lengths[row]), tokens[row, : lengths[row]].tolist())
+        assert float(scores[row]) == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("decoder", ["engine", "reference"])
+def test_ar_rescore_picks_the_candidate_the_ar_side_scores_best(decoder, monkeypatch):
+    """The finished candidates (observed where the decoder picks among them) are scored again, step
+    by step, through the cached AR steps: the output is the best of them, with that score."""
+    from conftest import random_model
+
+    from janus_fast import engine, reference_decoding
+    from janus_fast.search import best_length_candidates, strip_special
+
+    model = random_model(3)
+    src, lengths = sources()
+    seen = []
+
+    def observing(model_, tokens, scores, row_lengths, beam, ranking=None):
+        seen.append((tokens.clone(), row_lengths.clone(), beam))
+        return best_length_candidates(model_, tokens, scores, row_lengths, beam, ranking)
+
+    monkeypatch.setattr(engine if decoder == "engine" else reference_decoding, "best_length_candidates", observing)
+    options = {"iterations": 3, "length_beam": 3, "collapse_repeats": False, "return_scores": True}
+    rescored = generate(model, src, lengths, decoder=decoder, ar_rescore=True, **options)
+    plain = generate(model, src, lengths, decoder=decoder, **options)
+    (tokens, row_lengths, beam), _ = seen
+    config = model.config
+    specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
+    for sentence in range(len(src)):
+        rows = range(sentence * beam, (sentence + 1) * beam)
+        candidates = [tokens[r, : row_lengths[r]].tolist() for r in rows]
+        ar_scores = [incremental_ar_score(model, src[sentence], int(lengths[sentence]), c) for c in candidates]
+        best = max(range(beam), key=lambda i: (ar_scores[i], -i))
+        assert rescored.tokens[sentence] == strip_special(candidates[best], config.eos_id, specials)
+        assert rescored.scores[sentence] == pytest.approx(ar_scores[best], abs=1e-4)
+    assert rescored.tokens != plain.tokens  # the AR side disagrees with the NAR scores somewhere
+
+
+def test_ar_rescore_engine_equals_reference_and_checks_its_use():
+    from conftest import random_model
+
+    model = random_model(3)
+    src, lengths = sources()
+    options = {"iterations": 4, "ar_rescore": True, "return_scores": True}
+    fast = generate(model, src, lengths, decoder="engine", **options)
+    reference = generate(model, src, lengths, decoder="reference", **options)
+    assert fast.tokens == reference.tokens
+    assert fast.scores == pytest.approx(reference.scores, abs=1e-5)
+    with pytest.raises(ValueError, match="ar_rescore applies"):
+        generate(model, src, lengths, mode="ar", ar_rescore=True)
+    with pytest.raises(ValueError, match="ar_rescore applies"):
+        generate(model, src, lengths, compat="fairseq", iterations=2, ar_rescore=True)
+    with pytest.raises(TypeError, match="ar_rescore"):
+        generate(model, src, lengths, ar_rescore="yes")

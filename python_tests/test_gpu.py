@@ -30,9 +30,7 @@ def qkv(batch, heads, num_queries, num_keys, head_dim, dtype, seed):
     return [torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes]
 
 
-@pytest.mark.parametrize(
-    ("kind", "dtype", "head_dim"), list(itertools.product(kernels.MASK_KINDS, DTYPES, HEAD_DIMS))
-)
+@pytest.mark.parametrize(("kind", "dtype", "head_dim"), list(itertools.product(kernels.MASK_KINDS, DTYPES, HEAD_DIMS)))
 def test_fused_attention_compiled_matches_reference(kind, dtype, head_dim):
     batch, num_keys = (3, 9) if DRY_RUN else (16, 70)
     num_queries = {"padding": num_keys, "causal": num_keys, "two_stream": num_keys + 5, "ar_two_stream": 2 * num_keys}
