@@ -61,8 +61,8 @@ def mask_predict(
     ar_rescore: bool = False,
 ) -> Hypotheses:
     """Mask-predict as ``janus_fast.reference_decoding.mask_predict``, projecting only masked positions.
-    ``ar_rescore``: the AR scores of the finished candidates come from one PyTorch pass of both
-    streams (``search.ar_candidate_scores``), as in the reference.
+    ``ar_rescore``: the AR scores of the finished candidates come from one teacher-forced pass of
+    both streams (native where the passes are, else ``search.ar_candidate_scores``).
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
@@ -98,9 +98,37 @@ def mask_predict(
                 masked_logits = model.output_logits(hidden[masked])
                 logits.view(-1, config.vocab_size)[rows.index[masked]] = masked_logits.to(logits.dtype)
             mask_predict_step(logits, tokens, scores, lengths, iteration, num_iterations, config.mask_id)
-        ranking = ar_candidate_scores(model, tokens, lengths, state.encoder_out) if ar_rescore else None
+        ranking = None
+        if ar_rescore:
+            ranking = (
+                native_ar_candidate_scores(native, tokens, lengths, memory)
+                if native is not None
+                else ar_candidate_scores(model, tokens, lengths, state.encoder_out)
+            )
         parts.append(best_length_candidates(model, tokens, scores, lengths, state.length_beam, ranking))
     return Hypotheses.concatenate(parts)
+
+
+def native_ar_candidate_scores(
+    native: NativeDecoder,
+    tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``search.ar_candidate_scores`` in one native pass over the packed candidates: tokens (N, T)
+    int64 ``<bos> y <eos>`` right-padded, lengths (N,) int64 >= 2, memory per row -> (N,) float32."""
+    contexts = PackedRows(lengths - 1, tokens.shape[1])  # each row's content: <bos> y (eos is only predicted)
+    flat = tokens.reshape(-1)
+    row_offsets = F.pad((lengths - 1).cumsum(0), (1, 0))
+    log_probs = native.ar_scores(
+        flat.index_select(0, contexts.index),
+        contexts.positions,
+        row_offsets,
+        memory,
+        flat.index_select(0, contexts.index + 1),
+    )
+    rows = torch.arange(len(lengths), device=lengths.device).repeat_interleave(lengths - 1)
+    return torch.zeros(len(lengths), device=lengths.device).index_add_(0, rows, log_probs) / (lengths - 1)
 
 
 @torch.inference_mode()

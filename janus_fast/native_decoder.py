@@ -327,3 +327,30 @@ class NativeDecoder:
             output_positions,
             exclude_id,
         )
+
+    def ar_scores(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        row_offsets: torch.Tensor,
+        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
+        targets: torch.Tensor,
+    ) -> torch.Tensor:
+        """Teacher-forced P_AR log-probabilities of packed rows, as ``model.ar_hidden`` followed by a
+        log-softmax: tokens, positions (P,) int64 the content tokens of N rows, row by row (each
+        sees its row up to itself); row_offsets (N + 1,) int64; memory per row; targets (P,) int64
+        the token to score after each position. Returns (P,) float32 log-probabilities.
+        """
+        keys, values, lengths = memory
+        return torch.ops.janus_fast.decoder_ar_score(
+            *self._decoder_arguments(),
+            self.mask_id,
+            self.query_position_offset,
+            tokens,
+            positions,
+            row_offsets,
+            keys,
+            values,
+            lengths,
+            targets,
+        )

@@ -263,6 +263,75 @@ def test_nar_fill_is_argmax_and_log_softmax_of_model_logits(shape, architecture)
             native.nar_fill(flat_tokens, positions, offsets, NativeDecoder.memory(encoder_out), wanted, -2)
 
 
+def ar_score_inputs(model, seed: int):
+    """Candidates ``<bos> y <eos>`` of 5 rows (lengths 2..9, any ids in y, garbage past each
+    length), their sources, and the packed content tokens / positions / offsets / targets."""
+    batch, width = 5, 9
+    src, src_lengths = sources(seed, batch, model.config.vocab_size)
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([9, 2, 5, 7, 3])
+    tokens = torch.randint(0, model.config.vocab_size, (batch, width), generator=generator)
+    tokens[:, 0] = model.config.bos_id
+    tokens[torch.arange(batch), lengths - 1] = model.config.eos_id
+    index, contexts, positions, offsets = packed(tokens, lengths - 1)
+    return src, src_lengths, tokens, lengths, (contexts, positions, offsets, tokens.reshape(-1)[index + 1])
+
+
+def model_ar_log_probs(model, tokens, lengths, encoder_out):
+    """(P,) the model's teacher-forced P_AR log-probability of each next token, row by row."""
+    rows = torch.where(torch.arange(tokens.shape[1])[None, :] < lengths[:, None], tokens, model.config.pad_id)
+    log_probs = F.log_softmax(model.output_logits(model.ar_hidden(rows, lengths, encoder_out)), -1)
+    predicted = log_probs.gather(2, rows[:, 1:, None]).squeeze(2)
+    return predicted[torch.arange(tokens.shape[1] - 1)[None, :] < (lengths - 1)[:, None]]
+
+
+@pytest.mark.parametrize("architecture", list(ARCHITECTURES))
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_ar_scores_are_the_model_teacher_forced_log_probs(shape, architecture):
+    """decoder_ar_score == JanusModel.ar_hidden -> vocabulary -> log-softmax at each next token,
+    for one tile or rows split over threads."""
+    model = model_for(shape, seed=9, architecture=architecture)
+    src, src_lengths, tokens, lengths, (contexts, positions, offsets, targets) = ar_score_inputs(model, 9)
+    native = NativeDecoder.for_model(model)
+    threads_before = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            encoder_out = model.encode(src, src_lengths)
+            expected = model_ar_log_probs(model, tokens, lengths, encoder_out)
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                got = native.ar_scores(contexts, positions, offsets, NativeDecoder.memory(encoder_out), targets)
+                assert_float32_close(got, expected)
+            memory = NativeDecoder.memory(encoder_out)
+            with pytest.raises(ValueError, match="target id"):
+                native.ar_scores(contexts, positions, offsets, memory, targets.clone().fill_(10_000))
+            with pytest.raises(ValueError, match="targets must be"):
+                native.ar_scores(contexts, positions, offsets, memory, targets[:-1])
+            with pytest.raises(ValueError, match="row_offsets"):
+                native.ar_scores(contexts, positions, offsets.flip(0), memory, targets)
+            with pytest.raises(ValueError, match="position"):
+                native.ar_scores(contexts, positions + 10_000, offsets, memory, targets)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+@pytest.mark.parametrize("weight_type", ["bf16", "int8"])
+def test_ar_scores_with_low_precision_weights_equal_the_rounded_model(weight_type):
+    model = model_for("medium", seed=10)
+    rounded = rounded_model(model, weight_type)
+    loose = weight_type == "bf16" and bf16_computes_in_bf16()
+    tolerance = dict(rtol=2e-2, atol=2e-2) if loose else dict(rtol=1e-4, atol=2e-4)
+    src, src_lengths, tokens, lengths, (contexts, positions, offsets, targets) = ar_score_inputs(model, 10)
+    with torch.inference_mode():
+        encoder_out = rounded.encode(src, src_lengths)
+        expected = model_ar_log_probs(rounded, tokens, lengths, encoder_out)
+        full = model_ar_log_probs(model, tokens, lengths, encoder_out)
+        native = NativeDecoder.for_model(model, weight_type)
+        got = native.ar_scores(contexts, positions, offsets, NativeDecoder.memory(encoder_out), targets)
+    torch.testing.assert_close(got, expected, **tolerance)
+    assert (got - expected).abs().mean() < 0.2 * (full - expected).abs().mean()  # the rounding is visible
+
+
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_encoder_matches_model_at_real_positions(shape, architecture):

@@ -8,6 +8,9 @@
 //                                 (no padding), returning the logits of the requested positions only;
 //   janus_fast::decoder_nar_fill  the same pass returning, per requested position, the argmax token
 //                                 and its log-probability (mask-predict's fill) instead of logits;
+//   janus_fast::decoder_ar_score  a teacher-forced AR pass of both streams over packed rows,
+//                                 returning each given next token's log-probability (the AR
+//                                 rescoring of finished mask-predict candidates);
 //   janus_fast::encoder_forward   the encoder over the real source positions and the decoder's
 //                                 cross-attention keys/values, computed once per batch.
 //
@@ -436,6 +439,34 @@ at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double emb
   return vocabulary_logits(s.d, s.states, s.rows);
 }
 
+// Packed rows: row r holds the packed positions offsets[r] .. offsets[r + 1] - 1 (>= 1 of them).
+struct PackedLayout {
+  std::vector<int64_t> offsets;  // N + 1
+  std::vector<int64_t> row_of;   // packed position -> row
+  int64_t num_rows, max_row;
+};
+
+PackedLayout packed_layout(const at::Tensor& row_offsets, int64_t packed, const char* op) {
+  TORCH_CHECK_VALUE(row_offsets.dim() == 1 && row_offsets.scalar_type() == at::kLong && row_offsets.device().is_cpu(),
+                    op, ": row_offsets must be 1-D int64 on the CPU");
+  PackedLayout layout;
+  layout.num_rows = row_offsets.size(0) - 1;
+  TORCH_CHECK_VALUE(layout.num_rows >= 0, op, ": row_offsets must hold N + 1 >= 1 values");
+  const at::Tensor offsets_c = row_offsets.contiguous();
+  layout.offsets.assign(offsets_c.data_ptr<int64_t>(), offsets_c.data_ptr<int64_t>() + layout.num_rows + 1);
+  const std::vector<int64_t>& offsets = layout.offsets;
+  TORCH_CHECK_VALUE(offsets[0] == 0 && offsets[layout.num_rows] == packed, op,
+                    ": row_offsets must start at 0 and end at the number of tokens");
+  layout.row_of.resize(packed);
+  layout.max_row = 0;
+  for (int64_t r = 0; r < layout.num_rows; ++r) {
+    TORCH_CHECK_VALUE(offsets[r + 1] > offsets[r], op, ": row_offsets must increase (rows of >= 1)");
+    layout.max_row = std::max(layout.max_row, offsets[r + 1] - offsets[r]);
+    for (int64_t p = offsets[r]; p < offsets[r + 1]; ++p) layout.row_of[p] = r;
+  }
+  return layout;
+}
+
 // The last decoder states (before the final norm) of the requested positions of a NAR pass.
 PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm, bool relu, double embed_scale,
                      const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& row_offsets,
@@ -451,23 +482,15 @@ PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm,
   const int64_t packed = tokens.size(0);
   TORCH_CHECK_VALUE(positions.size(0) == packed, "decoder_nar_pass: ", packed, " tokens but ", positions.size(0),
                     " positions");
-  const int64_t num_rows = row_offsets.size(0) - 1;
-  TORCH_CHECK_VALUE(num_rows >= 0, "decoder_nar_pass: row_offsets must hold N + 1 >= 1 values");
+  const PackedLayout layout = packed_layout(row_offsets, packed, "decoder_nar_pass");
+  const int64_t num_rows = layout.num_rows, max_row = layout.max_row;
+  const int64_t* offsets = layout.offsets.data();
+  const std::vector<int64_t>& row_of = layout.row_of;
   TORCH_CHECK_VALUE(static_cast<int64_t>(memory_keys.size()) == num_layers &&
                         static_cast<int64_t>(memory_values.size()) == num_layers,
                     "decoder_nar_pass: one memory tensor per layer (", num_layers, ") expected");
-  const at::Tensor offsets_c = row_offsets.contiguous(), tokens_c = tokens.contiguous();
+  const at::Tensor tokens_c = tokens.contiguous();
   const at::Tensor positions_c = positions.contiguous(), outputs_c = output_positions.contiguous();
-  const int64_t* offsets = offsets_c.data_ptr<int64_t>();
-  TORCH_CHECK_VALUE(offsets[0] == 0 && offsets[num_rows] == packed,
-                    "decoder_nar_pass: row_offsets must start at 0 and end at the number of tokens");
-  std::vector<int64_t> row_of(packed);
-  int64_t max_row = 0;
-  for (int64_t r = 0; r < num_rows; ++r) {
-    TORCH_CHECK_VALUE(offsets[r + 1] > offsets[r], "decoder_nar_pass: row_offsets must increase (rows of >= 1)");
-    max_row = std::max(max_row, offsets[r + 1] - offsets[r]);
-    for (int64_t p = offsets[r]; p < offsets[r + 1]; ++p) row_of[p] = r;
-  }
   const int64_t num_out = output_positions.size(0);
   const int64_t* out_pos = outputs_c.data_ptr<int64_t>();
   for (int64_t i = 0; i < num_out; ++i)
@@ -547,12 +570,12 @@ at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double em
 
 // The greedy choice per row of `states` (rows, d), without materialising the (rows, V) logits:
 // the argmax over the vocabulary without the `excluded` ids (ties -> lowest id; a NaN is the
-// argmax), or `forced_id` where forced[r], and that token's log-softmax over the whole vocabulary
-// (torch's log_softmax: NaN when the row holds NaN or +inf, or only -inf). The final norm and the
-// vocabulary projection run in tiles of rows whose logits stay in a per-thread buffer.
+// argmax), or forced_ids[r] where that is >= 0 (forced_ids may be null: none forced), and that
+// token's log-softmax over the whole vocabulary (torch's log_softmax: NaN when the row holds NaN
+// or +inf, or only -inf). The final norm and the vocabulary projection run in tiles of rows whose
+// logits stay in a per-thread buffer.
 std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float* states, int64_t rows,
-                                                 const std::vector<int64_t>& excluded, const bool* forced,
-                                                 int64_t forced_id) {
+                                                 const std::vector<int64_t>& excluded, const int64_t* forced_ids) {
   at::Tensor best = at::empty({rows}, at::TensorOptions().dtype(at::kLong));
   at::Tensor scores = at::empty({rows}, at::TensorOptions().dtype(at::kFloat));
   if (rows == 0) return {best, scores};
@@ -573,18 +596,24 @@ std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float*
       at::Tensor log_probs = at::from_blob(scratch(log_probs_buffer, n * d.vocab), {n, d.vocab}, options);
       at::_log_softmax_out(log_probs, at::from_blob(logits, {n, d.vocab}, options), 1, false);
       float* values = log_probs.data_ptr<float>();
-      std::vector<float> forced_values;  // read before the excluded ids are set to -inf
-      if (forced != nullptr) {
-        forced_values.resize(n);
-        for (int64_t i = 0; i < n; ++i) forced_values[i] = values[i * d.vocab + forced_id];
-      }
-      for (const int64_t id : excluded) log_probs.select(1, id).fill_(-std::numeric_limits<float>::infinity());
-      const at::Tensor argmax = at::argmax(log_probs, 1);
-      const int64_t* ids = argmax.data_ptr<int64_t>();
+      std::vector<float> forced_values(n);  // read before the excluded ids are set to -inf
+      bool all_forced = forced_ids != nullptr;
       for (int64_t i = 0; i < n; ++i) {
-        const bool force = forced != nullptr && forced[first + i];
-        best_ids[first + i] = force ? forced_id : ids[i];
-        best_scores[first + i] = force ? forced_values[i] : values[i * d.vocab + ids[i]];
+        const int64_t id = forced_ids != nullptr ? forced_ids[first + i] : -1;
+        if (id >= 0) forced_values[i] = values[i * d.vocab + id];
+        all_forced = all_forced && id >= 0;
+      }
+      const int64_t* ids = nullptr;
+      at::Tensor argmax;
+      if (!all_forced) {
+        for (const int64_t id : excluded) log_probs.select(1, id).fill_(-std::numeric_limits<float>::infinity());
+        argmax = at::argmax(log_probs, 1);
+        ids = argmax.data_ptr<int64_t>();
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t id = forced_ids != nullptr ? forced_ids[first + i] : -1;
+        best_ids[first + i] = id >= 0 ? id : ids[i];
+        best_scores[first + i] = id >= 0 ? forced_values[i] : values[i * d.vocab + ids[i]];
       }
     }
   });
@@ -604,7 +633,7 @@ std::tuple<at::Tensor, at::Tensor> decoder_nar_fill(at::TensorList weights, int6
   TORCH_CHECK_VALUE(exclude_id >= -1 && exclude_id < s.d.vocab, "decoder_nar_fill: exclude_id ", exclude_id,
                     " outside [-1, ", s.d.vocab, ")");
   const std::vector<int64_t> excluded = exclude_id >= 0 ? std::vector<int64_t>{exclude_id} : std::vector<int64_t>{};
-  return select_tokens(s.d, s.states, s.rows, excluded, nullptr, 0);
+  return select_tokens(s.d, s.states, s.rows, excluded, nullptr);
 }
 
 // decoder_ar_step followed by greedy search's choice (select_tokens): per sentence the argmax over
@@ -633,9 +662,111 @@ std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy(at::TensorList weights, int
   TORCH_CHECK_VALUE(forced_id >= 0 && forced_id < vocab, "decoder_ar_greedy: forced_id ", forced_id,
                     " outside [0, ", vocab, ")");
   const at::Tensor forced_values = forced.contiguous();
+  std::vector<int64_t> forced_ids(forced.size(0), -1);
+  for (int64_t b = 0; b < forced.size(0); ++b)
+    if (forced_values.data_ptr<bool>()[b]) forced_ids[b] = forced_id;
   const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
                                  tokens, step, memory_keys, memory_values, memory_lengths, cache_keys, cache_values);
-  return select_tokens(s.d, s.states, s.rows, excluded, forced_values.data_ptr<bool>(), forced_id);
+  return select_tokens(s.d, s.states, s.rows, excluded, forced_ids.data());
+}
+
+// The query stream's last states (before the final norm) of a teacher-forced AR pass over packed
+// rows: content token p (at positions[p]) attends to its row's content tokens up to itself, and
+// query p (the mask at positions[p] + query_position_offset) to the same keys, as the AR steps
+// would see them one at a time (janus_fast.model.JanusModel.ar_hidden). One state per packed position.
+PassStates ar_pass_states(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                          int64_t mask_id, int64_t query_position_offset, const at::Tensor& tokens,
+                          const at::Tensor& positions, const at::Tensor& row_offsets, at::TensorList memory_keys,
+                          at::TensorList memory_values, const at::Tensor& memory_lengths) {
+  const DecoderWeights d = parse_weights(weights, num_heads);
+  const Architecture arch{post_norm, relu};
+  const int64_t num_layers = static_cast<int64_t>(d.layers.size());
+  for (const at::Tensor* t : {&tokens, &positions})
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->scalar_type() == at::kLong && t->device().is_cpu(),
+                      "decoder_ar_score: tokens and positions must be 1-D int64 CPU tensors");
+  const int64_t packed = tokens.size(0);
+  TORCH_CHECK_VALUE(positions.size(0) == packed, "decoder_ar_score: ", packed, " tokens but ", positions.size(0),
+                    " positions");
+  TORCH_CHECK_VALUE(query_position_offset == 0 || query_position_offset == 1,
+                    "decoder_ar_score: query_position_offset must be 0 or 1, got ", query_position_offset);
+  const PackedLayout layout = packed_layout(row_offsets, packed, "decoder_ar_score");
+  TORCH_CHECK_VALUE(static_cast<int64_t>(memory_keys.size()) == num_layers &&
+                        static_cast<int64_t>(memory_values.size()) == num_layers,
+                    "decoder_ar_score: one memory tensor per layer (", num_layers, ") expected");
+  std::vector<Memory> memories;
+  for (int64_t l = 0; l < num_layers; ++l)
+    memories.push_back(memory_of(memory_keys[l], memory_values[l], layout.num_rows, d));
+  for (const Memory& m : memories)
+    TORCH_CHECK_VALUE(m.length == memories[0].length, "decoder_ar_score: memory lengths differ between layers");
+  const std::vector<int64_t> mem_lengths =
+      checked_memory_lengths(memory_lengths, layout.num_rows, num_layers ? memories[0].length : 1);
+  if (packed == 0) return {d, nullptr, 0};
+
+  // rows 0..P-1: the content stream; rows P..2P-1: the query stream
+  const int64_t rows = 2 * packed, dim = d.dim;
+  thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer;
+  float* x = scratch(x_buffer, rows * dim);
+  float* h = scratch(h_buffer, rows * dim);
+  float* q = scratch(q_buffer, rows * dim);
+  float* a = scratch(a_buffer, rows * dim);
+  float* kv = scratch(kv_buffer, packed * 2 * dim);
+  float* f = scratch(f_buffer, rows * d.ffn);
+  const float scale = static_cast<float>(embed_scale);
+  const at::Tensor tokens_c = tokens.contiguous(), positions_c = positions.contiguous();
+  const int64_t* token_ids = tokens_c.data_ptr<int64_t>();
+  const int64_t* position_ids = positions_c.data_ptr<int64_t>();
+  for (int64_t p = 0; p < packed; ++p) {
+    embed(d, token_ids[p], position_ids[p], scale, x + p * dim);
+    embed(d, mask_id, position_ids[p] + query_position_offset, scale, x + (packed + p) * dim);
+  }
+  const int64_t* offsets = layout.offsets.data();
+  std::vector<int64_t> memory_row(rows);
+  for (int64_t r = 0; r < rows; ++r) memory_row[r] = layout.row_of[r % packed];
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const LayerWeights& layer = d.layers[l];
+    // the last layer needs the content rows for their keys/values only
+    const int64_t first = l == num_layers - 1 ? packed : 0, n = rows - first;
+    float* xs = x + first * dim;
+    const float* in = sublayer_input(arch, x, rows, dim, layer.norm1_w, layer.norm1_b, h);
+    linear(in, packed, dim, layer.kv, kv, 2 * dim);
+    linear(in + first * dim, n, dim, layer.q, q, dim);
+    attention_rows(q, dim, n, d, a, dim, layout.max_row,
+                   [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
+                       int64_t& vs, int64_t& count) {
+                     const int64_t p = (row + first) % packed, r = layout.row_of[p];
+                     keys = kv + offsets[r] * 2 * dim + head * d.head_dim;
+                     values = keys + dim;
+                     ks = vs = 2 * dim;
+                     count = p - offsets[r] + 1;  // causal, the diagonal included
+                   });
+    linear(a, n, dim, layer.out, xs, dim, /*accumulate=*/true);
+    finish_sublayer(arch, xs, n, dim, layer.norm1_w, layer.norm1_b);
+    const std::vector<int64_t> rows_memory(memory_row.begin() + first, memory_row.end());
+    cross_and_ffn(arch, xs, n, layer, d, memories[l], rows_memory, mem_lengths, h, q, a, f);
+  }
+  return {d, x + packed * dim, packed};
+}
+
+// decoder_ar_score: ar_pass_states followed by the log-softmax of each packed position's `targets`
+// token (the token after it in its row) over the whole vocabulary: (P,) float32, no (P, V) logits kept.
+at::Tensor decoder_ar_score(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                            int64_t mask_id, int64_t query_position_offset, const at::Tensor& tokens,
+                            const at::Tensor& positions, const at::Tensor& row_offsets, at::TensorList memory_keys,
+                            at::TensorList memory_values, const at::Tensor& memory_lengths,
+                            const at::Tensor& targets) {
+  TORCH_CHECK_VALUE(targets.dim() == 1 && targets.size(0) == tokens.size(0) && targets.scalar_type() == at::kLong &&
+                        targets.device().is_cpu(),
+                    "decoder_ar_score: targets must be int64 (P,) on the CPU like tokens, got ", targets.sizes());
+  const int64_t vocab = parse_embeddings(weights, num_heads, "decoder_ar_score").vocab;
+  const at::Tensor targets_c = targets.contiguous();
+  const int64_t* target_ids = targets_c.data_ptr<int64_t>();
+  for (int64_t p = 0; p < targets_c.numel(); ++p)
+    TORCH_CHECK_VALUE(target_ids[p] >= 0 && target_ids[p] < vocab, "decoder_ar_score: target id ", target_ids[p],
+                      " outside [0, ", vocab, ")");
+  const PassStates s = ar_pass_states(weights, num_heads, embed_scale, post_norm, relu, mask_id,
+                                      query_position_offset, tokens, positions, row_offsets, memory_keys,
+                                      memory_values, memory_lengths);
+  return std::get<1>(select_tokens(s.d, s.states, s.rows, {}, target_ids));
 }
 
 // ------------------------------------------------------------------------------------- encoder
@@ -787,6 +918,11 @@ TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
       "Tensor tokens, Tensor positions, Tensor row_offsets, Tensor[] memory_keys, Tensor[] memory_values, "
       "Tensor memory_lengths, Tensor output_positions, int exclude_id) -> (Tensor, Tensor)",
       &decoder_nar_fill);
+  m.def(
+      "decoder_ar_score(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
+      "int query_position_offset, Tensor tokens, Tensor positions, Tensor row_offsets, Tensor[] memory_keys, "
+      "Tensor[] memory_values, Tensor memory_lengths, Tensor targets) -> Tensor",
+      &decoder_ar_score);
   m.def(
       "encoder_forward(Tensor[] weights, int num_encoder_layers, int num_heads, float embed_scale, bool post_norm, "
       "bool relu, Tensor src_tokens, Tensor src_lengths) -> Tensor[]",
