@@ -42,6 +42,7 @@ def test_bench_smoke(trained_dir, corpus_dir, tmp_path):
         assert f"{decoder} AR greedy" in names and f"{decoder} AR beam 4" in names
     for precision in ("bf16", "int8"):
         assert f"engine {precision} NAR T=4 lb=3" in names and f"engine {precision} AR greedy" in names
+    assert {f"engine NAR T={t} lb=3 + AR rescore" for t in (2, 4, 10)} <= set(names)
     bleu = {row["setting"]: row["bleu"] for row in report["rows"]}
     for setting in ("NAR T=1 lb=3", "NAR T=10 lb=3", "AR greedy", "AR beam 4"):
         assert bleu[f"engine {setting}"] == bleu[f"reference {setting}"]  # same outputs, same score

@@ -26,6 +26,7 @@ from janus_fast.native_decoder import cpu_isa
 from janus_fast.translator import Translator
 
 NAR_ITERATIONS = (1, 2, 4, 10)
+RESCORED_ITERATIONS = (2, 4, 10)  # the engine's NAR rows also run with ar_rescore
 FAIRSEQ_MAX_ITERS = (4, 9)  # --iter-decode-max-iter of the fairseq-compatible rows (5 and 10 passes)
 
 
@@ -40,6 +41,7 @@ class Setting:
     beam: int = 1
     precision: str = "fp32"  # "fp32" | "bf16" | "int8" (Translator precision)
     compat: str = "janus"  # "janus" | "fairseq" (janus_fast.fairseq_decoding; iterations = max-iter)
+    ar_rescore: bool = False  # NAR: length candidate picked by the model's AR score (one more pass)
 
     @property
     def translator_key(self) -> str:
@@ -50,11 +52,14 @@ class Setting:
         if self.compat == "fairseq":
             return f"{self.decoder} fairseq-compat NAR max-iter={self.iterations} lb={self.length_beam}"
         if self.mode == "nar":
-            return f"{self.translator_key} NAR T={self.iterations} lb={self.length_beam}"
+            rescore = " + AR rescore" if self.ar_rescore else ""
+            return f"{self.translator_key} NAR T={self.iterations} lb={self.length_beam}{rescore}"
         return f"{self.translator_key} AR {'greedy' if self.beam == 1 else f'beam {self.beam}'}"
 
     def options(self) -> dict:
         options = {"mode": self.mode, "iterations": self.iterations, "length_beam": self.length_beam, "beam": self.beam}
+        if self.ar_rescore:
+            options["ar_rescore"] = True
         return {**options, "compat": self.compat} if self.compat != "janus" else options
 
 
@@ -69,9 +74,11 @@ def settings(compat: str = "janus") -> list[Setting]:
         ]
     rows = [Setting(decoder, "nar", iterations=t) for decoder in ("reference", "engine") for t in NAR_ITERATIONS]
     rows += [Setting(decoder, "ar", beam=beam) for decoder in ("reference", "engine") for beam in (1, 4)]
+    rows += [Setting("engine", "nar", iterations=t, ar_rescore=True) for t in RESCORED_ITERATIONS]
     for precision in ("bf16", "int8"):
         rows += [Setting("engine", "nar", iterations=t, precision=precision) for t in NAR_ITERATIONS]
         rows += [Setting("engine", "ar", beam=1, precision=precision)]
+    rows += [Setting("engine", "nar", iterations=4, precision="bf16", ar_rescore=True)]
     return rows
 
 
@@ -102,7 +109,10 @@ def flops_per_sentence(config: JanusConfig, setting: Setting, source_length: flo
         rows = setting.length_beam * target_length
         masked_fraction = (setting.iterations + 1) / (2 * setting.iterations) if setting.decoder == "engine" else 1.0
         per_iteration = decoder_rows(rows, target_length) + 2 * rows * masked_fraction * vocab * d
-        return encoder + cross_kv + setting.iterations * per_iteration
+        # AR rescoring: both streams over each candidate's L - 1 tokens (~L/2 keys), every query projected
+        contexts = setting.length_beam * (target_length - 1)
+        rescore = decoder_rows(2 * contexts, target_length / 2) + 2 * contexts * vocab * d if setting.ar_rescore else 0
+        return encoder + cross_kv + setting.iterations * per_iteration + rescore
     steps = target_length - 1
     # each step runs a content row and a query row (two streams) over a cache of ~L/2 keys
     per_step = setting.beam * (decoder_rows(2, target_length / 2) + 2 * vocab * d)
