@@ -26,6 +26,9 @@ from janus_fast.vocab import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # the FFN activations a config may name
 
 
+MAX_LAYERS = 1024  # a config asking for more is an edit or a mistake
+
+
 @dataclass
 class JanusConfig:
     """Hyper-parameters of a JANUS model (saved as ``config.json``)."""
@@ -75,6 +78,9 @@ class JanusConfig:
         for name, low in minimum.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        for name in ("encoder_layers", "decoder_layers"):  # each layer is Python modules, even on meta
+            if getattr(self, name) > MAX_LAYERS:
+                raise ValueError(f"{name} must be <= {MAX_LAYERS}, got {getattr(self, name)}")
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
