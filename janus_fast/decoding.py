@@ -1,6 +1,7 @@
 """``generate``: one entry point on tensors, dispatching to the fast engine (``janus_fast.engine``)
 or the reference decoders (``janus_fast.reference_decoding``), with the checks of its arguments;
-``compat="fairseq"`` runs fairseq-generate's mask-predict instead (``janus_fast.fairseq_decoding``).
+``compat="fairseq"`` runs fairseq-generate's mask-predict or AR beam search instead
+(``janus_fast.fairseq_decoding``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ def check_compat(
     model: JanusModel, compat: str, mode: str, iterations: int, length_beam: int, force: bool, beam: int = 1
 ) -> None:
     """TypeError / ValueError for a compatibility mode and options it cannot run. With "fairseq",
-    ``iterations`` is fairseq's ``--iter-decode-max-iter`` (>= 0; iterations + 1 passes); AR is
-    greedy only (fairseq-generate's ``--beam 1``)."""
+    ``iterations`` is fairseq's ``--iter-decode-max-iter`` (>= 0; iterations + 1 passes); AR runs
+    fairseq-generate's beam search (``beam`` = its ``--beam``)."""
     if compat not in COMPAT_MODES:
         raise ValueError(f"unknown compat {compat!r}; expected one of {COMPAT_MODES}")
     if not isinstance(force, bool):
@@ -34,8 +35,7 @@ def check_compat(
     if mode not in ("nar", "ar"):
         raise ValueError(f"mode must be 'nar' or 'ar', got {mode!r}")
     if mode == "ar":
-        if beam != 1:  # fairseq's beam search is not reproduced
-            raise ValueError(f"compat='fairseq' decodes AR greedily only (fairseq-generate's --beam 1), got {beam}")
+        check_int("beam", beam, 1, MAX_BEAM)
         return
     check_int("iterations", iterations, 0, model.config.max_target_positions)
     check_int("length_beam", length_beam, 1, model.config.num_length_classes)
@@ -106,8 +106,9 @@ def generate(
 
     compat "janus" (default: this project's semantics) or "fairseq": fairseq-generate's
     mask-predict (``janus_fast.fairseq_decoding``; ``iterations`` is its ``--iter-decode-max-iter``,
-    so iterations + 1 passes; ``force_max_iter`` its ``--iter-decode-force-max-iter``); the tokens
-    then keep ``<unk>`` and the score is fairseq's (mean over bos..eos, natural log).
+    so iterations + 1 passes; ``force_max_iter`` its ``--iter-decode-force-max-iter``) or, for
+    mode "ar", its beam search (``--beam``); the tokens then keep ``<unk>`` and the score is
+    fairseq's (natural log).
 
     ``collapse_repeats`` (default: on for NAR with compat "janus"): each run of a repeated token
     in the chosen NAR candidate is kept once (``search.collapse_repeats``); the score stays the
@@ -133,7 +134,7 @@ def generate(
     if len(src_lengths) == 0:
         hypotheses = Hypotheses([], [])
     elif compat == "fairseq" and mode == "ar":
-        found = fairseq_decoding.ar_greedy(model, src_tokens, src_lengths, native=decoder == "engine")
+        found = fairseq_decoding.ar_beam_search(model, src_tokens, src_lengths, beam, native=decoder == "engine")
         hypotheses = _fairseq_hypotheses(model, found)
     elif compat == "fairseq":
         hypotheses = _fairseq_generate(

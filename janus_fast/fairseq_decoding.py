@@ -19,12 +19,13 @@ all on purpose (see ``docs/fairseq.md``):
 * a candidate's score is the mean of its position scores over ``<bos> .. <eos>`` (both 0); the
   length candidate with the highest score wins (the first on ties).
 
-``ar_greedy`` is fairseq-generate's ``--beam 1`` AR decoding (its ``SequenceGenerator``), for
+``ar_beam_search`` is fairseq-generate's AR decoding (``--beam N``, its ``SequenceGenerator``), for
 models with an AR side (the JANUS plugin's ``janus_transformer``, ``--inference-mode ar``):
-start from ``<bos>``; each step takes the argmax of the log-softmax with ``<pad>`` banned (``<unk>``
-allowed), ``</s>`` banned at the first step (min length 1) and forced at step
+``search.finished_beam_search`` from ``<bos>`` with ``<pad>`` banned (``<unk>`` allowed), ``</s>``
+banned at the first step (min length 1) and forced at step
 ``max_len = min(int(max_len_a * W + max_len_b), max_target_positions - 1)`` (W the padded source
-width, as fairseq); the score is the mean log-probability over the tokens including ``</s>``.
+width, as fairseq); a hypothesis' score is its summed log-probability over the tokens including
+``</s>``, divided by their number.
 
 Each pass runs the decoder over the real positions only and projects only the masked ones to
 the vocabulary: on the CPU as one native call (``janus_fast.native_decoder``, float32 weights,
@@ -44,8 +45,9 @@ from janus_fast.attention import MaskSpec
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
 from janus_fast.native_decoder import NativeDecoder, unsupported_reason
 from janus_fast.packed import PackedRows
+from janus_fast.search import BeamRules, finished_beam_search
 
-__all__ = ["FairseqHypothesis", "ar_greedy", "mask_predict", "length_beam_lengths", "remask_counts"]
+__all__ = ["FairseqHypothesis", "ar_beam_search", "mask_predict", "length_beam_lengths", "remask_counts"]
 
 
 @dataclass
@@ -225,50 +227,44 @@ def mask_predict(
 
 
 @torch.inference_mode()
-def ar_greedy(
+@torch.inference_mode()
+def ar_beam_search(
     model: JanusModel,
     src_tokens: torch.Tensor,
     src_lengths: torch.Tensor,
+    beam: int = 1,
     max_len_a: float = 0.0,
     max_len_b: int = 200,
     native: bool = True,
 ) -> list[FairseqHypothesis]:
-    """fairseq-generate's greedy AR decoding (``--beam 1``, its default ``--max-len-a 0 --max-len-b
-    200``); one hypothesis per sentence, tokens ``y .. </s>`` (no ``<bos>``), one score per token.
+    """fairseq-generate's AR decoding (``--beam N``, its ``SequenceGenerator`` with its defaults
+    ``--lenpen 1 --unkpen 0 --min-len 1 --max-len-a 0 --max-len-b 200``); the best finished
+    hypothesis per sentence, tokens ``y .. </s>`` (no ``<bos>``), one score per token.
 
     src_tokens (B, S) int64 right-padded (``<bos> x <eos>``), src_lengths (B,) int64.
     """
+    if not isinstance(beam, int) or isinstance(beam, bool) or beam < 1:
+        raise ValueError(f"beam must be an integer >= 1, got {beam!r}")
     config = model.config
     decoder = _Decoder(model, native)
-    encoder_out = decoder.encode(src_tokens, src_lengths)
-    decoder.set_rows(encoder_out)
     batch = len(src_lengths)
+    rows = torch.arange(batch, device=src_tokens.device).repeat_interleave(beam)
+    encoder_out = decoder.encode(src_tokens, src_lengths).select(rows)
+    decoder.set_rows(encoder_out)
     max_len = min(int(max_len_a * src_tokens.shape[1] + max_len_b), config.max_target_positions - 1)
-    caches = model.new_caches(batch, max_len + 1, encoder_out.states)
-    tokens = torch.full((batch,), config.bos_id, dtype=torch.long, device=src_tokens.device)
-    outputs: list[list[int]] = [[] for _ in range(batch)]
-    scores: list[list[float]] = [[] for _ in range(batch)]
-    finished = torch.zeros(batch, dtype=torch.bool, device=src_tokens.device)
-    for step in range(max_len + 1):
-        log_probs = F.log_softmax(decoder.ar_step(tokens, step, encoder_out, caches).float(), dim=-1)
-        log_probs = log_probs.nan_to_num(nan=float("-inf"))
-        log_probs[:, config.pad_id] = float("-inf")
-        if step >= max_len:  # only </s> is left
-            eos_scores = log_probs[:, config.eos_id].clone()
-            log_probs.fill_(float("-inf"))
-            log_probs[:, config.eos_id] = eos_scores
-        if step < 1:  # min length 1
-            log_probs[:, config.eos_id] = float("-inf")
-        best = log_probs.max(-1)
-        best_tokens, best_scores = best.indices.tolist(), best.values.tolist()  # one transfer per step
-        for row in (~finished).nonzero().squeeze(1).tolist():
-            outputs[row].append(best_tokens[row])
-            scores[row].append(best_scores[row])
-        finished |= best.indices == config.eos_id
-        if bool(finished.all()):
-            break
-        tokens = best.indices
+    caches = model.new_caches(batch * beam, max_len + 1, encoder_out.states)
+    row_limits = torch.full((batch * beam,), max_len + 1, dtype=torch.long, device=src_tokens.device)
+    rules = BeamRules(config.bos_id, config.eos_id, config.pad_id, blocked_ids=(config.pad_id,), min_length=1)
+
+    def reorder(origin: torch.Tensor) -> None:
+        for cache in caches:
+            cache.reorder(origin)
+
+    def step_logits(history: torch.Tensor, step: int) -> torch.Tensor:
+        return decoder.ar_step(history[:, step], step, encoder_out, caches)
+
+    found = finished_beam_search(step_logits, reorder, rules, beam, row_limits)
     return [
-        FairseqHypothesis(output, positional, sum(positional) / len(positional), len(output) - 1)
-        for output, positional in zip(outputs, scores)
+        FairseqHypothesis(tokens, positional, score, len(tokens) - 1)
+        for tokens, positional, score in zip(found.tokens, found.positional_scores, found.scores)
     ]

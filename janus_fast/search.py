@@ -242,6 +242,128 @@ def max_ar_lengths(src_lengths: torch.Tensor, model: JanusModel, max_len_a: floa
     return limits.clamp(1, model.config.max_target_positions - 1)
 
 
+@dataclass(frozen=True)
+class BeamRules:
+    """What an AR beam search may generate: ``blocked_ids`` never, ``eos_id`` not before step
+    ``min_length`` (0-based) and only it at a row's length limit. Rows start from ``bos_id``."""
+
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    blocked_ids: tuple[int, ...]
+    min_length: int = 0
+
+
+@dataclass
+class FinishedBeams:
+    """Each sentence's best finished hypothesis: ``tokens`` y_1 .. y_n eos (no bos), the
+    log-probability of each (``positional_scores``) and ``scores``: their sum / (n + 1)."""
+
+    tokens: list[list[int]]
+    positional_scores: list[list[float]]
+    scores: list[float]
+
+
+def finished_beam_search(
+    step_logits: Callable[[torch.Tensor, int], torch.Tensor],
+    reorder: Callable[[torch.Tensor], None],
+    rules: BeamRules,
+    beam: int,
+    row_limits: torch.Tensor,
+) -> FinishedBeams:
+    """AR beam search (beam 1 = greedy) with ``beam`` live hypotheses per sentence, as NMT toolkits
+    run it (fairseq's ``SequenceGenerator`` with ``--lenpen 1``); the decoder is whatever
+    ``step_logits`` runs.
+
+    Each step ranks the ``2 * beam`` best extensions of a sentence's live hypotheses (summed
+    log-probabilities). Those among the first ``beam`` that end with eos are finished, scored by
+    summed log-probability / tokens (eos included); the best ``beam`` that do not end stay live,
+    so finished hypotheses never take live slots. A sentence is done when it has ``beam`` finished
+    hypotheses or reaches its length limit; its best finished hypothesis (the first on ties) wins.
+
+    ``step_logits(history, step)``: the (rows, V) logits of the next token of each row, given the
+    tokens so far, history (rows, steps + 1) int64 (bos, then one token per step; rows = sentences
+    x beam, a sentence's beams adjacent). ``reorder(origin)``: keep rows ``origin`` (rows,) int64 of
+    the decoder's state (its key/value caches), called after each step when beam > 1.
+    ``row_limits`` (rows,) int64, equal within a sentence: tokens a row may generate, eos included.
+    """
+    device = row_limits.device
+    rows = row_limits.shape[0]
+    batch = rows // beam
+    steps = int(row_limits.max())
+    sentence_limits = row_limits.view(batch, beam)[:, 0]
+    history = torch.full((rows, steps + 1), rules.pad_id, dtype=torch.long, device=device)
+    history[:, 0] = rules.bos_id
+    history_scores = torch.zeros(rows, steps + 1, device=device)  # summed log-probability after each token
+    live_scores = torch.zeros(batch, beam, device=device)
+    live_scores[:, 1:] = float("-inf")  # all beams start identical: keep one
+    finished_scores = torch.full((batch, beam), float("-inf"), device=device)
+    finished_tokens = torch.full((batch, beam, steps + 1), rules.pad_id, dtype=torch.long, device=device)
+    finished_sums = torch.zeros(batch, beam, steps + 1, device=device)
+    finished_lengths = torch.ones(batch, beam, dtype=torch.long, device=device)
+    finished_count = torch.zeros(batch, dtype=torch.long, device=device)
+    row_offsets = torch.arange(batch, device=device)[:, None] * beam
+    rank = torch.arange(2 * beam, device=device)
+    blocked = list(rules.blocked_ids)
+
+    for step in range(steps):
+        log_probs = F.log_softmax(step_logits(history, step).float(), dim=-1).nan_to_num(nan=float("-inf"))
+        log_probs[:, blocked] = float("-inf")
+        at_limit = row_limits == step + 1
+        if step < rules.min_length:
+            log_probs[~at_limit, rules.eos_id] = float("-inf")
+        eos_log_probs = log_probs[at_limit, rules.eos_id]
+        log_probs[at_limit] = float("-inf")  # only eos at a row's length limit
+        log_probs[at_limit, rules.eos_id] = eos_log_probs
+
+        vocab = log_probs.shape[-1]
+        candidates = (live_scores.view(-1, 1) + log_probs).view(batch, beam * vocab)
+        cand_scores, flat = candidates.topk(2 * beam, dim=-1)  # (batch, 2 * beam), best first
+        cand_rows = flat // vocab + row_offsets
+        cand_tokens = flat % vocab
+        ends = (cand_tokens == rules.eos_id) & (cand_scores > float("-inf"))
+
+        # finish the eos candidates among the first `beam` while a sentence has free slots
+        finishing = ends[:, :beam] & (finished_count < beam)[:, None]
+        slots = finished_count[:, None] + finishing.long().cumsum(1) - 1
+        finishing &= slots < beam
+        if bool(finishing.any()):
+            sentence, k = finishing.nonzero(as_tuple=True)
+            slot, source = slots[sentence, k], cand_rows[sentence, k]
+            finished_tokens[sentence, slot] = history[source]
+            finished_tokens[sentence, slot, step + 1] = rules.eos_id
+            finished_sums[sentence, slot] = history_scores[source]
+            finished_sums[sentence, slot, step + 1] = cand_scores[sentence, k]
+            finished_lengths[sentence, slot] = step + 1
+            finished_scores[sentence, slot] = cand_scores[sentence, k] / (step + 1)
+            finished_count += finishing.sum(1)
+
+        # the best `beam` candidates that do not end stay live
+        pick = (ends.long() * 2 * beam + rank).argsort(dim=1)[:, :beam]
+        live_scores = cand_scores.gather(1, pick).masked_fill(ends.gather(1, pick), float("-inf"))
+        origin = cand_rows.gather(1, pick).view(-1)
+        history = history.index_select(0, origin)
+        history_scores = history_scores.index_select(0, origin)
+        if beam > 1:
+            reorder(origin)
+        history[:, step + 1] = cand_tokens.gather(1, pick).view(-1)
+        history_scores[:, step + 1] = live_scores.view(-1)
+        if bool(((finished_count >= beam) | (sentence_limits <= step + 1)).all()):
+            break
+
+    best_scores, best = finished_scores.max(1)
+    sentences = torch.arange(batch, device=device)
+    lengths = finished_lengths[sentences, best].tolist()
+    tokens = finished_tokens[sentences, best].tolist()
+    sums = finished_sums[sentences, best]
+    positional = (sums[:, 1:] - sums[:, :-1]).tolist()
+    return FinishedBeams(
+        [row[1 : n + 1] for row, n in zip(tokens, lengths)],
+        [row[:n] for row, n in zip(positional, lengths)],
+        best_scores.tolist(),
+    )
+
+
 def beam_search(
     step_logits: Callable[[torch.Tensor, int], torch.Tensor],
     reorder: Callable[[torch.Tensor], None],
@@ -249,60 +371,11 @@ def beam_search(
     beam: int,
     row_limits: torch.Tensor,
 ) -> Hypotheses:
-    """AR beam search on P_AR (beam 1 = greedy), scores normalised by length at the end; the
-    decoder is whatever ``step_logits`` runs.
-
-    ``step_logits(history, step)``: the (rows, V) logits of the next token of each row, given the
-    tokens so far, history (rows, steps + 1) int64 (bos, then one token per step; rows = sentences
-    x beam, a sentence's beams adjacent). ``reorder(origin)``: keep rows ``origin`` (rows,) int64 of
-    the decoder's state (its key/value caches), called after each step when beam > 1.
-    ``row_limits`` (rows,) int64: tokens each row may generate, eos included; eos is forced there.
-    Finished hypotheses stay in the beam with their score frozen (they extend with pad at zero cost).
-    """
+    """The project's AR beam search on P_AR (``finished_beam_search``; beam 1 = greedy): the mask,
+    pad and bos are never generated; eos is forced at ``row_limits`` (rows,) int64 (tokens each row
+    may generate, eos included). Arguments as ``finished_beam_search``'s."""
     config = model.config
-    device = row_limits.device
-    rows = row_limits.shape[0]
-    batch = rows // beam
-    steps = int(row_limits.max())
-    history = torch.full((rows, steps + 1), config.pad_id, dtype=torch.long, device=device)
-    history[:, 0] = config.bos_id
-    beam_scores = torch.zeros(batch, beam, device=device)
-    beam_scores[:, 1:] = float("-inf")  # all beams start identical: keep one
-    finished = torch.zeros(rows, dtype=torch.bool, device=device)
-    out_lengths = torch.zeros(rows, dtype=torch.long, device=device)
-
-    for step in range(steps):
-        log_probs = F.log_softmax(step_logits(history, step).float(), dim=-1)
-        log_probs[:, config.mask_id] = float("-inf")
-        log_probs[:, config.pad_id] = float("-inf")
-        log_probs[:, config.bos_id] = float("-inf")
-        at_limit = row_limits == step + 1  # force eos at each sentence's length limit
-        eos_log_probs = log_probs[at_limit, config.eos_id]
-        log_probs[at_limit] = float("-inf")
-        log_probs[at_limit, config.eos_id] = eos_log_probs
-        # finished rows extend with pad at no cost
-        log_probs[finished] = float("-inf")
-        log_probs[finished, config.pad_id] = 0.0
-
-        vocab = log_probs.shape[-1]
-        candidates = (beam_scores.view(-1, 1) + log_probs).view(batch, beam * vocab)
-        beam_scores, flat = candidates.topk(beam, dim=-1)
-        origin = (flat // vocab + torch.arange(batch, device=device)[:, None] * beam).view(-1)
-        next_tokens = (flat % vocab).view(-1)
-
-        history = history.index_select(0, origin)
-        finished = finished.index_select(0, origin)
-        out_lengths = out_lengths.index_select(0, origin)
-        if beam > 1:
-            reorder(origin)
-        history[:, step + 1] = next_tokens
-        out_lengths = out_lengths + (~finished).long()
-        finished = finished | (next_tokens == config.eos_id)
-        if bool(finished.all()):
-            break
-
-    normalised = beam_scores.view(-1) / out_lengths.clamp(min=1)
-    best = normalised.view(batch, beam).argmax(1) + torch.arange(batch, device=device) * beam
+    rules = BeamRules(config.bos_id, config.eos_id, config.pad_id, (config.mask_id, config.pad_id, config.bos_id))
+    found = finished_beam_search(step_logits, reorder, rules, beam, row_limits)
     specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
-    out_tokens = [strip_special(row[1:], config.eos_id, specials) for row in history[best].tolist()]
-    return Hypotheses(out_tokens, normalised[best].tolist())
+    return Hypotheses([strip_special(row, config.eos_id, specials) for row in found.tokens], found.scores)

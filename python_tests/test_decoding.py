@@ -7,6 +7,7 @@ import torch
 
 from janus_fast.decoding import generate
 from janus_fast.reference_decoding import ar_search, mask_predict
+from janus_fast.search import BeamRules, finished_beam_search
 
 
 def sources(vocab: int = 60):
@@ -26,6 +27,84 @@ def test_ar_with_cache_equals_without_cache(model, beam):
     assert cached.tokens == uncached.tokens
     assert cached.scores == pytest.approx(uncached.scores, abs=1e-4)
     assert any(len(t) > 1 for t in cached.tokens)  # not a degenerate all-empty output
+
+
+def _exhaustive_best(table: torch.Tensor, rules: BeamRules, limit: int) -> tuple[list[int], list[float]]:
+    """The sequence ``y .. eos`` of at most ``limit`` tokens with the highest mean log-probability,
+    found by enumerating every sequence; ``table`` (steps, V, V): logits of the next token given
+    the step and the previous token."""
+    log_probs = torch.log_softmax(table.double(), -1)
+    vocab = table.shape[-1]
+    allowed = [t for t in range(vocab) if t not in rules.blocked_ids and t != rules.eos_id]
+    best: tuple[float, list[int], list[float]] = (float("-inf"), [], [])
+    prefixes: list[tuple[list[int], list[float]]] = [([], [])]
+    for step in range(limit):
+        extended = []
+        for tokens, scores in prefixes:
+            previous = tokens[-1] if tokens else rules.bos_id
+            row = log_probs[step, previous]
+            if step >= rules.min_length:
+                finished = scores + [float(row[rules.eos_id])]
+                if sum(finished) / len(finished) > best[0]:
+                    best = (sum(finished) / len(finished), tokens + [rules.eos_id], finished)
+            extended += [(tokens + [t], scores + [float(row[t])]) for t in allowed]
+        prefixes = extended
+    return best[1], best[2]
+
+
+@pytest.mark.parametrize("min_length", [0, 1])
+def test_beam_search_wider_than_every_hypothesis_is_exhaustive(min_length):
+    """With more live slots than there are hypotheses, ``finished_beam_search`` must return the
+    sequence of highest mean log-probability; checked against enumerating all of them, for
+    sentences of different length limits in one batch."""
+    vocab, beam = 6, 64  # ids 0 bos, 1 eos, 2 pad, 3 blocked; 4 and 5 free
+    rules = BeamRules(bos_id=0, eos_id=1, pad_id=2, blocked_ids=(2, 3), min_length=min_length)
+    limits = [4, 2, 5, 1 + min_length]
+    generator = torch.Generator().manual_seed(3)
+    tables = torch.randn(len(limits), max(limits), vocab, vocab, generator=generator) * 2
+    tables[..., 1] += 1.0  # eos competitive: both short and long hypotheses win somewhere
+    row_limits = torch.tensor(limits).repeat_interleave(beam)
+    sentence_of_row = torch.arange(len(limits)).repeat_interleave(beam)
+
+    def step_logits(history: torch.Tensor, step: int) -> torch.Tensor:
+        return tables[sentence_of_row, step, history[:, step]]
+
+    found = finished_beam_search(step_logits, lambda origin: None, rules, beam, row_limits)
+    lengths = set()
+    for index, limit in enumerate(limits):
+        tokens, scores = _exhaustive_best(tables[index], rules, limit)
+        assert found.tokens[index] == tokens, f"sentence {index}"
+        assert found.positional_scores[index] == pytest.approx(scores, abs=1e-5)
+        assert found.scores[index] == pytest.approx(sum(scores) / len(scores), abs=1e-5)
+        lengths.add(len(tokens))
+    assert len(lengths) >= 2
+
+
+def test_beam_search_of_one_is_greedy():
+    """Beam 1 takes the most probable token at each step until eos."""
+    vocab, limit = 7, 6
+    rules = BeamRules(bos_id=0, eos_id=1, pad_id=2, blocked_ids=(2,), min_length=1)
+    generator = torch.Generator().manual_seed(5)
+    tables = torch.randn(3, limit, vocab, vocab, generator=generator) * 3
+
+    def step_logits(history: torch.Tensor, step: int) -> torch.Tensor:
+        return tables[torch.arange(3), step, history[:, step]]
+
+    found = finished_beam_search(step_logits, lambda origin: None, rules, 1, torch.full((3,), limit))
+    for index in range(3):
+        tokens, previous = [], 0
+        for step in range(limit):
+            row = torch.log_softmax(tables[index, step, previous], -1)
+            row[2] = float("-inf")
+            if step < 1:
+                row[1] = float("-inf")
+            if step == limit - 1:
+                row[[t for t in range(vocab) if t != 1]] = float("-inf")
+            previous = int(row.argmax())
+            tokens.append(previous)
+            if previous == 1:
+                break
+        assert found.tokens[index] == tokens
 
 
 def test_mask_predict_costs_exactly_t_decoder_calls_and_leaves_no_mask(model, monkeypatch):

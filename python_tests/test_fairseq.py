@@ -382,15 +382,18 @@ def test_janus_plugin_ar_scores_match_its_generator(native: bool, converted: dic
         assert sum(ours) / len(ours) == pytest.approx(hypotheses[index][0], abs=1e-4)
 
 
+@pytest.mark.parametrize("golden, beam", [("ar_janus_greedy.txt", 1), ("ar_janus_beam5.txt", 5)])
 @pytest.mark.parametrize("decoder", ["engine", "reference"])
-def test_janus_plugin_ar_greedy_matches_its_generator(decoder: str, converted: dict[str, str]) -> None:
-    """``generate(compat="fairseq", mode="ar")`` == the plugin's ``--inference-mode ar --beam 1``
-    (cache storing each content key once): tokens, ``<unk>`` included, and scores."""
+def test_janus_plugin_ar_search_matches_its_generator(
+    decoder: str, golden: str, beam: int, converted: dict[str, str]
+) -> None:
+    """``generate(compat="fairseq", mode="ar", beam=N)`` == the plugin's ``--inference-mode ar
+    --beam N`` (cache storing each content key once): tokens, ``<unk>`` included, and scores."""
     model, tokenizer = load_pretrained(converted["janus"]), load_tokenizer(converted["janus"])
-    hypotheses, positional = read_golden(os.path.join(DATA, "ar_janus_greedy.txt"))
+    hypotheses, positional = read_golden(os.path.join(DATA, golden))
     src, lengths = source_batch(tokenizer, len(hypotheses))
-    found = fairseq_decoding.ar_greedy(model, src, lengths, native=decoder == "engine")
-    api = generate(model, src, lengths, mode="ar", compat="fairseq", decoder=decoder, return_scores=True)
+    found = fairseq_decoding.ar_beam_search(model, src, lengths, beam, native=decoder == "engine")
+    api = generate(model, src, lengths, mode="ar", beam=beam, compat="fairseq", decoder=decoder, return_scores=True)
     for index, hypothesis in enumerate(found):
         score, text = hypotheses[index]
         assert tokenizer.symbols_of(hypothesis.tokens) == text, f"sentence {index}"
@@ -400,5 +403,14 @@ def test_janus_plugin_ar_greedy_matches_its_generator(decoder: str, converted: d
         assert hypothesis.score / math.log(2) == pytest.approx(score, abs=1e-4)
         assert tokenizer.symbols_of(api.tokens[index]) == text
     assert sum("<unk>" in text for _, text in hypotheses.values()) >= 10
-    with pytest.raises(ValueError, match="beam"):
-        generate(model, src, lengths, mode="ar", beam=4, compat="fairseq")
+    for wrong in (0, 129, 2.0):
+        with pytest.raises((TypeError, ValueError), match="beam"):
+            generate(model, src, lengths, mode="ar", beam=wrong, compat="fairseq")
+
+
+def test_fairseq_beam_search_differs_from_greedy_on_the_fixture() -> None:
+    """The beam 5 fixture is a real test of the search: fairseq's beam 5 and greedy outputs differ
+    on most of the 20 sentences."""
+    greedy, _ = read_golden(os.path.join(DATA, "ar_janus_greedy.txt"))
+    beam5, _ = read_golden(os.path.join(DATA, "ar_janus_beam5.txt"))
+    assert sum(greedy[index][1] != beam5[index][1] for index in greedy) >= 10

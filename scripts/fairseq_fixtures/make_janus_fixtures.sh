@@ -66,7 +66,7 @@ for model in janus_trained ${EXTRA_MODELS:-}; do
   gen ${model}_ar_beam1_arfix            "$ARFIX"  "$C" ar --beam 1
   gen ${model}_ar_beam5_arfix            "$ARFIX"  "$C" ar --beam 5
 done
-# the files python_tests/data/fairseq/ keeps: the trained model, its NAR outputs, its AR greedy (ARFIX)
+# the files python_tests/data/fairseq/ keeps: the trained model, its NAR outputs, its AR greedy and beam 5 (ARFIX)
 REPO=$(cd "$HERE/../.." && pwd); FIX="$REPO/python_tests/data/fairseq"
 cp "$OUT/janus_trained.pt" "$FIX/janus.pt"
 for s in "nar_iter4_beam3_adaptive iter4_beam3_adaptive" "nar_iter4_beam3_force iter4_beam3_force" \
@@ -75,4 +75,5 @@ for s in "nar_iter4_beam3_adaptive iter4_beam3_adaptive" "nar_iter4_beam3_force 
   set -- $s; grep -E '^(H|P)-' "$OUT/generate_janus_trained_$1.txt" > "$FIX/generate_janus_$2.txt"
 done
 grep -E '^(H|P)-' "$OUT/generate_janus_trained_ar_beam1_arfix.txt" > "$FIX/ar_janus_greedy.txt"
+grep -E '^(H|P)-' "$OUT/generate_janus_trained_ar_beam5_arfix.txt" > "$FIX/ar_janus_beam5.txt"
 ls -la "$OUT"
