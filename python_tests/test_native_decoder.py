@@ -452,6 +452,27 @@ def test_bad_inputs_raise_clear_errors():
         with pytest.raises(ValueError, match="memory length"):
             bad = (memory[0], memory[1], torch.tensor([1, 99]))
             native.ar_step(torch.tensor([1, 2]), 0, bad, caches)
+        # every op that reads the encoder memory checks it the same way
+        keys, values, memory_lengths = memory
+        assert len(keys) >= 2
+        shorter = [k[:, :, :-1].contiguous() for k in keys[:1]] + list(keys[1:])
+        shorter_values = [v[:, :, :-1].contiguous() for v in values[:1]] + list(values[1:])
+        ops = {
+            "decoder_ar_step": lambda m: native.ar_step(torch.tensor([1, 2]), 0, m, caches),
+            "decoder_nar_pass": lambda m: native.nar_logits(
+                torch.tensor([1, 2]), torch.tensor([0, 1]), torch.tensor([0, 1, 2]), m, torch.tensor([0])
+            ),
+            "decoder_ar_score": lambda m: native.ar_scores(
+                torch.tensor([1, 2]), torch.tensor([0, 0]), torch.tensor([0, 1, 2]), m, torch.tensor([3, 4])
+            ),
+        }
+        for name, run in ops.items():
+            with pytest.raises(ValueError, match=f"{name}: one memory tensor per layer"):
+                run((keys[:-1], values[:-1], memory_lengths))
+            with pytest.raises(ValueError, match=f"{name}: memory lengths differ between layers"):
+                run((shorter, shorter_values, memory_lengths))
+            with pytest.raises(ValueError, match="memory keys/values must be"):
+                run((keys, [v[:1] for v in values], memory_lengths))
     with pytest.raises(ValueError, match="weight_type"):
         NativeDecoder(model, "fp8")
 

@@ -268,6 +268,28 @@ std::vector<int64_t> checked_memory_lengths(const at::Tensor& lengths, int64_t r
   return out;
 }
 
+// Every layer's memory keys/values (one pair per layer, each (rows, H, S, head_dim), one S for all
+// layers) and each row's real memory length in [1, S]; `op` names the caller in errors.
+struct Memories {
+  std::vector<Memory> layers;
+  std::vector<int64_t> lengths;
+};
+
+Memories checked_memories(at::TensorList keys, at::TensorList values, const at::Tensor& lengths, int64_t rows,
+                          const DecoderWeights& d, const char* op) {
+  const int64_t num_layers = static_cast<int64_t>(d.layers.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(keys.size()) == num_layers &&
+                        static_cast<int64_t>(values.size()) == num_layers,
+                    op, ": one memory tensor per layer (", num_layers, ") expected");
+  Memories out;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    out.layers.push_back(memory_of(keys[l], values[l], rows, d));
+    TORCH_CHECK_VALUE(out.layers[l].length == out.layers[0].length, op, ": memory lengths differ between layers");
+  }
+  out.lengths = checked_memory_lengths(lengths, rows, num_layers ? out.layers[0].length : 1);
+  return out;
+}
+
 // Rows q_begin..q_end of `queries` (ldq apart) attend, head by head, to keys/values given per
 // query row by `locate(row, head)` -> (keys, key_stride, values, value_stride, num_keys).
 template <typename Locate>
@@ -351,11 +373,9 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
   TORCH_CHECK_VALUE(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.device().is_cpu(),
                     "decoder_ar_step: tokens must be int64 (B,) on the CPU, got ", tokens.sizes());
   const int64_t batch = tokens.size(0);
-  TORCH_CHECK_VALUE(static_cast<int64_t>(memory_keys.size()) == num_layers &&
-                        static_cast<int64_t>(memory_values.size()) == num_layers &&
-                        static_cast<int64_t>(cache_keys.size()) == num_layers &&
+  TORCH_CHECK_VALUE(static_cast<int64_t>(cache_keys.size()) == num_layers &&
                         static_cast<int64_t>(cache_values.size()) == num_layers,
-                    "decoder_ar_step: one memory and cache tensor per layer (", num_layers, ") expected");
+                    "decoder_ar_step: one cache tensor per layer (", num_layers, ") expected");
   TORCH_CHECK_VALUE(query_position_offset == 0 || query_position_offset == 1,
                     "decoder_ar_step: query_position_offset must be 0 or 1, got ", query_position_offset);
   TORCH_CHECK_VALUE(step >= 0 && step + query_position_offset < d.max_positions, "decoder_ar_step: step ", step,
@@ -369,11 +389,7 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
                         ", > step, ", d.head_dim, "), got ", t->sizes());
     }
   }
-  std::vector<Memory> memories;
-  for (int64_t l = 0; l < num_layers; ++l) memories.push_back(memory_of(memory_keys[l], memory_values[l], batch, d));
-  const std::vector<int64_t> mem_lengths = checked_memory_lengths(memory_lengths, batch, memories[0].length);
-  for (const Memory& m : memories)
-    TORCH_CHECK_VALUE(m.length == memories[0].length, "decoder_ar_step: memory lengths differ between layers");
+  const Memories memory = checked_memories(memory_keys, memory_values, memory_lengths, batch, d, "decoder_ar_step");
   const at::Tensor token_values = tokens.contiguous();
   const int64_t* token_ids = token_values.data_ptr<int64_t>();
 
@@ -424,7 +440,7 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
     linear(a, n, dim, layer.out, xs, dim, /*accumulate=*/true);
     finish_sublayer(arch, xs, n, dim, layer.norm1_w, layer.norm1_b);
     std::vector<int64_t> rows_memory(memory_row.begin() + first, memory_row.end());
-    cross_and_ffn(arch, xs, n, layer, d, memories[l], rows_memory, mem_lengths, h, q, a, f);
+    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], rows_memory, memory.lengths, h, q, a, f);
   }
   return {d, x + batch * dim, batch};
 }
@@ -486,9 +502,6 @@ PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm,
   const int64_t num_rows = layout.num_rows, max_row = layout.max_row;
   const int64_t* offsets = layout.offsets.data();
   const std::vector<int64_t>& row_of = layout.row_of;
-  TORCH_CHECK_VALUE(static_cast<int64_t>(memory_keys.size()) == num_layers &&
-                        static_cast<int64_t>(memory_values.size()) == num_layers,
-                    "decoder_nar_pass: one memory tensor per layer (", num_layers, ") expected");
   const at::Tensor tokens_c = tokens.contiguous();
   const at::Tensor positions_c = positions.contiguous(), outputs_c = output_positions.contiguous();
   const int64_t num_out = output_positions.size(0);
@@ -496,13 +509,8 @@ PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm,
   for (int64_t i = 0; i < num_out; ++i)
     TORCH_CHECK_VALUE(out_pos[i] >= 0 && out_pos[i] < packed, "decoder_nar_pass: output position ", out_pos[i],
                       " outside [0, ", packed, ")");
-  std::vector<Memory> memories;
-  for (int64_t l = 0; l < num_layers; ++l)
-    memories.push_back(memory_of(memory_keys[l], memory_values[l], num_rows, d));
-  for (const Memory& m : memories)
-    TORCH_CHECK_VALUE(m.length == memories[0].length, "decoder_nar_pass: memory lengths differ between layers");
-  const std::vector<int64_t> mem_lengths =
-      checked_memory_lengths(memory_lengths, num_rows, num_layers ? memories[0].length : 1);
+  const Memories memory =
+      checked_memories(memory_keys, memory_values, memory_lengths, num_rows, d, "decoder_nar_pass");
   if (num_out == 0) return {d, nullptr, 0};
 
   const int64_t dim = d.dim, cap = std::max(packed, num_out);  // rows of the per-row buffers
@@ -553,7 +561,7 @@ PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm,
                    });
     linear(a, n, dim, layer.out, xs, dim, /*accumulate=*/true);
     finish_sublayer(arch, xs, n, dim, layer.norm1_w, layer.norm1_b);
-    cross_and_ffn(arch, xs, n, layer, d, memories[l], last ? out_rows : row_of, mem_lengths, h, q, a, f);
+    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], last ? out_rows : row_of, memory.lengths, h, q, a, f);
   }
   return {d, xo, num_out};
 }
@@ -690,16 +698,8 @@ PassStates ar_pass_states(at::TensorList weights, int64_t num_heads, double embe
   TORCH_CHECK_VALUE(query_position_offset == 0 || query_position_offset == 1,
                     "decoder_ar_score: query_position_offset must be 0 or 1, got ", query_position_offset);
   const PackedLayout layout = packed_layout(row_offsets, packed, "decoder_ar_score");
-  TORCH_CHECK_VALUE(static_cast<int64_t>(memory_keys.size()) == num_layers &&
-                        static_cast<int64_t>(memory_values.size()) == num_layers,
-                    "decoder_ar_score: one memory tensor per layer (", num_layers, ") expected");
-  std::vector<Memory> memories;
-  for (int64_t l = 0; l < num_layers; ++l)
-    memories.push_back(memory_of(memory_keys[l], memory_values[l], layout.num_rows, d));
-  for (const Memory& m : memories)
-    TORCH_CHECK_VALUE(m.length == memories[0].length, "decoder_ar_score: memory lengths differ between layers");
-  const std::vector<int64_t> mem_lengths =
-      checked_memory_lengths(memory_lengths, layout.num_rows, num_layers ? memories[0].length : 1);
+  const Memories memory =
+      checked_memories(memory_keys, memory_values, memory_lengths, layout.num_rows, d, "decoder_ar_score");
   if (packed == 0) return {d, nullptr, 0};
 
   // rows 0..P-1: the content stream; rows P..2P-1: the query stream
@@ -742,7 +742,7 @@ PassStates ar_pass_states(at::TensorList weights, int64_t num_heads, double embe
     linear(a, n, dim, layer.out, xs, dim, /*accumulate=*/true);
     finish_sublayer(arch, xs, n, dim, layer.norm1_w, layer.norm1_b);
     const std::vector<int64_t> rows_memory(memory_row.begin() + first, memory_row.end());
-    cross_and_ffn(arch, xs, n, layer, d, memories[l], rows_memory, mem_lengths, h, q, a, f);
+    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], rows_memory, memory.lengths, h, q, a, f);
   }
   return {d, x + packed * dim, packed};
 }
