@@ -254,7 +254,9 @@ def ar_beam_search(
     max_len = min(int(max_len_a * src_tokens.shape[1] + max_len_b), config.max_target_positions - 1)
     caches = model.new_caches(batch * beam, max_len + 1, encoder_out.states)
     row_limits = torch.full((batch * beam,), max_len + 1, dtype=torch.long, device=src_tokens.device)
-    rules = BeamRules(config.bos_id, config.eos_id, config.pad_id, blocked_ids=(config.pad_id,), min_length=1)
+    rules = BeamRules(
+        config.bos_id, config.eos_id, config.pad_id, blocked_ids=(config.pad_id,), min_length=1, nan_as_impossible=True
+    )
 
     def reorder(origin: torch.Tensor) -> None:
         for cache in caches:

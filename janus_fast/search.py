@@ -245,13 +245,15 @@ def max_ar_lengths(src_lengths: torch.Tensor, model: JanusModel, max_len_a: floa
 @dataclass(frozen=True)
 class BeamRules:
     """What an AR beam search may generate: ``blocked_ids`` never, ``eos_id`` not before step
-    ``min_length`` (0-based) and only it at a row's length limit. Rows start from ``bos_id``."""
+    ``min_length`` (0-based) and only it at a row's length limit. Rows start from ``bos_id``.
+    ``nan_as_impossible``: a NaN log-probability counts as -inf (fairseq's rule)."""
 
     bos_id: int
     eos_id: int
     pad_id: int
     blocked_ids: tuple[int, ...]
     min_length: int = 0
+    nan_as_impossible: bool = False
 
 
 @dataclass
@@ -304,17 +306,25 @@ def finished_beam_search(
     finished_count = torch.zeros(batch, dtype=torch.long, device=device)
     row_offsets = torch.arange(batch, device=device)[:, None] * beam
     rank = torch.arange(2 * beam, device=device)
-    blocked = list(rules.blocked_ids)
+    first_limit = int(row_limits.min())
+    blocked: torch.Tensor | None = None  # (V,) float32: -inf at the blocked ids, else 0
 
     for step in range(steps):
-        log_probs = F.log_softmax(step_logits(history, step).float(), dim=-1).nan_to_num(nan=float("-inf"))
-        log_probs[:, blocked] = float("-inf")
-        at_limit = row_limits == step + 1
-        if step < rules.min_length:
-            log_probs[~at_limit, rules.eos_id] = float("-inf")
-        eos_log_probs = log_probs[at_limit, rules.eos_id]
-        log_probs[at_limit] = float("-inf")  # only eos at a row's length limit
-        log_probs[at_limit, rules.eos_id] = eos_log_probs
+        log_probs = F.log_softmax(step_logits(history, step).float(), dim=-1)
+        if rules.nan_as_impossible:
+            log_probs = log_probs.nan_to_num(nan=float("-inf"))
+        if blocked is None:
+            blocked = torch.zeros(log_probs.shape[-1], device=device)
+            blocked[list(rules.blocked_ids)] = float("-inf")
+        log_probs += blocked
+        at_limit = row_limits == step + 1 if step + 1 >= first_limit else None
+        if step < rules.min_length:  # no eos yet, unless forced
+            too_early = ~at_limit if at_limit is not None else torch.ones_like(row_limits, dtype=torch.bool)
+            log_probs[too_early, rules.eos_id] = float("-inf")
+        if at_limit is not None:  # only eos at a row's length limit
+            eos_log_probs = log_probs[at_limit, rules.eos_id]
+            log_probs[at_limit] = float("-inf")
+            log_probs[at_limit, rules.eos_id] = eos_log_probs
 
         vocab = log_probs.shape[-1]
         candidates = (live_scores.view(-1, 1) + log_probs).view(batch, beam * vocab)
