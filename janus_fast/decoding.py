@@ -41,6 +41,17 @@ def check_compat(
     check_int("length_beam", length_beam, 1, model.config.num_length_classes)
 
 
+def check_model_kind(model: JanusModel, mode: str, compat: str) -> None:
+    """ValueError for a decoding the model cannot do: a plain transformer (a converted fairseq
+    ``transformer``, ``ar_stream="content"``) has no NAR side and decodes as fairseq-generate does."""
+    if model.config.has_nar:
+        return
+    if mode == "nar":
+        raise ValueError("this model is a plain transformer (AR only): it has no NAR side; use mode='ar'")
+    if compat != "fairseq":
+        raise ValueError("this model is a converted fairseq transformer: decode it with compat='fairseq'")
+
+
 def check_decoding_options(model: JanusModel, mode: str, iterations: int, length_beam: int, beam: int) -> None:
     """TypeError / ValueError for options no decoding can use: iterations in [1, max target
     positions], length_beam in [1, length classes] (capped later by the possible lengths), beam in
@@ -121,6 +132,7 @@ def generate(
     """
     _check_source(model, src_tokens, src_lengths)
     check_compat(model, compat, mode, iterations, length_beam, force_max_iter, beam)
+    check_model_kind(model, mode, compat)
     collapse = resolve_collapse_repeats(mode, compat, collapse_repeats)
     check_ar_rescore(mode, compat, ar_rescore)
     if compat == "janus":

@@ -1,7 +1,9 @@
-"""``janus-fast convert --fairseq``: a fairseq CMLM or JANUS checkpoint as a janus_fast checkpoint.
+"""``janus-fast convert --fairseq``: a fairseq CMLM, JANUS or transformer checkpoint as a janus_fast
+checkpoint.
 
-Supported: fairseq's ``cmlm_transformer`` and the public JANUS plugin's ``janus_transformer``
-(and their named variants such as ``*_iwslt_de_en``) with shared embeddings
+Supported: fairseq's ``cmlm_transformer``, the public JANUS plugin's ``janus_transformer`` and
+fairseq's plain ``transformer`` (AR only, ``--task translation``; ``ar_stream="content"``) (and
+their named variants such as ``*_iwslt_de_en``) with shared embeddings
 (``--share-all-embeddings``), equal encoder/decoder widths, learned or sinusoidal positions. The
 plugin's decoder shares every weight between its two streams under CMLM's names; its AR query
 stream sits at the last visible content token's position (``query_position_offset=0``).
@@ -19,7 +21,8 @@ The mapping, per name:
 * encoder ``self_attn_layer_norm``, ``final_layer_norm`` -> ``norm1``, ``norm2``; decoder
   ``self_attn_layer_norm``, ``encoder_attn_layer_norm``, ``final_layer_norm`` -> ``norm1..3``;
   ``fc1``/``fc2`` -> ``ffn.fc1``/``ffn.fc2``;
-* ``decoder.embed_length.weight`` (256, d) -> ``length_embed.weight``.
+* ``decoder.embed_length.weight`` (256, d) -> ``length_embed.weight`` (zeros for a plain
+  transformer, which has none).
 
 ``encoder.layers.*.{in_proj,out_proj,fc1,fc2}_{weight,bias}`` (copies fairseq 0.12 keeps for
 torch's fused encoder path and rebuilds from q/k/v/fc1/fc2 on load), ``*.version`` and the sinusoidal
@@ -42,8 +45,10 @@ from janus_fast.model import ACTIVATIONS, JanusConfig, JanusModel
 __all__ = ["SUPPORTED_ARCHITECTURES", "config_from_arguments", "convert_state_dict", "convert_fairseq"]
 
 # fairseq's CMLM and the public JANUS plugin's model (github.com/dropreg/JANUS, ``--user-dir janus/src``):
-# the same parameter names, both streams sharing every decoder weight
-SUPPORTED_ARCHITECTURES = ("cmlm_transformer", "janus_transformer")
+# the same parameter names, both streams sharing every decoder weight; and fairseq's plain
+# (AR) ``transformer``, whose decoder layers have the same names too
+SUPPORTED_ARCHITECTURES = ("cmlm_transformer", "janus_transformer", "transformer")
+NOT_TRANSLATION_MODELS = ("transformer_lm", "transformer_align")  # prefixes that are other models
 IGNORED = re.compile(
     r"^(encoder|decoder)\.(version|embed_positions\._float_tensor)$"
     r"|^encoder\.layers\.\d+\.(in_proj|out_proj|fc1|fc2)_(weight|bias)$"
@@ -58,7 +63,8 @@ def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "ch
     """The JanusConfig of a fairseq CMLM model from its arguments; CheckpointError for anything
     the model cannot represent."""
     arch = str(args.get("arch") or args.get("_name") or "")
-    if not any(arch == name or arch.startswith(name + "_") for name in SUPPORTED_ARCHITECTURES):
+    other = any(arch == name or arch.startswith(name + "_") for name in NOT_TRANSLATION_MODELS)
+    if other or not any(arch == name or arch.startswith(name + "_") for name in SUPPORTED_ARCHITECTURES):
         raise _refuse(path, f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
 
     def value(name: str, default: Any = None) -> Any:
@@ -94,6 +100,9 @@ def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "ch
         raise _refuse(path, f"activation_fn {activation!r} is not supported ({sorted(ACTIVATIONS)})")
     if value("pad", PAD_ID) != PAD_ID or value("eos", EOS_ID) != EOS_ID or value("unk", UNK_ID) != UNK_ID:
         raise _refuse(path, "special ids other than fairseq's defaults (bos 0, pad 1, eos 2, unk 3)")
+    plain = not arch.startswith(("cmlm_transformer", "janus_transformer"))  # fairseq's AR transformer
+    if plain and value("task", "translation") != "translation":
+        raise _refuse(path, f"a transformer trained with task {value('task')!r} (supported: translation)")
     return JanusConfig(
         vocab_size=vocab_size,
         d_model=int(value("encoder_embed_dim")),
@@ -116,8 +125,12 @@ def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "ch
         final_norms=bool(value("encoder_normalize_before", False)),
         activation=activation,
         scale_embedding=not bool(value("no_scale_embedding", False)),
-        source_bos=True,  # translation_lev / janus_translation prepend <bos> to sources (and fairseq appends <eos>)
+        # translation_lev / janus_translation prepend <bos> to sources, translation does not; all append <eos>
+        source_bos=not plain,
         source_eos=True,
+        # the plain transformer predicts from its (causal) content stream, starting from </s>
+        ar_stream="content" if plain else "query",
+        ar_start="eos" if plain else "bos",
         # the plugin's AR query stream sits at the position of the last visible content token
         query_position_offset=0 if arch.startswith("janus_transformer") else 1,
         extra={"converted_from": "fairseq", "fairseq_arch": arch},
@@ -168,7 +181,11 @@ def convert_state_dict(
     for tied in ("decoder.embed_tokens.weight", "decoder.output_projection.weight"):
         if tied in state and not torch.equal(take(tied), embed):
             raise _refuse(path, f"{tied} differs from encoder.embed_tokens.weight (embeddings not shared)")
-    out = {"embed_tokens.weight": embed, "length_embed.weight": take("decoder.embed_length.weight")}
+    if config.has_nar:
+        length_embed = take("decoder.embed_length.weight")
+    else:  # a plain transformer has no length head; the model's stays zero (it never runs)
+        length_embed = torch.zeros(config.num_length_classes, config.d_model)
+    out = {"embed_tokens.weight": embed, "length_embed.weight": length_embed}
     out["embed_source_positions.weight"] = _positions(state, "encoder", config, args, path)
     out["embed_target_positions.weight"] = _positions(state, "decoder", config, args, path)
     used.update(name for name in ("encoder.embed_positions.weight", "decoder.embed_positions.weight") if name in state)

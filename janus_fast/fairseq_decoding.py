@@ -238,8 +238,9 @@ def ar_beam_search(
     native: bool = True,
 ) -> list[FairseqHypothesis]:
     """fairseq-generate's AR decoding (``--beam N``, its ``SequenceGenerator`` with its defaults
-    ``--lenpen 1 --unkpen 0 --min-len 1 --max-len-a 0 --max-len-b 200``); the best finished
-    hypothesis per sentence, tokens ``y .. </s>`` (no ``<bos>``), one score per token.
+    ``--lenpen 1 --unkpen 0 --min-len 1 --max-len-a 0 --max-len-b 200``), from ``<bos>`` (the JANUS
+    plugin) or ``</s>`` (a plain transformer: ``config.ar_start``); the best finished hypothesis
+    per sentence, tokens ``y .. </s>`` (no start token), one score per token.
 
     src_tokens (B, S) int64 right-padded (``<bos> x <eos>``), src_lengths (B,) int64.
     """
@@ -255,7 +256,7 @@ def ar_beam_search(
     caches = model.new_caches(batch * beam, max_len + 1, encoder_out.states)
     row_limits = torch.full((batch * beam,), max_len + 1, dtype=torch.long, device=src_tokens.device)
     rules = BeamRules(
-        config.bos_id, config.eos_id, config.pad_id, blocked_ids=(config.pad_id,), min_length=1, nan_as_impossible=True
+        config.ar_start_id, config.eos_id, config.pad_id, (config.pad_id,), min_length=1, nan_as_impossible=True
     )
 
     def reorder(origin: torch.Tensor) -> None:

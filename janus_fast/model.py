@@ -27,6 +27,7 @@ ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # the FFN activations a config m
 
 
 MAX_LAYERS = 1024  # a config asking for more is an edit or a mistake
+AR_STREAMS = ("query", "content")  # the decoder stream that predicts P_AR (see JanusConfig.ar_stream)
 
 
 @dataclass
@@ -55,6 +56,11 @@ class JanusConfig:
     # the AR query stream's position: that of the token it predicts (1, this project) or of the last
     # visible content token (0, the public JANUS plugin's janus_transformer)
     query_position_offset: int = field(default=1, metadata={"cli": False})
+    # which decoder stream predicts P_AR: "query" (JANUS) or "content" (a plain transformer decoder,
+    # causal over its own tokens; such a model has no NAR side), and the token AR decoding starts
+    # from: "bos", or "eos" (fairseq's translation task starts the target with </s>)
+    ar_stream: str = field(default="query", metadata={"cli": False})
+    ar_start: str = field(default="bos", metadata={"cli": False})
     pad_id: int = field(default=PAD_ID, metadata={"cli": False})
     unk_id: int = field(default=UNK_ID, metadata={"cli": False})
     bos_id: int = field(default=BOS_ID, metadata={"cli": False})
@@ -90,6 +96,10 @@ class JanusConfig:
             raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
         if self.query_position_offset not in (0, 1):
             raise ValueError(f"query_position_offset must be 0 or 1, got {self.query_position_offset}")
+        if self.ar_stream not in AR_STREAMS:
+            raise ValueError(f"ar_stream must be one of {AR_STREAMS}, got {self.ar_stream!r}")
+        if self.ar_start not in ("bos", "eos"):
+            raise ValueError(f"ar_start must be 'bos' or 'eos', got {self.ar_start!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
         special = (self.pad_id, self.unk_id, self.bos_id, self.eos_id, self.mask_id)
@@ -100,6 +110,16 @@ class JanusConfig:
                 f"special token ids {special} (pad, unk, bos, eos, mask) must be distinct "
                 "(the mask may equal unk) and < vocab_size"
             )
+
+    @property
+    def has_nar(self) -> bool:
+        """Whether the model has a NAR side (mask-predict): not a plain transformer decoder."""
+        return self.ar_stream == "query"
+
+    @property
+    def ar_start_id(self) -> int:
+        """The token AR decoding starts from (bos, or eos for fairseq's translation models)."""
+        return self.bos_id if self.ar_start == "bos" else self.eos_id
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -414,11 +434,14 @@ class JanusModel(nn.Module):
     ) -> torch.Tensor:
         """One incremental AR step: content token y_step (B,) at position ``step`` is appended to
         the caches and the query stream at position ``step + query_position_offset`` predicts the next
-        token.
+        token (with ``ar_stream="content"``: the content token's own state predicts it).
 
         Returns (B, V) logits of P_AR(y_{step+1} | y_0 .. y_step, x).
         """
         positions = torch.full_like(tokens, step)[:, None]
+        if self.config.ar_stream == "content":
+            hidden = self.decode(self.embed_target(tokens[:, None], positions), 1, None, encoder_out, caches)
+            return self.output_logits(hidden[:, 0])
         x = torch.cat(
             [
                 self.embed_target(tokens[:, None], positions),
@@ -451,7 +474,8 @@ class JanusModel(nn.Module):
     def ar_hidden(
         self, tgt_tokens: torch.Tensor, tgt_lengths: torch.Tensor, encoder_out: EncoderOutput
     ) -> torch.Tensor:
-        """P_AR query-stream states for every target position after bos.
+        """P_AR query-stream states for every target position after bos (``ar_stream="content"``:
+        the causal content stream's states).
 
         tgt_tokens (B, L) ``<bos> y .. <eos>``; returns (B, L-1, d) where row i predicts
         tgt_tokens[:, i + 1] having seen tgt_tokens[:, :i + 1].
@@ -459,6 +483,9 @@ class JanusModel(nn.Module):
         content = tgt_tokens[:, :-1]
         num_positions = content.shape[1]
         positions = torch.arange(num_positions, device=content.device).expand_as(content)
+        if self.config.ar_stream == "content":
+            mask = MaskSpec.causal(tgt_lengths - 1)
+            return self.decode(self.embed_target(content, positions), num_positions, mask, encoder_out)
         query_tokens = torch.full_like(content, self.config.mask_id)
         query_positions = positions + self.config.query_position_offset
         x = torch.cat([self.embed_target(content, positions), self.embed_target(query_tokens, query_positions)], 1)
@@ -486,6 +513,8 @@ class JanusModel(nn.Module):
             ``aux_logits`` (B, K, V) for the k-th masked position of each sentence;
             ``masked_positions`` (B, K) and ``masked_valid`` (B, K) bool; ``length_logits`` (B, C).
         """
+        if objective != "ar" and not self.config.has_nar:
+            raise ValueError(f"objective {objective!r} needs a NAR side; this model's decoder is a plain transformer's")
         encoder_out = self.encode(src_tokens, src_lengths)
         out: dict[str, torch.Tensor] = {}
         if objective in ("janus", "ar"):

@@ -58,6 +58,8 @@ def unsupported_reason(model: JanusModel) -> str | None:
         return "the model is in training mode"
     if model.output_projection is not None:
         return "the model has a separate (quantized) output projection"
+    if model.config.ar_stream != "query":
+        return "the model's decoder is a plain transformer's (AR from the content stream)"
     for module in model.decoder_layers.modules():
         if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
             return f"the decoder has {type(module).__name__} layers"

@@ -15,6 +15,7 @@ from janus_fast.decoding import (
     check_ar_rescore,
     check_compat,
     check_decoding_options,
+    check_model_kind,
     generate,
     resolve_collapse_repeats,
 )
@@ -240,6 +241,7 @@ class Translator:
             if value is not None:
                 check_int(name, value, 1)
         check_compat(self.model, compat, mode, iterations, length_beam, force_max_iter, beam)
+        check_model_kind(self.model, mode, compat)
         check_ar_rescore(mode, compat, ar_rescore)
         if compat == "janus":
             check_decoding_options(self.model, mode, iterations, length_beam, beam)

@@ -71,7 +71,9 @@ def source_batch(tokenizer: FairseqTokenizer, count: int | None = None) -> tuple
 def test_fixtures_present() -> None:
     names = {SETTING.search(path).group(1) for path in GOLDEN}
     assert {"trained", "prenorm", "janus"} <= names
-    assert os.path.exists(os.path.join(DATA, "ar_janus_greedy.txt"))
+    for golden in ("ar_janus_greedy", "ar_janus_beam5", "ar_transformer_greedy", "ar_transformer_beam5"):
+        assert os.path.exists(os.path.join(DATA, f"{golden}.txt"))
+    assert os.path.exists(os.path.join(DATA, "transformer.pt"))
     assert all(os.path.getsize(path) <= 2_000_000 for path in glob.glob(os.path.join(DATA, "*.pt")))
 
 
@@ -235,7 +237,9 @@ def _modified(tmp_path, **changes) -> str:
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"arch": "transformer"}, "architecture 'transformer' is not supported"),
+        ({"arch": "lstm"}, "architecture 'lstm' is not supported"),
+        ({"arch": "transformer_lm"}, "architecture 'transformer_lm' is not supported"),
+        ({"arch": "transformer"}, "a transformer trained with task 'translation_lev'"),
         ({"share_all_embeddings": False}, "separate source/target embeddings"),
         ({"encoder_normalize_before": True}, "encoder_normalize_before=True differs"),
         ({"activation_fn": "tanh"}, "activation_fn 'tanh'"),
@@ -414,3 +418,107 @@ def test_fairseq_beam_search_differs_from_greedy_on_the_fixture() -> None:
     greedy, _ = read_golden(os.path.join(DATA, "ar_janus_greedy.txt"))
     beam5, _ = read_golden(os.path.join(DATA, "ar_janus_beam5.txt"))
     assert sum(greedy[index][1] != beam5[index][1] for index in greedy) >= 10
+
+
+# ------------------------------------------------------------------- fairseq's plain transformer
+def transformer_sources(tokenizer: FairseqTokenizer, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` test sentences as fairseq's translation task feeds them: ``x </s>``."""
+    with open(os.path.join(DATA, "test.de"), encoding="utf-8") as handle:
+        lines = [line.rstrip("\n") for line in handle][:count]
+    return pad_sequences([[*tokenizer.encode(line), 2] for line in lines], 1)
+
+
+def test_plain_transformer_converts_as_an_ar_only_model(converted: dict[str, str]) -> None:
+    config = load_pretrained(converted["transformer"]).config
+    assert config.extra["fairseq_arch"] == "transformer"
+    assert (config.ar_stream, config.ar_start, config.has_nar) == ("content", "eos", False)
+    assert (config.source_bos, config.source_eos) == (False, True)
+    assert (config.normalize_before, config.final_norms, config.activation) == (False, False, "relu")
+
+
+@pytest.mark.parametrize("golden, beam", [("ar_transformer_greedy.txt", 1), ("ar_transformer_beam5.txt", 5)])
+def test_plain_transformer_matches_fairseq_generate(golden: str, beam: int, converted: dict[str, str]) -> None:
+    """A converted fairseq ``transformer`` (``--task translation``) decoded with compat="fairseq"
+    == ``fairseq-generate --beam N``: tokens, ``<unk>`` included, positional scores and score."""
+    model, tokenizer = load_pretrained(converted["transformer"]), load_tokenizer(converted["transformer"])
+    hypotheses, positional = read_golden(os.path.join(DATA, golden))
+    src, lengths = transformer_sources(tokenizer, len(hypotheses))
+    found = fairseq_decoding.ar_beam_search(model, src, lengths, beam)
+    api = generate(model, src, lengths, mode="ar", beam=beam, compat="fairseq", return_scores=True)
+    for index, hypothesis in enumerate(found):
+        score, text = hypotheses[index]
+        assert tokenizer.symbols_of(hypothesis.tokens) == text, f"sentence {index}"
+        assert [value / math.log(2) for value in hypothesis.positional_scores] == pytest.approx(
+            positional[index], abs=2e-4
+        )
+        assert hypothesis.score / math.log(2) == pytest.approx(score, abs=1e-4)
+        assert tokenizer.symbols_of(api.tokens[index]) == text
+    assert sum("<unk>" in text for _, text in hypotheses.values()) >= 5
+    assert len({text for _, text in hypotheses.values()}) == len(hypotheses)
+
+
+def test_plain_transformer_teacher_forced_scores_match_fairseq(converted: dict[str, str]) -> None:
+    """The model's full-sequence AR pass (``ar_hidden``, causal content stream) on fairseq's beam-5
+    hypotheses (``</s> y``) gives fairseq's positional scores: an independent check of the
+    incremental step the golden test above runs."""
+    model, tokenizer = load_pretrained(converted["transformer"]), load_tokenizer(converted["transformer"])
+    hypotheses, positional = read_golden(os.path.join(DATA, "ar_transformer_beam5.txt"))
+    src, lengths = transformer_sources(tokenizer, len(hypotheses))
+    targets = [[2, *tokenizer.encode(hypotheses[i][1]), 2] for i in range(len(hypotheses))]
+    tgt, tgt_lengths = pad_sequences(targets, 1)
+    with torch.inference_mode():
+        logits = model.output_logits(model.ar_hidden(tgt, tgt_lengths, model.encode(src, lengths)))
+        log_probs = F.log_softmax(logits.float(), -1).gather(2, tgt[:, 1:, None]).squeeze(2) / math.log(2)
+    for index, target in enumerate(targets):
+        assert log_probs[index, : len(target) - 1].tolist() == pytest.approx(positional[index], abs=2e-4)
+
+
+def test_plain_transformer_refuses_what_it_cannot_do(converted: dict[str, str], tmp_path) -> None:
+    model, tokenizer = load_pretrained(converted["transformer"]), load_tokenizer(converted["transformer"])
+    src, lengths = transformer_sources(tokenizer, 2)
+    with pytest.raises(ValueError, match="no NAR side"):
+        generate(model, src, lengths, mode="nar", compat="fairseq")
+    with pytest.raises(ValueError, match="compat='fairseq'"):
+        generate(model, src, lengths, mode="ar")
+    assert unsupported_reason(model) is not None  # no native two-stream step for it: PyTorch runs it
+    from janus_fast.translator import Translator
+
+    translator = Translator.from_pretrained(converted["transformer"])
+    with pytest.raises(ValueError, match="no NAR side"):
+        translator.translate(["ein mann ."], mode="nar")
+    assert translator.translate(["ein mann ."], mode="ar", beam=2, compat="fairseq")[0]
+
+
+def test_cli_translates_a_plain_transformer_as_fairseq_generate(tmp_path) -> None:
+    """End to end through the CLI: convert the fairseq transformer, translate with --compat fairseq
+    --mode ar --beam 5: fairseq-generate's hypotheses, line for line."""
+    model_dir = str(tmp_path / "model")
+    checkpoint, dictionary = os.path.join(DATA, "transformer.pt"), os.path.join(DATA, "dict.txt")
+    assert cli_main(["convert", "--fairseq", checkpoint, "--dict", dictionary, "--output", model_dir]) == 0
+    hypotheses, _ = read_golden(os.path.join(DATA, "ar_transformer_beam5.txt"))
+    source = tmp_path / "in.txt"
+    with open(os.path.join(DATA, "test.de"), encoding="utf-8") as handle:
+        source.write_text("".join([line for line in handle][: len(hypotheses)]), encoding="utf-8")
+    out = tmp_path / "out.txt"
+    args = ["translate", "--model", model_dir, "--compat", "fairseq", "--mode", "ar", "--beam", "5"]
+    assert cli_main(args + ["-i", str(source), "-o", str(out), "--no-progress"]) == 0
+    assert out.read_text(encoding="utf-8").splitlines() == [hypotheses[i][1] for i in range(len(hypotheses))]
+
+
+def test_bench_times_a_plain_transformer_in_compat_mode(converted: dict[str, str], tmp_path) -> None:
+    """``janus-fast bench --compat fairseq`` on a converted transformer times its AR search rows."""
+    from janus_fast.benchmarks.decoding import run_bench
+
+    with open(os.path.join(DATA, "test.de"), encoding="utf-8") as handle:
+        lines = [line for line in handle][:6]
+    (tmp_path / "test_2016_flickr.de").write_text("".join(lines), encoding="utf-8")
+    (tmp_path / "test_2016_flickr.en").write_text("".join(lines), encoding="utf-8")
+    report = run_bench(converted["transformer"], str(tmp_path), limit=6, batch1_sentences=2, compat="fairseq")
+    names = [row["setting"] for row in report["rows"]]
+    assert names == [
+        "reference fairseq-compat AR greedy",
+        "reference fairseq-compat AR beam 5",
+        "engine fairseq-compat AR greedy",
+        "engine fairseq-compat AR beam 5",
+    ]
+    assert all(row["batch_ms_per_sentence"] > 0 and row["gflop_per_sentence"] > 0 for row in report["rows"])

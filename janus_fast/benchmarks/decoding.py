@@ -49,6 +49,8 @@ class Setting:
 
     @property
     def name(self) -> str:
+        if self.compat == "fairseq" and self.mode == "ar":
+            return f"{self.decoder} fairseq-compat AR {'greedy' if self.beam == 1 else f'beam {self.beam}'}"
         if self.compat == "fairseq":
             return f"{self.decoder} fairseq-compat NAR max-iter={self.iterations} lb={self.length_beam}"
         if self.mode == "nar":
@@ -63,9 +65,16 @@ class Setting:
         return {**options, "compat": self.compat} if self.compat != "janus" else options
 
 
-def settings(compat: str = "janus") -> list[Setting]:
-    """The rows of the table: for ``compat="fairseq"`` (a converted fairseq CMLM) the
-    fairseq-compatible mask-predict only; otherwise every decoder and mode of this project."""
+def settings(compat: str = "janus", has_nar: bool = True) -> list[Setting]:
+    """The rows of the table: for ``compat="fairseq"`` (a converted fairseq model) the
+    fairseq-compatible mask-predict, or for a plain transformer (``has_nar`` False) its beam
+    search (greedy and beam 5); otherwise every decoder and mode of this project."""
+    if compat == "fairseq" and not has_nar:
+        return [
+            Setting(decoder, "ar", beam=beam, compat="fairseq")
+            for decoder in ("reference", "engine")
+            for beam in (1, 5)
+        ]
     if compat == "fairseq":
         return [
             Setting(decoder, "nar", iterations=t, compat="fairseq")
@@ -101,7 +110,7 @@ def flops_per_sentence(config: JanusConfig, setting: Setting, source_length: flo
         per_row = 2 * 4 * d * d + 2 * 2 * d * ffn + 2 * 2 * (keys + source_length) * d
         return config.decoder_layers * rows * per_row
 
-    if setting.compat == "fairseq":  # max-iter + 1 passes, every position projected (an upper bound)
+    if setting.compat == "fairseq" and setting.mode == "nar":  # max-iter + 1 passes, all positions projected
         rows = setting.length_beam * target_length
         passes = setting.iterations + 1
         return encoder + cross_kv + passes * (decoder_rows(rows, target_length) + 2 * rows * vocab * d)
@@ -114,8 +123,10 @@ def flops_per_sentence(config: JanusConfig, setting: Setting, source_length: flo
         rescore = decoder_rows(2 * contexts, target_length / 2) + 2 * contexts * vocab * d if setting.ar_rescore else 0
         return encoder + cross_kv + setting.iterations * per_iteration + rescore
     steps = target_length - 1
-    # each step runs a content row and a query row (two streams) over a cache of ~L/2 keys
-    per_step = setting.beam * (decoder_rows(2, target_length / 2) + 2 * vocab * d)
+    # each step runs a content row and a query row (two streams; a plain transformer: the content
+    # row alone) over a cache of ~L/2 keys
+    streams = 2 if config.has_nar else 1
+    per_step = setting.beam * (decoder_rows(streams, target_length / 2) + 2 * vocab * d)
     return encoder + cross_kv + steps * per_step
 
 
@@ -182,7 +193,7 @@ def run_bench(
     peak = matmul_peak_gflops(device=device)
     rows = []
     greedy_outputs: list[str] = []
-    for setting in settings(compat):
+    for setting in settings(compat, config.has_nar):
         if setting.translator_key not in translators:
             continue
         translator = translators[setting.translator_key]
