@@ -58,8 +58,6 @@ def unsupported_reason(model: JanusModel) -> str | None:
         return "the model is in training mode"
     if model.output_projection is not None:
         return "the model has a separate (quantized) output projection"
-    if model.config.ar_stream != "query":
-        return "the model's decoder is a plain transformer's (AR from the content stream)"
     for module in model.decoder_layers.modules():
         if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
             return f"the decoder has {type(module).__name__} layers"
@@ -140,6 +138,8 @@ class NativeDecoder:
         self.embed_scale = float(model.embed_scale)
         self.mask_id = config.mask_id
         self.query_position_offset = config.query_position_offset
+        # False: a plain transformer decoder, whose content row predicts (JanusConfig.ar_stream)
+        self.query_stream = config.ar_stream == "query"
         self.post_norm = not config.normalize_before
         self.relu = config.activation == "relu"
         self.parameters = list(model.parameters())  # walked once: checking versions is then cheap
@@ -262,6 +262,7 @@ class NativeDecoder:
             *self._decoder_arguments(),
             self.mask_id,
             self.query_position_offset,
+            self.query_stream,
             tokens,
             step,
             keys,
@@ -341,8 +342,11 @@ class NativeDecoder:
         """Teacher-forced P_AR log-probabilities of packed rows, as ``model.ar_hidden`` followed by a
         log-softmax: tokens, positions (P,) int64 the content tokens of N rows, row by row (each
         sees its row up to itself); row_offsets (N + 1,) int64; memory per row; targets (P,) int64
-        the token to score after each position. Returns (P,) float32 log-probabilities.
+        the token to score after each position. Returns (P,) float32 log-probabilities. JANUS
+        models only (the two-stream pass; AR rescoring of NAR candidates).
         """
+        if not self.query_stream:
+            raise ValueError("ar_scores runs the two-stream pass; this model is a plain transformer")
         keys, values, lengths = memory
         return torch.ops.janus_fast.decoder_ar_score(
             *self._decoder_arguments(),

@@ -437,14 +437,20 @@ def test_plain_transformer_converts_as_an_ar_only_model(converted: dict[str, str
 
 
 @pytest.mark.parametrize("golden, beam", [("ar_transformer_greedy.txt", 1), ("ar_transformer_beam5.txt", 5)])
-def test_plain_transformer_matches_fairseq_generate(golden: str, beam: int, converted: dict[str, str]) -> None:
+@pytest.mark.parametrize("decoder", ["engine", "reference"])
+def test_plain_transformer_matches_fairseq_generate(
+    decoder: str, golden: str, beam: int, converted: dict[str, str]
+) -> None:
     """A converted fairseq ``transformer`` (``--task translation``) decoded with compat="fairseq"
-    == ``fairseq-generate --beam N``: tokens, ``<unk>`` included, positional scores and score."""
+    == ``fairseq-generate --beam N``: tokens, ``<unk>`` included, positional scores and score, on
+    the native AR steps (content stream only) and on the PyTorch model's."""
     model, tokenizer = load_pretrained(converted["transformer"]), load_tokenizer(converted["transformer"])
+    if decoder == "engine" and unsupported_reason(model) is not None:
+        pytest.skip(unsupported_reason(model))
     hypotheses, positional = read_golden(os.path.join(DATA, golden))
     src, lengths = transformer_sources(tokenizer, len(hypotheses))
-    found = fairseq_decoding.ar_beam_search(model, src, lengths, beam)
-    api = generate(model, src, lengths, mode="ar", beam=beam, compat="fairseq", return_scores=True)
+    found = fairseq_decoding.ar_beam_search(model, src, lengths, beam, native=decoder == "engine")
+    api = generate(model, src, lengths, mode="ar", beam=beam, compat="fairseq", decoder=decoder, return_scores=True)
     for index, hypothesis in enumerate(found):
         score, text = hypotheses[index]
         assert tokenizer.symbols_of(hypothesis.tokens) == text, f"sentence {index}"
@@ -480,7 +486,6 @@ def test_plain_transformer_refuses_what_it_cannot_do(converted: dict[str, str], 
         generate(model, src, lengths, mode="nar", compat="fairseq")
     with pytest.raises(ValueError, match="compat='fairseq'"):
         generate(model, src, lengths, mode="ar")
-    assert unsupported_reason(model) is not None  # no native two-stream step for it: PyTorch runs it
     from janus_fast.translator import Translator
 
     translator = Translator.from_pretrained(converted["transformer"])

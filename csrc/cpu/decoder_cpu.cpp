@@ -362,9 +362,11 @@ struct PassStates {
 };
 
 // One AR step of both streams (appending the content keys/values to the caches): the query
-// stream's last states, one row per sentence.
+// stream's last states, one row per sentence. Without `query_stream` (a plain transformer decoder)
+// the content row alone runs every layer and its last states predict.
 PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
-                     int64_t mask_id, int64_t query_position_offset, const at::Tensor& tokens, int64_t step,
+                     int64_t mask_id, int64_t query_position_offset, bool query_stream, const at::Tensor& tokens,
+                     int64_t step,
                      at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
                      at::TensorList cache_keys, at::TensorList cache_values) {
   const DecoderWeights d = parse_weights(weights, num_heads);
@@ -378,8 +380,9 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
                     "decoder_ar_step: one cache tensor per layer (", num_layers, ") expected");
   TORCH_CHECK_VALUE(query_position_offset == 0 || query_position_offset == 1,
                     "decoder_ar_step: query_position_offset must be 0 or 1, got ", query_position_offset);
-  TORCH_CHECK_VALUE(step >= 0 && step + query_position_offset < d.max_positions, "decoder_ar_step: step ", step,
-                    " outside [0, ", d.max_positions - query_position_offset, ")");
+  const int64_t query_offset = query_stream ? query_position_offset : 0;
+  TORCH_CHECK_VALUE(step >= 0 && step + query_offset < d.max_positions, "decoder_ar_step: step ", step,
+                    " outside [0, ", d.max_positions - query_offset, ")");
   for (int64_t l = 0; l < num_layers; ++l) {
     for (const at::Tensor* t : {&cache_keys[l], &cache_values[l]}) {
       TORCH_CHECK_VALUE(t->dim() == 4 && t->size(0) == batch && t->size(1) == d.heads && t->size(2) > step &&
@@ -394,7 +397,7 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
   const int64_t* token_ids = token_values.data_ptr<int64_t>();
 
   // rows 0..B-1: content stream (y_step at `step`); rows B..2B-1: query stream (mask at step + offset)
-  const int64_t rows = 2 * batch, dim = d.dim;
+  const int64_t rows = (query_stream ? 2 : 1) * batch, dim = d.dim;
   thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer;
   float* x = scratch(x_buffer, rows * dim);
   float* h = scratch(h_buffer, rows * dim);
@@ -405,7 +408,7 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
   const float scale = static_cast<float>(embed_scale);
   for (int64_t b = 0; b < batch; ++b) {
     embed(d, token_ids[b], step, scale, x + b * dim);
-    embed(d, mask_id, step + query_position_offset, scale, x + (batch + b) * dim);
+    if (query_stream) embed(d, mask_id, step + query_position_offset, scale, x + (batch + b) * dim);
   }
   std::vector<int64_t> memory_row(rows);
   for (int64_t r = 0; r < rows; ++r) memory_row[r] = r % batch;
@@ -413,7 +416,7 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
   for (int64_t l = 0; l < num_layers; ++l) {
     const LayerWeights& layer = d.layers[l];
     // the last layer needs only the query rows past its key/value projection
-    const int64_t first = l == num_layers - 1 ? batch : 0, n = rows - first;
+    const int64_t first = query_stream && l == num_layers - 1 ? batch : 0, n = rows - first;
     float* xs = x + first * dim;
     const float* in = sublayer_input(arch, x, rows, dim, layer.norm1_w, layer.norm1_b, h);
     linear(in, batch, dim, layer.kv, kv, 2 * dim);
@@ -442,16 +445,18 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
     std::vector<int64_t> rows_memory(memory_row.begin() + first, memory_row.end());
     cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], rows_memory, memory.lengths, h, q, a, f);
   }
-  return {d, x + batch * dim, batch};
+  return {d, x + (rows - batch) * dim, batch};
 }
 
 // decoder_ar_step: the step's (B, V) logits.
 at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
-                           int64_t mask_id, int64_t query_position_offset, const at::Tensor& tokens, int64_t step,
-                           at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
-                           at::TensorList cache_keys, at::TensorList cache_values) {
+                           int64_t mask_id, int64_t query_position_offset, bool query_stream,
+                           const at::Tensor& tokens, int64_t step, at::TensorList memory_keys,
+                           at::TensorList memory_values, const at::Tensor& memory_lengths, at::TensorList cache_keys,
+                           at::TensorList cache_values) {
   const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
-                                 tokens, step, memory_keys, memory_values, memory_lengths, cache_keys, cache_values);
+                                 query_stream, tokens, step, memory_keys, memory_values, memory_lengths, cache_keys,
+                                 cache_values);
   return vocabulary_logits(s.d, s.states, s.rows);
 }
 
@@ -649,7 +654,8 @@ std::tuple<at::Tensor, at::Tensor> decoder_nar_fill(at::TensorList weights, int6
 // sentence's length limit), and its log-probability; no (B, V) logits are returned.
 std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy(at::TensorList weights, int64_t num_heads, double embed_scale,
                                                      bool post_norm, bool relu, int64_t mask_id,
-                                                     int64_t query_position_offset, const at::Tensor& tokens,
+                                                     int64_t query_position_offset, bool query_stream,
+                                                     const at::Tensor& tokens,
                                                      int64_t step, at::TensorList memory_keys,
                                                      at::TensorList memory_values, const at::Tensor& memory_lengths,
                                                      at::TensorList cache_keys, at::TensorList cache_values,
@@ -674,7 +680,8 @@ std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy(at::TensorList weights, int
   for (int64_t b = 0; b < forced.size(0); ++b)
     if (forced_values.data_ptr<bool>()[b]) forced_ids[b] = forced_id;
   const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
-                                 tokens, step, memory_keys, memory_values, memory_lengths, cache_keys, cache_values);
+                                 query_stream, tokens, step, memory_keys, memory_values, memory_lengths, cache_keys,
+                                 cache_values);
   return select_tokens(s.d, s.states, s.rows, excluded, forced_ids.data());
 }
 
@@ -898,13 +905,13 @@ std::string decoder_isa() { return core::isa_name(active_isa()); }
 TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
   m.def(
       "decoder_ar_step(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
-      "int query_position_offset, Tensor tokens, int step, Tensor[] memory_keys, Tensor[] memory_values, "
+      "int query_position_offset, bool query_stream, Tensor tokens, int step, Tensor[] memory_keys, Tensor[] memory_values, "
       "Tensor memory_lengths, "
       "Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values) -> Tensor",
       &decoder_ar_step);
   m.def(
       "decoder_ar_greedy(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
-      "int query_position_offset, Tensor tokens, int step, Tensor[] memory_keys, Tensor[] memory_values, "
+      "int query_position_offset, bool query_stream, Tensor tokens, int step, Tensor[] memory_keys, Tensor[] memory_values, "
       "Tensor memory_lengths, Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values, Tensor excluded_ids, "
       "Tensor forced, int forced_id) -> (Tensor, Tensor)",
       &decoder_ar_greedy);
