@@ -94,8 +94,8 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
         "--compat",
         choices=("janus", "fairseq"),
         default="janus",
-        help="decoding semantics: this project's (default) or fairseq-generate's mask-predict (docs/fairseq.md); "
-        "with fairseq, --iterations is fairseq's --iter-decode-max-iter (iterations + 1 passes)",
+        help="decoding semantics: this project's (default) or fairseq-generate's mask-predict / AR beam search "
+        "(docs/fairseq.md); with fairseq, --iterations is fairseq's --iter-decode-max-iter (iterations + 1 passes)",
     )
     parser.add_argument(
         "--force-max-iter",
@@ -396,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     average_parser.set_defaults(handler=command_average)
 
     convert_parser = commands.add_parser(
-        "convert", help="convert a fairseq CMLM checkpoint (read without running pickled code) to a janus_fast one"
+        "convert",
+        help="convert a fairseq CMLM, JANUS or transformer checkpoint (read without running pickled code) "
+        "to a janus_fast one",
     )
     convert_parser.add_argument("--fairseq", required=True, metavar="CHECKPOINT.pt", help="fairseq checkpoint")
     convert_parser.add_argument("--dict", required=True, metavar="DICT.txt", help="its (joined) dictionary")
@@ -441,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--compat",
         choices=("janus", "fairseq"),
         default="janus",
-        help="fairseq: time fairseq-generate's mask-predict on a converted fairseq model (pre-tokenised test files)",
+        help="fairseq: time fairseq-generate's decoding (mask-predict, or AR beam search for a transformer) "
+        "on a converted fairseq model (pre-tokenised test files)",
     )
     bench_parser.set_defaults(handler=command_bench)
     return parser
