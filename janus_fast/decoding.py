@@ -6,6 +6,8 @@ or the reference decoders (``janus_fast.reference_decoding``), with the checks o
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from janus_fast import engine, fairseq_decoding, reference_decoding
@@ -86,6 +88,22 @@ def check_ar_rescore(mode: str, compat: str, ar_rescore: bool) -> None:
         raise ValueError("ar_rescore applies to mode='nar' with compat='janus' only")
 
 
+DEFAULT_MAX_LEN = {"janus": (1.2, 10), "fairseq": (0.0, 200)}
+
+
+def resolve_max_len(compat: str, max_len_a: float | None, max_len_b: int | None) -> tuple[float, int]:
+    """The AR length limit's ``(a, b)``: each unset one from ``compat``'s default; ValueError /
+    TypeError for a negative or non-numeric a, or a b that is not an integer >= 0."""
+    default_a, default_b = DEFAULT_MAX_LEN[compat]
+    a = default_a if max_len_a is None else max_len_a
+    b = default_b if max_len_b is None else max_len_b
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
+        raise ValueError(f"max_len_a must be a finite number >= 0, got {max_len_a!r}")
+    if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+        raise ValueError(f"max_len_b must be an integer >= 0, got {max_len_b!r}")
+    return float(a), b
+
+
 def generate(
     model: JanusModel,
     src_tokens: torch.Tensor,
@@ -94,8 +112,8 @@ def generate(
     iterations: int = 10,
     length_beam: int = 3,
     beam: int = 1,
-    max_len_a: float = 1.2,
-    max_len_b: int = 10,
+    max_len_a: float | None = None,
+    max_len_b: int | None = None,
     decoder: str = "engine",
     return_scores: bool = False,
     decoder_weights: str = "fp32",
@@ -121,6 +139,11 @@ def generate(
     mode "ar", its beam search (``--beam``); the tokens then keep ``<unk>`` and the score is
     fairseq's (natural log).
 
+    ``max_len_a``, ``max_len_b`` (mode "ar"): at most ``max_len_a * source length + max_len_b``
+    target tokens. Unset, each compat's own default: 1.2 and 10 for "janus" (per sentence, its
+    source length), fairseq-generate's 0 and 200 for "fairseq" (its padded source width, capped at
+    the model's positions). NAR predicts its lengths and ignores them.
+
     ``collapse_repeats`` (default: on for NAR with compat "janus"): each run of a repeated token
     in the chosen NAR candidate is kept once (``search.collapse_repeats``); the score stays the
     candidate's.
@@ -143,10 +166,13 @@ def generate(
         raise ValueError(f"decoder_weights must be 'fp32', 'bf16' or 'int8', got {decoder_weights!r}")
     if decoder_weights != "fp32" and decoder != "engine":
         raise ValueError("decoder_weights other than 'fp32' need decoder='engine'")
+    max_len_a, max_len_b = resolve_max_len(compat, max_len_a, max_len_b)
     if len(src_lengths) == 0:
         hypotheses = Hypotheses([], [])
     elif compat == "fairseq" and mode == "ar":
-        found = fairseq_decoding.ar_beam_search(model, src_tokens, src_lengths, beam, native=decoder == "engine")
+        found = fairseq_decoding.ar_beam_search(
+            model, src_tokens, src_lengths, beam, max_len_a, max_len_b, native=decoder == "engine"
+        )
         hypotheses = _fairseq_hypotheses(model, found)
     elif compat == "fairseq":
         hypotheses = _fairseq_generate(

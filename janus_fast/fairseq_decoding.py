@@ -227,7 +227,6 @@ def mask_predict(
 
 
 @torch.inference_mode()
-@torch.inference_mode()
 def ar_beam_search(
     model: JanusModel,
     src_tokens: torch.Tensor,
@@ -253,6 +252,8 @@ def ar_beam_search(
     encoder_out = decoder.encode(src_tokens, src_lengths).select(rows)
     decoder.set_rows(encoder_out)
     max_len = min(int(max_len_a * src_tokens.shape[1] + max_len_b), config.max_target_positions - 1)
+    if max_len < 1:
+        raise ValueError(f"max_len_a * source width + max_len_b must allow >= 1 target token, got {max_len}")
     caches = model.new_caches(batch * beam, max_len + 1, encoder_out.states)
     row_limits = torch.full((batch * beam,), max_len + 1, dtype=torch.long, device=src_tokens.device)
     rules = BeamRules(

@@ -430,6 +430,28 @@ def test_ar_search_matches_fairseq_generate(
     assert sum("<unk>" in text for _, text in hypotheses.values()) >= 5
 
 
+def test_fairseq_ar_length_limit(converted: dict[str, str]) -> None:
+    """``max_len_b`` reaches fairseq's search (its ``--max-len-b``; unset it is fairseq's 200): greedy
+    limited to L tokens is fairseq-generate's greedy output cut after L tokens, then ``</s>``."""
+    model, tokenizer = load_pretrained(converted["janus"]), load_tokenizer(converted["janus"])
+    hypotheses, _ = read_golden(os.path.join(DATA, "ar_janus_greedy.txt"))
+    src, lengths = source_batch(tokenizer, len(hypotheses))
+    limit = 4
+    found = generate(model, src, lengths, mode="ar", compat="fairseq", max_len_a=0, max_len_b=limit)
+    unlimited = generate(model, src, lengths, mode="ar", compat="fairseq")
+    cut = 0
+    for index, tokens in enumerate(found):
+        golden = hypotheses[index][1].split()
+        assert tokenizer.symbols_of(tokens).split() == golden[:limit], f"sentence {index}"
+        assert tokenizer.symbols_of(unlimited[index]).split() == golden
+        cut += len(golden) > limit
+    assert cut >= 10
+    with pytest.raises(ValueError, match="max_len"):
+        generate(model, src, lengths, mode="ar", compat="fairseq", max_len_a=0, max_len_b=0)
+    with pytest.raises(ValueError, match="max_len_a"):
+        generate(model, src, lengths, mode="ar", compat="fairseq", max_len_a=-1.0)
+
+
 def test_fairseq_ar_beam_is_checked(converted: dict[str, str]) -> None:
     model, tokenizer = load_pretrained(converted["janus"]), load_tokenizer(converted["janus"])
     src, lengths = source_batch(tokenizer, 2)
