@@ -19,6 +19,13 @@ from .length import length_candidates
 TRITON_AVAILABLE = _triton is not None
 
 __all__ = [
-    "DTYPES", "HEAD_DIMS", "MASK_KINDS", "TRITON_AVAILABLE", "attention_reference", "fused_attention",
-    "interpreting", "length_candidates", "length_candidates_reference",
+    "DTYPES",
+    "HEAD_DIMS",
+    "MASK_KINDS",
+    "TRITON_AVAILABLE",
+    "attention_reference",
+    "fused_attention",
+    "interpreting",
+    "length_candidates",
+    "length_candidates_reference",
 ]

@@ -100,13 +100,37 @@ if triton is not None:
 
     @triton.jit
     def _attention_forward_kernel(
-        Q, K, V, Out, KeyLengths, NumMasked,
-        stride_qb, stride_qh, stride_qm, stride_qd,
-        stride_kb, stride_kh, stride_kn, stride_kd,
-        stride_vb, stride_vh, stride_vn, stride_vd,
-        stride_ob, stride_oh, stride_om, stride_od,
-        num_heads, num_queries, num_keys, query_offset, scale,
-        MASK_KIND: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        Q,
+        K,
+        V,
+        Out,
+        KeyLengths,
+        NumMasked,
+        stride_qb,
+        stride_qh,
+        stride_qm,
+        stride_qd,
+        stride_kb,
+        stride_kh,
+        stride_kn,
+        stride_kd,
+        stride_vb,
+        stride_vh,
+        stride_vn,
+        stride_vd,
+        stride_ob,
+        stride_oh,
+        stride_om,
+        stride_od,
+        num_heads,
+        num_queries,
+        num_keys,
+        query_offset,
+        scale,
+        MASK_KIND: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
         DOT_FP32: tl.constexpr = False,
     ):
         block_m = tl.program_id(0)
@@ -165,8 +189,12 @@ if triton is not None:
 
 
 def _check_attention_inputs(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_kind: str,
-    key_lengths: torch.Tensor | None, num_masked: torch.Tensor | None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask_kind: str,
+    key_lengths: torch.Tensor | None,
+    num_masked: torch.Tensor | None,
 ) -> None:
     if mask_kind not in MASK_KINDS:
         raise ValueError(f"unknown mask_kind {mask_kind!r}; expected one of {sorted(MASK_KINDS)}")
@@ -204,9 +232,21 @@ def _forward(q, k, v, mask_kind, key_lengths, num_masked, query_offset, scale, b
     out = torch.empty_like(q)
     masked = num_masked if num_masked is not None else key_lengths
     args = (
-        q, k, v, out, key_lengths, masked,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        heads, num_queries, k.shape[2], query_offset, scale,
+        q,
+        k,
+        v,
+        out,
+        key_lengths,
+        masked,
+        *q.stride(),
+        *k.stride(),
+        *v.stride(),
+        *out.stride(),
+        heads,
+        num_queries,
+        k.shape[2],
+        query_offset,
+        scale,
     )
     kind = MASK_KINDS[mask_kind]
     if block_sizes is None and not interpreting():
@@ -240,8 +280,12 @@ class _FusedAttention(torch.autograd.Function):
         with torch.enable_grad():
             inputs = [t.detach().requires_grad_(True) for t in (q, k, v)]
             out = attention_reference(
-                *inputs, mask_kind=mask_kind, key_lengths=key_lengths,
-                num_masked=masked if has_masked else None, query_offset=query_offset, scale=scale,
+                *inputs,
+                mask_kind=mask_kind,
+                key_lengths=key_lengths,
+                num_masked=masked if has_masked else None,
+                query_offset=query_offset,
+                scale=scale,
             )
             grads = torch.autograd.grad(out, inputs, grad_out)
         return (*grads, None, None, None, None, None, None)
@@ -275,6 +319,13 @@ def fused_attention(
     _check_attention_inputs(q, k, v, mask_kind, key_lengths, num_masked)
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[3])
     return _FusedAttention.apply(
-        q, k, v, mask_kind, key_lengths.contiguous(), None if num_masked is None else num_masked.contiguous(),
-        int(query_offset), float(scale), block_sizes,
+        q,
+        k,
+        v,
+        mask_kind,
+        key_lengths.contiguous(),
+        None if num_masked is None else num_masked.contiguous(),
+        int(query_offset),
+        float(scale),
+        block_sizes,
     )
