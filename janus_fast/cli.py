@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import typing
 import warnings
 from collections.abc import Sequence
 
@@ -15,19 +16,18 @@ from janus_fast.arguments import check_writable, check_writable_directory
 from janus_fast.checkpoint import CheckpointError
 from janus_fast.data import InputError, decode_utf8, read_lines
 
-_OPTIONAL_TYPES = {
-    "train_limit": int,
-    "valid_limit": int,
-    "max_updates": int,
-    "threads": int,
-    "train_target": str,
-    "init_from": str,
-    "max_minutes": float,
-}
+
+def _optional_type(hint: object) -> type:
+    """``int`` for ``int | None`` (an option whose default is None)."""
+    kinds = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if len(kinds) != 1 or not isinstance(kinds[0], type):
+        raise TypeError(f"no command-line type for {hint!r}")
+    return kinds[0]
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, instance: object, prefix: str = "") -> None:
-    """One ``--option`` per dataclass field, typed from its default."""
+    """One ``--option`` per dataclass field, typed from its annotation (``int | None``: int)."""
+    hints = typing.get_type_hints(type(instance))
     for item in dataclasses.fields(instance):
         if not item.metadata.get("cli", True):
             continue
@@ -39,7 +39,7 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, instance: object, pr
         if isinstance(value, bool):
             parser.add_argument(flag, dest=prefix + item.name, action=argparse.BooleanOptionalAction, default=value)
         else:
-            kind = type(value) if value is not None else _OPTIONAL_TYPES.get(item.name, str)
+            kind = type(value) if value is not None else _optional_type(hints[item.name])
             parser.add_argument(flag, dest=prefix + item.name, type=kind, default=value, help=f"default: {value}")
 
 

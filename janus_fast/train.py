@@ -6,6 +6,8 @@ Output directory layout::
     OUT/last/             the latest checkpoint + train_state.pt (resume point, written every
                           --save-every updates and at each epoch end)
     OUT/best/             the checkpoint with the best validation BLEU
+    OUT/saves/u000900/    with --keep-every N: the model at every multiple of N updates (no train
+                          state), for ``janus-fast average``
     OUT/metrics.jsonl     one JSON record per log interval and per validation
 
 A run restarted with the same OUT resumes exactly where ``last`` was saved: model, optimizer,
@@ -74,6 +76,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (and save) after this much training time
     device: str = "cpu"
     save_every: int = 200
+    keep_every: int | None = None  # also keep the model every N updates in OUT/saves/ (for averaging)
     log_every: int = 20
     seed: int = 1
     precision: str = "auto"  # "auto" (bf16 autocast only where the CPU has native bf16), "bf16", "fp32"
@@ -98,7 +101,7 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("max_tokens", "epochs", "save_every", "log_every", "warmup_updates", "valid_iterations"):
             check_int(name, getattr(self, name), 1)
-        for name in ("max_updates", "train_limit", "valid_limit", "threads"):
+        for name in ("max_updates", "train_limit", "valid_limit", "threads", "keep_every"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), 0 if name == "max_updates" else 1)
         for name in ("lr", "clip_norm"):
@@ -363,6 +366,14 @@ class Run:
             )
         self.context.barrier()
 
+    def keep_model(self) -> None:
+        """The model as it is now in ``OUT/saves/uNNNNNN`` (``--keep-every``): a checkpoint
+        without train state, written atomically, for ``janus-fast average``."""
+        if self.context.is_main:
+            directory = os.path.join(self.config.output_dir, "saves", f"u{self.state.update:06d}")
+            replace_directory(directory, lambda path: save_pretrained(self.model, path, self.tokenizer.model_proto))
+        self.context.barrier()
+
     def train_epoch(self, more: Callable[[], bool]) -> bool:
         """Updates of the current epoch from where it stands while ``more()``; True when the epoch
         is complete."""
@@ -416,6 +427,8 @@ class Run:
                 window_tokens, window_loss, window_updates, window_start = 0, 0.0, 0, time.perf_counter()
             if state.update % config.save_every == 0:
                 self.checkpoint(self.last_dir)
+            if config.keep_every and state.update % config.keep_every == 0:
+                self.keep_model()
         bar.close()
         return state.batch_in_epoch >= len(batches)
 
@@ -447,8 +460,8 @@ class Run:
 
 # Options a resumed run may change; any other difference from the saved run is refused.
 RESUME_MAY_CHANGE = frozenset(
-    {"output_dir", "data_dir", "epochs", "max_updates", "max_minutes", "device", "save_every", "log_every",
-     "threads", "progress", "precision", "valid_bleu", "valid_mode", "valid_iterations", "valid_limit"}
+    {"output_dir", "data_dir", "epochs", "max_updates", "max_minutes", "device", "save_every", "keep_every",
+     "log_every", "threads", "progress", "precision", "valid_bleu", "valid_mode", "valid_iterations", "valid_limit"}
 )  # fmt: skip
 
 

@@ -36,6 +36,27 @@ def test_resume_reproduces_uninterrupted_run(corpus_dir, tmp_path, objective):
         assert resumed[update] == pytest.approx(expected[update], rel=1e-6), update
 
 
+def test_keep_every_keeps_the_model_for_averaging(corpus_dir, tmp_path):
+    """``--keep-every 2``: OUT/saves/u000002, u000004, u000006, each the model at that update (the
+    last one equal to ``last/``, written at the same update), loadable and averageable."""
+    from janus_fast.checkpoint import average_checkpoints, load_pretrained
+
+    out = str(tmp_path / "run")
+    train(tiny_train_config(corpus_dir, out, max_updates=6, keep_every=2))
+    saves = sorted(os.listdir(os.path.join(out, "saves")))
+    assert saves == ["u000002", "u000004", "u000006"]
+    assert not os.path.exists(os.path.join(out, "saves", "u000006", "train_state.pt"))
+    kept = [load_pretrained(os.path.join(out, "saves", name)).state_dict() for name in saves]
+    last = load_pretrained(os.path.join(out, "last")).state_dict()
+    for name, tensor in last.items():
+        assert torch.equal(kept[2][name], tensor), name
+    assert any(not torch.equal(kept[0][name], kept[1][name]) for name in last)
+    mean = average_checkpoints([os.path.join(out, "saves", name) for name in saves]).state_dict()
+    name = next(n for n in last if last[n].is_floating_point() and last[n].dim() == 2)
+    expected = sum(state[name].double() for state in kept) / 3
+    assert torch.allclose(mean[name].double(), expected, atol=1e-6)
+
+
 def test_loss_decreases(corpus_dir, tmp_path):
     out = str(tmp_path / "run")
     train(tiny_train_config(corpus_dir, out, max_updates=40, epochs=5, lr=3e-3, warmup_updates=5, log_every=5))
@@ -133,3 +154,29 @@ def test_symmetric_kl_against_direct_formula():
     expected = (0.5 * (kl_pq + kl_qp)).mean()
     torch.testing.assert_close(symmetric_kl(log_p, log_q), expected)
     assert float(symmetric_kl(log_p, log_p)) == 0.0
+
+
+@pytest.mark.slow
+def test_default_model_recipe_runs_and_resumes(corpus_dir, tmp_path):
+    """scripts/train_default_model.sh end to end at a few updates per stage (the shipped model's
+    architecture, a small vocabulary): every stage's output, the saves the averages read, and a
+    rerun that redoes nothing."""
+    data = tmp_path / "data"
+    shutil.copytree(corpus_dir, data)
+    for language in ("de", "en"):
+        shutil.copy(data / f"val.{language}", data / f"test_2016_flickr.{language}")
+    runs = tmp_path / "runs"
+    env = dict(os.environ, DATA_DIR=str(data), RUNS=str(runs), THREADS="1", VOCAB_SIZE="300")
+    env.update(TEACHER_UPDATES="2", STUDENT_UPDATES="4", BRANCH_UPDATES="2", KEEP="1")
+    script = os.path.join(REPO_ROOT, "scripts", "train_default_model.sh")
+    first = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert sorted(os.listdir(runs / "student" / "saves")) == ["u000001", "u000002", "u000003", "u000004"]
+    assert sorted(os.listdir(runs / "branch" / "saves")) == ["u000001", "u000002"]
+    bf16, fp32 = (os.path.getsize(runs / name / "model.safetensors") for name in ("model", "model_fp32"))
+    assert bf16 < 0.6 * fp32  # the bf16 export of the average
+    assert first.stdout.count("test_2016_flickr --mode") == 2
+    stamps = {name: os.stat(runs / name).st_mtime_ns for name in ("distill1.en.gz", "distill2.en.gz", "model")}
+    again = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {name: os.stat(runs / name).st_mtime_ns for name in stamps} == stamps

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The recipe of the shipped model (janus_fast/pretrained/multi30k-de-en/MODEL.md), stage by stage.
+#
+#   DATA_DIR=DIR RUNS=DIR bash scripts/train_default_model.sh
+#
+# DATA_DIR holds Multi30k as {train,val,test_2016_flickr}.{de,en}[.gz]; RUNS (default ~/janus-runs/recipe)
+# keeps every run's state. Every stage is resumable: after a kill, rerun the same command; a stage
+# whose output exists is skipped. About 11 hours on a 2-core CPU with bf16 (most of it stage 3).
+# THREADS (default 2) threads per run. The update counts can be overridden (TEACHER_UPDATES,
+# STUDENT_UPDATES, BRANCH_UPDATES, KEEP, VOCAB_SIZE) for a quick trial; the averaging windows follow them.
+set -euo pipefail
+: "${DATA_DIR:?set DATA_DIR to the Multi30k folder}"
+RUNS=${RUNS:-$HOME/janus-runs/recipe}
+THREADS=${THREADS:-2}
+TEACHER_UPDATES=${TEACHER_UPDATES:-1290}
+STUDENT_UPDATES=${STUDENT_UPDATES:-13830}
+BRANCH_UPDATES=${BRANCH_UPDATES:-2500}
+KEEP=${KEEP:-100}  # keep the model every KEEP updates (for averaging)
+mkdir -p "$RUNS"
+architecture=(--vocab-size "${VOCAB_SIZE:-8000}" --d-model 256 --num-heads 4 --ffn-dim 1024 --encoder-layers 3 --decoder-layers 3
+  --dropout 0.1 --max-tokens 2048 --epochs 1000 --precision auto --threads "$THREADS" --no-progress)
+
+# the corpus file NAME in DATA_DIR, plain or gzipped
+corpus() {
+  local f
+  for f in "$DATA_DIR/$1" "$DATA_DIR/$1.gz"; do [ -f "$f" ] && echo "$f" && return; done
+  echo "missing $DATA_DIR/$1[.gz]" >&2
+  return 1
+}
+# the saves of RUN from update FIRST to LAST (every KEEP), one directory per line
+saves() { local run=$1 first=$2 last=$3 u; for ((u = first; u <= last; u += KEEP)); do printf '%s/saves/u%06d\n' "$run" "$u"; done; }
+# the largest multiple of KEEP <= N
+window_end() { echo $(($1 / KEEP * KEEP)); }
+# distill MODEL OUTPUT: beam 4 on the training sources (resumable; skipped once OUTPUT exists)
+distill() { [ -f "$2" ] || janus-fast distill --model "$1" --mode ar --beam 4 --src "$(corpus train.de)" --output "$2" --no-progress; }
+# janus_run NAME TARGETS INIT LR WARMUP UPDATES: a JANUS run warm-started from INIT on distilled TARGETS
+janus_run() {
+  janus-fast train --output-dir "$RUNS/$1" --data-dir "$DATA_DIR" --objective janus "${architecture[@]}" \
+    --train-target "$2" --init-from "$3" --weights-detach-ar-in-kl --lr "$4" --warmup-updates "$5" \
+    --max-updates "$6" --save-every 50 --keep-every "$KEEP" --valid-iterations 4
+}
+
+echo "== 1. AR teacher (raw data)"
+janus-fast train --output-dir "$RUNS/teacher" --data-dir "$DATA_DIR" --objective ar "${architecture[@]}" \
+  --lr 1e-3 --warmup-updates 300 --max-updates "$TEACHER_UPDATES" --save-every 100
+
+echo "== 2. distilled targets v1: the teacher's beam 4 on the training sources"
+distill "$RUNS/teacher/last" "$RUNS/distill1.en.gz"
+
+echo "== 3. JANUS student, warm-started from the teacher, on the v1 targets"
+janus_run student "$RUNS/distill1.en.gz" "$RUNS/teacher/last" 5e-4 200 "$STUDENT_UPDATES"
+
+echo "== 4. distilled targets v2: the student's average (the 20 saves ending 85% of the way) with beam 4"
+end=$(window_end $((STUDENT_UPDATES * 85 / 100)))
+first=$((end - 19 * KEEP > KEEP ? end - 19 * KEEP : KEEP))
+if [ ! -f "$RUNS/student_avg/config.json" ]; then
+  mapfile -t selected < <(saves "$RUNS/student" "$first" "$end")
+  janus-fast average --models "${selected[@]}" --output "$RUNS/student_avg"
+fi
+distill "$RUNS/student_avg" "$RUNS/distill2.en.gz"
+
+echo "== 5. branch run: warm start from the student's last weights, on the v2 targets, fresh Adam at lr 6.5e-5"
+janus_run branch "$RUNS/distill2.en.gz" "$RUNS/student/last" 6.5e-5 300 "$BRANCH_UPDATES"
+
+echo "== 6. the shipped model: the mean of the branch run's 12 saves ending at its last, bf16 weights"
+end=$(window_end "$BRANCH_UPDATES")
+first=$((end - 11 * KEEP > KEEP ? end - 11 * KEEP : KEEP))
+if [ ! -f "$RUNS/model/config.json" ]; then
+  mapfile -t selected < <(saves "$RUNS/branch" "$first" "$end")
+  janus-fast average --models "${selected[@]}" --output "$RUNS/model_fp32"
+  janus-fast export --model "$RUNS/model_fp32" --output "$RUNS/model" --dtype bf16
+fi
+for setting in "--mode nar --iterations 10 --length-beam 3" "--mode ar --beam 4"; do
+  # shellcheck disable=SC2086
+  echo "test_2016_flickr $setting: $(janus-fast evaluate --model "$RUNS/model" --src "$(corpus test_2016_flickr.de)" \
+    --ref "$(corpus test_2016_flickr.en)" $setting)"
+done
