@@ -363,16 +363,26 @@ def test_janus_plugin_checkpoint_converts_with_its_query_position(converted: dic
     assert (config.normalize_before, config.final_norms, config.activation) == (False, False, "relu")
 
 
+def golden_targets(converted: dict[str, str], name: str, golden: str) -> tuple:
+    """The converted model ``name``, the fixture sources as its task reads them, fairseq's
+    hypotheses from ``golden`` as teacher-forcing targets (the model's AR start token, the
+    hypothesis, ``</s>``), the golden H- lines and P- lines."""
+    model, tokenizer = load_pretrained(converted[name]), load_tokenizer(converted[name])
+    hypotheses, positional = read_golden(os.path.join(DATA, golden))
+    sources = source_batch if name == "janus" else transformer_sources
+    src, lengths = sources(tokenizer, len(hypotheses))
+    start, eos = model.config.ar_start_id, model.config.eos_id
+    targets = [[start, *tokenizer.encode(hypotheses[i][1]), eos] for i in range(len(hypotheses))]
+    return model, src, lengths, targets, hypotheses, positional
+
+
 @pytest.mark.parametrize("native", [True, False], ids=["native_ar_step", "model_ar_hidden"])
 def test_janus_plugin_ar_scores_match_its_generator(native: bool, converted: dict[str, str]) -> None:
     """The plugin's AR (query stream at the last content token's position, ``<unk>`` as query
     token, content keys/values up to it): its greedy hypotheses fed back through our AR pass give
     its positional scores (P- lines, base 2, incl. ``</s>``). The reference is the plugin's
     generator with its AR cache storing each content key once (README.md of the fixtures)."""
-    model, tokenizer = load_pretrained(converted["janus"]), load_tokenizer(converted["janus"])
-    hypotheses, positional = read_golden(os.path.join(DATA, "ar_janus_greedy.txt"))
-    src, lengths = source_batch(tokenizer, len(hypotheses))
-    targets = [[0, *tokenizer.encode(hypotheses[i][1]), 2] for i in range(len(hypotheses))]
+    model, src, lengths, targets, hypotheses, positional = golden_targets(converted, "janus", "ar_janus_greedy.txt")
     tgt, tgt_lengths = pad_sequences(targets, 1)
     with torch.inference_mode():
         if native:
@@ -481,10 +491,7 @@ def test_plain_transformer_teacher_forced_scores_match_fairseq(converted: dict[s
     """The model's full-sequence AR pass (``ar_hidden``, causal content stream) on fairseq's beam-5
     hypotheses (``</s> y``) gives fairseq's positional scores: an independent check of the
     incremental step the golden test above runs."""
-    model, tokenizer = load_pretrained(converted["transformer"]), load_tokenizer(converted["transformer"])
-    hypotheses, positional = read_golden(os.path.join(DATA, "ar_transformer_beam5.txt"))
-    src, lengths = transformer_sources(tokenizer, len(hypotheses))
-    targets = [[2, *tokenizer.encode(hypotheses[i][1]), 2] for i in range(len(hypotheses))]
+    model, src, lengths, targets, _, positional = golden_targets(converted, "transformer", "ar_transformer_beam5.txt")
     tgt, tgt_lengths = pad_sequences(targets, 1)
     with torch.inference_mode():
         logits = model.output_logits(model.ar_hidden(tgt, tgt_lengths, model.encode(src, lengths)))
