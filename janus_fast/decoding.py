@@ -99,9 +99,7 @@ def resolve_max_len(compat: str, max_len_a: float | None, max_len_b: int | None)
     b = default_b if max_len_b is None else max_len_b
     if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
         raise ValueError(f"max_len_a must be a finite number >= 0, got {max_len_a!r}")
-    if isinstance(b, bool) or not isinstance(b, int) or b < 0:
-        raise ValueError(f"max_len_b must be an integer >= 0, got {max_len_b!r}")
-    return float(a), b
+    return float(a), check_int("max_len_b", b, 0)
 
 
 def generate(

@@ -31,6 +31,14 @@ corpus() {
 saves() { local run=$1 first=$2 last=$3 u; for ((u = first; u <= last; u += KEEP)); do printf '%s/saves/u%06d\n' "$run" "$u"; done; }
 # the largest multiple of KEEP <= N
 window_end() { echo $(($1 / KEEP * KEEP)); }
+# average_window RUN COUNT END OUTPUT: the mean of RUN's COUNT saves ending at update END (none
+# before update KEEP) in OUTPUT, unless OUTPUT exists
+average_window() {
+  local first=$(($3 - ($2 - 1) * KEEP > KEEP ? $3 - ($2 - 1) * KEEP : KEEP)) selected
+  [ -f "$4/config.json" ] && return
+  mapfile -t selected < <(saves "$1" "$first" "$3")
+  janus-fast average --models "${selected[@]}" --output "$4"
+}
 # distill MODEL OUTPUT: beam 4 on the training sources (resumable; skipped once OUTPUT exists)
 distill() { [ -f "$2" ] || janus-fast distill --model "$1" --mode ar --beam 4 --src "$(corpus train.de)" --output "$2" --no-progress; }
 # janus_run NAME TARGETS INIT LR WARMUP UPDATES: a JANUS run warm-started from INIT on distilled TARGETS
@@ -51,25 +59,15 @@ echo "== 3. JANUS student, warm-started from the teacher, on the v1 targets"
 janus_run student "$RUNS/distill1.en.gz" "$RUNS/teacher/last" 5e-4 200 "$STUDENT_UPDATES"
 
 echo "== 4. distilled targets v2: the student's average (the 20 saves ending 85% of the way) with beam 4"
-end=$(window_end $((STUDENT_UPDATES * 85 / 100)))
-first=$((end - 19 * KEEP > KEEP ? end - 19 * KEEP : KEEP))
-if [ ! -f "$RUNS/student_avg/config.json" ]; then
-  mapfile -t selected < <(saves "$RUNS/student" "$first" "$end")
-  janus-fast average --models "${selected[@]}" --output "$RUNS/student_avg"
-fi
+average_window "$RUNS/student" 20 "$(window_end $((STUDENT_UPDATES * 85 / 100)))" "$RUNS/student_avg"
 distill "$RUNS/student_avg" "$RUNS/distill2.en.gz"
 
 echo "== 5. branch run: warm start from the student's last weights, on the v2 targets, fresh Adam at lr 6.5e-5"
 janus_run branch "$RUNS/distill2.en.gz" "$RUNS/student/last" 6.5e-5 300 "$BRANCH_UPDATES"
 
 echo "== 6. the shipped model: the mean of the branch run's 12 saves ending at its last, bf16 weights"
-end=$(window_end "$BRANCH_UPDATES")
-first=$((end - 11 * KEEP > KEEP ? end - 11 * KEEP : KEEP))
-if [ ! -f "$RUNS/model/config.json" ]; then
-  mapfile -t selected < <(saves "$RUNS/branch" "$first" "$end")
-  janus-fast average --models "${selected[@]}" --output "$RUNS/model_fp32"
-  janus-fast export --model "$RUNS/model_fp32" --output "$RUNS/model" --dtype bf16
-fi
+average_window "$RUNS/branch" 12 "$(window_end "$BRANCH_UPDATES")" "$RUNS/model_fp32"
+[ -f "$RUNS/model/config.json" ] || janus-fast export --model "$RUNS/model_fp32" --output "$RUNS/model" --dtype bf16
 for setting in "--mode nar --iterations 10 --length-beam 3" "--mode ar --beam 4"; do
   # shellcheck disable=SC2086
   echo "test_2016_flickr $setting: $(janus-fast evaluate --model "$RUNS/model" --src "$(corpus test_2016_flickr.de)" \
