@@ -114,6 +114,13 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
         "decoder pass; better translations, e.g. +1.1 to +1.4 BLEU on the shipped model)",
     )
     parser.add_argument(
+        "--length-bonus",
+        type=float,
+        default=None,
+        help="NAR: rank the length candidates by score + this x length (default: the model's own; "
+        "the shipped model's was tuned on validation)",
+    )
+    parser.add_argument(
         "--on-long-input",
         choices=("truncate", "error"),
         default="truncate",
@@ -145,6 +152,7 @@ def _decode_kwargs(args: argparse.Namespace) -> dict:
         "force_max_iter": args.force_max_iter,
         "collapse_repeats": False if args.keep_repeats else None,
         "ar_rescore": args.ar_rescore,
+        "length_bonus": args.length_bonus,
     }
 
 
@@ -294,6 +302,8 @@ def command_export(args: argparse.Namespace) -> int:
     check_writable_directory(args.output, "--output")
     model = load_pretrained(args.model)
     tokenizer = load_tokenizer(args.model)
+    if args.length_bonus is not None:  # the NAR decoding default kept with the model
+        model.config = dataclasses.replace(model.config, length_bonus=args.length_bonus)
     save_pretrained(model, args.output, dtype=dtype)  # creates the directory
     save_tokenizer(tokenizer, args.output)
     size = sum(os.path.getsize(os.path.join(args.output, name)) for name in os.listdir(args.output))
@@ -386,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--model", required=True, help="checkpoint directory to read")
     export_parser.add_argument("--output", required=True, help="directory to write")
     export_parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16")
+    export_parser.add_argument(
+        "--length-bonus",
+        type=float,
+        default=None,
+        help="store this NAR length bonus as the copy's decoding default (see translate --length-bonus; "
+        "default: keep the source's)",
+    )
     export_parser.set_defaults(handler=command_export)
 
     average_parser = commands.add_parser(

@@ -13,7 +13,7 @@ import torch
 from janus_fast import engine, fairseq_decoding, reference_decoding
 from janus_fast.arguments import check_int
 from janus_fast.model import JanusModel
-from janus_fast.search import Hypotheses
+from janus_fast.search import FAIRSEQ_MAX_LEN, JANUS_MAX_LEN, Hypotheses
 from janus_fast.search import collapse_repeats as collapse_repeated_tokens
 
 MAX_BEAM = 128  # AR beam sizes above this can only be a mistake (rows = sentences x beam)
@@ -88,7 +88,24 @@ def check_ar_rescore(mode: str, compat: str, ar_rescore: bool) -> None:
         raise ValueError("ar_rescore applies to mode='nar' with compat='janus' only")
 
 
-DEFAULT_MAX_LEN = {"janus": (1.2, 10), "fairseq": (0.0, 200)}
+def resolve_length_bonus(model: JanusModel, mode: str, compat: str, length_bonus: float | None) -> float:
+    """The per-token bonus NAR adds to each length candidate's ranking: None = the model's own
+    default (``JanusConfig.length_bonus``) for mode "nar" with compat "janus", else 0.0; a
+    non-zero number where it does not apply (AR, fairseq's ranking) is a ValueError, a non-finite
+    one too."""
+    applies = mode == "nar" and compat == "janus"
+    if length_bonus is None:
+        return model.config.length_bonus if applies else 0.0
+    if isinstance(length_bonus, bool) or not isinstance(length_bonus, (int, float)):
+        raise TypeError(f"length_bonus must be a number or None, got {length_bonus!r}")
+    if not math.isfinite(length_bonus):
+        raise ValueError(f"length_bonus must be a finite number, got {length_bonus!r}")
+    if length_bonus and not applies:
+        raise ValueError("length_bonus applies to mode='nar' with compat='janus' only")
+    return float(length_bonus)
+
+
+DEFAULT_MAX_LEN = {"janus": JANUS_MAX_LEN, "fairseq": FAIRSEQ_MAX_LEN}
 
 
 def resolve_max_len(compat: str, max_len_a: float | None, max_len_b: int | None) -> tuple[float, int]:
@@ -119,6 +136,7 @@ def generate(
     force_max_iter: bool = False,
     collapse_repeats: bool | None = None,
     ar_rescore: bool = False,
+    length_bonus: float | None = None,
 ) -> list[list[int]] | Hypotheses:
     """Translate a padded batch of source ids; returns target ids per sentence (no bos/eos/pad),
     or with ``return_scores`` the ``Hypotheses`` (ids and each sentence's score: mean token
@@ -150,12 +168,18 @@ def generate(
     same model's mean AR log-probability of it (one teacher-forced pass of both streams,
     ``search.ar_candidate_scores``) instead of its mean NAR log-probability; the score is then the
     AR one.
+
+    ``length_bonus`` (NAR, compat "janus"; default: the model's ``config.length_bonus``, 0.0 unless
+    its checkpoint sets one): each length candidate is ranked by its score plus this much per
+    target token (NAR outputs tend to come out short; the shipped model's value was tuned on
+    validation). The returned score stays the candidate's own.
     """
     _check_source(model, src_tokens, src_lengths)
     check_compat(model, compat, mode, iterations, length_beam, force_max_iter, beam)
     check_model_kind(model, mode, compat)
     collapse = resolve_collapse_repeats(mode, compat, collapse_repeats)
     check_ar_rescore(mode, compat, ar_rescore)
+    bonus = resolve_length_bonus(model, mode, compat, length_bonus)
     if compat == "janus":
         check_decoding_options(model, mode, iterations, length_beam, beam)
     if decoder not in ("engine", "reference"):
@@ -179,13 +203,13 @@ def generate(
     elif decoder == "engine":
         if mode == "nar":
             hypotheses = engine.mask_predict(
-                model, src_tokens, src_lengths, iterations, length_beam, decoder_weights, ar_rescore
+                model, src_tokens, src_lengths, iterations, length_beam, decoder_weights, ar_rescore, bonus
             )
         else:
             hypotheses = engine.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b, decoder_weights)
     elif mode == "nar":
         hypotheses = reference_decoding.mask_predict(
-            model, src_tokens, src_lengths, iterations, length_beam, ar_rescore
+            model, src_tokens, src_lengths, iterations, length_beam, ar_rescore, bonus
         )
     else:
         hypotheses = reference_decoding.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b)

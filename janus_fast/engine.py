@@ -30,6 +30,7 @@ from janus_fast.ops import mask_predict_step
 from janus_fast.packed import PackedRows, packed_decode
 from janus_fast.reference_decoding import ar_search as reference_ar_search
 from janus_fast.search import (
+    JANUS_MAX_LEN,
     Hypotheses,
     ar_candidate_scores,
     beam_search,
@@ -59,10 +60,12 @@ def mask_predict(
     length_beam: int = 3,
     decoder_weights: str = "fp32",
     ar_rescore: bool = False,
+    length_bonus: float = 0.0,
 ) -> Hypotheses:
     """Mask-predict as ``janus_fast.reference_decoding.mask_predict``, projecting only masked positions.
     ``ar_rescore``: the AR scores of the finished candidates come from one teacher-forced pass of
     both streams (native where the passes are, else ``search.ar_candidate_scores``).
+    ``length_bonus``: added per target token to each candidate's ranking (``best_length_candidates``).
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
@@ -105,7 +108,7 @@ def mask_predict(
                 if native is not None
                 else ar_candidate_scores(model, tokens, lengths, state.encoder_out)
             )
-        parts.append(best_length_candidates(model, tokens, scores, lengths, state.length_beam, ranking))
+        parts.append(best_length_candidates(model, tokens, scores, lengths, state.length_beam, ranking, length_bonus))
     return Hypotheses.concatenate(parts)
 
 
@@ -136,8 +139,8 @@ def greedy(
     model: JanusModel,
     src_tokens: torch.Tensor,
     src_lengths: torch.Tensor,
-    max_len_a: float = 1.2,
-    max_len_b: int = 10,
+    max_len_a: float = JANUS_MAX_LEN[0],
+    max_len_b: int = JANUS_MAX_LEN[1],
     decoder_weights: str = "fp32",
 ) -> Hypotheses:
     """AR greedy decoding with a preallocated KV cache, as ``ar_search(beam=1)``.
@@ -190,8 +193,8 @@ def ar_search(
     src_tokens: torch.Tensor,
     src_lengths: torch.Tensor,
     beam: int = 1,
-    max_len_a: float = 1.2,
-    max_len_b: int = 10,
+    max_len_a: float = JANUS_MAX_LEN[0],
+    max_len_b: int = JANUS_MAX_LEN[1],
     decoder_weights: str = "fp32",
 ) -> Hypotheses:
     """Greedy through ``greedy``; beam search through ``search.beam_search`` (the reference's loop)

@@ -45,7 +45,7 @@ from janus_fast.attention import MaskSpec
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
 from janus_fast.native_decoder import NativeDecoder, unsupported_reason
 from janus_fast.packed import PackedRows
-from janus_fast.search import BeamRules, finished_beam_search
+from janus_fast.search import FAIRSEQ_MAX_LEN, BeamRules, finished_beam_search
 
 __all__ = ["FairseqHypothesis", "ar_beam_search", "mask_predict", "length_beam_lengths", "remask_counts"]
 
@@ -232,8 +232,8 @@ def ar_beam_search(
     src_tokens: torch.Tensor,
     src_lengths: torch.Tensor,
     beam: int = 1,
-    max_len_a: float = 0.0,
-    max_len_b: int = 200,
+    max_len_a: float = FAIRSEQ_MAX_LEN[0],
+    max_len_b: int = FAIRSEQ_MAX_LEN[1],
     native: bool = True,
 ) -> list[FairseqHypothesis]:
     """fairseq-generate's AR decoding (``--beam N``, its ``SequenceGenerator`` with its defaults

@@ -46,6 +46,9 @@ class JanusConfig:
     max_target_positions: int = 128
     num_length_classes: int = 256
     length_offset: bool = False  # predict tgt_len - src_len + num_length_classes // 2
+    # a decoding default kept with the model: NAR ranks its length candidates by score + this x
+    # length (``search.best_length_candidates``); tuned on validation (``export --length-bonus``)
+    length_bonus: float = field(default=0.0, metadata={"cli": False})
     # architecture variants (defaults: this project's models; converted fairseq models set them)
     normalize_before: bool = field(default=True, metadata={"cli": False})  # pre-norm (False: post-norm)
     final_norms: bool = field(default=True, metadata={"cli": False})  # layer norms after the encoder/decoder
@@ -87,6 +90,8 @@ class JanusConfig:
         for name in ("encoder_layers", "decoder_layers"):  # each layer is Python modules, even on meta
             if getattr(self, name) > MAX_LAYERS:
                 raise ValueError(f"{name} must be <= {MAX_LAYERS}, got {getattr(self, name)}")
+        if not math.isfinite(self.length_bonus):
+            raise ValueError(f"length_bonus must be a finite number, got {self.length_bonus}")
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")

@@ -11,6 +11,7 @@ import torch
 from janus_fast.model import JanusModel
 from janus_fast.ops import mask_predict_step
 from janus_fast.search import (
+    JANUS_MAX_LEN,
     Hypotheses,
     ar_candidate_scores,
     beam_search,
@@ -28,6 +29,7 @@ def mask_predict(
     num_iterations: int = 10,
     length_beam: int = 3,
     ar_rescore: bool = False,
+    length_bonus: float = 0.0,
 ) -> Hypotheses:
     """NAR mask-predict (Ghazvininejad et al. 2019) exactly as ``docs/method.md`` says.
 
@@ -35,7 +37,8 @@ def mask_predict(
     and log-probability, then re-masks the n = floor((L-2)(T-1-t)/T) lowest-scoring real tokens
     (``janus_fast.ops.mask_predict_step``). T iterations are T decoder passes; the last re-masks
     nothing. Per sentence, the candidate with the highest mean log-probability wins, or with
-    ``ar_rescore`` the one with the highest mean AR log-probability (``search.ar_candidate_scores``).
+    ``ar_rescore`` the one with the highest mean AR log-probability (``search.ar_candidate_scores``),
+    plus ``length_bonus`` per target token of the candidate.
 
     src_tokens (B, S) int64, src_lengths (B,) int64 (>= 1).
     """
@@ -48,7 +51,9 @@ def mask_predict(
             )
         ranking = ar_candidate_scores(model, state.tokens, state.lengths, state.encoder_out) if ar_rescore else None
         parts.append(
-            best_length_candidates(model, state.tokens, state.scores, state.lengths, state.length_beam, ranking)
+            best_length_candidates(
+                model, state.tokens, state.scores, state.lengths, state.length_beam, ranking, length_bonus
+            )
         )
     return Hypotheses.concatenate(parts)
 
@@ -59,8 +64,8 @@ def ar_search(
     src_tokens: torch.Tensor,
     src_lengths: torch.Tensor,
     beam: int = 1,
-    max_len_a: float = 1.2,
-    max_len_b: int = 10,
+    max_len_a: float = JANUS_MAX_LEN[0],
+    max_len_b: int = JANUS_MAX_LEN[1],
     use_cache: bool = True,
 ) -> Hypotheses:
     """AR beam search on P_AR (beam 1 = greedy; ``search.beam_search``) over the PyTorch model's

@@ -192,10 +192,13 @@ def best_length_candidates(
     lengths: torch.Tensor,
     beam: int,
     ranking: torch.Tensor | None = None,
+    length_bonus: float = 0.0,
 ) -> Hypotheses:
     """Per sentence, the length candidate (row) with the highest mean token log-probability, or
-    with the highest ``ranking`` (N,) where given (e.g. ``ar_candidate_scores``); the hypothesis
-    score is the winner's mean log-probability, or its ranking.
+    with the highest ``ranking`` (N,) where given (e.g. ``ar_candidate_scores``), plus
+    ``length_bonus`` per target token of the candidate (bos/eos not counted; 0.0 = the plain
+    score); the hypothesis score is the winner's mean log-probability, or its ranking, without
+    the bonus.
 
     tokens (B*l, T) int64, scores (B*l, T) float32, lengths (B*l,) int64; rows of a sentence
     adjacent; ties go to the first row.
@@ -205,7 +208,8 @@ def best_length_candidates(
         positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
         real = (positions >= 1) & (positions < lengths[:, None] - 1)
         ranking = (scores * real).sum(1) / real.sum(1).clamp(min=1)
-    best = ranking.view(-1, beam).argmax(1)
+    bonused = ranking + length_bonus * (lengths - 2).to(ranking.dtype) if length_bonus else ranking
+    best = bonused.view(-1, beam).argmax(1)
     chosen = torch.arange(len(best), device=best.device) * beam + best
     specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
     out_tokens = [strip_special(row, config.eos_id, specials) for row in tokens[chosen].tolist()]
@@ -230,6 +234,12 @@ def ar_candidate_scores(
     predicted = log_probs.gather(2, rows[:, 1:, None]).squeeze(2)  # (N, T-1): tokens[1:] given their prefix
     real = inside[:, 1:]
     return (predicted * real).sum(1) / real.sum(1).clamp(min=1)
+
+
+# AR length limits (max_len_a, max_len_b): this project's default, and fairseq-generate's
+# (--max-len-a 0 --max-len-b 200) for compat "fairseq"
+JANUS_MAX_LEN = (1.2, 10)
+FAIRSEQ_MAX_LEN = (0.0, 200)
 
 
 def max_ar_lengths(src_lengths: torch.Tensor, model: JanusModel, max_len_a: float, max_len_b: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from janus_fast.decoding import (
     check_model_kind,
     generate,
     resolve_collapse_repeats,
+    resolve_length_bonus,
 )
 from janus_fast.model import JanusModel
 from janus_fast.native_decoder import unsupported_reason
@@ -155,6 +156,7 @@ class Translator:
         force_max_iter: bool = False,
         collapse_repeats: bool | None = None,
         ar_rescore: bool = False,
+        length_bonus: float | None = None,
     ) -> list[str] | list[tuple[str, float]]:
         """Translations of ``sentences``, in order, one per input (blank input -> ""); with
         ``return_scores`` (translation, score) pairs, the score being the mean token log-probability
@@ -169,6 +171,8 @@ class Translator:
         ``--iter-decode-force-max-iter``). ``collapse_repeats``: as ``janus_fast.decoding.generate``
         (default: NAR outputs keep each run of a repeated token once). ``ar_rescore``: NAR picks
         each sentence's length candidate by the model's AR score of it (``generate``).
+        ``length_bonus``: NAR ranks length candidates by score + this x length (default: the
+        model's own, ``generate``).
         """
         if isinstance(sentences, str):
             raise TypeError("translate() takes a list of sentences, not a single string")
@@ -183,6 +187,7 @@ class Translator:
             force_max_iter,
             collapse_repeats,
             ar_rescore,
+            length_bonus,
         )
         found = self._decode(self.encode_sources(sentences), options, max_batch_tokens, batch_size, progress)
         outputs = [self.tokenizer.decode(ids) if ids is not None else "" for ids in found.tokens]
@@ -201,6 +206,7 @@ class Translator:
         force_max_iter: bool = False,
         collapse_repeats: bool | None = None,
         ar_rescore: bool = False,
+        length_bonus: float | None = None,
     ) -> Hypotheses:
         """``translate`` on token ids: each source is a list of vocabulary ids without bos/eos
         (added as the model's config says); returns the output ids (no bos/eos/pad) and scores,
@@ -216,6 +222,7 @@ class Translator:
             force_max_iter,
             collapse_repeats,
             ar_rescore,
+            length_bonus,
         )
         vocab = self.model.config.vocab_size
         for index, ids in enumerate(sources):
@@ -236,6 +243,7 @@ class Translator:
         force_max_iter: bool,
         collapse_repeats: bool | None,
         ar_rescore: bool,
+        length_bonus: float | None,
     ) -> dict:
         for name, value in (("max_batch_tokens", max_batch_tokens), ("batch_size", batch_size)):
             if value is not None:
@@ -254,6 +262,7 @@ class Translator:
             "force_max_iter": force_max_iter,
             "collapse_repeats": resolve_collapse_repeats(mode, compat, collapse_repeats),
             "ar_rescore": ar_rescore,
+            "length_bonus": resolve_length_bonus(self.model, mode, compat, length_bonus),
         }
 
     def _decode(

@@ -89,6 +89,30 @@ def test_export_bf16_through_the_cli(trained_dir, tmp_path):
     assert same.returncode != 0 and b"must differ" in same.stderr
 
 
+def test_export_stores_a_length_bonus_that_decoding_then_uses(trained_dir, tmp_path):
+    """``export --length-bonus`` keeps the NAR decoding default with the copy: translating with the
+    copy equals translating the source with ``--length-bonus``; the source keeps its own (0.0)."""
+    from test_cli import run_cli
+
+    from janus_fast.checkpoint import read_config
+
+    output = str(tmp_path / "with-bonus")
+    result = run_cli("export", "--model", trained_dir, "--output", output, "--dtype", "fp32", "--length-bonus", "2.5")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert read_config(output)["model"]["length_bonus"] == 2.5
+    assert read_config(trained_dir)["model"]["length_bonus"] == 0.0
+    options = ("--iterations", "2", "--token-ids", "--keep-repeats")
+    ids = "\n".join(" ".join(str(5 + (i * 7 + j) % 40) for j in range(3 + 2 * i)) for i in range(6)).encode() + b"\n"
+    exported = run_cli("translate", "--model", output, *options, stdin=ids)
+    explicit = run_cli("translate", "--model", trained_dir, *options, "--length-bonus", "2.5", stdin=ids)
+    plain = run_cli("translate", "--model", trained_dir, *options, stdin=ids)
+    assert exported.returncode == 0 and exported.stdout == explicit.stdout
+    assert plain.stdout != exported.stdout  # the bonus picks other (longer) candidates somewhere
+    assert len(plain.stdout.split()) < len(exported.stdout.split())
+    bad = run_cli("export", "--model", trained_dir, "--output", str(tmp_path / "bad"), "--length-bonus", "nan")
+    assert bad.returncode != 0 and b"finite" in bad.stderr
+
+
 def test_average_is_the_mean_of_the_weights(tmp_path):
     from janus_fast.checkpoint import average_checkpoints
 

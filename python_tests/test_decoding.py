@@ -272,9 +272,9 @@ def test_ar_rescore_picks_the_candidate_the_ar_side_scores_best(decoder, monkeyp
     src, lengths = sources()
     seen = []
 
-    def observing(model_, tokens, scores, row_lengths, beam, ranking=None):
+    def observing(model_, tokens, scores, row_lengths, beam, ranking=None, length_bonus=0.0):
         seen.append((tokens.clone(), row_lengths.clone(), beam))
-        return best_length_candidates(model_, tokens, scores, row_lengths, beam, ranking)
+        return best_length_candidates(model_, tokens, scores, row_lengths, beam, ranking, length_bonus)
 
     monkeypatch.setattr(engine if decoder == "engine" else reference_decoding, "best_length_candidates", observing)
     options = {"iterations": 3, "length_beam": 3, "collapse_repeats": False, "return_scores": True}
@@ -309,3 +309,73 @@ def test_ar_rescore_engine_equals_reference_and_checks_its_use():
         generate(model, src, lengths, compat="fairseq", iterations=2, ar_rescore=True)
     with pytest.raises(TypeError, match="ar_rescore"):
         generate(model, src, lengths, ar_rescore="yes")
+
+
+@pytest.mark.parametrize("decoder", ["engine", "reference"])
+def test_length_bonus_ranks_candidates_by_score_plus_bonus_per_token(decoder, monkeypatch):
+    """The finished candidates (observed where the decoder picks among them) are ranked by their
+    mean NAR log-probability + bonus x their length: a large bonus picks the longest candidate, a
+    large negative one the shortest; the score returned stays the candidate's own mean."""
+    from conftest import random_model
+
+    from janus_fast import engine, reference_decoding
+    from janus_fast.search import best_length_candidates, strip_special
+
+    model = random_model(3)
+    src, lengths = sources()
+    seen = []
+
+    def observing(model_, tokens, scores, row_lengths, beam, ranking=None, length_bonus=0.0):
+        seen.append((tokens.clone(), scores.clone(), row_lengths.clone(), beam))
+        return best_length_candidates(model_, tokens, scores, row_lengths, beam, ranking, length_bonus)
+
+    monkeypatch.setattr(engine if decoder == "engine" else reference_decoding, "best_length_candidates", observing)
+    options = {"iterations": 3, "length_beam": 3, "collapse_repeats": False, "return_scores": True}
+    config = model.config
+    specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
+    outputs = {}
+    for bonus in (-100.0, 0.0, 0.3, 100.0):
+        seen.clear()
+        outputs[bonus] = found = generate(model, src, lengths, decoder=decoder, length_bonus=bonus, **options)
+        ((tokens, scores, row_lengths, beam),) = seen
+        for sentence in range(len(src)):
+            rows = list(range(sentence * beam, (sentence + 1) * beam))
+            means = [float(scores[r, 1 : row_lengths[r] - 1].double().mean()) for r in rows]
+            sizes = [int(row_lengths[r]) - 2 for r in rows]
+            best = max(range(beam), key=lambda i: (means[i] + bonus * sizes[i], -i))
+            assert found.tokens[sentence] == strip_special(tokens[rows[best]].tolist(), config.eos_id, specials)
+            assert found.scores[sentence] == pytest.approx(means[best], abs=1e-5)
+            if bonus == 100.0:
+                assert sizes[best] == max(sizes)
+            if bonus == -100.0:
+                assert sizes[best] == min(sizes)
+    assert outputs[100.0].tokens != outputs[-100.0].tokens  # the candidates' lengths differ somewhere
+
+
+def test_length_bonus_defaults_to_the_models_own_and_checks_its_use():
+    import dataclasses
+
+    from conftest import random_model
+
+    model = random_model(3)
+    src, lengths = sources()
+    options = {"iterations": 3, "return_scores": True}
+    explicit = generate(model, src, lengths, length_bonus=100.0, **options)
+    plain = generate(model, src, lengths, **options)
+    assert explicit.tokens != plain.tokens
+    model.config = dataclasses.replace(model.config, length_bonus=100.0)
+    assert generate(model, src, lengths, **options) == explicit  # None: the model's default
+    assert generate(model, src, lengths, decoder="reference", **options).tokens == explicit.tokens
+    assert generate(model, src, lengths, length_bonus=0.0, **options).tokens == plain.tokens
+    # AR and fairseq's ranking do not use it: the model's default is ignored, 0.0 accepted
+    assert generate(model, src, lengths, mode="ar") == generate(model, src, lengths, mode="ar", length_bonus=0.0)
+    with pytest.raises(ValueError, match="length_bonus applies"):
+        generate(model, src, lengths, mode="ar", length_bonus=0.5)
+    with pytest.raises(ValueError, match="length_bonus applies"):
+        generate(model, src, lengths, compat="fairseq", iterations=2, length_bonus=0.5)
+    with pytest.raises(ValueError, match="finite"):
+        generate(model, src, lengths, length_bonus=float("inf"))
+    with pytest.raises(TypeError, match="length_bonus"):
+        generate(model, src, lengths, length_bonus=True)
+    with pytest.raises(ValueError, match="finite"):
+        dataclasses.replace(model.config, length_bonus=float("nan"))

@@ -161,13 +161,15 @@ def test_default_model_recipe_runs_and_resumes(corpus_dir, tmp_path):
     """scripts/train_default_model.sh end to end at a few updates per stage (the shipped model's
     architecture, a small vocabulary): every stage's output, the saves the averages read, and a
     rerun that redoes nothing."""
+    from janus_fast.checkpoint import read_config
+
     data = tmp_path / "data"
     shutil.copytree(corpus_dir, data)
     for language in ("de", "en"):
         shutil.copy(data / f"val.{language}", data / f"test_2016_flickr.{language}")
     runs = tmp_path / "runs"
     env = dict(os.environ, DATA_DIR=str(data), RUNS=str(runs), THREADS="1", VOCAB_SIZE="300")
-    env.update(TEACHER_UPDATES="2", STUDENT_UPDATES="4", BRANCH_UPDATES="2", KEEP="1")
+    env.update(TEACHER_UPDATES="2", STUDENT_UPDATES="4", BRANCH_UPDATES="2", KEEP="1", LENGTH_BONUSES="0 0.5 5")
     script = os.path.join(REPO_ROOT, "scripts", "train_default_model.sh")
     first = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -176,7 +178,15 @@ def test_default_model_recipe_runs_and_resumes(corpus_dir, tmp_path):
     bf16, fp32 = (os.path.getsize(runs / name / "model.safetensors") for name in ("model", "model_fp32"))
     assert bf16 < 0.6 * fp32  # the bf16 export of the average
     assert first.stdout.count("test_2016_flickr --mode") == 2
-    stamps = {name: os.stat(runs / name).st_mtime_ns for name in ("distill1.en.gz", "distill2.en.gz", "model")}
+    sweep = (runs / "length_bonus.txt").read_text().splitlines()  # stage 7: the bonus of the best val mean
+    means = {line.split()[3].rstrip(","): float(line.split()[-1]) for line in sweep if "mean" in line}
+    assert list(means) == ["0", "0.5", "5"]
+    assert sweep[-1] == max(means, key=lambda bonus: (means[bonus], -list(means).index(bonus)))
+    assert read_config(str(runs / "model"))["model"]["length_bonus"] == float(sweep[-1])
+    stamps = {
+        name: os.stat(runs / name).st_mtime_ns
+        for name in ("distill1.en.gz", "distill2.en.gz", "length_bonus.txt", "model")
+    }
     again = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert {name: os.stat(runs / name).st_mtime_ns for name in stamps} == stamps

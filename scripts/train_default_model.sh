@@ -7,7 +7,9 @@
 # keeps every run's state. Every stage is resumable: after a kill, rerun the same command; a stage
 # whose output exists is skipped. About 11 hours on a 2-core CPU with bf16 (most of it stage 3).
 # THREADS (default 2) threads per run. The update counts can be overridden (TEACHER_UPDATES,
-# STUDENT_UPDATES, BRANCH_UPDATES, KEEP, VOCAB_SIZE) for a quick trial; the averaging windows follow them.
+# STUDENT_UPDATES, BRANCH_UPDATES, KEEP, VOCAB_SIZE, LENGTH_BONUSES) for a quick trial; the averaging
+# windows follow them.
+# LENGTH_BONUS_SWEEP=MODEL runs only stage 7's sweep on MODEL (e.g. to check a shipped model's bonus).
 set -euo pipefail
 : "${DATA_DIR:?set DATA_DIR to the Multi30k folder}"
 RUNS=${RUNS:-$HOME/janus-runs/recipe}
@@ -16,6 +18,7 @@ TEACHER_UPDATES=${TEACHER_UPDATES:-1290}
 STUDENT_UPDATES=${STUDENT_UPDATES:-13830}
 BRANCH_UPDATES=${BRANCH_UPDATES:-2500}
 KEEP=${KEEP:-100}  # keep the model every KEEP updates (for averaging)
+LENGTH_BONUSES=${LENGTH_BONUSES:-0 0.01 0.02 0.03 0.04 0.05 0.06 0.07 0.08}  # stage 7's grid
 mkdir -p "$RUNS"
 architecture=(--vocab-size "${VOCAB_SIZE:-8000}" --d-model 256 --num-heads 4 --ffn-dim 1024 --encoder-layers 3 --decoder-layers 3
   --dropout 0.1 --max-tokens 2048 --epochs 1000 --precision auto --threads "$THREADS" --no-progress)
@@ -47,6 +50,28 @@ janus_run() {
     --train-target "$2" --init-from "$3" --weights-detach-ar-in-kl --lr "$4" --warmup-updates "$5" \
     --max-updates "$6" --save-every 50 --keep-every "$KEEP" --valid-iterations 4
 }
+# length_bonus_sweep MODEL: per bonus of LENGTH_BONUSES, MODEL's val BLEU at NAR T = 2, 4, 10 and their
+# mean; the last line is the bonus of the best mean (the first on ties)
+length_bonus_sweep() {
+  local bonus iterations bleu total best=0 best_total=-1
+  for bonus in $LENGTH_BONUSES; do
+    total=0
+    for iterations in 2 4 10; do
+      bleu=$(janus-fast evaluate --model "$1" --src "$(corpus val.de)" --ref "$(corpus val.en)" --iterations "$iterations" \
+        --length-bonus "$bonus" --json | python -c 'import json, sys; print(json.load(sys.stdin)["bleu"])')
+      total=$(python -c "print(round($total + $bleu, 2))")
+      echo "# length bonus $bonus, val NAR T=$iterations: $bleu"
+    done
+    echo "# length bonus $bonus, val NAR mean over T = 2, 4, 10: $(python -c "print(round($total / 3, 2))")"
+    if python -c "import sys; sys.exit(not $total > $best_total)"; then best=$bonus best_total=$total; fi
+  done
+  echo "$best"
+}
+
+if [ -n "${LENGTH_BONUS_SWEEP:-}" ]; then
+  length_bonus_sweep "$LENGTH_BONUS_SWEEP"
+  exit
+fi
 
 echo "== 1. AR teacher (raw data)"
 janus-fast train --output-dir "$RUNS/teacher" --data-dir "$DATA_DIR" --objective ar "${architecture[@]}" \
@@ -65,9 +90,14 @@ distill "$RUNS/student_avg" "$RUNS/distill2.en.gz"
 echo "== 5. branch run: warm start from the student's last weights, on the v2 targets, fresh Adam at lr 6.5e-5"
 janus_run branch "$RUNS/distill2.en.gz" "$RUNS/student/last" 6.5e-5 300 "$BRANCH_UPDATES"
 
-echo "== 6. the shipped model: the mean of the branch run's 12 saves ending at its last, bf16 weights"
+echo "== 6. the shipped model: the mean of the branch run's 12 saves ending at its last"
 average_window "$RUNS/branch" 12 "$(window_end "$BRANCH_UPDATES")" "$RUNS/model_fp32"
-[ -f "$RUNS/model/config.json" ] || janus-fast export --model "$RUNS/model_fp32" --output "$RUNS/model" --dtype bf16
+
+echo "== 7. its NAR length bonus (the best mean val BLEU over T = 2, 4, 10), kept with its bf16 weights"
+[ -f "$RUNS/length_bonus.txt" ] || length_bonus_sweep "$RUNS/model_fp32" > "$RUNS/length_bonus.txt"
+cat "$RUNS/length_bonus.txt"
+[ -f "$RUNS/model/config.json" ] || janus-fast export --model "$RUNS/model_fp32" --output "$RUNS/model" --dtype bf16 \
+  --length-bonus "$(tail -1 "$RUNS/length_bonus.txt")"
 for setting in "--mode nar --iterations 10 --length-beam 3" "--mode ar --beam 4"; do
   # shellcheck disable=SC2086
   echo "test_2016_flickr $setting: $(janus-fast evaluate --model "$RUNS/model" --src "$(corpus test_2016_flickr.de)" \
