@@ -272,6 +272,7 @@ def run_bench(
         "cpu": cpu_description(),
         "native_isa": cpu_isa(),
         "compat": compat,
+        "nar_length_bonus": config.length_bonus if compat == "janus" else None,  # the NAR rows' ranking
     }
 
 
@@ -318,6 +319,7 @@ def format_report(report: dict) -> str:
         f"large batch = {report['max_batch_tokens']} tokens, {report['threads']} threads, "
         f"fp32 matmul peak measured: {report['matmul_peak_gflops']:.0f} GFLOP/s",
         f"CPU: {report.get('cpu', 'unknown')}; native matrix products: {report.get('native_isa', 'none')}",
+        f"NAR length bonus (the model's default): {report.get('nar_length_bonus')}",
         "",
         "| setting | batch 1 ms/sent | batch 1 sent/s | large batch ms/sent | large batch sent/s | BLEU "
         "| GFLOP/sent | achieved GFLOP/s | of peak |",
