@@ -111,9 +111,19 @@ setup(
         "numpy>=1.24",
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6", "ruff>=0.5", "ninja", "pybind11", "matplotlib", "ctranslate2>=4"],
+        "dev": [
+            "pytest>=8",
+            "hypothesis>=6",
+            "ruff>=0.5",
+            "ninja",
+            "pybind11",
+            "matplotlib",
+            "ctranslate2>=4",
+            "subword-nmt>=0.3.8",
+        ],
         "triton": ["triton>=3.0"],
         "compare": ["ctranslate2>=4"],
+        "subword-nmt": ["subword-nmt>=0.3.8"],  # convert --bpe subword-nmt (fairseq models cut with BPE codes)
     },
     entry_points={"console_scripts": ["janus-fast=janus_fast.cli:main"]},
     ext_modules=ext_modules,

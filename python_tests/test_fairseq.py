@@ -356,6 +356,37 @@ def test_sentencepiece_bpe_round_trip() -> None:
     assert tokenizer.decode(ids) == "Zwei Hunde spielen im Schnee."
 
 
+def test_subword_nmt_bpe_cuts_as_its_command_line_tool_does(tmp_path, corpus_dir) -> None:
+    """--bpe subword-nmt: codes learnt by subword-nmt itself on the test corpus; the tokenizer (also
+    as saved with a converted model and loaded back) cuts text exactly as `subword-nmt apply-bpe`
+    does (what a fairseq user ran before fairseq-preprocess), and output joins the "@@ " pieces."""
+    pytest.importorskip("subword_nmt", reason="subword-nmt is installed by the dev extra")
+    import shutil
+    import subprocess
+
+    tool = shutil.which("subword-nmt") or pytest.fail("subword-nmt's command-line tool is missing")
+    lines = open(os.path.join(corpus_dir, "train.de"), encoding="utf-8").read().splitlines()
+    codes = tmp_path / "bpe.codes"
+    learnt = subprocess.run([tool, "learn-bpe", "-s", "200"], input="\n".join(lines), capture_output=True, text=True)
+    assert learnt.returncode == 0, learnt.stderr
+    codes.write_text(learnt.stdout, encoding="utf-8")
+    sample = lines[:50] + ["Ein völlig unbekanntesWort mit Ümläuten , und Satzzeichen ."]
+    cut = subprocess.run(
+        [tool, "apply-bpe", "-c", str(codes)], input="\n".join(sample) + "\n", capture_output=True, text=True
+    )
+    assert cut.returncode == 0, cut.stderr
+    expected = cut.stdout.splitlines()
+    assert sum(line.count("@@ ") for line in expected) > 50  # the codes do cut words
+    symbols = sorted({piece for line in expected for piece in line.split()})
+    tokenizer = FairseqTokenizer(["<s>", "<pad>", "</s>", "<unk>", *symbols], "subword-nmt", codes.read_bytes())
+    tokenizer.save(str(tmp_path / "converted"))
+    for loaded in (tokenizer, FairseqTokenizer.load(str(tmp_path / "converted"))):
+        for text, pieces in zip(sample, expected):
+            ids = loaded.encode(text)
+            assert loaded.symbols_of(ids) == pieces and 3 not in ids
+            assert loaded.decode(ids) == " ".join(text.split())
+
+
 def test_janus_plugin_checkpoint_converts_with_its_query_position(converted: dict[str, str]) -> None:
     config = load_pretrained(converted["janus"]).config
     assert config.extra["fairseq_arch"] == "janus_transformer"
