@@ -66,6 +66,13 @@ def check_decoding_options(model: JanusModel, mode: str, iterations: int, length
     check_int("beam", beam, 1, MAX_BEAM)
 
 
+def check_nar_janus_only(name: str, used: object, mode: str, compat: str) -> None:
+    """ValueError when an option set to a truthy ``used`` goes with anything but mode "nar" and
+    compat "janus" (the NAR post-processing and ranking options of this project's decoding)."""
+    if used and (mode != "nar" or compat != "janus"):
+        raise ValueError(f"{name} applies to mode='nar' with compat='janus' only")
+
+
 def resolve_collapse_repeats(mode: str, compat: str, collapse_repeats: bool | None) -> bool:
     """Whether NAR outputs get their repeated neighbours collapsed (``search.collapse_repeats``):
     None = the default, on for mode "nar" with compat "janus", off otherwise (AR outputs and
@@ -74,8 +81,7 @@ def resolve_collapse_repeats(mode: str, compat: str, collapse_repeats: bool | No
         return mode == "nar" and compat == "janus"
     if not isinstance(collapse_repeats, bool):
         raise TypeError(f"collapse_repeats must be true, false or None, got {collapse_repeats!r}")
-    if collapse_repeats and (mode != "nar" or compat != "janus"):
-        raise ValueError("collapse_repeats applies to mode='nar' with compat='janus' only")
+    check_nar_janus_only("collapse_repeats", collapse_repeats, mode, compat)
     return collapse_repeats
 
 
@@ -84,8 +90,7 @@ def check_ar_rescore(mode: str, compat: str, ar_rescore: bool) -> None:
     compat "janus"."""
     if not isinstance(ar_rescore, bool):
         raise TypeError(f"ar_rescore must be true or false, got {ar_rescore!r}")
-    if ar_rescore and (mode != "nar" or compat != "janus"):
-        raise ValueError("ar_rescore applies to mode='nar' with compat='janus' only")
+    check_nar_janus_only("ar_rescore", ar_rescore, mode, compat)
 
 
 def resolve_length_bonus(model: JanusModel, mode: str, compat: str, length_bonus: float | None) -> float:
@@ -93,15 +98,13 @@ def resolve_length_bonus(model: JanusModel, mode: str, compat: str, length_bonus
     default (``JanusConfig.length_bonus``) for mode "nar" with compat "janus", else 0.0; a
     non-zero number where it does not apply (AR, fairseq's ranking) is a ValueError, a non-finite
     one too."""
-    applies = mode == "nar" and compat == "janus"
     if length_bonus is None:
-        return model.config.length_bonus if applies else 0.0
+        return model.config.length_bonus if mode == "nar" and compat == "janus" else 0.0
     if isinstance(length_bonus, bool) or not isinstance(length_bonus, (int, float)):
         raise TypeError(f"length_bonus must be a number or None, got {length_bonus!r}")
     if not math.isfinite(length_bonus):
         raise ValueError(f"length_bonus must be a finite number, got {length_bonus!r}")
-    if length_bonus and not applies:
-        raise ValueError("length_bonus applies to mode='nar' with compat='janus' only")
+    check_nar_janus_only("length_bonus", length_bonus, mode, compat)
     return float(length_bonus)
 
 
