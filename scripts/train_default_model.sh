@@ -94,7 +94,10 @@ echo "== 6. the shipped model: the mean of the branch run's 12 saves ending at i
 average_window "$RUNS/branch" 12 "$(window_end "$BRANCH_UPDATES")" "$RUNS/model_fp32"
 
 echo "== 7. its NAR length bonus (the best mean val BLEU over T = 2, 4, 10), kept with its bf16 weights"
-[ -f "$RUNS/length_bonus.txt" ] || length_bonus_sweep "$RUNS/model_fp32" > "$RUNS/length_bonus.txt"
+if [ ! -f "$RUNS/length_bonus.txt" ]; then  # renamed only when complete: a killed sweep is redone
+  length_bonus_sweep "$RUNS/model_fp32" > "$RUNS/length_bonus.txt.partial"
+  mv "$RUNS/length_bonus.txt.partial" "$RUNS/length_bonus.txt"
+fi
 cat "$RUNS/length_bonus.txt"
 [ -f "$RUNS/model/config.json" ] || janus-fast export --model "$RUNS/model_fp32" --output "$RUNS/model" --dtype bf16 \
   --length-bonus "$(tail -1 "$RUNS/length_bonus.txt")"
