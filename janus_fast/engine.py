@@ -143,11 +143,14 @@ def greedy(
     max_len_b: int = JANUS_MAX_LEN[1],
     decoder_weights: str = "fp32",
 ) -> Hypotheses:
-    """AR greedy decoding with a preallocated KV cache, as ``ar_search(beam=1)``.
+    """AR greedy decoding with a preallocated KV cache, as ``ar_search(beam=1)``. Finished
+    sentences leave the batch once a quarter of the rows are finished (``finished_beam_search``'s
+    rule), so one long sentence does not keep the whole batch stepping.
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
     config = model.config
+    device = src_tokens.device
     native = native_decoder(model, decoder_weights)
     batch = src_tokens.shape[0]
     limits = max_ar_lengths(src_lengths, model, max_len_a, max_len_b)
@@ -157,12 +160,21 @@ def greedy(
     )
     caches = model.new_caches(batch, steps, encoder_out.states)
     memory = NativeDecoder.memory(encoder_out) if native else None
-    history = torch.full((batch, steps + 1), config.pad_id, dtype=torch.long, device=src_tokens.device)
+    banned = torch.tensor([config.mask_id, config.pad_id, config.bos_id], device=device)
+    # the rows still decoding (one per sentence, the sentence ids in `rows`), and each sentence's result
+    history = torch.full((batch, steps + 1), config.pad_id, dtype=torch.long, device=device)
     history[:, 0] = config.bos_id
-    banned = torch.tensor([config.mask_id, config.pad_id, config.bos_id], device=src_tokens.device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=src_tokens.device)
-    total_log_prob = torch.zeros(batch, device=src_tokens.device)
-    out_lengths = torch.zeros(batch, dtype=torch.long, device=src_tokens.device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    total_log_prob = torch.zeros(batch, device=device)
+    out_lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    rows = torch.arange(batch, device=device)
+    results = (history.clone(), total_log_prob.clone(), out_lengths.clone())
+
+    def store(index: torch.Tensor) -> None:
+        """Copy the rows ``index`` of the decoding state into their sentences' results."""
+        for result, state in zip(results, (history, total_log_prob, out_lengths)):
+            result[rows[index]] = state[index]
+
     for step in range(steps):
         at_limit = limits == step + 1  # each sentence's length limit, as the reference: eos
         if native is not None:  # the choice inside the native step: no (B, V) logits
@@ -180,8 +192,22 @@ def greedy(
         out_lengths += (~finished).long()
         history[:, step + 1] = torch.where(finished, config.pad_id, next_tokens)
         finished |= next_tokens == config.eos_id
-        if bool(finished.all()):
+        done = int(finished.sum())
+        if done == len(rows):
             break
+        if 4 * done >= len(rows):  # finished sentences leave the batch
+            store(finished.nonzero().squeeze(1))
+            keep = (~finished).nonzero().squeeze(1)
+            history, total_log_prob, out_lengths = history[keep], total_log_prob[keep], out_lengths[keep]
+            rows, limits, finished = rows[keep], limits[keep], finished[keep]
+            for cache in caches:
+                cache.reorder(keep)
+            if native is not None:
+                memory = NativeDecoder.select_memory(memory, keep)
+            else:
+                encoder_out = encoder_out.select(keep)
+    store(torch.arange(len(rows), device=device))
+    history, total_log_prob, out_lengths = results
     specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
     tokens = [strip_special(row[1:], config.eos_id, specials) for row in history.tolist()]
     return Hypotheses(tokens, (total_log_prob / out_lengths.clamp(min=1)).tolist())
@@ -215,8 +241,11 @@ def ar_search(
     memory = NativeDecoder.memory(encoder_out)
 
     def reorder(origin: torch.Tensor) -> None:
+        nonlocal memory
         for cache in caches:
             cache.reorder(origin)
+        if len(origin) < len(memory[2]):  # sentences left the batch
+            memory = NativeDecoder.select_memory(memory, origin)
 
     return beam_search(
         lambda history, step: native.ar_step(history[:, step], step, memory, caches), reorder, model, beam, row_limits

@@ -261,8 +261,12 @@ def ar_beam_search(
     )
 
     def reorder(origin: torch.Tensor) -> None:
+        nonlocal encoder_out
         for cache in caches:
             cache.reorder(origin)
+        if len(origin) < len(encoder_out.lengths):  # sentences left the batch
+            encoder_out = encoder_out.select(origin)
+            decoder.set_rows(encoder_out)
 
     def step_logits(history: torch.Tensor, step: int) -> torch.Tensor:
         return decoder.ar_step(history[:, step], step, encoder_out, caches)

@@ -294,27 +294,58 @@ class DecoderLayer(nn.Module):
         return self.norm3(x + self.dropout(self.ffn(x)))
 
 
+CACHE_START_POSITIONS = 32  # a new LayerCache's room; it doubles as the steps need, up to max_len
+
+
 class LayerCache:
-    """Preallocated self-attention keys/values of one decoder layer: (B, H, max_len, d/H) each."""
+    """Self-attention keys/values of one decoder layer for incremental AR decoding: (B, H,
+    capacity, d/H) each, of which the first ``length`` positions are filled. The capacity starts
+    at ``min(max_len, CACHE_START_POSITIONS)`` and doubles as steps need it (``reserve``), so a
+    length limit far above what a batch decodes (fairseq's 200 tokens) costs no memory."""
 
     def __init__(self, batch: int, num_heads: int, max_len: int, head_dim: int, like: torch.Tensor) -> None:
-        self.keys = like.new_zeros(batch, num_heads, max_len, head_dim)
-        self.values = like.new_zeros(batch, num_heads, max_len, head_dim)
+        capacity = min(max_len, CACHE_START_POSITIONS)
+        self.keys = like.new_zeros(batch, num_heads, capacity, head_dim)
+        self.values = like.new_zeros(batch, num_heads, capacity, head_dim)
+        self.max_len = max_len
         self.length = 0
+
+    def reserve(self, length: int) -> None:
+        """Make room for ``length`` positions (at most ``max_len``), keeping the filled ones."""
+        capacity = self.keys.shape[2]
+        if length <= capacity:
+            return
+        if length > self.max_len:
+            raise ValueError(f"the key/value caches hold at most {self.max_len} positions, {length} asked")
+        capacity = min(self.max_len, max(length, 2 * capacity))
+        grown = []
+        for cache in (self.keys, self.values):
+            room = cache.new_zeros(cache.shape[0], cache.shape[1], capacity, cache.shape[3])
+            room[:, :, : self.length] = cache[:, :, : self.length]
+            grown.append(room)
+        self.keys, self.values = grown
 
     def append(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store (B, H, t, d/H) new keys/values; return all cached so far, (B, H, length, d/H)."""
         end = self.length + key.shape[2]
+        self.reserve(end)
         self.keys[:, :, self.length : end] = key
         self.values[:, :, self.length : end] = value
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` (B,) int64 (beam search), in place: only the ``length`` positions
-        filled so far are copied (the rest is never read before it is written)."""
+        """Keep rows ``index`` (B',) int64 (beam search; B' < B drops rows of finished sentences):
+        only the ``length`` positions filled so far are copied (the rest is never read before it
+        is written), in place when B' = B."""
+        kept = []
         for cache in (self.keys, self.values):
-            cache[:, :, : self.length] = cache[:, :, : self.length].index_select(0, index)
+            filled = cache[:, :, : self.length].index_select(0, index)
+            if len(index) != cache.shape[0]:
+                cache = cache.new_empty((len(index), *cache.shape[1:]))
+            cache[:, :, : self.length] = filled
+            kept.append(cache)
+        self.keys, self.values = kept
 
 
 @dataclass

@@ -207,6 +207,18 @@ class NativeDecoder:
         values = [v.float().contiguous() for _, v in encoder_out.memory_kv]
         return keys, values, encoder_out.lengths
 
+    @staticmethod
+    def select_memory(
+        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor], index: torch.Tensor
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Rows ``index`` (R,) int64 of a ``memory`` (e.g. the sentences still decoding)."""
+        keys, values, lengths = memory
+        return (
+            [k.index_select(0, index) for k in keys],
+            [v.index_select(0, index) for v in values],
+            lengths.index_select(0, index),
+        )
+
     def ar_step(
         self,
         tokens: torch.Tensor,
@@ -256,8 +268,11 @@ class NativeDecoder:
         memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
         caches: list[LayerCache],
     ) -> tuple:
-        """The arguments of the AR step ops: the decoder's, the step's tokens, memory and caches."""
+        """The arguments of the AR step ops: the decoder's, the step's tokens, memory and caches
+        (with room made for this step's keys/values)."""
         keys, values, lengths = memory
+        for cache in caches:
+            cache.reserve(step + 1)
         return (
             *self._decoder_arguments(),
             self.mask_id,

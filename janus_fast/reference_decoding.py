@@ -85,11 +85,14 @@ def ar_search(
         if caches is not None:
             return model.ar_step(history[:, step], step, encoder_out, caches)
         prefix = torch.cat([history[:, : step + 1], history[:, :1]], 1)  # a dummy last token
-        lengths = torch.full((batch * beam,), step + 2, dtype=torch.long, device=history.device)
+        lengths = torch.full((len(history),), step + 2, dtype=torch.long, device=history.device)
         return model.output_logits(model.ar_hidden(prefix, lengths, encoder_out)[:, step])
 
     def reorder(origin: torch.Tensor) -> None:
+        nonlocal encoder_out
         for cache in caches or []:
             cache.reorder(origin)
+        if len(origin) < len(encoder_out.lengths):  # sentences left the batch
+            encoder_out = encoder_out.select(origin)
 
     return beam_search(step_logits, reorder, model, beam, row_limits)

@@ -292,17 +292,23 @@ def finished_beam_search(
     summed log-probability / tokens (eos included); the best ``beam`` that do not end stay live,
     so finished hypotheses never take live slots. A sentence is done when it has ``beam`` finished
     hypotheses or reaches its length limit; its best finished hypothesis (the first on ties) wins.
+    Done sentences leave the batch (at once with beam > 1, where the rows are reordered every
+    step anyway; greedy: once a quarter of the rows are done), so one long sentence does not keep
+    the whole batch stepping; the results are the same either way.
 
     ``step_logits(history, step)``: the (rows, V) logits of the next token of each row, given the
-    tokens so far, history (rows, steps + 1) int64 (bos, then one token per step; rows = sentences
-    x beam, a sentence's beams adjacent). ``reorder(origin)``: keep rows ``origin`` (rows,) int64 of
-    the decoder's state (its key/value caches), called after each step when beam > 1.
-    ``row_limits`` (rows,) int64, equal within a sentence: tokens a row may generate, eos included.
+    tokens so far, history (rows, steps + 1) int64 (bos, then one token per step; rows = the
+    active sentences x beam, a sentence's beams adjacent). ``reorder(origin)``: keep rows
+    ``origin`` (rows',) int64 of the decoder's state: its key/value caches, and, when rows' <
+    rows (sentences left the batch), its per-row encoder output too. Called after a step when beam
+    > 1 or the batch shrinks. ``row_limits`` (rows,) int64, equal within a sentence: tokens a row
+    may generate, eos included.
     """
     device = row_limits.device
     rows = row_limits.shape[0]
     batch = rows // beam
     steps = int(row_limits.max())
+    active = torch.arange(batch, device=device)  # the sentence each active sentence is
     sentence_limits = row_limits.view(batch, beam)[:, 0]
     history = torch.full((rows, steps + 1), rules.pad_id, dtype=torch.long, device=device)
     history[:, 0] = rules.bos_id
@@ -313,7 +319,7 @@ def finished_beam_search(
     finished_tokens = torch.full((batch, beam, steps + 1), rules.pad_id, dtype=torch.long, device=device)
     finished_sums = torch.zeros(batch, beam, steps + 1, device=device)
     finished_lengths = torch.ones(batch, beam, dtype=torch.long, device=device)
-    finished_count = torch.zeros(batch, dtype=torch.long, device=device)
+    finished_count = torch.zeros(batch, dtype=torch.long, device=device)  # of each active sentence
     row_offsets = torch.arange(batch, device=device)[:, None] * beam
     rank = torch.arange(2 * beam, device=device)
     first_limit = int(row_limits.min())
@@ -336,9 +342,9 @@ def finished_beam_search(
             log_probs[at_limit] = float("-inf")
             log_probs[at_limit, rules.eos_id] = eos_log_probs
 
-        vocab = log_probs.shape[-1]
-        candidates = (live_scores.view(-1, 1) + log_probs).view(batch, beam * vocab)
-        cand_scores, flat = candidates.topk(2 * beam, dim=-1)  # (batch, 2 * beam), best first
+        count, vocab = len(active), log_probs.shape[-1]
+        candidates = (live_scores.view(-1, 1) + log_probs).view(count, beam * vocab)
+        cand_scores, flat = candidates.topk(2 * beam, dim=-1)  # (count, 2 * beam), best first
         cand_rows = flat // vocab + row_offsets
         cand_tokens = flat % vocab
         ends = (cand_tokens == rules.eos_id) & (cand_scores > float("-inf"))
@@ -348,28 +354,38 @@ def finished_beam_search(
         slots = finished_count[:, None] + finishing.long().cumsum(1) - 1
         finishing &= slots < beam
         if bool(finishing.any()):
-            sentence, k = finishing.nonzero(as_tuple=True)
-            slot, source = slots[sentence, k], cand_rows[sentence, k]
+            local, k = finishing.nonzero(as_tuple=True)
+            sentence, slot, source = active[local], slots[local, k], cand_rows[local, k]
             finished_tokens[sentence, slot] = history[source]
             finished_tokens[sentence, slot, step + 1] = rules.eos_id
             finished_sums[sentence, slot] = history_scores[source]
-            finished_sums[sentence, slot, step + 1] = cand_scores[sentence, k]
+            finished_sums[sentence, slot, step + 1] = cand_scores[local, k]
             finished_lengths[sentence, slot] = step + 1
-            finished_scores[sentence, slot] = cand_scores[sentence, k] / (step + 1)
+            finished_scores[sentence, slot] = cand_scores[local, k] / (step + 1)
             finished_count += finishing.sum(1)
+        done = (finished_count >= beam) | (sentence_limits <= step + 1)
+        done_count = int(done.sum())
+        if done_count == count:
+            break
 
         # the best `beam` candidates that do not end stay live
         pick = (ends.long() * 2 * beam + rank).argsort(dim=1)[:, :beam]
         live_scores = cand_scores.gather(1, pick).masked_fill(ends.gather(1, pick), float("-inf"))
-        origin = cand_rows.gather(1, pick).view(-1)
+        origin, next_tokens = cand_rows.gather(1, pick), cand_tokens.gather(1, pick)
+        if done_count and (beam > 1 or 4 * done_count >= count):  # done sentences leave the batch
+            keep = (~done).nonzero().squeeze(1)
+            active, sentence_limits, finished_count = active[keep], sentence_limits[keep], finished_count[keep]
+            origin, next_tokens, live_scores = origin[keep], next_tokens[keep], live_scores[keep]
+            row_limits = row_limits.view(count, beam)[keep].reshape(-1)
+            row_offsets = row_offsets[: len(keep)]
+            first_limit = int(row_limits.min())
+        origin = origin.view(-1)
         history = history.index_select(0, origin)
         history_scores = history_scores.index_select(0, origin)
-        if beam > 1:
+        if beam > 1 or len(origin) < count * beam:
             reorder(origin)
-        history[:, step + 1] = cand_tokens.gather(1, pick).view(-1)
+        history[:, step + 1] = next_tokens.view(-1)
         history_scores[:, step + 1] = live_scores.view(-1)
-        if bool(((finished_count >= beam) | (sentence_limits <= step + 1)).all()):
-            break
 
     best_scores, best = finished_scores.max(1)
     sentences = torch.arange(batch, device=device)

@@ -52,6 +52,39 @@ def _exhaustive_best(table: torch.Tensor, rules: BeamRules, limit: int) -> tuple
     return best[1], best[2]
 
 
+@pytest.mark.parametrize("decoder,beam", [("reference", 1), ("reference", 3), ("engine", 1), ("engine", 3)])
+def test_caches_grow_past_their_first_room(model, decoder, beam):
+    """A key/value cache starts with room for CACHE_START_POSITIONS steps and grows as the steps
+    need: outputs longer than that equal the reference's without any cache."""
+    from janus_fast import engine
+    from janus_fast.model import CACHE_START_POSITIONS
+
+    src, lengths = sources()
+    limit = {"max_len_a": 0.0, "max_len_b": CACHE_START_POSITIONS + 20}
+    uncached = ar_search(model, src, lengths, beam=beam, use_cache=False, **limit)
+    search = engine.ar_search if decoder == "engine" else ar_search
+    got = search(model, src, lengths, beam=beam, **limit)
+    assert got.tokens == uncached.tokens
+    assert got.scores == pytest.approx(uncached.scores, abs=1e-4)
+    assert max(len(t) for t in got.tokens) > CACHE_START_POSITIONS
+
+
+def test_layer_cache_keeps_its_positions_when_it_grows():
+    from janus_fast.model import CACHE_START_POSITIONS, LayerCache
+
+    cache = LayerCache(3, 2, 100, 4, torch.zeros(1))
+    assert cache.keys.shape == (3, 2, CACHE_START_POSITIONS, 4)
+    keys, values = torch.randn(3, 2, 40, 4), torch.randn(3, 2, 40, 4)
+    for start in range(0, 40, 8):
+        got_keys, got_values = cache.append(keys[:, :, start : start + 8], values[:, :, start : start + 8])
+    assert cache.keys.shape[2] >= 40 and cache.length == 40
+    assert torch.equal(got_keys, keys) and torch.equal(got_values, values)
+    cache.reorder(torch.tensor([2, 0]))  # rows of finished sentences dropped
+    assert torch.equal(cache.keys[:, :, :40], keys[[2, 0]]) and torch.equal(cache.values[:, :, :40], values[[2, 0]])
+    with pytest.raises(ValueError, match="at most 100 positions"):
+        cache.reserve(101)
+
+
 @pytest.mark.parametrize("min_length", [0, 1])
 def test_beam_search_wider_than_every_hypothesis_is_exhaustive(min_length):
     """With more live slots than there are hypotheses, ``finished_beam_search`` must return the
@@ -64,12 +97,16 @@ def test_beam_search_wider_than_every_hypothesis_is_exhaustive(min_length):
     tables = torch.randn(len(limits), max(limits), vocab, vocab, generator=generator) * 2
     tables[..., 1] += 1.0  # eos competitive: both short and long hypotheses win somewhere
     row_limits = torch.tensor(limits).repeat_interleave(beam)
-    sentence_of_row = torch.arange(len(limits)).repeat_interleave(beam)
+    sentence_of_row = torch.arange(len(limits)).repeat_interleave(beam)  # the decoder's per-row state
 
     def step_logits(history: torch.Tensor, step: int) -> torch.Tensor:
         return tables[sentence_of_row, step, history[:, step]]
 
-    found = finished_beam_search(step_logits, lambda origin: None, rules, beam, row_limits)
+    def reorder(origin: torch.Tensor) -> None:
+        nonlocal sentence_of_row
+        sentence_of_row = sentence_of_row[origin]
+
+    found = finished_beam_search(step_logits, reorder, rules, beam, row_limits)
     lengths = set()
     for index, limit in enumerate(limits):
         tokens, scores = _exhaustive_best(tables[index], rules, limit)
@@ -87,10 +124,16 @@ def test_beam_search_of_one_is_greedy():
     generator = torch.Generator().manual_seed(5)
     tables = torch.randn(3, limit, vocab, vocab, generator=generator) * 3
 
-    def step_logits(history: torch.Tensor, step: int) -> torch.Tensor:
-        return tables[torch.arange(3), step, history[:, step]]
+    sentence_of_row = torch.arange(3)  # the decoder's per-row state
 
-    found = finished_beam_search(step_logits, lambda origin: None, rules, 1, torch.full((3,), limit))
+    def step_logits(history: torch.Tensor, step: int) -> torch.Tensor:
+        return tables[sentence_of_row, step, history[:, step]]
+
+    def reorder(origin: torch.Tensor) -> None:
+        nonlocal sentence_of_row
+        sentence_of_row = sentence_of_row[origin]
+
+    found = finished_beam_search(step_logits, reorder, rules, 1, torch.full((3,), limit))
     for index in range(3):
         tokens, previous = [], 0
         for step in range(limit):

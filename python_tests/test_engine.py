@@ -87,6 +87,42 @@ def test_engine_batch_invariance(mode):
         assert alone[0] == batched[row]
 
 
+@pytest.mark.parametrize("decoder,beam", [("engine", 1), ("engine", 3), ("reference", 1), ("reference", 3)])
+def test_finished_sentences_leave_the_batch(decoder, beam):
+    """Sentences that are done stop being decoded (the steps get fewer rows) and every sentence's
+    output is still the one it gets decoded alone."""
+    from janus_fast.model import JanusModel
+    from janus_fast.native_decoder import NativeDecoder, native_decoder_available
+
+    if decoder == "engine" and not native_decoder_available():
+        pytest.skip("the native decoder is not built")
+    model = random_model(4)
+    src, lengths = random_sources(5, batch=8)
+    lengths[0] = 1  # limits 11 .. 24 tokens (1.2 S + 10): sentences end at different steps
+    rows_per_step = []
+    if decoder == "engine":
+        cls, name = NativeDecoder, "ar_greedy_step" if beam == 1 else "ar_step"
+    else:
+        cls, name = JanusModel, "ar_step"
+    original = getattr(cls, name)
+
+    def counted(self, tokens, *args, **kwargs):
+        rows_per_step.append(len(tokens))
+        return original(self, tokens, *args, **kwargs)
+
+    search = engine.ar_search if decoder == "engine" else ar_search
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cls, name, counted)
+        batched = search(model, src, lengths, beam=beam)
+    assert rows_per_step[0] == len(src) * beam
+    assert min(rows_per_step) < len(src) * beam
+    assert sorted(rows_per_step, reverse=True) == rows_per_step
+    for row in range(len(src)):
+        alone = search(model, src[row : row + 1, : int(lengths[row])], lengths[row : row + 1], beam=beam)
+        assert alone.tokens[0] == batched.tokens[row], f"sentence {row}"
+        assert alone.scores[0] == pytest.approx(batched.scores[row], abs=1e-5)
+
+
 def test_generate_rejects_unknown_decoder():
     model = random_model(0)
     src, lengths = random_sources(0)
