@@ -31,6 +31,7 @@ from janus_fast.packed import PackedRows, packed_decode
 from janus_fast.reference_decoding import ar_search as reference_ar_search
 from janus_fast.search import (
     JANUS_MAX_LEN,
+    BeamRows,
     Hypotheses,
     ar_candidate_scores,
     beam_search,
@@ -238,15 +239,11 @@ def ar_search(
     rows = torch.arange(batch, device=src_tokens.device).repeat_interleave(beam)
     encoder_out = native.encode(src_tokens, src_lengths).select(rows)
     caches = model.new_caches(batch * beam, int(row_limits.max()), encoder_out.states)
-    memory = NativeDecoder.memory(encoder_out)
-
-    def reorder(origin: torch.Tensor) -> None:
-        nonlocal memory
-        for cache in caches:
-            cache.reorder(origin)
-        if len(origin) < len(memory[2]):  # sentences left the batch
-            memory = NativeDecoder.select_memory(memory, origin)
-
+    state = BeamRows(caches, NativeDecoder.memory(encoder_out), NativeDecoder.select_memory, batch * beam)
     return beam_search(
-        lambda history, step: native.ar_step(history[:, step], step, memory, caches), reorder, model, beam, row_limits
+        lambda history, step: native.ar_step(history[:, step], step, state.encoder, caches),
+        state.reorder,
+        model,
+        beam,
+        row_limits,
     )

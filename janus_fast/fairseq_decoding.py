@@ -45,7 +45,7 @@ from janus_fast.attention import MaskSpec
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
 from janus_fast.native_decoder import NativeDecoder, unsupported_reason
 from janus_fast.packed import PackedRows
-from janus_fast.search import FAIRSEQ_MAX_LEN, BeamRules, finished_beam_search
+from janus_fast.search import FAIRSEQ_MAX_LEN, BeamRows, BeamRules, finished_beam_search
 
 __all__ = ["FairseqHypothesis", "ar_beam_search", "mask_predict", "length_beam_lengths", "remask_counts"]
 
@@ -260,18 +260,17 @@ def ar_beam_search(
         config.ar_start_id, config.eos_id, config.pad_id, (config.pad_id,), min_length=1, nan_as_impossible=True
     )
 
-    def reorder(origin: torch.Tensor) -> None:
-        nonlocal encoder_out
-        for cache in caches:
-            cache.reorder(origin)
-        if len(origin) < len(encoder_out.lengths):  # sentences left the batch
-            encoder_out = encoder_out.select(origin)
-            decoder.set_rows(encoder_out)
+    def select_rows(rows_out: EncoderOutput, origin: torch.Tensor) -> EncoderOutput:
+        rows_out = rows_out.select(origin)
+        decoder.set_rows(rows_out)
+        return rows_out
+
+    state = BeamRows(caches, encoder_out, select_rows, batch * beam)
 
     def step_logits(history: torch.Tensor, step: int) -> torch.Tensor:
-        return decoder.ar_step(history[:, step], step, encoder_out, caches)
+        return decoder.ar_step(history[:, step], step, state.encoder, caches)
 
-    found = finished_beam_search(step_logits, reorder, rules, beam, row_limits)
+    found = finished_beam_search(step_logits, state.reorder, rules, beam, row_limits)
     return [
         FairseqHypothesis(tokens, positional, score, len(tokens) - 1)
         for tokens, positional, score in zip(found.tokens, found.positional_scores, found.scores)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from janus_fast.model import JanusModel
+from janus_fast.model import EncoderOutput, JanusModel
 from janus_fast.ops import mask_predict_step
 from janus_fast.search import (
     JANUS_MAX_LEN,
+    BeamRows,
     Hypotheses,
     ar_candidate_scores,
     beam_search,
@@ -80,19 +81,13 @@ def ar_search(
     rows = torch.arange(batch, device=src_tokens.device).repeat_interleave(beam)
     encoder_out = model.encode(src_tokens, src_lengths).select(rows)
     caches = model.new_caches(batch * beam, steps, encoder_out.states) if use_cache else None
+    state = BeamRows(caches or [], encoder_out, EncoderOutput.select, batch * beam)
 
     def step_logits(history: torch.Tensor, step: int) -> torch.Tensor:
         if caches is not None:
-            return model.ar_step(history[:, step], step, encoder_out, caches)
+            return model.ar_step(history[:, step], step, state.encoder, caches)
         prefix = torch.cat([history[:, : step + 1], history[:, :1]], 1)  # a dummy last token
         lengths = torch.full((len(history),), step + 2, dtype=torch.long, device=history.device)
-        return model.output_logits(model.ar_hidden(prefix, lengths, encoder_out)[:, step])
+        return model.output_logits(model.ar_hidden(prefix, lengths, state.encoder)[:, step])
 
-    def reorder(origin: torch.Tensor) -> None:
-        nonlocal encoder_out
-        for cache in caches or []:
-            cache.reorder(origin)
-        if len(origin) < len(encoder_out.lengths):  # sentences left the batch
-            encoder_out = encoder_out.select(origin)
-
-    return beam_search(step_logits, reorder, model, beam, row_limits)
+    return beam_search(step_logits, state.reorder, model, beam, row_limits)

@@ -10,14 +10,15 @@ between them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
 
 from janus_fast.length import candidates_from_logits
-from janus_fast.model import EncoderOutput, JanusModel
+from janus_fast.model import EncoderOutput, JanusModel, LayerCache
 
 MIN_NAR_LENGTH = 3  # bos + one real token + eos: a non-empty source never gets an empty translation
 # mask-predict runs the rows of a batch in groups whose (rows, T, V) fp32 logits fit this, so that
@@ -274,6 +275,39 @@ class FinishedBeams:
     tokens: list[list[int]]
     positional_scores: list[list[float]]
     scores: list[float]
+
+
+EncoderSide = TypeVar("EncoderSide")
+
+
+class BeamRows(Generic[EncoderSide]):
+    """The per-row state of a decoder under ``finished_beam_search``: its key/value caches and its
+    per-row encoder side (an ``EncoderOutput``, the native decoder's memory, ...), kept on the rows
+    the search keeps. Pass ``reorder`` as the search's callback and read ``encoder`` in each step.
+
+    ``select(encoder, origin)`` returns the encoder side of rows ``origin`` (rows',) int64.
+    """
+
+    def __init__(
+        self,
+        caches: Sequence[LayerCache],
+        encoder: EncoderSide,
+        select: Callable[[EncoderSide, torch.Tensor], EncoderSide],
+        rows: int,
+    ) -> None:
+        self.caches = list(caches)
+        self.encoder = encoder
+        self.rows = rows
+        self._select = select
+
+    def reorder(self, origin: torch.Tensor) -> None:
+        """Keep rows ``origin`` (rows',) int64 of every cache, and of the encoder side when rows' <
+        rows (sentences left the batch; with the same rows the encoder side is equal within a beam)."""
+        for cache in self.caches:
+            cache.reorder(origin)
+        if len(origin) < self.rows:
+            self.encoder = self._select(self.encoder, origin)
+        self.rows = len(origin)
 
 
 def finished_beam_search(
