@@ -511,10 +511,11 @@ def drop_metrics_after(path: str, update: int) -> None:
 
 def warm_start(model: JanusModel, directory: str) -> None:
     """Copy the weights of the checkpoint in ``directory`` into ``model``; the architecture and
-    the vocabulary must match (CheckpointError naming every difference otherwise)."""
+    the vocabulary must match (CheckpointError naming every difference otherwise); dropout and
+    decoding defaults (``length_bonus``) may differ, and the run keeps its own."""
     source = load_pretrained(directory)
     ours, theirs = asdict(model.config), asdict(source.config)
-    ignored = ("dropout", "attention_dropout", "extra")
+    ignored = ("dropout", "attention_dropout", "extra", "length_bonus")
     differences = [f"{k}: {theirs[k]} != {ours[k]}" for k in ours if k not in ignored and ours[k] != theirs[k]]
     if differences:
         raise CheckpointError(f"--init-from {directory}: incompatible with this run ({'; '.join(differences)})")

@@ -89,6 +89,10 @@ def test_warm_start_copies_weights_and_checks_shapes(trained_dir, corpus_dir, tm
     other = JanusModel(type(source.config)(**{**source.config.__dict__, "ffn_dim": 32}))
     with pytest.raises(CheckpointError, match="ffn_dim"):
         warm_start(other, trained_dir)
+    tuned = JanusModel(type(source.config)(**{**source.config.__dict__, "length_bonus": 0.05}))
+    warm_start(tuned, trained_dir)  # a decoding default is not part of the weights (the shipped model has one)
+    assert tuned.config.length_bonus == 0.05
+    assert all(torch.equal(tuned.state_dict()[name], tensor) for name, tensor in source.state_dict().items())
     out = str(tmp_path / "warm")
     train(tiny_train_config(corpus_dir, out, init_from=trained_dir, max_updates=1))
     with open(os.path.join(out, "spm.model"), "rb") as mine, open(os.path.join(trained_dir, "spm.model"), "rb") as init:
