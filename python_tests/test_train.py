@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT, random_model, tiny_train_config
 
+from janus_fast.data import read_lines
 from janus_fast.losses import LossWeights, compute_loss
 from janus_fast.train import train
 
@@ -169,15 +170,23 @@ def test_default_model_recipe_runs_and_resumes(corpus_dir, tmp_path):
         shutil.copy(data / f"val.{language}", data / f"test_2016_flickr.{language}")
     runs = tmp_path / "runs"
     env = dict(os.environ, DATA_DIR=str(data), RUNS=str(runs), THREADS="1", VOCAB_SIZE="300")
-    env.update(TEACHER_UPDATES="2", STUDENT_UPDATES="4", BRANCH_UPDATES="2", KEEP="1", LENGTH_BONUSES="0 0.5 5")
+    env.update(TEACHER_UPDATES="2", STUDENT_UPDATES="4", BRANCH_UPDATES="2", MIX_UPDATES="2", KEEP="1")
+    env.update(LENGTH_BONUSES="0 0.5 5")
     script = os.path.join(REPO_ROOT, "scripts", "train_default_model.sh")
     first = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert sorted(os.listdir(runs / "student" / "saves")) == ["u000001", "u000002", "u000003", "u000004"]
     assert sorted(os.listdir(runs / "branch" / "saves")) == ["u000001", "u000002"]
-    bf16, fp32 = (os.path.getsize(runs / name / "model.safetensors") for name in ("model", "model_fp32"))
-    assert bf16 < 0.6 * fp32  # the bf16 export of the average
-    assert first.stdout.count("test_2016_flickr --mode") == 2
+    assert sorted(os.listdir(runs / "mix" / "saves")) == ["u000001", "u000002"]
+    for bf16_name, fp32_name in (("model", "model_fp32"), ("model_mix", "model_mix_fp32")):
+        bf16, fp32 = (os.path.getsize(runs / name / "model.safetensors") for name in (bf16_name, fp32_name))
+        assert bf16 < 0.6 * fp32  # the bf16 export of the average
+    assert first.stdout.count("test_2016_flickr --mode") == 4
+    # stage 8's corpus: the training sources twice, the v3 targets then the references
+    train_de, train_en = (read_lines(str(runs / "data_mix" / f"train.{lang}.gz")) for lang in ("de", "en"))
+    sources, references = read_lines(str(data / "train.de")), read_lines(str(data / "train.en"))
+    assert train_de == sources + sources
+    assert train_en == read_lines(str(runs / "distill3.en.gz")) + references
     sweep = (runs / "length_bonus.txt").read_text().splitlines()  # stage 7: the bonus of the best val mean
     means = {line.split()[3].rstrip(","): float(line.split()[-1]) for line in sweep if "mean" in line}
     assert list(means) == ["0", "0.5", "5"]
@@ -185,7 +194,7 @@ def test_default_model_recipe_runs_and_resumes(corpus_dir, tmp_path):
     assert read_config(str(runs / "model"))["model"]["length_bonus"] == float(sweep[-1])
     stamps = {
         name: os.stat(runs / name).st_mtime_ns
-        for name in ("distill1.en.gz", "distill2.en.gz", "length_bonus.txt", "model")
+        for name in ("distill1.en.gz", "distill2.en.gz", "length_bonus.txt", "model", "distill3.en.gz", "model_mix")
     }
     again = subprocess.run(["bash", script], env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]

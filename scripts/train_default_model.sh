@@ -5,10 +5,11 @@
 #
 # DATA_DIR holds Multi30k as {train,val,test_2016_flickr}.{de,en}[.gz]; RUNS (default ~/janus-runs/recipe)
 # keeps every run's state. Every stage is resumable: after a kill, rerun the same command; a stage
-# whose output exists is skipped. About 11 hours on a 2-core CPU with bf16 (most of it stage 3).
+# whose output exists is skipped. About 12 hours on a 2-core CPU with bf16 (most of it stage 3).
 # THREADS (default 2) threads per run. The update counts can be overridden (TEACHER_UPDATES,
-# STUDENT_UPDATES, BRANCH_UPDATES, KEEP, VOCAB_SIZE, LENGTH_BONUSES) for a quick trial; the averaging
-# windows follow them.
+# STUDENT_UPDATES, BRANCH_UPDATES, MIX_UPDATES, KEEP, VOCAB_SIZE, LENGTH_BONUSES) for a quick trial;
+# the averaging windows follow them. Stages 1-7 make the model shipped before (RUNS/model); stages
+# 8-10 the one shipped now (RUNS/model_mix).
 # LENGTH_BONUS_SWEEP=MODEL runs only stage 7's sweep on MODEL (e.g. to check a shipped model's bonus).
 set -euo pipefail
 : "${DATA_DIR:?set DATA_DIR to the Multi30k folder}"
@@ -17,6 +18,7 @@ THREADS=${THREADS:-2}
 TEACHER_UPDATES=${TEACHER_UPDATES:-1290}
 STUDENT_UPDATES=${STUDENT_UPDATES:-13830}
 BRANCH_UPDATES=${BRANCH_UPDATES:-2500}
+MIX_UPDATES=${MIX_UPDATES:-2500}
 KEEP=${KEEP:-100}  # keep the model every KEEP updates (for averaging)
 LENGTH_BONUSES=${LENGTH_BONUSES:-0 0.01 0.02 0.03 0.04 0.05 0.06 0.07 0.08}  # stage 7's grid
 mkdir -p "$RUNS"
@@ -44,11 +46,31 @@ average_window() {
 }
 # distill MODEL OUTPUT: beam 4 on the training sources (resumable; skipped once OUTPUT exists)
 distill() { [ -f "$2" ] || janus-fast distill --model "$1" --mode ar --beam 4 --src "$(corpus train.de)" --output "$2" --no-progress; }
-# janus_run NAME TARGETS INIT LR WARMUP UPDATES: a JANUS run warm-started from INIT on distilled TARGETS
+# janus_run NAME TARGETS INIT LR WARMUP UPDATES [DATA]: a JANUS run warm-started from INIT on
+# distilled TARGETS (the corpus in DATA, default DATA_DIR)
 janus_run() {
-  janus-fast train --output-dir "$RUNS/$1" --data-dir "$DATA_DIR" --objective janus "${architecture[@]}" \
+  janus-fast train --output-dir "$RUNS/$1" --data-dir "${7:-$DATA_DIR}" --objective janus "${architecture[@]}" \
     --train-target "$2" --init-from "$3" --weights-detach-ar-in-kl --lr "$4" --warmup-updates "$5" \
     --max-updates "$6" --save-every 50 --keep-every "$KEEP" --valid-iterations 4
+}
+# test_scores MODEL: its test BLEU, NAR T=10 and AR beam 4
+test_scores() {
+  local setting
+  for setting in "--mode nar --iterations 10 --length-beam 3" "--mode ar --beam 4"; do
+    # shellcheck disable=SC2086
+    echo "test_2016_flickr $setting: $(janus-fast evaluate --model "$1" --src "$(corpus test_2016_flickr.de)" \
+      --ref "$(corpus test_2016_flickr.en)" $setting)"
+  done
+}
+# bonus_and_export FP32_MODEL SWEEP OUTPUT: stage 7's length-bonus sweep of FP32_MODEL (in SWEEP) and
+# its bf16 export with the best bonus
+bonus_and_export() {
+  if [ ! -f "$2" ]; then  # renamed only when complete: a killed sweep is redone
+    length_bonus_sweep "$1" > "$2.partial"
+    mv "$2.partial" "$2"
+  fi
+  cat "$2"
+  [ -f "$3/config.json" ] || janus-fast export --model "$1" --output "$3" --dtype bf16 --length-bonus "$(tail -1 "$2")"
 }
 # length_bonus_sweep MODEL: per bonus of LENGTH_BONUSES, MODEL's val BLEU at NAR T = 2, 4, 10 and their
 # mean; the last line is the bonus of the best mean (the first on ties)
@@ -90,19 +112,31 @@ distill "$RUNS/student_avg" "$RUNS/distill2.en.gz"
 echo "== 5. branch run: warm start from the student's last weights, on the v2 targets, fresh Adam at lr 6.5e-5"
 janus_run branch "$RUNS/distill2.en.gz" "$RUNS/student/last" 6.5e-5 300 "$BRANCH_UPDATES"
 
-echo "== 6. the shipped model: the mean of the branch run's 12 saves ending at its last"
+echo "== 6. the model shipped before: the mean of the branch run's 12 saves ending at its last"
 average_window "$RUNS/branch" 12 "$(window_end "$BRANCH_UPDATES")" "$RUNS/model_fp32"
 
 echo "== 7. its NAR length bonus (the best mean val BLEU over T = 2, 4, 10), kept with its bf16 weights"
-if [ ! -f "$RUNS/length_bonus.txt" ]; then  # renamed only when complete: a killed sweep is redone
-  length_bonus_sweep "$RUNS/model_fp32" > "$RUNS/length_bonus.txt.partial"
-  mv "$RUNS/length_bonus.txt.partial" "$RUNS/length_bonus.txt"
+bonus_and_export "$RUNS/model_fp32" "$RUNS/length_bonus.txt" "$RUNS/model"
+test_scores "$RUNS/model"
+
+echo "== 8. distilled targets v3: that model's beam 4 on the training sources, beside the references"
+distill "$RUNS/model" "$RUNS/distill3.en.gz"
+if [ ! -f "$RUNS/data_mix/train.en.gz" ]; then  # the sources twice: once with v3, once with the references
+  mkdir -p "$RUNS/data_mix"
+  for split in val test_2016_flickr; do for lang in de en; do
+    file=$(corpus "$split.$lang")
+    ln -sf "$file" "$RUNS/data_mix/$(basename "$file")"
+  done; done
+  both() { if [[ $1 == *.gz ]]; then zcat "$1"; else cat "$1"; fi; }
+  { both "$(corpus train.de)"; both "$(corpus train.de)"; } | gzip > "$RUNS/data_mix/train.de.gz"
+  { both "$RUNS/distill3.en.gz"; both "$(corpus train.en)"; } | gzip > "$RUNS/data_mix/train.en.gz.partial"
+  mv "$RUNS/data_mix/train.en.gz.partial" "$RUNS/data_mix/train.en.gz"
 fi
-cat "$RUNS/length_bonus.txt"
-[ -f "$RUNS/model/config.json" ] || janus-fast export --model "$RUNS/model_fp32" --output "$RUNS/model" --dtype bf16 \
-  --length-bonus "$(tail -1 "$RUNS/length_bonus.txt")"
-for setting in "--mode nar --iterations 10 --length-beam 3" "--mode ar --beam 4"; do
-  # shellcheck disable=SC2086
-  echo "test_2016_flickr $setting: $(janus-fast evaluate --model "$RUNS/model" --src "$(corpus test_2016_flickr.de)" \
-    --ref "$(corpus test_2016_flickr.en)" $setting)"
-done
+
+echo "== 9. mixed run: warm start from that model, on v3 + references, fresh Adam at lr 1e-4"
+janus_run mix "$RUNS/data_mix/train.en.gz" "$RUNS/model" 1e-4 300 "$MIX_UPDATES" "$RUNS/data_mix"
+
+echo "== 10. the shipped model: the mean of the mixed run's MIX_WINDOW saves ending at its last, its bonus"
+average_window "$RUNS/mix" 12 "$(window_end "$MIX_UPDATES")" "$RUNS/model_mix_fp32"
+bonus_and_export "$RUNS/model_mix_fp32" "$RUNS/length_bonus_mix.txt" "$RUNS/model_mix"
+test_scores "$RUNS/model_mix"
