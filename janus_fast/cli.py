@@ -111,7 +111,7 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
         "--ar-rescore",
         action="store_true",
         help="NAR: pick each sentence's length candidate by the same model's AR score of it (one more "
-        "decoder pass; on the shipped model +0.1 to +0.4 test BLEU with its length bonus, +0.7 to +1.4 without)",
+        "decoder pass; on the shipped model +0.2 to +0.5 test BLEU with its length bonus)",
     )
     parser.add_argument(
         "--length-bonus",

@@ -136,7 +136,7 @@ fi
 echo "== 9. mixed run: warm start from that model, on v3 + references, fresh Adam at lr 1e-4"
 janus_run mix "$RUNS/data_mix/train.en.gz" "$RUNS/model" 1e-4 300 "$MIX_UPDATES" "$RUNS/data_mix"
 
-echo "== 10. the shipped model: the mean of the mixed run's MIX_WINDOW saves ending at its last, its bonus"
-average_window "$RUNS/mix" 12 "$(window_end "$MIX_UPDATES")" "$RUNS/model_mix_fp32"
+echo "== 10. the shipped model: the mean of the mixed run's 6 saves ending at its last, its length bonus"
+average_window "$RUNS/mix" 6 "$(window_end "$MIX_UPDATES")" "$RUNS/model_mix_fp32"
 bonus_and_export "$RUNS/model_mix_fp32" "$RUNS/length_bonus_mix.txt" "$RUNS/model_mix"
 test_scores "$RUNS/model_mix"
