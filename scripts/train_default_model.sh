@@ -125,7 +125,7 @@ if [ ! -f "$RUNS/data_mix/train.en.gz" ]; then  # the sources twice: once with v
   mkdir -p "$RUNS/data_mix"
   for split in val test_2016_flickr; do for lang in de en; do
     file=$(corpus "$split.$lang")
-    ln -sf "$file" "$RUNS/data_mix/$(basename "$file")"
+    ln -sf "$(realpath "$file")" "$RUNS/data_mix/$(basename "$file")"
   done; done
   both() { if [[ $1 == *.gz ]]; then zcat "$1"; else cat "$1"; fi; }
   { both "$(corpus train.de)"; both "$(corpus train.de)"; } | gzip > "$RUNS/data_mix/train.de.gz"
