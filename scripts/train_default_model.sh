@@ -32,6 +32,8 @@ corpus() {
   echo "missing $DATA_DIR/$1[.gz]" >&2
   return 1
 }
+# the lines of FILE, plain or gzipped
+text_of() { if [[ $1 == *.gz ]]; then zcat "$1"; else cat "$1"; fi; }
 # the saves of RUN from update FIRST to LAST (every KEEP), one directory per line
 saves() { local run=$1 first=$2 last=$3 u; for ((u = first; u <= last; u += KEEP)); do printf '%s/saves/u%06d\n' "$run" "$u"; done; }
 # the largest multiple of KEEP <= N
@@ -127,9 +129,8 @@ if [ ! -f "$RUNS/data_mix/train.en.gz" ]; then  # the sources twice: once with v
     file=$(corpus "$split.$lang")
     ln -sf "$(realpath "$file")" "$RUNS/data_mix/$(basename "$file")"
   done; done
-  both() { if [[ $1 == *.gz ]]; then zcat "$1"; else cat "$1"; fi; }
-  { both "$(corpus train.de)"; both "$(corpus train.de)"; } | gzip > "$RUNS/data_mix/train.de.gz"
-  { both "$RUNS/distill3.en.gz"; both "$(corpus train.en)"; } | gzip > "$RUNS/data_mix/train.en.gz.partial"
+  { text_of "$(corpus train.de)"; text_of "$(corpus train.de)"; } | gzip > "$RUNS/data_mix/train.de.gz"
+  { text_of "$RUNS/distill3.en.gz"; text_of "$(corpus train.en)"; } | gzip > "$RUNS/data_mix/train.en.gz.partial"
   mv "$RUNS/data_mix/train.en.gz.partial" "$RUNS/data_mix/train.en.gz"
 fi
 
