@@ -12,9 +12,11 @@ compare logits and tokens.
 Weights are converted once per model (and again whenever a parameter changes) into the layout
 the kernels read, in one of three storage types: ``fp32`` (same numbers as the model), ``bf16``
 (weights rounded to bfloat16, half the bytes to stream) or ``int8`` (per-output-channel symmetric
-int8 with a float32 scale, a quarter). Accumulation is float32 in all three; activations are
-float32 too, except that ``bf16`` on a CPU with AVX-512 BF16 rounds them to bfloat16 and runs the
-bf16 dot-product instruction (twice the multiply-adds per instruction).
+int8 with a float32 scale, a quarter). Activations are float32 and products accumulate in float32,
+except where the CPU has a dot-product instruction for the type: ``bf16`` on AVX-512 BF16 rounds the
+activations to bfloat16 (twice the multiply-adds per instruction), and ``int8`` on AVX-512 VNNI
+quantizes each row of activations to uint8 between its min and max and sums the products in int32
+(four times), the offset and scales applied after.
 
 The flat weight list of the decoder (``NativeDecoder.tensors``) is, every matrix as panels
 (``pack_panels``) followed by its scale and bias (a model without final norms passes empty tensors
@@ -33,6 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from janus_fast.cpu_features import has_avx512_vnni
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
 from janus_fast.ops import uses_native_ops
 
@@ -94,6 +97,24 @@ def pack_bf16_pairs(weight: torch.Tensor) -> torch.Tensor:
     return wide.view(padded_out // PANEL, PANEL, padded_in // 2, 2).permute(0, 2, 1, 3).contiguous()
 
 
+def pack_int8_quads(weight: torch.Tensor) -> torch.Tensor:
+    """int8 nn.Linear weight (out, in) -> int8 (ceil(out / 64), ceil(in / 4), 64, 4): in panel p, row r
+    holds (w[4r][n] .. w[4r + 3][n]) of the (in, out) transpose for its 64 columns n (the layout of the
+    AVX-512 VNNI dot product), zero-padded."""
+    out_features, in_features = weight.shape
+    padded_out, padded_in = -(-out_features // PANEL) * PANEL, -(-in_features // 4) * 4
+    wide = torch.zeros(padded_out, padded_in, dtype=torch.int8)
+    wide[:out_features, :in_features] = weight
+    return wide.view(padded_out // PANEL, PANEL, padded_in // 4, 4).permute(0, 2, 1, 3).contiguous()
+
+
+def int8_computes_in_int8() -> bool:
+    """True where int8 weights also run int8 products (the CPU reports AVX-512 VNNI and the native
+    products use AVX-512): each row of activations is then quantized to uint8, else only weights are
+    int8."""
+    return cpu_isa() in ("avx512", "avx512_bf16") and has_avx512_vnni()
+
+
 def bf16_computes_in_bf16() -> bool:
     """True where bf16 weights also run bf16 dot products (the CPU reports AVX-512 BF16): the
     activations are then rounded to bfloat16 before each product, else only weights are rounded."""
@@ -112,6 +133,9 @@ def _matrix(weight: torch.Tensor, bias: torch.Tensor | None, weight_type: str) -
         return [pack_panels(w.to(torch.bfloat16)), _EMPTY, bias_tensor]
     scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
     quantized = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    if int8_computes_in_int8():  # scales then the column sums the uint8 activations' offset needs
+        column_sums = quantized.sum(dim=1, dtype=torch.int32).float()
+        return [pack_int8_quads(quantized), torch.cat([scale, column_sums]).contiguous(), bias_tensor]
     return [pack_panels(quantized), scale.contiguous(), bias_tensor]
 
 

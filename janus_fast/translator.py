@@ -21,7 +21,7 @@ from janus_fast.decoding import (
     resolve_length_bonus,
 )
 from janus_fast.model import JanusModel
-from janus_fast.native_decoder import unsupported_reason
+from janus_fast.native_decoder import int8_computes_in_int8, unsupported_reason
 from janus_fast.quantize import PRECISIONS, quantize_int8
 from janus_fast.search import Hypotheses
 from janus_fast.tokenizer import Tokenizer
@@ -29,12 +29,14 @@ from janus_fast.tokenizer import Tokenizer
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "multi30k-de-en")
 
 
-# With precision "int8", batches whose decoder passes have at least this many positions (NAR:
-# length beam x source tokens, about the target positions; AR: 2 streams x beam x sentences) run
-# PyTorch's dynamic int8 layers (int8 products, VNNI where the CPU has it: faster when the products
-# dominate); smaller ones the native passes with int8 weights (faster when streaming the weights
-# dominates). Measured on CPU B (README, "CPU decoding"): native wins at 45 positions (NAR, one
-# sentence) and 32 (AR, 16 sentences), dynamic at 180 (NAR, 4 sentences), a tie at 64 (AR).
+# With precision "int8" on a CPU without AVX-512 VNNI, where the native passes only store int8
+# weights (``native_decoder.int8_computes_in_int8``), batches whose decoder passes have at least this
+# many positions (NAR: length beam x source tokens, about the target positions; AR: 2 streams x beam
+# x sentences) run PyTorch's dynamic int8 layers (int8 products: faster when the products dominate);
+# smaller ones the native passes (faster when streaming the weights dominates). Measured on CPU B
+# (README, "CPU decoding"): native wins at 45 positions (NAR, one sentence) and 32 (AR, 16
+# sentences), dynamic at 180 (NAR, 4 sentences), a tie at 64 (AR). With VNNI the native passes run
+# int8 products themselves, at every batch size.
 INT8_COMPUTE_MIN_POSITIONS = 64
 
 
@@ -55,8 +57,9 @@ class Translator:
         decoder: "engine" (fast, ``janus_fast.engine``) or "reference" (``janus_fast.reference_decoding``).
         precision: "fp32" (default; engine == reference token for token), "bf16" or "int8": on the
             CPU with the native decoder (``janus_fast.native_decoder``) the weights of the native
-            passes are stored (and, where the CPU has AVX-512 BF16, bf16 multiplied) in that
-            type; "int8" batches of ``INT8_COMPUTE_MIN_POSITIONS`` or more decoder positions, and int8
+            passes are stored in that type, and multiplied in it where the CPU has the instructions
+            (AVX-512 BF16; AVX-512 VNNI for int8, activations quantized to uint8 per row); without
+            VNNI, "int8" batches of ``INT8_COMPUTE_MIN_POSITIONS`` or more decoder positions, and int8
             without the native decoder (or with the reference decoder), run PyTorch's dynamic int8
             linear layers (``janus_fast.quantize``). Outputs may differ slightly from fp32.
     """
@@ -83,14 +86,14 @@ class Translator:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.decoder_weights = "fp32"
-        self.int8_model: JanusModel | None = None  # PyTorch dynamic int8 copy, for large batches
+        self.int8_model: JanusModel | None = None  # PyTorch dynamic int8 copy, for large batches without VNNI
         if precision != "fp32":
             if next(model.parameters()).device.type != "cpu":
                 raise ValueError(f"precision {precision!r} runs on the CPU only")
             reason = unsupported_reason(model.eval())
             if decoder == "engine" and reason is None:
                 self.decoder_weights = precision
-                if precision == "int8":
+                if precision == "int8" and not int8_computes_in_int8():
                     self.int8_model = quantize_int8(model)
             elif precision == "int8":
                 model = quantize_int8(model)

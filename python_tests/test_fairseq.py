@@ -326,7 +326,8 @@ def test_post_norm_models_decode_the_same_with_either_decoder() -> None:
     src, lengths = pad_sequences([[5, 6, 7, 8], [9, 10]], config.pad_id)
     engine = generate(model, src, lengths, iterations=3, decoder="engine", return_scores=True)
     reference = generate(model, src, lengths, iterations=3, decoder="reference", return_scores=True)
-    assert engine == reference
+    assert engine.tokens == reference.tokens
+    assert engine.scores == pytest.approx(reference.scores, abs=1e-5)  # the engine's vector log-sum-exp
 
 
 def test_dictionary_tokenizer(tmp_path) -> None:

@@ -22,8 +22,10 @@ from janus_fast.native_decoder import (
     NativeDecoder,
     bf16_computes_in_bf16,
     cpu_isa,
+    int8_computes_in_int8,
     native_decoder_available,
     pack_bf16_pairs,
+    pack_int8_quads,
     pack_panels,
 )
 from janus_fast.reference_decoding import ar_search, mask_predict
@@ -116,7 +118,19 @@ def rounded_model(model, weight_type: str):
             else:
                 scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
                 w.copy_(torch.round(w / scale[:, None]).clamp(-127, 127) * scale[:, None])
+                if int8_computes_in_int8():  # the int8 products see uint8 activations too
+                    module.forward = lambda x, m=module: F.linear(uint8_rows(x), m.weight, m.bias)
     return copy
+
+
+def uint8_rows(x: torch.Tensor) -> torch.Tensor:
+    """x (..., K) as the int8 products see it: each row quantized to 256 levels between its min and
+    max (round half to even), then dequantized."""
+    low, high = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+    spread = high - low
+    inverse = torch.where(spread > 0, 255.0 / spread, torch.zeros_like(spread))
+    levels = torch.round((x - low) * inverse).clamp(0, 255)
+    return low + torch.where(spread > 0, spread / 255.0, torch.zeros_like(spread)) * levels
 
 
 def test_pack_panels_layout():
@@ -137,6 +151,16 @@ def test_pack_bf16_pairs_layout():
         for k in range(3):
             assert pairs[n // 64, k // 2, n % 64, k % 2] == weight[n, k]
     assert pairs[:, 1, :, 1].abs().sum() == 0  # the padded row k = 3
+
+
+def test_pack_int8_quads_layout():
+    weight = (torch.arange(70 * 5).view(70, 5) % 251 - 125).to(torch.int8)  # (out 70, in 5)
+    quads = pack_int8_quads(weight)
+    assert quads.shape == (2, 2, 64, 4) and quads.dtype == torch.int8
+    for n in range(70):
+        for k in range(5):
+            assert quads[n // 64, k // 4, n % 64, k % 4] == weight[n, k]
+    assert quads[:, 1, :, 1:].abs().sum() == 0 and quads[1, :, 6:].abs().sum() == 0  # padding
 
 
 @pytest.mark.parametrize("architecture", list(AR_ARCHITECTURES))
@@ -270,6 +294,33 @@ def test_nar_fill_is_argmax_and_log_softmax_of_model_logits(shape, architecture)
             native.nar_fill(flat_tokens, positions, offsets, NativeDecoder.memory(encoder_out), wanted, -2)
 
 
+def test_nar_fill_follows_torch_where_logits_are_nan():
+    """A row holding NaN leaves the vectorised reduction for torch's rules (its log-softmax is NaN
+    everywhere, so the argmax is the first id that is not excluded, with a NaN score); here every
+    row, through one NaN vocabulary row of the tied embedding."""
+    model = model_for("medium", seed=4, architecture=next(iter(ARCHITECTURES)))
+    nan_id, mask_id = 9, model.config.mask_id
+    with torch.no_grad():
+        model.embed_tokens.weight[nan_id] = float("nan")
+    src, src_lengths = sources(4, 3, model.config.vocab_size)
+    src[src == nan_id] = nan_id + 1
+    lengths = torch.tensor([6, 4, 5])
+    tokens = torch.full((3, 6), mask_id)
+    native = NativeDecoder.for_model(model)
+    with torch.inference_mode():
+        encoder_out = model.encode(src, src_lengths)
+        index, flat_tokens, positions, offsets = packed(tokens, lengths)
+        log_probs = F.log_softmax(model.nar_logits(tokens, lengths, encoder_out).reshape(3 * 6, -1)[index], -1)
+        expected_tokens = log_probs.index_fill(1, torch.tensor([mask_id]), float("-inf")).argmax(-1)
+        assert torch.isnan(log_probs).all()
+        wanted = torch.arange(len(index))
+        got_tokens, got_scores = native.nar_fill(
+            flat_tokens, positions, offsets, NativeDecoder.memory(encoder_out), wanted, mask_id
+        )
+    assert torch.equal(got_tokens, expected_tokens)
+    assert torch.isnan(got_scores).all()
+
+
 def ar_score_inputs(model, seed: int):
     """Candidates ``<bos> y <eos>`` of 5 rows (lengths 2..9, any ids in y, garbage past each
     length), their sources, and the packed content tokens / positions / offsets / targets."""
@@ -326,7 +377,7 @@ def test_ar_scores_are_the_model_teacher_forced_log_probs(shape, architecture):
 def test_ar_scores_with_low_precision_weights_equal_the_rounded_model(weight_type):
     model = model_for("medium", seed=10)
     rounded = rounded_model(model, weight_type)
-    loose = weight_type == "bf16" and bf16_computes_in_bf16()
+    loose = bf16_computes_in_bf16() if weight_type == "bf16" else int8_computes_in_int8()
     tolerance = dict(rtol=2e-2, atol=2e-2) if loose else dict(rtol=1e-4, atol=2e-4)
     src, src_lengths, tokens, lengths, (contexts, positions, offsets, targets) = ar_score_inputs(model, 10)
     with torch.inference_mode():
@@ -358,12 +409,12 @@ def test_encoder_matches_model_at_real_positions(shape, architecture):
 @pytest.mark.parametrize("weight_type", ["bf16", "int8"])
 def test_low_precision_weights_equal_model_with_rounded_weights(weight_type):
     """bf16 / int8 storage == the PyTorch model with its matrices rounded the same way. Where bf16
-    runs bf16 dot products, the emulation also rounds activations; a few of them then round the
-    other way (fp32 sums in another order), so that case gets a looser bound and must still be far
-    closer to the emulation than to the fp32 model."""
+    runs bf16 dot products (int8: int8 ones), the emulation also rounds (quantizes) activations; a
+    few of them then round the other way (fp32 sums in another order), so that case gets a looser
+    bound and must still be far closer to the emulation than to the fp32 model."""
     model = model_for("medium", seed=4)
     rounded = rounded_model(model, weight_type)
-    loose = weight_type == "bf16" and bf16_computes_in_bf16()
+    loose = bf16_computes_in_bf16() if weight_type == "bf16" else int8_computes_in_int8()
     tolerance = dict(rtol=2e-2, atol=2e-2) if loose else dict(rtol=1e-4, atol=2e-4)
     src, lengths = sources(4, 2, model.config.vocab_size)
     native = NativeDecoder.for_model(model, weight_type)
@@ -484,9 +535,11 @@ def test_bad_inputs_raise_clear_errors():
         NativeDecoder(model, "fp8")
 
 
-def test_int8_translator_picks_storage_or_compute_by_decoder_positions(trained_dir, monkeypatch):
-    """int8: small batches run the native passes with int8 weights, large ones PyTorch's dynamic
-    int8 copy (INT8_COMPUTE_MIN_POSITIONS); both translate."""
+@pytest.mark.parametrize("vnni", [False, True])
+def test_int8_translator_picks_storage_or_compute_by_decoder_positions(trained_dir, monkeypatch, vnni):
+    """int8 without AVX-512 VNNI: small batches run the native passes with int8 weights, large ones
+    PyTorch's dynamic int8 copy (INT8_COMPUTE_MIN_POSITIONS); with it (the native passes then run int8
+    products) every batch runs natively and no dynamic copy is made. All translate."""
     from janus_fast import translator as translator_module
 
     calls = []
@@ -497,13 +550,15 @@ def test_int8_translator_picks_storage_or_compute_by_decoder_positions(trained_d
         return real_generate(model, *args, **kwargs)
 
     monkeypatch.setattr(translator_module, "generate", recording_generate)
+    monkeypatch.setattr(translator_module, "int8_computes_in_int8", lambda: vnni)
     translator = translator_module.Translator.from_pretrained(trained_dir, precision="int8")
-    assert translator.int8_model is not None
+    assert (translator.int8_model is None) == vnni
+    large = (translator.model, "int8") if vnni else (translator.int8_model, "fp32")
     one = translator.translate(["ein hund"], mode="nar", iterations=2)
     assert calls[-1] == (translator.model, "int8") and len(one) == 1
     many = translator.translate(["ein mann fährt fahrrad auf der straße"] * 8, mode="nar", iterations=2, batch_size=8)
-    assert calls[-1] == (translator.int8_model, "fp32") and len(many) == 8
+    assert calls[-1] == large and len(many) == 8
     translator.translate(["ein hund"] * 40, mode="ar", batch_size=40)
-    assert calls[-1] == (translator.int8_model, "fp32")
+    assert calls[-1] == large
     translator.translate(["ein hund"] * 3, mode="ar", batch_size=3)
     assert calls[-1] == (translator.model, "int8")

@@ -8,6 +8,7 @@
 #define JANUS_X86 1
 #define JANUS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
 #define JANUS_AVX512_BF16 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl,avx2,fma")))
+#define JANUS_AVX512_VNNI __attribute__((target("avx512vnni,avx512f,avx512bw,avx512vl,avx2,fma")))
 #define JANUS_AVX2 __attribute__((target("avx2,fma")))
 #else
 #define JANUS_X86 0
@@ -28,6 +29,20 @@ inline Isa detect_isa() {
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
   return Isa::kScalar;
+}
+
+// AVX-512 VNNI (vpdpbusd: four uint8 x int8 products summed into each int32 lane), which the int8
+// products use where the Isa is AVX-512; independent of AVX-512 BF16 (some CPUs have one only).
+inline bool has_avx512_vnni() {
+#if JANUS_X86
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0;
+  }();
+  return has;
+#else
+  return false;
+#endif
 }
 
 inline const char* isa_name(Isa isa) {

@@ -9,7 +9,9 @@
 // ((n / 64) * K + k) * 64 + n % 64 (N padded with zero columns to a multiple of 64), so one panel
 // (K x 64) is a contiguous stream; as float32, bfloat16 (upper 16 bits of a float32) or int8 (with
 // a float32 scale per output column n). Every weight is widened to float32 before the
-// multiply-add, so only the storage differs. The loop keeps an MR x 64 (or x 32) block of y in
+// multiply-add, so only the storage differs; except in two layouts made for a dot-product
+// instruction: kBFloat16Pairs (AVX-512 BF16) and kInt8Quads (AVX-512 VNNI, int8 x uint8 products
+// summed in int32, x quantized per row). The loop keeps an MR x 64 (or x 32) block of y in
 // registers and streams a panel once per block of MR rows; the vector width is chosen at run time
 // from what the CPU reports (AVX-512, AVX2 + FMA, or plain C++).
 //
@@ -18,7 +20,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "core/isa.h"
 
@@ -28,7 +32,11 @@ namespace core {
 // kBFloat16Pairs: bfloat16 weights laid out for the AVX-512 BF16 dot product: within a panel,
 // row kp (of ceil(K / 2)) holds for each of the 64 columns the pair (w[2kp][n], w[2kp + 1][n]);
 // x is rounded to bfloat16 as well and products accumulate in float32.
-enum class WeightType : int { kFloat32 = 0, kBFloat16 = 1, kInt8 = 2, kBFloat16Pairs = 3 };
+// kInt8Quads: int8 weights (per-column scale) laid out for the AVX-512 VNNI dot product: within a
+// panel, row kq (of ceil(K / 4)) holds for each of the 64 columns the four weights w[4kq .. 4kq + 3][n];
+// `scale` holds 2N floats: the N column scales, then the N column sums of the int8 weights. Each row
+// of x is quantized to uint8 (quantize_row_u8) and products accumulate in int32.
+enum class WeightType : int { kFloat32 = 0, kBFloat16 = 1, kInt8 = 2, kBFloat16Pairs = 3, kInt8Quads = 4 };
 
 constexpr int64_t kPanel = 64;
 
@@ -37,7 +45,7 @@ inline int64_t num_panels(int64_t n) { return (n + kPanel - 1) / kPanel; }
 struct GemmWeight {
   const void* data = nullptr;    // num_panels(N) panels of [K][64]
   WeightType type = WeightType::kFloat32;
-  const float* scale = nullptr;  // [N] for kInt8, else nullptr
+  const float* scale = nullptr;  // [N] for kInt8, [2N] for kInt8Quads (scales, column sums), else nullptr
   const float* bias = nullptr;   // [N] or nullptr
   bool accumulate = false;       // add to y (a residual) instead of overwriting it
   int64_t k = 0;
@@ -82,6 +90,58 @@ inline void gemm_pairs_scalar(int64_t rows, const float* x, int64_t ldx, const G
         acc += from_bfloat16(to_bfloat16(x[m * ldx + k])) * from_bfloat16(column[(k / 2) * kPanel * 2 + (k & 1)]);
       if (weight.bias != nullptr) acc += weight.bias[n];
       y[m * ldy + n] = weight.accumulate ? y[m * ldy + n] + acc : acc;
+    }
+  }
+}
+
+// One row of x (K floats) as uint8: x[k] ~ offset + step * q[k] with q in [0, 255], step = (max - min)
+// / 255 and offset = min over the row (a constant row: step 0, q 0), q rounded to nearest even;
+// packed four per uint32 (q[4i] in the low byte), zero past K. Every ISA's int8 product quantizes
+// through this function or one that gives the same q (quantize_row_u8_avx512).
+struct RowQuantization {
+  float step, offset;
+};
+
+inline RowQuantization quantize_row_u8(const float* x, int64_t k, uint32_t* q) {
+  float lo = x[0], hi = x[0];
+  for (int64_t i = 1; i < k; ++i) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
+  const float inverse = hi > lo ? 255.0f / (hi - lo) : 0.0f;
+  const int64_t quads = (k + 3) / 4;
+  for (int64_t i = 0; i < quads; ++i) {
+    uint32_t packed = 0;
+    for (int64_t j = 0; j < 4 && 4 * i + j < k; ++j) {
+      const float level = std::nearbyint((x[4 * i + j] - lo) * inverse);
+      const uint32_t value = static_cast<uint32_t>(std::min(255.0f, std::max(0.0f, level)));
+      packed |= value << (8 * j);
+    }
+    q[i] = packed;
+  }
+  return {hi > lo ? (hi - lo) / 255.0f : 0.0f, lo};
+}
+
+// y = scale[n] * (step * dot + offset * column_sum[n]) + bias[n] (+ y): the int8 product's epilogue
+// for one output, dot = sum_k q[k] w[k][n] (int32).
+inline float int8_output(int32_t dot, RowQuantization row, const GemmWeight& weight, int64_t n) {
+  const float value = row.step * static_cast<float>(dot) + row.offset * weight.scale[weight.n + n];
+  return value * weight.scale[n] + (weight.bias != nullptr ? weight.bias[n] : 0.0f);
+}
+
+// kInt8Quads in plain C++.
+inline void gemm_quads_scalar(int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight, float* y,
+                              int64_t ldy, int64_t n_begin, int64_t n_end) {
+  const int8_t* w = static_cast<const int8_t*>(weight.data);
+  const int64_t quads = (weight.k + 3) / 4;
+  std::vector<uint32_t> q(quads);
+  for (int64_t m = 0; m < rows; ++m) {
+    const RowQuantization row = quantize_row_u8(x + m * ldx, weight.k, q.data());
+    for (int64_t n = n_begin; n < n_end; ++n) {
+      const int8_t* column = w + (n / kPanel) * quads * kPanel * 4 + (n % kPanel) * 4;
+      int32_t dot = 0;
+      for (int64_t i = 0; i < quads; ++i)
+        for (int j = 0; j < 4; ++j)
+          dot += static_cast<int32_t>((q[i] >> (8 * j)) & 0xffu) * column[i * kPanel * 4 + j];
+      const float value = int8_output(dot, row, weight, n);
+      y[m * ldy + n] = weight.accumulate ? y[m * ldy + n] + value : value;
     }
   }
 }
@@ -230,6 +290,113 @@ JANUS_AVX512_BF16 inline void gemm_bf16_pairs(int64_t rows, const float* x, int6
   }
 }
 
+// quantize_row_u8 in 16 lanes: the same min, max and rounding (vcvtps2dq rounds to nearest even), so
+// the same q.
+JANUS_AVX512 inline RowQuantization quantize_row_u8_avx512(const float* x, int64_t k, uint32_t* q) {
+  __m512 lo = _mm512_set1_ps(x[0]), hi = lo;
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    lo = _mm512_min_ps(lo, v);
+    hi = _mm512_max_ps(hi, v);
+  }
+  alignas(64) float lanes_lo[16], lanes_hi[16];
+  _mm512_store_ps(lanes_lo, lo);
+  _mm512_store_ps(lanes_hi, hi);
+  float low = lanes_lo[0], high = lanes_hi[0];
+  for (int l = 1; l < 16; ++l) low = std::min(low, lanes_lo[l]), high = std::max(high, lanes_hi[l]);
+  for (int64_t t = i; t < k; ++t) low = std::min(low, x[t]), high = std::max(high, x[t]);
+  const float inverse = high > low ? 255.0f / (high - low) : 0.0f;
+  const __m512 shift = _mm512_set1_ps(low), scale = _mm512_set1_ps(inverse);
+  const __m512i zero = _mm512_setzero_si512();
+  uint8_t* bytes = reinterpret_cast<uint8_t*>(q);
+  i = 0;
+  for (; i + 16 <= k; i += 16) {
+    const __m512i level = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), shift), scale));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(bytes + i), _mm512_cvtusepi32_epi8(_mm512_max_epi32(level, zero)));
+  }
+  for (; i < (k + 3) / 4 * 4; ++i) {
+    const float level = i < k ? std::nearbyint((x[i] - low) * inverse) : 0.0f;
+    bytes[i] = static_cast<uint8_t>(std::min(255.0f, std::max(0.0f, level)));
+  }
+  return {high > low ? (high - low) / 255.0f : 0.0f, low};
+}
+
+// acc += the sums of four uint8 (x) x int8 (w) products per int32 lane (vpdpbusd). Inline assembly:
+// GCC 12 spills every accumulator of the intrinsic's MR x 4 register block to the stack per step.
+JANUS_AVX512_VNNI inline __m512i dot_u8_s8(__m512i acc, __m512i x, __m512i w) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
+  return acc;
+}
+
+// One MR x 64 block of y from int8 quads: xq holds each row of x as ceil(K/4) uint8 quads.
+template <int MR>
+JANUS_AVX512_VNNI inline void gemm_block_int8_quads(const uint32_t* xq, int64_t quads, const int8_t* panel,
+                                                    const RowQuantization* rows, const GemmWeight& weight, float* y,
+                                                    int64_t ldy, int64_t n0, int64_t valid) {
+  __m512i acc[MR][4];
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_si512();
+  const int8_t* row = panel;
+  for (int64_t kq = 0; kq < quads; ++kq, row += 4 * kPanel) {
+    const __m512i w0 = _mm512_loadu_si512(row), w1 = _mm512_loadu_si512(row + 64);
+    const __m512i w2 = _mm512_loadu_si512(row + 128), w3 = _mm512_loadu_si512(row + 192);
+    for (int m = 0; m < MR; ++m) {
+      const __m512i xv = _mm512_set1_epi32(static_cast<int>(xq[m * quads + kq]));
+      acc[m][0] = dot_u8_s8(acc[m][0], xv, w0);
+      acc[m][1] = dot_u8_s8(acc[m][1], xv, w1);
+      acc[m][2] = dot_u8_s8(acc[m][2], xv, w2);
+      acc[m][3] = dot_u8_s8(acc[m][3], xv, w3);
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    const int64_t n = n0 + 16 * j, count = std::min<int64_t>(16, valid - 16 * j);
+    if (count <= 0) break;
+    const __mmask16 mask = static_cast<__mmask16>(count >= 16 ? 0xffff : (1u << count) - 1u);
+    const __m512 scale = _mm512_maskz_loadu_ps(mask, weight.scale + n);
+    const __m512 sums = _mm512_maskz_loadu_ps(mask, weight.scale + weight.n + n);
+    const __m512 bias = weight.bias ? _mm512_maskz_loadu_ps(mask, weight.bias + n) : _mm512_setzero_ps();
+    for (int m = 0; m < MR; ++m) {
+      // the same operations in the same order as int8_output
+      const __m512 dot = _mm512_cvtepi32_ps(acc[m][j]);
+      const __m512 value = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(rows[m].step), dot),
+                                         _mm512_mul_ps(_mm512_set1_ps(rows[m].offset), sums));
+      __m512 out = _mm512_add_ps(_mm512_mul_ps(value, scale), bias);
+      if (weight.accumulate) out = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, y + m * ldy + n), out);
+      _mm512_mask_storeu_ps(y + m * ldy + n, mask, out);
+    }
+  }
+}
+
+JANUS_AVX512_VNNI inline void gemm_int8_quads(int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight,
+                                              float* y, int64_t ldy, int64_t n_begin, int64_t n_end) {
+  const int64_t quads = (weight.k + 3) / 4;
+  constexpr int64_t kRowsPerBlock = 6;
+  if (quads > 512) return gemm_quads_scalar(rows, x, ldx, weight, y, ldy, n_begin, n_end);
+  uint32_t xq[kRowsPerBlock * 512];
+  RowQuantization quantization[kRowsPerBlock];
+  const int8_t* w = static_cast<const int8_t*>(weight.data);
+  for (int64_t m0 = 0; m0 < rows; m0 += kRowsPerBlock) {
+    const int64_t block = std::min(kRowsPerBlock, rows - m0);
+    for (int64_t m = 0; m < block; ++m)
+      quantization[m] = quantize_row_u8_avx512(x + (m0 + m) * ldx, weight.k, xq + m * quads);
+    float* yr = y + m0 * ldy;
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += kPanel) {
+      const int8_t* panel = w + (n0 / kPanel) * quads * kPanel * 4;
+      const int64_t valid = std::min(kPanel, n_end - n0);
+      const RowQuantization* q = quantization;
+      switch (block) {
+        case 6: gemm_block_int8_quads<6>(xq, quads, panel, q, weight, yr, ldy, n0, valid); break;
+        case 5: gemm_block_int8_quads<5>(xq, quads, panel, q, weight, yr, ldy, n0, valid); break;
+        case 4: gemm_block_int8_quads<4>(xq, quads, panel, q, weight, yr, ldy, n0, valid); break;
+        case 3: gemm_block_int8_quads<3>(xq, quads, panel, q, weight, yr, ldy, n0, valid); break;
+        case 2: gemm_block_int8_quads<2>(xq, quads, panel, q, weight, yr, ldy, n0, valid); break;
+        default: gemm_block_int8_quads<1>(xq, quads, panel, q, weight, yr, ldy, n0, valid); break;
+      }
+    }
+  }
+}
+
 JANUS_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 JANUS_AVX2 inline __m256 load8(const uint16_t* p) {
   const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -302,6 +469,12 @@ inline void gemm(Isa isa, int64_t rows, const float* x, int64_t ldx, const GemmW
       if (isa == Isa::kAvx512Bf16) return gemm_bf16_pairs(rows, x, ldx, weight, y, ldy, n_begin, n_end);
 #endif
       return gemm_pairs_scalar(rows, x, ldx, weight, y, ldy, n_begin, n_end);
+    case WeightType::kInt8Quads:
+#if JANUS_X86
+      if (isa >= Isa::kAvx512 && has_avx512_vnni())
+        return gemm_int8_quads(rows, x, ldx, weight, y, ldy, n_begin, n_end);
+#endif
+      return gemm_quads_scalar(rows, x, ldx, weight, y, ldy, n_begin, n_end);
     case WeightType::kBFloat16:
       return gemm_columns<uint16_t>(isa, rows, x, ldx, weight, y, ldy, n_begin, n_end);
     case WeightType::kInt8:

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "core/decoder_math.h"
+#include "core/logit_reduction.h"
 #include "core/small_gemm.h"
 
 namespace janus_fast {
@@ -73,13 +74,17 @@ const float* float_data(const at::Tensor& t, int64_t numel, const char* what) {
 
 GemmWeight make_weight(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& bias, int64_t k, int64_t n,
                        const char* what) {
-  const bool pairs = w.dim() == 4;  // bfloat16 pairs: (panels, ceil(k / 2), 64, 2)
+  // bfloat16 pairs (panels, ceil(k / 2), 64, 2) or int8 quads (panels, ceil(k / 4), 64, 4)
+  const int64_t group = w.dim() == 4 ? w.size(3) : 1;
+  const bool pairs = group == 2 && w.scalar_type() == at::kBFloat16;
+  const bool quads = group == 4 && w.scalar_type() == at::kChar;
   TORCH_CHECK_VALUE((w.dim() == 3 && w.size(0) == core::num_panels(n) && w.size(1) == k && w.size(2) == core::kPanel) ||
-                        (pairs && w.size(0) == core::num_panels(n) && w.size(1) == (k + 1) / 2 &&
-                         w.size(2) == core::kPanel && w.size(3) == 2 && w.scalar_type() == at::kBFloat16),
+                        ((pairs || quads) && w.size(0) == core::num_panels(n) && w.size(1) == (k + group - 1) / group &&
+                         w.size(2) == core::kPanel),
                     "decoder weights: ", what, " must be panels (", core::num_panels(n), ", ", k, ", ", core::kPanel,
-                    ") or bfloat16 pairs (", core::num_panels(n), ", ", (k + 1) / 2, ", ", core::kPanel, ", 2), got ",
-                    w.sizes());
+                    "), bfloat16 pairs (", core::num_panels(n), ", ", (k + 1) / 2, ", ", core::kPanel,
+                    ", 2) or int8 quads (", core::num_panels(n), ", ", (k + 3) / 4, ", ", core::kPanel, ", 4), got ",
+                    w.sizes(), " ", w.scalar_type());
   TORCH_CHECK_VALUE(w.is_contiguous() && w.device().is_cpu(), "decoder weights: ", what,
                     " must be contiguous on the CPU");
   GemmWeight g;
@@ -89,13 +94,22 @@ GemmWeight make_weight(const at::Tensor& w, const at::Tensor& scale, const at::T
   switch (w.scalar_type()) {
     case at::kFloat: g.type = core::WeightType::kFloat32; break;
     case at::kBFloat16: g.type = pairs ? core::WeightType::kBFloat16Pairs : core::WeightType::kBFloat16; break;
-    case at::kChar: g.type = core::WeightType::kInt8; break;
+    case at::kChar: g.type = quads ? core::WeightType::kInt8Quads : core::WeightType::kInt8; break;
     default: TORCH_CHECK_TYPE(false, "decoder weights: ", what, " must be float32, bfloat16 or int8, got ", w.scalar_type());
   }
   if (g.type == core::WeightType::kInt8) g.scale = float_data(scale, n, what);
+  else if (g.type == core::WeightType::kInt8Quads) g.scale = float_data(scale, 2 * n, what);  // scales, column sums
   else TORCH_CHECK_VALUE(scale.numel() == 0, "decoder weights: ", what, " has a scale but is not int8");
   if (bias.numel() > 0) g.bias = float_data(bias, n, what);
   return g;
+}
+
+// The FFN width, from fc1's bias or (without one) its int8 scales: n of them, or 2n for int8 quads.
+int64_t ffn_width(const at::Tensor& fc1, const at::Tensor& scale, const at::Tensor& bias, const char* what) {
+  TORCH_CHECK_VALUE(bias.numel() > 0 || scale.numel() > 0, what, " weights: fc1 needs a bias or scale");
+  if (bias.numel() > 0) return bias.numel();
+  const bool quads = fc1.dim() == 4 && fc1.size(3) == 4;
+  return quads ? scale.numel() / 2 : scale.numel();
 }
 
 // How the layers are wired (janus_fast.model.JanusConfig's normalize_before and activation).
@@ -149,10 +163,7 @@ DecoderWeights parse_weights(at::TensorList w, int64_t num_heads) {
   for (int64_t l = 0; l < num_layers; ++l) {
     const at::Tensor* t = w.data() + kGlobalTensors + l * kLayerTensors;
     const int64_t dim = d.dim;
-    if (l == 0) {
-      TORCH_CHECK_VALUE(t[22].dim() == 1 || t[23].dim() == 1, "decoder weights: fc1 needs a bias or scale");
-      d.ffn = std::max(t[22].numel(), t[23].numel());
-    }
+    if (l == 0) d.ffn = ffn_width(t[21], t[22], t[23], "decoder");
     LayerWeights layer;
     layer.norm1_w = float_data(t[0], dim, "norm1 weight");
     layer.norm1_b = float_data(t[1], dim, "norm1 bias");
@@ -581,12 +592,62 @@ at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double em
   return vocabulary_logits(s.d, s.states, s.rows);
 }
 
-// The greedy choice per row of `states` (rows, d), without materialising the (rows, V) logits:
-// the argmax over the vocabulary without the `excluded` ids (ties -> lowest id; a NaN is the
-// argmax), or forced_ids[r] where that is >= 0 (forced_ids may be null: none forced), and that
-// token's log-softmax over the whole vocabulary (torch's log_softmax: NaN when the row holds NaN
-// or +inf, or only -inf). The final norm and the vocabulary projection run in tiles of rows whose
-// logits stay in a per-thread buffer.
+// The first index of the maximum of `row` (vocab,) with the `excluded` ids counted as -inf (all -inf
+// -> 0, as torch.argmax).
+int64_t first_max_without(const float* row, int64_t vocab, const std::vector<int64_t>& excluded) {
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  auto value = [&](int64_t id) {
+    for (const int64_t e : excluded)
+      if (e == id) return neg_inf;
+    return row[id];
+  };
+  int64_t best = 0;
+  float best_value = value(0);
+  for (int64_t id = 1; id < vocab; ++id) {
+    const float v = value(id);
+    if (v > best_value) best = id, best_value = v;
+  }
+  return best;
+}
+
+struct GreedyToken {
+  int64_t id;
+  float score;  // the token's log-softmax over the whole vocabulary
+};
+
+// greedy_token for a row holding NaN or +inf, or only -inf: torch's log_softmax and argmax, whose
+// rules for those rows (a NaN is the argmax; the scores are NaN) the engine follows exactly.
+GreedyToken greedy_token_exact(const float* row, int64_t vocab, const std::vector<int64_t>& excluded, int64_t forced) {
+  const auto options = at::TensorOptions().dtype(at::kFloat);
+  at::Tensor log_probs = at::_log_softmax(at::from_blob(const_cast<float*>(row), {vocab}, options), 0, false);
+  if (forced >= 0) return {forced, log_probs.data_ptr<float>()[forced]};
+  const at::Tensor scores = log_probs.clone();
+  for (const int64_t id : excluded) log_probs.select(0, id).fill_(-std::numeric_limits<float>::infinity());
+  const int64_t id = at::argmax(log_probs).item<int64_t>();
+  return {id, scores.data_ptr<float>()[id]};
+}
+
+// The greedy choice of one row of logits: the argmax over the vocabulary without the `excluded` ids
+// (ties -> lowest id; a NaN is the argmax), or `forced` where that is >= 0, and that token's
+// log-softmax over the whole vocabulary (torch's log_softmax: NaN when the row holds NaN or +inf, or
+// only -inf). One vectorised reduction of the row (core/logit_reduction.h); no log-probabilities
+// are written.
+GreedyToken greedy_token(Isa isa, const float* row, int64_t vocab, const std::vector<int64_t>& excluded,
+                         int64_t forced) {
+  const core::LogitReduction reduction = core::reduce_logits_isa(isa, row, vocab);
+  if (!reduction.finite) return greedy_token_exact(row, vocab, excluded, forced);
+  int64_t id = forced;
+  if (id < 0) {
+    id = reduction.argmax;
+    for (const int64_t e : excluded)
+      if (e == id) id = first_max_without(row, vocab, excluded);
+  }
+  return {id, row[id] - reduction.max - reduction.log_sum_exp};
+}
+
+// greedy_token for every row of `states` (rows, d), without materialising the (rows, V) logits
+// (forced_ids may be null: none forced). The final norm and the vocabulary projection run in tiles
+// of rows whose logits stay in a per-thread buffer.
 std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float* states, int64_t rows,
                                                  const std::vector<int64_t>& excluded, const int64_t* forced_ids) {
   at::Tensor best = at::empty({rows}, at::TensorOptions().dtype(at::kLong));
@@ -600,33 +661,16 @@ std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float*
   float* best_scores = scores.data_ptr<float>();
   const Isa isa = active_isa();
   at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> logits_buffer, log_probs_buffer;
+    thread_local std::vector<float> logits_buffer;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t first = t * tile, n = std::min(tile, rows - first);
       float* logits = scratch(logits_buffer, n * d.vocab);
       core::gemm(isa, n, states + first * d.dim, d.dim, d.vocab_projection, logits, d.vocab, 0, d.vocab);
-      const auto options = at::TensorOptions().dtype(at::kFloat);
-      at::Tensor log_probs = at::from_blob(scratch(log_probs_buffer, n * d.vocab), {n, d.vocab}, options);
-      at::_log_softmax_out(log_probs, at::from_blob(logits, {n, d.vocab}, options), 1, false);
-      float* values = log_probs.data_ptr<float>();
-      std::vector<float> forced_values(n);  // read before the excluded ids are set to -inf
-      bool all_forced = forced_ids != nullptr;
       for (int64_t i = 0; i < n; ++i) {
-        const int64_t id = forced_ids != nullptr ? forced_ids[first + i] : -1;
-        if (id >= 0) forced_values[i] = values[i * d.vocab + id];
-        all_forced = all_forced && id >= 0;
-      }
-      const int64_t* ids = nullptr;
-      at::Tensor argmax;
-      if (!all_forced) {
-        for (const int64_t id : excluded) log_probs.select(1, id).fill_(-std::numeric_limits<float>::infinity());
-        argmax = at::argmax(log_probs, 1);
-        ids = argmax.data_ptr<int64_t>();
-      }
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t id = forced_ids != nullptr ? forced_ids[first + i] : -1;
-        best_ids[first + i] = id >= 0 ? id : ids[i];
-        best_scores[first + i] = id >= 0 ? forced_values[i] : values[i * d.vocab + ids[i]];
+        const int64_t forced = forced_ids != nullptr ? forced_ids[first + i] : -1;
+        const GreedyToken token = greedy_token(isa, logits + i * d.vocab, d.vocab, excluded, forced);
+        best_ids[first + i] = token.id;
+        best_scores[first + i] = token.score;
       }
     }
   });
@@ -804,8 +848,7 @@ std::vector<at::Tensor> encoder_forward(at::TensorList weights, int64_t num_enco
   std::vector<EncoderLayerWeights> layers;
   for (int64_t l = 0; l < num_encoder_layers; ++l) {
     const at::Tensor* t = weights.data() + kEncoderGlobalTensors + l * kEncoderLayerTensors;
-    TORCH_CHECK_VALUE(t[14].numel() > 0 || t[15].numel() > 0, "encoder weights: fc1 needs a bias or scale");
-    if (l == 0) d.ffn = std::max(t[14].numel(), t[15].numel());
+    if (l == 0) d.ffn = ffn_width(t[13], t[14], t[15], "encoder");
     EncoderLayerWeights layer;
     layer.norm1_w = float_data(t[0], dim, "norm1 weight");
     layer.norm1_b = float_data(t[1], dim, "norm1 bias");

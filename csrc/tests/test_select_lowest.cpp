@@ -1,6 +1,7 @@
 // Unit tests of csrc/core/select_lowest.h without Python or libtorch (built by CMakeLists.txt,
 // run by ctest). Plain checks: the first failure prints its line and the test exits non-zero.
 #include "core/select_lowest.h"
+#include "tests/check.h"
 
 #include <algorithm>
 #include <cmath>
@@ -10,16 +11,6 @@
 #include <vector>
 
 namespace {
-
-int failures = 0;
-
-#define CHECK(condition)                                                 \
-  do {                                                                   \
-    if (!(condition)) {                                                  \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #condition); \
-      ++failures;                                                        \
-    }                                                                    \
-  } while (0)
 
 using janus_fast::core::OnlineSoftmaxState;
 

@@ -2,6 +2,7 @@
 // counts around the register blocks, K odd and even, N with and without a partial last panel,
 // column ranges, the residual (accumulate) form; core/decoder_math.h's attention and layer norm on
 // every ISA against double. No torch: built and run by ctest.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -23,37 +24,59 @@ void check(bool ok, const char* what, int rows, int k, int n, const char* isa) {
   }
 }
 
+// Each row of x (rows, k) as the int8 products see it: 256 levels from the row's min to its max
+// (round half to even), dequantized.
+std::vector<float> uint8_rows(const std::vector<float>& x, int rows, int k) {
+  std::vector<float> out(x);
+  for (int m = 0; m < rows; ++m) {
+    const float* row = x.data() + m * k;
+    const float lo = *std::min_element(row, row + k), hi = *std::max_element(row, row + k);
+    for (int i = 0; i < k; ++i) {
+      const float level = hi > lo ? std::nearbyint((row[i] - lo) * (255.0f / (hi - lo))) : 0.0f;
+      out[m * k + i] = lo + (hi > lo ? (hi - lo) / 255.0f : 0.0f) * level;
+    }
+  }
+  return out;
+}
+
 // Weights stored in the layout of `type` from the dense (k, n) matrix `dense`; returns the
 // values the kernel should see (rounded / quantized).
 std::vector<float> pack(WeightType type, const std::vector<float>& dense, int k, int n, std::vector<float>& f32,
                         std::vector<uint16_t>& b16, std::vector<int8_t>& i8, std::vector<float>& scale) {
   const int64_t panels = num_panels(n), pairs = (k + 1) / 2;
   std::vector<float> seen(dense);
-  if (type == WeightType::kInt8) {
-    scale.assign(n, 0.0f);
+  const bool int8 = type == WeightType::kInt8 || type == WeightType::kInt8Quads;
+  const int64_t quads = (k + 3) / 4;
+  if (int8) {
+    scale.assign(type == WeightType::kInt8Quads ? 2 * n : n, 0.0f);
     for (int c = 0; c < n; ++c) {
       float top = 0.0f;
       for (int r = 0; r < k; ++r) top = std::max(top, std::fabs(dense[r * n + c]));
       scale[c] = std::max(top / 127.0f, 1e-12f);
       for (int r = 0; r < k; ++r) seen[r * n + c] = std::nearbyint(dense[r * n + c] / scale[c]);
+      if (type == WeightType::kInt8Quads)  // the column sums of the int8 weights follow the scales
+        for (int r = 0; r < k; ++r) scale[n + c] += seen[r * n + c];
     }
   }
   if (type == WeightType::kBFloat16 || type == WeightType::kBFloat16Pairs)
     for (auto& v : seen) v = from_bfloat16(to_bfloat16(v));
   f32.assign(panels * k * kPanel, 0.0f);
   b16.assign(type == WeightType::kBFloat16Pairs ? panels * pairs * kPanel * 2 : panels * k * kPanel, 0);
-  i8.assign(panels * k * kPanel, 0);
+  i8.assign(type == WeightType::kInt8Quads ? panels * quads * kPanel * 4 : panels * k * kPanel, 0);
   for (int r = 0; r < k; ++r)
     for (int c = 0; c < n; ++c) {
       const int64_t at = ((c / kPanel) * k + r) * kPanel + c % kPanel;
       f32[at] = seen[r * n + c];
-      i8[at] = static_cast<int8_t>(seen[r * n + c]);
+      if (type == WeightType::kInt8Quads)
+        i8[(((c / kPanel) * quads + r / 4) * kPanel + c % kPanel) * 4 + r % 4] = static_cast<int8_t>(seen[r * n + c]);
+      else
+        i8[at] = static_cast<int8_t>(seen[r * n + c]);
       if (type == WeightType::kBFloat16Pairs)
         b16[(((c / kPanel) * pairs + r / 2) * kPanel + c % kPanel) * 2 + (r & 1)] = to_bfloat16(seen[r * n + c]);
       else
         b16[at] = to_bfloat16(seen[r * n + c]);
     }
-  if (type == WeightType::kInt8)
+  if (int8)
     for (int r = 0; r < k; ++r)
       for (int c = 0; c < n; ++c) seen[r * n + c] *= scale[c];
   return seen;
@@ -67,7 +90,7 @@ int main() {
   const Isa best = detect_isa();
   const Isa isas[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16};
   const WeightType types[] = {WeightType::kFloat32, WeightType::kBFloat16, WeightType::kInt8,
-                              WeightType::kBFloat16Pairs};
+                              WeightType::kBFloat16Pairs, WeightType::kInt8Quads};
   int cases = 0;
   for (const int k : {1, 7, 64, 130}) {
     for (const int n : {5, 64, 100, 192}) {
@@ -85,15 +108,16 @@ int main() {
         w.type = type;
         w.bias = bias.data();
         w.data = type == WeightType::kFloat32 ? static_cast<const void*>(f32.data())
-                 : type == WeightType::kInt8  ? static_cast<const void*>(i8.data())
+                 : type == WeightType::kInt8 || type == WeightType::kInt8Quads ? static_cast<const void*>(i8.data())
                                               : static_cast<const void*>(b16.data());
-        if (type == WeightType::kInt8) w.scale = scale.data();
+        if (type == WeightType::kInt8 || type == WeightType::kInt8Quads) w.scale = scale.data();
         for (const int rows : {1, 2, 3, 4, 5, 7, 13}) {
           std::vector<float> x(rows * k);
           for (auto& v : x) v = normal(rng);
           std::vector<float> xs(x);  // what the kernel multiplies: bf16-rounded for the pairs path
           if (type == WeightType::kBFloat16Pairs)
             for (auto& v : xs) v = from_bfloat16(to_bfloat16(v));
+          if (type == WeightType::kInt8Quads) xs = uint8_rows(x, rows, k);
           for (const Isa isa : isas) {
             if (isa > best) continue;
             for (const bool accumulate : {false, true}) {
@@ -173,6 +197,22 @@ int main() {
       check(ok, "layer_norm", rows, dim, dim, isa_name(isa));
     }
   }
+  // the AVX-512 uint8 quantization of a row gives the plain function's levels exactly (every ISA's
+  // int8 product must see the same q), constant rows included
+#if JANUS_X86
+  if (best >= Isa::kAvx512) {
+    for (const int k : {1, 5, 16, 33, 256, 1024}) {
+      for (int trial = 0; trial < 4; ++trial) {
+        std::vector<float> row(k);
+        for (auto& v : row) v = trial == 3 ? 0.25f : normal(rng) * (trial + 1);
+        std::vector<uint32_t> plain((k + 3) / 4, 7u), vector((k + 3) / 4, 9u);
+        const RowQuantization a = quantize_row_u8(row.data(), k, plain.data());
+        const RowQuantization b = quantize_row_u8_avx512(row.data(), k, vector.data());
+        check(plain == vector && a.step == b.step && a.offset == b.offset, "quantize_row_u8", 1, k, 0, "avx512");
+      }
+    }
+  }
+#endif
   std::printf("%d gemm and %d attention cases on ISAs up to %s, %d failures\n", cases, attention_cases,
               isa_name(best), failures);
   return failures == 0 ? 0 : 1;
