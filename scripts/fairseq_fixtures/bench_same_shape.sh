@@ -2,7 +2,7 @@
 # Issue 12's fairseq row: fairseq-generate's CMLM mask-predict on a random model of the shipped model's
 # shape (d 256, 3+3 layers, FFN 1024, 4 heads, vocabulary 8000: the shipped SentencePiece pieces as
 # a fairseq dictionary) against janus_fast's NAR T=4 l=3 on the shipped model, same machine,
-# same sentences, 1 and 2 threads; janus_fast in fp32 and bf16.
+# same sentences, 1 and 2 threads; janus_fast in fp32, bf16 and int8.
 #
 #   bash scripts/fairseq_fixtures/bench_same_shape.sh FAIRSEQ_VENV JANUS_PYTHON DATA_DIR WORK
 #
@@ -68,7 +68,7 @@ import torch
 from janus_fast.translator import Translator
 torch.set_num_threads(int(sys.argv[2]))
 lines = open("raw/plain.de").read().splitlines()
-for precision in ("fp32", "bf16"):
+for precision in ("fp32", "bf16", "int8"):
     translator = Translator.from_pretrained(sys.argv[1], max_batch_tokens=4096, precision=precision)
     translator.translate(lines[:20], mode="nar", iterations=4, length_beam=3)  # warm-up
     start = time.perf_counter()
