@@ -261,8 +261,9 @@ JANUS_AVX512_BF16 inline void gemm_bf16_pairs(int64_t rows, const float* x, int6
                                               float* y, int64_t ldy, int64_t n_begin, int64_t n_end) {
   const int64_t pairs = (weight.k + 1) / 2;
   constexpr int64_t kRowsPerBlock = 6;
-  uint32_t xp[kRowsPerBlock * 512];
-  if (pairs > 512) return gemm_pairs_scalar(rows, x, ldx, weight, y, ldy, n_begin, n_end);
+  thread_local std::vector<uint32_t> buffer;  // any K: a stack array would cap it
+  if (static_cast<int64_t>(buffer.size()) < kRowsPerBlock * pairs) buffer.resize(kRowsPerBlock * pairs);
+  uint32_t* xp = buffer.data();
   const uint16_t* w = static_cast<const uint16_t*>(weight.data);
   for (int64_t m0 = 0; m0 < rows; m0 += kRowsPerBlock) {
     const int64_t block = std::min(kRowsPerBlock, rows - m0);
@@ -372,8 +373,9 @@ JANUS_AVX512_VNNI inline void gemm_int8_quads(int64_t rows, const float* x, int6
                                               float* y, int64_t ldy, int64_t n_begin, int64_t n_end) {
   const int64_t quads = (weight.k + 3) / 4;
   constexpr int64_t kRowsPerBlock = 6;
-  if (quads > 512) return gemm_quads_scalar(rows, x, ldx, weight, y, ldy, n_begin, n_end);
-  uint32_t xq[kRowsPerBlock * 512];
+  thread_local std::vector<uint32_t> buffer;  // any K: a stack array would cap it
+  if (static_cast<int64_t>(buffer.size()) < kRowsPerBlock * quads) buffer.resize(kRowsPerBlock * quads);
+  uint32_t* xq = buffer.data();
   RowQuantization quantization[kRowsPerBlock];
   const int8_t* w = static_cast<const int8_t*>(weight.data);
   for (int64_t m0 = 0; m0 < rows; m0 += kRowsPerBlock) {
