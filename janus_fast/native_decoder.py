@@ -86,26 +86,16 @@ def pack_panels(weight: torch.Tensor) -> torch.Tensor:
     return wide.view(padded // PANEL, PANEL, in_features).transpose(1, 2).contiguous()
 
 
-def pack_bf16_pairs(weight: torch.Tensor) -> torch.Tensor:
-    """nn.Linear weight (out, in) -> bfloat16 (ceil(out / 64), ceil(in / 2), 64, 2): in panel p, row
-    r holds (w[2r][n], w[2r + 1][n]) of the (in, out) transpose for its 64 columns n (the layout of
-    the AVX-512 BF16 dot product), zero-padded."""
+def pack_groups(weight: torch.Tensor, group: int) -> torch.Tensor:
+    """nn.Linear weight (out, in) -> (ceil(out / 64), ceil(in / group), 64, group), same dtype: in
+    panel p, row r holds (w[group r][n] .. w[group r + group - 1][n]) of the (in, out) transpose for
+    its 64 columns n, zero-padded. The layout of a dot-product instruction: ``group`` 2 for bfloat16
+    (AVX-512 BF16), 4 for int8 (AVX-512 VNNI)."""
     out_features, in_features = weight.shape
-    padded_out, padded_in = -(-out_features // PANEL) * PANEL, in_features + in_features % 2
-    wide = torch.zeros(padded_out, padded_in, dtype=torch.bfloat16)
+    padded_out, padded_in = -(-out_features // PANEL) * PANEL, -(-in_features // group) * group
+    wide = torch.zeros(padded_out, padded_in, dtype=weight.dtype)
     wide[:out_features, :in_features] = weight
-    return wide.view(padded_out // PANEL, PANEL, padded_in // 2, 2).permute(0, 2, 1, 3).contiguous()
-
-
-def pack_int8_quads(weight: torch.Tensor) -> torch.Tensor:
-    """int8 nn.Linear weight (out, in) -> int8 (ceil(out / 64), ceil(in / 4), 64, 4): in panel p, row r
-    holds (w[4r][n] .. w[4r + 3][n]) of the (in, out) transpose for its 64 columns n (the layout of the
-    AVX-512 VNNI dot product), zero-padded."""
-    out_features, in_features = weight.shape
-    padded_out, padded_in = -(-out_features // PANEL) * PANEL, -(-in_features // 4) * 4
-    wide = torch.zeros(padded_out, padded_in, dtype=torch.int8)
-    wide[:out_features, :in_features] = weight
-    return wide.view(padded_out // PANEL, PANEL, padded_in // 4, 4).permute(0, 2, 1, 3).contiguous()
+    return wide.view(padded_out // PANEL, PANEL, padded_in // group, group).permute(0, 2, 1, 3).contiguous()
 
 
 def int8_computes_in_int8() -> bool:
@@ -129,13 +119,13 @@ def _matrix(weight: torch.Tensor, bias: torch.Tensor | None, weight_type: str) -
         return [pack_panels(w), _EMPTY, bias_tensor]
     if weight_type == "bf16":
         if bf16_computes_in_bf16():
-            return [pack_bf16_pairs(w.to(torch.bfloat16)), _EMPTY, bias_tensor]
+            return [pack_groups(w.to(torch.bfloat16), 2), _EMPTY, bias_tensor]
         return [pack_panels(w.to(torch.bfloat16)), _EMPTY, bias_tensor]
     scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
     quantized = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
     if int8_computes_in_int8():  # scales then the column sums the uint8 activations' offset needs
         column_sums = quantized.sum(dim=1, dtype=torch.int32).float()
-        return [pack_int8_quads(quantized), torch.cat([scale, column_sums]).contiguous(), bias_tensor]
+        return [pack_groups(quantized, 4), torch.cat([scale, column_sums]).contiguous(), bias_tensor]
     return [pack_panels(quantized), scale.contiguous(), bias_tensor]
 
 

@@ -24,8 +24,7 @@ from janus_fast.native_decoder import (
     cpu_isa,
     int8_computes_in_int8,
     native_decoder_available,
-    pack_bf16_pairs,
-    pack_int8_quads,
+    pack_groups,
     pack_panels,
 )
 from janus_fast.reference_decoding import ar_search, mask_predict
@@ -143,9 +142,9 @@ def test_pack_panels_layout():
     assert panels[1, :, 6:].abs().sum() == 0
 
 
-def test_pack_bf16_pairs_layout():
+def test_pack_groups_layout_bf16_pairs():
     weight = torch.arange(70 * 3, dtype=torch.float32).view(70, 3).to(torch.bfloat16)  # (out 70, in 3)
-    pairs = pack_bf16_pairs(weight)
+    pairs = pack_groups(weight, 2)
     assert pairs.shape == (2, 2, 64, 2) and pairs.dtype == torch.bfloat16
     for n in range(70):
         for k in range(3):
@@ -153,9 +152,9 @@ def test_pack_bf16_pairs_layout():
     assert pairs[:, 1, :, 1].abs().sum() == 0  # the padded row k = 3
 
 
-def test_pack_int8_quads_layout():
+def test_pack_groups_layout_int8_quads():
     weight = (torch.arange(70 * 5).view(70, 5) % 251 - 125).to(torch.int8)  # (out 70, in 5)
-    quads = pack_int8_quads(weight)
+    quads = pack_groups(weight, 4)
     assert quads.shape == (2, 2, 64, 4) and quads.dtype == torch.int8
     for n in range(70):
         for k in range(5):
