@@ -25,22 +25,42 @@ def _optional_type(hint: object) -> type:
     return kinds[0]
 
 
-def _add_dataclass_options(parser: argparse.ArgumentParser, instance: object, prefix: str = "") -> None:
-    """One ``--option`` per dataclass field, typed from its annotation (``int | None``: int)."""
+def _add_dataclass_options(
+    parser: argparse.ArgumentParser, instance: object, prefix: str = "", texts: dict | None = None
+) -> None:
+    """One ``--option`` per dataclass field, typed from its annotation (``int | None``: int), its help
+    text and allowed values from the field's metadata ("help", "choices", "required"). A nested
+    dataclass's fields are options too, described by its field's metadata "fields" ({name: metadata}),
+    as the nested class may belong to another module. The values of "choices" are shown; the
+    dataclass itself refuses others, with its own message."""
     hints = typing.get_type_hints(type(instance))
     for item in dataclasses.fields(instance):
         if not item.metadata.get("cli", True):
             continue
         value = getattr(instance, item.name)
         if dataclasses.is_dataclass(value):
-            _add_dataclass_options(parser, value, prefix=item.metadata.get("cli_prefix", f"{item.name}_"))
+            nested_prefix = item.metadata.get("cli_prefix", f"{item.name}_")
+            _add_dataclass_options(parser, value, nested_prefix, item.metadata.get("fields", {}))
             continue
+        metadata = {**item.metadata, **(texts or {}).get(item.name, {})}
         flag = "--" + (prefix + item.name).replace("_", "-")
+        text = metadata.get("help", "")
         if isinstance(value, bool):
-            parser.add_argument(flag, dest=prefix + item.name, action=argparse.BooleanOptionalAction, default=value)
-        else:
-            kind = type(value) if value is not None else _optional_type(hints[item.name])
-            parser.add_argument(flag, dest=prefix + item.name, type=kind, default=value, help=f"default: {value}")
+            action = parser.add_argument(
+                flag, dest=prefix + item.name, action=argparse.BooleanOptionalAction, default=value, help=text
+            )
+            if "%(default)" not in action.help:  # Python 3.10 adds the default itself
+                action.help = f"{text} (default: {'--' if value else '--no-'}{flag[2:]})".lstrip()
+            continue
+        kind = type(value) if value is not None else _optional_type(hints[item.name])
+        choices = metadata.get("choices")
+        options = {"metavar": "{" + ",".join(map(str, choices)) + "}"} if choices else {}
+        if metadata.get("required"):
+            options["required"] = True
+            text = f"{text} (required)"
+        elif value is not None:
+            text = f"{text} (default: {value})"
+        parser.add_argument(flag, dest=prefix + item.name, type=kind, default=value, help=text.lstrip(), **options)
 
 
 def _build_dataclass(cls: type, args: argparse.Namespace, prefix: str = ""):  # noqa: ANN202
@@ -70,7 +90,12 @@ def positive_int(text: str) -> int:
 
 def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
-    parser.add_argument("--mode", choices=("nar", "ar"), default="nar", help="mask-predict or autoregressive")
+    parser.add_argument(
+        "--mode",
+        choices=("nar", "ar", "spec"),
+        default="nar",
+        help="mask-predict, autoregressive, or speculative (NAR drafts, AR verifies: AR greedy's output)",
+    )
     parser.add_argument("--iterations", type=int, default=10, help="mask-predict iterations (NAR)")
     parser.add_argument("--length-beam", type=int, default=3, help="length candidates (NAR)")
     parser.add_argument("--beam", type=int, default=1, help="beam size (AR; 1 = greedy)")
@@ -120,6 +145,29 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
         help="NAR: rank the length candidates by score + this x length (default: the model's own; "
         "the shipped model's was tuned on validation)",
     )
+    spec = parser.add_argument_group("speculative decoding (--mode spec)")
+    spec.add_argument(
+        "--draft-iterations", type=positive_int, default=None, help="mask-predict iterations per draft (default: 1)"
+    )
+    spec.add_argument(
+        "--min-draft", type=positive_int, default=None, help="positions a draft covers at least (default: 4)"
+    )
+    spec.add_argument(
+        "--max-verify", type=positive_int, default=None, help="drafted tokens verified per round at most (default: 8)"
+    )
+    spec.add_argument(
+        "--relaxed-top-k",
+        type=int,
+        default=None,
+        help="also keep a drafted token among AR's top k within --relaxed-margin of its best (default 0: exact, "
+        "AR greedy's output)",
+    )
+    spec.add_argument(
+        "--relaxed-margin",
+        type=float,
+        default=None,
+        help="log-probability margin of relaxed verification (default: 1.0)",
+    )
     parser.add_argument(
         "--on-long-input",
         choices=("truncate", "error"),
@@ -153,7 +201,21 @@ def _decode_kwargs(args: argparse.Namespace) -> dict:
         "collapse_repeats": False if args.keep_repeats else None,
         "ar_rescore": args.ar_rescore,
         "length_bonus": args.length_bonus,
+        "speculative": _speculative_options(args),
     }
+
+
+SPECULATIVE_FLAGS = ("draft_iterations", "min_draft", "max_verify", "relaxed_top_k", "relaxed_margin")
+
+
+def _speculative_options(args: argparse.Namespace):  # noqa: ANN202
+    """SpeculativeOptions from the flags given (None when none is: the defaults of mode spec)."""
+    given = {name: getattr(args, name) for name in SPECULATIVE_FLAGS if getattr(args, name, None) is not None}
+    if not given:
+        return None
+    from janus_fast.speculative import SpeculativeOptions
+
+    return SpeculativeOptions(**given)
 
 
 def command_train(args: argparse.Namespace) -> int:

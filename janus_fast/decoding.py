@@ -15,9 +15,11 @@ from janus_fast.arguments import check_int
 from janus_fast.model import JanusModel
 from janus_fast.search import FAIRSEQ_MAX_LEN, JANUS_MAX_LEN, Hypotheses
 from janus_fast.search import collapse_repeats as collapse_repeated_tokens
+from janus_fast.speculative import SpeculativeOptions
 
 MAX_BEAM = 128  # AR beam sizes above this can only be a mistake (rows = sentences x beam)
 COMPAT_MODES = ("janus", "fairseq")
+MODES = ("nar", "ar", "spec")  # mask-predict, autoregressive, speculative (NAR drafts, AR verifies)
 
 
 def check_compat(
@@ -46,6 +48,8 @@ def check_compat(
 def check_model_kind(model: JanusModel, mode: str, compat: str) -> None:
     """ValueError for a decoding the model cannot do: a plain transformer (a converted fairseq
     ``transformer``, ``ar_stream="content"``) has no NAR side and decodes as fairseq-generate does."""
+    if mode == "spec" and (not model.config.has_nar or model.config.ar_stream != "query"):
+        raise ValueError("mode='spec' drafts with the NAR side and verifies with the AR query stream of a JANUS model")
     if model.config.has_nar:
         return
     if mode == "nar":
@@ -55,11 +59,11 @@ def check_model_kind(model: JanusModel, mode: str, compat: str) -> None:
 
 
 def check_decoding_options(model: JanusModel, mode: str, iterations: int, length_beam: int, beam: int) -> None:
-    """TypeError / ValueError for options no decoding can use: iterations in [1, max target
-    positions], length_beam in [1, length classes] (capped later by the possible lengths), beam in
-    [1, MAX_BEAM]."""
-    if mode not in ("nar", "ar"):
-        raise ValueError(f"unknown mode {mode!r}; expected 'nar' or 'ar'")
+    """TypeError / ValueError for options no decoding can use: mode in ``MODES``, iterations in [1,
+    max target positions], length_beam in [1, length classes] (capped later by the possible
+    lengths), beam in [1, MAX_BEAM]."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     config = model.config
     check_int("iterations", iterations, 1, config.max_target_positions)
     check_int("length_beam", length_beam, 1, config.num_length_classes)
@@ -71,6 +75,26 @@ def check_nar_janus_only(name: str, used: object, mode: str, compat: str) -> Non
     compat "janus" (the NAR post-processing and ranking options of this project's decoding)."""
     if used and (mode != "nar" or compat != "janus"):
         raise ValueError(f"{name} applies to mode='nar' with compat='janus' only")
+
+
+def resolve_speculative(
+    mode: str, compat: str, decoder: str, speculative: SpeculativeOptions | None
+) -> SpeculativeOptions | None:
+    """The speculative decoding options of mode "spec" (None: the defaults); TypeError / ValueError
+    for options given with another mode or compat, and for relaxed verification with the reference
+    decoder (whose mode "spec" is AR greedy itself: exact verification gives exactly its output)."""
+    if speculative is not None and not isinstance(speculative, SpeculativeOptions):
+        raise TypeError(f"speculative must be a SpeculativeOptions or None, got {type(speculative).__name__}")
+    if mode != "spec":
+        if speculative is not None:
+            raise ValueError("speculative options apply to mode='spec' only")
+        return None
+    if compat != "janus":
+        raise ValueError("mode='spec' runs with compat='janus' only")
+    options = speculative if speculative is not None else SpeculativeOptions()
+    if options.relaxed_top_k and decoder != "engine":
+        raise ValueError("relaxed verification (relaxed_top_k > 0) needs decoder='engine'")
+    return options
 
 
 def resolve_collapse_repeats(mode: str, compat: str, collapse_repeats: bool | None) -> bool:
@@ -140,13 +164,17 @@ def generate(
     collapse_repeats: bool | None = None,
     ar_rescore: bool = False,
     length_bonus: float | None = None,
+    speculative: SpeculativeOptions | None = None,
 ) -> list[list[int]] | Hypotheses:
     """Translate a padded batch of source ids; returns target ids per sentence (no bos/eos/pad),
     or with ``return_scores`` the ``Hypotheses`` (ids and each sentence's score: mean token
-    log-probability for NAR, length-normalised log-probability for AR).
+    log-probability for NAR, length-normalised log-probability for AR and speculative).
 
     src_tokens (B, S) int64 right-padded, src_lengths (B,) int64 >= 1; mode "nar" (mask-predict,
-    ``iterations`` x ``length_beam``) or "ar" (``beam`` 1 = greedy). decoder "engine" (the fast
+    ``iterations`` x ``length_beam``), "ar" (``beam`` 1 = greedy) or "spec" (speculative: the NAR
+    side drafts, the AR side verifies, ``janus_fast.speculative``; AR greedy's tokens and scores at
+    the same precision, in fewer sequential passes; ``speculative`` sets its options, and its
+    relaxed verification trades that exactness for speed). decoder "engine" (the fast
     path, ``janus_fast.engine``) or "reference" (``janus_fast.reference_decoding``); both give the
     same outputs. With compat "fairseq", "engine" runs the native CPU passes where they can run.
     ``decoder_weights`` ("fp32", "bf16", "int8"): the engine's native CPU passes store their weights
@@ -183,6 +211,7 @@ def generate(
     collapse = resolve_collapse_repeats(mode, compat, collapse_repeats)
     check_ar_rescore(mode, compat, ar_rescore)
     bonus = resolve_length_bonus(model, mode, compat, length_bonus)
+    spec_options = resolve_speculative(mode, compat, decoder, speculative)
     if compat == "janus":
         check_decoding_options(model, mode, iterations, length_beam, beam)
     if decoder not in ("engine", "reference"):
@@ -203,6 +232,12 @@ def generate(
         hypotheses = _fairseq_generate(
             model, src_tokens, src_lengths, iterations, length_beam, force_max_iter, native=decoder == "engine"
         )
+    elif mode == "spec" and decoder == "engine":
+        hypotheses = engine.speculative(
+            model, src_tokens, src_lengths, max_len_a, max_len_b, decoder_weights, spec_options
+        )
+    elif mode == "spec":  # exact speculative decoding gives AR greedy's output: its reference is AR greedy
+        hypotheses = reference_decoding.ar_search(model, src_tokens, src_lengths, 1, max_len_a, max_len_b)
     elif decoder == "engine":
         if mode == "nar":
             hypotheses = engine.mask_predict(

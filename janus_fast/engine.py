@@ -40,6 +40,7 @@ from janus_fast.search import (
     start_mask_predict,
     strip_special,
 )
+from janus_fast.speculative import SpeculativeOptions, SpeculativeStats, speculative_greedy
 
 
 def native_decoder(model: JanusModel, decoder_weights: str) -> NativeDecoder | None:
@@ -247,3 +248,24 @@ def ar_search(
         beam,
         row_limits,
     )
+
+
+def speculative(
+    model: JanusModel,
+    src_tokens: torch.Tensor,
+    src_lengths: torch.Tensor,
+    max_len_a: float = JANUS_MAX_LEN[0],
+    max_len_b: int = JANUS_MAX_LEN[1],
+    decoder_weights: str = "fp32",
+    options: SpeculativeOptions | None = None,
+    stats: SpeculativeStats | None = None,
+) -> Hypotheses:
+    """Speculative decoding (``janus_fast.speculative``) on the native passes where they run, else
+    the PyTorch ones: with exact verification the tokens and scores of ``greedy`` at the same
+    ``decoder_weights``. ``stats``, when given, counts rounds and accepted tokens.
+
+    src_tokens (B, S) int64, src_lengths (B,) int64.
+    """
+    native = native_decoder(model, decoder_weights)
+    options = options if options is not None else SpeculativeOptions()
+    return speculative_greedy(model, src_tokens, src_lengths, max_len_a, max_len_b, native, options, stats)

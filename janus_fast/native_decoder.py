@@ -275,6 +275,58 @@ class NativeDecoder:
             cache.length = step + 1
         return chosen
 
+    def ar_extend(
+        self,
+        tokens: torch.Tensor,
+        row_offsets: torch.Tensor,
+        cache_lengths: torch.Tensor,
+        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
+        caches: list[LayerCache],
+        excluded_ids: torch.Tensor,
+        forced: torch.Tensor,
+        forced_id: int,
+        candidates: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """AR passes of both streams over several new tokens per sentence, each sentence from its own
+        cache length, with greedy search's choice after every new token (``ar_greedy_step``'s rules,
+        ``forced`` per new token): the verification of speculative decoding.
+
+        tokens (P,) int64: sentence r's new tokens at ``row_offsets[r] .. row_offsets[r + 1] - 1``
+        (>= 1 each), the i-th at position ``cache_lengths[r] + i``; row_offsets (N + 1,) int64;
+        cache_lengths (N,) int64: positions already in sentence r's caches; forced (P,) bool.
+        The caches get the new tokens' keys/values (a later call counts the ones it keeps in its
+        cache_lengths). Returns tokens (P,) int64 and log-probabilities (P,) float32: the greedy
+        choice of the position after each new token, equal to ``ar_greedy_step`` run one token at a
+        time; then, for ``candidates`` (P,) int64 (-1: none), each candidate's log-probability (P,)
+        float32 at that position and its rank (P,) int64 (ids outside ``excluded_ids`` with a larger
+        logit; V for an excluded candidate or none), both empty without candidates.
+        """
+        keys, values, lengths = memory
+        written = int((cache_lengths + (row_offsets[1:] - row_offsets[:-1])).max()) if len(tokens) else 0
+        for cache in caches:
+            cache.reserve(written)
+        chosen = torch.ops.janus_fast.decoder_ar_extend(
+            *self._decoder_arguments(),
+            self.mask_id,
+            self.query_position_offset,
+            self.query_stream,
+            tokens,
+            row_offsets,
+            cache_lengths,
+            keys,
+            values,
+            lengths,
+            [cache.keys for cache in caches],
+            [cache.values for cache in caches],
+            excluded_ids,
+            forced,
+            forced_id,
+            candidates if candidates is not None else torch.empty(0, dtype=torch.long),
+        )
+        for cache in caches:  # every position written so far (reorders keep them all)
+            cache.length = max(cache.length, written)
+        return chosen
+
     def _ar_step_arguments(
         self,
         tokens: torch.Tensor,

@@ -74,9 +74,11 @@ def use_length_kernel(states: torch.Tensor, beam: int) -> bool:
         raise ValueError(f"JANUS_FAST_LENGTH_BACKEND={backend!r}; expected auto, torch or triton")
     if backend != "auto":
         return backend == "triton"
+    if not states.is_cuda or beam > 16:  # decided before the import: a plain checkout has no janus_fast.kernels
+        return False
     from janus_fast import kernels
 
-    return states.is_cuda and kernels.TRITON_AVAILABLE and beam <= 16
+    return kernels.TRITON_AVAILABLE
 
 
 def max_length_beam(model: JanusModel, length_beam: int) -> int:

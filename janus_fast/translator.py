@@ -19,11 +19,13 @@ from janus_fast.decoding import (
     generate,
     resolve_collapse_repeats,
     resolve_length_bonus,
+    resolve_speculative,
 )
 from janus_fast.model import JanusModel
 from janus_fast.native_decoder import int8_computes_in_int8, unsupported_reason
 from janus_fast.quantize import PRECISIONS, quantize_int8
 from janus_fast.search import Hypotheses
+from janus_fast.speculative import SpeculativeOptions
 from janus_fast.tokenizer import Tokenizer
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "multi30k-de-en")
@@ -41,7 +43,8 @@ INT8_COMPUTE_MIN_POSITIONS = 64
 
 
 def decoder_positions(mode: str, src_lengths: torch.Tensor, length_beam: int, beam: int) -> int:
-    """Rows of one decoder pass for a batch: NAR length_beam x source tokens; AR 2 x beam x sentences."""
+    """Rows of one decoder pass for a batch: NAR length_beam x source tokens; AR 2 x beam x sentences
+    (speculative: counted as AR greedy)."""
     return length_beam * int(src_lengths.sum()) if mode == "nar" else 2 * beam * len(src_lengths)
 
 
@@ -160,13 +163,16 @@ class Translator:
         collapse_repeats: bool | None = None,
         ar_rescore: bool = False,
         length_bonus: float | None = None,
+        speculative: SpeculativeOptions | None = None,
     ) -> list[str] | list[tuple[str, float]]:
         """Translations of ``sentences``, in order, one per input (blank input -> ""); with
         ``return_scores`` (translation, score) pairs, the score being the mean token log-probability
         (NAR) or the length-normalised log-probability (AR) of the translation (0.0 for blanks).
 
         mode "nar": mask-predict with ``iterations`` and ``length_beam``; mode "ar": beam search
-        with ``beam`` (1 = greedy). Sentences are sorted by length and decoded in batches of at most
+        with ``beam`` (1 = greedy); mode "spec": speculative decoding (the NAR side drafts, the AR
+        side verifies: AR greedy's output; ``speculative`` sets its options, ``generate``).
+        Sentences are sorted by length and decoded in batches of at most
         ``max_batch_tokens`` padded source tokens (default: the translator's) and, if given, at
         most ``batch_size`` sentences. ``progress`` is called with the number of sentences done.
         ``compat="fairseq"``: fairseq-generate's mask-predict (``janus_fast.decoding.generate``;
@@ -191,6 +197,7 @@ class Translator:
             collapse_repeats,
             ar_rescore,
             length_bonus,
+            speculative,
         )
         found = self._decode(self.encode_sources(sentences), options, max_batch_tokens, batch_size, progress)
         outputs = [self.tokenizer.decode(ids) if ids is not None else "" for ids in found.tokens]
@@ -210,6 +217,7 @@ class Translator:
         collapse_repeats: bool | None = None,
         ar_rescore: bool = False,
         length_bonus: float | None = None,
+        speculative: SpeculativeOptions | None = None,
     ) -> Hypotheses:
         """``translate`` on token ids: each source is a list of vocabulary ids without bos/eos
         (added as the model's config says); returns the output ids (no bos/eos/pad) and scores,
@@ -226,6 +234,7 @@ class Translator:
             collapse_repeats,
             ar_rescore,
             length_bonus,
+            speculative,
         )
         vocab = self.model.config.vocab_size
         for index, ids in enumerate(sources):
@@ -247,6 +256,7 @@ class Translator:
         collapse_repeats: bool | None,
         ar_rescore: bool,
         length_bonus: float | None,
+        speculative: SpeculativeOptions | None,
     ) -> dict:
         for name, value in (("max_batch_tokens", max_batch_tokens), ("batch_size", batch_size)):
             if value is not None:
@@ -266,6 +276,7 @@ class Translator:
             "collapse_repeats": resolve_collapse_repeats(mode, compat, collapse_repeats),
             "ar_rescore": ar_rescore,
             "length_bonus": resolve_length_bonus(self.model, mode, compat, length_bonus),
+            "speculative": resolve_speculative(mode, compat, self.decoder, speculative),
         }
 
     def _decode(

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT
@@ -69,26 +70,40 @@ def test_missing_files_and_models_are_named(trained_dir, tmp_path):
     assert b"Traceback" not in result.stderr
 
 
-def test_evaluate_json_reports_bleu_chrf_and_speed(trained_dir, corpus_dir):
-    result = run_cli(
-        "evaluate",
-        "--model",
-        trained_dir,
-        "--src",
-        os.path.join(corpus_dir, "val.de"),
-        "--ref",
-        os.path.join(corpus_dir, "val.en"),
-        "--mode",
-        "nar",
-        "--iterations",
-        "2",
-        "--json",
-    )
+def test_evaluate_json_reports_bleu_chrf_and_speed(trained_dir, corpus_dir, tmp_path, monkeypatch, capsys):
+    import warnings
+
+    import sacrebleu
+
+    from janus_fast import cli
+
+    sources, references = os.path.join(corpus_dir, "val.de"), os.path.join(corpus_dir, "val.en")
+    arguments = ["--src", sources, "--ref", references, "--mode", "nar", "--iterations", "2", "--json"]
+    output = tmp_path / "hypotheses.en"
+    result = run_cli("evaluate", "--model", trained_dir, *arguments, "--output", str(output))
     assert result.returncode == 0, result.stderr.decode()
     report = json.loads(result.stdout)
-    assert report["sentences"] == 40
-    assert 0.0 <= report["bleu"] <= 100.0 and "nrefs:1" in report["bleu_signature"]
-    assert report["chrf"] > 0.0 and report["sentences_per_second"] > 0
+    assert report["sentences"] == 40 and "nrefs:1" in report["bleu_signature"]
+    assert report["sentences_per_second"] > 0
+    # the scores are sacreBLEU's of the translations it wrote, computed here on their own
+    hypotheses = output.read_text(encoding="utf-8").splitlines()
+    reference_lines = Path(references).read_text(encoding="utf-8").splitlines()
+    assert len(hypotheses) == len(reference_lines) == 40
+    assert report["bleu"] == round(sacrebleu.corpus_bleu(hypotheses, [reference_lines]).score, 2)
+    assert report["chrf"] == round(sacrebleu.corpus_chrf(hypotheses, [reference_lines]).score, 2) > 0.0
+    # and of a known translation, the references themselves: 100 (the tiny model's own outputs are
+    # one word each, without 4-grams, so their BLEU is 0 against any reference)
+
+    class Perfect:
+        def translate(self, lines: list[str], **options) -> list[str]:  # noqa: ANN003
+            assert lines == Path(sources).read_text(encoding="utf-8").splitlines()
+            return reference_lines
+
+    monkeypatch.setattr(cli, "_translator", lambda args: Perfect())
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # cli.main replaces it
+    assert cli.main(["evaluate", *arguments]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bleu"] == 100.0 and report["chrf"] == 100.0 and report["sentences"] == 40
 
 
 def test_translator_api(trained_dir):
@@ -126,18 +141,105 @@ def test_batch_size_and_max_batch_tokens_do_not_change_outputs(trained_dir, corp
     assert result.returncode != 0 and b"--batch-size: must be >= 1" in result.stderr
 
 
-def test_keep_repeats_option_reaches_the_decoder():
-    from janus_fast.cli import _decode_kwargs, build_parser
+def test_keep_repeats_option_reaches_the_decoder(trained_dir, corpus_dir, tmp_path, monkeypatch, capsys):
+    """--keep-repeats arrives as ``generate``'s collapse_repeats=False (the call that decodes) and
+    changes the output: the tiny model's NAR outputs repeat tokens, which are kept, and collapsing
+    each run gives the default output."""
+    import warnings
 
-    parser = build_parser()
-    assert _decode_kwargs(parser.parse_args(["translate"]))["collapse_repeats"] is None  # the default: collapse
-    assert _decode_kwargs(parser.parse_args(["translate", "--keep-repeats"]))["collapse_repeats"] is False
-    assert (
-        _decode_kwargs(parser.parse_args(["evaluate", "--src", "a", "--ref", "b", "--keep-repeats"]))[
-            "collapse_repeats"
-        ]
-        is False
-    )
+    from janus_fast import cli, translator
+    from janus_fast.checkpoint import load_tokenizer
+    from janus_fast.search import collapse_repeats
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # cli.main replaces it
+    seen: list[bool | None] = []
+    generate = translator.generate
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append(kwargs["collapse_repeats"])
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(translator, "generate", spy)
+    tokenizer = load_tokenizer(trained_dir)
+    sources = Path(corpus_dir, "val.de").read_text(encoding="utf-8").splitlines()[:6]
+    (tmp_path / "source.ids").write_text("".join(" ".join(map(str, tokenizer.encode(s))) + "\n" for s in sources))
+
+    def translate(*options: str) -> list[list[int]]:
+        seen.clear()
+        output = tmp_path / "output.ids"
+        arguments = ["--model", trained_dir, "--iterations", "2", "--token-ids", "--output", str(output)]
+        assert cli.main(["translate", *arguments, "--input", str(tmp_path / "source.ids"), *options]) == 0
+        return [[int(i) for i in line.split()] for line in output.read_text().splitlines()]
+
+    collapsed = translate()
+    assert seen and all(value is True for value in seen)
+    kept = translate("--keep-repeats")
+    assert seen and all(value is False for value in seen)
+    assert len(kept) == len(collapsed) == len(sources)
+    assert [collapse_repeats(ids) for ids in kept] == collapsed
+    assert kept != collapsed  # repeats were there to keep
+    seen.clear()
+    source, reference = os.path.join(corpus_dir, "val.de"), os.path.join(corpus_dir, "val.en")
+    arguments = ["--model", trained_dir, "--src", source, "--ref", reference, "--iterations", "2", "--json"]
+    assert cli.main(["evaluate", *arguments, "--keep-repeats"]) == 0
+    assert seen and all(value is False for value in seen)
+    capsys.readouterr()
+
+
+def train_options() -> dict:
+    """The ``janus-fast train`` parser's options: {first flag: argparse action}, without --help."""
+    import argparse
+
+    from janus_fast.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    train_parser = commands.choices["train"]
+    assert "--objective {janus,ar,cmlm}" in train_parser.format_help()  # the help renders
+    return {a.option_strings[0]: a for a in train_parser._actions if a.option_strings[0] != "-h"}
+
+
+def test_train_help_describes_every_option():
+    """Every ``train`` option (dataclass fields, nested ones included) has a help text of its own,
+    not just its default, and the options with a fixed set of values show it."""
+    import re
+
+    options = train_options()
+    assert len(options) >= 50
+    for flag, action in options.items():
+        text = re.sub(r"\s*\((default: [^()]*|required)\)$", "", action.help or "")
+        assert len(text.split()) >= 3, f"{flag}: {action.help!r}"
+    assert options["--data-dir"].required and options["--data-dir"].help.endswith("(required)")
+    assert "default: " not in options["--data-dir"].help
+    for flag, values in (
+        ("--objective", "{janus,ar,cmlm}"),
+        ("--masking", "{span,uniform}"),
+        ("--precision", "{auto,bf16,fp32}"),
+        ("--tokenizer-type", "{unigram,bpe,char,word}"),
+        ("--valid-mode", "{ar,nar}"),
+    ):
+        assert options[flag].metavar == values, flag
+
+
+@pytest.mark.parametrize("option", ["--objective", "--masking", "--precision", "--tokenizer-type", "--valid-mode"])
+def test_train_choices_are_the_accepted_values(option, tmp_path, monkeypatch, capsys):
+    """Every value ``train --help`` lists for ``option`` is accepted, and another is refused before
+    any work, naming the option and its values."""
+    import warnings
+
+    from janus_fast import cli
+    from janus_fast.train import TrainConfig
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # cli.main replaces it
+    listed = tuple(train_options()[option].metavar.strip("{}").split(","))
+    arguments = ["train", "--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "run")]
+    for value in listed:
+        config = cli._build_dataclass(TrainConfig, cli.build_parser().parse_args([*arguments, option, value]))
+        assert getattr(config, option[2:].replace("-", "_")) == value
+    assert cli.main([*arguments, option, "bad"]) == 2
+    error = capsys.readouterr().err
+    assert f"{option} must be one of " in error and "got 'bad'" in error
+    assert all(repr(value) in error for value in listed), error
+    assert not (tmp_path / "run").exists()
 
 
 def test_ar_rescore_option_reaches_the_translator(trained_dir):

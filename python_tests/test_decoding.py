@@ -58,7 +58,13 @@ def test_caches_grow_past_their_first_room(model, decoder, beam):
     need: outputs longer than that equal the reference's without any cache."""
     from janus_fast import engine
     from janus_fast.model import CACHE_START_POSITIONS
+    from janus_fast.native_decoder import native_decoder_available
 
+    if decoder == "engine" and beam > 1 and not native_decoder_available():
+        pytest.skip(
+            "native decoder not available (janus_fast._C not built, or JANUS_FAST_FORCE_REFERENCE): the engine's "
+            "beam search would be the reference's own, compared with itself"
+        )
     src, lengths = sources()
     limit = {"max_len_a": 0.0, "max_len_b": CACHE_START_POSITIONS + 20}
     uncached = ar_search(model, src, lengths, beam=beam, use_cache=False, **limit)
@@ -67,6 +73,25 @@ def test_caches_grow_past_their_first_room(model, decoder, beam):
     assert got.tokens == uncached.tokens
     assert got.scores == pytest.approx(uncached.scores, abs=1e-4)
     assert max(len(t) for t in got.tokens) > CACHE_START_POSITIONS
+
+
+@pytest.mark.parametrize("decoder", ["reference", "engine"])
+def test_nar_decoding_on_the_cpu_needs_no_kernels_package(model, decoder, monkeypatch):
+    """A plain checkout (not installed) has no ``janus_fast.kernels``: CPU decoding must not import it."""
+    import sys
+
+    import janus_fast
+    from janus_fast.search import use_length_kernel
+
+    monkeypatch.delenv("JANUS_FAST_LENGTH_BACKEND", raising=False)
+    monkeypatch.delattr(janus_fast, "kernels", raising=False)  # `from janus_fast import kernels` reads it first
+    monkeypatch.setitem(sys.modules, "janus_fast.kernels", None)  # then any import of it raises ImportError
+    with pytest.raises(ImportError):
+        from janus_fast import kernels  # noqa: F401
+    src, lengths = sources()
+    assert use_length_kernel(torch.zeros(4, 6, 32), 3) is False
+    tokens = generate(model, src, lengths, mode="nar", iterations=2, length_beam=3, decoder=decoder)
+    assert len(tokens) == len(src) and all(tokens)
 
 
 def test_layer_cache_keeps_its_positions_when_it_grows():

@@ -8,9 +8,11 @@ import os
 import subprocess
 
 import pytest
+import torch
 from conftest import MULTI30K, REPO_ROOT
+from safetensors.torch import load as load_safetensors
 
-from janus_fast.checkpoint import load_pretrained
+from janus_fast.checkpoint import WEIGHTS_NAME, load_pretrained
 
 
 @pytest.mark.slow
@@ -37,6 +39,20 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     assert report["mask_predict_step"][0]["native_ms"] > 0
     files = [os.path.join(root, name) for root, _, names in os.walk(out) for name in names]
     assert len(files) <= 8 and all(os.path.getsize(f) < 16 * 2**20 for f in files)
-    model = load_pretrained(str(out / "model"))
-    assert next(model.parameters()).dtype == model.embed_tokens.weight.dtype
+    check_bf16_model(str(out / "model"))
     assert (out / "model" / "metrics.jsonl").exists()
+
+
+def check_bf16_model(directory: str) -> None:
+    """The trained model as the GPU visit writes it: every floating-point tensor of its weights
+    file is bf16, and it loads as an fp32 model with exactly those values."""
+    with open(os.path.join(directory, WEIGHTS_NAME), "rb") as handle:
+        weights = load_safetensors(handle.read())
+    dtypes = {name: tensor.dtype for name, tensor in weights.items() if tensor.is_floating_point()}
+    assert dtypes and set(dtypes.values()) == {torch.bfloat16}, dtypes
+    model = load_pretrained(directory)
+    parameters = dict(model.named_parameters())
+    assert set(parameters) <= set(dtypes)
+    for name, parameter in parameters.items():
+        assert parameter.dtype == torch.float32, name
+        assert torch.equal(parameter.detach(), weights[name].float()), name

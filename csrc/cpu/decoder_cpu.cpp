@@ -4,6 +4,9 @@
 //                                 appending to the key/value caches, returning (B, V) logits;
 //   janus_fast::decoder_ar_greedy the same step returning greedy search's token per row and its
 //                                 log-probability instead of logits;
+//   janus_fast::decoder_ar_extend several new tokens per sentence appended to its caches (AR passes of
+//                                 both streams from per-sentence cache lengths), with the greedy
+//                                 choice after each: the verification of speculative decoding;
 //   janus_fast::decoder_nar_pass  the content-stream pass of mask-predict over packed rows
 //                                 (no padding), returning the logits of the requested positions only;
 //   janus_fast::decoder_nar_fill  the same pass returning, per requested position, the argmax token
@@ -372,105 +375,6 @@ struct PassStates {
   int64_t rows;
 };
 
-// One AR step of both streams (appending the content keys/values to the caches): the query
-// stream's last states, one row per sentence. Without `query_stream` (a plain transformer decoder)
-// the content row alone runs every layer and its last states predict.
-PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
-                     int64_t mask_id, int64_t query_position_offset, bool query_stream, const at::Tensor& tokens,
-                     int64_t step,
-                     at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
-                     at::TensorList cache_keys, at::TensorList cache_values) {
-  const DecoderWeights d = parse_weights(weights, num_heads);
-  const Architecture arch{post_norm, relu};
-  const int64_t num_layers = static_cast<int64_t>(d.layers.size());
-  TORCH_CHECK_VALUE(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.device().is_cpu(),
-                    "decoder_ar_step: tokens must be int64 (B,) on the CPU, got ", tokens.sizes());
-  const int64_t batch = tokens.size(0);
-  TORCH_CHECK_VALUE(static_cast<int64_t>(cache_keys.size()) == num_layers &&
-                        static_cast<int64_t>(cache_values.size()) == num_layers,
-                    "decoder_ar_step: one cache tensor per layer (", num_layers, ") expected");
-  TORCH_CHECK_VALUE(query_position_offset == 0 || query_position_offset == 1,
-                    "decoder_ar_step: query_position_offset must be 0 or 1, got ", query_position_offset);
-  const int64_t query_offset = query_stream ? query_position_offset : 0;
-  TORCH_CHECK_VALUE(step >= 0 && step + query_offset < d.max_positions, "decoder_ar_step: step ", step,
-                    " outside [0, ", d.max_positions - query_offset, ")");
-  for (int64_t l = 0; l < num_layers; ++l) {
-    for (const at::Tensor* t : {&cache_keys[l], &cache_values[l]}) {
-      TORCH_CHECK_VALUE(t->dim() == 4 && t->size(0) == batch && t->size(1) == d.heads && t->size(2) > step &&
-                            t->size(3) == d.head_dim && t->scalar_type() == at::kFloat && t->is_contiguous() &&
-                            t->device().is_cpu(),
-                        "decoder_ar_step: caches must be contiguous float32 (", batch, ", ", d.heads,
-                        ", > step, ", d.head_dim, "), got ", t->sizes());
-    }
-  }
-  const Memories memory = checked_memories(memory_keys, memory_values, memory_lengths, batch, d, "decoder_ar_step");
-  const at::Tensor token_values = tokens.contiguous();
-  const int64_t* token_ids = token_values.data_ptr<int64_t>();
-
-  // rows 0..B-1: content stream (y_step at `step`); rows B..2B-1: query stream (mask at step + offset)
-  const int64_t rows = (query_stream ? 2 : 1) * batch, dim = d.dim;
-  thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer;
-  float* x = scratch(x_buffer, rows * dim);
-  float* h = scratch(h_buffer, rows * dim);
-  float* q = scratch(q_buffer, rows * dim);
-  float* a = scratch(a_buffer, rows * dim);
-  float* kv = scratch(kv_buffer, batch * 2 * dim);
-  float* f = scratch(f_buffer, rows * d.ffn);
-  const float scale = static_cast<float>(embed_scale);
-  for (int64_t b = 0; b < batch; ++b) {
-    embed(d, token_ids[b], step, scale, x + b * dim);
-    if (query_stream) embed(d, mask_id, step + query_position_offset, scale, x + (batch + b) * dim);
-  }
-  std::vector<int64_t> memory_row(rows);
-  for (int64_t r = 0; r < rows; ++r) memory_row[r] = r % batch;
-  const int64_t num_keys = step + 1;
-  for (int64_t l = 0; l < num_layers; ++l) {
-    const LayerWeights& layer = d.layers[l];
-    // the last layer needs only the query rows past its key/value projection
-    const int64_t first = query_stream && l == num_layers - 1 ? batch : 0, n = rows - first;
-    float* xs = x + first * dim;
-    const float* in = sublayer_input(arch, x, rows, dim, layer.norm1_w, layer.norm1_b, h);
-    linear(in, batch, dim, layer.kv, kv, 2 * dim);
-    float* ck = cache_keys[l].data_ptr<float>();
-    float* cv = cache_values[l].data_ptr<float>();
-    const int64_t max_len = cache_keys[l].size(2);
-    for (int64_t b = 0; b < batch; ++b)
-      for (int64_t head = 0; head < d.heads; ++head) {
-        const int64_t at_step = ((b * d.heads + head) * max_len + step) * d.head_dim;
-        std::memcpy(ck + at_step, kv + b * 2 * dim + head * d.head_dim, d.head_dim * sizeof(float));
-        std::memcpy(cv + at_step, kv + b * 2 * dim + dim + head * d.head_dim, d.head_dim * sizeof(float));
-      }
-    linear(in + first * dim, n, dim, layer.q, q, dim);
-    attention_rows(q, dim, n, d, a, dim, num_keys,
-                   [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
-                       int64_t& vs, int64_t& count) {
-                     const int64_t b = (row + first) % batch;
-                     const int64_t offset = (b * d.heads + head) * max_len * d.head_dim;
-                     keys = ck + offset;
-                     values = cv + offset;
-                     ks = vs = d.head_dim;
-                     count = num_keys;
-                   });
-    linear(a, n, dim, layer.out, xs, dim, /*accumulate=*/true);
-    finish_sublayer(arch, xs, n, dim, layer.norm1_w, layer.norm1_b);
-    std::vector<int64_t> rows_memory(memory_row.begin() + first, memory_row.end());
-    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], rows_memory, memory.lengths, h, q, a, f);
-  }
-  return {d, x + (rows - batch) * dim, batch};
-}
-
-// decoder_ar_step: the step's (B, V) logits.
-at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
-                           int64_t mask_id, int64_t query_position_offset, bool query_stream,
-                           const at::Tensor& tokens, int64_t step, at::TensorList memory_keys,
-                           at::TensorList memory_values, const at::Tensor& memory_lengths, at::TensorList cache_keys,
-                           at::TensorList cache_values) {
-  const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
-                                 query_stream, tokens, step, memory_keys, memory_values, memory_lengths, cache_keys,
-                                 cache_values);
-  return vocabulary_logits(s.d, s.states, s.rows);
-}
-
 // Packed rows: row r holds the packed positions offsets[r] .. offsets[r + 1] - 1 (>= 1 of them).
 struct PackedLayout {
   std::vector<int64_t> offsets;  // N + 1
@@ -497,6 +401,159 @@ PackedLayout packed_layout(const at::Tensor& row_offsets, int64_t packed, const 
     for (int64_t p = offsets[r]; p < offsets[r + 1]; ++p) layout.row_of[p] = r;
   }
   return layout;
+}
+
+// AR passes of both streams over new content tokens appended to each sentence's key/value cache:
+// sentence r has `cache_lengths[r]` cached positions and new tokens packed at offsets[r] ..
+// offsets[r + 1] - 1 (>= 1), the i-th at position cache_lengths[r] + i. Each new content token is
+// written to the cache at its position and attends to its sentence's cache up to itself; the query
+// stream (the mask at position + offset) of each new token attends to the same keys and predicts the
+// next token. One incremental AR step is the case of one new token per sentence; a speculative
+// verification passes a sentence's last accepted token and its drafted tokens. Every row runs the same
+// arithmetic whatever the number of rows (the products are row-independent, core/small_gemm.h), so
+// the query states equal those of one step at a time. Without `query_stream` (a plain transformer
+// decoder) the content rows alone run every layer and their last states predict. Returns the query
+// (or content) stream's last states, one per new token.
+struct ExtendLayout {
+  std::vector<int64_t> offsets;    // N + 1
+  std::vector<int64_t> row_of;     // packed token -> sentence
+  std::vector<int64_t> positions;  // packed token -> its target position
+};
+
+PassStates ar_extend_states(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                            int64_t mask_id, int64_t query_position_offset, bool query_stream,
+                            const at::Tensor& tokens, const ExtendLayout& layout, at::TensorList memory_keys,
+                            at::TensorList memory_values, const at::Tensor& memory_lengths,
+                            at::TensorList cache_keys, at::TensorList cache_values, const char* op) {
+  const DecoderWeights d = parse_weights(weights, num_heads);
+  const Architecture arch{post_norm, relu};
+  const int64_t num_layers = static_cast<int64_t>(d.layers.size());
+  TORCH_CHECK_VALUE(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.device().is_cpu(), op,
+                    ": tokens must be 1-D int64 on the CPU, got ", tokens.sizes());
+  const int64_t packed = tokens.size(0), batch = static_cast<int64_t>(layout.offsets.size()) - 1;
+  TORCH_CHECK_VALUE(static_cast<int64_t>(layout.positions.size()) == packed, op, ": ", packed,
+                    " tokens for a layout of ", layout.positions.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(cache_keys.size()) == num_layers &&
+                        static_cast<int64_t>(cache_values.size()) == num_layers,
+                    op, ": one cache tensor per layer (", num_layers, ") expected");
+  TORCH_CHECK_VALUE(query_position_offset == 0 || query_position_offset == 1, op,
+                    ": query_position_offset must be 0 or 1, got ", query_position_offset);
+  const int64_t query_offset = query_stream ? query_position_offset : 0;
+  int64_t last_position = -1;
+  for (const int64_t position : layout.positions) last_position = std::max(last_position, position);
+  TORCH_CHECK_VALUE(last_position + query_offset < d.max_positions, op, ": position ", last_position,
+                    " outside [0, ", d.max_positions - query_offset, ")");
+  for (int64_t l = 0; l < num_layers; ++l) {
+    for (const at::Tensor* t : {&cache_keys[l], &cache_values[l]}) {
+      TORCH_CHECK_VALUE(t->dim() == 4 && t->size(0) == batch && t->size(1) == d.heads && t->size(2) > last_position &&
+                            t->size(3) == d.head_dim && t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                            t->device().is_cpu(),
+                        op, ": caches must be contiguous float32 (", batch, ", ", d.heads, ", > ", last_position,
+                        ", ", d.head_dim, "), got ", t->sizes());
+    }
+  }
+  const Memories memory = checked_memories(memory_keys, memory_values, memory_lengths, batch, d, op);
+  if (packed == 0) return {d, nullptr, 0};
+  const at::Tensor token_values = tokens.contiguous();
+  const int64_t* token_ids = token_values.data_ptr<int64_t>();
+
+  // rows 0..P-1: content stream (each new token at its position); rows P..2P-1: query stream
+  const int64_t rows = (query_stream ? 2 : 1) * packed, dim = d.dim;
+  thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer;
+  float* x = scratch(x_buffer, rows * dim);
+  float* h = scratch(h_buffer, rows * dim);
+  float* q = scratch(q_buffer, rows * dim);
+  float* a = scratch(a_buffer, rows * dim);
+  float* kv = scratch(kv_buffer, packed * 2 * dim);
+  float* f = scratch(f_buffer, rows * d.ffn);
+  const float scale = static_cast<float>(embed_scale);
+  for (int64_t p = 0; p < packed; ++p) {
+    embed(d, token_ids[p], layout.positions[p], scale, x + p * dim);
+    if (query_stream) embed(d, mask_id, layout.positions[p] + query_position_offset, scale, x + (packed + p) * dim);
+  }
+  std::vector<int64_t> memory_row(rows);
+  for (int64_t r = 0; r < rows; ++r) memory_row[r] = layout.row_of[r % packed];
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const LayerWeights& layer = d.layers[l];
+    // the last layer needs only the query rows past its key/value projection
+    const int64_t first = query_stream && l == num_layers - 1 ? packed : 0, n = rows - first;
+    float* xs = x + first * dim;
+    const float* in = sublayer_input(arch, x, rows, dim, layer.norm1_w, layer.norm1_b, h);
+    linear(in, packed, dim, layer.kv, kv, 2 * dim);
+    float* ck = cache_keys[l].data_ptr<float>();
+    float* cv = cache_values[l].data_ptr<float>();
+    const int64_t max_len = cache_keys[l].size(2);
+    for (int64_t p = 0; p < packed; ++p)
+      for (int64_t head = 0; head < d.heads; ++head) {
+        const int64_t at_position = ((layout.row_of[p] * d.heads + head) * max_len + layout.positions[p]) * d.head_dim;
+        std::memcpy(ck + at_position, kv + p * 2 * dim + head * d.head_dim, d.head_dim * sizeof(float));
+        std::memcpy(cv + at_position, kv + p * 2 * dim + dim + head * d.head_dim, d.head_dim * sizeof(float));
+      }
+    linear(in + first * dim, n, dim, layer.q, q, dim);
+    attention_rows(q, dim, n, d, a, dim, last_position + 1,
+                   [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
+                       int64_t& vs, int64_t& count) {
+                     const int64_t p = (row + first) % packed;
+                     const int64_t offset = (layout.row_of[p] * d.heads + head) * max_len * d.head_dim;
+                     keys = ck + offset;
+                     values = cv + offset;
+                     ks = vs = d.head_dim;
+                     count = layout.positions[p] + 1;  // causal, itself included
+                   });
+    linear(a, n, dim, layer.out, xs, dim, /*accumulate=*/true);
+    finish_sublayer(arch, xs, n, dim, layer.norm1_w, layer.norm1_b);
+    std::vector<int64_t> rows_memory(memory_row.begin() + first, memory_row.end());
+    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], rows_memory, memory.lengths, h, q, a, f);
+  }
+  return {d, x + (rows - packed) * dim, packed};
+}
+
+// The layout of one AR step: one token per sentence, at `step`.
+ExtendLayout step_layout(int64_t batch, int64_t step, const char* op) {
+  TORCH_CHECK_VALUE(step >= 0, op, ": step ", step, " must be >= 0");
+  ExtendLayout layout;
+  layout.offsets.resize(batch + 1);
+  layout.row_of.resize(batch);
+  layout.positions.assign(batch, step);
+  for (int64_t b = 0; b <= batch; ++b) layout.offsets[b] = b;
+  for (int64_t b = 0; b < batch; ++b) layout.row_of[b] = b;
+  return layout;
+}
+
+// The layout of decoder_ar_extend: row_offsets (N + 1,) int64 (each sentence >= 1 new token) and
+// cache_lengths (N,) int64 >= 0.
+ExtendLayout extend_layout(const at::Tensor& row_offsets, const at::Tensor& cache_lengths, int64_t packed,
+                           const char* op) {
+  const PackedLayout rows = packed_layout(row_offsets, packed, op);
+  TORCH_CHECK_VALUE(cache_lengths.dim() == 1 && cache_lengths.size(0) == rows.num_rows &&
+                        cache_lengths.scalar_type() == at::kLong && cache_lengths.device().is_cpu(),
+                    op, ": cache_lengths must be int64 (", rows.num_rows, ",) on the CPU, got ", cache_lengths.sizes());
+  const at::Tensor lengths = cache_lengths.contiguous();
+  const int64_t* cached = lengths.data_ptr<int64_t>();
+  ExtendLayout layout;
+  layout.offsets = rows.offsets;
+  layout.row_of = rows.row_of;
+  layout.positions.resize(packed);
+  for (int64_t r = 0; r < rows.num_rows; ++r) {
+    TORCH_CHECK_VALUE(cached[r] >= 0, op, ": cache length ", cached[r], " must be >= 0");
+    for (int64_t p = rows.offsets[r]; p < rows.offsets[r + 1]; ++p) layout.positions[p] = cached[r] + p - rows.offsets[r];
+  }
+  return layout;
+}
+
+// decoder_ar_step: the step's (B, V) logits.
+at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                           int64_t mask_id, int64_t query_position_offset, bool query_stream,
+                           const at::Tensor& tokens, int64_t step, at::TensorList memory_keys,
+                           at::TensorList memory_values, const at::Tensor& memory_lengths, at::TensorList cache_keys,
+                           at::TensorList cache_values) {
+  TORCH_CHECK_VALUE(tokens.dim() == 1, "decoder_ar_step: tokens must be int64 (B,), got ", tokens.sizes());
+  const PassStates s = ar_extend_states(weights, num_heads, embed_scale, post_norm, relu, mask_id,
+                                        query_position_offset, query_stream, tokens,
+                                        step_layout(tokens.size(0), step, "decoder_ar_step"), memory_keys,
+                                        memory_values, memory_lengths, cache_keys, cache_values, "decoder_ar_step");
+  if (s.rows == 0) return at::empty({0, s.d.vocab}, at::TensorOptions().dtype(at::kFloat));
+  return vocabulary_logits(s.d, s.states, s.rows);
 }
 
 // The last decoder states (before the final norm) of the requested positions of a NAR pass.
@@ -645,11 +702,41 @@ GreedyToken greedy_token(Isa isa, const float* row, int64_t vocab, const std::ve
   return {id, row[id] - reduction.max - reduction.log_sum_exp};
 }
 
+// How a candidate token ranks in a row of logits: its log-softmax over the whole vocabulary and the
+// number of ids outside `excluded` with a strictly larger logit (0: a top choice). An excluded
+// candidate, or a row with NaN or infinities, ranks `vocab` (never among a top k).
+struct CandidateRank {
+  float score;
+  int64_t rank;
+};
+
+CandidateRank rank_candidate(const float* row, int64_t vocab, const std::vector<int64_t>& excluded,
+                             int64_t candidate, const core::LogitReduction& reduction) {
+  const float value = row[candidate];
+  const float score = value - reduction.max - reduction.log_sum_exp;
+  bool excluded_candidate = false;
+  for (const int64_t e : excluded) excluded_candidate |= e == candidate;
+  if (!reduction.finite || excluded_candidate) return {score, vocab};
+  int64_t rank = 0;
+  for (int64_t id = 0; id < vocab; ++id) rank += row[id] > value;
+  for (const int64_t e : excluded) rank -= row[e] > value;
+  return {score, rank};
+}
+
+// Per-row outputs of select_tokens beyond the greedy choice: for rows with a candidate id (>= 0 in
+// `ids`), its log-softmax and rank (rank_candidate); null `ids`: none.
+struct Candidates {
+  const int64_t* ids = nullptr;
+  float* scores = nullptr;
+  int64_t* ranks = nullptr;
+};
+
 // greedy_token for every row of `states` (rows, d), without materialising the (rows, V) logits
-// (forced_ids may be null: none forced). The final norm and the vocabulary projection run in tiles
-// of rows whose logits stay in a per-thread buffer.
+// (forced_ids may be null: none forced), and the candidates' ranks where asked. The final norm and
+// the vocabulary projection run in tiles of rows whose logits stay in a per-thread buffer.
 std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float* states, int64_t rows,
-                                                 const std::vector<int64_t>& excluded, const int64_t* forced_ids) {
+                                                 const std::vector<int64_t>& excluded, const int64_t* forced_ids,
+                                                 const Candidates& candidates = {}) {
   at::Tensor best = at::empty({rows}, at::TensorOptions().dtype(at::kLong));
   at::Tensor scores = at::empty({rows}, at::TensorOptions().dtype(at::kFloat));
   if (rows == 0) return {best, scores};
@@ -668,9 +755,18 @@ std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float*
       core::gemm(isa, n, states + first * d.dim, d.dim, d.vocab_projection, logits, d.vocab, 0, d.vocab);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t forced = forced_ids != nullptr ? forced_ids[first + i] : -1;
-        const GreedyToken token = greedy_token(isa, logits + i * d.vocab, d.vocab, excluded, forced);
+        const float* row = logits + i * d.vocab;
+        const GreedyToken token = greedy_token(isa, row, d.vocab, excluded, forced);
         best_ids[first + i] = token.id;
         best_scores[first + i] = token.score;
+        if (candidates.ids != nullptr) {
+          const int64_t candidate = candidates.ids[first + i];
+          CandidateRank ranked{std::numeric_limits<float>::quiet_NaN(), d.vocab};
+          if (candidate >= 0)
+            ranked = rank_candidate(row, d.vocab, excluded, candidate, core::reduce_logits_isa(isa, row, d.vocab));
+          candidates.scores[first + i] = ranked.score;
+          candidates.ranks[first + i] = ranked.rank;
+        }
       }
     }
   });
@@ -693,6 +789,35 @@ std::tuple<at::Tensor, at::Tensor> decoder_nar_fill(at::TensorList weights, int6
   return select_tokens(s.d, s.states, s.rows, excluded, nullptr);
 }
 
+// Greedy search's rules checked and unpacked: the ids never chosen and, per new token, the id it is
+// forced to (`forced_id` where `forced` is set, the sentence's length limit) or -1.
+struct GreedyRules {
+  std::vector<int64_t> excluded;
+  std::vector<int64_t> forced_ids;
+};
+
+GreedyRules greedy_rules(at::TensorList weights, int64_t num_heads, const at::Tensor& excluded_ids,
+                         const at::Tensor& forced, int64_t count, int64_t forced_id, const char* op) {
+  TORCH_CHECK_VALUE(excluded_ids.dim() == 1 && excluded_ids.scalar_type() == at::kLong && excluded_ids.device().is_cpu(),
+                    op, ": excluded_ids must be int64 (K,) on the CPU, got ", excluded_ids.sizes());
+  TORCH_CHECK_VALUE(forced.dim() == 1 && forced.size(0) == count && forced.scalar_type() == at::kBool &&
+                        forced.device().is_cpu(),
+                    op, ": forced must be bool (", count, ",) on the CPU, got ", forced.sizes(), " ",
+                    forced.scalar_type());
+  const at::Tensor excluded_values = excluded_ids.contiguous();
+  GreedyRules rules;
+  rules.excluded.assign(excluded_values.data_ptr<int64_t>(), excluded_values.data_ptr<int64_t>() + excluded_values.numel());
+  const int64_t vocab = parse_embeddings(weights, num_heads, op).vocab;  // the pass checks the rest
+  for (const int64_t id : rules.excluded)
+    TORCH_CHECK_VALUE(id >= 0 && id < vocab, op, ": excluded id ", id, " outside [0, ", vocab, ")");
+  TORCH_CHECK_VALUE(forced_id >= 0 && forced_id < vocab, op, ": forced_id ", forced_id, " outside [0, ", vocab, ")");
+  const at::Tensor forced_values = forced.contiguous();
+  rules.forced_ids.assign(count, -1);
+  for (int64_t i = 0; i < count; ++i)
+    if (forced_values.data_ptr<bool>()[i]) rules.forced_ids[i] = forced_id;
+  return rules;
+}
+
 // decoder_ar_step followed by greedy search's choice (select_tokens): per sentence the argmax over
 // the vocabulary without `excluded_ids`, or `forced_id` where `forced` (B,) bool is set (the
 // sentence's length limit), and its log-probability; no (B, V) logits are returned.
@@ -705,28 +830,57 @@ std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy(at::TensorList weights, int
                                                      at::TensorList cache_keys, at::TensorList cache_values,
                                                      const at::Tensor& excluded_ids, const at::Tensor& forced,
                                                      int64_t forced_id) {
-  TORCH_CHECK_VALUE(excluded_ids.dim() == 1 && excluded_ids.scalar_type() == at::kLong && excluded_ids.device().is_cpu(),
-                    "decoder_ar_greedy: excluded_ids must be int64 (K,) on the CPU, got ", excluded_ids.sizes());
-  TORCH_CHECK_VALUE(forced.dim() == 1 && forced.size(0) == tokens.size(0) && forced.scalar_type() == at::kBool &&
-                        forced.device().is_cpu(),
-                    "decoder_ar_greedy: forced must be bool (B,) on the CPU, got ", forced.sizes(), " ",
-                    forced.scalar_type());
-  const at::Tensor excluded_values = excluded_ids.contiguous();
-  const std::vector<int64_t> excluded(excluded_values.data_ptr<int64_t>(),
-                                      excluded_values.data_ptr<int64_t>() + excluded_values.numel());
-  const int64_t vocab = parse_embeddings(weights, num_heads, "decoder_ar_greedy").vocab;  // ar_states checks the rest
-  for (const int64_t id : excluded)
-    TORCH_CHECK_VALUE(id >= 0 && id < vocab, "decoder_ar_greedy: excluded id ", id, " outside [0, ", vocab, ")");
-  TORCH_CHECK_VALUE(forced_id >= 0 && forced_id < vocab, "decoder_ar_greedy: forced_id ", forced_id,
-                    " outside [0, ", vocab, ")");
-  const at::Tensor forced_values = forced.contiguous();
-  std::vector<int64_t> forced_ids(forced.size(0), -1);
-  for (int64_t b = 0; b < forced.size(0); ++b)
-    if (forced_values.data_ptr<bool>()[b]) forced_ids[b] = forced_id;
-  const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
-                                 query_stream, tokens, step, memory_keys, memory_values, memory_lengths, cache_keys,
-                                 cache_values);
-  return select_tokens(s.d, s.states, s.rows, excluded, forced_ids.data());
+  const char* op = "decoder_ar_greedy";
+  TORCH_CHECK_VALUE(tokens.dim() == 1, op, ": tokens must be int64 (B,), got ", tokens.sizes());
+  const GreedyRules rules = greedy_rules(weights, num_heads, excluded_ids, forced, tokens.size(0), forced_id, op);
+  const PassStates s = ar_extend_states(weights, num_heads, embed_scale, post_norm, relu, mask_id,
+                                        query_position_offset, query_stream, tokens,
+                                        step_layout(tokens.size(0), step, op), memory_keys, memory_values,
+                                        memory_lengths, cache_keys, cache_values, op);
+  return select_tokens(s.d, s.states, s.rows, rules.excluded, rules.forced_ids.data());
+}
+
+// decoder_ar_extend: ar_extend_states over packed new tokens (row_offsets (N + 1,), cache_lengths
+// (N,)), then greedy search's choice after every new token (as decoder_ar_greedy, `forced` (P,) per
+// token): the AR greedy tokens and log-probabilities (P,) of the positions after each new token, and,
+// where `candidates` (P,) int64 is not empty, each candidate's log-probability and rank at that
+// position (rank_candidate; -1: none, NaN and V returned): the relaxed verification's test of the
+// drafted token that follows. The caches get the new tokens' keys/values; a speculative
+// verification keeps those it accepts by counting them in the next call's cache_lengths.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_ar_extend(
+    at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu, int64_t mask_id,
+    int64_t query_position_offset, bool query_stream, const at::Tensor& tokens, const at::Tensor& row_offsets,
+    const at::Tensor& cache_lengths, at::TensorList memory_keys, at::TensorList memory_values,
+    const at::Tensor& memory_lengths, at::TensorList cache_keys, at::TensorList cache_values,
+    const at::Tensor& excluded_ids, const at::Tensor& forced, int64_t forced_id, const at::Tensor& candidates) {
+  const char* op = "decoder_ar_extend";
+  TORCH_CHECK_VALUE(tokens.dim() == 1, op, ": tokens must be int64 (P,), got ", tokens.sizes());
+  const int64_t count = tokens.size(0);
+  const GreedyRules rules = greedy_rules(weights, num_heads, excluded_ids, forced, count, forced_id, op);
+  const bool ranked = candidates.numel() > 0;
+  TORCH_CHECK_VALUE(candidates.dim() == 1 && candidates.scalar_type() == at::kLong && candidates.device().is_cpu() &&
+                        (!ranked || candidates.size(0) == count),
+                    op, ": candidates must be int64, empty or (", count, ",), on the CPU, got ", candidates.sizes());
+  const at::Tensor candidate_ids = candidates.contiguous();
+  const int64_t vocab = parse_embeddings(weights, num_heads, op).vocab;
+  for (int64_t i = 0; ranked && i < count; ++i) {
+    const int64_t id = candidate_ids.data_ptr<int64_t>()[i];
+    TORCH_CHECK_VALUE(id >= -1 && id < vocab, op, ": candidate id ", id, " outside [-1, ", vocab, ")");
+  }
+  const ExtendLayout layout = extend_layout(row_offsets, cache_lengths, count, op);
+  const PassStates s = ar_extend_states(weights, num_heads, embed_scale, post_norm, relu, mask_id,
+                                        query_position_offset, query_stream, tokens, layout, memory_keys,
+                                        memory_values, memory_lengths, cache_keys, cache_values, op);
+  at::Tensor candidate_scores = at::empty({ranked ? count : 0}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor candidate_ranks = at::empty({ranked ? count : 0}, at::TensorOptions().dtype(at::kLong));
+  Candidates wanted;
+  if (ranked) {
+    wanted.ids = candidate_ids.data_ptr<int64_t>();
+    wanted.scores = candidate_scores.data_ptr<float>();
+    wanted.ranks = candidate_ranks.data_ptr<int64_t>();
+  }
+  auto [best, best_scores] = select_tokens(s.d, s.states, s.rows, rules.excluded, rules.forced_ids.data(), wanted);
+  return {best, best_scores, candidate_scores, candidate_ranks};
 }
 
 // The query stream's last states (before the final norm) of a teacher-forced AR pass over packed
@@ -958,6 +1112,13 @@ TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
       "Tensor memory_lengths, Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values, Tensor excluded_ids, "
       "Tensor forced, int forced_id) -> (Tensor, Tensor)",
       &decoder_ar_greedy);
+  m.def(
+      "decoder_ar_extend(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
+      "int query_position_offset, bool query_stream, Tensor tokens, Tensor row_offsets, Tensor cache_lengths, "
+      "Tensor[] memory_keys, Tensor[] memory_values, Tensor memory_lengths, Tensor(a!)[] cache_keys, "
+      "Tensor(b!)[] cache_values, Tensor excluded_ids, Tensor forced, int forced_id, Tensor candidates) "
+      "-> (Tensor, Tensor, Tensor, Tensor)",
+      &decoder_ar_extend);
   m.def(
       "decoder_nar_pass(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, "
       "Tensor tokens, Tensor positions, Tensor row_offsets, Tensor[] memory_keys, Tensor[] memory_values, "

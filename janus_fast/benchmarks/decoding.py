@@ -9,6 +9,7 @@ fp32 matmul peak measured in the same run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import sacrebleu
 import torch
 
+from janus_fast import engine
 from janus_fast.benchmarks.ctranslate2_compare import INSTALL_HINT, ctranslate2_available, time_ctranslate2
 from janus_fast.benchmarks.ops import synchronizer
 from janus_fast.benchmarks.timing import median_seconds
@@ -23,10 +25,12 @@ from janus_fast.cpu_features import cpu_description
 from janus_fast.data import InputError, corpus_path, read_parallel
 from janus_fast.model import JanusConfig
 from janus_fast.native_decoder import cpu_isa
+from janus_fast.speculative import SpeculativeOptions, SpeculativeStats
 from janus_fast.translator import Translator
 
 NAR_ITERATIONS = (1, 2, 4, 10)
 RESCORED_ITERATIONS = (2, 4, 10)  # the engine's NAR rows also run with ar_rescore
+RELAXED = ((3, 1.0), (5, 2.0))  # (top k, margin) of the relaxed speculative rows
 FAIRSEQ_MAX_ITERS = (4, 9)  # --iter-decode-max-iter of the fairseq-compatible rows (5 and 10 passes)
 
 
@@ -35,13 +39,15 @@ class Setting:
     """One row of the table: a decoder and its options."""
 
     decoder: str  # "reference" | "engine"
-    mode: str  # "nar" | "ar"
+    mode: str  # "nar" | "ar" | "spec"
     iterations: int = 10
     length_beam: int = 3
     beam: int = 1
     precision: str = "fp32"  # "fp32" | "bf16" | "int8" (Translator precision)
     compat: str = "janus"  # "janus" | "fairseq" (janus_fast.fairseq_decoding; iterations = max-iter)
     ar_rescore: bool = False  # NAR: length candidate picked by the model's AR score (one more pass)
+    relaxed_top_k: int = 0  # spec: relaxed verification (0: exact, AR greedy's output)
+    relaxed_margin: float = 1.0
 
     @property
     def translator_key(self) -> str:
@@ -56,9 +62,17 @@ class Setting:
         if self.mode == "nar":
             rescore = " + AR rescore" if self.ar_rescore else ""
             return f"{self.translator_key} NAR T={self.iterations} lb={self.length_beam}{rescore}"
+        if self.mode == "spec":
+            relaxed = f" relaxed k={self.relaxed_top_k} m={self.relaxed_margin:g}" if self.relaxed_top_k else ""
+            return f"{self.translator_key} speculative{relaxed}"
         return f"{self.translator_key} AR {'greedy' if self.beam == 1 else f'beam {self.beam}'}"
 
+    def speculative(self) -> SpeculativeOptions:
+        return SpeculativeOptions(relaxed_top_k=self.relaxed_top_k, relaxed_margin=self.relaxed_margin)
+
     def options(self) -> dict:
+        if self.mode == "spec":
+            return {"mode": "spec", "speculative": self.speculative()}
         options = {"mode": self.mode, "iterations": self.iterations, "length_beam": self.length_beam, "beam": self.beam}
         if self.ar_rescore:
             options["ar_rescore"] = True
@@ -84,9 +98,12 @@ def settings(compat: str = "janus", has_nar: bool = True) -> list[Setting]:
     rows = [Setting(decoder, "nar", iterations=t) for decoder in ("reference", "engine") for t in NAR_ITERATIONS]
     rows += [Setting(decoder, "ar", beam=beam) for decoder in ("reference", "engine") for beam in (1, 4)]
     rows += [Setting("engine", "nar", iterations=t, ar_rescore=True) for t in RESCORED_ITERATIONS]
+    rows += [Setting("engine", "spec")]
+    rows += [Setting("engine", "spec", relaxed_top_k=k, relaxed_margin=m) for k, m in RELAXED]
     for precision in ("bf16", "int8"):
         rows += [Setting("engine", "nar", iterations=t, precision=precision) for t in NAR_ITERATIONS]
         rows += [Setting("engine", "ar", beam=1, precision=precision)]
+        rows += [Setting("engine", "spec", precision=precision)]
     rows += [Setting("engine", "nar", iterations=4, precision="bf16", ar_rescore=True)]
     return rows
 
@@ -122,11 +139,12 @@ def flops_per_sentence(config: JanusConfig, setting: Setting, source_length: flo
         contexts = setting.length_beam * (target_length - 1)
         rescore = decoder_rows(2 * contexts, target_length / 2) + 2 * contexts * vocab * d if setting.ar_rescore else 0
         return encoder + cross_kv + setting.iterations * per_iteration + rescore
-    steps = target_length - 1
+    steps = target_length - 1  # speculative: counted as the AR greedy steps it replaces
     # each step runs a content row and a query row (two streams; a plain transformer: the content
     # row alone) over a cache of ~L/2 keys
     streams = 2 if config.has_nar else 1
-    per_step = setting.beam * (decoder_rows(streams, target_length / 2) + 2 * vocab * d)
+    beam = setting.beam if setting.mode == "ar" else 1
+    per_step = beam * (decoder_rows(streams, target_length / 2) + 2 * vocab * d)
     return encoder + cross_kv + steps * per_step
 
 
@@ -193,6 +211,7 @@ def run_bench(
     peak = matmul_peak_gflops(device=device)
     rows = []
     greedy_outputs: list[str] = []
+    greedy_by_key: dict[str, list[str]] = {}  # engine AR greedy's output at each precision
     for setting in settings(compat, config.has_nar):
         if setting.translator_key not in translators:
             continue
@@ -203,13 +222,15 @@ def run_bench(
         batch1 = sources[:batch1_sentences]
         if setting == Setting("engine", "ar", beam=1):
             greedy_outputs = hypotheses
+        if setting.decoder == "engine" and setting.mode == "ar" and setting.beam == 1:
+            greedy_by_key[setting.translator_key] = hypotheses
         target_length = statistics.mean(len(tokenizer.encode(h)) + 2 for h in hypotheses)
         flops = flops_per_sentence(config, setting, source_length, target_length)
         batch_rate = len(sources) / batch_seconds
         rows.append(
             {
                 "setting": setting.name,
-                **setting.options(),
+                **{k: _plain(v) for k, v in setting.options().items()},
                 "decoder": setting.decoder,
                 "precision": setting.precision,
                 "batch1_ms_per_sentence": 1e3 * batch1_seconds / len(batch1),
@@ -219,6 +240,11 @@ def run_bench(
                 "bleu": sacrebleu.corpus_bleu(hypotheses, [references]).score,
                 "gflop_per_sentence": flops / 1e9,
                 "achieved_gflops": flops * batch_rate / 1e9,
+                **(
+                    speculative_figures(translator, setting, batch1, hypotheses, greedy_by_key)
+                    if setting.mode == "spec"
+                    else {}
+                ),
             }
         )
     if "ctranslate2" in compare:
@@ -239,6 +265,10 @@ def run_bench(
 
     ratios = {}
     for key, label in (("batch1_ms_per_sentence", "batch 1"), ("batch_ms_per_sentence", "large batch")):
+        for prefix in ("engine", "engine bf16", "engine int8"):
+            ratios[f"{prefix} AR greedy vs {prefix} speculative, {label}"] = ratio(
+                f"{prefix} speculative", f"{prefix} AR greedy", key
+            )
         ratios[f"engine NAR T=4 vs engine AR greedy, {label}"] = ratio("engine NAR T=4 lb=3", "engine AR greedy", key)
         ratios[f"engine NAR T=10 vs engine AR greedy, {label}"] = ratio("engine NAR T=10 lb=3", "engine AR greedy", key)
         ratios[f"engine AR greedy vs reference AR greedy, {label}"] = ratio(
@@ -273,6 +303,38 @@ def run_bench(
         "native_isa": cpu_isa(),
         "compat": compat,
         "nar_length_bonus": config.length_bonus if compat == "janus" else None,  # the NAR rows' ranking
+    }
+
+
+def _plain(value: object) -> object:
+    """An option as JSON can hold it (dataclasses as dicts)."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def speculative_figures(
+    translator: Translator,
+    setting: Setting,
+    batch1: list[str],
+    hypotheses: list[str],
+    greedy_by_key: dict[str, list[str]],
+) -> dict:
+    """A speculative row's acceptance (at batch 1: mean tokens gained per verify pass, passes per
+    sentence) and how many of its large-batch translations equal engine AR greedy's at the same
+    precision (None where that row has not run)."""
+    stats = SpeculativeStats()
+    model, weights = translator.model, translator.decoder_weights
+    for source in batch1:
+        ids = translator.encode_sources([source])[0]
+        if ids:
+            engine.speculative(
+                model, torch.tensor([ids]), torch.tensor([len(ids)]), decoder_weights=weights,
+                options=setting.speculative(), stats=stats,
+            )  # fmt: skip
+    greedy = greedy_by_key.get(setting.translator_key)
+    return {
+        "tokens_per_verify_pass": stats.tokens_per_round,
+        "verify_passes_per_sentence": stats.rounds_per_sentence,
+        "same_as_ar_greedy": None if greedy is None else sum(a == b for a, b in zip(hypotheses, greedy)),
     }
 
 
@@ -337,6 +399,16 @@ def format_report(report: dict) -> str:
             f"| {row['setting']} | {row['batch1_ms_per_sentence']:.1f} | {row['batch1_sentences_per_second']:.1f} "
             f"| {row['batch_ms_per_sentence']:.2f} | {row['batch_sentences_per_second']:.1f} | {quality} |"
         )
+    spec_rows = [row for row in report["rows"] if row["mode"] == "spec"]
+    if spec_rows:
+        lines += ["", "| speculative setting | tokens per verify pass (batch 1) | verify passes per sentence "
+                  "| same output as AR greedy |", "|---|---:|---:|---:|"]  # fmt: skip
+        for row in spec_rows:
+            same = "n/a" if row["same_as_ar_greedy"] is None else f"{row['same_as_ar_greedy']}/{report['sentences']}"
+            lines.append(
+                f"| {row['setting']} | {row['tokens_per_verify_pass']:.2f} | {row['verify_passes_per_sentence']:.2f} "
+                f"| {same} |"
+            )
     lines += ["", "| speed-up (time ratio) | x |", "|---|---:|"]
     lines += [f"| {name} | {value:.2f} |" for name, value in report["ratios"].items()]
     return "\n".join(lines)
@@ -366,7 +438,7 @@ def write_plot(report: dict, path: str) -> bool:
             continue
         key = row.get("precision") if row.get("precision") in ("bf16", "int8") else row["decoder"]
         color, label = styles[key]
-        marker = "o" if row["mode"] == "nar" else "s"
+        marker = {"nar": "o", "ar": "s", "spec": "^"}[row["mode"]]
         legend = f"{label} {row['mode'].upper()}"
         axis.scatter(
             row["batch_ms_per_sentence"], row["bleu"], marker=marker, color=color,

@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from janus_fast.ops.reference import mask_predict_step_reference, num_to_remask
+from janus_fast.ops.reference import mask_predict_step_reference, num_to_remask, speculative_accept_reference
 
 __all__ = [
     "HAS_NATIVE_OPS",
@@ -25,6 +25,8 @@ __all__ = [
     "mask_predict_step",
     "mask_predict_step_reference",
     "num_to_remask",
+    "speculative_accept",
+    "speculative_accept_reference",
     "uses_native_ops",
 ]
 
@@ -82,9 +84,9 @@ def uses_native_ops() -> bool:
     return HAS_NATIVE_OPS and not forced
 
 
-def _check_int(name: str, value: object) -> int:
+def _check_int(name: str, value: object, op: str = "mask_predict_step") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"mask_predict_step: {name} must be an int, got {type(value).__name__}")
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
     return value
 
 
@@ -207,3 +209,50 @@ def mask_predict_step(
             stacklevel=2,
         )
     return mask_predict_step_reference(logits, tokens, scores, lengths, iteration, num_iterations, mask_id)
+
+
+def speculative_accept(
+    draft: torch.Tensor,
+    draft_counts: torch.Tensor,
+    verified: torch.Tensor,
+    relaxed: torch.Tensor | None,
+    eos_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which drafted tokens a speculative decoding round keeps, per sentence: the drafted tokens up
+    to the first that neither equals AR's choice there nor is marked ``relaxed``, then AR's choice
+    at that position, cut after the first eos (``speculative_accept_reference`` is the spec).
+
+    Args:
+        draft: (N, K) int64, row r's drafted tokens in its first ``draft_counts[r]`` entries.
+        draft_counts: (N,) int64 in [0, K].
+        verified: (N, K + 1) int64, AR's choice after the prefix and each drafted token.
+        relaxed: None or (N, K) bool, drafted tokens kept even where they differ.
+        eos_id: the end-of-sentence id (>= 0).
+
+    Returns:
+        kept (N,) int64 >= 1 and tokens (N, K + 1) int64: the kept tokens, then -1.
+
+    Raises:
+        TypeError / ValueError on a wrong dtype, shape, device or count.
+    """
+    eos_id = _check_int("eos_id", eos_id, "speculative_accept")
+    for name, tensor in (("draft", draft), ("draft_counts", draft_counts), ("verified", verified)):
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.int64:
+            raise TypeError(f"speculative_accept: {name} must be an int64 tensor")
+    if relaxed is not None and (not isinstance(relaxed, torch.Tensor) or relaxed.dtype != torch.bool):
+        raise TypeError("speculative_accept: relaxed must be None or a bool tensor")
+    if uses_native_ops() and hasattr(torch.ops.janus_fast, "speculative_accept"):
+        key = torch._C._dispatch_key_for_device(draft.device.type)
+        if torch._C._dispatch_has_kernel_for_dispatch_key("janus_fast::speculative_accept", key):
+            return torch.ops.janus_fast.speculative_accept(draft, draft_counts, verified, relaxed, eos_id)
+    rows, width = draft.shape if draft.dim() == 2 else (-1, -1)
+    if draft.dim() != 2 or verified.shape != (rows, width + 1) or draft_counts.shape != (rows,):
+        raise ValueError(
+            f"speculative_accept: draft (N, K), draft_counts (N,) and verified (N, K + 1) expected, got "
+            f"{tuple(draft.shape)}, {tuple(draft_counts.shape)}, {tuple(verified.shape)}"
+        )
+    if relaxed is not None and relaxed.shape != draft.shape:
+        raise ValueError(f"speculative_accept: relaxed must be (N, K) = {tuple(draft.shape)}")
+    if eos_id < 0:
+        raise ValueError(f"speculative_accept: eos_id must be >= 0, got {eos_id}")
+    return speculative_accept_reference(draft, draft_counts, verified, relaxed, eos_id)

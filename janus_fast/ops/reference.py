@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["mask_predict_step_reference", "num_to_remask"]
+__all__ = ["mask_predict_step_reference", "num_to_remask", "speculative_accept_reference"]
 
 
 def num_to_remask(lengths: torch.Tensor, iteration: int, num_iterations: int) -> torch.Tensor:
@@ -78,3 +78,47 @@ def mask_predict_step_reference(
     remasked = real & (ranks < num_to_remask(lengths, iteration, num_iterations).unsqueeze(1))
     tokens.masked_fill_(remasked, mask_id)
     return remasked
+
+
+def speculative_accept_reference(
+    draft: torch.Tensor,
+    draft_counts: torch.Tensor,
+    verified: torch.Tensor,
+    relaxed: torch.Tensor | None,
+    eos_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which drafted tokens a speculative decoding round keeps, per sentence (row).
+
+    Row r drafted ``draft[r, :k]`` (k = ``draft_counts[r]``) after its accepted prefix; ``verified[r,
+    i]`` is AR's choice given the prefix and ``draft[r, :i]`` (i <= k). Kept: the drafted tokens up to
+    the first that neither equals its verified token nor is marked in ``relaxed`` (None: none
+    are), then the verified token at that position (``verified[r, k]`` when all k are kept); the
+    kept tokens end after the first eos among them.
+
+    Args:
+        draft: (N, K) int64.
+        draft_counts: (N,) int64 in [0, K].
+        verified: (N, K + 1) int64.
+        relaxed: None or (N, K) bool.
+        eos_id: the end-of-sentence id.
+
+    Returns:
+        kept (N,) int64 in [1, k + 1] and tokens (N, K + 1) int64: the kept tokens, then -1.
+    """
+    rows, width = draft.shape
+    kept = torch.empty(rows, dtype=torch.long, device=draft.device)
+    tokens = torch.full((rows, width + 1), -1, dtype=torch.long, device=draft.device)
+    for r, (row_draft, row_verified, count) in enumerate(zip(draft.tolist(), verified.tolist(), draft_counts.tolist())):
+        if not 0 <= count <= width:
+            raise ValueError(f"speculative_accept: draft count {count} outside [0, {width}]")
+        out: list[int] = []
+        for i in range(count + 1):
+            drafted = i < count and (
+                row_draft[i] == row_verified[i] or (relaxed is not None and bool(relaxed[r, i]))
+            )
+            out.append(row_draft[i] if drafted else row_verified[i])
+            if not drafted or out[-1] == eos_id:
+                break
+        kept[r] = len(out)
+        tokens[r, : len(out)] = torch.tensor(out, dtype=torch.long)
+    return kept, tokens
