@@ -225,12 +225,19 @@ def generate(
         hypotheses = Hypotheses([], [])
     elif compat == "fairseq" and mode == "ar":
         found = fairseq_decoding.ar_beam_search(
-            model, src_tokens, src_lengths, beam, max_len_a, max_len_b, native=decoder == "engine"
+            model, src_tokens, src_lengths, beam, max_len_a, max_len_b, decoder == "engine", decoder_weights
         )
         hypotheses = _fairseq_hypotheses(model, found)
     elif compat == "fairseq":
         hypotheses = _fairseq_generate(
-            model, src_tokens, src_lengths, iterations, length_beam, force_max_iter, native=decoder == "engine"
+            model,
+            src_tokens,
+            src_lengths,
+            iterations,
+            length_beam,
+            force_max_iter,
+            native=decoder == "engine",
+            decoder_weights=decoder_weights,
         )
     elif mode == "spec" and decoder == "engine":
         hypotheses = engine.speculative(
@@ -264,9 +271,13 @@ def _fairseq_generate(
     length_beam: int,
     force: bool,
     native: bool,
+    decoder_weights: str = "fp32",
 ) -> Hypotheses:
-    """fairseq-generate's hypotheses as ``Hypotheses``: tokens without bos/eos/pad, fairseq's score."""
-    found = fairseq_decoding.mask_predict(model, src_tokens, src_lengths, max_iter, length_beam, force, native)
+    """fairseq-generate's hypotheses as ``Hypotheses``: tokens without bos/eos/pad, fairseq's score;
+    ``decoder_weights`` the native passes' weight type."""
+    found = fairseq_decoding.mask_predict(
+        model, src_tokens, src_lengths, max_iter, length_beam, force, native, decoder_weights
+    )
     return _fairseq_hypotheses(model, found)
 
 

@@ -28,8 +28,11 @@ width, as fairseq); a hypothesis' score is its summed log-probability over the t
 ``</s>``, divided by their number.
 
 Each pass runs the decoder over the real positions only and projects only the masked ones to
-the vocabulary: on the CPU as one native call (``janus_fast.native_decoder``, float32 weights,
-the same tokens), elsewhere through the PyTorch model.
+the vocabulary: on the CPU as one native call (``janus_fast.native_decoder``; with float32
+weights, the same tokens), elsewhere through the PyTorch model. ``decoder_weights`` ("fp32",
+"bf16", "int8") is the type the native passes store their weights in (the decode precision, as
+``janus_fast.engine``); anything but fp32 needs the native passes (a ValueError where they cannot
+run) and changes scores slightly.
 
 Shapes: B sentences, l length beam, N = B * l rows (a sentence's candidates adjacent), W width.
 """
@@ -42,8 +45,9 @@ import torch
 import torch.nn.functional as F
 
 from janus_fast.attention import MaskSpec
+from janus_fast.engine import native_decoder
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
-from janus_fast.native_decoder import NativeDecoder, unsupported_reason
+from janus_fast.native_decoder import WEIGHT_TYPES, NativeDecoder
 from janus_fast.packed import PackedRows
 from janus_fast.search import FAIRSEQ_MAX_LEN, BeamRows, BeamRules, finished_beam_search
 
@@ -102,12 +106,17 @@ def _initial_tokens(lengths: torch.Tensor, pad_id: int, bos_id: int, eos_id: int
 
 
 class _Decoder:
-    """The decoder passes of one batch: native (one call per pass over the packed real positions)
-    where ``unsupported_reason`` allows, else the PyTorch model over the padded rows."""
+    """The decoder passes of one batch: native (one call per pass over the packed real positions,
+    weights stored as ``decoder_weights``) where ``native`` and ``unsupported_reason`` allow, else the
+    PyTorch model over the padded rows (fp32 only: ValueError for other ``decoder_weights``)."""
 
-    def __init__(self, model: JanusModel, native: bool) -> None:
+    def __init__(self, model: JanusModel, native: bool, decoder_weights: str = "fp32") -> None:
+        if decoder_weights not in WEIGHT_TYPES:
+            raise ValueError(f"decoder_weights must be one of {WEIGHT_TYPES}, got {decoder_weights!r}")
+        if not native and decoder_weights != "fp32":
+            raise ValueError(f"decoder_weights={decoder_weights!r} needs the native decoder, but native=False")
         self.model = model
-        self.native = NativeDecoder.for_model(model) if native and unsupported_reason(model) is None else None
+        self.native = native_decoder(model, decoder_weights) if native else None
         self.memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor] | None = None
 
     def encode(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
@@ -163,17 +172,19 @@ def mask_predict(
     length_beam: int = 1,
     force_max_iter: bool = False,
     native: bool = True,
+    decoder_weights: str = "fp32",
 ) -> list[FairseqHypothesis]:
     """fairseq-generate's mask-predict on a batch; one hypothesis per sentence.
 
     src_tokens (B, S) int64 right-padded (as the task gives them: ``<bos> x <eos>`` for
     translation_lev), src_lengths (B,) int64; ``max_iter`` >= 0 (``max_iter + 1`` passes),
     ``length_beam`` >= 1, ``force_max_iter`` disables the adaptive stop; ``native`` False keeps the
-    PyTorch passes even where the native ones could run.
+    PyTorch passes even where the native ones could run; ``decoder_weights`` ("fp32", "bf16",
+    "int8"): the native passes' weight type (not fp32: ValueError where they cannot run).
     """
     config = model.config
     num_passes = max_iter + 1
-    decoder = _Decoder(model, native)
+    decoder = _Decoder(model, native, decoder_weights)
     encoder_out = decoder.encode(src_tokens, src_lengths)
     candidates = length_beam_lengths(model, encoder_out, length_beam)
     batch = candidates.shape[0]
@@ -235,18 +246,20 @@ def ar_beam_search(
     max_len_a: float = FAIRSEQ_MAX_LEN[0],
     max_len_b: int = FAIRSEQ_MAX_LEN[1],
     native: bool = True,
+    decoder_weights: str = "fp32",
 ) -> list[FairseqHypothesis]:
     """fairseq-generate's AR decoding (``--beam N``, its ``SequenceGenerator`` with its defaults
     ``--lenpen 1 --unkpen 0 --min-len 1 --max-len-a 0 --max-len-b 200``), from ``<bos>`` (the JANUS
     plugin) or ``</s>`` (a plain transformer: ``config.ar_start``); the best finished hypothesis
     per sentence, tokens ``y .. </s>`` (no start token), one score per token.
 
-    src_tokens (B, S) int64 right-padded (``<bos> x <eos>``), src_lengths (B,) int64.
+    src_tokens (B, S) int64 right-padded (``<bos> x <eos>``), src_lengths (B,) int64; ``native``
+    and ``decoder_weights`` as ``mask_predict``.
     """
     if not isinstance(beam, int) or isinstance(beam, bool) or beam < 1:
         raise ValueError(f"beam must be an integer >= 1, got {beam!r}")
     config = model.config
-    decoder = _Decoder(model, native)
+    decoder = _Decoder(model, native, decoder_weights)
     batch = len(src_lengths)
     rows = torch.arange(batch, device=src_tokens.device).repeat_interleave(beam)
     encoder_out = decoder.encode(src_tokens, src_lengths).select(rows)

@@ -103,13 +103,12 @@ class _NativePasses:
         tokens: torch.Tensor,
         positions: torch.Tensor,
         row_offsets: torch.Tensor,
-        rows: torch.Tensor,
         outputs: torch.Tensor,
         mask_id: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """NAR fill at ``outputs`` (M,) of packed rows (tokens, positions (P,)) of sentences ``rows``."""
-        memory = NativeDecoder.select_memory(self.memory, rows) if len(rows) != len(self.memory[2]) else self.memory
-        return self.native.nar_fill(tokens, positions, row_offsets, memory, outputs, mask_id)
+        """NAR fill at ``outputs`` (M,) of the sentences' packed rows (tokens, positions (P,)): the
+        argmax token without ``mask_id`` and its log-probability."""
+        return self.native.nar_fill(tokens, positions, row_offsets, self.memory, outputs, mask_id)
 
     def verify(
         self,
@@ -148,7 +147,6 @@ class _TorchPasses:
         tokens: torch.Tensor,
         positions: torch.Tensor,
         row_offsets: torch.Tensor,
-        rows: torch.Tensor,
         outputs: torch.Tensor,
         mask_id: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +155,7 @@ class _TorchPasses:
         row_of = torch.arange(len(lengths), device=tokens.device).repeat_interleave(lengths)
         padded = torch.full((len(lengths), width), self.model.config.pad_id, dtype=torch.long, device=tokens.device)
         padded[row_of, positions] = tokens
-        logits = self.model.nar_logits(padded, lengths, self.encoder_out.select(rows))
+        logits = self.model.nar_logits(padded, lengths, self.encoder_out)
         chosen = logits[row_of[outputs], positions[outputs]].float()
         log_probs = F.log_softmax(chosen, dim=-1)
         chosen[:, mask_id] = float("-inf")
@@ -248,6 +246,7 @@ def speculative_greedy(
     rows = torch.arange(batch, device=device)  # the sentence of each active row
     results = (history.clone(), total_log_prob.clone(), accepted.clone())
     window = options.max_verify
+    slots = torch.arange(window + 1, device=device)[None]
     relaxed_options = options.relaxed_top_k > 0
     stats = stats if stats is not None else SpeculativeStats()
     stats.sentences += batch
@@ -263,32 +262,14 @@ def speculative_greedy(
         inside = positions[None] < draft_lengths[:, None]
         draft_rows = torch.where(positions[None] > accepted[:, None], config.mask_id, history[:, :width])
         draft_rows = torch.where(positions[None] == draft_lengths[:, None] - 1, config.eos_id, draft_rows)
-        drafting = (counts > 0).nonzero().squeeze(1)
-        draft = torch.full((active, window), config.pad_id, dtype=torch.long, device=device)
-        if len(drafting):
-            draft_rows = _draft(
-                passes,
-                draft_rows,
-                draft_lengths,
-                accepted,
-                counts,
-                verified_counts,
-                drafting,
-                inside,
-                config.mask_id,
-                options.draft_iterations,
-                window,
-            )
-            gather = torch.clamp(accepted[:, None] + 1 + torch.arange(window, device=device), max=width - 1)
-            draft = torch.where(
-                torch.arange(window, device=device)[None] < verified_counts[:, None],
-                draft_rows.gather(1, gather),
-                config.pad_id,
-            )
+        draft_rows = _draft(
+            passes, draft_rows, inside, accepted, counts, verified_counts, config.mask_id, options.draft_iterations
+        )
+        gather = torch.clamp(accepted[:, None] + 1 + slots[:, :window], max=width - 1)
+        draft = torch.where(slots[:, :window] < verified_counts[:, None], draft_rows.gather(1, gather), config.pad_id)
         # the verification: y_n and the drafted tokens, appended to each sentence's caches
         new_counts = verified_counts + 1
         new_rows = torch.cat([history.gather(1, accepted[:, None]), draft], 1)  # (active, window + 1)
-        slots = torch.arange(window + 1, device=device)[None]
         valid = slots < new_counts[:, None]
         new_tokens = new_rows[valid]
         row_offsets = F.pad(new_counts.cumsum(0), (1, 0))
@@ -346,52 +327,35 @@ def speculative_greedy(
 def _draft(
     passes: _NativePasses | _TorchPasses,
     draft_rows: torch.Tensor,
-    draft_lengths: torch.Tensor,
+    inside: torch.Tensor,
     accepted: torch.Tensor,
     counts: torch.Tensor,
     verified_counts: torch.Tensor,
-    drafting: torch.Tensor,
-    inside: torch.Tensor,
     mask_id: int,
     iterations: int,
-    window: int,
 ) -> torch.Tensor:
-    """Fill the masked positions of the draft rows of sentences ``drafting`` by mask-predict
-    (``iterations`` fills; after each but the last the least confident drafted tokens are masked
-    again, floor(count * (T - 1 - t) / T) of them). With one iteration only the positions that will
-    be verified are projected to the vocabulary. Returns the rows (active, width) filled."""
-    rows = draft_rows.index_select(0, drafting)
-    lengths = draft_lengths.index_select(0, drafting)
-    real = inside.index_select(0, drafting)
-    packed = rows[real]
-    positions = torch.arange(rows.shape[1], device=rows.device).expand_as(rows)[real]
-    row_offsets = F.pad(lengths.cumsum(0), (1, 0))
-    first_drafted = accepted.index_select(0, drafting) + 1
-    last_verified = first_drafted + verified_counts.index_select(0, drafting)  # exclusive
-    row_of = torch.arange(len(drafting), device=rows.device).repeat_interleave(lengths)
-    scores = torch.zeros(len(packed), device=rows.device)
-    draft_counts = counts.index_select(0, drafting)
+    """Fill the masked positions of ``draft_rows`` (active, width) (``<bos> y_1 .. y_n <mask>* <eos>``,
+    real where ``inside``) by mask-predict: ``iterations`` fills; after each but the last the least
+    confident drafted tokens are masked again, floor(count * (T - 1 - t) / T) of each row's
+    ``counts``. With one iteration only the first ``verified_counts`` drafted positions are
+    projected to the vocabulary (the rest is never verified). Returns the filled rows."""
+    columns = torch.arange(draft_rows.shape[1], device=draft_rows.device)
+    positions = columns.expand_as(draft_rows)[inside]
+    row_offsets = F.pad(inside.sum(1).cumsum(0), (1, 0))
+    first = accepted[:, None] + 1
+    drafted = (columns >= first) & (columns < first + counts[:, None])
+    wanted = drafted if iterations > 1 else (columns >= first) & (columns < first + verified_counts[:, None])
+    scores = torch.zeros(draft_rows.shape, device=draft_rows.device)
     for iteration in range(iterations):
-        masked = packed == mask_id
-        if iterations == 1:  # only the verified positions matter
-            masked &= positions < last_verified[row_of]
-        outputs = masked.nonzero().squeeze(1)
-        filled, filled_scores = passes.draft_fill(packed, positions, row_offsets, drafting, outputs, mask_id)
-        packed = packed.index_put((outputs,), filled)
-        scores = scores.index_put((outputs,), filled_scores)
+        masked = (draft_rows == mask_id) & wanted
+        outputs = masked[inside].nonzero().squeeze(1)  # packed rows are the real positions, row-major
+        filled, filled_scores = passes.draft_fill(draft_rows[inside], positions, row_offsets, outputs, mask_id)
+        draft_rows = draft_rows.masked_scatter(masked, filled)
         if iteration == iterations - 1:
             break
-        remask = draft_counts * (iterations - 1 - iteration) // iterations  # per drafting row
-        drafted = (positions >= first_drafted[row_of]) & (positions < first_drafted[row_of] + draft_counts[row_of])
-        padded_scores = torch.full(rows.shape, float("inf"), device=rows.device)
-        padded_scores[real] = torch.where(drafted, scores, float("inf"))
-        order = padded_scores.argsort(dim=1, stable=True)
-        ranks = torch.empty_like(order).scatter_(
-            1, order, torch.arange(rows.shape[1], device=rows.device).expand_as(order).contiguous()
-        )
-        again = (ranks < remask[:, None])[real] & drafted
-        packed = torch.where(again, mask_id, packed)
-    rows[real] = packed
-    out = draft_rows.clone()
-    out[drafting] = rows
-    return out
+        scores = scores.masked_scatter(masked, filled_scores)
+        remask = counts * (iterations - 1 - iteration) // iterations
+        order = torch.where(drafted, scores, float("inf")).argsort(dim=1, stable=True)
+        ranks = torch.empty_like(order).scatter_(1, order, columns.expand_as(order).contiguous())
+        draft_rows = torch.where((ranks < remask[:, None]) & drafted, mask_id, draft_rows)
+    return draft_rows

@@ -101,7 +101,7 @@ def test_export_stores_a_length_bonus_that_decoding_then_uses(trained_dir, tmp_p
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     assert read_config(output)["model"]["length_bonus"] == 2.5
     assert read_config(trained_dir)["model"]["length_bonus"] == 0.0
-    options = ("--iterations", "2", "--token-ids", "--keep-repeats")
+    options = ("--mode", "nar", "--iterations", "2", "--token-ids", "--keep-repeats")
     ids = "\n".join(" ".join(str(5 + (i * 7 + j) % 40) for j in range(3 + 2 * i)) for i in range(6)).encode() + b"\n"
     exported = run_cli("translate", "--model", output, *options, stdin=ids)
     explicit = run_cli("translate", "--model", trained_dir, *options, "--length-bonus", "2.5", stdin=ids)

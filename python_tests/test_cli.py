@@ -167,7 +167,7 @@ def test_keep_repeats_option_reaches_the_decoder(trained_dir, corpus_dir, tmp_pa
     def translate(*options: str) -> list[list[int]]:
         seen.clear()
         output = tmp_path / "output.ids"
-        arguments = ["--model", trained_dir, "--iterations", "2", "--token-ids", "--output", str(output)]
+        arguments = ["--model", trained_dir, "--mode", "nar", "--iterations", "2", "--token-ids", "-o", str(output)]
         assert cli.main(["translate", *arguments, "--input", str(tmp_path / "source.ids"), *options]) == 0
         return [[int(i) for i in line.split()] for line in output.read_text().splitlines()]
 
@@ -180,8 +180,8 @@ def test_keep_repeats_option_reaches_the_decoder(trained_dir, corpus_dir, tmp_pa
     assert kept != collapsed  # repeats were there to keep
     seen.clear()
     source, reference = os.path.join(corpus_dir, "val.de"), os.path.join(corpus_dir, "val.en")
-    arguments = ["--model", trained_dir, "--src", source, "--ref", reference, "--iterations", "2", "--json"]
-    assert cli.main(["evaluate", *arguments, "--keep-repeats"]) == 0
+    arguments = ["--model", trained_dir, "--src", source, "--ref", reference, "--mode", "nar", "--iterations", "2"]
+    assert cli.main(["evaluate", *arguments, "--json", "--keep-repeats"]) == 0
     assert seen and all(value is False for value in seen)
     capsys.readouterr()
 
@@ -248,7 +248,8 @@ def test_ar_rescore_option_reaches_the_translator(trained_dir):
     parser = build_parser()
     assert _decode_kwargs(parser.parse_args(["translate"]))["ar_rescore"] is False
     assert _decode_kwargs(parser.parse_args(["translate", "--ar-rescore"]))["ar_rescore"] is True
-    result = run_cli("translate", "--model", trained_dir, "--ar-rescore", "--iterations", "2", stdin=b"Ein Mann.\n")
+    args = ("--mode", "nar", "--ar-rescore", "--iterations", "2")
+    result = run_cli("translate", "--model", trained_dir, *args, stdin=b"Ein Mann.\n")
     assert result.returncode == 0 and len(result.stdout.decode().splitlines()) == 1
-    result = run_cli("translate", "--model", trained_dir, "--mode", "ar", "--ar-rescore", stdin=b"Ein Mann.\n")
+    result = run_cli("translate", "--model", trained_dir, "--ar-rescore", stdin=b"Ein Mann.\n")  # default: AR
     assert result.returncode != 0 and b"ar_rescore applies" in result.stderr

@@ -165,6 +165,8 @@ def test_cli_translate_matches_fairseq_generate(converted: dict[str, str], tmp_p
         model_dir,
         "--compat",
         "fairseq",
+        "--mode",
+        "nar",
         "--iterations",
         "9",
         "--length-beam",
@@ -580,3 +582,154 @@ def test_bench_times_a_plain_transformer_in_compat_mode(converted: dict[str, str
         "engine fairseq-compat AR beam 5",
     ]
     assert all(row["batch_ms_per_sentence"] > 0 and row["gflop_per_sentence"] > 0 for row in report["rows"])
+
+
+# ------------------------------------------------------------- decode precision (bf16, int8)
+def native_first_pass(
+    model: JanusModel, src: torch.Tensor, lengths: torch.Tensor, weights: str
+) -> tuple[list[list[int]], list[float]]:
+    """fairseq's one-pass mask-predict (``--iter-decode-max-iter 0``, length beam 1) computed here
+    from the native decoder's own calls with ``weights``: the length head's argmax on the native
+    encoder's states, ``<bos> <mask>* <eos>``, one fill of every mask; each sentence's tokens
+    (no bos/eos) and score (the mean over bos .. eos, those two counting 0)."""
+    config = model.config
+    with torch.inference_mode():
+        decoder = NativeDecoder.for_model(model, weights)
+        encoder_out = decoder.encode(src, lengths)
+        target_lengths = fairseq_decoding.length_beam_lengths(model, encoder_out, 1).reshape(-1)
+        target_lengths = target_lengths.clamp(max=config.max_target_positions)
+        width = int(target_lengths.max())
+        positions = torch.arange(width).expand(len(target_lengths), width)
+        real = positions < target_lengths[:, None]
+        padded = torch.full(positions.shape, config.mask_id)
+        padded[:, 0] = config.bos_id
+        padded[positions == target_lengths[:, None] - 1] = config.eos_id
+        packed_tokens, packed_positions = padded[real], positions[real]  # the rows one after another
+        offsets = F.pad(target_lengths.cumsum(0), (1, 0))
+        masked = (packed_tokens == config.mask_id).nonzero().squeeze(1)
+        memory = NativeDecoder.memory(encoder_out)
+        filled, scores = decoder.nar_fill(packed_tokens, packed_positions, offsets, memory, masked, exclude_id=-1)
+    tokens, means, start = [], [], 0
+    for length in target_lengths.tolist():  # length - 2 masks per row
+        tokens.append(filled[start : start + length - 2].tolist())
+        means.append(float(scores[start : start + length - 2].sum()) / length)
+        start += length - 2
+    return tokens, means
+
+
+def native_teacher_forced_scores(
+    model: JanusModel, src: torch.Tensor, lengths: torch.Tensor, outputs: list[list[int]], weights: str
+) -> list[float]:
+    """Each output (no start token, no ``</s>``) fed back through the native AR step with
+    ``weights`` from the model's AR start token: its mean log-probability over the tokens and
+    ``</s>`` (fairseq's AR score)."""
+    config = model.config
+    targets = [[config.ar_start_id, *tokens, config.eos_id] for tokens in outputs]
+    tgt, _ = pad_sequences(targets, config.pad_id)
+    with torch.inference_mode():
+        decoder = NativeDecoder.for_model(model, weights)
+        encoder_out = decoder.encode(src, lengths)
+        memory = NativeDecoder.memory(encoder_out)
+        caches = model.new_caches(len(targets), tgt.shape[1], encoder_out.states)
+        logits = torch.stack(
+            [decoder.ar_step(tgt[:, step], step, memory, caches) for step in range(tgt.shape[1] - 1)], 1
+        )
+        log_probs = F.log_softmax(logits.float(), -1).gather(2, tgt[:, 1:, None]).squeeze(2)
+    return [float(log_probs[index, : len(target) - 1].mean()) for index, target in enumerate(targets)]
+
+
+def without_specials(model: JanusModel, outputs: list[list[int]]) -> list[list[int]]:
+    """The outputs as ``generate`` returns them: without bos, eos and pad (``<unk>`` kept)."""
+    drop = {model.config.bos_id, model.config.eos_id, model.config.pad_id}
+    return [[token for token in tokens if token not in drop] for tokens in outputs]
+
+
+def max_difference(first: list[float], second: list[float]) -> float:
+    return max(abs(a - b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+@pytest.mark.parametrize("name", ["trained", "janus"])
+def test_fairseq_mask_predict_decodes_at_the_decode_precision(
+    name: str, weights: str, converted: dict[str, str]
+) -> None:
+    """``generate(compat="fairseq", decoder_weights=w)`` runs fairseq's mask-predict on the native
+    passes with ``w`` weights (issue 30: it ran fp32 weights whatever the precision): one pass gives
+    exactly what the native decoder's own calls with those weights give, scores that differ from
+    fp32's; several passes the same as ``fairseq_decoding.mask_predict`` at that precision."""
+    model, tokenizer = load_pretrained(converted[name]), load_tokenizer(converted[name])
+    if unsupported_reason(model) is not None:
+        pytest.skip(unsupported_reason(model))
+    src, lengths = source_batch(tokenizer, 20)
+    options = dict(compat="fairseq", return_scores=True)
+    found = generate(model, src, lengths, iterations=0, length_beam=1, decoder_weights=weights, **options)
+    fp32 = generate(model, src, lengths, iterations=0, length_beam=1, **options)
+    tokens, scores = native_first_pass(model, src, lengths, weights)
+    assert found.tokens == without_specials(model, tokens)
+    assert found.scores == pytest.approx(scores, abs=1e-6)
+    assert max_difference(found.scores, fp32.scores) > 1e-4  # the precision shows in the scores
+
+    several = generate(model, src, lengths, iterations=4, length_beam=3, decoder_weights=weights, **options)
+    fp32 = generate(model, src, lengths, iterations=4, length_beam=3, **options)
+    direct = fairseq_decoding.mask_predict(model, src, lengths, 4, 3, decoder_weights=weights)
+    assert several.scores == pytest.approx([hypothesis.score for hypothesis in direct], abs=1e-6)
+    assert max_difference(several.scores, fp32.scores) > 1e-4
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+@pytest.mark.parametrize("name, beam", [("janus", 1), ("janus", 5), ("transformer", 1), ("transformer", 5)])
+def test_fairseq_ar_search_decodes_at_the_decode_precision(
+    name: str, beam: int, weights: str, converted: dict[str, str]
+) -> None:
+    """``generate(compat="fairseq", mode="ar", decoder_weights=w)`` runs fairseq's beam search on
+    native steps with ``w`` weights: each hypothesis' score is its teacher-forced score through the
+    native step with those weights, and the scores differ from fp32's."""
+    model, tokenizer = load_pretrained(converted[name]), load_tokenizer(converted[name])
+    if unsupported_reason(model) is not None:
+        pytest.skip(unsupported_reason(model))
+    src, lengths = (source_batch if name == "janus" else transformer_sources)(tokenizer, 20)
+    options = dict(mode="ar", beam=beam, compat="fairseq", return_scores=True)
+    found = generate(model, src, lengths, decoder_weights=weights, **options)
+    fp32 = generate(model, src, lengths, **options)
+    assert found.scores == pytest.approx(
+        native_teacher_forced_scores(model, src, lengths, found.tokens, weights), abs=1e-5
+    )
+    assert max_difference(found.scores, fp32.scores) > 1e-4
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_translator_precision_reaches_fairseq_decoding(weights: str, converted: dict[str, str]) -> None:
+    """``Translator(precision=w).translate_ids(compat="fairseq")`` (what ``janus-fast translate
+    --precision w --compat fairseq`` runs) decodes with ``w`` weights."""
+    from janus_fast.translator import Translator
+
+    translator = Translator.from_pretrained(converted["trained"], precision=weights)
+    if translator.decoder_weights != weights:
+        pytest.skip(f"precision {weights!r} runs PyTorch's int8 layers here, not the native decoder")
+    tokenizer = translator.tokenizer
+    with open(os.path.join(DATA, "test.de"), encoding="utf-8") as handle:
+        sources = [tokenizer.encode(line.rstrip("\n")) for line in handle][:12]
+    found = translator.translate_ids(sources, mode="nar", iterations=0, length_beam=1, compat="fairseq")
+    src, lengths = source_batch(tokenizer, 12)
+    tokens, scores = native_first_pass(translator.model, src, lengths, weights)
+    assert found.tokens == without_specials(translator.model, tokens)
+    assert found.scores == pytest.approx(scores, abs=1e-6)
+
+
+def test_fairseq_decoding_refuses_a_precision_it_cannot_run(converted: dict[str, str]) -> None:
+    """bf16 / int8 weights need the native decoder: where it cannot run (here a float64 model, or
+    the PyTorch passes asked for), fairseq decoding raises instead of decoding with fp32 weights."""
+    model, tokenizer = load_pretrained(converted["janus"]), load_tokenizer(converted["janus"])
+    src, lengths = source_batch(tokenizer, 2)
+    wide = load_pretrained(converted["janus"]).double()
+    for weights in ("bf16", "int8"):
+        with pytest.raises(ValueError, match="needs the native decoder"):
+            generate(wide, src, lengths, compat="fairseq", decoder_weights=weights)
+        with pytest.raises(ValueError, match="needs the native decoder"):
+            generate(wide, src, lengths, mode="ar", compat="fairseq", decoder_weights=weights)
+        with pytest.raises(ValueError, match="needs the native decoder"):
+            fairseq_decoding.mask_predict(model, src, lengths, native=False, decoder_weights=weights)
+        with pytest.raises(ValueError, match="needs the native decoder"):
+            fairseq_decoding.ar_beam_search(model, src, lengths, native=False, decoder_weights=weights)
+    with pytest.raises(ValueError, match="decoder_weights"):
+        fairseq_decoding.mask_predict(model, src, lengths, decoder_weights="fp16")

@@ -24,3 +24,5 @@ echo "--- NAR (mask-predict, 4 iterations, length beam 3)"
 printf '%s\n' "$SAMPLES" | janus-fast translate "${MODEL_ARGS[@]}" --mode nar --iterations 4
 echo "--- AR (greedy)"
 printf '%s\n' "$SAMPLES" | janus-fast translate "${MODEL_ARGS[@]}" --mode ar
+echo "--- speculative (NAR drafts, AR verifies: AR greedy's output)"
+printf '%s\n' "$SAMPLES" | janus-fast translate "${MODEL_ARGS[@]}" --mode spec

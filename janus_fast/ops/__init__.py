@@ -211,6 +211,22 @@ def mask_predict_step(
     return mask_predict_step_reference(logits, tokens, scores, lengths, iteration, num_iterations, mask_id)
 
 
+_accept_kernels: dict[str, bool] = {}
+
+
+def _has_accept_kernel(device_type: str) -> bool:
+    """Whether janus_fast._C has a speculative_accept kernel for this device type (asked once)."""
+    if device_type not in _accept_kernels:
+        try:
+            key = torch._C._dispatch_key_for_device(device_type)
+            registered = hasattr(torch.ops.janus_fast, "speculative_accept")
+            found = registered and torch._C._dispatch_has_kernel_for_dispatch_key("janus_fast::speculative_accept", key)
+        except RuntimeError:
+            found = False
+        _accept_kernels[device_type] = found
+    return _accept_kernels[device_type]
+
+
 def speculative_accept(
     draft: torch.Tensor,
     draft_counts: torch.Tensor,
@@ -241,10 +257,8 @@ def speculative_accept(
             raise TypeError(f"speculative_accept: {name} must be an int64 tensor")
     if relaxed is not None and (not isinstance(relaxed, torch.Tensor) or relaxed.dtype != torch.bool):
         raise TypeError("speculative_accept: relaxed must be None or a bool tensor")
-    if uses_native_ops() and hasattr(torch.ops.janus_fast, "speculative_accept"):
-        key = torch._C._dispatch_key_for_device(draft.device.type)
-        if torch._C._dispatch_has_kernel_for_dispatch_key("janus_fast::speculative_accept", key):
-            return torch.ops.janus_fast.speculative_accept(draft, draft_counts, verified, relaxed, eos_id)
+    if uses_native_ops() and _has_accept_kernel(draft.device.type):
+        return torch.ops.janus_fast.speculative_accept(draft, draft_counts, verified, relaxed, eos_id)
     rows, width = draft.shape if draft.dim() == 2 else (-1, -1)
     if draft.dim() != 2 or verified.shape != (rows, width + 1) or draft_counts.shape != (rows,):
         raise ValueError(
