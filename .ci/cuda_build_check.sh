@@ -2,9 +2,9 @@
 # Compile check of the CUDA kernels (csrc/cuda/*.cu) without a GPU.
 #
 # Builds janus_fast._C with FORCE_CUDA=1 against a CUDA build of torch in a separate venv, then
-# loads the built library (no GPU code runs) and checks that janus_fast::mask_predict_step has a
-# CUDA kernel registered. Exits 0 without doing anything when nvcc is absent; non-zero when the
-# build or the check fails. Takes several minutes (the first run installs torch==2.14.1 with
+# loads the built library (no GPU code runs) and checks that janus_fast::mask_predict_step and
+# janus_fast::speculative_accept have CUDA kernels registered. Exits 0 without doing anything when
+# nvcc is absent; non-zero when the build or the check fails. Takes several minutes (the first run installs torch==2.14.1 with
 # CUDA 13.0, several GB, into the venv; later runs reuse it).
 #
 # Environment: JANUS_CUDA_VENV (default /tmp/janus_cuda_venv), JANUS_CUDA_BUILD (default
@@ -66,13 +66,14 @@ import sys
 import torch
 
 torch.ops.load_library(sys.argv[1])
-op = torch.ops.janus_fast.mask_predict_step
-print("cuda_build_check: schema", op.default._schema)
-for key in ("CPU", "CUDA", "Meta"):
-    has = torch._C._dispatch_has_kernel_for_dispatch_key("janus_fast::mask_predict_step", key)
-    print(f"cuda_build_check: {key} kernel registered: {has}")
-    if not has:
-        sys.exit(f"cuda_build_check: FAILED, no {key} kernel for janus_fast::mask_predict_step")
+for name in ("mask_predict_step", "speculative_accept"):
+    op = getattr(torch.ops.janus_fast, name)
+    print("cuda_build_check: schema", op.default._schema)
+    for key in ("CPU", "CUDA", "Meta"):
+        has = torch._C._dispatch_has_kernel_for_dispatch_key(f"janus_fast::{name}", key)
+        print(f"cuda_build_check: {name}: {key} kernel registered: {has}")
+        if not has:
+            sys.exit(f"cuda_build_check: FAILED, no {key} kernel for janus_fast::{name}")
 PY
 )
 echo "cuda_build_check: OK in $(( $(date +%s) - started )) s"

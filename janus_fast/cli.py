@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from janus_fast.arguments import check_writable, check_writable_directory
 from janus_fast.checkpoint import CheckpointError
 from janus_fast.data import InputError, decode_utf8, read_lines
+from janus_fast.output import check_output
 
 
 def _optional_type(hint: object) -> type:
@@ -97,9 +98,29 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
         help="autoregressive (default; with --beam 1, greedy: on the CPU both faster and better than mask-predict "
         "on the shipped model), nar (mask-predict) or spec (speculative: NAR drafts, AR verifies, AR greedy's output)",
     )
-    parser.add_argument("--iterations", type=int, default=10, help="mask-predict iterations (NAR)")
-    parser.add_argument("--length-beam", type=int, default=3, help="length candidates (NAR)")
-    parser.add_argument("--beam", type=int, default=1, help="beam size (AR; 1 = greedy)")
+    parser.add_argument(
+        "--iterations",
+        "--iter-decode-max-iter",
+        type=int,
+        default=None,
+        help="mask-predict iterations (NAR; default 10); with --compat fairseq, fairseq's --iter-decode-max-iter "
+        "(iterations + 1 passes; default 10, as fairseq-generate's)",
+    )
+    parser.add_argument(
+        "--length-beam",
+        "--iter-decode-with-beam",
+        type=int,
+        default=None,
+        help="length candidates (NAR; default 3); with --compat fairseq, fairseq's --iter-decode-with-beam "
+        "(default 1, as fairseq-generate's)",
+    )
+    parser.add_argument(
+        "--beam",
+        type=int,
+        default=None,
+        help="beam size (AR; 1 = greedy; default 1, distill 4); with --compat fairseq, fairseq's --beam (default 5, "
+        "as fairseq-generate's; distill 4)",
+    )
     parser.add_argument("--max-batch-tokens", type=positive_int, default=4096, help="padded source tokens per batch")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="at most this many sentences per batch")
     parser.add_argument("--device", default="cpu")
@@ -121,10 +142,12 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
         choices=("janus", "fairseq"),
         default="janus",
         help="decoding semantics: this project's (default) or fairseq-generate's mask-predict / AR beam search "
-        "(docs/fairseq.md); with fairseq, --iterations is fairseq's --iter-decode-max-iter (iterations + 1 passes)",
+        "(docs/fairseq.md); with fairseq, --iterations is fairseq's --iter-decode-max-iter (iterations + 1 passes) "
+        "and --iterations, --length-beam and --beam left unset take fairseq-generate's defaults (10, 1, 5)",
     )
     parser.add_argument(
         "--force-max-iter",
+        "--iter-decode-force-max-iter",
         action="store_true",
         help="with --compat fairseq: run every pass (fairseq's --iter-decode-force-max-iter; default: adaptive stop)",
     )
@@ -191,11 +214,16 @@ def _translator(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _decode_kwargs(args: argparse.Namespace) -> dict:
+    """The decoding options of ``args`` for ``Translator.translate``; --iterations, --length-beam
+    and --beam left unset take --compat's defaults (``decoding.resolve_compat_defaults``)."""
+    from janus_fast.decoding import resolve_compat_defaults
+
+    iterations, length_beam, beam = resolve_compat_defaults(args.compat, args.iterations, args.length_beam, args.beam)
     return {
         "mode": args.mode,
-        "iterations": args.iterations,
-        "length_beam": args.length_beam,
-        "beam": args.beam,
+        "iterations": iterations,
+        "length_beam": length_beam,
+        "beam": beam,
         "batch_size": args.batch_size,
         "compat": args.compat,
         "force_max_iter": args.force_max_iter,
@@ -241,7 +269,7 @@ def split_lines(raw: bytes, what: str) -> list[str]:
 
 def command_translate(args: argparse.Namespace) -> int:
     if args.output != "-":
-        check_writable(args.output, "--output")
+        check_output(args.output, "--output", inputs=[args.input])
     if args.input == "-":
         lines = split_lines(sys.stdin.buffer.read(), "standard input")
     else:
@@ -303,7 +331,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     import sacrebleu
 
     if args.output:
-        check_writable(args.output, "--output")
+        check_output(args.output, "--output", inputs=[args.src, args.ref])
     sources, references = read_lines(args.src), read_lines(args.ref)
     if len(sources) != len(references):
         raise InputError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")

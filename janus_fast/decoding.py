@@ -146,14 +146,39 @@ def resolve_max_len(compat: str, max_len_a: float | None, max_len_b: int | None)
     return float(a), check_int("max_len_b", b, 0)
 
 
+# Each compat's defaults for the options a caller leaves None: this project's, and fairseq-generate
+# 0.12.2's (its GenerationConfig: --iter-decode-max-iter 10, --iter-decode-with-beam 1, --beam 5).
+DEFAULT_DECODING = {
+    "janus": {"iterations": 10, "length_beam": 3, "beam": 1},
+    "fairseq": {"iterations": 10, "length_beam": 1, "beam": 5},
+}
+
+
+def resolve_compat_defaults(
+    compat: str, iterations: int | None, length_beam: int | None, beam: int | None
+) -> tuple[int, int, int]:
+    """``(iterations, length_beam, beam)``: each one left None from ``compat``'s default
+    (``DEFAULT_DECODING``), the others as given (checked later). "janus": 10 iterations, length
+    beam 3, beam 1; "fairseq": fairseq-generate's ``--iter-decode-max-iter 10`` (11 passes),
+    ``--iter-decode-with-beam 1`` and ``--beam 5``. ValueError for an unknown compat."""
+    if not isinstance(compat, str) or compat not in DEFAULT_DECODING:
+        raise ValueError(f"unknown compat {compat!r}; expected one of {COMPAT_MODES}")
+    defaults = DEFAULT_DECODING[compat]
+    return (
+        defaults["iterations"] if iterations is None else iterations,
+        defaults["length_beam"] if length_beam is None else length_beam,
+        defaults["beam"] if beam is None else beam,
+    )
+
+
 def generate(
     model: JanusModel,
     src_tokens: torch.Tensor,
     src_lengths: torch.Tensor,
     mode: str = "nar",
-    iterations: int = 10,
-    length_beam: int = 3,
-    beam: int = 1,
+    iterations: int | None = None,
+    length_beam: int | None = None,
+    beam: int | None = None,
     max_len_a: float | None = None,
     max_len_b: int | None = None,
     decoder: str = "engine",
@@ -186,6 +211,10 @@ def generate(
     mode "ar", its beam search (``--beam``); the tokens then keep ``<unk>`` and the score is
     fairseq's (natural log).
 
+    ``iterations``, ``length_beam``, ``beam`` left None take the compat's defaults
+    (``resolve_compat_defaults``): 10, 3 and 1 for "janus"; fairseq-generate's 10, 1 and 5 for
+    "fairseq" (``--iter-decode-max-iter``, ``--iter-decode-with-beam``, ``--beam``).
+
     ``max_len_a``, ``max_len_b`` (mode "ar"): at most ``max_len_a * source length + max_len_b``
     target tokens. Unset, each compat's own default: 1.2 and 10 for "janus" (per sentence, its
     source length), fairseq-generate's 0 and 200 for "fairseq" (its padded source width, capped at
@@ -206,6 +235,7 @@ def generate(
     validation). The returned score stays the candidate's own.
     """
     _check_source(model, src_tokens, src_lengths)
+    iterations, length_beam, beam = resolve_compat_defaults(compat, iterations, length_beam, beam)
     check_compat(model, compat, mode, iterations, length_beam, force_max_iter, beam)
     check_model_kind(model, mode, compat)
     collapse = resolve_collapse_repeats(mode, compat, collapse_repeats)

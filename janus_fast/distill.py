@@ -14,8 +14,8 @@ import os
 import shutil
 from collections.abc import Callable
 
-from janus_fast.checkpoint import atomic_write
 from janus_fast.data import InputError, read_lines
+from janus_fast.output import atomic_write, check_output_not_input
 from janus_fast.translator import Translator
 
 PARTS_SUFFIX = ".parts"
@@ -35,9 +35,11 @@ def distill(
 ) -> int:
     """Translate every line of ``source_path`` (plain or .gz) into ``output_path``; returns the
     number of lines. ``decode_options`` go to ``Translator.translate`` (mode, beam, iterations, ...).
-    Chunks already in ``output_path + '.parts'`` from an interrupted run are kept, not redone."""
+    Chunks already in ``output_path + '.parts'`` from an interrupted run are kept, not redone. An
+    ``output_path`` that is the source file (symlinks followed) is refused (InputError)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    check_output_not_input(output_path, [source_path], "--output")
     sources = read_lines(source_path)
     parts_dir = output_path + PARTS_SUFFIX
     try:

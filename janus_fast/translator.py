@@ -18,6 +18,7 @@ from janus_fast.decoding import (
     check_model_kind,
     generate,
     resolve_collapse_repeats,
+    resolve_compat_defaults,
     resolve_length_bonus,
     resolve_speculative,
 )
@@ -153,9 +154,9 @@ class Translator:
         self,
         sentences: Sequence[str],
         mode: str = "ar",
-        iterations: int = 10,
-        length_beam: int = 3,
-        beam: int = 1,
+        iterations: int | None = None,
+        length_beam: int | None = None,
+        beam: int | None = None,
         max_batch_tokens: int | None = None,
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
@@ -174,6 +175,9 @@ class Translator:
         mode "ar" (default): beam search with ``beam`` (1 = greedy); mode "nar": mask-predict with
         ``iterations`` and ``length_beam``; mode "spec": speculative decoding (the NAR side drafts, the AR
         side verifies: AR greedy's output; ``speculative`` sets its options, ``generate``).
+        ``iterations``, ``length_beam`` and ``beam`` left None take ``compat``'s defaults
+        (``janus_fast.decoding.resolve_compat_defaults``): 10, 3 and 1; with "fairseq",
+        fairseq-generate's 10, 1 and 5.
         Sentences are sorted by length and decoded in batches of at most
         ``max_batch_tokens`` padded source tokens (default: the translator's) and, if given, at
         most ``batch_size`` sentences. ``progress`` is called with the number of sentences done.
@@ -209,9 +213,9 @@ class Translator:
         self,
         sources: Sequence[Sequence[int]],
         mode: str = "ar",
-        iterations: int = 10,
-        length_beam: int = 3,
-        beam: int = 1,
+        iterations: int | None = None,
+        length_beam: int | None = None,
+        beam: int | None = None,
         max_batch_tokens: int | None = None,
         batch_size: int | None = None,
         compat: str = "janus",
@@ -223,7 +227,7 @@ class Translator:
     ) -> Hypotheses:
         """``translate`` on token ids: each source is a list of vocabulary ids without bos/eos
         (added as the model's config says); returns the output ids (no bos/eos/pad) and scores,
-        [] and 0.0 for an empty source."""
+        [] and 0.0 for an empty source. Options left None take ``compat``'s defaults, as there."""
         options = self._check_options(
             mode,
             iterations,
@@ -248,9 +252,9 @@ class Translator:
     def _check_options(
         self,
         mode: str,
-        iterations: int,
-        length_beam: int,
-        beam: int,
+        iterations: int | None,
+        length_beam: int | None,
+        beam: int | None,
         max_batch_tokens: int | None,
         batch_size: int | None,
         compat: str,
@@ -260,9 +264,12 @@ class Translator:
         length_bonus: float | None,
         speculative: SpeculativeOptions | None,
     ) -> dict:
+        """The checked options of one ``translate`` call for ``generate``, each one left None
+        resolved (the compat's defaults, the model's length bonus, ...)."""
         for name, value in (("max_batch_tokens", max_batch_tokens), ("batch_size", batch_size)):
             if value is not None:
                 check_int(name, value, 1)
+        iterations, length_beam, beam = resolve_compat_defaults(compat, iterations, length_beam, beam)
         check_compat(self.model, compat, mode, iterations, length_beam, force_max_iter, beam)
         check_model_kind(self.model, mode, compat)
         check_ar_rescore(mode, compat, ar_rescore)

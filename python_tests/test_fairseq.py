@@ -193,6 +193,135 @@ def test_cli_translate_matches_fairseq_generate(converted: dict[str, str], tmp_p
     assert decoded == [hypotheses[i][1] for i in range(len(hypotheses))]
 
 
+# ------------------------------------------------------- fairseq-generate's defaults and flag names
+def golden_lines(golden: str) -> list[str]:
+    """fairseq-generate's hypotheses in ``golden``, in sentence order."""
+    hypotheses, _ = read_golden(os.path.join(DATA, golden))
+    return [hypotheses[index][1] for index in range(len(hypotheses))]
+
+
+def fixture_sentences(count: int | None = None) -> list[str]:
+    """The first ``count`` (default all) fixture test sentences, as text."""
+    with open(os.path.join(DATA, "test.de"), encoding="utf-8") as handle:
+        return [line.rstrip("\n") for line in handle][:count]
+
+
+def test_compat_defaults_are_each_tools_own() -> None:
+    """Options left None take their compat's defaults: this project's (iterations 10, length beam 3,
+    beam 1, unchanged) or fairseq-generate 0.12.2's (``--iter-decode-max-iter 10``,
+    ``--iter-decode-with-beam 1``, ``--beam 5``, its ``GenerationConfig``); a value given wins."""
+    from janus_fast.decoding import resolve_compat_defaults
+
+    assert resolve_compat_defaults("janus", None, None, None) == (10, 3, 1)
+    assert resolve_compat_defaults("fairseq", None, None, None) == (10, 1, 5)
+    assert resolve_compat_defaults("fairseq", 4, 3, 1) == (4, 3, 1)
+    assert resolve_compat_defaults("fairseq", 0, None, 2) == (0, 1, 2)
+    assert resolve_compat_defaults("janus", 2, None, None) == (2, 3, 1)
+    with pytest.raises(ValueError, match="unknown compat"):
+        resolve_compat_defaults("marian", None, None, None)
+
+
+def test_fairseq_nar_takes_fairseq_generates_length_beam(converted: dict[str, str]) -> None:
+    """Issue 34: ``compat="fairseq"`` given only the iterations decodes as fairseq-generate given
+    only ``--iter-decode-max-iter``, whose ``--iter-decode-with-beam`` defaults to 1 (this project's
+    length beam 3 was used: other outputs). An explicit length beam still wins. Through
+    ``Translator.translate`` / ``translate_ids`` and ``generate``."""
+    from janus_fast.translator import Translator
+
+    translator = Translator.from_pretrained(converted["trained"])
+    lines = fixture_sentences()
+    expected = golden_lines("generate_trained_iter2_beam1_adaptive.txt")
+    found = translator.translate(lines, mode="nar", iterations=2, compat="fairseq")
+    assert found == expected
+    assert translator.translate(lines, mode="nar", iterations=2, length_beam=1, compat="fairseq") == expected
+    three = translator.translate(lines, mode="nar", iterations=2, length_beam=3, compat="fairseq")
+    assert sum(a != b for a, b in zip(three, expected)) >= 10  # the length beam shows in the outputs
+    explicit = translator.translate(lines, mode="nar", iterations=4, length_beam=3, compat="fairseq")
+    assert explicit == golden_lines("generate_trained_iter4_beam3_adaptive.txt")
+
+    tokenizer = translator.tokenizer
+    sources = [tokenizer.encode(line) for line in lines]
+    ids = translator.translate_ids(sources, mode="nar", iterations=2, compat="fairseq")
+    assert [tokenizer.symbols_of(tokens) for tokens in ids.tokens] == expected
+    src, lengths = source_batch(tokenizer)
+    tokens = generate(translator.model, src, lengths, mode="nar", iterations=2, compat="fairseq")
+    assert [tokenizer.symbols_of(sentence) for sentence in tokens] == expected
+
+
+def test_fairseq_defaults_reach_every_setting(converted: dict[str, str]) -> None:
+    """The other defaults under ``compat="fairseq"``: iterations unset is fairseq-generate's
+    ``--iter-decode-max-iter 10`` (the paper's setting on the JANUS plugin's model, forced), and AR
+    unset is its ``--beam 5``; ``beam=1`` asked for is greedy."""
+    model, tokenizer = load_pretrained(converted["janus"]), load_tokenizer(converted["janus"])
+    expected = golden_lines("generate_janus_iter10_beam3_force.txt")
+    src, lengths = source_batch(tokenizer, len(expected))
+    found = generate(model, src, lengths, mode="nar", length_beam=3, compat="fairseq", force_max_iter=True)
+    assert [tokenizer.symbols_of(tokens) for tokens in found] == expected
+    beam5 = generate(model, src, lengths, mode="ar", compat="fairseq")
+    assert [tokenizer.symbols_of(tokens) for tokens in beam5] == golden_lines("ar_janus_beam5.txt")
+    greedy = generate(model, src, lengths, mode="ar", beam=1, compat="fairseq")
+    assert [tokenizer.symbols_of(tokens) for tokens in greedy] == golden_lines("ar_janus_greedy.txt")
+
+    from janus_fast.translator import Translator
+
+    translator = Translator.from_pretrained(converted["transformer"])
+    expected = golden_lines("ar_transformer_beam5.txt")
+    assert translator.translate(fixture_sentences(len(expected)), mode="ar", compat="fairseq") == expected
+
+
+@pytest.mark.parametrize(
+    "flags, golden",
+    [
+        (["--iterations", "2"], "generate_trained_iter2_beam1_adaptive.txt"),
+        (["--iter-decode-max-iter", "2"], "generate_trained_iter2_beam1_adaptive.txt"),
+        (["--iterations", "4", "--length-beam", "3"], "generate_trained_iter4_beam3_adaptive.txt"),
+        (["--iter-decode-max-iter", "4", "--iter-decode-with-beam", "3"], "generate_trained_iter4_beam3_adaptive.txt"),
+        (
+            ["--iter-decode-max-iter", "9", "--iter-decode-with-beam", "5", "--iter-decode-force-max-iter"],
+            "generate_trained_iter9_beam5_force.txt",
+        ),
+    ],
+    ids=["iterations", "iter-decode-max-iter", "explicit-length-beam-3", "fairseq-names", "fairseq-names-forced"],
+)
+def test_cli_compat_fairseq_takes_fairseq_generates_defaults_and_flags(
+    flags: list[str], golden: str, converted: dict[str, str], tmp_path
+) -> None:
+    """``translate --compat fairseq --mode nar`` with fairseq-generate's flags, or this project's,
+    and the length beam left unset: fairseq-generate's output for the same flags, line for line
+    (issue 34: 0 of 60 equal with the length beam 3 of this project)."""
+    out = tmp_path / "out.txt"
+    args = ["translate", "--model", converted["trained"], "--compat", "fairseq", "--mode", "nar", *flags]
+    assert cli_main(args + ["-i", os.path.join(DATA, "test.de"), "-o", str(out), "--no-progress"]) == 0
+    assert out.read_text(encoding="utf-8").splitlines() == golden_lines(golden)
+
+
+def test_cli_fairseq_flag_names_are_aliases() -> None:
+    """fairseq's ``--iter-decode-max-iter``, ``--iter-decode-with-beam`` and
+    ``--iter-decode-force-max-iter`` parse as ``--iterations``, ``--length-beam`` and
+    ``--force-max-iter`` (translate, evaluate, distill); unset options resolve per compat, set ones
+    stay as given."""
+    from janus_fast.cli import _decode_kwargs, build_parser
+
+    parser = build_parser()
+    extra = {"translate": [], "evaluate": ["--src", "s", "--ref", "r"], "distill": ["--src", "s", "--output", "o"]}
+    for command, required in extra.items():
+        fairseq = ["--iter-decode-max-iter", "7", "--iter-decode-with-beam", "4", "--iter-decode-force-max-iter"]
+        ours = ["--iterations", "7", "--length-beam", "4", "--force-max-iter"]
+        common = [command, *required, "--compat", "fairseq", "--mode", "nar"]
+        aliased, plain = parser.parse_args(common + fairseq), parser.parse_args(common + ours)
+        assert vars(aliased) == vars(plain)
+        assert (aliased.iterations, aliased.length_beam, aliased.force_max_iter) == (7, 4, True)
+    kwargs = _decode_kwargs(parser.parse_args(["translate", "--compat", "fairseq", "--mode", "nar"]))
+    assert (kwargs["iterations"], kwargs["length_beam"], kwargs["beam"], kwargs["force_max_iter"]) == (10, 1, 5, False)
+    kwargs = _decode_kwargs(parser.parse_args(["translate"]))
+    assert (kwargs["mode"], kwargs["iterations"], kwargs["length_beam"], kwargs["beam"]) == ("ar", 10, 3, 1)
+    explicit = ["translate", "--compat", "fairseq", "--length-beam", "3", "--beam", "1"]
+    kwargs = _decode_kwargs(parser.parse_args(explicit))
+    assert (kwargs["length_beam"], kwargs["beam"]) == (3, 1)
+    kwargs = _decode_kwargs(parser.parse_args(["distill", "--src", "s", "--output", "o", "--compat", "fairseq"]))
+    assert (kwargs["mode"], kwargs["beam"]) == ("ar", 4)  # distill's own default beam stays
+
+
 # --------------------------------------------------------------------------- restricted unpickler
 class _OpensAFile:
     """Unpickling this calls ``open(path, "w")``: it would create the file if code ran."""
@@ -481,8 +610,8 @@ def test_fairseq_ar_length_limit(converted: dict[str, str]) -> None:
     hypotheses, _ = read_golden(os.path.join(DATA, "ar_janus_greedy.txt"))
     src, lengths = source_batch(tokenizer, len(hypotheses))
     limit = 4
-    found = generate(model, src, lengths, mode="ar", compat="fairseq", max_len_a=0, max_len_b=limit)
-    unlimited = generate(model, src, lengths, mode="ar", compat="fairseq")
+    found = generate(model, src, lengths, mode="ar", beam=1, compat="fairseq", max_len_a=0, max_len_b=limit)
+    unlimited = generate(model, src, lengths, mode="ar", beam=1, compat="fairseq")
     cut = 0
     for index, tokens in enumerate(found):
         golden = hypotheses[index][1].split()
@@ -549,9 +678,11 @@ def test_plain_transformer_refuses_what_it_cannot_do(converted: dict[str, str], 
     assert translator.translate(["ein mann ."], mode="ar", beam=2, compat="fairseq")[0]
 
 
-def test_cli_translates_a_plain_transformer_as_fairseq_generate(tmp_path) -> None:
+@pytest.mark.parametrize("beam", [["--beam", "5"], []], ids=["beam5", "fairseq_default_beam"])
+def test_cli_translates_a_plain_transformer_as_fairseq_generate(beam: list[str], tmp_path) -> None:
     """End to end through the CLI: convert the fairseq transformer, translate with --compat fairseq
-    --mode ar --beam 5: fairseq-generate's hypotheses, line for line."""
+    --mode ar --beam 5, or no --beam (fairseq-generate's default, 5): fairseq-generate's
+    hypotheses, line for line."""
     model_dir = str(tmp_path / "model")
     checkpoint, dictionary = os.path.join(DATA, "transformer.pt"), os.path.join(DATA, "dict.txt")
     assert cli_main(["convert", "--fairseq", checkpoint, "--dict", dictionary, "--output", model_dir]) == 0
@@ -560,7 +691,7 @@ def test_cli_translates_a_plain_transformer_as_fairseq_generate(tmp_path) -> Non
     with open(os.path.join(DATA, "test.de"), encoding="utf-8") as handle:
         source.write_text("".join([line for line in handle][: len(hypotheses)]), encoding="utf-8")
     out = tmp_path / "out.txt"
-    args = ["translate", "--model", model_dir, "--compat", "fairseq", "--mode", "ar", "--beam", "5"]
+    args = ["translate", "--model", model_dir, "--compat", "fairseq", "--mode", "ar", *beam]
     assert cli_main(args + ["-i", str(source), "-o", str(out), "--no-progress"]) == 0
     assert out.read_text(encoding="utf-8").splitlines() == [hypotheses[i][1] for i in range(len(hypotheses))]
 

@@ -193,15 +193,19 @@ def exact_cases():
     yield 4, {}, SpeculativeOptions(), 2  # the length limit cuts every sentence
     yield 5, {"eos_bias": True}, SpeculativeOptions(max_verify=6), 10  # eos drafted and chosen often
     yield 6, {"normalize_before": False}, SpeculativeOptions(min_draft=3), 10  # post-norm layers
+    yield 7, {"eos_off": True}, SpeculativeOptions(max_verify=16, min_draft=20), 200  # up to the last position
 
 
 def biased_model(seed: int, overrides: dict):
     overrides = dict(overrides)
     eos_bias = overrides.pop("eos_bias", False)
+    eos_off = overrides.pop("eos_off", False)
     model = random_model(seed, vocab_size=40, **overrides)
-    if eos_bias:  # the tied output embedding of eos made large: eos appears inside drafts
-        with torch.no_grad():
+    with torch.no_grad():
+        if eos_bias:  # the tied output embedding of eos made large: eos appears inside drafts
             model.embed_tokens.weight[EOS] *= 4.0
+        if eos_off:  # eos never chosen: every sentence runs to its limit, here the model's last position
+            model.embed_tokens.weight[EOS] = 0.0
     return model
 
 
@@ -231,9 +235,7 @@ def test_speculative_equals_greedy(case, native: bool) -> None:
     assert got.tokens == expected.tokens
     torch.testing.assert_close(torch.tensor(got.scores), torch.tensor(expected.scores), rtol=0, atol=1e-5)
     assert stats.sentences == len(src_lengths) and stats.rounds >= len(src_lengths)
-    assert stats.tokens == sum(len(t) for t in expected.tokens) + sum(
-        1 for t in expected.tokens if len(t) < max_len_b
-    ) or stats.tokens >= sum(len(t) for t in expected.tokens)
+    assert stats.tokens == sum(len(t) + 1 for t in expected.tokens)  # every token generated, eos included
 
 
 @needs_native_decoder

@@ -81,7 +81,7 @@ length_bonus_sweep() {
   for bonus in $LENGTH_BONUSES; do
     total=0
     for iterations in 2 4 10; do
-      bleu=$(janus-fast evaluate --model "$1" --src "$(corpus val.de)" --ref "$(corpus val.en)" --iterations "$iterations" \
+      bleu=$(janus-fast evaluate --model "$1" --src "$(corpus val.de)" --ref "$(corpus val.en)" --mode nar --iterations "$iterations" \
         --length-bonus "$bonus" --json | python -c 'import json, sys; print(json.load(sys.stdin)["bleu"])')
       total=$(python -c "print(round($total + $bleu, 2))")
       echo "# length bonus $bonus, val NAR T=$iterations: $bleu"

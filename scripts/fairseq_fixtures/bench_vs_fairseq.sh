@@ -23,7 +23,7 @@ rm -rf "$WORK/converted"
 $JPY -m janus_fast.cli convert --fairseq "$CKPT" --dict "$DICT" --output "$WORK/converted"
 case $KIND in
   cmlm) SETTINGS=("--task translation_lev --iter-decode-max-iter 4 --iter-decode-with-beam 3")
-        JANUS=("--iterations 4 --length-beam 3") ;;
+        JANUS=("--mode nar --iterations 4 --length-beam 3") ;;
   transformer) SETTINGS=("--task translation --beam 1" "--task translation --beam 5")
         JANUS=("--mode ar --beam 1" "--mode ar --beam 5") ;;
   *) echo "KIND must be cmlm or transformer" >&2; exit 2 ;;
