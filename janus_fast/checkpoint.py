@@ -2,8 +2,11 @@
 
 Weights are stored with safetensors (no pickle). Each file is written to a temporary file in the
 same directory and renamed into place, so a crash never leaves a half-written file under the final
-name. ``config.json`` records the SHA-256 of the weights file and of its own model config, so
-truncated or corrupted weights and edited configs are reported as such, naming the file.
+name. ``config.json`` records the SHA-256 of the weights file, of the tokenizer (``spm.model``) and
+of its own model config, so truncated or corrupted weights, a swapped tokenizer and edited configs
+are reported as such, naming the file (a checkpoint saved before the tokenizer digest existed has
+none and loads as before). On load every weight must also have a dtype the model can take (a
+float where the model has a float: float32, bfloat16 or float16) and finite values.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ if TYPE_CHECKING:
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "spm.model"
+TOKENIZER_DIGEST = "tokenizer_sha256"  # config.json's key for the SHA-256 of spm.model
 FORMAT_VERSION = 1
+# the floating types a weight may be stored as (converted to the model's float32 on load)
+STORED_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class CheckpointError(RuntimeError):
@@ -64,9 +70,13 @@ def recover_directory(directory: str) -> None:
 def save_pretrained(
     model: JanusModel, directory: str, tokenizer_model: bytes | None = None, dtype: torch.dtype | None = None
 ) -> None:
-    """Save ``model`` (weights optionally cast to ``dtype``, e.g. bf16) and its tokenizer."""
+    """Save ``model`` (weights optionally cast to ``dtype``: float32, bfloat16 or float16) and its
+    tokenizer; ``config.json`` records the digests of both (``save_tokenizer`` adds the tokenizer's
+    when it is written afterwards)."""
     if model.precision != "fp32":
         raise CheckpointError(f"cannot save a {model.precision} inference copy; save the fp32 model it came from")
+    if dtype is not None and dtype not in STORED_FLOAT_DTYPES:
+        raise CheckpointError(f"cannot store weights as {dtype}: use one of {STORED_FLOAT_DTYPES}")
     state = {
         name: (tensor.detach().to(dtype) if dtype is not None and tensor.is_floating_point() else tensor.detach())
         .contiguous()
@@ -84,6 +94,8 @@ def save_pretrained(
         "model_sha256": config_digest(model_config),
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
+    if tokenizer_model is not None:
+        config[TOKENIZER_DIGEST] = hashlib.sha256(tokenizer_model).hexdigest()
     atomic_write(os.path.join(directory, CONFIG_NAME), json.dumps(config, indent=2).encode())
 
 
@@ -158,9 +170,52 @@ def load_pretrained(directory: str, device: str | torch.device = "cpu") -> Janus
             f"{weights_path}: does not match {config_path}: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}, shape mismatches {mismatched[:5]}"
         )
+    for name in sorted(state):
+        _check_tensor(weights_path, name, state[name], expected[name].dtype)
+    tokenizer_path = os.path.join(directory, TOKENIZER_NAME)
+    if os.path.exists(tokenizer_path):  # the weights may be loaded alone, but not beside a swapped tokenizer
+        _check_tokenizer_digest(tokenizer_path, _read_tokenizer(tokenizer_path), config, config_path)
     model = JanusModel(model_config)
     model.load_state_dict({name: tensor.to(expected[name].dtype) for name, tensor in state.items()})
     return model.to(device).eval()
+
+
+def _check_tensor(weights_path: str, name: str, tensor: torch.Tensor, expected: torch.dtype) -> None:
+    """CheckpointError naming ``name`` unless ``tensor`` can stand for a weight of dtype ``expected``:
+    for a float weight one of ``STORED_FLOAT_DTYPES`` (an int or bool tensor would be converted to
+    whole numbers) with every value finite (one NaN or inf weight spreads to every output), for any
+    other weight exactly ``expected``."""
+    if expected.is_floating_point:
+        if tensor.dtype not in STORED_FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{weights_path}: tensor {name} is stored as {tensor.dtype}, but the model expects a float "
+                f"weight (one of {', '.join(str(dtype) for dtype in STORED_FLOAT_DTYPES)})"
+            )
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = int(finite.numel() - finite.sum())
+            raise CheckpointError(f"{weights_path}: tensor {name} has {bad} non-finite value(s) (NaN or inf)")
+    elif tensor.dtype != expected:
+        raise CheckpointError(f"{weights_path}: tensor {name} is stored as {tensor.dtype}, expected {expected}")
+
+
+def _read_tokenizer(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({error})") from error
+
+
+def _check_tokenizer_digest(path: str, data: bytes, config: dict, config_path: str) -> None:
+    """CheckpointError naming ``path`` if ``config`` records a tokenizer digest that ``data`` (the
+    file's bytes) does not match; a config without one (saved before it was recorded) passes."""
+    recorded = config.get(TOKENIZER_DIGEST)
+    if recorded is not None and hashlib.sha256(data).hexdigest() != recorded:
+        raise CheckpointError(
+            f"{path}: not the tokenizer this checkpoint was saved with (its SHA-256 does not match "
+            f"{TOKENIZER_DIGEST} in {config_path}; a tokenizer cannot be swapped without retraining)"
+        )
 
 
 def save_tokenizer(tokenizer, directory: str) -> None:  # noqa: ANN001 - Tokenizer or FairseqTokenizer
@@ -169,8 +224,12 @@ def save_tokenizer(tokenizer, directory: str) -> None:  # noqa: ANN001 - Tokeniz
 
     if isinstance(tokenizer, FairseqTokenizer):
         tokenizer.save(directory)
-    else:
-        atomic_write(os.path.join(directory, TOKENIZER_NAME), tokenizer.model_proto)
+        return
+    atomic_write(os.path.join(directory, TOKENIZER_NAME), tokenizer.model_proto)
+    if os.path.exists(os.path.join(directory, CONFIG_NAME)):  # saved beside weights: record its digest
+        config = read_config(directory)
+        config[TOKENIZER_DIGEST] = hashlib.sha256(tokenizer.model_proto).hexdigest()
+        atomic_write(os.path.join(directory, CONFIG_NAME), json.dumps(config, indent=2).encode())
 
 
 def load_tokenizer(directory: str):  # noqa: ANN201 - returns a Tokenizer or a FairseqTokenizer
@@ -186,10 +245,12 @@ def load_tokenizer(directory: str):  # noqa: ANN201 - returns a Tokenizer or a F
             raise CheckpointError(f"{directory}: unusable fairseq dictionary or BPE ({error})") from error
 
     path = os.path.join(directory, TOKENIZER_NAME)
+    data = _read_tokenizer(path)
+    config_path = os.path.join(directory, CONFIG_NAME)
+    if os.path.exists(config_path):  # beside weights: it must be the tokenizer they were saved with
+        _check_tokenizer_digest(path, data, read_config(directory), config_path)
     try:
-        return Tokenizer.load(path)
-    except OSError as error:
-        raise CheckpointError(f"{path}: cannot read ({error})") from error
+        return Tokenizer(data)
     except (RuntimeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a valid janus_fast SentencePiece model ({error})") from error
 

@@ -12,7 +12,7 @@ import typing
 import warnings
 from collections.abc import Sequence
 
-from janus_fast.arguments import check_writable, check_writable_directory
+from janus_fast.arguments import check_writable_directory
 from janus_fast.checkpoint import CheckpointError
 from janus_fast.data import InputError, decode_utf8, read_lines
 from janus_fast.output import check_output
@@ -370,13 +370,20 @@ def command_distill(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from janus_fast.distill import distill
+    from janus_fast.translator import DEFAULT_MODEL_DIR
 
-    check_writable(args.output, "--output")
+    check_output(args.output, "--output", inputs=[args.src])
     translator = _translator(args)
     total = len(read_lines(args.src))
     with tqdm(total=total, disable=not args.progress, file=sys.stderr, unit="sent") as bar:
         count = distill(
-            translator, args.src, args.output, chunk_size=args.chunk_size, progress=bar.update, **_decode_kwargs(args)
+            translator,
+            args.src,
+            args.output,
+            chunk_size=args.chunk_size,
+            progress=bar.update,
+            model_dir=args.model or DEFAULT_MODEL_DIR,
+            **_decode_kwargs(args),
         )
     print(f"wrote {count} lines to {args.output}", file=sys.stderr)
     return 0
@@ -416,9 +423,38 @@ def command_average(args: argparse.Namespace) -> int:
     return 0
 
 
+# `profile` bounds: its largest case holds (192 x 64 x V) logits a few times over, about 0.19 MB per
+# vocabulary entry (8000: 1.5 GB); 262144 = 2**18 covers the largest real vocabularies (~256k).
+PROFILE_MAX_VOCAB = 262_144
+PROFILE_BYTES_PER_VOCAB_ENTRY = 200_000
+PROFILE_MAX_REPEATS = 100
+
+
 def command_profile(args: argparse.Namespace) -> int:
+    """``janus-fast profile``; a ValueError (a one-line error) for a --vocab or --repeats that is too large
+    or a --vocab whose logits would not fit in the memory available now."""
     from janus_fast.benchmarks.report import profile_report
 
+    if args.vocab > PROFILE_MAX_VOCAB:
+        raise ValueError(
+            f"--vocab must be at most {PROFILE_MAX_VOCAB} (the profile holds about "
+            f"{PROFILE_BYTES_PER_VOCAB_ENTRY / 1e6:.1f} MB per vocabulary entry), got {args.vocab}"
+        )
+    if args.repeats > PROFILE_MAX_REPEATS:
+        raise ValueError(f"--repeats must be at most {PROFILE_MAX_REPEATS}, got {args.repeats}")
+    needed = args.vocab * PROFILE_BYTES_PER_VOCAB_ENTRY
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo if ":" in line)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        available = None  # not Linux: no check
+    if available is not None and needed > available:
+        raise ValueError(
+            f"--vocab {args.vocab} needs about {needed / 1e9:.1f} GB of memory "
+            f"({PROFILE_BYTES_PER_VOCAB_ENTRY / 1e6:.1f} MB per vocabulary entry) and "
+            f"{available / 1e9:.1f} GB are available: choose a smaller --vocab"
+        )
     print(profile_report(vocab_size=args.vocab, repeats=args.repeats, as_json=args.json))
     return 0
 
@@ -522,8 +558,20 @@ def build_parser() -> argparse.ArgumentParser:
     convert_parser.set_defaults(handler=command_convert)
 
     profile_parser = commands.add_parser("profile", help="throughput of the native ops and kernels")
-    profile_parser.add_argument("--vocab", type=positive_int, default=8000)
-    profile_parser.add_argument("--repeats", type=positive_int, default=5)
+    profile_parser.add_argument(
+        "--vocab",
+        type=positive_int,
+        default=8000,
+        help=f"vocabulary size V of the timed (N, T, V) logits, 1 to {PROFILE_MAX_VOCAB}; the profile holds "
+        f"about {PROFILE_BYTES_PER_VOCAB_ENTRY / 1e6:.1f} MB per entry (the default: 1.6 GB) and refuses a V "
+        "that does not fit in the available memory (default: %(default)s)",
+    )
+    profile_parser.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=5,
+        help=f"timed calls per case, the median is reported; 1 to {PROFILE_MAX_REPEATS} (default: %(default)s)",
+    )
     profile_parser.add_argument("--json", action="store_true")
     profile_parser.set_defaults(handler=command_profile)
 

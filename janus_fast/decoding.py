@@ -233,7 +233,15 @@ def generate(
     its checkpoint sets one): each length candidate is ranked by its score plus this much per
     target token (NAR outputs tend to come out short; the shipped model's value was tuned on
     validation). The returned score stays the candidate's own.
+
+    ``model`` must be in eval mode (a ValueError otherwise: in training mode dropout would change
+    the tokens on every call); ``Translator`` puts its model there itself.
     """
+    if model.training:
+        raise ValueError(
+            "generate() needs the model in eval mode, but it is in training mode (dropout would change "
+            "the output on every call): call model.eval() first"
+        )
     _check_source(model, src_tokens, src_lengths)
     iterations, length_beam, beam = resolve_compat_defaults(compat, iterations, length_beam, beam)
     check_compat(model, compat, mode, iterations, length_beam, force_max_iter, beam)

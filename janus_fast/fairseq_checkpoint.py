@@ -6,12 +6,20 @@ torch's ``weights_only`` loader (a restricted unpickler: tensors, storages and p
 with exactly one extra class allowed, ``argparse.Namespace`` (fairseq stores the model's
 arguments in one). Anything else a pickle asks for (a function, ``os.system``, a numpy scalar, a
 fairseq class) is refused with a ``CheckpointError`` naming it; nothing from the file is called.
+
+Memory is bounded before anything is read: a checkpoint in torch's zip format is a zip archive
+whose records torch inflates into memory at the size each one declares, so a small file can declare
+gigabytes. ``load_fairseq_checkpoint`` reads the archive's directory first and refuses, before
+inflating anything, a pickle record over ``MAX_PICKLE_BYTES``, a stored record whose declared size
+differs from its stored size, a compressed record over ``MAX_RECORD_BYTES`` and records that
+declare more than ``MAX_INFLATION`` times the file's size in all (plus ``INFLATION_ALLOWANCE``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import zipfile
 from typing import Any
 
 import torch
@@ -22,6 +30,12 @@ __all__ = ["load_fairseq_checkpoint", "fairseq_arguments"]
 
 ALLOWED_GLOBALS = [argparse.Namespace]
 
+# Bounds on what the records of a zip checkpoint declare, checked before torch inflates them.
+MAX_PICKLE_BYTES = 64 << 20  # the pickle (names, arguments, structure; tensors are other records): a few MB
+MAX_RECORD_BYTES = 4 << 30  # one compressed record (one tensor storage)
+MAX_INFLATION = 16  # all records together, uncompressed, at most this times the file's size ...
+INFLATION_ALLOWANCE = 64 << 20  # ... plus this (small files); torch.save stores records uncompressed (1x)
+
 
 def load_fairseq_checkpoint(path: str) -> dict[str, Any]:
     """The checkpoint at ``path`` as a dict (``model``: name -> tensor, ``args`` / ``cfg``), read
@@ -29,6 +43,7 @@ def load_fairseq_checkpoint(path: str) -> dict[str, Any]:
     asks for anything but tensors, containers and ``argparse.Namespace``."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
+    _check_declared_sizes(path)
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -41,6 +56,44 @@ def load_fairseq_checkpoint(path: str) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
     return checkpoint
+
+
+def _check_declared_sizes(path: str) -> None:
+    """Refuse a zip checkpoint whose records declare more memory than such a file can hold (a
+    CheckpointError naming the record and the bound), reading only the archive's directory; a file
+    that is not a zip archive (fairseq's older pickle format) is left to ``torch.load``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return  # not a zip archive, or a damaged one: torch.load says what is wrong
+    file_size = os.path.getsize(path)
+    refused = "refused before inflating it (a damaged or crafted file"
+    for record in records:
+        declared = record.file_size
+        if record.filename.endswith(".pkl") and declared > MAX_PICKLE_BYTES:
+            raise CheckpointError(
+                f"{path}: its pickle {record.filename} declares {declared:,} bytes, more than the "
+                f"{MAX_PICKLE_BYTES:,} a checkpoint's pickle may have: {refused})"
+            )
+        if record.compress_type == zipfile.ZIP_STORED and declared != record.compress_size:
+            raise CheckpointError(
+                f"{path}: record {record.filename} declares {declared:,} bytes but stores "
+                f"{record.compress_size:,}: {refused})"
+            )
+        if record.compress_type != zipfile.ZIP_STORED and declared > MAX_RECORD_BYTES:
+            raise CheckpointError(
+                f"{path}: compressed record {record.filename} declares {declared:,} bytes, more than the "
+                f"{MAX_RECORD_BYTES:,} a record may have: {refused}; re-save a real one with torch.save)"
+            )
+    total = sum(record.file_size for record in records)
+    bound = MAX_INFLATION * file_size + INFLATION_ALLOWANCE
+    if total > bound:
+        raise CheckpointError(
+            f"{path}: its records declare {total:,} bytes uncompressed, more than {MAX_INFLATION} times the "
+            f"file's {file_size:,} bytes plus {INFLATION_ALLOWANCE:,}: {refused}; re-save a real one with "
+            "torch.save, which stores records uncompressed)"
+        )
 
 
 def _refused_global(error: Exception) -> str:

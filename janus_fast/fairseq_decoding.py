@@ -264,7 +264,10 @@ def ar_beam_search(
     rows = torch.arange(batch, device=src_tokens.device).repeat_interleave(beam)
     encoder_out = decoder.encode(src_tokens, src_lengths).select(rows)
     decoder.set_rows(encoder_out)
-    max_len = min(int(max_len_a * src_tokens.shape[1] + max_len_b), config.max_target_positions - 1)
+    # fairseq's cap (max positions - 1); a query stream one position ahead of its content (this
+    # project's models) reads one position further, so its cap is one lower
+    query_ahead = config.query_position_offset if config.ar_stream == "query" else 0
+    max_len = min(int(max_len_a * src_tokens.shape[1] + max_len_b), config.max_target_positions - 1 - query_ahead)
     if max_len < 1:
         raise ValueError(f"max_len_a * source width + max_len_b must allow >= 1 target token, got {max_len}")
     caches = model.new_caches(batch * beam, max_len + 1, encoder_out.states)

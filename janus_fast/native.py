@@ -19,6 +19,16 @@ When the build cannot be done (no C++ compiler, no ninja, a compile error) the i
 warns with that message. A failed compile is remembered (the log stays in the cache directory) so
 that later imports do not repeat it; ``python -m janus_fast.native`` retries it.
 
+A library is checked before it is loaded: a truncated one would kill the process with SIGBUS, with
+no message. The first-use build records the size and sha256 of the library it built next to it
+(``janus_fast_C.so.record``, written atomically); a cached library whose size or digest differs
+from its record, or whose ELF layout does not fit in the file, is built again. A cached library
+with no record (built by an earlier version) is loaded once in a child process; if that works its
+record is written, else it is built again. The module compiled at install time has no record: its
+ELF layout is checked (a record next to it, ``<module>.record``, is checked too where there is
+one); when it fails, ``janus_fast.ops`` does not load it, says so in one line and uses the PyTorch
+reference ops, as when there is no extension.
+
 ``python -m janus_fast.native`` builds the library now if needed and says which one is used.
 
 This module imports only the standard library at import time: ``setup.py`` loads it by path, before
@@ -29,9 +39,15 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import importlib.machinery
+import importlib.util
+import json
 import os
 import platform
+import secrets
 import shutil
+import struct
+import subprocess
 import sys
 import sysconfig
 import time
@@ -56,8 +72,16 @@ LIBRARY_NAME = "janus_fast_C"
 _CACHE_FORMAT = "1"  # bump when the layout of the cache directory changes
 
 
+RECORD_SUFFIX = ".record"  # <library>.record: the size and sha256 of the library, written when it is built
+CHILD_LOAD_TIMEOUT_S = 300
+
+
 class NativeBuildError(ImportError):
     """The native library could not be built or loaded; the message says what to run."""
+
+
+class DamagedLibraryError(NativeBuildError):
+    """The compiled module installed with the package fails its check (e.g. truncated): not loaded."""
 
 
 def env_flag(name: str) -> bool:
@@ -236,8 +260,173 @@ def _compile(torch, csrc: Path, build_dir: Path, with_cuda: bool) -> None:  # no
     )
 
 
+def record_path(library: Path) -> Path:
+    """Where the size and digest of ``library`` are recorded: ``<library>.record`` next to it."""
+    return library.with_name(library.name + RECORD_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_record(library: Path) -> None:
+    """Record the size and sha256 of ``library`` in ``<library>.record``, atomically (a temporary file
+    in the same directory, renamed over it). Raises OSError where the directory is not writable."""
+    library = Path(library)
+    text = json.dumps({"size": library.stat().st_size, "sha256": _sha256(library)}) + "\n"
+    temporary = library.with_name(f".{library.name}{RECORD_SUFFIX}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to the library
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, record_path(library))
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _read_record(library: Path) -> dict | None:
+    """The recorded size and digest of ``library``; None where there is no record (or an unreadable one)."""
+    try:
+        record = json.loads(record_path(library).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and isinstance(record.get("size"), int) and isinstance(record.get("sha256"), str):
+        return record
+    return None
+
+
+def _elf_layout_problem(path: Path, size: int) -> str | None:
+    """Why the ELF headers of ``path`` (``size`` bytes) show it damaged, or None: the program headers, every
+    segment the loader maps (PT_LOAD) and the section headers must lie inside the file. A segment past
+    the end of the file is what crashes the loading process with SIGBUS. Not ELF: a problem on Linux,
+    else unknown (None)."""
+    with open(path, "rb") as handle:
+        header = handle.read(64)
+        if header[:4] != b"\x7fELF":
+            if not sys.platform.startswith("linux"):
+                return None
+            return "is empty" if size == 0 else "is not an ELF shared library"
+        is_64 = header[4:5] == b"\x02"
+        order = "<" if header[5:6] == b"\x01" else ">"
+        if len(header) < (64 if is_64 else 52):
+            return f"is truncated ({size:,} bytes: not even its ELF header)"
+        if is_64:
+            phoff, shoff = struct.unpack_from(order + "QQ", header, 32)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", header, 54)
+            entry_format, offset_field, filesz_field, entry_size = order + "IIQQQQQQ", 2, 5, 56
+        else:
+            phoff, shoff = struct.unpack_from(order + "II", header, 28)
+            phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", header, 42)
+            entry_format, offset_field, filesz_field, entry_size = order + "IIIIIIII", 1, 4, 32
+        if phentsize < entry_size:
+            return "has a damaged ELF header"
+        needed = max(phoff + phnum * phentsize, shoff + shnum * shentsize if shoff else 0)
+        if needed <= size:
+            handle.seek(phoff)
+            table = handle.read(phnum * phentsize)
+            for index in range(phnum):
+                fields = struct.unpack_from(entry_format, table, index * phentsize)
+                if fields[0] == 1:  # PT_LOAD
+                    needed = max(needed, fields[offset_field] + fields[filesz_field])
+    if needed > size:
+        return f"is truncated ({size:,} bytes; its ELF headers describe {needed:,})"
+    return None
+
+
+_NOT_BUILT = "is not built"
+_NO_RECORD = "has no record of its size and digest"
+_verified: set[tuple[str, int, int]] = set()  # (path, size, mtime) whose digest matched its record
+
+
+def library_problem(library: Path, record_required: bool = False) -> str | None:
+    """Why the native library file ``library`` must not be loaded, or None. Cheapest first: its size
+    against its record (``<library>.record``), its ELF layout (:func:`_elf_layout_problem`), its
+    sha256 against the record (once per process and file). Without a record only the layout is
+    checked, and ``record_required`` makes the missing record the problem."""
+    library = Path(library)
+    try:
+        stat = library.stat()
+        record = _read_record(library)
+        if record is not None and record["size"] != stat.st_size:
+            return f"has {stat.st_size:,} bytes, not the {record['size']:,} recorded when it was built (truncated?)"
+        problem = _elf_layout_problem(library, stat.st_size)
+        if problem is not None or record is None:
+            return problem if problem is not None or not record_required else _NO_RECORD
+        key = (str(library.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _verified:
+            if _sha256(library) != record["sha256"]:
+                return "does not have the sha256 recorded when it was built (damaged or replaced)"
+            _verified.add(key)
+    except OSError as error:
+        return f"cannot be read ({error.strerror or error})"
+    return None
+
+
+def _loads_in_child(library: Path) -> bool:
+    """Whether ``library`` loads in a separate Python process: if it is damaged, that one dies, not this one."""
+    code = "import sys, torch; torch.ops.load_library(sys.argv[1])"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code, str(library)],
+            capture_output=True,
+            timeout=CHILD_LOAD_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0
+
+
+def _cache_problem(build_dir: Path, library: Path) -> str | None:
+    """Why the cached library cannot be loaded as it is (not built yet, or :func:`library_problem`)."""
+    if not (build_dir / "built").is_file():
+        return _NOT_BUILT
+    return library_problem(library, record_required=True)
+
+
+def installed_module() -> Path | None:
+    """The compiled module ``janus_fast._C`` installed with the package (built at install time), or None."""
+    spec = importlib.util.find_spec("janus_fast._C")
+    if spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader) and spec.origin:
+        return Path(spec.origin)
+    return None
+
+
+def import_native() -> Path:
+    """Import ``janus_fast._C`` (registers ``torch.ops.janus_fast.*``) after checking the library it loads;
+    returns that library's path.
+
+    The compiled module installed with the package is checked (:func:`library_problem`) and, when it
+    fails, not loaded: :class:`DamagedLibraryError`, one line naming it and what to run. Without one,
+    ``janus_fast/_C.py`` builds (or checks) the first-use library. Raises an ``ImportError``.
+    """
+    module = installed_module()
+    if module is not None:
+        problem = library_problem(module)
+        if problem is not None:
+            raise DamagedLibraryError(
+                f"janus_fast._C: {module} (compiled at install time) {problem}: not loaded. Reinstall janus_fast "
+                "from its source checkout (`pip install --no-build-isolation --force-reinstall --no-deps <checkout>`), "
+                f"or delete that file and run `{_retry_command()}` to build it on first use"
+            )
+    import janus_fast._C
+
+    return module if module is not None else Path(janus_fast._C.LIBRARY)
+
+
 def build_and_load(retry_failed: bool = False) -> Path:
     """Build the library if the cache has none for this torch and these sources, then load it.
+
+    The cached library is checked before it is loaded (:func:`library_problem`): one that fails is
+    built again; one without a record (an earlier version's cache) is loaded in a child process
+    first and recorded when that works, else built again.
 
     Returns the path of the loaded library. Raises :class:`NativeBuildError` (an ``ImportError``)
     with what to run when it cannot be built; a remembered compile failure is raised again without
@@ -259,18 +448,25 @@ def build_and_load(retry_failed: bool = False) -> Path:
     with_cuda = want_cuda(torch, bool(cuda_sources(csrc)))
     build_dir = cache_root() / build_key(torch, csrc, with_cuda)
     library = build_dir / f"{LIBRARY_NAME}.so"
-    built = build_dir / "built"
-    if not built.is_file():
+    problem = _cache_problem(build_dir, library)
+    loads = problem == _NO_RECORD and _loads_in_child(library)
+    if problem is not None:
         try:
             build_dir.mkdir(parents=True, exist_ok=True)
             with _locked(build_dir.with_name(build_dir.name + ".lock"), "building janus_fast._C"):
-                if not built.is_file():
-                    _build(torch, csrc, build_dir, with_cuda, retry_failed)
+                problem = _cache_problem(build_dir, library)  # another process may have built it meanwhile
+                if problem == _NO_RECORD and loads:
+                    write_record(library)
+                elif problem is not None:
+                    _rebuild(torch, csrc, build_dir, with_cuda, retry_failed, problem)
         except OSError as error:
-            raise NativeBuildError(
-                f"janus_fast._C: cannot build it in {build_dir} ({error}); set JANUS_FAST_CACHE_DIR to a writable "
-                f"directory and run `{_retry_command()}`"
-            ) from error
+            # a read-only cache of an earlier version: its library loaded in a child process, use it
+            if not (loads and _cache_problem(build_dir, library) == _NO_RECORD):
+                damaged = f"the cached library {library} {_failed(problem)}, and " if problem != _NOT_BUILT else ""
+                raise NativeBuildError(
+                    f"janus_fast._C: {damaged}cannot build it in {build_dir} ({error}); set JANUS_FAST_CACHE_DIR "
+                    f"to a writable directory and run `{_retry_command()}`"
+                ) from error
     if os.path.realpath(library) not in torch.ops.loaded_libraries:
         try:
             torch.ops.load_library(str(library))
@@ -280,6 +476,21 @@ def build_and_load(retry_failed: bool = False) -> Path:
                 f"and run `{_retry_command()}`"
             ) from error
     return library
+
+
+def _failed(problem: str) -> str:
+    """What is wrong with a cached library that is built again (a missing record: its child load failed)."""
+    return problem + " and does not load in a separate process" if problem == _NO_RECORD else problem
+
+
+def _rebuild(torch, csrc: Path, build_dir: Path, with_cuda: bool, retry_failed: bool, problem: str) -> None:  # noqa: ANN001
+    """Build the library, after deleting the build directory's contents when a built library failed its
+    check (its objects may be damaged too). Called with the build lock held."""
+    if problem != _NOT_BUILT:
+        _say(f"the cached library {build_dir / (LIBRARY_NAME + '.so')} {_failed(problem)}: building it again")
+        shutil.rmtree(build_dir)
+        build_dir.mkdir(parents=True)
+    _build(torch, csrc, build_dir, with_cuda, retry_failed)
 
 
 def _build(torch, csrc: Path, build_dir: Path, with_cuda: bool, retry_failed: bool) -> None:  # noqa: ANN001
@@ -308,22 +519,17 @@ def _build(torch, csrc: Path, build_dir: Path, with_cuda: bool, retry_failed: bo
             ) from error
     seconds = time.perf_counter() - started
     failed_log.unlink(missing_ok=True)
+    write_record(build_dir / f"{LIBRARY_NAME}.so")  # before the "built" marker: a built library has a record
     (build_dir / "built").write_text(f"torch {torch.__version__}, {kind}, built in {seconds:.1f} s\n")
     _say(f"janus_fast._C built in {seconds:.0f} s")
 
 
 def main() -> int:
-    """Build janus_fast._C now if needed (retrying a remembered failure) and say which library is used."""
-    import importlib.machinery
-    import importlib.util
-
-    spec = importlib.util.find_spec("janus_fast._C")
-    compiled = spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
+    """Build janus_fast._C now if needed (retrying a remembered failure) and say which library is used;
+    a library that fails its check is built again (first use) or named in a one-line error (install time)."""
     try:
-        if compiled:
-            import janus_fast._C  # noqa: F401
-
-            where = f"{spec.origin} (built at install time)"
+        if installed_module() is not None:
+            where = f"{import_native()} (built at install time)"
         else:
             where = f"{build_and_load(retry_failed=True)} (built on first use)"
     except ImportError as error:

@@ -32,6 +32,7 @@ cross-attention ``kv`` (3).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -133,8 +134,69 @@ def _vector(t: torch.Tensor) -> torch.Tensor:
     return t.detach().float().contiguous()
 
 
-def _parameters_version(parameters: list[nn.Parameter]) -> tuple[int, ...]:
-    return tuple(p._version for p in parameters)
+def _model_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of ``model`` (a shared one once per module holding it): ``model.parameters()``
+    without its bookkeeping, which costs more than the rest of the per-call check together."""
+    found: list[nn.Parameter] = []
+    stack: list[nn.Module] = [model]
+    while stack:
+        module = stack.pop()
+        found.extend(parameter for parameter in module._parameters.values() if parameter is not None)
+        stack.extend(module._modules.values())
+    return found
+
+
+def _parameters_version(parameters: list[nn.Parameter]) -> tuple[tuple[int, int, int], ...]:
+    """Which tensors the parameters are and how often each was written through itself: identity
+    (``load_state_dict(..., assign=True)`` and ``module.weight = ...`` put new Parameters in place;
+    the decoder keeps the old ones alive, so an id is never reused meanwhile), ``data_ptr``
+    (``p.data = tensor`` keeps the Parameter but swaps its storage) and ``_version`` (every in-place
+    op on ``p`` itself: optimizer steps, plain ``load_state_dict``). A write through ``p.data``
+    (``p.data.copy_(...)``) changes none of them: ``p.data`` is a new tensor with a version counter
+    of its own, started at 0 on each access; ``_WeightSamples`` sees those."""
+    return tuple((id(p), p.data_ptr(), p._version) for p in parameters)
+
+
+# element size -> the integer dtype of that size: samples are compared bit for bit (NaN == NaN)
+_SAME_SIZE_INTEGER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+class _WeightSamples:
+    """A few values of every parameter at fixed positions (``SAMPLES`` spread over each tensor,
+    first and last included), read again on every ``for_model`` call: what catches writes no
+    version counter records (``p.data.copy_(...)``, writes through a NumPy view), without reading
+    every weight per call (that costs a pass over the whole model). A write that leaves every
+    sampled value as it was is not seen: after such a targeted edit, ``del model._native_decoders``."""
+
+    SAMPLES = 32
+
+    def __init__(self, parameters: list[nn.Parameter]) -> None:
+        # NumPy views of the parameters' memory, as integers of the same width, and the positions
+        # to read: indexing a NumPy array costs a fraction of a torch op, which matters per call
+        self.views: list[np.ndarray] = []
+        self.positions: list[np.ndarray | tuple[np.ndarray, ...]] = []
+        for parameter in parameters:
+            tensor = parameter.detach()
+            if tensor.dim() == 0:
+                tensor = tensor.reshape(1)  # a view
+            tensor = tensor.view(_SAME_SIZE_INTEGER.get(tensor.element_size(), torch.uint8))
+            count = tensor.numel()
+            flat = np.unique(np.linspace(0, count - 1, min(count, self.SAMPLES)).round().astype(np.int64))
+            if tensor.is_contiguous():
+                self.views.append(tensor.view(-1).numpy())
+                self.positions.append(flat)
+            else:  # never copied: a copy would not see later writes
+                self.views.append(tensor.numpy())
+                self.positions.append(np.unravel_index(flat, tuple(tensor.shape)))
+        self.values = self.read()
+
+    def read(self) -> bytes:
+        """The sampled values now, as bytes."""
+        return b"".join(view[positions].tobytes() for view, positions in zip(self.views, self.positions))
+
+    def unchanged(self) -> bool:
+        """True while every sampled value is bit for bit what it was at conversion."""
+        return self.read() == self.values
 
 
 class NativeDecoder:
@@ -156,8 +218,11 @@ class NativeDecoder:
         self.query_stream = config.ar_stream == "query"
         self.post_norm = not config.normalize_before
         self.relu = config.activation == "relu"
-        self.parameters = list(model.parameters())  # walked once: checking versions is then cheap
+        # what the weights are converted from (kept alive, so their ids stay theirs): for_model
+        # compares the model's parameters with them on every call
+        self.parameters = _model_parameters(model)
         self.version = _parameters_version(self.parameters)
+        self.samples = _WeightSamples(self.parameters)
 
         def norm(module: nn.Module) -> list[torch.Tensor]:
             if isinstance(module, nn.Identity):  # no final norm: empty tensors
@@ -188,11 +253,17 @@ class NativeDecoder:
 
     @staticmethod
     def for_model(model: JanusModel, weight_type: str = "fp32") -> NativeDecoder:
-        """The model's native decoder, converted on first use and again after any in-place parameter
-        update (optimizer steps, ``load_state_dict``)."""
+        """The model's native decoder, converted on first use and again after any parameter update:
+        in-place (optimizer steps, ``load_state_dict``, ``p.data.copy_``) or by new tensors
+        (``load_state_dict(..., assign=True)``, ``p.data = ...``). Checked on every call, without
+        reading every weight: ``_parameters_version`` and ``_WeightSamples``."""
         cache: dict[str, NativeDecoder] = model.__dict__.setdefault("_native_decoders", {})
         decoder = cache.get(weight_type)
-        if decoder is None or decoder.version != _parameters_version(decoder.parameters):
+        if (
+            decoder is None
+            or decoder.version != _parameters_version(_model_parameters(model))
+            or not decoder.samples.unchanged()
+        ):
             decoder = cache[weight_type] = NativeDecoder(model, weight_type)
         return decoder
 

@@ -16,11 +16,13 @@ scheduler, RNG states and the position in the epoch's batch order.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -416,10 +418,12 @@ def save_checkpoint(
     state: TrainState,
     mask_generator: torch.Generator,
     config: TrainConfig,
+    train_data: dict[str, str] | None = None,
 ) -> None:
     """A checkpoint directory that is both a model (``from_pretrained``) and a resume point.
 
-    Written as a whole directory replaced atomically (``checkpoint.replace_directory``).
+    Written as a whole directory replaced atomically (``checkpoint.replace_directory``). The run's
+    options are saved with ``train_data`` (``train_data_digests``) among them, for ``check_resumable``.
     """
 
     def write(directory: str) -> None:
@@ -430,7 +434,7 @@ def save_checkpoint(
             "torch_rng": torch.get_rng_state(),
             "mask_rng": mask_generator.get_state(),
             "state": asdict(state),
-            "train_config": json.dumps(asdict(config)),
+            "train_config": json.dumps({**asdict(config), **(train_data or {})}),
         }
         buffer = io.BytesIO()
         torch.save(train_state, buffer)
@@ -510,6 +514,7 @@ class Run:
             corpus_path(data_dir, config.valid_split, config.target_lang),
             config.valid_limit,
         )
+        self.train_data_digests = train_data_digests(train_src, train_tgt)
         self.tokenizer = tokenizer = load_tokenizer_for_run(config, self.context, train_src + train_tgt)
         self.model_config = model_config = replace(config.model, vocab_size=tokenizer.vocab_size)
         limits = (model_config.max_source_positions, model_config.max_target_positions)
@@ -525,7 +530,7 @@ class Run:
         recover_directory(self.last_dir)
         if os.path.exists(os.path.join(self.last_dir, TRAIN_STATE_NAME)):
             saved = load_train_state(os.path.join(self.last_dir, TRAIN_STATE_NAME))
-            check_resumable(json.loads(saved["train_config"]), config)
+            check_resumable(json.loads(saved["train_config"]), config, self.train_data_digests)
             model.load_state_dict(load_pretrained(self.last_dir, device=config.device).state_dict())
             self.optimizer.load_state_dict(saved["optimizer"])
             self.scheduler.load_state_dict(saved["scheduler"])
@@ -570,6 +575,7 @@ class Run:
                 self.state,
                 self.mask_generator,
                 self.config,
+                self.train_data_digests,
             )
         self.context.barrier()
 
@@ -683,18 +689,38 @@ def load_train_state(path: str) -> dict:
     return saved
 
 
-def check_resumable(saved: dict, config: TrainConfig) -> None:
+def train_data_digests(sources: list[str], targets: list[str]) -> dict[str, str]:
+    """SHA-256 digests of the training pairs a run trains on (after ``--train-limit``; the targets
+    those of ``--train-target`` if given): saved with the run's options, so that a resumed run whose
+    ``--data-dir`` (or ``--train-target``) holds another corpus is refused (``check_resumable``)."""
+
+    def digest(lines: list[str]) -> str:
+        return hashlib.sha256("".join(line + "\n" for line in lines).encode("utf-8")).hexdigest()
+
+    return {"train_source_sha256": digest(sources), "train_target_sha256": digest(targets)}
+
+
+def check_resumable(saved: dict, config: TrainConfig, train_data: dict[str, str] | None = None) -> None:
     """ValueError naming every option that differs from the run being resumed (beyond those a
-    restart may change: stopping point, logging, threads, precision, validation). Options the
-    saved run did not record (older versions) are not compared."""
+    restart may change: stopping point, logging, threads, precision, validation), and the training
+    data when ``train_data`` (``train_data_digests``) differs from the saved run's: --data-dir may
+    name another folder, not another corpus. Options the saved run did not record (older versions)
+    are not compared."""
 
     def options(values: dict) -> dict:  # the architecture's fields are options of their own
         return {**{k: v for k, v in values.items() if k != "model"}, **values.get("model", {})}
 
-    saved, current = options(saved), options(json.loads(json.dumps(asdict(config))))
+    saved, current = options(saved), {**options(json.loads(json.dumps(asdict(config)))), **(train_data or {})}
     saved.pop("vocab_size", None), current.pop("vocab_size", None)  # the tokenizer's, checked on load
+    target_option = "--train-target" if config.train_target else "--data-dir"
+    described = {  # the training data: named by the option that points at it
+        "train_source_sha256": f"--data-dir: the training sources ({config.train_split}.{config.source_lang}) "
+        "differ from the run's",
+        "train_target_sha256": f"{target_option}: the training targets "
+        f"({config.train_target or f'{config.train_split}.{config.target_lang}'}) differ from the run's",
+    }
     changed = [
-        f"--{name.replace('_', '-')} {saved[name]!r} -> {current[name]!r}"
+        described.get(name) or f"--{name.replace('_', '-')} {saved[name]!r} -> {current[name]!r}"
         for name in sorted(current)
         if name not in RESUME_MAY_CHANGE and name in saved and saved[name] != current[name]
     ]
@@ -706,14 +732,38 @@ def check_resumable(saved: dict, config: TrainConfig) -> None:
 
 
 def drop_metrics_after(path: str, update: int) -> None:
-    """Remove the records of ``metrics.jsonl`` logged after ``update`` (a resumed run logs them again)."""
+    """Remove the records of ``metrics.jsonl`` logged after ``update`` (a resumed run logs them again).
+
+    A last line that is not a JSON record (torn: the process killed while appending it) is dropped
+    with a warning naming the file; such a line anywhere else is an InputError naming the file and
+    its line number (1-based)."""
     if not os.path.exists(path):
         return
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.readlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("update", 0) <= update]
-    if len(kept) != len(lines):
-        atomic_write(path, "".join(kept).encode("utf-8"))
+    with open(path, "rb") as handle:
+        data = handle.read()
+    lines = data.split(b"\n")
+    if lines[-1] == b"":  # the file ends with a newline, as every complete record does
+        lines.pop()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not a record")
+        except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if number < len(lines):
+                reason = error.msg if isinstance(error, json.JSONDecodeError) else str(error)
+                raise InputError(f"{path}: line {number} is not a JSON record ({reason}); fix or remove it") from error
+            warnings.warn(
+                f"{path}: dropped its last line, an incomplete record (a run killed while writing it)", stacklevel=2
+            )
+            continue
+        if record.get("update", 0) <= update:
+            kept.append(line + b"\n")
+    if b"".join(kept) != data:
+        atomic_write(path, b"".join(kept))
 
 
 def warm_start(model: JanusModel, directory: str) -> None:

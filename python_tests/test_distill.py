@@ -37,16 +37,25 @@ def test_distill_cli_gz_in_and_out_matches_translate(trained_dir, corpus_dir, tm
     assert not os.path.exists(output_path + PARTS_SUFFIX)
 
 
-def test_distill_resumes_from_finished_chunks(trained_dir, corpus_dir, tmp_path):
+def test_distill_resumes_from_finished_chunks(trained_dir, corpus_dir, tmp_path, monkeypatch):
     sources = read_lines(os.path.join(corpus_dir, "train.de"))[:10]
     source_path, output_path = str(tmp_path / "src.de"), str(tmp_path / "out.en")
     with open(source_path, "w", encoding="utf-8") as handle:
         handle.write("".join(line + "\n" for line in sources))
-    # what a run killed after its first chunk leaves behind
-    os.makedirs(output_path + PARTS_SUFFIX)
-    with open(os.path.join(output_path + PARTS_SUFFIX, "chunk-000000.txt"), "w", encoding="utf-8") as handle:
-        handle.write("kept\n" * 4)
     translator = Translator.from_pretrained(trained_dir)
+    calls = []
+
+    def first_chunk_then_killed(lines: list[str], **options) -> list[str]:  # noqa: ANN003
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(lines)
+        return ["kept"] * len(lines)
+
+    # a run killed after its first chunk: its manifest and that chunk are left behind
+    monkeypatch.setattr(translator, "translate", first_chunk_then_killed)
+    with pytest.raises(KeyboardInterrupt):
+        distill(translator, source_path, output_path, chunk_size=4, mode="ar")
+    monkeypatch.undo()
     assert distill(translator, source_path, output_path, chunk_size=4, mode="ar") == 10
     lines = read_lines(output_path)
     assert lines[:4] == ["kept"] * 4  # not translated again

@@ -495,8 +495,12 @@ def test_subword_nmt_bpe_cuts_as_its_command_line_tool_does(tmp_path, corpus_dir
     pytest.importorskip("subword_nmt", reason="subword-nmt is installed by the dev extra")
     import shutil
     import subprocess
+    import sys
 
-    tool = shutil.which("subword-nmt") or pytest.fail("subword-nmt's command-line tool is missing")
+    # beside this Python first: an unactivated venv (`.venv/bin/python -m pytest`) is not on PATH
+    beside = os.path.join(os.path.dirname(sys.executable), "subword-nmt")
+    tool = beside if os.access(beside, os.X_OK) else shutil.which("subword-nmt")
+    tool = tool or pytest.fail("subword-nmt's command-line tool is missing")
     lines = open(os.path.join(corpus_dir, "train.de"), encoding="utf-8").read().splitlines()
     codes = tmp_path / "bpe.codes"
     learnt = subprocess.run([tool, "learn-bpe", "-s", "200"], input="\n".join(lines), capture_output=True, text=True)
@@ -864,3 +868,17 @@ def test_fairseq_decoding_refuses_a_precision_it_cannot_run(converted: dict[str,
             fairseq_decoding.ar_beam_search(model, src, lengths, native=False, decoder_weights=weights)
     with pytest.raises(ValueError, match="decoder_weights"):
         fairseq_decoding.mask_predict(model, src, lengths, decoder_weights="fp16")
+
+
+@pytest.mark.parametrize("decoder", ["engine", "reference"])
+def test_fairseq_ar_search_reaches_the_last_position_of_a_janus_model(decoder) -> None:
+    """compat fairseq's AR length cap on a model whose query stream reads one position ahead: a
+    sentence that never ends stops at the cap instead of failing on a position past the table."""
+    from conftest import random_model
+
+    model = random_model(12, vocab_size=40)
+    with torch.no_grad():
+        model.embed_tokens.weight[model.config.eos_id] = 0.0  # eos never chosen before the cap
+    src = torch.randint(5, 40, (2, 6))
+    found = generate(model, src, torch.tensor([6, 4]), mode="ar", compat="fairseq", beam=2, decoder=decoder)
+    assert [len(tokens) for tokens in found] == [model.config.max_target_positions - 2] * 2
