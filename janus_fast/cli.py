@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -253,7 +254,7 @@ def command_train(args: argparse.Namespace) -> int:
     config = _build_dataclass(TrainConfig, args)
     check_writable_directory(config.output_dir, "--output-dir")
     state = train(config)
-    print(f"done: {state.update} updates, {state.epoch} epochs, {state.train_seconds:.0f}s of training")
+    print_report(f"done: {state.update} updates, {state.epoch} epochs, {state.train_seconds:.0f}s of training")
     return 0
 
 
@@ -267,9 +268,68 @@ def split_lines(raw: bytes, what: str) -> list[str]:
     return [line.rstrip("\r") for line in lines]
 
 
+def check_output_option(path: str, option: str, inputs: Sequence[str | None] = ()) -> None:
+    """``check_output`` for the file an option names; an empty name is an InputError naming the option too."""
+    if not path:
+        raise InputError(f"{option} is empty: give the name of a file to write")
+    check_output(path, option, inputs=inputs)
+
+
+def write_output_file(path: str, data: bytes, option: str, what: str) -> None:
+    """``atomic_write`` of ``data`` (``what``: e.g. "the translations") to the file of ``option``; a
+    failure to write (a full disk, ``/dev/full``, ...) is an InputError naming the option and file."""
+    from janus_fast.checkpoint import atomic_write
+
+    try:
+        atomic_write(path, data)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise InputError(f"{option} {path}: cannot write {what} ({reason})") from error
+
+
+def write_standard_output(text: str, what: str) -> None:
+    """Write ``text`` (``what``: e.g. "the translations") to standard output and flush it; a closed
+    or failing standard output (``>&-``, ``> /dev/full``) is an InputError saying so. Standard output
+    is then pointed at the null device, so that Python's own flush at exit has nothing to report."""
+    stream = sys.stdout
+    try:
+        if stream is None:
+            raise OSError(errno.EBADF, "it is closed")
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError) as error:
+        _silence_standard_output()
+        reason = (error.strerror if isinstance(error, OSError) else None) or str(error)
+        raise InputError(f"cannot write {what} to standard output: {reason}") from error
+
+
+def print_report(text: str) -> None:
+    """Print a command's report line(s) to standard output: nothing when it is closed (``>&-``: the
+    work is done, the report unwanted), an InputError when writing it fails (``> /dev/full``)."""
+    if sys.stdout is not None:
+        write_standard_output(text + "\n", "the report")
+
+
+def flush_standard_output() -> None:
+    """Flush what a command printed to standard output (unless it is closed: then nothing was), so
+    that a failing one (``> /dev/full``) is an InputError here rather than Python's report at exit."""
+    if sys.stdout is not None:
+        write_standard_output("", "the output")
+
+
+def _silence_standard_output() -> None:
+    """Point standard output's descriptor at the null device (best effort), after a failed write."""
+    try:
+        descriptor = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(descriptor, sys.stdout.fileno())
+        os.close(descriptor)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def command_translate(args: argparse.Namespace) -> int:
     if args.output != "-":
-        check_output(args.output, "--output", inputs=[args.input])
+        check_output_option(args.output, "--output", inputs=[args.input])
     if args.input == "-":
         lines = split_lines(sys.stdin.buffer.read(), "standard input")
     else:
@@ -286,12 +346,9 @@ def command_translate(args: argparse.Namespace) -> int:
             outputs = translator.translate(lines, progress=bar.update, **_decode_kwargs(args))
     text = "".join(line.replace("\n", " ") + "\n" for line in outputs)
     if args.output == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        write_standard_output(text, "the translations")
     else:
-        from janus_fast.checkpoint import atomic_write
-
-        atomic_write(args.output, text.encode("utf-8"))
+        write_output_file(args.output, text.encode("utf-8"), "--output", "the translations")
     return 0
 
 
@@ -320,7 +377,7 @@ def command_convert(args: argparse.Namespace) -> int:
     check_writable_directory(args.output, "--output")
     model = convert_fairseq(args.fairseq, args.dict, args.output, bpe, bpe_path)
     config = model.config
-    print(
+    print_report(
         f"wrote {args.output}: {config.extra.get('fairseq_arch')} -> janus_fast, {model.num_parameters / 1e6:.2f}M "
         f"parameters, vocabulary {config.vocab_size}; decode with --compat fairseq for fairseq-generate's outputs"
     )
@@ -330,8 +387,8 @@ def command_convert(args: argparse.Namespace) -> int:
 def command_evaluate(args: argparse.Namespace) -> int:
     import sacrebleu
 
-    if args.output:
-        check_output(args.output, "--output", inputs=[args.src, args.ref])
+    if args.output is not None:
+        check_output_option(args.output, "--output", inputs=[args.src, args.ref])
     sources, references = read_lines(args.src), read_lines(args.ref)
     if len(sources) != len(references):
         raise InputError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
@@ -353,16 +410,17 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 2),
         **_decode_kwargs(args),
     }
-    if args.output:
-        from janus_fast.checkpoint import atomic_write
-
-        atomic_write(args.output, "".join(h + "\n" for h in hypotheses).encode("utf-8"))
+    if args.output is not None:
+        data = "".join(h + "\n" for h in hypotheses).encode("utf-8")
+        write_output_file(args.output, data, "--output", "the translations")
     if args.json:
-        print(json.dumps(result))
+        summary = json.dumps(result) + "\n"
     else:
-        print(f"{bleu_score}\n  {bleu.get_signature()}")
-        print(f"{chrf_score}\n  {chrf.get_signature()}")
-        print(f"{len(sources)} sentences in {seconds:.2f}s: {result['sentences_per_second']} sentences/s")
+        summary = (
+            f"{bleu_score}\n  {bleu.get_signature()}\n{chrf_score}\n  {chrf.get_signature()}\n"
+            f"{len(sources)} sentences in {seconds:.2f}s: {result['sentences_per_second']} sentences/s\n"
+        )
+    write_standard_output(summary, "the scores")
     return 0
 
 
@@ -372,7 +430,7 @@ def command_distill(args: argparse.Namespace) -> int:
     from janus_fast.distill import distill
     from janus_fast.translator import DEFAULT_MODEL_DIR
 
-    check_output(args.output, "--output", inputs=[args.src])
+    check_output_option(args.output, "--output", inputs=[args.src])
     translator = _translator(args)
     total = len(read_lines(args.src))
     with tqdm(total=total, disable=not args.progress, file=sys.stderr, unit="sent") as bar:
@@ -405,7 +463,7 @@ def command_export(args: argparse.Namespace) -> int:
     save_pretrained(model, args.output, dtype=dtype)  # creates the directory
     save_tokenizer(tokenizer, args.output)
     size = sum(os.path.getsize(os.path.join(args.output, name)) for name in os.listdir(args.output))
-    print(f"wrote {args.output}: {args.dtype} weights, {size / 1e6:.1f} MB")
+    print_report(f"wrote {args.output}: {args.dtype} weights, {size / 1e6:.1f} MB")
     return 0
 
 
@@ -419,7 +477,7 @@ def command_average(args: argparse.Namespace) -> int:
     model = average_checkpoints(args.models)
     save_pretrained(model, args.output)
     save_tokenizer(load_tokenizer(args.models[0]), args.output)
-    print(f"wrote {args.output}: the mean of {len(args.models)} checkpoints' weights (fp32)")
+    print_report(f"wrote {args.output}: the mean of {len(args.models)} checkpoints' weights (fp32)")
     return 0
 
 
@@ -455,13 +513,24 @@ def command_profile(args: argparse.Namespace) -> int:
             f"({PROFILE_BYTES_PER_VOCAB_ENTRY / 1e6:.1f} MB per vocabulary entry) and "
             f"{available / 1e9:.1f} GB are available: choose a smaller --vocab"
         )
-    print(profile_report(vocab_size=args.vocab, repeats=args.repeats, as_json=args.json))
+    print_report(profile_report(vocab_size=args.vocab, repeats=args.repeats, as_json=args.json))
     return 0
+
+
+def check_plot_option(path: str) -> None:
+    """Raise InputError before the benchmark unless the ``--plot`` file can be written: its folder
+    must exist (the plot does not create it) and be writable (``check_output``)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"--plot {path}: no such folder {folder}; create it or choose another path")
+    check_output(path, "--plot")
 
 
 def command_bench(args: argparse.Namespace) -> int:
     from janus_fast.benchmarks.decoding import bench_report, run_bench
 
+    if args.plot:
+        check_plot_option(args.plot)
     report = run_bench(
         args.model,
         args.data_dir,
@@ -474,7 +543,11 @@ def command_bench(args: argparse.Namespace) -> int:
         compare=tuple(args.compare),
         compat=args.compat,
     )
-    print(bench_report(report, args.plot, args.json))
+    try:
+        text = bench_report(report, args.plot, args.json)
+    except OSError as error:
+        raise InputError(f"--plot {args.plot}: cannot write the plot ({error.strerror or error})") from error
+    write_standard_output(text + "\n", "the benchmark report")
     return 0
 
 
@@ -611,9 +684,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, category, *_: f"janus-fast: warning: {message}\n"
     try:
-        return args.handler(args)
+        status = args.handler(args)
+        flush_standard_output()
+        return status
     except (InputError, CheckpointError, ValueError, TypeError) as error:
         print(f"janus-fast: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # e.g. a full disk while saving a checkpoint: one line naming the file
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"janus-fast: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -32,6 +32,8 @@ cross-attention ``kv`` (3).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch import nn
@@ -44,8 +46,22 @@ WEIGHT_TYPES = ("fp32", "bf16", "int8")
 _EMPTY = torch.empty(0)
 
 
+ISA_NAMES = ("scalar", "avx2", "avx512", "avx512_bf16")
+
+
+def check_isa_env() -> None:
+    """Raise ValueError unless ``JANUS_FAST_ISA`` is unset or one of ``ISA_NAMES``: the native
+    decoder (``csrc/cpu/decoder_cpu.cpp``) caps its instruction set by it and ignores any other
+    value, so a typo would silently leave the CPU's own."""
+    value = os.environ.get("JANUS_FAST_ISA")
+    if value is not None and value not in ISA_NAMES:
+        raise ValueError(f"JANUS_FAST_ISA={value!r}: expected one of {', '.join(ISA_NAMES)}")
+
+
 def native_decoder_available() -> bool:
-    """True when the extension has the decoder ops (built with this version of the sources)."""
+    """True when the extension has the decoder ops (built with this version of the sources);
+    ValueError for a ``JANUS_FAST_ISA`` the native decoder does not know (``check_isa_env``)."""
+    check_isa_env()
     return uses_native_ops() and hasattr(torch.ops.janus_fast, "decoder_ar_step")
 
 

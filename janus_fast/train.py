@@ -504,16 +504,18 @@ class Run:
         encoded datasets and the model config with the tokenizer's vocabulary size."""
         config = self.config
         data_dir = config.data_dir
-        train_src, train_tgt = read_parallel(
+        train_paths = (
             corpus_path(data_dir, config.train_split, config.source_lang),
             config.train_target or corpus_path(data_dir, config.train_split, config.target_lang),
-            config.train_limit,
         )
-        self.valid_src, self.valid_tgt = read_parallel(
+        valid_paths = (
             corpus_path(data_dir, config.valid_split, config.source_lang),
             corpus_path(data_dir, config.valid_split, config.target_lang),
-            config.valid_limit,
         )
+        train_src, train_tgt = read_parallel(*train_paths, config.train_limit)
+        self.valid_src, self.valid_tgt = read_parallel(*valid_paths, config.valid_limit)
+        check_split_not_empty("training", train_src, train_tgt, train_paths)
+        check_split_not_empty("validation", self.valid_src, self.valid_tgt, valid_paths)
         self.train_data_digests = train_data_digests(train_src, train_tgt)
         self.tokenizer = tokenizer = load_tokenizer_for_run(config, self.context, train_src + train_tgt)
         self.model_config = model_config = replace(config.model, vocab_size=tokenizer.vocab_size)
@@ -676,6 +678,16 @@ RESUME_MAY_CHANGE = frozenset(
     {"output_dir", "data_dir", "epochs", "max_updates", "max_minutes", "device", "save_every", "keep_every",
      "log_every", "threads", "progress", "precision", "valid_bleu", "valid_mode", "valid_iterations", "valid_limit"}
 )  # fmt: skip
+
+
+def check_split_not_empty(split: str, sources: list[str], targets: list[str], paths: tuple[str, str]) -> None:
+    """Raise InputError naming the files of ``split`` ("training", "validation") unless at least one
+    line pair has text on both sides (pairs with a blank side are dropped, ``ParallelDataset``): found
+    before training starts rather than after an epoch."""
+    if any(source.strip() and target.strip() for source, target in zip(sources, targets)):
+        return
+    what = "has no lines" if not sources else "has no line pair with text on both sides (only blank lines)"
+    raise InputError(f"the {split} split {paths[0]} / {paths[1]} {what}")
 
 
 def load_train_state(path: str) -> dict:

@@ -49,6 +49,16 @@ def decoder_positions(mode: str, src_lengths: torch.Tensor, length_beam: int, be
     return length_beam * int(src_lengths.sum()) if mode == "nar" else 2 * beam * len(src_lengths)
 
 
+def bf16_unavailable(decoder: str, reason: str | None) -> str:
+    """Why precision "bf16" cannot run with ``decoder`` (``reason``: ``unsupported_reason`` of the model)."""
+    if decoder != "engine":
+        return (
+            f"precision 'bf16' needs the engine's native CPU decoder, not the {decoder} decoder: "
+            "use --decoder engine (decoder='engine')"
+        )
+    return f"precision 'bf16' needs the engine's native CPU decoder, which cannot run this model: {reason}"
+
+
 class Translator:
     """Translate sentences with a JANUS model: autoregressively (default: AR greedy, on the shipped
     model on the CPU both faster and better than mask-predict), non-autoregressively (mask-predict) or
@@ -104,7 +114,7 @@ class Translator:
             elif precision == "int8":
                 model = quantize_int8(model)
             else:
-                raise ValueError(f"precision 'bf16' needs the engine's native CPU decoder, but {reason}")
+                raise ValueError(bf16_unavailable(decoder, reason))
         self.precision = precision
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -129,7 +139,7 @@ class Translator:
         encoded = []
         for index, sentence in enumerate(sentences):
             if not isinstance(sentence, str):
-                raise TypeError(f"sentence {index} is {type(sentence).__name__}, expected str")
+                raise TypeError(f"sentence index {index} is {type(sentence).__name__}, expected str")
             encoded.append(self.tokenizer.encode(sentence) if sentence.strip() else [])
         return self.wrap_sources(encoded)
 
@@ -143,9 +153,10 @@ class Translator:
         for index, ids in enumerate(encoded):
             ids = list(ids)
             if len(ids) > limit:
+                where = f"sentence index {index} (input line {index + 1})"
                 if self.on_long_input == "error":
-                    raise ValueError(f"sentence {index} has {len(ids)} pieces; the model accepts {limit}")
-                warnings.warn(f"sentence {index} has {len(ids)} pieces; truncated to {limit}", stacklevel=2)
+                    raise ValueError(f"{where} has {len(ids)} pieces; the model accepts {limit}")
+                warnings.warn(f"{where} has {len(ids)} pieces; truncated to {limit}", stacklevel=2)
                 ids = ids[:limit]
             wrapped.append(head + ids + tail if ids else [])
         return wrapped
@@ -245,7 +256,9 @@ class Translator:
         vocab = self.model.config.vocab_size
         for index, ids in enumerate(sources):
             if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab for i in ids):
-                raise ValueError(f"source {index}: token ids must be integers in [0, {vocab})")
+                raise ValueError(
+                    f"source index {index} (input line {index + 1}): token ids must be integers in [0, {vocab})"
+                )
         found = self._decode(self.wrap_sources(sources), options, max_batch_tokens, batch_size, None)
         return Hypotheses([ids if ids is not None else [] for ids in found.tokens], found.scores)
 

@@ -186,6 +186,18 @@ DecoderWeights parse_weights(at::TensorList w, int64_t num_heads) {
   return d;
 }
 
+// Products of at least this many multiply-adds (float32 weights) split their output columns over the
+// threads: below it the fork/join costs more than half the product saves (a few microseconds per
+// parallel region). The dot-product instructions of bf16 pairs and int8 quads do 2x / 4x the
+// multiply-adds per instruction, so their products split at 2x / 4x the size.
+constexpr int64_t kSplitWork = int64_t{1} << 19;
+
+int64_t split_work(core::WeightType type) {
+  if (type == core::WeightType::kInt8Quads) return 4 * kSplitWork;
+  if (type == core::WeightType::kBFloat16Pairs) return 2 * kSplitWork;
+  return kSplitWork;
+}
+
 // y (rows, n) = x (rows, k) w [+ y]; column blocks split over threads when the product is large.
 void linear(const float* x, int64_t rows, int64_t ldx, const GemmWeight& weight, float* y, int64_t ldy,
             bool accumulate = false) {
@@ -194,7 +206,7 @@ void linear(const float* x, int64_t rows, int64_t ldx, const GemmWeight& weight,
   w.accumulate = accumulate;
   const Isa isa = active_isa();
   const int64_t work = rows * w.k * w.n;
-  if (work < (int64_t{1} << 21) || at::get_num_threads() == 1) {
+  if (work < split_work(w.type) || at::get_num_threads() == 1) {
     core::gemm(isa, rows, x, ldx, w, y, ldy, 0, w.n);
     return;
   }
@@ -741,33 +753,43 @@ std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float*
   at::Tensor scores = at::empty({rows}, at::TensorOptions().dtype(at::kFloat));
   if (rows == 0) return {best, scores};
   if (d.final_w != nullptr) layer_norm_rows(states, rows, d.dim, d.final_w, d.final_b, states);
-  const int64_t threads = at::get_num_threads();
-  const int64_t tile = std::min<int64_t>(32, std::max<int64_t>(1, (rows + threads - 1) / threads));
-  const int64_t num_tiles = (rows + tile - 1) / tile;
   int64_t* best_ids = best.data_ptr<int64_t>();
   float* best_scores = scores.data_ptr<float>();
   const Isa isa = active_isa();
+  // greedy_token (and the candidate's rank) of row r of the pass, from its logits
+  auto choose = [&](int64_t r, const float* row) {
+    const int64_t forced = forced_ids != nullptr ? forced_ids[r] : -1;
+    const GreedyToken token = greedy_token(isa, row, d.vocab, excluded, forced);
+    best_ids[r] = token.id;
+    best_scores[r] = token.score;
+    if (candidates.ids != nullptr) {
+      const int64_t candidate = candidates.ids[r];
+      CandidateRank ranked{std::numeric_limits<float>::quiet_NaN(), d.vocab};
+      if (candidate >= 0)
+        ranked = rank_candidate(row, d.vocab, excluded, candidate, core::reduce_logits_isa(isa, row, d.vocab));
+      candidates.scores[r] = ranked.score;
+      candidates.ranks[r] = ranked.rank;
+    }
+  };
+  const int64_t threads = at::get_num_threads();
+  if (rows < threads) {
+    // fewer rows than threads (one sentence's AR step): the projection's columns are split across
+    // the threads instead (linear), then each row is reduced; the same logits as the tiles below
+    thread_local std::vector<float> logits_buffer;
+    float* logits = scratch(logits_buffer, rows * d.vocab);
+    linear(states, rows, d.dim, d.vocab_projection, logits, d.vocab);
+    for (int64_t r = 0; r < rows; ++r) choose(r, logits + r * d.vocab);
+    return {best, scores};
+  }
+  const int64_t tile = std::min<int64_t>(32, std::max<int64_t>(1, (rows + threads - 1) / threads));
+  const int64_t num_tiles = (rows + tile - 1) / tile;
   at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> logits_buffer;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t first = t * tile, n = std::min(tile, rows - first);
       float* logits = scratch(logits_buffer, n * d.vocab);
       core::gemm(isa, n, states + first * d.dim, d.dim, d.vocab_projection, logits, d.vocab, 0, d.vocab);
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t forced = forced_ids != nullptr ? forced_ids[first + i] : -1;
-        const float* row = logits + i * d.vocab;
-        const GreedyToken token = greedy_token(isa, row, d.vocab, excluded, forced);
-        best_ids[first + i] = token.id;
-        best_scores[first + i] = token.score;
-        if (candidates.ids != nullptr) {
-          const int64_t candidate = candidates.ids[first + i];
-          CandidateRank ranked{std::numeric_limits<float>::quiet_NaN(), d.vocab};
-          if (candidate >= 0)
-            ranked = rank_candidate(row, d.vocab, excluded, candidate, core::reduce_logits_isa(isa, row, d.vocab));
-          candidates.scores[first + i] = ranked.score;
-          candidates.ranks[first + i] = ranked.rank;
-        }
-      }
+      for (int64_t i = 0; i < n; ++i) choose(first + i, logits + i * d.vocab);
     }
   });
   return {best, scores};

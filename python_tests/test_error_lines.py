@@ -1,0 +1,139 @@
+"""Every user-facing failure of the CLI is one ``janus-fast: error: ...`` line naming the option, file,
+environment variable or (1-based) input line at fault: no traceback, exit code 2 (issue 34 item 7)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+from test_cli import run_cli
+
+TRAIN_OPTIONS = (
+    "--vocab-size", "60", "--d-model", "16", "--num-heads", "2", "--ffn-dim", "32", "--encoder-layers", "1",
+    "--decoder-layers", "1", "--max-tokens", "400", "--max-updates", "2", "--epochs", "1", "--threads", "1",
+    "--no-valid-bleu", "--no-progress", "--precision", "fp32",
+)  # fmt: skip
+
+
+def error_line(result: subprocess.CompletedProcess, *names: str) -> str:
+    """The one line of ``result``'s stderr that is an error (checked: exactly one, no traceback, each
+    of ``names`` in it)."""
+    stderr = result.stderr.decode(errors="replace")
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("janus-fast: error:")]
+    assert len(errors) == 1, stderr
+    assert not [line for line in stderr.splitlines() if line.strip() and not line.startswith("janus-fast: ")], stderr
+    for name in names:
+        assert name in errors[0], errors[0]
+    return errors[0]
+
+
+def run_shell(command: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``command`` run by the shell (for redirections such as ``>&-``); ``$JANUS`` is the CLI."""
+    environment = dict(os.environ, JANUS=f"{sys.executable} -m janus_fast.cli", **(env or {}))
+    return subprocess.run(["bash", "-c", command], capture_output=True, cwd=REPO_ROOT, env=environment, timeout=300)
+
+
+@pytest.fixture
+def source_file(tmp_path) -> str:
+    path = tmp_path / "in.de"
+    path.write_text("Ein Hund.\nZwei Männer.\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+@pytest.mark.parametrize("where", ["stdout_closed", "stdout_full", "output_full", "evaluate_output_full"])
+def test_output_failures_are_one_line(trained_dir, corpus_dir, source_file, where):
+    translate = f"$JANUS translate --model {trained_dir} --input {source_file}"
+    if where == "stdout_closed":
+        result = run_shell(f"{translate} >&-")
+        names = ["cannot write the translations to standard output:"]
+    elif where == "stdout_full":
+        result = run_shell(f"{translate} > /dev/full")
+        names = ["cannot write the translations to standard output:", "No space left"]
+    elif where == "output_full":
+        result = run_cli("translate", "--model", trained_dir, "--input", source_file, "-o", "/dev/full")
+        names = ["--output /dev/full", "No space left"]
+    else:
+        src, ref = os.path.join(corpus_dir, "val.de"), os.path.join(corpus_dir, "val.en")
+        result = run_cli("evaluate", "--model", trained_dir, "--src", src, "--ref", ref, "--output", "/dev/full")
+        names = ["--output /dev/full", "No space left"]
+    assert result.returncode == 2
+    error_line(result, *names)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_a_report_line_into_a_full_standard_output_is_one_line(trained_dir, tmp_path):
+    result = run_shell(f"$JANUS export --model {trained_dir} --output {tmp_path / 'copy'} > /dev/full")
+    assert result.returncode == 2
+    error_line(result, "standard output:", "No space left")
+
+
+@pytest.mark.parametrize("command", ["translate", "evaluate"])
+def test_empty_output_name_is_one_line(trained_dir, corpus_dir, source_file, command):
+    if command == "translate":
+        result = run_cli("translate", "--model", trained_dir, "--input", source_file, "-o", "")
+    else:
+        src, ref = os.path.join(corpus_dir, "val.de"), os.path.join(corpus_dir, "val.en")
+        result = run_cli("evaluate", "--model", trained_dir, "--src", src, "--ref", ref, "--output", "")
+    assert result.returncode == 2
+    error_line(result, "--output")
+
+
+def test_long_input_is_named_by_its_input_line(trained_dir, tmp_path):
+    path = tmp_path / "long.de"
+    path.write_text("Ein Hund.\n\n" + "Hund " * 400 + "\n", encoding="utf-8")
+    result = run_cli("translate", "--model", trained_dir, "--input", str(path), "--on-long-input", "error")
+    assert result.returncode == 2
+    line = error_line(result, "input line 3")
+    assert "sentence 2 " not in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [("JANUS_FAST_ISA", "avx3", "avx512_bf16"), ("JANUS_FAST_FORCE_REFERENCE", "maybe", "maybe")],
+)
+def test_environment_variables_are_validated_like_options(trained_dir, source_file, variable, value, named):
+    result = run_shell(f"$JANUS translate --model {trained_dir} --input {source_file}", env={variable: value})
+    assert result.returncode == 2
+    error_line(result, variable, named)
+
+
+def test_bf16_with_the_reference_decoder_says_what_to_use(trained_dir, source_file):
+    result = run_cli(
+        "translate", "--model", trained_dir, "--input", source_file, "--decoder", "reference", "--precision", "bf16"
+    )
+    assert result.returncode == 2
+    line = error_line(result, "--decoder engine")
+    assert "None" not in line
+
+
+def test_bench_plot_into_a_missing_folder_fails_before_the_run(trained_dir, tmp_path):
+    plot = str(tmp_path / "missing" / "bench.png")
+    result = run_cli("bench", "--model", trained_dir, "--data-dir", str(tmp_path), "--plot", plot)
+    assert result.returncode == 2
+    error_line(result, "--plot", plot)
+
+
+@pytest.mark.parametrize("split", ["valid_empty", "train_blank"])
+def test_empty_splits_are_refused_before_training(corpus_dir, tmp_path, split):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.de", "train.en", "val.de", "val.en"):
+        shutil.copy(os.path.join(corpus_dir, name), data / name)
+    if split == "valid_empty":
+        for name in ("val.de", "val.en"):
+            (data / name).write_text("", encoding="utf-8")
+        named = str(data / "val.de")
+    else:
+        for name in ("train.de", "train.en"):
+            (data / name).write_text("\n \n\n", encoding="utf-8")
+        named = str(data / "train.de")
+    out = str(tmp_path / "out")
+    result = run_cli("train", "--data-dir", str(data), "--output-dir", out, *TRAIN_OPTIONS)
+    assert result.returncode == 2
+    error_line(result, named)
