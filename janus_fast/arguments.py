@@ -6,6 +6,7 @@ import numbers
 import os
 
 from janus_fast.data import InputError
+from janus_fast.output import check_output
 
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
@@ -20,24 +21,13 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
     return value
 
 
-def check_writable(path: str, option: str) -> None:
-    """Raise InputError unless a file could be written at ``path`` (checked before the work)."""
-    if os.path.isdir(path):
-        raise InputError(f"{option} {path} is a directory")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{option} {path}: cannot write there ({parent} is not a writable directory)")
-
-
 def check_writable_directory(path: str, option: str) -> None:
     """Raise InputError unless ``path`` is, or can be created as, a writable directory."""
     if os.path.exists(path):
         if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
             raise InputError(f"{option} {path} is not a writable directory")
         return
-    check_writable(path, option)
+    check_output(path, option)  # not there yet: its nearest existing folder must be writable
 
 
 def check_device(device: object) -> None:
@@ -54,4 +44,4 @@ def check_device(device: object) -> None:
         raise ValueError(f"device {device!r}: only cpu and cuda are supported")
 
 
-__all__ = ["check_int", "check_writable", "check_writable_directory", "check_device"]
+__all__ = ["check_int", "check_writable_directory", "check_device"]

@@ -242,7 +242,6 @@ def speculative_greedy(
     history[:, 0] = config.bos_id
     accepted = torch.zeros(batch, dtype=torch.long, device=device)  # n: index of the last accepted token
     total_log_prob = torch.zeros(batch, device=device)
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
     rows = torch.arange(batch, device=device)  # the sentence of each active row
     results = (history.clone(), total_log_prob.clone(), accepted.clone())
     window = options.max_verify
