@@ -6,7 +6,7 @@ against the torch that is installed: ``pip install --no-build-isolation .`` (``-
 (``[build-system]`` in pyproject.toml: setuptools only, no torch, so no multi-GB torch download and
 no build against another torch); the package is then installed with its C++ sources
 (``janus_fast/_csrc``) and builds ``janus_fast._C`` against the installed torch on first use, once,
-with ninja (``janus_fast/native.py``, which also holds the source globs and flags used here).
+with ninja (``janus_fast/native/build.py``, which also holds the source globs and flags used here).
 
 The C++ (CPU) sources under ``csrc/`` are always built. The CUDA sources under ``csrc/cuda/`` are
 added when a CUDA toolkit and a CUDA build of torch are present. Switches (environment variables):
@@ -30,8 +30,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def _load_native_module():
-    """janus_fast/native.py by path: importing the package would import torch."""
-    spec = importlib.util.spec_from_file_location("_janus_fast_native", os.path.join(ROOT, "janus_fast", "native.py"))
+    """janus_fast/native/build.py by path: importing the package would import torch."""
+    build_file = os.path.join(ROOT, "janus_fast", "native", "build.py")
+    spec = importlib.util.spec_from_file_location("_janus_fast_native", build_file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -81,8 +82,17 @@ def _extensions() -> tuple[list, dict]:
 
 
 ext_modules, cmdclass = _extensions()
-# janus_fast._csrc: the C++ sources, installed for the first-use build (janus_fast/native.py)
-packages = ["janus_fast", "janus_fast.ops", "janus_fast.benchmarks", "janus_fast._csrc"]
+# janus_fast._csrc: the C++ sources, installed for the first-use build (janus_fast/native/build.py)
+packages = [
+    "janus_fast",
+    "janus_fast.benchmarks",
+    "janus_fast.decoding",
+    "janus_fast.fairseq",
+    "janus_fast.native",
+    "janus_fast.ops",
+    "janus_fast.training",
+    "janus_fast._csrc",
+]
 package_dir = {"janus_fast": "janus_fast", "janus_fast._csrc": "csrc"}
 if os.path.exists(os.path.join(ROOT, "kernels", "__init__.py")):
     packages.append("janus_fast.kernels")
@@ -102,7 +112,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
-        "ninja",  # the first-use build of janus_fast._C (janus_fast/native.py)
+        "ninja",  # the first-use build of janus_fast._C (janus_fast/native/build.py)
         "filelock",
         "sentencepiece>=0.2",
         "sacrebleu>=2.4",

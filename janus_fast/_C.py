@@ -11,6 +11,6 @@ damaged one (e.g. truncated, which would kill the process with SIGBUS) is built 
 cannot be done it raises an ``ImportError`` that says what to run.
 """
 
-from janus_fast.native import build_and_load as _build_and_load
+from janus_fast.native.build import build_and_load as _build_and_load
 
 LIBRARY = str(_build_and_load())

@@ -220,7 +220,7 @@ def _check_tokenizer_digest(path: str, data: bytes, config: dict, config_path: s
 
 def save_tokenizer(tokenizer, directory: str) -> None:  # noqa: ANN001 - Tokenizer or FairseqTokenizer
     """Write ``tokenizer`` into a checkpoint directory (``spm.model``, or a fairseq dictionary's files)."""
-    from janus_fast.fairseq_dictionary import FairseqTokenizer
+    from janus_fast.fairseq.dictionary import FairseqTokenizer
 
     if isinstance(tokenizer, FairseqTokenizer):
         tokenizer.save(directory)
@@ -234,8 +234,8 @@ def save_tokenizer(tokenizer, directory: str) -> None:  # noqa: ANN001 - Tokeniz
 
 def load_tokenizer(directory: str):  # noqa: ANN201 - returns a Tokenizer or a FairseqTokenizer
     """The tokenizer saved beside the weights (CheckpointError if unusable): the SentencePiece
-    model, or for a converted fairseq model its dictionary (``dict.txt``, ``janus_fast.fairseq_dictionary``)."""
-    from janus_fast.fairseq_dictionary import DICT_NAME, FairseqTokenizer
+    model, or for a converted fairseq model its dictionary (``dict.txt``, ``janus_fast.fairseq.dictionary``)."""
+    from janus_fast.fairseq.dictionary import DICT_NAME, FairseqTokenizer
     from janus_fast.tokenizer import Tokenizer
 
     if os.path.exists(os.path.join(directory, DICT_NAME)):
@@ -290,7 +290,7 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
 
 def _tokenizer_bytes(directory: str) -> bytes:
     """The checkpoint's tokenizer files, concatenated in name order (to compare two checkpoints)."""
-    from janus_fast.fairseq_dictionary import BPE_FILES, DICT_NAME
+    from janus_fast.fairseq.dictionary import BPE_FILES, DICT_NAME
 
     tokenizer_files = {TOKENIZER_NAME, DICT_NAME, *BPE_FILES.values()}
     names = sorted(name for name in os.listdir(directory) if name in tokenizer_files)

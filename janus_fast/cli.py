@@ -217,7 +217,7 @@ def _translator(args: argparse.Namespace):  # noqa: ANN202
 def _decode_kwargs(args: argparse.Namespace) -> dict:
     """The decoding options of ``args`` for ``Translator.translate``; --iterations, --length-beam
     and --beam left unset take --compat's defaults (``decoding.resolve_compat_defaults``)."""
-    from janus_fast.decoding import resolve_compat_defaults
+    from janus_fast.generate import resolve_compat_defaults
 
     iterations, length_beam, beam = resolve_compat_defaults(args.compat, args.iterations, args.length_beam, args.beam)
     return {
@@ -243,13 +243,13 @@ def _speculative_options(args: argparse.Namespace):  # noqa: ANN202
     given = {name: getattr(args, name) for name in SPECULATIVE_FLAGS if getattr(args, name, None) is not None}
     if not given:
         return None
-    from janus_fast.speculative import SpeculativeOptions
+    from janus_fast.decoding.speculative import SpeculativeOptions
 
     return SpeculativeOptions(**given)
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from janus_fast.train import TrainConfig, train
+    from janus_fast.training.train import TrainConfig, train
 
     config = _build_dataclass(TrainConfig, args)
     check_writable_directory(config.output_dir, "--output-dir")
@@ -364,7 +364,7 @@ def parse_token_ids(line: str, number: int) -> list[int]:
 
 
 def command_convert(args: argparse.Namespace) -> int:
-    from janus_fast.fairseq_convert import convert_fairseq
+    from janus_fast.fairseq.convert import convert_fairseq
 
     bpe, bpe_path = (None, None) if args.bpe is None else args.bpe
     if bpe is not None and bpe not in ("sentencepiece", "subword-nmt"):
@@ -427,7 +427,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
 def command_distill(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from janus_fast.distill import distill
+    from janus_fast.training.distill import distill
     from janus_fast.translator import DEFAULT_MODEL_DIR
 
     check_output_option(args.output, "--output", inputs=[args.src])
@@ -552,7 +552,7 @@ def command_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from janus_fast.train import TrainConfig
+    from janus_fast.training.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="janus-fast", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

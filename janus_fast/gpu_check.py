@@ -70,7 +70,7 @@ def gpu_tests(data_dir: str, dry_run: bool, log_path: str) -> dict:
 def train_model(data_dir: str, out_dir: str, minutes: float, device: str, dry_run: bool) -> dict:
     """Train a JANUS model for ``minutes`` and write it (bf16) with its metrics to ``out_dir``."""
     from janus_fast.checkpoint import load_pretrained, load_tokenizer, save_pretrained
-    from janus_fast.train import train, train_config
+    from janus_fast.training.train import train, train_config
 
     run_dir = tempfile.mkdtemp(prefix="janus-gpu-run-")
     size = dict(vocab_size=300, d_model=32, num_heads=4, ffn_dim=64, encoder_layers=1, decoder_layers=1)

@@ -1,7 +1,7 @@
 """Optional dynamic int8 compute for CPU decoding (``precision="int8"``) where the engine's native
 passes do not run int8 products themselves: the reference decoder, a model the native passes cannot
 run, and large batches on a CPU without AVX-512 VNNI (``janus_fast.translator``). With VNNI the
-native passes quantize activations per row instead (``janus_fast.native_decoder``).
+native passes quantize activations per row instead (``janus_fast.native.decoder``).
 
 Every ``nn.Linear`` of a copy of the model (attention projections, feed-forward, length head) and
 the tied output projection run through PyTorch's dynamic int8 kernels (fbgemm / x86 backend):
@@ -23,8 +23,8 @@ import warnings
 import torch
 from torch import nn
 
-from janus_fast.cpu_features import has_avx512_vnni
 from janus_fast.model import JanusModel
+from janus_fast.native.cpu_features import has_avx512_vnni
 
 PRECISIONS = ("fp32", "bf16", "int8")
 

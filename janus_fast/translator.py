@@ -11,7 +11,9 @@ import torch
 from janus_fast.arguments import check_device, check_int
 from janus_fast.checkpoint import CheckpointError, load_pretrained, load_tokenizer
 from janus_fast.data import pad_sequences
-from janus_fast.decoding import (
+from janus_fast.decoding.search import Hypotheses
+from janus_fast.decoding.speculative import SpeculativeOptions
+from janus_fast.generate import (
     check_ar_rescore,
     check_compat,
     check_decoding_options,
@@ -23,10 +25,8 @@ from janus_fast.decoding import (
     resolve_speculative,
 )
 from janus_fast.model import JanusModel
-from janus_fast.native_decoder import int8_computes_in_int8, unsupported_reason
+from janus_fast.native.decoder import int8_computes_in_int8, unsupported_reason
 from janus_fast.quantize import PRECISIONS, quantize_int8
-from janus_fast.search import Hypotheses
-from janus_fast.speculative import SpeculativeOptions
 from janus_fast.tokenizer import Tokenizer
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "multi30k-de-en")
@@ -70,9 +70,9 @@ class Translator:
         max_batch_tokens: padded source tokens per decoder batch (sentences are sorted by length).
         on_long_input: "truncate" (warn and keep the first ``max_source_positions`` pieces) or
             "error" (raise ValueError) for inputs longer than the model accepts.
-        decoder: "engine" (fast, ``janus_fast.engine``) or "reference" (``janus_fast.reference_decoding``).
+        decoder: "engine" (fast, ``janus_fast.decoding.engine``) or "reference" (``janus_fast.decoding.reference``).
         precision: "fp32" (default; engine == reference token for token), "bf16" or "int8": on the
-            CPU with the native decoder (``janus_fast.native_decoder``) the weights of the native
+            CPU with the native decoder (``janus_fast.native.decoder``) the weights of the native
             passes are stored in that type, and multiplied in it where the CPU has the instructions
             (AVX-512 BF16; AVX-512 VNNI for int8, activations quantized to uint8 per row); without
             VNNI, "int8" batches of ``INT8_COMPUTE_MIN_POSITIONS`` or more decoder positions, and int8
@@ -187,14 +187,14 @@ class Translator:
         ``iterations`` and ``length_beam``; mode "spec": speculative decoding (the NAR side drafts, the AR
         side verifies: AR greedy's output; ``speculative`` sets its options, ``generate``).
         ``iterations``, ``length_beam`` and ``beam`` left None take ``compat``'s defaults
-        (``janus_fast.decoding.resolve_compat_defaults``): 10, 3 and 1; with "fairseq",
+        (``janus_fast.generate.resolve_compat_defaults``): 10, 3 and 1; with "fairseq",
         fairseq-generate's 10, 1 and 5.
         Sentences are sorted by length and decoded in batches of at most
         ``max_batch_tokens`` padded source tokens (default: the translator's) and, if given, at
         most ``batch_size`` sentences. ``progress`` is called with the number of sentences done.
-        ``compat="fairseq"``: fairseq-generate's mask-predict (``janus_fast.decoding.generate``;
+        ``compat="fairseq"``: fairseq-generate's mask-predict (``janus_fast.generate.generate``;
         ``iterations`` is then its ``--iter-decode-max-iter``, ``force_max_iter`` its
-        ``--iter-decode-force-max-iter``). ``collapse_repeats``: as ``janus_fast.decoding.generate``
+        ``--iter-decode-force-max-iter``). ``collapse_repeats``: as ``janus_fast.generate.generate``
         (default: NAR outputs keep each run of a repeated token once). ``ar_rescore``: NAR picks
         each sentence's length candidate by the model's AR score of it (``generate``).
         ``length_bonus``: NAR ranks length candidates by score + this x length (default: the

@@ -79,7 +79,7 @@ def corpus_dir(tmp_path_factory) -> str:
 
 
 def tiny_train_config(corpus_dir: str, output_dir: str, **overrides):
-    from janus_fast.train import train_config
+    from janus_fast.training.train import train_config
 
     values = dict(
         output_dir=output_dir,
@@ -110,7 +110,7 @@ def tiny_train_config(corpus_dir: str, output_dir: str, **overrides):
 @pytest.fixture(scope="session")
 def trained_dir(corpus_dir, tmp_path_factory) -> str:
     """A tiny model trained for a few updates: a real checkpoint directory for CLI tests."""
-    from janus_fast.train import train
+    from janus_fast.training.train import train
 
     out = str(tmp_path_factory.mktemp("trained"))
     train(tiny_train_config(corpus_dir, out, max_updates=12, epochs=2, valid_bleu=True, valid_iterations=2))

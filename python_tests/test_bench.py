@@ -9,7 +9,7 @@ import pytest
 from test_cli import run_cli
 
 from janus_fast.benchmarks.ctranslate2_compare import ctranslate2_available
-from janus_fast.native_decoder import native_decoder_available
+from janus_fast.native.decoder import native_decoder_available
 
 
 @pytest.mark.slow

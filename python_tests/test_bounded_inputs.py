@@ -17,7 +17,7 @@ import torch
 
 from janus_fast import cli
 from janus_fast.checkpoint import CheckpointError
-from janus_fast.fairseq_checkpoint import load_fairseq_checkpoint
+from janus_fast.fairseq.checkpoint import load_fairseq_checkpoint
 
 FAIRSEQ_DATA = Path(__file__).resolve().parent / "data" / "fairseq"
 
@@ -92,7 +92,7 @@ def test_a_zip_bomb_is_refused_without_the_memory(tmp_path: Path) -> None:
     code = (
         "import resource, sys\n"
         "from janus_fast.checkpoint import CheckpointError\n"
-        "from janus_fast.fairseq_checkpoint import load_fairseq_checkpoint\n"
+        "from janus_fast.fairseq.checkpoint import load_fairseq_checkpoint\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n"
         "    load_fairseq_checkpoint(sys.argv[1])\n"

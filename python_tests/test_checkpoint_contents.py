@@ -27,8 +27,8 @@ from janus_fast.checkpoint import (
     save_pretrained,
     save_tokenizer,
 )
-from janus_fast.decoding import generate
-from janus_fast.native_decoder import NativeDecoder, native_decoder_available
+from janus_fast.generate import generate
+from janus_fast.native.decoder import NativeDecoder, native_decoder_available
 from janus_fast.tokenizer import Tokenizer
 from janus_fast.translator import Translator
 

@@ -149,7 +149,7 @@ def test_keep_repeats_option_reaches_the_decoder(trained_dir, corpus_dir, tmp_pa
 
     from janus_fast import cli, translator
     from janus_fast.checkpoint import load_tokenizer
-    from janus_fast.search import collapse_repeats
+    from janus_fast.decoding.search import collapse_repeats
 
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # cli.main replaces it
     seen: list[bool | None] = []
@@ -227,7 +227,7 @@ def test_train_choices_are_the_accepted_values(option, tmp_path, monkeypatch, ca
     import warnings
 
     from janus_fast import cli
-    from janus_fast.train import TrainConfig
+    from janus_fast.training.train import TrainConfig
 
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # cli.main replaces it
     listed = tuple(train_options()[option].metavar.strip("{}").split(","))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from janus_fast.decoding import generate
-from janus_fast.reference_decoding import ar_search, mask_predict
-from janus_fast.search import BeamRules, finished_beam_search
+from janus_fast.decoding.reference import ar_search, mask_predict
+from janus_fast.decoding.search import BeamRules, finished_beam_search
+from janus_fast.generate import generate
 
 
 def sources(vocab: int = 60):
@@ -56,9 +56,9 @@ def _exhaustive_best(table: torch.Tensor, rules: BeamRules, limit: int) -> tuple
 def test_caches_grow_past_their_first_room(model, decoder, beam):
     """A key/value cache starts with room for CACHE_START_POSITIONS steps and grows as the steps
     need: outputs longer than that equal the reference's without any cache."""
-    from janus_fast import engine
+    from janus_fast.decoding import engine
     from janus_fast.model import CACHE_START_POSITIONS
-    from janus_fast.native_decoder import native_decoder_available
+    from janus_fast.native.decoder import native_decoder_available
 
     if decoder == "engine" and beam > 1 and not native_decoder_available():
         pytest.skip(
@@ -81,7 +81,7 @@ def test_nar_decoding_on_the_cpu_needs_no_kernels_package(model, decoder, monkey
     import sys
 
     import janus_fast
-    from janus_fast.search import use_length_kernel
+    from janus_fast.decoding.search import use_length_kernel
 
     monkeypatch.delenv("JANUS_FAST_LENGTH_BACKEND", raising=False)
     monkeypatch.delattr(janus_fast, "kernels", raising=False)  # `from janus_fast import kernels` reads it first
@@ -268,7 +268,7 @@ def test_generate_and_translate_return_scores(model, trained_dir):
 
 
 def test_collapse_repeats_keeps_each_run_once():
-    from janus_fast.search import collapse_repeats
+    from janus_fast.decoding.search import collapse_repeats
 
     assert collapse_repeats([5, 5, 6, 5, 5, 5, 7]) == [5, 6, 5, 7]
     assert collapse_repeats([9]) == [9] and collapse_repeats([]) == []
@@ -280,7 +280,7 @@ def test_nar_collapses_repeated_neighbours_by_default(decoder):
     run collapsed, the scores are the candidates' either way; AR and fairseq semantics keep repeats."""
     from conftest import random_model
 
-    from janus_fast.search import collapse_repeats
+    from janus_fast.decoding.search import collapse_repeats
 
     model = random_model(3)
     src, lengths = sources()
@@ -312,7 +312,7 @@ def incremental_ar_score(model, src, src_length, row: list[int]) -> float:
 
 
 def test_ar_candidate_scores_equal_the_cached_ar_steps(model):
-    from janus_fast.search import ar_candidate_scores
+    from janus_fast.decoding.search import ar_candidate_scores
 
     src, src_lengths = sources()
     generator = torch.Generator().manual_seed(3)
@@ -333,8 +333,9 @@ def test_ar_rescore_picks_the_candidate_the_ar_side_scores_best(decoder, monkeyp
     by step, through the cached AR steps: the output is the best of them, with that score."""
     from conftest import random_model
 
-    from janus_fast import engine, reference_decoding
-    from janus_fast.search import best_length_candidates, strip_special
+    from janus_fast.decoding import engine
+    from janus_fast.decoding import reference as reference_decoding
+    from janus_fast.decoding.search import best_length_candidates, strip_special
 
     model = random_model(3)
     src, lengths = sources()
@@ -386,8 +387,9 @@ def test_length_bonus_ranks_candidates_by_score_plus_bonus_per_token(decoder, mo
     large negative one the shortest; the score returned stays the candidate's own mean."""
     from conftest import random_model
 
-    from janus_fast import engine, reference_decoding
-    from janus_fast.search import best_length_candidates, strip_special
+    from janus_fast.decoding import engine
+    from janus_fast.decoding import reference as reference_decoding
+    from janus_fast.decoding.search import best_length_candidates, strip_special
 
     model = random_model(3)
     src, lengths = sources()

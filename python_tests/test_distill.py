@@ -12,9 +12,9 @@ from test_cli import run_cli
 
 from janus_fast.checkpoint import CheckpointError, load_pretrained
 from janus_fast.data import InputError, read_lines
-from janus_fast.distill import PARTS_SUFFIX, distill
 from janus_fast.model import JanusModel
-from janus_fast.train import train, warm_start
+from janus_fast.training.distill import PARTS_SUFFIX, distill
+from janus_fast.training.train import train, warm_start
 from janus_fast.translator import Translator
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import random_model
 
-from janus_fast import engine
 from janus_fast.attention import MaskSpec
-from janus_fast.decoding import generate
-from janus_fast.packed import PackedRows, packed_decode
-from janus_fast.reference_decoding import ar_search, mask_predict
+from janus_fast.decoding import engine
+from janus_fast.decoding.packed import PackedRows, packed_decode
+from janus_fast.decoding.reference import ar_search, mask_predict
+from janus_fast.generate import generate
 
 
 def random_sources(seed: int, batch: int = 6, vocab: int = 60):
@@ -50,7 +50,7 @@ def test_engine_greedy_equals_reference(seed):
 def test_engine_beam_search_equals_reference(seed, beam):
     """The engine's beam search runs the reference's loop over the native steps, whose caches it
     reorders: same tokens, same scores, and the native path really ran."""
-    from janus_fast.native_decoder import NativeDecoder, native_decoder_available
+    from janus_fast.native.decoder import NativeDecoder, native_decoder_available
 
     if not native_decoder_available():
         pytest.skip("the native decoder is not built (the engine would run the reference itself)")
@@ -92,7 +92,7 @@ def test_finished_sentences_leave_the_batch(decoder, beam):
     """Sentences that are done stop being decoded (the steps get fewer rows) and every sentence's
     output is still the one it gets decoded alone."""
     from janus_fast.model import JanusModel
-    from janus_fast.native_decoder import NativeDecoder, native_decoder_available
+    from janus_fast.native.decoder import NativeDecoder, native_decoder_available
 
     if decoder == "engine" and not native_decoder_available():
         pytest.skip("the native decoder is not built")

@@ -19,16 +19,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from janus_fast import fairseq_decoding
 from janus_fast.checkpoint import CheckpointError, load_pretrained, load_tokenizer
 from janus_fast.cli import main as cli_main
 from janus_fast.data import pad_sequences
-from janus_fast.decoding import generate
-from janus_fast.fairseq_checkpoint import load_fairseq_checkpoint
-from janus_fast.fairseq_convert import convert_fairseq
-from janus_fast.fairseq_dictionary import FairseqTokenizer, read_dictionary
+from janus_fast.decoding import fairseq as fairseq_decoding
+from janus_fast.fairseq.checkpoint import load_fairseq_checkpoint
+from janus_fast.fairseq.convert import convert_fairseq
+from janus_fast.fairseq.dictionary import FairseqTokenizer, read_dictionary
+from janus_fast.generate import generate
 from janus_fast.model import JanusConfig, JanusModel
-from janus_fast.native_decoder import NativeDecoder, unsupported_reason
+from janus_fast.native.decoder import NativeDecoder, unsupported_reason
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "fairseq")
 GOLDEN = sorted(glob.glob(os.path.join(DATA, "generate_*.txt")))
@@ -210,7 +210,7 @@ def test_compat_defaults_are_each_tools_own() -> None:
     """Options left None take their compat's defaults: this project's (iterations 10, length beam 3,
     beam 1, unchanged) or fairseq-generate 0.12.2's (``--iter-decode-max-iter 10``,
     ``--iter-decode-with-beam 1``, ``--beam 5``, its ``GenerationConfig``); a value given wins."""
-    from janus_fast.decoding import resolve_compat_defaults
+    from janus_fast.generate import resolve_compat_defaults
 
     assert resolve_compat_defaults("janus", None, None, None) == (10, 3, 1)
     assert resolve_compat_defaults("fairseq", None, None, None) == (10, 1, 5)

@@ -1,4 +1,4 @@
-"""The build of janus_fast._C on first use (janus_fast/native.py) without compiling anything: the
+"""The build of janus_fast._C on first use (janus_fast/native/build.py) without compiling anything: the
 source globs, what is installed with the package, the cache key, and the errors that say what to
 run. The real first-use build runs in .ci/install_check.sh (a fresh venv, plain ``pip install``)."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from janus_fast import native
+from janus_fast.native import build as native
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CSRC = REPO_ROOT / "csrc"

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from conftest import random_model
 
-from janus_fast import engine
-from janus_fast.native_decoder import (
+from janus_fast.decoding import engine
+from janus_fast.decoding.reference import ar_search, mask_predict
+from janus_fast.native.decoder import (
     NativeDecoder,
     bf16_computes_in_bf16,
     cpu_isa,
@@ -27,7 +28,6 @@ from janus_fast.native_decoder import (
     pack_groups,
     pack_panels,
 )
-from janus_fast.reference_decoding import ar_search, mask_predict
 
 pytestmark = pytest.mark.skipif(not native_decoder_available(), reason="native extension not built")
 
@@ -448,7 +448,7 @@ ISA_SCRIPT = r"""
 import torch, sys
 sys.path.insert(0, sys.argv[1])
 from test_native_decoder import model_for, sources
-from janus_fast.native_decoder import NativeDecoder, cpu_isa
+from janus_fast.native.decoder import NativeDecoder, cpu_isa
 print(cpu_isa())
 model = model_for("medium", seed=5)
 src, lengths = sources(5, 3, model.config.vocab_size)

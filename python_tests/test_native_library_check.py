@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import janus_fast
-from janus_fast import native
+from janus_fast.native import build as native
 
 PACKAGE = Path(janus_fast.__file__).resolve().parent
 NO_COMPILER = "no-such-compiler++"

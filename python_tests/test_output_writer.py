@@ -243,7 +243,7 @@ def test_translate_cli_names_the_option_and_the_file(tmp_path):
 
 
 def test_distill_writes_gz_through_a_symlink_and_refuses_its_source(tmp_path):
-    from janus_fast.distill import PARTS_SUFFIX, distill
+    from janus_fast.training.distill import PARTS_SUFFIX, distill
 
     source = tmp_path / "src.de.gz"
     with gzip.open(source, "wt", encoding="utf-8") as handle:

@@ -6,9 +6,10 @@ import pytest
 import torch
 from conftest import random_model
 
-from janus_fast import engine, quantize
+from janus_fast import quantize
 from janus_fast.checkpoint import CheckpointError, save_pretrained
-from janus_fast.cpu_features import has_avx512_vnni
+from janus_fast.decoding import engine
+from janus_fast.native.cpu_features import has_avx512_vnni
 from janus_fast.quantize import FullRangeDynamicLinear, dynamic_linear_type, quantize_int8
 
 

@@ -17,8 +17,8 @@ from conftest import tiny_train_config
 
 from janus_fast.checkpoint import load_pretrained, load_tokenizer, read_config, save_pretrained
 from janus_fast.data import InputError, read_lines
-from janus_fast.distill import MANIFEST_NAME, PARTS_SUFFIX, distill, model_identity
-from janus_fast.train import check_resumable, drop_metrics_after, train, train_data_digests
+from janus_fast.training.distill import MANIFEST_NAME, PARTS_SUFFIX, distill, model_identity
+from janus_fast.training.train import check_resumable, drop_metrics_after, train, train_data_digests
 from janus_fast.translator import Translator
 
 

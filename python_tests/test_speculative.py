@@ -1,4 +1,4 @@
-"""Speculative decoding (janus_fast.speculative): the accept op against its reference, the native
+"""Speculative decoding (janus_fast.decoding.speculative): the accept op against its reference, the native
 verification pass against one AR step at a time, and the decoded output against AR greedy."""
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ import pytest
 import torch
 from conftest import MULTI30K, random_model
 
-from janus_fast import engine, ops, reference_decoding
-from janus_fast.decoding import generate
-from janus_fast.native_decoder import NativeDecoder, native_decoder_available
+from janus_fast import ops
+from janus_fast.decoding import engine
+from janus_fast.decoding import reference as reference_decoding
+from janus_fast.decoding.speculative import SpeculativeOptions, SpeculativeStats, speculative_greedy
+from janus_fast.generate import generate
+from janus_fast.native.decoder import NativeDecoder, native_decoder_available
 from janus_fast.ops import speculative_accept, speculative_accept_reference
-from janus_fast.speculative import SpeculativeOptions, SpeculativeStats, speculative_greedy
 
 needs_native_ops = pytest.mark.skipif(
     not ops.HAS_NATIVE_OPS, reason=f"janus_fast._C not built: {ops.NATIVE_IMPORT_ERROR}"

@@ -13,8 +13,8 @@ import torch
 from conftest import REPO_ROOT, random_model, tiny_train_config
 
 from janus_fast.data import read_lines
-from janus_fast.losses import LossWeights, compute_loss
-from janus_fast.train import train
+from janus_fast.training.losses import LossWeights, compute_loss
+from janus_fast.training.train import train
 
 
 def train_losses(output_dir: str) -> dict[int, float]:
@@ -144,7 +144,7 @@ def test_kill_during_checkpoint_swap_resumes_from_previous(corpus_dir, tmp_path)
 
 
 def test_symmetric_kl_against_direct_formula():
-    from janus_fast.losses import symmetric_kl
+    from janus_fast.training.losses import symmetric_kl
 
     generator = torch.Generator().manual_seed(0)
     log_p = torch.log_softmax(torch.randn(5, 11, generator=generator), -1)

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from janus_fast.attention import explicit_attention
-from janus_fast.losses import LossWeights, compute_loss
 from janus_fast.masks import dense_mask
 from janus_fast.model import Dropout
+from janus_fast.training.losses import LossWeights, compute_loss
 
 
 def loss_inputs(seed: int, dtype: torch.dtype, vocab: int = 50):

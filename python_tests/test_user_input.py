@@ -24,9 +24,9 @@ from janus_fast.checkpoint import (
     load_pretrained,
     save_pretrained,
 )
-from janus_fast.decoding import generate
-from janus_fast.search import length_candidates
-from janus_fast.train import TRAIN_STATE_NAME, train
+from janus_fast.decoding.search import length_candidates
+from janus_fast.generate import generate
+from janus_fast.training.train import TRAIN_STATE_NAME, train
 from janus_fast.translator import Translator
 
 SENTENCES = ["Ein Mann fährt Fahrrad.", "", "Zwei Hunde spielen im Schnee."]

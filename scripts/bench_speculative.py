@@ -18,11 +18,11 @@ import time
 import sacrebleu
 import torch
 
-from janus_fast import engine
-from janus_fast.cpu_features import cpu_description
 from janus_fast.data import corpus_path, read_parallel
-from janus_fast.native_decoder import cpu_isa
-from janus_fast.speculative import SpeculativeOptions, SpeculativeStats
+from janus_fast.decoding import engine
+from janus_fast.decoding.speculative import SpeculativeOptions, SpeculativeStats
+from janus_fast.native.cpu_features import cpu_description
+from janus_fast.native.decoder import cpu_isa
 from janus_fast.translator import Translator
 
 
@@ -66,6 +66,7 @@ def main() -> int:
         for name, options, spec in settings:
             if spec is not None and spec.relaxed_top_k:
                 options = {**options, "speculative": spec}
+
             def one_at_a_time(translator: Translator = translator, options: dict = options) -> None:
                 for source in batch1:
                     translator.translate([source], **options)
@@ -105,8 +106,10 @@ def main() -> int:
         return 0
     print(f"\nCPU: {report['cpu']}; native products: {report['native_isa']}; {report['threads']} thread(s); "
           f"{len(sources)} sentences, batch 1 = the first {len(batch1)}")  # fmt: skip
-    print("| precision | setting | batch 1 ms/sent | large batch ms/sent | BLEU | tokens per verify pass "
-          "| verify passes per sentence | same as AR greedy |")
+    print(
+        "| precision | setting | batch 1 ms/sent | large batch ms/sent | BLEU | tokens per verify pass "
+        "| verify passes per sentence | same as AR greedy |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for row in rows:
         spec = (

@@ -23,7 +23,7 @@
 // adds are fused into the output projections, the activation into the FFN, and the last layer runs its queries,
 // cross-attention and FFN only for the rows whose logits are wanted. Matrix products go through
 // core/small_gemm.h (float32 / bfloat16 / int8 weights, ISA chosen at run time); everything else
-// is float32. The weights come as one flat list prepared by janus_fast/native_decoder.py (its
+// is float32. The weights come as one flat list prepared by janus_fast/native/decoder.py (its
 // docstring gives the order); the reference is the PyTorch model, and the tests compare the two.
 #include <torch/extension.h>
 

@@ -2,7 +2,7 @@
 
 * ``torch.compile`` (Inductor, C++/OpenMP code generation, dynamic shapes) of the PyTorch passes
   (``JanusModel.ar_step``; ``packed_decode`` + the vocabulary projection of the masked positions);
-* the native passes (``janus_fast.native_decoder``: one C++ call per pass, fused small ops,
+* the native passes (``janus_fast.native.decoder``: one C++ call per pass, fused small ops,
   panel-packed few-row matrix products).
 
 Both against eager PyTorch, at batch 1 (one sentence, length beam 3 for NAR) and at a large batch,
@@ -19,10 +19,10 @@ import time
 import torch
 
 from janus_fast.benchmarks.timing import median_seconds
-from janus_fast.cpu_features import cpu_description
+from janus_fast.decoding.packed import PackedRows, packed_decode
 from janus_fast.model import JanusModel
-from janus_fast.native_decoder import NativeDecoder
-from janus_fast.packed import PackedRows, packed_decode
+from janus_fast.native.cpu_features import cpu_description
+from janus_fast.native.decoder import NativeDecoder
 from janus_fast.translator import Translator
 
 

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 import sacrebleu
 import torch
 
-from janus_fast import engine
 from janus_fast.benchmarks.ctranslate2_compare import INSTALL_HINT, ctranslate2_available, time_ctranslate2
 from janus_fast.benchmarks.ops import synchronizer
 from janus_fast.benchmarks.timing import median_seconds
-from janus_fast.cpu_features import cpu_description
 from janus_fast.data import InputError, corpus_path, read_parallel
+from janus_fast.decoding import engine
+from janus_fast.decoding.speculative import SpeculativeOptions, SpeculativeStats
 from janus_fast.model import JanusConfig
-from janus_fast.native_decoder import cpu_isa
-from janus_fast.speculative import SpeculativeOptions, SpeculativeStats
+from janus_fast.native.cpu_features import cpu_description
+from janus_fast.native.decoder import cpu_isa
 from janus_fast.translator import Translator
 
 NAR_ITERATIONS = (1, 2, 4, 10)
@@ -44,7 +44,7 @@ class Setting:
     length_beam: int = 3
     beam: int = 1
     precision: str = "fp32"  # "fp32" | "bf16" | "int8" (Translator precision)
-    compat: str = "janus"  # "janus" | "fairseq" (janus_fast.fairseq_decoding; iterations = max-iter)
+    compat: str = "janus"  # "janus" | "fairseq" (janus_fast.decoding.fairseq; iterations = max-iter)
     ar_rescore: bool = False  # NAR: length candidate picked by the model's AR score (one more pass)
     relaxed_top_k: int = 0  # spec: relaxed verification (0: exact, AR greedy's output)
     relaxed_margin: float = 1.0

@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile
 from janus_fast.checkpoint import load_tokenizer
 from janus_fast.data import ParallelDataset, corpus_path, read_parallel
 from janus_fast.model import JanusConfig, JanusModel
-from janus_fast.train import TrainConfig, batch_loss, use_bf16
+from janus_fast.training.train import TrainConfig, batch_loss, use_bf16
 from janus_fast.translator import DEFAULT_MODEL_DIR
 
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from janus_fast.benchmarks.timing import median_seconds
-from janus_fast.cpu_features import cpu_description
 from janus_fast.model import JanusConfig, JanusModel
-from janus_fast.native_decoder import NativeDecoder, cpu_isa
+from janus_fast.native.cpu_features import cpu_description
+from janus_fast.native.decoder import NativeDecoder, cpu_isa
 
 # (name, d_model, heads, ffn, layers each side); vocabulary 8,000 as the shipped model
 SHAPES = (
@@ -108,12 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"CPU: {report['cpu']}; native products: {report['native_isa']}; {args.precision}, {args.threads} thread(s)")
     print(f"projection: {args.target_length} tokens, {args.rounds} rounds of {args.verified} verified drafted tokens")
-    print("| shape | AR step ms | verify pass ms | draft pass ms | encoder ms | AR greedy ms/sent "
-          "| speculative ms/sent | speculative / greedy |")
+    print(
+        "| shape | AR step ms | verify pass ms | draft pass ms | encoder ms | AR greedy ms/sent "
+        "| speculative ms/sent | speculative / greedy |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['shape']} | {row['step_ms']:.3f} | {row['verify_ms']:.3f} | {row['draft_ms']:.3f} "
-              f"| {row['encode_ms']:.3f} | {row['greedy_ms']:.2f} | {row['speculative_ms']:.2f} | {row['ratio']:.2f} |")
+        print(
+            f"| {row['shape']} | {row['step_ms']:.3f} | {row['verify_ms']:.3f} | {row['draft_ms']:.3f} "
+            f"| {row['encode_ms']:.3f} | {row['greedy_ms']:.2f} | {row['speculative_ms']:.2f} | {row['ratio']:.2f} |"
+        )
     return 0
 
 

@@ -33,15 +33,15 @@ __all__ = [
 
 
 def _load_native() -> tuple[bool, str | None]:
-    """Import janus_fast._C, checked first (``janus_fast.native.import_native``): (whether the op is
+    """Import janus_fast._C, checked first (``janus_fast.native.loader.import_native``): (whether the op is
     registered, why not). A damaged library is not loaded: one line on stderr says which and what to run."""
     import sys
 
-    from janus_fast import native
+    from janus_fast.native import loader
 
     try:
-        native.import_native()  # registers torch.ops.janus_fast.*; may build it first
-    except native.DamagedLibraryError as error:
+        loader.import_native()  # registers torch.ops.janus_fast.*; may build it first
+    except loader.DamagedLibraryError as error:
         print(f"janus_fast: warning: {error}; the PyTorch reference ops are used", file=sys.stderr, flush=True)
         return False, str(error)
     except ImportError as error:

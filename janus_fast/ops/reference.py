@@ -113,9 +113,7 @@ def speculative_accept_reference(
             raise ValueError(f"speculative_accept: draft count {count} outside [0, {width}]")
         out: list[int] = []
         for i in range(count + 1):
-            drafted = i < count and (
-                row_draft[i] == row_verified[i] or (relaxed is not None and bool(relaxed[r, i]))
-            )
+            drafted = i < count and (row_draft[i] == row_verified[i] or (relaxed is not None and bool(relaxed[r, i])))
             out.append(row_draft[i] if drafted else row_verified[i])
             if not drafted or out[-1] == eos_id:
                 break

@@ -85,7 +85,7 @@ class FairseqTokenizer:
 
     def save(self, directory: str) -> None:
         """Write ``dict.txt`` (counts are not kept: written as 0) and the BPE file to ``directory``."""
-        from janus_fast.checkpoint import atomic_write
+        from janus_fast.output import atomic_write
 
         lines = "".join(f"{symbol} 0\n" for symbol in self.symbols[4:])
         atomic_write(os.path.join(directory, DICT_NAME), lines.encode("utf-8"))

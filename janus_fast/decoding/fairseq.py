@@ -1,9 +1,9 @@
 """Mask-predict as ``fairseq-generate`` runs it (``--task translation_lev``, a CMLM model), for
-converted fairseq checkpoints (``janus_fast.fairseq_convert``): same tokens, same scores.
+converted fairseq checkpoints (``janus_fast.fairseq.convert``): same tokens, same scores.
 
 Written from a reading of fairseq 0.12.2 (``IterativeRefinementGenerator`` and
 ``CMLMNATransformerModel``) and checked against its outputs (``python_tests/test_fairseq.py``).
-What it does differently from the project's own mask-predict (``janus_fast.reference_decoding``),
+What it does differently from the project's own mask-predict (``janus_fast.decoding.reference``),
 all on purpose (see ``docs/fairseq.md``):
 
 * ``max_iter`` = fairseq's ``--iter-decode-max-iter``: ``max_iter + 1`` decoder passes;
@@ -28,10 +28,10 @@ width, as fairseq); a hypothesis' score is its summed log-probability over the t
 ``</s>``, divided by their number.
 
 Each pass runs the decoder over the real positions only and projects only the masked ones to
-the vocabulary: on the CPU as one native call (``janus_fast.native_decoder``; with float32
+the vocabulary: on the CPU as one native call (``janus_fast.native.decoder``; with float32
 weights, the same tokens), elsewhere through the PyTorch model. ``decoder_weights`` ("fp32",
 "bf16", "int8") is the type the native passes store their weights in (the decode precision, as
-``janus_fast.engine``); anything but fp32 needs the native passes (a ValueError where they cannot
+``janus_fast.decoding.engine``); anything but fp32 needs the native passes (a ValueError where they cannot
 run) and changes scores slightly.
 
 Shapes: B sentences, l length beam, N = B * l rows (a sentence's candidates adjacent), W width.
@@ -45,11 +45,11 @@ import torch
 import torch.nn.functional as F
 
 from janus_fast.attention import MaskSpec
-from janus_fast.engine import native_decoder
+from janus_fast.decoding.engine import native_decoder
+from janus_fast.decoding.packed import PackedRows
+from janus_fast.decoding.search import FAIRSEQ_MAX_LEN, BeamRows, BeamRules, finished_beam_search
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
-from janus_fast.native_decoder import WEIGHT_TYPES, NativeDecoder
-from janus_fast.packed import PackedRows
-from janus_fast.search import FAIRSEQ_MAX_LEN, BeamRows, BeamRules, finished_beam_search
+from janus_fast.native.decoder import WEIGHT_TYPES, NativeDecoder
 
 __all__ = ["FairseqHypothesis", "ar_beam_search", "mask_predict", "length_beam_lengths", "remask_counts"]
 

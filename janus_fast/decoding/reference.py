@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from janus_fast.model import EncoderOutput, JanusModel
-from janus_fast.ops import mask_predict_step
-from janus_fast.search import (
+from janus_fast.decoding.search import (
     JANUS_MAX_LEN,
     BeamRows,
     Hypotheses,
@@ -20,6 +18,8 @@ from janus_fast.search import (
     max_ar_lengths,
     start_mask_predict,
 )
+from janus_fast.model import EncoderOutput, JanusModel
+from janus_fast.ops import mask_predict_step
 
 
 @torch.inference_mode()

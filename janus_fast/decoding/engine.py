@@ -1,7 +1,7 @@
 """The fast decode engine: the reference decoders' outputs with less work.
 
 * NAR: the encoder and its cross-attention keys/values run once; each mask-predict iteration runs
-  the decoder over the real positions only, packed without padding (``janus_fast.packed``), and
+  the decoder over the real positions only, packed without padding (``janus_fast.decoding.packed``), and
   projects to the vocabulary ONLY the positions that are masked in that iteration (on average
   (T + 1) / 2T of them). The native CPU pass also does the fill (argmax and its log-probability,
   no (M, V) logits kept) and ``mask_predict_step`` then only re-masks; the PyTorch pass writes the
@@ -11,11 +11,11 @@
   logits), no beam bookkeeping, stop as soon as every sentence has its eos. AR beam search is the
   reference's loop (``search.beam_search``) over the native steps.
 * On the CPU each decoder pass (a mask-predict iteration, an AR step) is ONE native call
-  (``janus_fast.native_decoder``) when the extension is built and the model is a plain JanusModel;
+  (``janus_fast.native.decoder``) when the extension is built and the model is a plain JanusModel;
   elsewhere the same passes run as PyTorch ops. ``decoder_weights`` ("fp32", "bf16", "int8") sets
   how the native passes store their weights; fp32 gives the reference's tokens.
 
-Outputs equal the reference decoders' (``janus_fast.reference_decoding``), token for token; the tests
+Outputs equal the reference decoders' (``janus_fast.decoding.reference``), token for token; the tests
 check it.
 """
 
@@ -24,12 +24,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from janus_fast.model import JanusModel
-from janus_fast.native_decoder import NativeDecoder, unsupported_reason
-from janus_fast.ops import mask_predict_step
-from janus_fast.packed import PackedRows, packed_decode
-from janus_fast.reference_decoding import ar_search as reference_ar_search
-from janus_fast.search import (
+from janus_fast.decoding.packed import PackedRows, packed_decode
+from janus_fast.decoding.reference import ar_search as reference_ar_search
+from janus_fast.decoding.search import (
     JANUS_MAX_LEN,
     BeamRows,
     Hypotheses,
@@ -40,7 +37,10 @@ from janus_fast.search import (
     start_mask_predict,
     strip_special,
 )
-from janus_fast.speculative import SpeculativeOptions, SpeculativeStats, speculative_greedy
+from janus_fast.decoding.speculative import SpeculativeOptions, SpeculativeStats, speculative_greedy
+from janus_fast.model import JanusModel
+from janus_fast.native.decoder import NativeDecoder, unsupported_reason
+from janus_fast.ops import mask_predict_step
 
 
 def native_decoder(model: JanusModel, decoder_weights: str) -> NativeDecoder | None:
@@ -64,7 +64,7 @@ def mask_predict(
     ar_rescore: bool = False,
     length_bonus: float = 0.0,
 ) -> Hypotheses:
-    """Mask-predict as ``janus_fast.reference_decoding.mask_predict``, projecting only masked positions.
+    """Mask-predict as ``janus_fast.decoding.reference.mask_predict``, projecting only masked positions.
     ``ar_rescore``: the AR scores of the finished candidates come from one teacher-forced pass of
     both streams (native where the passes are, else ``search.ar_candidate_scores``).
     ``length_bonus``: added per target token to each candidate's ranking (``best_length_candidates``).
@@ -260,7 +260,7 @@ def speculative(
     options: SpeculativeOptions | None = None,
     stats: SpeculativeStats | None = None,
 ) -> Hypotheses:
-    """Speculative decoding (``janus_fast.speculative``) on the native passes where they run, else
+    """Speculative decoding (``janus_fast.decoding.speculative``) on the native passes where they run, else
     the PyTorch ones: with exact verification the tokens and scores of ``greedy`` at the same
     ``decoder_weights``. ``stats``, when given, counts rounds and accepted tokens.
 

@@ -42,9 +42,9 @@ from janus_fast.checkpoint import (
     save_pretrained,
 )
 from janus_fast.data import Batch, InputError, ParallelDataset, corpus_path, mask_targets, read_parallel
-from janus_fast.losses import LossWeights, compute_loss
 from janus_fast.model import JanusConfig, JanusModel
 from janus_fast.tokenizer import Tokenizer
+from janus_fast.training.losses import LossWeights, compute_loss
 
 TRAIN_STATE_NAME = "train_state.pt"
 

@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import importlib.machinery
-import importlib.util
 import json
 import os
 import platform
@@ -119,8 +117,8 @@ def want_cuda(torch, has_cuda_sources: bool) -> bool:  # noqa: ANN001  (torch is
 
 def source_dir() -> Path | None:
     """The C++ sources: installed with the package, else those of the source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "_csrc", here.parent / "csrc"):
+    package = Path(__file__).resolve().parent.parent  # janus_fast/
+    for candidate in (package / "_csrc", package.parent / "csrc"):
         if (candidate / "mask_predict.cpp").is_file():
             return candidate
     return None
@@ -391,36 +389,6 @@ def _cache_problem(build_dir: Path, library: Path) -> str | None:
     return library_problem(library, record_required=True)
 
 
-def installed_module() -> Path | None:
-    """The compiled module ``janus_fast._C`` installed with the package (built at install time), or None."""
-    spec = importlib.util.find_spec("janus_fast._C")
-    if spec is not None and isinstance(spec.loader, importlib.machinery.ExtensionFileLoader) and spec.origin:
-        return Path(spec.origin)
-    return None
-
-
-def import_native() -> Path:
-    """Import ``janus_fast._C`` (registers ``torch.ops.janus_fast.*``) after checking the library it loads;
-    returns that library's path.
-
-    The compiled module installed with the package is checked (:func:`library_problem`) and, when it
-    fails, not loaded: :class:`DamagedLibraryError`, one line naming it and what to run. Without one,
-    ``janus_fast/_C.py`` builds (or checks) the first-use library. Raises an ``ImportError``.
-    """
-    module = installed_module()
-    if module is not None:
-        problem = library_problem(module)
-        if problem is not None:
-            raise DamagedLibraryError(
-                f"janus_fast._C: {module} (compiled at install time) {problem}: not loaded. Reinstall janus_fast "
-                "from its source checkout (`pip install --no-build-isolation --force-reinstall --no-deps <checkout>`), "
-                f"or delete that file and run `{_retry_command()}` to build it on first use"
-            )
-    import janus_fast._C
-
-    return module if module is not None else Path(janus_fast._C.LIBRARY)
-
-
 def build_and_load(retry_failed: bool = False) -> Path:
     """Build the library if the cache has none for this torch and these sources, then load it.
 
@@ -442,8 +410,8 @@ def build_and_load(retry_failed: bool = False) -> Path:
     csrc = source_dir()
     if csrc is None:
         raise NativeBuildError(
-            f"janus_fast._C: its C++ sources are not installed next to {Path(__file__).parent}; reinstall "
-            "the package from its source checkout: `pip install --force-reinstall --no-deps <checkout>`"
+            f"janus_fast._C: its C++ sources are not installed next to {Path(__file__).resolve().parent.parent}; "
+            "reinstall the package from its source checkout: `pip install --force-reinstall --no-deps <checkout>`"
         )
     with_cuda = want_cuda(torch, bool(cuda_sources(csrc)))
     build_dir = cache_root() / build_key(torch, csrc, with_cuda)
@@ -522,24 +490,3 @@ def _build(torch, csrc: Path, build_dir: Path, with_cuda: bool, retry_failed: bo
     write_record(build_dir / f"{LIBRARY_NAME}.so")  # before the "built" marker: a built library has a record
     (build_dir / "built").write_text(f"torch {torch.__version__}, {kind}, built in {seconds:.1f} s\n")
     _say(f"janus_fast._C built in {seconds:.0f} s")
-
-
-def main() -> int:
-    """Build janus_fast._C now if needed (retrying a remembered failure) and say which library is used;
-    a library that fails its check is built again (first use) or named in a one-line error (install time)."""
-    try:
-        if installed_module() is not None:
-            where = f"{import_native()} (built at install time)"
-        else:
-            where = f"{build_and_load(retry_failed=True)} (built on first use)"
-    except ImportError as error:
-        print(error, file=sys.stderr)
-        return 1
-    import torch
-
-    print(f"janus_fast._C: {where}; torch {torch.__version__}; op janus_fast::mask_predict_step registered")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -38,8 +38,8 @@ from typing import Any
 import torch
 
 from janus_fast.checkpoint import CheckpointError, save_pretrained
-from janus_fast.fairseq_checkpoint import fairseq_arguments, load_fairseq_checkpoint
-from janus_fast.fairseq_dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, FairseqTokenizer
+from janus_fast.fairseq.checkpoint import fairseq_arguments, load_fairseq_checkpoint
+from janus_fast.fairseq.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, FairseqTokenizer
 from janus_fast.model import ACTIVATIONS, JanusConfig, JanusModel
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "config_from_arguments", "convert_state_dict", "convert_fairseq"]

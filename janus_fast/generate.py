@@ -1,7 +1,7 @@
-"""``generate``: one entry point on tensors, dispatching to the fast engine (``janus_fast.engine``)
-or the reference decoders (``janus_fast.reference_decoding``), with the checks of its arguments;
+"""``generate``: one entry point on tensors, dispatching to the fast engine (``janus_fast.decoding.engine``)
+or the reference decoders (``janus_fast.decoding.reference``), with the checks of its arguments;
 ``compat="fairseq"`` runs fairseq-generate's mask-predict or AR beam search instead
-(``janus_fast.fairseq_decoding``).
+(``janus_fast.decoding.fairseq``).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import math
 
 import torch
 
-from janus_fast import engine, fairseq_decoding, reference_decoding
 from janus_fast.arguments import check_int
+from janus_fast.decoding import engine, fairseq, reference
+from janus_fast.decoding.search import FAIRSEQ_MAX_LEN, JANUS_MAX_LEN, Hypotheses
+from janus_fast.decoding.search import collapse_repeats as collapse_repeated_tokens
+from janus_fast.decoding.speculative import SpeculativeOptions
 from janus_fast.model import JanusModel
-from janus_fast.search import FAIRSEQ_MAX_LEN, JANUS_MAX_LEN, Hypotheses
-from janus_fast.search import collapse_repeats as collapse_repeated_tokens
-from janus_fast.speculative import SpeculativeOptions
 
 MAX_BEAM = 128  # AR beam sizes above this can only be a mistake (rows = sentences x beam)
 COMPAT_MODES = ("janus", "fairseq")
@@ -197,16 +197,16 @@ def generate(
 
     src_tokens (B, S) int64 right-padded, src_lengths (B,) int64 >= 1; mode "nar" (mask-predict,
     ``iterations`` x ``length_beam``), "ar" (``beam`` 1 = greedy) or "spec" (speculative: the NAR
-    side drafts, the AR side verifies, ``janus_fast.speculative``; AR greedy's tokens and scores at
+    side drafts, the AR side verifies, ``janus_fast.decoding.speculative``; AR greedy's tokens and scores at
     the same precision, in fewer sequential passes; ``speculative`` sets its options, and its
     relaxed verification trades that exactness for speed). decoder "engine" (the fast
-    path, ``janus_fast.engine``) or "reference" (``janus_fast.reference_decoding``); both give the
+    path, ``janus_fast.decoding.engine``) or "reference" (``janus_fast.decoding.reference``); both give the
     same outputs. With compat "fairseq", "engine" runs the native CPU passes where they can run.
     ``decoder_weights`` ("fp32", "bf16", "int8"): the engine's native CPU passes store their weights
-    in that type (``janus_fast.native_decoder``); anything but fp32 changes outputs slightly.
+    in that type (``janus_fast.native.decoder``); anything but fp32 changes outputs slightly.
 
     compat "janus" (default: this project's semantics) or "fairseq": fairseq-generate's
-    mask-predict (``janus_fast.fairseq_decoding``; ``iterations`` is its ``--iter-decode-max-iter``,
+    mask-predict (``janus_fast.decoding.fairseq``; ``iterations`` is its ``--iter-decode-max-iter``,
     so iterations + 1 passes; ``force_max_iter`` its ``--iter-decode-force-max-iter``) or, for
     mode "ar", its beam search (``--beam``); the tokens then keep ``<unk>`` and the score is
     fairseq's (natural log).
@@ -262,7 +262,7 @@ def generate(
     if len(src_lengths) == 0:
         hypotheses = Hypotheses([], [])
     elif compat == "fairseq" and mode == "ar":
-        found = fairseq_decoding.ar_beam_search(
+        found = fairseq.ar_beam_search(
             model, src_tokens, src_lengths, beam, max_len_a, max_len_b, decoder == "engine", decoder_weights
         )
         hypotheses = _fairseq_hypotheses(model, found)
@@ -282,7 +282,7 @@ def generate(
             model, src_tokens, src_lengths, max_len_a, max_len_b, decoder_weights, spec_options
         )
     elif mode == "spec":  # exact speculative decoding gives AR greedy's output: its reference is AR greedy
-        hypotheses = reference_decoding.ar_search(model, src_tokens, src_lengths, 1, max_len_a, max_len_b)
+        hypotheses = reference.ar_search(model, src_tokens, src_lengths, 1, max_len_a, max_len_b)
     elif decoder == "engine":
         if mode == "nar":
             hypotheses = engine.mask_predict(
@@ -291,11 +291,9 @@ def generate(
         else:
             hypotheses = engine.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b, decoder_weights)
     elif mode == "nar":
-        hypotheses = reference_decoding.mask_predict(
-            model, src_tokens, src_lengths, iterations, length_beam, ar_rescore, bonus
-        )
+        hypotheses = reference.mask_predict(model, src_tokens, src_lengths, iterations, length_beam, ar_rescore, bonus)
     else:
-        hypotheses = reference_decoding.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b)
+        hypotheses = reference.ar_search(model, src_tokens, src_lengths, beam, max_len_a, max_len_b)
     if collapse:
         hypotheses = Hypotheses([collapse_repeated_tokens(tokens) for tokens in hypotheses.tokens], hypotheses.scores)
     return hypotheses if return_scores else hypotheses.tokens
@@ -313,13 +311,11 @@ def _fairseq_generate(
 ) -> Hypotheses:
     """fairseq-generate's hypotheses as ``Hypotheses``: tokens without bos/eos/pad, fairseq's score;
     ``decoder_weights`` the native passes' weight type."""
-    found = fairseq_decoding.mask_predict(
-        model, src_tokens, src_lengths, max_iter, length_beam, force, native, decoder_weights
-    )
+    found = fairseq.mask_predict(model, src_tokens, src_lengths, max_iter, length_beam, force, native, decoder_weights)
     return _fairseq_hypotheses(model, found)
 
 
-def _fairseq_hypotheses(model: JanusModel, found: list[fairseq_decoding.FairseqHypothesis]) -> Hypotheses:
+def _fairseq_hypotheses(model: JanusModel, found: list[fairseq.FairseqHypothesis]) -> Hypotheses:
     """fairseq's hypotheses as ``Hypotheses``: tokens without bos/eos/pad (``<unk>`` kept), its score."""
     drop = {model.config.bos_id, model.config.eos_id, model.config.pad_id}
     return Hypotheses([[t for t in h.tokens if t not in drop] for h in found], [h.score for h in found])

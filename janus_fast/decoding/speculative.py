@@ -32,10 +32,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from janus_fast.decoding.search import Hypotheses, length_candidates, max_ar_lengths, strip_special
 from janus_fast.model import EncoderOutput, JanusModel
-from janus_fast.native_decoder import NativeDecoder
+from janus_fast.native.decoder import NativeDecoder
 from janus_fast.ops import speculative_accept
-from janus_fast.search import Hypotheses, length_candidates, max_ar_lengths, strip_special
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from janus_fast.cpu_features import has_avx512_vnni
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
+from janus_fast.native.cpu_features import has_avx512_vnni
 from janus_fast.ops import uses_native_ops
 
 WEIGHT_TYPES = ("fp32", "bf16", "int8")

@@ -2,8 +2,8 @@
 pick (optionally by the model's AR scores), AR length limits and the beam search loop, stripping
 of special tokens, and the hypotheses they return.
 
-``janus_fast.reference_decoding`` (the plain PyTorch decoders, the ground truth) and
-``janus_fast.engine`` (the fast ones) build on these; ``janus_fast.decoding.generate`` dispatches
+``janus_fast.decoding.reference`` (the plain PyTorch decoders, the ground truth) and
+``janus_fast.decoding.engine`` (the fast ones) build on these; ``janus_fast.generate.generate`` dispatches
 between them.
 """
 
