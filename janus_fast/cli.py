@@ -28,33 +28,52 @@ def _optional_type(hint: object) -> type:
 
 
 def _add_dataclass_options(
-    parser: argparse.ArgumentParser, instance: object, prefix: str = "", texts: dict | None = None
+    parser: argparse.ArgumentParser,
+    instance: object,
+    prefix: str = "",
+    texts: dict | None = None,
+    unset: bool = False,
 ) -> None:
     """One ``--option`` per dataclass field, typed from its annotation (``int | None``: int), its help
-    text and allowed values from the field's metadata ("help", "choices", "required"). A nested
-    dataclass's fields are options too, described by its field's metadata "fields" ({name: metadata}),
-    as the nested class may belong to another module. The values of "choices" are shown; the
-    dataclass itself refuses others, with its own message."""
+    text, allowed values and other spellings from the field's metadata ("help", "choices",
+    "required", "aliases", "negative_aliases": flags that set a boolean false). A bool field is a
+    ``--name / --no-name`` pair (``bool | None``: unset unless given). A nested dataclass's fields
+    are options too, under the field's metadata "title" as a group, or described by its metadata
+    "fields" ({name: metadata}) where the nested class belongs to another module; a field that is
+    None unless given (metadata "cli_dataclass": its class) has its class's options with ``unset``
+    defaults (None: ``_build_dataclass`` makes the nested object only from the options given). The
+    values of "choices" are shown; the dataclass itself refuses others, with its own message."""
     hints = typing.get_type_hints(type(instance))
     for item in dataclasses.fields(instance):
         if not item.metadata.get("cli", True):
             continue
         value = getattr(instance, item.name)
-        if dataclasses.is_dataclass(value):
+        nested_type = item.metadata.get("cli_dataclass")
+        if dataclasses.is_dataclass(value) or nested_type is not None:
             nested_prefix = item.metadata.get("cli_prefix", f"{item.name}_")
-            _add_dataclass_options(parser, value, nested_prefix, item.metadata.get("fields", {}))
+            title = item.metadata.get("title")
+            group = parser.add_argument_group(title) if title else parser
+            nested = value if nested_type is None else nested_type()
+            _add_dataclass_options(
+                group, nested, nested_prefix, item.metadata.get("fields", {}), nested_type is not None
+            )
             continue
         metadata = {**item.metadata, **(texts or {}).get(item.name, {})}
-        flag = "--" + (prefix + item.name).replace("_", "-")
+        flags = ["--" + (prefix + item.name).replace("_", "-"), *metadata.get("aliases", ())]
+        dest = prefix + item.name
         text = metadata.get("help", "")
-        if isinstance(value, bool):
-            action = parser.add_argument(
-                flag, dest=prefix + item.name, action=argparse.BooleanOptionalAction, default=value, help=text
-            )
-            if "%(default)" not in action.help:  # Python 3.10 adds the default itself
-                action.help = f"{text} (default: {'--' if value else '--no-'}{flag[2:]})".lstrip()
-            continue
         kind = type(value) if value is not None else _optional_type(hints[item.name])
+        if kind is bool:
+            action = parser.add_argument(
+                *flags, dest=dest, action=argparse.BooleanOptionalAction, default=value, help=text
+            )
+            if value is not None and "%(default)" not in action.help:  # Python 3.10 adds the default itself
+                action.help = f"{text} (default: {'--' if value else '--no-'}{flags[0][2:]})".lstrip()
+            for negative in metadata.get("negative_aliases", ()):
+                parser.add_argument(
+                    negative, dest=dest, action="store_const", const=False, help=f"= --no-{flags[0][2:]}"
+                )
+            continue
         choices = metadata.get("choices")
         options = {"metavar": "{" + ",".join(map(str, choices)) + "}"} if choices else {}
         if metadata.get("required"):
@@ -62,18 +81,27 @@ def _add_dataclass_options(
             text = f"{text} (required)"
         elif value is not None:
             text = f"{text} (default: {value})"
-        parser.add_argument(flag, dest=prefix + item.name, type=kind, default=value, help=text.lstrip(), **options)
+        parser.add_argument(
+            *flags, dest=dest, type=kind, default=None if unset else value, help=text.lstrip(), **options
+        )
 
 
 def _build_dataclass(cls: type, args: argparse.Namespace, prefix: str = ""):  # noqa: ANN202
+    """The dataclass ``cls`` from the options ``_add_dataclass_options`` added."""
     values = {}
     for item in dataclasses.fields(cls):
         if not item.metadata.get("cli", True):
             continue
         default = item.default_factory() if item.default_factory is not dataclasses.MISSING else None
+        nested_prefix = item.metadata.get("cli_prefix", f"{item.name}_")
         if dataclasses.is_dataclass(default):
-            nested_prefix = item.metadata.get("cli_prefix", f"{item.name}_")
             values[item.name] = _build_dataclass(type(default), args, prefix=nested_prefix)
+        elif "cli_dataclass" in item.metadata:  # None unless one of its options was given
+            nested_type = item.metadata["cli_dataclass"]
+            names = [nested.name for nested in dataclasses.fields(nested_type)]
+            given = {name: getattr(args, nested_prefix + name) for name in names}
+            given = {name: value for name, value in given.items() if value is not None}
+            values[item.name] = nested_type(**given) if given else None
         else:
             values[item.name] = getattr(args, prefix + item.name)
     return cls(**values)
@@ -91,108 +119,14 @@ def positive_int(text: str) -> int:
 
 
 def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
+    """The decoding flags (one per ``DecodeOptions`` field) and the batch and input options."""
+    from janus_fast.decoding.options import DecodeOptions
+
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
-    parser.add_argument(
-        "--mode",
-        choices=("ar", "nar", "spec"),
-        default="ar",
-        help="autoregressive (default; with --beam 1, greedy: on the CPU both faster and better than mask-predict "
-        "on the shipped model), nar (mask-predict) or spec (speculative: NAR drafts, AR verifies, AR greedy's output)",
-    )
-    parser.add_argument(
-        "--iterations",
-        "--iter-decode-max-iter",
-        type=int,
-        default=None,
-        help="mask-predict iterations (NAR; default 10); with --compat fairseq, fairseq's --iter-decode-max-iter "
-        "(iterations + 1 passes; default 10, as fairseq-generate's)",
-    )
-    parser.add_argument(
-        "--length-beam",
-        "--iter-decode-with-beam",
-        type=int,
-        default=None,
-        help="length candidates (NAR; default 3); with --compat fairseq, fairseq's --iter-decode-with-beam "
-        "(default 1, as fairseq-generate's)",
-    )
-    parser.add_argument(
-        "--beam",
-        type=int,
-        default=None,
-        help="beam size (AR; 1 = greedy; default 1, distill 4); with --compat fairseq, fairseq's --beam (default 5, "
-        "as fairseq-generate's; distill 4)",
-    )
+    _add_dataclass_options(parser, DecodeOptions())
     parser.add_argument("--max-batch-tokens", type=positive_int, default=4096, help="padded source tokens per batch")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="at most this many sentences per batch")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--decoder",
-        choices=("engine", "reference"),
-        default="engine",
-        help="the fast engine or the plain PyTorch reference decoder (same outputs)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "int8"),
-        default="fp32",
-        help="weights of the CPU engine's native passes: fp32 (same output as the reference), bf16 (bf16 "
-        "dot products where the CPU has AVX-512 BF16) or int8 (faster; outputs may differ slightly)",
-    )
-    parser.add_argument(
-        "--compat",
-        choices=("janus", "fairseq"),
-        default="janus",
-        help="decoding semantics: this project's (default) or fairseq-generate's mask-predict / AR beam search "
-        "(docs/fairseq.md); with fairseq, --iterations is fairseq's --iter-decode-max-iter (iterations + 1 passes) "
-        "and --iterations, --length-beam and --beam left unset take fairseq-generate's defaults (10, 1, 5)",
-    )
-    parser.add_argument(
-        "--force-max-iter",
-        "--iter-decode-force-max-iter",
-        action="store_true",
-        help="with --compat fairseq: run every pass (fairseq's --iter-decode-force-max-iter; default: adaptive stop)",
-    )
-    parser.add_argument(
-        "--keep-repeats",
-        action="store_true",
-        help="NAR: keep runs of a repeated token (default: each run is kept once, the usual NAR post-processing)",
-    )
-    parser.add_argument(
-        "--ar-rescore",
-        action="store_true",
-        help="NAR: pick each sentence's length candidate by the same model's AR score of it (one more "
-        "decoder pass; on the shipped model +0.2 to +0.5 test BLEU with its length bonus)",
-    )
-    parser.add_argument(
-        "--length-bonus",
-        type=float,
-        default=None,
-        help="NAR: rank the length candidates by score + this x length (default: the model's own; "
-        "the shipped model's was tuned on validation)",
-    )
-    spec = parser.add_argument_group("speculative decoding (--mode spec)")
-    spec.add_argument(
-        "--draft-iterations", type=positive_int, default=None, help="mask-predict iterations per draft (default: 1)"
-    )
-    spec.add_argument(
-        "--min-draft", type=positive_int, default=None, help="positions a draft covers at least (default: 4)"
-    )
-    spec.add_argument(
-        "--max-verify", type=positive_int, default=None, help="drafted tokens verified per round at most (default: 8)"
-    )
-    spec.add_argument(
-        "--relaxed-top-k",
-        type=int,
-        default=None,
-        help="also keep a drafted token among AR's top k within --relaxed-margin of its best (default 0: exact, "
-        "AR greedy's output)",
-    )
-    spec.add_argument(
-        "--relaxed-margin",
-        type=float,
-        default=None,
-        help="log-probability margin of relaxed verification (default: 1.0)",
-    )
     parser.add_argument(
         "--on-long-input",
         choices=("truncate", "error"),
@@ -214,38 +148,11 @@ def _translator(args: argparse.Namespace):  # noqa: ANN202
     )
 
 
-def _decode_kwargs(args: argparse.Namespace) -> dict:
-    """The decoding options of ``args`` for ``Translator.translate``; --iterations, --length-beam
-    and --beam left unset take --compat's defaults (``decoding.resolve_compat_defaults``)."""
-    from janus_fast.generate import resolve_compat_defaults
+def _decode_options(args: argparse.Namespace):  # noqa: ANN202
+    """The ``DecodeOptions`` of the decoding flags (those left unset resolve per --compat)."""
+    from janus_fast.decoding.options import DecodeOptions
 
-    iterations, length_beam, beam = resolve_compat_defaults(args.compat, args.iterations, args.length_beam, args.beam)
-    return {
-        "mode": args.mode,
-        "iterations": iterations,
-        "length_beam": length_beam,
-        "beam": beam,
-        "batch_size": args.batch_size,
-        "compat": args.compat,
-        "force_max_iter": args.force_max_iter,
-        "collapse_repeats": False if args.keep_repeats else None,
-        "ar_rescore": args.ar_rescore,
-        "length_bonus": args.length_bonus,
-        "speculative": _speculative_options(args),
-    }
-
-
-SPECULATIVE_FLAGS = ("draft_iterations", "min_draft", "max_verify", "relaxed_top_k", "relaxed_margin")
-
-
-def _speculative_options(args: argparse.Namespace):  # noqa: ANN202
-    """SpeculativeOptions from the flags given (None when none is: the defaults of mode spec)."""
-    given = {name: getattr(args, name) for name in SPECULATIVE_FLAGS if getattr(args, name, None) is not None}
-    if not given:
-        return None
-    from janus_fast.decoding.speculative import SpeculativeOptions
-
-    return SpeculativeOptions(**given)
+    return _build_dataclass(DecodeOptions, args)
 
 
 def command_train(args: argparse.Namespace) -> int:
@@ -337,13 +244,15 @@ def command_translate(args: argparse.Namespace) -> int:
     translator = _translator(args)
     if args.token_ids:
         sources = [parse_token_ids(line, number) for number, line in enumerate(lines, 1)]
-        found = translator.translate_ids(sources, **_decode_kwargs(args))
+        found = translator.translate_ids(sources, options=_decode_options(args), batch_size=args.batch_size)
         outputs = [" ".join(map(str, ids)) for ids in found.tokens]
     else:
         from tqdm import tqdm
 
         with tqdm(total=len(lines), disable=not args.progress, file=sys.stderr, unit="sent") as bar:
-            outputs = translator.translate(lines, progress=bar.update, **_decode_kwargs(args))
+            outputs = translator.translate(
+                lines, options=_decode_options(args), progress=bar.update, batch_size=args.batch_size
+            )
     text = "".join(line.replace("\n", " ") + "\n" for line in outputs)
     if args.output == "-":
         write_standard_output(text, "the translations")
@@ -394,7 +303,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
         raise InputError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
     translator = _translator(args)
     start = time.perf_counter()
-    hypotheses = translator.translate(sources, **_decode_kwargs(args))
+    options = translator.resolve_options(_decode_options(args))
+    hypotheses = translator.translate(sources, options=options, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     bleu = sacrebleu.metrics.BLEU()
     chrf = sacrebleu.metrics.CHRF()
@@ -408,7 +318,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "sentences": len(sources),
         "seconds": round(seconds, 3),
         "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 2),
-        **_decode_kwargs(args),
+        **dataclasses.asdict(options),
     }
     if args.output is not None:
         data = "".join(h + "\n" for h in hypotheses).encode("utf-8")
@@ -441,7 +351,8 @@ def command_distill(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size,
             progress=bar.update,
             model_dir=args.model or DEFAULT_MODEL_DIR,
-            **_decode_kwargs(args),
+            options=_decode_options(args),
+            batch_size=args.batch_size,
         )
     print(f"wrote {count} lines to {args.output}", file=sys.stderr)
     return 0

@@ -18,14 +18,19 @@ __all__ = [
     "class_lengths",
     "length_classes",
     "candidates_from_logits",
+    "centred_candidates_from_logits",
     "length_candidates_reference",
 ]
 
 
-def mean_pool(states: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """states (B, S, d), lengths (B,) int64 -> (B, d): the mean over the first lengths[b] positions."""
-    real = torch.arange(states.shape[1], device=states.device)[None, :] < lengths[:, None]
-    pooled = (states * real[..., None].to(states.dtype)).sum(1)
+def mean_pool(states: torch.Tensor, lengths: torch.Tensor, divide_first: bool = False) -> torch.Tensor:
+    """states (B, S, d), lengths (B,) int64 -> (B, d): the mean over the first lengths[b] positions;
+    ``divide_first`` divides each state by the length before the sum (fairseq's order of
+    operations, for its rounding)."""
+    real = (torch.arange(states.shape[1], device=states.device)[None, :] < lengths[:, None]).to(states.dtype)
+    if divide_first:
+        return ((states / real.sum(1)[:, None, None]) * real[..., None]).sum(1)
+    pooled = (states * real[..., None]).sum(1)
     return pooled / lengths.clamp(min=1)[:, None].to(states.dtype)
 
 
@@ -53,6 +58,17 @@ def candidates_from_logits(
     # stable descending sort: equal log-probs keep the smaller class first
     order = torch.sort(log_probs, dim=-1, descending=True, stable=True).indices[:, :beam]
     return lengths.gather(1, order), log_probs.gather(1, order)
+
+
+def centred_candidates_from_logits(
+    logits: torch.Tensor, src_lengths: torch.Tensor, beam: int, *, offset: bool = False, min_length: int = 2
+) -> torch.Tensor:
+    """fairseq's length beam: the argmax class's length (>= ``min_length``) plus the offsets
+    ``arange(beam) - beam // 2``, each clamped to >= ``min_length`` again: (B, beam) int64."""
+    predicted = F.log_softmax(logits.float(), dim=-1).max(-1, keepdim=True).indices  # fairseq's argmax
+    best = class_lengths(logits.shape[-1], src_lengths, offset).gather(1, predicted)
+    offsets = torch.arange(beam, device=best.device) - beam // 2
+    return (best.clamp(min=min_length) + offsets[None, :]).clamp(min=min_length)
 
 
 def length_candidates_reference(

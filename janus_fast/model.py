@@ -47,7 +47,7 @@ class JanusConfig:
     num_length_classes: int = 256
     length_offset: bool = False  # predict tgt_len - src_len + num_length_classes // 2
     # a decoding default kept with the model: NAR ranks its length candidates by score + this x
-    # length (``search.best_length_candidates``); tuned on validation (``export --length-bonus``)
+    # length (``candidates.best_length_candidates``); tuned on validation (``export --length-bonus``)
     length_bonus: float = field(default=0.0, metadata={"cli": False})
     # architecture variants (defaults: this project's models; converted fairseq models set them)
     normalize_before: bool = field(default=True, metadata={"cli": False})  # pre-norm (False: post-norm)
@@ -506,6 +506,22 @@ class JanusModel(nn.Module):
         x = self.embed_target(tokens, positions)
         hidden = self.decode(x, tokens.shape[1], MaskSpec.padding(lengths), encoder_out)
         return self.output_logits(hidden)
+
+    def ar_scores(self, tokens: torch.Tensor, lengths: torch.Tensor, encoder_out: EncoderOutput) -> torch.Tensor:
+        """The model's AR verdict on whole rows: per row, the mean P_AR log-probability of its
+        tokens after bos (eos included), teacher-forced in one pass (``ar_hidden``). Picking a NAR
+        length candidate by it instead of by its NAR score is "AR rescoring".
+
+        tokens (N, T) int64 ``<bos> y <eos>`` right-padded (no mask), lengths (N,) int64 >= 2,
+        encoder_out per row -> (N,) float32.
+        """
+        positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
+        inside = positions < lengths[:, None]
+        rows = torch.where(inside, tokens, self.config.pad_id)
+        log_probs = F.log_softmax(self.output_logits(self.ar_hidden(rows, lengths, encoder_out)).float(), dim=-1)
+        predicted = log_probs.gather(2, rows[:, 1:, None]).squeeze(2)  # (N, T-1): tokens[1:] given their prefix
+        real = inside[:, 1:]
+        return (predicted * real).sum(1) / real.sum(1).clamp(min=1)
 
     def ar_hidden(
         self, tgt_tokens: torch.Tensor, tgt_lengths: torch.Tensor, encoder_out: EncoderOutput

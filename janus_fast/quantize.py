@@ -26,8 +26,6 @@ from torch import nn
 from janus_fast.model import JanusModel
 from janus_fast.native.cpu_features import has_avx512_vnni
 
-PRECISIONS = ("fp32", "bf16", "int8")
-
 
 class FullRangeDynamicLinear(torch.ao.nn.quantized.dynamic.Linear):
     """PyTorch's dynamic int8 linear with activations quantized over the full uint8 range (only

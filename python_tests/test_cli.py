@@ -95,7 +95,10 @@ def test_evaluate_json_reports_bleu_chrf_and_speed(trained_dir, corpus_dir, tmp_
     # one word each, without 4-grams, so their BLEU is 0 against any reference)
 
     class Perfect:
-        def translate(self, lines: list[str], **options) -> list[str]:  # noqa: ANN003
+        def resolve_options(self, options, **changes):  # noqa: ANN001, ANN003, ANN202
+            return options.replace(**changes)
+
+        def translate(self, lines: list[str], *options, **changes) -> list[str]:  # noqa: ANN002, ANN003
             assert lines == Path(sources).read_text(encoding="utf-8").splitlines()
             return reference_lines
 
@@ -142,24 +145,24 @@ def test_batch_size_and_max_batch_tokens_do_not_change_outputs(trained_dir, corp
 
 
 def test_keep_repeats_option_reaches_the_decoder(trained_dir, corpus_dir, tmp_path, monkeypatch, capsys):
-    """--keep-repeats arrives as ``generate``'s collapse_repeats=False (the call that decodes) and
+    """--keep-repeats arrives as ``decode_batch``'s collapse_repeats=False (the call that decodes) and
     changes the output: the tiny model's NAR outputs repeat tokens, which are kept, and collapsing
     each run gives the default output."""
     import warnings
 
     from janus_fast import cli, translator
     from janus_fast.checkpoint import load_tokenizer
-    from janus_fast.decoding.search import collapse_repeats
+    from janus_fast.decoding.hypotheses import collapse_repeats
 
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # cli.main replaces it
     seen: list[bool | None] = []
-    generate = translator.generate
+    decode_batch = translator.decode_batch
 
-    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        seen.append(kwargs["collapse_repeats"])
-        return generate(*args, **kwargs)
+    def spy(model, src, lengths, options, *args):  # noqa: ANN001, ANN002, ANN202
+        seen.append(options.collapse_repeats)
+        return decode_batch(model, src, lengths, options, *args)
 
-    monkeypatch.setattr(translator, "generate", spy)
+    monkeypatch.setattr(translator, "decode_batch", spy)
     tokenizer = load_tokenizer(trained_dir)
     sources = Path(corpus_dir, "val.de").read_text(encoding="utf-8").splitlines()[:6]
     (tmp_path / "source.ids").write_text("".join(" ".join(map(str, tokenizer.encode(s))) + "\n" for s in sources))
@@ -243,11 +246,11 @@ def test_train_choices_are_the_accepted_values(option, tmp_path, monkeypatch, ca
 
 
 def test_ar_rescore_option_reaches_the_translator(trained_dir):
-    from janus_fast.cli import _decode_kwargs, build_parser
+    from janus_fast.cli import _decode_options, build_parser
 
     parser = build_parser()
-    assert _decode_kwargs(parser.parse_args(["translate"]))["ar_rescore"] is False
-    assert _decode_kwargs(parser.parse_args(["translate", "--ar-rescore"]))["ar_rescore"] is True
+    assert _decode_options(parser.parse_args(["translate"])).ar_rescore is False
+    assert _decode_options(parser.parse_args(["translate", "--ar-rescore"])).ar_rescore is True
     args = ("--mode", "nar", "--ar-rescore", "--iterations", "2")
     result = run_cli("translate", "--model", trained_dir, *args, stdin=b"Ein Mann.\n")
     assert result.returncode == 0 and len(result.stdout.decode().splitlines()) == 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from janus_fast.decoding.beam import BeamRules, finished_beam_search
 from janus_fast.decoding.reference import ar_search, mask_predict
-from janus_fast.decoding.search import BeamRules, finished_beam_search
 from janus_fast.generate import generate
 
 
@@ -81,7 +81,7 @@ def test_nar_decoding_on_the_cpu_needs_no_kernels_package(model, decoder, monkey
     import sys
 
     import janus_fast
-    from janus_fast.decoding.search import use_length_kernel
+    from janus_fast.decoding.candidates import use_length_kernel
 
     monkeypatch.delenv("JANUS_FAST_LENGTH_BACKEND", raising=False)
     monkeypatch.delattr(janus_fast, "kernels", raising=False)  # `from janus_fast import kernels` reads it first
@@ -268,7 +268,7 @@ def test_generate_and_translate_return_scores(model, trained_dir):
 
 
 def test_collapse_repeats_keeps_each_run_once():
-    from janus_fast.decoding.search import collapse_repeats
+    from janus_fast.decoding.hypotheses import collapse_repeats
 
     assert collapse_repeats([5, 5, 6, 5, 5, 5, 7]) == [5, 6, 5, 7]
     assert collapse_repeats([9]) == [9] and collapse_repeats([]) == []
@@ -280,12 +280,14 @@ def test_nar_collapses_repeated_neighbours_by_default(decoder):
     run collapsed, the scores are the candidates' either way; AR and fairseq semantics keep repeats."""
     from conftest import random_model
 
-    from janus_fast.decoding.search import collapse_repeats
+    from janus_fast.decoding.hypotheses import collapse_repeats
 
     model = random_model(3)
     src, lengths = sources()
-    kept = generate(model, src, lengths, iterations=3, decoder=decoder, collapse_repeats=False, return_scores=True)
-    default = generate(model, src, lengths, iterations=3, decoder=decoder, return_scores=True)
+    kept = generate(
+        model, src, lengths, mode="nar", iterations=3, decoder=decoder, collapse_repeats=False, return_scores=True
+    )
+    default = generate(model, src, lengths, mode="nar", iterations=3, decoder=decoder, return_scores=True)
     assert any(collapse_repeats(tokens) != tokens for tokens in kept.tokens)  # the case is exercised
     assert default.tokens == [collapse_repeats(tokens) for tokens in kept.tokens]
     assert default.scores == kept.scores
@@ -295,12 +297,12 @@ def test_nar_collapses_repeated_neighbours_by_default(decoder):
     with pytest.raises(ValueError, match="collapse_repeats applies"):
         generate(model, src, lengths, mode="ar", collapse_repeats=True)
     with pytest.raises(TypeError, match="collapse_repeats"):
-        generate(model, src, lengths, collapse_repeats="yes")
+        generate(model, src, lengths, mode="nar", collapse_repeats="yes")
 
 
 def incremental_ar_score(model, src, src_length, row: list[int]) -> float:
     """Mean P_AR log-probability of row[1:] (``<bos> y <eos>``) given its prefix, step by step through
-    the model's cached AR steps: the independent check of ``search.ar_candidate_scores``."""
+    the model's cached AR steps: the independent check of ``JanusModel.ar_scores``."""
     encoder_out = model.encode(src[None, :src_length], torch.tensor([src_length]))
     caches = model.new_caches(1, len(row), encoder_out.states)
     total = 0.0
@@ -312,8 +314,6 @@ def incremental_ar_score(model, src, src_length, row: list[int]) -> float:
 
 
 def test_ar_candidate_scores_equal_the_cached_ar_steps(model):
-    from janus_fast.decoding.search import ar_candidate_scores
-
     src, src_lengths = sources()
     generator = torch.Generator().manual_seed(3)
     lengths = torch.tensor([7, 3, 5, 2])
@@ -321,7 +321,7 @@ def test_ar_candidate_scores_equal_the_cached_ar_steps(model):
     tokens[:, 0] = model.config.bos_id
     tokens[torch.arange(4), lengths - 1] = model.config.eos_id
     with torch.no_grad():
-        scores = ar_candidate_scores(model, tokens, lengths, model.encode(src, src_lengths))
+        scores = model.ar_scores(tokens, lengths, model.encode(src, src_lengths))
     for row in range(4):
         expected = incremental_ar_score(model, src[row], int(src_lengths[row]), tokens[row, : lengths[row]].tolist())
         assert float(scores[row]) == pytest.approx(expected, abs=1e-4)
@@ -333,9 +333,10 @@ def test_ar_rescore_picks_the_candidate_the_ar_side_scores_best(decoder, monkeyp
     by step, through the cached AR steps: the output is the best of them, with that score."""
     from conftest import random_model
 
-    from janus_fast.decoding import engine
+    from janus_fast.decoding import mask_predict
     from janus_fast.decoding import reference as reference_decoding
-    from janus_fast.decoding.search import best_length_candidates, strip_special
+    from janus_fast.decoding.candidates import best_length_candidates
+    from janus_fast.decoding.hypotheses import strip_special
 
     model = random_model(3)
     src, lengths = sources()
@@ -345,8 +346,10 @@ def test_ar_rescore_picks_the_candidate_the_ar_side_scores_best(decoder, monkeyp
         seen.append((tokens.clone(), row_lengths.clone(), beam))
         return best_length_candidates(model_, tokens, scores, row_lengths, beam, ranking, length_bonus)
 
-    monkeypatch.setattr(engine if decoder == "engine" else reference_decoding, "best_length_candidates", observing)
-    options = {"iterations": 3, "length_beam": 3, "collapse_repeats": False, "return_scores": True}
+    monkeypatch.setattr(
+        mask_predict if decoder == "engine" else reference_decoding, "best_length_candidates", observing
+    )
+    options = {"mode": "nar", "iterations": 3, "length_beam": 3, "collapse_repeats": False, "return_scores": True}
     rescored = generate(model, src, lengths, decoder=decoder, ar_rescore=True, **options)
     plain = generate(model, src, lengths, decoder=decoder, **options)
     (tokens, row_lengths, beam), _ = seen
@@ -367,7 +370,7 @@ def test_ar_rescore_engine_equals_reference_and_checks_its_use():
 
     model = random_model(3)
     src, lengths = sources()
-    options = {"iterations": 4, "ar_rescore": True, "return_scores": True}
+    options = {"mode": "nar", "iterations": 4, "ar_rescore": True, "return_scores": True}
     fast = generate(model, src, lengths, decoder="engine", **options)
     reference = generate(model, src, lengths, decoder="reference", **options)
     assert fast.tokens == reference.tokens
@@ -375,9 +378,9 @@ def test_ar_rescore_engine_equals_reference_and_checks_its_use():
     with pytest.raises(ValueError, match="ar_rescore applies"):
         generate(model, src, lengths, mode="ar", ar_rescore=True)
     with pytest.raises(ValueError, match="ar_rescore applies"):
-        generate(model, src, lengths, compat="fairseq", iterations=2, ar_rescore=True)
+        generate(model, src, lengths, mode="nar", compat="fairseq", iterations=2, ar_rescore=True)
     with pytest.raises(TypeError, match="ar_rescore"):
-        generate(model, src, lengths, ar_rescore="yes")
+        generate(model, src, lengths, mode="nar", ar_rescore="yes")
 
 
 @pytest.mark.parametrize("decoder", ["engine", "reference"])
@@ -387,9 +390,10 @@ def test_length_bonus_ranks_candidates_by_score_plus_bonus_per_token(decoder, mo
     large negative one the shortest; the score returned stays the candidate's own mean."""
     from conftest import random_model
 
-    from janus_fast.decoding import engine
+    from janus_fast.decoding import mask_predict
     from janus_fast.decoding import reference as reference_decoding
-    from janus_fast.decoding.search import best_length_candidates, strip_special
+    from janus_fast.decoding.candidates import best_length_candidates
+    from janus_fast.decoding.hypotheses import strip_special
 
     model = random_model(3)
     src, lengths = sources()
@@ -399,8 +403,10 @@ def test_length_bonus_ranks_candidates_by_score_plus_bonus_per_token(decoder, mo
         seen.append((tokens.clone(), scores.clone(), row_lengths.clone(), beam))
         return best_length_candidates(model_, tokens, scores, row_lengths, beam, ranking, length_bonus)
 
-    monkeypatch.setattr(engine if decoder == "engine" else reference_decoding, "best_length_candidates", observing)
-    options = {"iterations": 3, "length_beam": 3, "collapse_repeats": False, "return_scores": True}
+    monkeypatch.setattr(
+        mask_predict if decoder == "engine" else reference_decoding, "best_length_candidates", observing
+    )
+    options = {"mode": "nar", "iterations": 3, "length_beam": 3, "collapse_repeats": False, "return_scores": True}
     config = model.config
     specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
     outputs = {}
@@ -429,7 +435,7 @@ def test_length_bonus_defaults_to_the_models_own_and_checks_its_use():
 
     model = random_model(3)
     src, lengths = sources()
-    options = {"iterations": 3, "return_scores": True}
+    options = {"mode": "nar", "iterations": 3, "return_scores": True}
     explicit = generate(model, src, lengths, length_bonus=100.0, **options)
     plain = generate(model, src, lengths, **options)
     assert explicit.tokens != plain.tokens
@@ -442,10 +448,10 @@ def test_length_bonus_defaults_to_the_models_own_and_checks_its_use():
     with pytest.raises(ValueError, match="length_bonus applies"):
         generate(model, src, lengths, mode="ar", length_bonus=0.5)
     with pytest.raises(ValueError, match="length_bonus applies"):
-        generate(model, src, lengths, compat="fairseq", iterations=2, length_bonus=0.5)
+        generate(model, src, lengths, mode="nar", compat="fairseq", iterations=2, length_bonus=0.5)
     with pytest.raises(ValueError, match="finite"):
-        generate(model, src, lengths, length_bonus=float("inf"))
+        generate(model, src, lengths, mode="nar", length_bonus=float("inf"))
     with pytest.raises(TypeError, match="length_bonus"):
-        generate(model, src, lengths, length_bonus=True)
+        generate(model, src, lengths, mode="nar", length_bonus=True)
     with pytest.raises(ValueError, match="finite"):
         dataclasses.replace(model.config, length_bonus=float("nan"))

@@ -9,6 +9,7 @@ hypothesis) and P- (positional scores) lines for several ``--iter-decode-max-ite
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import math
 import os
@@ -99,6 +100,7 @@ def test_tokens_and_scores_match_fairseq_generate(path: str, native: bool, conve
         model,
         src,
         lengths,
+        mode="nar",
         iterations=int(iterations),
         length_beam=int(beam),
         compat="fairseq",
@@ -210,7 +212,14 @@ def test_compat_defaults_are_each_tools_own() -> None:
     """Options left None take their compat's defaults: this project's (iterations 10, length beam 3,
     beam 1, unchanged) or fairseq-generate 0.12.2's (``--iter-decode-max-iter 10``,
     ``--iter-decode-with-beam 1``, ``--beam 5``, its ``GenerationConfig``); a value given wins."""
-    from janus_fast.generate import resolve_compat_defaults
+    from janus_fast.decoding.options import DecodeOptions
+    from janus_fast.model import JanusConfig
+
+    def resolve_compat_defaults(compat, iterations, length_beam, beam):
+        mode = "ar" if compat == "fairseq" and iterations is None and beam is not None else "nar"
+        options = DecodeOptions(mode=mode, compat=compat, iterations=iterations, length_beam=length_beam, beam=beam)
+        resolved = options.resolve(JanusConfig(vocab_size=32))
+        return resolved.iterations, resolved.length_beam, resolved.beam
 
     assert resolve_compat_defaults("janus", None, None, None) == (10, 3, 1)
     assert resolve_compat_defaults("fairseq", None, None, None) == (10, 1, 5)
@@ -300,7 +309,11 @@ def test_cli_fairseq_flag_names_are_aliases() -> None:
     ``--iter-decode-force-max-iter`` parse as ``--iterations``, ``--length-beam`` and
     ``--force-max-iter`` (translate, evaluate, distill); unset options resolve per compat, set ones
     stay as given."""
-    from janus_fast.cli import _decode_kwargs, build_parser
+    from janus_fast.cli import _decode_options, build_parser
+    from janus_fast.model import JanusConfig
+
+    def _decode_kwargs(args):  # noqa: ANN001, ANN202
+        return dataclasses.asdict(_decode_options(args).resolve(JanusConfig(vocab_size=32)))
 
     parser = build_parser()
     extra = {"translate": [], "evaluate": ["--src", "s", "--ref", "r"], "distill": ["--src", "s", "--output", "o"]}
@@ -455,8 +468,8 @@ def test_post_norm_models_decode_the_same_with_either_decoder() -> None:
     )
     model = JanusModel(config).eval()
     src, lengths = pad_sequences([[5, 6, 7, 8], [9, 10]], config.pad_id)
-    engine = generate(model, src, lengths, iterations=3, decoder="engine", return_scores=True)
-    reference = generate(model, src, lengths, iterations=3, decoder="reference", return_scores=True)
+    engine = generate(model, src, lengths, mode="nar", iterations=3, decoder="engine", return_scores=True)
+    reference = generate(model, src, lengths, mode="nar", iterations=3, decoder="reference", return_scores=True)
     assert engine.tokens == reference.tokens
     assert engine.scores == pytest.approx(reference.scores, abs=1e-5)  # the engine's vector log-sum-exp
 
@@ -788,7 +801,7 @@ def max_difference(first: list[float], second: list[float]) -> float:
 def test_fairseq_mask_predict_decodes_at_the_decode_precision(
     name: str, weights: str, converted: dict[str, str]
 ) -> None:
-    """``generate(compat="fairseq", decoder_weights=w)`` runs fairseq's mask-predict on the native
+    """``generate(compat="fairseq", precision=w)`` runs fairseq's mask-predict on the native
     passes with ``w`` weights (issue 30: it ran fp32 weights whatever the precision): one pass gives
     exactly what the native decoder's own calls with those weights give, scores that differ from
     fp32's; several passes the same as ``fairseq_decoding.mask_predict`` at that precision."""
@@ -796,17 +809,17 @@ def test_fairseq_mask_predict_decodes_at_the_decode_precision(
     if unsupported_reason(model) is not None:
         pytest.skip(unsupported_reason(model))
     src, lengths = source_batch(tokenizer, 20)
-    options = dict(compat="fairseq", return_scores=True)
-    found = generate(model, src, lengths, iterations=0, length_beam=1, decoder_weights=weights, **options)
+    options = dict(mode="nar", compat="fairseq", return_scores=True)
+    found = generate(model, src, lengths, iterations=0, length_beam=1, precision=weights, **options)
     fp32 = generate(model, src, lengths, iterations=0, length_beam=1, **options)
     tokens, scores = native_first_pass(model, src, lengths, weights)
     assert found.tokens == without_specials(model, tokens)
     assert found.scores == pytest.approx(scores, abs=1e-6)
     assert max_difference(found.scores, fp32.scores) > 1e-4  # the precision shows in the scores
 
-    several = generate(model, src, lengths, iterations=4, length_beam=3, decoder_weights=weights, **options)
+    several = generate(model, src, lengths, iterations=4, length_beam=3, precision=weights, **options)
     fp32 = generate(model, src, lengths, iterations=4, length_beam=3, **options)
-    direct = fairseq_decoding.mask_predict(model, src, lengths, 4, 3, decoder_weights=weights)
+    direct = fairseq_decoding.mask_predict(model, src, lengths, 4, 3, precision=weights)
     assert several.scores == pytest.approx([hypothesis.score for hypothesis in direct], abs=1e-6)
     assert max_difference(several.scores, fp32.scores) > 1e-4
 
@@ -816,7 +829,7 @@ def test_fairseq_mask_predict_decodes_at_the_decode_precision(
 def test_fairseq_ar_search_decodes_at_the_decode_precision(
     name: str, beam: int, weights: str, converted: dict[str, str]
 ) -> None:
-    """``generate(compat="fairseq", mode="ar", decoder_weights=w)`` runs fairseq's beam search on
+    """``generate(compat="fairseq", mode="ar", precision=w)`` runs fairseq's beam search on
     native steps with ``w`` weights: each hypothesis' score is its teacher-forced score through the
     native step with those weights, and the scores differ from fp32's."""
     model, tokenizer = load_pretrained(converted[name]), load_tokenizer(converted[name])
@@ -824,7 +837,7 @@ def test_fairseq_ar_search_decodes_at_the_decode_precision(
         pytest.skip(unsupported_reason(model))
     src, lengths = (source_batch if name == "janus" else transformer_sources)(tokenizer, 20)
     options = dict(mode="ar", beam=beam, compat="fairseq", return_scores=True)
-    found = generate(model, src, lengths, decoder_weights=weights, **options)
+    found = generate(model, src, lengths, precision=weights, **options)
     fp32 = generate(model, src, lengths, **options)
     assert found.scores == pytest.approx(
         native_teacher_forced_scores(model, src, lengths, found.tokens, weights), abs=1e-5
@@ -839,7 +852,7 @@ def test_translator_precision_reaches_fairseq_decoding(weights: str, converted: 
     from janus_fast.translator import Translator
 
     translator = Translator.from_pretrained(converted["trained"], precision=weights)
-    if translator.decoder_weights != weights:
+    if not translator.choice.passes().native:
         pytest.skip(f"precision {weights!r} runs PyTorch's int8 layers here, not the native decoder")
     tokenizer = translator.tokenizer
     with open(os.path.join(DATA, "test.de"), encoding="utf-8") as handle:
@@ -852,22 +865,27 @@ def test_translator_precision_reaches_fairseq_decoding(weights: str, converted: 
 
 
 def test_fairseq_decoding_refuses_a_precision_it_cannot_run(converted: dict[str, str]) -> None:
-    """bf16 / int8 weights need the native decoder: where it cannot run (here a float64 model, or
-    the PyTorch passes asked for), fairseq decoding raises instead of decoding with fp32 weights."""
+    """bf16 needs the native decoder and int8 float32 weights: where they cannot run (here a float64
+    model, or for bf16 the PyTorch passes asked for), fairseq decoding raises instead of decoding
+    with fp32 weights; int8 on the PyTorch passes runs PyTorch's dynamic int8 layers (its scores
+    are not fp32's)."""
     model, tokenizer = load_pretrained(converted["janus"]), load_tokenizer(converted["janus"])
     src, lengths = source_batch(tokenizer, 2)
     wide = load_pretrained(converted["janus"]).double()
     for weights in ("bf16", "int8"):
-        with pytest.raises(ValueError, match="needs the native decoder"):
-            generate(wide, src, lengths, compat="fairseq", decoder_weights=weights)
-        with pytest.raises(ValueError, match="needs the native decoder"):
-            generate(wide, src, lengths, mode="ar", compat="fairseq", decoder_weights=weights)
-        with pytest.raises(ValueError, match="needs the native decoder"):
-            fairseq_decoding.mask_predict(model, src, lengths, native=False, decoder_weights=weights)
-        with pytest.raises(ValueError, match="needs the native decoder"):
-            fairseq_decoding.ar_beam_search(model, src, lengths, native=False, decoder_weights=weights)
-    with pytest.raises(ValueError, match="decoder_weights"):
-        fairseq_decoding.mask_predict(model, src, lengths, decoder_weights="fp16")
+        with pytest.raises(ValueError, match="needs"):
+            generate(wide, src, lengths, mode="nar", compat="fairseq", precision=weights)
+        with pytest.raises(ValueError, match="needs"):
+            generate(wide, src, lengths, mode="ar", compat="fairseq", precision=weights)
+    with pytest.raises(ValueError, match="needs the engine's native CPU decoder"):
+        fairseq_decoding.mask_predict(model, src, lengths, native=False, precision="bf16")
+    with pytest.raises(ValueError, match="needs the engine's native CPU decoder"):
+        fairseq_decoding.ar_beam_search(model, src, lengths, native=False, precision="bf16")
+    int8 = fairseq_decoding.mask_predict(model, src, lengths, native=False, precision="int8")
+    fp32 = fairseq_decoding.mask_predict(model, src, lengths, native=False)
+    assert max(abs(a.score - b.score) for a, b in zip(int8, fp32)) > 1e-4
+    with pytest.raises(ValueError, match="precision"):
+        fairseq_decoding.mask_predict(model, src, lengths, precision="fp16")
 
 
 @pytest.mark.parametrize("decoder", ["engine", "reference"])

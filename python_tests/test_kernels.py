@@ -170,7 +170,7 @@ def test_decoders_length_candidates_kernel_equals_torch_branch(monkeypatch, d_mo
     the shipped model's width too (the branch the decoders take on CUDA)."""
     from conftest import random_model
 
-    from janus_fast.decoding.search import length_candidates
+    from janus_fast.decoding.candidates import length_candidates
 
     model = random_model(d_model=d_model, num_heads=4, ffn_dim=64, length_offset=offset)
     src = torch.randint(5, 60, (4, 9))

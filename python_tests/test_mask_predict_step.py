@@ -422,3 +422,67 @@ def test_native_matches_reference_on_1000_fuzz_cases_with_nan_and_inf() -> None:
         expected = run(mask_predict_step_reference, logits, native[0], native[1], lengths, iteration,
                        num_iterations, mask_id)  # fmt: skip
         assert torch.equal(step[2], expected[2]) and torch.equal(step[0], expected[0]), case
+
+
+# ------------------------------------------------------------------ mask_predict_remask (step 2 alone)
+needs_remask = pytest.mark.skipif(
+    not (ops.HAS_NATIVE_OPS and hasattr(torch.ops.janus_fast, "mask_predict_remask")),
+    reason="janus_fast._C not built with mask_predict_remask",
+)
+
+
+@needs_remask
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=case_parameters, data=st.data())
+def test_native_remask_matches_its_reference(case: dict, data: st.DataObject) -> None:
+    """The native re-mask against ``mask_predict_remask_reference``: the same tokens and flags, the
+    scores untouched, over random rows with ties (quantised scores) and NaN scores."""
+    _, tokens, scores, lengths = make_case(**case, mask_id=0)
+    if data.draw(st.booleans()):
+        scores[torch.rand(scores.shape) < 0.1] = float("nan")
+    num_iterations = data.draw(st.integers(1, 6))
+    iteration = data.draw(st.integers(0, num_iterations - 1))
+    mask_id = data.draw(st.integers(0, 5))
+    got_tokens, want_tokens = tokens.clone(), tokens.clone()
+    got = torch.ops.janus_fast.mask_predict_remask(got_tokens, scores, lengths, iteration, num_iterations, mask_id)
+    want = ops.mask_predict_remask_reference(want_tokens, scores.clone(), lengths, iteration, num_iterations, mask_id)
+    assert torch.equal(got, want) and torch.equal(got_tokens, want_tokens)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=case_parameters, iteration=st.integers(0, 3))
+def test_step_is_its_fill_then_the_remask(case: dict, iteration: int) -> None:
+    """``mask_predict_step`` = its fill, then ``mask_predict_remask`` on the filled rows (through the
+    dispatcher: the native op where it is built, else the reference)."""
+    logits, tokens, scores, lengths = make_case(**case, mask_id=0)
+    step_tokens, step_scores, step_remasked = run(mask_predict_step, logits, tokens, scores, lengths, iteration, 4, 0)
+    filled_tokens, filled_scores, _ = run(mask_predict_step, logits, tokens, scores, lengths, 3, 4, 0)  # fill only
+    remasked = ops.mask_predict_remask(filled_tokens, filled_scores, lengths, iteration, 4, 0)
+    assert torch.equal(remasked, step_remasked) and torch.equal(filled_tokens, step_tokens)
+    assert_same(filled_scores, step_scores)
+
+
+@needs_remask
+def test_remask_op_opcheck_and_bad_input() -> None:
+    """The schema (mutating tokens) and the Meta kernel; errors for bad shapes, dtypes and ranges
+    from the dispatcher and the native op alike."""
+    _, tokens, scores, lengths = make_case(2, 3, 8, 11, torch.float32, 0, False, 1.0)
+    torch.library.opcheck(
+        torch.ops.janus_fast.mask_predict_remask.default,
+        (tokens.clone(), scores, lengths, 0, 3, 0),
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
+    bad = [
+        ((tokens.float(), scores, lengths, 0, 3, 0), TypeError, "tokens must be"),
+        ((tokens, scores.double(), lengths, 0, 3, 0), TypeError, "scores must be"),
+        ((tokens, scores[:, :4].contiguous(), lengths, 0, 3, 0), ValueError, "scores must be"),
+        ((tokens, scores, lengths[:2], 0, 3, 0), ValueError, "lengths must be"),
+        ((tokens, scores, lengths + 20, 0, 3, 0), ValueError, "lengths must be in"),
+        ((tokens, scores, lengths, 3, 3, 0), ValueError, "iteration must be"),
+        ((tokens, scores, lengths, 0, 0, 0), ValueError, "num_iterations must be"),
+        ((tokens, scores, lengths, 0, 3, -1), ValueError, "mask_id must be"),
+    ]
+    for arguments, error, message in bad:
+        for function in (ops.mask_predict_remask, torch.ops.janus_fast.mask_predict_remask):
+            with pytest.raises(error, match=message):
+                function(arguments[0].clone(), *arguments[1:])

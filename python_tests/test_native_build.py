@@ -114,7 +114,7 @@ def test_device_without_native_kernel_uses_the_reference(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(ops, "HAS_NATIVE_OPS", True)
     monkeypatch.delenv("JANUS_FAST_FORCE_REFERENCE", raising=False)
-    monkeypatch.setattr(ops, "_native_kernels", {"cpu": False})
+    monkeypatch.setattr(ops, "_native_kernels", {("mask_predict_step", "cpu"): False})
     calls = []
     monkeypatch.setattr(ops, "mask_predict_step_reference", lambda *args: calls.append(args) or "reference")
     tokens = torch.full((1, 5), 3, dtype=torch.int64)

@@ -1,4 +1,5 @@
-"""The native decoder passes (csrc/cpu/decoder_cpu.cpp) against the PyTorch model they replace.
+"""The native encoder and decoder passes (csrc/cpu/decoder_*.cpp, encoder_cpu.cpp) against the PyTorch model
+they replace.
 
 The reference is ``JanusModel`` itself (``ar_step``, ``nar_logits``); bf16 and int8 weight storage
 are checked against the PyTorch model with its weights rounded the same way (an independent
@@ -9,6 +10,7 @@ model in a subprocess per path, and the engine built on them against the referen
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from conftest import random_model
 
-from janus_fast.decoding import engine
+from janus_fast.decoding import engine, passes
 from janus_fast.decoding.reference import ar_search, mask_predict
 from janus_fast.native.decoder import (
     NativeDecoder,
@@ -28,6 +30,7 @@ from janus_fast.native.decoder import (
     pack_groups,
     pack_panels,
 )
+from janus_fast.native.weights import flatten, named_tensors
 
 pytestmark = pytest.mark.skipif(not native_decoder_available(), reason="native extension not built")
 
@@ -444,6 +447,176 @@ def test_weights_reconverted_after_a_parameter_update():
     assert NativeDecoder.for_model(model) is not first
 
 
+def test_weight_lists_have_the_layout_the_ops_expect():
+    """The flattened dataclasses (janus_fast/native/weights.py) have the lengths the C++ layout
+    (csrc/cpu/decoder_weights.h) names in its errors: 7 + 27 per decoder layer, 4 + 19 per encoder
+    layer + 3 per decoder layer; the op arguments are those flat lists."""
+    model = model_for("tiny")
+    native = NativeDecoder.for_model(model)
+    decoder, encoder = native.weights, native.encoder_weights
+    assert native.tensors == flatten(decoder) and native.encoder_tensors == flatten(encoder)
+    layer_tensors = {len(flatten(layer)) for layer in decoder.layers}
+    encoder_layer_tensors = {len(flatten(layer)) for layer in encoder.layers}
+    decoder_global = len(native.tensors) - len(flatten(decoder.layers))
+    encoder_global = len(native.encoder_tensors) - len(flatten(encoder.layers)) - len(flatten(encoder.cross_kv))
+    assert (decoder_global, layer_tensors, encoder_global, encoder_layer_tensors) == (7, {27}, 4, {19})
+    assert {len(flatten(matrix)) for matrix in encoder.cross_kv} == {3}
+    assert len(decoder.layers) == len(encoder.cross_kv) == len(model.decoder_layers)
+    src, lengths = sources(7, 2, model.config.vocab_size)
+    with torch.inference_mode():
+        memory = NativeDecoder.memory(native.encode(src, lengths))
+        one = (torch.tensor([1]), torch.tensor([0]), torch.tensor([0, 1]))
+        with pytest.raises(ValueError, match=rf"expected {decoder_global} \+ 27 \* layers tensors, got 60"):
+            torch.ops.janus_fast.decoder_nar_pass(
+                native.tensors[:-1], *native._decoder_arguments()[1:], *one, *memory, torch.tensor([0])
+            )
+        message = rf"expected {encoder_global} \+ 19 \* encoder layers \+ 3 \* decoder layers tensors"
+        with pytest.raises(ValueError, match=message):
+            torch.ops.janus_fast.encoder_forward(
+                native.encoder_tensors[:-1],
+                native.num_encoder_layers,
+                native.num_heads,
+                native.embed_scale,
+                native.post_norm,
+                native.relu,
+                src,
+                lengths,
+            )
+
+
+def broken(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor the native parsers reject in the place of ``tensor``: float64 (an empty one: one value)."""
+    return tensor.double() if tensor.numel() else torch.ones(1, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("weight_type", ["fp32", "int8"])
+def test_every_weight_is_read_under_its_python_name(weight_type):
+    """The C++ parsers read each tensor of the flat lists as the field the dataclasses put there: with
+    any one tensor broken, the op's error names that tensor's field path (``layers.1.ffn.fc1.bias``)."""
+    model = model_for("tiny")
+    native = NativeDecoder(model, weight_type)
+    src, lengths = sources(7, 2, model.config.vocab_size)
+    with torch.inference_mode():
+        memory = NativeDecoder.memory(native.encode(src, lengths))
+    one = (torch.tensor([1]), torch.tensor([0]), torch.tensor([0, 1]))
+    arguments = native._decoder_arguments()[1:]
+    named = named_tensors(native.weights)
+    assert len(named) == len(native.tensors) and len({name for name, _ in named}) == len(named)
+    for index, (name, tensor) in enumerate(named):
+        weights = list(native.tensors)
+        weights[index] = broken(tensor)
+        with pytest.raises((ValueError, TypeError), match=rf"^decoder weights: {re.escape(name)} "):
+            torch.ops.janus_fast.decoder_nar_pass(weights, *arguments, *one, *memory, torch.tensor([0]))
+    named = named_tensors(native.encoder_weights)
+    assert [name for name, _ in named][-3:] == [
+        f"cross_kv.{len(model.decoder_layers) - 1}.{part}" for part in ("weight", "scale", "bias")
+    ]
+    for index, (name, tensor) in enumerate(named):
+        weights = list(native.encoder_tensors)
+        weights[index] = broken(tensor)
+        with pytest.raises((ValueError, TypeError), match=rf"^encoder weights: {re.escape(name)} "):
+            torch.ops.janus_fast.encoder_forward(
+                weights,
+                native.num_encoder_layers,
+                native.num_heads,
+                native.embed_scale,
+                native.post_norm,
+                native.relu,
+                src,
+                lengths,
+            )
+
+
+def meta(value):
+    """``value`` with every tensor (in lists too) moved to the meta device."""
+    if isinstance(value, torch.Tensor):
+        return value.to("meta")
+    if isinstance(value, (list, tuple)):
+        return type(value)(meta(item) for item in value)
+    return value
+
+
+def as_list(value) -> list[torch.Tensor]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+@pytest.mark.parametrize("architecture", ["pre_norm_gelu", "plain_transformer"])
+def test_meta_kernels_give_the_shapes_of_the_cpu_ops(architecture):
+    """Every decoder op taking tensors has a Meta (shape-only) kernel: with meta tensors it returns empty
+    meta tensors of the shapes and dtypes the CPU op returns for the same arguments (and passes
+    torch.library.opcheck's schema and FakeTensor tests)."""
+    model = model_for("tiny", architecture=architecture)
+    native = NativeDecoder.for_model(model)
+    batch = 3
+    src, lengths = sources(7, batch, model.config.vocab_size)
+    with torch.inference_mode():
+        memory = NativeDecoder.memory(native.encode(src, lengths))
+    caches = model.new_caches(batch, 8, memory[0][0])
+    excluded, eos = torch.tensor([model.config.pad_id]), model.config.eos_id
+    tokens = torch.tensor([5, 6, 7])
+    packed_tokens, positions, offsets = (
+        torch.tensor([5, 6, 7, 8, 9]),
+        torch.tensor([0, 1, 0, 1, 2]),
+        torch.tensor([0, 2, 3, 5]),
+    )
+    decoder = native._decoder_arguments()
+    ar = (*decoder, native.mask_id, native.query_position_offset, native.query_stream)
+    cache_lists = ([cache.keys for cache in caches], [cache.values for cache in caches])
+    forced = torch.tensor([False, True, False, False, False])
+    calls = {
+        "encoder_forward": (
+            native.encoder_tensors,
+            native.num_encoder_layers,
+            *decoder[1:],
+            src,
+            lengths,
+        ),
+        "decoder_ar_step": (*ar, tokens, 0, *memory, *cache_lists),
+        "decoder_ar_greedy": (*ar, tokens, 1, *memory, *cache_lists, excluded, forced[:3], eos),
+        "decoder_ar_extend": (
+            *ar,
+            packed_tokens,
+            offsets,
+            torch.tensor([2, 2, 2]),
+            *memory,
+            *cache_lists,
+            excluded,
+            forced,
+            eos,
+            torch.tensor([4, -1, 6, 7, 8]),
+        ),
+        "decoder_nar_pass": (*decoder, packed_tokens, positions, offsets, *memory, torch.tensor([4, 0])),
+        "decoder_nar_fill": (*decoder, packed_tokens, positions, offsets, *memory, torch.tensor([4, 0]), -1),
+    }
+    if native.query_stream:
+        calls["decoder_ar_score"] = (
+            *decoder,
+            native.mask_id,
+            native.query_position_offset,
+            packed_tokens,
+            positions,
+            offsets,
+            *memory,
+            torch.tensor([1, 2, 3, 4, 5]),
+        )
+    ops = torch.ops.janus_fast
+    names = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("janus_fast::")}
+    passes = {name for name in names if name.startswith(("decoder_", "encoder_")) and name != "decoder_isa"}
+    assert passes == set(calls) | {"decoder_ar_score"}
+    for name in passes:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"janus_fast::{name}", "Meta"), name
+    no_candidates = (*calls["decoder_ar_extend"][:-1], torch.empty(0, dtype=torch.long))
+    for name, arguments in [*calls.items(), ("decoder_ar_extend", no_candidates)]:
+        with torch.inference_mode():
+            expected = as_list(getattr(ops, name)(*arguments))
+        got = as_list(getattr(ops, name)(*meta(arguments)))
+        assert [(t.shape, t.dtype, t.device.type) for t in got] == [(t.shape, t.dtype, "meta") for t in expected], name
+        # the schema's aliasing (only the caches are written) and the Meta kernel under FakeTensor
+        torch.library.opcheck(getattr(ops, name).default, arguments, test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(ValueError, match="one memory tensor per layer"):
+        ops.decoder_nar_pass(*meta(calls["decoder_nar_pass"][:8]), [], [], *meta(calls["decoder_nar_pass"][10:]))
+
+
 ISA_SCRIPT = r"""
 import torch, sys
 sys.path.insert(0, sys.argv[1])
@@ -480,7 +653,7 @@ def test_every_isa_path_matches_model(isa):
 @pytest.mark.parametrize("native", [True, False])
 def test_engine_equals_reference_with_and_without_native_passes(native, architecture, monkeypatch):
     if not native:
-        monkeypatch.setattr(engine, "unsupported_reason", lambda model: "disabled by the test")
+        monkeypatch.setattr(passes, "unsupported_reason", lambda model: "disabled by the test")
     model = model_for("medium", seed=6, architecture=architecture)
     src, lengths = sources(6, 5, model.config.vocab_size)
     assert engine.mask_predict(model, src, lengths, 4, 3).tokens == mask_predict(model, src, lengths, 4, 3).tokens
@@ -539,21 +712,30 @@ def test_int8_translator_picks_storage_or_compute_by_decoder_positions(trained_d
     """int8 without AVX-512 VNNI: small batches run the native passes with int8 weights, large ones
     PyTorch's dynamic int8 copy (INT8_COMPUTE_MIN_POSITIONS); with it (the native passes then run int8
     products) every batch runs natively and no dynamic copy is made. All translate."""
-    from janus_fast import translator as translator_module
+    from janus_fast.decoding import passes as passes_module
+    from janus_fast.translator import Translator
 
     calls = []
-    real_generate = translator_module.generate
+    real_passes = passes_module.PassChoice.passes
 
-    def recording_generate(model, *args, **kwargs):
-        calls.append((model, kwargs["decoder_weights"]))
-        return real_generate(model, *args, **kwargs)
+    def recording_passes(choice, positions=0):
+        chosen = real_passes(choice, positions)
+        calls.append((chosen.model, "int8" if chosen.native else "fp32"))
+        return chosen
 
-    monkeypatch.setattr(translator_module, "generate", recording_generate)
-    monkeypatch.setattr(translator_module, "int8_computes_in_int8", lambda: vnni)
-    translator = translator_module.Translator.from_pretrained(trained_dir, precision="int8")
-    assert (translator.int8_model is None) == vnni
-    large = (translator.model, "int8") if vnni else (translator.int8_model, "fp32")
+    monkeypatch.setattr(passes_module.PassChoice, "passes", recording_passes)
+    monkeypatch.setattr(passes_module, "int8_computes_in_int8", lambda: vnni)
+    translator = Translator.from_pretrained(trained_dir, precision="int8")
+    assert translator.choice.dynamic_int8 != vnni
     one = translator.translate(["ein hund"], mode="nar", iterations=2)
+    assert calls[-1] == (translator.model, "int8") and len(one) == 1
+    large = (translator.model, "int8") if vnni else (translator.choice.torch_model, "fp32")
+    many = translator.translate(["ein mann fährt fahrrad auf der straße"] * 8, mode="nar", iterations=2, batch_size=8)
+    assert calls[-1] == large and len(many) == 8
+    assert (translator.choice._int8_model is None) == vnni  # no dynamic copy made where VNNI runs int8
+    translator.translate(["ein hund"] * 40, mode="ar", batch_size=40)
+    assert calls[-1] == large
+    translator.translate(["ein hund"] * 3, mode="ar", batch_size=3)
     assert calls[-1] == (translator.model, "int8") and len(one) == 1
     many = translator.translate(["ein mann fährt fahrrad auf der straße"] * 8, mode="nar", iterations=2, batch_size=8)
     assert calls[-1] == large and len(many) == 8

@@ -13,7 +13,10 @@ from conftest import MULTI30K, random_model
 from janus_fast import ops
 from janus_fast.decoding import engine
 from janus_fast.decoding import reference as reference_decoding
-from janus_fast.decoding.speculative import SpeculativeOptions, SpeculativeStats, speculative_greedy
+from janus_fast.decoding.beam import max_ar_lengths
+from janus_fast.decoding.options import SpeculativeOptions
+from janus_fast.decoding.passes import PassChoice
+from janus_fast.decoding.speculative import SpeculativeStats, speculative_greedy
 from janus_fast.generate import generate
 from janus_fast.native.decoder import NativeDecoder, native_decoder_available
 from janus_fast.ops import speculative_accept, speculative_accept_reference
@@ -220,6 +223,14 @@ def source_batch(seed: int, batch: int = 6, vocab: int = 40) -> tuple[torch.Tens
     return src, lengths
 
 
+def run_speculative(model, src, src_lengths, max_len_a, max_len_b, native, options, stats=None):
+    """``speculative_greedy`` on the native passes (``native``) or the PyTorch ones."""
+    passes = PassChoice(model, "fp32", native=native).passes()
+    assert passes.native == native
+    limits = max_ar_lengths(src_lengths, model, max_len_a, max_len_b)
+    return speculative_greedy(model, passes, src, src_lengths, limits, options, stats)
+
+
 @pytest.mark.parametrize("case", list(exact_cases()), ids=lambda c: f"seed{c[0]}")
 @pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
 def test_speculative_equals_greedy(case, native: bool) -> None:
@@ -231,9 +242,8 @@ def test_speculative_equals_greedy(case, native: bool) -> None:
     model = biased_model(seed, overrides)
     src, src_lengths = source_batch(seed)
     expected = reference_decoding.ar_search(model, src, src_lengths, 1, 1.2, max_len_b)
-    decoder = NativeDecoder.for_model(model, "fp32") if native else None
     stats = SpeculativeStats()
-    got = speculative_greedy(model, src, src_lengths, 1.2, max_len_b, decoder, options, stats)
+    got = run_speculative(model, src, src_lengths, 1.2, max_len_b, native, options, stats)
     assert got.tokens == expected.tokens
     torch.testing.assert_close(torch.tensor(got.scores), torch.tensor(expected.scores), rtol=0, atol=1e-5)
     assert stats.sentences == len(src_lengths) and stats.rounds >= len(src_lengths)
@@ -245,8 +255,8 @@ def test_speculative_equals_greedy(case, native: bool) -> None:
 def test_speculative_equals_greedy_at_the_same_precision(weight_type: str) -> None:
     model = biased_model(7, {})
     src, src_lengths = source_batch(7, batch=8)
-    expected = engine.greedy(model, src, src_lengths, decoder_weights=weight_type)
-    got = engine.speculative(model, src, src_lengths, decoder_weights=weight_type)
+    expected = engine.greedy(model, src, src_lengths, precision=weight_type)
+    got = engine.speculative(model, src, src_lengths, precision=weight_type)
     assert got.tokens == expected.tokens
     torch.testing.assert_close(torch.tensor(got.scores), torch.tensor(expected.scores), rtol=0, atol=1e-5)
 
@@ -289,16 +299,15 @@ def test_relaxed_verification(native: bool) -> None:
         pytest.skip("native decoder ops not built")
     model = biased_model(9, {})
     src, src_lengths = source_batch(9, batch=8)
-    decoder = NativeDecoder.for_model(model, "fp32") if native else None
     greedy = reference_decoding.ar_search(model, src, src_lengths, 1, 1.2, 10)
-    strict = speculative_greedy(
-        model, src, src_lengths, 1.2, 10, decoder, SpeculativeOptions(relaxed_top_k=1, relaxed_margin=0.0)
+    strict = run_speculative(
+        model, src, src_lengths, 1.2, 10, native, SpeculativeOptions(relaxed_top_k=1, relaxed_margin=0.0)
     )
     assert strict.tokens == greedy.tokens
     exact_stats, loose_stats = SpeculativeStats(), SpeculativeStats()
-    speculative_greedy(model, src, src_lengths, 1.2, 10, decoder, SpeculativeOptions(), exact_stats)
-    loose = speculative_greedy(
-        model, src, src_lengths, 1.2, 10, decoder, SpeculativeOptions(relaxed_top_k=5, relaxed_margin=3.0), loose_stats
+    run_speculative(model, src, src_lengths, 1.2, 10, native, SpeculativeOptions(), exact_stats)
+    loose = run_speculative(
+        model, src, src_lengths, 1.2, 10, native, SpeculativeOptions(relaxed_top_k=5, relaxed_margin=3.0), loose_stats
     )
     assert loose_stats.accepted_drafted > exact_stats.accepted_drafted
     assert loose.tokens != greedy.tokens

@@ -24,7 +24,7 @@ from janus_fast.checkpoint import (
     load_pretrained,
     save_pretrained,
 )
-from janus_fast.decoding.search import length_candidates
+from janus_fast.decoding.candidates import length_candidates
 from janus_fast.generate import generate
 from janus_fast.training.train import TRAIN_STATE_NAME, train
 from janus_fast.translator import Translator

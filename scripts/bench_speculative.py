@@ -20,7 +20,8 @@ import torch
 
 from janus_fast.data import corpus_path, read_parallel
 from janus_fast.decoding import engine
-from janus_fast.decoding.speculative import SpeculativeOptions, SpeculativeStats
+from janus_fast.decoding.options import SpeculativeOptions
+from janus_fast.decoding.speculative import SpeculativeStats
 from janus_fast.native.cpu_features import cpu_description
 from janus_fast.native.decoder import cpu_isa
 from janus_fast.translator import Translator
@@ -92,7 +93,7 @@ def main() -> int:
                     ids = translator.encode_sources([source])[0]
                     engine.speculative(
                         translator.model, torch.tensor([ids]), torch.tensor([len(ids)]),
-                        decoder_weights=translator.decoder_weights, options=spec, stats=stats,
+                        options=spec, stats=stats, choice=translator.choice,
                     )  # fmt: skip
                 row["tokens_per_verify_pass"] = stats.tokens_per_round
                 row["verify_passes_per_sentence"] = stats.rounds_per_sentence

@@ -1,4 +1,4 @@
-// CPU kernel of janus_fast::mask_predict_step.
+// CPU kernels of janus_fast::mask_predict_step and janus_fast::mask_predict_remask (its step 2).
 //
 // Step 1 (fill) runs at::parallel_for over the N*T (row, position) pairs; each masked real
 // position reads its V logits once (reduce_row): blocks of kBlock logits converted to fp32 on
@@ -213,6 +213,26 @@ JANUS_DEFINE_FILL(fill_masked_bfloat16, at::BFloat16)
 JANUS_DEFINE_FILL(fill_masked_half, at::Half)
 #undef JANUS_DEFINE_FILL
 
+// Step 2: re-mask the lowest-scoring real positions 1 .. length - 2 of each row (mask_predict_step's
+// second step, and mask_predict_remask itself).
+void remask_rows(int64_t* token_data, const float* score_data, const int64_t* length_data, bool* remasked_data,
+                 int64_t num_rows, int64_t max_length, int64_t iteration, int64_t num_iterations, int64_t mask_id) {
+  const int64_t row_grain = std::max<int64_t>(1, 4096 / max_length);
+  at::parallel_for(0, num_rows, row_grain, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> order;
+    for (int64_t row_index = begin; row_index < end; ++row_index) {
+      const int64_t length = length_data[row_index];
+      const int64_t count = core::num_to_remask(length, iteration, num_iterations);
+      const int64_t offset = row_index * max_length;
+      core::select_lowest(score_data + offset, 1, length - 1, count, order,
+                          [&](int64_t position) {
+                            token_data[offset + position] = mask_id;
+                            remasked_data[offset + position] = true;
+                          });
+    }
+  });
+}
+
 at::Tensor mask_predict_step_cpu(const at::Tensor& logits, at::Tensor& tokens, at::Tensor& scores,
                                  const at::Tensor& lengths, int64_t iteration,
                                  int64_t num_iterations, int64_t mask_id) {
@@ -249,22 +269,22 @@ at::Tensor mask_predict_step_cpu(const at::Tensor& logits, at::Tensor& tokens, a
     }
   });
 
-  // Step 2: re-mask the lowest-scoring real positions 1 .. length - 2 of each row.
-  bool* remasked_data = remasked.data_ptr<bool>();
-  const int64_t row_grain = std::max<int64_t>(1, 4096 / max_length);
-  at::parallel_for(0, num_rows, row_grain, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> order;
-    for (int64_t row_index = begin; row_index < end; ++row_index) {
-      const int64_t length = length_data[row_index];
-      const int64_t count = core::num_to_remask(length, iteration, num_iterations);
-      const int64_t offset = row_index * max_length;
-      core::select_lowest(score_data + offset, 1, length - 1, count, order,
-                          [&](int64_t position) {
-                            token_data[offset + position] = mask_id;
-                            remasked_data[offset + position] = true;
-                          });
-    }
-  });
+  remask_rows(token_data, score_data, length_data, remasked.data_ptr<bool>(), num_rows, max_length, iteration,
+              num_iterations, mask_id);
+  return remasked;
+}
+
+at::Tensor mask_predict_remask_cpu(at::Tensor& tokens, const at::Tensor& scores, const at::Tensor& lengths,
+                                   int64_t iteration, int64_t num_iterations, int64_t mask_id) {
+  check_remask_inputs("mask_predict_remask", tokens, scores, lengths, iteration, num_iterations, mask_id);
+  TORCH_CHECK(tokens.device().is_cpu(), "mask_predict_remask_cpu: tensors must be on the CPU");
+  const int64_t num_rows = tokens.size(0);
+  const int64_t max_length = tokens.size(1);
+  check_mask_predict_lengths(lengths, max_length, "mask_predict_remask");
+  auto remasked = at::zeros({num_rows, max_length}, tokens.options().dtype(at::kBool));
+  if (num_rows == 0) return remasked;
+  remask_rows(tokens.data_ptr<int64_t>(), scores.data_ptr<float>(), lengths.data_ptr<int64_t>(),
+              remasked.data_ptr<bool>(), num_rows, max_length, iteration, num_iterations, mask_id);
   return remasked;
 }
 
@@ -272,6 +292,7 @@ at::Tensor mask_predict_step_cpu(const at::Tensor& logits, at::Tensor& tokens, a
 
 TORCH_LIBRARY_IMPL(janus_fast, CPU, m) {
   m.impl("mask_predict_step", &mask_predict_step_cpu);
+  m.impl("mask_predict_remask", &mask_predict_remask_cpu);
 }
 
 }  // namespace janus_fast

@@ -124,6 +124,15 @@ __global__ void __launch_bounds__(kRemaskThreads)
   }
 }
 
+// One block per row: re-mask the row's lowest-scoring real tokens.
+void launch_remask(at::Tensor& tokens, const at::Tensor& scores, const at::Tensor& lengths, at::Tensor& remasked,
+                   int64_t iteration, int64_t num_iterations, int64_t mask_id, cudaStream_t stream) {
+  remask_kernel<<<static_cast<unsigned>(tokens.size(0)), kRemaskThreads, 0, stream>>>(
+      scores.data_ptr<float>(), tokens.data_ptr<int64_t>(), remasked.data_ptr<bool>(),
+      lengths.data_ptr<int64_t>(), tokens.size(1), iteration, num_iterations, mask_id);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 at::Tensor mask_predict_step_cuda(const at::Tensor& logits, at::Tensor& tokens,
                                   at::Tensor& scores, const at::Tensor& lengths,
                                   int64_t iteration, int64_t num_iterations, int64_t mask_id) {
@@ -157,10 +166,22 @@ at::Tensor mask_predict_step_cuda(const at::Tensor& logits, at::Tensor& tokens,
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 
-  remask_kernel<<<static_cast<unsigned>(num_rows), kRemaskThreads, 0, stream>>>(
-      scores.data_ptr<float>(), tokens.data_ptr<int64_t>(), remasked.data_ptr<bool>(),
-      lengths.data_ptr<int64_t>(), max_length, iteration, num_iterations, mask_id);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_remask(tokens, scores, lengths, remasked, iteration, num_iterations, mask_id, stream);
+  return remasked;
+}
+
+at::Tensor mask_predict_remask_cuda(at::Tensor& tokens, const at::Tensor& scores, const at::Tensor& lengths,
+                                    int64_t iteration, int64_t num_iterations, int64_t mask_id) {
+  check_remask_inputs("mask_predict_remask", tokens, scores, lengths, iteration, num_iterations, mask_id);
+  TORCH_CHECK(tokens.is_cuda(), "mask_predict_remask_cuda: tensors must be on a CUDA device");
+  const c10::cuda::CUDAGuard device_guard(tokens.device());
+  const int64_t num_rows = tokens.size(0);
+  check_mask_predict_lengths(lengths, tokens.size(1), "mask_predict_remask");
+  auto remasked = at::zeros(tokens.sizes(), tokens.options().dtype(at::kBool));
+  if (num_rows == 0) return remasked;
+  TORCH_CHECK(num_rows * tokens.size(1) <= INT32_MAX, "mask_predict_remask_cuda: N * T too large");
+  launch_remask(tokens, scores, lengths, remasked, iteration, num_iterations, mask_id,
+                c10::cuda::getCurrentCUDAStream());
   return remasked;
 }
 
@@ -168,6 +189,7 @@ at::Tensor mask_predict_step_cuda(const at::Tensor& logits, at::Tensor& tokens,
 
 TORCH_LIBRARY_IMPL(janus_fast, CUDA, m) {
   m.impl("mask_predict_step", &mask_predict_step_cuda);
+  m.impl("mask_predict_remask", &mask_predict_remask_cuda);
 }
 
 }  // namespace janus_fast

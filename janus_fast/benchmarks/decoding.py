@@ -21,8 +21,9 @@ from janus_fast.benchmarks.ctranslate2_compare import INSTALL_HINT, ctranslate2_
 from janus_fast.benchmarks.ops import synchronizer
 from janus_fast.benchmarks.timing import median_seconds
 from janus_fast.data import InputError, corpus_path, read_parallel
-from janus_fast.decoding import engine
-from janus_fast.decoding.speculative import SpeculativeOptions, SpeculativeStats
+from janus_fast.decoding.options import DecodeOptions, SpeculativeOptions
+from janus_fast.decoding.speculative import SpeculativeStats
+from janus_fast.generate import decode_batch
 from janus_fast.model import JanusConfig
 from janus_fast.native.cpu_features import cpu_description
 from janus_fast.native.decoder import cpu_isa
@@ -36,18 +37,19 @@ FAIRSEQ_MAX_ITERS = (4, 9)  # --iter-decode-max-iter of the fairseq-compatible r
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of the table: a decoder and its options."""
+    """One row of the table: its decoding options (``DecodeOptions``, every count spelled out),
+    whose fields read through the row (``setting.mode``)."""
 
-    decoder: str  # "reference" | "engine"
-    mode: str  # "nar" | "ar" | "spec"
-    iterations: int = 10
-    length_beam: int = 3
-    beam: int = 1
-    precision: str = "fp32"  # "fp32" | "bf16" | "int8" (Translator precision)
-    compat: str = "janus"  # "janus" | "fairseq" (janus_fast.decoding.fairseq; iterations = max-iter)
-    ar_rescore: bool = False  # NAR: length candidate picked by the model's AR score (one more pass)
-    relaxed_top_k: int = 0  # spec: relaxed verification (0: exact, AR greedy's output)
-    relaxed_margin: float = 1.0
+    options: DecodeOptions
+
+    @staticmethod
+    def of(decoder: str, mode: str, **fields: object) -> Setting:
+        """The row of ``decoder`` and ``mode``: 10 iterations, length beam 3, beam 1 unless given."""
+        counts = {"iterations": 10, "length_beam": 3, "beam": 1}
+        return Setting(DecodeOptions(decoder=decoder, mode=mode, **{**counts, **fields}))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.options, name)
 
     @property
     def translator_key(self) -> str:
@@ -63,20 +65,10 @@ class Setting:
             rescore = " + AR rescore" if self.ar_rescore else ""
             return f"{self.translator_key} NAR T={self.iterations} lb={self.length_beam}{rescore}"
         if self.mode == "spec":
-            relaxed = f" relaxed k={self.relaxed_top_k} m={self.relaxed_margin:g}" if self.relaxed_top_k else ""
+            spec = self.speculative
+            relaxed = f" relaxed k={spec.relaxed_top_k} m={spec.relaxed_margin:g}" if spec is not None else ""
             return f"{self.translator_key} speculative{relaxed}"
         return f"{self.translator_key} AR {'greedy' if self.beam == 1 else f'beam {self.beam}'}"
-
-    def speculative(self) -> SpeculativeOptions:
-        return SpeculativeOptions(relaxed_top_k=self.relaxed_top_k, relaxed_margin=self.relaxed_margin)
-
-    def options(self) -> dict:
-        if self.mode == "spec":
-            return {"mode": "spec", "speculative": self.speculative()}
-        options = {"mode": self.mode, "iterations": self.iterations, "length_beam": self.length_beam, "beam": self.beam}
-        if self.ar_rescore:
-            options["ar_rescore"] = True
-        return {**options, "compat": self.compat} if self.compat != "janus" else options
 
 
 def settings(compat: str = "janus", has_nar: bool = True) -> list[Setting]:
@@ -85,26 +77,29 @@ def settings(compat: str = "janus", has_nar: bool = True) -> list[Setting]:
     search (greedy and beam 5); otherwise every decoder and mode of this project."""
     if compat == "fairseq" and not has_nar:
         return [
-            Setting(decoder, "ar", beam=beam, compat="fairseq")
+            Setting.of(decoder, "ar", beam=beam, compat="fairseq")
             for decoder in ("reference", "engine")
             for beam in (1, 5)
         ]
     if compat == "fairseq":
         return [
-            Setting(decoder, "nar", iterations=t, compat="fairseq")
+            Setting.of(decoder, "nar", iterations=t, compat="fairseq")
             for decoder in ("reference", "engine")
             for t in FAIRSEQ_MAX_ITERS
         ]
-    rows = [Setting(decoder, "nar", iterations=t) for decoder in ("reference", "engine") for t in NAR_ITERATIONS]
-    rows += [Setting(decoder, "ar", beam=beam) for decoder in ("reference", "engine") for beam in (1, 4)]
-    rows += [Setting("engine", "nar", iterations=t, ar_rescore=True) for t in RESCORED_ITERATIONS]
-    rows += [Setting("engine", "spec")]
-    rows += [Setting("engine", "spec", relaxed_top_k=k, relaxed_margin=m) for k, m in RELAXED]
+    rows = [Setting.of(decoder, "nar", iterations=t) for decoder in ("reference", "engine") for t in NAR_ITERATIONS]
+    rows += [Setting.of(decoder, "ar", beam=beam) for decoder in ("reference", "engine") for beam in (1, 4)]
+    rows += [Setting.of("engine", "nar", iterations=t, ar_rescore=True) for t in RESCORED_ITERATIONS]
+    rows += [Setting.of("engine", "spec")]
+    rows += [
+        Setting.of("engine", "spec", speculative=SpeculativeOptions(relaxed_top_k=k, relaxed_margin=m))
+        for k, m in RELAXED
+    ]
     for precision in ("bf16", "int8"):
-        rows += [Setting("engine", "nar", iterations=t, precision=precision) for t in NAR_ITERATIONS]
-        rows += [Setting("engine", "ar", beam=1, precision=precision)]
-        rows += [Setting("engine", "spec", precision=precision)]
-    rows += [Setting("engine", "nar", iterations=4, precision="bf16", ar_rescore=True)]
+        rows += [Setting.of("engine", "nar", iterations=t, precision=precision) for t in NAR_ITERATIONS]
+        rows += [Setting.of("engine", "ar", beam=1, precision=precision)]
+        rows += [Setting.of("engine", "spec", precision=precision)]
+    rows += [Setting.of("engine", "nar", iterations=4, precision="bf16", ar_rescore=True)]
     return rows
 
 
@@ -153,13 +148,11 @@ def _time_setting(
 ) -> tuple[float, float, list[str]]:
     """Median of ``repeats``: seconds for ``batch1`` one sentence at a time, seconds for all
     ``sources`` in large batches, and the large-batch translations (from the warm-up run)."""
-    options = setting.options()
-    translator.translate(batch1[:2], **options)  # warm-up (allocator, oneDNN primitive caches)
-    batch1_seconds = median_seconds(
-        lambda: [translator.translate([s], **options) for s in batch1], repeats, warmup=False
-    )
-    hypotheses = translator.translate(sources, **options)
-    batch_seconds = median_seconds(lambda: translator.translate(sources, **options), repeats, warmup=False)
+    options = setting.options
+    translator.translate(batch1[:2], options)  # warm-up (allocator, oneDNN primitive caches)
+    batch1_seconds = median_seconds(lambda: [translator.translate([s], options) for s in batch1], repeats, warmup=False)
+    hypotheses = translator.translate(sources, options)
+    batch_seconds = median_seconds(lambda: translator.translate(sources, options), repeats, warmup=False)
     return batch1_seconds, batch_seconds, hypotheses
 
 
@@ -220,7 +213,7 @@ def run_bench(
             translator, setting, sources, sources[:batch1_sentences], repeats
         )
         batch1 = sources[:batch1_sentences]
-        if setting == Setting("engine", "ar", beam=1):
+        if setting == Setting.of("engine", "ar"):
             greedy_outputs = hypotheses
         if setting.decoder == "engine" and setting.mode == "ar" and setting.beam == 1:
             greedy_by_key[setting.translator_key] = hypotheses
@@ -230,9 +223,7 @@ def run_bench(
         rows.append(
             {
                 "setting": setting.name,
-                **{k: _plain(v) for k, v in setting.options().items()},
-                "decoder": setting.decoder,
-                "precision": setting.precision,
+                **dataclasses.asdict(setting.options),
                 "batch1_ms_per_sentence": 1e3 * batch1_seconds / len(batch1),
                 "batch1_sentences_per_second": len(batch1) / batch1_seconds,
                 "batch_ms_per_sentence": 1e3 / batch_rate,
@@ -302,13 +293,9 @@ def run_bench(
         "cpu": cpu_description(),
         "native_isa": cpu_isa(),
         "compat": compat,
-        "nar_length_bonus": config.length_bonus if compat == "janus" else None,  # the NAR rows' ranking
+        # the NAR rows' ranking: the model's own length bonus
+        "nar_length_bonus": DecodeOptions(mode="nar").resolve(config).length_bonus if compat == "janus" else None,
     }
-
-
-def _plain(value: object) -> object:
-    """An option as JSON can hold it (dataclasses as dicts)."""
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 def speculative_figures(
@@ -322,14 +309,12 @@ def speculative_figures(
     sentence) and how many of its large-batch translations equal engine AR greedy's at the same
     precision (None where that row has not run)."""
     stats = SpeculativeStats()
-    model, weights = translator.model, translator.decoder_weights
+    options = translator.resolve_options(setting.options)
     for source in batch1:
         ids = translator.encode_sources([source])[0]
         if ids:
-            engine.speculative(
-                model, torch.tensor([ids]), torch.tensor([len(ids)]), decoder_weights=weights,
-                options=setting.speculative(), stats=stats,
-            )  # fmt: skip
+            src, src_lengths = torch.tensor([ids]), torch.tensor([len(ids)])
+            decode_batch(translator.model, src, src_lengths, options, translator.choice, stats)
     greedy = greedy_by_key.get(setting.translator_key)
     return {
         "tokens_per_verify_pass": stats.tokens_per_round,

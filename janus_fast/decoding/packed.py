@@ -12,16 +12,20 @@ layers do P / (N W) of the work.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from janus_fast.attention import MaskSpec, masked_attention
 from janus_fast.model import Attention, DecoderLayer, EncoderOutput, JanusModel
 
 
 class PackedRows:
-    """Where the real positions of a padded (N, W) batch sit: ``index`` (P,) into the flattened
-    (N * W) positions, in row-major order."""
+    """Where the real positions of a padded (N, W) batch of rows of ``lengths`` (N,) int64 sit:
+    ``index`` (P,) into the flattened (N * W) positions, in row-major order, ``positions`` (P,)
+    each one's position in its row and ``offsets`` (N + 1,) where each row starts."""
 
     def __init__(self, lengths: torch.Tensor, width: int) -> None:
+        self.lengths = lengths
+        self.offsets = F.pad(lengths.cumsum(0), (1, 0))
         positions = torch.arange(width, device=lengths.device)
         real = positions[None, :] < lengths[:, None]
         self.num_rows, self.width = len(lengths), width

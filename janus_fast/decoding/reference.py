@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from janus_fast.decoding.search import (
-    JANUS_MAX_LEN,
-    BeamRows,
-    Hypotheses,
-    ar_candidate_scores,
-    beam_search,
-    best_length_candidates,
-    max_ar_lengths,
-    start_mask_predict,
-)
+from janus_fast.decoding.beam import BeamRows, finished_beam_search, janus_hypotheses, janus_rules, max_ar_lengths
+from janus_fast.decoding.candidates import best_length_candidates, start_mask_predict
+from janus_fast.decoding.hypotheses import Hypotheses
+from janus_fast.decoding.options import JANUS_MAX_LEN
 from janus_fast.model import EncoderOutput, JanusModel
 from janus_fast.ops import mask_predict_step
 
@@ -38,19 +32,24 @@ def mask_predict(
     and log-probability, then re-masks the n = floor((L-2)(T-1-t)/T) lowest-scoring real tokens
     (``janus_fast.ops.mask_predict_step``). T iterations are T decoder passes; the last re-masks
     nothing. Per sentence, the candidate with the highest mean log-probability wins, or with
-    ``ar_rescore`` the one with the highest mean AR log-probability (``search.ar_candidate_scores``),
+    ``ar_rescore`` the one with the highest mean AR log-probability (``JanusModel.ar_scores``),
     plus ``length_bonus`` per target token of the candidate.
 
     src_tokens (B, S) int64, src_lengths (B,) int64 (>= 1).
     """
+    if num_iterations < 1:
+        raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+    if length_beam < 1:
+        raise ValueError(f"length_beam must be >= 1, got {length_beam}")
     parts = []
-    for state in start_mask_predict(model, src_tokens, src_lengths, num_iterations, length_beam).split():
+    start = start_mask_predict(model, model.encode(src_tokens, src_lengths), length_beam)
+    for state in start.split():
         for iteration in range(num_iterations):
             logits = model.nar_logits(state.tokens, state.lengths, state.encoder_out)
             mask_predict_step(
                 logits, state.tokens, state.scores, state.lengths, iteration, num_iterations, model.config.mask_id
             )
-        ranking = ar_candidate_scores(model, state.tokens, state.lengths, state.encoder_out) if ar_rescore else None
+        ranking = model.ar_scores(state.tokens, state.lengths, state.encoder_out) if ar_rescore else None
         parts.append(
             best_length_candidates(
                 model, state.tokens, state.scores, state.lengths, state.length_beam, ranking, length_bonus
@@ -69,7 +68,7 @@ def ar_search(
     max_len_b: int = JANUS_MAX_LEN[1],
     use_cache: bool = True,
 ) -> Hypotheses:
-    """AR beam search on P_AR (beam 1 = greedy; ``search.beam_search``) over the PyTorch model's
+    """AR beam search on P_AR (beam 1 = greedy; ``beam.finished_beam_search``) over the PyTorch model's
     steps with a key/value cache; ``use_cache=False`` recomputes the whole prefix at every step
     (the check of the cache). src_tokens (B, S) int64, src_lengths (B,) int64.
     """
@@ -90,4 +89,6 @@ def ar_search(
         lengths = torch.full((len(history),), step + 2, dtype=torch.long, device=history.device)
         return model.output_logits(model.ar_hidden(prefix, lengths, state.encoder)[:, step])
 
-    return beam_search(step_logits, state.reorder, model, beam, row_limits)
+    return janus_hypotheses(
+        model, finished_beam_search(step_logits, state.reorder, janus_rules(model), beam, row_limits)
+    )

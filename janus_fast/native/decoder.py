@@ -1,5 +1,5 @@
-"""Whole encoder and decoder passes in one native call each (``csrc/cpu/decoder_cpu.cpp``), for the
-CPU engine.
+"""Whole encoder and decoder passes in one native call each (``csrc/cpu/decoder_ops.cpp`` and the passes
+it names), for the CPU engine.
 
 The PyTorch decoder spends most of a small batch's time dispatching ~100 small ops per layer and
 running general GEMMs on 1-4 rows. ``NativeDecoder`` hands the whole AR step (both streams, key/
@@ -18,16 +18,12 @@ activations to bfloat16 (twice the multiply-adds per instruction), and ``int8`` 
 quantizes each row of activations to uint8 between its min and max and sums the products in int32
 (four times), the offset and scales applied after.
 
-The flat weight list of the decoder (``NativeDecoder.tensors``) is, every matrix as panels
-(``pack_panels``) followed by its scale and bias (a model without final norms passes empty tensors
-for them):
-``embed_tokens (V, d), target_positions (T, d), final_norm.weight, final_norm.bias,
-vocab (d, V), vocab_scale, vocab_bias`` then per layer
-``norm1.w, norm1.b, q (w, scale, bias), kv (w, scale, bias), out (w, scale, bias), norm2.w, norm2.b,
-cross_q (...), cross_out (...), norm3.w, norm3.b, fc1 (...), fc2 (...)`` (27 tensors). The encoder's
-(``NativeDecoder.encoder_tensors``): ``embed_tokens, source_positions, encoder_norm.w, .b`` then per
-layer ``norm1.w, .b, q, kv, out, norm2.w, .b, fc1, fc2`` (19) and per decoder layer its
-cross-attention ``kv`` (3).
+The weights are named by the dataclasses of ``janus_fast/native/weights.py`` (``DecoderWeights``,
+``EncoderWeights``: embeddings, final norm, per layer its self-attention, cross-attention and FFN
+sublayers), every matrix as panels (``pack_panels``) with its scale and bias, and a model without final
+norms passes empty tensors for them. The ops take them flattened in field order
+(``NativeDecoder.tensors``, ``NativeDecoder.encoder_tensors``; ``weights.flatten``), and
+``csrc/cpu/decoder_weights.h`` reads them back by the same names.
 """
 
 from __future__ import annotations
@@ -40,6 +36,17 @@ from torch import nn
 
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
 from janus_fast.native.cpu_features import has_avx512_vnni
+from janus_fast.native.weights import (
+    DecoderLayerWeights,
+    DecoderWeights,
+    EncoderLayerWeights,
+    EncoderWeights,
+    FeedForwardWeights,
+    Norm,
+    PackedMatrix,
+    SelfAttentionWeights,
+    flatten,
+)
 from janus_fast.ops import uses_native_ops
 
 WEIGHT_TYPES = ("fp32", "bf16", "int8")
@@ -51,7 +58,7 @@ ISA_NAMES = ("scalar", "avx2", "avx512", "avx512_bf16")
 
 def check_isa_env() -> None:
     """Raise ValueError unless ``JANUS_FAST_ISA`` is unset or one of ``ISA_NAMES``: the native
-    decoder (``csrc/cpu/decoder_cpu.cpp``) caps its instruction set by it and ignores any other
+    decoder (``csrc/cpu/decoder_passes.cpp``) caps its instruction set by it and ignores any other
     value, so a typo would silently leave the CPU's own."""
     value = os.environ.get("JANUS_FAST_ISA")
     if value is not None and value not in ISA_NAMES:
@@ -128,26 +135,87 @@ def bf16_computes_in_bf16() -> bool:
     return cpu_isa() == "avx512_bf16"
 
 
-def _matrix(weight: torch.Tensor, bias: torch.Tensor | None, weight_type: str) -> list[torch.Tensor]:
-    """nn.Linear weight (out, in) -> [panels, scale (out,) or empty, bias (out,) or empty]."""
+def _matrix(weight: torch.Tensor, bias: torch.Tensor | None, weight_type: str) -> PackedMatrix:
+    """nn.Linear weight (out, in) -> panels, scale (out,) or empty, bias (out,) or empty."""
     w = weight.detach().float()
     bias_tensor = _EMPTY if bias is None else bias.detach().float().contiguous()
     if weight_type == "fp32":
-        return [pack_panels(w), _EMPTY, bias_tensor]
+        return PackedMatrix(pack_panels(w), _EMPTY, bias_tensor)
     if weight_type == "bf16":
         if bf16_computes_in_bf16():
-            return [pack_groups(w.to(torch.bfloat16), 2), _EMPTY, bias_tensor]
-        return [pack_panels(w.to(torch.bfloat16)), _EMPTY, bias_tensor]
+            return PackedMatrix(pack_groups(w.to(torch.bfloat16), 2), _EMPTY, bias_tensor)
+        return PackedMatrix(pack_panels(w.to(torch.bfloat16)), _EMPTY, bias_tensor)
     scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
     quantized = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
     if int8_computes_in_int8():  # scales then the column sums the uint8 activations' offset needs
         column_sums = quantized.sum(dim=1, dtype=torch.int32).float()
-        return [pack_groups(quantized, 4), torch.cat([scale, column_sums]).contiguous(), bias_tensor]
-    return [pack_panels(quantized), scale.contiguous(), bias_tensor]
+        return PackedMatrix(pack_groups(quantized, 4), torch.cat([scale, column_sums]).contiguous(), bias_tensor)
+    return PackedMatrix(pack_panels(quantized), scale.contiguous(), bias_tensor)
 
 
 def _vector(t: torch.Tensor) -> torch.Tensor:
     return t.detach().float().contiguous()
+
+
+def _norm(module: nn.Module) -> Norm:
+    if isinstance(module, nn.Identity):  # no final norm: empty tensors
+        return Norm(_EMPTY, _EMPTY)
+    return Norm(_vector(module.weight), _vector(module.bias))
+
+
+def _linear(linear: nn.Linear, weight_type: str) -> PackedMatrix:
+    return _matrix(linear.weight, linear.bias, weight_type)
+
+
+def _self_attention(layer: nn.Module, weight_type: str) -> SelfAttentionWeights:
+    attention = layer.self_attn
+    return SelfAttentionWeights(
+        _norm(layer.norm1),
+        _linear(attention.q_proj, weight_type),
+        _linear(attention.kv_proj, weight_type),
+        _linear(attention.out_proj, weight_type),
+    )
+
+
+def _feed_forward(norm: nn.Module, layer: nn.Module, weight_type: str) -> FeedForwardWeights:
+    return FeedForwardWeights(_norm(norm), _linear(layer.ffn.fc1, weight_type), _linear(layer.ffn.fc2, weight_type))
+
+
+def decoder_weights(model: JanusModel, weight_type: str) -> DecoderWeights:
+    """The decoder ops' weights of ``model``, matrices stored as ``weight_type``."""
+    layers = [
+        DecoderLayerWeights(
+            _self_attention(layer, weight_type),
+            _norm(layer.norm2),
+            _linear(layer.cross_attn.q_proj, weight_type),
+            _linear(layer.cross_attn.out_proj, weight_type),
+            _feed_forward(layer.norm3, layer, weight_type),
+        )
+        for layer in model.decoder_layers
+    ]
+    return DecoderWeights(
+        _vector(model.embed_tokens.weight),
+        _vector(model.embed_target_positions.weight),
+        _norm(model.decoder_norm),
+        _matrix(model.embed_tokens.weight, None, weight_type),
+        layers,
+    )
+
+
+def encoder_weights(model: JanusModel, weight_type: str) -> EncoderWeights:
+    """``encoder_forward``'s weights of ``model``: the encoder and each decoder layer's cross-attention
+    keys/values, matrices stored as ``weight_type``."""
+    layers = [
+        EncoderLayerWeights(_self_attention(layer, weight_type), _feed_forward(layer.norm2, layer, weight_type))
+        for layer in model.encoder_layers
+    ]
+    return EncoderWeights(
+        _vector(model.embed_tokens.weight),
+        _vector(model.embed_source_positions.weight),
+        _norm(model.encoder_norm),
+        layers,
+        [_linear(layer.cross_attn.kv_proj, weight_type) for layer in model.decoder_layers],
+    )
 
 
 def _model_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -240,31 +308,11 @@ class NativeDecoder:
         self.version = _parameters_version(self.parameters)
         self.samples = _WeightSamples(self.parameters)
 
-        def norm(module: nn.Module) -> list[torch.Tensor]:
-            if isinstance(module, nn.Identity):  # no final norm: empty tensors
-                return [_EMPTY, _EMPTY]
-            return [_vector(module.weight), _vector(module.bias)]
-
-        def matrices(*linears: nn.Linear) -> list[torch.Tensor]:
-            return [t for linear in linears for t in _matrix(linear.weight, linear.bias, weight_type)]
-
-        def self_attention(layer: nn.Module) -> list[torch.Tensor]:
-            attention = layer.self_attn
-            return norm(layer.norm1) + matrices(attention.q_proj, attention.kv_proj, attention.out_proj)
-
-        tensors = [_vector(model.embed_tokens.weight), _vector(model.embed_target_positions.weight)]
-        tensors += norm(model.decoder_norm) + _matrix(model.embed_tokens.weight, None, weight_type)
-        for layer in model.decoder_layers:
-            tensors += self_attention(layer) + norm(layer.norm2)
-            tensors += matrices(layer.cross_attn.q_proj, layer.cross_attn.out_proj)
-            tensors += norm(layer.norm3) + matrices(layer.ffn.fc1, layer.ffn.fc2)
-        self.tensors = tensors
-        encoder = [_vector(model.embed_tokens.weight), _vector(model.embed_source_positions.weight)]
-        encoder += norm(model.encoder_norm)
-        for layer in model.encoder_layers:
-            encoder += self_attention(layer) + norm(layer.norm2) + matrices(layer.ffn.fc1, layer.ffn.fc2)
-        encoder += matrices(*(layer.cross_attn.kv_proj for layer in model.decoder_layers))
-        self.encoder_tensors = encoder
+        # the weights by name (janus_fast/native/weights.py) and flattened as the ops take them
+        self.weights = decoder_weights(model, weight_type)
+        self.tensors = flatten(self.weights)
+        self.encoder_weights = encoder_weights(model, weight_type)
+        self.encoder_tensors = flatten(self.encoder_weights)
         self.num_encoder_layers = len(model.encoder_layers)
 
     @staticmethod

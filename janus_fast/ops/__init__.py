@@ -17,12 +17,19 @@ import warnings
 
 import torch
 
-from janus_fast.ops.reference import mask_predict_step_reference, num_to_remask, speculative_accept_reference
+from janus_fast.ops.reference import (
+    mask_predict_remask_reference,
+    mask_predict_step_reference,
+    num_to_remask,
+    speculative_accept_reference,
+)
 
 __all__ = [
     "HAS_NATIVE_OPS",
     "NATIVE_IMPORT_ERROR",
     "env_flag",
+    "mask_predict_remask",
+    "mask_predict_remask_reference",
     "mask_predict_step",
     "mask_predict_step_reference",
     "num_to_remask",
@@ -60,29 +67,32 @@ def _load_native() -> tuple[bool, str | None]:
 
 HAS_NATIVE_OPS, NATIVE_IMPORT_ERROR = _load_native()
 _warned_missing = False
-_native_kernels: dict[str, bool] = {}
+_native_kernels: dict[tuple[str, str], bool] = {}
 
 
-def _has_native_kernel(device_type: str) -> bool:
-    """Whether janus_fast._C has a kernel for this device type; warns once per device type where not,
-    e.g. a CUDA torch whose janus_fast._C was compiled without nvcc (CPU kernels only)."""
-    if device_type not in _native_kernels:
+def _has_native_kernel(device_type: str, op: str = "mask_predict_step", warn: bool = True) -> bool:
+    """Whether janus_fast._C has a kernel of ``op`` for this device type (asked once per pair); with
+    ``warn``, warns once where not, e.g. a CUDA torch whose janus_fast._C was compiled without nvcc
+    (CPU kernels only)."""
+    if (op, device_type) not in _native_kernels:
         try:
             key = torch._C._dispatch_key_for_device(device_type)
-            found = torch._C._dispatch_has_kernel_for_dispatch_key("janus_fast::mask_predict_step", key)
+            found = hasattr(torch.ops.janus_fast, op) and torch._C._dispatch_has_kernel_for_dispatch_key(
+                f"janus_fast::{op}", key
+            )
         except RuntimeError:
             found = False
-        _native_kernels[device_type] = found
-        if not found:
+        _native_kernels[op, device_type] = found
+        if not found and warn:
             warnings.warn(
-                f"janus_fast._C has no {device_type} kernel of mask_predict_step (for CUDA: it was compiled "
+                f"janus_fast._C has no {device_type} kernel of {op} (for CUDA: it was compiled "
                 "without nvcc); the slower PyTorch reference is used on that device. Make nvcc available "
                 "(CUDA_HOME) and rebuild: `python -m janus_fast.native` for the first-use build, "
                 "`pip install --no-build-isolation --force-reinstall --no-deps <checkout>` for an install-time one.",
                 RuntimeWarning,
                 stacklevel=3,
             )
-    return _native_kernels[device_type]
+    return _native_kernels[op, device_type]
 
 
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -121,6 +131,63 @@ def _check_int(name: str, value: object, op: str = "mask_predict_step") -> int:
     return value
 
 
+def _check_rows(
+    op: str,
+    tokens: torch.Tensor,
+    scores: torch.Tensor,
+    lengths: torch.Tensor,
+    iteration: int,
+    num_iterations: int,
+    mask_id: int,
+    shape: tuple[int, int] | None = None,
+) -> None:
+    """The checks of the rows a mask-predict op updates: tokens (N, T) int64 and scores (N, T)
+    float32 contiguous, lengths (N,) int64 in [2, T], one device, the scalars' ranges (mask_id >= 0;
+    the caller checks it against V where there are logits). ``shape``: the (N, T) required."""
+    for name, tensor in (("tokens", tokens), ("scores", scores), ("lengths", lengths)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+    for name, tensor, dtype in (
+        ("tokens", tokens, torch.int64),
+        ("scores", scores, torch.float32),
+        ("lengths", lengths, torch.int64),
+    ):
+        if tensor.dtype != dtype:
+            raise TypeError(f"{op}: {name} must be {dtype}, got {tensor.dtype}")
+    if shape is None:
+        if tokens.dim() != 2:
+            raise ValueError(f"{op}: tokens must be (N, T), got shape {tuple(tokens.shape)}")
+        shape = tuple(tokens.shape)
+    num_rows, max_length = shape
+    for name, tensor in (("tokens", tokens), ("scores", scores)):
+        if tensor.shape != shape:
+            raise ValueError(f"{op}: {name} must be (N, T) = {shape}, got {tuple(tensor.shape)}")
+        if not tensor.is_contiguous():
+            raise ValueError(f"{op}: {name} is updated in place and must be contiguous")
+    if lengths.shape != (num_rows,):
+        raise ValueError(f"{op}: lengths must be (N,) = ({num_rows},), got {tuple(lengths.shape)}")
+    if len({tokens.device, scores.device, lengths.device}) != 1:
+        raise ValueError(
+            f"{op}: all tensors must be on one device, got tokens on {tokens.device}, scores on "
+            f"{scores.device}, lengths on {lengths.device}"
+        )
+    if max_length < 2:
+        raise ValueError(f"{op}: T must be >= 2 (bos and eos), got {max_length}")
+    iteration = _check_int("iteration", iteration, op)
+    num_iterations = _check_int("num_iterations", num_iterations, op)
+    mask_id = _check_int("mask_id", mask_id, op)
+    if num_iterations < 1:
+        raise ValueError(f"{op}: num_iterations must be >= 1, got {num_iterations}")
+    if not 0 <= iteration < num_iterations:
+        raise ValueError(f"{op}: iteration must be in [0, {num_iterations}), got {iteration}")
+    if mask_id < 0:
+        raise ValueError(f"{op}: mask_id must be >= 0, got {mask_id}")
+    if num_rows > 0:
+        low, high = (int(value) for value in torch.aminmax(lengths))
+        if low < 2 or high > max_length:
+            raise ValueError(f"{op}: lengths must be in [2, T={max_length}], got values in [{low}, {high}]")
+
+
 def _check_inputs(
     logits: torch.Tensor,
     tokens: torch.Tensor,
@@ -130,61 +197,26 @@ def _check_inputs(
     num_iterations: int,
     mask_id: int,
 ) -> None:
-    for name, tensor in (
-        ("logits", logits),
-        ("tokens", tokens),
-        ("scores", scores),
-        ("lengths", lengths),
-    ):
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"mask_predict_step: {name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"mask_predict_step: logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dtype not in _LOGIT_DTYPES:
         raise TypeError(f"mask_predict_step: logits must be float32, bfloat16 or float16, got {logits.dtype}")
-    for name, tensor, dtype in (
-        ("tokens", tokens, torch.int64),
-        ("scores", scores, torch.float32),
-        ("lengths", lengths, torch.int64),
-    ):
-        if tensor.dtype != dtype:
-            raise TypeError(f"mask_predict_step: {name} must be {dtype}, got {tensor.dtype}")
     if logits.dim() != 3:
         raise ValueError(f"mask_predict_step: logits must be (N, T, V), got shape {tuple(logits.shape)}")
     num_rows, max_length, vocab_size = logits.shape
-    for name, tensor in (("tokens", tokens), ("scores", scores)):
-        if tensor.shape != (num_rows, max_length):
-            raise ValueError(
-                f"mask_predict_step: {name} must be (N, T) = {(num_rows, max_length)}, got {tuple(tensor.shape)}"
-            )
-        if not tensor.is_contiguous():
-            raise ValueError(f"mask_predict_step: {name} is updated in place and must be contiguous")
-    if lengths.shape != (num_rows,):
-        raise ValueError(f"mask_predict_step: lengths must be (N,) = ({num_rows},), got {tuple(lengths.shape)}")
-    devices = {tensor.device for tensor in (logits, tokens, scores, lengths)}
-    if len(devices) != 1:
+    _check_rows(
+        "mask_predict_step", tokens, scores, lengths, iteration, num_iterations, mask_id, (num_rows, max_length)
+    )
+    if tokens.device != logits.device:
         raise ValueError(
             f"mask_predict_step: all tensors must be on one device, got logits on "
             f"{logits.device}, tokens on {tokens.device}, scores on {scores.device}, "
             f"lengths on {lengths.device}"
         )
-    if max_length < 2:
-        raise ValueError(f"mask_predict_step: T must be >= 2 (bos and eos), got {max_length}")
     if vocab_size < 2:
         raise ValueError(f"mask_predict_step: V must be >= 2, got {vocab_size}")
-    iteration = _check_int("iteration", iteration)
-    num_iterations = _check_int("num_iterations", num_iterations)
-    mask_id = _check_int("mask_id", mask_id)
-    if num_iterations < 1:
-        raise ValueError(f"mask_predict_step: num_iterations must be >= 1, got {num_iterations}")
-    if not 0 <= iteration < num_iterations:
-        raise ValueError(f"mask_predict_step: iteration must be in [0, {num_iterations}), got {iteration}")
-    if not 0 <= mask_id < vocab_size:
+    if not mask_id < vocab_size:
         raise ValueError(f"mask_predict_step: mask_id must be in [0, {vocab_size}), got {mask_id}")
-    if num_rows > 0:
-        low, high = (int(value) for value in torch.aminmax(lengths))
-        if low < 2 or high > max_length:
-            raise ValueError(
-                f"mask_predict_step: lengths must be in [2, T={max_length}], got values in [{low}, {high}]"
-            )
 
 
 def mask_predict_step(
@@ -242,20 +274,36 @@ def mask_predict_step(
     return mask_predict_step_reference(logits, tokens, scores, lengths, iteration, num_iterations, mask_id)
 
 
-_accept_kernels: dict[str, bool] = {}
+def mask_predict_remask(
+    tokens: torch.Tensor,
+    scores: torch.Tensor,
+    lengths: torch.Tensor,
+    iteration: int,
+    num_iterations: int,
+    mask_id: int,
+) -> torch.Tensor:
+    """``mask_predict_step``'s step 2 alone, for decoder passes that fill the masked positions
+    themselves (the engine's): ``floor((lengths[r] - 2) * (num_iterations - 1 - iteration) /
+    num_iterations)`` real positions with the lowest scores (ties -> lower position) are set to
+    ``mask_id``; their scores are kept. bos, eos and padding never change. Rows are independent.
 
+    Args:
+        tokens: (N, T) int64, contiguous, updated in place.
+        scores: (N, T) float32, contiguous.
+        lengths: (N,) int64, 2 <= lengths <= T.
+        iteration: t in [0, num_iterations); num_iterations >= 1; mask_id >= 0.
 
-def _has_accept_kernel(device_type: str) -> bool:
-    """Whether janus_fast._C has a speculative_accept kernel for this device type (asked once)."""
-    if device_type not in _accept_kernels:
-        try:
-            key = torch._C._dispatch_key_for_device(device_type)
-            registered = hasattr(torch.ops.janus_fast, "speculative_accept")
-            found = registered and torch._C._dispatch_has_kernel_for_dispatch_key("janus_fast::speculative_accept", key)
-        except RuntimeError:
-            found = False
-        _accept_kernels[device_type] = found
-    return _accept_kernels[device_type]
+    Returns:
+        (N, T) bool, True where re-masked.
+
+    Raises:
+        TypeError / ValueError on a wrong dtype, shape, device, layout or argument range.
+    """
+    _check_rows("mask_predict_remask", tokens, scores, lengths, iteration, num_iterations, mask_id)
+    lengths = lengths.contiguous()
+    if uses_native_ops() and _has_native_kernel(tokens.device.type, "mask_predict_remask"):
+        return torch.ops.janus_fast.mask_predict_remask(tokens, scores, lengths, iteration, num_iterations, mask_id)
+    return mask_predict_remask_reference(tokens, scores, lengths, iteration, num_iterations, mask_id)
 
 
 def speculative_accept(
@@ -288,7 +336,7 @@ def speculative_accept(
             raise TypeError(f"speculative_accept: {name} must be an int64 tensor")
     if relaxed is not None and (not isinstance(relaxed, torch.Tensor) or relaxed.dtype != torch.bool):
         raise TypeError("speculative_accept: relaxed must be None or a bool tensor")
-    if uses_native_ops() and _has_accept_kernel(draft.device.type):
+    if uses_native_ops() and _has_native_kernel(draft.device.type, "speculative_accept", warn=False):
         return torch.ops.janus_fast.speculative_accept(draft, draft_counts, verified, relaxed, eos_id)
     rows, width = draft.shape if draft.dim() == 2 else (-1, -1)
     if draft.dim() != 2 or verified.shape != (rows, width + 1) or draft_counts.shape != (rows,):

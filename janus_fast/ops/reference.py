@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["mask_predict_step_reference", "num_to_remask", "speculative_accept_reference"]
+__all__ = [
+    "mask_predict_remask_reference",
+    "mask_predict_step_reference",
+    "num_to_remask",
+    "speculative_accept_reference",
+]
 
 
 def num_to_remask(lengths: torch.Tensor, iteration: int, num_iterations: int) -> torch.Tensor:
@@ -70,7 +75,23 @@ def mask_predict_step_reference(
     tokens[fill] = best
     scores[fill] = log_probs.gather(1, best.unsqueeze(1)).squeeze(1)
 
-    # Step 2: rank real positions by (score, position); padding, bos and eos rank after them.
+    return mask_predict_remask_reference(tokens, scores, lengths, iteration, num_iterations, mask_id)
+
+
+def mask_predict_remask_reference(
+    tokens: torch.Tensor,
+    scores: torch.Tensor,
+    lengths: torch.Tensor,
+    iteration: int,
+    num_iterations: int,
+    mask_id: int,
+) -> torch.Tensor:
+    """Step 2 of ``mask_predict_step_reference`` alone (the spec of ``mask_predict_remask``), in
+    place on ``tokens``; arguments as there (mask_id >= 0). Returns (N, T) bool, True where re-masked."""
+    num_rows, max_length = tokens.shape
+    positions = torch.arange(max_length, device=tokens.device)
+    real = (positions >= 1) & (positions < (lengths - 1).unsqueeze(1))  # (N, T)
+    # rank real positions by (score, position); padding, bos and eos rank after them
     by_score = torch.sort(scores, dim=1, stable=True).indices  # NaN sorts last
     by_real = torch.sort((~real).gather(1, by_score).to(torch.uint8), dim=1, stable=True).indices
     order = by_score.gather(1, by_real)

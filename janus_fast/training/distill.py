@@ -27,6 +27,7 @@ import torch
 
 from janus_fast.checkpoint import CONFIG_NAME, WEIGHTS_NAME, config_digest
 from janus_fast.data import InputError, read_lines
+from janus_fast.decoding.options import DecodeOptions
 from janus_fast.output import atomic_write, check_output_not_input
 from janus_fast.translator import Translator
 
@@ -208,10 +209,13 @@ def distill(
     chunk_size: int = 2000,
     progress: Callable[[int], None] | None = None,
     model_dir: str | None = None,
-    **decode_options,
+    options: DecodeOptions | None = None,
+    batch_size: int | None = None,
+    **changes: object,
 ) -> int:
     """Translate every line of ``source_path`` (plain or .gz) into ``output_path``; returns the
-    number of lines. ``decode_options`` go to ``Translator.translate`` (mode, beam, iterations, ...).
+    number of lines. ``options``, ``changes`` and ``batch_size`` are ``Translator.translate``'s (the
+    ones given, not None, are recorded in the manifest).
     Chunks already in ``output_path + '.parts'`` from an interrupted run are kept, not redone, when
     that run's manifest matches this one (``distill_manifest``: source, model, options, chunk size;
     ``model_dir``, the checkpoint the translator was loaded from, identifies the model by its
@@ -222,7 +226,11 @@ def distill(
     check_output_not_input(output_path, [source_path], "--output")
     sources = read_lines(source_path)
     parts_dir = output_path + PARTS_SUFFIX
-    check_parts(parts_dir, distill_manifest(translator, sources, chunk_size, decode_options, model_dir))
+    decoding = {} if options is None else {k: v for k, v in dataclasses.asdict(options).items() if v is not None}
+    decoding.update(changes)
+    if batch_size is not None:
+        decoding["batch_size"] = batch_size
+    check_parts(parts_dir, distill_manifest(translator, sources, chunk_size, decoding, model_dir))
     starts = range(0, len(sources), chunk_size)
     for index, start in enumerate(starts):
         chunk = sources[start : start + chunk_size]
@@ -231,7 +239,7 @@ def distill(
             if progress is not None:
                 progress(len(chunk))
             continue
-        outputs = translator.translate(chunk, progress=progress, **decode_options)
+        outputs = translator.translate(chunk, options=options, progress=progress, batch_size=batch_size, **changes)
         atomic_write(path, "".join(line.replace("\n", " ") + "\n" for line in outputs).encode("utf-8"))
 
     lines = [line for index in range(len(starts)) for line in read_lines(_chunk_path(parts_dir, index))]

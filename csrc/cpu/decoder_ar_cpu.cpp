@@ -1,0 +1,340 @@
+// The AR passes of the decoder, both streams (content token + query stream) or, for a plain transformer
+// decoder, the content stream alone:
+//
+//   janus_fast::decoder_ar_step   one incremental AR step for B rows, appending to the key/value
+//                                 caches, returning (B, V) logits;
+//   janus_fast::decoder_ar_greedy the same step returning greedy search's token per row and its
+//                                 log-probability instead of logits;
+//   janus_fast::decoder_ar_extend several new tokens per sentence appended to its caches (AR passes of
+//                                 both streams from per-sentence cache lengths), with the greedy
+//                                 choice after each: the verification of speculative decoding;
+//   janus_fast::decoder_ar_score  a teacher-forced AR pass of both streams over packed rows,
+//                                 returning each given next token's log-probability (the AR
+//                                 rescoring of finished mask-predict candidates).
+#include "cpu/decoder_passes.h"
+
+#include <torch/library.h>
+
+#include <cstring>
+
+namespace janus_fast {
+namespace cpu {
+namespace {
+
+// AR passes of both streams over new content tokens, packed by sentence: sentence r's at offsets[r] ..
+// offsets[r + 1] - 1 (>= 1), token p at positions[p]. Each content token attends to its sentence's
+// content tokens up to itself, and its query stream (the mask at positions[p] + offset) attends to the
+// same keys and predicts the next token. The keys/values come from
+//   * the key/value caches (decoder_ar_step, _greedy, _extend): sentence r holds cache_lengths[r]
+//     positions, its i-th new token is at cache_lengths[r] + i and is written to the cache there first.
+//     One incremental AR step is the case of one new token per sentence; a speculative verification
+//     passes a sentence's last accepted token and its drafted tokens;
+//   * without caches, the pass itself (decoder_ar_score: a teacher-forced pass over whole rows, as
+//     janus_fast.model.JanusModel.ar_hidden): token p sees the tokens offsets[r] .. p of its row.
+// Every row runs the same arithmetic whatever the number of rows (the products are row-independent,
+// core/small_gemm.h), so the query states equal those of one step at a time. Without `query_stream` (a
+// plain transformer decoder) the content rows alone run every layer and their last states predict.
+// Returns the query (or content) stream's last states, one per new token.
+struct ArLayout {
+  std::vector<int64_t> offsets;    // N + 1
+  std::vector<int64_t> row_of;     // packed token -> sentence
+  std::vector<int64_t> positions;  // packed token -> its target position
+};
+
+// The caches of a pass, one (N, H, > positions, head_dim) tensor per layer each; `used` false: none.
+struct Caches {
+  at::TensorList keys, values;
+  bool used;
+};
+
+PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                     int64_t mask_id, int64_t query_position_offset, bool query_stream, const at::Tensor& tokens,
+                     const ArLayout& layout, at::TensorList memory_keys, at::TensorList memory_values,
+                     const at::Tensor& memory_lengths, const Caches& caches, const char* op) {
+  const DecoderWeights d = parse_decoder_weights(weights, num_heads);
+  const Architecture arch{post_norm, relu};
+  const int64_t num_layers = static_cast<int64_t>(d.layers.size());
+  TORCH_CHECK_VALUE(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.device().is_cpu(), op,
+                    ": tokens must be 1-D int64 on the CPU, got ", tokens.sizes());
+  const int64_t packed = tokens.size(0), batch = static_cast<int64_t>(layout.offsets.size()) - 1;
+  TORCH_CHECK_VALUE(static_cast<int64_t>(layout.positions.size()) == packed, op, ": ", packed,
+                    " tokens for a layout of ", layout.positions.size());
+  TORCH_CHECK_VALUE(!caches.used || (static_cast<int64_t>(caches.keys.size()) == num_layers &&
+                                     static_cast<int64_t>(caches.values.size()) == num_layers),
+                    op, ": one cache tensor per layer (", num_layers, ") expected");
+  TORCH_CHECK_VALUE(query_position_offset == 0 || query_position_offset == 1, op,
+                    ": query_position_offset must be 0 or 1, got ", query_position_offset);
+  const int64_t query_offset = query_stream ? query_position_offset : 0;
+  int64_t last_position = -1;
+  for (const int64_t position : layout.positions) last_position = std::max(last_position, position);
+  TORCH_CHECK_VALUE(last_position + query_offset < d.max_positions, op, ": position ", last_position,
+                    " outside [0, ", d.max_positions - query_offset, ")");
+  for (int64_t l = 0; caches.used && l < num_layers; ++l) {
+    for (const at::Tensor* t : {&caches.keys[l], &caches.values[l]}) {
+      TORCH_CHECK_VALUE(t->dim() == 4 && t->size(0) == batch && t->size(1) == d.heads && t->size(2) > last_position &&
+                            t->size(3) == d.head_dim && t->scalar_type() == at::kFloat && t->is_contiguous() &&
+                            t->device().is_cpu(),
+                        op, ": caches must be contiguous float32 (", batch, ", ", d.heads, ", > ", last_position,
+                        ", ", d.head_dim, "), got ", t->sizes());
+    }
+  }
+  const Memories memory = checked_memories(memory_keys, memory_values, memory_lengths, batch, d, op);
+  if (packed == 0) return {d, nullptr, 0};
+  const at::Tensor token_values = tokens.contiguous();
+  const int64_t* token_ids = token_values.data_ptr<int64_t>();
+  const int64_t* offsets = layout.offsets.data();
+  int64_t max_row = 0;  // the most keys of a query: the longest row without caches
+  for (int64_t r = 0; r < batch; ++r) max_row = std::max(max_row, offsets[r + 1] - offsets[r]);
+
+  // rows 0..P-1: content stream (each new token at its position); rows P..2P-1: query stream
+  const int64_t rows = (query_stream ? 2 : 1) * packed, dim = d.dim;
+  thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer;
+  float* x = scratch(x_buffer, rows * dim);
+  float* h = scratch(h_buffer, rows * dim);
+  float* q = scratch(q_buffer, rows * dim);
+  float* a = scratch(a_buffer, rows * dim);
+  float* kv = scratch(kv_buffer, packed * 2 * dim);
+  float* f = scratch(f_buffer, rows * d.ffn);
+  const float scale = static_cast<float>(embed_scale);
+  for (int64_t p = 0; p < packed; ++p) {
+    embed(d, token_ids[p], layout.positions[p], scale, x + p * dim);
+    if (query_stream) embed(d, mask_id, layout.positions[p] + query_position_offset, scale, x + (packed + p) * dim);
+  }
+  std::vector<int64_t> memory_row(rows);
+  for (int64_t r = 0; r < rows; ++r) memory_row[r] = layout.row_of[r % packed];
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const DecoderLayerWeights& layer = d.layers[l];
+    const SelfAttentionWeights& attention = layer.self_attention;
+    // the last layer needs only the query rows past its key/value projection
+    const int64_t first = query_stream && l == num_layers - 1 ? packed : 0, n = rows - first;
+    float* xs = x + first * dim;
+    const float* in = sublayer_input(arch, x, rows, dim, attention.norm, h);
+    linear(in, packed, dim, attention.kv, kv, 2 * dim);
+    float* ck = caches.used ? caches.keys[l].data_ptr<float>() : nullptr;
+    float* cv = caches.used ? caches.values[l].data_ptr<float>() : nullptr;
+    const int64_t max_len = caches.used ? caches.keys[l].size(2) : 0;
+    for (int64_t p = 0; caches.used && p < packed; ++p)
+      for (int64_t head = 0; head < d.heads; ++head) {
+        const int64_t at_position = ((layout.row_of[p] * d.heads + head) * max_len + layout.positions[p]) * d.head_dim;
+        std::memcpy(ck + at_position, kv + p * 2 * dim + head * d.head_dim, d.head_dim * sizeof(float));
+        std::memcpy(cv + at_position, kv + p * 2 * dim + dim + head * d.head_dim, d.head_dim * sizeof(float));
+      }
+    linear(in + first * dim, n, dim, attention.q, q, dim);
+    if (caches.used) {
+      attention_rows(q, dim, n, d, a, dim, last_position + 1,
+                     [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
+                         int64_t& vs, int64_t& count) {
+                       const int64_t p = (row + first) % packed;
+                       const int64_t offset = (layout.row_of[p] * d.heads + head) * max_len * d.head_dim;
+                       keys = ck + offset;
+                       values = cv + offset;
+                       ks = vs = d.head_dim;
+                       count = layout.positions[p] + 1;  // causal, itself included
+                     });
+    } else {
+      attention_rows(q, dim, n, d, a, dim, max_row,
+                     [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
+                         int64_t& vs, int64_t& count) {
+                       const int64_t p = (row + first) % packed, r = layout.row_of[p];
+                       keys = kv + offsets[r] * 2 * dim + head * d.head_dim;
+                       values = keys + dim;
+                       ks = vs = 2 * dim;
+                       count = p - offsets[r] + 1;  // causal, itself included
+                     });
+    }
+    linear(a, n, dim, attention.out, xs, dim, /*accumulate=*/true);
+    finish_sublayer(arch, xs, n, dim, attention.norm);
+    const std::vector<int64_t> rows_memory(memory_row.begin() + first, memory_row.end());
+    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], rows_memory, memory.lengths, h, q, a, f);
+  }
+  return {d, x + (rows - packed) * dim, packed};
+}
+
+// The layout of one AR step: one token per sentence, at `step`.
+ArLayout step_layout(int64_t batch, int64_t step, const char* op) {
+  TORCH_CHECK_VALUE(step >= 0, op, ": step ", step, " must be >= 0");
+  ArLayout layout;
+  layout.offsets.resize(batch + 1);
+  layout.row_of.resize(batch);
+  layout.positions.assign(batch, step);
+  for (int64_t b = 0; b <= batch; ++b) layout.offsets[b] = b;
+  for (int64_t b = 0; b < batch; ++b) layout.row_of[b] = b;
+  return layout;
+}
+
+// The layout of decoder_ar_extend: row_offsets (N + 1,) int64 (each sentence >= 1 new token) and
+// cache_lengths (N,) int64 >= 0.
+ArLayout extend_layout(const at::Tensor& row_offsets, const at::Tensor& cache_lengths, int64_t packed,
+                           const char* op) {
+  const PackedLayout rows = packed_layout(row_offsets, packed, op);
+  TORCH_CHECK_VALUE(cache_lengths.dim() == 1 && cache_lengths.size(0) == rows.num_rows &&
+                        cache_lengths.scalar_type() == at::kLong && cache_lengths.device().is_cpu(),
+                    op, ": cache_lengths must be int64 (", rows.num_rows, ",) on the CPU, got ", cache_lengths.sizes());
+  const at::Tensor lengths = cache_lengths.contiguous();
+  const int64_t* cached = lengths.data_ptr<int64_t>();
+  ArLayout layout;
+  layout.offsets = rows.offsets;
+  layout.row_of = rows.row_of;
+  layout.positions.resize(packed);
+  for (int64_t r = 0; r < rows.num_rows; ++r) {
+    TORCH_CHECK_VALUE(cached[r] >= 0, op, ": cache length ", cached[r], " must be >= 0");
+    for (int64_t p = rows.offsets[r]; p < rows.offsets[r + 1]; ++p)
+      layout.positions[p] = cached[r] + p - rows.offsets[r];
+  }
+  return layout;
+}
+
+// decoder_ar_step: the step's (B, V) logits.
+at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                           int64_t mask_id, int64_t query_position_offset, bool query_stream,
+                           const at::Tensor& tokens, int64_t step, at::TensorList memory_keys,
+                           at::TensorList memory_values, const at::Tensor& memory_lengths, at::TensorList cache_keys,
+                           at::TensorList cache_values) {
+  TORCH_CHECK_VALUE(tokens.dim() == 1, "decoder_ar_step: tokens must be int64 (B,), got ", tokens.sizes());
+  const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
+                                 query_stream, tokens, step_layout(tokens.size(0), step, "decoder_ar_step"),
+                                 memory_keys, memory_values, memory_lengths, {cache_keys, cache_values, true},
+                                 "decoder_ar_step");
+  if (s.rows == 0) return at::empty({0, s.d.vocab}, at::TensorOptions().dtype(at::kFloat));
+  return vocabulary_logits(s.d, s.states, s.rows);
+}
+
+// Greedy search's rules checked and unpacked: the ids never chosen and, per new token, the id it is
+// forced to (`forced_id` where `forced` is set, the sentence's length limit) or -1.
+struct GreedyRules {
+  std::vector<int64_t> excluded;
+  std::vector<int64_t> forced_ids;
+};
+
+GreedyRules greedy_rules(at::TensorList weights, int64_t num_heads, const at::Tensor& excluded_ids,
+                         const at::Tensor& forced, int64_t count, int64_t forced_id, const char* op) {
+  TORCH_CHECK_VALUE(excluded_ids.dim() == 1 && excluded_ids.scalar_type() == at::kLong &&
+                        excluded_ids.device().is_cpu(),
+                    op, ": excluded_ids must be int64 (K,) on the CPU, got ", excluded_ids.sizes());
+  TORCH_CHECK_VALUE(forced.dim() == 1 && forced.size(0) == count && forced.scalar_type() == at::kBool &&
+                        forced.device().is_cpu(),
+                    op, ": forced must be bool (", count, ",) on the CPU, got ", forced.sizes(), " ",
+                    forced.scalar_type());
+  const at::Tensor excluded_values = excluded_ids.contiguous();
+  GreedyRules rules;
+  const int64_t* excluded = excluded_values.data_ptr<int64_t>();
+  rules.excluded.assign(excluded, excluded + excluded_values.numel());
+  const int64_t vocab = parse_embeddings(weights, num_heads, op).vocab;  // the pass checks the rest
+  for (const int64_t id : rules.excluded)
+    TORCH_CHECK_VALUE(id >= 0 && id < vocab, op, ": excluded id ", id, " outside [0, ", vocab, ")");
+  TORCH_CHECK_VALUE(forced_id >= 0 && forced_id < vocab, op, ": forced_id ", forced_id, " outside [0, ", vocab, ")");
+  const at::Tensor forced_values = forced.contiguous();
+  rules.forced_ids.assign(count, -1);
+  for (int64_t i = 0; i < count; ++i)
+    if (forced_values.data_ptr<bool>()[i]) rules.forced_ids[i] = forced_id;
+  return rules;
+}
+
+// decoder_ar_step followed by greedy search's choice (select_tokens): per sentence the argmax over
+// the vocabulary without `excluded_ids`, or `forced_id` where `forced` (B,) bool is set (the
+// sentence's length limit), and its log-probability; no (B, V) logits are returned.
+std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy(at::TensorList weights, int64_t num_heads, double embed_scale,
+                                                     bool post_norm, bool relu, int64_t mask_id,
+                                                     int64_t query_position_offset, bool query_stream,
+                                                     const at::Tensor& tokens,
+                                                     int64_t step, at::TensorList memory_keys,
+                                                     at::TensorList memory_values, const at::Tensor& memory_lengths,
+                                                     at::TensorList cache_keys, at::TensorList cache_values,
+                                                     const at::Tensor& excluded_ids, const at::Tensor& forced,
+                                                     int64_t forced_id) {
+  const char* op = "decoder_ar_greedy";
+  TORCH_CHECK_VALUE(tokens.dim() == 1, op, ": tokens must be int64 (B,), got ", tokens.sizes());
+  const GreedyRules rules = greedy_rules(weights, num_heads, excluded_ids, forced, tokens.size(0), forced_id, op);
+  const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
+                                 query_stream, tokens, step_layout(tokens.size(0), step, op), memory_keys,
+                                 memory_values, memory_lengths, {cache_keys, cache_values, true}, op);
+  return select_tokens(s.d, s.states, s.rows, rules.excluded, rules.forced_ids.data());
+}
+
+// decoder_ar_extend: ar_states over packed new tokens (row_offsets (N + 1,), cache_lengths
+// (N,)), then greedy search's choice after every new token (as decoder_ar_greedy, `forced` (P,) per
+// token): the AR greedy tokens and log-probabilities (P,) of the positions after each new token, and,
+// where `candidates` (P,) int64 is not empty, each candidate's log-probability and rank at that
+// position (rank_candidate; -1: none, NaN and V returned): the relaxed verification's test of the
+// drafted token that follows. The caches get the new tokens' keys/values; a speculative
+// verification keeps those it accepts by counting them in the next call's cache_lengths.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_ar_extend(
+    at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu, int64_t mask_id,
+    int64_t query_position_offset, bool query_stream, const at::Tensor& tokens, const at::Tensor& row_offsets,
+    const at::Tensor& cache_lengths, at::TensorList memory_keys, at::TensorList memory_values,
+    const at::Tensor& memory_lengths, at::TensorList cache_keys, at::TensorList cache_values,
+    const at::Tensor& excluded_ids, const at::Tensor& forced, int64_t forced_id, const at::Tensor& candidates) {
+  const char* op = "decoder_ar_extend";
+  TORCH_CHECK_VALUE(tokens.dim() == 1, op, ": tokens must be int64 (P,), got ", tokens.sizes());
+  const int64_t count = tokens.size(0);
+  const GreedyRules rules = greedy_rules(weights, num_heads, excluded_ids, forced, count, forced_id, op);
+  const bool ranked = candidates.numel() > 0;
+  TORCH_CHECK_VALUE(candidates.dim() == 1 && candidates.scalar_type() == at::kLong && candidates.device().is_cpu() &&
+                        (!ranked || candidates.size(0) == count),
+                    op, ": candidates must be int64, empty or (", count, ",), on the CPU, got ", candidates.sizes());
+  const at::Tensor candidate_ids = candidates.contiguous();
+  const int64_t vocab = parse_embeddings(weights, num_heads, op).vocab;
+  for (int64_t i = 0; ranked && i < count; ++i) {
+    const int64_t id = candidate_ids.data_ptr<int64_t>()[i];
+    TORCH_CHECK_VALUE(id >= -1 && id < vocab, op, ": candidate id ", id, " outside [-1, ", vocab, ")");
+  }
+  const ArLayout layout = extend_layout(row_offsets, cache_lengths, count, op);
+  const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
+                                 query_stream, tokens, layout, memory_keys, memory_values, memory_lengths,
+                                 {cache_keys, cache_values, true}, op);
+  at::Tensor candidate_scores = at::empty({ranked ? count : 0}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor candidate_ranks = at::empty({ranked ? count : 0}, at::TensorOptions().dtype(at::kLong));
+  Candidates wanted;
+  if (ranked) {
+    wanted.ids = candidate_ids.data_ptr<int64_t>();
+    wanted.scores = candidate_scores.data_ptr<float>();
+    wanted.ranks = candidate_ranks.data_ptr<int64_t>();
+  }
+  auto [best, best_scores] = select_tokens(s.d, s.states, s.rows, rules.excluded, rules.forced_ids.data(), wanted);
+  return {best, best_scores, candidate_scores, candidate_ranks};
+}
+
+// decoder_ar_score: the teacher-forced ar_states over packed rows (no caches), followed by the log-softmax
+// of each packed position's `targets` token (the token after it in its row) over the whole vocabulary:
+// (P,) float32, no (P, V) logits kept.
+at::Tensor decoder_ar_score(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                            int64_t mask_id, int64_t query_position_offset, const at::Tensor& tokens,
+                            const at::Tensor& positions, const at::Tensor& row_offsets, at::TensorList memory_keys,
+                            at::TensorList memory_values, const at::Tensor& memory_lengths,
+                            const at::Tensor& targets) {
+  TORCH_CHECK_VALUE(targets.dim() == 1 && targets.size(0) == tokens.size(0) && targets.scalar_type() == at::kLong &&
+                        targets.device().is_cpu(),
+                    "decoder_ar_score: targets must be int64 (P,) on the CPU like tokens, got ", targets.sizes());
+  const int64_t vocab = parse_embeddings(weights, num_heads, "decoder_ar_score").vocab;
+  const at::Tensor targets_c = targets.contiguous();
+  const int64_t* target_ids = targets_c.data_ptr<int64_t>();
+  for (int64_t p = 0; p < targets_c.numel(); ++p)
+    TORCH_CHECK_VALUE(target_ids[p] >= 0 && target_ids[p] < vocab, "decoder_ar_score: target id ", target_ids[p],
+                      " outside [0, ", vocab, ")");
+  for (const at::Tensor* t : {&tokens, &positions})
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->scalar_type() == at::kLong && t->device().is_cpu(),
+                      "decoder_ar_score: tokens and positions must be 1-D int64 CPU tensors");
+  const int64_t packed = tokens.size(0);
+  TORCH_CHECK_VALUE(positions.size(0) == packed, "decoder_ar_score: ", packed, " tokens but ", positions.size(0),
+                    " positions");
+  const PackedLayout rows = packed_layout(row_offsets, packed, "decoder_ar_score");
+  const at::Tensor positions_c = positions.contiguous();
+  const int64_t* position_ids = positions_c.data_ptr<int64_t>();
+  const ArLayout layout{rows.offsets, rows.row_of, std::vector<int64_t>(position_ids, position_ids + packed)};
+  const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
+                                 /*query_stream=*/true, tokens, layout, memory_keys, memory_values, memory_lengths,
+                                 {{}, {}, false}, "decoder_ar_score");
+  return std::get<1>(select_tokens(s.d, s.states, s.rows, {}, target_ids));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(janus_fast, CPU, m) {
+  m.impl("decoder_ar_step", &decoder_ar_step);
+  m.impl("decoder_ar_greedy", &decoder_ar_greedy);
+  m.impl("decoder_ar_extend", &decoder_ar_extend);
+  m.impl("decoder_ar_score", &decoder_ar_score);
+}
+
+}  // namespace cpu
+}  // namespace janus_fast

@@ -1,0 +1,136 @@
+// The content-stream pass of mask-predict over packed rows (no padding), for the requested positions only:
+//
+//   janus_fast::decoder_nar_pass  returns their logits;
+//   janus_fast::decoder_nar_fill  returns, per requested position, the argmax token and its
+//                                 log-probability (mask-predict's fill) instead of logits.
+//
+// The last layer runs its queries, cross-attention and FFN only for the requested positions.
+#include "cpu/decoder_passes.h"
+
+#include <torch/library.h>
+
+#include <cstring>
+
+namespace janus_fast {
+namespace cpu {
+namespace {
+
+// The last decoder states (before the final norm) of the requested positions of a NAR pass.
+PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm, bool relu, double embed_scale,
+                     const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& row_offsets,
+                     at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
+                     const at::Tensor& output_positions) {
+  const DecoderWeights d = parse_decoder_weights(weights, num_heads);
+  const Architecture arch{post_norm, relu};
+  const int64_t num_layers = static_cast<int64_t>(d.layers.size());
+  for (const at::Tensor* t : {&tokens, &positions, &row_offsets, &output_positions})
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->scalar_type() == at::kLong && t->device().is_cpu(),
+                      "decoder_nar_pass: tokens, positions, row_offsets and output_positions must be 1-D int64 "
+                      "CPU tensors");
+  const int64_t packed = tokens.size(0);
+  TORCH_CHECK_VALUE(positions.size(0) == packed, "decoder_nar_pass: ", packed, " tokens but ", positions.size(0),
+                    " positions");
+  const PackedLayout layout = packed_layout(row_offsets, packed, "decoder_nar_pass");
+  const int64_t num_rows = layout.num_rows, max_row = layout.max_row;
+  const int64_t* offsets = layout.offsets.data();
+  const std::vector<int64_t>& row_of = layout.row_of;
+  const at::Tensor tokens_c = tokens.contiguous();
+  const at::Tensor positions_c = positions.contiguous(), outputs_c = output_positions.contiguous();
+  const int64_t num_out = output_positions.size(0);
+  const int64_t* out_pos = outputs_c.data_ptr<int64_t>();
+  for (int64_t i = 0; i < num_out; ++i)
+    TORCH_CHECK_VALUE(out_pos[i] >= 0 && out_pos[i] < packed, "decoder_nar_pass: output position ", out_pos[i],
+                      " outside [0, ", packed, ")");
+  const Memories memory =
+      checked_memories(memory_keys, memory_values, memory_lengths, num_rows, d, "decoder_nar_pass");
+  if (num_out == 0) return {d, nullptr, 0};
+
+  const int64_t dim = d.dim, cap = std::max(packed, num_out);  // rows of the per-row buffers
+  thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer, xo_buffer;
+  float* x = scratch(x_buffer, packed * dim);
+  float* h = scratch(h_buffer, cap * dim);
+  float* q = scratch(q_buffer, cap * dim);
+  float* a = scratch(a_buffer, cap * dim);
+  float* kv = scratch(kv_buffer, packed * 2 * dim);
+  float* f = scratch(f_buffer, cap * d.ffn);
+  float* xo = scratch(xo_buffer, num_out * dim);
+  const float scale = static_cast<float>(embed_scale);
+  const int64_t* token_ids = tokens_c.data_ptr<int64_t>();
+  const int64_t* position_ids = positions_c.data_ptr<int64_t>();
+  for (int64_t p = 0; p < packed; ++p) embed(d, token_ids[p], position_ids[p], scale, x + p * dim);
+  std::vector<int64_t> out_rows(num_out);
+  for (int64_t i = 0; i < num_out; ++i) out_rows[i] = row_of[out_pos[i]];
+
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const DecoderLayerWeights& layer = d.layers[l];
+    const SelfAttentionWeights& attention = layer.self_attention;
+    const bool last = l == num_layers - 1;
+    const float* in = sublayer_input(arch, x, packed, dim, attention.norm, h);
+    linear(in, packed, dim, attention.kv, kv, 2 * dim);
+    // the last layer continues with the requested positions only
+    float* xs = x;
+    const float* hs = in;
+    int64_t n = packed;
+    const int64_t* query_packed = nullptr;  // query row i -> packed position (last layer)
+    if (last) {  // gather x and LN1(x) of the requested positions (into xo and a; a is free until attention)
+      for (int64_t i = 0; i < num_out; ++i) {
+        std::memcpy(xo + i * dim, x + out_pos[i] * dim, dim * sizeof(float));
+        std::memcpy(a + i * dim, in + out_pos[i] * dim, dim * sizeof(float));
+      }
+      xs = xo;
+      hs = a;
+      n = num_out;
+      query_packed = out_pos;
+    }
+    linear(hs, n, dim, attention.q, q, dim);
+    attention_rows(q, dim, n, d, a, dim, max_row,
+                   [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
+                       int64_t& vs, int64_t& count) {
+                     const int64_t r = row_of[query_packed ? query_packed[row] : row];
+                     keys = kv + offsets[r] * 2 * dim + head * d.head_dim;
+                     values = keys + dim;
+                     ks = vs = 2 * dim;
+                     count = offsets[r + 1] - offsets[r];
+                   });
+    linear(a, n, dim, attention.out, xs, dim, /*accumulate=*/true);
+    finish_sublayer(arch, xs, n, dim, attention.norm);
+    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], last ? out_rows : row_of, memory.lengths, h, q, a, f);
+  }
+  return {d, xo, num_out};
+}
+
+at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                            const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& row_offsets,
+                            at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
+                            const at::Tensor& output_positions) {
+  const PassStates s = nar_states(weights, num_heads, post_norm, relu, embed_scale, tokens, positions, row_offsets,
+                                 memory_keys, memory_values, memory_lengths, output_positions);
+  if (s.rows == 0) return at::empty({0, s.d.vocab}, at::TensorOptions().dtype(at::kFloat));
+  return vocabulary_logits(s.d, s.states, s.rows);
+}
+
+// decoder_nar_pass followed by the fill of mask-predict (select_tokens without `exclude_id`, or over
+// the whole vocabulary for -1: fairseq's fill), as janus_fast.ops.mask_predict_step's step 1.
+std::tuple<at::Tensor, at::Tensor> decoder_nar_fill(at::TensorList weights, int64_t num_heads, double embed_scale,
+                                                    bool post_norm, bool relu, const at::Tensor& tokens,
+                                                    const at::Tensor& positions, const at::Tensor& row_offsets,
+                                                    at::TensorList memory_keys, at::TensorList memory_values,
+                                                    const at::Tensor& memory_lengths,
+                                                    const at::Tensor& output_positions, int64_t exclude_id) {
+  const PassStates s = nar_states(weights, num_heads, post_norm, relu, embed_scale, tokens, positions, row_offsets,
+                                 memory_keys, memory_values, memory_lengths, output_positions);
+  TORCH_CHECK_VALUE(exclude_id >= -1 && exclude_id < s.d.vocab, "decoder_nar_fill: exclude_id ", exclude_id,
+                    " outside [-1, ", s.d.vocab, ")");
+  const std::vector<int64_t> excluded = exclude_id >= 0 ? std::vector<int64_t>{exclude_id} : std::vector<int64_t>{};
+  return select_tokens(s.d, s.states, s.rows, excluded, nullptr);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(janus_fast, CPU, m) {
+  m.impl("decoder_nar_pass", &decoder_nar_pass);
+  m.impl("decoder_nar_fill", &decoder_nar_fill);
+}
+
+}  // namespace cpu
+}  // namespace janus_fast

@@ -1,0 +1,176 @@
+// The building blocks the native encoder and decoder passes share (encoder_cpu.cpp, decoder_nar_cpu.cpp,
+// decoder_ar_cpu.cpp): the ISA choice, matrix products over rows, layer norms and activations, attention
+// rows, the cross-attention + FFN half of a decoder layer, the checks of the encoder memory and of packed
+// rows, and the choice of tokens from a pass's last states (decoder_select.cpp). Defined in
+// decoder_passes.cpp unless inline here.
+//
+// Layers are wired as janus_fast.model's: pre-norm (x += SelfAttn(LN1 x); x += CrossAttn(LN2 x);
+// x += FFN(LN3 x)) or post-norm (fairseq's default: x = LN1(x + SelfAttn x); ...), with a GELU or ReLU
+// FFN. Residual adds are fused into the output projections and the activation follows fc1 in place.
+// Matrix products go through core/small_gemm.h (float32 / bfloat16 / int8 weights, ISA chosen at run
+// time); everything else is float32.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "core/decoder_math.h"
+#include "core/small_gemm.h"
+#include "cpu/decoder_weights.h"
+
+namespace janus_fast {
+namespace cpu {
+
+using core::Isa;
+
+constexpr float kLayerNormEps = 1e-5f;
+
+// The ISA used by the matrix products: what the CPU reports, capped by JANUS_FAST_ISA
+// (scalar | avx2 | avx512 | avx512_bf16) so that tests can run every path on one machine.
+Isa active_isa();
+
+// How the layers are wired (janus_fast.model.JanusConfig's normalize_before and activation).
+struct Architecture {
+  bool post_norm = false;  // x = LN(x + f(x)) instead of x += f(LN x)
+  bool relu = false;       // ReLU FFN instead of GELU
+};
+
+// y (rows, n) = x (rows, k) w [+ y]; column blocks split over threads when the product is large.
+void linear(const float* x, int64_t rows, int64_t ldx, const GemmWeight& weight, float* y, int64_t ldy,
+            bool accumulate = false);
+
+// y (rows, dim) = LayerNorm(x (rows, dim)), rows split over threads when there are many (y may be x).
+void layer_norm_rows(const float* x, int64_t rows, int64_t dim, const Norm& norm, float* y);
+
+// x = GELU(x) or ReLU(x) in place, by the architecture.
+void activate(const Architecture& arch, float* x, int64_t count);
+
+// The input of a sublayer over rows x (n, dim): LN(x) written to h in a pre-norm layer, x itself in a
+// post-norm one.
+inline const float* sublayer_input(const Architecture& arch, const float* x, int64_t n, int64_t dim,
+                                   const Norm& norm, float* h) {
+  if (arch.post_norm) return x;
+  layer_norm_rows(x, n, dim, norm, h);
+  return h;
+}
+
+// After a sublayer's residual add: a post-norm layer normalises x in place.
+inline void finish_sublayer(const Architecture& arch, float* x, int64_t n, int64_t dim, const Norm& norm) {
+  if (arch.post_norm) layer_norm_rows(x, n, dim, norm, x);
+}
+
+// The FFN sublayer over rows x (n, dim), residual included; f holds n * ffn floats, h n * dim.
+void feed_forward(const Architecture& arch, float* x, int64_t n, int64_t dim, int64_t ffn,
+                  const FeedForwardWeights& weights, float* h, float* f);
+
+// Scratch buffers of the passes, kept per thread between calls: no allocation (and no page
+// faults) per pass once the largest batch has been seen.
+inline float* scratch(std::vector<float>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
+  return buffer.data();
+}
+
+// row (d) = scale * embed_tokens[token] + positions[position], both checked.
+inline void embed(const Embeddings& d, int64_t token, int64_t position, float scale, float* out) {
+  TORCH_CHECK_VALUE(token >= 0 && token < d.vocab, "decoder: token id ", token, " outside [0, ", d.vocab, ")");
+  TORCH_CHECK_VALUE(position >= 0 && position < d.max_positions, "decoder: position ", position,
+                    " outside [0, ", d.max_positions, ")");
+  const float* e = d.embed + token * d.dim;
+  const float* p = d.positions + position * d.dim;
+  for (int64_t i = 0; i < d.dim; ++i) out[i] = scale * e[i] + p[i];
+}
+
+// Rows 0..num_rows-1 of `queries` (ldq apart) attend, head by head, to keys/values given per
+// query row by `locate(row, head)` -> (keys, key_stride, values, value_stride, num_keys).
+template <typename Locate>
+void attention_rows(const float* queries, int64_t ldq, int64_t num_rows, const Embeddings& d, float* out,
+                    int64_t ldo, int64_t max_keys, Locate locate) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d.head_dim));
+  const Isa isa = active_isa();
+  const int64_t items = num_rows * d.heads;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, max_keys * d.head_dim));
+  at::parallel_for(0, items, items * max_keys * d.head_dim < 65536 ? items : grain, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(static_cast<size_t>(std::max<int64_t>(max_keys, 1)));
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t row = item / d.heads, head = item % d.heads;
+      const float* keys;
+      const float* values;
+      int64_t key_stride, value_stride, num_keys;
+      locate(row, head, keys, key_stride, values, value_stride, num_keys);
+      core::attend(isa, queries + row * ldq + head * d.head_dim, keys, key_stride, values, value_stride, num_keys,
+                   d.head_dim, scale, scores.data(), out + row * ldo + head * d.head_dim);
+    }
+  });
+}
+
+// Memory (cross-attention) keys/values of one layer: (R, H, S, head_dim) float32 contiguous.
+struct Memory {
+  const float* keys;
+  const float* values;
+  int64_t length;  // S
+};
+
+// Every layer's memory keys/values (one pair per layer, each (rows, H, S, head_dim), one S for all
+// layers) and each row's real memory length in [1, S].
+struct Memories {
+  std::vector<Memory> layers;
+  std::vector<int64_t> lengths;
+};
+
+// lengths (rows,) int64, each in [1, max_length].
+std::vector<int64_t> checked_memory_lengths(const at::Tensor& lengths, int64_t rows, int64_t max_length);
+
+// `op` names the caller in errors.
+Memories checked_memories(at::TensorList keys, at::TensorList values, const at::Tensor& lengths, int64_t rows,
+                          const DecoderWeights& d, const char* op);
+
+// Cross-attention + FFN half of a layer for rows x (n, d), given each row's memory row index.
+void cross_and_ffn(const Architecture& arch, float* x, int64_t n, const DecoderLayerWeights& layer,
+                   const DecoderWeights& d, const Memory& memory, const std::vector<int64_t>& memory_row,
+                   const std::vector<int64_t>& memory_lengths, float* h, float* q, float* a, float* f);
+
+// The final norm (in place) and the vocabulary projection of `rows` states: (rows, V) logits.
+at::Tensor vocabulary_logits(const DecoderWeights& d, float* x, int64_t rows);
+
+// The last decoder states (before the final norm) of some rows of a pass: per-thread scratch, valid
+// until this thread's next pass.
+struct PassStates {
+  DecoderWeights d;
+  float* states;  // (rows, d)
+  int64_t rows;
+};
+
+// Packed rows: row r holds the packed positions offsets[r] .. offsets[r + 1] - 1 (>= 1 of them).
+struct PackedLayout {
+  std::vector<int64_t> offsets;  // N + 1
+  std::vector<int64_t> row_of;   // packed position -> row
+  int64_t num_rows, max_row;
+};
+
+PackedLayout packed_layout(const at::Tensor& row_offsets, int64_t packed, const char* op);
+
+// Per-row outputs of select_tokens beyond the greedy choice: for rows with a candidate id (>= 0 in
+// `ids`), its log-softmax and rank (rank_candidate); null `ids`: none.
+struct Candidates {
+  const int64_t* ids = nullptr;
+  float* scores = nullptr;
+  int64_t* ranks = nullptr;
+};
+
+// The greedy choice of every row of `states` (rows, d) without materialising the (rows, V) logits:
+// the argmax over the vocabulary without the `excluded` ids (ties -> lowest id; a NaN is the argmax), or
+// forced_ids[r] where that is >= 0 (forced_ids may be null: none forced), and that token's log-softmax
+// over the whole vocabulary; the candidates' ranks where asked (decoder_select.cpp). Returns tokens
+// (rows,) int64 and log-probabilities (rows,) float32. The final norm is applied to `states` in place.
+std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float* states, int64_t rows,
+                                                 const std::vector<int64_t>& excluded, const int64_t* forced_ids,
+                                                 const Candidates& candidates = {});
+
+}  // namespace cpu
+}  // namespace janus_fast

@@ -1,0 +1,283 @@
+"""The decoding options, declared once: ``DecodeOptions`` (and the speculative mode's
+``SpeculativeOptions``), checked and resolved in one place (``DecodeOptions.resolve``).
+
+``generate``, ``Translator.translate`` / ``translate_ids``, the command line's decoding flags (built
+from the fields' metadata: help text, choices, aliases) and the bench's settings all take these.
+Options left None are resolved per compat ("janus": this project's semantics; "fairseq":
+fairseq-generate's) and per model (its length bonus).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from janus_fast.arguments import check_int
+
+if TYPE_CHECKING:
+    from janus_fast.model import JanusConfig
+
+MODES = ("ar", "nar", "spec")  # autoregressive, mask-predict, speculative (NAR drafts, AR verifies)
+COMPAT_MODES = ("janus", "fairseq")
+DECODERS = ("engine", "reference")
+PRECISIONS = ("fp32", "bf16", "int8")
+MAX_BEAM = 128  # AR beam sizes above this can only be a mistake (rows = sentences x beam)
+# Each compat's defaults for the options left None: this project's, and fairseq-generate 0.12.2's
+# (its GenerationConfig: --iter-decode-max-iter 10, --iter-decode-with-beam 1, --beam 5, --max-len-a 0
+# --max-len-b 200).
+COMPAT_DEFAULTS = {
+    "janus": {"iterations": 10, "length_beam": 3, "beam": 1, "max_len_a": 1.2, "max_len_b": 10},
+    "fairseq": {"iterations": 10, "length_beam": 1, "beam": 5, "max_len_a": 0.0, "max_len_b": 200},
+}
+# AR length limits (max_len_a, max_len_b): this project's default, and fairseq-generate's
+JANUS_MAX_LEN = (COMPAT_DEFAULTS["janus"]["max_len_a"], COMPAT_DEFAULTS["janus"]["max_len_b"])
+FAIRSEQ_MAX_LEN = (COMPAT_DEFAULTS["fairseq"]["max_len_a"], COMPAT_DEFAULTS["fairseq"]["max_len_b"])
+
+
+@dataclass(frozen=True)
+class SpeculativeOptions:
+    """How speculative decoding (mode "spec") drafts and verifies."""
+
+    draft_iterations: int = field(default=1, metadata={"help": "mask-predict iterations per draft"})
+    min_draft: int = field(default=4, metadata={"help": "positions a draft covers at least"})
+    max_verify: int = field(default=8, metadata={"help": "drafted tokens verified per round at most"})
+    relaxed_top_k: int = field(
+        default=0,
+        metadata={
+            "help": "also keep a drafted token among AR's top k within --relaxed-margin of its best "
+            "(0: exact, AR greedy's output)"
+        },
+    )
+    relaxed_margin: float = field(default=1.0, metadata={"help": "log-probability margin of relaxed verification"})
+
+    def __post_init__(self) -> None:
+        for name, low in (("draft_iterations", 1), ("min_draft", 1), ("max_verify", 1), ("relaxed_top_k", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        margin = self.relaxed_margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+            raise ValueError(f"relaxed_margin must be a finite number >= 0, got {margin!r}")
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How to decode. Every field has a command-line flag of the same name (``--length-beam``)."""
+
+    mode: str = field(
+        default="ar",
+        metadata={
+            "choices": MODES,
+            "help": "ar: autoregressive (with --beam 1 greedy; on the CPU both faster and better than "
+            "mask-predict on the shipped model), nar: mask-predict, spec: speculative (NAR drafts, AR "
+            "verifies: AR greedy's output)",
+        },
+    )
+    iterations: int | None = field(
+        default=None,
+        metadata={
+            "aliases": ("--iter-decode-max-iter",),
+            "help": "mask-predict iterations (NAR; default 10); with --compat fairseq, fairseq's "
+            "--iter-decode-max-iter (iterations + 1 passes; default 10)",
+        },
+    )
+    length_beam: int | None = field(
+        default=None,
+        metadata={
+            "aliases": ("--iter-decode-with-beam",),
+            "help": "length candidates (NAR; default 3); with --compat fairseq, fairseq's "
+            "--iter-decode-with-beam (default 1)",
+        },
+    )
+    beam: int | None = field(
+        default=None,
+        metadata={"help": "beam size (AR; 1 = greedy; default 1); with --compat fairseq, fairseq's --beam (default 5)"},
+    )
+    max_len_a: float | None = field(
+        default=None,
+        metadata={
+            "help": "AR: at most max_len_a x source length + max_len_b target tokens (default 1.2 per "
+            "sentence; with --compat fairseq, fairseq's 0 on the padded source width)"
+        },
+    )
+    max_len_b: int | None = field(
+        default=None, metadata={"help": "see --max-len-a (default 10; with --compat fairseq, 200)"}
+    )
+    decoder: str = field(
+        default="engine",
+        metadata={"choices": DECODERS, "help": "the fast engine or the plain PyTorch reference decoder (same outputs)"},
+    )
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "choices": PRECISIONS,
+            "help": "decode precision: fp32 (the reference's output), bf16 (the CPU engine's native passes "
+            "store bf16 weights, bf16 products where the CPU has AVX-512 BF16) or int8 (int8 weights, int8 "
+            "products where the CPU has AVX-512 VNNI; outputs may differ slightly)",
+        },
+    )
+    compat: str = field(
+        default="janus",
+        metadata={
+            "choices": COMPAT_MODES,
+            "help": "decoding semantics: this project's or fairseq-generate's mask-predict / AR beam search "
+            "(docs/fairseq.md); options left unset take fairseq-generate's defaults",
+        },
+    )
+    force_max_iter: bool = field(
+        default=False,
+        metadata={
+            "aliases": ("--iter-decode-force-max-iter",),
+            "help": "with --compat fairseq: run every pass (fairseq's --iter-decode-force-max-iter; "
+            "default: adaptive stop)",
+        },
+    )
+    collapse_repeats: bool | None = field(
+        default=None,
+        metadata={
+            "negative_aliases": ("--keep-repeats",),
+            "help": "NAR: keep each run of a repeated token once, the usual NAR post-processing (default: on "
+            "for NAR with --compat janus; --keep-repeats: off)",
+        },
+    )
+    ar_rescore: bool = field(
+        default=False,
+        metadata={
+            "help": "NAR: pick each sentence's length candidate by the same model's AR score of it (one more "
+            "decoder pass)"
+        },
+    )
+    length_bonus: float | None = field(
+        default=None,
+        metadata={
+            "help": "NAR: rank the length candidates by score + this x length (default: the model's own; "
+            "the shipped model's was tuned on validation)"
+        },
+    )
+    speculative: SpeculativeOptions | None = field(
+        default=None,
+        metadata={
+            "help": "mode spec's options (None: the defaults)",
+            "cli_dataclass": SpeculativeOptions,
+            "cli_prefix": "",
+            "title": "speculative decoding (--mode spec)",
+        },
+    )
+
+    def replace(self, **changes: object) -> DecodeOptions:
+        """A copy with ``changes``; TypeError naming an option that does not exist."""
+        names = {item.name for item in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(f"unknown decoding option(s) {', '.join(unknown)}; expected some of {sorted(names)}")
+        return dataclasses.replace(self, **changes)
+
+    def resolve(self, config: JanusConfig) -> DecodeOptions:
+        """These options checked for a model of ``config``, every one left None resolved: TypeError /
+        ValueError for a value of the wrong type, out of range, or an option that the mode, compat or
+        model does not use (a non-default value only: a default is always fine)."""
+        check_choice("mode", self.mode, MODES)
+        check_choice("compat", self.compat, COMPAT_MODES)
+        check_choice("decoder", self.decoder, DECODERS)
+        check_choice("precision", self.precision, PRECISIONS)
+        for name in ("force_max_iter", "ar_rescore"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        mode, compat = self.mode, self.compat
+        defaults = COMPAT_DEFAULTS[compat]
+        resolved = {
+            name: defaults[name] if getattr(self, name) is None else getattr(self, name)
+            for name in ("iterations", "length_beam", "beam", "max_len_a", "max_len_b")
+        }
+        _check_counts(config, mode, compat, resolved)
+        _check_model_kind(config, mode, compat)
+        nar_janus = mode == "nar" and compat == "janus"
+        if self.force_max_iter and compat != "fairseq":
+            raise ValueError("force_max_iter applies to compat='fairseq' only (janus runs every iteration)")
+        if self.ar_rescore and not nar_janus:
+            raise ValueError("ar_rescore applies to mode='nar' with compat='janus' only")
+        collapse = self.collapse_repeats
+        if collapse is not None and not isinstance(collapse, bool):
+            raise TypeError(f"collapse_repeats must be true, false or None, got {collapse!r}")
+        if collapse and not nar_janus:
+            raise ValueError("collapse_repeats applies to mode='nar' with compat='janus' only")
+        bonus = self.length_bonus
+        if bonus is not None:
+            if isinstance(bonus, bool) or not isinstance(bonus, (int, float)):
+                raise TypeError(f"length_bonus must be a number or None, got {bonus!r}")
+            if not math.isfinite(bonus):
+                raise ValueError(f"length_bonus must be a finite number, got {bonus!r}")
+            if bonus and not nar_janus:
+                raise ValueError("length_bonus applies to mode='nar' with compat='janus' only")
+        speculative = _check_speculative(self.speculative, mode, compat, self.decoder)
+        resolved["max_len_a"] = float(resolved["max_len_a"])
+        return dataclasses.replace(
+            self,
+            speculative=speculative,
+            **resolved,
+            collapse_repeats=nar_janus if collapse is None else collapse,
+            length_bonus=float(bonus) if bonus is not None else (config.length_bonus if nar_janus else 0.0),
+        )
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {choices}")
+
+
+def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict) -> None:
+    """The iteration, length beam and beam counts in range for the mode and compat, and the AR
+    length limit's a (a number >= 0) and b (an integer >= 0)."""
+    positions, classes = config.max_target_positions, config.num_length_classes
+    if compat == "fairseq":
+        if mode not in ("nar", "ar"):
+            raise ValueError(f"mode must be 'nar' or 'ar' with compat='fairseq', got {mode!r}")
+        if mode == "ar":
+            check_int("beam", values["beam"], 1, MAX_BEAM)
+        else:
+            check_int("iterations", values["iterations"], 0, positions)  # fairseq's max iter: + 1 passes
+            check_int("length_beam", values["length_beam"], 1, classes)
+    else:
+        check_int("iterations", values["iterations"], 1, positions)
+        check_int("length_beam", values["length_beam"], 1, classes)
+        check_int("beam", values["beam"], 1, MAX_BEAM)
+    a = values["max_len_a"]
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
+        raise ValueError(f"max_len_a must be a finite number >= 0, got {a!r}")
+    check_int("max_len_b", values["max_len_b"], 0)
+
+
+def _check_model_kind(config: JanusConfig, mode: str, compat: str) -> None:
+    """ValueError for a decoding the model cannot do: a plain transformer (a converted fairseq
+    ``transformer``, ``ar_stream="content"``) has no NAR side and decodes as fairseq-generate does."""
+    if mode == "spec" and (not config.has_nar or config.ar_stream != "query"):
+        raise ValueError("mode='spec' drafts with the NAR side and verifies with the AR query stream of a JANUS model")
+    if config.has_nar:
+        return
+    if mode == "nar":
+        raise ValueError("this model is a plain transformer (AR only): it has no NAR side; use mode='ar'")
+    if compat != "fairseq":
+        raise ValueError("this model is a converted fairseq transformer: decode it with compat='fairseq'")
+
+
+def _check_speculative(options: object, mode: str, compat: str, decoder: str) -> SpeculativeOptions | None:
+    """Mode "spec"'s options (None given: the defaults; other modes: None). TypeError / ValueError
+    for options that are not ``SpeculativeOptions``, given with another mode, mode "spec" with
+    compat "fairseq", or relaxed verification with the reference decoder (whose mode "spec" is AR
+    greedy itself)."""
+    if options is not None and not isinstance(options, SpeculativeOptions):
+        raise TypeError(f"speculative must be a SpeculativeOptions or None, got {type(options).__name__}")
+    if mode != "spec":
+        if options is not None:
+            raise ValueError("speculative options apply to mode='spec' only")
+        return None
+    if compat != "janus":
+        raise ValueError("mode='spec' runs with compat='janus' only")
+    options = options if options is not None else SpeculativeOptions()
+    if options.relaxed_top_k and decoder != "engine":
+        raise ValueError("relaxed verification (relaxed_top_k > 0) needs decoder='engine'")
+    return options

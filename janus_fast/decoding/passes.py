@@ -1,0 +1,306 @@
+"""The decoder passes every fast decoding loop runs, in two implementations, chosen once.
+
+A loop (``janus_fast.decoding.mask_predict``, ``.ar``, ``.speculative``) sees only
+``DecoderPasses``: encode; bind the rows it decodes (each row's encoder output) and keep some of
+them; a NAR pass that fills given positions; an AR step with a key/value cache (logits, or greedy
+search's choice inside the pass); an AR pass over several new tokens per row appended to the
+caches (speculative verification); a teacher-forced AR pass scoring whole rows (AR rescoring).
+
+* ``NativePasses``: one native CPU call per pass (``janus_fast.native.decoder``), weights stored
+  as fp32, bf16 or int8; no (rows, V) logits where the choice is made inside the pass.
+* ``TorchPasses``: the PyTorch model (any device; the NAR pass over packed real positions,
+  ``janus_fast.decoding.packed``).
+
+``PassChoice`` decides which, once per (model, precision, native allowed), when a ``Translator`` is
+made or a ``generate`` call starts; that is the only place that decides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from janus_fast.decoding.options import PRECISIONS
+from janus_fast.decoding.packed import PackedRows, packed_decode
+from janus_fast.model import EncoderOutput, JanusModel, LayerCache
+from janus_fast.native.decoder import NativeDecoder, int8_computes_in_int8, unsupported_reason
+from janus_fast.quantize import quantize_int8
+
+Memory = tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]
+
+# With precision "int8" on a CPU without AVX-512 VNNI, where the native passes only store int8
+# weights (``int8_computes_in_int8``), batches whose decoder passes have at least this many
+# positions (``decoder_positions``) run PyTorch's dynamic int8 layers (int8 products: faster when
+# the products dominate); smaller ones the native passes (faster when streaming the weights
+# dominates). Measured on CPU B (README, "CPU decoding"): native wins at 45 positions (NAR, one
+# sentence) and 32 (AR, 16 sentences), dynamic at 180 (NAR, 4 sentences), a tie at 64 (AR). With
+# VNNI the native passes run int8 products themselves, at every batch size.
+INT8_COMPUTE_MIN_POSITIONS = 64
+
+
+@dataclass
+class GreedyRule:
+    """Greedy search's choice after each of R positions: the argmax without ``banned`` (K,) int64
+    ids (ties -> lowest id), or ``forced_id`` where ``forced`` (R,) bool."""
+
+    banned: Tensor
+    forced: Tensor
+    forced_id: int
+
+    def choose(self, log_probs: Tensor) -> tuple[Tensor, Tensor]:
+        """(R, V) float32 log-probabilities -> the tokens (R,) int64 and their log-probabilities (R,)."""
+        allowed = log_probs.index_fill(1, self.banned, float("-inf"))
+        chosen = torch.where(self.forced, self.forced_id, allowed.argmax(-1))
+        return chosen, log_probs.gather(1, chosen[:, None]).squeeze(1)
+
+
+@dataclass
+class NewTokens:
+    """Several new tokens per row, appended to the rows' key/value caches (speculative
+    verification): ``tokens`` (P,) int64, row r's at ``row_offsets[r] .. row_offsets[r + 1] - 1``
+    (>= 1 each) from position ``cache_lengths[r]``; ``candidates`` (P,) int64 or None: a token to
+    rank after each new token (-1: none)."""
+
+    tokens: Tensor
+    row_offsets: Tensor
+    cache_lengths: Tensor
+    candidates: Tensor | None = None
+
+
+# after each new token: greedy's choice (P,) int64, its log-probability (P,) float32, and the
+# candidate's log-probability (P,) float32 and rank (P,) int64 (both empty without candidates)
+Verdicts = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+class DecoderPasses:
+    """The passes over a set of rows, each with its encoder output (``bind``, ``keep``).
+
+    Shapes: N rows, W padded width, P packed (real) positions, M output positions, V vocabulary.
+    """
+
+    native = False
+
+    def __init__(self, model: JanusModel) -> None:
+        self.model = model
+        self.encoder_out: EncoderOutput | None = None
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.encoder_out is None else len(self.encoder_out.lengths)
+
+    def encode(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
+        """The encoder: src_tokens (B, S) int64, src_lengths (B,) int64."""
+        raise NotImplementedError
+
+    def bind(self, encoder_out: EncoderOutput) -> None:
+        """Decode rows with this encoder output (one per row, e.g. repeated per length candidate)."""
+        self.encoder_out = encoder_out
+
+    def keep(self, index: Tensor, caches: Sequence[LayerCache] = ()) -> None:
+        """Keep rows ``index`` (R,) int64 (finished ones leave; beams reorder), of the rows' encoder
+        output and of ``caches``."""
+        for cache in caches:
+            cache.reorder(index)
+        self.bind(self.encoder_out.select(index))
+
+    def new_caches(self, max_len: int) -> list[LayerCache]:
+        """Empty key/value caches for the bound rows, room for ``max_len`` positions."""
+        return self.model.new_caches(self.rows, max_len, self.encoder_out.states)
+
+    def nar_fill(
+        self, tokens: torch.Tensor, rows: PackedRows, outputs: torch.Tensor, exclude_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One NAR pass over the real positions of ``tokens`` (N, W) int64 (``rows``: their
+        packing) and, at ``outputs`` (M,) int64 indices into the packed positions, the argmax
+        token without ``exclude_id`` (-1: over the whole vocabulary; ties -> lowest id) and its
+        log-softmax over the whole vocabulary: tokens (M,) int64, log-probabilities (M,) float32."""
+        raise NotImplementedError
+
+    def ar_logits(self, tokens: torch.Tensor, step: int, caches: list[LayerCache]) -> torch.Tensor:
+        """One AR step: tokens (N,) int64 at position ``step`` -> (N, V) logits; caches updated."""
+        raise NotImplementedError
+
+    def ar_greedy(self, tokens: Tensor, step: int, caches: list[LayerCache], rule: GreedyRule) -> tuple[Tensor, Tensor]:
+        """``ar_logits`` followed by ``rule.choose``: tokens (N,) int64, log-probabilities (N,)."""
+        raise NotImplementedError
+
+    def ar_extend(self, history: Tensor, new: NewTokens, caches: list[LayerCache], rule: GreedyRule) -> Verdicts:
+        """AR passes of both streams over several new tokens per row (``NativeDecoder.ar_extend``),
+        with greedy's choice after each; history (N, W) int64 the rows' tokens so far (bos first)."""
+        raise NotImplementedError
+
+    def ar_scores(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The model's AR verdict on finished rows ``<bos> y <eos>`` (N, W) int64 right-padded,
+        lengths (N,) int64 >= 2: the mean P_AR log-probability of the tokens after bos (eos
+        included), teacher-forced in one pass of both decoder streams -> (N,) float32."""
+        raise NotImplementedError
+
+
+class TorchPasses(DecoderPasses):
+    """The passes as PyTorch ops of the model (any device)."""
+
+    def encode(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
+        return self.model.encode(src_tokens, src_lengths)
+
+    def nar_fill(
+        self, tokens: torch.Tensor, rows: PackedRows, outputs: torch.Tensor, exclude_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = packed_decode(self.model, tokens, rows.lengths, self.encoder_out, rows)  # (P, d)
+        log_probs = F.log_softmax(self.model.output_logits(hidden[outputs]).float(), dim=-1)
+        allowed = log_probs
+        if exclude_id >= 0:
+            allowed = log_probs.clone()
+            allowed[:, exclude_id] = float("-inf")
+        best = allowed.argmax(-1)
+        return best, log_probs.gather(1, best[:, None]).squeeze(1)
+
+    def ar_logits(self, tokens: torch.Tensor, step: int, caches: list[LayerCache]) -> torch.Tensor:
+        return self.model.ar_step(tokens, step, self.encoder_out, caches)
+
+    def ar_greedy(self, tokens: Tensor, step: int, caches: list[LayerCache], rule: GreedyRule) -> tuple[Tensor, Tensor]:
+        return rule.choose(F.log_softmax(self.ar_logits(tokens, step, caches).float(), dim=-1))
+
+    def ar_extend(self, history: Tensor, new: NewTokens, caches: list[LayerCache], rule: GreedyRule) -> Verdicts:
+        """As ``NativeDecoder.ar_extend``, recomputing each row's prefix (the caches are not used)."""
+        counts = new.row_offsets[1:] - new.row_offsets[:-1]
+        ends = new.cache_lengths + counts  # content tokens per row: prefix + new
+        row_of = torch.arange(len(counts), device=history.device).repeat_interleave(counts)
+        index = torch.arange(len(new.tokens), device=history.device) - new.row_offsets[:-1][row_of]
+        at = new.cache_lengths[row_of] + index  # each new token's position
+        content = history[:, : int(ends.max()) + 1].clone()
+        content[row_of, at] = new.tokens
+        hidden = self.model.ar_hidden(content, ends + 1, self.encoder_out)  # row i predicts position i + 1
+        log_probs = F.log_softmax(self.model.output_logits(hidden[row_of, at]).float(), dim=-1)
+        best, best_log_probs = rule.choose(log_probs)
+        candidates = new.candidates
+        if candidates is None:
+            empty = torch.empty(0, device=best.device)
+            return best, best_log_probs, empty, empty.long()
+        some = candidates.clamp(min=0)[:, None]
+        allowed = log_probs.index_fill(1, rule.banned, float("-inf"))
+        ranks = (allowed > allowed.gather(1, some)).sum(1)
+        unranked = (candidates < 0) | torch.isin(candidates, rule.banned) | ~log_probs.isfinite().all(1)
+        ranks = torch.where(unranked, log_probs.shape[1], ranks)
+        candidate_log_probs = torch.where(candidates < 0, float("nan"), log_probs.gather(1, some).squeeze(1))
+        return best, best_log_probs, candidate_log_probs, ranks
+
+    def ar_scores(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model.ar_scores(tokens, lengths, self.encoder_out)
+
+
+class NativePasses(DecoderPasses):
+    """The passes as one native CPU call each (``NativeDecoder``)."""
+
+    native = True
+
+    def __init__(self, model: JanusModel, decoder: NativeDecoder) -> None:
+        super().__init__(model)
+        self.decoder = decoder
+        self.memory: Memory | None = None
+
+    def encode(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
+        return self.decoder.encode(src_tokens, src_lengths)
+
+    def bind(self, encoder_out: EncoderOutput) -> None:
+        super().bind(encoder_out)
+        self.memory = NativeDecoder.memory(encoder_out)
+
+    def keep(self, index: Tensor, caches: Sequence[LayerCache] = ()) -> None:
+        for cache in caches:
+            cache.reorder(index)
+        self.encoder_out = self.encoder_out.select(index)
+        self.memory = NativeDecoder.select_memory(self.memory, index)
+
+    def nar_fill(
+        self, tokens: torch.Tensor, rows: PackedRows, outputs: torch.Tensor, exclude_id: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        packed_tokens = tokens.reshape(-1).index_select(0, rows.index)
+        return self.decoder.nar_fill(packed_tokens, rows.positions, rows.offsets, self.memory, outputs, exclude_id)
+
+    def ar_logits(self, tokens: torch.Tensor, step: int, caches: list[LayerCache]) -> torch.Tensor:
+        return self.decoder.ar_step(tokens, step, self.memory, caches)
+
+    def ar_greedy(self, tokens: Tensor, step: int, caches: list[LayerCache], rule: GreedyRule) -> tuple[Tensor, Tensor]:
+        return self.decoder.ar_greedy_step(tokens, step, self.memory, caches, rule.banned, rule.forced, rule.forced_id)
+
+    def ar_extend(self, history: Tensor, new: NewTokens, caches: list[LayerCache], rule: GreedyRule) -> Verdicts:
+        return self.decoder.ar_extend(
+            new.tokens, new.row_offsets, new.cache_lengths, self.memory, caches, rule.banned, rule.forced,
+            rule.forced_id, new.candidates,
+        )  # fmt: skip
+
+    def ar_scores(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        contexts = PackedRows(lengths - 1, tokens.shape[1])  # each row's content: <bos> y (eos is only predicted)
+        flat = tokens.reshape(-1)
+        log_probs = self.decoder.ar_scores(
+            flat.index_select(0, contexts.index),
+            contexts.positions,
+            contexts.offsets,
+            self.memory,
+            flat.index_select(0, contexts.index + 1),
+        )
+        rows = torch.arange(len(lengths), device=lengths.device).repeat_interleave(lengths - 1)
+        return torch.zeros(len(lengths), device=lengths.device).index_add_(0, rows, log_probs) / (lengths - 1)
+
+
+def decoder_positions(mode: str, src_lengths: torch.Tensor, length_beam: int, beam: int) -> int:
+    """Rows of one decoder pass for a batch: NAR length_beam x source tokens; AR 2 x beam x sentences
+    (speculative: counted as AR greedy)."""
+    return length_beam * int(src_lengths.sum()) if mode == "nar" else 2 * beam * len(src_lengths)
+
+
+class PassChoice:
+    """Which passes decode a model at a decode precision, decided once (``__init__``).
+
+    precision "fp32", "bf16" or "int8"; ``native`` False asks for the PyTorch passes (the reference
+    decoder). Native passes wherever ``unsupported_reason`` allows, their weights stored in the
+    precision (bf16 / int8 products where the CPU has the instructions); else PyTorch passes: on
+    the model itself (fp32), on a dynamic-int8 copy (int8, CPU only; ``janus_fast.quantize``), or
+    a ValueError (bf16 has no PyTorch passes). With int8 on a CPU without VNNI, batches of
+    ``INT8_COMPUTE_MIN_POSITIONS`` or more decoder positions take the dynamic-int8 copy too.
+    """
+
+    def __init__(self, model: JanusModel, precision: str = "fp32", native: bool = True) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.model = model
+        self.precision = precision
+        parameter = next(model.parameters())
+        if precision != "fp32" and parameter.device.type != "cpu":
+            raise ValueError(f"precision {precision!r} runs on the CPU only")
+        if precision != "fp32" and parameter.dtype != torch.float32:
+            raise ValueError(f"precision {precision!r} needs a float32 model; its parameters are {parameter.dtype}")
+        reason = unsupported_reason(model) if native else None
+        self.native = native and reason is None
+        if precision == "bf16" and not self.native:
+            if not native:
+                raise ValueError(
+                    "precision 'bf16' needs the engine's native CPU decoder, not the reference decoder: "
+                    "use --decoder engine (decoder='engine')"
+                )
+            raise ValueError(
+                f"precision 'bf16' needs the engine's native CPU decoder, which cannot run this model: {reason}"
+            )
+        self._int8_model: JanusModel | None = None  # the PyTorch dynamic int8 copy, made on first use
+        # int8 runs PyTorch's dynamic int8 layers: always without the native passes, and for large
+        # batches where the native passes only store int8 weights (no VNNI)
+        self.dynamic_int8 = precision == "int8" and (not self.native or not int8_computes_in_int8())
+
+    @property
+    def torch_model(self) -> JanusModel:
+        """The model the PyTorch passes and the reference decoders run: the int8 copy or the model."""
+        if not self.dynamic_int8:
+            return self.model
+        if self._int8_model is None:
+            self._int8_model = quantize_int8(self.model)
+        return self._int8_model
+
+    def passes(self, positions: int = 0) -> DecoderPasses:
+        """The passes for a batch whose decoder passes have ``positions`` rows (``decoder_positions``)."""
+        if self.native and (not self.dynamic_int8 or positions < INT8_COMPUTE_MIN_POSITIONS):
+            return NativePasses(self.model, NativeDecoder.for_model(self.model, self.precision))
+        return TorchPasses(self.torch_model)
