@@ -209,11 +209,19 @@ class NativePasses(DecoderPasses):
         super().bind(encoder_out)
         self.memory = NativeDecoder.memory(encoder_out)
 
+    @property
+    def rows(self) -> int:
+        return 0 if self.memory is None else len(self.memory[2])
+
     def keep(self, index: Tensor, caches: Sequence[LayerCache] = ()) -> None:
+        """As ``DecoderPasses.keep``, of the memory alone: the native passes read nothing else."""
         for cache in caches:
             cache.reorder(index)
-        self.encoder_out = self.encoder_out.select(index)
+        self.encoder_out = None
         self.memory = NativeDecoder.select_memory(self.memory, index)
+
+    def new_caches(self, max_len: int) -> list[LayerCache]:
+        return self.model.new_caches(self.rows, max_len, self.memory[0][0])
 
     def nar_fill(
         self, tokens: torch.Tensor, rows: PackedRows, outputs: torch.Tensor, exclude_id: int
