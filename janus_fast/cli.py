@@ -369,8 +369,10 @@ def command_export(args: argparse.Namespace) -> int:
     check_writable_directory(args.output, "--output")
     model = load_pretrained(args.model)
     tokenizer = load_tokenizer(args.model)
-    if args.length_bonus is not None:  # the NAR decoding default kept with the model
-        model.config = dataclasses.replace(model.config, length_bonus=args.length_bonus)
+    from janus_fast.model import decoding_defaults
+
+    given = {name: getattr(args, name) for name in decoding_defaults() if getattr(args, name) is not None}
+    model.config = dataclasses.replace(model.config, **given)  # decoding defaults kept with the copy
     save_pretrained(model, args.output, dtype=dtype)  # creates the directory
     save_tokenizer(tokenizer, args.output)
     size = sum(os.path.getsize(os.path.join(args.output, name)) for name in os.listdir(args.output))
@@ -463,6 +465,7 @@ def command_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from janus_fast.model import JanusConfig
     from janus_fast.training.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="janus-fast", description=__doc__)
@@ -507,13 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--model", required=True, help="checkpoint directory to read")
     export_parser.add_argument("--output", required=True, help="directory to write")
     export_parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16")
-    export_parser.add_argument(
-        "--length-bonus",
-        type=float,
-        default=None,
-        help="store this NAR length bonus as the copy's decoding default (see translate --length-bonus; "
-        "default: keep the source's)",
-    )
+    for item in dataclasses.fields(JanusConfig):  # the decoding defaults a copy may set
+        if item.metadata.get("decoding_default"):
+            flag = "--" + item.name.replace("_", "-")
+            export_parser.add_argument(flag, type=float, default=None, help=item.metadata["help"])
     export_parser.set_defaults(handler=command_export)
 
     average_parser = commands.add_parser(

@@ -48,8 +48,8 @@ def generate(
       ``<unk>`` and the score is fairseq's. Options left None take the compat's defaults.
     * ``max_len_a``, ``max_len_b`` (AR): at most ``max_len_a * source length + max_len_b`` tokens;
     * NAR with compat "janus": ``collapse_repeats`` (default on), ``ar_rescore`` (pick each
-      sentence's length candidate by the model's AR score of it), ``length_bonus`` (default: the
-      model's ``config.length_bonus``).
+      sentence's length candidate by the model's AR score of it) and the length bonus per target
+      token of a candidate's ranking (default: the model's own, kept in its config).
 
     ``model`` must be in eval mode (a ValueError otherwise: in training mode dropout would change
     the tokens on every call); ``Translator`` puts its model there itself.
@@ -94,17 +94,15 @@ def decode_batch(
         reference_model = choice.torch_model
         if mode == "nar":
             hypotheses = reference.mask_predict(
-                reference_model, src_tokens, src_lengths, options.iterations, options.length_beam,
-                options.ar_rescore, options.length_bonus,
-            )  # fmt: skip
+                reference_model, src_tokens, src_lengths, options.iterations, options.length_beam, options.ranking
+            )
         else:  # exact speculative decoding gives AR greedy's output: its reference is AR greedy
             beam = 1 if mode == "spec" else options.beam
             hypotheses = reference.ar_search(reference_model, src_tokens, src_lengths, beam, *limits)
     elif mode == "nar":
         hypotheses = engine.mask_predict(
-            *src, options.iterations, options.length_beam, ar_rescore=options.ar_rescore,
-            length_bonus=options.length_bonus, choice=choice,
-        )  # fmt: skip
+            *src, options.iterations, options.length_beam, ranking=options.ranking, choice=choice
+        )
     elif mode == "spec":
         hypotheses = engine.speculative(*src, *limits, options=options.speculative, stats=stats, choice=choice)
     else:

@@ -30,6 +30,12 @@ MAX_LAYERS = 1024  # a config asking for more is an edit or a mistake
 AR_STREAMS = ("query", "content")  # the decoder stream that predicts P_AR (see JanusConfig.ar_stream)
 
 
+def decoding_defaults() -> tuple[str, ...]:
+    """The ``JanusConfig`` fields that are decoding defaults kept with a model, not its architecture
+    (field metadata "decoding_default"): a run may change them, ``export`` may set them."""
+    return tuple(item.name for item in fields(JanusConfig) if item.metadata.get("decoding_default"))
+
+
 @dataclass
 class JanusConfig:
     """Hyper-parameters of a JANUS model (saved as ``config.json``)."""
@@ -48,7 +54,15 @@ class JanusConfig:
     length_offset: bool = False  # predict tgt_len - src_len + num_length_classes // 2
     # a decoding default kept with the model: NAR ranks its length candidates by score + this x
     # length (``candidates.best_length_candidates``); tuned on validation (``export --length-bonus``)
-    length_bonus: float = field(default=0.0, metadata={"cli": False})
+    length_bonus: float = field(
+        default=0.0,
+        metadata={
+            "cli": False,
+            "decoding_default": True,
+            "help": "NAR length bonus stored as the copy's decoding default (see translate --length-bonus; "
+            "default: keep the source's)",
+        },
+    )
     # architecture variants (defaults: this project's models; converted fairseq models set them)
     normalize_before: bool = field(default=True, metadata={"cli": False})  # pre-norm (False: post-norm)
     final_norms: bool = field(default=True, metadata={"cli": False})  # layer norms after the encoder/decoder

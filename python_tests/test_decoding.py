@@ -337,14 +337,15 @@ def test_ar_rescore_picks_the_candidate_the_ar_side_scores_best(decoder, monkeyp
     from janus_fast.decoding import reference as reference_decoding
     from janus_fast.decoding.candidates import best_length_candidates
     from janus_fast.decoding.hypotheses import strip_special
+    from janus_fast.decoding.options import PLAIN_RANKING
 
     model = random_model(3)
     src, lengths = sources()
     seen = []
 
-    def observing(model_, tokens, scores, row_lengths, beam, ranking=None, length_bonus=0.0):
+    def observing(model_, tokens, scores, row_lengths, beam, ar_scores=None, rule=PLAIN_RANKING):
         seen.append((tokens.clone(), row_lengths.clone(), beam))
-        return best_length_candidates(model_, tokens, scores, row_lengths, beam, ranking, length_bonus)
+        return best_length_candidates(model_, tokens, scores, row_lengths, beam, ar_scores, rule)
 
     monkeypatch.setattr(
         mask_predict if decoder == "engine" else reference_decoding, "best_length_candidates", observing
@@ -394,14 +395,15 @@ def test_length_bonus_ranks_candidates_by_score_plus_bonus_per_token(decoder, mo
     from janus_fast.decoding import reference as reference_decoding
     from janus_fast.decoding.candidates import best_length_candidates
     from janus_fast.decoding.hypotheses import strip_special
+    from janus_fast.decoding.options import PLAIN_RANKING
 
     model = random_model(3)
     src, lengths = sources()
     seen = []
 
-    def observing(model_, tokens, scores, row_lengths, beam, ranking=None, length_bonus=0.0):
+    def observing(model_, tokens, scores, row_lengths, beam, ar_scores=None, rule=PLAIN_RANKING):
         seen.append((tokens.clone(), scores.clone(), row_lengths.clone(), beam))
-        return best_length_candidates(model_, tokens, scores, row_lengths, beam, ranking, length_bonus)
+        return best_length_candidates(model_, tokens, scores, row_lengths, beam, ar_scores, rule)
 
     monkeypatch.setattr(
         mask_predict if decoder == "engine" else reference_decoding, "best_length_candidates", observing

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from janus_fast.decoding.hypotheses import Hypotheses, output_tokens
+from janus_fast.decoding.options import PLAIN_RANKING, CandidateRanking
 from janus_fast.length import candidates_from_logits, centred_candidates_from_logits, mean_pool
 from janus_fast.model import EncoderOutput, JanusModel
 
@@ -163,24 +164,26 @@ def best_length_candidates(
     scores: torch.Tensor,
     lengths: torch.Tensor,
     beam: int,
-    ranking: torch.Tensor | None = None,
-    length_bonus: float = 0.0,
+    ar_scores: torch.Tensor | None = None,
+    rule: CandidateRanking = PLAIN_RANKING,
 ) -> Hypotheses:
-    """Per sentence, the length candidate (row) with the highest mean token log-probability, or
-    with the highest ``ranking`` (N,) where given (e.g. ``JanusModel.ar_scores``), plus
-    ``length_bonus`` per target token of the candidate (bos/eos not counted; 0.0 = the plain
-    score); the hypothesis score is the winner's mean log-probability, or its ranking, without
-    the bonus.
+    """Per sentence, the length candidate (row) that ``rule`` ranks first: the highest mean token
+    log-probability, or the highest ``ar_scores`` (N,) where given (``JanusModel.ar_scores``, for
+    ``rule.ar_rescore``), plus ``rule.length_bonus`` per target token of the candidate (bos/eos
+    not counted); the hypothesis score is the winner's mean log-probability, or its AR score,
+    without the bonus.
 
     tokens (B*l, W) int64, scores (B*l, W) float32, lengths (B*l,) int64; rows of a sentence
     adjacent; ties go to the first row.
     """
     config = model.config
+    ranking = ar_scores
     if ranking is None:
         positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
         real = (positions >= 1) & (positions < lengths[:, None] - 1)
         ranking = (scores * real).sum(1) / real.sum(1).clamp(min=1)
-    bonused = ranking + length_bonus * (lengths - 2).to(ranking.dtype) if length_bonus else ranking
+    bonus = rule.length_bonus
+    bonused = ranking + bonus * (lengths - 2).to(ranking.dtype) if bonus else ranking
     best = bonused.view(-1, beam).argmax(1)
     chosen = torch.arange(len(best), device=best.device) * beam + best
     specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}

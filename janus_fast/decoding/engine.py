@@ -24,7 +24,7 @@ from janus_fast.decoding.beam import janus_hypotheses, janus_rules, max_ar_lengt
 from janus_fast.decoding.hypotheses import Hypotheses
 from janus_fast.decoding.mask_predict import MaskPredictPolicy
 from janus_fast.decoding.mask_predict import mask_predict as mask_predict_loop
-from janus_fast.decoding.options import JANUS_MAX_LEN, SpeculativeOptions
+from janus_fast.decoding.options import JANUS_MAX_LEN, PLAIN_RANKING, CandidateRanking, SpeculativeOptions
 from janus_fast.decoding.passes import PassChoice, decoder_positions
 from janus_fast.decoding.speculative import SpeculativeStats, speculative_greedy
 from janus_fast.model import JanusModel
@@ -42,19 +42,18 @@ def mask_predict(
     num_iterations: int = 10,
     length_beam: int = 3,
     precision: str = "fp32",
-    ar_rescore: bool = False,
-    length_bonus: float = 0.0,
+    ranking: CandidateRanking = PLAIN_RANKING,
     choice: PassChoice | None = None,
 ) -> Hypotheses:
     """Mask-predict as ``janus_fast.decoding.reference.mask_predict``, filling only masked positions.
-    ``ar_rescore``: the candidates' AR scores come from one teacher-forced pass of both streams;
-    ``length_bonus``: added per target token to each candidate's ranking; ``choice``: passes chosen
+    ``ranking``: how each sentence's candidate is picked (with ``ar_rescore``, by the AR scores of one
+    teacher-forced pass of both streams); ``choice``: passes chosen
     already (a ``Translator``'s), else chosen here for ``precision``.
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
     passes = _choice(model, precision, choice).passes(decoder_positions("nar", src_lengths, length_beam, 1))
-    policy = MaskPredictPolicy(ar_rescore, length_bonus)
+    policy = MaskPredictPolicy(ranking)
     return mask_predict_loop(passes.model, passes, src_tokens, src_lengths, num_iterations, length_beam, policy)
 
 

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from janus_fast.decoding.candidates import MaskPredictState, best_length_candidates, start_mask_predict
 from janus_fast.decoding.hypotheses import Hypotheses
+from janus_fast.decoding.options import PLAIN_RANKING, CandidateRanking
 from janus_fast.decoding.packed import PackedRows
 from janus_fast.decoding.passes import DecoderPasses
 from janus_fast.model import JanusModel
@@ -31,7 +32,7 @@ from janus_fast.ops import mask_predict_remask
 class FinishedRows:
     """Every row of a group after its last pass: tokens (N, W) int64, scores (N, W) float32
     (the log-probability each token was filled with), lengths (N,) int64 and steps (N,) int64 (the
-    0-based pass after which the row stopped); ``ranking`` (N,) float32 where the policy asked for
+    0-based pass after which the row stopped); ``ar_scores`` (N,) float32 where the policy asked for
     the model's AR scores of the rows."""
 
     tokens: torch.Tensor
@@ -39,7 +40,7 @@ class FinishedRows:
     lengths: torch.Tensor
     steps: torch.Tensor
     length_beam: int
-    ranking: torch.Tensor | None = None
+    ar_scores: torch.Tensor | None = None
 
 
 class MaskPredictPolicy:
@@ -47,15 +48,14 @@ class MaskPredictPolicy:
     the masked positions with the argmax without the mask; after pass t of T the
     floor((L - 2)(T - 1 - t) / T) lowest-scoring real tokens are masked again
     (``janus_fast.ops.mask_predict_remask``); all T passes run; per sentence the candidate with the
-    highest mean log-probability (or, with ``ar_rescore``, AR score) plus ``length_bonus`` per
-    target token wins (``best_length_candidates``)."""
+    highest rank under ``ranking`` wins (``best_length_candidates``)."""
 
     length_rule = "top"
     adaptive_stop = False
 
-    def __init__(self, ar_rescore: bool = False, length_bonus: float = 0.0) -> None:
-        self.ar_rescore = ar_rescore
-        self.length_bonus = length_bonus
+    def __init__(self, ranking: CandidateRanking = PLAIN_RANKING) -> None:
+        self.ranking = ranking
+        self.ar_rescore = ranking.ar_rescore
 
     def exclude_id(self, model: JanusModel) -> int:
         """The token a fill never chooses (-1: none)."""
@@ -68,7 +68,7 @@ class MaskPredictPolicy:
     def finish(self, model: JanusModel, rows: FinishedRows) -> Hypotheses:
         """One hypothesis per sentence from its rows."""
         return best_length_candidates(
-            model, rows.tokens, rows.scores, rows.lengths, rows.length_beam, rows.ranking, self.length_bonus
+            model, rows.tokens, rows.scores, rows.lengths, rows.length_beam, rows.ar_scores, self.ranking
         )
 
 
@@ -139,5 +139,5 @@ def _iterate(
         finished.tokens[active], finished.scores[active] = tokens, scores
     if policy.ar_rescore:
         passes.bind(group.encoder_out)
-        finished.ranking = passes.ar_scores(finished.tokens, finished.lengths)
+        finished.ar_scores = passes.ar_scores(finished.tokens, finished.lengths)
     return finished

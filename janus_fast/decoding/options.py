@@ -65,6 +65,18 @@ class SpeculativeOptions:
 
 
 @dataclass(frozen=True)
+class CandidateRanking:
+    """How mask-predict picks each sentence's length candidate: by its mean NAR log-probability, or
+    with ``ar_rescore`` by the same model's AR score of it, plus ``length_bonus`` per target token."""
+
+    ar_rescore: bool = False
+    length_bonus: float = 0.0
+
+
+PLAIN_RANKING = CandidateRanking()  # mean NAR log-probability, no bonus
+
+
+@dataclass(frozen=True)
 class DecodeOptions:
     """How to decode. Every field has a command-line flag of the same name (``--length-beam``)."""
 
@@ -167,6 +179,11 @@ class DecodeOptions:
             "title": "speculative decoding (--mode spec)",
         },
     )
+
+    @property
+    def ranking(self) -> CandidateRanking:
+        """The NAR candidate ranking of (resolved) options."""
+        return CandidateRanking(self.ar_rescore, self.length_bonus)
 
     def replace(self, **changes: object) -> DecodeOptions:
         """A copy with ``changes``; TypeError naming an option that does not exist."""

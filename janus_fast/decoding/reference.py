@@ -11,7 +11,7 @@ import torch
 from janus_fast.decoding.beam import BeamRows, finished_beam_search, janus_hypotheses, janus_rules, max_ar_lengths
 from janus_fast.decoding.candidates import best_length_candidates, start_mask_predict
 from janus_fast.decoding.hypotheses import Hypotheses
-from janus_fast.decoding.options import JANUS_MAX_LEN
+from janus_fast.decoding.options import JANUS_MAX_LEN, PLAIN_RANKING, CandidateRanking
 from janus_fast.model import EncoderOutput, JanusModel
 from janus_fast.ops import mask_predict_step
 
@@ -23,17 +23,16 @@ def mask_predict(
     src_lengths: torch.Tensor,
     num_iterations: int = 10,
     length_beam: int = 3,
-    ar_rescore: bool = False,
-    length_bonus: float = 0.0,
+    ranking: CandidateRanking = PLAIN_RANKING,
 ) -> Hypotheses:
     """NAR mask-predict (Ghazvininejad et al. 2019) exactly as ``docs/method.md`` says.
 
     Each length candidate is a row; iteration t fills every masked position with its argmax token
     and log-probability, then re-masks the n = floor((L-2)(T-1-t)/T) lowest-scoring real tokens
     (``janus_fast.ops.mask_predict_step``). T iterations are T decoder passes; the last re-masks
-    nothing. Per sentence, the candidate with the highest mean log-probability wins, or with
-    ``ar_rescore`` the one with the highest mean AR log-probability (``JanusModel.ar_scores``),
-    plus ``length_bonus`` per target token of the candidate.
+    nothing. Per sentence, the candidate ``ranking`` puts first wins: the highest mean
+    log-probability, or with ``ar_rescore`` the highest mean AR log-probability
+    (``JanusModel.ar_scores``), plus the length bonus per target token (``best_length_candidates``).
 
     src_tokens (B, S) int64, src_lengths (B,) int64 (>= 1).
     """
@@ -49,12 +48,9 @@ def mask_predict(
             mask_predict_step(
                 logits, state.tokens, state.scores, state.lengths, iteration, num_iterations, model.config.mask_id
             )
-        ranking = model.ar_scores(state.tokens, state.lengths, state.encoder_out) if ar_rescore else None
-        parts.append(
-            best_length_candidates(
-                model, state.tokens, state.scores, state.lengths, state.length_beam, ranking, length_bonus
-            )
-        )
+        ar_scores = model.ar_scores(state.tokens, state.lengths, state.encoder_out) if ranking.ar_rescore else None
+        rows = (state.tokens, state.scores, state.lengths, state.length_beam)
+        parts.append(best_length_candidates(model, *rows, ar_scores, ranking))
     return Hypotheses.concatenate(parts)
 
 

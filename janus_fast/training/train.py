@@ -42,7 +42,7 @@ from janus_fast.checkpoint import (
     save_pretrained,
 )
 from janus_fast.data import Batch, InputError, ParallelDataset, corpus_path, mask_targets, read_parallel
-from janus_fast.model import JanusConfig, JanusModel
+from janus_fast.model import JanusConfig, JanusModel, decoding_defaults
 from janus_fast.tokenizer import Tokenizer
 from janus_fast.training.losses import LossWeights, compute_loss
 
@@ -781,10 +781,10 @@ def drop_metrics_after(path: str, update: int) -> None:
 def warm_start(model: JanusModel, directory: str) -> None:
     """Copy the weights of the checkpoint in ``directory`` into ``model``; the architecture and
     the vocabulary must match (CheckpointError naming every difference otherwise); dropout and
-    decoding defaults (``length_bonus``) may differ, and the run keeps its own."""
+    decoding defaults (``model.decoding_defaults``) may differ, and the run keeps its own."""
     source = load_pretrained(directory)
     ours, theirs = asdict(model.config), asdict(source.config)
-    ignored = ("dropout", "attention_dropout", "extra", "length_bonus")
+    ignored = ("dropout", "attention_dropout", "extra", *decoding_defaults())
     differences = [f"{k}: {theirs[k]} != {ours[k]}" for k in ours if k not in ignored and ours[k] != theirs[k]]
     if differences:
         raise CheckpointError(f"--init-from {directory}: incompatible with this run ({'; '.join(differences)})")
