@@ -88,13 +88,8 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
 
   // rows 0..P-1: content stream (each new token at its position); rows P..2P-1: query stream
   const int64_t rows = (query_stream ? 2 : 1) * packed, dim = d.dim;
-  thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer;
-  float* x = scratch(x_buffer, rows * dim);
-  float* h = scratch(h_buffer, rows * dim);
-  float* q = scratch(q_buffer, rows * dim);
-  float* a = scratch(a_buffer, rows * dim);
-  float* kv = scratch(kv_buffer, packed * 2 * dim);
-  float* f = scratch(f_buffer, rows * d.ffn);
+  const PassScratch s = pass_scratch(rows, rows, packed, dim, d.ffn);
+  float *x = s.x, *h = s.h, *q = s.q, *a = s.a, *kv = s.kv, *f = s.f;
   const float scale = static_cast<float>(embed_scale);
   for (int64_t p = 0; p < packed; ++p) {
     embed(d, token_ids[p], layout.positions[p], scale, x + p * dim);

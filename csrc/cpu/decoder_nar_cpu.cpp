@@ -46,13 +46,9 @@ PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm,
   if (num_out == 0) return {d, nullptr, 0};
 
   const int64_t dim = d.dim, cap = std::max(packed, num_out);  // rows of the per-row buffers
-  thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer, xo_buffer;
-  float* x = scratch(x_buffer, packed * dim);
-  float* h = scratch(h_buffer, cap * dim);
-  float* q = scratch(q_buffer, cap * dim);
-  float* a = scratch(a_buffer, cap * dim);
-  float* kv = scratch(kv_buffer, packed * 2 * dim);
-  float* f = scratch(f_buffer, cap * d.ffn);
+  const PassScratch s = pass_scratch(packed, cap, packed, dim, d.ffn);
+  float *x = s.x, *h = s.h, *q = s.q, *a = s.a, *kv = s.kv, *f = s.f;
+  thread_local std::vector<float> xo_buffer;
   float* xo = scratch(xo_buffer, num_out * dim);
   const float scale = static_cast<float>(embed_scale);
   const int64_t* token_ids = tokens_c.data_ptr<int64_t>();

@@ -174,5 +174,12 @@ PackedLayout packed_layout(const at::Tensor& row_offsets, int64_t packed, const 
   return layout;
 }
 
+PassScratch pass_scratch(int64_t rows, int64_t work, int64_t kv_rows, int64_t dim, int64_t ffn) {
+  thread_local std::vector<float> x, h, q, a, kv, f;
+  return {scratch(x, rows * dim),          scratch(h, work * dim),
+          scratch(q, work * dim),          scratch(a, work * dim),
+          scratch(kv, kv_rows * 2 * dim),  scratch(f, work * std::max<int64_t>(ffn, 1))};
+}
+
 }  // namespace cpu
 }  // namespace janus_fast

@@ -76,6 +76,14 @@ inline float* scratch(std::vector<float>& buffer, int64_t size) {
   return buffer.data();
 }
 
+// The working rows of a pass, one per-thread set shared by every pass (valid until the next pass):
+// x (rows x dim) the residual stream; h, q, a (work x dim) a sublayer's input, queries and attention
+// output; kv (kv_rows x 2 dim) keys and values; f (work x ffn) the feed-forward's hidden rows.
+struct PassScratch {
+  float *x, *h, *q, *a, *kv, *f;
+};
+PassScratch pass_scratch(int64_t rows, int64_t work, int64_t kv_rows, int64_t dim, int64_t ffn);
+
 // row (d) = scale * embed_tokens[token] + positions[position], both checked.
 inline void embed(const Embeddings& d, int64_t token, int64_t position, float scale, float* out) {
   TORCH_CHECK_VALUE(token >= 0 && token < d.vocab, "decoder: token id ", token, " outside [0, ", d.vocab, ")");

@@ -31,13 +31,8 @@ std::vector<at::Tensor> encoder_forward(at::TensorList weights, int64_t num_enco
   row_of.resize(packed);
   const at::Tensor tokens_c = src_tokens.contiguous();
   const int64_t* ids = tokens_c.data_ptr<int64_t>();
-  thread_local std::vector<float> x_buffer, h_buffer, q_buffer, a_buffer, kv_buffer, f_buffer;
-  float* x = scratch(x_buffer, packed * dim);
-  float* h = scratch(h_buffer, packed * dim);
-  float* q = scratch(q_buffer, packed * dim);
-  float* a = scratch(a_buffer, packed * dim);
-  float* kv = scratch(kv_buffer, packed * 2 * dim);
-  float* f = scratch(f_buffer, packed * std::max<int64_t>(d.ffn, 1));
+  const PassScratch s = pass_scratch(packed, packed, packed, dim, d.ffn);
+  float *x = s.x, *h = s.h, *q = s.q, *a = s.a, *kv = s.kv, *f = s.f;
   const float scale = static_cast<float>(embed_scale);
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t s = 0; s < lengths[b]; ++s) {

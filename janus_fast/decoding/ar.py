@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from janus_fast.decoding.beam import BeamRows, BeamRules, FinishedBeams, finished_beam_search, janus_rules
 from janus_fast.decoding.hypotheses import Hypotheses, output_tokens
@@ -78,12 +79,7 @@ def _keep_rows(passes: DecoderPasses, index: torch.Tensor) -> DecoderPasses:
 
 
 def beam_search(
-    passes: DecoderPasses,
-    src_tokens: torch.Tensor,
-    src_lengths: torch.Tensor,
-    rules: BeamRules,
-    beam: int,
-    row_limits: torch.Tensor,
+    passes: DecoderPasses, src_tokens: Tensor, src_lengths: Tensor, rules: BeamRules, beam: int, row_limits: Tensor
 ) -> FinishedBeams:
     """``finished_beam_search`` over the passes' cached AR steps: ``beam`` rows per sentence,
     ``row_limits`` (B * beam,) int64 tokens each row may generate (eos included).

@@ -27,10 +27,8 @@ from torch import Tensor
 from janus_fast.decoding.options import PRECISIONS
 from janus_fast.decoding.packed import PackedRows, packed_decode
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
-from janus_fast.native.decoder import NativeDecoder, int8_computes_in_int8, unsupported_reason
+from janus_fast.native.decoder import Memory, NativeDecoder, int8_computes_in_int8, unsupported_reason
 from janus_fast.quantize import quantize_int8
-
-Memory = tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]
 
 # With precision "int8" on a CPU without AVX-512 VNNI, where the native passes only store int8
 # weights (``int8_computes_in_int8``), batches whose decoder passes have at least this many

@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
 from janus_fast.native.cpu_features import has_avx512_vnni
@@ -49,6 +49,8 @@ from janus_fast.native.weights import (
 )
 from janus_fast.ops import uses_native_ops
 
+# a batch's cross-attention keys and values per decoder layer (float32, contiguous) and its source lengths
+Memory = tuple[list[Tensor], list[Tensor], Tensor]
 WEIGHT_TYPES = ("fp32", "bf16", "int8")
 _EMPTY = torch.empty(0)
 
@@ -350,31 +352,19 @@ class NativeDecoder:
         return EncoderOutput(states, src_lengths, list(zip(memory[0::2], memory[1::2])))
 
     @staticmethod
-    def memory(encoder_out: EncoderOutput) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    def memory(encoder_out: EncoderOutput) -> Memory:
         """The cross-attention keys and values per layer as contiguous float32, and the lengths."""
         keys = [k.float().contiguous() for k, _ in encoder_out.memory_kv]
         values = [v.float().contiguous() for _, v in encoder_out.memory_kv]
         return keys, values, encoder_out.lengths
 
     @staticmethod
-    def select_memory(
-        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor], index: torch.Tensor
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    def select_memory(memory: Memory, index: Tensor) -> Memory:
         """Rows ``index`` (R,) int64 of a ``memory`` (e.g. the sentences still decoding)."""
         keys, values, lengths = memory
-        return (
-            [k.index_select(0, index) for k in keys],
-            [v.index_select(0, index) for v in values],
-            lengths.index_select(0, index),
-        )
+        return [k.index_select(0, index) for k in keys], [v.index_select(0, index) for v in values], lengths[index]
 
-    def ar_step(
-        self,
-        tokens: torch.Tensor,
-        step: int,
-        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
-        caches: list[LayerCache],
-    ) -> torch.Tensor:
+    def ar_step(self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache]) -> Tensor:
         """``JanusModel.ar_step``: tokens (B,) int64 at position ``step`` -> (B, V) float32 logits.
 
         ``memory`` is ``NativeDecoder.memory(encoder_out)``; the caches (float32, from
@@ -386,42 +376,24 @@ class NativeDecoder:
         return logits
 
     def ar_greedy_step(
-        self,
-        tokens: torch.Tensor,
-        step: int,
-        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
-        caches: list[LayerCache],
-        excluded_ids: torch.Tensor,
-        forced: torch.Tensor,
-        forced_id: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache], excluded_ids: Tensor,
+        forced: Tensor, forced_id: int,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
         """``ar_step`` followed by greedy search's choice, without the (B, V) logits: per sentence
         the argmax over the vocabulary without ``excluded_ids`` (K,) int64 (ties -> lowest id), or
         ``forced_id`` where ``forced`` (B,) bool is set, and that token's log-softmax over the whole
         vocabulary. Returns tokens (B,) int64 and log-probabilities (B,) float32.
         """
-        chosen = torch.ops.janus_fast.decoder_ar_greedy(
-            *self._ar_step_arguments(tokens, step, memory, caches),
-            excluded_ids,
-            forced,
-            forced_id,
-        )
+        arguments = self._ar_step_arguments(tokens, step, memory, caches)
+        chosen = torch.ops.janus_fast.decoder_ar_greedy(*arguments, excluded_ids, forced, forced_id)
         for cache in caches:
             cache.length = step + 1
         return chosen
 
     def ar_extend(
-        self,
-        tokens: torch.Tensor,
-        row_offsets: torch.Tensor,
-        cache_lengths: torch.Tensor,
-        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
-        caches: list[LayerCache],
-        excluded_ids: torch.Tensor,
-        forced: torch.Tensor,
-        forced_id: int,
-        candidates: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, tokens: Tensor, row_offsets: Tensor, cache_lengths: Tensor, memory: Memory, caches: list[LayerCache],
+        excluded_ids: Tensor, forced: Tensor, forced_id: int, candidates: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
         """AR passes of both streams over several new tokens per sentence, each sentence from its own
         cache length, with greedy search's choice after every new token (``ar_greedy_step``'s rules,
         ``forced`` per new token): the verification of speculative decoding.
@@ -436,97 +408,49 @@ class NativeDecoder:
         float32 at that position and its rank (P,) int64 (ids outside ``excluded_ids`` with a larger
         logit; V for an excluded candidate or none), both empty without candidates.
         """
-        keys, values, lengths = memory
         written = int((cache_lengths + (row_offsets[1:] - row_offsets[:-1])).max()) if len(tokens) else 0
         for cache in caches:
             cache.reserve(written)
+        candidates = candidates if candidates is not None else torch.empty(0, dtype=torch.long)
         chosen = torch.ops.janus_fast.decoder_ar_extend(
-            *self._decoder_arguments(),
-            self.mask_id,
-            self.query_position_offset,
-            self.query_stream,
-            tokens,
-            row_offsets,
-            cache_lengths,
-            keys,
-            values,
-            lengths,
-            [cache.keys for cache in caches],
-            [cache.values for cache in caches],
-            excluded_ids,
-            forced,
-            forced_id,
-            candidates if candidates is not None else torch.empty(0, dtype=torch.long),
-        )
+            *self._decoder_arguments(), self.mask_id, self.query_position_offset, self.query_stream,
+            tokens, row_offsets, cache_lengths, *memory, *_cache_tensors(caches),
+            excluded_ids, forced, forced_id, candidates,
+        )  # fmt: skip
         for cache in caches:  # every position written so far (reorders keep them all)
             cache.length = max(cache.length, written)
         return chosen
 
-    def _ar_step_arguments(
-        self,
-        tokens: torch.Tensor,
-        step: int,
-        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
-        caches: list[LayerCache],
-    ) -> tuple:
+    def _ar_step_arguments(self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache]) -> tuple:
         """The arguments of the AR step ops: the decoder's, the step's tokens, memory and caches
         (with room made for this step's keys/values)."""
-        keys, values, lengths = memory
         for cache in caches:
             cache.reserve(step + 1)
         return (
-            *self._decoder_arguments(),
-            self.mask_id,
-            self.query_position_offset,
-            self.query_stream,
-            tokens,
-            step,
-            keys,
-            values,
-            lengths,
-            [cache.keys for cache in caches],
-            [cache.values for cache in caches],
-        )
+            *self._decoder_arguments(), self.mask_id, self.query_position_offset, self.query_stream,
+            tokens, step, *memory, *_cache_tensors(caches),
+        )  # fmt: skip
 
     def _decoder_arguments(self) -> tuple:
         """The leading arguments of the decoder ops: weights, heads, embedding scale, wiring."""
         return self.tensors, self.num_heads, self.embed_scale, self.post_norm, self.relu
 
     def nar_logits(
-        self,
-        tokens: torch.Tensor,
-        positions: torch.Tensor,
-        row_offsets: torch.Tensor,
-        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
-        output_positions: torch.Tensor,
-    ) -> torch.Tensor:
+        self, tokens: Tensor, positions: Tensor, row_offsets: Tensor, memory: Memory, output_positions: Tensor
+    ) -> Tensor:
         """Content-stream logits of packed rows, as ``model.nar_logits`` at the same positions.
 
         tokens, positions (P,) int64: the real positions of N rows, row by row; row_offsets (N + 1,)
         int64 where each row starts; memory per row; output_positions (M,) int64 indices into P.
         Returns (M, V) float32.
         """
-        keys, values, lengths = memory
-        return torch.ops.janus_fast.decoder_nar_pass(
-            *self._decoder_arguments(),
-            tokens,
-            positions,
-            row_offsets,
-            keys,
-            values,
-            lengths,
-            output_positions,
-        )
+        rows = (tokens, positions, row_offsets, *memory, output_positions)
+        return torch.ops.janus_fast.decoder_nar_pass(*self._decoder_arguments(), *rows)
 
     def nar_fill(
-        self,
-        tokens: torch.Tensor,
-        positions: torch.Tensor,
-        row_offsets: torch.Tensor,
-        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
-        output_positions: torch.Tensor,
+        self, tokens: Tensor, positions: Tensor, row_offsets: Tensor, memory: Memory, output_positions: Tensor,
         exclude_id: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Mask-predict's fill at ``output_positions`` without the (M, V) logits: the argmax token
         over the vocabulary without ``exclude_id`` (-1: over all of it, fairseq's fill; ties ->
         lowest id) and its log-softmax over the whole vocabulary, as ``nar_logits`` followed by
@@ -534,27 +458,12 @@ class NativeDecoder:
 
         Arguments as ``nar_logits``; returns tokens (M,) int64 and scores (M,) float32.
         """
-        keys, values, lengths = memory
-        return torch.ops.janus_fast.decoder_nar_fill(
-            *self._decoder_arguments(),
-            tokens,
-            positions,
-            row_offsets,
-            keys,
-            values,
-            lengths,
-            output_positions,
-            exclude_id,
-        )
+        rows = (tokens, positions, row_offsets, *memory, output_positions)
+        return torch.ops.janus_fast.decoder_nar_fill(*self._decoder_arguments(), *rows, exclude_id)
 
     def ar_scores(
-        self,
-        tokens: torch.Tensor,
-        positions: torch.Tensor,
-        row_offsets: torch.Tensor,
-        memory: tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor],
-        targets: torch.Tensor,
-    ) -> torch.Tensor:
+        self, tokens: Tensor, positions: Tensor, row_offsets: Tensor, memory: Memory, targets: Tensor
+    ) -> Tensor:
         """Teacher-forced P_AR log-probabilities of packed rows, as ``model.ar_hidden`` followed by a
         log-softmax: tokens, positions (P,) int64 the content tokens of N rows, row by row (each
         sees its row up to itself); row_offsets (N + 1,) int64; memory per row; targets (P,) int64
@@ -563,16 +472,12 @@ class NativeDecoder:
         """
         if not self.query_stream:
             raise ValueError("ar_scores runs the two-stream pass; this model is a plain transformer")
-        keys, values, lengths = memory
+        rows = (tokens, positions, row_offsets, *memory, targets)
         return torch.ops.janus_fast.decoder_ar_score(
-            *self._decoder_arguments(),
-            self.mask_id,
-            self.query_position_offset,
-            tokens,
-            positions,
-            row_offsets,
-            keys,
-            values,
-            lengths,
-            targets,
+            *self._decoder_arguments(), self.mask_id, self.query_position_offset, *rows
         )
+
+
+def _cache_tensors(caches: list[LayerCache]) -> tuple[list[Tensor], list[Tensor]]:
+    """The key and the value tensors of the caches, per layer, as the AR ops take them."""
+    return [cache.keys for cache in caches], [cache.values for cache in caches]

@@ -16,6 +16,7 @@ import os
 import warnings
 
 import torch
+from torch import Tensor
 
 from janus_fast.ops.reference import (
     mask_predict_remask_reference,
@@ -189,13 +190,7 @@ def _check_rows(
 
 
 def _check_inputs(
-    logits: torch.Tensor,
-    tokens: torch.Tensor,
-    scores: torch.Tensor,
-    lengths: torch.Tensor,
-    iteration: int,
-    num_iterations: int,
-    mask_id: int,
+    logits: Tensor, tokens: Tensor, scores: Tensor, lengths: Tensor, iteration: int, num_iterations: int, mask_id: int
 ) -> None:
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"mask_predict_step: logits must be a torch.Tensor, got {type(logits).__name__}")
@@ -220,14 +215,8 @@ def _check_inputs(
 
 
 def mask_predict_step(
-    logits: torch.Tensor,
-    tokens: torch.Tensor,
-    scores: torch.Tensor,
-    lengths: torch.Tensor,
-    iteration: int,
-    num_iterations: int,
-    mask_id: int,
-) -> torch.Tensor:
+    logits: Tensor, tokens: Tensor, scores: Tensor, lengths: Tensor, iteration: int, num_iterations: int, mask_id: int
+) -> Tensor:
     """One mask-predict iteration: fill masked positions, then re-mask the least confident.
 
     Step 1 (fill): every real position ``1 <= p <= lengths[r] - 2`` whose token is ``mask_id``
@@ -275,13 +264,8 @@ def mask_predict_step(
 
 
 def mask_predict_remask(
-    tokens: torch.Tensor,
-    scores: torch.Tensor,
-    lengths: torch.Tensor,
-    iteration: int,
-    num_iterations: int,
-    mask_id: int,
-) -> torch.Tensor:
+    tokens: Tensor, scores: Tensor, lengths: Tensor, iteration: int, num_iterations: int, mask_id: int
+) -> Tensor:
     """``mask_predict_step``'s step 2 alone, for decoder passes that fill the masked positions
     themselves (the engine's): ``floor((lengths[r] - 2) * (num_iterations - 1 - iteration) /
     num_iterations)`` real positions with the lowest scores (ties -> lower position) are set to
@@ -307,12 +291,8 @@ def mask_predict_remask(
 
 
 def speculative_accept(
-    draft: torch.Tensor,
-    draft_counts: torch.Tensor,
-    verified: torch.Tensor,
-    relaxed: torch.Tensor | None,
-    eos_id: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    draft: Tensor, draft_counts: Tensor, verified: Tensor, relaxed: Tensor | None, eos_id: int
+) -> tuple[Tensor, Tensor]:
     """Which drafted tokens a speculative decoding round keeps, per sentence: the drafted tokens up
     to the first that neither equals AR's choice there nor is marked ``relaxed``, then AR's choice
     at that position, cut after the first eos (``speculative_accept_reference`` is the spec).

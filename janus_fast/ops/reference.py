@@ -7,6 +7,7 @@ native kernels in ``csrc/`` compute the same thing in one pass over the logits.
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 __all__ = [
     "mask_predict_remask_reference",
@@ -31,14 +32,8 @@ def num_to_remask(lengths: torch.Tensor, iteration: int, num_iterations: int) ->
 
 
 def mask_predict_step_reference(
-    logits: torch.Tensor,
-    tokens: torch.Tensor,
-    scores: torch.Tensor,
-    lengths: torch.Tensor,
-    iteration: int,
-    num_iterations: int,
-    mask_id: int,
-) -> torch.Tensor:
+    logits: Tensor, tokens: Tensor, scores: Tensor, lengths: Tensor, iteration: int, num_iterations: int, mask_id: int
+) -> Tensor:
     """One mask-predict iteration, in place on ``tokens`` and ``scores``.
 
     Step 1 (fill): every real position ``1 <= p <= lengths[r] - 2`` holding ``mask_id`` gets the
@@ -79,13 +74,8 @@ def mask_predict_step_reference(
 
 
 def mask_predict_remask_reference(
-    tokens: torch.Tensor,
-    scores: torch.Tensor,
-    lengths: torch.Tensor,
-    iteration: int,
-    num_iterations: int,
-    mask_id: int,
-) -> torch.Tensor:
+    tokens: Tensor, scores: Tensor, lengths: Tensor, iteration: int, num_iterations: int, mask_id: int
+) -> Tensor:
     """Step 2 of ``mask_predict_step_reference`` alone (the spec of ``mask_predict_remask``), in
     place on ``tokens``; arguments as there (mask_id >= 0). Returns (N, T) bool, True where re-masked."""
     num_rows, max_length = tokens.shape
@@ -102,12 +92,8 @@ def mask_predict_remask_reference(
 
 
 def speculative_accept_reference(
-    draft: torch.Tensor,
-    draft_counts: torch.Tensor,
-    verified: torch.Tensor,
-    relaxed: torch.Tensor | None,
-    eos_id: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    draft: Tensor, draft_counts: Tensor, verified: Tensor, relaxed: Tensor | None, eos_id: int
+) -> tuple[Tensor, Tensor]:
     """Which drafted tokens a speculative decoding round keeps, per sentence (row).
 
     Row r drafted ``draft[r, :k]`` (k = ``draft_counts[r]``) after its accepted prefix; ``verified[r,
