@@ -3,7 +3,7 @@
 // reference, and the fallback) and AVX-512 / AVX2 versions picked by the caller's Isa (layer_norm_isa,
 // attend): vector partial sums instead of one scalar chain, so results differ from the plain
 // versions by float32 rounding only. Plain C++17 + intrinsics (no torch) so that csrc/tests/ can
-// check them alone; csrc/cpu/decoder_cpu.cpp strings them together.
+// check them alone; the passes in csrc/cpu/ (decoder_ar_cpu.cpp, decoder_nar_cpu.cpp, encoder_cpu.cpp) string them together.
 #pragma once
 
 #include <cmath>

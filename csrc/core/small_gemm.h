@@ -1,4 +1,4 @@
-// Matrix products for the decoder passes of the CPU engine (csrc/cpu/decoder_cpu.cpp), written for
+// Matrix products for the decoder passes of the CPU engine (csrc/cpu/decoder_*.cpp, encoder_cpu.cpp), written for
 // the shapes of incremental and mask-predict decoding: few rows (1-4 at batch 1) against weights
 // that sit in cache, where a general GEMM spends its time on packing and dispatch.
 //
