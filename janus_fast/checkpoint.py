@@ -14,8 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-from collections.abc import Callable
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -65,6 +69,50 @@ def recover_directory(directory: str) -> None:
     final = directory.rstrip(os.sep)
     if not os.path.exists(final) and os.path.exists(final + ".old"):
         os.replace(final + ".old", final)
+
+
+def checkpoint_output(output: str, sources: Sequence[str], option: str = "--output") -> str:
+    """Where a command that writes a checkpoint directory (export, average) writes: ``output`` with
+    symlinks resolved. CheckpointError when it resolves to one of ``sources`` (a symlink to a source
+    included: the source would be overwritten) or is an existing non-empty folder that holds no
+    checkpoint (its files would be lost when the new copy takes its place)."""
+    real = os.path.realpath(output)
+    for source in sources:
+        if real == os.path.realpath(source):
+            raise CheckpointError(
+                f"{option} {output} must differ from the source checkpoint {source} (it resolves to it): "
+                "a source is never overwritten"
+            )
+    if os.path.isdir(real) and os.listdir(real) and not os.path.exists(os.path.join(real, CONFIG_NAME)):
+        raise CheckpointError(f"{option} {output} is a folder that holds no checkpoint: choose a new or empty one")
+    return real
+
+
+@contextmanager
+def replaced_directory(directory: str) -> Iterator[str]:
+    """Write a checkpoint directory all at once: yields a new folder beside ``directory`` to write
+    into; when the block ends without an error it takes ``directory``'s place (an old copy is moved
+    aside first, then deleted), so an interrupted write leaves the old copy as it was and never a
+    half-written mix. The folder keeps an old copy's mode, else follows the umask."""
+    directory = os.path.abspath(directory)
+    parent, name = os.path.dirname(directory), os.path.basename(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, os.stat(directory).st_mode & 0o7777 if os.path.isdir(directory) else 0o777 & ~umask)
+        yield staging
+        old = None
+        if os.path.lexists(directory):
+            old = os.path.join(parent, f".{name}.old-{secrets.token_hex(4)}")
+            os.rename(directory, old)
+        os.rename(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.unlink(old)
 
 
 def save_pretrained(
@@ -234,19 +282,33 @@ def save_tokenizer(tokenizer, directory: str) -> None:  # noqa: ANN001 - Tokeniz
 
 def load_tokenizer(directory: str):  # noqa: ANN201 - returns a Tokenizer or a FairseqTokenizer
     """The tokenizer saved beside the weights (CheckpointError if unusable): the SentencePiece
-    model, or for a converted fairseq model its dictionary (``dict.txt``, ``janus_fast.fairseq.dictionary``)."""
+    model, or for a converted fairseq model its dictionary (``dict.txt``, ``janus_fast.fairseq.dictionary``).
+    Which one is the checkpoint's own is decided by what its config records: a ``dict.txt`` beside a
+    checkpoint whose config records its SentencePiece model is stray (not used, with a warning); both
+    files and no record is a CheckpointError (which tokenizer the weights need is unknown)."""
     from janus_fast.fairseq.dictionary import DICT_NAME, FairseqTokenizer
     from janus_fast.tokenizer import Tokenizer
 
-    if os.path.exists(os.path.join(directory, DICT_NAME)):
+    dictionary, path = os.path.join(directory, DICT_NAME), os.path.join(directory, TOKENIZER_NAME)
+    config_path = os.path.join(directory, CONFIG_NAME)
+    recorded = os.path.exists(config_path) and TOKENIZER_DIGEST in read_config(directory)
+    if os.path.exists(dictionary) and (recorded or os.path.exists(path)):
+        if not recorded:
+            raise CheckpointError(
+                f"{directory} holds both {TOKENIZER_NAME} and {DICT_NAME} and its config records neither: "
+                "remove the one that is not this model's tokenizer"
+            )
+        warnings.warn(
+            f"{dictionary}: not this checkpoint's tokenizer (its config records {TOKENIZER_NAME}); ignored",
+            stacklevel=2,
+        )
+    elif os.path.exists(dictionary):
         try:
             return FairseqTokenizer.load(directory)
         except (OSError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"{directory}: unusable fairseq dictionary or BPE ({error})") from error
 
-    path = os.path.join(directory, TOKENIZER_NAME)
     data = _read_tokenizer(path)
-    config_path = os.path.join(directory, CONFIG_NAME)
     if os.path.exists(config_path):  # beside weights: it must be the tokenizer they were saved with
         _check_tokenizer_digest(path, data, read_config(directory), config_path)
     try:

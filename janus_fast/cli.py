@@ -361,35 +361,47 @@ def command_distill(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     import torch
 
-    from janus_fast.checkpoint import load_pretrained, load_tokenizer, save_pretrained, save_tokenizer
-
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    if os.path.abspath(args.output) == os.path.abspath(args.model):
-        raise ValueError("--output must differ from --model (the export never overwrites its source)")
-    check_writable_directory(args.output, "--output")
-    model = load_pretrained(args.model)
-    tokenizer = load_tokenizer(args.model)
+    from janus_fast.checkpoint import (
+        checkpoint_output,
+        load_pretrained,
+        load_tokenizer,
+        replaced_directory,
+        save_pretrained,
+        save_tokenizer,
+    )
     from janus_fast.model import decoding_defaults
 
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    output = checkpoint_output(args.output, [args.model])
+    check_writable_directory(os.path.dirname(output), "--output")
+    model = load_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)
     given = {name: getattr(args, name) for name in decoding_defaults() if getattr(args, name) is not None}
     model.config = dataclasses.replace(model.config, **given)  # decoding defaults kept with the copy
-    save_pretrained(model, args.output, dtype=dtype)  # creates the directory
-    save_tokenizer(tokenizer, args.output)
-    size = sum(os.path.getsize(os.path.join(args.output, name)) for name in os.listdir(args.output))
+    with replaced_directory(output) as staging:  # the old copy stays whole until the new one is
+        save_pretrained(model, staging, dtype=dtype)
+        save_tokenizer(tokenizer, staging)
+    size = sum(os.path.getsize(os.path.join(output, name)) for name in os.listdir(output))
     print_report(f"wrote {args.output}: {args.dtype} weights, {size / 1e6:.1f} MB")
     return 0
 
 
 def command_average(args: argparse.Namespace) -> int:
-    from janus_fast.checkpoint import average_checkpoints, load_tokenizer, save_pretrained, save_tokenizer
+    from janus_fast.checkpoint import (
+        average_checkpoints,
+        checkpoint_output,
+        load_tokenizer,
+        replaced_directory,
+        save_pretrained,
+        save_tokenizer,
+    )
 
-    sources = {os.path.abspath(path) for path in args.models}
-    if os.path.abspath(args.output) in sources:
-        raise ValueError("--output must differ from every --models directory (averaging never overwrites a source)")
-    check_writable_directory(args.output, "--output")
+    output = checkpoint_output(args.output, args.models)
+    check_writable_directory(os.path.dirname(output), "--output")
     model = average_checkpoints(args.models)
-    save_pretrained(model, args.output)
-    save_tokenizer(load_tokenizer(args.models[0]), args.output)
+    with replaced_directory(output) as staging:  # the old copy stays whole until the new one is
+        save_pretrained(model, staging)
+        save_tokenizer(load_tokenizer(args.models[0]), staging)
     print_report(f"wrote {args.output}: the mean of {len(args.models)} checkpoints' weights (fp32)")
     return 0
 

@@ -73,11 +73,12 @@ class Tokenizer:
         return self.processor.get_piece_size()
 
     def encode(self, sentence: str) -> list[int]:
-        """Pieces of one sentence, without bos/eos."""
-        return self.processor.encode(sentence)
+        """Pieces of one sentence, without bos/eos. A literal ``<mask>`` in the text is an unknown
+        word (``<unk>``), never the reserved mask token."""
+        return [UNK_ID if piece == MASK_ID else piece for piece in self.processor.encode(sentence)]
 
     def encode_batch(self, sentences: Sequence[str]) -> list[list[int]]:
-        return self.processor.encode(list(sentences))
+        return [self.encode(sentence) for sentence in sentences]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Detokenised text; special ids (pad, bos, eos, mask) are dropped."""

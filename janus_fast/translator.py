@@ -80,16 +80,16 @@ class Translator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def encode_sources(self, sentences: Sequence[str]) -> list[list[int]]:
+    def encode_sources(self, sentences: Sequence[str], first_line: int = 1) -> list[list[int]]:
         """Piece ids per sentence ([] for blank lines), truncated or rejected when too long."""
         encoded = []
         for index, sentence in enumerate(sentences):
             if not isinstance(sentence, str):
                 raise TypeError(f"sentence index {index} is {type(sentence).__name__}, expected str")
             encoded.append(self.tokenizer.encode(sentence) if sentence.strip() else [])
-        return self.wrap_sources(encoded)
+        return self.wrap_sources(encoded, first_line)
 
-    def wrap_sources(self, encoded: Sequence[Sequence[int]]) -> list[list[int]]:
+    def wrap_sources(self, encoded: Sequence[Sequence[int]], first_line: int = 1) -> list[list[int]]:
         """Source ids as the model reads them: ``<bos>`` / ``<eos>`` added where its config says
         (converted fairseq models: both), truncated or rejected when too long; [] stays []."""
         config = self.model.config
@@ -99,7 +99,7 @@ class Translator:
         for index, ids in enumerate(encoded):
             ids = list(ids)
             if len(ids) > limit:
-                where = f"sentence index {index} (input line {index + 1})"
+                where = f"sentence index {index} (input line {first_line + index})"
                 if self.on_long_input == "error":
                     raise ValueError(f"{where} has {len(ids)} pieces; the model accepts {limit}")
                 warnings.warn(f"{where} has {len(ids)} pieces; truncated to {limit}", stacklevel=2)
@@ -116,6 +116,7 @@ class Translator:
         batch_size: int | None = None,
         progress: Callable[[int], None] | None = None,
         return_scores: bool = False,
+        first_line: int = 1,
         **changes: object,
     ) -> list[str] | list[tuple[str, float]]:
         """Translations of ``sentences``, in order, one per input (blank input -> ""); with
@@ -131,11 +132,13 @@ class Translator:
         Sentences are sorted by length and decoded in batches of at most
         ``max_batch_tokens`` padded source tokens (default: the translator's) and, if given, at
         most ``batch_size`` sentences. ``progress`` is called with the number of sentences done.
+        ``first_line``: the input line number of ``sentences[0]``, for messages (e.g. a chunk of a file).
         """
         if isinstance(sentences, str):
             raise TypeError("translate() takes a list of sentences, not a single string")
         resolved = self._resolve(options, changes, max_batch_tokens, batch_size)
-        found = self._decode(self.encode_sources(sentences), resolved, max_batch_tokens, batch_size, progress)
+        encoded = self.encode_sources(sentences, first_line)
+        found = self._decode(encoded, resolved, max_batch_tokens, batch_size, progress)
         outputs = [self.tokenizer.decode(ids) if ids is not None else "" for ids in found.tokens]
         return list(zip(outputs, found.scores)) if return_scores else outputs
 
@@ -152,11 +155,18 @@ class Translator:
         (added as the model's config says); returns the output ids (no bos/eos/pad) and scores,
         [] and 0.0 for an empty source. Options as ``translate``."""
         resolved = self._resolve(options, changes, max_batch_tokens, batch_size)
-        vocab = self.model.config.vocab_size
+        config = self.model.config
+        vocab = config.vocab_size
+        reserved = {config.pad_id, config.bos_id, config.eos_id, config.mask_id} - {config.unk_id}
         for index, ids in enumerate(sources):
+            where = f"source index {index} (input line {index + 1})"
             if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab for i in ids):
+                raise ValueError(f"{where}: token ids must be integers in [0, {vocab})")
+            special = sorted(reserved.intersection(ids))
+            if special:
                 raise ValueError(
-                    f"source index {index} (input line {index + 1}): token ids must be integers in [0, {vocab})"
+                    f"{where}: token ids {special} are reserved (pad, bos, eos, mask): a source holds words only "
+                    "(bos/eos are added as the model needs them)"
                 )
         found = self._decode(self.wrap_sources(sources), resolved, max_batch_tokens, batch_size, None)
         return Hypotheses([ids if ids is not None else [] for ids in found.tokens], found.scores)

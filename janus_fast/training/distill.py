@@ -239,7 +239,9 @@ def distill(
             if progress is not None:
                 progress(len(chunk))
             continue
-        outputs = translator.translate(chunk, options=options, progress=progress, batch_size=batch_size, **changes)
+        outputs = translator.translate(
+            chunk, options=options, progress=progress, batch_size=batch_size, first_line=start + 1, **changes
+        )
         atomic_write(path, "".join(line.replace("\n", " ") + "\n" for line in outputs).encode("utf-8"))
 
     lines = [line for index in range(len(starts)) for line in read_lines(_chunk_path(parts_dir, index))]
