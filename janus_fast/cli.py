@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import errno
 import json
+import math
 import os
 import sys
 import time
@@ -242,10 +243,18 @@ def command_translate(args: argparse.Namespace) -> int:
     else:
         lines = read_lines(args.input)
     translator = _translator(args)
-    if args.token_ids:
-        sources = [parse_token_ids(line, number) for number, line in enumerate(lines, 1)]
+    if args.token_ids or args.print_scores:
+        if args.token_ids:
+            sources = [parse_token_ids(line, number) for number, line in enumerate(lines, 1)]
+        else:
+            sources = [translator.tokenizer.encode(line) if line.strip() else [] for line in lines]
         found = translator.translate_ids(sources, options=_decode_options(args), batch_size=args.batch_size)
-        outputs = [" ".join(map(str, ids)) for ids in found.tokens]
+        if args.token_ids:
+            outputs = [" ".join(map(str, ids)) for ids in found.tokens]
+        else:
+            outputs = [translator.tokenizer.decode(ids) for ids in found.tokens]
+        if args.print_scores:
+            outputs = scored_lines(outputs, found, base_two=args.compat == "fairseq")
     else:
         from tqdm import tqdm
 
@@ -259,6 +268,19 @@ def command_translate(args: argparse.Namespace) -> int:
     else:
         write_output_file(args.output, text.encode("utf-8"), "--output", "the translations")
     return 0
+
+
+def scored_lines(outputs: list[str], found, base_two: bool) -> list[str]:  # noqa: ANN001
+    """fairseq-generate's lines for each input i (0-based): ``H-i<TAB>score<TAB>hypothesis`` and,
+    where the decoding reports per-token scores (compat fairseq), ``P-i<TAB>scores``; scores in
+    base 2 with ``base_two`` (as fairseq prints them), else natural log."""
+    scale = 1 / math.log(2) if base_two else 1.0
+    lines = []
+    for index, (text, score) in enumerate(zip(outputs, found.scores)):
+        lines.append(f"H-{index}\t{score * scale}\t{text}")
+        if found.positional is not None:
+            lines.append(f"P-{index}\t" + " ".join(f"{value * scale:.4f}" for value in found.positional[index]))
+    return lines
 
 
 def parse_token_ids(line: str, number: int) -> list[int]:
@@ -496,6 +518,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--token-ids",
         action="store_true",
         help="input lines are space-separated vocabulary ids (no bos/eos); output lines are ids too",
+    )
+    translate_parser.add_argument(
+        "--print-scores",
+        action="store_true",
+        help="print fairseq-generate's H-i (score, hypothesis) lines and, with --compat fairseq, its P-i "
+        "per-token scores (base 2 with --compat fairseq, as fairseq prints them; natural log otherwise)",
     )
     translate_parser.set_defaults(handler=command_translate)
 

@@ -89,7 +89,8 @@ def decode_batch(
                 *src, options.iterations, options.length_beam, options.force_max_iter, choice=choice
             )
         drop = {model.config.bos_id, model.config.eos_id, model.config.pad_id}
-        return Hypotheses([[t for t in h.tokens if t not in drop] for h in found], [h.score for h in found])
+        tokens = [[t for t in h.tokens if t not in drop] for h in found]
+        return Hypotheses(tokens, [h.score for h in found], [h.positional_scores for h in found])
     if options.decoder == "reference":
         reference_model = choice.torch_model
         if mode == "nar":

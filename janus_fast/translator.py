@@ -169,7 +169,7 @@ class Translator:
                     "(bos/eos are added as the model needs them)"
                 )
         found = self._decode(self.wrap_sources(sources), resolved, max_batch_tokens, batch_size, None)
-        return Hypotheses([ids if ids is not None else [] for ids in found.tokens], found.scores)
+        return Hypotheses([ids if ids is not None else [] for ids in found.tokens], found.scores, found.positional)
 
     def resolve_options(self, options: DecodeOptions | None = None, **changes: object) -> DecodeOptions:
         """The decoding options a ``translate`` call with these arguments runs, checked and resolved
@@ -195,9 +195,11 @@ class Translator:
         batch_size: int | None,
         progress: Callable[[int], None] | None,
     ) -> Hypotheses:
-        """Decode model-ready source ids in length-sorted batches; tokens None / score 0.0 for blanks."""
+        """Decode model-ready source ids in length-sorted batches; tokens None / score 0.0 for blanks
+        (positional scores: [] for blanks, None where the decoding reports none)."""
         outputs: list = [None] * len(encoded)
         scores = [0.0] * len(encoded)
+        positional: list[list[float]] | None = [[] for _ in encoded]
         blank = sum(1 for ids in encoded if not ids)
         if progress is not None and blank:
             progress(blank)
@@ -208,12 +210,16 @@ class Translator:
         for indices in batches:
             src, src_lengths = pad_sequences([encoded[i] for i in indices], self.model.config.pad_id)
             hypotheses = decode_batch(self.model, src.to(self.device), src_lengths.to(self.device), options, choice)
-            for index, ids, score in zip(indices, hypotheses.tokens, hypotheses.scores):
+            for row, (index, ids, score) in enumerate(zip(indices, hypotheses.tokens, hypotheses.scores)):
                 outputs[index] = ids
                 scores[index] = score
+                if positional is not None and hypotheses.positional is not None:
+                    positional[index] = hypotheses.positional[row]
+            if hypotheses.positional is None:
+                positional = None
             if progress is not None:
                 progress(len(indices))
-        return Hypotheses(outputs, scores)
+        return Hypotheses(outputs, scores, positional)
 
 
 def length_sorted_batches(

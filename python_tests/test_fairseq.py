@@ -713,6 +713,25 @@ def test_cli_translates_a_plain_transformer_as_fairseq_generate(beam: list[str],
     assert out.read_text(encoding="utf-8").splitlines() == [hypotheses[i][1] for i in range(len(hypotheses))]
 
 
+def test_cli_print_scores_prints_fairseq_generates_lines(converted: dict[str, str], tmp_path) -> None:
+    """``translate --print-scores --compat fairseq`` prints fairseq-generate's H- and P- lines: the
+    same hypotheses, scores and per-token scores (base 2) for every sentence of a golden file."""
+    hypotheses, positional = read_golden(os.path.join(DATA, "generate_trained_iter4_beam3_adaptive.txt"))
+    source = tmp_path / "in.txt"
+    with open(os.path.join(DATA, "test.de"), encoding="utf-8") as handle:
+        source.write_text("".join([line for line in handle][: len(hypotheses)]), encoding="utf-8")
+    out = tmp_path / "out.txt"
+    args = ["translate", "--model", converted["trained"], "--compat", "fairseq", "--mode", "nar", "--iterations", "4"]
+    args += ["--length-beam", "3", "--print-scores", "-i", str(source), "-o", str(out), "--no-progress"]
+    assert cli_main(args) == 0
+    ours_hypotheses, ours_positional = read_golden(str(out))
+    assert sorted(ours_hypotheses) == sorted(hypotheses) == sorted(ours_positional)
+    for index, (score, text) in hypotheses.items():
+        assert ours_hypotheses[index][1] == text, index
+        assert ours_hypotheses[index][0] == pytest.approx(score, abs=1e-4), index
+        assert ours_positional[index] == pytest.approx(positional[index], abs=2e-4), index
+
+
 def test_bench_times_a_plain_transformer_in_compat_mode(converted: dict[str, str], tmp_path) -> None:
     """``janus-fast bench --compat fairseq`` on a converted transformer times its AR search rows."""
     from janus_fast.benchmarks.decoding import run_bench

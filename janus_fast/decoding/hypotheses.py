@@ -8,14 +8,20 @@ from dataclasses import dataclass
 @dataclass
 class Hypotheses:
     """Decoded token ids per sentence (no bos/eos/pad) and their scores (mean log-probability
-    per token for NAR, length-normalised log-probability for AR)."""
+    per token for NAR, length-normalised log-probability for AR); ``positional``, where the decoding
+    reports them (compat "fairseq"), each sentence's per-token scores as fairseq-generate prints
+    them (natural log)."""
 
     tokens: list[list[int]]
     scores: list[float]
+    positional: list[list[float]] | None = None
 
     @staticmethod
     def concatenate(parts: list[Hypotheses]) -> Hypotheses:
-        return Hypotheses([t for p in parts for t in p.tokens], [s for p in parts for s in p.scores])
+        positional = None
+        if parts and all(part.positional is not None for part in parts):
+            positional = [row for part in parts for row in part.positional]
+        return Hypotheses([t for p in parts for t in p.tokens], [s for p in parts for s in p.scores], positional)
 
 
 def strip_special(row: list[int], eos_id: int, specials: set[int]) -> list[int]:
