@@ -66,7 +66,7 @@ import sys
 import torch
 
 torch.ops.load_library(sys.argv[1])
-for name in ("mask_predict_step", "speculative_accept"):
+for name in ("mask_predict_step", "mask_predict_remask", "speculative_accept"):
     op = getattr(torch.ops.janus_fast, name)
     print("cuda_build_check: schema", op.default._schema)
     for key in ("CPU", "CUDA", "Meta"):
