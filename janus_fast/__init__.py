@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 __all__ = ["JanusConfig", "JanusModel", "Translator", "generate", "__version__"]
 
 if TYPE_CHECKING:
-    from janus_fast.generate import generate
+    from janus_fast.generation import generate
     from janus_fast.model import JanusConfig, JanusModel
     from janus_fast.translator import Translator
 
@@ -25,7 +25,7 @@ _LAZY = {
     "JanusConfig": "janus_fast.model",
     "JanusModel": "janus_fast.model",
     "Translator": "janus_fast.translator",
-    "generate": "janus_fast.generate",
+    "generate": "janus_fast.generation",
 }
 
 

@@ -83,6 +83,8 @@ def checkpoint_output(output: str, sources: Sequence[str], option: str = "--outp
                 f"{option} {output} must differ from the source checkpoint {source} (it resolves to it): "
                 "a source is never overwritten"
             )
+    if os.path.lexists(real) and not os.path.isdir(real):
+        raise CheckpointError(f"{option} {output} is a file: a checkpoint is a folder; choose a new or empty one")
     if os.path.isdir(real) and os.listdir(real) and not os.path.exists(os.path.join(real, CONFIG_NAME)):
         raise CheckpointError(f"{option} {output} is a folder that holds no checkpoint: choose a new or empty one")
     return real

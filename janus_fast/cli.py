@@ -321,6 +321,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
     if args.output is not None:
         check_output_option(args.output, "--output", inputs=[args.src, args.ref])
     sources, references = read_lines(args.src), read_lines(args.ref)
+    if not sources:
+        raise InputError(f"{args.src} has no lines to translate and score")
     if len(sources) != len(references):
         raise InputError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
     translator = _translator(args)

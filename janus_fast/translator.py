@@ -14,7 +14,7 @@ from janus_fast.data import pad_sequences
 from janus_fast.decoding.hypotheses import Hypotheses
 from janus_fast.decoding.options import DECODERS, DecodeOptions, check_choice
 from janus_fast.decoding.passes import PassChoice
-from janus_fast.generate import decode_batch
+from janus_fast.generation import decode_batch
 from janus_fast.model import JanusModel
 from janus_fast.tokenizer import Tokenizer
 
@@ -128,7 +128,7 @@ class Translator:
         ``translate(sentences, mode="nar", iterations=4)``: mode "ar" (beam search with ``beam``, 1 =
         greedy), "nar" (mask-predict with ``iterations`` and ``length_beam``) or "spec" (speculative:
         the NAR side drafts, the AR side verifies: AR greedy's output); ``compat="fairseq"`` for
-        fairseq-generate's decoding; see ``janus_fast.generate.generate``.
+        fairseq-generate's decoding; see ``janus_fast.generation.generate``.
         Sentences are sorted by length and decoded in batches of at most
         ``max_batch_tokens`` padded source tokens (default: the translator's) and, if given, at
         most ``batch_size`` sentences. ``progress`` is called with the number of sentences done.
@@ -181,7 +181,13 @@ class Translator:
     def _resolve(
         self, options: DecodeOptions | None, changes: dict, max_batch_tokens: int | None, batch_size: int | None
     ) -> DecodeOptions:
-        """``resolve_options`` after the checks of the batch options."""
+        """``resolve_options`` after the checks of the batch options; ValueError for a model put back
+        in training mode (dropout would change the output on every call)."""
+        if self.model.training:
+            raise ValueError(
+                "the translator's model is in training mode (dropout would change the output on every call): "
+                "call translator.model.eval() first"
+            )
         for name, value in (("max_batch_tokens", max_batch_tokens), ("batch_size", batch_size)):
             if value is not None:
                 check_int(name, value, 1)
@@ -203,7 +209,8 @@ class Translator:
         blank = sum(1 for ids in encoded if not ids)
         if progress is not None and blank:
             progress(blank)
-        batches = length_sorted_batches(encoded, max_batch_tokens or self.max_batch_tokens, batch_size)
+        budget = rows_budget(max_batch_tokens or self.max_batch_tokens, options)
+        batches = length_sorted_batches(encoded, budget, batch_size)
         choice = self.choice
         if (options.precision, options.decoder) != (self.precision, self.decoder):  # changed for this call
             choice = PassChoice(self.model, options.precision, native=options.decoder == "engine")
@@ -220,6 +227,19 @@ class Translator:
             if progress is not None:
                 progress(len(indices))
         return Hypotheses(outputs, scores, positional)
+
+
+# A batch's decoder rows per source token (length candidates or beams per sentence) are covered by
+# the token budget up to this many; beyond, the budget shrinks in proportion, so that memory stays
+# bounded by --max-batch-tokens whatever --length-beam or --beam (the defaults, 3 and 1-5, keep it).
+ROWS_PER_SENTENCE_IN_BUDGET = 4
+
+
+def rows_budget(max_batch_tokens: int, options: DecodeOptions) -> int:
+    """The padded source tokens of one batch: ``max_batch_tokens``, divided by the decoder rows per
+    sentence beyond ``ROWS_PER_SENTENCE_IN_BUDGET`` (NAR: length candidates, AR: beams)."""
+    rows = options.length_beam if options.mode == "nar" else options.beam if options.mode == "ar" else 1
+    return max(1, max_batch_tokens * ROWS_PER_SENTENCE_IN_BUDGET // max(rows or 1, ROWS_PER_SENTENCE_IN_BUDGET))
 
 
 def length_sorted_batches(

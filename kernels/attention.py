@@ -221,7 +221,7 @@ def _check_attention_inputs(
     if triton is None:
         raise RuntimeError("triton is not installed: use the PyTorch path (attention_reference)")
     if not q.is_cuda and not interpreting():
-        raise RuntimeError(
+        raise ValueError(
             "the Triton attention kernel needs CUDA tensors (or TRITON_INTERPRET=1 set before importing "
             "triton, for testing on the CPU)"
         )

@@ -108,7 +108,7 @@ def length_candidates(
     if triton is None:
         raise RuntimeError("triton is not installed: use length_candidates_reference")
     if not encoder_states.is_cuda and not interpreting():
-        raise RuntimeError("the Triton length kernel needs CUDA tensors (or TRITON_INTERPRET=1 for testing)")
+        raise ValueError("the Triton length kernel needs CUDA tensors (or TRITON_INTERPRET=1 for testing)")
     batch, seq_len, model_dim = encoder_states.shape
     num_classes = length_weight.shape[0]
     out_lengths = torch.empty(batch, beam, dtype=torch.int64, device=encoder_states.device)

@@ -27,7 +27,7 @@ from janus_fast.checkpoint import (
     save_pretrained,
     save_tokenizer,
 )
-from janus_fast.generate import generate
+from janus_fast.generation import generate
 from janus_fast.native.decoder import NativeDecoder, native_decoder_available
 from janus_fast.tokenizer import Tokenizer
 from janus_fast.translator import Translator

@@ -7,7 +7,7 @@ import torch
 
 from janus_fast.decoding.beam import BeamRules, finished_beam_search
 from janus_fast.decoding.reference import ar_search, mask_predict
-from janus_fast.generate import generate
+from janus_fast.generation import generate
 
 
 def sources(vocab: int = 60):

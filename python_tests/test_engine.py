@@ -10,7 +10,7 @@ from janus_fast.attention import MaskSpec
 from janus_fast.decoding import engine
 from janus_fast.decoding.packed import PackedRows, packed_decode
 from janus_fast.decoding.reference import ar_search, mask_predict
-from janus_fast.generate import generate
+from janus_fast.generation import generate
 
 
 def random_sources(seed: int, batch: int = 6, vocab: int = 60):

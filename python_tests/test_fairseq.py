@@ -27,7 +27,7 @@ from janus_fast.decoding import fairseq as fairseq_decoding
 from janus_fast.fairseq.checkpoint import load_fairseq_checkpoint
 from janus_fast.fairseq.convert import convert_fairseq
 from janus_fast.fairseq.dictionary import FairseqTokenizer, read_dictionary
-from janus_fast.generate import generate
+from janus_fast.generation import generate
 from janus_fast.model import JanusConfig, JanusModel
 from janus_fast.native.decoder import NativeDecoder, unsupported_reason
 

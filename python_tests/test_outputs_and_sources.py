@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from janus_fast.checkpoint import (
     CheckpointError,
@@ -116,3 +117,109 @@ def test_distill_names_a_long_input_by_its_line_in_the_file(trained_dir, tmp_pat
     source.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     with pytest.raises(ValueError, match=r"\(input line 5\)"):
         distill(translator, str(source), str(tmp_path / "out.en"), chunk_size=2)
+
+
+def test_the_public_names_are_the_functions_and_classes():
+    """``from janus_fast import generate`` is the function (the README's example), not a module."""
+    import inspect
+
+    import janus_fast
+    from janus_fast import JanusConfig, JanusModel, Translator, generate
+
+    assert inspect.isfunction(generate) and inspect.isclass(Translator)
+    assert inspect.isclass(JanusModel) and inspect.isclass(JanusConfig)
+    assert janus_fast.generate is generate
+
+
+# ----------------------------------------------------------------------- the second hostile probe
+def test_export_and_average_refuse_an_existing_file_as_output(trained_dir, tmp_path):
+    from test_cli import run_cli
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for command in (["export", "--model", trained_dir], ["average", "--models", trained_dir, trained_dir]):
+        result = run_cli(*command, "--output", str(victim))
+        assert result.returncode != 0 and b"is a file" in result.stderr
+        assert victim.read_text() == "precious"
+
+
+def test_huge_length_limits_and_bonuses_and_numpy_numbers(trained_dir):
+    """AR length limits far beyond the model's positions mean "up to the model's positions" (they
+    overflowed int64 to an empty output); a length bonus beyond float32's range still ranks by
+    length; NumPy numbers are options like Python's."""
+    import numpy as np
+
+    translator = Translator.from_pretrained(trained_dir)
+    sentences = ["ein mann fährt fahrrad", "zwei hunde spielen im schnee"]
+    plain = translator.translate(sentences, max_len_a=1e6)
+    assert plain == translator.translate(sentences, max_len_a=1e19) == translator.translate(sentences, max_len_b=10**30)
+    assert translator.translate(sentences, max_len_a=np.float32(1e6), beam=np.int64(1)) == plain
+    nar = {"mode": "nar", "iterations": 2, "length_beam": 5, "collapse_repeats": False}
+    assert translator.translate(sentences, **nar, length_bonus=1e39) == translator.translate(
+        sentences, **nar, length_bonus=1e37
+    )
+    assert translator.translate(sentences, **{**nar, "iterations": np.int64(2)}) == translator.translate(
+        sentences, **nar
+    )
+
+
+def test_translator_refuses_a_model_put_back_in_training_mode(trained_dir):
+    translator = Translator.from_pretrained(trained_dir)
+    translator.model.train()
+    with pytest.raises(ValueError, match="training mode"):
+        translator.translate(["ein hund"], mode="nar")
+
+
+def test_bounded_options_and_batches():
+    """Speculative draft iterations are capped like --iterations; batches of many length candidates
+    or beams hold proportionally fewer source tokens (memory bounded by --max-batch-tokens)."""
+    from janus_fast.decoding.options import MAX_DRAFT_ITERATIONS, DecodeOptions, SpeculativeOptions
+    from janus_fast.translator import length_sorted_batches, rows_budget
+
+    with pytest.raises(ValueError, match="draft_iterations"):
+        SpeculativeOptions(draft_iterations=MAX_DRAFT_ITERATIONS + 1)
+    assert rows_budget(4096, DecodeOptions(mode="nar", length_beam=3)) == 4096
+    assert rows_budget(4096, DecodeOptions(mode="ar", beam=4)) == 4096
+    assert rows_budget(4096, DecodeOptions(mode="nar", length_beam=256)) == 64
+    assert rows_budget(4096, DecodeOptions(mode="ar", beam=128)) == 128
+    encoded = [[5] * 10] * 100
+    assert max(len(batch) for batch in length_sorted_batches(encoded, rows_budget(4096, DecodeOptions(beam=128)))) == 12
+
+
+def test_reference_decoder_runs_a_float64_model():
+    from conftest import random_model
+
+    from janus_fast.generation import generate
+
+    model = random_model(4).double()
+    src, lengths = torch.randint(5, 60, (2, 6)), torch.tensor([6, 3])
+    assert len(generate(model, src, lengths, mode="nar", iterations=2, decoder="reference")) == 2
+
+
+def test_torchrun_environment_is_checked(monkeypatch):
+    from janus_fast.training.train import DistributedContext
+
+    for name, value, message in (("WORLD_SIZE", "0", "WORLD_SIZE=0"), ("WORLD_SIZE", "abc", "WORLD_SIZE='abc'")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=message):
+            DistributedContext()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "3")
+    with pytest.raises(ValueError, match="RANK=3 must be below WORLD_SIZE=1"):
+        DistributedContext()
+
+
+def test_evaluate_refuses_empty_files(tmp_path):
+    from test_cli import run_cli
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    result = run_cli("evaluate", "--src", str(empty), "--ref", str(empty))
+    assert result.returncode != 0 and b"no lines" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_validation_by_loss_keeps_a_best_checkpoint():
+    """Without --valid-bleu the best score is minus the loss: any first validation improves on the start."""
+    from janus_fast.training.train import TrainState
+
+    assert -12.4 > TrainState().best_bleu

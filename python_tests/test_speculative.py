@@ -17,7 +17,7 @@ from janus_fast.decoding.beam import max_ar_lengths
 from janus_fast.decoding.options import SpeculativeOptions
 from janus_fast.decoding.passes import PassChoice
 from janus_fast.decoding.speculative import SpeculativeStats, speculative_greedy
-from janus_fast.generate import generate
+from janus_fast.generation import generate
 from janus_fast.native.decoder import NativeDecoder, native_decoder_available
 from janus_fast.ops import speculative_accept, speculative_accept_reference
 

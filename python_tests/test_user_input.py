@@ -25,7 +25,7 @@ from janus_fast.checkpoint import (
     save_pretrained,
 )
 from janus_fast.decoding.candidates import length_candidates
-from janus_fast.generate import generate
+from janus_fast.generation import generate
 from janus_fast.training.train import TRAIN_STATE_NAME, train
 from janus_fast.translator import Translator
 

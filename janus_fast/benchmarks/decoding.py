@@ -23,7 +23,7 @@ from janus_fast.benchmarks.timing import median_seconds
 from janus_fast.data import InputError, corpus_path, read_parallel
 from janus_fast.decoding.options import DecodeOptions, SpeculativeOptions
 from janus_fast.decoding.speculative import SpeculativeStats
-from janus_fast.generate import decode_batch
+from janus_fast.generation import decode_batch
 from janus_fast.model import JanusConfig
 from janus_fast.native.cpu_features import cpu_description
 from janus_fast.native.decoder import cpu_isa

@@ -22,8 +22,8 @@ def max_ar_lengths(src_lengths: torch.Tensor, model: JanusModel, max_len_a: floa
     Per sentence (``max_len_a * src_len + max_len_b``), so a translation never depends on the
     other sentences of its batch.
     """
-    limits = (max_len_a * src_lengths.double() + max_len_b).long()
-    return limits.clamp(1, model.config.max_target_positions - 1)
+    limits = max_len_a * src_lengths.double() + float(max_len_b)  # float64: huge a or b cannot overflow
+    return limits.clamp(1, model.config.max_target_positions - 1).long()
 
 
 @dataclass(frozen=True)

@@ -182,8 +182,8 @@ def best_length_candidates(
         positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
         real = (positions >= 1) & (positions < lengths[:, None] - 1)
         ranking = (scores * real).sum(1) / real.sum(1).clamp(min=1)
-    bonus = rule.length_bonus
-    bonused = ranking + bonus * (lengths - 2).to(ranking.dtype) if bonus else ranking
+    bonus = rule.length_bonus  # ranked in float64: a bonus beyond float32's range still orders by length
+    bonused = ranking.double() + bonus * (lengths - 2).double() if bonus else ranking
     best = bonused.view(-1, beam).argmax(1)
     chosen = torch.arange(len(best), device=best.device) * beam + best
     specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}

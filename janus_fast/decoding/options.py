@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ COMPAT_MODES = ("janus", "fairseq")
 DECODERS = ("engine", "reference")
 PRECISIONS = ("fp32", "bf16", "int8")
 MAX_BEAM = 128  # AR beam sizes above this can only be a mistake (rows = sentences x beam)
+MAX_DRAFT_ITERATIONS = 128  # mask-predict iterations per speculative draft, as many as --iterations allows
 # Each compat's defaults for the options left None: this project's, and fairseq-generate 0.12.2's
 # (its GenerationConfig: --iter-decode-max-iter 10, --iter-decode-with-beam 1, --beam 5, --max-len-a 0
 # --max-len-b 200).
@@ -53,14 +55,16 @@ class SpeculativeOptions:
     relaxed_margin: float = field(default=1.0, metadata={"help": "log-probability margin of relaxed verification"})
 
     def __post_init__(self) -> None:
-        for name, low in (("draft_iterations", 1), ("min_draft", 1), ("max_verify", 1), ("relaxed_top_k", 0)):
+        ranges = {"draft_iterations": (1, MAX_DRAFT_ITERATIONS), "min_draft": (1, None), "max_verify": (1, None)}
+        for name, (low, high) in {**ranges, "relaxed_top_k": (0, None)}.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"{name} must be an int, got {value!r}")
-            if value < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
+            if value < low or (high is not None and value > high):
+                raise ValueError(f"{name} must be in [{low}, {high if high is not None else 'inf'}], got {value}")
+            object.__setattr__(self, name, int(value))
         margin = self.relaxed_margin
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin < 0:
+        if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not math.isfinite(margin) or margin < 0:
             raise ValueError(f"relaxed_margin must be a finite number >= 0, got {margin!r}")
 
 
@@ -224,14 +228,13 @@ class DecodeOptions:
             raise ValueError("collapse_repeats applies to mode='nar' with compat='janus' only")
         bonus = self.length_bonus
         if bonus is not None:
-            if isinstance(bonus, bool) or not isinstance(bonus, (int, float)):
+            if isinstance(bonus, bool) or not isinstance(bonus, numbers.Real):
                 raise TypeError(f"length_bonus must be a number or None, got {bonus!r}")
             if not math.isfinite(bonus):
                 raise ValueError(f"length_bonus must be a finite number, got {bonus!r}")
             if bonus and not nar_janus:
                 raise ValueError("length_bonus applies to mode='nar' with compat='janus' only")
         speculative = _check_speculative(self.speculative, mode, compat, self.decoder)
-        resolved["max_len_a"] = float(resolved["max_len_a"])
         return dataclasses.replace(
             self,
             speculative=speculative,
@@ -248,24 +251,24 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 
 def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict) -> None:
     """The iteration, length beam and beam counts in range for the mode and compat, and the AR
-    length limit's a (a number >= 0) and b (an integer >= 0)."""
+    length limit's a (a number >= 0) and b (an integer >= 0); ``values`` get them as Python ints and
+    floats (NumPy numbers accepted)."""
     positions, classes = config.max_target_positions, config.num_length_classes
+    ranges = {"iterations": (1, positions), "length_beam": (1, classes), "beam": (1, MAX_BEAM)}
     if compat == "fairseq":
         if mode not in ("nar", "ar"):
             raise ValueError(f"mode must be 'nar' or 'ar' with compat='fairseq', got {mode!r}")
-        if mode == "ar":
-            check_int("beam", values["beam"], 1, MAX_BEAM)
-        else:
-            check_int("iterations", values["iterations"], 0, positions)  # fairseq's max iter: + 1 passes
-            check_int("length_beam", values["length_beam"], 1, classes)
+        ranges["iterations"] = (0, positions)  # fairseq's max iter: + 1 passes
+        checked = ("beam",) if mode == "ar" else ("iterations", "length_beam")
     else:
-        check_int("iterations", values["iterations"], 1, positions)
-        check_int("length_beam", values["length_beam"], 1, classes)
-        check_int("beam", values["beam"], 1, MAX_BEAM)
+        checked = tuple(ranges)
+    for name in checked:
+        values[name] = check_int(name, values[name], *ranges[name])
     a = values["max_len_a"]
-    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or a < 0:
+    if isinstance(a, bool) or not isinstance(a, numbers.Real) or not math.isfinite(a) or a < 0:
         raise ValueError(f"max_len_a must be a finite number >= 0, got {a!r}")
-    check_int("max_len_b", values["max_len_b"], 0)
+    values["max_len_a"] = float(a)
+    values["max_len_b"] = check_int("max_len_b", values["max_len_b"], 0)
 
 
 def _check_model_kind(config: JanusConfig, mode: str, compat: str) -> None:

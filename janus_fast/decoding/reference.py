@@ -45,6 +45,7 @@ def mask_predict(
     for state in start.split():
         for iteration in range(num_iterations):
             logits = model.nar_logits(state.tokens, state.lengths, state.encoder_out)
+            logits = logits.float() if logits.dtype == torch.float64 else logits  # the op reads 32 bits or fewer
             mask_predict_step(
                 logits, state.tokens, state.scores, state.lengths, iteration, num_iterations, model.config.mask_id
             )

@@ -335,7 +335,7 @@ class TrainState:
     update: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    best_bleu: float = -1.0
+    best_bleu: float = float("-inf")  # the best validation score: BLEU, or minus the loss (--no-valid-bleu)
     train_seconds: float = 0.0
 
 
@@ -362,12 +362,29 @@ def inverse_sqrt(warmup: int):
     return factor
 
 
+def _environment_int(name: str, default: int, low: int) -> int:
+    """The integer environment variable ``name`` (set by torchrun), ``default`` when unset; a
+    ValueError naming it for anything else than an integer >= ``low``."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}={os.environ[name]!r}: expected an integer >= {low} (torchrun sets it)") from None
+    if value < low:
+        raise ValueError(f"{name}={value}: expected an integer >= {low} (torchrun sets it)")
+    return value
+
+
 class DistributedContext:
     """Rank and world size; a no-op outside torchrun."""
 
     def __init__(self) -> None:
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.world_size = _environment_int("WORLD_SIZE", 1, 1)
+        self.rank = _environment_int("RANK", 0, 0)
+        if self.rank >= self.world_size:
+            raise ValueError(f"RANK={self.rank} must be below WORLD_SIZE={self.world_size} (set by torchrun)")
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
@@ -399,7 +416,13 @@ def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, tra
         if config.init_from:
             tokenizer = load_tokenizer(config.init_from)
         else:
-            tokenizer = Tokenizer.train(train_lines, config.model.vocab_size, config.tokenizer_type)
+            try:
+                tokenizer = Tokenizer.train(train_lines, config.model.vocab_size, config.tokenizer_type)
+            except RuntimeError as error:  # SentencePiece's refusals, e.g. fewer pieces than characters
+                reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+                raise ValueError(
+                    f"--vocab-size {config.model.vocab_size}: SentencePiece cannot train ({reason})"
+                ) from error
         atomic_write(path, tokenizer.model_proto)
     if context.is_main and config.init_from:
         with open(path, "rb") as handle:
