@@ -433,6 +433,7 @@ def command_average(args: argparse.Namespace) -> int:
 # `profile` bounds: its largest case holds (192 x 64 x V) logits a few times over, about 0.19 MB per
 # vocabulary entry (8000: 1.5 GB); 262144 = 2**18 covers the largest real vocabularies (~256k).
 PROFILE_MAX_VOCAB = 262_144
+PROFILE_MIN_VOCAB = 4  # the timed op's mask id (3) must be a vocabulary entry
 PROFILE_BYTES_PER_VOCAB_ENTRY = 200_000
 PROFILE_MAX_REPEATS = 100
 
@@ -442,6 +443,8 @@ def command_profile(args: argparse.Namespace) -> int:
     or a --vocab whose logits would not fit in the memory available now."""
     from janus_fast.benchmarks.report import profile_report
 
+    if args.vocab < PROFILE_MIN_VOCAB:
+        raise ValueError(f"--vocab must be at least {PROFILE_MIN_VOCAB} (the profiled mask id is 3), got {args.vocab}")
     if args.vocab > PROFILE_MAX_VOCAB:
         raise ValueError(
             f"--vocab must be at most {PROFILE_MAX_VOCAB} (the profile holds about "
@@ -588,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--vocab",
         type=positive_int,
         default=8000,
-        help=f"vocabulary size V of the timed (N, T, V) logits, 1 to {PROFILE_MAX_VOCAB}; the profile holds "
+        help=f"vocabulary size V of the timed (N, T, V) logits, {PROFILE_MIN_VOCAB} to {PROFILE_MAX_VOCAB}; it holds "
         f"about {PROFILE_BYTES_PER_VOCAB_ENTRY / 1e6:.1f} MB per entry (the default: 1.6 GB) and refuses a V "
         "that does not fit in the available memory (default: %(default)s)",
     )

@@ -134,8 +134,8 @@ class Translator:
         most ``batch_size`` sentences. ``progress`` is called with the number of sentences done.
         ``first_line``: the input line number of ``sentences[0]``, for messages (e.g. a chunk of a file).
         """
-        if isinstance(sentences, str):
-            raise TypeError("translate() takes a list of sentences, not a single string")
+        if isinstance(sentences, (str, bytes)) or not isinstance(sentences, Sequence):
+            raise TypeError(f"translate() takes a list of sentences, not a {type(sentences).__name__}")
         resolved = self._resolve(options, changes, max_batch_tokens, batch_size)
         encoded = self.encode_sources(sentences, first_line)
         found = self._decode(encoded, resolved, max_batch_tokens, batch_size, progress)

@@ -223,3 +223,17 @@ def test_validation_by_loss_keeps_a_best_checkpoint():
     from janus_fast.training.train import TrainState
 
     assert -12.4 > TrainState().best_bleu
+
+
+def test_small_refusals_of_the_probe(trained_dir):
+    """A set of sentences (no order), a zero AR length limit and a profile vocabulary without the
+    profiled mask id are refused with one clear message each."""
+    from test_cli import run_cli
+
+    translator = Translator.from_pretrained(trained_dir)
+    with pytest.raises(TypeError, match="not a set"):
+        translator.translate({"ein hund"})
+    with pytest.raises(ValueError, match="both 0"):
+        translator.translate(["ein hund"], max_len_a=0, max_len_b=0)
+    result = run_cli("profile", "--vocab", "2")
+    assert result.returncode != 0 and b"--vocab must be at least 4" in result.stderr

@@ -269,6 +269,8 @@ def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict) -> 
         raise ValueError(f"max_len_a must be a finite number >= 0, got {a!r}")
     values["max_len_a"] = float(a)
     values["max_len_b"] = check_int("max_len_b", values["max_len_b"], 0)
+    if values["max_len_a"] == 0 and values["max_len_b"] == 0:
+        raise ValueError("max_len_a and max_len_b are both 0: the AR length limit must allow >= 1 target token")
 
 
 def _check_model_kind(config: JanusConfig, mode: str, compat: str) -> None:
