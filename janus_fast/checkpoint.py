@@ -157,7 +157,8 @@ def config_digest(model_config: dict) -> str:
 def read_config(directory: str) -> dict:
     """The parsed ``config.json`` of a checkpoint directory (CheckpointError if unusable)."""
     if not os.path.isdir(directory):
-        raise CheckpointError(f"{directory}: not a checkpoint directory (it does not exist)")
+        what = "a file, not a folder" if os.path.exists(directory) else "it does not exist"
+        raise CheckpointError(f"{directory}: not a checkpoint directory ({what})")
     path = os.path.join(directory, CONFIG_NAME)
     try:
         with open(path, encoding="utf-8") as handle:

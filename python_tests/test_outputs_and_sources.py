@@ -237,3 +237,18 @@ def test_small_refusals_of_the_probe(trained_dir):
         translator.translate(["ein hund"], max_len_a=0, max_len_b=0)
     result = run_cli("profile", "--vocab", "2")
     assert result.returncode != 0 and b"--vocab must be at least 4" in result.stderr
+
+
+def test_error_texts_name_the_real_problem(tmp_path):
+    """A checkpoint path that is a file is called a file; a bench on empty test files says so."""
+    from janus_fast.benchmarks.decoding import run_bench
+    from janus_fast.data import InputError
+
+    a_file = tmp_path / "model.txt"
+    a_file.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="a file, not a folder"):
+        Translator.from_pretrained(str(a_file))
+    for lang in ("de", "en"):
+        (tmp_path / f"test_2016_flickr.{lang}").write_text("")
+    with pytest.raises(InputError, match="hold no sentences"):
+        run_bench(None, str(tmp_path))

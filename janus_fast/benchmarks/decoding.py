@@ -186,6 +186,8 @@ def run_bench(
         corpus_path(data_dir, "test_2016_flickr", target_lang),
         limit,
     )
+    if not sources:
+        raise InputError(f"{data_dir}: its test_2016_flickr files hold no sentences to time")
     translators = {
         decoder: Translator.from_pretrained(model_dir, device, max_batch_tokens=max_batch_tokens, decoder=decoder)
         for decoder in ("reference", "engine")
