@@ -141,4 +141,4 @@ def test_profile_help_states_the_bounds() -> None:
     )
     assert result.returncode == 0, result.stderr
     text = " ".join(result.stdout.split())
-    assert "1 to 262144" in text and "1 to 100" in text
+    assert "4 to 262144" in text and "1 to 100" in text
