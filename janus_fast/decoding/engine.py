@@ -110,12 +110,11 @@ def speculative(
     choice: PassChoice | None = None,
 ) -> Hypotheses:
     """Speculative decoding (``janus_fast.decoding.speculative``): with exact verification the
-    tokens and scores of ``greedy`` at the same precision. ``stats``, when given, counts rounds and
-    accepted tokens.
+    tokens and scores of ``greedy`` at the same precision. ``options`` None: the defaults; ``stats``,
+    when given, counts rounds and accepted tokens.
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
     passes = _choice(model, precision, choice).passes(decoder_positions("ar", src_lengths, 1, 1))
     limits = max_ar_lengths(src_lengths, model, max_len_a, max_len_b)
-    options = options if options is not None else SpeculativeOptions()
     return speculative_greedy(passes.model, passes, src_tokens, src_lengths, limits, options, stats)

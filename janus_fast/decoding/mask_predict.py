@@ -55,7 +55,6 @@ class MaskPredictPolicy:
 
     def __init__(self, ranking: CandidateRanking = PLAIN_RANKING) -> None:
         self.ranking = ranking
-        self.ar_rescore = ranking.ar_rescore
 
     def exclude_id(self, model: JanusModel) -> int:
         """The token a fill never chooses (-1: none)."""
@@ -137,7 +136,7 @@ def _iterate(
         rows = PackedRows(lengths, tokens.shape[1])
     if tokens is not finished.tokens:  # rows still active after the last pass
         finished.tokens[active], finished.scores[active] = tokens, scores
-    if policy.ar_rescore:
+    if policy.ranking.ar_rescore:
         passes.bind(group.encoder_out)
         finished.ar_scores = passes.ar_scores(finished.tokens, finished.lengths)
     return finished
