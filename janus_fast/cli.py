@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from janus_fast.arguments import check_writable_directory
 from janus_fast.checkpoint import CheckpointError
-from janus_fast.data import InputError, decode_utf8, read_lines
+from janus_fast.data import InputError, read_lines
 from janus_fast.output import check_output
 
 
@@ -127,7 +127,11 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
     _add_dataclass_options(parser, DecodeOptions())
     parser.add_argument("--max-batch-tokens", type=positive_int, default=4096, help="padded source tokens per batch")
     parser.add_argument("--batch-size", type=positive_int, default=None, help="at most this many sentences per batch")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, cuda or cuda:N; under torchrun, cuda is each process's own GPU, cuda:LOCAL_RANK (default: cpu)",
+    )
     parser.add_argument(
         "--on-long-input",
         choices=("truncate", "error"),
@@ -164,16 +168,6 @@ def command_train(args: argparse.Namespace) -> int:
     state = train(config)
     print_report(f"done: {state.update} updates, {state.epoch} epochs, {state.train_seconds:.0f}s of training")
     return 0
-
-
-def split_lines(raw: bytes, what: str) -> list[str]:
-    """Lines of raw input bytes (invalid UTF-8 replaced with a warning); a final newline ends the
-    last line rather than starting an empty one."""
-    text = decode_utf8(raw, what)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.rstrip("\r") for line in lines]
 
 
 def check_output_option(path: str, option: str, inputs: Sequence[str | None] = ()) -> None:
@@ -235,51 +229,136 @@ def _silence_standard_output() -> None:
         pass
 
 
-def command_translate(args: argparse.Namespace) -> int:
-    if args.output != "-":
-        check_output_option(args.output, "--output", inputs=[args.input])
-    if args.input == "-":
-        lines = split_lines(sys.stdin.buffer.read(), "standard input")
-    else:
-        lines = read_lines(args.input)
-    translator = _translator(args)
-    if args.token_ids or args.print_scores:
+def _decoding_context(args: argparse.Namespace):  # noqa: ANN202
+    """The ranks of this run (one process outside torchrun; gloo between processes under it),
+    with ``args.device`` made this rank's (``cuda`` -> ``cuda:LOCAL_RANK``)."""
+    from janus_fast.corpus import WAIT_FOR_RANKS
+    from janus_fast.distributed import DistributedContext
+
+    context = DistributedContext("gloo", WAIT_FOR_RANKS)
+    args.device = context.device(args.device)
+    return context
+
+
+def _chunk_function(args: argparse.Namespace, translator, options):  # noqa: ANN001, ANN202
+    """How translate turns a chunk of input lines into output lines: translations, or with
+    --token-ids / --print-scores ids / fairseq-style scored lines (then one or two lines per input)."""
+    from janus_fast.corpus import plain_translations
+
+    if not (args.token_ids or args.print_scores):
+        return plain_translations(translator, options, args.batch_size, {})
+
+    def translate_chunk(lines: list[str], first_line: int, progress) -> list[str]:  # noqa: ANN001
         if args.token_ids:
-            sources = [parse_token_ids(line, number) for number, line in enumerate(lines, 1)]
+            sources = [parse_token_ids(line, first_line + i) for i, line in enumerate(lines)]
         else:
             sources = [translator.tokenizer.encode(line) if line.strip() else [] for line in lines]
-        found = translator.translate_ids(sources, options=_decode_options(args), batch_size=args.batch_size)
+        found = translator.translate_ids(
+            sources, options=options, batch_size=args.batch_size, progress=progress, first_line=first_line
+        )
         if args.token_ids:
             outputs = [" ".join(map(str, ids)) for ids in found.tokens]
         else:
             outputs = [translator.tokenizer.decode(ids) for ids in found.tokens]
         if args.print_scores:
-            outputs = scored_lines(outputs, found, base_two=args.compat == "fairseq")
-    else:
-        from tqdm import tqdm
+            outputs = scored_lines(outputs, found, base_two=args.compat == "fairseq", first_index=first_line - 1)
+        return outputs
 
-        with tqdm(total=len(lines), disable=not args.progress, file=sys.stderr, unit="sent") as bar:
-            outputs = translator.translate(
-                lines, options=_decode_options(args), progress=bar.update, batch_size=args.batch_size
+    return translate_chunk
+
+
+def _progress_bar(enabled: bool, total: int | None):  # noqa: ANN202
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, file=sys.stderr, unit="sent", smoothing=0.1)
+
+
+def command_translate(args: argparse.Namespace) -> int:
+    from janus_fast.corpus import (
+        MAX_CHUNK_LINES,
+        count_lines,
+        decoded_lines,
+        iter_lines,
+        translate_file,
+        translate_stream,
+    )
+    from janus_fast.output import atomic_writer, is_replaceable
+
+    if args.output != "-":
+        check_output_option(args.output, "--output", inputs=[args.input])
+    context = _decoding_context(args)
+    try:
+        if context.world_size > 1 and ("-" in (args.input, args.output) or args.print_scores):
+            raise InputError(
+                "under torchrun, translate reads --input FILE and writes --output FILE (not standard input or "
+                "output), without --print-scores: each rank translates its share of the file's chunks"
             )
-    text = "".join(line.replace("\n", " ") + "\n" for line in outputs)
-    if args.output == "-":
-        write_standard_output(text, "the translations")
-    else:
-        write_output_file(args.output, text.encode("utf-8"), "--output", "the translations")
-    return 0
+        if context.world_size > 1 and not is_replaceable(args.output):
+            raise InputError(f"under torchrun, --output {args.output} must be a regular file (not a device or pipe)")
+        translator = _translator(args)
+        options = _decode_options(args)
+        translate_chunk = _chunk_function(args, translator, options)
+        if args.output != "-" and args.input != "-" and not args.print_scores and is_replaceable(args.output):
+            kind = "token ids" if args.token_ids else None
+            with _progress_bar(args.progress and context.is_main, count_lines(args.input)) as bar:
+                translate_file(
+                    translator,
+                    args.input,
+                    args.output,
+                    chunk_size=args.chunk_size,
+                    options=options,
+                    batch_size=args.batch_size,
+                    progress=bar.update,
+                    model_dir=getattr(translator, "checkpoint_dir", None),
+                    context=context,
+                    translate_chunk=translate_chunk,
+                    output_kind=kind,
+                )
+            return 0
+        # one process, streamed: standard input or output, a device or pipe (nothing to resume), or scored lines
+        lines = decoded_lines(sys.stdin.buffer, "standard input") if args.input == "-" else iter_lines(args.input)
+        total = None if args.input == "-" else count_lines(args.input)
+        chunk_size = args.chunk_size or MAX_CHUNK_LINES
+        with _progress_bar(args.progress, total) as bar:
+            if args.output == "-":
+                translate_stream(
+                    lines,
+                    lambda text: write_standard_output(text, "the translations"),
+                    translate_chunk,
+                    chunk_size=chunk_size,
+                    progress=bar.update,
+                )
+            else:
+                try:
+                    with atomic_writer(args.output) as out:
+                        translate_stream(
+                            lines,
+                            lambda text: out.write(text.encode("utf-8")),
+                            translate_chunk,
+                            chunk_size=chunk_size,
+                            progress=bar.update,
+                        )
+                except OSError as error:
+                    raise InputError(
+                        f"--output {args.output}: cannot write the translations ({error.strerror or error})"
+                    ) from error
+        return 0
+    finally:
+        context.close()
 
 
-def scored_lines(outputs: list[str], found, base_two: bool) -> list[str]:  # noqa: ANN001
-    """fairseq-generate's lines for each input i (0-based): ``H-i<TAB>score<TAB>hypothesis`` and,
-    where the decoding reports per-token scores (compat fairseq), ``P-i<TAB>scores``; scores in
-    base 2 with ``base_two`` (as fairseq prints them), else natural log."""
+def scored_lines(outputs: list[str], found, base_two: bool, first_index: int = 0) -> list[str]:  # noqa: ANN001
+    """fairseq-generate's lines for each input i (0-based, the first ``first_index``):
+    ``H-i<TAB>score<TAB>hypothesis`` and, where the decoding reports per-token scores (compat
+    fairseq), ``P-i<TAB>scores``; scores in base 2 with ``base_two`` (as fairseq prints them), else
+    natural log."""
     scale = 1 / math.log(2) if base_two else 1.0
     lines = []
     for index, (text, score) in enumerate(zip(outputs, found.scores)):
-        lines.append(f"H-{index}\t{score * scale}\t{text}")
+        lines.append(f"H-{first_index + index}\t{score * scale}\t{text}")
         if found.positional is not None:
-            lines.append(f"P-{index}\t" + " ".join(f"{value * scale:.4f}" for value in found.positional[index]))
+            scores = " ".join(f"{value * scale:.4f}" for value in found.positional[index])
+            lines.append(f"P-{first_index + index}\t{scores}")
     return lines
 
 
@@ -316,20 +395,54 @@ def command_convert(args: argparse.Namespace) -> int:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
     import sacrebleu
+
+    from janus_fast.corpus import count_lines, translate_file
+    from janus_fast.output import is_replaceable
 
     if args.output is not None:
         check_output_option(args.output, "--output", inputs=[args.src, args.ref])
-    sources, references = read_lines(args.src), read_lines(args.ref)
+    sources, references = count_lines(args.src), count_lines(args.ref)
     if not sources:
         raise InputError(f"{args.src} has no lines to translate and score")
-    if len(sources) != len(references):
-        raise InputError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
-    translator = _translator(args)
-    start = time.perf_counter()
-    options = translator.resolve_options(_decode_options(args))
-    hypotheses = translator.translate(sources, options=options, batch_size=args.batch_size)
-    seconds = time.perf_counter() - start
+    if sources != references:
+        raise InputError(f"{args.src} has {sources} lines but {args.ref} has {references}")
+    context = _decoding_context(args)
+    scratch = None
+    try:
+        if args.output is None and not context.single_machine:
+            raise InputError("under torchrun on several machines, give --output on a filesystem every machine sees")
+        translator = _translator(args)
+        options = translator.resolve_options(_decode_options(args))
+        output = args.output if args.output is not None and is_replaceable(args.output) else None
+        if output is None:  # the translations go to a scratch folder (rank 0's, shared with the others)
+            scratch = context.broadcast(tempfile.mkdtemp(prefix="janus-fast-evaluate-") if context.is_main else None)
+            output = os.path.join(scratch, "hypotheses.txt")
+        start = time.perf_counter()
+        translate_file(
+            translator,
+            args.src,
+            output,
+            chunk_size=args.chunk_size,
+            options=options,
+            batch_size=args.batch_size,
+            model_dir=getattr(translator, "checkpoint_dir", None),
+            context=context,
+        )
+        seconds = time.perf_counter() - start
+        if not context.is_main:
+            return 0
+        hypotheses, references = read_lines(output), read_lines(args.ref)
+        if args.output is not None and output != args.output:  # a device or a pipe: written once, here
+            data = "".join(h + "\n" for h in hypotheses).encode("utf-8")
+            write_output_file(args.output, data, "--output", "the translations")
+    finally:
+        if scratch is not None and context.is_main:
+            shutil.rmtree(scratch, ignore_errors=True)
+        context.close()
     bleu = sacrebleu.metrics.BLEU()
     chrf = sacrebleu.metrics.CHRF()
     bleu_score = bleu.corpus_score(hypotheses, [references])
@@ -339,46 +452,48 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "bleu_signature": str(bleu.get_signature()),
         "chrf": round(chrf_score.score, 2),
         "chrf_signature": str(chrf.get_signature()),
-        "sentences": len(sources),
+        "sentences": sources,
         "seconds": round(seconds, 3),
-        "sentences_per_second": round(len(sources) / max(seconds, 1e-9), 2),
+        "sentences_per_second": round(sources / max(seconds, 1e-9), 2),
+        "processes": context.world_size,
         **dataclasses.asdict(options),
     }
-    if args.output is not None:
-        data = "".join(h + "\n" for h in hypotheses).encode("utf-8")
-        write_output_file(args.output, data, "--output", "the translations")
     if args.json:
         summary = json.dumps(result) + "\n"
     else:
         summary = (
             f"{bleu_score}\n  {bleu.get_signature()}\n{chrf_score}\n  {chrf.get_signature()}\n"
-            f"{len(sources)} sentences in {seconds:.2f}s: {result['sentences_per_second']} sentences/s\n"
+            f"{sources} sentences in {seconds:.2f}s: {result['sentences_per_second']} sentences/s"
+            f"{f' ({context.world_size} processes)' if context.world_size > 1 else ''}\n"
         )
     write_standard_output(summary, "the scores")
     return 0
 
 
 def command_distill(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from janus_fast.corpus import count_lines
     from janus_fast.training.distill import distill
-    from janus_fast.translator import DEFAULT_MODEL_DIR
 
     check_output_option(args.output, "--output", inputs=[args.src])
-    translator = _translator(args)
-    total = len(read_lines(args.src))
-    with tqdm(total=total, disable=not args.progress, file=sys.stderr, unit="sent") as bar:
-        count = distill(
-            translator,
-            args.src,
-            args.output,
-            chunk_size=args.chunk_size,
-            progress=bar.update,
-            model_dir=args.model or DEFAULT_MODEL_DIR,
-            options=_decode_options(args),
-            batch_size=args.batch_size,
-        )
-    print(f"wrote {count} lines to {args.output}", file=sys.stderr)
+    context = _decoding_context(args)
+    try:
+        translator = _translator(args)
+        with _progress_bar(args.progress and context.is_main, count_lines(args.src)) as bar:
+            count = distill(
+                translator,
+                args.src,
+                args.output,
+                chunk_size=args.chunk_size,
+                progress=bar.update,
+                model_dir=getattr(translator, "checkpoint_dir", None),
+                options=_decode_options(args),
+                batch_size=args.batch_size,
+                context=context,
+            )
+    finally:
+        context.close()
+    if context.is_main:
+        print(f"wrote {count} lines to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -503,6 +618,13 @@ def command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+CHUNK_SIZE_HELP = (
+    "lines per chunk: the unit of work shared among torchrun's processes and of a resume, each chunk written to "
+    "OUTPUT.parts/ as it completes (default: about a sixteenth of the input, 50 to 2000 lines; 2000 when "
+    "streaming standard input or output)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from janus_fast.model import JanusConfig
     from janus_fast.training.train import TrainConfig
@@ -530,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print fairseq-generate's H-i (score, hypothesis) lines and, with --compat fairseq, its P-i "
         "per-token scores (base 2 with --compat fairseq, as fairseq prints them; natural log otherwise)",
     )
+    translate_parser.add_argument("--chunk-size", type=positive_int, default=None, help=CHUNK_SIZE_HELP)
     translate_parser.set_defaults(handler=command_translate)
 
     evaluate_parser = commands.add_parser("evaluate", help="sacreBLEU and chrF of translations of --src against --ref")
@@ -538,6 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--ref", required=True)
     evaluate_parser.add_argument("--output", default=None, help="also write the translations here")
     evaluate_parser.add_argument("--json", action="store_true")
+    evaluate_parser.add_argument("--chunk-size", type=positive_int, default=None, help=CHUNK_SIZE_HELP)
     evaluate_parser.set_defaults(handler=command_evaluate)
 
     distill_parser = commands.add_parser(
@@ -547,7 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill_parser.set_defaults(mode="ar", beam=4)
     distill_parser.add_argument("--src", required=True, help="source lines (plain or .gz)")
     distill_parser.add_argument("--output", required=True, help="translations, one per line (.gz: gzip)")
-    distill_parser.add_argument("--chunk-size", type=positive_int, default=2000, help="lines per resumable chunk")
+    distill_parser.add_argument("--chunk-size", type=positive_int, default=None, help=CHUNK_SIZE_HELP)
     distill_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
     distill_parser.set_defaults(handler=command_distill)
 

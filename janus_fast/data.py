@@ -5,8 +5,9 @@ from __future__ import annotations
 import gzip
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import torch
 
@@ -19,32 +20,41 @@ class InputError(ValueError):
     """Bad user input (missing file, mismatched corpus, ...), reported with a clear message."""
 
 
+def decoded_lines(handle: BinaryIO, what: str) -> Iterator[str]:
+    """The lines of a binary stream decoded as UTF-8, without newlines (a final newline ends the
+    last line rather than starting an empty one; a CR before a newline dropped). Invalid UTF-8 is
+    replaced (U+FFFD) with one warning naming ``what``."""
+    warned = False
+    for raw in handle:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if not warned:
+                warnings.warn(f"{what}: invalid UTF-8 replaced with U+FFFD", stacklevel=2)
+                warned = True
+            line = raw.decode("utf-8", errors="replace")
+        yield (line[:-1] if line.endswith("\n") else line).rstrip("\r")
+
+
+def iter_lines(path: str) -> Iterator[str]:
+    """The lines of a UTF-8 text file (plain or ``.gz``) one at a time: those of
+    ``read_lines``, without holding the file (``decoded_lines``). An unreadable or truncated
+    file raises InputError naming it."""
+    try:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            yield from decoded_lines(handle, path)
+    except (OSError, EOFError) as error:
+        raise InputError(f"cannot read {path}: {error}") from error
+
+
 def read_lines(path: str) -> list[str]:
-    """Lines of a UTF-8 text file (plain or ``.gz``), without newlines.
+    """Lines of a UTF-8 text file (plain or ``.gz``), without newlines (``iter_lines``).
 
     Invalid UTF-8 is replaced (U+FFFD) with a warning naming the file; a missing or unreadable
     file raises ``InputError`` naming it.
     """
-    try:
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as handle:
-            raw = handle.read()
-    except (OSError, EOFError) as error:
-        raise InputError(f"cannot read {path}: {error}") from error
-    text = decode_utf8(raw, path)
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.rstrip("\r") for line in lines]
-
-
-def decode_utf8(raw: bytes, what: str) -> str:
-    """Decode bytes as UTF-8, replacing invalid sequences with a warning naming ``what``."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        warnings.warn(f"{what}: invalid UTF-8 replaced with U+FFFD", stacklevel=2)
-        return raw.decode("utf-8", errors="replace")
+    return list(iter_lines(path))
 
 
 def corpus_path(data_dir: str, split: str, language: str) -> str:
@@ -202,5 +212,6 @@ __all__ = [
     "mask_targets",
     "span_mask",
     "uniform_mask",
-    "decode_utf8",
+    "decoded_lines",
+    "iter_lines",
 ]

@@ -10,11 +10,13 @@ terminal, ``/dev/stdout``) is opened and written in place, never replaced.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 from janus_fast.data import InputError
 
@@ -87,15 +89,18 @@ def _keep_owner_and_mode(handle: int, info: os.stat_result) -> None:
     os.fchmod(handle, stat.S_IMODE(info.st_mode))  # after chown, which clears set-id bits
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path``: a regular or new file through a temporary file renamed onto the
-    real file (symlinks kept, permission bits kept, a new file's from the umask), anything else
-    (a pipe, a device, ``/dev/stdout``) opened and written in place."""
+@contextlib.contextmanager
+def atomic_writer(path: str) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through, piece by piece: a regular or new file is written to
+    a temporary file renamed onto the real file when the block ends without an exception (symlinks
+    kept, permission bits kept, a new file's from the umask; on an exception it is deleted and
+    ``path`` left as it was); anything else (a pipe, a device, ``/dev/stdout``) is opened and
+    written in place."""
     replace, target, info = _destination(path)
     if not replace:
         assert info is not None
         with os.fdopen(_write_in_place(target, info), "wb") as out:
-            out.write(data)
+            yield out
             out.flush()
             if stat.S_ISREG(info.st_mode):
                 os.fsync(out.fileno())
@@ -107,7 +112,7 @@ def atomic_write(path: str, data: bytes) -> None:
         with os.fdopen(handle, "wb") as out:
             if info is not None:
                 _keep_owner_and_mode(out.fileno(), info)
-            out.write(data)
+            yield out
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp_path, target)
@@ -115,6 +120,21 @@ def atomic_write(path: str, data: bytes) -> None:
         if os.path.exists(temp_path):
             os.unlink(temp_path)
         raise
+
+
+def is_replaceable(path: str) -> bool:
+    """Whether ``atomic_writer`` replaces ``path`` (a regular file or a new one: a temporary file
+    can be made beside it) rather than writing it in place (a pipe, a device, ``/dev/stdout``)."""
+    try:
+        return _destination(path)[0]
+    except OSError:
+        return False
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` as a whole (``atomic_writer``)."""
+    with atomic_writer(path) as out:
+        out.write(data)
 
 
 def check_output_not_input(output: str | None, inputs: Iterable[str | None], option: str) -> None:
@@ -166,4 +186,4 @@ def check_output(path: str, option: str, inputs: Iterable[str | None] = ()) -> N
         raise InputError(f"{option} {path}: cannot write there ({parent} is not a writable directory)")
 
 
-__all__ = ["atomic_write", "check_output", "check_output_not_input"]
+__all__ = ["atomic_write", "atomic_writer", "is_replaceable", "check_output", "check_output_not_input"]

@@ -66,6 +66,7 @@ class Translator:
         self.tokenizer = tokenizer
         self.max_batch_tokens = max_batch_tokens
         self.on_long_input = on_long_input
+        self.checkpoint_dir: str | None = None  # the folder ``from_pretrained`` loaded (None: built here)
 
     @classmethod
     def from_pretrained(cls, path: str | None = None, device: str = "cpu", **options) -> Translator:
@@ -74,7 +75,9 @@ class Translator:
         directory = path if path is not None else DEFAULT_MODEL_DIR
         if path is None and not os.path.isdir(directory):
             raise CheckpointError(f"no default model shipped at {directory}; pass the path of a trained checkpoint")
-        return cls(load_pretrained(directory, device=device), load_tokenizer(directory), **options)
+        translator = cls(load_pretrained(directory, device=device), load_tokenizer(directory), **options)
+        translator.checkpoint_dir = directory
+        return translator
 
     @property
     def device(self) -> torch.device:
@@ -149,6 +152,8 @@ class Translator:
         *,
         max_batch_tokens: int | None = None,
         batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+        first_line: int = 1,
         **changes: object,
     ) -> Hypotheses:
         """``translate`` on token ids: each source is a list of vocabulary ids without bos/eos
@@ -159,7 +164,7 @@ class Translator:
         vocab = config.vocab_size
         reserved = {config.pad_id, config.bos_id, config.eos_id, config.mask_id} - {config.unk_id}
         for index, ids in enumerate(sources):
-            where = f"source index {index} (input line {index + 1})"
+            where = f"source index {index} (input line {first_line + index})"
             if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab for i in ids):
                 raise ValueError(f"{where}: token ids must be integers in [0, {vocab})")
             special = sorted(reserved.intersection(ids))
@@ -168,7 +173,7 @@ class Translator:
                     f"{where}: token ids {special} are reserved (pad, bos, eos, mask): a source holds words only "
                     "(bos/eos are added as the model needs them)"
                 )
-        found = self._decode(self.wrap_sources(sources), resolved, max_batch_tokens, batch_size, None)
+        found = self._decode(self.wrap_sources(sources, first_line), resolved, max_batch_tokens, batch_size, progress)
         return Hypotheses([ids if ids is not None else [] for ids in found.tokens], found.scores, found.positional)
 
     def resolve_options(self, options: DecodeOptions | None = None, **changes: object) -> DecodeOptions:

@@ -197,7 +197,7 @@ def test_reference_decoder_runs_a_float64_model():
 
 
 def test_torchrun_environment_is_checked(monkeypatch):
-    from janus_fast.training.train import DistributedContext
+    from janus_fast.distributed import DistributedContext
 
     for name, value, message in (("WORLD_SIZE", "0", "WORLD_SIZE=0"), ("WORLD_SIZE", "abc", "WORLD_SIZE='abc'")):
         monkeypatch.setenv(name, value)

@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import sacrebleu
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from janus_fast.arguments import check_int
@@ -42,6 +41,7 @@ from janus_fast.checkpoint import (
     save_pretrained,
 )
 from janus_fast.data import Batch, InputError, ParallelDataset, corpus_path, mask_targets, read_parallel
+from janus_fast.distributed import DistributedContext
 from janus_fast.model import JanusConfig, JanusModel, decoding_defaults
 from janus_fast.tokenizer import Tokenizer
 from janus_fast.training.losses import LossWeights, compute_loss
@@ -360,52 +360,6 @@ def inverse_sqrt(warmup: int):
         return update / warmup if update < warmup else math.sqrt(warmup / update)
 
     return factor
-
-
-def _environment_int(name: str, default: int, low: int) -> int:
-    """The integer environment variable ``name`` (set by torchrun), ``default`` when unset; a
-    ValueError naming it for anything else than an integer >= ``low``."""
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{name}={os.environ[name]!r}: expected an integer >= {low} (torchrun sets it)") from None
-    if value < low:
-        raise ValueError(f"{name}={value}: expected an integer >= {low} (torchrun sets it)")
-    return value
-
-
-class DistributedContext:
-    """Rank and world size; a no-op outside torchrun."""
-
-    def __init__(self) -> None:
-        self.world_size = _environment_int("WORLD_SIZE", 1, 1)
-        self.rank = _environment_int("RANK", 0, 0)
-        if self.rank >= self.world_size:
-            raise ValueError(f"RANK={self.rank} must be below WORLD_SIZE={self.world_size} (set by torchrun)")
-        if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-    def all_reduce_sum(self, value: float) -> float:
-        if self.world_size == 1:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(tensor)
-        return float(tensor)
-
-    def close(self) -> None:
-        if self.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, train_lines: list[str]) -> Tokenizer:

@@ -1,0 +1,319 @@
+"""Corpus jobs (``janus_fast.corpus``): translate, evaluate and distill of a file in chunks, streamed,
+resumable, and shared among the processes of a ``torchrun`` launch (gloo on the CPU)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_cli import REPO_ROOT, run_cli
+
+from janus_fast.corpus import (
+    BLOCK_LINES,
+    MANIFEST_NAME,
+    PARTS_SUFFIX,
+    assign_chunks,
+    default_chunk_size,
+    scan_source,
+    translate_file,
+    translate_stream,
+)
+from janus_fast.data import iter_lines, read_lines
+
+SENTENCES = [
+    "Ein Mann fährt Fahrrad.",
+    "Zwei Hunde spielen im Schnee.",
+    "Eine Frau liest ein Buch in einem Café.",
+    "Kinder spielen Fußball auf einer Wiese.",
+    "Ein älterer Mann sitzt auf einer Bank und füttert Tauben.",
+    "Eine Gruppe von Menschen steht vor einem großen Gebäude.",
+    "Ein Hund.",
+]
+
+
+class Upper:
+    """A stand-in translator: upper-cases each line; counts the lines it was given."""
+
+    def __init__(self) -> None:
+        self.translated = 0
+
+    def translate(self, lines: list[str], progress=None, **options) -> list[str]:  # noqa: ANN001, ANN003
+        self.translated += len(lines)
+        if progress is not None:
+            progress(len(lines))
+        return [line.upper() for line in lines]
+
+
+def write_lines(path: str, lines: list[str], ending: str = "\n", final: bool = True) -> str:
+    text = ending.join(lines) + (ending if final and lines else "")
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as handle:
+        handle.write(text.encode("utf-8"))
+    return path
+
+
+def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    return subprocess.run([*command, "-m", "janus_fast.cli", *args], capture_output=True, cwd=REPO_ROOT, timeout=900)
+
+
+def corpus(corpus_dir: str, tmp_path, lines: int = 40) -> str:  # noqa: ANN001
+    """The first ``lines`` German validation sentences, with a blank line and a CRLF line among
+    them and no final newline."""
+    sources = read_lines(os.path.join(corpus_dir, "val.de"))[:lines]
+    sources[3] = ""
+    return write_lines(str(tmp_path / "src.de"), sources, final=False)
+
+
+# --- the pieces --------------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 10_000), max_size=60), st.integers(1, 8))
+def test_assign_chunks_gives_each_chunk_one_rank_balanced_by_cost(costs, world_size):
+    owners = assign_chunks(costs, world_size)
+    assert len(owners) == len(costs) and all(0 <= rank < world_size for rank in owners)
+    loads = [sum(c for c, r in zip(costs, owners) if r == rank) for rank in range(world_size)]
+    # the greedy rule: no rank carries more than the fair share plus one chunk
+    assert max(loads) <= sum(costs) / world_size + max(costs, default=0)
+    assert owners == assign_chunks(list(costs), world_size)  # the same on every rank
+
+
+def test_default_chunk_size_is_a_sixteenth_within_bounds():
+    assert default_chunk_size(0) == 50 and default_chunk_size(1014) == 70
+    assert default_chunk_size(29_000) == 1820 and default_chunk_size(40_000_000) == 2000
+    assert all(default_chunk_size(n) % BLOCK_LINES == 0 for n in range(0, 50_000, 997))
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+@pytest.mark.parametrize("ending, final", [("\n", True), ("\r\n", True), ("\n", False), ("\r\n", False)])
+def test_streamed_lines_are_those_read_whole(tmp_path, suffix, ending, final):
+    lines = ["eins", "", "zwei \r", "drei\u00e9", "", "  "]
+    path = write_lines(str(tmp_path / f"in.txt{suffix}"), lines, ending, final)
+    streamed = list(iter_lines(path))
+    assert streamed == read_lines(path)
+    assert streamed == [line.rstrip("\r") for line in lines]
+    scan = scan_source(path, block_lines=4)
+    assert scan.lines == len(lines) and scan.chunk_costs(4) == [
+        sum(len(line.rstrip("\r").encode()) + 1 for line in lines[:4]),
+        sum(len(line.encode()) + 1 for line in lines[4:]),
+    ]
+
+
+def test_scan_of_invalid_utf8_warns_once_and_counts_every_line(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"gut\n\xff\xfe\nok\n\xc3\n")
+    with pytest.warns(UserWarning, match="invalid UTF-8") as caught:
+        scan = scan_source(str(path))
+    assert scan.lines == 4 and len(caught) == 1
+
+
+def test_truncated_gzip_is_an_input_error(tmp_path):
+    path = write_lines(str(tmp_path / "in.gz"), [f"line {i}" for i in range(2000)])
+    data = open(path, "rb").read()
+    with open(path, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+    from janus_fast.data import InputError
+
+    with pytest.raises(InputError, match="in.gz"):
+        scan_source(path)
+
+
+# --- one process -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lines", [0, 1, 7, 95])
+@pytest.mark.parametrize("output_name", ["out.txt", "out.txt.gz"])
+def test_translate_file_writes_one_line_per_input_in_order(tmp_path, lines, output_name):
+    sources = [f"satz {i}" if i % 5 != 3 else "" for i in range(lines)]
+    source = write_lines(str(tmp_path / "src.txt"), sources, "\r\n", final=False)
+    output = str(tmp_path / output_name)
+    translator = Upper()
+    assert translate_file(translator, source, output, chunk_size=10) == lines
+    assert read_lines(output) == [s.upper() for s in sources] and translator.translated == lines
+    assert not os.path.exists(output + PARTS_SUFFIX)
+
+
+def test_translate_file_resumes_only_the_missing_chunks(tmp_path):
+    sources = [f"satz {i}" for i in range(95)]
+    source = write_lines(str(tmp_path / "src.txt"), sources)
+    output = str(tmp_path / "out.txt")
+
+    class Killed(Upper):
+        def translate(self, lines, progress=None, **options):  # noqa: ANN001, ANN003, ANN201
+            if self.translated >= 30:
+                raise KeyboardInterrupt
+            return super().translate(lines, progress, **options)
+
+    with pytest.raises(KeyboardInterrupt):
+        translate_file(Killed(), source, output, chunk_size=10)
+    parts = output + PARTS_SUFFIX
+    assert sorted(os.listdir(parts)) == ["chunk-000000.txt", "chunk-000001.txt", "chunk-000002.txt", MANIFEST_NAME]
+    assert not os.path.exists(output)
+    resumed = Upper()
+    done = []
+    translate_file(resumed, source, output, chunk_size=10, progress=done.append)
+    assert read_lines(output) == [s.upper() for s in sources]
+    assert resumed.translated == 65 and sum(done) == 95  # the progress counts the kept chunks too
+    # a changed option is refused, naming it, and loses nothing
+    with pytest.raises(KeyboardInterrupt):
+        translate_file(Killed(), source, output, chunk_size=10)
+    from janus_fast.data import InputError
+
+    with pytest.raises(InputError, match=r"--beam unset -> 5"):
+        translate_file(Upper(), source, output, chunk_size=10, beam=5)
+    assert len(os.listdir(parts)) == 4
+
+
+def test_translate_stream_hands_over_each_chunk_as_it_is_done():
+    written = []
+    translator = Upper()
+
+    def chunk(lines: list[str], first_line: int, progress) -> list[str]:  # noqa: ANN001
+        assert first_line == 1 + 3 * len(written)
+        return translator.translate(lines)
+
+    count = translate_stream(iter(["a", "b", "", "d", "e\nf", "g", "h"]), written.append, chunk, chunk_size=3)
+    assert count == 7 and written == ["A\nB\n\n", "D\nE F\nG\n", "H\n"]
+
+
+def test_memory_does_not_grow_with_the_corpus(tmp_path):
+    """The job holds a chunk, not the file: the peak of Python allocations while translating 200k
+    lines stays that of 20k lines (same chunk size)."""
+    peaks = []
+    for lines in (20_000, 200_000):
+        source = write_lines(
+            str(tmp_path / f"src{lines}.txt"), [f"eine zeile mit der nummer {i}" for i in range(lines)]
+        )
+        output = str(tmp_path / f"out{lines}.txt.gz")
+        tracemalloc.start()
+        assert translate_file(Upper(), source, output, chunk_size=1000) == lines
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert sum(1 for _ in iter_lines(output)) == lines
+    assert peaks[1] < 1.1 * peaks[0] + 64_000, peaks
+
+
+# --- the command line, one process and under torchrun -------------------------------------------
+
+
+def test_translate_cli_to_a_file_matches_standard_output(corpus_dir, tmp_path):
+    source = corpus(corpus_dir, tmp_path, lines=25)
+    output = str(tmp_path / "out.en")
+    to_file = run_cli("translate", "-i", source, "-o", output, "--chunk-size", "10")
+    assert to_file.returncode == 0, to_file.stderr.decode()
+    to_stdout = run_cli("translate", "-i", source, "--chunk-size", "10")
+    assert to_stdout.returncode == 0, to_stdout.stderr.decode()
+    with open(output, "rb") as handle:
+        assert handle.read() == to_stdout.stdout
+    assert to_stdout.stdout.count(b"\n") == 25
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "options",
+    [["--mode", "ar"], ["--mode", "ar", "--beam", "4"], ["--mode", "nar", "--iterations", "4"]],
+    ids=["ar-greedy", "ar-beam4", "nar-t4"],
+)
+def test_two_processes_write_the_bytes_of_one(corpus_dir, tmp_path, options):
+    source = corpus(corpus_dir, tmp_path)
+    one, two = str(tmp_path / "one.en"), str(tmp_path / "two.en.gz")
+    single = run_cli("translate", "-i", source, "-o", one, "--chunk-size", "10", *options)
+    assert single.returncode == 0, single.stderr.decode()
+    double = torchrun("translate", "-i", source, "-o", two, "--chunk-size", "10", "--no-progress", *options)
+    assert double.returncode == 0, double.stderr.decode()
+    with open(one, "rb") as first, gzip.open(two, "rb") as second:
+        assert first.read() == second.read()
+    assert len(read_lines(one)) == 40 and read_lines(one)[3] == ""
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_run_then_resumed_gives_the_same_output(corpus_dir, tmp_path):
+    source = corpus(corpus_dir, tmp_path)
+    expected, output = str(tmp_path / "expected.en"), str(tmp_path / "out.en")
+    options = ["--mode", "ar", "--beam", "4", "--chunk-size", "10"]
+    single = run_cli("translate", "-i", source, "-o", expected, *options)
+    assert single.returncode == 0, single.stderr.decode()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "janus_fast.cli", "translate", "-i", source, "-o", output, "--no-progress", *options]
+    launcher = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    parts = output + PARTS_SUFFIX
+    deadline = time.monotonic() + 600
+    while not (os.path.isdir(parts) and any(name.startswith("chunk-") for name in os.listdir(parts))):
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.stderr.read().decode()
+        time.sleep(0.05)
+    victim = rank_process(launcher.pid, rank=1)
+    os.kill(victim, signal.SIGKILL)
+    launcher.communicate(timeout=600)
+    assert launcher.returncode != 0 and not os.path.exists(output)
+    kept = [name for name in os.listdir(parts) if name.startswith("chunk-")]
+    assert 1 <= len(kept) < 4
+    resumed = torchrun("translate", "-i", source, "-o", output, "--no-progress", *options)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    assert f"{len(kept)} of 4 chunks already translated" in resumed.stderr.decode()
+    with open(expected, "rb") as first, open(output, "rb") as second:
+        assert first.read() == second.read()
+
+
+def rank_process(launcher: int, rank: int) -> int:
+    """The pid of torchrun's worker of ``rank`` (a child of the launcher with RANK=rank)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{pid}/environ", "rb") as handle:
+                    environment = handle.read().split(b"\0")
+            except OSError:
+                continue
+            if parent == launcher and f"RANK={rank}".encode() in environment:
+                return int(pid)
+        time.sleep(0.05)
+    raise AssertionError(f"no worker of rank {rank} under {launcher}")
+
+
+@pytest.mark.slow
+def test_evaluate_and_distill_under_torchrun_match_one_process(corpus_dir, tmp_path):
+    source = corpus(corpus_dir, tmp_path)
+    references = write_lines(str(tmp_path / "ref.en"), read_lines(os.path.join(corpus_dir, "val.en"))[:40])
+    evaluate = ["evaluate", "--src", source, "--ref", references, "--json", "--chunk-size", "10"]
+    single, double = run_cli(*evaluate), torchrun(*evaluate)
+    assert single.returncode == 0 and double.returncode == 0, double.stderr.decode()
+    import json
+
+    first, second = json.loads(single.stdout), json.loads(double.stdout)
+    assert (first["processes"], second["processes"]) == (1, 2)
+    assert (first["bleu"], first["chrf"], first["sentences"]) == (second["bleu"], second["chrf"], 40)
+    one, two = str(tmp_path / "one.en.gz"), str(tmp_path / "two.en.gz")
+    distill = ["distill", "--src", source, "--chunk-size", "10", "--no-progress", "--beam", "2"]
+    assert run_cli(*distill, "--output", one).returncode == 0
+    result = torchrun(*distill, "--output", two)
+    assert result.returncode == 0, result.stderr.decode()
+    assert read_lines(one) == read_lines(two) and len(read_lines(two)) == 40
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lines", [0, 1])
+def test_tiny_inputs_under_torchrun(tmp_path, lines):
+    """A 0-line and a 1-line input with 2 processes: a rank without chunks still takes part."""
+    source = write_lines(str(tmp_path / "src.de"), ["Ein Hund."][:lines], final=False)
+    output = str(tmp_path / "out.en")
+    result = torchrun("translate", "-i", source, "-o", output, "--no-progress")
+    assert result.returncode == 0, result.stderr.decode()
+    assert len(read_lines(output)) == lines and not os.path.exists(output + PARTS_SUFFIX)
+
+
+def test_torchrun_refuses_standard_streams(tmp_path):
+    source = write_lines(str(tmp_path / "src.de"), ["Ein Hund."])
+    result = torchrun("translate", "-i", source, "--no-progress")
+    assert result.returncode != 0
+    assert b"janus-fast: error: under torchrun, translate reads --input FILE" in result.stderr
