@@ -24,27 +24,13 @@ ONLY=${ONLY:-ar_seed1 janus_ref janus_detach ar_seed2}
 HERE=$(cd "$(dirname "$0")" && pwd)
 MODEL=${MODEL:-$HERE/../janus_fast/pretrained/multi30k-de-en}
 mkdir -p "$RUNS"
-corpus() {
-  local f
-  for f in "$DATA_DIR/$1" "$DATA_DIR/$1.gz"; do [ -f "$f" ] && echo "$f" && return; done
-  echo "missing $DATA_DIR/$1[.gz]" >&2
-  return 1
-}
-text_of() { if [[ $1 == *.gz ]]; then zcat "$1"; else cat "$1"; fi; }
+# shellcheck source=scripts/corpus_lib.sh
+. "$HERE/corpus_lib.sh"
 
 echo "== the data: the warm start's beam 4 on the training sources, beside the references"
 [ -f "$RUNS/distill.en.gz" ] || janus-fast distill --model "$MODEL" --mode ar --beam 4 --src "$(corpus train.de)" \
   --output "$RUNS/distill.en.gz" --no-progress
-if [ ! -f "$RUNS/data/train.en.gz" ]; then  # the sources twice: once with the translations, once with the references
-  mkdir -p "$RUNS/data"
-  for split in val test_2016_flickr; do for lang in de en; do
-    file=$(corpus "$split.$lang")
-    ln -sf "$(realpath "$file")" "$RUNS/data/$(basename "$file")"
-  done; done
-  { text_of "$(corpus train.de)"; text_of "$(corpus train.de)"; } | gzip > "$RUNS/data/train.de.gz"
-  { text_of "$RUNS/distill.en.gz"; text_of "$(corpus train.en)"; } | gzip > "$RUNS/data/train.en.gz.partial"
-  mv "$RUNS/data/train.en.gz.partial" "$RUNS/data/train.en.gz"
-fi
+mix_with_references "$RUNS/distill.en.gz" "$RUNS/data"
 
 # run NAME OBJECTIVE SEED [OPTIONS...]
 run() {

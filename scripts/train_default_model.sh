@@ -25,15 +25,8 @@ mkdir -p "$RUNS"
 architecture=(--vocab-size "${VOCAB_SIZE:-8000}" --d-model 256 --num-heads 4 --ffn-dim 1024 --encoder-layers 3 --decoder-layers 3
   --dropout 0.1 --max-tokens 2048 --epochs 1000 --precision auto --threads "$THREADS" --no-progress)
 
-# the corpus file NAME in DATA_DIR, plain or gzipped
-corpus() {
-  local f
-  for f in "$DATA_DIR/$1" "$DATA_DIR/$1.gz"; do [ -f "$f" ] && echo "$f" && return; done
-  echo "missing $DATA_DIR/$1[.gz]" >&2
-  return 1
-}
-# the lines of FILE, plain or gzipped
-text_of() { if [[ $1 == *.gz ]]; then zcat "$1"; else cat "$1"; fi; }
+# shellcheck source=scripts/corpus_lib.sh
+. "$(dirname "$0")/corpus_lib.sh"
 # the saves of RUN from update FIRST to LAST (every KEEP), one directory per line
 saves() { local run=$1 first=$2 last=$3 u; for ((u = first; u <= last; u += KEEP)); do printf '%s/saves/u%06d\n' "$run" "$u"; done; }
 # the largest multiple of KEEP <= N
@@ -123,16 +116,7 @@ test_scores "$RUNS/model"
 
 echo "== 8. distilled targets v3: that model's beam 4 on the training sources, beside the references"
 distill "$RUNS/model" "$RUNS/distill3.en.gz"
-if [ ! -f "$RUNS/data_mix/train.en.gz" ]; then  # the sources twice: once with v3, once with the references
-  mkdir -p "$RUNS/data_mix"
-  for split in val test_2016_flickr; do for lang in de en; do
-    file=$(corpus "$split.$lang")
-    ln -sf "$(realpath "$file")" "$RUNS/data_mix/$(basename "$file")"
-  done; done
-  { text_of "$(corpus train.de)"; text_of "$(corpus train.de)"; } | gzip > "$RUNS/data_mix/train.de.gz"
-  { text_of "$RUNS/distill3.en.gz"; text_of "$(corpus train.en)"; } | gzip > "$RUNS/data_mix/train.en.gz.partial"
-  mv "$RUNS/data_mix/train.en.gz.partial" "$RUNS/data_mix/train.en.gz"
-fi
+mix_with_references "$RUNS/distill3.en.gz" "$RUNS/data_mix"  # the sources twice: with v3, with the references
 
 echo "== 9. mixed run: warm start from that model, on v3 + references, fresh Adam at lr 1e-4"
 janus_run mix "$RUNS/data_mix/train.en.gz" "$RUNS/model" 1e-4 300 "$MIX_UPDATES" "$RUNS/data_mix"

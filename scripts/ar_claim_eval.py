@@ -1,0 +1,145 @@
+"""Evaluate the runs of scripts/ar_claim.sh (issue 33) the same way, and draw their curves.
+
+    python scripts/ar_claim_eval.py --runs ~/janus-runs/arclaim --data-dir DIR [--plot docs/ar_claim.png]
+
+For the warm start and each run's last weights (RUN/last): sacreBLEU on val and test_2016_flickr
+of AR greedy, AR beam 4 and NAR T = 2 / 4 / 10 (length beam 3, no length bonus, repeats collapsed:
+the same decoding for every model, fp32 engine), and the speculative mode's acceptance on test
+(drafted-and-verified tokens gained per verify pass). For the curves: val AR beam 4 of every kept
+save (RUN/saves/uNNNNNN). Results are appended to RUNS/results.jsonl (a model already there is not
+evaluated again) and printed as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+
+import sacrebleu
+import torch
+
+from janus_fast.data import corpus_path, read_lines
+from janus_fast.decoding.speculative import SpeculativeStats
+from janus_fast.generation import decode_batch
+from janus_fast.translator import DEFAULT_MODEL_DIR, Translator
+
+RUNS = ("ar_seed1", "ar_seed2", "janus_ref", "janus_detach")
+SETTINGS = {
+    "ar greedy": {"mode": "ar", "beam": 1},
+    "ar beam 4": {"mode": "ar", "beam": 4},
+    "nar T=2": {"mode": "nar", "iterations": 2, "length_beam": 3, "length_bonus": 0.0},
+    "nar T=4": {"mode": "nar", "iterations": 4, "length_beam": 3, "length_bonus": 0.0},
+    "nar T=10": {"mode": "nar", "iterations": 10, "length_beam": 3, "length_bonus": 0.0},
+}
+
+
+def bleu(translator: Translator, sources: list[str], references: list[str], options: dict) -> float:
+    return round(sacrebleu.corpus_bleu(translator.translate(sources, **options), [references]).score, 2)
+
+
+def acceptance(translator: Translator, sources: list[str]) -> float:
+    """Mean tokens gained per verify pass of the speculative mode, sentence by sentence."""
+    stats = SpeculativeStats()
+    options = translator.resolve_options(mode="spec")
+    for ids in translator.encode_sources(sources):
+        if ids:
+            decode_batch(
+                translator.model, torch.tensor([ids]), torch.tensor([len(ids)]), options, translator.choice, stats
+            )
+    return round(stats.tokens_per_round, 3)
+
+
+def evaluate(model_dir: str, data: dict, full: bool) -> dict:
+    translator = Translator.from_pretrained(model_dir)
+    record: dict = {"model": model_dir}
+    splits = ("val", "test") if full else ("val",)
+    for name, options in SETTINGS.items():
+        if not full and name != "ar beam 4":
+            continue
+        for split in splits:
+            record[f"{split} {name}"] = bleu(translator, *data[split], options)
+    if full:
+        record["test spec tokens/pass"] = acceptance(translator, data["test"][0])
+    return record
+
+
+def last_update(last_dir: str) -> int:
+    """The update of a run's ``last`` checkpoint (its train_state)."""
+    state = torch.load(os.path.join(last_dir, "train_state.pt"), map_location="cpu", weights_only=False)
+    return int(state["state"]["update"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default=os.path.expanduser("~/janus-runs/arclaim"))
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--plot", default=None, help="PNG of val AR beam 4 against updates")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    data = {
+        split: (read_lines(corpus_path(args.data_dir, name, "de")), read_lines(corpus_path(args.data_dir, name, "en")))
+        for split, name in (("val", "val"), ("test", "test_2016_flickr"))
+    }
+    results_path = os.path.join(args.runs, "results.jsonl")
+    done = {}
+    if os.path.exists(results_path):
+        for line in read_lines(results_path):
+            record = json.loads(line)
+            done[record["model"]] = record
+    models = [(DEFAULT_MODEL_DIR, True)]
+    for run in RUNS:
+        models += [(path, False) for path in sorted(glob.glob(os.path.join(args.runs, run, "saves", "u*")))]
+        if os.path.isdir(os.path.join(args.runs, run, "last")):
+            models.append((os.path.join(args.runs, run, "last"), True))
+    for model_dir, full in models:
+        moving = model_dir.endswith("/last")  # moves on while its run trains: keyed by its update too
+        key = model_dir if moving else os.path.realpath(model_dir)
+        update = last_update(model_dir) if moving else None
+        known = done.get(key)
+        if known is not None and known.get("update") == update and (not full or "test spec tokens/pass" in known):
+            continue
+        record = {**evaluate(model_dir, data, full), "model": key, "update": update}
+        done[key] = record
+        with open(results_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(json.dumps(record), flush=True)
+    columns = [f"{split} {name}" for name in SETTINGS for split in ("val", "test")] + ["test spec tokens/pass"]
+    print("| model | update | " + " | ".join(columns) + " |")
+    print("|---|---:|" + "---:|" * len(columns))
+    for key, record in done.items():
+        if "test spec tokens/pass" in record:
+            cells = " | ".join(str(record.get(column, "")) for column in columns)
+            print(f"| {key} | {record.get('update') or 0} | {cells} |")
+    if args.plot:
+        plot(done, args.plot)
+
+
+def plot(done: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    start = done.get(os.path.realpath(DEFAULT_MODEL_DIR), {}).get("val ar beam 4")
+    for run in RUNS:
+        points = [(0, start)] if start is not None else []
+        for key, record in done.items():
+            if f"/{run}/saves/u" in key:
+                points.append((int(key.rsplit("/u", 1)[1]), record["val ar beam 4"]))
+        if len(points) > 1:
+            points.sort()
+            axis.plot(*zip(*points), marker="o", label=run)
+    axis.set_xlabel("updates from the warm start")
+    axis.set_ylabel("val BLEU, AR beam 4")
+    axis.set_title("AR side under each objective (same start, data, schedule)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
