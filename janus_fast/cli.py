@@ -593,7 +593,47 @@ def check_plot_option(path: str) -> None:
     check_output(path, "--plot")
 
 
+def command_shape_bench(args: argparse.Namespace) -> int:
+    from janus_fast.benchmarks.shapes import DEFAULT_ROWS, format_shape_report, run_shape_bench
+
+    def listed(text: str, option: str, kind: type = str) -> tuple:
+        try:
+            values = tuple(kind(part.strip()) for part in text.split(",") if part.strip())
+        except ValueError as error:
+            raise InputError(f"{option} {text!r}: {error}") from error
+        if not values:
+            raise InputError(f"{option} is empty")
+        return values
+
+    threads = listed(args.threads, "--threads", int)
+    if min(threads) < 1 or max(threads) > 1024:
+        raise InputError(f"--threads {args.threads}: thread counts of 1 to 1024")
+    precisions = listed(args.precisions, "--precisions")
+    if set(precisions) - {"fp32", "bf16", "int8"}:
+        raise InputError(f"--precisions {args.precisions}: fp32, bf16 or int8")
+    if args.sentences > 100_000:
+        raise InputError(f"--sentences {args.sentences}: at most 100000")
+    report = run_shape_bench(
+        args.shape,
+        lengths=args.lengths,
+        sentences=args.sentences,
+        batch1=args.batch1,
+        threads=threads,
+        precisions=precisions,
+        rows=listed(args.rows, "--rows") if args.rows else DEFAULT_ROWS,
+        repeats=args.repeats,
+        max_batch_tokens=args.max_batch_tokens,
+        compare=tuple(args.compare),
+    )
+    write_standard_output((json.dumps(report) if args.json else format_shape_report(report)) + "\n", "the report")
+    return 0
+
+
 def command_bench(args: argparse.Namespace) -> int:
+    if args.shape is not None:
+        return command_shape_bench(args)
+    if args.data_dir is None:
+        raise InputError("bench needs --data-dir (the test set to time a trained model on) or --shape (a random model)")
     from janus_fast.benchmarks.decoding import bench_report, run_bench
 
     if args.plot:
@@ -730,7 +770,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_parser = commands.add_parser("bench", help="reference vs engine, NAR vs AR: speed and BLEU, one table")
     bench_parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
-    bench_parser.add_argument("--data-dir", required=True, help="folder with test_2016_flickr.<lang>[.gz]")
+    bench_parser.add_argument(
+        "--data-dir", default=None, help="folder with test_2016_flickr.<lang>[.gz] (required unless --shape)"
+    )
+    bench_parser.add_argument(
+        "--shape",
+        default=None,
+        help="time a seeded random model of this shape instead of a trained one: base (transformer-base), big, or "
+        "D,FFN,HEADS,ENC,DEC,VOCAB; outputs forced to the source lengths on every engine (no BLEU)",
+    )
+    bench_parser.add_argument(
+        "--lengths", default="wmt", help="--shape: source lengths, wmt (mean 27, 3 to 150), N, or a file of integers"
+    )
+    bench_parser.add_argument(
+        "--sentences", type=positive_int, default=64, help="--shape: sentences of the large batch"
+    )
+    bench_parser.add_argument("--threads", default="1", help="--shape: thread counts, comma-separated (e.g. 1,2)")
+    bench_parser.add_argument(
+        "--precisions", default="fp32,int8", help="--shape: precisions, comma-separated (fp32, bf16, int8)"
+    )
+    bench_parser.add_argument(
+        "--rows",
+        default=None,
+        help="--shape: the rows, comma-separated (default: AR greedy, AR beam 4, NAR T=2/4/10 "
+        "l=3, speculative; also NAR T=1..10 l=1)",
+    )
     bench_parser.add_argument("--source-lang", default="de")
     bench_parser.add_argument("--target-lang", default="en")
     bench_parser.add_argument(

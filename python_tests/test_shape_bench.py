@@ -1,0 +1,101 @@
+"""``janus-fast bench --shape``: random models of the sizes users bring, with forced output lengths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_cli import run_cli
+
+from janus_fast.benchmarks.shapes import (
+    ROWS,
+    SHAPES,
+    ForcedLengthModel,
+    _Vocabulary,
+    random_model,
+    random_sources,
+    shape_config,
+    source_lengths,
+)
+from janus_fast.decoding.candidates import length_candidates
+from janus_fast.translator import Translator
+
+TINY = "64,128,4,1,1,300"
+
+
+def test_shapes_are_the_transformer_sizes():
+    base, big = shape_config("base"), shape_config("big")
+    assert (base.d_model, base.ffn_dim, base.num_heads, base.encoder_layers, base.vocab_size) == (
+        512,
+        2048,
+        8,
+        6,
+        32000,
+    )
+    assert (big.d_model, big.ffn_dim, big.num_heads) == (1024, 4096, 16) and set(SHAPES) == {"base", "big"}
+    tiny = shape_config(TINY)
+    assert (tiny.d_model, tiny.decoder_layers, tiny.vocab_size, tiny.length_offset) == (64, 1, 300, True)
+    for bad in ("huge", "1,2,3", "64,128,5,1,1,300", "64,128,4,0,1,300", "64,128,4,1,1,8", "a,b,c,d,e,f"):
+        with pytest.raises(ValueError, match="--shape"):
+            shape_config(bad)
+
+
+def test_source_lengths(tmp_path):
+    wmt = source_lengths("wmt", 4000)
+    assert 3 <= min(wmt) and max(wmt) <= 150 and 25 < sum(wmt) / len(wmt) < 29 and max(wmt) > 90
+    assert source_lengths("wmt", 50, seed=3) == source_lengths("wmt", 50, seed=3)
+    assert source_lengths("12", 3) == [12, 12, 12]
+    listed = tmp_path / "lengths.txt"
+    listed.write_text("5\n7\n\n9\n")
+    assert source_lengths(str(listed), 5) == [5, 7, 9, 5, 7]
+    for bad in ("0", "999", str(tmp_path / "missing.txt")):
+        with pytest.raises(ValueError, match="--lengths"):
+            source_lengths(bad, 3)
+
+
+@pytest.mark.parametrize("decoder", ["engine", "reference"])
+def test_outputs_are_forced_to_the_source_length(decoder):
+    config = shape_config(TINY)
+    model = random_model(config)
+    assert isinstance(model, ForcedLengthModel)
+    translator = Translator(model, _Vocabulary(config.vocab_size), decoder=decoder)
+    lengths = [5, 17, 40]
+    sources = random_sources(config, lengths)
+    assert [len(s) for s in sources] == lengths and min(min(s) for s in sources) > config.mask_id
+    # AR: eos never chosen, so every output runs to its limit: as many words as the source
+    for beam in (1, 4):
+        found = translator.translate_ids(sources, **{**ROWS["AR greedy"], "beam": beam})
+        assert [len(t) for t in found.tokens] == lengths
+    found = translator.translate_ids(sources, **ROWS["NAR T=2 l=3"])  # the best of the three candidates
+    assert all(abs(len(t) - n) <= 1 for t, n in zip(found.tokens, lengths))
+    # NAR: the length head predicts as many words as the source has, then one fewer and one more
+    wrapped = translator.wrap_sources(sources)
+    src = torch.tensor([ids + [config.pad_id] * (41 - len(ids)) for ids in wrapped])
+    encoder_out = model.encode(src, torch.tensor([len(ids) for ids in wrapped]))
+    candidates, _ = length_candidates(model, encoder_out, 3)
+    expected = torch.tensor([[n + 1, n, n + 2] for n in lengths])  # target lengths count eos
+    assert torch.equal(candidates, expected)
+
+
+@pytest.mark.slow
+def test_bench_shape_cli_prints_every_row_and_the_memory(tmp_path):
+    rows = "AR greedy,NAR T=2 l=3,speculative"
+    result = run_cli("bench", "--shape", TINY, "--sentences", "6", "--batch1", "2", "--rows", rows, "--repeats", "1")
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout.decode()
+    for row in rows.split(","):
+        assert f"| {row} | fp32 | 1 |" in out and f"| {row} | int8 | 1 |" in out
+    assert out.count("memory ") == 2 and "peak RSS" in out
+
+
+def test_bench_shape_refuses_bad_options():
+    for options, named in (
+        (["--shape", "1,2"], "--shape"),
+        (["--shape", TINY, "--threads", "0"], "--threads"),
+        (["--shape", TINY, "--precisions", "fp64"], "--precisions"),
+        (["--shape", TINY, "--rows", "AR turbo"], "unknown rows"),
+        ([], "--data-dir"),
+    ):
+        result = run_cli("bench", *options)
+        assert result.returncode == 2, result.stderr.decode()
+        err = result.stderr.decode()
+        assert err.startswith("janus-fast: error:") and named in err and err.count("\n") == 1, err
