@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import gzip
 import json
 import math
 import os
+import stat
 import sys
 import time
 import typing
@@ -153,11 +155,17 @@ def _translator(args: argparse.Namespace):  # noqa: ANN202
     )
 
 
+DISTILL_BEAM = 4  # distill's beam in mode ar unless --beam is given (sequence-level distillation's usual)
+
+
 def _decode_options(args: argparse.Namespace):  # noqa: ANN202
     """The ``DecodeOptions`` of the decoding flags (those left unset resolve per --compat)."""
     from janus_fast.decoding.options import DecodeOptions
 
-    return _build_dataclass(DecodeOptions, args)
+    options = _build_dataclass(DecodeOptions, args)
+    if getattr(args, "command", None) == "distill" and options.mode == "ar" and options.beam is None:
+        options = options.replace(beam=DISTILL_BEAM)
+    return options
 
 
 def command_train(args: argparse.Namespace) -> int:
@@ -273,6 +281,28 @@ def _progress_bar(enabled: bool, total: int | None):  # noqa: ANN202
     return tqdm(total=total, disable=not enabled, file=sys.stderr, unit="sent", smoothing=0.1)
 
 
+def is_regular_input(path: str) -> bool:
+    """Whether ``path`` (symlinks followed) is a regular file, which can be read more than once
+    (not standard input, a pipe, a FIFO, ``/dev/stdin`` or a process substitution)."""
+    try:
+        return path != "-" and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # a missing file: reading it names it
+
+
+def check_file_options(args: argparse.Namespace, command: str, *options: str) -> None:
+    """InputError unless each of ``options`` (e.g. "src") names a regular file: ``command`` reads its
+    inputs more than once (a resumable job, a count and a check) and writes its outputs beside a
+    parts folder, so standard input and output ('-'), pipes and FIFOs are refused."""
+    for option in options:
+        path = getattr(args, option)
+        if path is not None and not is_regular_input(path):
+            raise InputError(
+                f"--{option} {path}: {command} reads and writes files ('-', pipes and FIFOs are not supported "
+                "here; translate streams them)"
+            )
+
+
 def command_translate(args: argparse.Namespace) -> int:
     from janus_fast.corpus import (
         MAX_CHUNK_LINES,
@@ -288,17 +318,22 @@ def command_translate(args: argparse.Namespace) -> int:
         check_output_option(args.output, "--output", inputs=[args.input])
     context = _decoding_context(args)
     try:
-        if context.world_size > 1 and ("-" in (args.input, args.output) or args.print_scores):
+        resumable = (
+            is_regular_input(args.input)
+            and args.output != "-"
+            and is_replaceable(args.output)
+            and not args.print_scores
+        )
+        if context.world_size > 1 and not resumable:
             raise InputError(
-                "under torchrun, translate reads --input FILE and writes --output FILE (not standard input or "
-                "output), without --print-scores: each rank translates its share of the file's chunks"
+                "under torchrun, translate reads --input FILE and writes --output FILE (regular files, not standard "
+                "input or output, pipes or devices), without --print-scores: each rank translates its share of "
+                "the file's chunks"
             )
-        if context.world_size > 1 and not is_replaceable(args.output):
-            raise InputError(f"under torchrun, --output {args.output} must be a regular file (not a device or pipe)")
         translator = _translator(args)
         options = _decode_options(args)
         translate_chunk = _chunk_function(args, translator, options)
-        if args.output != "-" and args.input != "-" and not args.print_scores and is_replaceable(args.output):
+        if resumable:
             kind = "token ids" if args.token_ids else None
             with _progress_bar(args.progress and context.is_main, count_lines(args.input)) as bar:
                 translate_file(
@@ -315,9 +350,10 @@ def command_translate(args: argparse.Namespace) -> int:
                     output_kind=kind,
                 )
             return 0
-        # one process, streamed: standard input or output, a device or pipe (nothing to resume), or scored lines
+        # one process, streamed (read once, nothing to resume): standard input or output, a pipe or a
+        # device, or scored lines
         lines = decoded_lines(sys.stdin.buffer, "standard input") if args.input == "-" else iter_lines(args.input)
-        total = None if args.input == "-" else count_lines(args.input)
+        total = count_lines(args.input) if is_regular_input(args.input) else None
         chunk_size = args.chunk_size or MAX_CHUNK_LINES
         with _progress_bar(args.progress, total) as bar:
             if args.output == "-":
@@ -330,7 +366,8 @@ def command_translate(args: argparse.Namespace) -> int:
                 )
             else:
                 try:
-                    with atomic_writer(args.output) as out:
+                    with atomic_writer(args.output) as raw:
+                        out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if args.output.endswith(".gz") else raw
                         translate_stream(
                             lines,
                             lambda text: out.write(text.encode("utf-8")),
@@ -338,6 +375,8 @@ def command_translate(args: argparse.Namespace) -> int:
                             chunk_size=chunk_size,
                             progress=bar.update,
                         )
+                        if out is not raw:
+                            out.close()
                 except OSError as error:
                     raise InputError(
                         f"--output {args.output}: cannot write the translations ({error.strerror or error})"
@@ -382,6 +421,16 @@ def command_convert(args: argparse.Namespace) -> int:
     for path, option in ((args.fairseq, "--fairseq"), (args.dict, "--dict"), (bpe_path, "--bpe")):
         if path is not None and not os.path.isfile(path):
             raise InputError(f"{option} {path}: no such file")
+    if bpe is not None:  # the BPE file checked before the work (and named in the error)
+        from janus_fast.fairseq.dictionary import bpe_splitter
+
+        try:
+            with open(bpe_path, "rb") as handle:
+                bpe_splitter(bpe, handle.read())
+        except OSError as error:
+            raise InputError(f"--bpe {bpe_path}: cannot read it ({error.strerror or error})") from error
+        except ValueError as error:
+            raise InputError(f"--bpe {bpe} {bpe_path}: {error}") from error
     if os.path.exists(args.output) and os.listdir(args.output):
         raise InputError(f"--output {args.output} exists and is not empty")
     check_writable_directory(args.output, "--output")
@@ -403,7 +452,10 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from janus_fast.corpus import count_lines, translate_file
     from janus_fast.output import is_replaceable
 
+    check_file_options(args, "evaluate", "src", "ref")
     if args.output is not None:
+        if args.output == "-":
+            raise InputError("--output -: evaluate prints its scores there; write the translations to a file")
         check_output_option(args.output, "--output", inputs=[args.src, args.ref])
     sources, references = count_lines(args.src), count_lines(args.ref)
     if not sources:
@@ -474,6 +526,9 @@ def command_distill(args: argparse.Namespace) -> int:
     from janus_fast.corpus import count_lines
     from janus_fast.training.distill import distill
 
+    check_file_options(args, "distill", "src")
+    if args.output == "-":
+        raise InputError("--output -: distill writes a file (resumable, beside its parts folder)")
     check_output_option(args.output, "--output", inputs=[args.src])
     context = _decoding_context(args)
     try:
@@ -501,9 +556,11 @@ def command_export(args: argparse.Namespace) -> int:
     import torch
 
     from janus_fast.checkpoint import (
+        TOKENIZER_DIGEST,
         checkpoint_output,
         load_pretrained,
         load_tokenizer,
+        read_config,
         replaced_directory,
         save_pretrained,
         save_tokenizer,
@@ -515,6 +572,12 @@ def command_export(args: argparse.Namespace) -> int:
     check_writable_directory(os.path.dirname(output), "--output")
     model = load_pretrained(args.model)
     tokenizer = load_tokenizer(args.model)
+    if TOKENIZER_DIGEST not in read_config(args.model) and hasattr(tokenizer, "model_proto"):
+        warnings.warn(
+            f"{args.model}: its config.json records no tokenizer digest, so its spm.model cannot be checked "
+            "against the weights; the copy records that file as the model's tokenizer",
+            stacklevel=1,
+        )
     given = {name: getattr(args, name) for name in decoding_defaults() if getattr(args, name) is not None}
     model.config = dataclasses.replace(model.config, **given)  # decoding defaults kept with the copy
     with replaced_directory(output) as staging:  # the old copy stays whole until the new one is
@@ -660,8 +723,8 @@ def command_bench(args: argparse.Namespace) -> int:
 
 CHUNK_SIZE_HELP = (
     "lines per chunk: the unit of work shared among torchrun's processes and of a resume, each chunk written to "
-    "OUTPUT.parts/ as it completes (default: about a sixteenth of the input, 50 to 2000 lines; 2000 when "
-    "streaming standard input or output)"
+    "OUTPUT.parts/ as it completes (default: about a sixteenth of the input, 50 to 2000 lines; translate: "
+    "2000 when it streams standard input or output, a pipe or a device)"
 )
 
 
@@ -708,7 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
         "distill", help="translate a training corpus with a teacher (sequence-level knowledge distillation)"
     )
     _add_decoding_options(distill_parser)
-    distill_parser.set_defaults(mode="ar", beam=4)
+    distill_parser.set_defaults(mode="ar")  # and beam DISTILL_BEAM in mode ar (_decode_options)
     distill_parser.add_argument("--src", required=True, help="source lines (plain or .gz)")
     distill_parser.add_argument("--output", required=True, help="translations, one per line (.gz: gzip)")
     distill_parser.add_argument("--chunk-size", type=positive_int, default=None, help=CHUNK_SIZE_HELP)
@@ -833,6 +896,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except (InputError, CheckpointError, ValueError, TypeError) as error:
         print(f"janus-fast: error: {error}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and "allocate" not in str(error):
+            raise
+        print(
+            "janus-fast: error: out of memory: lower --max-batch-tokens or --batch-size (or --length-beam, "
+            "--beam), or use --decoder engine",
+            file=sys.stderr,
+        )
         return 2
     except OSError as error:  # e.g. a full disk while saving a checkpoint: one line naming the file
         where = f"{error.filename}: " if error.filename else ""

@@ -63,6 +63,7 @@ _FLAGS = {
     "source_sha256": "--src",
     "collapse_repeats": "--keep-repeats",
     "speculative": "the speculative options (--draft-iterations, --min-draft, --max-verify, --relaxed-*)",
+    "native_products": "the CPU's native products (another CPU or JANUS_FAST_ISA)",
 }
 
 Progress = Callable[[int], object]
@@ -220,12 +221,23 @@ def model_identity(translator: object, model_dir: str | None = None) -> dict:
     return {"state_sha256": digest.hexdigest(), "config_sha256": config_sha256, **tokenizer}
 
 
+def native_products() -> str:
+    """What the CPU's native matrix products run here (``JANUS_FAST_ISA`` and the CPU decide it), on
+    which bf16 / int8 outputs and the order of fp32 sums depend: the instruction set, and whether
+    int8 products use VNNI."""
+    from janus_fast.native.cpu_features import has_avx512_vnni
+    from janus_fast.native.decoder import cpu_isa
+
+    return f"{cpu_isa()}{' vnni' if has_avx512_vnni() else ''}"
+
+
 def corpus_manifest(
     translator: object, scan: SourceScan, chunk_size: int, decode_options: dict, model_dir: str | None = None
 ) -> dict:
     """The manifest of a corpus job (``OUTPUT.parts/manifest.json``): everything its chunks depend on."""
     settings = {name: getattr(translator, name, None) for name in TRANSLATOR_SETTINGS}
     settings["device"] = None if settings["device"] is None else str(settings["device"])
+    settings["native_products"] = native_products()
     if settings["device"] is not None and settings["device"].startswith("cuda:"):
         settings["device"] = "cuda"  # each rank its own GPU: the same setting
     manifest = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -44,7 +45,7 @@ def iter_lines(path: str) -> Iterator[str]:
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as handle:
             yield from decoded_lines(handle, path)
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:  # zlib.error: corrupt compressed data
         raise InputError(f"cannot read {path}: {error}") from error
 
 

@@ -85,11 +85,16 @@ class Translator:
 
     def encode_sources(self, sentences: Sequence[str], first_line: int = 1) -> list[list[int]]:
         """Piece ids per sentence ([] for blank lines), truncated or rejected when too long."""
+        check_int("first_line", first_line, 1)
         encoded = []
         for index, sentence in enumerate(sentences):
             if not isinstance(sentence, str):
                 raise TypeError(f"sentence index {index} is {type(sentence).__name__}, expected str")
-            encoded.append(self.tokenizer.encode(sentence) if sentence.strip() else [])
+            try:
+                encoded.append(self.tokenizer.encode(sentence) if sentence.strip() else [])
+            except (RuntimeError, TypeError, UnicodeError) as error:  # e.g. a lone surrogate ("\ud800")
+                where = f"sentence index {index} (input line {first_line + index})"
+                raise ValueError(f"{where} cannot be encoded: not valid Unicode text ({error})") from error
         return self.wrap_sources(encoded, first_line)
 
     def wrap_sources(self, encoded: Sequence[Sequence[int]], first_line: int = 1) -> list[list[int]]:

@@ -242,7 +242,7 @@ def test_generate_validates_input(model):
 def test_reference_translation_does_not_depend_on_batch(model, mode, beam):
     """The reference decoders (the engine's batch invariance is tested in test_engine.py)."""
     src, lengths = sources()
-    options = {"mode": mode, "iterations": 3, "beam": beam, "decoder": "reference"}
+    options = {"mode": mode, "beam": beam, "decoder": "reference", **({"iterations": 3} if mode == "nar" else {})}
     batched = generate(model, src, lengths, **options)
     for row in range(len(src)):
         alone = generate(model, src[row : row + 1, : int(lengths[row])], lengths[row : row + 1], **options)
@@ -254,8 +254,9 @@ def test_generate_and_translate_return_scores(model, trained_dir):
 
     src, lengths = sources()
     for mode in ("nar", "ar"):
-        tokens = generate(model, src, lengths, mode=mode, iterations=2)
-        scored = generate(model, src, lengths, mode=mode, iterations=2, return_scores=True)
+        counts = {"iterations": 2} if mode == "nar" else {}
+        tokens = generate(model, src, lengths, mode=mode, **counts)
+        scored = generate(model, src, lengths, mode=mode, **counts, return_scores=True)
         assert scored.tokens == tokens and len(scored.scores) == len(tokens)
         assert all(score <= 0.0 for score in scored.scores)  # log-probabilities
     reference = ar_search(model, src, lengths, beam=1)

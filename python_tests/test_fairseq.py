@@ -215,19 +215,21 @@ def test_compat_defaults_are_each_tools_own() -> None:
     from janus_fast.decoding.options import DecodeOptions
     from janus_fast.model import JanusConfig
 
-    def resolve_compat_defaults(compat, iterations, length_beam, beam):
-        mode = "ar" if compat == "fairseq" and iterations is None and beam is not None else "nar"
-        options = DecodeOptions(mode=mode, compat=compat, iterations=iterations, length_beam=length_beam, beam=beam)
+    def resolve_compat_defaults(compat, mode="nar", **given):  # noqa: ANN001, ANN003, ANN202
+        options = DecodeOptions(mode=mode, compat=compat, **given)
         resolved = options.resolve(JanusConfig(vocab_size=32))
         return resolved.iterations, resolved.length_beam, resolved.beam
 
-    assert resolve_compat_defaults("janus", None, None, None) == (10, 3, 1)
-    assert resolve_compat_defaults("fairseq", None, None, None) == (10, 1, 5)
-    assert resolve_compat_defaults("fairseq", 4, 3, 1) == (4, 3, 1)
-    assert resolve_compat_defaults("fairseq", 0, None, 2) == (0, 1, 2)
-    assert resolve_compat_defaults("janus", 2, None, None) == (2, 3, 1)
+    assert resolve_compat_defaults("janus") == resolve_compat_defaults("janus", "ar") == (10, 3, 1)
+    assert resolve_compat_defaults("fairseq") == resolve_compat_defaults("fairseq", "ar") == (10, 1, 5)
+    assert resolve_compat_defaults("fairseq", iterations=4, length_beam=3) == (4, 3, 5)
+    assert resolve_compat_defaults("fairseq", iterations=0) == (0, 1, 5)
+    assert resolve_compat_defaults("fairseq", "ar", beam=2) == (10, 1, 2)
+    assert resolve_compat_defaults("janus", iterations=2) == (2, 3, 1)
+    with pytest.raises(ValueError, match="does not apply to mode='ar'"):  # a count the mode does not use
+        resolve_compat_defaults("fairseq", "ar", iterations=4)
     with pytest.raises(ValueError, match="unknown compat"):
-        resolve_compat_defaults("marian", None, None, None)
+        resolve_compat_defaults("marian")
 
 
 def test_fairseq_nar_takes_fairseq_generates_length_beam(converted: dict[str, str]) -> None:
@@ -328,11 +330,13 @@ def test_cli_fairseq_flag_names_are_aliases() -> None:
     assert (kwargs["iterations"], kwargs["length_beam"], kwargs["beam"], kwargs["force_max_iter"]) == (10, 1, 5, False)
     kwargs = _decode_kwargs(parser.parse_args(["translate"]))
     assert (kwargs["mode"], kwargs["iterations"], kwargs["length_beam"], kwargs["beam"]) == ("ar", 10, 3, 1)
-    explicit = ["translate", "--compat", "fairseq", "--length-beam", "3", "--beam", "1"]
-    kwargs = _decode_kwargs(parser.parse_args(explicit))
-    assert (kwargs["length_beam"], kwargs["beam"]) == (3, 1)
+    explicit = ["translate", "--compat", "fairseq", "--mode", "nar", "--length-beam", "3"]
+    assert _decode_kwargs(parser.parse_args(explicit))["length_beam"] == 3
+    assert _decode_kwargs(parser.parse_args(["translate", "--compat", "fairseq", "--beam", "1"]))["beam"] == 1
     kwargs = _decode_kwargs(parser.parse_args(["distill", "--src", "s", "--output", "o", "--compat", "fairseq"]))
     assert (kwargs["mode"], kwargs["beam"]) == ("ar", 4)  # distill's own default beam stays
+    kwargs = _decode_kwargs(parser.parse_args(["distill", "--src", "s", "--output", "o", "--mode", "nar"]))
+    assert (kwargs["mode"], kwargs["beam"]) == ("nar", 1)  # ... in mode ar only
 
 
 # --------------------------------------------------------------------------- restricted unpickler

@@ -252,3 +252,162 @@ def test_error_texts_name_the_real_problem(tmp_path):
         (tmp_path / f"test_2016_flickr.{lang}").write_text("")
     with pytest.raises(InputError, match="hold no sentences"):
         run_bench(None, str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# the third hostile probe (issue 34)
+
+FAIRSEQ_DATA = os.path.join(os.path.dirname(__file__), "data", "fairseq")
+
+
+def test_corrupt_gzip_input_is_one_error_naming_the_file(tmp_path):
+    import gzip
+
+    from janus_fast.data import InputError, iter_lines, read_lines
+
+    path = tmp_path / "in.de.gz"
+    path.write_bytes(gzip.compress("".join(f"Zeile {i} mit Text\n" for i in range(3000)).encode()))
+    data = bytearray(path.read_bytes())
+    for offset in range(200, len(data) - 200, 97):  # damaged deflate data (not just a wrong CRC)
+        data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+    for read in (read_lines, lambda p: list(iter_lines(p))):
+        with pytest.raises(InputError, match="cannot read .*in.de.gz"):
+            read(str(path))
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"mode": "nar", "beam": 4}, "beam=4 does not apply to mode='nar'"),
+        ({"mode": "spec", "beam": 4}, "beam=4 does not apply to mode='spec'"),
+        ({"mode": "ar", "iterations": 3}, "iterations=3 does not apply to mode='ar'"),
+        ({"mode": "ar", "length_beam": 5}, "length_beam=5 does not apply to mode='ar'"),
+        ({"mode": "nar", "max_len_a": 0.0, "max_len_b": 1}, "max_len_a=0.0 does not apply to mode='nar'"),
+        ({"mode": "ar", "compat": "fairseq", "iterations": 99999}, "iterations=99999 does not apply"),
+    ],
+)
+def test_an_option_the_mode_does_not_use_is_refused(trained_dir, options, named):
+    translator = Translator.from_pretrained(trained_dir)
+    with pytest.raises(ValueError, match=named):
+        translator.translate(["Ein Hund."], **options)
+
+
+def test_the_default_of_an_unused_option_is_accepted(trained_dir):
+    translator = Translator.from_pretrained(trained_dir)
+    for options in ({"mode": "nar", "beam": 1}, {"mode": "ar", "iterations": 10, "length_beam": 3}, {"mode": "spec"}):
+        assert len(translator.translate(["Ein Hund."], **options)) == 1
+
+
+def test_a_resume_on_other_native_products_is_refused(tmp_path, monkeypatch):
+    from janus_fast import corpus
+    from janus_fast.data import InputError
+
+    class Upper:
+        def translate(self, lines, progress=None, **options):  # noqa: ANN001, ANN003, ANN201
+            if any(line == "stop" for line in lines):
+                raise KeyboardInterrupt
+            return [line.upper() for line in lines]
+
+    source = tmp_path / "src.txt"
+    source.write_text("".join(f"zeile {i}\n" for i in range(30)) + "stop\n", encoding="utf-8")
+    output = str(tmp_path / "out.txt")
+    monkeypatch.setattr(corpus, "native_products", lambda: "avx2")
+    with pytest.raises(KeyboardInterrupt):
+        corpus.translate_file(Upper(), str(source), output, chunk_size=10)
+    monkeypatch.setattr(corpus, "native_products", lambda: "avx512_bf16 vnni")
+    with pytest.raises(InputError, match=r"native products .*'avx2' -> 'avx512_bf16 vnni'"):
+        corpus.translate_file(Upper(), str(source), output, chunk_size=10)
+
+
+def test_evaluate_and_distill_refuse_standard_streams_and_pipes(tmp_path):
+    from test_cli import run_cli
+
+    source = tmp_path / "src.de"
+    source.write_text("Ein Hund.\n", encoding="utf-8")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for arguments, named in (
+        (["evaluate", "--src", str(source), "--ref", str(source), "--output", "-"], b"--output -"),
+        (["evaluate", "--src", str(source), "--ref", "-"], b"--ref -"),
+        (["evaluate", "--src", str(fifo), "--ref", str(source)], b"--src " + str(fifo).encode()),
+        (["distill", "--src", str(fifo), "--output", str(tmp_path / "out")], b"--src"),
+        (["distill", "--src", str(source), "--output", "-"], b"--output -"),
+    ):
+        result = run_cli(*arguments)
+        assert result.returncode == 2 and result.stderr.startswith(b"janus-fast: error:"), result.stderr
+        assert named in result.stderr and result.stderr.count(b"\n") == 1
+    assert not os.path.exists("-")
+
+
+def test_translate_reads_a_pipe_once_and_gzips_a_gz_output(tmp_path):
+    import gzip
+    import subprocess
+    import sys
+
+    from test_cli import REPO_ROOT
+
+    text = "Ein Hund.\n\nZwei Katzen spielen.\n"
+    output = tmp_path / "out.en.gz"
+    command = f"printf '{text}' | {sys.executable} -m janus_fast.cli translate -i /dev/stdin -o {output}"
+    result = subprocess.run(command, shell=True, capture_output=True, cwd=REPO_ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()
+    with gzip.open(output, "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[0] and lines[2]
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece-garbage", "subword-nmt-malformed", "subword-nmt-binary"])
+def test_convert_names_an_unusable_bpe_file(tmp_path, kind):
+    from test_cli import run_cli
+
+    checkpoint = sorted(p for p in os.listdir(FAIRSEQ_DATA) if p.endswith(".pt"))[0]
+    bpe = tmp_path / "bpe"
+    bpe.write_bytes({"sentencepiece-garbage": b"not a model\n", "subword-nmt-malformed": b"#version: 0.2\na b c\n",
+                     "subword-nmt-binary": bytes(range(128, 256)) * 4}[kind])  # fmt: skip
+    tool = kind.split("-garbage")[0].split("-malformed")[0].split("-binary")[0]
+    fairseq = ["--fairseq", os.path.join(FAIRSEQ_DATA, checkpoint), "--dict", os.path.join(FAIRSEQ_DATA, "dict.txt")]
+    result = run_cli("convert", *fairseq, "--bpe", tool, str(bpe), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count(b"\n") == 1, result.stderr
+    assert result.stderr.startswith(f"janus-fast: error: --bpe {tool} {bpe}: not ".encode())
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_convert_refuses_a_checkpoint_failing_its_crc(tmp_path):
+    import zipfile
+
+    from janus_fast.fairseq.checkpoint import load_fairseq_checkpoint
+
+    checkpoint = sorted(p for p in os.listdir(FAIRSEQ_DATA) if p.endswith(".pt"))[0]
+    data = bytearray(open(os.path.join(FAIRSEQ_DATA, checkpoint), "rb").read())
+    with zipfile.ZipFile(os.path.join(FAIRSEQ_DATA, checkpoint)) as archive:
+        record = max(archive.infolist(), key=lambda item: item.file_size)  # a tensor's stored bytes
+    data[record.header_offset + 200] ^= 0xFF  # inside the record's data, past its local header
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"fails its CRC-32 check"):
+        load_fairseq_checkpoint(str(damaged))
+
+
+def test_api_refusals_of_the_third_probe(trained_dir):
+    from janus_fast.generation import generate
+
+    translator = Translator.from_pretrained(trained_dir)
+    with pytest.raises(ValueError, match=r"sentence index 1 \(input line 2\) cannot be encoded"):
+        translator.translate(["Ein Hund.", "Ein \ud800 Hund."])
+    with pytest.raises(TypeError, match="src_lengths must be a torch.Tensor"):
+        generate(translator.model, torch.tensor([[12, 73, 5]]), [3])
+    with pytest.raises((TypeError, ValueError), match="first_line"):
+        translator.translate(["Ein Hund."], first_line="a")
+
+
+def test_out_of_memory_is_one_error_line(monkeypatch, capsys):
+    from janus_fast import cli
+
+    def exhausted(args):  # noqa: ANN001, ANN202
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(cli, "command_translate", exhausted)
+    assert cli.main(["translate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("janus-fast: error: out of memory: lower --max-batch-tokens") and err.count("\n") == 1

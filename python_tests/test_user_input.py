@@ -57,8 +57,9 @@ def test_translate_options_give_a_result_or_a_clear_error(translator, option, va
         is_int and value >= 1 and (upper is None or value <= upper)
     )
     mode = "ar" if option == "beam" else "nar"
+    base = {"mode": mode, **({"iterations": 2} if mode == "nar" else {})}
     try:
-        outputs = translator.translate(SENTENCES, **{"mode": mode, "iterations": 2, option: value})
+        outputs = translator.translate(SENTENCES, **{**base, option: value})
     except (TypeError, ValueError) as error:
         assert option in str(error) and not valid, (option, value, error)
         return
@@ -96,7 +97,7 @@ def test_huge_length_beam_through_the_cli(trained_dir):
     [
         (["translate", "--device", "cuda"], b"CUDA is not available"),
         (["translate", "--device", "tpu9"], b"device"),
-        (["translate", "--iterations", "9223372036854775808"], b"iterations must be in"),
+        (["translate", "--mode", "nar", "--iterations", "9223372036854775808"], b"iterations must be in"),
         (["translate", "--output", "/proc/version/out.txt"], b"--output /proc/version/out.txt: cannot write"),
         (["evaluate", "--src", "x", "--ref", "y", "--output", "/proc/version/o"], b"--output"),
         (["export", "--output", "/proc/version/dir"], b"--output"),
@@ -256,7 +257,8 @@ def test_cli_options_translate_or_exit_2_with_a_message(trained_dir, tmp_path_fa
     folder = tmp_path_factory.mktemp("cli")
     source, output = folder / "in.txt", folder / "out.txt"
     source.write_text("Ein Hund.\n\nZwei Katzen.\n", encoding="utf-8")
-    mode = ["--mode", "ar"] if option == "--beam" else ["--iterations", "2"] if option != "--iterations" else []
+    mode = ["--mode", "ar"] if option == "--beam" else ["--mode", "nar"]
+    mode += ["--iterations", "2"] if option not in ("--beam", "--iterations") else []
     arguments = ["translate", "--model", trained_dir, "-i", str(source), "-o", str(output), *mode, option, value]
     try:
         code = main(arguments)

@@ -44,8 +44,8 @@ class Setting:
 
     @staticmethod
     def of(decoder: str, mode: str, **fields: object) -> Setting:
-        """The row of ``decoder`` and ``mode``: 10 iterations, length beam 3, beam 1 unless given."""
-        counts = {"iterations": 10, "length_beam": 3, "beam": 1}
+        """The row of ``decoder`` and ``mode``: NAR 10 iterations and length beam 3, AR beam 1 unless given."""
+        counts = {"ar": {"beam": 1}, "nar": {"iterations": 10, "length_beam": 3}, "spec": {}}[mode]
         return Setting(DecodeOptions(decoder=decoder, mode=mode, **{**counts, **fields}))
 
     def __getattr__(self, name: str) -> object:

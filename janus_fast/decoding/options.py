@@ -33,6 +33,12 @@ COMPAT_DEFAULTS = {
     "janus": {"iterations": 10, "length_beam": 3, "beam": 1, "max_len_a": 1.2, "max_len_b": 10},
     "fairseq": {"iterations": 10, "length_beam": 1, "beam": 5, "max_len_a": 0.0, "max_len_b": 200},
 }
+# the counts each mode uses (the others must keep their defaults)
+USED_COUNTS = {
+    "ar": ("beam", "max_len_a", "max_len_b"),
+    "nar": ("iterations", "length_beam"),
+    "spec": ("max_len_a", "max_len_b"),
+}
 # AR length limits (max_len_a, max_len_b): this project's default, and fairseq-generate's
 JANUS_MAX_LEN = (COMPAT_DEFAULTS["janus"]["max_len_a"], COMPAT_DEFAULTS["janus"]["max_len_b"])
 FAIRSEQ_MAX_LEN = (COMPAT_DEFAULTS["fairseq"]["max_len_a"], COMPAT_DEFAULTS["fairseq"]["max_len_b"])
@@ -214,6 +220,11 @@ class DecodeOptions:
             name: defaults[name] if getattr(self, name) is None else getattr(self, name)
             for name in ("iterations", "length_beam", "beam", "max_len_a", "max_len_b")
         }
+        for name, value in resolved.items():  # a count another mode uses, given a value of its own
+            if name not in USED_COUNTS[mode] and value != defaults[name]:
+                raise ValueError(
+                    f"{name}={value!r} does not apply to mode={mode!r} (it uses {', '.join(USED_COUNTS[mode])})"
+                )
         _check_counts(config, mode, compat, resolved)
         _check_model_kind(config, mode, compat)
         nar_janus = mode == "nar" and compat == "janus"

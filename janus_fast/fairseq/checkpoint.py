@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import zipfile
+import zlib
 from typing import Any
 
 import torch
@@ -94,6 +95,13 @@ def _check_declared_sizes(path: str) -> None:
             f"file's {file_size:,} bytes plus {INFLATION_ALLOWANCE:,}: {refused}; re-save a real one with "
             "torch.save, which stores records uncompressed)"
         )
+    try:  # every record's CRC-32 (torch.load does not check them: a flipped byte would load)
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, zlib.error) as error:
+        raise CheckpointError(f"{path}: a damaged zip archive ({error})") from error
+    if damaged is not None:
+        raise CheckpointError(f"{path}: record {damaged} fails its CRC-32 check: the file is damaged")
 
 
 def _refused_global(error: Exception) -> str:

@@ -62,7 +62,7 @@ class FairseqTokenizer:
         self.symbols = list(symbols)
         self.index = {symbol: i for i, symbol in enumerate(self.symbols)}
         self.bpe, self.bpe_data = bpe, bpe_data
-        self._splitter = _bpe_splitter(bpe, bpe_data)
+        self._splitter = bpe_splitter(bpe, bpe_data)
 
     @classmethod
     def from_files(cls, dict_path: str, bpe: str | None = None, bpe_path: str | None = None) -> FairseqTokenizer:
@@ -119,20 +119,33 @@ class FairseqTokenizer:
         return text
 
 
-def _bpe_splitter(bpe: str | None, data: bytes | None):  # noqa: ANN202 - Callable[[str], str] | None
+def bpe_splitter(bpe: str | None, data: bytes | None):  # noqa: ANN202 - Callable[[str], str] | None
     """A function text -> space-separated BPE pieces, or None without a BPE."""
     if bpe is None or data is None:
         return None
     if bpe == "sentencepiece":
         import sentencepiece as spm
 
-        processor = spm.SentencePieceProcessor(model_proto=data)
+        try:
+            processor = spm.SentencePieceProcessor(model_proto=data)
+        except (RuntimeError, TypeError) as error:
+            reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+            raise ValueError(f"not a SentencePiece model ({reason})") from error
         return lambda text: " ".join(processor.encode(text, out_type=str))
     try:
         from subword_nmt.apply_bpe import BPE
     except ImportError as error:
         raise ValueError("--bpe subword-nmt needs the subword-nmt package (pip install subword-nmt)") from error
+    import contextlib
     import io
 
-    codes = BPE(io.StringIO(data.decode("utf-8")))
+    try:
+        text = data.decode("utf-8")
+        with contextlib.redirect_stderr(io.StringIO()) as said:  # subword-nmt reports, then exits
+            codes = BPE(io.StringIO(text))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not subword-nmt codes (not UTF-8: {error.reason} at byte {error.start})") from error
+    except (SystemExit, ValueError, IndexError) as error:
+        reason = said.getvalue().strip().splitlines()[-1] if said.getvalue().strip() else str(error)
+        raise ValueError(f"not subword-nmt codes ({reason})") from error
     return lambda text: codes.process_line(text.strip())
