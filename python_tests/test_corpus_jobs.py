@@ -317,3 +317,22 @@ def test_torchrun_refuses_standard_streams(tmp_path):
     result = torchrun("translate", "-i", source, "--no-progress")
     assert result.returncode != 0
     assert b"janus-fast: error: under torchrun, translate reads --input FILE" in result.stderr
+
+
+def test_each_rank_decodes_on_its_own_gpu(monkeypatch):
+    """Under torchrun ``--device cuda`` is the rank's own GPU, ``cuda:LOCAL_RANK`` (one process per
+    GPU); other devices, and one process, are left as given."""
+    import torch.distributed as dist
+
+    from janus_fast.distributed import DistributedContext
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # as if torchrun's group were up
+    for name, value in (("WORLD_SIZE", "4"), ("RANK", "3"), ("LOCAL_RANK", "1"), ("LOCAL_WORLD_SIZE", "2")):
+        monkeypatch.setenv(name, value)
+    context = DistributedContext("gloo")
+    assert (context.device("cuda"), context.device("cuda:0"), context.device("cpu")) == ("cuda:1", "cuda:0", "cpu")
+    assert not context.single_machine and not context.owns_group
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert DistributedContext("gloo").device("cuda") == "cuda"
