@@ -411,3 +411,18 @@ def test_out_of_memory_is_one_error_line(monkeypatch, capsys):
     assert cli.main(["translate"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("janus-fast: error: out of memory: lower --max-batch-tokens") and err.count("\n") == 1
+
+
+def test_ar_training_validates_with_ar_greedy(corpus_dir, tmp_path):
+    """An AR run's validation BLEU decodes AR greedy (no NAR counts passed to it: refused now)."""
+    import json
+
+    from conftest import tiny_train_config
+
+    from janus_fast.training.train import train
+
+    out = tmp_path / "ar"
+    train(tiny_train_config(corpus_dir, str(out), objective="ar", max_updates=None, epochs=1, valid_bleu=True))
+    with open(out / "metrics.jsonl", encoding="utf-8") as handle:
+        valid = [record for record in map(json.loads, handle) if record["type"] == "valid"]
+    assert valid and valid[-1]["bleu_mode"] == "ar" and valid[-1]["bleu"] >= 0.0

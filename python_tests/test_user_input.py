@@ -85,10 +85,10 @@ def test_length_beam_is_capped_by_the_possible_lengths(length_offset):
 @pytest.mark.slow
 def test_huge_length_beam_through_the_cli(trained_dir):
     for beam in ("253", "254", "256"):
-        result = run_cli("translate", "--model", trained_dir, "--length-beam", beam, "--iterations", "2",
-                         stdin=b"Ein Hund.\n")  # fmt: skip
+        result = run_cli("translate", "--model", trained_dir, "--mode", "nar", "--length-beam", beam, "--iterations",
+                         "2", stdin=b"Ein Hund.\n")  # fmt: skip
         assert result.returncode == 0 and result.stdout.strip(), (beam, result.stderr)
-    result = run_cli("translate", "--model", trained_dir, "--length-beam", "257", stdin=b"Ein Hund.\n")
+    result = run_cli("translate", "--model", trained_dir, "--mode", "nar", "--length-beam", "257", stdin=b"Ein Hund.\n")
     assert result.returncode == 2 and b"length_beam must be in [1, 256]" in result.stderr
 
 
@@ -228,7 +228,8 @@ def test_translate_memory_is_bounded_on_4096_one_word_lines(tmp_path):
     # parent's high-water mark into a child started by (v)fork + exec, i.e. this test process's.
     code = (
         "import resource, sys; from janus_fast.cli import main; "
-        f"rc = main(['translate', '-i', {str(source)!r}, '-o', {str(tmp_path / 'out.txt')!r}, '--iterations', '2']); "
+        f"rc = main(['translate', '-i', {str(source)!r}, '-o', {str(tmp_path / 'out.txt')!r}, "
+        "'--mode', 'nar', '--iterations', '2']); "
         "hwm = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')]; "
         "print(hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)"
     )

@@ -142,6 +142,15 @@ class _Vocabulary:
 
 
 def _peak_rss_mb() -> float:
+    """This process's own peak resident memory: VmHWM (Linux; ru_maxrss would carry the parent's
+    high-water mark into a child started by fork + exec), else ru_maxrss."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -426,7 +426,8 @@ def _bleu(
     from janus_fast.translator import Translator
 
     translator = Translator(model, tokenizer)
-    hypotheses = translator.translate(sources, mode=mode, iterations=iterations, length_beam=3)
+    counts = {"iterations": iterations, "length_beam": 3} if mode == "nar" else {}  # AR: greedy
+    hypotheses = translator.translate(sources, mode=mode, **counts)
     return sacrebleu.corpus_bleu(hypotheses, [references]).score
 
 
