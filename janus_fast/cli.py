@@ -240,10 +240,10 @@ def _silence_standard_output() -> None:
 def _decoding_context(args: argparse.Namespace):  # noqa: ANN202
     """The ranks of this run (one process outside torchrun; gloo between processes under it),
     with ``args.device`` made this rank's (``cuda`` -> ``cuda:LOCAL_RANK``)."""
-    from janus_fast.corpus import WAIT_FOR_RANKS
+    from janus_fast.corpus import CONNECT_TIMEOUT
     from janus_fast.distributed import DistributedContext
 
-    context = DistributedContext("gloo", WAIT_FOR_RANKS)
+    context = DistributedContext("gloo", CONNECT_TIMEOUT)
     args.device = context.device(args.device)
     return context
 

@@ -53,8 +53,9 @@ MANIFEST_FORMAT = 1
 MIN_CHUNK_LINES, MAX_CHUNK_LINES = 50, 2000
 # the first pass measures the source in blocks of this many lines (chunks are whole blocks)
 BLOCK_LINES = 10
-# how long ranks wait for one another at the end (a rank may still be translating its last chunk)
-WAIT_FOR_RANKS = datetime.timedelta(days=7)
+# how long the ranks wait for one another to start (and for rank 0's manifest check); at the end
+# rank 0 waits for the others' chunks without a collective (a rank may take hours), the others exit
+CONNECT_TIMEOUT = datetime.timedelta(minutes=5)
 
 # the translator's own settings that shape its outputs, as ``Translator`` stores them
 TRANSLATOR_SETTINGS = ("device", "precision", "decoder", "max_batch_tokens", "on_long_input")
@@ -272,7 +273,7 @@ def manifest_changes(saved: dict, current: dict) -> list[str]:
             if name not in before or name not in after or before[name] != after[name]:
                 was, now = (repr(values[name]) if name in values else "unset" for values in (before, after))
                 changes.append(f"{_flag(name)} {was} -> {now}")
-    return changes
+    return list(dict.fromkeys(changes))  # an option recorded in both groups (--precision) named once
 
 
 def check_parts(parts_dir: str, manifest: dict, create: bool = True) -> None:
@@ -349,7 +350,7 @@ def _owned_chunks(source_path: str, chunk_size: int, wanted: set[int]) -> Iterat
     last = max(wanted)
     chunk: list[str] = []
     index = 0
-    for number, line in enumerate(iter_lines(source_path)):
+    for number, line in enumerate(iter_lines(source_path, warn=False)):  # the scan warned already
         index = number // chunk_size
         if index > last:
             break
@@ -387,15 +388,15 @@ class _SharedProgress:
 
 
 def _wait_for_ranks(parts_dir: str, context: DistributedContext, shared: _SharedProgress) -> None:
-    """Rank 0: until every other rank has finished its chunks, follow their progress; then all
-    ranks meet at a barrier."""
+    """Rank 0: until every other rank has finished its chunks (its ``.done`` file), follow their
+    progress. No collective: finishing its share can take a rank hours, and torchrun stops the
+    job if a rank fails."""
     if context.is_main:
         others = range(1, context.world_size)
         while not all(os.path.exists(_done_path(parts_dir, rank)) for rank in others):
             shared.look(force=True)
             time.sleep(0.5)
         shared.look(force=True)
-    context.barrier()
 
 
 def merge_chunks(parts_dir: str, output_path: str, chunks: int, expected_lines: int) -> int:
@@ -482,7 +483,7 @@ def translate_file(
             f"--output {output_path} is not a regular file (a device, a pipe): a resumable job writes a file beside "
             "its chunks"
         )
-    context = context if context is not None else DistributedContext("gloo", WAIT_FOR_RANKS)
+    context = context if context is not None else DistributedContext("gloo", CONNECT_TIMEOUT)
     translate_chunk = translate_chunk or plain_translations(translator, options, batch_size, changes)
     scan = scan_source(source_path, chunk_size or BLOCK_LINES)
     chunk_size = chunk_size or default_chunk_size(scan.lines)
@@ -536,7 +537,6 @@ def translate_file(
             reason = error.strerror or str(error)
             raise InputError(f"--output {output_path}: cannot write the translations ({reason})") from error
         shutil.rmtree(parts_dir)
-    context.barrier()
     return scan.lines
 
 

@@ -21,11 +21,11 @@ class InputError(ValueError):
     """Bad user input (missing file, mismatched corpus, ...), reported with a clear message."""
 
 
-def decoded_lines(handle: BinaryIO, what: str) -> Iterator[str]:
+def decoded_lines(handle: BinaryIO, what: str, warn: bool = True) -> Iterator[str]:
     """The lines of a binary stream decoded as UTF-8, without newlines (a final newline ends the
     last line rather than starting an empty one; a CR before a newline dropped). Invalid UTF-8 is
-    replaced (U+FFFD) with one warning naming ``what``."""
-    warned = False
+    replaced (U+FFFD) with one warning naming ``what`` (none without ``warn``)."""
+    warned = not warn
     for raw in handle:
         try:
             line = raw.decode("utf-8")
@@ -37,14 +37,14 @@ def decoded_lines(handle: BinaryIO, what: str) -> Iterator[str]:
         yield (line[:-1] if line.endswith("\n") else line).rstrip("\r")
 
 
-def iter_lines(path: str) -> Iterator[str]:
+def iter_lines(path: str, warn: bool = True) -> Iterator[str]:
     """The lines of a UTF-8 text file (plain or ``.gz``) one at a time: those of
     ``read_lines``, without holding the file (``decoded_lines``). An unreadable or truncated
     file raises InputError naming it."""
     try:
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as handle:
-            yield from decoded_lines(handle, path)
+            yield from decoded_lines(handle, path, warn)
     except (OSError, EOFError, zlib.error) as error:  # zlib.error: corrupt compressed data
         raise InputError(f"cannot read {path}: {error}") from error
 

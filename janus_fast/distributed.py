@@ -48,7 +48,14 @@ class DistributedContext:
         if self.world_size > 1 and not dist.is_initialized():
             backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
             kwargs = {} if timeout is None else {"timeout": timeout}
-            dist.init_process_group(backend, **kwargs)
+            try:
+                dist.init_process_group(backend, **kwargs)
+            except (RuntimeError, ValueError) as error:  # no peers (WORLD_SIZE set by hand), no MASTER_ADDR
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise ValueError(
+                    f"WORLD_SIZE={self.world_size}: cannot reach the other ranks ({reason}); start every process "
+                    "with torchrun"
+                ) from error
             self.owns_group = True
 
     @property

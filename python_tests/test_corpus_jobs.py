@@ -336,3 +336,22 @@ def test_each_rank_decodes_on_its_own_gpu(monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert DistributedContext("gloo").device("cuda") == "cuda"
+
+
+def test_a_rank_without_peers_gives_up_with_one_error(monkeypatch):
+    """WORLD_SIZE set by hand, no other process: the connection times out into a ValueError naming
+    it (the corpus commands wait CONNECT_TIMEOUT; here 3 s)."""
+    import datetime
+    import socket
+
+    from janus_fast.distributed import DistributedContext
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(port))):
+        monkeypatch.setenv(name, value)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="WORLD_SIZE=2: cannot reach the other ranks .*torchrun"):
+        DistributedContext("gloo", datetime.timedelta(seconds=3))
+    assert time.monotonic() - start < 120
