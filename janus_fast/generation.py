@@ -117,6 +117,8 @@ def _check_source(model: JanusModel, src_tokens: torch.Tensor, src_lengths: torc
     for name, value in (("src_tokens", src_tokens), ("src_lengths", src_lengths)):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor (int64), got {type(value).__name__}")
+        if value.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device (no data): pass tensors on the model's device")
     if src_tokens.dim() != 2 or src_lengths.dim() != 1 or src_tokens.shape[0] != src_lengths.shape[0]:
         raise ValueError(
             f"src_tokens must be (B, S) and src_lengths (B,); got {tuple(src_tokens.shape)} "

@@ -426,3 +426,25 @@ def test_ar_training_validates_with_ar_greedy(corpus_dir, tmp_path):
     with open(out / "metrics.jsonl", encoding="utf-8") as handle:
         valid = [record for record in map(json.loads, handle) if record["type"] == "valid"]
     assert valid and valid[-1]["bleu_mode"] == "ar" and valid[-1]["bleu"] >= 0.0
+
+
+def test_fifth_probe_cases(trained_dir, corpus_dir, tmp_path):
+    """A length bonus whose product with a length overflows float64 ranks as a huge finite one
+    (longest wins) rather than tying every candidate; a changed --vocab-size is refused on resume;
+    meta tensors are a ValueError."""
+    from conftest import tiny_train_config
+
+    from janus_fast.generation import generate
+    from janus_fast.training.train import train
+
+    translator = Translator.from_pretrained()  # the shipped model: its candidates differ in score
+    sentences = ["Ein Mann schläft in einem grünen Raum auf einem Sofa."]
+    for decoder in ("engine", "reference"):
+        huge = translator.translate(sentences, mode="nar", length_bonus=1e30, decoder=decoder)
+        assert translator.translate(sentences, mode="nar", length_bonus=1e308, decoder=decoder) == huge
+    out = str(tmp_path / "run")
+    train(tiny_train_config(corpus_dir, out, max_updates=2))
+    with pytest.raises(ValueError, match=r"--vocab-size 300 -> 400"):
+        train(tiny_train_config(corpus_dir, out, max_updates=4, vocab_size=400))
+    with pytest.raises(ValueError, match="meta device"):
+        generate(translator.model, torch.zeros(1, 3, dtype=torch.long, device="meta"), torch.tensor([3]))

@@ -23,6 +23,7 @@ MIN_NAR_LENGTH = 3  # bos + one real token + eos: a non-empty source never gets 
 # memory is bounded by the batch options and not by the number of sentences or candidates
 LOGITS_BUDGET_BYTES = 256 * 2**20
 LENGTH_RULES = ("top", "centred")
+MAX_RANKING_BONUS = 1e300  # |length bonus| x any length stays finite in float64 (lengths < 1e8)
 
 
 def length_candidates(
@@ -182,7 +183,9 @@ def best_length_candidates(
         positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
         real = (positions >= 1) & (positions < lengths[:, None] - 1)
         ranking = (scores * real).sum(1) / real.sum(1).clamp(min=1)
-    bonus = rule.length_bonus  # ranked in float64: a bonus beyond float32's range still orders by length
+    # ranked in float64: a bonus beyond float32's range still orders by length; one so large that
+    # bonus x length would overflow even float64 is capped where it already orders by length alone
+    bonus = max(-MAX_RANKING_BONUS, min(MAX_RANKING_BONUS, rule.length_bonus))
     bonused = ranking.double() + bonus * (lengths - 2).double() if bonus else ranking
     best = bonused.view(-1, beam).argmax(1)
     chosen = torch.arange(len(best), device=best.device) * beam + best

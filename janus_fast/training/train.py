@@ -701,7 +701,8 @@ def check_resumable(saved: dict, config: TrainConfig, train_data: dict[str, str]
         return {**{k: v for k, v in values.items() if k != "model"}, **values.get("model", {})}
 
     saved, current = options(saved), {**options(json.loads(json.dumps(asdict(config)))), **(train_data or {})}
-    saved.pop("vocab_size", None), current.pop("vocab_size", None)  # the tokenizer's, checked on load
+    if config.init_from:  # the vocabulary is --init-from's tokenizer's (checked on load), not --vocab-size
+        saved.pop("vocab_size", None), current.pop("vocab_size", None)
     target_option = "--train-target" if config.train_target else "--data-dir"
     described = {  # the training data: named by the option that points at it
         "train_source_sha256": f"--data-dir: the training sources ({config.train_split}.{config.source_lang}) "
