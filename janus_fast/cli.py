@@ -275,10 +275,20 @@ def _chunk_function(args: argparse.Namespace, translator, options):  # noqa: ANN
     return translate_chunk
 
 
-def _progress_bar(enabled: bool, total: int | None):  # noqa: ANN202
+def _progress_bar(enabled: bool, total: int | None = None):  # noqa: ANN202
     from tqdm import tqdm
 
     return tqdm(total=total, disable=not enabled, file=sys.stderr, unit="sent", smoothing=0.1)
+
+
+def _bar_total(bar):  # noqa: ANN001, ANN202
+    """A ``translate_file(total=...)`` callback: the bar's total, once the job's scan knows it."""
+
+    def set_total(lines: int) -> None:
+        bar.total = lines
+        bar.refresh()
+
+    return set_total
 
 
 def is_regular_input(path: str) -> bool:
@@ -335,7 +345,7 @@ def command_translate(args: argparse.Namespace) -> int:
         translate_chunk = _chunk_function(args, translator, options)
         if resumable:
             kind = "token ids" if args.token_ids else None
-            with _progress_bar(args.progress and context.is_main, count_lines(args.input)) as bar:
+            with _progress_bar(args.progress and context.is_main) as bar:
                 translate_file(
                     translator,
                     args.input,
@@ -344,6 +354,7 @@ def command_translate(args: argparse.Namespace) -> int:
                     options=options,
                     batch_size=args.batch_size,
                     progress=bar.update,
+                    total=_bar_total(bar),
                     model_dir=getattr(translator, "checkpoint_dir", None),
                     context=context,
                     translate_chunk=translate_chunk,
@@ -523,7 +534,6 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 def command_distill(args: argparse.Namespace) -> int:
-    from janus_fast.corpus import count_lines
     from janus_fast.training.distill import distill
 
     check_file_options(args, "distill", "src")
@@ -533,13 +543,14 @@ def command_distill(args: argparse.Namespace) -> int:
     context = _decoding_context(args)
     try:
         translator = _translator(args)
-        with _progress_bar(args.progress and context.is_main, count_lines(args.src)) as bar:
+        with _progress_bar(args.progress and context.is_main) as bar:
             count = distill(
                 translator,
                 args.src,
                 args.output,
                 chunk_size=args.chunk_size,
                 progress=bar.update,
+                total=_bar_total(bar),
                 model_dir=getattr(translator, "checkpoint_dir", None),
                 options=_decode_options(args),
                 batch_size=args.batch_size,

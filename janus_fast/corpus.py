@@ -457,6 +457,7 @@ def translate_file(
     options: object | None = None,
     batch_size: int | None = None,
     progress: Progress | None = None,
+    total: Callable[[int], object] | None = None,
     model_dir: str | None = None,
     context: DistributedContext | None = None,
     translate_chunk: ChunkFunction | None = None,
@@ -472,8 +473,9 @@ def translate_file(
     manifest. ``translate_chunk`` replaces ``translator.translate`` (e.g. token ids, scored lines),
     with ``output_kind`` naming what its lines hold (recorded too). ``chunk_size``: lines per chunk
     (default ``default_chunk_size``). ``progress`` (rank 0): called with counts of sentences done,
-    the whole job's. ``model_dir``, the checkpoint the translator was loaded from, identifies the
-    model by its recorded weights digest (else the loaded weights are hashed). An ``output_path``
+    the whole job's; ``total`` (rank 0): called once with the source's line count, from the scan.
+    ``model_dir``, the checkpoint the translator was loaded from, identifies the model by its
+    recorded weights digest (else the loaded weights are hashed). An ``output_path``
     that is the source file (symlinks followed) is refused (InputError)."""
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -486,6 +488,8 @@ def translate_file(
     context = context if context is not None else DistributedContext("gloo", CONNECT_TIMEOUT)
     translate_chunk = translate_chunk or plain_translations(translator, options, batch_size, changes)
     scan = scan_source(source_path, chunk_size or BLOCK_LINES)
+    if total is not None and context.is_main:
+        total(scan.lines)
     chunk_size = chunk_size or default_chunk_size(scan.lines)
     costs = scan.chunk_costs(chunk_size)
     chunks = len(costs)

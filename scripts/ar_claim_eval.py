@@ -20,9 +20,9 @@ import os
 import sacrebleu
 import torch
 
+from janus_fast.benchmarks.decoding import speculative_acceptance
 from janus_fast.data import corpus_path, read_lines
-from janus_fast.decoding.speculative import SpeculativeStats
-from janus_fast.generation import decode_batch
+from janus_fast.decoding.options import DecodeOptions
 from janus_fast.translator import DEFAULT_MODEL_DIR, Translator
 
 RUNS = ("ar_seed1", "ar_seed2", "janus_ref", "janus_detach")
@@ -41,13 +41,7 @@ def bleu(translator: Translator, sources: list[str], references: list[str], opti
 
 def acceptance(translator: Translator, sources: list[str]) -> float:
     """Mean tokens gained per verify pass of the speculative mode, sentence by sentence."""
-    stats = SpeculativeStats()
-    options = translator.resolve_options(mode="spec")
-    for ids in translator.encode_sources(sources):
-        if ids:
-            decode_batch(
-                translator.model, torch.tensor([ids]), torch.tensor([len(ids)]), options, translator.choice, stats
-            )
+    stats = speculative_acceptance(translator, translator.encode_sources(sources), DecodeOptions(mode="spec"))
     return round(stats.tokens_per_round, 3)
 
 

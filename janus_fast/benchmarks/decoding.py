@@ -300,6 +300,21 @@ def run_bench(
     }
 
 
+def speculative_acceptance(
+    translator: Translator, sources: list[list[int]], options: DecodeOptions
+) -> SpeculativeStats:
+    """What speculative decoding with ``options`` does to each of ``sources`` (ids as the model
+    reads them, ``Translator.wrap_sources``; empty ones skipped) decoded alone, at batch 1:
+    rounds, tokens and drafted tokens kept, summed."""
+    stats = SpeculativeStats()
+    resolved = translator.resolve_options(options)
+    for ids in sources:
+        if ids:
+            src, src_lengths = torch.tensor([ids]), torch.tensor([len(ids)])
+            decode_batch(translator.model, src, src_lengths, resolved, translator.choice, stats)
+    return stats
+
+
 def speculative_figures(
     translator: Translator,
     setting: Setting,
@@ -310,13 +325,7 @@ def speculative_figures(
     """A speculative row's acceptance (at batch 1: mean tokens gained per verify pass, passes per
     sentence) and how many of its large-batch translations equal engine AR greedy's at the same
     precision (None where that row has not run)."""
-    stats = SpeculativeStats()
-    options = translator.resolve_options(setting.options)
-    for source in batch1:
-        ids = translator.encode_sources([source])[0]
-        if ids:
-            src, src_lengths = torch.tensor([ids]), torch.tensor([len(ids)])
-            decode_batch(translator.model, src, src_lengths, options, translator.choice, stats)
+    stats = speculative_acceptance(translator, translator.encode_sources(batch1), setting.options)
     greedy = greedy_by_key.get(setting.translator_key)
     return {
         "tokens_per_verify_pass": stats.tokens_per_round,

@@ -156,9 +156,8 @@ def _peak_rss_mb() -> float:
 
 def run_worker(job: dict) -> dict:
     """Time ``job["rows"]`` at one precision and thread count; the rows and this process's peak RSS."""
+    from janus_fast.benchmarks.decoding import speculative_acceptance
     from janus_fast.benchmarks.timing import median_seconds
-    from janus_fast.decoding.speculative import SpeculativeStats
-    from janus_fast.generation import decode_batch
     from janus_fast.translator import Translator
 
     torch.set_num_threads(job["threads"])
@@ -192,9 +191,7 @@ def run_worker(job: dict) -> dict:
             "output_tokens_per_sentence": sum(len(t) for t in found.tokens) / len(sources),
         }
         if name == "speculative":
-            stats = SpeculativeStats()
-            for ids in translator.wrap_sources(batch1):
-                decode_batch(model, torch.tensor([ids]), torch.tensor([len(ids)]), options, translator.choice, stats)
+            stats = speculative_acceptance(translator, translator.wrap_sources(batch1), options)
             row["tokens_per_verify_pass"] = stats.tokens_per_round
         if name == "AR greedy":
             row["output_lengths"] = [len(t) + 1 for t in found.tokens]  # + eos, as CTranslate2 counts
