@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numbers
 import os
+from dataclasses import field
+from typing import Any
 
 from janus_fast.data import InputError
 from janus_fast.output import check_output
@@ -45,3 +47,9 @@ def check_device(device: object) -> None:
 
 
 __all__ = ["check_int", "check_writable_directory", "check_device"]
+
+
+def option(default: Any, help: str, **metadata: Any) -> Any:
+    """A dataclass field that is also a command-line option: ``help`` is its text, ``metadata`` the
+    rest of what ``janus_fast.cli`` reads from it (``choices``, ``aliases``, ``required``, ...)."""
+    return field(default=default, metadata={"help": help, **metadata})

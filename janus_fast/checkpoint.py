@@ -76,6 +76,8 @@ def checkpoint_output(output: str, sources: Sequence[str], option: str = "--outp
     symlinks resolved. CheckpointError when it resolves to one of ``sources`` (a symlink to a source
     included: the source would be overwritten) or is an existing non-empty folder that holds no
     checkpoint (its files would be lost when the new copy takes its place)."""
+    from janus_fast.fairseq.dictionary import BPE_FILES, DICT_NAME
+
     real = os.path.realpath(output)
     for source in sources:
         if real == os.path.realpath(source):
@@ -83,10 +85,23 @@ def checkpoint_output(output: str, sources: Sequence[str], option: str = "--outp
                 f"{option} {output} must differ from the source checkpoint {source} (it resolves to it): "
                 "a source is never overwritten"
             )
+        if os.path.commonpath([real, os.path.realpath(source)]) == real:
+            raise CheckpointError(
+                f"{option} {output} holds the source checkpoint {source}: replacing the folder would delete it"
+            )
     if os.path.lexists(real) and not os.path.isdir(real):
         raise CheckpointError(f"{option} {output} is a file: a checkpoint is a folder; choose a new or empty one")
-    if os.path.isdir(real) and os.listdir(real) and not os.path.exists(os.path.join(real, CONFIG_NAME)):
-        raise CheckpointError(f"{option} {output} is a folder that holds no checkpoint: choose a new or empty one")
+    if os.path.isdir(real) and os.listdir(real):
+        if not os.path.exists(os.path.join(real, CONFIG_NAME)):
+            raise CheckpointError(f"{option} {output} is a folder that holds no checkpoint: choose a new or empty one")
+        checkpoint_files = {CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME, DICT_NAME, *BPE_FILES.values()}
+        others = sorted(name for name in os.listdir(real) if name not in checkpoint_files)
+        if others:
+            raise CheckpointError(
+                f"{option} {output} is a checkpoint folder that also holds {', '.join(others[:5])}"
+                f"{' ...' if len(others) > 5 else ''}: the new checkpoint replaces the whole folder, so those "
+                "would be lost; move them, or choose a new or empty folder"
+            )
     return real
 
 

@@ -42,7 +42,7 @@ def _add_dataclass_options(
     "required", "aliases", "negative_aliases": flags that set a boolean false). A bool field is a
     ``--name / --no-name`` pair (``bool | None``: unset unless given). A nested dataclass's fields
     are options too, under the field's metadata "title" as a group, or described by its metadata
-    "fields" ({name: metadata}) where the nested class belongs to another module; a field that is
+    "fields" ({name: help text}) where the nested class belongs to another module; a field that is
     None unless given (metadata "cli_dataclass": its class) has its class's options with ``unset``
     defaults (None: ``_build_dataclass`` makes the nested object only from the options given). The
     values of "choices" are shown; the dataclass itself refuses others, with its own message."""
@@ -61,7 +61,7 @@ def _add_dataclass_options(
                 group, nested, nested_prefix, item.metadata.get("fields", {}), nested_type is not None
             )
             continue
-        metadata = {**item.metadata, **(texts or {}).get(item.name, {})}
+        metadata = {**item.metadata, **({"help": texts[item.name]} if texts and item.name in texts else {})}
         flags = ["--" + (prefix + item.name).replace("_", "-"), *metadata.get("aliases", ())]
         dest = prefix + item.name
         text = metadata.get("help", "")
@@ -145,7 +145,7 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
 def _translator(args: argparse.Namespace):  # noqa: ANN202
     from janus_fast.translator import Translator
 
-    return Translator.from_pretrained(
+    translator = Translator.from_pretrained(
         args.model,
         device=args.device,
         max_batch_tokens=args.max_batch_tokens,
@@ -153,6 +153,9 @@ def _translator(args: argparse.Namespace):  # noqa: ANN202
         decoder=args.decoder,
         precision=args.precision,
     )
+    if translator.choice.can_release_weights:  # the command decodes at this precision only: weights once
+        translator.choice.release_weights()
+    return translator
 
 
 DISTILL_BEAM = 4  # distill's beam in mode ar unless --beam is given (sequence-level distillation's usual)
@@ -694,7 +697,7 @@ def command_shape_bench(args: argparse.Namespace) -> int:
         batch1=args.batch1,
         threads=threads,
         precisions=precisions,
-        rows=listed(args.rows, "--rows") if args.rows else DEFAULT_ROWS,
+        rows=listed(args.rows, "--rows") if args.rows is not None else DEFAULT_ROWS,
         repeats=args.repeats,
         max_batch_tokens=args.max_batch_tokens,
         compare=tuple(args.compare),
@@ -703,8 +706,31 @@ def command_shape_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# bench's options that only one of its two forms reads, with their defaults (None in the parser, so
+# that an option given to the other form is refused instead of ignored)
+BENCH_SHAPE_ONLY = {"lengths": "wmt", "sentences": 64, "threads": "1", "precisions": "fp32,int8", "rows": None}
+BENCH_TRAINED_ONLY = {
+    "model": None,
+    "data_dir": None,
+    "source_lang": "de",
+    "target_lang": "en",
+    "limit": 1000,
+    "plot": "bench.png",
+    "compat": "janus",
+}
+
+
 def command_bench(args: argparse.Namespace) -> int:
-    if args.shape is not None:
+    shape = args.shape is not None
+    ignored, used = (BENCH_TRAINED_ONLY, BENCH_SHAPE_ONLY) if shape else (BENCH_SHAPE_ONLY, BENCH_TRAINED_ONLY)
+    for name in ignored:
+        if getattr(args, name) is not None:
+            form = "a trained model (no --shape)" if shape else "--shape"
+            raise InputError(f"--{name.replace('_', '-')} applies to bench with {form} only")
+    for name, default in used.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if shape:
         return command_shape_bench(args)
     if args.data_dir is None:
         raise InputError("bench needs --data-dir (the test set to time a trained model on) or --shape (a random model)")
@@ -854,14 +880,20 @@ def build_parser() -> argparse.ArgumentParser:
         "D,FFN,HEADS,ENC,DEC,VOCAB; outputs forced to the source lengths on every engine (no BLEU)",
     )
     bench_parser.add_argument(
-        "--lengths", default="wmt", help="--shape: source lengths, wmt (mean 27, 3 to 150), N, or a file of integers"
+        "--lengths",
+        default=None,
+        help="--shape: source lengths, wmt (mean 27, 3 to 150), N, or a file of integers (default: wmt)",
     )
     bench_parser.add_argument(
-        "--sentences", type=positive_int, default=64, help="--shape: sentences of the large batch"
+        "--sentences", type=positive_int, default=None, help="--shape: sentences of the large batch (default: 64)"
     )
-    bench_parser.add_argument("--threads", default="1", help="--shape: thread counts, comma-separated (e.g. 1,2)")
     bench_parser.add_argument(
-        "--precisions", default="fp32,int8", help="--shape: precisions, comma-separated (fp32, bf16, int8)"
+        "--threads", default=None, help="--shape: thread counts, comma-separated, e.g. 1,2 (default: 1)"
+    )
+    bench_parser.add_argument(
+        "--precisions",
+        default=None,
+        help="--shape: precisions, comma-separated: fp32, bf16, int8 (default: fp32,int8)",
     )
     bench_parser.add_argument(
         "--rows",
@@ -869,15 +901,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="--shape: the rows, comma-separated (default: AR greedy, AR beam 4, NAR T=2/4/10 "
         "l=3, speculative; also NAR T=1..10 l=1)",
     )
-    bench_parser.add_argument("--source-lang", default="de")
-    bench_parser.add_argument("--target-lang", default="en")
+    bench_parser.add_argument("--source-lang", default=None, help="source language of the test files (default: de)")
+    bench_parser.add_argument("--target-lang", default=None, help="target language of the test files (default: en)")
     bench_parser.add_argument(
-        "--limit", type=positive_int, default=1000, help="test sentences for the large-batch rows"
+        "--limit", type=positive_int, default=None, help="test sentences for the large-batch rows (default: 1000)"
     )
     bench_parser.add_argument("--batch1", type=positive_int, default=100, help="sentences decoded one at a time")
     bench_parser.add_argument("--max-batch-tokens", type=positive_int, default=4096)
     bench_parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats (the median is reported)")
-    bench_parser.add_argument("--plot", default="bench.png", help="PNG of BLEU vs ms/sentence ('' for none)")
+    bench_parser.add_argument(
+        "--plot", default=None, help="PNG of BLEU vs ms/sentence ('' for none; default: bench.png)"
+    )
     bench_parser.add_argument("--json", action="store_true")
     bench_parser.add_argument(
         "--compare",
@@ -889,9 +923,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument(
         "--compat",
         choices=("janus", "fairseq"),
-        default="janus",
-        help="fairseq: time fairseq-generate's decoding (mask-predict, or AR beam search for a transformer) "
-        "on a converted fairseq model (pre-tokenised test files)",
+        default=None,
+        help="fairseq (default: janus): time fairseq-generate's decoding (mask-predict, or AR beam search for a "
+        "transformer) on a converted fairseq model (pre-tokenised test files)",
     )
     bench_parser.set_defaults(handler=command_bench)
     return parser

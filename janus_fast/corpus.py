@@ -45,7 +45,7 @@ import torch
 from janus_fast.checkpoint import CONFIG_NAME, WEIGHTS_NAME, config_digest
 from janus_fast.data import InputError, decoded_lines, iter_lines
 from janus_fast.distributed import DistributedContext
-from janus_fast.output import atomic_write, atomic_writer, check_output_not_input, is_replaceable
+from janus_fast.output import atomic_write, atomic_writer, check_output_not_input, create_exclusively, is_replaceable
 
 PARTS_SUFFIX = ".parts"
 MANIFEST_NAME = "manifest.json"
@@ -303,8 +303,10 @@ def check_parts(parts_dir: str, manifest: dict, create: bool = True) -> None:
                 f"{parts_dir} holds chunks but no {MANIFEST_NAME} (made by an older janus-fast): which source, "
                 f"model and options made them is unknown; {restart}"
             )
-        atomic_write(path, json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8"))
-        return
+        # exclusive: of two jobs started at once on one output, one makes the manifest and the other
+        # reads it below (and is refused if its inputs or options differ)
+        if create_exclusively(path, json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")):
+            return
     try:
         with open(path, encoding="utf-8") as handle:
             saved = json.load(handle)

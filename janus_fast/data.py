@@ -21,12 +21,38 @@ class InputError(ValueError):
     """Bad user input (missing file, mismatched corpus, ...), reported with a clear message."""
 
 
+# The most bytes of one line kept: the rest of a longer line is skipped (with a warning), so that
+# reading, and tokenizing, an endless line takes bounded memory. Far past any model's input (a
+# model takes at most max_source_positions pieces, 1,024 for the largest here, a few KB of text).
+MAX_LINE_BYTES = 1 << 20
+
+
 def decoded_lines(handle: BinaryIO, what: str, warn: bool = True) -> Iterator[str]:
     """The lines of a binary stream decoded as UTF-8, without newlines (a final newline ends the
     last line rather than starting an empty one; a CR before a newline dropped). Invalid UTF-8 is
-    replaced (U+FFFD) with one warning naming ``what`` (none without ``warn``)."""
+    replaced (U+FFFD) with one warning naming ``what`` (none without ``warn``). A line longer than
+    ``MAX_LINE_BYTES`` is cut there (a character split by the cut dropped) and the rest of it
+    skipped, with a warning naming the line."""
     warned = not warn
-    for raw in handle:
+    number = 0
+    while True:
+        raw = handle.readline(MAX_LINE_BYTES)
+        if not raw:
+            return
+        number += 1
+        if len(raw) == MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            skipped = 0
+            while True:  # the rest of the line, read in bounded pieces and dropped
+                rest = handle.readline(MAX_LINE_BYTES)
+                skipped += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            warnings.warn(
+                f"{what}: line {number} is longer than {MAX_LINE_BYTES} bytes: its first {MAX_LINE_BYTES} kept "
+                f"({skipped} more skipped)",
+                stacklevel=2,
+            )
+            raw = raw[: len(raw) - _partial_character_bytes(raw)]
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -35,6 +61,16 @@ def decoded_lines(handle: BinaryIO, what: str, warn: bool = True) -> Iterator[st
                 warned = True
             line = raw.decode("utf-8", errors="replace")
         yield (line[:-1] if line.endswith("\n") else line).rstrip("\r")
+
+
+def _partial_character_bytes(data: bytes) -> int:
+    """How many bytes at the end of ``data`` begin a UTF-8 character that a cut left incomplete."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # the last character's first byte: how long it says it is
+            length = 1 if byte < 0x80 else 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4
+            return back if length > back else 0
+    return 0
 
 
 def iter_lines(path: str, warn: bool = True) -> Iterator[str]:

@@ -83,7 +83,7 @@ def decode_batch(
     limits = (options.max_len_a, options.max_len_b)
     if options.compat == "fairseq":
         if mode == "ar":
-            found = fairseq.ar_beam_search(*src, options.beam, *limits, choice=choice)
+            found = fairseq.ar_beam_search(*src, options.beam, limits, choice=choice)
         else:
             found = fairseq.mask_predict(
                 *src, options.iterations, options.length_beam, options.force_max_iter, choice=choice
@@ -99,15 +99,15 @@ def decode_batch(
             )
         else:  # exact speculative decoding gives AR greedy's output: its reference is AR greedy
             beam = 1 if mode == "spec" else options.beam
-            hypotheses = reference.ar_search(reference_model, src_tokens, src_lengths, beam, *limits)
+            hypotheses = reference.ar_search(reference_model, src_tokens, src_lengths, beam, limits)
     elif mode == "nar":
         hypotheses = engine.mask_predict(
             *src, options.iterations, options.length_beam, ranking=options.ranking, choice=choice
         )
     elif mode == "spec":
-        hypotheses = engine.speculative(*src, *limits, options=options.speculative, stats=stats, choice=choice)
+        hypotheses = engine.speculative(*src, limits, options=options.speculative, stats=stats, choice=choice)
     else:
-        hypotheses = engine.ar_search(*src, options.beam, *limits, choice=choice)
+        hypotheses = engine.ar_search(*src, options.beam, limits, choice=choice)
     if options.collapse_repeats:
         hypotheses = Hypotheses([collapse_repeats(tokens) for tokens in hypotheses.tokens], hypotheses.scores)
     return hypotheses

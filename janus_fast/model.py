@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -228,6 +229,20 @@ class FeedForward(nn.Module):
         return self.fc2(self.dropout(self.activation(self.fc1(x))))
 
 
+def residual(
+    x: torch.Tensor,
+    norm: nn.Module,
+    sublayer: Callable[[torch.Tensor], torch.Tensor],
+    dropout: nn.Module,
+    normalize_before: bool,
+) -> torch.Tensor:
+    """One residual block: ``x + dropout(sublayer(norm(x)))`` (pre-norm) or
+    ``norm(x + dropout(sublayer(x)))`` (post-norm, fairseq's ``normalize_before=False``)."""
+    if normalize_before:
+        return x + dropout(sublayer(norm(x)))
+    return norm(x + dropout(sublayer(x)))
+
+
 class EncoderLayer(nn.Module):
     """Encoder layer: pre-norm (default) or post-norm (``normalize_before=False``, fairseq's default)."""
 
@@ -242,14 +257,12 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: MaskSpec) -> torch.Tensor:
         """x (B, S, d) -> (B, S, d)."""
-        if not self.normalize_before:
-            key, value = self.self_attn.keys_values(x)
-            x = self.norm1(x + self.dropout(self.self_attn(x, key, value, mask)))
-            return self.norm2(x + self.dropout(self.ffn(x)))
-        h = self.norm1(x)
-        key, value = self.self_attn.keys_values(h)
-        x = x + self.dropout(self.self_attn(h, key, value, mask))
-        return x + self.dropout(self.ffn(self.norm2(x)))
+
+        def self_attention(h: torch.Tensor) -> torch.Tensor:
+            return self.self_attn(h, *self.self_attn.keys_values(h), mask)
+
+        x = residual(x, self.norm1, self_attention, self.dropout, self.normalize_before)
+        return residual(x, self.norm2, self.ffn, self.dropout, self.normalize_before)
 
 
 class DecoderLayer(nn.Module):
@@ -280,32 +293,19 @@ class DecoderLayer(nn.Module):
         cache: LayerCache | None = None,
     ) -> torch.Tensor:
         """x (B, T, d) -> (B, T, d)."""
-        if not self.normalize_before:
-            return self._post_norm(x, num_content, self_mask, memory_kv, memory_mask, cache)
-        h = self.norm1(x)
-        key, value = self.self_attn.keys_values(h[:, :num_content])
-        if cache is not None:
-            key, value = cache.append(key, value)
-        x = x + self.dropout(self.self_attn(h, key, value, self_mask))
-        x = x + self.dropout(self.cross_attn(self.norm2(x), *memory_kv, memory_mask))
-        return x + self.dropout(self.ffn(self.norm3(x)))
 
-    def _post_norm(
-        self,
-        x: torch.Tensor,
-        num_content: int,
-        self_mask: MaskSpec | None,
-        memory_kv: tuple[torch.Tensor, torch.Tensor],
-        memory_mask: MaskSpec,
-        cache: LayerCache | None,
-    ) -> torch.Tensor:
-        """The post-norm layer (fairseq's ``normalize_before=False``): norm(x + sublayer(x))."""
-        key, value = self.self_attn.keys_values(x[:, :num_content])
-        if cache is not None:
-            key, value = cache.append(key, value)
-        x = self.norm1(x + self.dropout(self.self_attn(x, key, value, self_mask)))
-        x = self.norm2(x + self.dropout(self.cross_attn(x, *memory_kv, memory_mask)))
-        return self.norm3(x + self.dropout(self.ffn(x)))
+        def self_attention(h: torch.Tensor) -> torch.Tensor:
+            key, value = self.self_attn.keys_values(h[:, :num_content])
+            if cache is not None:
+                key, value = cache.append(key, value)
+            return self.self_attn(h, key, value, self_mask)
+
+        def cross_attention(h: torch.Tensor) -> torch.Tensor:
+            return self.cross_attn(h, *memory_kv, memory_mask)
+
+        x = residual(x, self.norm1, self_attention, self.dropout, self.normalize_before)
+        x = residual(x, self.norm2, cross_attention, self.dropout, self.normalize_before)
+        return residual(x, self.norm3, self.ffn, self.dropout, self.normalize_before)
 
 
 CACHE_START_POSITIONS = 32  # a new LayerCache's room; it doubles as the steps need, up to max_len

@@ -137,6 +137,33 @@ def atomic_write(path: str, data: bytes) -> None:
         out.write(data)
 
 
+def create_exclusively(path: str, data: bytes) -> bool:
+    """Create the regular file ``path`` holding ``data`` unless a file of that name exists: False
+    then, and nothing written. Whole or not at all (written beside, then hard-linked into place, which
+    fails rather than replace), so that of several processes creating the same path at once exactly
+    one does and the others read what it wrote."""
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temp_path = _create_temporary(directory, os.path.basename(path))
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temp_path, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: created exclusively, then written
+            try:
+                with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as out:
+                    out.write(data)
+            except FileExistsError:
+                return False
+        return True
+    finally:
+        os.unlink(temp_path)
+
+
 def check_output_not_input(output: str | None, inputs: Iterable[str | None], option: str) -> None:
     """Raise InputError when writing ``output`` would overwrite one of ``inputs``: the same path once
     symlinks are followed (os.path.realpath), or the same existing regular file (a hard link). ``-``

@@ -39,6 +39,12 @@ class Translator:
             store their weights in that type and multiply in it where the CPU has the instructions,
             AVX-512 BF16 / VNNI; int8 elsewhere runs PyTorch's dynamic int8 layers). Outputs may
             differ slightly from fp32.
+        release_weights: free the model's own fp32 copy of its layer matrices once the engine's
+            native passes hold them at ``precision``, so the weights are in memory once (a big model
+            at int8: a quarter of the fp32 bytes). The model is changed in place (its linear
+            layers' weights become meta tensors) and the translator then decodes with the engine at
+            its own precision only. The CLI's translate, evaluate and distill do this. ValueError
+            where the passes need the PyTorch model (reference decoder; int8 without AVX-512 VNNI).
     """
 
     def __init__(
@@ -49,6 +55,7 @@ class Translator:
         on_long_input: str = "truncate",
         decoder: str = "engine",
         precision: str = "fp32",
+        release_weights: bool = False,
     ) -> None:
         self.decoder = decoder
         if on_long_input not in ("truncate", "error"):
@@ -63,6 +70,8 @@ class Translator:
         self.model = model.eval()
         self.precision = precision
         self.choice = PassChoice(self.model, precision, native=decoder == "engine")  # bf16 without native: here
+        if release_weights:
+            self.choice.release_weights()
         self.tokenizer = tokenizer
         self.max_batch_tokens = max_batch_tokens
         self.on_long_input = on_long_input

@@ -59,6 +59,19 @@ def random_model(seed: int = 0, **overrides) -> JanusModel:
     return model
 
 
+def random_sources(
+    seed: int, batch: int = 6, vocab: int = 60, min_length: int = 1, max_length: int = 11
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` random sources of ``min_length`` to ``max_length`` tokens (ids 5 to ``vocab`` - 1),
+    padded with 0 to the longest, and their lengths."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_length, max_length + 1, (batch,), generator=generator)
+    src = torch.randint(5, vocab, (batch, int(lengths.max())), generator=generator)
+    for row, length in enumerate(lengths.tolist()):
+        src[row, length:] = 0
+    return src, lengths
+
+
 @pytest.fixture
 def model() -> JanusModel:
     return random_model()

@@ -12,7 +12,7 @@ import re
 
 import pytest
 import torch
-from conftest import REPO_ROOT, random_model
+from conftest import REPO_ROOT, random_model, random_sources
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -153,15 +153,6 @@ def test_save_refuses_a_weight_type_load_would_refuse(tmp_path):
         save_pretrained(random_model(0), str(tmp_path), dtype=torch.float64)
 
 
-def sources(count: int = 16, seed: int = 3, vocab_size: int = 60) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(3, 10, (count,), generator=generator)
-    tokens = torch.randint(5, vocab_size, (count, int(lengths.max())), generator=generator)
-    for row, length in enumerate(lengths.tolist()):
-        tokens[row, length:] = 0
-    return tokens, lengths
-
-
 def copy_through_data(model: torch.nn.Module, new: torch.nn.Module) -> None:
     for parameter, value in zip(model.parameters(), new.parameters()):
         parameter.data.copy_(value.data)  # bumps no version counter of ``parameter``
@@ -180,7 +171,7 @@ def swap_data(model: torch.nn.Module, new: torch.nn.Module) -> None:
 @pytest.mark.parametrize("mutate", [copy_through_data, assign_state_dict, swap_data])
 def test_engine_follows_parameters_changed_after_its_first_use(mutate):
     model, new = random_model(0), random_model(1)
-    src, lengths = sources()
+    src, lengths = random_sources(3, batch=16, min_length=3, max_length=9)
     before = {mode: generate(model, src, lengths, mode=mode) for mode in ("ar", "nar")}  # converts the weights
     assert NativeDecoder.for_model(model) is NativeDecoder.for_model(model)  # unchanged: not converted again
     mutate(model, new)
@@ -202,7 +193,7 @@ def test_engine_follows_parameters_changed_after_its_first_use(mutate):
 )
 def test_generate_refuses_a_model_in_training_mode(compat, mode, decoder):
     model = random_model(0, dropout=0.3).train()
-    src, lengths = sources(4)
+    src, lengths = random_sources(3, batch=4, min_length=3, max_length=9)
     options = dict(mode=mode, decoder=decoder, compat=compat, **({"max_len_b": 20} if mode == "ar" else {}))
     with pytest.raises(ValueError, match=r"training mode.*call model\.eval\(\)"):
         generate(model, src, lengths, **options)

@@ -18,15 +18,17 @@ from test_cli import REPO_ROOT, run_cli
 
 from janus_fast.corpus import (
     BLOCK_LINES,
+    MANIFEST_FORMAT,
     MANIFEST_NAME,
     PARTS_SUFFIX,
     assign_chunks,
+    check_parts,
     default_chunk_size,
     scan_source,
     translate_file,
     translate_stream,
 )
-from janus_fast.data import iter_lines, read_lines
+from janus_fast.data import InputError, iter_lines, read_lines
 
 SENTENCES = [
     "Ein Mann fährt Fahrrad.",
@@ -355,3 +357,27 @@ def test_a_rank_without_peers_gives_up_with_one_error(monkeypatch):
     with pytest.raises(ValueError, match="WORLD_SIZE=2: cannot reach the other ranks .*torchrun"):
         DistributedContext("gloo", datetime.timedelta(seconds=3))
     assert time.monotonic() - start < 120
+
+
+def test_two_jobs_claiming_one_parts_folder_at_once_cannot_both_start(tmp_path, monkeypatch):
+    """Two jobs on one output that both found the parts folder empty (started at the same moment):
+    one makes the manifest, the other finds it when it tries to and is refused if its options differ
+    (before, both wrote one and translated into the same chunks); the same options go on together."""
+    from janus_fast import corpus
+    from janus_fast.output import create_exclusively
+
+    parts = str(tmp_path / "out.en.parts")
+    shared = {"format": MANIFEST_FORMAT, "source_sha256": "s", "lines": 9, "chunk_size": 10, "model": {}}
+    first = {**shared, "translator": {"precision": "fp32"}, "decoding": {}}
+    second = {**shared, "translator": {"precision": "int8"}, "decoding": {}}
+    real_listdir = os.listdir
+    monkeypatch.setattr(corpus.os, "listdir", lambda path: [])  # both listed the folder before either wrote
+    check_parts(parts, first)
+    with pytest.raises(InputError, match="precision"):
+        check_parts(parts, second)
+    check_parts(parts, dict(first))  # an identical job: the same manifest, accepted
+    monkeypatch.setattr(corpus.os, "listdir", real_listdir)
+    assert [name for name in os.listdir(parts) if not name.startswith(".tmp-")] == ["manifest.json"]
+    assert not [name for name in os.listdir(parts) if name.startswith(".tmp-")]  # nothing left beside
+    assert create_exclusively(str(tmp_path / "x"), b"one") and not create_exclusively(str(tmp_path / "x"), b"two")
+    assert (tmp_path / "x").read_bytes() == b"one"

@@ -7,7 +7,7 @@ import gzip
 import pytest
 import torch
 
-from janus_fast.data import InputError, ParallelDataset, read_lines, span_mask, uniform_mask
+from janus_fast.data import InputError, ParallelDataset, iter_lines, read_lines, span_mask, uniform_mask
 
 
 def test_read_plain_gz_and_invalid_utf8(tmp_path):
@@ -55,3 +55,32 @@ def test_batches_respect_max_tokens_and_cover_everything():
         assert batch.src_tokens.numel() <= 200 or len(indices) == 1
         assert batch.tgt_tokens.numel() <= 200 or len(indices) == 1
         assert (batch.tgt_tokens[:, 0] == 2).all()
+
+
+def test_a_line_past_the_byte_limit_is_cut_with_a_warning_and_memory_stays_bounded(tmp_path):
+    """An endless line (a file without newlines) costs MAX_LINE_BYTES, not its length: its first
+    MAX_LINE_BYTES kept (a character the cut splits dropped), the rest skipped, the next lines intact."""
+    import io
+    import tracemalloc
+
+    from janus_fast.data import MAX_LINE_BYTES, decoded_lines
+
+    long_line = "ä" * MAX_LINE_BYTES  # 2 bytes each: the cut falls after a whole character
+    odd = "a" + "€" * MAX_LINE_BYTES  # 1 + 3k bytes: the cut splits a character
+    data = f"erste\n{long_line}\n{odd}\nletzte".encode()
+    with pytest.warns(UserWarning, match=r"line 2 is longer than \d+ bytes"):
+        lines = list(decoded_lines(io.BytesIO(data), "in.txt"))
+    assert lines[0] == "erste" and lines[3] == "letzte" and len(lines) == 4
+    assert lines[1] == "ä" * (MAX_LINE_BYTES // 2)
+    assert lines[2] == "a" + "€" * ((MAX_LINE_BYTES - 1) // 3) and "\ufffd" not in lines[2]
+    path = tmp_path / "endless.txt"
+    with open(path, "wb") as handle:
+        for _ in range(40):  # 40 MiB without a newline
+            handle.write(b"Hund " * (MAX_LINE_BYTES // 5))
+        handle.write(b"\nEnde.\n")
+    tracemalloc.start()
+    with pytest.warns(UserWarning, match="line 1 is longer"):
+        lines = [len(line) for line in iter_lines(str(path))]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert lines == [MAX_LINE_BYTES, 5] and peak < 6 * MAX_LINE_BYTES

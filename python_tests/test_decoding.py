@@ -66,7 +66,7 @@ def test_caches_grow_past_their_first_room(model, decoder, beam):
             "beam search would be the reference's own, compared with itself"
         )
     src, lengths = sources()
-    limit = {"max_len_a": 0.0, "max_len_b": CACHE_START_POSITIONS + 20}
+    limit = {"max_len": (0.0, CACHE_START_POSITIONS + 20)}
     uncached = ar_search(model, src, lengths, beam=beam, use_cache=False, **limit)
     search = engine.ar_search if decoder == "engine" else ar_search
     got = search(model, src, lengths, beam=beam, **limit)

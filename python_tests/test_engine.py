@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_model
+from conftest import random_model, random_sources
 
 from janus_fast.attention import MaskSpec
 from janus_fast.decoding import engine
 from janus_fast.decoding.packed import PackedRows, packed_decode
 from janus_fast.decoding.reference import ar_search, mask_predict
 from janus_fast.generation import generate
-
-
-def random_sources(seed: int, batch: int = 6, vocab: int = 60):
-    generator = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, 12, (batch,), generator=generator)
-    src = torch.randint(5, vocab, (batch, int(lengths.max())), generator=generator)
-    for row, length in enumerate(lengths.tolist()):
-        src[row, length:] = 0
-    return src, lengths
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -19,6 +19,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_config
 
 from janus_fast.checkpoint import CheckpointError, load_pretrained, load_tokenizer
 from janus_fast.cli import main as cli_main
@@ -457,19 +458,10 @@ def test_config_allows_mask_equal_to_unk_only() -> None:
 def test_post_norm_models_decode_the_same_with_either_decoder() -> None:
     """Post-norm ReLU layers without final norms: the engine's passes (native here) == the reference."""
     torch.manual_seed(0)
-    config = JanusConfig(
-        vocab_size=60,
-        d_model=16,
-        num_heads=2,
-        ffn_dim=32,
-        encoder_layers=1,
-        decoder_layers=2,
-        normalize_before=False,
-        final_norms=False,
-        activation="relu",
-        max_target_positions=32,
-        num_length_classes=32,
-    )
+    sizes = dict(d_model=16, num_heads=2, ffn_dim=32, encoder_layers=1, max_target_positions=32, num_length_classes=32)
+    post_norm_relu = dict(normalize_before=False, final_norms=False, activation="relu")
+    # dropout and max_source_positions: JanusConfig's defaults, not tiny_config's
+    config = tiny_config(**sizes, **post_norm_relu, dropout=0.1, max_source_positions=128)
     model = JanusModel(config).eval()
     src, lengths = pad_sequences([[5, 6, 7, 8], [9, 10]], config.pad_id)
     engine = generate(model, src, lengths, mode="nar", iterations=3, decoder="engine", return_scores=True)

@@ -86,6 +86,18 @@ def sources(seed: int, batch: int, vocab: int):
     return src, lengths
 
 
+def ar_start(model, src: torch.Tensor, lengths: torch.Tensor, steps: int):
+    """What an AR decoding of ``src`` starts from: the encoder output, its memory for the native
+    decoder, two empty caches for ``steps`` steps (the model's, then the native decoder's) and the
+    first tokens (<bos>)."""
+    batch = src.shape[0]
+    encoder_out = model.encode(src, lengths)
+    memory = NativeDecoder.memory(encoder_out)
+    expected_caches = model.new_caches(batch, steps, encoder_out.states)
+    caches = model.new_caches(batch, steps, encoder_out.states)
+    return encoder_out, memory, expected_caches, caches, torch.full((batch,), model.config.bos_id)
+
+
 def packed(tokens: torch.Tensor, lengths: torch.Tensor):
     width = tokens.shape[1]
     real = torch.arange(width)[None, :] < lengths[:, None]
@@ -173,11 +185,7 @@ def test_ar_step_logits_match_model(shape, batch, architecture):
     src, lengths = sources(1, batch, model.config.vocab_size)
     native = NativeDecoder.for_model(model)
     with torch.inference_mode():
-        encoder_out = model.encode(src, lengths)
-        memory = NativeDecoder.memory(encoder_out)
-        expected_caches = model.new_caches(batch, 9, encoder_out.states)
-        caches = model.new_caches(batch, 9, encoder_out.states)
-        tokens = torch.full((batch,), model.config.bos_id)
+        encoder_out, memory, expected_caches, caches, tokens = ar_start(model, src, lengths, 9)
         for step in range(8):
             expected = model.ar_step(tokens, step, encoder_out, expected_caches)
             got = native.ar_step(tokens, step, memory, caches)
@@ -200,11 +208,7 @@ def test_ar_greedy_step_is_argmax_and_log_softmax_of_model_logits(threads, archi
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            encoder_out = model.encode(src, lengths)
-            memory = NativeDecoder.memory(encoder_out)
-            expected_caches = model.new_caches(batch, 7, encoder_out.states)
-            caches = model.new_caches(batch, 7, encoder_out.states)
-            tokens = torch.full((batch,), model.config.bos_id)
+            encoder_out, memory, expected_caches, caches, tokens = ar_start(model, src, lengths, 7)
             for step in range(6):
                 logits = model.ar_step(tokens, step, encoder_out, expected_caches)
                 log_probs = F.log_softmax(logits, -1)
@@ -392,6 +396,51 @@ def test_ar_scores_with_low_precision_weights_equal_the_rounded_model(weight_typ
     assert (got - expected).abs().mean() < 0.2 * (full - expected).abs().mean()  # the rounding is visible
 
 
+FEED_FORWARD_ROWS = 256  # csrc/cpu/decoder_passes.h kFeedForwardRows: the FFN runs in blocks of this many rows
+
+
+@pytest.mark.parametrize("weight_type", ["fp32", "int8"])
+@pytest.mark.parametrize("architecture", ["pre_norm_gelu", "post_norm_relu"])
+def test_passes_longer_than_one_feed_forward_block(architecture, weight_type):
+    """Encoder and NAR passes of 2-3 FFN blocks of rows: the model's values (fp32), and each row's
+    logits bit for bit those of the same row decoded in a pass of its own (a row's sums do not depend
+    on the block it falls in)."""
+    model = model_for("tiny", seed=11, architecture=architecture)
+    vocab, batch, width = model.config.vocab_size, 70, 12
+    generator = torch.Generator().manual_seed(11)
+    src_lengths = torch.randint(8, width + 1, (batch,), generator=generator)
+    src = torch.randint(5, vocab, (batch, width), generator=generator)
+    src[torch.arange(width)[None, :] >= src_lengths[:, None]] = 0
+    lengths = torch.randint(6, width + 1, (batch,), generator=generator)
+    tokens = torch.randint(5, vocab, (batch, width), generator=generator)
+    tokens[torch.rand(batch, width, generator=generator) < 0.5] = model.config.mask_id
+    assert int(src_lengths.sum()) > 2 * FEED_FORWARD_ROWS and int(lengths.sum()) > 2 * FEED_FORWARD_ROWS
+    native = NativeDecoder.for_model(model, weight_type)
+    with torch.inference_mode():
+        encoder_out = native.encode(src, src_lengths)
+        index, flat_tokens, positions, offsets = packed(tokens, lengths)
+        memory = NativeDecoder.memory(encoder_out)
+        everything = native.nar_logits(flat_tokens, positions, offsets, memory, torch.arange(len(index)))
+        if weight_type == "fp32":
+            reference = model.encode(src, src_lengths)
+            real = torch.arange(width)[None, :] < src_lengths[:, None]
+            assert_float32_close(encoder_out.states[real], reference.states[real])
+            expected = model.nar_logits(tokens, lengths, reference).reshape(batch * width, -1)
+            assert_float32_close(everything, expected[index])
+        for row in (0, 29, batch - 1):
+            alone = native.encode(src[row : row + 1], src_lengths[row : row + 1])
+            assert torch.equal(alone.states[0, : src_lengths[row]], encoder_out.states[row, : src_lengths[row]])
+            first, last = int(offsets[row]), int(offsets[row + 1])
+            row_logits = native.nar_logits(
+                flat_tokens[first:last],
+                positions[first:last],
+                torch.tensor([0, last - first]),
+                NativeDecoder.memory(alone),
+                torch.arange(last - first),
+            )
+            assert torch.equal(row_logits, everything[first:last])
+
+
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_encoder_matches_model_at_real_positions(shape, architecture):
@@ -472,16 +521,13 @@ def test_weight_lists_have_the_layout_the_ops_expect():
             )
         message = rf"expected {encoder_global} \+ 19 \* encoder layers \+ 3 \* decoder layers tensors"
         with pytest.raises(ValueError, match=message):
-            torch.ops.janus_fast.encoder_forward(
-                native.encoder_tensors[:-1],
-                native.num_encoder_layers,
-                native.num_heads,
-                native.embed_scale,
-                native.post_norm,
-                native.relu,
-                src,
-                lengths,
-            )
+            encoder_forward(native, native.encoder_tensors[:-1], src, lengths)
+
+
+def encoder_forward(native: NativeDecoder, tensors: list[torch.Tensor], src: torch.Tensor, lengths: torch.Tensor):
+    """The native encoder op on the weight list ``tensors`` with ``native``'s other arguments."""
+    options = (native.num_encoder_layers, native.num_heads, native.embed_scale, native.post_norm, native.relu)
+    return torch.ops.janus_fast.encoder_forward(tensors, *options, src, lengths)
 
 
 def broken(tensor: torch.Tensor) -> torch.Tensor:
@@ -515,16 +561,7 @@ def test_every_weight_is_read_under_its_python_name(weight_type):
         weights = list(native.encoder_tensors)
         weights[index] = broken(tensor)
         with pytest.raises((ValueError, TypeError), match=rf"^encoder weights: {re.escape(name)} "):
-            torch.ops.janus_fast.encoder_forward(
-                weights,
-                native.num_encoder_layers,
-                native.num_heads,
-                native.embed_scale,
-                native.post_norm,
-                native.relu,
-                src,
-                lengths,
-            )
+            encoder_forward(native, weights, src, lengths)
 
 
 def meta(value):
@@ -635,6 +672,69 @@ with torch.inference_mode():
 """
 
 
+@pytest.mark.parametrize("architecture", ["pre_norm_gelu", "plain_transformer"])
+def test_rows_sharing_a_memory_entry_equal_rows_with_their_own_copy(architecture):
+    """``memory_rows``: every decoder op reading the encoder memory gives, bit for bit, what it gives
+    with the memory copied out per row (a sentence's length candidates or beams share its entry; any
+    order, repeats, entries no row reads); bad maps are refused with the op's name."""
+    model = model_for("tiny", seed=4, architecture=architecture)
+    native = NativeDecoder.for_model(model)
+    src, lengths = sources(4, 3, model.config.vocab_size)
+    memory_rows = torch.tensor([2, 0, 2, 2])  # sentence 1 read by no row
+    with torch.inference_mode():
+        shared = NativeDecoder.memory(native.encode(src, lengths))
+        copied = NativeDecoder.select_memory(shared, memory_rows)
+        caches, copied_caches = (model.new_caches(4, 8, shared[0][0]) for _ in range(2))
+        tokens = torch.tensor([5, 6, 7, 8])
+        assert torch.equal(
+            native.ar_step(tokens, 0, shared, caches, memory_rows), native.ar_step(tokens, 0, copied, copied_caches)
+        )
+        for ours, theirs in zip(caches, copied_caches):
+            assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+        rule = (torch.tensor([model.config.pad_id]), torch.tensor([False, True, False, False]), model.config.eos_id)
+        got = native.ar_greedy_step(tokens, 1, shared, caches, *rule, memory_rows)
+        assert all(map(torch.equal, got, native.ar_greedy_step(tokens, 1, copied, copied_caches, *rule)))
+        packed_tokens, positions, offsets = (
+            torch.tensor([5, 6, 7, 8, 9, 10]),
+            torch.tensor([0, 1, 0, 0, 1, 2]),
+            (torch.tensor([0, 2, 3, 4, 6])),
+        )
+        outputs = torch.arange(6)
+        assert torch.equal(
+            native.nar_logits(packed_tokens, positions, offsets, shared, outputs, memory_rows),
+            native.nar_logits(packed_tokens, positions, offsets, copied, outputs),
+        )
+        got = native.nar_fill(packed_tokens, positions, offsets, shared, outputs, -1, memory_rows)
+        assert all(map(torch.equal, got, native.nar_fill(packed_tokens, positions, offsets, copied, outputs, -1)))
+        extend = (packed_tokens, offsets, torch.tensor([2, 2, 2, 2]))
+        forced = torch.zeros(6, dtype=torch.bool)
+        got = native.ar_extend(*extend, shared, caches, rule[0], forced, rule[2], None, memory_rows)
+        expected = native.ar_extend(*extend, copied, copied_caches, rule[0], forced, rule[2])
+        assert all(map(torch.equal, got, expected))
+        if native.query_stream:
+            targets = torch.tensor([6, 7, 8, 9, 10, 11])
+            assert torch.equal(
+                native.ar_scores(packed_tokens, positions, offsets, shared, targets, memory_rows),
+                native.ar_scores(packed_tokens, positions, offsets, copied, targets),
+            )
+        for bad, message in [
+            (torch.tensor([0, 1, 3, 0]), "memory row 3 outside"),
+            (torch.tensor([0, 1, 2]), "memory_rows must be int64 \\(4,\\)"),
+            (torch.tensor([0.0, 1.0, 2.0, 0.0]), "memory_rows must be int64"),
+            (torch.tensor([-1, 0, 0, 0]), "memory row -1 outside"),
+        ]:
+            with pytest.raises(ValueError, match=f"decoder_nar_pass: {message}"):
+                native.nar_logits(packed_tokens, positions, offsets, shared, outputs, bad)
+            with pytest.raises(ValueError, match=f"decoder_ar_step: {message}"):
+                native.ar_step(tokens, 2, shared, caches, bad)
+    torch.library.opcheck(
+        torch.ops.janus_fast.decoder_nar_pass.default,
+        (*native._decoder_arguments(), packed_tokens, positions, offsets, *shared, outputs),
+        {"memory_rows": memory_rows},
+        test_utils=("test_schema", "test_faketensor"),
+    )
+
+
 @pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512", "avx512_bf16"])
 def test_every_isa_path_matches_model(isa):
     order = ["scalar", "avx2", "avx512", "avx512_bf16"]
@@ -708,38 +808,34 @@ def test_bad_inputs_raise_clear_errors():
 
 
 @pytest.mark.parametrize("vnni", [False, True])
-def test_int8_translator_picks_storage_or_compute_by_decoder_positions(trained_dir, monkeypatch, vnni):
-    """int8 without AVX-512 VNNI: small batches run the native passes with int8 weights, large ones
-    PyTorch's dynamic int8 copy (INT8_COMPUTE_MIN_POSITIONS); with it (the native passes then run int8
-    products) every batch runs natively and no dynamic copy is made. All translate."""
+def test_int8_runs_the_native_passes_at_every_batch_size_and_each_sentence_alone(trained_dir, monkeypatch, vnni):
+    """int8 with AVX-512 VNNI (int8 products, each row quantized alone) and without (int8 weights
+    widened to fp32): every batch runs the native passes, no PyTorch dynamic int8 copy is made (its
+    one activation range per batch made a sentence's tokens depend on its batch-mates), and every
+    mode gives each sentence the tokens it gets alone."""
     from janus_fast.decoding import passes as passes_module
+    from janus_fast.native import decoder as decoder_module
     from janus_fast.translator import Translator
 
-    calls = []
+    natives = []
     real_passes = passes_module.PassChoice.passes
 
-    def recording_passes(choice, positions=0):
-        chosen = real_passes(choice, positions)
-        calls.append((chosen.model, "int8" if chosen.native else "fp32"))
+    def recording_passes(choice):
+        chosen = real_passes(choice)
+        natives.append(chosen.native)
         return chosen
 
     monkeypatch.setattr(passes_module.PassChoice, "passes", recording_passes)
-    monkeypatch.setattr(passes_module, "int8_computes_in_int8", lambda: vnni)
+    monkeypatch.setattr(decoder_module, "int8_computes_in_int8", lambda: vnni)
     translator = Translator.from_pretrained(trained_dir, precision="int8")
-    assert translator.choice.dynamic_int8 != vnni
-    one = translator.translate(["ein hund"], mode="nar", iterations=2)
-    assert calls[-1] == (translator.model, "int8") and len(one) == 1
-    large = (translator.model, "int8") if vnni else (translator.choice.torch_model, "fp32")
-    many = translator.translate(["ein mann fährt fahrrad auf der straße"] * 8, mode="nar", iterations=2, batch_size=8)
-    assert calls[-1] == large and len(many) == 8
-    assert (translator.choice._int8_model is None) == vnni  # no dynamic copy made where VNNI runs int8
-    translator.translate(["ein hund"] * 40, mode="ar", batch_size=40)
-    assert calls[-1] == large
-    translator.translate(["ein hund"] * 3, mode="ar", batch_size=3)
-    assert calls[-1] == (translator.model, "int8") and len(one) == 1
-    many = translator.translate(["ein mann fährt fahrrad auf der straße"] * 8, mode="nar", iterations=2, batch_size=8)
-    assert calls[-1] == large and len(many) == 8
-    translator.translate(["ein hund"] * 40, mode="ar", batch_size=40)
-    assert calls[-1] == large
-    translator.translate(["ein hund"] * 3, mode="ar", batch_size=3)
-    assert calls[-1] == (translator.model, "int8")
+    assert not translator.choice.dynamic_int8
+    sentences = ["ein hund", "ein mann fährt fahrrad auf der straße", "zwei kinder spielen im park", "eine frau"]
+    sentences = [*sentences, *[f"{s} und ein hund" for s in sentences]] * 3
+    for options in ({"mode": "ar"}, {"mode": "ar", "beam": 4}, {"mode": "nar", "iterations": 2}, {"mode": "spec"}):
+        together = translator.translate(sentences, **options, return_scores=True)
+        alone = [translator.translate([sentence], **options, return_scores=True)[0] for sentence in sentences[:8]]
+        assert [text for text, _ in together[:8]] == [text for text, _ in alone], options
+        assert [score for _, score in together[:8]] == pytest.approx([score for _, score in alone], abs=1e-5)
+    assert all(natives) and translator.choice._int8_model is None
+    stored = NativeDecoder.for_model(translator.model, "int8").weights.layers[0].ffn.fc1.weight
+    assert stored.dtype == torch.int8 and stored.dim() == (4 if vnni else 3)  # quads for vpdpbusd, else panels

@@ -90,6 +90,15 @@ def _cache_dir(csrc: Path, cache: Path, cxx: str | None, monkeypatch: pytest.Mon
     return build_dir
 
 
+def _package_with_cache(tmp_path: Path, cxx: str | None, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path]:
+    """A copy of the package in ``tmp_path / "site"`` (``_package_copy``) and the build directory of its
+    first use in the cache ``tmp_path / "cache"`` (``_cache_dir``). Returns the copy, the build directory
+    and where the library goes in it (not written)."""
+    root = _package_copy(tmp_path / "site")
+    build_dir = _cache_dir(root / "csrc", tmp_path / "cache", cxx, monkeypatch)
+    return root, build_dir, build_dir / f"{native.LIBRARY_NAME}.so"
+
+
 @pytest.mark.parametrize("truncation", sorted(TRUNCATIONS))
 def test_truncated_compiled_module_is_skipped_with_one_line(
     built_library: Path, tmp_path: Path, truncation: str
@@ -118,9 +127,7 @@ def test_truncated_cached_library_is_built_again(
 ) -> None:
     """A truncated first-use library (with the record of the whole one, or none) is deleted and built
     again; here that build fails at once (no compiler): the reference ops are used, nothing dies."""
-    root = _package_copy(tmp_path / "site")
-    build_dir = _cache_dir(root / "csrc", tmp_path / "cache", NO_COMPILER, monkeypatch)
-    library = build_dir / f"{native.LIBRARY_NAME}.so"
+    root, build_dir, library = _package_with_cache(tmp_path, NO_COMPILER, monkeypatch)
     if recorded:
         shutil.copyfile(built_library, library)
         native.write_record(library)
@@ -144,9 +151,7 @@ def test_cached_library_without_a_record_is_loaded_in_a_child_first(
     built_library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cache of an earlier version (no record): loaded once in a child process, then recorded and used."""
-    root = _package_copy(tmp_path / "site")
-    build_dir = _cache_dir(root / "csrc", tmp_path / "cache", NO_COMPILER, monkeypatch)
-    library = build_dir / f"{native.LIBRARY_NAME}.so"
+    root, build_dir, library = _package_with_cache(tmp_path, NO_COMPILER, monkeypatch)
     shutil.copyfile(built_library, library)
     result = _run(root, tmp_path / "cache", "-c", OPS_CODE, cxx=NO_COMPILER)
     assert result.returncode == 0, result.stderr
@@ -160,9 +165,7 @@ def test_cached_library_without_a_record_that_does_not_load_is_built_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No record and an intact ELF layout, but it does not load (here: an executable): built again."""
-    root = _package_copy(tmp_path / "site")
-    build_dir = _cache_dir(root / "csrc", tmp_path / "cache", NO_COMPILER, monkeypatch)
-    library = build_dir / f"{native.LIBRARY_NAME}.so"
+    root, _, library = _package_with_cache(tmp_path, NO_COMPILER, monkeypatch)
     shutil.copyfile(os.path.realpath(sys.executable), library)
     assert native.library_problem(library) is None
     result = _run(root, tmp_path / "cache", "-c", OPS_CODE, cxx=NO_COMPILER)
@@ -234,9 +237,7 @@ def test_truncated_cached_library_is_rebuilt_and_used(
     built_library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real rebuild (a minute or two): the library, its record, then `python -m janus_fast.native`."""
-    root = _package_copy(tmp_path / "site")
-    build_dir = _cache_dir(root / "csrc", tmp_path / "cache", None, monkeypatch)
-    library = build_dir / f"{native.LIBRARY_NAME}.so"
+    root, _, library = _package_with_cache(tmp_path, None, monkeypatch)
     _truncated_copy(built_library, library, "into its code")
     result = _run(root, tmp_path / "cache", "-c", OPS_CODE)
     _ends_normally(result)

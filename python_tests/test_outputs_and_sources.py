@@ -35,15 +35,33 @@ def test_export_through_a_symlink_to_its_source_is_refused(trained_dir, tmp_path
     assert before == {name: os.path.getmtime(os.path.join(trained_dir, name)) for name in os.listdir(trained_dir)}
 
 
+def test_export_and_average_refuse_an_output_that_holds_a_source(trained_dir, tmp_path):
+    """A checkpoint folder nested in --output would be deleted with the folder it replaces."""
+    from test_cli import run_cli
+
+    outer = tmp_path / "outer"
+    shutil.copytree(trained_dir, outer)
+    assert run_cli("export", "--model", str(outer), "--output", str(outer / "inner")).returncode == 0
+    before = sorted(os.listdir(outer))
+    result = run_cli("export", "--model", str(outer / "inner"), "--output", str(outer), "--dtype", "bf16")
+    assert result.returncode != 0 and b"holds the source checkpoint" in result.stderr
+    result = run_cli("average", "--models", str(outer / "inner"), trained_dir, "--output", str(outer))
+    assert result.returncode != 0 and b"holds the source checkpoint" in result.stderr
+    assert sorted(os.listdir(outer)) == before and load_pretrained(str(outer / "inner")) is not None
+
+
 def test_export_replaces_an_old_copy_whole_and_refuses_a_folder_of_other_files(trained_dir, tmp_path):
     from test_cli import run_cli
 
     output = tmp_path / "copy"
     assert run_cli("export", "--model", trained_dir, "--output", str(output), "--dtype", "bf16").returncode == 0
-    (output / "leftover.txt").write_text("from the old copy")
+    (output / "MODEL.md").write_text("notes beside the old copy")
+    result = run_cli("export", "--model", trained_dir, "--output", str(output), "--dtype", "fp32")
+    assert result.returncode != 0 and b"also holds MODEL.md" in result.stderr  # replacing would delete it
+    assert (output / "MODEL.md").read_text() == "notes beside the old copy"
+    (output / "MODEL.md").unlink()
     result = run_cli("export", "--model", trained_dir, "--output", str(output), "--dtype", "fp32")
     assert result.returncode == 0, result.stderr.decode()
-    assert not (output / "leftover.txt").exists()  # the new copy took the old one's place
     assert load_pretrained(str(output)).embed_tokens.weight.dtype.is_floating_point
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".copy.")]  # nothing left beside
     other = tmp_path / "notes"
@@ -56,7 +74,7 @@ def test_export_replaces_an_old_copy_whole_and_refuses_a_folder_of_other_files(t
 
 def test_an_interrupted_write_leaves_the_old_copy_as_it_was(trained_dir, tmp_path):
     output = str(tmp_path / "copy")
-    shutil.copytree(trained_dir, output)
+    shutil.copytree(trained_dir, output, ignore=shutil.ignore_patterns("train_state.pt"))  # a plain checkpoint
     before = {name: open(os.path.join(output, name), "rb").read() for name in os.listdir(output)}
     model = load_pretrained(trained_dir)
     with pytest.raises(KeyboardInterrupt):

@@ -99,3 +99,23 @@ def test_bench_shape_refuses_bad_options():
         assert result.returncode == 2, result.stderr.decode()
         err = result.stderr.decode()
         assert err.startswith("janus-fast: error:") and named in err and err.count("\n") == 1, err
+
+
+def test_bench_refuses_the_options_of_its_other_form(tmp_path):
+    """--shape times a random model; without it a trained model on a test set: an option only the
+    other form reads is refused, not ignored (a report would say 1 thread where 2 were asked)."""
+
+    shape = ("bench", "--shape", "32,64,2,1,1,100", "--lengths", "5", "--sentences", "2")
+    for extra, name in [
+        (("--model", str(tmp_path)), "--model"),
+        (("--compat", "fairseq"), "--compat"),
+        (("--limit", "3"), "--limit"),
+        (("--plot", ""), "--plot"),
+    ]:
+        result = run_cli(*shape, *extra)
+        assert result.returncode == 2 and f"{name} applies to bench with a trained model".encode() in result.stderr
+    for extra, name in [(("--threads", "2"), "--threads"), (("--rows", "AR greedy"), "--rows")]:
+        result = run_cli("bench", "--data-dir", str(tmp_path), *extra)
+        assert result.returncode == 2 and f"{name} applies to bench with --shape only".encode() in result.stderr
+    result = run_cli(*shape, "--rows", "")
+    assert result.returncode == 2 and b"--rows is empty" in result.stderr

@@ -199,6 +199,8 @@ def exact_cases():
     yield 5, {"eos_bias": True}, SpeculativeOptions(max_verify=6), 10  # eos drafted and chosen often
     yield 6, {"normalize_before": False}, SpeculativeOptions(min_draft=3), 10  # post-norm layers
     yield 7, {"eos_off": True}, SpeculativeOptions(max_verify=16, min_draft=20), 200  # up to the last position
+    # a window and a draft far past the length limit: capped at it (memory follows the batch), same output
+    yield 8, {}, SpeculativeOptions(max_verify=65536, min_draft=65536), 10
 
 
 def biased_model(seed: int, overrides: dict):
@@ -223,11 +225,11 @@ def source_batch(seed: int, batch: int = 6, vocab: int = 40) -> tuple[torch.Tens
     return src, lengths
 
 
-def run_speculative(model, src, src_lengths, max_len_a, max_len_b, native, options, stats=None):
+def run_speculative(model, src, src_lengths, max_len, native, options, stats=None):
     """``speculative_greedy`` on the native passes (``native``) or the PyTorch ones."""
     passes = PassChoice(model, "fp32", native=native).passes()
     assert passes.native == native
-    limits = max_ar_lengths(src_lengths, model, max_len_a, max_len_b)
+    limits = max_ar_lengths(src_lengths, model, max_len)
     return speculative_greedy(model, passes, src, src_lengths, limits, options, stats)
 
 
@@ -241,9 +243,9 @@ def test_speculative_equals_greedy(case, native: bool) -> None:
         pytest.skip("native decoder ops not built")
     model = biased_model(seed, overrides)
     src, src_lengths = source_batch(seed)
-    expected = reference_decoding.ar_search(model, src, src_lengths, 1, 1.2, max_len_b)
+    expected = reference_decoding.ar_search(model, src, src_lengths, 1, (1.2, max_len_b))
     stats = SpeculativeStats()
-    got = run_speculative(model, src, src_lengths, 1.2, max_len_b, native, options, stats)
+    got = run_speculative(model, src, src_lengths, (1.2, max_len_b), native, options, stats)
     assert got.tokens == expected.tokens
     torch.testing.assert_close(torch.tensor(got.scores), torch.tensor(expected.scores), rtol=0, atol=1e-5)
     assert stats.sentences == len(src_lengths) and stats.rounds >= len(src_lengths)
@@ -282,6 +284,9 @@ def test_generate_spec_mode_and_its_checks() -> None:
         generate(model, src, src_lengths, mode="spec", speculative={"max_verify": 2})
     with pytest.raises(ValueError, match="max_verify"):
         SpeculativeOptions(max_verify=0)
+    for name in ("max_verify", "min_draft", "relaxed_top_k"):
+        with pytest.raises(ValueError, match=rf"{name} must be in \[\d, 65536\], got {2**70}"):
+            SpeculativeOptions(**{name: 2**70})
     with pytest.raises(TypeError, match="draft_iterations"):
         SpeculativeOptions(draft_iterations=1.5)
     with pytest.raises(ValueError, match="relaxed_margin"):
@@ -299,25 +304,30 @@ def test_relaxed_verification(native: bool) -> None:
         pytest.skip("native decoder ops not built")
     model = biased_model(9, {})
     src, src_lengths = source_batch(9, batch=8)
-    greedy = reference_decoding.ar_search(model, src, src_lengths, 1, 1.2, 10)
+    greedy = reference_decoding.ar_search(model, src, src_lengths, 1, (1.2, 10))
     strict = run_speculative(
-        model, src, src_lengths, 1.2, 10, native, SpeculativeOptions(relaxed_top_k=1, relaxed_margin=0.0)
+        model, src, src_lengths, (1.2, 10), native, SpeculativeOptions(relaxed_top_k=1, relaxed_margin=0.0)
     )
     assert strict.tokens == greedy.tokens
     exact_stats, loose_stats = SpeculativeStats(), SpeculativeStats()
-    run_speculative(model, src, src_lengths, 1.2, 10, native, SpeculativeOptions(), exact_stats)
+    run_speculative(model, src, src_lengths, (1.2, 10), native, SpeculativeOptions(), exact_stats)
     loose = run_speculative(
-        model, src, src_lengths, 1.2, 10, native, SpeculativeOptions(relaxed_top_k=5, relaxed_margin=3.0), loose_stats
+        model, src, src_lengths, (1.2, 10), native, SpeculativeOptions(relaxed_top_k=5, relaxed_margin=3.0), loose_stats
     )
     assert loose_stats.accepted_drafted > exact_stats.accepted_drafted
     assert loose.tokens != greedy.tokens
-    # each output token is within AR's top 5 given the tokens before it (teacher-forced check)
+    # scores: greedy's where the tokens are greedy's; never NaN (a slot not kept may hold NaN)
+    torch.testing.assert_close(torch.tensor(strict.scores), torch.tensor(greedy.scores), rtol=0, atol=1e-5)
+    # each output token is within AR's top 5 given the tokens before it (teacher-forced check), and
+    # the score is the mean log-probability of the tokens and eos
     encoder_out = model.encode(src, src_lengths)
     for b, tokens in enumerate(loose.tokens):
         row = torch.tensor([[2, *tokens, EOS]])
         with torch.no_grad():
             hidden = model.ar_hidden(row, torch.tensor([row.shape[1]]), encoder_out.select(torch.tensor([b])))
             log_probs = torch.log_softmax(model.output_logits(hidden), -1)[0]
+        own = log_probs[torch.arange(len(tokens) + 1), torch.tensor([*tokens, EOS])]
+        assert loose.scores[b] == pytest.approx(float(own.mean()), abs=1e-4)
         log_probs[:, [4, 0, 2]] = float("-inf")
         for i, token in enumerate(tokens):
             assert int((log_probs[i] > log_probs[i, token]).sum()) < 5
@@ -345,3 +355,16 @@ def test_shipped_model_spec_equals_ar_greedy() -> None:
         )
     one = Translator.from_pretrained().translate(["Zwei Hunde spielen im Schnee."], mode="spec")
     assert one == ["Two dogs play in the snow."]
+
+
+def test_spec_int8_on_pytorch_layers_is_refused(monkeypatch) -> None:
+    """Without the native passes int8 runs PyTorch's dynamic int8 layers, whose one activation range
+    per batch makes a verification pass differ from AR greedy's steps: refused, not inexact."""
+    from janus_fast.decoding import passes as passes_module
+
+    model = biased_model(3, {})
+    src, src_lengths = source_batch(3)
+    monkeypatch.setattr(passes_module, "unsupported_reason", lambda model: "no native decoder here")
+    with pytest.raises(ValueError, match="mode 'spec' with precision 'int8' needs the engine's native passes"):
+        generate(model, src, src_lengths, mode="spec", precision="int8")
+    assert generate(model, src, src_lengths, mode="spec") == generate(model, src, src_lengths, mode="ar")

@@ -50,7 +50,8 @@ struct Caches {
 PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
                      int64_t mask_id, int64_t query_position_offset, bool query_stream, const at::Tensor& tokens,
                      const ArLayout& layout, at::TensorList memory_keys, at::TensorList memory_values,
-                     const at::Tensor& memory_lengths, const Caches& caches, const char* op) {
+                     const at::Tensor& memory_lengths, const std::optional<at::Tensor>& memory_rows,
+                     const Caches& caches, const char* op) {
   const DecoderWeights d = parse_decoder_weights(weights, num_heads);
   const Architecture arch{post_norm, relu};
   const int64_t num_layers = static_cast<int64_t>(d.layers.size());
@@ -78,7 +79,7 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
                         ", ", d.head_dim, "), got ", t->sizes());
     }
   }
-  const Memories memory = checked_memories(memory_keys, memory_values, memory_lengths, batch, d, op);
+  const Memories memory = checked_memories(memory_keys, memory_values, memory_lengths, memory_rows, batch, d, op);
   if (packed == 0) return {d, nullptr, 0};
   const at::Tensor token_values = tokens.contiguous();
   const int64_t* token_ids = token_values.data_ptr<int64_t>();
@@ -140,7 +141,7 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
     linear(a, n, dim, attention.out, xs, dim, /*accumulate=*/true);
     finish_sublayer(arch, xs, n, dim, attention.norm);
     const std::vector<int64_t> rows_memory(memory_row.begin() + first, memory_row.end());
-    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], rows_memory, memory.lengths, h, q, a, f);
+    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], rows_memory, memory, h, q, a, f);
   }
   return {d, x + (rows - packed) * dim, packed};
 }
@@ -184,12 +185,12 @@ at::Tensor decoder_ar_step(at::TensorList weights, int64_t num_heads, double emb
                            int64_t mask_id, int64_t query_position_offset, bool query_stream,
                            const at::Tensor& tokens, int64_t step, at::TensorList memory_keys,
                            at::TensorList memory_values, const at::Tensor& memory_lengths, at::TensorList cache_keys,
-                           at::TensorList cache_values) {
+                           at::TensorList cache_values, const std::optional<at::Tensor>& memory_rows) {
   TORCH_CHECK_VALUE(tokens.dim() == 1, "decoder_ar_step: tokens must be int64 (B,), got ", tokens.sizes());
   const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
                                  query_stream, tokens, step_layout(tokens.size(0), step, "decoder_ar_step"),
-                                 memory_keys, memory_values, memory_lengths, {cache_keys, cache_values, true},
-                                 "decoder_ar_step");
+                                 memory_keys, memory_values, memory_lengths, memory_rows,
+                                 {cache_keys, cache_values, true}, "decoder_ar_step");
   if (s.rows == 0) return at::empty({0, s.d.vocab}, at::TensorOptions().dtype(at::kFloat));
   return vocabulary_logits(s.d, s.states, s.rows);
 }
@@ -236,13 +237,13 @@ std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy(at::TensorList weights, int
                                                      at::TensorList memory_values, const at::Tensor& memory_lengths,
                                                      at::TensorList cache_keys, at::TensorList cache_values,
                                                      const at::Tensor& excluded_ids, const at::Tensor& forced,
-                                                     int64_t forced_id) {
+                                                     int64_t forced_id, const std::optional<at::Tensor>& memory_rows) {
   const char* op = "decoder_ar_greedy";
   TORCH_CHECK_VALUE(tokens.dim() == 1, op, ": tokens must be int64 (B,), got ", tokens.sizes());
   const GreedyRules rules = greedy_rules(weights, num_heads, excluded_ids, forced, tokens.size(0), forced_id, op);
   const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
                                  query_stream, tokens, step_layout(tokens.size(0), step, op), memory_keys,
-                                 memory_values, memory_lengths, {cache_keys, cache_values, true}, op);
+                                 memory_values, memory_lengths, memory_rows, {cache_keys, cache_values, true}, op);
   return select_tokens(s.d, s.states, s.rows, rules.excluded, rules.forced_ids.data());
 }
 
@@ -258,7 +259,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_ar_extend(
     int64_t query_position_offset, bool query_stream, const at::Tensor& tokens, const at::Tensor& row_offsets,
     const at::Tensor& cache_lengths, at::TensorList memory_keys, at::TensorList memory_values,
     const at::Tensor& memory_lengths, at::TensorList cache_keys, at::TensorList cache_values,
-    const at::Tensor& excluded_ids, const at::Tensor& forced, int64_t forced_id, const at::Tensor& candidates) {
+    const at::Tensor& excluded_ids, const at::Tensor& forced, int64_t forced_id, const at::Tensor& candidates,
+    const std::optional<at::Tensor>& memory_rows) {
   const char* op = "decoder_ar_extend";
   TORCH_CHECK_VALUE(tokens.dim() == 1, op, ": tokens must be int64 (P,), got ", tokens.sizes());
   const int64_t count = tokens.size(0);
@@ -275,7 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_ar_extend(
   }
   const ArLayout layout = extend_layout(row_offsets, cache_lengths, count, op);
   const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
-                                 query_stream, tokens, layout, memory_keys, memory_values, memory_lengths,
+                                 query_stream, tokens, layout, memory_keys, memory_values, memory_lengths, memory_rows,
                                  {cache_keys, cache_values, true}, op);
   at::Tensor candidate_scores = at::empty({ranked ? count : 0}, at::TensorOptions().dtype(at::kFloat));
   at::Tensor candidate_ranks = at::empty({ranked ? count : 0}, at::TensorOptions().dtype(at::kLong));
@@ -296,7 +298,7 @@ at::Tensor decoder_ar_score(at::TensorList weights, int64_t num_heads, double em
                             int64_t mask_id, int64_t query_position_offset, const at::Tensor& tokens,
                             const at::Tensor& positions, const at::Tensor& row_offsets, at::TensorList memory_keys,
                             at::TensorList memory_values, const at::Tensor& memory_lengths,
-                            const at::Tensor& targets) {
+                            const at::Tensor& targets, const std::optional<at::Tensor>& memory_rows) {
   TORCH_CHECK_VALUE(targets.dim() == 1 && targets.size(0) == tokens.size(0) && targets.scalar_type() == at::kLong &&
                         targets.device().is_cpu(),
                     "decoder_ar_score: targets must be int64 (P,) on the CPU like tokens, got ", targets.sizes());
@@ -318,7 +320,7 @@ at::Tensor decoder_ar_score(at::TensorList weights, int64_t num_heads, double em
   const ArLayout layout{rows.offsets, rows.row_of, std::vector<int64_t>(position_ids, position_ids + packed)};
   const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
                                  /*query_stream=*/true, tokens, layout, memory_keys, memory_values, memory_lengths,
-                                 {{}, {}, false}, "decoder_ar_score");
+                                 memory_rows, {{}, {}, false}, "decoder_ar_score");
   return std::get<1>(select_tokens(s.d, s.states, s.rows, {}, target_ids));
 }
 

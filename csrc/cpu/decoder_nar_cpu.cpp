@@ -19,7 +19,7 @@ namespace {
 PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm, bool relu, double embed_scale,
                      const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& row_offsets,
                      at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
-                     const at::Tensor& output_positions) {
+                     const at::Tensor& output_positions, const std::optional<at::Tensor>& memory_rows) {
   const DecoderWeights d = parse_decoder_weights(weights, num_heads);
   const Architecture arch{post_norm, relu};
   const int64_t num_layers = static_cast<int64_t>(d.layers.size());
@@ -42,7 +42,7 @@ PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm,
     TORCH_CHECK_VALUE(out_pos[i] >= 0 && out_pos[i] < packed, "decoder_nar_pass: output position ", out_pos[i],
                       " outside [0, ", packed, ")");
   const Memories memory =
-      checked_memories(memory_keys, memory_values, memory_lengths, num_rows, d, "decoder_nar_pass");
+      checked_memories(memory_keys, memory_values, memory_lengths, memory_rows, num_rows, d, "decoder_nar_pass");
   if (num_out == 0) return {d, nullptr, 0};
 
   const int64_t dim = d.dim, cap = std::max(packed, num_out);  // rows of the per-row buffers
@@ -90,7 +90,7 @@ PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm,
                    });
     linear(a, n, dim, attention.out, xs, dim, /*accumulate=*/true);
     finish_sublayer(arch, xs, n, dim, attention.norm);
-    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], last ? out_rows : row_of, memory.lengths, h, q, a, f);
+    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], last ? out_rows : row_of, memory, h, q, a, f);
   }
   return {d, xo, num_out};
 }
@@ -98,9 +98,9 @@ PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm,
 at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
                             const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& row_offsets,
                             at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
-                            const at::Tensor& output_positions) {
+                            const at::Tensor& output_positions, const std::optional<at::Tensor>& memory_rows) {
   const PassStates s = nar_states(weights, num_heads, post_norm, relu, embed_scale, tokens, positions, row_offsets,
-                                 memory_keys, memory_values, memory_lengths, output_positions);
+                                 memory_keys, memory_values, memory_lengths, output_positions, memory_rows);
   if (s.rows == 0) return at::empty({0, s.d.vocab}, at::TensorOptions().dtype(at::kFloat));
   return vocabulary_logits(s.d, s.states, s.rows);
 }
@@ -112,9 +112,10 @@ std::tuple<at::Tensor, at::Tensor> decoder_nar_fill(at::TensorList weights, int6
                                                     const at::Tensor& positions, const at::Tensor& row_offsets,
                                                     at::TensorList memory_keys, at::TensorList memory_values,
                                                     const at::Tensor& memory_lengths,
-                                                    const at::Tensor& output_positions, int64_t exclude_id) {
+                                                    const at::Tensor& output_positions, int64_t exclude_id,
+                                                    const std::optional<at::Tensor>& memory_rows) {
   const PassStates s = nar_states(weights, num_heads, post_norm, relu, embed_scale, tokens, positions, row_offsets,
-                                 memory_keys, memory_values, memory_lengths, output_positions);
+                                 memory_keys, memory_values, memory_lengths, output_positions, memory_rows);
   TORCH_CHECK_VALUE(exclude_id >= -1 && exclude_id < s.d.vocab, "decoder_nar_fill: exclude_id ", exclude_id,
                     " outside [-1, ", s.d.vocab, ")");
   const std::vector<int64_t> excluded = exclude_id >= 0 ? std::vector<int64_t>{exclude_id} : std::vector<int64_t>{};

@@ -17,6 +17,10 @@
 //                                 cross-attention keys/values, computed once per batch;
 //   janus_fast::decoder_isa       the instruction set the passes' matrix products use.
 //
+// The decoder ops read the encoder memory (cross-attention keys/values, one entry per sentence) of
+// their rows; `memory_rows` (rows,) int64, where given, maps each row to its entry, so that a
+// sentence's length candidates or beams share one copy (absent: one entry per row).
+//
 // The CPU kernels register themselves in decoder_ar_cpu.cpp, decoder_nar_cpu.cpp and encoder_cpu.cpp,
 // built from decoder_passes.h and decoder_weights.h. The weights come as one flat list prepared by
 // janus_fast/native/weights.py (its dataclasses give the order; decoder_weights.h mirrors them); the
@@ -26,6 +30,7 @@
 #include <torch/library.h>
 
 #include <string>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -64,7 +69,7 @@ at::Tensor meta_empty(at::IntArrayRef sizes, const at::Tensor& like, at::ScalarT
 at::Tensor decoder_ar_step_meta(at::TensorList weights, int64_t, double, bool, bool, int64_t, int64_t, bool,
                                 const at::Tensor& tokens, int64_t, at::TensorList memory_keys,
                                 at::TensorList memory_values, const at::Tensor&, at::TensorList cache_keys,
-                                at::TensorList cache_values) {
+                                at::TensorList cache_values, const std::optional<at::Tensor>&) {
   const char* op = "decoder_ar_step";
   const int64_t vocab = meta_vocab(weights, memory_keys, memory_values, cache_keys, cache_values, true, op);
   return meta_empty({meta_length(tokens, op, "tokens"), vocab}, tokens, at::kFloat);
@@ -73,7 +78,7 @@ at::Tensor decoder_ar_step_meta(at::TensorList weights, int64_t, double, bool, b
 std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy_meta(
     at::TensorList weights, int64_t, double, bool, bool, int64_t, int64_t, bool, const at::Tensor& tokens, int64_t,
     at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor&, at::TensorList cache_keys,
-    at::TensorList cache_values, const at::Tensor&, const at::Tensor&, int64_t) {
+    at::TensorList cache_values, const at::Tensor&, const at::Tensor&, int64_t, const std::optional<at::Tensor>&) {
   const char* op = "decoder_ar_greedy";
   meta_vocab(weights, memory_keys, memory_values, cache_keys, cache_values, true, op);
   const int64_t rows = meta_length(tokens, op, "tokens");
@@ -84,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_ar_extend_met
     at::TensorList weights, int64_t, double, bool, bool, int64_t, int64_t, bool, const at::Tensor& tokens,
     const at::Tensor&, const at::Tensor&, at::TensorList memory_keys, at::TensorList memory_values,
     const at::Tensor&, at::TensorList cache_keys, at::TensorList cache_values, const at::Tensor&, const at::Tensor&,
-    int64_t, const at::Tensor& candidates) {
+    int64_t, const at::Tensor& candidates, const std::optional<at::Tensor>&) {
   const char* op = "decoder_ar_extend";
   meta_vocab(weights, memory_keys, memory_values, cache_keys, cache_values, true, op);
   const int64_t count = meta_length(tokens, op, "tokens");
@@ -97,7 +102,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_ar_extend_met
 
 at::Tensor decoder_nar_pass_meta(at::TensorList weights, int64_t, double, bool, bool, const at::Tensor&,
                                  const at::Tensor&, const at::Tensor&, at::TensorList memory_keys,
-                                 at::TensorList memory_values, const at::Tensor&, const at::Tensor& output_positions) {
+                                 at::TensorList memory_values, const at::Tensor&, const at::Tensor& output_positions,
+                                 const std::optional<at::Tensor>&) {
   const char* op = "decoder_nar_pass";
   const int64_t vocab = meta_vocab(weights, memory_keys, memory_values, {}, {}, false, op);
   return meta_empty({meta_length(output_positions, op, "output_positions"), vocab}, output_positions, at::kFloat);
@@ -107,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor> decoder_nar_fill_meta(at::TensorList weights,
                                                          const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                          at::TensorList memory_keys, at::TensorList memory_values,
                                                          const at::Tensor&, const at::Tensor& output_positions,
-                                                         int64_t) {
+                                                         int64_t, const std::optional<at::Tensor>&) {
   const char* op = "decoder_nar_fill";
   meta_vocab(weights, memory_keys, memory_values, {}, {}, false, op);
   const int64_t rows = meta_length(output_positions, op, "output_positions");
@@ -117,7 +123,7 @@ std::tuple<at::Tensor, at::Tensor> decoder_nar_fill_meta(at::TensorList weights,
 at::Tensor decoder_ar_score_meta(at::TensorList weights, int64_t, double, bool, bool, int64_t, int64_t,
                                  const at::Tensor& tokens, const at::Tensor&, const at::Tensor&,
                                  at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor&,
-                                 const at::Tensor& targets) {
+                                 const at::Tensor& targets, const std::optional<at::Tensor>&) {
   const char* op = "decoder_ar_score";
   meta_vocab(weights, memory_keys, memory_values, {}, {}, false, op);
   const int64_t count = meta_length(tokens, op, "tokens");
@@ -148,30 +154,32 @@ TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
   m.def(
       "decoder_ar_step(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
       "int query_position_offset, bool query_stream, Tensor tokens, int step, Tensor[] memory_keys, "
-      "Tensor[] memory_values, Tensor memory_lengths, Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values) -> Tensor");
+      "Tensor[] memory_values, Tensor memory_lengths, Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values, "
+      "Tensor? memory_rows=None) -> Tensor");
   m.def(
       "decoder_ar_greedy(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
       "int query_position_offset, bool query_stream, Tensor tokens, int step, Tensor[] memory_keys, "
       "Tensor[] memory_values, Tensor memory_lengths, Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values, "
-      "Tensor excluded_ids, Tensor forced, int forced_id) -> (Tensor, Tensor)");
+      "Tensor excluded_ids, Tensor forced, int forced_id, Tensor? memory_rows=None) -> (Tensor, Tensor)");
   m.def(
       "decoder_ar_extend(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
       "int query_position_offset, bool query_stream, Tensor tokens, Tensor row_offsets, Tensor cache_lengths, "
       "Tensor[] memory_keys, Tensor[] memory_values, Tensor memory_lengths, Tensor(a!)[] cache_keys, "
-      "Tensor(b!)[] cache_values, Tensor excluded_ids, Tensor forced, int forced_id, Tensor candidates) "
+      "Tensor(b!)[] cache_values, Tensor excluded_ids, Tensor forced, int forced_id, Tensor candidates, "
+      "Tensor? memory_rows=None) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "decoder_nar_pass(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, "
       "Tensor tokens, Tensor positions, Tensor row_offsets, Tensor[] memory_keys, Tensor[] memory_values, "
-      "Tensor memory_lengths, Tensor output_positions) -> Tensor");
+      "Tensor memory_lengths, Tensor output_positions, Tensor? memory_rows=None) -> Tensor");
   m.def(
       "decoder_nar_fill(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, "
       "Tensor tokens, Tensor positions, Tensor row_offsets, Tensor[] memory_keys, Tensor[] memory_values, "
-      "Tensor memory_lengths, Tensor output_positions, int exclude_id) -> (Tensor, Tensor)");
+      "Tensor memory_lengths, Tensor output_positions, int exclude_id, Tensor? memory_rows=None) -> (Tensor, Tensor)");
   m.def(
       "decoder_ar_score(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
       "int query_position_offset, Tensor tokens, Tensor positions, Tensor row_offsets, Tensor[] memory_keys, "
-      "Tensor[] memory_values, Tensor memory_lengths, Tensor targets) -> Tensor");
+      "Tensor[] memory_values, Tensor memory_lengths, Tensor targets, Tensor? memory_rows=None) -> Tensor");
   m.def(
       "encoder_forward(Tensor[] weights, int num_encoder_layers, int num_heads, float embed_scale, bool post_norm, "
       "bool relu, Tensor src_tokens, Tensor src_lengths) -> Tensor[]");

@@ -51,7 +51,8 @@ void relu_inplace(float* x, int64_t count) {
 
 Memory memory_of(const at::Tensor& keys, const at::Tensor& values, int64_t rows, const DecoderWeights& d) {
   for (const at::Tensor* t : {&keys, &values}) {
-    TORCH_CHECK_VALUE(t->dim() == 4 && t->size(0) == rows && t->size(1) == d.heads && t->size(3) == d.head_dim &&
+    TORCH_CHECK_VALUE(t->dim() == 4 && (rows < 0 || t->size(0) == rows) && t->size(1) == d.heads &&
+                          t->size(3) == d.head_dim &&
                           t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(),
                       "decoder: memory keys/values must be contiguous float32 (", rows, ", ", d.heads, ", S, ",
                       d.head_dim, "), got ", t->sizes(), " ", t->scalar_type());
@@ -94,9 +95,16 @@ void activate(const Architecture& arch, float* x, int64_t count) {
 
 void feed_forward(const Architecture& arch, float* x, int64_t n, int64_t dim, int64_t ffn,
                   const FeedForwardWeights& weights, float* h, float* f) {
-  linear(sublayer_input(arch, x, n, dim, weights.norm, h), n, dim, weights.fc1, f, ffn);
-  activate(arch, f, n * ffn);
-  linear(f, n, ffn, weights.fc2, x, dim, /*accumulate=*/true);
+  const float* in = sublayer_input(arch, x, n, dim, weights.norm, h);
+  // in blocks of rows, so that the hidden rows f stay at kFeedForwardRows x ffn floats whatever the
+  // batch (each row's sums are the same in any block: the products' per-row order does not depend on
+  // how many rows a call has)
+  for (int64_t first = 0; first < n; first += kFeedForwardRows) {
+    const int64_t rows = std::min(kFeedForwardRows, n - first);
+    linear(in + first * dim, rows, dim, weights.fc1, f, ffn);
+    activate(arch, f, rows * ffn);
+    linear(f, rows, ffn, weights.fc2, x + first * dim, dim, /*accumulate=*/true);
+  }
   finish_sublayer(arch, x, n, dim, weights.norm);
 }
 
@@ -111,35 +119,57 @@ std::vector<int64_t> checked_memory_lengths(const at::Tensor& lengths, int64_t r
   return out;
 }
 
-Memories checked_memories(at::TensorList keys, at::TensorList values, const at::Tensor& lengths, int64_t rows,
-                          const DecoderWeights& d, const char* op) {
+Memories checked_memories(at::TensorList keys, at::TensorList values, const at::Tensor& lengths,
+                          const std::optional<at::Tensor>& memory_rows, int64_t rows, const DecoderWeights& d,
+                          const char* op) {
   const int64_t num_layers = static_cast<int64_t>(d.layers.size());
   TORCH_CHECK_VALUE(static_cast<int64_t>(keys.size()) == num_layers &&
                         static_cast<int64_t>(values.size()) == num_layers,
                     op, ": one memory tensor per layer (", num_layers, ") expected");
+  // entries: one per decoder row, or as many as the keys hold where memory_rows maps rows to them
+  const int64_t entries = memory_rows.has_value() ? (num_layers ? keys[0].size(0) : lengths.size(0)) : rows;
   Memories out;
   for (int64_t l = 0; l < num_layers; ++l) {
-    out.layers.push_back(memory_of(keys[l], values[l], rows, d));
+    out.layers.push_back(memory_of(keys[l], values[l], entries, d));
     TORCH_CHECK_VALUE(out.layers[l].length == out.layers[0].length, op, ": memory lengths differ between layers");
   }
-  out.lengths = checked_memory_lengths(lengths, rows, num_layers ? out.layers[0].length : 1);
+  const std::vector<int64_t> entry_lengths =
+      checked_memory_lengths(lengths, entries, num_layers ? out.layers[0].length : 1);
+  out.entry.resize(rows);
+  if (memory_rows.has_value()) {
+    const at::Tensor& map = *memory_rows;
+    TORCH_CHECK_VALUE(map.dim() == 1 && map.size(0) == rows && map.scalar_type() == at::kLong && map.device().is_cpu(),
+                      op, ": memory_rows must be int64 (", rows, ",) on the CPU, got ", map.sizes(), " ",
+                      map.scalar_type());
+    const at::Tensor contiguous = map.contiguous();
+    const int64_t* values_of = contiguous.data_ptr<int64_t>();
+    for (int64_t r = 0; r < rows; ++r) {
+      TORCH_CHECK_VALUE(values_of[r] >= 0 && values_of[r] < entries, op, ": memory row ", values_of[r],
+                        " outside [0, ", entries, ")");
+      out.entry[r] = values_of[r];
+    }
+  } else {
+    for (int64_t r = 0; r < rows; ++r) out.entry[r] = r;
+  }
+  out.lengths.resize(rows);
+  for (int64_t r = 0; r < rows; ++r) out.lengths[r] = entry_lengths[out.entry[r]];
   return out;
 }
 
 void cross_and_ffn(const Architecture& arch, float* x, int64_t n, const DecoderLayerWeights& layer,
-                   const DecoderWeights& d, const Memory& memory, const std::vector<int64_t>& memory_row,
-                   const std::vector<int64_t>& memory_lengths, float* h, float* q, float* a, float* f) {
+                   const DecoderWeights& d, const Memory& memory, const std::vector<int64_t>& decoder_row,
+                   const Memories& memories, float* h, float* q, float* a, float* f) {
   const int64_t dim = d.dim, stride = memory.length * d.head_dim;
   linear(sublayer_input(arch, x, n, dim, layer.cross_norm, h), n, dim, layer.cross_q, q, dim);
   attention_rows(q, dim, n, d, a, dim, memory.length,
                  [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values, int64_t& vs,
                      int64_t& count) {
-                   const int64_t m = memory_row[row];
-                   const int64_t offset = (m * d.heads + head) * stride;
+                   const int64_t r = decoder_row[row];
+                   const int64_t offset = (memories.entry[r] * d.heads + head) * stride;
                    keys = memory.keys + offset;
                    values = memory.values + offset;
                    ks = vs = d.head_dim;
-                   count = memory_lengths[m];
+                   count = memories.lengths[r];
                  });
   linear(a, n, dim, layer.cross_out, x, dim, /*accumulate=*/true);
   finish_sublayer(arch, x, n, dim, layer.cross_norm);
@@ -178,7 +208,7 @@ PassScratch pass_scratch(int64_t rows, int64_t work, int64_t kv_rows, int64_t di
   thread_local std::vector<float> x, h, q, a, kv, f;
   return {scratch(x, rows * dim),          scratch(h, work * dim),
           scratch(q, work * dim),          scratch(a, work * dim),
-          scratch(kv, kv_rows * 2 * dim),  scratch(f, work * std::max<int64_t>(ffn, 1))};
+          scratch(kv, kv_rows * 2 * dim),  scratch(f, std::min(work, kFeedForwardRows) * std::max<int64_t>(ffn, 1))};
 }
 
 }  // namespace cpu

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <optional>
 #include <vector>
 
 #include "core/decoder_math.h"
@@ -65,7 +66,12 @@ inline void finish_sublayer(const Architecture& arch, float* x, int64_t n, int64
   if (arch.post_norm) layer_norm_rows(x, n, dim, norm, x);
 }
 
-// The FFN sublayer over rows x (n, dim), residual included; f holds n * ffn floats, h n * dim.
+// Rows of the FFN sublayer's hidden layer computed at a time (feed_forward): its scratch is this many
+// rows of ffn floats, not the whole pass's.
+constexpr int64_t kFeedForwardRows = 256;
+
+// The FFN sublayer over rows x (n, dim), residual included; f holds min(n, kFeedForwardRows) * ffn
+// floats, h n * dim.
 void feed_forward(const Architecture& arch, float* x, int64_t n, int64_t dim, int64_t ffn,
                   const FeedForwardWeights& weights, float* h, float* f);
 
@@ -78,7 +84,8 @@ inline float* scratch(std::vector<float>& buffer, int64_t size) {
 
 // The working rows of a pass, one per-thread set shared by every pass (valid until the next pass):
 // x (rows x dim) the residual stream; h, q, a (work x dim) a sublayer's input, queries and attention
-// output; kv (kv_rows x 2 dim) keys and values; f (work x ffn) the feed-forward's hidden rows.
+// output; kv (kv_rows x 2 dim) keys and values; f (min(work, kFeedForwardRows) x ffn) the
+// feed-forward's hidden rows.
 struct PassScratch {
   float *x, *h, *q, *a, *kv, *f;
 };
@@ -124,24 +131,29 @@ struct Memory {
   int64_t length;  // S
 };
 
-// Every layer's memory keys/values (one pair per layer, each (rows, H, S, head_dim), one S for all
-// layers) and each row's real memory length in [1, S].
+// Every layer's memory keys/values (one pair per layer, each (M, H, S, head_dim), one S for all
+// layers: M entries, one per sentence) and, per decoder row, the entry it attends to and that entry's
+// real length in [1, S]. Rows share an entry without copies (a sentence's length candidates or beams).
 struct Memories {
   std::vector<Memory> layers;
-  std::vector<int64_t> lengths;
+  std::vector<int64_t> entry;    // decoder row -> memory entry
+  std::vector<int64_t> lengths;  // decoder row -> its entry's length
 };
 
 // lengths (rows,) int64, each in [1, max_length].
 std::vector<int64_t> checked_memory_lengths(const at::Tensor& lengths, int64_t rows, int64_t max_length);
 
-// `op` names the caller in errors.
-Memories checked_memories(at::TensorList keys, at::TensorList values, const at::Tensor& lengths, int64_t rows,
-                          const DecoderWeights& d, const char* op);
+// keys/values (M, H, S, head_dim) per layer, lengths (M,) and memory_rows (rows,) int64 in [0, M)
+// (absent: M == rows, row r attends to entry r). `op` names the caller in errors.
+Memories checked_memories(at::TensorList keys, at::TensorList values, const at::Tensor& lengths,
+                          const std::optional<at::Tensor>& memory_rows, int64_t rows, const DecoderWeights& d,
+                          const char* op);
 
-// Cross-attention + FFN half of a layer for rows x (n, d), given each row's memory row index.
+// Cross-attention + FFN half of a layer for rows x (n, d), given each one's decoder row (`decoder_row`),
+// whose memory entry and length `memories` gives.
 void cross_and_ffn(const Architecture& arch, float* x, int64_t n, const DecoderLayerWeights& layer,
-                   const DecoderWeights& d, const Memory& memory, const std::vector<int64_t>& memory_row,
-                   const std::vector<int64_t>& memory_lengths, float* h, float* q, float* a, float* f);
+                   const DecoderWeights& d, const Memory& memory, const std::vector<int64_t>& decoder_row,
+                   const Memories& memories, float* h, float* q, float* a, float* f);
 
 // The final norm (in place) and the vocabulary projection of `rows` states: (rows, V) logits.
 at::Tensor vocabulary_logits(const DecoderWeights& d, float* x, int64_t rows);

@@ -14,6 +14,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from janus_fast.benchmarks.tables import markdown_table, number
 from janus_fast.benchmarks.timing import median_seconds
 from janus_fast.kernels import attention_reference, fused_attention, length_candidates, length_candidates_reference
 from janus_fast.masks import dense_mask
@@ -44,6 +45,21 @@ def _attention_inputs(batch, heads, num_queries, num_keys, head_dim, kind, devic
     return q, k, v, {"mask_kind": kind, "key_lengths": key_lengths, "num_masked": num_masked}
 
 
+def _row(op: str, shape: str, dtype: torch.dtype, note: str) -> dict:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {"op": op, "shape": shape, "device": device, "dtype": str(dtype).replace("torch.", ""), "note": note}
+
+
+def _rates(reference_ms: float, kernel_ms: float | None, work_per_ms: float, unit: str) -> dict:
+    """Times and rates (``work_per_ms / ms``: TFLOP/s or GB/s) of the reference and the kernel."""
+    return {
+        "torch_ms": reference_ms,
+        f"torch_{unit}": work_per_ms / reference_ms,
+        "triton_ms": kernel_ms,
+        f"triton_{unit}": work_per_ms / kernel_ms if kernel_ms else None,
+    }
+
+
 def profile_kernels(repeats: int = 10) -> list[dict]:
     """Measured rows, one per (op, shape); fields say what was timed on which device."""
     on_gpu = torch.cuda.is_available()
@@ -64,21 +80,11 @@ def profile_kernels(repeats: int = 10) -> list[dict]:
             sdpa_ms = _median_ms(sdpa, repeats, synchronize)
             kernel = partial(fused_attention, q, k, v, **options)
             kernel_ms = _median_ms(kernel, repeats, synchronize) if on_gpu else None
-        rows.append(
-            {
-                "op": f"attention[{kind}]",
-                "shape": f"B{batch} H{heads} Tq{num_queries} Tk{num_keys} D{head_dim}",
-                "device": device,
-                "dtype": str(dtype).replace("torch.", ""),
-                "torch_ms": reference_ms,
-                "torch_tflops": flops / reference_ms / 1e9,
-                "sdpa_dense_mask_ms": sdpa_ms,
-                "triton_ms": kernel_ms,
-                "triton_tflops": flops / kernel_ms / 1e9 if kernel_ms else None,
-                "triton_vs_sdpa": sdpa_ms / kernel_ms if kernel_ms else None,
-                "note": note,
-            }
-        )
+        row = _row(f"attention[{kind}]", f"B{batch} H{heads} Tq{num_queries} Tk{num_keys} D{head_dim}", dtype, note)
+        row.update(_rates(reference_ms, kernel_ms, flops / 1e9, "tflops"))
+        row["sdpa_dense_mask_ms"] = sdpa_ms
+        row["triton_vs_sdpa"] = sdpa_ms / kernel_ms if kernel_ms else None
+        rows.append(row)
     for batch, seq_len, width in LENGTH_SHAPES:
         states = torch.randn(batch, seq_len, width, device=device, dtype=dtype)
         src_lengths = torch.randint(1, seq_len + 1, (batch,), device=device)
@@ -89,38 +95,20 @@ def profile_kernels(repeats: int = 10) -> list[dict]:
             reference_ms = _median_ms(reference, repeats, synchronize)
             kernel = partial(length_candidates, states, src_lengths, weight, 3)
             kernel_ms = _median_ms(kernel, repeats, synchronize) if on_gpu else None
-        rows.append(
-            {
-                "op": "length_candidates",
-                "shape": f"B{batch} S{seq_len} d{width} C256 l3",
-                "device": device,
-                "dtype": str(dtype).replace("torch.", ""),
-                "torch_ms": reference_ms,
-                "torch_gbs": bytes_read / reference_ms / 1e6,
-                "triton_ms": kernel_ms,
-                "triton_gbs": bytes_read / kernel_ms / 1e6 if kernel_ms else None,
-                "note": note,
-            }
-        )
+        row = _row("length_candidates", f"B{batch} S{seq_len} d{width} C256 l3", dtype, note)
+        rows.append({**row, **_rates(reference_ms, kernel_ms, bytes_read / 1e6, "gbs")})
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
     """A markdown table of ``profile_kernels`` rows ("-" where nothing was measured)."""
 
-    def number(value: float | None, digits: int = 3) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
-
-    lines = [
-        "| op | shape | device | torch ms | triton ms | torch TFLOP/s or GB/s | triton TFLOP/s or GB/s |",
-        "|---|---|---|---:|---:|---:|---:|",
+    header = ["op", "shape", "device", "torch ms", "triton ms", "torch TFLOP/s or GB/s", "triton TFLOP/s or GB/s"]
+    cells = [
+        [row["op"], row["shape"], f"{row['device']} {row['dtype']}", number(row["torch_ms"]), number(row["triton_ms"])]
+        + [number(row.get(f"{side}_tflops", row.get(f"{side}_gbs"))) for side in ("torch", "triton")]
+        for row in rows
     ]
-    for row in rows:
-        torch_rate = row.get("torch_tflops", row.get("torch_gbs"))
-        triton_rate = row.get("triton_tflops", row.get("triton_gbs"))
-        lines.append(
-            f"| {row['op']} | {row['shape']} | {row['device']} {row['dtype']} | {number(row['torch_ms'])} | "
-            f"{number(row['triton_ms'])} | {number(torch_rate)} | {number(triton_rate)} |"
-        )
+    lines = markdown_table(header, cells, numeric_from=3)
     notes = sorted({row["note"] for row in rows if row["note"]})
     return "\n".join(lines + [f"note: {n}" for n in notes])

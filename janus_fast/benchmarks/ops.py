@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from janus_fast.benchmarks.tables import markdown_table, number
 from janus_fast.benchmarks.timing import median_seconds
 from janus_fast.ops import HAS_NATIVE_OPS, mask_predict_step_reference
 
@@ -114,24 +115,17 @@ def _time_case(
 def format_table(results: list[dict]) -> str:
     """Markdown table of ``run()`` results."""
 
-    def show(value: float | None, digits: int) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
-
-    lines = [
-        f"copy bandwidth (read + write): {results[0]['copy_gbs']:.1f} GB/s, "
-        f"threads: {torch.get_num_threads()}, V = {results[0]['V']}, dtype = {results[0]['dtype']}",
-        "",
-        "| N | T | native ms | reference ms | speedup | native GB/s | of bandwidth |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+    header = ["N", "T", "native ms", "reference ms", "speedup", "native GB/s", "of bandwidth"]
+    rows = [
+        [row["N"], row["T"], number(row["native_ms"]), number(row["reference_ms"]), number(row["speedup"], 1) + "x"]
+        + [number(row["native_gbs"], 1), number(row["bandwidth_fraction"] and 100 * row["bandwidth_fraction"], 0) + "%"]
+        for row in results
     ]
-    for row in results:
-        fraction = row["bandwidth_fraction"]
-        lines.append(
-            f"| {row['N']} | {row['T']} | {show(row['native_ms'], 3)} | "
-            f"{row['reference_ms']:.3f} | {show(row['speedup'], 1)}x | "
-            f"{show(row['native_gbs'], 1)} | {show(fraction and 100 * fraction, 0)}% |"
-        )
-    return "\n".join(lines)
+    title = (
+        f"copy bandwidth (read + write): {results[0]['copy_gbs']:.1f} GB/s, "
+        f"threads: {torch.get_num_threads()}, V = {results[0]['V']}, dtype = {results[0]['dtype']}"
+    )
+    return "\n".join([title, "", *markdown_table(header, rows, numeric_from=0)])
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ import sys
 
 import torch
 
+from janus_fast.benchmarks.tables import markdown_table, number
 from janus_fast.model import JanusConfig, JanusModel
 
 SHAPES = {
@@ -164,6 +165,8 @@ def run_worker(job: dict) -> dict:
     config = JanusConfig(**job["config"])
     model = random_model(config, job["seed"])
     translator = Translator(model, _Vocabulary(config.vocab_size), job["max_batch_tokens"], precision=job["precision"])
+    if translator.choice.can_release_weights:  # as janus-fast translate does: the weights once
+        translator.choice.release_weights()
     rss_loaded = _peak_rss_mb()
     sources = random_sources(config, job["lengths"], job["seed"])
     batch1 = sources[: job["batch1"]]
@@ -292,18 +295,16 @@ def format_shape_report(report: dict) -> str:
         f"{config['encoder_layers']}+{config['decoder_layers']} layers, vocabulary {config['vocab_size']}, "
         f"{report.get('parameters', 0) / 1e6:.1f}M parameters; sources: {report['lengths']} "
         f"(mean {report['mean_source_tokens']:.1f} tokens), outputs forced to the source length; {report['cpu']}",
-        "",
-        "| row | precision | threads | batch 1 ms/sentence | large batch ms/sentence | output tokens | tokens/verify |",
-        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for row in report["rows"]:
-        tokens = row.get("output_tokens_per_sentence")
-        accepted = row.get("tokens_per_verify_pass")
-        lines.append(
-            f"| {row['row']} | {row['precision']} | {row['threads']} | {row['batch1_ms_per_sentence']:.1f} | "
-            f"{row['batch_ms_per_sentence']:.2f} | {'' if tokens is None else f'{tokens:.1f}'} | "
-            f"{'' if accepted is None else f'{accepted:.2f}'} |"
-        )
+    header = ["row", "precision", "threads", "batch 1 ms/sentence", "large batch ms/sentence"]
+    header += ["output tokens", "tokens/verify"]
+    cells = [
+        [row["row"], row["precision"], row["threads"], number(row["batch1_ms_per_sentence"], 1)]
+        + [number(row["batch_ms_per_sentence"], 2), number(row.get("output_tokens_per_sentence"), 1, missing="")]
+        + [number(row.get("tokens_per_verify_pass"), 2, missing="")]
+        for row in report["rows"]
+    ]
+    lines += ["", *markdown_table(header, cells, numeric_from=2)]
     lines.append("")
     for memory in report["memory"]:
         lines.append(

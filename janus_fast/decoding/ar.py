@@ -88,7 +88,7 @@ def beam_search(
     """
     batch = len(src_lengths)
     rows = torch.arange(batch, device=src_tokens.device).repeat_interleave(beam)
-    passes.bind(passes.encode(src_tokens, src_lengths).select(rows))
+    passes.bind(passes.encode(src_tokens, src_lengths), rows)
     caches = passes.new_caches(int(row_limits.max()))
     state = BeamRows(caches, passes, _keep_rows, batch * beam)
 

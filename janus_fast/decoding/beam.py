@@ -16,12 +16,13 @@ from janus_fast.decoding.hypotheses import Hypotheses, output_tokens
 from janus_fast.model import JanusModel, LayerCache
 
 
-def max_ar_lengths(src_lengths: torch.Tensor, model: JanusModel, max_len_a: float, max_len_b: int) -> torch.Tensor:
+def max_ar_lengths(src_lengths: torch.Tensor, model: JanusModel, max_len: tuple[float, int]) -> torch.Tensor:
     """Tokens each sentence's AR search may generate, eos included: (B,) int64, >= 1.
 
-    Per sentence (``max_len_a * src_len + max_len_b``), so a translation never depends on the
+    Per sentence (``a * src_len + b`` for ``max_len = (a, b)``), so a translation never depends on the
     other sentences of its batch.
     """
+    max_len_a, max_len_b = max_len
     limits = max_len_a * src_lengths.double() + float(max_len_b)  # float64: huge a or b cannot overflow
     return limits.clamp(1, model.config.max_target_positions - 1).long()
 

@@ -98,15 +98,28 @@ def initial_nar_tokens(lengths: torch.Tensor, config_ids: tuple[int, int, int, i
 @dataclass
 class MaskPredictState:
     """What mask-predict iterates on: tokens (N, W) int64, scores (N, W) float32, lengths (N,)
-    int64, the encoder output repeated per row (cross-attention keys/values computed once), the
-    candidates per sentence and the size V of the logits each row may need."""
+    int64, the encoder output of the sentences (one per sentence, not repeated per row: rows
+    ``s * length_beam .. (s + 1) * length_beam - 1`` are sentence s's candidates), the candidates
+    per sentence and the size V of the logits each row may need."""
 
     tokens: torch.Tensor
     scores: torch.Tensor
     lengths: torch.Tensor
-    encoder_out: EncoderOutput
+    sentences: EncoderOutput
     length_beam: int
     vocab_size: int
+
+    @property
+    def sentence_of_row(self) -> torch.Tensor:
+        """(N,) int64: the sentence (of ``sentences``) each row decodes."""
+        count = len(self.sentences.lengths)
+        return torch.arange(count, device=self.lengths.device).repeat_interleave(self.length_beam)
+
+    @property
+    def encoder_out(self) -> EncoderOutput:
+        """The encoder output repeated per row (a copy: ``DecoderPasses.bind`` takes the sentences'
+        and ``sentence_of_row`` instead)."""
+        return self.sentences.select(self.sentence_of_row)
 
     def split(self, budget_bytes: int = LOGITS_BUDGET_BYTES) -> list[MaskPredictState]:
         """Consecutive groups of whole sentences whose (rows, W, V) fp32 logits take at most
@@ -129,14 +142,14 @@ class MaskPredictState:
             return [self]
         states = []
         for begin, end in groups:
-            rows = torch.arange(begin, end, device=self.tokens.device)
+            sentences = torch.arange(begin // beam, end // beam, device=self.tokens.device)
             group_width = int(self.lengths[begin:end].max())
             states.append(
                 MaskPredictState(
                     self.tokens[begin:end, :group_width].clone(),
                     self.scores[begin:end, :group_width].clone(),
                     self.lengths[begin:end],
-                    self.encoder_out.select(rows),
+                    self.sentences.select(sentences),
                     beam,
                     self.vocab_size,
                 )
@@ -148,15 +161,14 @@ def start_mask_predict(
     model: JanusModel, encoder_out: EncoderOutput, length_beam: int, rule: str = "top"
 ) -> MaskPredictState:
     """The length candidates of ``rule`` (``length_candidates``) laid out as ``<bos> <mask>* <eos>``
-    rows, each with its sentence's encoder output."""
+    rows, with the sentences' encoder output."""
     config = model.config
     candidates, _ = length_candidates(model, encoder_out, length_beam, rule)
     batch, beam = candidates.shape
     lengths = candidates.reshape(-1)
-    rows_encoder = encoder_out.select(torch.arange(batch, device=lengths.device).repeat_interleave(beam))
     tokens = initial_nar_tokens(lengths, (config.pad_id, config.bos_id, config.eos_id, config.mask_id))
     scores = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
-    return MaskPredictState(tokens, scores, lengths, rows_encoder, beam, config.vocab_size)
+    return MaskPredictState(tokens, scores, lengths, encoder_out, beam, config.vocab_size)
 
 
 def best_length_candidates(

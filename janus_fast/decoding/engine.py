@@ -25,7 +25,7 @@ from janus_fast.decoding.hypotheses import Hypotheses
 from janus_fast.decoding.mask_predict import MaskPredictPolicy
 from janus_fast.decoding.mask_predict import mask_predict as mask_predict_loop
 from janus_fast.decoding.options import JANUS_MAX_LEN, PLAIN_RANKING, CandidateRanking, SpeculativeOptions
-from janus_fast.decoding.passes import PassChoice, decoder_positions
+from janus_fast.decoding.passes import PassChoice
 from janus_fast.decoding.speculative import SpeculativeStats, speculative_greedy
 from janus_fast.model import JanusModel
 
@@ -52,7 +52,7 @@ def mask_predict(
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
-    passes = _choice(model, precision, choice).passes(decoder_positions("nar", src_lengths, length_beam, 1))
+    passes = _choice(model, precision, choice).passes()
     policy = MaskPredictPolicy(ranking)
     return mask_predict_loop(passes.model, passes, src_tokens, src_lengths, num_iterations, length_beam, policy)
 
@@ -62,15 +62,14 @@ def greedy(
     model: JanusModel,
     src_tokens: torch.Tensor,
     src_lengths: torch.Tensor,
-    max_len_a: float = JANUS_MAX_LEN[0],
-    max_len_b: int = JANUS_MAX_LEN[1],
+    max_len: tuple[float, int] = JANUS_MAX_LEN,
     precision: str = "fp32",
     choice: PassChoice | None = None,
 ) -> Hypotheses:
     """AR greedy decoding, as ``ar_search(beam=1)`` of the reference. src_tokens (B, S) int64,
     src_lengths (B,) int64."""
-    passes = _choice(model, precision, choice).passes(decoder_positions("ar", src_lengths, 1, 1))
-    limits = max_ar_lengths(src_lengths, model, max_len_a, max_len_b)
+    passes = _choice(model, precision, choice).passes()
+    limits = max_ar_lengths(src_lengths, model, max_len)
     return greedy_loop(passes.model, passes, src_tokens, src_lengths, limits)
 
 
@@ -80,8 +79,7 @@ def ar_search(
     src_tokens: torch.Tensor,
     src_lengths: torch.Tensor,
     beam: int = 1,
-    max_len_a: float = JANUS_MAX_LEN[0],
-    max_len_b: int = JANUS_MAX_LEN[1],
+    max_len: tuple[float, int] = JANUS_MAX_LEN,
     precision: str = "fp32",
     choice: PassChoice | None = None,
 ) -> Hypotheses:
@@ -90,9 +88,9 @@ def ar_search(
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
     if beam == 1:
-        return greedy(model, src_tokens, src_lengths, max_len_a, max_len_b, precision, choice)
-    passes = _choice(model, precision, choice).passes(decoder_positions("ar", src_lengths, 1, beam))
-    row_limits = max_ar_lengths(src_lengths, model, max_len_a, max_len_b).repeat_interleave(beam)
+        return greedy(model, src_tokens, src_lengths, max_len, precision, choice)
+    passes = _choice(model, precision, choice).passes()
+    row_limits = max_ar_lengths(src_lengths, model, max_len).repeat_interleave(beam)
     found = beam_search(passes, src_tokens, src_lengths, janus_rules(model), beam, row_limits)
     return janus_hypotheses(model, found)
 
@@ -102,8 +100,7 @@ def speculative(
     model: JanusModel,
     src_tokens: torch.Tensor,
     src_lengths: torch.Tensor,
-    max_len_a: float = JANUS_MAX_LEN[0],
-    max_len_b: int = JANUS_MAX_LEN[1],
+    max_len: tuple[float, int] = JANUS_MAX_LEN,
     precision: str = "fp32",
     options: SpeculativeOptions | None = None,
     stats: SpeculativeStats | None = None,
@@ -115,6 +112,13 @@ def speculative(
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
-    passes = _choice(model, precision, choice).passes(decoder_positions("ar", src_lengths, 1, 1))
-    limits = max_ar_lengths(src_lengths, model, max_len_a, max_len_b)
+    chosen = _choice(model, precision, choice)
+    if chosen.dynamic_int8:
+        raise ValueError(
+            "mode 'spec' with precision 'int8' needs the engine's native passes: PyTorch's int8 layers quantize a "
+            "batch's activations with one range, so a verification could not reproduce AR greedy's steps (use fp32 "
+            "or bf16, or build the native extension: python -m janus_fast.native)"
+        )
+    passes = chosen.passes()
+    limits = max_ar_lengths(src_lengths, model, max_len)
     return speculative_greedy(passes.model, passes, src_tokens, src_lengths, limits, options, stats)

@@ -50,7 +50,7 @@ from janus_fast.decoding.candidates import length_candidates
 from janus_fast.decoding.mask_predict import FinishedRows, MaskPredictPolicy
 from janus_fast.decoding.mask_predict import mask_predict as mask_predict_loop
 from janus_fast.decoding.options import FAIRSEQ_MAX_LEN
-from janus_fast.decoding.passes import PassChoice, decoder_positions
+from janus_fast.decoding.passes import PassChoice
 from janus_fast.model import EncoderOutput, JanusModel
 
 __all__ = [
@@ -152,7 +152,7 @@ def mask_predict(
     ``precision`` are its own).
     """
     choice = choice if choice is not None else PassChoice(model, precision, native)
-    passes = choice.passes(decoder_positions("nar", src_lengths, length_beam, 1))
+    passes = choice.passes()
     policy = FairseqPolicy(force_max_iter)
     return mask_predict_loop(passes.model, passes, src_tokens, src_lengths, max_iter + 1, length_beam, policy)
 
@@ -173,8 +173,7 @@ def ar_beam_search(
     src_tokens: torch.Tensor,
     src_lengths: torch.Tensor,
     beam: int = 1,
-    max_len_a: float = FAIRSEQ_MAX_LEN[0],
-    max_len_b: int = FAIRSEQ_MAX_LEN[1],
+    max_len: tuple[float, int] = FAIRSEQ_MAX_LEN,
     native: bool = True,
     precision: str = "fp32",
     choice: PassChoice | None = None,
@@ -193,12 +192,13 @@ def ar_beam_search(
     # fairseq's cap (max positions - 1); a query stream one position ahead of its content (this
     # project's models) reads one position further, so its cap is one lower
     query_ahead = config.query_position_offset if config.ar_stream == "query" else 0
-    max_len = min(int(max_len_a * src_tokens.shape[1] + max_len_b), config.max_target_positions - 1 - query_ahead)
-    if max_len < 1:
-        raise ValueError(f"max_len_a * source width + max_len_b must allow >= 1 target token, got {max_len}")
+    max_len_a, max_len_b = max_len
+    limit = min(int(max_len_a * src_tokens.shape[1] + max_len_b), config.max_target_positions - 1 - query_ahead)
+    if limit < 1:
+        raise ValueError(f"max_len_a * source width + max_len_b must allow >= 1 target token, got {limit}")
     choice = choice if choice is not None else PassChoice(model, precision, native)
-    passes = choice.passes(decoder_positions("ar", src_lengths, 1, beam))
-    row_limits = torch.full((len(src_lengths) * beam,), max_len + 1, dtype=torch.long, device=src_tokens.device)
+    passes = choice.passes()
+    row_limits = torch.full((len(src_lengths) * beam,), limit + 1, dtype=torch.long, device=src_tokens.device)
     found = beam_search(passes, src_tokens, src_lengths, fairseq_rules(model), beam, row_limits)
     return [
         FairseqHypothesis(tokens, positional, score, len(tokens) - 1)

@@ -108,7 +108,7 @@ def _iterate(
     tokens, scores, lengths = group.tokens, group.scores, group.lengths
     finished = FinishedRows(tokens, scores, lengths, torch.full_like(lengths, num_passes - 1), group.length_beam)
     active = torch.arange(len(lengths), device=lengths.device)  # the row of the group each active row is
-    passes.bind(group.encoder_out)
+    passes.bind(group.sentences, group.sentence_of_row)
     rows = PackedRows(lengths, tokens.shape[1])  # the rows' lengths stay fixed: packed once (and when rows leave)
     for step in range(num_passes):
         before = tokens.clone() if policy.adaptive_stop else None
@@ -137,6 +137,6 @@ def _iterate(
     if tokens is not finished.tokens:  # rows still active after the last pass
         finished.tokens[active], finished.scores[active] = tokens, scores
     if policy.ranking.ar_rescore:
-        passes.bind(group.encoder_out)
+        passes.bind(group.sentences, group.sentence_of_row)
         finished.ar_scores = passes.ar_scores(finished.tokens, finished.lengths)
     return finished

@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from janus_fast.arguments import check_int
+from janus_fast.arguments import check_int, option
 
 if TYPE_CHECKING:
     from janus_fast.model import JanusConfig
@@ -44,25 +44,32 @@ JANUS_MAX_LEN = (COMPAT_DEFAULTS["janus"]["max_len_a"], COMPAT_DEFAULTS["janus"]
 FAIRSEQ_MAX_LEN = (COMPAT_DEFAULTS["fairseq"]["max_len_a"], COMPAT_DEFAULTS["fairseq"]["max_len_b"])
 
 
+# the most positions a draft or a verification may name (decoding caps both at the sentence's length
+# limit, which no model's max_target_positions exceeds here); also the largest relaxed top k
+MAX_WINDOW = 65536
+
+
 @dataclass(frozen=True)
 class SpeculativeOptions:
     """How speculative decoding (mode "spec") drafts and verifies."""
 
-    draft_iterations: int = field(default=1, metadata={"help": "mask-predict iterations per draft"})
-    min_draft: int = field(default=4, metadata={"help": "positions a draft covers at least"})
-    max_verify: int = field(default=8, metadata={"help": "drafted tokens verified per round at most"})
-    relaxed_top_k: int = field(
-        default=0,
-        metadata={
-            "help": "also keep a drafted token among AR's top k within --relaxed-margin of its best "
-            "(0: exact, AR greedy's output)"
-        },
+    draft_iterations: int = option(1, "mask-predict iterations per draft")
+    min_draft: int = option(4, "positions a draft covers at least")
+    max_verify: int = option(8, "drafted tokens verified per round at most")
+    relaxed_top_k: int = option(
+        0,
+        "also keep a drafted token among AR's top k within --relaxed-margin of its best (0: exact, AR greedy's output)",
     )
-    relaxed_margin: float = field(default=1.0, metadata={"help": "log-probability margin of relaxed verification"})
+    relaxed_margin: float = option(1.0, "log-probability margin of relaxed verification")
 
     def __post_init__(self) -> None:
-        ranges = {"draft_iterations": (1, MAX_DRAFT_ITERATIONS), "min_draft": (1, None), "max_verify": (1, None)}
-        for name, (low, high) in {**ranges, "relaxed_top_k": (0, None)}.items():
+        ranges = {
+            "draft_iterations": (1, MAX_DRAFT_ITERATIONS),
+            "min_draft": (1, MAX_WINDOW),
+            "max_verify": (1, MAX_WINDOW),
+            "relaxed_top_k": (0, MAX_WINDOW),
+        }
+        for name, (low, high) in ranges.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"{name} must be an int, got {value!r}")
@@ -90,104 +97,74 @@ PLAIN_RANKING = CandidateRanking()  # mean NAR log-probability, no bonus
 class DecodeOptions:
     """How to decode. Every field has a command-line flag of the same name (``--length-beam``)."""
 
-    mode: str = field(
-        default="ar",
-        metadata={
-            "choices": MODES,
-            "help": "ar: autoregressive (with --beam 1 greedy; on the CPU both faster and better than "
-            "mask-predict on the shipped model), nar: mask-predict, spec: speculative (NAR drafts, AR "
-            "verifies: AR greedy's output)",
-        },
+    mode: str = option(
+        "ar",
+        "ar: autoregressive (with --beam 1 greedy; on the CPU both faster and better than "
+        "mask-predict on the shipped model), nar: mask-predict, spec: speculative (NAR drafts, AR "
+        "verifies: AR greedy's output)",
+        choices=MODES,
     )
-    iterations: int | None = field(
-        default=None,
-        metadata={
-            "aliases": ("--iter-decode-max-iter",),
-            "help": "mask-predict iterations (NAR; default 10); with --compat fairseq, fairseq's "
-            "--iter-decode-max-iter (iterations + 1 passes; default 10)",
-        },
+    iterations: int | None = option(
+        None,
+        "mask-predict iterations (NAR; default 10); with --compat fairseq, fairseq's "
+        "--iter-decode-max-iter (iterations + 1 passes; default 10)",
+        aliases=("--iter-decode-max-iter",),
     )
-    length_beam: int | None = field(
-        default=None,
-        metadata={
-            "aliases": ("--iter-decode-with-beam",),
-            "help": "length candidates (NAR; default 3); with --compat fairseq, fairseq's "
-            "--iter-decode-with-beam (default 1)",
-        },
+    length_beam: int | None = option(
+        None,
+        "length candidates (NAR; default 3); with --compat fairseq, fairseq's --iter-decode-with-beam (default 1)",
+        aliases=("--iter-decode-with-beam",),
     )
-    beam: int | None = field(
-        default=None,
-        metadata={"help": "beam size (AR; 1 = greedy; default 1); with --compat fairseq, fairseq's --beam (default 5)"},
+    beam: int | None = option(
+        None, "beam size (AR; 1 = greedy; default 1); with --compat fairseq, fairseq's --beam (default 5)"
     )
-    max_len_a: float | None = field(
-        default=None,
-        metadata={
-            "help": "AR: at most max_len_a x source length + max_len_b target tokens (default 1.2 per "
-            "sentence; with --compat fairseq, fairseq's 0 on the padded source width)"
-        },
+    max_len_a: float | None = option(
+        None,
+        "AR: at most max_len_a x source length + max_len_b target tokens (default 1.2 per "
+        "sentence; with --compat fairseq, fairseq's 0 on the padded source width)",
     )
-    max_len_b: int | None = field(
-        default=None, metadata={"help": "see --max-len-a (default 10; with --compat fairseq, 200)"}
+    max_len_b: int | None = option(None, "see --max-len-a (default 10; with --compat fairseq, 200)")
+    decoder: str = option(
+        "engine", "the fast engine or the plain PyTorch reference decoder (same outputs)", choices=DECODERS
     )
-    decoder: str = field(
-        default="engine",
-        metadata={"choices": DECODERS, "help": "the fast engine or the plain PyTorch reference decoder (same outputs)"},
+    precision: str = option(
+        "fp32",
+        "decode precision: fp32 (the reference's output), bf16 (the CPU engine's native passes "
+        "store bf16 weights, bf16 products where the CPU has AVX-512 BF16) or int8 (int8 weights, int8 "
+        "products where the CPU has AVX-512 VNNI; outputs may differ slightly)",
+        choices=PRECISIONS,
     )
-    precision: str = field(
-        default="fp32",
-        metadata={
-            "choices": PRECISIONS,
-            "help": "decode precision: fp32 (the reference's output), bf16 (the CPU engine's native passes "
-            "store bf16 weights, bf16 products where the CPU has AVX-512 BF16) or int8 (int8 weights, int8 "
-            "products where the CPU has AVX-512 VNNI; outputs may differ slightly)",
-        },
+    compat: str = option(
+        "janus",
+        "decoding semantics: this project's or fairseq-generate's mask-predict / AR beam search "
+        "(docs/fairseq.md); options left unset take fairseq-generate's defaults",
+        choices=COMPAT_MODES,
     )
-    compat: str = field(
-        default="janus",
-        metadata={
-            "choices": COMPAT_MODES,
-            "help": "decoding semantics: this project's or fairseq-generate's mask-predict / AR beam search "
-            "(docs/fairseq.md); options left unset take fairseq-generate's defaults",
-        },
+    force_max_iter: bool = option(
+        False,
+        "with --compat fairseq: run every pass (fairseq's --iter-decode-force-max-iter; default: adaptive stop)",
+        aliases=("--iter-decode-force-max-iter",),
     )
-    force_max_iter: bool = field(
-        default=False,
-        metadata={
-            "aliases": ("--iter-decode-force-max-iter",),
-            "help": "with --compat fairseq: run every pass (fairseq's --iter-decode-force-max-iter; "
-            "default: adaptive stop)",
-        },
+    collapse_repeats: bool | None = option(
+        None,
+        "NAR: keep each run of a repeated token once, the usual NAR post-processing (default: on "
+        "for NAR with --compat janus; --keep-repeats: off)",
+        negative_aliases=("--keep-repeats",),
     )
-    collapse_repeats: bool | None = field(
-        default=None,
-        metadata={
-            "negative_aliases": ("--keep-repeats",),
-            "help": "NAR: keep each run of a repeated token once, the usual NAR post-processing (default: on "
-            "for NAR with --compat janus; --keep-repeats: off)",
-        },
+    ar_rescore: bool = option(
+        False, "NAR: pick each sentence's length candidate by the same model's AR score of it (one more decoder pass)"
     )
-    ar_rescore: bool = field(
-        default=False,
-        metadata={
-            "help": "NAR: pick each sentence's length candidate by the same model's AR score of it (one more "
-            "decoder pass)"
-        },
+    length_bonus: float | None = option(
+        None,
+        "NAR: rank the length candidates by score + this x length (default: the model's own; "
+        "the shipped model's was tuned on validation)",
     )
-    length_bonus: float | None = field(
-        default=None,
-        metadata={
-            "help": "NAR: rank the length candidates by score + this x length (default: the model's own; "
-            "the shipped model's was tuned on validation)"
-        },
-    )
-    speculative: SpeculativeOptions | None = field(
-        default=None,
-        metadata={
-            "help": "mode spec's options (None: the defaults)",
-            "cli_dataclass": SpeculativeOptions,
-            "cli_prefix": "",
-            "title": "speculative decoding (--mode spec)",
-        },
+    speculative: SpeculativeOptions | None = option(
+        None,
+        "mode spec's options (None: the defaults)",
+        cli_dataclass=SpeculativeOptions,
+        cli_prefix="",
+        title="speculative decoding (--mode spec)",
     )
 
     @property

@@ -27,17 +27,14 @@ from torch import Tensor
 from janus_fast.decoding.options import PRECISIONS
 from janus_fast.decoding.packed import PackedRows, packed_decode
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
-from janus_fast.native.decoder import Memory, NativeDecoder, int8_computes_in_int8, unsupported_reason
+from janus_fast.native.decoder import (
+    Memory,
+    NativeDecoder,
+    engine_held_weights,
+    release_layer_weights,
+    unsupported_reason,
+)
 from janus_fast.quantize import quantize_int8
-
-# With precision "int8" on a CPU without AVX-512 VNNI, where the native passes only store int8
-# weights (``int8_computes_in_int8``), batches whose decoder passes have at least this many
-# positions (``decoder_positions``) run PyTorch's dynamic int8 layers (int8 products: faster when
-# the products dominate); smaller ones the native passes (faster when streaming the weights
-# dominates). Measured on CPU B (README, "CPU decoding"): native wins at 45 positions (NAR, one
-# sentence) and 32 (AR, 16 sentences), dynamic at 180 (NAR, 4 sentences), a tie at 64 (AR). With
-# VNNI the native passes run int8 products themselves, at every batch size.
-INT8_COMPUTE_MIN_POSITIONS = 64
 
 
 @dataclass
@@ -94,9 +91,10 @@ class DecoderPasses:
         """The encoder: src_tokens (B, S) int64, src_lengths (B,) int64."""
         raise NotImplementedError
 
-    def bind(self, encoder_out: EncoderOutput) -> None:
-        """Decode rows with this encoder output (one per row, e.g. repeated per length candidate)."""
-        self.encoder_out = encoder_out
+    def bind(self, encoder_out: EncoderOutput, rows: Tensor | None = None) -> None:
+        """Decode rows with this encoder output: row i with its sentence ``rows[i]`` (R,) int64 (e.g.
+        each sentence repeated per length candidate or beam), or with sentence i (None)."""
+        self.encoder_out = encoder_out if rows is None else encoder_out.select(rows)
 
     def keep(self, index: Tensor, caches: Sequence[LayerCache] = ()) -> None:
         """Keep rows ``index`` (R,) int64 (finished ones leave; beams reorder), of the rows' encoder
@@ -198,25 +196,30 @@ class NativePasses(DecoderPasses):
     def __init__(self, model: JanusModel, decoder: NativeDecoder) -> None:
         super().__init__(model)
         self.decoder = decoder
-        self.memory: Memory | None = None
+        self.memory: Memory | None = None  # the encoder memory, one entry per sentence bound
+        self.memory_rows: Tensor | None = None  # (N,) int64: each row's entry (None: row i has entry i)
 
     def encode(self, src_tokens: torch.Tensor, src_lengths: torch.Tensor) -> EncoderOutput:
         return self.decoder.encode(src_tokens, src_lengths)
 
-    def bind(self, encoder_out: EncoderOutput) -> None:
-        super().bind(encoder_out)
+    def bind(self, encoder_out: EncoderOutput, rows: Tensor | None = None) -> None:
+        """As ``DecoderPasses.bind``, without repeating the memory per row: the native ops take each
+        row's sentence (``memory_rows``), so length candidates and beams share one copy."""
+        self.encoder_out = None  # the native passes read the memory alone
         self.memory = NativeDecoder.memory(encoder_out)
+        self.memory_rows = rows
 
     @property
     def rows(self) -> int:
+        if self.memory_rows is not None:
+            return len(self.memory_rows)
         return 0 if self.memory is None else len(self.memory[2])
 
     def keep(self, index: Tensor, caches: Sequence[LayerCache] = ()) -> None:
-        """As ``DecoderPasses.keep``, of the memory alone: the native passes read nothing else."""
+        """As ``DecoderPasses.keep``, of the rows' memory entries (no memory is copied)."""
         for cache in caches:
             cache.reorder(index)
-        self.encoder_out = None
-        self.memory = NativeDecoder.select_memory(self.memory, index)
+        self.memory_rows = index if self.memory_rows is None else self.memory_rows.index_select(0, index)
 
     def new_caches(self, max_len: int) -> list[LayerCache]:
         return self.model.new_caches(self.rows, max_len, self.memory[0][0])
@@ -225,18 +228,22 @@ class NativePasses(DecoderPasses):
         self, tokens: torch.Tensor, rows: PackedRows, outputs: torch.Tensor, exclude_id: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         packed_tokens = tokens.reshape(-1).index_select(0, rows.index)
-        return self.decoder.nar_fill(packed_tokens, rows.positions, rows.offsets, self.memory, outputs, exclude_id)
+        return self.decoder.nar_fill(
+            packed_tokens, rows.positions, rows.offsets, self.memory, outputs, exclude_id, self.memory_rows
+        )
 
     def ar_logits(self, tokens: torch.Tensor, step: int, caches: list[LayerCache]) -> torch.Tensor:
-        return self.decoder.ar_step(tokens, step, self.memory, caches)
+        return self.decoder.ar_step(tokens, step, self.memory, caches, self.memory_rows)
 
     def ar_greedy(self, tokens: Tensor, step: int, caches: list[LayerCache], rule: GreedyRule) -> tuple[Tensor, Tensor]:
-        return self.decoder.ar_greedy_step(tokens, step, self.memory, caches, rule.banned, rule.forced, rule.forced_id)
+        return self.decoder.ar_greedy_step(
+            tokens, step, self.memory, caches, rule.banned, rule.forced, rule.forced_id, self.memory_rows
+        )
 
     def ar_extend(self, history: Tensor, new: NewTokens, caches: list[LayerCache], rule: GreedyRule) -> Verdicts:
         return self.decoder.ar_extend(
             new.tokens, new.row_offsets, new.cache_lengths, self.memory, caches, rule.banned, rule.forced,
-            rule.forced_id, new.candidates,
+            rule.forced_id, new.candidates, self.memory_rows,
         )  # fmt: skip
 
     def ar_scores(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -248,15 +255,10 @@ class NativePasses(DecoderPasses):
             contexts.offsets,
             self.memory,
             flat.index_select(0, contexts.index + 1),
+            self.memory_rows,
         )
         rows = torch.arange(len(lengths), device=lengths.device).repeat_interleave(lengths - 1)
         return torch.zeros(len(lengths), device=lengths.device).index_add_(0, rows, log_probs) / (lengths - 1)
-
-
-def decoder_positions(mode: str, src_lengths: torch.Tensor, length_beam: int, beam: int) -> int:
-    """Rows of one decoder pass for a batch: NAR length_beam x source tokens; AR 2 x beam x sentences
-    (speculative: counted as AR greedy)."""
-    return length_beam * int(src_lengths.sum()) if mode == "nar" else 2 * beam * len(src_lengths)
 
 
 class PassChoice:
@@ -266,8 +268,10 @@ class PassChoice:
     decoder). Native passes wherever ``unsupported_reason`` allows, their weights stored in the
     precision (bf16 / int8 products where the CPU has the instructions); else PyTorch passes: on
     the model itself (fp32), on a dynamic-int8 copy (int8, CPU only; ``janus_fast.quantize``), or
-    a ValueError (bf16 has no PyTorch passes). With int8 on a CPU without VNNI, batches of
-    ``INT8_COMPUTE_MIN_POSITIONS`` or more decoder positions take the dynamic-int8 copy too.
+    a ValueError (bf16 has no PyTorch passes). The PyTorch int8 layers quantize a batch's
+    activations with one range, so there a sentence's int8 tokens may depend on its batch; the
+    native passes' never do (each row quantized alone where the CPU has VNNI, int8 weights widened
+    to fp32 where it has not).
     """
 
     def __init__(self, model: JanusModel, precision: str = "fp32", native: bool = True) -> None:
@@ -292,9 +296,33 @@ class PassChoice:
                 f"precision 'bf16' needs the engine's native CPU decoder, which cannot run this model: {reason}"
             )
         self._int8_model: JanusModel | None = None  # the PyTorch dynamic int8 copy, made on first use
-        # int8 runs PyTorch's dynamic int8 layers: always without the native passes, and for large
-        # batches where the native passes only store int8 weights (no VNNI)
-        self.dynamic_int8 = precision == "int8" and (not self.native or not int8_computes_in_int8())
+        # int8 runs PyTorch's dynamic int8 layers only without the native passes: their one activation
+        # range per batch makes a sentence's tokens depend on its batch (the native passes quantize
+        # each row alone, or only store int8 weights where the CPU has no VNNI)
+        self.dynamic_int8 = precision == "int8" and not self.native
+        held = engine_held_weights(model)
+        if held is not None and (not self.native or precision != held):
+            raise ValueError(
+                f"this model's layer weights are held only by the engine's native passes, as {held} (a "
+                f"Translator made with release_weights=True): it decodes with decoder='engine' and "
+                f"precision={held!r} only; load it again to decode otherwise"
+            )
+
+    @property
+    def can_release_weights(self) -> bool:
+        """Whether ``release_weights`` can free the model's fp32 layer matrices: these passes never
+        need the PyTorch model."""
+        return self.native and engine_held_weights(self.model) is None
+
+    def release_weights(self) -> None:
+        """Free the model's own fp32 layer matrices once the native passes hold them at this
+        precision (``janus_fast.native.decoder.release_layer_weights``): the weights in memory once.
+        ValueError where the PyTorch model decodes (no native passes)."""
+        if not self.native:
+            raise ValueError(
+                f"release_weights: precision {self.precision!r} decodes here with the PyTorch model, which needs them"
+            )
+        release_layer_weights(self.model, self.precision)
 
     @property
     def torch_model(self) -> JanusModel:
@@ -305,8 +333,8 @@ class PassChoice:
             self._int8_model = quantize_int8(self.model)
         return self._int8_model
 
-    def passes(self, positions: int = 0) -> DecoderPasses:
-        """The passes for a batch whose decoder passes have ``positions`` rows (``decoder_positions``)."""
-        if self.native and (not self.dynamic_int8 or positions < INT8_COMPUTE_MIN_POSITIONS):
+    def passes(self) -> DecoderPasses:
+        """The passes for a batch: native (the model converted at this precision) or PyTorch's."""
+        if self.native:
             return NativePasses(self.model, NativeDecoder.for_model(self.model, self.precision))
         return TorchPasses(self.torch_model)

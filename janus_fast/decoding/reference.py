@@ -43,13 +43,14 @@ def mask_predict(
     parts = []
     start = start_mask_predict(model, model.encode(src_tokens, src_lengths), length_beam)
     for state in start.split():
+        encoder_out = state.encoder_out  # repeated per row
         for iteration in range(num_iterations):
-            logits = model.nar_logits(state.tokens, state.lengths, state.encoder_out)
+            logits = model.nar_logits(state.tokens, state.lengths, encoder_out)
             logits = logits.float() if logits.dtype == torch.float64 else logits  # the op reads 32 bits or fewer
             mask_predict_step(
                 logits, state.tokens, state.scores, state.lengths, iteration, num_iterations, model.config.mask_id
             )
-        ar_scores = model.ar_scores(state.tokens, state.lengths, state.encoder_out) if ranking.ar_rescore else None
+        ar_scores = model.ar_scores(state.tokens, state.lengths, encoder_out) if ranking.ar_rescore else None
         rows = (state.tokens, state.scores, state.lengths, state.length_beam)
         parts.append(best_length_candidates(model, *rows, ar_scores, ranking))
     return Hypotheses.concatenate(parts)
@@ -61,8 +62,7 @@ def ar_search(
     src_tokens: torch.Tensor,
     src_lengths: torch.Tensor,
     beam: int = 1,
-    max_len_a: float = JANUS_MAX_LEN[0],
-    max_len_b: int = JANUS_MAX_LEN[1],
+    max_len: tuple[float, int] = JANUS_MAX_LEN,
     use_cache: bool = True,
 ) -> Hypotheses:
     """AR beam search on P_AR (beam 1 = greedy; ``beam.finished_beam_search``) over the PyTorch model's
@@ -72,7 +72,7 @@ def ar_search(
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
     batch = src_tokens.shape[0]
-    row_limits = max_ar_lengths(src_lengths, model, max_len_a, max_len_b).repeat_interleave(beam)
+    row_limits = max_ar_lengths(src_lengths, model, max_len).repeat_interleave(beam)
     steps = int(row_limits.max())
     rows = torch.arange(batch, device=src_tokens.device).repeat_interleave(beam)
     encoder_out = model.encode(src_tokens, src_lengths).select(rows)

@@ -95,7 +95,10 @@ def speculative_greedy(
     total_log_prob = torch.zeros(batch, device=device)
     rows = torch.arange(batch, device=device)  # the sentence of each active row
     results = (history.clone(), total_log_prob.clone(), accepted.clone())
-    window = options.max_verify
+    # a window or a draft past the longest length limit changes nothing: capped, so that memory
+    # follows the batch, not the option
+    window = min(options.max_verify, steps)
+    min_draft = min(options.min_draft, steps + 1)
     slots = torch.arange(window + 1, device=device)[None]
     relaxed_options = options.relaxed_top_k > 0
     stats = stats if stats is not None else SpeculativeStats()
@@ -104,7 +107,7 @@ def speculative_greedy(
     while len(rows):
         active = len(rows)
         # the draft: positions n+1 .. L-2 masked, eos at L-1; L extended to cover min_draft positions
-        draft_lengths = torch.maximum(draft_lengths, torch.minimum(accepted + 2 + options.min_draft, limits + 1))
+        draft_lengths = torch.maximum(draft_lengths, torch.minimum(accepted + 2 + min_draft, limits + 1))
         counts = torch.clamp(torch.minimum(draft_lengths - 2, limits - 1) - accepted, min=0)  # drafted positions
         verified_counts = torch.clamp(counts, max=window)
         width = int(draft_lengths.max())
@@ -155,7 +158,7 @@ def speculative_greedy(
         if relaxed is not None:  # a drafted token kept though AR chose another scores its own log-probability
             step_log_probs = torch.where(kept_tokens == verified, step_log_probs, drafted_log_probs)
         taken = slots < kept[:, None]
-        total_log_prob += (step_log_probs * taken).sum(1)
+        total_log_prob += torch.where(taken, step_log_probs, 0.0).sum(1)  # untaken slots may hold NaN
         target = (accepted[:, None] + 1 + slots).clamp(max=history.shape[1] - 1)
         history.scatter_(1, target, torch.where(taken, kept_tokens, history.gather(1, target)))
         accepted = accepted + kept

@@ -325,6 +325,14 @@ class NativeDecoder:
         reading every weight: ``_parameters_version`` and ``_WeightSamples``."""
         cache: dict[str, NativeDecoder] = model.__dict__.setdefault("_native_decoders", {})
         decoder = cache.get(weight_type)
+        held = engine_held_weights(model)
+        if held is not None:  # the layers' fp32 matrices are gone: only the decoder made then can run
+            if decoder is None:
+                raise ValueError(
+                    f"this model's layer weights are held only by the engine, as {held} "
+                    f"(release_layer_weights); it cannot decode with {weight_type} weights"
+                )
+            return decoder
         if (
             decoder is None
             or decoder.version != _parameters_version(_model_parameters(model))
@@ -364,20 +372,25 @@ class NativeDecoder:
         keys, values, lengths = memory
         return [k.index_select(0, index) for k in keys], [v.index_select(0, index) for v in values], lengths[index]
 
-    def ar_step(self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache]) -> Tensor:
+    def ar_step(
+        self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache], memory_rows: Tensor | None = None
+    ) -> Tensor:
         """``JanusModel.ar_step``: tokens (B,) int64 at position ``step`` -> (B, V) float32 logits.
 
-        ``memory`` is ``NativeDecoder.memory(encoder_out)``; the caches (float32, from
-        ``model.new_caches``) get this step's keys/values at index ``step``.
+        ``memory`` is ``NativeDecoder.memory(encoder_out)``: one entry per row, or per sentence with
+        ``memory_rows`` (B,) int64 the entry of each row (every op takes it: a sentence's beams or
+        length candidates share its entry); the caches (float32, from ``model.new_caches``) get this
+        step's keys/values at index ``step``.
         """
-        logits = torch.ops.janus_fast.decoder_ar_step(*self._ar_step_arguments(tokens, step, memory, caches))
+        arguments = self._ar_step_arguments(tokens, step, memory, caches)
+        logits = torch.ops.janus_fast.decoder_ar_step(*arguments, memory_rows=memory_rows)
         for cache in caches:
             cache.length = step + 1
         return logits
 
     def ar_greedy_step(
         self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache], excluded_ids: Tensor,
-        forced: Tensor, forced_id: int,
+        forced: Tensor, forced_id: int, memory_rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
         """``ar_step`` followed by greedy search's choice, without the (B, V) logits: per sentence
         the argmax over the vocabulary without ``excluded_ids`` (K,) int64 (ties -> lowest id), or
@@ -385,7 +398,9 @@ class NativeDecoder:
         vocabulary. Returns tokens (B,) int64 and log-probabilities (B,) float32.
         """
         arguments = self._ar_step_arguments(tokens, step, memory, caches)
-        chosen = torch.ops.janus_fast.decoder_ar_greedy(*arguments, excluded_ids, forced, forced_id)
+        chosen = torch.ops.janus_fast.decoder_ar_greedy(
+            *arguments, excluded_ids, forced, forced_id, memory_rows=memory_rows
+        )
         for cache in caches:
             cache.length = step + 1
         return chosen
@@ -393,6 +408,7 @@ class NativeDecoder:
     def ar_extend(
         self, tokens: Tensor, row_offsets: Tensor, cache_lengths: Tensor, memory: Memory, caches: list[LayerCache],
         excluded_ids: Tensor, forced: Tensor, forced_id: int, candidates: Tensor | None = None,
+        memory_rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
         """AR passes of both streams over several new tokens per sentence, each sentence from its own
         cache length, with greedy search's choice after every new token (``ar_greedy_step``'s rules,
@@ -415,7 +431,7 @@ class NativeDecoder:
         chosen = torch.ops.janus_fast.decoder_ar_extend(
             *self._decoder_arguments(), self.mask_id, self.query_position_offset, self.query_stream,
             tokens, row_offsets, cache_lengths, *memory, *_cache_tensors(caches),
-            excluded_ids, forced, forced_id, candidates,
+            excluded_ids, forced, forced_id, candidates, memory_rows=memory_rows,
         )  # fmt: skip
         for cache in caches:  # every position written so far (reorders keep them all)
             cache.length = max(cache.length, written)
@@ -436,20 +452,21 @@ class NativeDecoder:
         return self.tensors, self.num_heads, self.embed_scale, self.post_norm, self.relu
 
     def nar_logits(
-        self, tokens: Tensor, positions: Tensor, row_offsets: Tensor, memory: Memory, output_positions: Tensor
-    ) -> Tensor:
+        self, tokens: Tensor, positions: Tensor, row_offsets: Tensor, memory: Memory, output_positions: Tensor,
+        memory_rows: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
         """Content-stream logits of packed rows, as ``model.nar_logits`` at the same positions.
 
         tokens, positions (P,) int64: the real positions of N rows, row by row; row_offsets (N + 1,)
-        int64 where each row starts; memory per row; output_positions (M,) int64 indices into P.
-        Returns (M, V) float32.
+        int64 where each row starts; memory per row (or per sentence with ``memory_rows``, as
+        ``ar_step``); output_positions (M,) int64 indices into P. Returns (M, V) float32.
         """
         rows = (tokens, positions, row_offsets, *memory, output_positions)
-        return torch.ops.janus_fast.decoder_nar_pass(*self._decoder_arguments(), *rows)
+        return torch.ops.janus_fast.decoder_nar_pass(*self._decoder_arguments(), *rows, memory_rows=memory_rows)
 
     def nar_fill(
         self, tokens: Tensor, positions: Tensor, row_offsets: Tensor, memory: Memory, output_positions: Tensor,
-        exclude_id: int,
+        exclude_id: int, memory_rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:  # fmt: skip
         """Mask-predict's fill at ``output_positions`` without the (M, V) logits: the argmax token
         over the vocabulary without ``exclude_id`` (-1: over all of it, fairseq's fill; ties ->
@@ -459,11 +476,14 @@ class NativeDecoder:
         Arguments as ``nar_logits``; returns tokens (M,) int64 and scores (M,) float32.
         """
         rows = (tokens, positions, row_offsets, *memory, output_positions)
-        return torch.ops.janus_fast.decoder_nar_fill(*self._decoder_arguments(), *rows, exclude_id)
+        return torch.ops.janus_fast.decoder_nar_fill(
+            *self._decoder_arguments(), *rows, exclude_id, memory_rows=memory_rows
+        )
 
     def ar_scores(
-        self, tokens: Tensor, positions: Tensor, row_offsets: Tensor, memory: Memory, targets: Tensor
-    ) -> Tensor:
+        self, tokens: Tensor, positions: Tensor, row_offsets: Tensor, memory: Memory, targets: Tensor,
+        memory_rows: Tensor | None = None,
+    ) -> Tensor:  # fmt: skip
         """Teacher-forced P_AR log-probabilities of packed rows, as ``model.ar_hidden`` followed by a
         log-softmax: tokens, positions (P,) int64 the content tokens of N rows, row by row (each
         sees its row up to itself); row_offsets (N + 1,) int64; memory per row; targets (P,) int64
@@ -474,8 +494,39 @@ class NativeDecoder:
             raise ValueError("ar_scores runs the two-stream pass; this model is a plain transformer")
         rows = (tokens, positions, row_offsets, *memory, targets)
         return torch.ops.janus_fast.decoder_ar_score(
-            *self._decoder_arguments(), self.mask_id, self.query_position_offset, *rows
+            *self._decoder_arguments(), self.mask_id, self.query_position_offset, *rows, memory_rows=memory_rows
         )
+
+
+_HELD_KEY = "_engine_held_weights"  # model.__dict__ key: the weight type its layers are held as
+
+
+def engine_held_weights(model: nn.Module) -> str | None:
+    """The weight type the native decoder holds ``model``'s layer matrices as, when
+    ``release_layer_weights`` freed the model's own (None: the model still has them)."""
+    return model.__dict__.get(_HELD_KEY)
+
+
+def release_layer_weights(model: JanusModel, weight_type: str) -> NativeDecoder:
+    """Convert ``model`` for the native passes at ``weight_type``, then free its own copy of every
+    matrix the conversion stored (the encoder's and decoder's linear layers): they become meta tensors
+    (shape kept, no memory), so the model's weights are held once, at ``weight_type`` (int8: a
+    quarter of the fp32 bytes). Embeddings, layer norms, biases and the length head stay (the
+    native passes read the embeddings and vectors in place). From then on the model decodes only
+    through this decoder: its PyTorch forward, the reference decoder and another weight type raise.
+    Returns the decoder."""
+    if engine_held_weights(model) is not None:
+        raise ValueError(f"the model's layer weights are already held by the engine, as {engine_held_weights(model)}")
+    decoder = NativeDecoder.for_model(model, weight_type)
+    # the decoder's change checks hold references to the parameters (and views of their memory)
+    decoder.parameters, decoder.samples = [], None
+    model.__dict__["_native_decoders"] = {weight_type: decoder}
+    for layer in [*model.encoder_layers, *model.decoder_layers]:
+        for module in layer.modules():
+            if isinstance(module, nn.Linear):
+                module.weight = nn.Parameter(torch.empty_like(module.weight, device="meta"), requires_grad=False)
+    model.__dict__[_HELD_KEY] = weight_type
+    return decoder
 
 
 def _cache_tensors(caches: list[LayerCache]) -> tuple[list[Tensor], list[Tensor]]:

@@ -30,7 +30,7 @@ import sacrebleu
 import torch
 from tqdm import tqdm
 
-from janus_fast.arguments import check_int
+from janus_fast.arguments import check_int, option
 from janus_fast.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -53,79 +53,56 @@ TRAIN_STATE_NAME = "train_state.pt"
 class TrainConfig:
     """Everything a training run needs; every field is a ``janus-fast train`` option."""
 
-    output_dir: str = field(
-        default="runs/janus",
-        metadata={
-            "help": "run folder: OUT/spm.model (the tokenizer), OUT/last/ (latest checkpoint and resume state), "
-            "OUT/best/ (best validation checkpoint), OUT/saves/ (--keep-every), OUT/metrics.jsonl; a run started "
-            "again with the same folder resumes from OUT/last/"
-        },
+    output_dir: str = option(
+        "runs/janus",
+        "run folder: OUT/spm.model (the tokenizer), OUT/last/ (latest checkpoint and resume state), "
+        "OUT/best/ (best validation checkpoint), OUT/saves/ (--keep-every), OUT/metrics.jsonl; a run started "
+        "again with the same folder resumes from OUT/last/",
     )
-    data_dir: str = field(
-        default="",
-        metadata={
-            "help": "folder of the parallel corpus: one file per split and language, {split}.{lang} or "
-            "{split}.{lang}.gz (e.g. train.de.gz, val.en), one sentence per line, aligned by line",
-            "required": True,
-        },
+    data_dir: str = option(
+        "",
+        "folder of the parallel corpus: one file per split and language, {split}.{lang} or "
+        "{split}.{lang}.gz (e.g. train.de.gz, val.en), one sentence per line, aligned by line",
+        required=True,
     )
-    source_lang: str = field(
-        default="de", metadata={"help": "source language: the {lang} suffix of the source-side corpus files"}
+    source_lang: str = option("de", "source language: the {lang} suffix of the source-side corpus files")
+    target_lang: str = option("en", "target language: the {lang} suffix of the target-side corpus files")
+    train_split: str = option("train", "the {split} name of the training files in --data-dir")
+    valid_split: str = option(
+        "val", "the {split} name of the validation files in --data-dir, validated at each epoch end"
     )
-    target_lang: str = field(
-        default="en", metadata={"help": "target language: the {lang} suffix of the target-side corpus files"}
+    train_target: str | None = option(
+        None,
+        "file (plain or .gz) whose lines replace the training split's targets, aligned with its "
+        "sources: e.g. a teacher's translations for sequence-level distillation (default: the split's own)",
     )
-    train_split: str = field(default="train", metadata={"help": "the {split} name of the training files in --data-dir"})
-    valid_split: str = field(
-        default="val",
-        metadata={"help": "the {split} name of the validation files in --data-dir, validated at each epoch end"},
+    init_from: str | None = option(
+        None,
+        "checkpoint folder to start from: its weights and its tokenizer, with a fresh optimizer and "
+        "learning-rate schedule; the architecture options must match it (the dropouts may differ) "
+        "(default: none, random initial weights)",
     )
-    train_target: str | None = field(
-        default=None,
-        metadata={
-            "help": "file (plain or .gz) whose lines replace the training split's targets, aligned with its "
-            "sources: e.g. a teacher's translations for sequence-level distillation (default: the split's own)"
-        },
+    train_limit: int | None = option(None, "train on the first N sentence pairs only (default: all)")
+    valid_limit: int | None = option(None, "validate on the first N sentence pairs only (default: all)")
+    objective: str = option(
+        "janus",
+        "training loss: janus (AR and NAR cross-entropies, the auxiliary stream's and the KL terms "
+        "that tie them, weighted by --weights-*), ar (AR cross-entropy only: an autoregressive baseline) or "
+        "cmlm (NAR cross-entropy of the masked tokens and the length loss: a CMLM baseline)",
+        choices=("janus", "ar", "cmlm"),
     )
-    init_from: str | None = field(
-        default=None,
-        metadata={
-            "help": "checkpoint folder to start from: its weights and its tokenizer, with a fresh optimizer and "
-            "learning-rate schedule; the architecture options must match it (the dropouts may differ) "
-            "(default: none, random initial weights)"
-        },
+    masking: str = option(
+        "span",
+        "which target tokens the NAR side learns to predict (objectives janus and cmlm): span (spans "
+        "of Poisson(2) lengths until ceil(0.7 n) of the n tokens are drawn, about 55 in 100 masked, as in "
+        "JANUS) or uniform (k ~ U[1, n] tokens at random, as in CMLM)",
+        choices=("span", "uniform"),
     )
-    train_limit: int | None = field(
-        default=None, metadata={"help": "train on the first N sentence pairs only (default: all)"}
-    )
-    valid_limit: int | None = field(
-        default=None, metadata={"help": "validate on the first N sentence pairs only (default: all)"}
-    )
-    objective: str = field(
-        default="janus",
-        metadata={
-            "help": "training loss: janus (AR and NAR cross-entropies, the auxiliary stream's and the KL terms "
-            "that tie them, weighted by --weights-*), ar (AR cross-entropy only: an autoregressive baseline) or "
-            "cmlm (NAR cross-entropy of the masked tokens and the length loss: a CMLM baseline)",
-            "choices": ("janus", "ar", "cmlm"),
-        },
-    )
-    masking: str = field(
-        default="span",
-        metadata={
-            "help": "which target tokens the NAR side learns to predict (objectives janus and cmlm): span (spans "
-            "of Poisson(2) lengths until ceil(0.7 n) of the n tokens are drawn, about 55 in 100 masked, as in "
-            "JANUS) or uniform (k ~ U[1, n] tokens at random, as in CMLM)",
-            "choices": ("span", "uniform"),
-        },
-    )
-    tokenizer_type: str = field(
-        default="unigram",
-        metadata={
-            "help": "model type of the joint SentencePiece tokenizer trained on the training sources and targets "
-            "at the run's start (not with --init-from, whose tokenizer the run takes)",
-            "choices": ("unigram", "bpe", "char", "word"),
-        },
+    tokenizer_type: str = option(
+        "unigram",
+        "model type of the joint SentencePiece tokenizer trained on the training sources and targets "
+        "at the run's start (not with --init-from, whose tokenizer the run takes)",
+        choices=("unigram", "bpe", "char", "word"),
     )
     # the architecture; its vocab_size is the size of the SentencePiece model trained for the run
     model: JanusConfig = field(
@@ -133,165 +110,128 @@ class TrainConfig:
         metadata={
             "cli_prefix": "",
             "fields": {
-                "vocab_size": {
-                    "help": "vocabulary size the joint SentencePiece tokenizer is trained for (the model takes the "
+                "vocab_size": (
+                    "vocabulary size the joint SentencePiece tokenizer is trained for (the model takes the "
                     "tokenizer's actual size, which may be smaller on a small corpus; with --init-from its own)"
-                },
-                "d_model": {"help": "model width: embeddings and hidden states (a multiple of --num-heads)"},
-                "num_heads": {"help": "attention heads per attention layer"},
-                "ffn_dim": {"help": "hidden width of each layer's feed-forward block"},
-                "encoder_layers": {"help": "number of encoder layers"},
-                "decoder_layers": {"help": "number of decoder layers (one decoder serves both AR and NAR)"},
-                "dropout": {
-                    "help": "dropout probability on the embeddings, on the outputs of the attention and "
+                ),
+                "d_model": "model width: embeddings and hidden states (a multiple of --num-heads)",
+                "num_heads": "attention heads per attention layer",
+                "ffn_dim": "hidden width of each layer's feed-forward block",
+                "encoder_layers": "number of encoder layers",
+                "decoder_layers": "number of decoder layers (one decoder serves both AR and NAR)",
+                "dropout": (
+                    "dropout probability on the embeddings, on the outputs of the attention and "
                     "feed-forward blocks and inside the feed-forward blocks, in [0, 1); training only"
-                },
-                "attention_dropout": {"help": "dropout probability on the attention weights, in [0, 1); training only"},
-                "max_source_positions": {
-                    "help": "longest source in tokens (learned position embeddings); longer training sources are "
+                ),
+                "attention_dropout": "dropout probability on the attention weights, in [0, 1); training only",
+                "max_source_positions": (
+                    "longest source in tokens (learned position embeddings); longer training sources are "
                     "cut, longer inputs to translate are cut or refused"
-                },
-                "max_target_positions": {
-                    "help": "longest target in tokens counting <bos> and <eos> (learned position embeddings); "
+                ),
+                "max_target_positions": (
+                    "longest target in tokens counting <bos> and <eos> (learned position embeddings); "
                     "longer training targets are cut"
-                },
-                "num_length_classes": {
-                    "help": "classes N of the NAR target-length head: target lengths 0 .. N-1 counting <bos> and "
+                ),
+                "num_length_classes": (
+                    "classes N of the NAR target-length head: target lengths 0 .. N-1 counting <bos> and "
                     "<eos> (with --length-offset, target minus source length + N/2)"
-                },
-                "length_offset": {
-                    "help": "the length head predicts the target length minus the source length (offset by N/2) "
+                ),
+                "length_offset": (
+                    "the length head predicts the target length minus the source length (offset by N/2) "
                     "instead of the target length itself"
-                },
+                ),
             },
         },
     )
-    lr: float = field(
-        default=1e-3,
-        metadata={
-            "help": "peak learning rate of AdamW (betas 0.9, 0.98), reached after --warmup-updates and then "
-            "decayed as 1/sqrt(update)"
-        },
+    lr: float = option(
+        1e-3,
+        "peak learning rate of AdamW (betas 0.9, 0.98), reached after --warmup-updates and then "
+        "decayed as 1/sqrt(update)",
     )
-    warmup_updates: int = field(
-        default=1000,
-        metadata={
-            "help": "updates of linear learning-rate warm-up to --lr; after them the rate is "
-            "lr x sqrt(warmup-updates / update)"
-        },
+    warmup_updates: int = option(
+        1000,
+        "updates of linear learning-rate warm-up to --lr; after them the rate is lr x sqrt(warmup-updates / update)",
     )
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW's (decoupled) weight decay, >= 0"})
-    clip_norm: float = field(
-        default=1.0, metadata={"help": "clip the gradient's global L2 norm to this before each update"}
+    weight_decay: float = option(1e-4, "AdamW's (decoupled) weight decay, >= 0")
+    clip_norm: float = option(1.0, "clip the gradient's global L2 norm to this before each update")
+    max_tokens: int = option(
+        4096,
+        "batch size in padded tokens per process: a batch's sentences x its longest sentence "
+        "(source or target side, counting <bos> and <eos>) stay within this; one batch is one update",
     )
-    max_tokens: int = field(
-        default=4096,
-        metadata={
-            "help": "batch size in padded tokens per process: a batch's sentences x its longest sentence "
-            "(source or target side, counting <bos> and <eos>) stay within this; one batch is one update"
-        },
+    epochs: int = option(10, "stop after this many passes over the training data in all (counting a resumed run's)")
+    max_updates: int | None = option(
+        None,
+        "stop after this many updates in all, counting those of a resumed run (default: no limit; "
+        "0 only trains the tokenizer, OUT/spm.model)",
     )
-    epochs: int = field(
-        default=10,
-        metadata={"help": "stop after this many passes over the training data in all (counting a resumed run's)"},
+    max_minutes: float | None = option(
+        None,
+        "stop after this many minutes of wall-clock time, validation included, counted from the "
+        "first update of this start (checked after each update), saving OUT/last/ (default: no limit)",
     )
-    max_updates: int | None = field(
-        default=None,
-        metadata={
-            "help": "stop after this many updates in all, counting those of a resumed run (default: no limit; "
-            "0 only trains the tokenizer, OUT/spm.model)"
-        },
+    device: str = option("cpu", "torch device to train on: cpu, cuda, cuda:1, ...")
+    save_every: int = option(200, "write OUT/last/ (model and resume state) every N updates, and at each epoch end")
+    keep_every: int | None = option(
+        None,
+        "also keep the model every N updates as OUT/saves/uNNNNNN/ (no resume state), e.g. to "
+        "average the last ones with janus-fast average (default: off)",
     )
-    max_minutes: float | None = field(
-        default=None,
-        metadata={
-            "help": "stop after this many minutes of wall-clock time, validation included, counted from the "
-            "first update of this start (checked after each update), saving OUT/last/ (default: no limit)"
-        },
+    log_every: int = option(
+        20,
+        "every N updates append a record to OUT/metrics.jsonl: mean loss and its terms, tokens per "
+        "second, learning rate, gradient norm",
     )
-    device: str = field(default="cpu", metadata={"help": "torch device to train on: cpu, cuda, cuda:1, ..."})
-    save_every: int = field(
-        default=200,
-        metadata={"help": "write OUT/last/ (model and resume state) every N updates, and at each epoch end"},
+    seed: int = option(1, "random seed: initial weights, batch order of each epoch, NAR masking")
+    precision: str = option(
+        "auto",
+        "bf16 runs the forward pass under bf16 autocast, fp32 does not, auto does where the device "
+        "computes bf16 natively (a CUDA GPU that supports it, a CPU with AVX-512 BF16 or AMX); the weights "
+        "and the optimizer stay fp32",
+        choices=("auto", "bf16", "fp32"),
     )
-    keep_every: int | None = field(
-        default=None,
-        metadata={
-            "help": "also keep the model every N updates as OUT/saves/uNNNNNN/ (no resume state), e.g. to "
-            "average the last ones with janus-fast average (default: off)"
-        },
+    threads: int | None = option(
+        None, "CPU threads of each process (default: torch's; under torchrun, the CPUs shared out among the processes)"
     )
-    log_every: int = field(
-        default=20,
-        metadata={
-            "help": "every N updates append a record to OUT/metrics.jsonl: mean loss and its terms, tokens per "
-            "second, learning rate, gradient norm"
-        },
+    valid_bleu: bool = option(
+        True,
+        "at each epoch end also translate the validation split and score it (sacreBLEU); the BLEU "
+        "then picks OUT/best/, else the validation loss does",
     )
-    seed: int = field(
-        default=1, metadata={"help": "random seed: initial weights, batch order of each epoch, NAR masking"}
+    valid_mode: str | None = option(
+        None,
+        "decoding for the validation BLEU: nar (mask-predict, 3 length candidates) or ar (greedy) "
+        "(default: ar for --objective ar, else nar)",
+        choices=("ar", "nar"),
     )
-    precision: str = field(
-        default="auto",
-        metadata={
-            "help": "bf16 runs the forward pass under bf16 autocast, fp32 does not, auto does where the device "
-            "computes bf16 natively (a CUDA GPU that supports it, a CPU with AVX-512 BF16 or AMX); the weights "
-            "and the optimizer stay fp32",
-            "choices": ("auto", "bf16", "fp32"),
-        },
-    )
-    threads: int | None = field(
-        default=None,
-        metadata={
-            "help": "CPU threads of each process (default: torch's; under torchrun, the CPUs shared out among "
-            "the processes)"
-        },
-    )
-    valid_bleu: bool = field(
-        default=True,
-        metadata={
-            "help": "at each epoch end also translate the validation split and score it (sacreBLEU); the BLEU "
-            "then picks OUT/best/, else the validation loss does"
-        },
-    )
-    valid_mode: str | None = field(
-        default=None,
-        metadata={
-            "help": "decoding for the validation BLEU: nar (mask-predict, 3 length candidates) or ar (greedy) "
-            "(default: ar for --objective ar, else nar)",
-            "choices": ("ar", "nar"),
-        },
-    )
-    valid_iterations: int = field(
-        default=4, metadata={"help": "mask-predict iterations of the validation BLEU's NAR decoding"}
-    )
-    progress: bool = field(default=True, metadata={"help": "show a progress bar of each epoch"})
+    valid_iterations: int = option(4, "mask-predict iterations of the validation BLEU's NAR decoding")
+    progress: bool = option(True, "show a progress bar of each epoch")
     weights: LossWeights = field(
         default_factory=LossWeights,
         metadata={
             "fields": {
-                "kl_ar_nar": {
-                    "help": "weight of the symmetric KL between the AR and NAR distributions at the masked "
+                "kl_ar_nar": (
+                    "weight of the symmetric KL between the AR and NAR distributions at the masked "
                     "positions (--objective janus)"
-                },
-                "kl_ar_aux": {
-                    "help": "weight of the symmetric KL between the AR and the auxiliary (AUX) distributions at "
+                ),
+                "kl_ar_aux": (
+                    "weight of the symmetric KL between the AR and the auxiliary (AUX) distributions at "
                     "the masked positions (--objective janus)"
-                },
-                "ce_nar_aux": {
-                    "help": "weight of the NAR and the AUX cross-entropies of the masked tokens, each "
+                ),
+                "ce_nar_aux": (
+                    "weight of the NAR and the AUX cross-entropies of the masked tokens, each "
                     "(--objective janus; cmlm weighs its NAR cross-entropy 1)"
-                },
-                "length": {"help": "weight of the target-length cross-entropy (--objective janus and cmlm)"},
-                "kl_nar_aux": {
-                    "help": "weight of the symmetric KL between the NAR and the AUX distributions at the masked "
+                ),
+                "length": "weight of the target-length cross-entropy (--objective janus and cmlm)",
+                "kl_nar_aux": (
+                    "weight of the symmetric KL between the NAR and the AUX distributions at the masked "
                     "positions (--objective janus)"
-                },
-                "label_smoothing": {"help": "label smoothing epsilon of the AR, NAR and AUX cross-entropies"},
-                "detach_ar_in_kl": {
-                    "help": "no gradient reaches the AR side through the KL(AR, NAR) and KL(AR, AUX) terms "
+                ),
+                "label_smoothing": "label smoothing epsilon of the AR, NAR and AUX cross-entropies",
+                "detach_ar_in_kl": (
+                    "no gradient reaches the AR side through the KL(AR, NAR) and KL(AR, AUX) terms "
                     "(P_AR a fixed teacher there, e.g. for a warm-started AR side; not in the reference method)"
-                },
+                ),
             }
         },
     )
