@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from dataclasses import field
@@ -21,6 +22,22 @@ def check_int(name: str, value: object, low: int, high: int | None = None) -> in
         bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bounds}, got {value}")
     return value
+
+
+def check_real(name: str, value: object, low: float | None = None) -> float:
+    """``value`` as a finite float (>= ``low`` where given): TypeError for what is not a real number
+    (bool, str, Decimal), ValueError for NaN, infinities, values past float's range or below ``low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number (int or float), got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if low is not None and number < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+    return number
 
 
 def check_writable_directory(path: str, option: str) -> None:

@@ -60,6 +60,8 @@ def generate(
             "the output on every call): call model.eval() first"
         )
     _check_source(model, src_tokens, src_lengths)
+    if options is not None and not isinstance(options, DecodeOptions):
+        raise TypeError(f"options must be a DecodeOptions, got {type(options).__name__}")
     resolved = (options if options is not None else DecodeOptions()).replace(**changes).resolve(model.config)
     choice = PassChoice(model, resolved.precision, native=resolved.decoder == "engine")
     hypotheses = decode_batch(model, src_tokens, src_lengths, resolved, choice)

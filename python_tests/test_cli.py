@@ -36,8 +36,15 @@ def test_engine_and_reference_decoders_agree_through_the_cli(trained_dir):
     for mode in ("nar", "ar"):
         outputs = [
             run_cli(
-                "translate", "--model", trained_dir, "--mode", mode, *(["--iterations", "3"] if mode == "nar" else []),
-                "--decoder", d, stdin=text,
+                "translate",
+                "--model",
+                trained_dir,
+                "--mode",
+                mode,
+                *(["--iterations", "3"] if mode == "nar" else []),
+                "--decoder",
+                d,
+                stdin=text,
             )  # fmt: skip
             for d in ("engine", "reference")
         ]

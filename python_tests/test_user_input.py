@@ -288,3 +288,22 @@ def test_train_options_refused_before_any_work(corpus_dir, tmp_path, option, val
     result = run_cli("train", "--data-dir", corpus_dir, "--output-dir", str(out), option, value)
     assert result.returncode == 2 and message.encode() in result.stderr, result.stderr
     assert not out.exists()  # nothing written, no tokenizer trained
+
+
+def test_numbers_of_other_types_get_errors_that_name_the_type_or_the_range():
+    """Decimal is not a real number here (TypeError naming it); a Fraction past float's range is a
+    ValueError, not a bare OverflowError; options given as a dict are a TypeError."""
+    from decimal import Decimal
+    from fractions import Fraction
+
+    model = random_model(0).eval()
+    src, lengths = torch.tensor([[5, 6, 7]]), torch.tensor([3])
+    with pytest.raises(TypeError, match="max_len_a must be a real number .*Decimal"):
+        generate(model, src, lengths, max_len_a=Decimal("1.5"))
+    with pytest.raises(ValueError, match="max_len_a must be a finite number"):
+        generate(model, src, lengths, max_len_a=Fraction(10**400))
+    with pytest.raises(ValueError, match="length_bonus must be a finite number"):
+        generate(model, src, lengths, mode="nar", length_bonus=Fraction(-(10**400)))
+    with pytest.raises(TypeError, match="options must be a DecodeOptions, got dict"):
+        generate(model, src, lengths, {"mode": "nar"})
+    assert generate(model, src, lengths, max_len_a=Fraction(3, 2)) == generate(model, src, lengths, max_len_a=1.5)

@@ -15,7 +15,7 @@ import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from janus_fast.arguments import check_int, option
+from janus_fast.arguments import check_int, check_real, option
 
 if TYPE_CHECKING:
     from janus_fast.model import JanusConfig
@@ -216,10 +216,7 @@ class DecodeOptions:
             raise ValueError("collapse_repeats applies to mode='nar' with compat='janus' only")
         bonus = self.length_bonus
         if bonus is not None:
-            if isinstance(bonus, bool) or not isinstance(bonus, numbers.Real):
-                raise TypeError(f"length_bonus must be a number or None, got {bonus!r}")
-            if not math.isfinite(bonus):
-                raise ValueError(f"length_bonus must be a finite number, got {bonus!r}")
+            bonus = check_real("length_bonus", bonus)
             if bonus and not nar_janus:
                 raise ValueError("length_bonus applies to mode='nar' with compat='janus' only")
         speculative = _check_speculative(self.speculative, mode, compat, self.decoder)
@@ -252,10 +249,7 @@ def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict) -> 
         checked = tuple(ranges)
     for name in checked:
         values[name] = check_int(name, values[name], *ranges[name])
-    a = values["max_len_a"]
-    if isinstance(a, bool) or not isinstance(a, numbers.Real) or not math.isfinite(a) or a < 0:
-        raise ValueError(f"max_len_a must be a finite number >= 0, got {a!r}")
-    values["max_len_a"] = float(a)
+    values["max_len_a"] = check_real("max_len_a", values["max_len_a"], 0)
     values["max_len_b"] = check_int("max_len_b", values["max_len_b"], 0)
     if values["max_len_a"] == 0 and values["max_len_b"] == 0:
         raise ValueError("max_len_a and max_len_b are both 0: the AR length limit must allow >= 1 target token")
