@@ -142,6 +142,12 @@ def save_pretrained(
         raise CheckpointError(f"cannot save a {model.precision} inference copy; save the fp32 model it came from")
     if dtype is not None and dtype not in STORED_FLOAT_DTYPES:
         raise CheckpointError(f"cannot store weights as {dtype}: use one of {STORED_FLOAT_DTYPES}")
+    released = [name for name, tensor in model.state_dict().items() if tensor.is_meta]
+    if released:
+        raise CheckpointError(
+            f"cannot save a model whose weights are held only by the engine ({released[0]} and "
+            f"{len(released) - 1} more: a Translator made with release_weights=True); save the model it was loaded from"
+        )
     state = {
         name: (tensor.detach().to(dtype) if dtype is not None and tensor.is_floating_point() else tensor.detach())
         .contiguous()

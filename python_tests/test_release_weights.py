@@ -92,3 +92,49 @@ def test_release_refused_where_pytorch_layers_decode(monkeypatch: pytest.MonkeyP
     assert not translator.choice.can_release_weights  # the CLI then keeps the weights
     with pytest.raises(ValueError, match="PyTorch model"):
         translator.choice.release_weights()
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["load_state_dict", "load_state_dict_assign", "half", "edit_embeddings"],
+)
+def test_a_released_model_changed_afterwards_is_refused_not_decoded_stale(change: str) -> None:
+    """The engine cannot convert a released model's weights again: after any change to the model
+    (new weights loaded in place or by assignment, a dtype change, an edit of the embeddings the
+    passes read in place) decoding raises instead of mixing old packs with new vectors."""
+    translator = _released("fp32")
+    model = translator.model
+    assert translator.translate(SENTENCES[:1])
+    new_state = Translator.from_pretrained().model.state_dict()
+    with torch.no_grad():
+        if change == "load_state_dict":
+            with pytest.warns(UserWarning):  # torch: copying into a meta parameter is a no-op
+                model.load_state_dict(new_state)
+        elif change == "load_state_dict_assign":
+            model.load_state_dict(new_state, assign=True)
+        elif change == "half":
+            model.half()
+        else:
+            model.embed_tokens.weight[7] += 1.0
+    with pytest.raises(ValueError, match="changed after its layer weights were released|held only by the engine"):
+        translator.translate(SENTENCES[:1])
+
+
+def test_a_translator_made_before_the_release_and_the_model_itself_raise() -> None:
+    """A reference translator made on the model before another one released its weights, and the
+    PyTorch model's own forward, raise: a meta weight would otherwise give uninitialised values."""
+    from janus_fast.checkpoint import CheckpointError, save_pretrained
+
+    model = Translator.from_pretrained().model
+    tokenizer = Translator.from_pretrained().tokenizer
+    reference = Translator(model, tokenizer, decoder="reference")
+    assert reference.translate(SENTENCES[:1], mode="nar")
+    Translator(model, tokenizer, release_weights=True)
+    for options in ({"mode": "nar"}, {"mode": "ar"}, {"mode": "ar", "beam": 4}):
+        with pytest.raises(ValueError, match="held only by the engine"):
+            reference.translate(SENTENCES[:1], **options)
+    src = torch.tensor([tokenizer.encode(SENTENCES[0])])
+    with pytest.raises(ValueError, match="held only by the engine's native passes"):
+        model.encode(src, torch.tensor([src.shape[1]]))
+    with pytest.raises(CheckpointError, match="held only by the engine"):
+        save_pretrained(model, "/nonexistent/never-written")

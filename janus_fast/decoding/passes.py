@@ -300,8 +300,14 @@ class PassChoice:
         # range per batch makes a sentence's tokens depend on its batch (the native passes quantize
         # each row alone, or only store int8 weights where the CPU has no VNNI)
         self.dynamic_int8 = precision == "int8" and not self.native
-        held = engine_held_weights(model)
-        if held is not None and (not self.native or precision != held):
+        self._check_held()
+
+    def _check_held(self) -> None:
+        """ValueError where the model's layer weights were released to the engine at another
+        precision, or these passes need the PyTorch model (checked again on every batch: a
+        translator made before the release shares the model)."""
+        held = engine_held_weights(self.model)
+        if held is not None and (not self.native or self.precision != held):
             raise ValueError(
                 f"this model's layer weights are held only by the engine's native passes, as {held} (a "
                 f"Translator made with release_weights=True): it decodes with decoder='engine' and "
@@ -327,6 +333,7 @@ class PassChoice:
     @property
     def torch_model(self) -> JanusModel:
         """The model the PyTorch passes and the reference decoders run: the int8 copy or the model."""
+        self._check_held()
         if not self.dynamic_int8:
             return self.model
         if self._int8_model is None:
@@ -335,6 +342,7 @@ class PassChoice:
 
     def passes(self) -> DecoderPasses:
         """The passes for a batch: native (the model converted at this precision) or PyTorch's."""
+        self._check_held()
         if self.native:
             return NativePasses(self.model, NativeDecoder.for_model(self.model, self.precision))
         return TorchPasses(self.torch_model)

@@ -332,6 +332,11 @@ class NativeDecoder:
                     f"this model's layer weights are held only by the engine, as {held} "
                     f"(release_layer_weights); it cannot decode with {weight_type} weights"
                 )
+            if decoder.version != _parameters_version(_model_parameters(model)) or not decoder.samples.unchanged():
+                raise ValueError(
+                    "this model's weights changed after its layer weights were released to the engine "
+                    "(release_weights): the engine cannot convert them again; load the model again"
+                )
             return decoder
         if (
             decoder is None
@@ -518,15 +523,36 @@ def release_layer_weights(model: JanusModel, weight_type: str) -> NativeDecoder:
     if engine_held_weights(model) is not None:
         raise ValueError(f"the model's layer weights are already held by the engine, as {engine_held_weights(model)}")
     decoder = NativeDecoder.for_model(model, weight_type)
-    # the decoder's change checks hold references to the parameters (and views of their memory)
+    # the decoder's change checks hold references to the parameters (and views of their memory):
+    # dropped, then made again over what the model holds after the release
     decoder.parameters, decoder.samples = [], None
     model.__dict__["_native_decoders"] = {weight_type: decoder}
-    for layer in [*model.encoder_layers, *model.decoder_layers]:
-        for module in layer.modules():
+    for index, layer in enumerate([*model.encoder_layers, *model.decoder_layers]):
+        for name, module in layer.named_modules():
             if isinstance(module, nn.Linear):
                 module.weight = nn.Parameter(torch.empty_like(module.weight, device="meta"), requires_grad=False)
+                module.forward = _HeldByEngine(f"layer {index} {name}")
     model.__dict__[_HELD_KEY] = weight_type
+    # a later change to the model (load_state_dict, .half(), an edit of the embeddings, which the
+    # passes read in place) cannot be converted again: for_model refuses to decode after one
+    decoder.parameters = _model_parameters(model)
+    decoder.version = _parameters_version(decoder.parameters)
+    decoder.samples = _WeightSamples([p for p in decoder.parameters if not p.is_meta])
     return decoder
+
+
+class _HeldByEngine:
+    """The ``forward`` of a linear layer whose weight ``release_layer_weights`` freed: raises (a meta
+    weight would otherwise let ``F.linear`` return uninitialised memory)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, *args: object, **kwargs: object) -> Tensor:
+        raise ValueError(
+            f"{self.name}: this layer's weights are held only by the engine's native passes (a Translator made "
+            "with release_weights=True); the PyTorch model cannot run it: load the model again"
+        )
 
 
 def _cache_tensors(caches: list[LayerCache]) -> tuple[list[Tensor], list[Tensor]]:

@@ -16,6 +16,7 @@ scheduler, RNG states and the position in the epoch's batch order.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
@@ -371,8 +372,38 @@ def _bleu(
     return sacrebleu.corpus_bleu(hypotheses, [references]).score
 
 
+def bound_allocator_caches() -> None:
+    """Keep training's memory flat: oneDNN (the CPU's bf16 autocast matmuls) caches a primitive,
+    buffers included, for every input shape it meets, and training batches come in many shapes:
+    with its default cache a run of the shipped model's recipe grew by about 10 MB per update (4.8 GB
+    after 220 updates against 2.5 GB with no cache, at the same speed; CPU C, 1 thread). Takes
+    effect when called before the process's first oneDNN primitive; a value set by the user stays."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+
+
+def return_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; elsewhere nothing):
+    a batch's freed activations otherwise stay resident, and batches of varying shapes leave them
+    scattered."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 (glibc only)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _load_libc()
+
+
 def train(config: TrainConfig) -> TrainState:
     """Train (or resume) a model as ``config`` says; returns the final TrainState."""
+    bound_allocator_caches()
     run = Run(config)
     run.resume_or_start()
     max_updates = config.max_updates if config.max_updates is not None else float("inf")
@@ -558,6 +589,7 @@ class Run:
                     }
                 )
                 window_tokens, window_loss, window_updates, window_start = 0, 0.0, 0, time.perf_counter()
+                return_free_memory()
             if state.update % config.save_every == 0:
                 self.checkpoint(self.last_dir)
             if config.keep_every and state.update % config.keep_every == 0:
