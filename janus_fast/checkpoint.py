@@ -154,6 +154,13 @@ def save_pretrained(
         .cpu()
         for name, tensor in model.state_dict().items()
     }
+    for name, tensor in state.items():  # a weight past the storage type's range would load as inf
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            largest = float(model.state_dict()[name].detach().abs().max())
+            raise CheckpointError(
+                f"{name} does not fit {tensor.dtype} (its largest magnitude is {largest:.4g}): store the "
+                "weights as float32 or bfloat16"
+            )
     weights = save_safetensors(state, metadata={"format": "janus_fast", "version": str(FORMAT_VERSION)})
     if tokenizer_model is not None:
         atomic_write(os.path.join(directory, TOKENIZER_NAME), tokenizer_model)

@@ -181,11 +181,15 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_output_option(path: str, option: str, inputs: Sequence[str | None] = ()) -> None:
-    """``check_output`` for the file an option names; an empty name is an InputError naming the option too."""
+def check_output_option(path: str, option: str, inputs: Sequence[str | None] = (), model: str | None = None) -> None:
+    """``check_output`` for the file an option names, neither an input nor inside the ``model``
+    checkpoint folder the command reads (None: the shipped model's); an empty name is an InputError
+    naming the option too."""
+    from janus_fast.translator import DEFAULT_MODEL_DIR
+
     if not path:
         raise InputError(f"{option} is empty: give the name of a file to write")
-    check_output(path, option, inputs=inputs)
+    check_output(path, option, inputs=inputs, folders=[model if model is not None else DEFAULT_MODEL_DIR])
 
 
 def write_output_file(path: str, data: bytes, option: str, what: str) -> None:
@@ -328,7 +332,7 @@ def command_translate(args: argparse.Namespace) -> int:
     from janus_fast.output import atomic_writer, is_replaceable
 
     if args.output != "-":
-        check_output_option(args.output, "--output", inputs=[args.input])
+        check_output_option(args.output, "--output", inputs=[args.input], model=args.model)
     context = _decoding_context(args)
     try:
         resumable = (
@@ -470,7 +474,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     if args.output is not None:
         if args.output == "-":
             raise InputError("--output -: evaluate prints its scores there; write the translations to a file")
-        check_output_option(args.output, "--output", inputs=[args.src, args.ref])
+        check_output_option(args.output, "--output", inputs=[args.src, args.ref], model=args.model)
     sources, references = count_lines(args.src), count_lines(args.ref)
     if not sources:
         raise InputError(f"{args.src} has no lines to translate and score")
@@ -542,7 +546,7 @@ def command_distill(args: argparse.Namespace) -> int:
     check_file_options(args, "distill", "src")
     if args.output == "-":
         raise InputError("--output -: distill writes a file (resumable, beside its parts folder)")
-    check_output_option(args.output, "--output", inputs=[args.src])
+    check_output_option(args.output, "--output", inputs=[args.src], model=args.model)
     context = _decoding_context(args)
     try:
         translator = _translator(args)

@@ -164,13 +164,24 @@ def create_exclusively(path: str, data: bytes) -> bool:
         os.unlink(temp_path)
 
 
-def check_output_not_input(output: str | None, inputs: Iterable[str | None], option: str) -> None:
+def check_output_not_input(
+    output: str | None, inputs: Iterable[str | None], option: str, folders: Iterable[str | None] = ()
+) -> None:
     """Raise InputError when writing ``output`` would overwrite one of ``inputs``: the same path once
-    symlinks are followed (os.path.realpath), or the same existing regular file (a hard link). ``-``
-    (standard input / output) and None are skipped, and so is an output that is a pipe, a terminal
-    or a device: writing it overwrites nothing, even when it is also read."""
+    symlinks are followed (os.path.realpath), or the same existing regular file (a hard link); or a
+    file inside one of the input ``folders`` (a model checkpoint the command reads). ``-`` (standard
+    input / output) and None are skipped, and so is an output that is a pipe, a terminal or a
+    device: writing it overwrites nothing, even when it is also read."""
     if output is None or output == "-":
         return
+    for folder in folders:
+        if folder is not None and os.path.isdir(folder):
+            inside = os.path.realpath(folder)
+            if os.path.commonpath([inside, os.path.realpath(output)]) == inside:
+                raise InputError(
+                    f"{option} {output} is inside {folder}, which this command reads: it could overwrite it; "
+                    "write elsewhere"
+                )
     try:
         info: os.stat_result | None = os.stat(output)
     except OSError:
@@ -191,13 +202,13 @@ def check_output_not_input(output: str | None, inputs: Iterable[str | None], opt
             raise InputError(f"{option} {output} is the input file {path}: it would be overwritten; write elsewhere")
 
 
-def check_output(path: str, option: str, inputs: Iterable[str | None] = ()) -> None:
+def check_output(path: str, option: str, inputs: Iterable[str | None] = (), folders: Iterable[str | None] = ()) -> None:
     """Raise InputError before the work unless ``atomic_write`` can write ``path`` and it is none of
     ``inputs`` (``check_output_not_input``): not a directory, a pipe or device open to writing, or
     a file whose real directory (symlinks followed) is, or can be created as, a writable one."""
     if os.path.isdir(path):
         raise InputError(f"{option} {path} is a directory")
-    check_output_not_input(path, inputs, option)
+    check_output_not_input(path, inputs, option, folders)
     try:
         replace, target, _ = _destination(path)
     except OSError as error:  # e.g. a path through a regular file (/proc/version/out.txt)

@@ -466,3 +466,35 @@ def test_fifth_probe_cases(trained_dir, corpus_dir, tmp_path):
         train(tiny_train_config(corpus_dir, out, max_updates=4, vocab_size=400))
     with pytest.raises(ValueError, match="meta device"):
         generate(translator.model, torch.zeros(1, 3, dtype=torch.long, device="meta"), torch.tensor([3]))
+
+
+def test_outputs_inside_the_model_folder_are_refused(trained_dir, tmp_path):
+    """translate -o / evaluate --output / distill --output naming a file of the checkpoint they read
+    would destroy it: refused, the checkpoint untouched."""
+    from test_cli import run_cli
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_dir, model)
+    source = tmp_path / "in.de"
+    source.write_text("ein hund\n")
+    before = {name: (model / name).read_bytes() for name in os.listdir(model)}
+    for command in (
+        ("translate", "-i", str(source), "-o", str(model / "model.safetensors")),
+        ("translate", "-i", str(source), "-o", str(model / "new.txt")),
+        ("evaluate", "--src", str(source), "--ref", str(source), "--output", str(model / "spm.model")),
+        ("distill", "--src", str(source), "--output", str(model / "config.json")),
+    ):
+        result = run_cli(*command, "--model", str(model))
+        assert result.returncode == 2 and b"which this command reads" in result.stderr, result.stderr
+    assert {name: (model / name).read_bytes() for name in os.listdir(model)} == before
+
+
+def test_export_refuses_a_dtype_the_weights_do_not_fit(trained_dir, tmp_path):
+    """A weight past float16's range would be stored as inf and the copy would not load: refused."""
+    model = load_pretrained(trained_dir)
+    with torch.no_grad():
+        model.embed_tokens.weight[5, 0] = 1e6
+    with pytest.raises(CheckpointError, match=r"embed_tokens.weight does not fit torch.float16 .*1e\+06"):
+        save_pretrained(model, str(tmp_path / "half"), dtype=torch.float16)
+    save_pretrained(model, str(tmp_path / "bf16"), dtype=torch.bfloat16)
+    assert load_pretrained(str(tmp_path / "bf16")) is not None

@@ -215,3 +215,32 @@ def test_training_bounds_the_onednn_cache_unless_the_user_set_it(monkeypatch):
     bound_allocator_caches()
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "64"
     return_free_memory()
+
+
+def test_a_tokenizer_left_by_a_killed_start_is_reused_only_for_the_same_options(corpus_dir, tmp_path):
+    """OUT/spm.model outlives a run killed before its first save: a new start with other tokenizer
+    options (or other data) is refused instead of silently training on the old tokenizer; the same
+    options reuse it."""
+    from janus_fast.training.train import TOKENIZER_RECORD_NAME, train
+
+    out = str(tmp_path / "run")
+    train(tiny_train_config(corpus_dir, out, max_updates=0))  # the tokenizer only, as a killed start leaves it
+    assert os.path.exists(os.path.join(out, "spm.model")) and os.path.exists(os.path.join(out, TOKENIZER_RECORD_NAME))
+    before = open(os.path.join(out, "spm.model"), "rb").read()
+    for change in ({"tokenizer_type": "char", "vocab_size": 60}, {"vocab_size": 200}, {"train_limit": 50}):
+        with pytest.raises(ValueError, match="was made for other options or data"):
+            train(tiny_train_config(corpus_dir, out, max_updates=0, **change))
+    assert open(os.path.join(out, "spm.model"), "rb").read() == before
+    train(tiny_train_config(corpus_dir, out, max_updates=2))  # the same options: reused, trains
+
+
+def test_a_run_resumes_with_as_many_processes_as_it_had():
+    """The saved position in an epoch counts each process's batches: another process count would
+    repeat or skip data, so it is refused naming the counts."""
+    from janus_fast.training.train import TrainConfig, check_resumable
+
+    config = TrainConfig(data_dir="d")
+    with pytest.raises(ValueError, match=r"processes 2 -> 1 \(torchrun"):
+        check_resumable({"processes": 2}, config, {"processes": 1})
+    check_resumable({"processes": 2}, config, {"processes": 2})
+    check_resumable({}, config, {"processes": 1})  # a run saved before the count was recorded

@@ -303,10 +303,57 @@ def inverse_sqrt(warmup: int):
     return factor
 
 
+TOKENIZER_RECORD_NAME = "spm.json"  # beside OUT/spm.model: what it was made from (tokenizer_record)
+
+
+def tokenizer_record(config: TrainConfig, train_lines: list[str]) -> dict:
+    """What the run's tokenizer is made from: --init-from's tokenizer (its digest), or the options
+    and the training lines SentencePiece is trained on (their digest)."""
+    if config.init_from:
+        return {"init_from_tokenizer_sha256": hashlib.sha256(load_tokenizer(config.init_from).model_proto).hexdigest()}
+    lines = hashlib.sha256()
+    for line in train_lines:
+        lines.update(line.encode("utf-8") + b"\n")
+    return {
+        "tokenizer_type": config.tokenizer_type,
+        "vocab_size": config.model.vocab_size,
+        "train_lines_sha256": lines.hexdigest(),
+    }
+
+
 def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, train_lines: list[str]) -> Tokenizer:
     """The run's tokenizer, stored as OUT/spm.model: trained once by rank 0, or the ``init_from``
     checkpoint's."""
     path = os.path.join(config.output_dir, "spm.model")
+    record_path = os.path.join(config.output_dir, TOKENIZER_RECORD_NAME)
+    if context.is_main:
+        record = tokenizer_record(config, train_lines)
+        resuming = os.path.exists(os.path.join(config.output_dir, "last", TRAIN_STATE_NAME))
+        # a run to resume is checked option by option (check_resumable); a tokenizer without one was
+        # left by a start killed before its first save
+        if not resuming and os.path.exists(path) and os.path.exists(record_path):
+            with open(record_path, encoding="utf-8") as handle:
+                try:
+                    saved = json.load(handle)
+                except ValueError:
+                    saved = {}
+            described = {
+                "train_lines_sha256": "--data-dir / --train-target: other training lines",
+                "init_from_tokenizer_sha256": "--init-from: another tokenizer",
+            }
+            changed = [
+                described.get(name) or f"--{name.replace('_', '-')} {saved.get(name)!r} -> {value!r}"
+                for name, value in record.items()
+                if saved.get(name) != value
+            ]
+            if changed:
+                raise ValueError(
+                    f"{path} was made for other options or data ({'; '.join(changed)}): the run would be trained "
+                    f"on that tokenizer; resume with the options it was made with, or delete it (and "
+                    f"{TOKENIZER_RECORD_NAME}) to train a new one"
+                )
+        elif not os.path.exists(path):  # the record first: a run killed between the two retrains it
+            atomic_write(record_path, json.dumps(record, indent=2, sort_keys=True).encode("utf-8"))
     if context.is_main and not os.path.exists(path):
         if config.init_from:
             tokenizer = load_tokenizer(config.init_from)
@@ -465,7 +512,9 @@ class Run:
         self.valid_src, self.valid_tgt = read_parallel(*valid_paths, config.valid_limit)
         check_split_not_empty("training", train_src, train_tgt, train_paths)
         check_split_not_empty("validation", self.valid_src, self.valid_tgt, valid_paths)
-        self.train_data_digests = train_data_digests(train_src, train_tgt)
+        # what the run trains on, saved with its options (check_resumable): the data, and the
+        # number of processes, which each saved position in an epoch counts batches of
+        self.train_data_digests = {**train_data_digests(train_src, train_tgt), "processes": self.context.world_size}
         self.tokenizer = tokenizer = load_tokenizer_for_run(config, self.context, train_src + train_tgt)
         self.model_config = model_config = replace(config.model, vocab_size=tokenizer.vocab_size)
         limits = (model_config.max_source_positions, model_config.max_target_positions)
@@ -677,6 +726,9 @@ def check_resumable(saved: dict, config: TrainConfig, train_data: dict[str, str]
         saved.pop("vocab_size", None), current.pop("vocab_size", None)
     target_option = "--train-target" if config.train_target else "--data-dir"
     described = {  # the training data: named by the option that points at it
+        "processes": f"processes {saved.get('processes')!r} -> {current.get('processes')!r} (torchrun "
+        "--nnodes x --nproc_per_node): the saved position in the epoch counts each process's batches, "
+        "so the run resumes with as many processes as it had",
         "train_source_sha256": f"--data-dir: the training sources ({config.train_split}.{config.source_lang}) "
         "differ from the run's",
         "train_target_sha256": f"{target_option}: the training targets "
