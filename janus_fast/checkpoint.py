@@ -36,6 +36,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "spm.model"
 TOKENIZER_DIGEST = "tokenizer_sha256"  # config.json's key for the SHA-256 of spm.model
+FAIRSEQ_TOKENIZER_DIGEST = "fairseq_tokenizer_sha256"  # ... of a converted model's dictionary and BPE
 FORMAT_VERSION = 1
 # the floating types a weight may be stored as (converted to the model's float32 on load)
 STORED_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -303,6 +304,10 @@ def save_tokenizer(tokenizer, directory: str) -> None:  # noqa: ANN001 - Tokeniz
 
     if isinstance(tokenizer, FairseqTokenizer):
         tokenizer.save(directory)
+        if os.path.exists(os.path.join(directory, CONFIG_NAME)):  # saved beside weights: record its digest
+            config = read_config(directory)
+            config[FAIRSEQ_TOKENIZER_DIGEST] = tokenizer.digest()
+            atomic_write(os.path.join(directory, CONFIG_NAME), json.dumps(config, indent=2).encode())
         return
     atomic_write(os.path.join(directory, TOKENIZER_NAME), tokenizer.model_proto)
     if os.path.exists(os.path.join(directory, CONFIG_NAME)):  # saved beside weights: record its digest
@@ -335,9 +340,16 @@ def load_tokenizer(directory: str):  # noqa: ANN201 - returns a Tokenizer or a F
         )
     elif os.path.exists(dictionary):
         try:
-            return FairseqTokenizer.load(directory)
+            tokenizer = FairseqTokenizer.load(directory)
         except (OSError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"{directory}: unusable fairseq dictionary or BPE ({error})") from error
+        recorded_digest = read_config(directory).get(FAIRSEQ_TOKENIZER_DIGEST) if os.path.exists(config_path) else None
+        if recorded_digest is not None and tokenizer.digest() != recorded_digest:
+            raise CheckpointError(
+                f"{dictionary}: not the dictionary (and BPE) this checkpoint was saved with (its digest does not "
+                f"match {FAIRSEQ_TOKENIZER_DIGEST} in {config_path}; a dictionary cannot be edited without retraining)"
+            )
+        return tokenizer
 
     data = _read_tokenizer(path)
     if os.path.exists(config_path):  # beside weights: it must be the tokenizer they were saved with

@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_config
 
-from janus_fast.checkpoint import CheckpointError, load_pretrained, load_tokenizer
+from janus_fast.checkpoint import (
+    FAIRSEQ_TOKENIZER_DIGEST,
+    CheckpointError,
+    load_pretrained,
+    load_tokenizer,
+    read_config,
+)
 from janus_fast.cli import main as cli_main
 from janus_fast.data import pad_sequences
 from janus_fast.decoding import fairseq as fairseq_decoding
@@ -915,3 +921,26 @@ def test_fairseq_ar_search_reaches_the_last_position_of_a_janus_model(decoder) -
     src = torch.randint(5, 40, (2, 6))
     found = generate(model, src, torch.tensor([6, 4]), mode="ar", compat="fairseq", beam=2, decoder=decoder)
     assert [len(tokens) for tokens in found] == [model.config.max_target_positions - 2] * 2
+
+
+def test_an_edited_dictionary_of_a_converted_model_is_refused(converted, tmp_path) -> None:
+    """convert records the digest of the dictionary (and BPE) in config.json: two symbols swapped by
+    hand would make every translation print the wrong words, so loading refuses; export keeps it."""
+    import shutil
+
+    from test_cli import run_cli
+
+    name = next(iter(converted))
+    model_dir = tmp_path / "model"
+    shutil.copytree(converted[name], model_dir)
+    assert FAIRSEQ_TOKENIZER_DIGEST in read_config(str(model_dir))
+    lines = (model_dir / "dict.txt").read_text(encoding="utf-8").splitlines()
+    lines[0], lines[1] = lines[1], lines[0]
+    (model_dir / "dict.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="not the dictionary .* this checkpoint was saved with"):
+        load_tokenizer(str(model_dir))
+    exported = tmp_path / "exported"
+    assert run_cli("export", "--model", converted[name], "--output", str(exported)).returncode == 0
+    digest = read_config(converted[name])[FAIRSEQ_TOKENIZER_DIGEST]
+    assert read_config(str(exported))[FAIRSEQ_TOKENIZER_DIGEST] == digest
+    assert load_tokenizer(str(exported)).symbols == load_tokenizer(converted[name]).symbols

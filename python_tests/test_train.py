@@ -244,3 +244,21 @@ def test_a_run_resumes_with_as_many_processes_as_it_had():
         check_resumable({"processes": 2}, config, {"processes": 1})
     check_resumable({"processes": 2}, config, {"processes": 2})
     check_resumable({}, config, {"processes": 1})  # a run saved before the count was recorded
+
+
+def test_a_resume_with_other_validation_options_starts_a_new_best(corpus_dir, tmp_path):
+    """BLEU and minus the loss (or BLEU of other decodings) do not compare: resumed with other
+    validation options, the saved best score is dropped with a warning and the next validation
+    becomes the best (before, a loss never beat a BLEU of 0 and best/ stayed the first epoch's)."""
+    import json
+
+    from janus_fast.training.train import train
+
+    out = str(tmp_path / "run")
+    train(tiny_train_config(corpus_dir, out, epochs=1, max_updates=None, valid_bleu=True, valid_limit=5))
+    with pytest.warns(UserWarning, match="the validation score is now minus the validation loss"):
+        train(tiny_train_config(corpus_dir, out, epochs=2, max_updates=None, valid_bleu=False, valid_limit=5))
+    records = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if '"valid"' in line]
+    assert [r["epoch"] for r in records] == [1, 2] and "bleu" not in records[1]
+    best = json.loads(json.dumps(torch.load(os.path.join(out, "best", "train_state.pt"), weights_only=False)["state"]))
+    assert best["epoch"] == 2 and best["best_bleu"] == pytest.approx(-records[1]["loss"])

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from janus_fast.checkpoint import CheckpointError, save_pretrained
+from janus_fast.checkpoint import CheckpointError, save_pretrained, save_tokenizer
 from janus_fast.fairseq.checkpoint import fairseq_arguments, load_fairseq_checkpoint
 from janus_fast.fairseq.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, FairseqTokenizer
 from janus_fast.model import ACTIVATIONS, JanusConfig, JanusModel
@@ -258,5 +258,5 @@ def convert_fairseq(
     model.load_state_dict(weights)
     model.eval()
     save_pretrained(model, output)
-    tokenizer.save(output)
+    save_tokenizer(tokenizer, output)  # with its digest in config.json
     return model

@@ -13,6 +13,7 @@ or ``bpe.codes`` (subword-nmt).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 
@@ -95,6 +96,11 @@ class FairseqTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.symbols)
+
+    def digest(self) -> str:
+        """SHA-256 of what the tokenizer maps: its symbols in order and its BPE (type and file)."""
+        described = "\n".join(self.symbols) + f"\0{self.bpe}\0"
+        return hashlib.sha256(described.encode("utf-8") + (self.bpe_data or b"")).hexdigest()
 
     def encode(self, sentence: str) -> list[int]:
         """Symbol ids of one sentence (BPE applied first), unknown symbols as ``<unk>``; no bos/eos."""

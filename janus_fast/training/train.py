@@ -278,6 +278,7 @@ class TrainState:
     batch_in_epoch: int = 0
     best_bleu: float = float("-inf")  # the best validation score: BLEU, or minus the loss (--no-valid-bleu)
     train_seconds: float = 0.0
+    best_measure: str = ""  # what best_bleu measures (Run.validation_measure; "": a run saved before it was kept)
 
 
 def use_bf16(precision: str, device: str = "cpu") -> bool:
@@ -666,10 +667,30 @@ class Run:
         if context.is_main:
             print(json.dumps(record), flush=True)
         score = record.get("bleu", -record["loss"])
+        measure = self.validation_measure()
+        if state.best_measure and state.best_measure != measure:  # resumed with other validation options
+            if context.is_main:
+                warnings.warn(
+                    f"the validation score is now {measure}, not {state.best_measure} as when "
+                    f"{self.config.output_dir}/best/ was chosen: the two do not compare, so the next best starts "
+                    "from this validation",
+                    stacklevel=2,
+                )
+            state.best_bleu = float("-inf")
+        state.best_measure = measure
         improved = context.all_reduce_sum(float(context.is_main and score > state.best_bleu)) > 0
         if improved:
             state.best_bleu = score
             self.checkpoint(os.path.join(self.config.output_dir, "best"))
+
+    def validation_measure(self) -> str:
+        """What the validation score measures, from the options a resumed run may change."""
+        config = self.config
+        limit = f"first {config.valid_limit} pairs" if config.valid_limit else "all pairs"
+        if not config.valid_bleu:
+            return f"minus the validation loss ({config.valid_split}, {limit})"
+        decoding = "AR greedy" if self.valid_mode == "ar" else f"NAR T={config.valid_iterations}"
+        return f"BLEU of {decoding} ({config.valid_split}, {limit})"
 
 
 # Options a resumed run may change; any other difference from the saved run is refused.
