@@ -257,6 +257,13 @@ def load_pretrained(directory: str, device: str | torch.device = "cpu") -> Janus
         _check_tokenizer_digest(tokenizer_path, _read_tokenizer(tokenizer_path), config, config_path)
     model = JanusModel(model_config)
     model.load_state_dict({name: tensor.to(expected[name].dtype) for name, tensor in state.items()})
+    # what was loaded, as the checkpoint's config recorded it (a corpus job's manifest names the model
+    # by these: read again from the folder later, they could be another checkpoint's)
+    model.__dict__["checkpoint_digests"] = {
+        "directory": os.path.realpath(directory),
+        "weights_sha256": config["weights_sha256"],
+        "config_sha256": config.get("model_sha256"),
+    }
     return model.to(device).eval()
 
 

@@ -199,6 +199,10 @@ def model_identity(translator: object, model_dir: str | None = None) -> dict:
     with either, the digest of the translator's tokenizer. Empty for a translator without a ``model``
     (a stand-in)."""
     tokenizer = {"tokenizer_sha256": _tokenizer_digest(getattr(translator, "tokenizer", None))}
+    loaded = getattr(getattr(translator, "model", None), "__dict__", {}).get("checkpoint_digests")
+    if model_dir is not None and loaded is not None and loaded["directory"] == os.path.realpath(model_dir):
+        # as it was loaded from that folder, not as the folder holds it now
+        return {"weights_sha256": loaded["weights_sha256"], "config_sha256": loaded["config_sha256"], **tokenizer}
     if model_dir is not None:
         try:
             with open(os.path.join(model_dir, CONFIG_NAME), encoding="utf-8") as handle:

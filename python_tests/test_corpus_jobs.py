@@ -381,3 +381,27 @@ def test_two_jobs_claiming_one_parts_folder_at_once_cannot_both_start(tmp_path, 
     assert not [name for name in os.listdir(parts) if name.startswith(".tmp-")]  # nothing left beside
     assert create_exclusively(str(tmp_path / "x"), b"one") and not create_exclusively(str(tmp_path / "x"), b"two")
     assert (tmp_path / "x").read_bytes() == b"one"
+
+
+def test_the_manifest_names_the_model_as_it_was_loaded(trained_dir, tmp_path):
+    """A checkpoint folder replaced after the translator loaded it (a training run saving into
+    --model's folder): the manifest keeps the digests of the weights that translate, not the new
+    folder's, so a resume with the new model is refused."""
+    import json
+    import shutil
+
+    from janus_fast.corpus import model_identity
+    from janus_fast.translator import Translator
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(trained_dir, model_dir)
+    translator = Translator.from_pretrained(str(model_dir))
+    loaded = model_identity(translator, str(model_dir))
+    config = json.loads((model_dir / "config.json").read_text())
+    config["weights_sha256"] = "0" * 64  # the folder now holds another checkpoint
+    (model_dir / "config.json").write_text(json.dumps(config))
+    assert model_identity(translator, str(model_dir)) == loaded
+    assert (
+        model_identity(Translator.from_pretrained(trained_dir), trained_dir)["weights_sha256"]
+        == (loaded["weights_sha256"])
+    )

@@ -262,3 +262,23 @@ def test_a_resume_with_other_validation_options_starts_a_new_best(corpus_dir, tm
     assert [r["epoch"] for r in records] == [1, 2] and "bleu" not in records[1]
     best = json.loads(json.dumps(torch.load(os.path.join(out, "best", "train_state.pt"), weights_only=False)["state"]))
     assert best["epoch"] == 2 and best["best_bleu"] == pytest.approx(-records[1]["loss"])
+
+
+def test_a_tokenizer_swapped_in_the_run_folder_is_refused(corpus_dir, tmp_path):
+    """OUT/spm.model replaced before a resume (the weights were trained on the old one), or found
+    without the record of a run that made it on a fresh start: refused, naming the file."""
+    import shutil
+
+    from janus_fast.training.train import TOKENIZER_RECORD_NAME, train
+
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    train(tiny_train_config(corpus_dir, first, max_updates=3))
+    train(tiny_train_config(corpus_dir, second, max_updates=3, vocab_size=200))
+    shutil.copyfile(os.path.join(second, "spm.model"), os.path.join(first, "spm.model"))
+    with pytest.raises(ValueError, match="differs from the tokenizer of the run's last checkpoint"):
+        train(tiny_train_config(corpus_dir, first, max_updates=6))
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copyfile(os.path.join(second, "spm.model"), fresh / "spm.model")
+    with pytest.raises(ValueError, match=f"is not a tokenizer this run made .*{TOKENIZER_RECORD_NAME}"):
+        train(tiny_train_config(corpus_dir, str(fresh), max_updates=2))

@@ -329,9 +329,24 @@ def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, tra
     record_path = os.path.join(config.output_dir, TOKENIZER_RECORD_NAME)
     if context.is_main:
         record = tokenizer_record(config, train_lines)
+        last_tokenizer = os.path.join(config.output_dir, "last", "spm.model")
         resuming = os.path.exists(os.path.join(config.output_dir, "last", TRAIN_STATE_NAME))
-        # a run to resume is checked option by option (check_resumable); a tokenizer without one was
-        # left by a start killed before its first save
+        # a run to resume is checked option by option (check_resumable), and its tokenizer against its
+        # last checkpoint's; a tokenizer without one was left by a start killed before its first save
+        # (its record beside it, written first) or is not this run's
+        if resuming and os.path.exists(path) and os.path.exists(last_tokenizer):
+            with open(path, "rb") as mine, open(last_tokenizer, "rb") as saved_tokenizer:
+                if mine.read() != saved_tokenizer.read():
+                    raise ValueError(
+                        f"{path} differs from the tokenizer of the run's last checkpoint ({last_tokenizer}): "
+                        "its weights were trained on that one; put it back to resume"
+                    )
+        if not resuming and os.path.exists(path) and not os.path.exists(record_path):
+            raise ValueError(
+                f"{path} is not a tokenizer this run made ({TOKENIZER_RECORD_NAME} records what a run trains "
+                "its tokenizer from, and there is none beside it): delete it to train one, or choose another "
+                "--output-dir"
+            )
         if not resuming and os.path.exists(path) and os.path.exists(record_path):
             with open(record_path, encoding="utf-8") as handle:
                 try:
