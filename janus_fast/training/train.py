@@ -322,54 +322,60 @@ def tokenizer_record(config: TrainConfig, train_lines: list[str]) -> dict:
     }
 
 
-def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, train_lines: list[str]) -> Tokenizer:
-    """The run's tokenizer, stored as OUT/spm.model: trained once by rank 0, or the ``init_from``
-    checkpoint's."""
-    path = os.path.join(config.output_dir, "spm.model")
-    record_path = os.path.join(config.output_dir, TOKENIZER_RECORD_NAME)
-    if context.is_main:
-        record = tokenizer_record(config, train_lines)
-        last_tokenizer = os.path.join(config.output_dir, "last", "spm.model")
-        resuming = os.path.exists(os.path.join(config.output_dir, "last", TRAIN_STATE_NAME))
-        # a run to resume is checked option by option (check_resumable), and its tokenizer against its
-        # last checkpoint's; a tokenizer without one was left by a start killed before its first save
-        # (its record beside it, written first) or is not this run's
-        if resuming and os.path.exists(path) and os.path.exists(last_tokenizer):
+def check_run_tokenizer(config: TrainConfig, path: str, train_lines: list[str]) -> None:
+    """ValueError unless OUT/spm.model (``path``) is this run's: a run to resume is checked option by
+    option (check_resumable), its tokenizer against its last checkpoint's; without one, the tokenizer
+    was left by a start killed before its first save (its record beside it, written first, must
+    match this start's options and data) or is not this run's."""
+    last = os.path.join(config.output_dir, "last")
+    if os.path.exists(os.path.join(last, TRAIN_STATE_NAME)):
+        last_tokenizer = os.path.join(last, "spm.model")
+        if os.path.exists(last_tokenizer):
             with open(path, "rb") as mine, open(last_tokenizer, "rb") as saved_tokenizer:
                 if mine.read() != saved_tokenizer.read():
                     raise ValueError(
                         f"{path} differs from the tokenizer of the run's last checkpoint ({last_tokenizer}): "
                         "its weights were trained on that one; put it back to resume"
                     )
-        if not resuming and os.path.exists(path) and not os.path.exists(record_path):
-            raise ValueError(
-                f"{path} is not a tokenizer this run made ({TOKENIZER_RECORD_NAME} records what a run trains "
-                "its tokenizer from, and there is none beside it): delete it to train one, or choose another "
-                "--output-dir"
-            )
-        if not resuming and os.path.exists(path) and os.path.exists(record_path):
-            with open(record_path, encoding="utf-8") as handle:
-                try:
-                    saved = json.load(handle)
-                except ValueError:
-                    saved = {}
-            described = {
-                "train_lines_sha256": "--data-dir / --train-target: other training lines",
-                "init_from_tokenizer_sha256": "--init-from: another tokenizer",
-            }
-            changed = [
-                described.get(name) or f"--{name.replace('_', '-')} {saved.get(name)!r} -> {value!r}"
-                for name, value in record.items()
-                if saved.get(name) != value
-            ]
-            if changed:
-                raise ValueError(
-                    f"{path} was made for other options or data ({'; '.join(changed)}): the run would be trained "
-                    f"on that tokenizer; resume with the options it was made with, or delete it (and "
-                    f"{TOKENIZER_RECORD_NAME}) to train a new one"
-                )
-        elif not os.path.exists(path):  # the record first: a run killed between the two retrains it
-            atomic_write(record_path, json.dumps(record, indent=2, sort_keys=True).encode("utf-8"))
+        return
+    record_path = os.path.join(config.output_dir, TOKENIZER_RECORD_NAME)
+    if not os.path.exists(record_path):
+        raise ValueError(
+            f"{path} is not a tokenizer this run made ({TOKENIZER_RECORD_NAME} records what a run trains "
+            "its tokenizer from, and there is none beside it): delete it to train one, or choose another "
+            "--output-dir"
+        )
+    with open(record_path, encoding="utf-8") as handle:
+        try:
+            saved = json.load(handle)
+        except ValueError:
+            saved = {}
+    described = {
+        "train_lines_sha256": "--data-dir / --train-target: other training lines",
+        "init_from_tokenizer_sha256": "--init-from: another tokenizer",
+    }
+    changed = [
+        described.get(name) or f"--{name.replace('_', '-')} {saved.get(name)!r} -> {value!r}"
+        for name, value in tokenizer_record(config, train_lines).items()
+        if saved.get(name) != value
+    ]
+    if changed:
+        raise ValueError(
+            f"{path} was made for other options or data ({'; '.join(changed)}): the run would be trained "
+            f"on that tokenizer; resume with the options it was made with, or delete it (and "
+            f"{TOKENIZER_RECORD_NAME}) to train a new one"
+        )
+
+
+def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, train_lines: list[str]) -> Tokenizer:
+    """The run's tokenizer, stored as OUT/spm.model: trained once by rank 0, or the ``init_from``
+    checkpoint's."""
+    path = os.path.join(config.output_dir, "spm.model")
+    if context.is_main and os.path.exists(path):
+        check_run_tokenizer(config, path, train_lines)
+    elif context.is_main:  # the record first: a run killed between the two retrains it
+        record = json.dumps(tokenizer_record(config, train_lines), indent=2, sort_keys=True)
+        atomic_write(os.path.join(config.output_dir, TOKENIZER_RECORD_NAME), record.encode("utf-8"))
     if context.is_main and not os.path.exists(path):
         if config.init_from:
             tokenizer = load_tokenizer(config.init_from)
