@@ -184,12 +184,8 @@ def _tokenizer_digest(tokenizer: object) -> str | None:
     proto = getattr(tokenizer, "model_proto", None)
     if isinstance(proto, bytes):
         return hashlib.sha256(proto).hexdigest()
-    symbols = getattr(tokenizer, "symbols", None)
-    if isinstance(symbols, list):
-        bpe_data = getattr(tokenizer, "bpe_data", None) or b""
-        described = "\n".join(symbols) + f"\0{getattr(tokenizer, 'bpe', None)}\0"
-        return hashlib.sha256(described.encode("utf-8") + bpe_data).hexdigest()
-    return None
+    digest = getattr(tokenizer, "digest", None)  # a fairseq dictionary: FairseqTokenizer.digest
+    return digest() if callable(digest) else None
 
 
 def model_identity(translator: object, model_dir: str | None = None) -> dict:
