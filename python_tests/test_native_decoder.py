@@ -757,7 +757,7 @@ def test_engine_equals_reference_with_and_without_native_passes(native, architec
     model = model_for("medium", seed=6, architecture=architecture)
     src, lengths = sources(6, 5, model.config.vocab_size)
     assert engine.mask_predict(model, src, lengths, 4, 3).tokens == mask_predict(model, src, lengths, 4, 3).tokens
-    assert engine.greedy(model, src, lengths).tokens == ar_search(model, src, lengths, beam=1).tokens
+    assert engine.ar_search(model, src, lengths, beam=1).tokens == ar_search(model, src, lengths, beam=1).tokens
 
 
 def test_bad_inputs_raise_clear_errors():

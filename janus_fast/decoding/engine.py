@@ -5,7 +5,7 @@ pass where the extension is built and the model is a plain JanusModel, else PyTo
 * NAR (``mask_predict``): the one mask-predict loop (``janus_fast.decoding.mask_predict``) under
   this project's policy: the encoder and its cross-attention keys/values run once; each iteration
   runs the decoder over the real positions only and fills only the masked ones.
-* AR greedy (``greedy``): a preallocated key/value cache, the choice inside the step, no beam
+* AR greedy (``ar_search``, beam 1): a preallocated key/value cache, the choice inside the step, no beam
   bookkeeping (``janus_fast.decoding.ar``); beam search (``ar_search``) is the one beam search loop
   over the same steps.
 * Speculative (``speculative``): NAR drafts, AR verifies (``janus_fast.decoding.speculative``).
@@ -58,22 +58,6 @@ def mask_predict(
 
 
 @torch.inference_mode()
-def greedy(
-    model: JanusModel,
-    src_tokens: torch.Tensor,
-    src_lengths: torch.Tensor,
-    max_len: tuple[float, int] = JANUS_MAX_LEN,
-    precision: str = "fp32",
-    choice: PassChoice | None = None,
-) -> Hypotheses:
-    """AR greedy decoding, as ``ar_search(beam=1)`` of the reference. src_tokens (B, S) int64,
-    src_lengths (B,) int64."""
-    passes = _choice(model, precision, choice).passes()
-    limits = max_ar_lengths(src_lengths, model, max_len)
-    return greedy_loop(passes.model, passes, src_tokens, src_lengths, limits)
-
-
-@torch.inference_mode()
 def ar_search(
     model: JanusModel,
     src_tokens: torch.Tensor,
@@ -83,13 +67,14 @@ def ar_search(
     precision: str = "fp32",
     choice: PassChoice | None = None,
 ) -> Hypotheses:
-    """AR search as the reference's: greedy through ``greedy``; beam search through the one beam
-    search loop over the passes' cached steps. src_tokens (B, S) int64, src_lengths (B,) int64."""
+    """AR search as the reference's: greedy (beam 1) through the greedy loop, beam search through
+    the one beam search loop, both over the passes' cached steps. src_tokens (B, S) int64,
+    src_lengths (B,) int64."""
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
-    if beam == 1:
-        return greedy(model, src_tokens, src_lengths, max_len, precision, choice)
     passes = _choice(model, precision, choice).passes()
+    if beam == 1:
+        return greedy_loop(passes.model, passes, src_tokens, src_lengths, max_ar_lengths(src_lengths, model, max_len))
     row_limits = max_ar_lengths(src_lengths, model, max_len).repeat_interleave(beam)
     found = beam_search(passes, src_tokens, src_lengths, janus_rules(model), beam, row_limits)
     return janus_hypotheses(model, found)
@@ -107,7 +92,7 @@ def speculative(
     choice: PassChoice | None = None,
 ) -> Hypotheses:
     """Speculative decoding (``janus_fast.decoding.speculative``): with exact verification the
-    tokens and scores of ``greedy`` at the same precision. ``options`` None: the defaults; ``stats``,
+    tokens and scores of ``ar_search`` (beam 1) at the same precision. ``options`` None: the defaults; ``stats``,
     when given, counts rounds and accepted tokens.
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
