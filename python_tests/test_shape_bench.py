@@ -6,13 +6,16 @@ import pytest
 import torch
 from test_cli import run_cli
 
+from janus_fast.benchmarks.ctranslate2_compare import ctranslate2_available, large_batch_figures
 from janus_fast.benchmarks.shapes import (
     ROWS,
     SHAPES,
     ForcedLengthModel,
     _Vocabulary,
+    format_shape_report,
     random_model,
     random_sources,
+    run_shape_bench,
     shape_config,
     source_lengths,
 )
@@ -119,3 +122,26 @@ def test_bench_refuses_the_options_of_its_other_form(tmp_path):
         assert result.returncode == 2 and f"{name} applies to bench with --shape only".encode() in result.stderr
     result = run_cli(*shape, "--rows", "")
     assert result.returncode == 2 and b"--rows is empty" in result.stderr
+
+
+@pytest.mark.skipif(not ctranslate2_available(), reason="CTranslate2 not installed (pip install ctranslate2)")
+def test_ctranslate2_rows_are_timed_on_the_engines_work():
+    """CTranslate2 forces one output length per batch: with sources of one length its batches decode
+    exactly the engine's steps (greedy and beam 4); with mixed lengths more, and its time is scaled."""
+    rows = ("AR greedy", "AR beam 4")
+    for lengths, equal in (("9", True), ("wmt", False)):
+        report = run_shape_bench(TINY, lengths=lengths, sentences=12, batch1=2, rows=rows, precisions=("fp32",),
+                                 compare=("ctranslate2",))  # fmt: skip
+        theirs = {(r["row"], r["precision"]): r for r in report["rows"] if r["row"].startswith("CTranslate2")}
+        assert set(theirs) == {(f"CTranslate2 {row}", t) for row in rows for t in ("float32", "int8")}
+        for row in theirs.values():
+            assert (row["ctranslate2_extra_work"] == 1.0) == equal and row["ctranslate2_extra_work"] >= 1.0
+            assert row["batch_ms_per_sentence"] > 0 and row["batch1_ms_per_sentence"] > 0
+        assert ("decoded" in format_shape_report(report)) != equal
+
+
+def test_large_batch_figures_scale_to_the_engines_work():
+    timing = {"batch_seconds": 3.0, "batch_output_tokens": 30}
+    figures = large_batch_figures(timing, [5, 5])  # the engine's 10 steps in 2 sentences, CTranslate2's 30
+    assert figures["ctranslate2_extra_work"] == 3.0
+    assert figures["batch_ms_per_sentence"] == pytest.approx(500.0) and figures["batch_sentences_per_second"] == 2.0

@@ -196,7 +196,7 @@ def run_worker(job: dict) -> dict:
         if name == "speculative":
             stats = speculative_acceptance(translator, translator.wrap_sources(batch1), options)
             row["tokens_per_verify_pass"] = stats.tokens_per_round
-        if name == "AR greedy":
+        if name in ("AR greedy", "AR beam 4"):
             row["output_lengths"] = [len(t) + 1 for t in found.tokens]  # + eos, as CTranslate2 counts
         rows.append(row)
     weight_bytes = {"fp32": 4, "bf16": 2, "int8": 1}[job["precision"]]
@@ -224,7 +224,12 @@ def run_shape_bench(
 ) -> dict:
     """Every (precision, threads) pair in its own process; CTranslate2 (``compare``) at the same
     threads on the engine's AR greedy output lengths. Returns {"rows": [...], ...}."""
-    from janus_fast.benchmarks.ctranslate2_compare import INSTALL_HINT, ctranslate2_available, time_ctranslate2
+    from janus_fast.benchmarks.ctranslate2_compare import (
+        INSTALL_HINT,
+        ctranslate2_available,
+        large_batch_figures,
+        time_ctranslate2,
+    )
     from janus_fast.native.cpu_features import cpu_description
 
     config = shape_config(shape)
@@ -265,23 +270,28 @@ def run_shape_bench(
             report["memory"].append({"precision": precision, "threads": count, **measured})
             report["parameters"] = measured["parameters"]
     if "ctranslate2" in compare:
-        greedy = next((r for r in report["rows"] if r["row"] == "AR greedy" and r["precision"] == "fp32"), None)
-        greedy = greedy or next(r for r in report["rows"] if r["row"] == "AR greedy")
-        for count in threads:
-            timings = time_ctranslate2(
-                config, [n + 1 for n in drawn], greedy["output_lengths"], min(batch1, sentences),
-                max_batch_tokens, count, repeats,
-            )  # fmt: skip
-            for compute_type, timing in timings.items():
-                report["rows"].append(
-                    {
-                        "row": "CTranslate2 AR greedy",
-                        "precision": compute_type,
-                        "threads": count,
-                        "batch1_ms_per_sentence": 1e3 * timing["batch1_seconds"] / min(batch1, sentences),
-                        "batch_ms_per_sentence": 1e3 * timing["batch_seconds"] / sentences,
-                    }
-                )
+        # CTranslate2's greedy and beam 4, each where the engine's row runs, forced to the output
+        # lengths of the engine's row (fp32 where measured)
+        for name, beam in {"AR greedy": 1, "AR beam 4": 4}.items():
+            ours = [r for r in report["rows"] if r["row"] == name]
+            if not ours:
+                continue
+            output_lengths = next((r for r in ours if r["precision"] == "fp32"), ours[0])["output_lengths"]
+            for count in threads:
+                timings = time_ctranslate2(
+                    config, [n + 1 for n in drawn], output_lengths, min(batch1, sentences),
+                    max_batch_tokens, count, repeats, beam_size=beam,
+                )  # fmt: skip
+                for compute_type, timing in timings.items():
+                    report["rows"].append(
+                        {
+                            "row": f"CTranslate2 {name}",
+                            "precision": compute_type,
+                            "threads": count,
+                            "batch1_ms_per_sentence": 1e3 * timing["batch1_seconds"] / min(batch1, sentences),
+                            **large_batch_figures(timing, output_lengths),
+                        }
+                    )
     for row in report["rows"]:
         row.pop("output_lengths", None)
     return report
@@ -306,6 +316,13 @@ def format_shape_report(report: dict) -> str:
     ]
     lines += ["", *markdown_table(header, cells, numeric_from=2)]
     lines.append("")
+    for row in report["rows"]:
+        if row.get("ctranslate2_extra_work", 1.0) > 1.0:
+            lines.append(
+                f"{row['row']} {row['precision']}, {row['threads']} thread(s): its large batches (one forced length "
+                f"per batch) decoded {row['ctranslate2_extra_work']:.2f}x the engine's tokens; time scaled to the "
+                "engine's work (--lengths N: equal work)"
+            )
     for memory in report["memory"]:
         lines.append(
             f"memory {memory['precision']}, {memory['threads']} thread(s): peak RSS {memory['peak_rss_mb']:.0f} MB "
