@@ -138,6 +138,8 @@ def test_ctranslate2_rows_are_timed_on_the_engines_work():
             assert (row["ctranslate2_extra_work"] == 1.0) == equal and row["ctranslate2_extra_work"] >= 1.0
             assert row["batch_ms_per_sentence"] > 0 and row["batch1_ms_per_sentence"] > 0
         assert ("decoded" in format_shape_report(report)) != equal
+        ours = [r for r in report["rows"] if not r["row"].startswith("CTranslate2")]
+        assert all(r["achieved_gflops"] > 0 and r["of_fp32_matmul_peak"] > 0 for r in ours)
 
 
 def test_large_batch_figures_scale_to_the_engines_work():

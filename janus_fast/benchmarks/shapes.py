@@ -157,7 +157,7 @@ def _peak_rss_mb() -> float:
 
 def run_worker(job: dict) -> dict:
     """Time ``job["rows"]`` at one precision and thread count; the rows and this process's peak RSS."""
-    from janus_fast.benchmarks.decoding import speculative_acceptance
+    from janus_fast.benchmarks.decoding import Setting, flops_per_sentence, matmul_peak_gflops, speculative_acceptance
     from janus_fast.benchmarks.timing import median_seconds
     from janus_fast.translator import Translator
 
@@ -170,6 +170,8 @@ def run_worker(job: dict) -> dict:
     rss_loaded = _peak_rss_mb()
     sources = random_sources(config, job["lengths"], job["seed"])
     batch1 = sources[: job["batch1"]]
+    source_lengths = [len(ids) for ids in translator.wrap_sources(sources)]
+    peak = matmul_peak_gflops()
     rows = []
     for name in job["rows"]:
         options = translator.resolve_options(**ROWS[name])
@@ -193,6 +195,14 @@ def run_worker(job: dict) -> dict:
             "batch_ms_per_sentence": 1e3 * batch_seconds / len(sources),
             "output_tokens_per_sentence": sum(len(t) for t in found.tokens) / len(sources),
         }
+        # the large batch's matrix-product work (bos and eos counted as the decoder sees them), per
+        # second, against this process's fp32 torch.mm peak at the same threads
+        flops = sum(
+            flops_per_sentence(config, Setting(options), source, len(tokens) + 2)
+            for source, tokens in zip(source_lengths, found.tokens)
+        )
+        row["achieved_gflops"] = flops / batch_seconds / 1e9
+        row["of_fp32_matmul_peak"] = row["achieved_gflops"] / peak
         if name == "speculative":
             stats = speculative_acceptance(translator, translator.wrap_sources(batch1), options)
             row["tokens_per_verify_pass"] = stats.tokens_per_round
@@ -307,11 +317,13 @@ def format_shape_report(report: dict) -> str:
         f"(mean {report['mean_source_tokens']:.1f} tokens), outputs forced to the source length; {report['cpu']}",
     ]
     header = ["row", "precision", "threads", "batch 1 ms/sentence", "large batch ms/sentence"]
-    header += ["output tokens", "tokens/verify"]
+    header += ["output tokens", "tokens/verify", "large batch GFLOP/s", "of fp32 mm peak"]
     cells = [
         [row["row"], row["precision"], row["threads"], number(row["batch1_ms_per_sentence"], 1)]
         + [number(row["batch_ms_per_sentence"], 2), number(row.get("output_tokens_per_sentence"), 1, missing="")]
         + [number(row.get("tokens_per_verify_pass"), 2, missing="")]
+        + [number(row.get("achieved_gflops"), 1, missing="")]
+        + [f"{100 * row['of_fp32_matmul_peak']:.0f}%" if "of_fp32_matmul_peak" in row else ""]
         for row in report["rows"]
     ]
     lines += ["", *markdown_table(header, cells, numeric_from=2)]
