@@ -11,6 +11,8 @@ from typing import Any
 from janus_fast.data import InputError
 from janus_fast.output import check_output
 
+MAX_THREADS = 1024  # thread counts past this are a mistake on any machine this runs on
+
 
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     """``value`` as an int in [low, high]: TypeError for non-integers (bool and float included),

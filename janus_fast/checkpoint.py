@@ -157,7 +157,13 @@ def save_pretrained(
     }
     for name, tensor in state.items():  # a weight past the storage type's range would load as inf
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            largest = float(model.state_dict()[name].detach().abs().max())
+            original = model.state_dict()[name].detach()
+            if not bool(torch.isfinite(original).all()):  # not the storage type: the model itself
+                raise CheckpointError(
+                    f"{name} holds non-finite values (nan or inf): the model is broken (a training run that "
+                    "diverged?), nothing was saved"
+                )
+            largest = float(original.abs().max())
             raise CheckpointError(
                 f"{name} does not fit {tensor.dtype} (its largest magnitude is {largest:.4g}): store the "
                 "weights as float32 or bfloat16"
@@ -307,10 +313,13 @@ def _check_tokenizer_digest(path: str, data: bytes, config: dict, config_path: s
 
 def save_tokenizer(tokenizer, directory: str) -> None:  # noqa: ANN001 - Tokenizer or FairseqTokenizer
     """Write ``tokenizer`` into a checkpoint directory (``spm.model``, or a fairseq dictionary's files)."""
-    from janus_fast.fairseq.dictionary import FairseqTokenizer
+    from janus_fast.fairseq.dictionary import DICT_NAME, FairseqTokenizer, read_dictionary
 
     if isinstance(tokenizer, FairseqTokenizer):
         tokenizer.save(directory)
+        written = read_dictionary(os.path.join(directory, DICT_NAME))  # reads back as it will be loaded
+        if written != tokenizer.symbols:
+            raise CheckpointError(f"{directory}: the dictionary written does not read back as the one saved")
         if os.path.exists(os.path.join(directory, CONFIG_NAME)):  # saved beside weights: record its digest
             config = read_config(directory)
             config[FAIRSEQ_TOKENIZER_DIGEST] = tokenizer.digest()

@@ -16,9 +16,10 @@ import typing
 import warnings
 from collections.abc import Sequence
 
-from janus_fast.arguments import check_writable_directory
+from janus_fast.arguments import MAX_THREADS, check_writable_directory
 from janus_fast.checkpoint import CheckpointError
-from janus_fast.data import InputError, read_lines
+from janus_fast.data import InputError, gzip_named, read_lines
+from janus_fast.memory import check_fits_in_memory
 from janus_fast.output import check_output
 
 
@@ -324,8 +325,8 @@ def command_translate(args: argparse.Namespace) -> int:
     from janus_fast.corpus import (
         MAX_CHUNK_LINES,
         count_lines,
-        decoded_lines,
         iter_lines,
+        stream_lines,
         translate_file,
         translate_stream,
     )
@@ -370,7 +371,7 @@ def command_translate(args: argparse.Namespace) -> int:
             return 0
         # one process, streamed (read once, nothing to resume): standard input or output, a pipe or a
         # device, or scored lines
-        lines = decoded_lines(sys.stdin.buffer, "standard input") if args.input == "-" else iter_lines(args.input)
+        lines = stream_lines(sys.stdin.buffer, "standard input") if args.input == "-" else iter_lines(args.input)
         total = count_lines(args.input) if is_regular_input(args.input) else None
         chunk_size = args.chunk_size or MAX_CHUNK_LINES
         with _progress_bar(args.progress, total) as bar:
@@ -385,7 +386,7 @@ def command_translate(args: argparse.Namespace) -> int:
             else:
                 try:
                     with atomic_writer(args.output) as raw:
-                        out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if args.output.endswith(".gz") else raw
+                        out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if gzip_named(args.output) else raw
                         translate_stream(
                             lines,
                             lambda text: out.write(text.encode("utf-8")),
@@ -420,14 +421,15 @@ def scored_lines(outputs: list[str], found, base_two: bool, first_index: int = 0
 
 
 def parse_token_ids(line: str, number: int) -> list[int]:
-    """Space-separated non-negative integers of input line ``number`` (InputError otherwise)."""
-    try:
-        ids = [int(field) for field in line.split()]
-    except ValueError as error:
-        raise InputError(f"input line {number}: --token-ids expects space-separated integers ({error})") from error
-    if any(i < 0 for i in ids):
-        raise InputError(f"input line {number}: token ids must be >= 0")
-    return ids
+    """Space-separated non-negative integers of input line ``number``, written in ASCII digits only
+    (not Python's ``int`` syntax: no ``5_0``, sign or other scripts' digits); InputError otherwise."""
+    fields = line.split()
+    for field in fields:
+        if not (field.isascii() and field.isdigit()):
+            if field[:1] == "-" and field[1:].isascii() and field[1:].isdigit():
+                raise InputError(f"input line {number}: token ids must be >= 0, got {field}")
+            raise InputError(f"input line {number}: --token-ids expects space-separated integers, got {field!r}")
+    return [int(field) for field in fields]
 
 
 def command_convert(args: argparse.Namespace) -> int:
@@ -648,19 +650,11 @@ def command_profile(args: argparse.Namespace) -> int:
         )
     if args.repeats > PROFILE_MAX_REPEATS:
         raise ValueError(f"--repeats must be at most {PROFILE_MAX_REPEATS}, got {args.repeats}")
-    needed = args.vocab * PROFILE_BYTES_PER_VOCAB_ENTRY
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            fields = dict(line.split(":", 1) for line in meminfo if ":" in line)
-        available = int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError, IndexError):
-        available = None  # not Linux: no check
-    if available is not None and needed > available:
-        raise ValueError(
-            f"--vocab {args.vocab} needs about {needed / 1e9:.1f} GB of memory "
-            f"({PROFILE_BYTES_PER_VOCAB_ENTRY / 1e6:.1f} MB per vocabulary entry) and "
-            f"{available / 1e9:.1f} GB are available: choose a smaller --vocab"
-        )
+    check_fits_in_memory(
+        args.vocab * PROFILE_BYTES_PER_VOCAB_ENTRY,
+        f"--vocab {args.vocab}",
+        f"choose a smaller --vocab (the profile holds about {PROFILE_BYTES_PER_VOCAB_ENTRY / 1e6:.1f} MB per entry)",
+    )
     print_report(profile_report(vocab_size=args.vocab, repeats=args.repeats, as_json=args.json))
     return 0
 
@@ -687,8 +681,8 @@ def command_shape_bench(args: argparse.Namespace) -> int:
         return values
 
     threads = listed(args.threads, "--threads", int)
-    if min(threads) < 1 or max(threads) > 1024:
-        raise InputError(f"--threads {args.threads}: thread counts of 1 to 1024")
+    if min(threads) < 1 or max(threads) > MAX_THREADS:
+        raise InputError(f"--threads {args.threads}: thread counts of 1 to {MAX_THREADS}")
     precisions = listed(args.precisions, "--precisions")
     if set(precisions) - {"fp32", "bf16", "int8"}:
         raise InputError(f"--precisions {args.precisions}: fp32, bf16 or int8")
@@ -935,6 +929,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what to lower when a command runs out of memory (the decoding commands: DECODE_ADVICE)
+DECODE_ADVICE = "lower --max-batch-tokens or --batch-size (or --length-beam, --beam), or use --decoder engine"
+OUT_OF_MEMORY_ADVICE = {
+    "train": "lower --max-tokens, or the model's size (--d-model, --ffn-dim, layers, --vocab-size), or --threads",
+    "bench": "lower --max-batch-tokens, or time a smaller --shape",
+    "profile": "choose a smaller --vocab",
+    "convert": "the model does not fit in this machine's memory",
+    "export": "the model does not fit in this machine's memory",
+    "average": "the models do not fit in this machine's memory (average fewer at a time)",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
@@ -949,11 +955,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as error:
         if isinstance(error, RuntimeError) and "allocate" not in str(error):
             raise
-        print(
-            "janus-fast: error: out of memory: lower --max-batch-tokens or --batch-size (or --length-beam, "
-            "--beam), or use --decoder engine",
-            file=sys.stderr,
-        )
+        advice = OUT_OF_MEMORY_ADVICE.get(args.command, DECODE_ADVICE)
+        print(f"janus-fast: error: out of memory: {advice}", file=sys.stderr)
         return 2
     except OSError as error:  # e.g. a full disk while saving a checkpoint: one line naming the file
         where = f"{error.filename}: " if error.filename else ""

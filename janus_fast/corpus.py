@@ -43,7 +43,7 @@ from typing import Protocol
 import torch
 
 from janus_fast.checkpoint import CONFIG_NAME, WEIGHTS_NAME, config_digest
-from janus_fast.data import InputError, decoded_lines, iter_lines
+from janus_fast.data import InputError, gzip_named, iter_lines, stream_lines
 from janus_fast.distributed import DistributedContext
 from janus_fast.output import atomic_write, atomic_writer, check_output_not_input, create_exclusively, is_replaceable
 
@@ -407,7 +407,7 @@ def merge_chunks(parts_dir: str, output_path: str, chunks: int, expected_lines: 
     all (InputError otherwise, ``output_path`` untouched); returns the line count."""
     lines = 0
     with atomic_writer(output_path) as raw:
-        out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") if output_path.endswith(".gz") else raw
+        out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") if gzip_named(output_path) else raw
         for index in range(chunks):
             for line in iter_lines(chunk_path(parts_dir, index)):
                 out.write((line + "\n").encode("utf-8"))
@@ -575,13 +575,13 @@ __all__ = [
     "assign_chunks",
     "corpus_manifest",
     "count_lines",
-    "decoded_lines",
     "default_chunk_size",
     "iter_lines",
     "merge_chunks",
     "model_identity",
     "plain_translations",
     "scan_source",
+    "stream_lines",
     "translate_file",
     "translate_stream",
 ]

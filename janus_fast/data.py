@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import warnings
 import zlib
@@ -73,16 +74,35 @@ def _partial_character_bytes(data: bytes) -> int:
     return 0
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def gzip_named(path: str) -> bool:
+    """Whether ``path``'s name says gzip: it ends in ``.gz``, in any case (``.GZ`` too). An output
+    so named is written compressed."""
+    return path.lower().endswith(".gz")
+
+
 def iter_lines(path: str, warn: bool = True) -> Iterator[str]:
-    """The lines of a UTF-8 text file (plain or ``.gz``) one at a time: those of
-    ``read_lines``, without holding the file (``decoded_lines``). An unreadable or truncated
-    file raises InputError naming it."""
+    """The lines of a UTF-8 text file (plain or gzip) one at a time: those of ``read_lines``,
+    without holding the file (``decoded_lines``). Gzip is read where the data starts with its magic
+    bytes, whatever the name, or where the name ends in ``.gz`` (then anything else is an error). An
+    unreadable or truncated file raises InputError naming it."""
     try:
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as handle:
-            yield from decoded_lines(handle, path, warn)
+        with open(path, "rb") as raw:
+            yield from stream_lines(raw, path, warn, gzip_named(path))
     except (OSError, EOFError, zlib.error) as error:  # zlib.error: corrupt compressed data
         raise InputError(f"cannot read {path}: {error}") from error
+
+
+def stream_lines(raw: io.BufferedReader, what: str, warn: bool = True, compressed: bool = False) -> Iterator[str]:
+    """``decoded_lines`` of a binary stream (a file, standard input), through gzip where it starts
+    with gzip's magic bytes or ``compressed`` says so."""
+    if compressed or raw.peek(2)[:2] == GZIP_MAGIC:
+        with gzip.GzipFile(fileobj=raw, mode="rb") as handle:
+            yield from decoded_lines(handle, what, warn)
+    else:
+        yield from decoded_lines(raw, what, warn)
 
 
 def read_lines(path: str) -> list[str]:

@@ -22,12 +22,24 @@ from torch import nn
 
 from janus_fast.attention import MaskSpec, masked_attention
 from janus_fast.length import length_classes, mean_pool
+from janus_fast.memory import check_fits_in_memory
 from janus_fast.vocab import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}  # the FFN activations a config may name
 
 
 MAX_LAYERS = 1024  # a config asking for more is an edit or a mistake
+# upper bounds of the size-like fields: past them a config is an edit or a mistake, and its
+# embeddings alone would take gigabytes (the model's whole size is checked against memory too)
+MAX_SIZES = {
+    "vocab_size": 1 << 21,
+    "d_model": 1 << 16,
+    "ffn_dim": 1 << 18,
+    "num_heads": 1 << 12,
+    "max_source_positions": 1 << 16,
+    "max_target_positions": 1 << 16,
+    "num_length_classes": 1 << 16,
+}
 AR_STREAMS = ("query", "content")  # the decoder stream that predicts P_AR (see JanusConfig.ar_stream)
 
 
@@ -102,9 +114,10 @@ class JanusConfig:
         for name, low in minimum.items():
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        for name in ("encoder_layers", "decoder_layers"):  # each layer is Python modules, even on meta
-            if getattr(self, name) > MAX_LAYERS:
-                raise ValueError(f"{name} must be <= {MAX_LAYERS}, got {getattr(self, name)}")
+        limits = {**MAX_SIZES, "encoder_layers": MAX_LAYERS, "decoder_layers": MAX_LAYERS}
+        for name, high in limits.items():  # layers: Python modules each, even on the meta device
+            if getattr(self, name) > high:
+                raise ValueError(f"{name} must be <= {high}, got {getattr(self, name)}")
         if not math.isfinite(self.length_bonus):
             raise ValueError(f"length_bonus must be a finite number, got {self.length_bonus}")
         for name in ("dropout", "attention_dropout"):
@@ -130,6 +143,18 @@ class JanusConfig:
                 f"special token ids {special} (pad, unk, bos, eos, mask) must be distinct "
                 "(the mask may equal unk) and < vocab_size"
             )
+
+    def parameter_count(self) -> int:
+        """The number of parameters a JanusModel of this config has (its weights' fp32 bytes / 4),
+        from the sizes alone: embeddings, positions, layers (projections, FFN, norms, biases),
+        length head."""
+        d, f = self.d_model, self.ffn_dim
+        attention = 4 * d * d + 4 * d + 2 * d  # q, k, v, o with biases, and the norm
+        feed_forward = 2 * d * f + f + d + 2 * d
+        encoder = self.encoder_layers * (attention + feed_forward)
+        decoder = self.decoder_layers * (2 * attention + feed_forward)
+        positions = (self.max_source_positions + self.max_target_positions) * d
+        return self.vocab_size * d + positions + encoder + decoder + 4 * d + self.num_length_classes * d
 
     @property
     def has_nar(self) -> bool:
@@ -395,6 +420,15 @@ class JanusModel(nn.Module):
 
     def __init__(self, config: JanusConfig) -> None:
         super().__init__()
+        if torch.empty(0).device.type != "meta":  # a model built on the meta device holds no memory
+            parameters = config.parameter_count()
+            check_fits_in_memory(
+                4 * parameters,
+                f"a model of d_model {config.d_model}, ffn_dim {config.ffn_dim}, {config.encoder_layers}+"
+                f"{config.decoder_layers} layers, vocabulary {config.vocab_size} "
+                f"({parameters / 1e6:.0f}M parameters, fp32)",
+                "choose a smaller shape",
+            )
         self.config = config
         d = config.d_model
         self.embed_tokens = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_id)

@@ -488,6 +488,21 @@ def test_dictionary_tokenizer(tmp_path) -> None:
         read_dictionary(str(bad))
 
 
+def test_a_dictionary_with_overwritten_symbols_saves_as_it_was_read(tmp_path) -> None:
+    """fairseq's ``#fairseq:overwrite`` appends a symbol again (the later id wins): saved and read
+    back, the dictionary is the same (the flag kept), and encodes as fairseq would."""
+    source = tmp_path / "dict.txt"
+    source.write_text("a 5\nb 4\na 3 #fairseq:overwrite\n<unk> 1 #fairseq:overwrite\n")
+    tokenizer = FairseqTokenizer.from_files(str(source))
+    assert tokenizer.symbols == ["<s>", "<pad>", "</s>", "<unk>", "a", "b", "a", "<unk>"]
+    assert tokenizer.encode("a b") == [6, 5]
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    tokenizer.save(str(saved))
+    again = FairseqTokenizer.load(str(saved))
+    assert again.symbols == tokenizer.symbols and again.digest() == tokenizer.digest()
+
+
 def test_sentencepiece_bpe_round_trip() -> None:
     """--bpe sentencepiece: text is cut into the model's pieces, output pieces are joined back."""
     spm_path = os.path.join(os.path.dirname(__file__), "..", "janus_fast", "pretrained", "multi30k-de-en", "spm.model")

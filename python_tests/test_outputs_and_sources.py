@@ -251,7 +251,7 @@ def test_small_refusals_of_the_probe(trained_dir):
     translator = Translator.from_pretrained(trained_dir)
     with pytest.raises(TypeError, match="not a set"):
         translator.translate({"ein hund"})
-    with pytest.raises(ValueError, match="both 0"):
+    with pytest.raises(ValueError, match="allows no word"):
         translator.translate(["ein hund"], max_len_a=0, max_len_b=0)
     result = run_cli("profile", "--vocab", "2")
     assert result.returncode != 0 and b"--vocab must be at least 4" in result.stderr
@@ -498,3 +498,78 @@ def test_export_refuses_a_dtype_the_weights_do_not_fit(trained_dir, tmp_path):
         save_pretrained(model, str(tmp_path / "half"), dtype=torch.float16)
     save_pretrained(model, str(tmp_path / "bf16"), dtype=torch.bfloat16)
     assert load_pretrained(str(tmp_path / "bf16")) is not None
+
+
+def test_out_of_memory_advice_is_the_commands_own(monkeypatch, capsys):
+    from janus_fast import cli
+
+    def exhausted(args):  # noqa: ANN001, ANN202
+        raise MemoryError
+
+    for command, handler, advice in (
+        (["train", "--data-dir", "d"], "command_train", "lower --max-tokens"),
+        (["bench", "--shape", "base"], "command_bench", "smaller --shape"),
+    ):
+        monkeypatch.setattr(cli, handler, exhausted)
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("janus-fast: error: out of memory: ") and advice in err and "--beam" not in err, err
+
+
+def test_gzip_input_is_read_by_its_magic_bytes_whatever_its_name(tmp_path):
+    """A gzip file named .GZ, or with no .gz at all, is decompressed (not read as raw bytes and
+    "translated"); standard input too; an output named .GZ is written compressed."""
+    import gzip
+    import subprocess
+    import sys
+
+    from test_cli import REPO_ROOT
+
+    from janus_fast.data import read_lines
+
+    text = "Ein Hund.\nZwei Katzen spielen.\n"
+    for name in ("in.de.GZ", "in.txt"):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(text.encode()))
+        assert read_lines(str(path)) == ["Ein Hund.", "Zwei Katzen spielen."]
+    plain = tmp_path / "plain.gz"
+    plain.write_text(text)
+    with pytest.raises(Exception, match="plain.gz"):  # named .gz but not gzip: an error, as before
+        read_lines(str(plain))
+    output = tmp_path / "out.en.GZ"
+    command = f"{sys.executable} -m janus_fast.cli translate --mode ar --no-progress -o {output}"
+    result = subprocess.run(command, shell=True, input=gzip.compress(text.encode()), capture_output=True,
+                            cwd=REPO_ROOT, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    lines = gzip.decompress(output.read_bytes()).decode().splitlines()
+    assert len(lines) == 2 and all(lines) and "invalid UTF-8" not in result.stderr.decode()
+
+
+def test_token_ids_are_ascii_digits_only():
+    from janus_fast.cli import parse_token_ids
+    from janus_fast.data import InputError
+
+    assert parse_token_ids(" 50  6\t7 ", 1) == [50, 6, 7]
+    for line, message in (("5_0 6", "'5_0'"), ("\u0663\u0664 7", "expects space-separated integers"),
+                          ("+5", r"'\+5'"), ("-5", ">= 0")):  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            parse_token_ids(line, 3)
+
+
+def test_a_second_training_run_on_one_folder_is_refused(corpus_dir, tmp_path):
+    """While a run holds OUT/.lock, another run on OUT is refused before it reads or writes
+    anything; the lock of a run that ended (or died: flock) does not block."""
+    from filelock import FileLock
+    from test_cli import run_cli
+    from test_error_lines import TRAIN_OPTIONS, error_line
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = FileLock(str(out / ".lock"))
+    with holder:
+        result = run_cli("train", "--data-dir", corpus_dir, "--output-dir", str(out), *TRAIN_OPTIONS)
+        assert result.returncode == 2
+        error_line(result, "--output-dir", "another training run is using this folder")
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    result = run_cli("train", "--data-dir", corpus_dir, "--output-dir", str(out), *TRAIN_OPTIONS, "--vocab-size", "300")
+    assert result.returncode == 0, result.stderr.decode()

@@ -79,6 +79,11 @@ class SpeculativeOptions:
         margin = self.relaxed_margin
         if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not math.isfinite(margin) or margin < 0:
             raise ValueError(f"relaxed_margin must be a finite number >= 0, got {margin!r}")
+        if self.relaxed_top_k == 0 and margin != SpeculativeOptions.relaxed_margin:
+            raise ValueError(
+                f"relaxed_margin {margin} applies to relaxed verification only: give relaxed_top_k > 0 with it "
+                "(relaxed_top_k 0 is exact verification, AR greedy's output)"
+            )
 
 
 @dataclass(frozen=True)
@@ -120,8 +125,8 @@ class DecodeOptions:
     )
     max_len_a: float | None = option(
         None,
-        "AR: at most max_len_a x source length + max_len_b target tokens (default 1.2 per "
-        "sentence; with --compat fairseq, fairseq's 0 on the padded source width)",
+        "AR: at most max_len_a x source length + max_len_b target tokens, eos included (default 1.2 per "
+        "sentence; with --compat fairseq, fairseq's 0 on the padded source width, eos not included)",
     )
     max_len_b: int | None = option(None, "see --max-len-a (default 10; with --compat fairseq, 200)")
     decoder: str = option(
@@ -251,8 +256,14 @@ def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict) -> 
         values[name] = check_int(name, values[name], *ranges[name])
     values["max_len_a"] = check_real("max_len_a", values["max_len_a"], 0)
     values["max_len_b"] = check_int("max_len_b", values["max_len_b"], 0)
-    if values["max_len_a"] == 0 and values["max_len_b"] == 0:
-        raise ValueError("max_len_a and max_len_b are both 0: the AR length limit must allow >= 1 target token")
+    # janus counts eos in the limit (beam.max_ar_lengths), fairseq does not
+    words_from = 2 if compat == "janus" else 1
+    if values["max_len_a"] == 0 and values["max_len_b"] < words_from:
+        counted = ", which counts eos," if compat == "janus" else ""
+        raise ValueError(
+            f"max_len_a 0 and max_len_b {values['max_len_b']}: the AR length limit{counted} allows no word; "
+            f"give max_len_b >= {words_from} or max_len_a > 0"
+        )
 
 
 def _check_model_kind(config: JanusConfig, mode: str, compat: str) -> None:

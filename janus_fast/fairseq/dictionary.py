@@ -85,10 +85,17 @@ class FairseqTokenizer:
         return cls.from_files(os.path.join(directory, DICT_NAME))
 
     def save(self, directory: str) -> None:
-        """Write ``dict.txt`` (counts are not kept: written as 0) and the BPE file to ``directory``."""
+        """Write ``dict.txt`` (counts are not kept: written as 0; a symbol seen before, a special
+        included, keeps its ``#fairseq:overwrite`` flag, so the file reads back as it was read) and
+        the BPE file to ``directory``."""
         from janus_fast.output import atomic_write
 
-        lines = "".join(f"{symbol} 0\n" for symbol in self.symbols[4:])
+        seen = set(SPECIAL_SYMBOLS)
+        lines = []
+        for symbol in self.symbols[4:]:
+            lines.append(f"{symbol} 0 #fairseq:overwrite\n" if symbol in seen else f"{symbol} 0\n")
+            seen.add(symbol)
+        lines = "".join(lines)
         atomic_write(os.path.join(directory, DICT_NAME), lines.encode("utf-8"))
         if self.bpe is not None and self.bpe_data is not None:
             atomic_write(os.path.join(directory, BPE_FILES[self.bpe]), self.bpe_data)

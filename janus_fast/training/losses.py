@@ -10,7 +10,8 @@ stop-gradient. AR terms in the KLs use only the NAR-masked positions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,20 @@ class LossWeights:
     # gradient reaches the AR side through them), to keep a warm-started AR side from being
     # pulled towards a still-poor NAR side.
     detach_ar_in_kl: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse weights no loss can use (named as the train command's options)."""
+        for item in fields(self):
+            value = getattr(self, item.name)
+            option = f"--weights-{item.name.replace('_', '-')}"
+            if item.name == "detach_ar_in_kl":
+                if not isinstance(value, bool):
+                    raise TypeError(f"{option} must be true or false, got {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"{option} must be a finite number >= 0, got {value!r}")
+        if not self.label_smoothing < 1:
+            raise ValueError(f"--weights-label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 def smoothed_cross_entropy(

@@ -24,14 +24,15 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import sacrebleu
 import torch
 from tqdm import tqdm
 
-from janus_fast.arguments import check_int, option
+from janus_fast.arguments import MAX_THREADS, check_int, option
 from janus_fast.checkpoint import (
     CheckpointError,
     atomic_write,
@@ -42,7 +43,7 @@ from janus_fast.checkpoint import (
     save_pretrained,
 )
 from janus_fast.data import Batch, InputError, ParallelDataset, corpus_path, mask_targets, read_parallel
-from janus_fast.distributed import DistributedContext
+from janus_fast.distributed import DistributedContext, environment_int
 from janus_fast.model import JanusConfig, JanusModel, decoding_defaults
 from janus_fast.tokenizer import Tokenizer
 from janus_fast.training.losses import LossWeights, compute_loss
@@ -254,11 +255,20 @@ class TrainConfig:
         for name in ("max_updates", "train_limit", "valid_limit", "threads", "keep_every"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), 0 if name == "max_updates" else 1)
+        if self.threads is not None and self.threads > MAX_THREADS:
+            raise ValueError(f"--threads must be at most {MAX_THREADS}, got {self.threads}")
         for name in ("lr", "clip_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if self.weight_decay < 0 or (self.max_minutes is not None and not self.max_minutes > 0):
-            raise ValueError("--weight-decay must be >= 0 and --max-minutes > 0")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(self, name)}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"--max-minutes must be > 0, got {self.max_minutes}")
+        if self.valid_iterations > self.model.max_target_positions:
+            raise ValueError(
+                f"--valid-iterations must be at most --max-target-positions ({self.model.max_target_positions}), "
+                f"got {self.valid_iterations}"
+            )
 
 
 def train_config(**values) -> TrainConfig:
@@ -385,7 +395,8 @@ def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, tra
             except RuntimeError as error:  # SentencePiece's refusals, e.g. fewer pieces than characters
                 reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
                 raise ValueError(
-                    f"--vocab-size {config.model.vocab_size}: SentencePiece cannot train ({reason})"
+                    f"SentencePiece cannot train a {config.model.vocab_size}-piece {config.tokenizer_type} tokenizer "
+                    f"on the training data ({reason}): check --vocab-size and --tokenizer-type against the data"
                 ) from error
         atomic_write(path, tokenizer.model_proto)
     if context.is_main and config.init_from:
@@ -473,6 +484,11 @@ _LIBC = _load_libc()
 def train(config: TrainConfig) -> TrainState:
     """Train (or resume) a model as ``config`` says; returns the final TrainState."""
     bound_allocator_caches()
+    with run_folder_lock(config.output_dir, environment_int("RANK", 0, 0)):
+        return _train(config)
+
+
+def _train(config: TrainConfig) -> TrainState:
     run = Run(config)
     run.resume_or_start()
     max_updates = config.max_updates if config.max_updates is not None else float("inf")
@@ -487,6 +503,31 @@ def train(config: TrainConfig) -> TrainState:
         run.checkpoint(run.last_dir)
     run.context.close()
     return run.state
+
+
+@contextmanager
+def run_folder_lock(output_dir: str, rank: int) -> Iterator[None]:
+    """Hold ``OUT/.lock`` (flock: released when the process dies) while a run trains into
+    ``output_dir``, so that a second run started on the same folder is refused instead of mixing
+    its records and checkpoints with this one's. Only the main process (rank 0) takes it."""
+    if rank != 0:
+        yield
+        return
+    from filelock import FileLock, Timeout
+
+    os.makedirs(output_dir, exist_ok=True)
+    lock = FileLock(os.path.join(output_dir, ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise InputError(
+            f"--output-dir {output_dir}: another training run is using this folder (it holds "
+            f"{os.path.join(output_dir, '.lock')}); wait for it to end or choose another --output-dir"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class Run:
@@ -633,6 +674,12 @@ class Run:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_norm)
+            if not math.isfinite(float(grad_norm)):  # the same on every rank (the gradients are synced)
+                raise InputError(
+                    f"training diverged at update {state.update + 1}: the loss is {float(loss.detach())} and the "
+                    f"gradient norm {float(grad_norm)}; this update was not applied, {self.last_dir} holds the last "
+                    "save. Lower --lr (or raise --warmup-updates), check the --weights-* options"
+                )
             self.optimizer.step()
             self.scheduler.step()
             state.update += 1

@@ -1,0 +1,113 @@
+"""Options no run can use are refused before any work, naming the option (issue 34, probe 11):
+model sizes past their bounds or past the machine's memory, loss weights and learning rates that
+are not finite non-negative numbers, a relaxed margin without relaxed verification, AR length
+limits that allow no word, validation iterations the model cannot run, thread counts; and a
+training run that diverges stops naming the update, before the broken update is applied."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from test_cli import run_cli
+from test_error_lines import TRAIN_OPTIONS, error_line
+
+from janus_fast import memory
+from janus_fast.decoding.options import DecodeOptions, SpeculativeOptions
+from janus_fast.model import MAX_SIZES, JanusConfig, JanusModel
+from janus_fast.training.losses import LossWeights
+from janus_fast.training.train import TrainConfig, train_config
+
+
+@pytest.mark.parametrize("name", sorted(MAX_SIZES))
+def test_size_fields_have_upper_bounds(name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be <= {MAX_SIZES[name]}"):
+        JanusConfig(**{name: MAX_SIZES[name] + 1})
+
+
+def test_parameter_count_is_the_models() -> None:
+    for config in (
+        JanusConfig(vocab_size=300, d_model=32, num_heads=2, ffn_dim=64, encoder_layers=1, decoder_layers=2),
+        JanusConfig(),
+    ):
+        assert config.parameter_count() == JanusModel(config).num_parameters
+
+
+def test_a_model_larger_than_the_available_memory_is_refused_before_allocating(monkeypatch) -> None:
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 10 * 2**20)  # 10 MiB left
+    with pytest.raises(ValueError, match=r"needs about .* GB of memory .* choose a smaller shape"):
+        JanusModel(JanusConfig())  # 7.7M parameters: 31 MB
+    JanusModel(JanusConfig(vocab_size=300, d_model=32, num_heads=2, ffn_dim=64, encoder_layers=1, decoder_layers=1))
+
+
+@pytest.mark.parametrize(
+    ("weights", "option"),
+    [
+        ({"length": -1e6}, "--weights-length"),
+        ({"kl_ar_nar": math.nan}, "--weights-kl-ar-nar"),
+        ({"ce_nar_aux": math.inf}, "--weights-ce-nar-aux"),
+        ({"label_smoothing": 5.0}, "--weights-label-smoothing"),
+        ({"label_smoothing": -1.0}, "--weights-label-smoothing"),
+        ({"label_smoothing": 1.0}, "--weights-label-smoothing"),
+    ],
+)
+def test_loss_weights_must_be_usable(weights: dict, option: str) -> None:
+    with pytest.raises(ValueError, match=option):
+        LossWeights(**weights)
+
+
+@pytest.mark.parametrize(
+    ("values", "option"),
+    [
+        ({"lr": math.inf}, "--lr"),
+        ({"lr": math.nan}, "--lr"),
+        ({"clip_norm": math.inf}, "--clip-norm"),
+        ({"weight_decay": math.inf}, "--weight-decay"),
+        ({"threads": 2000}, "--threads"),
+        ({"valid_iterations": 100000}, "--valid-iterations"),
+    ],
+)
+def test_train_options_are_checked_before_any_work(values: dict, option: str) -> None:
+    with pytest.raises(ValueError, match=option):
+        train_config(data_dir="data", output_dir="out", **values)
+    assert isinstance(train_config(data_dir="data", output_dir="out", valid_iterations=128), TrainConfig)
+
+
+def test_a_relaxed_margin_without_relaxed_verification_is_refused() -> None:
+    with pytest.raises(ValueError, match="relaxed_margin 5.0 applies to relaxed verification only"):
+        SpeculativeOptions(relaxed_margin=5.0)
+    assert SpeculativeOptions(relaxed_margin=5.0, relaxed_top_k=2).relaxed_margin == 5.0
+    result = run_cli("translate", "--mode", "spec", "--relaxed-margin", "5", stdin=b"Zwei Hunde.\n")
+    assert result.returncode == 2 and "relaxed_margin" in error_line(result)
+
+
+def test_an_ar_length_limit_allowing_no_word_is_refused() -> None:
+    config = JanusConfig()
+    for b in (0, 1):  # the limit counts eos: 0 x length + 1 leaves no room for a word
+        with pytest.raises(ValueError, match="allows no word"):
+            DecodeOptions(mode="ar", max_len_a=0.0, max_len_b=b).resolve(config)
+    assert DecodeOptions(mode="ar", max_len_a=0.0, max_len_b=2).resolve(config).max_len_b == 2
+    fairseq = DecodeOptions(mode="ar", compat="fairseq", beam=1, max_len_a=0.0, max_len_b=1)
+    assert fairseq.resolve(JanusConfig(ar_stream="content")).max_len_b == 1  # fairseq's limit leaves eos out
+
+
+def test_train_refuses_bad_weights_on_the_command_line(corpus_dir: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run_cli(
+        "train", "--data-dir", corpus_dir, "--output-dir", str(out), *TRAIN_OPTIONS, "--weights-length=-1e6"
+    )
+    assert result.returncode == 2 and "--weights-length" in error_line(result)
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_naming_the_update(corpus_dir: str, tmp_path: Path) -> None:
+    """A learning rate of 1e30 makes the weights overflow after the first update; the next
+    update's gradient is not finite: the run stops there with one line, the broken update not
+    applied (no checkpoint of NaN weights)."""
+    out = tmp_path / "run"
+    options = [*TRAIN_OPTIONS, "--max-updates", "6", "--vocab-size", "300", "--lr", "1e30"]  # the later ones win
+    result = run_cli("train", "--data-dir", corpus_dir, "--output-dir", str(out), *options)
+    assert result.returncode == 2
+    assert "training diverged at update" in error_line(result, "--lr")
