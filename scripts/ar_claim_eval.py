@@ -70,7 +70,13 @@ def main() -> None:
     parser.add_argument("--runs", default=os.path.expanduser("~/janus-runs/arclaim"))
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--plot", default=None, help="PNG of val AR beam 4 against updates")
+    parser.add_argument(
+        "--only", default=",".join(RUNS), help="comma-separated runs to evaluate (default: all; e.g. the finished ones)"
+    )
     args = parser.parse_args()
+    only = [run for run in args.only.split(",") if run]
+    if set(only) - set(RUNS):
+        parser.error(f"--only: unknown runs {sorted(set(only) - set(RUNS))}; known: {', '.join(RUNS)}")
     torch.set_num_threads(1)
     data = {
         split: (read_lines(corpus_path(args.data_dir, name, "de")), read_lines(corpus_path(args.data_dir, name, "en")))
@@ -83,7 +89,7 @@ def main() -> None:
             record = json.loads(line)
             done[record["model"]] = record
     models = [(DEFAULT_MODEL_DIR, True)]
-    for run in RUNS:
+    for run in only:
         models += [(path, False) for path in sorted(glob.glob(os.path.join(args.runs, run, "saves", "u*")))]
         if os.path.isdir(os.path.join(args.runs, run, "last")):
             models.append((os.path.join(args.runs, run, "last"), True))
