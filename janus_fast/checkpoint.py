@@ -36,6 +36,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "spm.model"
 TOKENIZER_DIGEST = "tokenizer_sha256"  # config.json's key for the SHA-256 of spm.model
+TRAINING_RUN = "training_run"  # config.json's key for the id of the training run that saved it
 FAIRSEQ_TOKENIZER_DIGEST = "fairseq_tokenizer_sha256"  # ... of a converted model's dictionary and BPE
 FORMAT_VERSION = 1
 # the floating types a weight may be stored as (converted to the model's float32 on load)
@@ -134,11 +135,16 @@ def replaced_directory(directory: str) -> Iterator[str]:
 
 
 def save_pretrained(
-    model: JanusModel, directory: str, tokenizer_model: bytes | None = None, dtype: torch.dtype | None = None
+    model: JanusModel,
+    directory: str,
+    tokenizer_model: bytes | None = None,
+    dtype: torch.dtype | None = None,
+    training_run: str | None = None,
 ) -> None:
     """Save ``model`` (weights optionally cast to ``dtype``: float32, bfloat16 or float16) and its
     tokenizer; ``config.json`` records the digests of both (``save_tokenizer`` adds the tokenizer's
-    when it is written afterwards)."""
+    when it is written afterwards) and, for a save of a training run, the run's id
+    (``training_run``: ``average`` warns when it averages saves of different runs)."""
     if model.precision != "fp32":
         raise CheckpointError(f"cannot save a {model.precision} inference copy; save the fp32 model it came from")
     if dtype is not None and dtype not in STORED_FLOAT_DTYPES:
@@ -181,6 +187,8 @@ def save_pretrained(
     }
     if tokenizer_model is not None:
         config[TOKENIZER_DIGEST] = hashlib.sha256(tokenizer_model).hexdigest()
+    if training_run:
+        config[TRAINING_RUN] = training_run
     atomic_write(os.path.join(directory, CONFIG_NAME), json.dumps(config, indent=2).encode())
 
 
@@ -199,6 +207,11 @@ def read_config(directory: str) -> dict:
         with open(path, encoding="utf-8") as handle:
             config = json.load(handle)
     except FileNotFoundError as error:
+        inside = [name for name in ("best", "last") if os.path.isfile(os.path.join(directory, name, CONFIG_NAME))]
+        if inside:  # a training run's folder: its checkpoints are inside
+            meaning = {"best": "the best validation score", "last": "the latest save"}
+            choices = " or ".join(f"{os.path.join(directory, name)} ({meaning[name]})" for name in inside)
+            raise CheckpointError(f"{directory} is a training run's folder, not a checkpoint: use {choices}") from error
         raise CheckpointError(f"{path}: missing") from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: unreadable or not valid JSON ({error})") from error
@@ -383,6 +396,20 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
     does not match is a CheckpointError naming the checkpoint and the difference."""
     if len(directories) < 2:
         raise CheckpointError(f"averaging needs at least 2 checkpoints, got {len(directories)}")
+    seen: dict[str, str] = {}
+    for directory in directories:  # the same one twice would weigh it double
+        real = os.path.realpath(directory)
+        if real in seen:
+            raise CheckpointError(f"{directory}: given twice (as {seen[real]} too): each checkpoint counts once")
+        seen[real] = directory
+    runs = {read_config(directory).get(TRAINING_RUN) for directory in directories} - {None}
+    if len(runs) > 1:
+        warnings.warn(
+            f"these checkpoints come from {len(runs)} different training runs: the weights of independently "
+            "initialised runs do not correspond and their mean decodes badly (runs fine-tuned from one start, "
+            "--init-from, do average)",
+            stacklevel=2,
+        )
     first_config = read_config(directories[0])["model"]
     first_tokenizer = _tokenizer_bytes(directories[0])
     model = load_pretrained(directories[0])

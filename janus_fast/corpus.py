@@ -51,6 +51,8 @@ PARTS_SUFFIX = ".parts"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 MIN_CHUNK_LINES, MAX_CHUNK_LINES = 50, 2000
+MAX_CHUNKS = 1 << 17  # chunks of one job at most (each a file; default_chunk_size grows past that)
+MAX_SCAN_BLOCKS = 1 << 20  # the source scan's block sizes kept at most (8 MiB)
 # the first pass measures the source in blocks of this many lines (chunks are whole blocks)
 BLOCK_LINES = 10
 # how long the ranks wait for one another to start (and for rank 0's manifest check); at the end
@@ -97,15 +99,25 @@ class SourceScan:
     block_bytes: array
 
     def chunk_costs(self, chunk_size: int) -> list[int]:
-        """The bytes of each chunk of ``chunk_size`` lines (a multiple of ``block_lines``)."""
-        if chunk_size % self.block_lines:
-            raise ValueError(f"chunk_size {chunk_size} is not a multiple of the scan's {self.block_lines}-line blocks")
-        blocks = chunk_size // self.block_lines
-        return [sum(self.block_bytes[i : i + blocks]) for i in range(0, len(self.block_bytes), blocks)]
+        """The bytes of each chunk of ``chunk_size`` lines: exact where ``chunk_size`` is a multiple
+        of ``block_lines``, else each block's bytes shared among its chunks by lines (the costs only
+        balance the ranks' shares)."""
+        costs = [0.0] * math.ceil(self.lines / chunk_size)
+        for block, size in enumerate(self.block_bytes):
+            position, end = block * self.block_lines, min((block + 1) * self.block_lines, self.lines)
+            lines = end - position
+            while position < end:
+                chunk = position // chunk_size
+                stop = min(end, (chunk + 1) * chunk_size)
+                costs[chunk] += size * (stop - position) / lines
+                position = stop
+        return [round(cost) for cost in costs]
 
 
 def scan_source(path: str, block_lines: int = BLOCK_LINES) -> SourceScan:
-    """``SourceScan`` of ``path`` (plain or ``.gz``), read as a stream."""
+    """``SourceScan`` of ``path`` (plain or gzip), read as a stream. Its blocks stay at most
+    MAX_SCAN_BLOCKS whatever the file's length (neighbouring blocks merged, ``block_lines`` doubled,
+    each time they would be more), so the scan's memory is bounded."""
     digest = hashlib.sha256()
     block_bytes = array("q")
     lines = 0
@@ -113,7 +125,11 @@ def scan_source(path: str, block_lines: int = BLOCK_LINES) -> SourceScan:
         data = (line + "\n").encode("utf-8")
         digest.update(data)
         if lines % block_lines == 0:
-            block_bytes.append(0)
+            if len(block_bytes) == MAX_SCAN_BLOCKS:  # an even count: merged pairwise, lines stay aligned
+                block_bytes = array("q", map(sum, zip(block_bytes[::2], block_bytes[1::2])))
+                block_lines *= 2
+            if lines % block_lines == 0:
+                block_bytes.append(0)
         block_bytes[-1] += len(data)
         lines += 1
     return SourceScan(lines, digest.hexdigest(), block_lines, block_bytes)
@@ -121,9 +137,21 @@ def scan_source(path: str, block_lines: int = BLOCK_LINES) -> SourceScan:
 
 def default_chunk_size(lines: int) -> int:
     """About a sixteenth of ``lines`` (so that several ranks each get a fair share of chunks), within
-    MIN_CHUNK_LINES .. MAX_CHUNK_LINES, a multiple of BLOCK_LINES."""
+    MIN_CHUNK_LINES .. MAX_CHUNK_LINES, a multiple of BLOCK_LINES; more where the file would
+    otherwise have more than MAX_CHUNKS chunks."""
     size = min(MAX_CHUNK_LINES, max(MIN_CHUNK_LINES, math.ceil(lines / 16)))
+    size = max(size, math.ceil(lines / MAX_CHUNKS))
     return math.ceil(size / BLOCK_LINES) * BLOCK_LINES
+
+
+def check_chunk_count(lines: int, chunk_size: int) -> None:
+    """InputError naming --chunk-size where ``lines`` would make more than MAX_CHUNKS chunks (each
+    a file, a manifest entry and a share to assign: their bookkeeping must stay bounded)."""
+    if math.ceil(lines / chunk_size) > MAX_CHUNKS:
+        raise InputError(
+            f"--chunk-size {chunk_size}: the input's {lines} lines would make more than {MAX_CHUNKS} chunks; "
+            f"choose --chunk-size >= {math.ceil(lines / MAX_CHUNKS)}"
+        )
 
 
 def assign_chunks(costs: Sequence[int], world_size: int) -> list[int]:
@@ -493,6 +521,7 @@ def translate_file(
     if total is not None and context.is_main:
         total(scan.lines)
     chunk_size = chunk_size or default_chunk_size(scan.lines)
+    check_chunk_count(scan.lines, chunk_size)
     costs = scan.chunk_costs(chunk_size)
     chunks = len(costs)
     owners = assign_chunks(costs, context.world_size)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from collections.abc import Callable, Sequence
 
+import numpy
 import torch
 
 from janus_fast.arguments import check_device, check_int
@@ -156,8 +158,31 @@ class Translator:
         resolved = self._resolve(options, changes, max_batch_tokens, batch_size)
         encoded = self.encode_sources(sentences, first_line)
         found = self._decode(encoded, resolved, max_batch_tokens, batch_size, progress)
-        outputs = [self.tokenizer.decode(ids) if ids is not None else "" for ids in found.tokens]
+        outputs = [self._text(ids) if ids is not None else "" for ids in found.tokens]
+        mask_id = self.model.config.mask_id
+        unfilled = sum(1 for ids in found.tokens if ids is not None and mask_id in ids)
+        if unfilled and mask_id != self.model.config.unk_id:
+            warnings.warn(
+                f"{unfilled} translation(s) hold masked positions that fairseq's adaptive stop left unfilled, "
+                "shown as <mask>; more --iterations (or --iter-decode-force-max-iter) fill them",
+                stacklevel=2,
+            )
         return list(zip(outputs, found.scores)) if return_scores else outputs
+
+    def _text(self, ids: list[int]) -> str:
+        """The detokenised output. Mask ids left in it (fairseq's mask-predict may stop with masked
+        positions, ``compat="fairseq"``; a fairseq CMLM masks with ``<unk>``, which stays visible)
+        are shown as ``<mask>``, as fairseq-generate prints its dictionary's symbol, rather than
+        dropped as a special id: words are missing there."""
+        mask_id = self.model.config.mask_id
+        if mask_id == self.model.config.unk_id or mask_id not in ids:
+            return self.tokenizer.decode(ids)
+        words, start = [], 0
+        for position, token in enumerate([*ids, mask_id]):
+            if token == mask_id:
+                words += [self.tokenizer.decode(ids[start:position]), "<mask>"]
+                start = position + 1
+        return " ".join(word for word in words[:-1] if word)
 
     def translate_ids(
         self,
@@ -173,13 +198,23 @@ class Translator:
         """``translate`` on token ids: each source is a list of vocabulary ids without bos/eos
         (added as the model's config says); returns the output ids (no bos/eos/pad) and scores,
         [] and 0.0 for an empty source. Options as ``translate``."""
+        if isinstance(sources, (str, bytes)) or not isinstance(sources, Sequence):
+            raise TypeError(f"translate_ids() takes a list of sources, not a {type(sources).__name__}")
         resolved = self._resolve(options, changes, max_batch_tokens, batch_size)
         config = self.model.config
         vocab = config.vocab_size
         reserved = {config.pad_id, config.bos_id, config.eos_id, config.mask_id} - {config.unk_id}
+        checked = []
         for index, ids in enumerate(sources):
             where = f"source index {index} (input line {first_line + index})"
-            if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab for i in ids):
+            if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, numpy.ndarray, torch.Tensor)):
+                raise TypeError(f"{where}: a source is a list of token ids, not a {type(ids).__name__}")
+            if isinstance(ids, (numpy.ndarray, torch.Tensor)):
+                ids = ids.tolist()  # NumPy / torch integers as Python ints (their values checked below)
+            if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in ids):
+                raise TypeError(f"{where}: token ids must be integers, got {sorted({type(i).__name__ for i in ids})}")
+            ids = [int(i) for i in ids]
+            if any(not 0 <= i < vocab for i in ids):
                 raise ValueError(f"{where}: token ids must be integers in [0, {vocab})")
             special = sorted(reserved.intersection(ids))
             if special:
@@ -187,7 +222,8 @@ class Translator:
                     f"{where}: token ids {special} are reserved (pad, bos, eos, mask): a source holds words only "
                     "(bos/eos are added as the model needs them)"
                 )
-        found = self._decode(self.wrap_sources(sources, first_line), resolved, max_batch_tokens, batch_size, progress)
+            checked.append(ids)
+        found = self._decode(self.wrap_sources(checked, first_line), resolved, max_batch_tokens, batch_size, progress)
         return Hypotheses([ids if ids is not None else [] for ids in found.tokens], found.scores, found.positional)
 
     def resolve_options(self, options: DecodeOptions | None = None, **changes: object) -> DecodeOptions:
@@ -221,10 +257,11 @@ class Translator:
         progress: Callable[[int], None] | None,
     ) -> Hypotheses:
         """Decode model-ready source ids in length-sorted batches; tokens None / score 0.0 for blanks
-        (positional scores: [] for blanks, None where the decoding reports none)."""
+        (positional scores: [] for blanks with compat "fairseq", whose decoding reports them; None
+        otherwise, whatever was decoded)."""
         outputs: list = [None] * len(encoded)
         scores = [0.0] * len(encoded)
-        positional: list[list[float]] | None = [[] for _ in encoded]
+        positional: list[list[float]] | None = [[] for _ in encoded] if options.compat == "fairseq" else None
         blank = sum(1 for ids in encoded if not ids)
         if progress is not None and blank:
             progress(blank)

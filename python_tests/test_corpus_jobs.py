@@ -20,6 +20,7 @@ from janus_fast.corpus import (
     BLOCK_LINES,
     MANIFEST_FORMAT,
     MANIFEST_NAME,
+    MAX_CHUNKS,
     PARTS_SUFFIX,
     assign_chunks,
     check_parts,
@@ -93,6 +94,32 @@ def test_default_chunk_size_is_a_sixteenth_within_bounds():
     assert default_chunk_size(0) == 50 and default_chunk_size(1014) == 70
     assert default_chunk_size(29_000) == 1820 and default_chunk_size(40_000_000) == 2000
     assert all(default_chunk_size(n) % BLOCK_LINES == 0 for n in range(0, 50_000, 997))
+    huge = 10 * 2000 * MAX_CHUNKS  # past MAX_CHUNKS chunks of 2000 lines: the chunks grow instead
+    assert default_chunk_size(huge) * MAX_CHUNKS >= huge
+
+
+def test_the_bookkeeping_of_a_job_stays_bounded_whatever_its_line_count(tmp_path, monkeypatch):
+    """The scan keeps at most MAX_SCAN_BLOCKS block sizes (merging neighbours as the file goes on),
+    its chunk costs still add up to the file's bytes, and a chunk size that would make more than
+    MAX_CHUNKS chunks is refused naming --chunk-size."""
+    import janus_fast.corpus as corpus
+
+    monkeypatch.setattr(corpus, "MAX_SCAN_BLOCKS", 8)
+    path = tmp_path / "many.de"
+    lines = [f"Zeile {i}" + "x" * (i % 7) for i in range(1000)]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    scan = corpus.scan_source(str(path), 10)
+    assert len(scan.block_bytes) <= 8 and scan.block_lines >= 1000 / 8 and scan.lines == 1000
+    total = sum(len(line) + 1 for line in lines)
+    for chunk_size in (1, 7, 50, 333, 5000):
+        costs = scan.chunk_costs(chunk_size)
+        assert len(costs) == -(-1000 // chunk_size) and abs(sum(costs) - total) <= len(costs)
+    exact = corpus.scan_source(str(path), 10)  # coarse blocks but chunk sizes that are multiples: exact
+    assert exact.chunk_costs(exact.block_lines) == list(exact.block_bytes)
+    monkeypatch.setattr(corpus, "MAX_CHUNKS", 100)
+    with pytest.raises(InputError, match="--chunk-size 5: .* more than 100 chunks; choose --chunk-size >= 10"):
+        corpus.check_chunk_count(1000, 5)
+    corpus.check_chunk_count(1000, 10)
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])

@@ -573,3 +573,75 @@ def test_a_second_training_run_on_one_folder_is_refused(corpus_dir, tmp_path):
         assert sorted(p.name for p in out.iterdir()) == [".lock"]
     result = run_cli("train", "--data-dir", corpus_dir, "--output-dir", str(out), *TRAIN_OPTIONS, "--vocab-size", "300")
     assert result.returncode == 0, result.stderr.decode()
+
+
+def test_translate_ids_takes_lists_and_numpy_arrays_not_one_shot_iterables():
+    """A generator of sources, or sources given as iterators, would be used up by the checks and
+    come back empty: refused (TypeError); NumPy arrays and NumPy integers are token ids."""
+    import numpy as np
+
+    translator = Translator.from_pretrained()
+    sources = [translator.tokenizer.encode("Ein Mann fährt Fahrrad."), translator.tokenizer.encode("Ein Hund.")]
+    expected = translator.translate_ids(sources).tokens
+    assert all(expected)
+    assert translator.translate_ids([np.array(s) for s in sources]).tokens == expected
+    assert translator.translate_ids([[np.int64(i) for i in s] for s in sources]).tokens == expected
+    for bad in ((s for s in sources), [iter(s) for s in sources], ["abc"], [[1.5, 20]]):
+        with pytest.raises(TypeError):
+            translator.translate_ids(bad)
+
+
+def test_scores_of_janus_decoding_have_no_positional_lines_whatever_the_chunks(tmp_path):
+    from test_cli import run_cli
+
+    source = tmp_path / "blank.de"
+    source.write_text("Ein Mann.\n\n  \nZwei Hunde.\n", encoding="utf-8")
+    for extra in ([], ["--chunk-size", "1"]):
+        output = tmp_path / "scores.txt"
+        result = run_cli("translate", "--print-scores", "-i", str(source), "-o", str(output), *extra)
+        assert result.returncode == 0, result.stderr.decode()
+        lines = output.read_text(encoding="utf-8").splitlines()
+        assert [line.split("\t")[0] for line in lines] == ["H-0", "H-1", "H-2", "H-3"], lines
+    result = run_cli("translate", "--print-scores", stdin=b"\n\n")
+    assert result.returncode == 0 and b"P-" not in result.stdout, result.stdout
+
+
+def test_masks_left_by_fairseqs_adaptive_stop_are_shown_not_dropped():
+    """compat fairseq NAR on a model that masks with its own <mask> (not <unk>, as a fairseq CMLM):
+    positions fairseq's stop leaves masked print as <mask>, with a warning, not as missing words."""
+    translator = Translator.from_pretrained()
+    sources = ["Ein Mann.", "Zwei Hunde spielen im Schnee."]
+    ids = translator.translate_ids([translator.tokenizer.encode(s) for s in sources], mode="nar", compat="fairseq")
+    masked = [MASK_ID in tokens for tokens in ids.tokens]
+    with pytest.warns(UserWarning, match=f"{sum(masked)} translation"):
+        texts = translator.translate(sources, mode="nar", compat="fairseq")
+    for tokens, text in zip(ids.tokens, texts):
+        assert text.count("<mask>") == tokens.count(MASK_ID)
+    assert any(masked), "the shipped model no longer stops with masks left: pick other sentences"
+
+
+def test_a_training_run_folder_given_as_model_names_its_checkpoints(trained_dir):
+    from janus_fast.checkpoint import read_config
+
+    run_folder = os.path.dirname(trained_dir)
+    expected = r"is a training run's folder, not a checkpoint: use .*last \(the latest save\)"
+    with pytest.raises(CheckpointError, match=expected):
+        read_config(run_folder)
+
+
+def test_average_refuses_a_checkpoint_twice_and_warns_about_different_runs(trained_dir, tmp_path):
+    from janus_fast.checkpoint import TRAINING_RUN, average_checkpoints
+
+    with pytest.raises(CheckpointError, match="given twice"):
+        average_checkpoints([trained_dir, os.path.join(trained_dir, ".")])
+    other = tmp_path / "other"
+    shutil.copytree(trained_dir, other)
+    config_path = other / "config.json"
+    import json
+
+    config = json.loads(config_path.read_text())
+    assert config[TRAINING_RUN]  # every save of a training run names it
+    config[TRAINING_RUN] = "another-run"
+    config_path.write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="2 different training runs"):
+        average_checkpoints([trained_dir, str(other)])

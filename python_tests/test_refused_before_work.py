@@ -7,6 +7,7 @@ training run that diverges stops naming the update, before the broken update is 
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -84,9 +85,10 @@ def test_a_relaxed_margin_without_relaxed_verification_is_refused() -> None:
 
 def test_an_ar_length_limit_allowing_no_word_is_refused() -> None:
     config = JanusConfig()
-    for b in (0, 1):  # the limit counts eos: 0 x length + 1 leaves no room for a word
+    for a, b in ((0.0, 0), (0.0, 1), (0.0001, 0)):  # the limit counts eos; 0.0001 x 128 positions + 0 < 2
         with pytest.raises(ValueError, match="allows no word"):
-            DecodeOptions(mode="ar", max_len_a=0.0, max_len_b=b).resolve(config)
+            DecodeOptions(mode="ar", max_len_a=a, max_len_b=b).resolve(config)
+    assert DecodeOptions(mode="ar", max_len_a=0.02, max_len_b=0).resolve(config).max_len_a == 0.02
     assert DecodeOptions(mode="ar", max_len_a=0.0, max_len_b=2).resolve(config).max_len_b == 2
     fairseq = DecodeOptions(mode="ar", compat="fairseq", beam=1, max_len_a=0.0, max_len_b=1)
     assert fairseq.resolve(JanusConfig(ar_stream="content")).max_len_b == 1  # fairseq's limit leaves eos out
@@ -111,3 +113,22 @@ def test_a_diverging_run_stops_naming_the_update(corpus_dir: str, tmp_path: Path
     result = run_cli("train", "--data-dir", corpus_dir, "--output-dir", str(out), *options)
     assert result.returncode == 2
     assert "training diverged at update" in error_line(result, "--lr")
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_split_whose_text_encodes_to_nothing_is_refused(corpus_dir: str, tmp_path: Path, split: str) -> None:
+    """Zero-width spaces pass a blank-line check but encode to no piece: a training split of them
+    would train on 0 pairs (exit 0, random weights saved), a validation split would score a loss
+    of 0.0 over 0 tokens (epoch 1 best forever). Refused, naming the split; the tokenizer this
+    start made is not left behind for the rerun."""
+    data = tmp_path / "data"
+    shutil.copytree(corpus_dir, data)
+    lines = (data / f"{split}.en").read_text(encoding="utf-8").count("\n")
+    (data / f"{split}.en").write_text("\u200b\n" * lines, encoding="utf-8")
+    out = tmp_path / "run"
+    options = [*TRAIN_OPTIONS, "--vocab-size", "300"]
+    result = run_cli("train", "--data-dir", str(data), "--output-dir", str(out), *options)
+    assert result.returncode == 2
+    named = {"train": "the training split", "val": "the validation split"}[split]
+    error_line(result, named, "encode to at least one piece")
+    assert not (out / "spm.model").exists() and not (out / "last").exists()

@@ -50,7 +50,7 @@ def test_source_lengths(tmp_path):
     listed = tmp_path / "lengths.txt"
     listed.write_text("5\n7\n\n9\n")
     assert source_lengths(str(listed), 5) == [5, 7, 9, 5, 7]
-    for bad in ("0", "999", str(tmp_path / "missing.txt")):
+    for bad in ("0", "999", str(tmp_path / "missing.txt"), "/dev/zero"):  # /dev/zero: read 64 bytes, not forever
         with pytest.raises(ValueError, match="--lengths"):
             source_lengths(bad, 3)
 

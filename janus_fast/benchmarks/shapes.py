@@ -118,9 +118,15 @@ def source_lengths(spec: str, count: int, seed: int = 0) -> list[int]:
         if not 1 <= length <= MAX_POSITIONS - 2:
             raise ValueError(f"--lengths {spec}: a length of 1 to {MAX_POSITIONS - 2} tokens")
         return [length] * count
+    values = []
     try:
-        with open(spec, encoding="utf-8") as handle:
-            values = [int(line) for line in handle if line.strip()]
+        with open(spec, "rb") as handle:
+            while len(values) < count:  # only the lengths used are read, each line at most 64 bytes
+                line = handle.readline(64)
+                if not line:
+                    break
+                if line.strip():
+                    values.append(int(line.decode("ascii")))
     except (OSError, ValueError) as error:
         raise ValueError(f"--lengths {spec}: expected wmt, an integer or a file of integers ({error})") from error
     if not values or not all(1 <= v <= MAX_POSITIONS - 2 for v in values):

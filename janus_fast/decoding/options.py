@@ -258,11 +258,13 @@ def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict) -> 
     values["max_len_b"] = check_int("max_len_b", values["max_len_b"], 0)
     # janus counts eos in the limit (beam.max_ar_lengths), fairseq does not
     words_from = 2 if compat == "janus" else 1
-    if values["max_len_a"] == 0 and values["max_len_b"] < words_from:
+    longest = values["max_len_a"] * config.max_source_positions + values["max_len_b"]  # the longest source's limit
+    if longest < words_from:
         counted = ", which counts eos," if compat == "janus" else ""
         raise ValueError(
-            f"max_len_a 0 and max_len_b {values['max_len_b']}: the AR length limit{counted} allows no word; "
-            f"give max_len_b >= {words_from} or max_len_a > 0"
+            f"max_len_a {values['max_len_a']} and max_len_b {values['max_len_b']}: the AR length limit{counted} "
+            f"allows no word for any source up to the model's {config.max_source_positions} positions; give "
+            f"max_len_b >= {words_from} or a larger max_len_a"
         )
 
 

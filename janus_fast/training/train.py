@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import secrets
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 from janus_fast.arguments import MAX_THREADS, check_int, option
 from janus_fast.checkpoint import (
+    TOKENIZER_NAME,
     CheckpointError,
     atomic_write,
     load_pretrained,
@@ -289,6 +291,8 @@ class TrainState:
     best_bleu: float = float("-inf")  # the best validation score: BLEU, or minus the loss (--no-valid-bleu)
     train_seconds: float = 0.0
     best_measure: str = ""  # what best_bleu measures (Run.validation_measure; "": a run saved before it was kept)
+    # this run's id, drawn when it starts, kept by resumes, written into every save's config.json
+    run_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
 
 def use_bf16(precision: str, device: str = "cpu") -> bool:
@@ -425,7 +429,7 @@ def save_checkpoint(
     """
 
     def write(directory: str) -> None:
-        save_pretrained(model, directory, tokenizer.model_proto)
+        save_pretrained(model, directory, tokenizer.model_proto, training_run=state.run_id)
         train_state = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -585,6 +589,20 @@ class Run:
         self.valid_data = ParallelDataset(
             tokenizer.encode_batch(self.valid_src), tokenizer.encode_batch(self.valid_tgt), *limits
         )
+        for split, dataset, paths in (
+            ("training", self.train_data, train_paths),
+            ("validation", self.valid_data, valid_paths),
+        ):
+            if len(dataset) == 0:  # text that encodes to nothing: U+200B, U+FEFF, control characters
+                # no save uses the run's tokenizer yet: a rerun on other data starts afresh
+                if self.context.is_main and not os.path.exists(os.path.join(config.output_dir, "last")):
+                    for name in (TOKENIZER_NAME, TOKENIZER_RECORD_NAME):
+                        if os.path.exists(os.path.join(config.output_dir, name)):
+                            os.remove(os.path.join(config.output_dir, name))
+                raise InputError(
+                    f"the {split} split {paths[0]} / {paths[1]} has no line pair whose both sides encode to at least "
+                    "one piece (its text is only characters the tokenizer drops, such as zero-width spaces)"
+                )
 
     def resume_or_start(self) -> None:
         """Resume from ``last/`` if a run left one (refusing changed options), else start, from
@@ -647,7 +665,10 @@ class Run:
         without train state, written atomically, for ``janus-fast average``."""
         if self.context.is_main:
             directory = os.path.join(self.config.output_dir, "saves", f"u{self.state.update:06d}")
-            replace_directory(directory, lambda path: save_pretrained(self.model, path, self.tokenizer.model_proto))
+            model, tokenizer, run_id = self.model, self.tokenizer, self.state.run_id
+            replace_directory(
+                directory, lambda path: save_pretrained(model, path, tokenizer.model_proto, training_run=run_id)
+            )
         self.context.barrier()
 
     def train_epoch(self, more: Callable[[], bool]) -> bool:
