@@ -19,38 +19,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 MODEL="$REPO/janus_fast/pretrained/multi30k-de-en"
 mkdir -p "$WORK/raw"
 if [ ! -f "$WORK/cmlm_base.pt" ]; then
-$JPY - "$MODEL/spm.model" "$DATA" "$WORK" <<'PY'
-import gzip, sys
-import sentencepiece as spm
-sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
-data, work = sys.argv[2], sys.argv[3]
-for lang in ("de", "en"):
-    lines = gzip.open(f"{data}/test_2016_flickr.{lang}.gz", "rt").read().splitlines()
-    pieces = [" ".join(sp.encode(line, out_type=str)) for line in lines]
-    open(f"{work}/raw/test_2016_flickr.{lang}", "w").write("\n".join(pieces) + "\n")
-    open(f"{work}/raw/test100.{lang}", "w").write("\n".join(pieces[:100]) + "\n")
-specials = {"<pad>", "<s>", "</s>", "<mask>", "<unk>"}
-symbols = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.id_to_piece(i) not in specials]
-symbols += [f"filler{i}" for i in range(32000 - 4 - len(symbols))]  # + fairseq's 4 specials = 32,000
-with open(f"{work}/dict.txt", "w") as f:
-    f.writelines(f"{symbol} 1\n" for symbol in symbols)
-PY
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-cd "$WORK"
-rm -rf data-bin data-bin100 fresh
-"$VENV/bin/fairseq-preprocess" --source-lang de --target-lang en --trainpref raw/test_2016_flickr \
-    --validpref raw/test100 --testpref raw/test_2016_flickr --destdir data-bin --srcdict dict.txt --tgtdict dict.txt \
-    --workers 1 > prep.log 2>&1
-"$VENV/bin/fairseq-preprocess" --source-lang de --target-lang en --testpref raw/test100 --destdir data-bin100 \
-    --srcdict dict.txt --tgtdict dict.txt --workers 1 > prep100.log 2>&1
-"$VENV/bin/fairseq-train" data-bin --task translation_lev --noise random_mask --arch cmlm_transformer \
-    --share-all-embeddings --encoder-layers 6 --decoder-layers 6 --encoder-embed-dim 512 --decoder-embed-dim 512 \
-    --encoder-ffn-embed-dim 2048 --decoder-ffn-embed-dim 2048 --encoder-attention-heads 8 \
-    --decoder-attention-heads 8 --encoder-learned-pos --decoder-learned-pos --pred-length-offset --apply-bert-init \
-    --max-source-positions 256 --max-target-positions 256 --criterion nat_loss --optimizer adam --lr 1e-9 \
-    --max-tokens 1024 --max-update 1 --seed 3 --cpu --num-workers 0 --save-dir fresh --no-epoch-checkpoints \
-    --disable-validation > train.log 2>&1
-"$VENV/bin/python" "$HERE/make_bench_model.py" fresh/checkpoint_last.pt cmlm_base.pt
+$JPY "$HERE/spm_text.py" "$MODEL/spm.model" "$DATA" "$WORK" 32000
+bash "$HERE/make_random_cmlm.sh" "$VENV" "$WORK" 6 512 2048 8 256 cmlm_base.pt
 fi
 [ "${PREPARE_ONLY:-0}" = 1 ] && exit 0
 cd "$WORK"
@@ -66,7 +36,7 @@ for batch in "data-bin100 --batch-size 1" "data-bin --max-tokens 4096"; do
 done
 grep '^H-' gen.txt | sed 's/^H-//' | sort -n | cut -f3 > fairseq.txt
 # janus_fast's engine (the reference decoder's rows of bench_vs_fairseq.sh take long at this size)
-$JPY - converted raw/test_2016_flickr.de <<'PY'
+$JPY - converted raw/test.de <<'PY'
 import sys, time
 import torch
 from janus_fast.translator import Translator
@@ -85,5 +55,5 @@ large = (time.perf_counter() - start) / len(lines) * 1e3
 print(f"janus_fast engine fp32 --compat fairseq max-iter 4 lb 3: batch 1 {batch1:.1f} ms/sentence, large batch {large:.2f}")
 PY
 $JPY -m janus_fast.cli translate --model converted --compat fairseq --mode nar --iterations 4 --length-beam 3 \
-    -i raw/test_2016_flickr.de -o janus.txt --no-progress
+    -i raw/test.de -o janus.txt --no-progress
 cmp fairseq.txt janus.txt && echo "same translations: $(wc -l < janus.txt) lines"

@@ -19,38 +19,10 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 MODEL="$REPO/janus_fast/pretrained/multi30k-de-en"
 mkdir -p "$WORK/raw"
-$JPY - "$MODEL/spm.model" "$DATA" "$WORK" <<'PY'
-import gzip, sys
-import sentencepiece as spm
-sp = spm.SentencePieceProcessor(model_file=sys.argv[1])
-data, work = sys.argv[2], sys.argv[3]
-for lang in ("de", "en"):
-    lines = gzip.open(f"{data}/test_2016_flickr.{lang}.gz", "rt").read().splitlines()
-    pieces = [" ".join(sp.encode(line, out_type=str)) for line in lines]
-    open(f"{work}/raw/test.{lang}", "w").write("\n".join(pieces) + "\n")
-    open(f"{work}/raw/test100.{lang}", "w").write("\n".join(pieces[:100]) + "\n")
-    open(f"{work}/raw/plain.{lang}", "w").write("\n".join(lines) + "\n")
-specials = {"<pad>", "<s>", "</s>", "<mask>", "<unk>"}
-with open(f"{work}/dict.txt", "w") as f:
-    for i in range(sp.get_piece_size()):
-        if sp.id_to_piece(i) not in specials:
-            f.write(f"{sp.id_to_piece(i)} 1\n")
-PY
+$JPY "$HERE/spm_text.py" "$MODEL/spm.model" "$DATA" "$WORK"
+bash "$HERE/make_random_cmlm.sh" "$VENV" "$WORK" 3 256 1024 4 128 cmlm_same.pt
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 cd "$WORK"
-rm -rf data-bin data-bin100 fresh
-"$VENV/bin/fairseq-preprocess" --source-lang de --target-lang en --trainpref raw/test --validpref raw/test100 \
-    --testpref raw/test --destdir data-bin --srcdict dict.txt --tgtdict dict.txt --workers 1 > prep.log 2>&1
-"$VENV/bin/fairseq-preprocess" --source-lang de --target-lang en --testpref raw/test100 --destdir data-bin100 \
-    --srcdict dict.txt --tgtdict dict.txt --workers 1 > prep100.log 2>&1
-"$VENV/bin/fairseq-train" data-bin --task translation_lev --noise random_mask --arch cmlm_transformer \
-    --share-all-embeddings --encoder-layers 3 --decoder-layers 3 --encoder-embed-dim 256 --decoder-embed-dim 256 \
-    --encoder-ffn-embed-dim 1024 --decoder-ffn-embed-dim 1024 --encoder-attention-heads 4 \
-    --decoder-attention-heads 4 --encoder-learned-pos --decoder-learned-pos --pred-length-offset --apply-bert-init \
-    --max-source-positions 128 --max-target-positions 128 --criterion nat_loss --optimizer adam --lr 1e-9 \
-    --max-tokens 1024 --max-update 1 --seed 3 --cpu --num-workers 0 --save-dir fresh --no-epoch-checkpoints \
-    --disable-validation > train.log 2>&1
-"$VENV/bin/python" "$HERE/make_bench_model.py" fresh/checkpoint_last.pt cmlm_same.pt
 for threads in 1 2; do
     export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
     for iter in 3 4; do
