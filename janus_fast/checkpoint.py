@@ -37,6 +37,7 @@ WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "spm.model"
 TOKENIZER_DIGEST = "tokenizer_sha256"  # config.json's key for the SHA-256 of spm.model
 TRAINING_RUN = "training_run"  # config.json's key for the id of the training run that saved it
+EXPORTED_FROM = "exported_from"  # ... of an export's: the weights digest of the checkpoint it copies
 FAIRSEQ_TOKENIZER_DIGEST = "fairseq_tokenizer_sha256"  # ... of a converted model's dictionary and BPE
 FORMAT_VERSION = 1
 # the floating types a weight may be stored as (converted to the model's float32 on load)
@@ -140,11 +141,14 @@ def save_pretrained(
     tokenizer_model: bytes | None = None,
     dtype: torch.dtype | None = None,
     training_run: str | None = None,
+    exported_from: str | None = None,
 ) -> None:
     """Save ``model`` (weights optionally cast to ``dtype``: float32, bfloat16 or float16) and its
     tokenizer; ``config.json`` records the digests of both (``save_tokenizer`` adds the tokenizer's
     when it is written afterwards) and, for a save of a training run, the run's id
-    (``training_run``: ``average`` warns when it averages saves of different runs)."""
+    (``training_run``: ``average`` warns when it averages saves of different runs), and for an
+    export the weights digest of the checkpoint it copies (``exported_from``: ``average`` counts a
+    checkpoint and its exports as one)."""
     if model.precision != "fp32":
         raise CheckpointError(f"cannot save a {model.precision} inference copy; save the fp32 model it came from")
     if dtype is not None and dtype not in STORED_FLOAT_DTYPES:
@@ -189,6 +193,8 @@ def save_pretrained(
         config[TOKENIZER_DIGEST] = hashlib.sha256(tokenizer_model).hexdigest()
     if training_run:
         config[TRAINING_RUN] = training_run
+    if exported_from:
+        config[EXPORTED_FROM] = exported_from
     atomic_write(os.path.join(directory, CONFIG_NAME), json.dumps(config, indent=2).encode())
 
 
@@ -397,11 +403,14 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
     if len(directories) < 2:
         raise CheckpointError(f"averaging needs at least 2 checkpoints, got {len(directories)}")
     seen: dict[str, str] = {}
-    for directory in directories:  # the same one twice would weigh it double
-        real = os.path.realpath(directory)
-        if real in seen:
-            raise CheckpointError(f"{directory}: given twice (as {seen[real]} too): each checkpoint counts once")
-        seen[real] = directory
+    for directory in directories:  # the same weights twice (a copy, an export) would weigh them double
+        identity = weights_identity(directory)
+        if identity in seen:
+            raise CheckpointError(
+                f"{directory}: the same weights as {seen[identity]} (the same checkpoint, a copy or an export of "
+                "it): each checkpoint counts once"
+            )
+        seen[identity] = directory
     runs = {read_config(directory).get(TRAINING_RUN) for directory in directories} - {None}
     if len(runs) > 1:
         warnings.warn(
@@ -434,6 +443,23 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
             if name in sums:
                 tensor.copy_(sums[name] / len(directories))
     return model
+
+
+def weights_identity(directory: str) -> str:
+    """The weights a checkpoint holds, as the digest of the checkpoint they were first saved in:
+    the same for a checkpoint, a byte copy of it and its exports (whatever their dtype)."""
+    config = read_config(directory)
+    return config.get(EXPORTED_FROM) or config["weights_sha256"]
+
+
+def lineage(directories: list[str]) -> dict[str, str | None]:
+    """What a copy of these checkpoints' weights keeps of where they came from: the training run
+    all of them come from (else None), and for one checkpoint its weights identity."""
+    runs = {read_config(directory).get(TRAINING_RUN) for directory in directories}
+    return {
+        "training_run": runs.pop() if len(runs) == 1 else None,
+        "exported_from": weights_identity(directories[0]) if len(directories) == 1 else None,
+    }
 
 
 def _tokenizer_bytes(directory: str) -> bytes:

@@ -275,7 +275,7 @@ def _chunk_function(args: argparse.Namespace, translator, options):  # noqa: ANN
         if args.token_ids:
             outputs = [" ".join(map(str, ids)) for ids in found.tokens]
         else:
-            outputs = [translator.tokenizer.decode(ids) for ids in found.tokens]
+            outputs = translator.texts(found.tokens)
         if args.print_scores:
             outputs = scored_lines(outputs, found, base_two=args.compat == "fairseq", first_index=first_line - 1)
         return outputs
@@ -578,6 +578,7 @@ def command_export(args: argparse.Namespace) -> int:
     from janus_fast.checkpoint import (
         TOKENIZER_DIGEST,
         checkpoint_output,
+        lineage,
         load_pretrained,
         load_tokenizer,
         read_config,
@@ -601,7 +602,7 @@ def command_export(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in decoding_defaults() if getattr(args, name) is not None}
     model.config = dataclasses.replace(model.config, **given)  # decoding defaults kept with the copy
     with replaced_directory(output) as staging:  # the old copy stays whole until the new one is
-        save_pretrained(model, staging, dtype=dtype)
+        save_pretrained(model, staging, dtype=dtype, **lineage([args.model]))
         save_tokenizer(tokenizer, staging)
     size = sum(os.path.getsize(os.path.join(output, name)) for name in os.listdir(output))
     print_report(f"wrote {args.output}: {args.dtype} weights, {size / 1e6:.1f} MB")
@@ -612,6 +613,7 @@ def command_average(args: argparse.Namespace) -> int:
     from janus_fast.checkpoint import (
         average_checkpoints,
         checkpoint_output,
+        lineage,
         load_tokenizer,
         replaced_directory,
         save_pretrained,
@@ -622,7 +624,7 @@ def command_average(args: argparse.Namespace) -> int:
     check_writable_directory(os.path.dirname(output), "--output")
     model = average_checkpoints(args.models)
     with replaced_directory(output) as staging:  # the old copy stays whole until the new one is
-        save_pretrained(model, staging)
+        save_pretrained(model, staging, training_run=lineage(args.models)["training_run"])
         save_tokenizer(load_tokenizer(args.models[0]), staging)
     print_report(f"wrote {args.output}: the mean of {len(args.models)} checkpoints' weights (fp32)")
     return 0

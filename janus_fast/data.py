@@ -95,14 +95,39 @@ def iter_lines(path: str, warn: bool = True) -> Iterator[str]:
         raise InputError(f"cannot read {path}: {error}") from error
 
 
-def stream_lines(raw: io.BufferedReader, what: str, warn: bool = True, compressed: bool = False) -> Iterator[str]:
-    """``decoded_lines`` of a binary stream (a file, standard input), through gzip where it starts
-    with gzip's magic bytes or ``compressed`` says so."""
-    if compressed or raw.peek(2)[:2] == GZIP_MAGIC:
-        with gzip.GzipFile(fileobj=raw, mode="rb") as handle:
+class _Prefixed(io.RawIOBase):
+    """A binary stream whose first bytes (``head``, already read) come before the rest of ``stream``."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self.head, self.stream = head, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self.head:
+            count = min(len(buffer), len(self.head))
+            buffer[:count], self.head = self.head[:count], self.head[count:]
+            return count
+        read = getattr(self.stream, "read1", self.stream.read)
+        data = read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def stream_lines(raw: BinaryIO, what: str, warn: bool = True, compressed: bool = False) -> Iterator[str]:
+    """``decoded_lines`` of a binary stream (a file, standard input, a pipe), through gzip where it
+    starts with gzip's magic bytes (its first two bytes read whole, however a pipe delivers them);
+    ``compressed`` (a name ending in .gz): anything else, an empty file too, is an InputError."""
+    head = raw.read(2)
+    if compressed and head != GZIP_MAGIC:
+        raise InputError(f"{what}: named .gz but not gzip data" + (" (empty)" if not head else ""))
+    stream = io.BufferedReader(_Prefixed(head, raw))
+    if head == GZIP_MAGIC:
+        with gzip.GzipFile(fileobj=stream, mode="rb") as handle:
             yield from decoded_lines(handle, what, warn)
     else:
-        yield from decoded_lines(raw, what, warn)
+        yield from decoded_lines(stream, what, warn)
 
 
 def read_lines(path: str) -> list[str]:

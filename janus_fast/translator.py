@@ -158,16 +158,21 @@ class Translator:
         resolved = self._resolve(options, changes, max_batch_tokens, batch_size)
         encoded = self.encode_sources(sentences, first_line)
         found = self._decode(encoded, resolved, max_batch_tokens, batch_size, progress)
-        outputs = [self._text(ids) if ids is not None else "" for ids in found.tokens]
+        outputs = self.texts(found.tokens)
+        return list(zip(outputs, found.scores)) if return_scores else outputs
+
+    def texts(self, tokens: Sequence[list[int] | None]) -> list[str]:
+        """The detokenised outputs of ``translate_ids`` ("" for None); where masked positions are
+        left in them (``compat="fairseq"``), shown as ``<mask>`` with one warning."""
         mask_id = self.model.config.mask_id
-        unfilled = sum(1 for ids in found.tokens if ids is not None and mask_id in ids)
+        unfilled = sum(1 for ids in tokens if ids is not None and mask_id in ids)
         if unfilled and mask_id != self.model.config.unk_id:
             warnings.warn(
                 f"{unfilled} translation(s) hold masked positions that fairseq's adaptive stop left unfilled, "
                 "shown as <mask>; more --iterations (or --iter-decode-force-max-iter) fill them",
-                stacklevel=2,
+                stacklevel=3,
             )
-        return list(zip(outputs, found.scores)) if return_scores else outputs
+        return [self._text(ids) if ids is not None else "" for ids in tokens]
 
     def _text(self, ids: list[int]) -> str:
         """The detokenised output. Mask ids left in it (fairseq's mask-predict may stop with masked
@@ -207,9 +212,11 @@ class Translator:
         checked = []
         for index, ids in enumerate(sources):
             where = f"source index {index} (input line {first_line + index})"
-            if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, numpy.ndarray, torch.Tensor)):
+            text_like = isinstance(ids, (str, bytes, bytearray, memoryview))
+            array_like = isinstance(ids, (numpy.ndarray, torch.Tensor))
+            if text_like or not (isinstance(ids, Sequence) or array_like) or (array_like and ids.ndim != 1):
                 raise TypeError(f"{where}: a source is a list of token ids, not a {type(ids).__name__}")
-            if isinstance(ids, (numpy.ndarray, torch.Tensor)):
+            if array_like:
                 ids = ids.tolist()  # NumPy / torch integers as Python ints (their values checked below)
             if any(isinstance(i, bool) or not isinstance(i, numbers.Integral) for i in ids):
                 raise TypeError(f"{where}: token ids must be integers, got {sorted({type(i).__name__ for i in ids})}")

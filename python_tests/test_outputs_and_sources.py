@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -532,6 +533,16 @@ def test_gzip_input_is_read_by_its_magic_bytes_whatever_its_name(tmp_path):
         path = tmp_path / name
         path.write_bytes(gzip.compress(text.encode()))
         assert read_lines(str(path)) == ["Ein Hund.", "Zwei Katzen spielen."]
+    empty = tmp_path / "empty.gz"
+    empty.write_bytes(b"")
+    with pytest.raises(Exception, match="empty.gz: named .gz but not gzip data"):  # not an empty corpus
+        read_lines(str(empty))
+    # a pipe that delivers gzip's first byte alone still reads as gzip
+    piped = f"(printf '\\037'; sleep 1; tail -c +2 {tmp_path / 'in.txt'}) | {sys.executable} -c " + (
+        "\"import sys; from janus_fast.data import stream_lines; print(list(stream_lines(sys.stdin.buffer, 'in')))\""
+    )
+    result = subprocess.run(piped, shell=True, capture_output=True, cwd=REPO_ROOT, timeout=300)
+    assert result.stdout.decode().strip() == "['Ein Hund.', 'Zwei Katzen spielen.']", result
     plain = tmp_path / "plain.gz"
     plain.write_text(text)
     with pytest.raises(Exception, match="plain.gz"):  # named .gz but not gzip: an error, as before
@@ -586,7 +597,8 @@ def test_translate_ids_takes_lists_and_numpy_arrays_not_one_shot_iterables():
     assert all(expected)
     assert translator.translate_ids([np.array(s) for s in sources]).tokens == expected
     assert translator.translate_ids([[np.int64(i) for i in s] for s in sources]).tokens == expected
-    for bad in ((s for s in sources), [iter(s) for s in sources], ["abc"], [[1.5, 20]]):
+    bad_sources = ((s for s in sources), [iter(s) for s in sources], ["abc"], [[1.5, 20]], [bytearray(b"ab")])
+    for bad in (*bad_sources, [torch.tensor(5)], [memoryview(b"ab")]):
         with pytest.raises(TypeError):
             translator.translate_ids(bad)
 
@@ -604,6 +616,9 @@ def test_scores_of_janus_decoding_have_no_positional_lines_whatever_the_chunks(t
         assert [line.split("\t")[0] for line in lines] == ["H-0", "H-1", "H-2", "H-3"], lines
     result = run_cli("translate", "--print-scores", stdin=b"\n\n")
     assert result.returncode == 0 and b"P-" not in result.stdout, result.stdout
+    # scored lines under compat fairseq show the masks fairseq's stop left, as plain output does
+    result = run_cli("translate", "--print-scores", "--compat", "fairseq", "--mode", "nar", stdin=b"Ein Mann.\n")
+    assert result.returncode == 0 and b"<mask>" in result.stdout and b"<mask>" in result.stderr, result
 
 
 def test_masks_left_by_fairseqs_adaptive_stop_are_shown_not_dropped():
@@ -632,16 +647,27 @@ def test_a_training_run_folder_given_as_model_names_its_checkpoints(trained_dir)
 def test_average_refuses_a_checkpoint_twice_and_warns_about_different_runs(trained_dir, tmp_path):
     from janus_fast.checkpoint import TRAINING_RUN, average_checkpoints
 
-    with pytest.raises(CheckpointError, match="given twice"):
+    with pytest.raises(CheckpointError, match="the same weights as"):
         average_checkpoints([trained_dir, os.path.join(trained_dir, ".")])
-    other = tmp_path / "other"
-    shutil.copytree(trained_dir, other)
-    config_path = other / "config.json"
-    import json
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_dir, copy)  # a byte copy: the same weights
+    with pytest.raises(CheckpointError, match="the same weights as"):
+        average_checkpoints([trained_dir, str(copy)])
+    from test_cli import run_cli
 
-    config = json.loads(config_path.read_text())
-    assert config[TRAINING_RUN]  # every save of a training run names it
-    config[TRAINING_RUN] = "another-run"
-    config_path.write_text(json.dumps(config))
+    export = tmp_path / "export"
+    result = run_cli("export", "--model", trained_dir, "--output", str(export), "--dtype", "bf16")
+    assert result.returncode == 0, result.stderr.decode()
+    import json as json_module
+
+    exported = json_module.loads((export / "config.json").read_text())
+    original = json_module.loads((Path(trained_dir) / "config.json").read_text())
+    assert exported[TRAINING_RUN] == original[TRAINING_RUN]  # an export keeps its run
+    with pytest.raises(CheckpointError, match="the same weights as"):  # and counts as the checkpoint it copies
+        average_checkpoints([trained_dir, str(export)])
+    # the export made to look like another run's save (other weights, another run id): averaged, with a warning
+    del exported["exported_from"]
+    exported[TRAINING_RUN] = "another-run"
+    (export / "config.json").write_text(json_module.dumps(exported))
     with pytest.warns(UserWarning, match="2 different training runs"):
-        average_checkpoints([trained_dir, str(other)])
+        average_checkpoints([trained_dir, str(export)])

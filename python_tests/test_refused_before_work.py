@@ -62,6 +62,7 @@ def test_loss_weights_must_be_usable(weights: dict, option: str) -> None:
     ("values", "option"),
     [
         ({"lr": math.inf}, "--lr"),
+        ({"lr": 1e38}, "--lr"),
         ({"lr": math.nan}, "--lr"),
         ({"clip_norm": math.inf}, "--clip-norm"),
         ({"weight_decay": math.inf}, "--weight-decay"),
@@ -89,6 +90,15 @@ def test_an_ar_length_limit_allowing_no_word_is_refused() -> None:
         with pytest.raises(ValueError, match="allows no word"):
             DecodeOptions(mode="ar", max_len_a=a, max_len_b=b).resolve(config)
     assert DecodeOptions(mode="ar", max_len_a=0.02, max_len_b=0).resolve(config).max_len_a == 0.02
+
+
+def test_a_model_of_few_positions_decodes_ar_with_the_default_options() -> None:
+    """The counts a mode does not use are not checked against the model: 8 target positions are
+    fewer than the default 10 iterations, which AR does not run."""
+    config = JanusConfig(max_target_positions=8)
+    assert DecodeOptions(mode="ar").resolve(config).beam == 1
+    with pytest.raises(ValueError, match="iterations"):
+        DecodeOptions(mode="nar").resolve(config)
     assert DecodeOptions(mode="ar", max_len_a=0.0, max_len_b=2).resolve(config).max_len_b == 2
     fairseq = DecodeOptions(mode="ar", compat="fairseq", beam=1, max_len_a=0.0, max_len_b=1)
     assert fairseq.resolve(JanusConfig(ar_stream="content")).max_len_b == 1  # fairseq's limit leaves eos out

@@ -279,7 +279,7 @@ def test_cli_options_translate_or_exit_2_with_a_message(trained_dir, tmp_path_fa
         ("--max-tokens", "0", "max_tokens must be >= 1"),
         ("--masking", "spans", "--masking must be one of"),
         ("--objective", "nat", "--objective must be one of"),
-        ("--lr", "-1", "--lr must be a finite number > 0"),
+        ("--lr", "-1", "--lr must be a number in (0, 10]"),
         ("--epochs", "0", "epochs must be >= 1"),
     ],
 )

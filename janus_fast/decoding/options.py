@@ -250,8 +250,8 @@ def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict) -> 
             raise ValueError(f"mode must be 'nar' or 'ar' with compat='fairseq', got {mode!r}")
         ranges["iterations"] = (0, positions)  # fairseq's max iter: + 1 passes
         checked = ("beam",) if mode == "ar" else ("iterations", "length_beam")
-    else:
-        checked = tuple(ranges)
+    else:  # only the counts the mode uses: a model of 8 positions decodes AR with the default 10 iterations
+        checked = {"ar": ("beam",), "nar": ("iterations", "length_beam"), "spec": ()}.get(mode, tuple(ranges))
     for name in checked:
         values[name] = check_int(name, values[name], *ranges[name])
     values["max_len_a"] = check_real("max_len_a", values["max_len_a"], 0)

@@ -51,6 +51,7 @@ from janus_fast.tokenizer import Tokenizer
 from janus_fast.training.losses import LossWeights, compute_loss
 
 TRAIN_STATE_NAME = "train_state.pt"
+MAX_LR = 10.0
 
 
 @dataclass
@@ -259,9 +260,10 @@ class TrainConfig:
                 check_int(name, getattr(self, name), 0 if name == "max_updates" else 1)
         if self.threads is not None and self.threads > MAX_THREADS:
             raise ValueError(f"--threads must be at most {MAX_THREADS}, got {self.threads}")
-        for name in ("lr", "clip_norm"):
-            if not 0 < getattr(self, name) < math.inf:
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(self, name)}")
+        if not 0 < self.lr <= MAX_LR:  # past it AdamW's steps overflow float32 (no schedule starts there)
+            raise ValueError(f"--lr must be a number in (0, {MAX_LR:g}], got {self.lr}")
+        if not 0 < self.clip_norm < math.inf:
+            raise ValueError(f"--clip-norm must be a finite number > 0, got {self.clip_norm}")
         if not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         if self.max_minutes is not None and not self.max_minutes > 0:
@@ -698,8 +700,9 @@ class Run:
             if not math.isfinite(float(grad_norm)):  # the same on every rank (the gradients are synced)
                 raise InputError(
                     f"training diverged at update {state.update + 1}: the loss is {float(loss.detach())} and the "
-                    f"gradient norm {float(grad_norm)}; this update was not applied, {self.last_dir} holds the last "
-                    "save. Lower --lr (or raise --warmup-updates), check the --weights-* options"
+                    f"gradient norm {float(grad_norm)}; this update was not applied. A resume must keep the run's "
+                    f"options: start again in a new --output-dir with a lower --lr (or more --warmup-updates; "
+                    f"--init-from {self.last_dir} keeps the last save's weights), and check the --weights-* options"
                 )
             self.optimizer.step()
             self.scheduler.step()
