@@ -151,7 +151,7 @@ class TrainConfig:
     lr: float = option(
         1e-3,
         "peak learning rate of AdamW (betas 0.9, 0.98), reached after --warmup-updates and then "
-        "decayed as 1/sqrt(update)",
+        "decayed as 1/sqrt(update); at most 10",
     )
     warmup_updates: int = option(
         1000,
