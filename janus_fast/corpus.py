@@ -43,7 +43,7 @@ from typing import Protocol
 import torch
 
 from janus_fast.checkpoint import CONFIG_NAME, WEIGHTS_NAME, config_digest
-from janus_fast.data import InputError, gzip_named, iter_lines, stream_lines
+from janus_fast.data import InputError, file_sha256, gzip_named, iter_lines, stream_lines
 from janus_fast.distributed import DistributedContext
 from janus_fast.output import atomic_write, atomic_writer, check_output_not_input, create_exclusively, is_replaceable
 
@@ -182,17 +182,6 @@ def _jsonable(value: object) -> object:
     return str(value)
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as error:
-        raise InputError(f"cannot read {path}: {error}") from error
-    return digest.hexdigest()
-
-
 def _update_with(digest: hashlib._Hash, value: object) -> None:
     """Feed a state-dict value (a tensor, quantized ones dequantized; a tuple of them) into ``digest``."""
     if isinstance(value, torch.Tensor):
@@ -236,7 +225,7 @@ def model_identity(translator: object, model_dir: str | None = None) -> dict:
         config = config if isinstance(config, dict) else {}
         weights = config.get("weights_sha256")
         if not isinstance(weights, str):
-            weights = _file_sha256(os.path.join(model_dir, WEIGHTS_NAME))
+            weights = file_sha256(os.path.join(model_dir, WEIGHTS_NAME))
         return {"weights_sha256": weights, "config_sha256": config.get("model_sha256"), **tokenizer}
     model = getattr(translator, "model", None)
     if not isinstance(model, torch.nn.Module):

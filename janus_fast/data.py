@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import warnings
@@ -128,6 +129,18 @@ def stream_lines(raw: BinaryIO, what: str, warn: bool = True, compressed: bool =
             yield from decoded_lines(handle, what, warn)
     else:
         yield from decoded_lines(stream, what, warn)
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks; InputError naming it if unreadable."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error}") from error
+    return digest.hexdigest()
 
 
 def read_lines(path: str) -> list[str]:

@@ -35,22 +35,33 @@ from tqdm import tqdm
 
 from janus_fast.arguments import MAX_THREADS, check_int, option
 from janus_fast.checkpoint import (
+    CONFIG_NAME,
     TOKENIZER_NAME,
     CheckpointError,
     atomic_write,
     load_pretrained,
     load_tokenizer,
+    read_config,
     recover_directory,
     replace_directory,
     save_pretrained,
 )
-from janus_fast.data import Batch, InputError, ParallelDataset, corpus_path, mask_targets, read_parallel
+from janus_fast.data import (
+    Batch,
+    InputError,
+    ParallelDataset,
+    corpus_path,
+    file_sha256,
+    mask_targets,
+    read_parallel,
+)
 from janus_fast.distributed import DistributedContext, environment_int
 from janus_fast.model import JanusConfig, JanusModel, decoding_defaults
 from janus_fast.tokenizer import Tokenizer
 from janus_fast.training.losses import LossWeights, compute_loss
 
 TRAIN_STATE_NAME = "train_state.pt"
+TRAIN_STATE_DIGEST = "train_state_sha256"  # config.json's key for the SHA-256 of train_state.pt
 MAX_LR = 10.0
 
 
@@ -443,6 +454,10 @@ def save_checkpoint(
         buffer = io.BytesIO()
         torch.save(train_state, buffer)
         atomic_write(os.path.join(directory, TRAIN_STATE_NAME), buffer.getvalue())
+        # its digest beside the weights' in config.json: a damaged state is refused on resume
+        recorded = read_config(directory)
+        recorded[TRAIN_STATE_DIGEST] = hashlib.sha256(buffer.getvalue()).hexdigest()
+        atomic_write(os.path.join(directory, CONFIG_NAME), json.dumps(recorded, indent=2).encode())
 
     replace_directory(directory, write)
 
@@ -612,14 +627,18 @@ class Run:
         config, context, model = self.config, self.context, self.model
         recover_directory(self.last_dir)
         if os.path.exists(os.path.join(self.last_dir, TRAIN_STATE_NAME)):
-            saved = load_train_state(os.path.join(self.last_dir, TRAIN_STATE_NAME))
+            path = os.path.join(self.last_dir, TRAIN_STATE_NAME)
+            saved = load_train_state(path)
             check_resumable(json.loads(saved["train_config"]), config, self.train_data_digests)
             model.load_state_dict(load_pretrained(self.last_dir, device=config.device).state_dict())
-            self.optimizer.load_state_dict(saved["optimizer"])
-            self.scheduler.load_state_dict(saved["scheduler"])
-            torch.set_rng_state(saved["torch_rng"])
-            self.mask_generator.set_state(saved["mask_rng"])
-            self.state = TrainState(**saved["state"])
+            try:  # a state saved without a digest (older runs) may still be damaged inside
+                self.optimizer.load_state_dict(saved["optimizer"])
+                self.scheduler.load_state_dict(saved["scheduler"])
+                torch.set_rng_state(saved["torch_rng"])
+                self.mask_generator.set_state(saved["mask_rng"])
+                self.state = TrainState(**saved["state"])
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+                raise CheckpointError(f"{path}: unusable training state ({type(error).__name__}: {error})") from error
             message = f"resuming from {self.last_dir} at update {self.state.update} (epoch {self.state.epoch + 1})"
         elif config.init_from:
             warm_start(model, config.init_from)
@@ -803,7 +822,11 @@ def check_split_not_empty(split: str, sources: list[str], targets: list[str], pa
 
 
 def load_train_state(path: str) -> dict:
-    """The optimizer / scheduler / RNG state saved beside a checkpoint (CheckpointError if unusable)."""
+    """The optimizer / scheduler / RNG state saved beside a checkpoint (CheckpointError if unusable
+    or, where the checkpoint's config.json records its digest, changed since it was saved)."""
+    recorded = read_config(os.path.dirname(path)).get(TRAIN_STATE_DIGEST)
+    if recorded is not None and recorded != file_sha256(path):
+        raise CheckpointError(f"{path}: damaged (its SHA-256 is not the one config.json records)")
     try:
         saved = torch.load(path, weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated zip, bad pickle opcode, EOF, ...
