@@ -115,14 +115,15 @@ def test_train_refuses_bad_weights_on_the_command_line(corpus_dir: str, tmp_path
 
 @pytest.mark.slow
 def test_a_diverging_run_stops_naming_the_update(corpus_dir: str, tmp_path: Path) -> None:
-    """A learning rate of 1e30 makes the weights overflow after the first update; the next
-    update's gradient is not finite: the run stops there with one line, the broken update not
-    applied (no checkpoint of NaN weights)."""
+    """A loss weight of 1e38 makes the gradient overflow float32: the run stops at that update with
+    one line naming it and what to change, the broken update not applied (no checkpoint of NaN
+    weights)."""
     out = tmp_path / "run"
-    options = [*TRAIN_OPTIONS, "--max-updates", "6", "--vocab-size", "300", "--lr", "1e30"]  # the later ones win
+    options = [*TRAIN_OPTIONS, "--max-updates", "6", "--vocab-size", "300", "--weights-length", "1e38"]
     result = run_cli("train", "--data-dir", corpus_dir, "--output-dir", str(out), *options)
     assert result.returncode == 2
-    assert "training diverged at update" in error_line(result, "--lr")
+    assert "training diverged at update 1" in error_line(result, "--lr", "--weights-*")
+    assert not (out / "last").exists()
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
