@@ -162,7 +162,7 @@ class TrainConfig:
     lr: float = option(
         1e-3,
         "peak learning rate of AdamW (betas 0.9, 0.98), reached after --warmup-updates and then "
-        "decayed as 1/sqrt(update); at most 10",
+        f"decayed as 1/sqrt(update); at most {MAX_LR:g}",
     )
     warmup_updates: int = option(
         1000,
