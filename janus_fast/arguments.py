@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from dataclasses import field
+from collections.abc import Callable
+from dataclasses import field, fields
 from typing import Any
 
 from janus_fast.data import InputError
@@ -42,6 +43,25 @@ def check_real(name: str, value: object, low: float | None = None) -> float:
     return number
 
 
+def check_field_types(instance: Any, display: Callable[[str], str] = str) -> None:
+    """Raise TypeError for a field of the dataclass ``instance`` declared int, float, bool or str
+    whose value is not one (a bool is no number; an int is a float); ``display`` names a field in
+    the message (e.g. as its command-line option)."""
+    for item in fields(instance):
+        value = getattr(instance, item.name)
+        declared = item.type if isinstance(item.type, str) else getattr(item.type, "__name__", "")
+        if declared == "bool":
+            if not isinstance(value, bool):
+                raise TypeError(f"{display(item.name)} must be true or false, got {value!r}")
+            continue
+        expected = {"int": ((int,), "an integer"), "float": ((int, float), "a number"), "str": ((str,), "a string")}
+        if declared not in expected:
+            continue
+        types, what = expected[declared]
+        if (isinstance(value, bool) and declared != "str") or not isinstance(value, types):
+            raise TypeError(f"{display(item.name)} must be {what}, got {type(value).__name__} {value!r}")
+
+
 def check_writable_directory(path: str, option: str) -> None:
     """Raise InputError unless ``path`` is, or can be created as, a writable directory."""
     if os.path.exists(path):
@@ -65,7 +85,7 @@ def check_device(device: object) -> None:
         raise ValueError(f"device {device!r}: only cpu and cuda are supported")
 
 
-__all__ = ["check_int", "check_writable_directory", "check_device"]
+__all__ = ["check_int", "check_field_types", "check_writable_directory", "check_device"]
 
 
 def option(default: Any, help: str, **metadata: Any) -> Any:

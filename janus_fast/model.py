@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from janus_fast.arguments import check_field_types
 from janus_fast.attention import MaskSpec, masked_attention
 from janus_fast.length import length_classes, mean_pool
 from janus_fast.memory import check_fits_in_memory
@@ -99,16 +100,7 @@ class JanusConfig:
     extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
 
     def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if item.type in ("int", int) and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TypeError(f"{item.name} must be an integer, got {type(value).__name__} {value!r}")
-            if item.type in ("float", float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise TypeError(f"{item.name} must be a number, got {type(value).__name__} {value!r}")
-            if item.type in ("bool", bool) and not isinstance(value, bool):
-                raise TypeError(f"{item.name} must be true or false, got {value!r}")
-            if item.type in ("str", str) and not isinstance(value, str):
-                raise TypeError(f"{item.name} must be a string, got {type(value).__name__} {value!r}")
+        check_field_types(self)
         minimum = {"vocab_size": 6, "d_model": 1, "num_heads": 1, "ffn_dim": 1, "encoder_layers": 1}
         minimum.update(decoder_layers=1, max_source_positions=1, max_target_positions=3, num_length_classes=4)
         for name, low in minimum.items():

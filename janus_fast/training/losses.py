@@ -16,6 +16,8 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
+from janus_fast.arguments import check_field_types
+
 
 @dataclass
 class LossWeights:
@@ -34,15 +36,11 @@ class LossWeights:
 
     def __post_init__(self) -> None:
         """Refuse weights no loss can use (named as the train command's options)."""
+        check_field_types(self, lambda name: f"--weights-{name.replace('_', '-')}")
         for item in fields(self):
             value = getattr(self, item.name)
-            option = f"--weights-{item.name.replace('_', '-')}"
-            if item.name == "detach_ar_in_kl":
-                if not isinstance(value, bool):
-                    raise TypeError(f"{option} must be true or false, got {value!r}")
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise ValueError(f"{option} must be a finite number >= 0, got {value!r}")
+            if item.name != "detach_ar_in_kl" and not 0 <= value < math.inf:
+                raise ValueError(f"--weights-{item.name.replace('_', '-')} must be a finite number >= 0, got {value!r}")
         if not self.label_smoothing < 1:
             raise ValueError(f"--weights-label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
