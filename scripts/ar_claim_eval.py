@@ -1,8 +1,10 @@
 """Evaluate the runs of scripts/ar_claim.sh (issue 33) the same way, and draw their curves.
 
     python scripts/ar_claim_eval.py --runs ~/janus-runs/arclaim --data-dir DIR [--plot docs/ar_claim.png]
+    python scripts/ar_claim_eval.py --runs ~/janus-runs/coldstart --only cold_ar,cold_janus --data-dir DIR \
+        [--plot docs/cold_start.png]     # the cold-start runs of scripts/cold_start.sh
 
-For the warm start and each run's last weights (RUN/last): sacreBLEU on val and test_2016_flickr
+For the warm start (with warm-start runs) and each run's last weights (RUN/last): sacreBLEU on val and test_2016_flickr
 of AR greedy, AR beam 4 and NAR T = 2 / 4 / 10 (length beam 3, no length bonus, repeats collapsed:
 the same decoding for every model, fp32 engine), and the speculative mode's acceptance on test
 (drafted-and-verified tokens gained per verify pass). For the curves: val AR beam 4 of every kept
@@ -25,7 +27,9 @@ from janus_fast.data import corpus_path, read_lines
 from janus_fast.decoding.options import DecodeOptions
 from janus_fast.translator import DEFAULT_MODEL_DIR, Translator
 
-RUNS = ("ar_seed1", "ar_seed2", "janus_ref", "janus_detach")
+WARM_RUNS = ("ar_seed1", "ar_seed2", "janus_ref", "janus_detach")  # scripts/ar_claim.sh
+COLD_RUNS = ("cold_ar", "cold_janus")  # scripts/cold_start.sh
+RUNS = WARM_RUNS + COLD_RUNS
 SETTINGS = {
     "ar greedy": {"mode": "ar", "beam": 1},
     "ar beam 4": {"mode": "ar", "beam": 4},
@@ -71,7 +75,10 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--plot", default=None, help="PNG of val AR beam 4 against updates")
     parser.add_argument(
-        "--only", default=",".join(RUNS), help="comma-separated runs to evaluate (default: all; e.g. the finished ones)"
+        "--only",
+        default=",".join(WARM_RUNS),
+        help="comma-separated runs to evaluate (default: the warm-start ones; e.g. the finished ones, or "
+        f"{','.join(COLD_RUNS)})",
     )
     args = parser.parse_args()
     only = [run for run in args.only.split(",") if run]
@@ -88,7 +95,7 @@ def main() -> None:
         for line in read_lines(results_path):
             record = json.loads(line)
             done[record["model"]] = record
-    models = [(DEFAULT_MODEL_DIR, True)]
+    models = [(DEFAULT_MODEL_DIR, True)] if set(only) & set(WARM_RUNS) else []
     for run in only:
         models += [(path, False) for path in sorted(glob.glob(os.path.join(args.runs, run, "saves", "u*")))]
         if os.path.isdir(os.path.join(args.runs, run, "last")):
@@ -113,10 +120,10 @@ def main() -> None:
             cells = " | ".join(str(record.get(column, "")) for column in columns)
             print(f"| {key} | {record.get('update') or 0} | {cells} |")
     if args.plot:
-        plot(done, args.plot)
+        plot(done, args.plot, only)
 
 
-def plot(done: dict, path: str) -> None:
+def plot(done: dict, path: str, runs: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,17 +131,22 @@ def plot(done: dict, path: str) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     start = done.get(os.path.realpath(DEFAULT_MODEL_DIR), {}).get("val ar beam 4")
-    for run in RUNS:
-        points = [(0, start)] if start is not None else []
+    for run in runs:
+        points = [(0, start)] if start is not None and run in WARM_RUNS else []
         for key, record in done.items():
             if f"/{run}/saves/u" in key:
                 points.append((int(key.rsplit("/u", 1)[1]), record["val ar beam 4"]))
         if len(points) > 1:
             points.sort()
             axis.plot(*zip(*points), marker="o", label=run)
-    axis.set_xlabel("updates from the warm start")
+    warm = set(runs) <= set(WARM_RUNS)
+    axis.set_xlabel("updates from the warm start" if warm else "updates from a cold start (raw data)")
     axis.set_ylabel("val BLEU, AR beam 4")
-    axis.set_title("AR side under each objective (same start, data, schedule)")
+    axis.set_title(
+        "AR side under each objective (same start, data, schedule)"
+        if warm
+        else "AR side under each objective from a cold start (same data, schedule)"
+    )
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()

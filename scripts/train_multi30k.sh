@@ -23,7 +23,9 @@ if [ ! -f "$RUN_ROOT/final_janus/spm.model" ]; then
   python -m janus_fast.cli train --output-dir "$RUN_ROOT/final_janus" "${COMMON[@]}" --objective janus --max-updates 0
 fi
 for run in ar cmlm; do
-  [ -f "$RUN_ROOT/final_$run/spm.model" ] || cp "$RUN_ROOT/final_janus/spm.model" "$RUN_ROOT/final_$run/"
+  # with its record (spm.json: what it was trained from), which a run checks before adopting it
+  [ -f "$RUN_ROOT/final_$run/spm.model" ] || cp "$RUN_ROOT/final_janus/spm.json" "$RUN_ROOT/final_janus/spm.model" \
+    "$RUN_ROOT/final_$run/"
 done
 
 python -m janus_fast.cli train --output-dir "$RUN_ROOT/final_janus" "${COMMON[@]}" --objective janus \
