@@ -142,13 +142,15 @@ def save_pretrained(
     dtype: torch.dtype | None = None,
     training_run: str | None = None,
     exported_from: str | None = None,
+    record: dict[str, str] | None = None,
 ) -> None:
     """Save ``model`` (weights optionally cast to ``dtype``: float32, bfloat16 or float16) and its
     tokenizer; ``config.json`` records the digests of both (``save_tokenizer`` adds the tokenizer's
     when it is written afterwards) and, for a save of a training run, the run's id
     (``training_run``: ``average`` warns when it averages saves of different runs), and for an
     export the weights digest of the checkpoint it copies (``exported_from``: ``average`` counts a
-    checkpoint and its exports as one)."""
+    checkpoint and its exports as one); ``record``: further entries of ``config.json`` (a training
+    save's: the digest of its training state)."""
     if model.precision != "fp32":
         raise CheckpointError(f"cannot save a {model.precision} inference copy; save the fp32 model it came from")
     if dtype is not None and dtype not in STORED_FLOAT_DTYPES:
@@ -195,6 +197,7 @@ def save_pretrained(
         config[TRAINING_RUN] = training_run
     if exported_from:
         config[EXPORTED_FROM] = exported_from
+    config.update(record or {})
     atomic_write(os.path.join(directory, CONFIG_NAME), json.dumps(config, indent=2).encode())
 
 

@@ -35,7 +35,6 @@ from tqdm import tqdm
 
 from janus_fast.arguments import MAX_THREADS, check_int, option
 from janus_fast.checkpoint import (
-    CONFIG_NAME,
     TOKENIZER_NAME,
     CheckpointError,
     atomic_write,
@@ -442,7 +441,6 @@ def save_checkpoint(
     """
 
     def write(directory: str) -> None:
-        save_pretrained(model, directory, tokenizer.model_proto, training_run=state.run_id)
         train_state = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -455,9 +453,8 @@ def save_checkpoint(
         torch.save(train_state, buffer)
         atomic_write(os.path.join(directory, TRAIN_STATE_NAME), buffer.getvalue())
         # its digest beside the weights' in config.json: a damaged state is refused on resume
-        recorded = read_config(directory)
-        recorded[TRAIN_STATE_DIGEST] = hashlib.sha256(buffer.getvalue()).hexdigest()
-        atomic_write(os.path.join(directory, CONFIG_NAME), json.dumps(recorded, indent=2).encode())
+        digest = {TRAIN_STATE_DIGEST: hashlib.sha256(buffer.getvalue()).hexdigest()}
+        save_pretrained(model, directory, tokenizer.model_proto, training_run=state.run_id, record=digest)
 
     replace_directory(directory, write)
 
