@@ -10,47 +10,11 @@ the kernel instead (``JANUS_FAST_ATTENTION_BACKEND=torch|triton|auto`` forces ei
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from janus_fast import masks
-
-
-@dataclass(frozen=True)
-class MaskSpec:
-    """Which keys each query may see, from per-sentence integers.
-
-    kind: one of ``MASK_KINDS``. key_lengths: (B,) int64 (for two_stream: a = content lengths).
-    num_masked: (B,) int64, b of the two-stream mask. query_offset: keys already cached before the
-    first query (causal only).
-    """
-
-    kind: str
-    key_lengths: torch.Tensor
-    num_masked: torch.Tensor | None = None
-    query_offset: int = 0
-
-    @staticmethod
-    def padding(key_lengths: torch.Tensor) -> MaskSpec:
-        return MaskSpec("padding", key_lengths)
-
-    @staticmethod
-    def causal(key_lengths: torch.Tensor, query_offset: int = 0) -> MaskSpec:
-        return MaskSpec("causal", key_lengths, query_offset=query_offset)
-
-    @staticmethod
-    def two_stream(content_lengths: torch.Tensor, num_masked: torch.Tensor) -> MaskSpec:
-        return MaskSpec("two_stream", content_lengths, num_masked)
-
-    @staticmethod
-    def ar_two_stream(lengths: torch.Tensor) -> MaskSpec:
-        return MaskSpec("ar_two_stream", lengths)
-
-    def dense(self, num_queries: int, num_keys: int) -> torch.Tensor:
-        """The mask as a (B, Tq, Tk) bool tensor (True = may attend)."""
-        return masks.dense_mask(self.kind, self.key_lengths, num_queries, num_keys, self.num_masked, self.query_offset)
+from janus_fast.masks import MaskSpec
 
 
 def use_triton(query: torch.Tensor) -> bool:
@@ -86,15 +50,7 @@ def masked_attention(
     if mask is not None and dropout_p == 0.0 and use_triton(query):
         from janus_fast.kernels import fused_attention
 
-        return fused_attention(
-            query,
-            key,
-            value,
-            mask_kind=mask.kind,
-            key_lengths=mask.key_lengths,
-            num_masked=mask.num_masked,
-            query_offset=mask.query_offset,
-        )
+        return fused_attention(query, key, value, mask)
     dense = None if mask is None else mask.dense(query.shape[2], key.shape[2])[:, None]
     if not query.is_cuda and query.requires_grad:
         return explicit_attention(query, key, value, dense, dropout_p)

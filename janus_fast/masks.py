@@ -17,9 +17,19 @@ content part only, so the mask has shape ``(B, Tc + Tq, Tc)``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["MASK_KINDS", "padding_mask", "causal_mask", "two_stream_mask", "ar_two_stream_mask", "dense_mask"]
+__all__ = [
+    "MaskSpec",
+    "MASK_KINDS",
+    "padding_mask",
+    "causal_mask",
+    "two_stream_mask",
+    "ar_two_stream_mask",
+    "dense_mask",
+]
 
 MASK_KINDS = ("padding", "causal", "two_stream", "ar_two_stream")
 
@@ -148,3 +158,38 @@ def dense_mask(
     if kind == "ar_two_stream":
         return ar_two_stream_mask(key_lengths, num_keys)
     raise ValueError(f"unknown mask kind {kind!r}; expected one of {MASK_KINDS}")
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """Which keys each query may see, from per-sentence integers.
+
+    kind: one of ``MASK_KINDS``. key_lengths: (B,) int64 (for two_stream: a = content lengths).
+    num_masked: (B,) int64, b of the two-stream mask. query_offset: keys already cached before the
+    first query (causal only).
+    """
+
+    kind: str
+    key_lengths: torch.Tensor
+    num_masked: torch.Tensor | None = None
+    query_offset: int = 0
+
+    @staticmethod
+    def padding(key_lengths: torch.Tensor) -> MaskSpec:
+        return MaskSpec("padding", key_lengths)
+
+    @staticmethod
+    def causal(key_lengths: torch.Tensor, query_offset: int = 0) -> MaskSpec:
+        return MaskSpec("causal", key_lengths, query_offset=query_offset)
+
+    @staticmethod
+    def two_stream(content_lengths: torch.Tensor, num_masked: torch.Tensor) -> MaskSpec:
+        return MaskSpec("two_stream", content_lengths, num_masked)
+
+    @staticmethod
+    def ar_two_stream(lengths: torch.Tensor) -> MaskSpec:
+        return MaskSpec("ar_two_stream", lengths)
+
+    def dense(self, num_queries: int, num_keys: int) -> torch.Tensor:
+        """The mask as a (B, Tq, Tk) bool tensor (True = may attend)."""
+        return dense_mask(self.kind, self.key_lengths, num_queries, num_keys, self.num_masked, self.query_offset)

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from janus_fast.arguments import check_field_types
-from janus_fast.attention import MaskSpec, masked_attention
+from janus_fast.attention import masked_attention
 from janus_fast.length import length_classes, mean_pool
+from janus_fast.masks import MaskSpec
 from janus_fast.memory import check_fits_in_memory
 from janus_fast.vocab import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from janus_fast import masks
+from janus_fast.masks import MaskSpec
 
 MASK_KINDS = {kind: index for index, kind in enumerate(masks.MASK_KINDS)}  # kernel constexpr ids
 HEAD_DIMS = (32, 64, 128)
@@ -44,23 +45,15 @@ def interpreting() -> bool:
 
 
 def attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    mask_kind: str,
-    key_lengths: torch.Tensor,
-    num_masked: torch.Tensor | None = None,
-    query_offset: int = 0,
-    scale: float | None = None,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec, *, scale: float | None = None
 ) -> torch.Tensor:
     """The PyTorch reference: the mask built by ``janus_fast.masks`` and SDPA (math in q's dtype).
 
-    q (B, H, Tq, D), k/v (B, H, Tk, D); key_lengths (B,) int; num_masked (B,) int for two_stream.
-    Returns (B, H, Tq, D); fully masked rows are zeros.
+    q (B, H, Tq, D), k/v (B, H, Tk, D); ``mask``: which keys each query may see (its key_lengths
+    (B,) int, num_masked (B,) int for two_stream). Returns (B, H, Tq, D); fully masked rows are zeros.
     """
-    mask = masks.dense_mask(mask_kind, key_lengths, q.shape[2], k.shape[2], num_masked, query_offset)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scale)
+    dense = mask.dense(q.shape[2], k.shape[2])
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=dense[:, None], scale=scale)
 
 
 if triton is not None:
@@ -197,7 +190,7 @@ def _check_attention_inputs(
     num_masked: torch.Tensor | None,
 ) -> None:
     if mask_kind not in MASK_KINDS:
-        raise ValueError(f"unknown mask_kind {mask_kind!r}; expected one of {sorted(MASK_KINDS)}")
+        raise ValueError(f"unknown mask kind {mask_kind!r}; expected one of {sorted(MASK_KINDS)}")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
@@ -279,14 +272,8 @@ class _FusedAttention(torch.autograd.Function):
         mask_kind, has_masked, query_offset, scale = ctx.options
         with torch.enable_grad():
             inputs = [t.detach().requires_grad_(True) for t in (q, k, v)]
-            out = attention_reference(
-                *inputs,
-                mask_kind=mask_kind,
-                key_lengths=key_lengths,
-                num_masked=masked if has_masked else None,
-                query_offset=query_offset,
-                scale=scale,
-            )
+            mask = MaskSpec(mask_kind, key_lengths, masked if has_masked else None, query_offset)
+            out = attention_reference(*inputs, mask, scale=scale)
             grads = torch.autograd.grad(out, inputs, grad_out)
         return (*grads, None, None, None, None, None, None)
 
@@ -295,11 +282,8 @@ def fused_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
+    mask: MaskSpec,
     *,
-    mask_kind: str,
-    key_lengths: torch.Tensor,
-    num_masked: torch.Tensor | None = None,
-    query_offset: int = 0,
     scale: float | None = None,
     block_sizes: tuple[int, int] | None = None,
 ) -> torch.Tensor:
@@ -307,25 +291,27 @@ def fused_attention(
 
     Args:
         q: (B, H, Tq, D), k/v: (B, H, Tk, D); fp32/fp16/bf16; D in (32, 64, 128).
-        mask_kind: "padding" | "causal" | "two_stream" | "ar_two_stream" (see module docstring).
-        key_lengths: (B,) int: real keys (for two_stream: a = content length).
-        num_masked: (B,) int: b of the two-stream mask (two_stream only).
-        query_offset: keys cached before the first query (causal only).
+        mask: ``janus_fast.masks.MaskSpec``: its kind ("padding" | "causal" | "two_stream" |
+            "ar_two_stream", see module docstring), key_lengths (B,) int (real keys; for
+            two_stream a = content length), num_masked (B,) int (b of the two-stream mask,
+            two_stream only), query_offset (keys cached before the first query, causal only).
         scale: softmax scale, default 1/sqrt(D).
         block_sizes: (BLOCK_M, BLOCK_N) to bypass autotuning (the interpreter uses (16, 16)).
     Returns:
         (B, H, Tq, D) in q's dtype; rows with no visible key are zeros.
     """
-    _check_attention_inputs(q, k, v, mask_kind, key_lengths, num_masked)
+    if not isinstance(mask, MaskSpec):
+        raise TypeError(f"mask must be a janus_fast.masks.MaskSpec, got {type(mask).__name__}")
+    _check_attention_inputs(q, k, v, mask.kind, mask.key_lengths, mask.num_masked)
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[3])
     return _FusedAttention.apply(
         q,
         k,
         v,
-        mask_kind,
-        key_lengths.contiguous(),
-        None if num_masked is None else num_masked.contiguous(),
-        int(query_offset),
+        mask.kind,
+        mask.key_lengths.contiguous(),
+        None if mask.num_masked is None else mask.num_masked.contiguous(),
+        int(mask.query_offset),
         float(scale),
         block_sizes,
     )

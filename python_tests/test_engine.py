@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import random_model, random_sources
 
-from janus_fast.attention import MaskSpec
 from janus_fast.decoding import engine
 from janus_fast.decoding.packed import PackedRows, packed_decode
 from janus_fast.decoding.reference import ar_search, mask_predict
 from janus_fast.generation import generate
+from janus_fast.masks import MaskSpec
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

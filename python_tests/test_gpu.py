@@ -14,6 +14,7 @@ from janus_fast.kernels import attention_reference, fused_attention, length_cand
 from test_model import make_batch
 
 from janus_fast import kernels
+from janus_fast.masks import MaskSpec
 from janus_fast.ops import mask_predict_step, mask_predict_step_reference
 
 pytestmark = pytest.mark.gpu
@@ -45,14 +46,10 @@ def test_fused_attention_compiled_matches_reference(kind, dtype, head_dim):
         num_masked = torch.div(key_lengths, 2, rounding_mode="floor").clamp(max=num_queries - num_keys)
     if kind == "ar_two_stream":
         key_lengths = key_lengths.clamp(max=num_keys)
-    expected = attention_reference(q, k, v, mask_kind=kind, key_lengths=key_lengths, num_masked=num_masked)
+    expected = attention_reference(q, k, v, MaskSpec(kind, key_lengths, num_masked))
     on_device = [t.to(DEVICE, dtype) for t in (q, k, v)]
-    got = fused_attention(
-        *on_device,
-        mask_kind=kind,
-        key_lengths=key_lengths.to(DEVICE),
-        num_masked=None if num_masked is None else num_masked.to(DEVICE),
-    )
+    mask = MaskSpec(kind, key_lengths.to(DEVICE), None if num_masked is None else num_masked.to(DEVICE))
+    got = fused_attention(*on_device, mask)
     torch.testing.assert_close(got.cpu().double(), expected, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
 
 

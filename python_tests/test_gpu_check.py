@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -19,6 +20,8 @@ from janus_fast.checkpoint import WEIGHTS_NAME, load_pretrained
 def test_gpu_check_dry_run_runs_every_step(tmp_path):
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in ("JANUS_FAST_GPU_TESTS", "TRITON_INTERPRET")}
+    # the script runs `python` and `janus-fast`: this interpreter's, even from an unactivated venv
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     result = subprocess.run(
         ["bash", "scripts/gpu_check.sh", "--dry-run", "--out", str(out), "--data-dir", MULTI30K, "--train", "0.05"],
         cwd=REPO_ROOT,

@@ -10,7 +10,7 @@ import torch
 from janus_fast.kernels import attention_reference, fused_attention, length_candidates, length_candidates_reference
 
 from janus_fast import kernels
-from janus_fast.masks import dense_mask
+from janus_fast.masks import MaskSpec, dense_mask
 
 if not kernels.TRITON_AVAILABLE or not kernels.interpreting():
     pytest.fail("the kernel tests need triton installed and TRITON_INTERPRET=1 (set by conftest.py)")
@@ -25,18 +25,9 @@ def random_qkv(batch, heads, num_queries, num_keys, head_dim, dtype, seed):
 
 
 def check(mask_kind, q, k, v, key_lengths, num_masked=None, query_offset=0):
-    out = fused_attention(
-        q, k, v, mask_kind=mask_kind, key_lengths=key_lengths, num_masked=num_masked, query_offset=query_offset
-    )
-    expected = attention_reference(
-        q.double(),
-        k.double(),
-        v.double(),
-        mask_kind=mask_kind,
-        key_lengths=key_lengths,
-        num_masked=num_masked,
-        query_offset=query_offset,
-    )
+    mask = MaskSpec(mask_kind, key_lengths, num_masked, query_offset)
+    out = fused_attention(q, k, v, mask)
+    expected = attention_reference(q.double(), k.double(), v.double(), mask)
     assert out.dtype == q.dtype and not out.isnan().any()
     torch.testing.assert_close(out.double(), expected, atol=TOLERANCE[q.dtype], rtol=TOLERANCE[q.dtype])
 
@@ -82,7 +73,7 @@ def test_kernel_mask_equals_model_mask_builder():
         v[0, 0, torch.arange(num_keys), torch.arange(num_keys)] = 1.0
         key_lengths = torch.tensor([a])
         num_masked = torch.tensor([b]) if kind == "two_stream" else None
-        out = fused_attention(q, k, v, mask_kind=kind, key_lengths=key_lengths, num_masked=num_masked)
+        out = fused_attention(q, k, v, MaskSpec(kind, key_lengths, num_masked))
         seen = out[0, 0, :, :num_keys] > 0
         expected = dense_mask(kind, key_lengths, num_queries, num_keys, num_masked)[0]
         assert torch.equal(seen, expected), (a, b, kind)
@@ -92,13 +83,12 @@ def test_backward_matches_reference():
     q, k, v = random_qkv(2, 1, 10, 6, 32, torch.float64, seed=5)
     q, k, v = (t.float().requires_grad_(True) for t in (q, k, v))
     key_lengths, num_masked = torch.tensor([6, 4]), torch.tensor([2, 1])
-    fused_attention(q, k, v, mask_kind="two_stream", key_lengths=key_lengths, num_masked=num_masked).sum().backward()
+    mask = MaskSpec.two_stream(key_lengths, num_masked)
+    fused_attention(q, k, v, mask).sum().backward()
     grads = [t.grad.clone() for t in (q, k, v)]
     for t in (q, k, v):
         t.grad = None
-    attention_reference(
-        q, k, v, mask_kind="two_stream", key_lengths=key_lengths, num_masked=num_masked
-    ).sum().backward()
+    attention_reference(q, k, v, mask).sum().backward()
     for got, t in zip(grads, (q, k, v)):
         torch.testing.assert_close(got, t.grad, atol=1e-5, rtol=1e-5)
 
@@ -107,15 +97,17 @@ def test_attention_misuse_raises():
     q, k, v = random_qkv(1, 1, 4, 4, 32, torch.float32, seed=6)
     lengths = torch.tensor([4])
     with pytest.raises(ValueError, match="head dim"):
-        fused_attention(q[..., :16], k[..., :16], v[..., :16], mask_kind="padding", key_lengths=lengths)
-    with pytest.raises(ValueError, match="mask_kind"):
-        fused_attention(q, k, v, mask_kind="diagonal", key_lengths=lengths)
+        fused_attention(q[..., :16], k[..., :16], v[..., :16], MaskSpec.padding(lengths))
+    with pytest.raises(ValueError, match="mask kind 'diagonal'"):
+        fused_attention(q, k, v, MaskSpec("diagonal", lengths))
     with pytest.raises(ValueError, match="num_masked"):
-        fused_attention(q, k, v, mask_kind="two_stream", key_lengths=lengths)
+        fused_attention(q, k, v, MaskSpec("two_stream", lengths))
     with pytest.raises(ValueError, match="shape"):
-        fused_attention(q, k[:, :, :, :16], v, mask_kind="padding", key_lengths=lengths)
+        fused_attention(q, k[:, :, :, :16], v, MaskSpec.padding(lengths))
     with pytest.raises(TypeError, match="dtype"):
-        fused_attention(q, k.double(), v, mask_kind="padding", key_lengths=lengths)
+        fused_attention(q, k.double(), v, MaskSpec.padding(lengths))
+    with pytest.raises(TypeError, match="MaskSpec"):
+        fused_attention(q, k, v, "padding")
 
 
 @pytest.mark.parametrize("offset", [False, True])

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from janus_fast.benchmarks.tables import markdown_table, number
 from janus_fast.benchmarks.timing import median_seconds
 from janus_fast.kernels import attention_reference, fused_attention, length_candidates, length_candidates_reference
-from janus_fast.masks import dense_mask
+from janus_fast.masks import MaskSpec
 
 # (batch, heads, queries, keys, head dim, mask kind): encoder self-attention, cross-attention,
 # the JANUS two-stream training mask and the AR two-stream mask, at Multi30k-like lengths
@@ -42,7 +42,7 @@ def _attention_inputs(batch, heads, num_queries, num_keys, head_dim, kind, devic
     num_masked = (key_lengths // 3) if kind == "two_stream" else None
     if kind == "two_stream":
         key_lengths = torch.minimum(key_lengths, torch.full_like(key_lengths, num_keys))
-    return q, k, v, {"mask_kind": kind, "key_lengths": key_lengths, "num_masked": num_masked}
+    return q, k, v, MaskSpec(kind, key_lengths, num_masked)
 
 
 def _row(op: str, shape: str, dtype: torch.dtype, note: str) -> dict:
@@ -69,16 +69,14 @@ def profile_kernels(repeats: int = 10) -> list[dict]:
     note = "" if on_gpu else "no CUDA device: GPU kernels not timed; PyTorch CPU path timed instead"
     rows = []
     for batch, heads, num_queries, num_keys, head_dim, kind in ATTENTION_SHAPES:
-        q, k, v, options = _attention_inputs(batch, heads, num_queries, num_keys, head_dim, kind, device, dtype)
+        q, k, v, mask = _attention_inputs(batch, heads, num_queries, num_keys, head_dim, kind, device, dtype)
         flops = 4 * batch * heads * num_queries * num_keys * head_dim  # QK^T and PV, dense count
         with torch.inference_mode():
-            reference_ms = _median_ms(partial(attention_reference, q, k, v, **options), repeats, synchronize)
-            dense = dense_mask(
-                options["mask_kind"], options["key_lengths"], num_queries, num_keys, options.get("num_masked")
-            )[:, None]
+            reference_ms = _median_ms(partial(attention_reference, q, k, v, mask), repeats, synchronize)
+            dense = mask.dense(num_queries, num_keys)[:, None]
             sdpa = partial(F.scaled_dot_product_attention, q, k, v, attn_mask=dense)
             sdpa_ms = _median_ms(sdpa, repeats, synchronize)
-            kernel = partial(fused_attention, q, k, v, **options)
+            kernel = partial(fused_attention, q, k, v, mask)
             kernel_ms = _median_ms(kernel, repeats, synchronize) if on_gpu else None
         row = _row(f"attention[{kind}]", f"B{batch} H{heads} Tq{num_queries} Tk{num_keys} D{head_dim}", dtype, note)
         row.update(_rates(reference_ms, kernel_ms, flops / 1e9, "tflops"))

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from janus_fast.attention import MaskSpec, masked_attention
+from janus_fast.attention import masked_attention
+from janus_fast.masks import MaskSpec
 from janus_fast.model import Attention, DecoderLayer, EncoderOutput, JanusModel
 
 
