@@ -134,7 +134,7 @@ def _iterate(
         tokens, scores, lengths, active = tokens[keep], scores[keep], lengths[keep], active[keep]
         passes.keep(keep)
         rows = PackedRows(lengths, tokens.shape[1])
-    if tokens is not finished.tokens:  # rows still active after the last pass
+    if len(active) and tokens is not finished.tokens:  # rows still active after the last pass, not in place
         finished.tokens[active], finished.scores[active] = tokens, scores
     if policy.ranking.ar_rescore:
         passes.bind(group.sentences, group.sentence_of_row)

@@ -52,7 +52,7 @@ $PY "$HERE/make_models.py" "$WORK/longer/checkpoint_last.pt" "$WORK/prenorm/chec
 cp "$DICT" "$OUT/dict.txt"
 cp "$WORK/raw/test.de" "$OUT/test.de"
 # 6. fairseq-generate, each model and setting
-settings="4:3:adaptive 4:3:force 9:5:adaptive 9:5:force 2:1:adaptive 1:4:force 0:2:adaptive 6:2:adaptive"
+settings="4:3:adaptive 4:3:force 9:5:adaptive 9:5:force 2:1:adaptive 1:4:force 0:2:adaptive 6:2:adaptive 20:5:adaptive"
 for model in trained prenorm; do
     for setting in $settings; do
         IFS=: read -r iters beam stop <<< "$setting"
