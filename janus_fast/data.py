@@ -220,7 +220,11 @@ class ParallelDataset:
         batches; the batch order is shuffled with ``generator``.
         """
         count = len(self)
-        noise = torch.rand(count, generator=generator) if generator is not None else torch.zeros(count)
+        noise = (
+            torch.rand(count, generator=generator, dtype=torch.float32)
+            if generator is not None
+            else torch.zeros(count, dtype=torch.float32)
+        )
         keys = [(len(self.targets[i]), len(self.sources[i]), float(noise[i])) for i in range(count)]
         order = sorted(range(count), key=keys.__getitem__)
         batches: list[list[int]] = []
@@ -254,9 +258,11 @@ def uniform_mask(tgt_lengths: torch.Tensor, width: int, generator: torch.Generat
     real_counts = tgt_lengths - 2
     positions = torch.arange(width)[None]
     is_real = (positions >= 1) & (positions < (tgt_lengths - 1)[:, None])
-    scores = torch.rand(len(tgt_lengths), width, generator=generator).masked_fill(~is_real, 2.0)
+    scores = torch.rand(len(tgt_lengths), width, generator=generator, dtype=torch.float32).masked_fill(~is_real, 2.0)
     ranks = scores.argsort(1).argsort(1)
-    num_to_mask = (torch.rand(len(tgt_lengths), generator=generator) * real_counts).floor().long() + 1
+    num_to_mask = (
+        torch.rand(len(tgt_lengths), generator=generator, dtype=torch.float32) * real_counts
+    ).floor().long() + 1
     num_to_mask = torch.minimum(num_to_mask, real_counts)
     return (ranks < num_to_mask[:, None]) & is_real
 
@@ -277,7 +283,9 @@ def span_mask(
     max_spans = max(int(budget.max()), 1)
     rates = torch.full((batch, max_spans), mean_span, dtype=torch.double)
     span_lengths = torch.poisson(rates, generator=generator).long().clamp(min=1)
-    starts = (torch.rand(batch, max_spans, generator=generator) * real_counts[:, None].clamp(min=1)).long() + 1
+    starts = (
+        torch.rand(batch, max_spans, generator=generator, dtype=torch.float32) * real_counts[:, None].clamp(min=1)
+    ).long() + 1
     spent_before = span_lengths.cumsum(1) - span_lengths
     used = spent_before < budget[:, None]
     positions = torch.arange(width)[None, None]

@@ -23,6 +23,9 @@ from janus_fast.tokenizer import Tokenizer
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "multi30k-de-en")
 
 
+_FIXED_ATTRIBUTES = ("model", "tokenizer", "decoder", "precision")
+
+
 class Translator:
     """Translate sentences with a JANUS model: autoregressively (default: AR greedy, on the shipped
     model on the CPU both faster and better than mask-predict), non-autoregressively (mask-predict) or
@@ -59,22 +62,17 @@ class Translator:
         precision: str = "fp32",
         release_weights: bool = False,
     ) -> None:
-        self.decoder = decoder
-        if on_long_input not in ("truncate", "error"):
-            raise ValueError(f"on_long_input must be 'truncate' or 'error', got {on_long_input!r}")
         if tokenizer.vocab_size != model.config.vocab_size:
             raise CheckpointError(
                 f"tokenizer has {tokenizer.vocab_size} pieces but the model {model.config.vocab_size}"
             )
-        check_int("max_batch_tokens", max_batch_tokens, 1)
         check_choice("decoder", decoder, DECODERS)
         self.options = DecodeOptions(decoder=decoder, precision=precision)
-        self.model = model.eval()
-        self.precision = precision
-        self.choice = PassChoice(self.model, precision, native=decoder == "engine")  # bf16 without native: here
+        # fixed for the translator's life (read-only properties below): the passes are chosen for them
+        self._model, self._tokenizer, self._decoder, self._precision = model.eval(), tokenizer, decoder, precision
+        self.choice = PassChoice(model, precision, native=decoder == "engine")  # bf16 without native: here
         if release_weights:
             self.choice.release_weights()
-        self.tokenizer = tokenizer
         self.max_batch_tokens = max_batch_tokens
         self.on_long_input = on_long_input
         self.checkpoint_dir: str | None = None  # the folder ``from_pretrained`` loaded (None: built here)
@@ -89,6 +87,38 @@ class Translator:
         translator = cls(load_pretrained(directory, device=device), load_tokenizer(directory), **options)
         translator.checkpoint_dir = directory
         return translator
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _FIXED_ATTRIBUTES:
+            raise AttributeError(
+                f"Translator.{name} is fixed when the translator is made (its decoding passes are chosen "
+                f"for it): make a new Translator for another {name}"
+            )
+        if name == "max_batch_tokens":
+            check_int("max_batch_tokens", value, 1)
+        if name == "on_long_input" and value not in ("truncate", "error"):
+            raise ValueError(f"on_long_input must be 'truncate' or 'error', got {value!r}")
+        super().__setattr__(name, value)
+
+    @property
+    def model(self) -> JanusModel:
+        """The model this translator decodes (fixed; in eval mode)."""
+        return self._model
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer (fixed)."""
+        return self._tokenizer
+
+    @property
+    def decoder(self) -> str:
+        """The default decoder, "engine" or "reference" (fixed; ``translate(decoder=...)`` picks per call)."""
+        return self._decoder
+
+    @property
+    def precision(self) -> str:
+        """The default decode precision (fixed; ``translate(precision=...)`` picks per call)."""
+        return self._precision
 
     @property
     def device(self) -> torch.device:

@@ -39,7 +39,7 @@ def greedy(
     history = torch.full((batch, steps + 1), config.pad_id, dtype=torch.long, device=device)
     history[:, 0] = config.bos_id
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    total_log_prob = torch.zeros(batch, device=device)
+    total_log_prob = torch.zeros(batch, dtype=torch.float32, device=device)
     out_lengths = torch.zeros(batch, dtype=torch.long, device=device)
     rows = torch.arange(batch, device=device)
     results = (history.clone(), total_log_prob.clone(), out_lengths.clone())

@@ -120,12 +120,14 @@ def finished_beam_search(
     sentence_limits = row_limits.view(batch, beam)[:, 0]
     history = torch.full((rows, steps + 1), rules.pad_id, dtype=torch.long, device=device)
     history[:, 0] = rules.bos_id
-    history_scores = torch.zeros(rows, steps + 1, device=device)  # summed log-probability after each token
-    live_scores = torch.zeros(batch, beam, device=device)
+    history_scores = torch.zeros(
+        rows, steps + 1, dtype=torch.float32, device=device
+    )  # summed log-probability after each token
+    live_scores = torch.zeros(batch, beam, dtype=torch.float32, device=device)
     live_scores[:, 1:] = float("-inf")  # all beams start identical: keep one
-    finished_scores = torch.full((batch, beam), float("-inf"), device=device)
+    finished_scores = torch.full((batch, beam), float("-inf"), dtype=torch.float32, device=device)
     finished_tokens = torch.full((batch, beam, steps + 1), rules.pad_id, dtype=torch.long, device=device)
-    finished_sums = torch.zeros(batch, beam, steps + 1, device=device)
+    finished_sums = torch.zeros(batch, beam, steps + 1, dtype=torch.float32, device=device)
     finished_lengths = torch.ones(batch, beam, dtype=torch.long, device=device)
     finished_count = torch.zeros(batch, dtype=torch.long, device=device)  # of each active sentence
     row_offsets = torch.arange(batch, device=device)[:, None] * beam
@@ -138,7 +140,7 @@ def finished_beam_search(
         if rules.nan_as_impossible:
             log_probs = log_probs.nan_to_num(nan=float("-inf"))
         if blocked is None:
-            blocked = torch.zeros(log_probs.shape[-1], device=device)
+            blocked = torch.zeros(log_probs.shape[-1], dtype=torch.float32, device=device)
             blocked[list(rules.blocked_ids)] = float("-inf")
         log_probs += blocked
         at_limit = row_limits == step + 1 if step + 1 >= first_limit else None

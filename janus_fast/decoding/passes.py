@@ -34,6 +34,7 @@ from janus_fast.native.decoder import (
     release_layer_weights,
     unsupported_reason,
 )
+from janus_fast.parameter_stamp import ParameterStamp
 from janus_fast.quantize import quantize_int8
 
 
@@ -174,7 +175,7 @@ class TorchPasses(DecoderPasses):
         best, best_log_probs = rule.choose(log_probs)
         candidates = new.candidates
         if candidates is None:
-            empty = torch.empty(0, device=best.device)
+            empty = torch.empty(0, dtype=torch.float32, device=best.device)
             return best, best_log_probs, empty, empty.long()
         some = candidates.clamp(min=0)[:, None]
         allowed = log_probs.index_fill(1, rule.banned, float("-inf"))
@@ -258,7 +259,9 @@ class NativePasses(DecoderPasses):
             self.memory_rows,
         )
         rows = torch.arange(len(lengths), device=lengths.device).repeat_interleave(lengths - 1)
-        return torch.zeros(len(lengths), device=lengths.device).index_add_(0, rows, log_probs) / (lengths - 1)
+        return torch.zeros(len(lengths), dtype=torch.float32, device=lengths.device).index_add_(0, rows, log_probs) / (
+            lengths - 1
+        )
 
 
 class PassChoice:
@@ -295,7 +298,9 @@ class PassChoice:
             raise ValueError(
                 f"precision 'bf16' needs the engine's native CPU decoder, which cannot run this model: {reason}"
             )
-        self._int8_model: JanusModel | None = None  # the PyTorch dynamic int8 copy, made on first use
+        # the PyTorch dynamic int8 copy, made on first use and again when the model's weights change
+        self._int8_model: JanusModel | None = None
+        self._int8_stamp: ParameterStamp | None = None
         # int8 runs PyTorch's dynamic int8 layers only without the native passes: their one activation
         # range per batch makes a sentence's tokens depend on its batch (the native passes quantize
         # each row alone, or only store int8 weights where the CPU has no VNNI)
@@ -332,11 +337,13 @@ class PassChoice:
 
     @property
     def torch_model(self) -> JanusModel:
-        """The model the PyTorch passes and the reference decoders run: the int8 copy or the model."""
+        """The model the PyTorch passes and the reference decoders run: the model, or its int8 copy
+        (made again after any change of the model's weights, as the native passes' conversion)."""
         self._check_held()
         if not self.dynamic_int8:
             return self.model
-        if self._int8_model is None:
+        if self._int8_model is None or self._int8_stamp is None or self._int8_stamp.changed(self.model):
+            self._int8_stamp = ParameterStamp(self.model)
             self._int8_model = quantize_int8(self.model)
         return self._int8_model
 

@@ -92,7 +92,7 @@ def speculative_greedy(
     history = torch.full((batch, steps + 2), config.pad_id, dtype=torch.long, device=device)
     history[:, 0] = config.bos_id
     accepted = torch.zeros(batch, dtype=torch.long, device=device)  # n: index of the last accepted token
-    total_log_prob = torch.zeros(batch, device=device)
+    total_log_prob = torch.zeros(batch, dtype=torch.float32, device=device)
     rows = torch.arange(batch, device=device)  # the sentence of each active row
     results = (history.clone(), total_log_prob.clone(), accepted.clone())
     # a window or a draft past the longest length limit changes nothing: capped, so that memory
@@ -142,7 +142,7 @@ def speculative_greedy(
         chosen, chosen_log_probs, candidate_log_probs, candidate_ranks = passes.ar_extend(history, new, caches, rule)
         verified = torch.full((active, window + 1), config.pad_id, dtype=torch.long, device=device)
         verified[valid] = chosen
-        step_log_probs = torch.zeros(active, window + 1, device=device)
+        step_log_probs = torch.zeros(active, window + 1, dtype=torch.float32, device=device)
         step_log_probs[valid] = chosen_log_probs
         relaxed = None
         if relaxed_options:
@@ -152,7 +152,7 @@ def speculative_greedy(
             padded_ok = torch.zeros(active, window + 1, dtype=torch.bool, device=device)
             padded_ok[valid] = ok & ~forced
             relaxed = padded_ok[:, :window].contiguous()
-            drafted_log_probs = torch.zeros(active, window + 1, device=device)
+            drafted_log_probs = torch.zeros(active, window + 1, dtype=torch.float32, device=device)
             drafted_log_probs[valid] = candidate_log_probs
         kept, kept_tokens = speculative_accept(draft, verified_counts, verified, relaxed, config.eos_id)
         if relaxed is not None:  # a drafted token kept though AR chose another scores its own log-probability
@@ -203,7 +203,7 @@ def _draft(
     first = accepted[:, None] + 1
     drafted = (columns >= first) & (columns < first + counts[:, None])
     wanted = drafted if iterations > 1 else (columns >= first) & (columns < first + verified_counts[:, None])
-    scores = torch.zeros(draft_rows.shape, device=draft_rows.device)
+    scores = torch.zeros(draft_rows.shape, dtype=torch.float32, device=draft_rows.device)
     for iteration in range(iterations):
         masked = (draft_rows == mask_id) & wanted
         outputs = masked.view(-1).index_select(0, rows.index).nonzero().squeeze(1)  # packed rows: row-major

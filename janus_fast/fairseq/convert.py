@@ -146,7 +146,7 @@ def sinusoidal_positions(num_positions: int, dim: int, padding_idx: int) -> torc
     angles = positions[:, None] * frequencies[None, :]
     table = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
     if dim % 2:
-        table = torch.cat([table, torch.zeros(num_positions, 1)], dim=1)
+        table = torch.cat([table, torch.zeros(num_positions, 1, dtype=table.dtype)], dim=1)
     return table
 
 
@@ -154,7 +154,7 @@ def _positions(state: dict[str, torch.Tensor], side: str, config: JanusConfig, a
     """The (max positions, d) table of ``side`` ("encoder" | "decoder") with row i = position i."""
     count = config.max_source_positions if side == "encoder" else config.max_target_positions
     if args.get("no_token_positional_embeddings"):
-        return torch.zeros(count, config.d_model)
+        return torch.zeros(count, config.d_model, dtype=torch.float32)
     if not args.get(f"{side}_learned_pos"):
         return sinusoidal_positions(count, config.d_model, PAD_ID)
     table = state.get(f"{side}.embed_positions.weight")
@@ -184,7 +184,7 @@ def convert_state_dict(
     if config.has_nar:
         length_embed = take("decoder.embed_length.weight")
     else:  # a plain transformer has no length head; the model's stays zero (it never runs)
-        length_embed = torch.zeros(config.num_length_classes, config.d_model)
+        length_embed = torch.zeros(config.num_length_classes, config.d_model, dtype=torch.float32)
     out = {"embed_tokens.weight": embed, "length_embed.weight": length_embed}
     out["embed_source_positions.weight"] = _positions(state, "encoder", config, args, path)
     out["embed_target_positions.weight"] = _positions(state, "decoder", config, args, path)

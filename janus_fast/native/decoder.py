@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -48,11 +47,12 @@ from janus_fast.native.weights import (
     flatten,
 )
 from janus_fast.ops import uses_native_ops
+from janus_fast.parameter_stamp import ParameterStamp
 
 # a batch's cross-attention keys and values per decoder layer (float32, contiguous) and its source lengths
 Memory = tuple[list[Tensor], list[Tensor], Tensor]
 WEIGHT_TYPES = ("fp32", "bf16", "int8")
-_EMPTY = torch.empty(0)
+_EMPTY = torch.empty(0, dtype=torch.float32)
 
 
 ISA_NAMES = ("scalar", "avx2", "avx512", "avx512_bf16")
@@ -220,71 +220,6 @@ def encoder_weights(model: JanusModel, weight_type: str) -> EncoderWeights:
     )
 
 
-def _model_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Every parameter of ``model`` (a shared one once per module holding it): ``model.parameters()``
-    without its bookkeeping, which costs more than the rest of the per-call check together."""
-    found: list[nn.Parameter] = []
-    stack: list[nn.Module] = [model]
-    while stack:
-        module = stack.pop()
-        found.extend(parameter for parameter in module._parameters.values() if parameter is not None)
-        stack.extend(module._modules.values())
-    return found
-
-
-def _parameters_version(parameters: list[nn.Parameter]) -> tuple[tuple[int, int, int], ...]:
-    """Which tensors the parameters are and how often each was written through itself: identity
-    (``load_state_dict(..., assign=True)`` and ``module.weight = ...`` put new Parameters in place;
-    the decoder keeps the old ones alive, so an id is never reused meanwhile), ``data_ptr``
-    (``p.data = tensor`` keeps the Parameter but swaps its storage) and ``_version`` (every in-place
-    op on ``p`` itself: optimizer steps, plain ``load_state_dict``). A write through ``p.data``
-    (``p.data.copy_(...)``) changes none of them: ``p.data`` is a new tensor with a version counter
-    of its own, started at 0 on each access; ``_WeightSamples`` sees those."""
-    return tuple((id(p), p.data_ptr(), p._version) for p in parameters)
-
-
-# element size -> the integer dtype of that size: samples are compared bit for bit (NaN == NaN)
-_SAME_SIZE_INTEGER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-class _WeightSamples:
-    """A few values of every parameter at fixed positions (``SAMPLES`` spread over each tensor,
-    first and last included), read again on every ``for_model`` call: what catches writes no
-    version counter records (``p.data.copy_(...)``, writes through a NumPy view), without reading
-    every weight per call (that costs a pass over the whole model). A write that leaves every
-    sampled value as it was is not seen: after such a targeted edit, ``del model._native_decoders``."""
-
-    SAMPLES = 32
-
-    def __init__(self, parameters: list[nn.Parameter]) -> None:
-        # NumPy views of the parameters' memory, as integers of the same width, and the positions
-        # to read: indexing a NumPy array costs a fraction of a torch op, which matters per call
-        self.views: list[np.ndarray] = []
-        self.positions: list[np.ndarray | tuple[np.ndarray, ...]] = []
-        for parameter in parameters:
-            tensor = parameter.detach()
-            if tensor.dim() == 0:
-                tensor = tensor.reshape(1)  # a view
-            tensor = tensor.view(_SAME_SIZE_INTEGER.get(tensor.element_size(), torch.uint8))
-            count = tensor.numel()
-            flat = np.unique(np.linspace(0, count - 1, min(count, self.SAMPLES)).round().astype(np.int64))
-            if tensor.is_contiguous():
-                self.views.append(tensor.view(-1).numpy())
-                self.positions.append(flat)
-            else:  # never copied: a copy would not see later writes
-                self.views.append(tensor.numpy())
-                self.positions.append(np.unravel_index(flat, tuple(tensor.shape)))
-        self.values = self.read()
-
-    def read(self) -> bytes:
-        """The sampled values now, as bytes."""
-        return b"".join(view[positions].tobytes() for view, positions in zip(self.views, self.positions))
-
-    def unchanged(self) -> bool:
-        """True while every sampled value is bit for bit what it was at conversion."""
-        return self.read() == self.values
-
-
 class NativeDecoder:
     """The decoder of ``model`` with weights stored as ``weight_type`` for the native passes."""
 
@@ -306,9 +241,7 @@ class NativeDecoder:
         self.relu = config.activation == "relu"
         # what the weights are converted from (kept alive, so their ids stay theirs): for_model
         # compares the model's parameters with them on every call
-        self.parameters = _model_parameters(model)
-        self.version = _parameters_version(self.parameters)
-        self.samples = _WeightSamples(self.parameters)
+        self.stamp = ParameterStamp(model)
 
         # the weights by name (janus_fast/native/weights.py) and flattened as the ops take them
         self.weights = decoder_weights(model, weight_type)
@@ -322,7 +255,7 @@ class NativeDecoder:
         """The model's native decoder, converted on first use and again after any parameter update:
         in-place (optimizer steps, ``load_state_dict``, ``p.data.copy_``) or by new tensors
         (``load_state_dict(..., assign=True)``, ``p.data = ...``). Checked on every call, without
-        reading every weight: ``_parameters_version`` and ``_WeightSamples``."""
+        reading every weight: ``janus_fast.parameter_stamp.ParameterStamp``."""
         cache: dict[str, NativeDecoder] = model.__dict__.setdefault("_native_decoders", {})
         decoder = cache.get(weight_type)
         held = engine_held_weights(model)
@@ -332,17 +265,13 @@ class NativeDecoder:
                     f"this model's layer weights are held only by the engine, as {held} "
                     f"(release_layer_weights); it cannot decode with {weight_type} weights"
                 )
-            if decoder.version != _parameters_version(_model_parameters(model)) or not decoder.samples.unchanged():
+            if decoder.stamp.changed(model):
                 raise ValueError(
                     "this model's weights changed after its layer weights were released to the engine "
                     "(release_weights): the engine cannot convert them again; load the model again"
                 )
             return decoder
-        if (
-            decoder is None
-            or decoder.version != _parameters_version(_model_parameters(model))
-            or not decoder.samples.unchanged()
-        ):
+        if decoder is None or decoder.stamp.changed(model):
             decoder = cache[weight_type] = NativeDecoder(model, weight_type)
         return decoder
 
@@ -535,9 +464,7 @@ def release_layer_weights(model: JanusModel, weight_type: str) -> NativeDecoder:
     model.__dict__[_HELD_KEY] = weight_type
     # a later change to the model (load_state_dict, .half(), an edit of the embeddings, which the
     # passes read in place) cannot be converted again: for_model refuses to decode after one
-    decoder.parameters = _model_parameters(model)
-    decoder.version = _parameters_version(decoder.parameters)
-    decoder.samples = _WeightSamples([p for p in decoder.parameters if not p.is_meta])
+    decoder.stamp = ParameterStamp(model)
     return decoder
 
 
