@@ -207,18 +207,34 @@ def write_output_file(path: str, data: bytes, option: str, what: str) -> None:
 
 def write_standard_output(text: str, what: str) -> None:
     """Write ``text`` (``what``: e.g. "the translations") to standard output and flush it; a closed
-    or failing standard output (``>&-``, ``> /dev/full``) is an InputError saying so. Standard output
-    is then pointed at the null device, so that Python's own flush at exit has nothing to report."""
+    or failing standard output (``>&-``, ``> /dev/full``, a full disk or a file size limit reached
+    part-way) is an InputError saying so. Standard output is then pointed at the null device, so
+    that Python's own flush at exit has nothing to report."""
     stream = sys.stdout
     try:
         if stream is None:
             raise OSError(errno.EBADF, "it is closed")
-        stream.write(text)
         stream.flush()
+        descriptor = _file_descriptor(stream)
+        if descriptor is None:  # not a file (captured, a StringIO): its own write reports failures
+            stream.write(text)
+            stream.flush()
+        else:  # write(2) until every byte is out: a short write is followed by the error it stopped at
+            data = memoryview(text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
+            while data:
+                data = data[os.write(descriptor, data) :]
     except (OSError, ValueError) as error:
         _silence_standard_output()
         reason = (error.strerror if isinstance(error, OSError) else None) or str(error)
         raise InputError(f"cannot write {what} to standard output: {reason}") from error
+
+
+def _file_descriptor(stream: object) -> int | None:
+    """The file descriptor under a text stream, or None where it has none."""
+    try:
+        return stream.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError and a ValueError
+        return None
 
 
 def print_report(text: str) -> None:

@@ -66,6 +66,18 @@ def test_output_failures_are_one_line(trained_dir, corpus_dir, source_file, wher
     error_line(result, *names)
 
 
+def test_standard_output_reaching_a_file_size_limit_part_way_is_an_error(trained_dir, tmp_path):
+    """A short write (file size limit or disk full part-way through a chunk) is not success: the
+    command exits 2 naming the cause, rather than 0 with the translations cut."""
+    source = tmp_path / "many.de"
+    source.write_text("Ein Hund rennt.\n" * 600, encoding="utf-8")  # one chunk, well over 2 KiB translated
+    out = tmp_path / "out.en"
+    result = run_shell(f"ulimit -f 2; $JANUS translate --model {trained_dir} --input {source} > {out}")
+    assert result.returncode == 2
+    error_line(result, "cannot write the translations to standard output:", "File too large")
+    assert out.stat().st_size <= 2048
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
 def test_a_report_line_into_a_full_standard_output_is_one_line(trained_dir, tmp_path):
     result = run_shell(f"$JANUS export --model {trained_dir} --output {tmp_path / 'copy'} > /dev/full")
