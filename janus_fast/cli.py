@@ -677,13 +677,20 @@ def command_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_plot_option(path: str) -> None:
-    """Raise InputError before the benchmark unless the ``--plot`` file can be written: its folder
-    must exist (the plot does not create it) and be writable (``check_output``)."""
+PLOT_FORMATS = ("png", "pdf", "svg")  # --plot's file types, by the name's extension
+
+
+def check_plot_option(path: str, model: str | None, inputs: Sequence[str]) -> None:
+    """Raise InputError before the benchmark unless the ``--plot`` file can be written: a name ending
+    in one of ``PLOT_FORMATS``, in an existing (the plot does not create it), writable folder
+    (``check_output``), none of the ``inputs`` the bench reads nor inside the model's checkpoint."""
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if extension not in PLOT_FORMATS:
+        raise InputError(f"--plot {path}: the name must end in .png, .pdf or .svg (the plot's file type)")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InputError(f"--plot {path}: no such folder {folder}; create it or choose another path")
-    check_output(path, "--plot")
+    check_output_option(path, "--plot", inputs=inputs, model=model)
 
 
 def command_shape_bench(args: argparse.Namespace) -> int:
@@ -750,10 +757,14 @@ def command_bench(args: argparse.Namespace) -> int:
         return command_shape_bench(args)
     if args.data_dir is None:
         raise InputError("bench needs --data-dir (the test set to time a trained model on) or --shape (a random model)")
-    from janus_fast.benchmarks.decoding import bench_report, run_bench
+    from janus_fast.benchmarks.decoding import format_bench_report, run_bench, write_plot
 
     if args.plot:
-        check_plot_option(args.plot)
+        inputs = []
+        for language in (args.source_lang, args.target_lang):
+            for name in (f"test_2016_flickr.{language}.gz", f"test_2016_flickr.{language}"):
+                inputs.append(os.path.join(args.data_dir, name))  # what the bench reads (a missing one: harmless)
+        check_plot_option(args.plot, args.model, inputs)
     report = run_bench(
         args.model,
         args.data_dir,
@@ -766,11 +777,18 @@ def command_bench(args: argparse.Namespace) -> int:
         compare=tuple(args.compare),
         compat=args.compat,
     )
-    try:
-        text = bench_report(report, args.plot, args.json)
-    except OSError as error:
-        raise InputError(f"--plot {args.plot}: cannot write the plot ({error.strerror or error})") from error
-    write_standard_output(text + "\n", "the benchmark report")
+    plot_error = None
+    if args.plot:  # the report is printed even when the plot fails: the measurements are not lost
+        try:
+            report["plot"] = args.plot if write_plot(report, args.plot) else None
+        except (OSError, ValueError) as error:
+            report["plot"] = None
+            plot_error = InputError(
+                f"--plot {args.plot}: cannot write the plot ({getattr(error, 'strerror', None) or error})"
+            )
+    write_standard_output(format_bench_report(report, args.json) + "\n", "the benchmark report")
+    if plot_error is not None:
+        raise plot_error
     return 0
 
 
@@ -926,7 +944,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--max-batch-tokens", type=positive_int, default=4096)
     bench_parser.add_argument("--repeats", type=positive_int, default=3, help="timed repeats (the median is reported)")
     bench_parser.add_argument(
-        "--plot", default=None, help="PNG of BLEU vs ms/sentence ('' for none; default: bench.png)"
+        "--plot",
+        default=None,
+        help="plot of BLEU vs ms/sentence, a .png, .pdf or .svg file ('' for none; default: bench.png)",
     )
     bench_parser.add_argument("--json", action="store_true")
     bench_parser.add_argument(

@@ -90,3 +90,47 @@ def test_ctranslate2_model_has_the_engine_shape(tmp_path):
     translator = ctranslate2.Translator(str(tmp_path / "model"), device="cpu", intra_threads=1)
     out = translator.translate_batch([["w1", "w2", "w3"]], beam_size=1, max_decoding_length=7, min_decoding_length=7)
     assert len(out[0].hypotheses[0]) in (6, 7)  # 7 steps; the last one may be the end token
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("report.txt", "must end in .png, .pdf or .svg"), ("missing/plot.png", "no such folder")],
+)
+def test_plot_option_is_checked_before_the_benchmark(tmp_path, name, message):
+    result = run_cli("bench", "--data-dir", str(tmp_path), "--plot", str(tmp_path / name))
+    assert result.returncode == 2
+    assert message in result.stderr.decode() and "--plot" in result.stderr.decode()
+
+
+def test_plot_onto_the_data_or_the_model_is_refused(tmp_path, trained_dir):
+    (tmp_path / "data").mkdir()
+    data = tmp_path / "data" / "test_2016_flickr.de"
+    data.write_bytes(b"keep")
+    (tmp_path / "link.png").symlink_to(data)
+    result = run_cli("bench", "--data-dir", str(tmp_path / "data"), "--plot", str(tmp_path / "link.png"))
+    assert result.returncode == 2 and "--plot" in result.stderr.decode()
+    assert data.read_bytes() == b"keep"
+    plot = os.path.join(trained_dir, "plot.png")
+    result = run_cli("bench", "--model", trained_dir, "--data-dir", str(tmp_path), "--plot", plot)
+    assert result.returncode == 2 and "inside" in result.stderr.decode() and not os.path.exists(plot)
+
+
+def test_a_failing_plot_still_prints_the_report(tmp_path, monkeypatch, capsys):
+    """The measurements are not lost when the plot cannot be written: the report is printed, then
+    the error (exit 2)."""
+    import errno
+
+    from janus_fast.benchmarks import decoding
+    from janus_fast.cli import main
+
+    def no_space(report: dict, path: str) -> bool:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(decoding, "run_bench", lambda *args, **kwargs: {"rows": [{"setting": "measured"}]})
+    monkeypatch.setattr(decoding, "write_plot", no_space)
+    (tmp_path / "data").mkdir()
+    status = main(["bench", "--data-dir", str(tmp_path / "data"), "--plot", str(tmp_path / "plot.png"), "--json"])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert json.loads(captured.out)["rows"] == [{"setting": "measured"}]
+    assert "--plot" in captured.err and "No space left" in captured.err

@@ -10,7 +10,9 @@ fp32 matmul peak measured in the same run.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import os
 import statistics
 from dataclasses import dataclass
 
@@ -32,6 +34,7 @@ from janus_fast.generation import decode_batch
 from janus_fast.model import JanusConfig
 from janus_fast.native.cpu_features import cpu_description
 from janus_fast.native.decoder import cpu_isa
+from janus_fast.output import atomic_write
 from janus_fast.translator import Translator
 
 NAR_ITERATIONS = (1, 2, 4, 10)
@@ -421,7 +424,8 @@ def format_report(report: dict) -> str:
 
 
 def write_plot(report: dict, path: str) -> bool:
-    """BLEU against large-batch ms/sentence for every setting; False if matplotlib is missing."""
+    """BLEU against large-batch ms/sentence for every setting, written to ``path`` (replaced whole,
+    in the file type its extension names: png, pdf, svg); False if matplotlib is missing."""
     try:
         import matplotlib
 
@@ -461,14 +465,15 @@ def write_plot(report: dict, path: str) -> bool:
     axis.set_ylabel("BLEU (test_2016_flickr)")
     axis.set_title("BLEU vs decoding time (NAR: length beam 3)")
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    image = io.BytesIO()
+    try:
+        figure.savefig(image, dpi=120, format=os.path.splitext(path)[1].lstrip(".").lower() or "png")
+    finally:
+        plt.close(figure)
+    atomic_write(path, image.getvalue())
     return True
 
 
-def bench_report(report: dict, plot: str | None, as_json: bool) -> str:
-    """``janus-fast bench``'s output for a ``run_bench`` report: the table (or JSON), and the plot
-    written to ``plot`` if given."""
-    if plot:
-        report["plot"] = plot if write_plot(report, plot) else None
+def format_bench_report(report: dict, as_json: bool) -> str:
+    """``janus-fast bench``'s output for a ``run_bench`` report: the table, or JSON."""
     return json.dumps(report, indent=2) if as_json else format_report(report)
