@@ -406,11 +406,26 @@ def _modified(tmp_path, **changes) -> str:
         ({"encoder_normalize_before": True}, "encoder_normalize_before=True differs"),
         ({"activation_fn": "tanh"}, "activation_fn 'tanh'"),
         ({"layernorm_embedding": True}, "layer norm on the embeddings"),
+        ({"dropout": None}, "argument dropout is None, expected a number"),
+        ({"encoder_layers": None}, "argument encoder_layers is None, expected an integer"),
+        ({"decoder_layers": 2.7}, "argument decoder_layers is 2.7, expected an integer"),
+        ({"max_source_positions": "256"}, "argument max_source_positions is '256', expected an integer"),
     ],
 )
 def test_converter_refuses_what_it_cannot_map(tmp_path, changes: dict, message: str) -> None:
     with pytest.raises(CheckpointError, match=re.escape(message)):
         convert_fairseq(_modified(tmp_path, **changes), os.path.join(DATA, "dict.txt"), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.complex64])
+@pytest.mark.parametrize("name", ["decoder.layers.0.fc1.weight", "encoder.embed_positions.weight"])
+def test_converter_refuses_weights_that_are_not_floating_point(tmp_path, dtype, name) -> None:
+    checkpoint = load_fairseq_checkpoint(os.path.join(DATA, "trained.pt"))
+    checkpoint["model"][name] = checkpoint["model"][name].to(dtype)
+    torch.save(checkpoint, tmp_path / "typed.pt")
+    with pytest.raises(CheckpointError, match=re.escape(f"weight {name} holds {dtype} values")):
+        convert_fairseq(str(tmp_path / "typed.pt"), os.path.join(DATA, "dict.txt"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_converter_refuses_a_wrong_dictionary_and_extra_weights(tmp_path) -> None:

@@ -70,6 +70,18 @@ def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "ch
     def value(name: str, default: Any = None) -> Any:
         return args.get(name, default)
 
+    def integer(name: str) -> int:  # a size argument: an integer (3.0 is one; 2.7, None, "3" are not)
+        found = value(name)
+        if isinstance(found, bool) or not isinstance(found, (int, float)) or found != int(found):
+            raise _refuse(path, f"argument {name} is {found!r}, expected an integer")
+        return int(found)
+
+    def real(name: str, default: float) -> float:  # a rate argument: a number
+        found = value(name, default)
+        if isinstance(found, bool) or not isinstance(found, (int, float)):
+            raise _refuse(path, f"argument {name} is {found!r}, expected a number")
+        return float(found)
+
     pairs = [("encoder_embed_dim", "decoder_embed_dim"), ("encoder_ffn_embed_dim", "decoder_ffn_embed_dim")]
     pairs += [("encoder_attention_heads", "decoder_attention_heads")]
     pairs += [("encoder_normalize_before", "decoder_normalize_before"), ("encoder_learned_pos", "decoder_learned_pos")]
@@ -105,15 +117,15 @@ def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "ch
         raise _refuse(path, f"a transformer trained with task {value('task')!r} (supported: translation)")
     return JanusConfig(
         vocab_size=vocab_size,
-        d_model=int(value("encoder_embed_dim")),
-        num_heads=int(value("encoder_attention_heads")),
-        ffn_dim=int(value("encoder_ffn_embed_dim")),
-        encoder_layers=int(value("encoder_layers")),
-        decoder_layers=int(value("decoder_layers")),
-        dropout=float(value("dropout", 0.1)),
-        attention_dropout=float(value("attention_dropout", 0.0)),
-        max_source_positions=int(value("max_source_positions")),
-        max_target_positions=int(value("max_target_positions")),
+        d_model=integer("encoder_embed_dim"),
+        num_heads=integer("encoder_attention_heads"),
+        ffn_dim=integer("encoder_ffn_embed_dim"),
+        encoder_layers=integer("encoder_layers"),
+        decoder_layers=integer("decoder_layers"),
+        dropout=real("dropout", 0.1),
+        attention_dropout=real("attention_dropout", 0.0),
+        max_source_positions=integer("max_source_positions"),
+        max_target_positions=integer("max_target_positions"),
         num_length_classes=256,
         length_offset=bool(value("pred_length_offset", False)),
         pad_id=PAD_ID,
@@ -135,6 +147,15 @@ def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "ch
         query_position_offset=0 if arch.startswith("janus_transformer") else 1,
         extra={"converted_from": "fairseq", "fairseq_arch": arch},
     )
+
+
+def _floating(tensor: torch.Tensor, name: str, path: str) -> torch.Tensor:
+    """``tensor`` if it holds real floating-point weights; CheckpointError otherwise (integer, bool or
+    complex values would convert to other numbers without a word)."""
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+        found = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise _refuse(path, f"weight {name} holds {found} values, expected floating-point weights")
+    return tensor
 
 
 def sinusoidal_positions(num_positions: int, dim: int, padding_idx: int) -> torch.Tensor:
@@ -160,7 +181,7 @@ def _positions(state: dict[str, torch.Tensor], side: str, config: JanusConfig, a
     table = state.get(f"{side}.embed_positions.weight")
     if table is None or table.shape[0] < PAD_ID + 1 + count:
         raise _refuse(path, f"{side}.embed_positions.weight missing or shorter than {PAD_ID + 1 + count} rows")
-    return table[PAD_ID + 1 : PAD_ID + 1 + count]
+    return _floating(table, f"{side}.embed_positions.weight", path)[PAD_ID + 1 : PAD_ID + 1 + count].float()
 
 
 def convert_state_dict(
@@ -175,7 +196,7 @@ def convert_state_dict(
         if name not in state:
             raise _refuse(path, f"weight {name} is missing")
         used.add(name)
-        return state[name].float()
+        return _floating(state[name], name, path).float()
 
     embed = take("encoder.embed_tokens.weight")
     for tied in ("decoder.embed_tokens.weight", "decoder.output_projection.weight"):
