@@ -282,3 +282,21 @@ def test_a_tokenizer_swapped_in_the_run_folder_is_refused(corpus_dir, tmp_path):
     shutil.copyfile(os.path.join(second, "spm.model"), fresh / "spm.model")
     with pytest.raises(ValueError, match=f"is not a tokenizer this run made .*{TOKENIZER_RECORD_NAME}"):
         train(tiny_train_config(corpus_dir, str(fresh), max_updates=2))
+
+
+def test_a_time_limit_shorter_than_one_update_still_trains_one_and_saves(corpus_dir, tmp_path):
+    """``--max-minutes`` counts from the first update of a start: a limit that has passed before it
+    still gives that update and its save (not "done: 0 updates" and no ``last/``)."""
+    out = str(tmp_path / "run")
+    state = train(tiny_train_config(corpus_dir, out, max_updates=6, max_minutes=1e-9))
+    assert state.update == 1
+    assert os.path.exists(os.path.join(out, "last", "train_state.pt"))
+    state = train(tiny_train_config(corpus_dir, out, max_updates=6, max_minutes=1e-9))  # resumed: one more
+    assert state.update == 2
+
+
+@pytest.mark.parametrize("seed", [2**31, -(2**31) - 1, 99999999999999999999])
+def test_a_seed_out_of_range_is_refused_before_any_work(corpus_dir, tmp_path, seed):
+    with pytest.raises(ValueError, match="seed must be in"):
+        train(tiny_train_config(corpus_dir, str(tmp_path / "run"), seed=seed))
+    assert not os.path.exists(tmp_path / "run" / "spm.model")

@@ -268,6 +268,7 @@ class TrainConfig:
         for name in ("max_updates", "train_limit", "valid_limit", "threads", "keep_every"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name), 0 if name == "max_updates" else 1)
+        check_int("seed", self.seed, -(2**31), 2**31 - 1)
         if self.threads is not None and self.threads > MAX_THREADS:
             raise ValueError(f"--threads must be at most {MAX_THREADS}, got {self.threads}")
         if not 0 < self.lr <= MAX_LR:  # past it AdamW's steps overflow float32 (no schedule starts there)
@@ -511,9 +512,10 @@ def _train(config: TrainConfig) -> TrainState:
     run.resume_or_start()
     max_updates = config.max_updates if config.max_updates is not None else float("inf")
     deadline = time.perf_counter() + 60 * config.max_minutes if config.max_minutes is not None else float("inf")
+    first = run.state.update  # the time limit allows this start one update at least (and its save)
 
     def more() -> bool:
-        return run.state.update < max_updates and time.perf_counter() < deadline
+        return run.state.update < max_updates and (run.state.update == first or time.perf_counter() < deadline)
 
     while run.state.epoch < config.epochs and more():
         if run.train_epoch(more):
