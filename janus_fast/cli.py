@@ -9,6 +9,7 @@ import gzip
 import json
 import math
 import os
+import re
 import stat
 import sys
 import time
@@ -799,11 +800,23 @@ CHUNK_SIZE_HELP = (
 )
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser that also reads ``-1e-3``, ``-1E5`` and ``-inf`` as negative numbers (values
+    of an option such as ``--length-bonus``), not as unknown options, as it does ``-1`` and ``-0.5``.
+    (Its sub-command parsers are of this class too.)"""
+
+    NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf(inity)?$", re.IGNORECASE)
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = self.NEGATIVE_NUMBER  # what argparse consults (3.10 to 3.13)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from janus_fast.model import JanusConfig
     from janus_fast.training.train import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="janus-fast", description=__doc__)
+    parser = ArgumentParser(prog="janus-fast", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train_parser = commands.add_parser("train", help="train a JANUS / AR / CMLM model")

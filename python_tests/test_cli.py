@@ -265,3 +265,11 @@ def test_ar_rescore_option_reaches_the_translator(trained_dir):
     assert result.returncode == 0 and len(result.stdout.decode().splitlines()) == 1
     result = run_cli("translate", "--model", trained_dir, "--ar-rescore", stdin=b"Ein Mann.\n")  # default: AR
     assert result.returncode != 0 and b"ar_rescore applies" in result.stderr
+
+
+@pytest.mark.parametrize(("text", "value"), [("-1e-3", -0.001), ("-2E2", -200.0), ("-0.5", -0.5), ("-.5", -0.5)])
+def test_negative_numbers_in_scientific_notation_are_values(text, value):
+    from janus_fast.cli import build_parser
+
+    args = build_parser().parse_args(["translate", "--length-bonus", text])
+    assert args.length_bonus == value
