@@ -292,7 +292,7 @@ def _chunk_function(args: argparse.Namespace, translator, options):  # noqa: ANN
         if args.token_ids:
             outputs = [" ".join(map(str, ids)) for ids in found.tokens]
         else:
-            outputs = translator.texts(found.tokens)
+            outputs = translator.texts(found.tokens, options.mode)
         if args.print_scores:
             outputs = scored_lines(outputs, found, base_two=args.compat == "fairseq", first_index=first_line - 1)
         return outputs

@@ -188,20 +188,26 @@ class Translator:
         resolved = self._resolve(options, changes, max_batch_tokens, batch_size)
         encoded = self.encode_sources(sentences, first_line)
         found = self._decode(encoded, resolved, max_batch_tokens, batch_size, progress)
-        outputs = self.texts(found.tokens)
+        outputs = self.texts(found.tokens, resolved.mode)
         return list(zip(outputs, found.scores)) if return_scores else outputs
 
-    def texts(self, tokens: Sequence[list[int] | None]) -> list[str]:
-        """The detokenised outputs of ``translate_ids`` ("" for None); where masked positions are
-        left in them (``compat="fairseq"``), shown as ``<mask>`` with one warning."""
+    def texts(self, tokens: Sequence[list[int] | None], mode: str = "nar") -> list[str]:
+        """The detokenised outputs of ``translate_ids`` decoded in ``mode`` ("" for None); where the
+        mask symbol is in them (``compat="fairseq"``), shown as ``<mask>`` with one warning saying why."""
         mask_id = self.model.config.mask_id
         unfilled = sum(1 for ids in tokens if ids is not None and mask_id in ids)
         if unfilled and mask_id != self.model.config.unk_id:
-            warnings.warn(
-                f"{unfilled} translation(s) hold masked positions that fairseq's adaptive stop left unfilled, "
-                "shown as <mask>; more --iterations (or --iter-decode-force-max-iter) fill them",
-                stacklevel=3,
-            )
+            if mode == "nar":
+                why = (
+                    "hold masked positions that fairseq's adaptive stop left unfilled, shown as <mask>; more "
+                    "--iterations (or --iter-decode-force-max-iter) fill them"
+                )
+            else:
+                why = (
+                    "hold the model's mask symbol, which it generated (AR search with --compat fairseq does not "
+                    "exclude it, as fairseq's does not), shown as <mask>"
+                )
+            warnings.warn(f"{unfilled} translation(s) {why}", stacklevel=3)
         return [self._text(ids) if ids is not None else "" for ids in tokens]
 
     def _text(self, ids: list[int]) -> str:

@@ -304,6 +304,7 @@ def test_corrupt_gzip_input_is_one_error_naming_the_file(tmp_path):
         ({"mode": "ar", "length_beam": 5}, "length_beam=5 does not apply to mode='ar'"),
         ({"mode": "nar", "max_len_a": 0.0, "max_len_b": 1}, "max_len_a=0.0 does not apply to mode='nar'"),
         ({"mode": "ar", "compat": "fairseq", "iterations": 99999}, "iterations=99999 does not apply"),
+        ({"mode": "ar", "compat": "fairseq", "force_max_iter": True}, "force_max_iter applies to mode='nar'"),
     ],
 )
 def test_an_option_the_mode_does_not_use_is_refused(trained_dir, options, named):

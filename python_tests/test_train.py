@@ -300,3 +300,24 @@ def test_a_seed_out_of_range_is_refused_before_any_work(corpus_dir, tmp_path, se
     with pytest.raises(ValueError, match="seed must be in"):
         train(tiny_train_config(corpus_dir, str(tmp_path / "run"), seed=seed))
     assert not os.path.exists(tmp_path / "run" / "spm.model")
+
+
+def test_a_kill_between_the_kept_save_and_last_does_not_lose_the_kept_save(corpus_dir, tmp_path, monkeypatch):
+    """``--keep-every``: the kept save is written before ``last/`` records its update, so a kill in
+    between resumes from the save before and writes it (the other order lost it for good)."""
+    from janus_fast.training import train as train_module
+
+    out = str(tmp_path / "run")
+    original = train_module.Run.checkpoint
+
+    def killed_at_update_4(self, directory):  # noqa: ANN001, ANN202
+        if self.state.update == 4 and directory == self.last_dir:
+            raise KeyboardInterrupt  # the process dies here
+        return original(self, directory)
+
+    monkeypatch.setattr(train_module.Run, "checkpoint", killed_at_update_4)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_train_config(corpus_dir, out, max_updates=6, save_every=1, keep_every=2))
+    monkeypatch.setattr(train_module.Run, "checkpoint", original)
+    train(tiny_train_config(corpus_dir, out, max_updates=6, save_every=1, keep_every=2))
+    assert sorted(os.listdir(os.path.join(out, "saves"))) == ["u000002", "u000004", "u000006"]

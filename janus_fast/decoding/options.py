@@ -210,8 +210,10 @@ class DecodeOptions:
         _check_counts(config, mode, compat, resolved)
         _check_model_kind(config, mode, compat)
         nar_janus = mode == "nar" and compat == "janus"
-        if self.force_max_iter and compat != "fairseq":
-            raise ValueError("force_max_iter applies to compat='fairseq' only (janus runs every iteration)")
+        if self.force_max_iter and (compat != "fairseq" or mode != "nar"):
+            raise ValueError(
+                "force_max_iter applies to mode='nar' with compat='fairseq' only (janus runs every iteration)"
+            )
         if self.ar_rescore and not nar_janus:
             raise ValueError("ar_rescore applies to mode='nar' with compat='janus' only")
         collapse = self.collapse_repeats

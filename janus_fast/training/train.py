@@ -750,10 +750,12 @@ class Run:
                 )
                 window_tokens, window_loss, window_updates, window_start = 0, 0.0, 0, time.perf_counter()
                 return_free_memory()
-            if state.update % config.save_every == 0:
-                self.checkpoint(self.last_dir)
+            # the kept save first: a kill between the two then resumes from the save before, which
+            # reaches this update again and keeps it (the other order would skip it for good)
             if config.keep_every and state.update % config.keep_every == 0:
                 self.keep_model()
+            if state.update % config.save_every == 0:
+                self.checkpoint(self.last_dir)
         bar.close()
         return state.batch_in_epoch >= len(batches)
 
