@@ -42,6 +42,9 @@ MAX_SIZES = {
     "max_target_positions": 1 << 16,
     "num_length_classes": 1 << 16,
 }
+# JanusConfig.extra's record of the objectives that trained a model, and the sides each trains
+TRAINED_OBJECTIVES = "trained_objectives"
+OBJECTIVE_SIDES = {"janus": ("ar", "nar"), "ar": ("ar",), "cmlm": ("nar",)}
 AR_STREAMS = ("query", "content")  # the decoder stream that predicts P_AR (see JanusConfig.ar_stream)
 
 
@@ -148,6 +151,16 @@ class JanusConfig:
         decoder = self.decoder_layers * (2 * attention + feed_forward)
         positions = (self.max_source_positions + self.max_target_positions) * d
         return self.vocab_size * d + positions + encoder + decoder + 4 * d + self.num_length_classes * d
+
+    @property
+    def trained_sides(self) -> frozenset[str] | None:
+        """The decoder sides ("ar", "nar") training reached, from the objectives recorded in ``extra``
+        (``TRAINED_OBJECTIVES``: set by ``janus-fast train`` and ``convert``); None where no record
+        says (a checkpoint saved before it was kept): then every side is assumed trained."""
+        objectives = self.extra.get(TRAINED_OBJECTIVES)
+        if not isinstance(objectives, list) or not objectives:
+            return None
+        return frozenset(side for objective in objectives for side in OBJECTIVE_SIDES.get(objective, ("ar", "nar")))
 
     @property
     def has_nar(self) -> bool:

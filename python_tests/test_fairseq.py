@@ -974,3 +974,15 @@ def test_an_edited_dictionary_of_a_converted_model_is_refused(converted, tmp_pat
     digest = read_config(converted[name])[FAIRSEQ_TOKENIZER_DIGEST]
     assert read_config(str(exported))[FAIRSEQ_TOKENIZER_DIGEST] == digest
     assert load_tokenizer(str(exported)).symbols == load_tokenizer(converted[name]).symbols
+
+
+def test_a_converted_cmlm_decodes_only_with_its_nar_side(converted: dict[str, str]) -> None:
+    """fairseq's CMLM trains no AR side: its conversion records objective cmlm, and AR or speculative
+    decoding of it is refused (they decode noise); the JANUS plugin's model keeps both."""
+    cmlm = load_pretrained(converted["trained"])
+    assert cmlm.config.extra["trained_objectives"] == ["cmlm"]
+    src, lengths = source_batch(load_tokenizer(converted["trained"]), 2)
+    for mode in ("ar", "spec"):
+        with pytest.raises(ValueError, match="AR side was never trained"):
+            generate(cmlm, src, lengths, mode=mode, compat="fairseq" if mode == "ar" else "janus")
+    assert load_pretrained(converted["janus"]).config.extra["trained_objectives"] == ["janus"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -321,3 +322,51 @@ def test_a_kill_between_the_kept_save_and_last_does_not_lose_the_kept_save(corpu
     monkeypatch.setattr(train_module.Run, "checkpoint", original)
     train(tiny_train_config(corpus_dir, out, max_updates=6, save_every=1, keep_every=2))
     assert sorted(os.listdir(os.path.join(out, "saves"))) == ["u000002", "u000004", "u000006"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"objective": "ar", "weights": LossWeights(length=5.0)},
+            "--weights-length applies to --objective janus and cmlm",
+        ),
+        (
+            {"objective": "ar", "weights": LossWeights(kl_ar_nar=2.0)},
+            "--weights-kl-ar-nar applies to --objective janus",
+        ),
+        ({"objective": "cmlm", "weights": LossWeights(detach_ar_in_kl=True)}, "--weights-detach-ar-in-kl"),
+        ({"objective": "ar", "masking": "uniform"}, "--masking applies"),
+        ({"objective": "ar", "valid_mode": "nar"}, "does not train that side"),
+        ({"objective": "cmlm", "valid_mode": "ar"}, "does not train that side"),
+        ({"objective": "janus", "valid_mode": "ar", "valid_iterations": 8}, "--valid-iterations applies to NAR"),
+    ],
+)
+def test_options_the_objective_never_reads_are_refused(corpus_dir, tmp_path, options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        tiny_train_config(corpus_dir, str(tmp_path / "run"), **options)
+
+
+@pytest.mark.parametrize(("objective", "refused"), [("ar", ("nar", "spec")), ("cmlm", ("ar", "spec")), ("janus", ())])
+def test_a_model_decodes_only_with_the_sides_its_objective_trained(corpus_dir, tmp_path, objective, refused):
+    """The objectives that trained a model are saved with it (config.json, model.extra); decoding
+    refuses a side none of them trained (noise), and a warm start adds its objective to the record."""
+    from janus_fast import Translator
+
+    out = str(tmp_path / "run")
+    train(tiny_train_config(corpus_dir, out, objective=objective, max_updates=2))
+    translator = Translator.from_pretrained(os.path.join(out, "last"))
+    assert translator.model.config.extra["trained_objectives"] == [objective]
+    for mode in ("ar", "nar", "spec"):
+        if mode in refused:
+            with pytest.raises(ValueError, match="was never trained"):
+                translator.translate(["Ein Hund."], mode=mode)
+        else:
+            assert len(translator.translate(["Ein Hund."], mode=mode)) == 1
+    if objective == "ar":  # trained on with janus: both sides now
+        warm = str(tmp_path / "warm")
+        train(
+            tiny_train_config(corpus_dir, warm, objective="janus", max_updates=1, init_from=os.path.join(out, "last"))
+        )
+        config = Translator.from_pretrained(os.path.join(warm, "last")).model.config
+        assert config.extra["trained_objectives"] == ["ar", "janus"]

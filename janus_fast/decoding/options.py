@@ -272,15 +272,25 @@ def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict) -> 
 
 def _check_model_kind(config: JanusConfig, mode: str, compat: str) -> None:
     """ValueError for a decoding the model cannot do: a plain transformer (a converted fairseq
-    ``transformer``, ``ar_stream="content"``) has no NAR side and decodes as fairseq-generate does."""
+    ``transformer``, ``ar_stream="content"``) has no NAR side and decodes as fairseq-generate does;
+    a side that none of the model's recorded training objectives trained (``trained_sides``) is noise."""
     if mode == "spec" and (not config.has_nar or config.ar_stream != "query"):
         raise ValueError("mode='spec' drafts with the NAR side and verifies with the AR query stream of a JANUS model")
-    if config.has_nar:
-        return
-    if mode == "nar":
-        raise ValueError("this model is a plain transformer (AR only): it has no NAR side; use mode='ar'")
-    if compat != "fairseq":
-        raise ValueError("this model is a converted fairseq transformer: decode it with compat='fairseq'")
+    if not config.has_nar:
+        if mode == "nar":
+            raise ValueError("this model is a plain transformer (AR only): it has no NAR side; use mode='ar'")
+        if compat != "fairseq":
+            raise ValueError("this model is a converted fairseq transformer: decode it with compat='fairseq'")
+    trained = config.trained_sides
+    needed = {"ar": {"ar"}, "nar": {"nar"}, "spec": {"ar", "nar"}}[mode]
+    if trained is not None and not needed <= trained:
+        objectives = ", ".join(config.extra["trained_objectives"])
+        untrained = " and ".join(sorted(needed - trained)).upper()
+        usable = " or ".join(f"mode={m!r}" for m in ("ar", "nar") if m in trained) or "no mode"
+        raise ValueError(
+            f"this model was trained with objective {objectives} only: its {untrained} side was never trained, so "
+            f"mode={mode!r} would decode noise; use {usable}"
+        )
 
 
 def _check_speculative(options: object, mode: str, compat: str, decoder: str) -> SpeculativeOptions | None:

@@ -40,7 +40,7 @@ import torch
 from janus_fast.checkpoint import CheckpointError, save_pretrained, save_tokenizer
 from janus_fast.fairseq.checkpoint import fairseq_arguments, load_fairseq_checkpoint
 from janus_fast.fairseq.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, FairseqTokenizer
-from janus_fast.model import ACTIVATIONS, JanusConfig, JanusModel
+from janus_fast.model import ACTIVATIONS, TRAINED_OBJECTIVES, JanusConfig, JanusModel
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "config_from_arguments", "convert_state_dict", "convert_fairseq"]
 
@@ -115,6 +115,7 @@ def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "ch
     plain = not arch.startswith(("cmlm_transformer", "janus_transformer"))  # fairseq's AR transformer
     if plain and value("task", "translation") != "translation":
         raise _refuse(path, f"a transformer trained with task {value('task')!r} (supported: translation)")
+    objective = "ar" if plain else "janus" if arch.startswith("janus_transformer") else "cmlm"
     return JanusConfig(
         vocab_size=vocab_size,
         d_model=integer("encoder_embed_dim"),
@@ -145,7 +146,8 @@ def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "ch
         ar_start="eos" if plain else "bos",
         # the plugin's AR query stream sits at the position of the last visible content token
         query_position_offset=0 if arch.startswith("janus_transformer") else 1,
-        extra={"converted_from": "fairseq", "fairseq_arch": arch},
+        # what trained it, as janus-fast train records it: decoding refuses the side it never trained
+        extra={"converted_from": "fairseq", "fairseq_arch": arch, TRAINED_OBJECTIVES: [objective]},
     )
 
 

@@ -55,7 +55,7 @@ from janus_fast.data import (
     read_parallel,
 )
 from janus_fast.distributed import DistributedContext, environment_int
-from janus_fast.model import JanusConfig, JanusModel, decoding_defaults
+from janus_fast.model import TRAINED_OBJECTIVES, JanusConfig, JanusModel, decoding_defaults
 from janus_fast.tokenizer import Tokenizer
 from janus_fast.training.losses import LossWeights, compute_loss
 
@@ -279,11 +279,40 @@ class TrainConfig:
             raise ValueError(f"--weight-decay must be a finite number >= 0, got {self.weight_decay}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"--max-minutes must be > 0, got {self.max_minutes}")
+        self._check_options_the_objective_uses()
         if self.valid_iterations > self.model.max_target_positions:
             raise ValueError(
                 f"--valid-iterations must be at most --max-target-positions ({self.model.max_target_positions}), "
                 f"got {self.valid_iterations}"
             )
+
+    def _check_options_the_objective_uses(self) -> None:
+        """ValueError for a non-default option the objective (or the validation decoding) never
+        reads, as the decoding options refuse theirs: loss weights of terms the objective lacks,
+        NAR masking for ``ar``, a validation mode whose side the objective does not train, NAR
+        iterations for AR validation."""
+        objective, defaults = self.objective, LossWeights()
+        uses = {"janus": None, "ar": ("label_smoothing",), "cmlm": ("length", "label_smoothing")}
+        for item in fields(self.weights):
+            name = item.name
+            if uses[objective] is not None and name not in uses[objective]:
+                if getattr(self.weights, name) != getattr(defaults, name):
+                    users = " and ".join(o for o, used in uses.items() if used is None or name in used)
+                    raise ValueError(
+                        f"--weights-{name.replace('_', '-')} applies to --objective {users} only (the {objective} "
+                        "loss has no such term)"
+                    )
+        if objective == "ar" and self.masking != TrainConfig.masking:
+            raise ValueError("--masking applies to --objective janus and cmlm (the NAR side's targets), not ar")
+        trains = {"janus": ("ar", "nar"), "ar": ("ar",), "cmlm": ("nar",)}[objective]
+        if self.valid_mode is not None and self.valid_mode not in trains:
+            raise ValueError(
+                f"--valid-mode {self.valid_mode}: --objective {objective} does not train that side (use "
+                f"--valid-mode {trains[0]})"
+            )
+        valid_mode = self.valid_mode or ("ar" if objective == "ar" else "nar")
+        if valid_mode == "ar" and self.valid_iterations != TrainConfig.valid_iterations:
+            raise ValueError("--valid-iterations applies to NAR validation (--valid-mode nar) only")
 
 
 def train_config(**values) -> TrainConfig:
@@ -629,7 +658,9 @@ class Run:
             path = os.path.join(self.last_dir, TRAIN_STATE_NAME)
             saved = load_train_state(path)
             check_resumable(json.loads(saved["train_config"]), config, self.train_data_digests)
-            model.load_state_dict(load_pretrained(self.last_dir, device=config.device).state_dict())
+            saved_model = load_pretrained(self.last_dir, device=config.device)
+            model.load_state_dict(saved_model.state_dict())
+            trained = saved_model.config.extra.get(TRAINED_OBJECTIVES)
             try:  # a state saved without a digest (older runs) may still be damaged inside
                 self.optimizer.load_state_dict(saved["optimizer"])
                 self.scheduler.load_state_dict(saved["scheduler"])
@@ -640,10 +671,18 @@ class Run:
                 raise CheckpointError(f"{path}: unusable training state ({type(error).__name__}: {error})") from error
             message = f"resuming from {self.last_dir} at update {self.state.update} (epoch {self.state.epoch + 1})"
         elif config.init_from:
-            warm_start(model, config.init_from)
+            source = warm_start(model, config.init_from)
             message = f"initialised from {config.init_from} (fresh optimizer and schedule)"
+            earlier = source.extra.get(TRAINED_OBJECTIVES)  # a start without a record: unknown, as it is
+            trained = sorted({*earlier, config.objective}) if isinstance(earlier, list) and earlier else None
         else:
             message = None
+            trained = [config.objective]
+        # the objectives that trained the weights, saved with them: decoding refuses a side none trained
+        extra = {name: value for name, value in model.config.extra.items() if name != TRAINED_OBJECTIVES}
+        if trained:
+            extra[TRAINED_OBJECTIVES] = trained
+        model.config = replace(model.config, extra=extra)
         self.forward: torch.nn.Module = model
         if context.world_size > 1:
             ddp = torch.nn.parallel.DistributedDataParallel
@@ -918,10 +957,10 @@ def drop_metrics_after(path: str, update: int) -> None:
         atomic_write(path, b"".join(kept))
 
 
-def warm_start(model: JanusModel, directory: str) -> None:
-    """Copy the weights of the checkpoint in ``directory`` into ``model``; the architecture and
-    the vocabulary must match (CheckpointError naming every difference otherwise); dropout and
-    decoding defaults (``model.decoding_defaults``) may differ, and the run keeps its own."""
+def warm_start(model: JanusModel, directory: str) -> JanusConfig:
+    """Copy the weights of the checkpoint in ``directory`` into ``model`` and return its config; the
+    architecture and the vocabulary must match (CheckpointError naming every difference otherwise);
+    dropout and decoding defaults (``model.decoding_defaults``) may differ, and the run keeps its own."""
     source = load_pretrained(directory)
     ours, theirs = asdict(model.config), asdict(source.config)
     ignored = ("dropout", "attention_dropout", "extra", *decoding_defaults())
@@ -929,6 +968,7 @@ def warm_start(model: JanusModel, directory: str) -> None:
     if differences:
         raise CheckpointError(f"--init-from {directory}: incompatible with this run ({'; '.join(differences)})")
     model.load_state_dict(source.state_dict())
+    return source.config
 
 
 def batch_loss(
