@@ -20,7 +20,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -236,11 +236,14 @@ def read_config(directory: str) -> dict:
     return config
 
 
-def load_pretrained(directory: str, device: str | torch.device = "cpu") -> JanusModel:
-    """Load a checkpoint directory; every problem raises CheckpointError naming the file."""
+def load_pretrained(
+    directory: str, device: str | torch.device = "cpu", config: dict[str, Any] | None = None
+) -> JanusModel:
+    """Load a checkpoint directory; every problem raises CheckpointError naming the file. ``config``:
+    its ``config.json`` as already read (``load_checkpoint``), the one the weights are checked against."""
     from janus_fast.model import JanusConfig, JanusModel
 
-    config = read_config(directory)
+    config = read_config(directory) if config is None else config
     config_path = os.path.join(directory, CONFIG_NAME)
     try:
         model_config = JanusConfig.from_dict(config["model"])
@@ -354,18 +357,21 @@ def save_tokenizer(tokenizer, directory: str) -> None:  # noqa: ANN001 - Tokeniz
         atomic_write(os.path.join(directory, CONFIG_NAME), json.dumps(config, indent=2).encode())
 
 
-def load_tokenizer(directory: str):  # noqa: ANN201 - returns a Tokenizer or a FairseqTokenizer
+def load_tokenizer(directory: str, config: dict[str, Any] | None = None):  # noqa: ANN201 - a Tokenizer or a FairseqTokenizer
     """The tokenizer saved beside the weights (CheckpointError if unusable): the SentencePiece
     model, or for a converted fairseq model its dictionary (``dict.txt``, ``janus_fast.fairseq.dictionary``).
     Which one is the checkpoint's own is decided by what its config records: a ``dict.txt`` beside a
     checkpoint whose config records its SentencePiece model is stray (not used, with a warning); both
-    files and no record is a CheckpointError (which tokenizer the weights need is unknown)."""
+    files and no record is a CheckpointError (which tokenizer the weights need is unknown).
+    ``config``: the checkpoint's ``config.json`` as already read (``load_checkpoint``)."""
     from janus_fast.fairseq.dictionary import DICT_NAME, FairseqTokenizer
     from janus_fast.tokenizer import Tokenizer
 
     dictionary, path = os.path.join(directory, DICT_NAME), os.path.join(directory, TOKENIZER_NAME)
     config_path = os.path.join(directory, CONFIG_NAME)
-    recorded = os.path.exists(config_path) and TOKENIZER_DIGEST in read_config(directory)
+    if config is None and os.path.exists(config_path):
+        config = read_config(directory)
+    recorded = config is not None and TOKENIZER_DIGEST in config
     if os.path.exists(dictionary) and (recorded or os.path.exists(path)):
         if not recorded:
             raise CheckpointError(
@@ -381,7 +387,7 @@ def load_tokenizer(directory: str):  # noqa: ANN201 - returns a Tokenizer or a F
             tokenizer = FairseqTokenizer.load(directory)
         except (OSError, ValueError, RuntimeError) as error:
             raise CheckpointError(f"{directory}: unusable fairseq dictionary or BPE ({error})") from error
-        recorded_digest = read_config(directory).get(FAIRSEQ_TOKENIZER_DIGEST) if os.path.exists(config_path) else None
+        recorded_digest = config.get(FAIRSEQ_TOKENIZER_DIGEST) if config is not None else None
         if recorded_digest is not None and tokenizer.digest() != recorded_digest:
             raise CheckpointError(
                 f"{dictionary}: not the dictionary (and BPE) this checkpoint was saved with (its digest does not "
@@ -390,12 +396,34 @@ def load_tokenizer(directory: str):  # noqa: ANN201 - returns a Tokenizer or a F
         return tokenizer
 
     data = _read_tokenizer(path)
-    if os.path.exists(config_path):  # beside weights: it must be the tokenizer they were saved with
-        _check_tokenizer_digest(path, data, read_config(directory), config_path)
+    if config is not None:  # beside weights: it must be the tokenizer they were saved with
+        _check_tokenizer_digest(path, data, config, config_path)
     try:
         return Tokenizer(data)
     except (RuntimeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a valid janus_fast SentencePiece model ({error})") from error
+
+
+def load_checkpoint(directory: str, device: str | torch.device = "cpu"):  # noqa: ANN201 - (model, tokenizer)
+    """The model and its tokenizer as one checkpoint: both checked against one reading of its
+    ``config.json``, so that they never come from two checkpoints (``export`` and ``average`` replace a
+    folder whole, atomically, and a reader can meet the swap between two files). A check that fails
+    while ``config.json`` changed meanwhile is such a swap: the folder is read again (3 tries)."""
+    for _ in range(3):
+        config = read_config(directory)
+        try:
+            return load_pretrained(directory, device, config=config), load_tokenizer(directory, config=config)
+        except CheckpointError:
+            try:
+                unchanged = read_config(directory) == config
+            except CheckpointError:
+                unchanged = False
+            if unchanged:
+                raise
+    raise CheckpointError(
+        f"{directory}: replaced by another checkpoint while it was being read, 3 times in a row (an export or "
+        "average writing onto it?); read it once that is done"
+    )
 
 
 def average_checkpoints(directories: list[str]) -> JanusModel:

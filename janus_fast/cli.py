@@ -596,8 +596,7 @@ def command_export(args: argparse.Namespace) -> int:
         TOKENIZER_DIGEST,
         checkpoint_output,
         lineage,
-        load_pretrained,
-        load_tokenizer,
+        load_checkpoint,
         read_config,
         replaced_directory,
         save_pretrained,
@@ -608,8 +607,7 @@ def command_export(args: argparse.Namespace) -> int:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     output = checkpoint_output(args.output, [args.model])
     check_writable_directory(os.path.dirname(output), "--output")
-    model = load_pretrained(args.model)
-    tokenizer = load_tokenizer(args.model)
+    model, tokenizer = load_checkpoint(args.model)
     if TOKENIZER_DIGEST not in read_config(args.model) and hasattr(tokenizer, "model_proto"):
         warnings.warn(
             f"{args.model}: its config.json records no tokenizer digest, so its spm.model cannot be checked "

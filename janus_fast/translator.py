@@ -11,7 +11,7 @@ import numpy
 import torch
 
 from janus_fast.arguments import check_device, check_int
-from janus_fast.checkpoint import CheckpointError, load_pretrained, load_tokenizer
+from janus_fast.checkpoint import CheckpointError, load_checkpoint
 from janus_fast.data import pad_sequences
 from janus_fast.decoding.hypotheses import Hypotheses
 from janus_fast.decoding.options import DECODERS, DecodeOptions, check_choice
@@ -84,7 +84,7 @@ class Translator:
         directory = path if path is not None else DEFAULT_MODEL_DIR
         if path is None and not os.path.isdir(directory):
             raise CheckpointError(f"no default model shipped at {directory}; pass the path of a trained checkpoint")
-        translator = cls(load_pretrained(directory, device=device), load_tokenizer(directory), **options)
+        translator = cls(*load_checkpoint(directory, device=device), **options)
         translator.checkpoint_dir = directory
         return translator
 

@@ -199,3 +199,32 @@ def test_generate_refuses_a_model_in_training_mode(compat, mode, decoder):
         generate(model, src, lengths, **options)
     model.eval()
     assert generate(model, src, lengths, **options) == generate(model, src, lengths, **options)
+
+
+def test_a_folder_replaced_between_weights_and_tokenizer_is_read_again(trained_dir, tmp_path, monkeypatch):
+    """``load_checkpoint`` (``Translator.from_pretrained``) never pairs one checkpoint's weights with
+    another's tokenizer: an export replacing the folder between the two reads is noticed (both are
+    checked against one reading of config.json) and the folder is read again."""
+    import shutil
+
+    from janus_fast import checkpoint
+    from janus_fast.translator import DEFAULT_MODEL_DIR
+
+    first, second, folder = tmp_path / "first", tmp_path / "second", tmp_path / "folder"
+    shutil.copytree(trained_dir, first)
+    shutil.copytree(DEFAULT_MODEL_DIR, second)
+    shutil.copytree(first, folder)
+    original, swaps = checkpoint.load_tokenizer, []
+
+    def replaced_before_the_tokenizer(directory, config=None):  # noqa: ANN001, ANN202
+        if not swaps:  # the export lands between the weights and the tokenizer
+            swaps.append(directory)
+            shutil.rmtree(folder)
+            shutil.copytree(second, folder)
+        return original(directory, config=config)
+
+    monkeypatch.setattr(checkpoint, "load_tokenizer", replaced_before_the_tokenizer)
+    model, tokenizer = checkpoint.load_checkpoint(str(folder))
+    assert swaps
+    assert model.checkpoint_digests["weights_sha256"] == checkpoint.read_config(str(second))["weights_sha256"]
+    assert tokenizer.model_proto == (second / "spm.model").read_bytes()
