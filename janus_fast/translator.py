@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import operator
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,6 +25,11 @@ DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pr
 
 
 _FIXED_ATTRIBUTES = ("model", "tokenizer", "decoder", "precision")
+
+
+def _fixed(name: str, doc: str) -> property:
+    """A read-only attribute of the translator, set once when it is made (stored as ``_name``)."""
+    return property(operator.attrgetter(f"_{name}"), doc=doc)
 
 
 class Translator:
@@ -100,25 +106,12 @@ class Translator:
             raise ValueError(f"on_long_input must be 'truncate' or 'error', got {value!r}")
         super().__setattr__(name, value)
 
-    @property
-    def model(self) -> JanusModel:
-        """The model this translator decodes (fixed; in eval mode)."""
-        return self._model
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        """The model's tokenizer (fixed)."""
-        return self._tokenizer
-
-    @property
-    def decoder(self) -> str:
-        """The default decoder, "engine" or "reference" (fixed; ``translate(decoder=...)`` picks per call)."""
-        return self._decoder
-
-    @property
-    def precision(self) -> str:
-        """The default decode precision (fixed; ``translate(precision=...)`` picks per call)."""
-        return self._precision
+    model = _fixed("model", "The ``JanusModel`` this translator decodes (fixed; in eval mode).")
+    tokenizer = _fixed("tokenizer", "The model's ``Tokenizer`` (fixed).")
+    decoder = _fixed(
+        "decoder", 'The default decoder, "engine" or "reference" (fixed; ``translate(decoder=...)`` per call).'
+    )
+    precision = _fixed("precision", "The default decode precision (fixed; ``translate(precision=...)`` per call).")
 
     @property
     def device(self) -> torch.device:
