@@ -702,6 +702,9 @@ def command_shape_bench(args: argparse.Namespace) -> int:
             raise InputError(f"{option} {text!r}: {error}") from error
         if not values:
             raise InputError(f"{option} is empty")
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            raise InputError(f"{option} {text!r}: {', '.join(map(str, repeated))} given twice (each is run once)")
         return values
 
     threads = listed(args.threads, "--threads", int)

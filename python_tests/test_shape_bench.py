@@ -95,6 +95,8 @@ def test_bench_shape_refuses_bad_options():
         (["--shape", "1,2"], "--shape"),
         (["--shape", TINY, "--threads", "0"], "--threads"),
         (["--shape", TINY, "--precisions", "fp64"], "--precisions"),
+        (["--shape", TINY, "--threads", "1,1"], "1 given twice"),
+        (["--shape", TINY, "--precisions", "bf16,bf16"], "bf16 given twice"),
         (["--shape", TINY, "--rows", "AR turbo"], "unknown rows"),
         ([], "--data-dir"),
     ):
