@@ -53,14 +53,22 @@ def evaluate(model_dir: str, data: dict, full: bool) -> dict:
     translator = Translator.from_pretrained(model_dir)
     record: dict = {"model": model_dir}
     splits = ("val", "test") if full else ("val",)
+    # a side no recorded objective trained is refused by decoding (None: no record, every side runs)
+    sides = translator.model.config.trained_sides or {"ar", "nar"}
     for name, options in SETTINGS.items():
-        if not full and name != "ar beam 4":
+        if (not full and name != "ar beam 4") or options["mode"] not in sides:
             continue
         for split in splits:
             record[f"{split} {name}"] = bleu(translator, *data[split], options)
-    if full:
+    if full and {"ar", "nar"} <= sides:
         record["test spec tokens/pass"] = acceptance(translator, data["test"][0])
+    record["full"] = full
     return record
+
+
+def evaluated_fully(record: dict) -> bool:
+    """Whether ``record`` holds a full evaluation (val and test, every setting the model decodes)."""
+    return bool(record.get("full")) or "test spec tokens/pass" in record
 
 
 def last_update(last_dir: str) -> int:
@@ -105,7 +113,7 @@ def main() -> None:
         key = model_dir if moving else os.path.realpath(model_dir)
         update = last_update(model_dir) if moving else None
         known = done.get(key)
-        if known is not None and known.get("update") == update and (not full or "test spec tokens/pass" in known):
+        if known is not None and known.get("update") == update and (not full or evaluated_fully(known)):
             continue
         record = {**evaluate(model_dir, data, full), "model": key, "update": update}
         done[key] = record
@@ -116,7 +124,7 @@ def main() -> None:
     print("| model | update | " + " | ".join(columns) + " |")
     print("|---|---:|" + "---:|" * len(columns))
     for key, record in done.items():
-        if "test spec tokens/pass" in record:
+        if evaluated_fully(record):
             cells = " | ".join(str(record.get(column, "")) for column in columns)
             print(f"| {key} | {record.get('update') or 0} | {cells} |")
     if args.plot:
