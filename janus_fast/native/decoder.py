@@ -452,9 +452,9 @@ def release_layer_weights(model: JanusModel, weight_type: str) -> NativeDecoder:
     if engine_held_weights(model) is not None:
         raise ValueError(f"the model's layer weights are already held by the engine, as {engine_held_weights(model)}")
     decoder = NativeDecoder.for_model(model, weight_type)
-    # the decoder's change checks hold references to the parameters (and views of their memory):
-    # dropped, then made again over what the model holds after the release
-    decoder.parameters, decoder.samples = [], None
+    # the decoder's change check holds references to the parameters (and views of their memory):
+    # dropped, so that each replaced matrix is freed, then made again over what the model holds after
+    del decoder.stamp
     model.__dict__["_native_decoders"] = {weight_type: decoder}
     for index, layer in enumerate([*model.encoder_layers, *model.decoder_layers]):
         for name, module in layer.named_modules():
