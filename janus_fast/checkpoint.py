@@ -433,16 +433,17 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
     does not match is a CheckpointError naming the checkpoint and the difference."""
     if len(directories) < 2:
         raise CheckpointError(f"averaging needs at least 2 checkpoints, got {len(directories)}")
+    configs = [read_config(directory) for directory in directories]  # each read once, the weights checked against it
     seen: dict[str, str] = {}
-    for directory in directories:  # the same weights twice (a copy, an export) would weigh them double
-        identity = weights_identity(directory)
+    for directory, config in zip(directories, configs):  # the same weights twice (a copy, an export): double weight
+        identity = weights_identity(config)
         if identity in seen:
             raise CheckpointError(
                 f"{directory}: the same weights as {seen[identity]} (the same checkpoint, a copy or an export of "
                 "it): each checkpoint counts once"
             )
         seen[identity] = directory
-    runs = {read_config(directory).get(TRAINING_RUN) for directory in directories} - {None}
+    runs = {config.get(TRAINING_RUN) for config in configs} - {None}
     if len(runs) > 1:
         warnings.warn(
             f"these checkpoints come from {len(runs)} different training runs: the weights of independently "
@@ -450,15 +451,17 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
             "--init-from, do average)",
             stacklevel=2,
         )
-    first_config = read_config(directories[0])["model"]
+    first_config = configs[0]["model"]
     first_tokenizer = _tokenizer_bytes(directories[0])
-    model = load_pretrained(directories[0])
+    model = load_pretrained(directories[0], config=configs[0])
     if model.precision != "fp32":
         raise CheckpointError(f"{directories[0]}: cannot average a {model.precision} inference copy")
     sums = {name: tensor.double() for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
-    for directory in directories[1:]:
-        config = read_config(directory)["model"]
-        differing = sorted(key for key in set(config) | set(first_config) if config.get(key) != first_config.get(key))
+    for directory, config in zip(directories[1:], configs[1:]):
+        model_config = config["model"]
+        differing = sorted(
+            key for key in set(model_config) | set(first_config) if model_config.get(key) != first_config.get(key)
+        )
         if differing:
             raise CheckpointError(
                 f"{directory}: model config differs from {directories[0]} in {differing[:5]} (average checkpoints "
@@ -466,7 +469,7 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
             )
         if _tokenizer_bytes(directory) != first_tokenizer:
             raise CheckpointError(f"{directory}: its tokenizer differs from {directories[0]}'s")
-        for name, tensor in load_pretrained(directory).state_dict().items():
+        for name, tensor in load_pretrained(directory, config=config).state_dict().items():
             if name in sums:
                 sums[name] += tensor.double()
     with torch.no_grad():
@@ -476,20 +479,20 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
     return model
 
 
-def weights_identity(directory: str) -> str:
-    """The weights a checkpoint holds, as the digest of the checkpoint they were first saved in:
-    the same for a checkpoint, a byte copy of it and its exports (whatever their dtype)."""
-    config = read_config(directory)
+def weights_identity(config: dict[str, Any]) -> str:
+    """The weights a checkpoint holds (its config.json as read), as the digest of the checkpoint they
+    were first saved in: the same for a checkpoint, a byte copy of it and its exports (any dtype)."""
     return config.get(EXPORTED_FROM) or config["weights_sha256"]
 
 
 def lineage(directories: list[str]) -> dict[str, str | None]:
     """What a copy of these checkpoints' weights keeps of where they came from: the training run
     all of them come from (else None), and for one checkpoint its weights identity."""
-    runs = {read_config(directory).get(TRAINING_RUN) for directory in directories}
+    configs = [read_config(directory) for directory in directories]
+    runs = {config.get(TRAINING_RUN) for config in configs}
     return {
         "training_run": runs.pop() if len(runs) == 1 else None,
-        "exported_from": weights_identity(directories[0]) if len(directories) == 1 else None,
+        "exported_from": weights_identity(configs[0]) if len(configs) == 1 else None,
     }
 
 
