@@ -55,7 +55,7 @@ from janus_fast.data import (
     read_parallel,
 )
 from janus_fast.distributed import DistributedContext, environment_int
-from janus_fast.model import TRAINED_OBJECTIVES, JanusConfig, JanusModel, decoding_defaults
+from janus_fast.model import OBJECTIVE_SIDES, TRAINED_OBJECTIVES, JanusConfig, JanusModel, decoding_defaults
 from janus_fast.tokenizer import Tokenizer
 from janus_fast.training.losses import LossWeights, compute_loss
 
@@ -304,15 +304,19 @@ class TrainConfig:
                     )
         if objective == "ar" and self.masking != TrainConfig.masking:
             raise ValueError("--masking applies to --objective janus and cmlm (the NAR side's targets), not ar")
-        trains = {"janus": ("ar", "nar"), "ar": ("ar",), "cmlm": ("nar",)}[objective]
+        trains = OBJECTIVE_SIDES[objective]
         if self.valid_mode is not None and self.valid_mode not in trains:
             raise ValueError(
                 f"--valid-mode {self.valid_mode}: --objective {objective} does not train that side (use "
                 f"--valid-mode {trains[0]})"
             )
-        valid_mode = self.valid_mode or ("ar" if objective == "ar" else "nar")
-        if valid_mode == "ar" and self.valid_iterations != TrainConfig.valid_iterations:
+        if self.validation_mode == "ar" and self.valid_iterations != TrainConfig.valid_iterations:
             raise ValueError("--valid-iterations applies to NAR validation (--valid-mode nar) only")
+
+    @property
+    def validation_mode(self) -> str:
+        """The decoding of the validation BLEU: --valid-mode, by default ar for --objective ar, else nar."""
+        return self.valid_mode or ("ar" if self.objective == "ar" else "nar")
 
 
 def train_config(**values) -> TrainConfig:
@@ -605,7 +609,7 @@ class Run:
         self.last_dir = os.path.join(config.output_dir, "last")
         self.metrics_path = os.path.join(config.output_dir, "metrics.jsonl")
         self.bf16 = use_bf16(config.precision, config.device)
-        self.valid_mode = config.valid_mode or ("ar" if config.objective == "ar" else "nar")
+        self.valid_mode = config.validation_mode
 
     def load_data(self) -> None:
         """The corpus (training targets from ``train_target`` if given), the run's tokenizer, the
