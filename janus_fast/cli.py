@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from janus_fast.arguments import MAX_THREADS, check_writable_directory
 from janus_fast.checkpoint import CheckpointError
-from janus_fast.data import InputError, gzip_named, read_lines
+from janus_fast.data import InputError, corpus_candidates, gzip_named, read_lines
 from janus_fast.memory import check_fits_in_memory
 from janus_fast.output import check_output
 
@@ -759,13 +759,14 @@ def command_bench(args: argparse.Namespace) -> int:
         return command_shape_bench(args)
     if args.data_dir is None:
         raise InputError("bench needs --data-dir (the test set to time a trained model on) or --shape (a random model)")
-    from janus_fast.benchmarks.decoding import format_bench_report, run_bench, write_plot
+    from janus_fast.benchmarks.decoding import TEST_SPLIT, format_bench_report, run_bench, write_plot
 
-    if args.plot:
-        inputs = []
-        for language in (args.source_lang, args.target_lang):
-            for name in (f"test_2016_flickr.{language}.gz", f"test_2016_flickr.{language}"):
-                inputs.append(os.path.join(args.data_dir, name))  # what the bench reads (a missing one: harmless)
+    if args.plot:  # never onto what the bench reads (a candidate that is missing: harmless)
+        inputs = [
+            path
+            for language in (args.source_lang, args.target_lang)
+            for path in corpus_candidates(args.data_dir, TEST_SPLIT, language)
+        ]
         check_plot_option(args.plot, args.model, inputs)
     report = run_bench(
         args.model,

@@ -156,11 +156,15 @@ def corpus_path(data_dir: str, split: str, language: str) -> str:
     """Path of one side of a Multi30k-style split, e.g. ``train.de.gz`` (or plain ``train.de``)."""
     if language not in LANGUAGES:
         warnings.warn(f"language {language!r} is not one of the bundled ones {LANGUAGES}", stacklevel=2)
-    for name in (f"{split}.{language}.gz", f"{split}.{language}"):
-        path = os.path.join(data_dir, name)
+    for path in corpus_candidates(data_dir, split, language):
         if os.path.exists(path):
             return path
     raise InputError(f"no file {split}.{language}[.gz] in {data_dir}")
+
+
+def corpus_candidates(data_dir: str, split: str, language: str) -> list[str]:
+    """The paths one side of a split may have, in the order ``corpus_path`` looks: gzipped, plain."""
+    return [os.path.join(data_dir, f"{split}.{language}{suffix}") for suffix in (".gz", "")]
 
 
 def read_parallel(source_path: str, target_path: str, limit: int | None = None) -> tuple[list[str], list[str]]:

@@ -37,6 +37,7 @@ from janus_fast.native.decoder import cpu_isa
 from janus_fast.output import atomic_write
 from janus_fast.translator import Translator
 
+TEST_SPLIT = "test_2016_flickr"  # the split the bench times and scores
 NAR_ITERATIONS = (1, 2, 4, 10)
 RESCORED_ITERATIONS = (2, 4, 10)  # the engine's NAR rows also run with ar_rescore
 RELAXED = ((3, 1.0), (5, 2.0))  # (top k, margin) of the relaxed speculative rows
@@ -190,12 +191,10 @@ def run_bench(
         if not ctranslate2_available():
             raise InputError(INSTALL_HINT)
     sources, references = read_parallel(
-        corpus_path(data_dir, "test_2016_flickr", source_lang),
-        corpus_path(data_dir, "test_2016_flickr", target_lang),
-        limit,
+        corpus_path(data_dir, TEST_SPLIT, source_lang), corpus_path(data_dir, TEST_SPLIT, target_lang), limit
     )
     if not sources:
-        raise InputError(f"{data_dir}: its test_2016_flickr files hold no sentences to time")
+        raise InputError(f"{data_dir}: its {TEST_SPLIT} files hold no sentences to time")
     translators = {
         decoder: Translator.from_pretrained(model_dir, device, max_batch_tokens=max_batch_tokens, decoder=decoder)
         for decoder in ("reference", "engine")
