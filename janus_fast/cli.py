@@ -813,6 +813,13 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = self.NEGATIVE_NUMBER  # what argparse consults (3.10 to 3.13)
 
+    def _parse_optional(self, arg_string: str) -> typing.Any:
+        # argparse tries prefixes of short options first, so ``-inf`` would be read as ``-i nf``
+        # where the command has a ``-i``; a negative number is a value before anything else
+        if self.NEGATIVE_NUMBER.match(arg_string) and not self._has_negative_number_optionals:
+            return None
+        return super()._parse_optional(arg_string)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from janus_fast.model import JanusConfig

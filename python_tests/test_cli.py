@@ -273,3 +273,12 @@ def test_negative_numbers_in_scientific_notation_are_values(text, value):
 
     args = build_parser().parse_args(["translate", "--length-bonus", text])
     assert args.length_bonus == value
+
+
+@pytest.mark.parametrize("text", ["-inf", "-Infinity"])
+def test_negative_infinity_is_a_value_not_the_short_option_i(text):
+    """translate has ``-i``: argparse alone reads ``-inf`` as ``-i nf`` (input file "nf")."""
+    from janus_fast.cli import build_parser
+
+    args = build_parser().parse_args(["translate", "--length-bonus", text])
+    assert args.length_bonus == float("-inf") and args.input == "-"
