@@ -804,12 +804,15 @@ CHUNK_SIZE_HELP = (
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser that also reads ``-1e-3``, ``-1E5`` and ``-inf`` as negative numbers (values
-    of an option such as ``--length-bonus``), not as unknown options, as it does ``-1`` and ``-0.5``.
-    (Its sub-command parsers are of this class too.)"""
+    of an option such as ``--length-bonus``), not as unknown options, as it does ``-1`` and ``-0.5``,
+    and takes options by their whole names only: argparse would otherwise read ``--mode ar`` as
+    ``--model ar`` in a command that has ``--model`` but no ``--mode``. (Its sub-command parsers are
+    of this class too.)"""
 
     NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-inf(inity)?$", re.IGNORECASE)
 
     def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self._negative_number_matcher = self.NEGATIVE_NUMBER  # what argparse consults (3.10 to 3.13)
 

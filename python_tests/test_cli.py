@@ -282,3 +282,13 @@ def test_negative_infinity_is_a_value_not_the_short_option_i(text):
 
     args = build_parser().parse_args(["translate", "--length-bonus", text])
     assert args.length_bonus == float("-inf") and args.input == "-"
+
+
+@pytest.mark.parametrize("command", ["export", "bench"])
+def test_an_option_is_taken_by_its_whole_name_only(command):
+    """argparse's abbreviations would read ``--mode ar`` as ``--model ar`` where a command has
+    ``--model`` and no ``--mode`` (a folder ./ar then exported or benchmarked in its place)."""
+    from janus_fast.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--model", "m", "--mode", "ar"])
