@@ -985,4 +985,7 @@ def test_a_converted_cmlm_decodes_only_with_its_nar_side(converted: dict[str, st
     for mode in ("ar", "spec"):
         with pytest.raises(ValueError, match="AR side was never trained"):
             generate(cmlm, src, lengths, mode=mode, compat="fairseq" if mode == "ar" else "janus")
+    with pytest.raises(ValueError, match="AR side was never trained.*ar_rescore"):  # ranks with the AR side
+        generate(cmlm, src, lengths, mode="nar", ar_rescore=True)
+    assert len(generate(cmlm, src, lengths, mode="nar")) == 2
     assert load_pretrained(converted["janus"]).config.extra["trained_objectives"] == ["janus"]

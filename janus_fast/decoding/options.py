@@ -208,7 +208,7 @@ class DecodeOptions:
                     f"{name}={value!r} does not apply to mode={mode!r} (it uses {', '.join(USED_COUNTS[mode])})"
                 )
         _check_counts(config, mode, compat, resolved)
-        _check_model_kind(config, mode, compat)
+        _check_model_kind(config, mode, compat, self.ar_rescore)
         nar_janus = mode == "nar" and compat == "janus"
         if self.force_max_iter and (compat != "fairseq" or mode != "nar"):
             raise ValueError(
@@ -270,10 +270,11 @@ def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict) -> 
         )
 
 
-def _check_model_kind(config: JanusConfig, mode: str, compat: str) -> None:
+def _check_model_kind(config: JanusConfig, mode: str, compat: str, ar_rescore: bool = False) -> None:
     """ValueError for a decoding the model cannot do: a plain transformer (a converted fairseq
     ``transformer``, ``ar_stream="content"``) has no NAR side and decodes as fairseq-generate does;
-    a side that none of the model's recorded training objectives trained (``trained_sides``) is noise."""
+    a side that none of the model's recorded training objectives trained (``trained_sides``) is noise
+    (``ar_rescore`` ranks NAR candidates with the AR side: it needs that side too)."""
     if mode == "spec" and (not config.has_nar or config.ar_stream != "query"):
         raise ValueError("mode='spec' drafts with the NAR side and verifies with the AR query stream of a JANUS model")
     if not config.has_nar:
@@ -282,14 +283,15 @@ def _check_model_kind(config: JanusConfig, mode: str, compat: str) -> None:
         if compat != "fairseq":
             raise ValueError("this model is a converted fairseq transformer: decode it with compat='fairseq'")
     trained = config.trained_sides
-    needed = {"ar": {"ar"}, "nar": {"nar"}, "spec": {"ar", "nar"}}[mode]
+    needed = {"ar": {"ar"}, "nar": {"nar"}, "spec": {"ar", "nar"}}[mode] | ({"ar"} if ar_rescore else set())
     if trained is not None and not needed <= trained:
         objectives = ", ".join(config.extra["trained_objectives"])
         untrained = " and ".join(sorted(needed - trained)).upper()
         usable = " or ".join(f"mode={m!r}" for m in ("ar", "nar") if m in trained) or "no mode"
+        what = f"mode={mode!r} with ar_rescore=True" if ar_rescore and "ar" not in trained else f"mode={mode!r}"
         raise ValueError(
             f"this model was trained with objective {objectives} only: its {untrained} side was never trained, so "
-            f"mode={mode!r} would decode noise; use {usable}"
+            f"{what} would decode noise; use {usable}" + (" without ar_rescore" if what != f"mode={mode!r}" else "")
         )
 
 
