@@ -277,6 +277,7 @@ def test_error_texts_name_the_real_problem(tmp_path):
 # the third hostile probe (issue 34)
 
 FAIRSEQ_DATA = os.path.join(os.path.dirname(__file__), "data", "fairseq")
+PRETRAINED_DIR = os.path.join(os.path.dirname(__file__), "..", "janus_fast", "pretrained", "multi30k-de-en")
 
 
 def test_corrupt_gzip_input_is_one_error_naming_the_file(tmp_path):
@@ -672,3 +673,29 @@ def test_average_refuses_a_checkpoint_twice_and_warns_about_different_runs(train
     (export / "config.json").write_text(json_module.dumps(exported))
     with pytest.warns(UserWarning, match="2 different training runs"):
         average_checkpoints([trained_dir, str(export)])
+
+
+def test_convert_refuses_a_sentencepiece_model_the_dictionary_was_not_built_with(tmp_path):
+    """The shipped model's SentencePiece with the fixtures' word dictionary: 396 of 2,648 symbols
+    are its pieces, so nearly every word would become <unk> (translations of nothing, exit 0)."""
+    from test_cli import run_cli
+
+    spm_model = os.path.join(PRETRAINED_DIR, "spm.model")
+    fairseq = ["--fairseq", os.path.join(FAIRSEQ_DATA, "trained.pt"), "--dict", os.path.join(FAIRSEQ_DATA, "dict.txt")]
+    result = run_cli("convert", *fairseq, "--bpe", "sentencepiece", spm_model, "--output", str(tmp_path / "out"))
+    assert result.returncode == 2 and b"not the model the dictionary was built with" in result.stderr, result.stderr
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_dictionary_of_a_sentencepiece_models_pieces_is_accepted():
+    import sentencepiece as spm
+
+    from janus_fast.fairseq.dictionary import SPECIAL_SYMBOLS, check_sentencepiece_matches
+
+    with open(os.path.join(PRETRAINED_DIR, "spm.model"), "rb") as handle:
+        data = handle.read()
+    processor = spm.SentencePieceProcessor(model_proto=data)
+    pieces = [processor.id_to_piece(i) for i in range(10, 606)]  # past the control symbols
+    check_sentencepiece_matches([*SPECIAL_SYMBOLS, *pieces, "madeupword0000", "<mask>"], data)  # no error
+    with pytest.raises(ValueError, match="only 296 of the dictionary's 796 symbols"):
+        check_sentencepiece_matches([*SPECIAL_SYMBOLS, *pieces[:296], *(f"w{i}" for i in range(500))], data)

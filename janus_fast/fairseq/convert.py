@@ -39,7 +39,7 @@ import torch
 
 from janus_fast.checkpoint import CheckpointError, save_pretrained, save_tokenizer
 from janus_fast.fairseq.checkpoint import fairseq_arguments, load_fairseq_checkpoint
-from janus_fast.fairseq.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, FairseqTokenizer
+from janus_fast.fairseq.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, FairseqTokenizer, check_sentencepiece_matches
 from janus_fast.model import ACTIVATIONS, TRAINED_OBJECTIVES, JanusConfig, JanusModel
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "config_from_arguments", "convert_state_dict", "convert_fairseq"]
@@ -255,6 +255,8 @@ def convert_fairseq(
     args = fairseq_arguments(checkpoint, checkpoint_path)
     try:
         tokenizer = FairseqTokenizer.from_files(dict_path, bpe, bpe_path)
+        if tokenizer.bpe == "sentencepiece":
+            check_sentencepiece_matches(tokenizer.symbols, tokenizer.bpe_data)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{dict_path}: unusable dictionary or BPE ({error})") from error
     state = checkpoint["model"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Sequence
 
 DICT_NAME = "dict.txt"
@@ -22,7 +23,7 @@ BPE_FILES = {"sentencepiece": "bpe.model", "subword-nmt": "bpe.codes"}
 SPECIAL_SYMBOLS = ("<s>", "<pad>", "</s>", "<unk>")
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
-__all__ = ["FairseqTokenizer", "DICT_NAME", "BPE_FILES", "read_dictionary"]
+__all__ = ["FairseqTokenizer", "DICT_NAME", "BPE_FILES", "check_sentencepiece_matches", "read_dictionary"]
 
 
 def read_dictionary(path: str) -> list[str]:
@@ -130,6 +131,24 @@ class FairseqTokenizer:
         if self.bpe == "subword-nmt":
             return (text + " ").replace("@@ ", "").rstrip()
         return text
+
+
+def check_sentencepiece_matches(symbols: Sequence[str], data: bytes) -> None:
+    """ValueError unless most of a dictionary's ordinary symbols (not the specials, ``<...>`` or
+    fairseq's ``madeupwordNNNN`` fillers) are pieces of the SentencePiece model ``data``: a
+    dictionary built from that model's output holds nothing else, while with another model nearly
+    every word of a text would become ``<unk>``."""
+    import sentencepiece as spm
+
+    processor = spm.SentencePieceProcessor(model_proto=data)
+    pieces = {processor.id_to_piece(i) for i in range(processor.get_piece_size())}
+    ordinary = [s for s in symbols[4:] if not re.fullmatch(r"<[^<>\s]+>|madeupword\d+", s)]
+    found = sum(symbol in pieces for symbol in ordinary)
+    if ordinary and found < len(ordinary) / 2:
+        raise ValueError(
+            f"only {found} of the dictionary's {len(ordinary)} symbols are pieces of this SentencePiece model: not "
+            "the model the dictionary was built with (most words would become <unk>)"
+        )
 
 
 def bpe_splitter(bpe: str | None, data: bytes | None):  # noqa: ANN202 - Callable[[str], str] | None
