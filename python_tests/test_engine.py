@@ -139,3 +139,23 @@ def test_packed_decode_equals_padded_decode_at_real_positions(seed):
     torch.testing.assert_close(packed, padded[real], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(rows.pad(packed)[real], padded[real])
     assert (rows.pad(packed)[~real] == 0).all()
+
+
+@pytest.mark.parametrize(("mode", "decoder"), [("nar", "engine"), ("nar", "reference"), ("spec", "engine")])
+def test_a_sentence_with_no_possible_length_gets_the_shortest(mode, decoder):
+    """With ``length_offset`` and 4 classes a one-token source's classes stand for lengths -1 .. 2,
+    all below the 3 a NAR row needs (the log-softmax over them is NaN); NaN length logits likewise.
+    Such sentences get length 3 (one word) beside ordinary ones, in a mixed batch."""
+    model = random_model(0, length_offset=True, num_length_classes=4)
+    src = torch.tensor([[7, 0, 0, 0, 0, 0], [8, 9, 10, 11, 12, 13]])
+    lengths = torch.tensor([1, 6])
+    nar = {"length_beam": 3, "iterations": 2} if mode == "nar" else {}
+    found = generate(model, src, lengths, mode=mode, decoder=decoder, **nar)
+    assert len(found) == 2 and all(isinstance(token, int) for row in found for token in row)
+    if mode == "nar":
+        assert len(found[0]) <= 1  # one position between bos and eos
+        assert found == generate(model, src, lengths, mode=mode, decoder="reference", **nar)
+    with torch.no_grad():
+        model.length_embed.weight.fill_(float("nan"))
+    found = generate(model, src, lengths, mode="nar", decoder=decoder, length_beam=2, iterations=2)
+    assert all(len(row) <= 1 for row in found)

@@ -37,7 +37,9 @@ def length_candidates(
     beam capped by the classes that can be a length; a sentence with fewer possible lengths
     (``length_offset``) repeats its best one in place of the impossible (-inf) candidates (a repeat
     ties with the best row, and ties go to the first). The fused Triton kernel computes them where
-    ``use_length_kernel`` says so. "centred" (fairseq-generate's): the most probable length (>= 2)
+    ``use_length_kernel`` says so. A sentence none of whose classes can be a length (a short source
+    with ``length_offset`` and few classes) or whose length logits are not numbers gets the shortest
+    possible length, ``MIN_NAR_LENGTH``, log-prob 0. "centred" (fairseq-generate's): the most probable length (>= 2)
     and centred offsets ``-(l // 2) .. l - 1 - l // 2`` around it, each >= 2, the head's mean pool
     in fairseq's order of operations.
     """
@@ -58,6 +60,11 @@ def length_candidates(
     else:
         lengths, log_probs = candidates_from_logits(model.length_logits(encoder_out), src_lengths, beam, **options)
     lengths = lengths.clamp(max=config.max_target_positions)
+    none = ~(log_probs[:, 0] > float("-inf"))  # every class impossible (NaN from the softmax) or NaN logits
+    if bool(none.any()):
+        lengths = torch.where(none[:, None], MIN_NAR_LENGTH, lengths)
+        first = torch.arange(log_probs.shape[1], device=log_probs.device)[None] == 0
+        log_probs = torch.where(none[:, None], torch.where(first, 0.0, float("-inf")), log_probs)
     impossible = log_probs == float("-inf")
     return torch.where(impossible, lengths[:, :1], lengths), log_probs
 
