@@ -989,3 +989,16 @@ def test_a_converted_cmlm_decodes_only_with_its_nar_side(converted: dict[str, st
         generate(cmlm, src, lengths, mode="nar", ar_rescore=True)
     assert len(generate(cmlm, src, lengths, mode="nar")) == 2
     assert load_pretrained(converted["janus"]).config.extra["trained_objectives"] == ["janus"]
+
+
+def test_train_refuses_to_warm_start_from_a_converted_fairseq_model(converted, corpus_dir, tmp_path) -> None:
+    """Its tokenizer is a fairseq dictionary (no SentencePiece model to encode the data with): a clear
+    CheckpointError (the CLI's error line), not an AttributeError from inside the run."""
+    from conftest import tiny_train_config
+
+    from janus_fast.checkpoint import CheckpointError
+    from janus_fast.training.train import train
+
+    config = tiny_train_config(corpus_dir, str(tmp_path / "run"), max_updates=1, init_from=converted["trained"])
+    with pytest.raises(CheckpointError, match="a converted fairseq model"):
+        train(config)

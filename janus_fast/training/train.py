@@ -367,11 +367,24 @@ def inverse_sqrt(warmup: int):
 TOKENIZER_RECORD_NAME = "spm.json"  # beside OUT/spm.model: what it was made from (tokenizer_record)
 
 
+def init_from_tokenizer(directory: str) -> Tokenizer:
+    """The SentencePiece tokenizer of the ``--init-from`` checkpoint; CheckpointError for a converted
+    fairseq model, whose tokenizer is a fairseq dictionary that training cannot encode its data with."""
+    tokenizer = load_tokenizer(directory)
+    if not isinstance(tokenizer, Tokenizer):
+        raise CheckpointError(
+            f"--init-from {directory}: a converted fairseq model (its tokenizer is a fairseq dictionary); training "
+            "warm-starts from janus_fast checkpoints, whose tokenizer is a SentencePiece model"
+        )
+    return tokenizer
+
+
 def tokenizer_record(config: TrainConfig, train_lines: list[str]) -> dict:
     """What the run's tokenizer is made from: --init-from's tokenizer (its digest), or the options
     and the training lines SentencePiece is trained on (their digest)."""
     if config.init_from:
-        return {"init_from_tokenizer_sha256": hashlib.sha256(load_tokenizer(config.init_from).model_proto).hexdigest()}
+        proto = init_from_tokenizer(config.init_from).model_proto
+        return {"init_from_tokenizer_sha256": hashlib.sha256(proto).hexdigest()}
     lines = hashlib.sha256()
     for line in train_lines:
         lines.update(line.encode("utf-8") + b"\n")
@@ -438,7 +451,7 @@ def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, tra
         atomic_write(os.path.join(config.output_dir, TOKENIZER_RECORD_NAME), record.encode("utf-8"))
     if context.is_main and not os.path.exists(path):
         if config.init_from:
-            tokenizer = load_tokenizer(config.init_from)
+            tokenizer = init_from_tokenizer(config.init_from)
         else:
             try:
                 tokenizer = Tokenizer.train(train_lines, config.model.vocab_size, config.tokenizer_type)
@@ -451,7 +464,7 @@ def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, tra
         atomic_write(path, tokenizer.model_proto)
     if context.is_main and config.init_from:
         with open(path, "rb") as handle:
-            if handle.read() != load_tokenizer(config.init_from).model_proto:
+            if handle.read() != init_from_tokenizer(config.init_from).model_proto:
                 raise CheckpointError(f"{path} differs from the tokenizer of --init-from {config.init_from}")
     context.barrier()
     return Tokenizer.load(path)
