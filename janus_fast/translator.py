@@ -118,36 +118,37 @@ class Translator:
         return next(self.model.parameters()).device
 
     def encode_sources(self, sentences: Sequence[str], first_line: int = 1) -> list[list[int]]:
-        """Piece ids per sentence ([] for blank lines), truncated or rejected when too long."""
+        """Piece ids per sentence ([] for blank lines), truncated or rejected when too long (each
+        sentence as it is encoded: a long line's whole piece list is never kept)."""
         check_int("first_line", first_line, 1)
         encoded = []
         for index, sentence in enumerate(sentences):
             if not isinstance(sentence, str):
                 raise TypeError(f"sentence index {index} is {type(sentence).__name__}, expected str")
             try:
-                encoded.append(self.tokenizer.encode(sentence) if sentence.strip() else [])
+                ids = self.tokenizer.encode(sentence) if sentence.strip() else []
             except (RuntimeError, TypeError, UnicodeError) as error:  # e.g. a lone surrogate ("\ud800")
                 where = f"sentence index {index} (input line {first_line + index})"
                 raise ValueError(f"{where} cannot be encoded: not valid Unicode text ({error})") from error
-        return self.wrap_sources(encoded, first_line)
+            encoded.append(self._wrap_source(ids, index, first_line))
+        return encoded
 
     def wrap_sources(self, encoded: Sequence[Sequence[int]], first_line: int = 1) -> list[list[int]]:
         """Source ids as the model reads them: ``<bos>`` / ``<eos>`` added where its config says
         (converted fairseq models: both), truncated or rejected when too long; [] stays []."""
+        return [self._wrap_source(list(ids), index, first_line) for index, ids in enumerate(encoded)]
+
+    def _wrap_source(self, ids: list[int], index: int, first_line: int) -> list[int]:
         config = self.model.config
         head, tail = [config.bos_id] * config.source_bos, [config.eos_id] * config.source_eos
         limit = config.max_source_positions - len(head) - len(tail)
-        wrapped = []
-        for index, ids in enumerate(encoded):
-            ids = list(ids)
-            if len(ids) > limit:
-                where = f"sentence index {index} (input line {first_line + index})"
-                if self.on_long_input == "error":
-                    raise ValueError(f"{where} has {len(ids)} pieces; the model accepts {limit}")
-                warnings.warn(f"{where} has {len(ids)} pieces; truncated to {limit}", stacklevel=2)
-                ids = ids[:limit]
-            wrapped.append(head + ids + tail if ids else [])
-        return wrapped
+        if len(ids) > limit:
+            where = f"sentence index {index} (input line {first_line + index})"
+            if self.on_long_input == "error":
+                raise ValueError(f"{where} has {len(ids)} pieces; the model accepts {limit}")
+            warnings.warn(f"{where} has {len(ids)} pieces; truncated to {limit}", stacklevel=3)
+            ids = ids[:limit]
+        return head + ids + tail if ids else []
 
     def translate(
         self,
