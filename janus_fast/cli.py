@@ -868,6 +868,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_decoding_options(distill_parser)
     distill_parser.set_defaults(mode="ar")  # and beam DISTILL_BEAM in mode ar (_decode_options)
+    for action in distill_parser._actions:  # its own beam default, said where --help says the default
+        if action.dest == "beam":
+            action.help = f"beam size (AR; 1 = greedy; default {DISTILL_BEAM}, also with --compat fairseq)"
     distill_parser.add_argument("--src", required=True, help="source lines (plain or .gz)")
     distill_parser.add_argument("--output", required=True, help="translations, one per line (.gz: gzip)")
     distill_parser.add_argument("--chunk-size", type=positive_int, default=None, help=CHUNK_SIZE_HELP)

@@ -292,3 +292,12 @@ def test_an_option_is_taken_by_its_whole_name_only(command):
 
     with pytest.raises(SystemExit):
         build_parser().parse_args([command, "--model", "m", "--mode", "ar"])
+
+
+def test_distill_help_states_its_own_beam_default():
+    from janus_fast.cli import DISTILL_BEAM, build_parser
+
+    distill = build_parser()._subparsers._group_actions[0].choices["distill"]
+    (beam,) = [action for action in distill._actions if action.dest == "beam"]
+    assert f"default {DISTILL_BEAM}" in beam.help and "default 1" not in beam.help
+    assert f"default {DISTILL_BEAM}" in " ".join(distill.format_help().split())
