@@ -134,3 +134,25 @@ def test_a_failing_plot_still_prints_the_report(tmp_path, monkeypatch, capsys):
     assert status == 2
     assert json.loads(captured.out)["rows"] == [{"setting": "measured"}]
     assert "--plot" in captured.err and "No space left" in captured.err
+
+
+def test_bench_of_a_one_sided_model_times_its_trained_side_only(corpus_dir, tmp_path):
+    """An AR-only model (objective ar): bench times its AR rows and names the NAR and speculative
+    rows it leaves out, instead of refusing the whole model."""
+    from conftest import tiny_train_config
+
+    from janus_fast.benchmarks.decoding import format_report, run_bench
+    from janus_fast.training.train import train
+
+    out = str(tmp_path / "run")
+    train(tiny_train_config(corpus_dir, out, objective="ar", max_updates=2))
+    data = tmp_path / "data"
+    data.mkdir()
+    for language in ("de", "en"):
+        os.symlink(os.path.join(corpus_dir, f"val.{language}"), data / f"test_2016_flickr.{language}")
+    report = run_bench(os.path.join(out, "last"), str(data), limit=3, batch1_sentences=1)
+    modes = {row["mode"] for row in report["rows"]}
+    assert modes == {"ar"} and {"engine AR greedy", "reference AR beam 4"} <= {row["setting"] for row in report["rows"]}
+    assert "engine NAR T=4 lb=3" in report["untrained_rows"] and "engine speculative" in report["untrained_rows"]
+    assert "engine NAR T=4 lb=3 + AR rescore" in report["untrained_rows"]
+    assert "left out, a side this model's training never trained: " in format_report(report)

@@ -270,6 +270,11 @@ def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict) -> 
         )
 
 
+def needed_sides(mode: str, ar_rescore: bool = False) -> set[str]:
+    """The sides ("ar", "nar") a decoding runs: its mode's, and the AR side for ``ar_rescore``."""
+    return {"ar": {"ar"}, "nar": {"nar"}, "spec": {"ar", "nar"}}[mode] | ({"ar"} if ar_rescore else set())
+
+
 def _check_model_kind(config: JanusConfig, mode: str, compat: str, ar_rescore: bool = False) -> None:
     """ValueError for a decoding the model cannot do: a plain transformer (a converted fairseq
     ``transformer``, ``ar_stream="content"``) has no NAR side and decodes as fairseq-generate does;
@@ -283,7 +288,7 @@ def _check_model_kind(config: JanusConfig, mode: str, compat: str, ar_rescore: b
         if compat != "fairseq":
             raise ValueError("this model is a converted fairseq transformer: decode it with compat='fairseq'")
     trained = config.trained_sides
-    needed = {"ar": {"ar"}, "nar": {"nar"}, "spec": {"ar", "nar"}}[mode] | ({"ar"} if ar_rescore else set())
+    needed = needed_sides(mode, ar_rescore)
     if trained is not None and not needed <= trained:
         objectives = ", ".join(config.extra["trained_objectives"])
         untrained = " and ".join(sorted(needed - trained)).upper()
