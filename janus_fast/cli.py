@@ -520,6 +520,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             model_dir=getattr(translator, "checkpoint_dir", None),
             context=context,
+            output_name=None if scratch is None else f"{output} (evaluate's scratch file: no --output given)",
         )
         seconds = time.perf_counter() - start
         if not context.is_main:

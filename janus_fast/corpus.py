@@ -481,6 +481,7 @@ def translate_file(
     context: DistributedContext | None = None,
     translate_chunk: ChunkFunction | None = None,
     output_kind: str | None = None,
+    output_name: str | None = None,
     **changes: object,
 ) -> int:
     """Translate every line of ``source_path`` (plain or .gz) into ``output_path`` (plain or .gz);
@@ -495,7 +496,8 @@ def translate_file(
     the whole job's; ``total`` (rank 0): called once with the source's line count, from the scan.
     ``model_dir``, the checkpoint the translator was loaded from, identifies the model by its
     recorded weights digest (else the loaded weights are hashed). An ``output_path``
-    that is the source file (symlinks followed) is refused (InputError)."""
+    that is the source file (symlinks followed) is refused (InputError). ``output_name``: how
+    messages name ``output_path`` (default ``--output PATH``)."""
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     check_output_not_input(output_path, [source_path], "--output")
@@ -559,7 +561,8 @@ def translate_file(
             merge_chunks(parts_dir, output_path, chunks, scan.lines)
         except OSError as error:  # a full disk: the chunks stay for a rerun
             reason = error.strerror or str(error)
-            raise InputError(f"--output {output_path}: cannot write the translations ({reason})") from error
+            named = output_name or f"--output {output_path}"
+            raise InputError(f"{named}: cannot write the translations ({reason})") from error
         shutil.rmtree(parts_dir)
     return scan.lines
 

@@ -95,15 +95,19 @@ def atomic_writer(path: str) -> Iterator[BinaryIO]:
     a temporary file renamed onto the real file when the block ends without an exception (symlinks
     kept, permission bits kept, a new file's from the umask; on an exception it is deleted and
     ``path`` left as it was); anything else (a pipe, a device, ``/dev/stdout``) is opened and
-    written in place."""
+    written in place. An OSError from writing (a full disk, a file size limit) names ``path``."""
     replace, target, info = _destination(path)
     if not replace:
         assert info is not None
-        with os.fdopen(_write_in_place(target, info), "wb") as out:
-            yield out
-            out.flush()
-            if stat.S_ISREG(info.st_mode):
-                os.fsync(out.fileno())
+        try:
+            with os.fdopen(_write_in_place(target, info), "wb") as out:
+                yield out
+                out.flush()
+                if stat.S_ISREG(info.st_mode):
+                    os.fsync(out.fileno())
+        except OSError as error:
+            _name_file(error, path)
+            raise
         return
     directory = os.path.dirname(target)
     os.makedirs(directory, exist_ok=True)
@@ -116,10 +120,18 @@ def atomic_writer(path: str) -> Iterator[BinaryIO]:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp_path, target)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temp_path):
             os.unlink(temp_path)
+        if isinstance(error, OSError):
+            _name_file(error, path)
         raise
+
+
+def _name_file(error: OSError, path: str) -> None:
+    """Give ``error`` ``path`` as its file name where it names none (write(2) errors do not)."""
+    if error.filename is None:
+        error.filename = path
 
 
 def is_replaceable(path: str) -> bool:
@@ -141,7 +153,7 @@ def create_exclusively(path: str, data: bytes) -> bool:
     """Create the regular file ``path`` holding ``data`` unless a file of that name exists: False
     then, and nothing written. Whole or not at all (written beside, then hard-linked into place, which
     fails rather than replace), so that of several processes creating the same path at once exactly
-    one does and the others read what it wrote."""
+    one does and the others read what it wrote. An OSError from writing names ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     handle, temp_path = _create_temporary(directory, os.path.basename(path))
     try:
@@ -160,6 +172,9 @@ def create_exclusively(path: str, data: bytes) -> bool:
             except FileExistsError:
                 return False
         return True
+    except OSError as error:
+        _name_file(error, path)
+        raise
     finally:
         os.unlink(temp_path)
 

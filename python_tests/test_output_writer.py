@@ -263,3 +263,32 @@ def test_distill_writes_gz_through_a_symlink_and_refuses_its_source(tmp_path):
     with gzip.open(tmp_path / "store" / "out.en.gz", "rt", encoding="utf-8") as handle:
         assert handle.read() == "EIN HUND\nZWEI KATZEN\n\nDREI\n"
     assert not os.path.exists(str(link) + PARTS_SUFFIX)
+
+
+WRITE_UNDER_A_SIZE_LIMIT = """
+import resource, sys
+from janus_fast.output import atomic_write, create_exclusively
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))  # write(2) fails with EFBIG, naming no file
+for write in (atomic_write, create_exclusively):
+    try:
+        write(sys.argv[1] + "." + write.__name__, bytes(5000))
+    except OSError as error:
+        print(write.__name__, error.errno, error.filename)
+"""
+
+
+def test_write_errors_name_the_file_they_were_writing(tmp_path):
+    """A full disk or a file size limit: the OSError names the file (the CLI's one-line error then
+    says which: "janus-fast: error: OUT/spm.model: File too large"), and nothing is left behind."""
+    import errno
+    import subprocess
+    import sys
+
+    target = str(tmp_path / "out")
+    result = subprocess.run([sys.executable, "-c", WRITE_UNDER_A_SIZE_LIMIT, target], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"atomic_write {errno.EFBIG} {target}.atomic_write",
+        f"create_exclusively {errno.EFBIG} {target}.create_exclusively",
+    ]
+    assert os.listdir(tmp_path) == []
