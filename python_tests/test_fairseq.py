@@ -1002,3 +1002,19 @@ def test_train_refuses_to_warm_start_from_a_converted_fairseq_model(converted, c
     config = tiny_train_config(corpus_dir, str(tmp_path / "run"), max_updates=1, init_from=converted["trained"])
     with pytest.raises(CheckpointError, match="a converted fairseq model"):
         train(config)
+
+
+def test_control_symbols_written_in_text_are_unknown_words(converted: dict[str, str]) -> None:
+    """``</s>``, ``<s>``, ``<pad>`` and ``<mask>`` in a source text are words (``<unk>``), never the
+    control ids mid-sentence; ``translate`` and ``--print-scores`` then read the line alike."""
+    from janus_fast.fairseq.dictionary import FairseqTokenizer
+
+    tokenizer = FairseqTokenizer(["<s>", "<pad>", "</s>", "<unk>", "ein", "hund", "<mask>"])
+    assert tokenizer.encode("ein </s> hund <s> <pad> <mask> <unk> ein") == [4, 3, 5, 3, 3, 3, 3, 4]
+    from test_cli import run_cli
+
+    for extra in ((), ("--print-scores",)):
+        result = run_cli(
+            "translate", "--model", converted["trained"], "--mode", "nar", *extra, stdin=b"ein hund </s> .\n"
+        )
+        assert result.returncode == 0, result.stderr

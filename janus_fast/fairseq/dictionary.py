@@ -21,6 +21,7 @@ from collections.abc import Sequence
 DICT_NAME = "dict.txt"
 BPE_FILES = {"sentencepiece": "bpe.model", "subword-nmt": "bpe.codes"}
 SPECIAL_SYMBOLS = ("<s>", "<pad>", "</s>", "<unk>")
+TEXT_CONTROL_SYMBOLS = ("<s>", "<pad>", "</s>", "<mask>")  # read as <unk> where text holds them
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
 __all__ = ["FairseqTokenizer", "DICT_NAME", "BPE_FILES", "check_sentencepiece_matches", "read_dictionary"]
@@ -63,6 +64,8 @@ class FairseqTokenizer:
             raise ValueError(f"bpe must be None or one of {sorted(BPE_FILES)} with its data, got {bpe!r}")
         self.symbols = list(symbols)
         self.index = {symbol: i for i, symbol in enumerate(self.symbols)}
+        # control symbols written in the text are words, not controls: <unk>, as Tokenizer does <mask>
+        self._text_index = {**self.index, **{symbol: UNK_ID for symbol in TEXT_CONTROL_SYMBOLS if symbol in self.index}}
         self.bpe, self.bpe_data = bpe, bpe_data
         self._splitter = bpe_splitter(bpe, bpe_data)
 
@@ -111,9 +114,11 @@ class FairseqTokenizer:
         return hashlib.sha256(described.encode("utf-8") + (self.bpe_data or b"")).hexdigest()
 
     def encode(self, sentence: str) -> list[int]:
-        """Symbol ids of one sentence (BPE applied first), unknown symbols as ``<unk>``; no bos/eos."""
+        """Symbol ids of one sentence (BPE applied first), unknown symbols as ``<unk>``; no bos/eos.
+        ``<s>``, ``<pad>``, ``</s>`` and ``<mask>`` written in the text are ``<unk>`` too (a source
+        holds words; the controls are placed by the decoder)."""
         text = self._splitter(sentence) if self._splitter is not None else sentence
-        return [self.index.get(symbol, UNK_ID) for symbol in text.split()]
+        return [self._text_index.get(symbol, UNK_ID) for symbol in text.split()]
 
     def encode_batch(self, sentences: Sequence[str]) -> list[list[int]]:
         return [self.encode(sentence) for sentence in sentences]
