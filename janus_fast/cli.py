@@ -10,8 +10,10 @@ import json
 import math
 import os
 import re
+import signal
 import stat
 import sys
+import threading
 import time
 import typing
 import warnings
@@ -1008,8 +1010,22 @@ OUT_OF_MEMORY_ADVICE = {
 }
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # as Ctrl-C: cleanup (`finally`, temporary files) runs, then the exit
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        return _run(args)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)  # kill / torchrun's stop: as Ctrl-C
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, category, *_: f"janus-fast: warning: {message}\n"
     try:

@@ -301,3 +301,32 @@ def test_distill_help_states_its_own_beam_default():
     (beam,) = [action for action in distill._actions if action.dest == "beam"]
     assert f"default {DISTILL_BEAM}" in beam.help and "default 1" not in beam.help
     assert f"default {DISTILL_BEAM}" in " ".join(distill.format_help().split())
+
+
+def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
+    """``kill`` (SIGTERM) of an ``evaluate`` without --output: its scratch folder of translated
+    chunks is removed, as on Ctrl-C, and the exit status says the signal (128 + 15)."""
+    import gzip
+    import signal
+    import time
+
+    mini = os.path.join(REPO_ROOT, "python_tests", "data", "multi30k-mini")
+    with gzip.open(os.path.join(mini, "train.de.gz"), "rt", encoding="utf-8") as handle:
+        lines = handle.read().splitlines()
+    (tmp_path / "src.de").write_text("\n".join(lines * 5) + "\n", encoding="utf-8")  # 2,000 lines
+    (tmp_path / "ref.en").write_text("\n".join(lines * 5) + "\n", encoding="utf-8")
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    command = [sys.executable, "-m", "janus_fast.cli", "evaluate", "--src", str(tmp_path / "src.de")]
+    command += ["--ref", str(tmp_path / "ref.en"), "--chunk-size", "50", "--beam", "4"]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "TMPDIR": str(scratch_root)})
+    try:
+        deadline = time.monotonic() + 300
+        while not any(scratch_root.glob("janus-fast-evaluate-*/hypotheses.txt.parts/chunk*")):
+            assert process.poll() is None and time.monotonic() < deadline, "no chunk written before the end"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        process.kill()
+    assert list(scratch_root.glob("janus-fast-evaluate-*")) == []  # (torch may leave a cache folder of its own)
