@@ -38,15 +38,13 @@ def _add_dataclass_options(
     parser: argparse.ArgumentParser,
     instance: object,
     prefix: str = "",
-    texts: dict | None = None,
     unset: bool = False,
 ) -> None:
     """One ``--option`` per dataclass field, typed from its annotation (``int | None``: int), its help
     text, allowed values and other spellings from the field's metadata ("help", "choices",
     "required", "aliases", "negative_aliases": flags that set a boolean false). A bool field is a
     ``--name / --no-name`` pair (``bool | None``: unset unless given). A nested dataclass's fields
-    are options too, under the field's metadata "title" as a group, or described by its metadata
-    "fields" ({name: help text}) where the nested class belongs to another module; a field that is
+    are options too (under the field's metadata "title" as a group, if any); a field that is
     None unless given (metadata "cli_dataclass": its class) has its class's options with ``unset``
     defaults (None: ``_build_dataclass`` makes the nested object only from the options given). The
     values of "choices" are shown; the dataclass itself refuses others, with its own message."""
@@ -61,11 +59,9 @@ def _add_dataclass_options(
             title = item.metadata.get("title")
             group = parser.add_argument_group(title) if title else parser
             nested = value if nested_type is None else nested_type()
-            _add_dataclass_options(
-                group, nested, nested_prefix, item.metadata.get("fields", {}), nested_type is not None
-            )
+            _add_dataclass_options(group, nested, nested_prefix, nested_type is not None)
             continue
-        metadata = {**item.metadata, **({"help": texts[item.name]} if texts and item.name in texts else {})}
+        metadata = item.metadata
         flags = ["--" + (prefix + item.name).replace("_", "-"), *metadata.get("aliases", ())]
         dest = prefix + item.name
         text = metadata.get("help", "")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from janus_fast.arguments import check_field_types
+from janus_fast.arguments import check_field_types, option
 from janus_fast.attention import masked_attention
 from janus_fast.length import length_classes, mean_pool
 from janus_fast.masks import MaskSpec
@@ -58,18 +58,54 @@ def decoding_defaults() -> tuple[str, ...]:
 class JanusConfig:
     """Hyper-parameters of a JANUS model (saved as ``config.json``)."""
 
-    vocab_size: int = 8000
-    d_model: int = 256
-    num_heads: int = 4
-    ffn_dim: int = 1024
-    encoder_layers: int = 3
-    decoder_layers: int = 3
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    max_source_positions: int = 128
-    max_target_positions: int = 128
-    num_length_classes: int = 256
-    length_offset: bool = False  # predict tgt_len - src_len + num_length_classes // 2
+    vocab_size: int = option(
+        8000,
+        (
+            "vocabulary size the joint SentencePiece tokenizer is trained for (the model takes the "
+            "tokenizer's actual size, which may be smaller on a small corpus; with --init-from its own)"
+        ),
+    )
+    d_model: int = option(256, "model width: embeddings and hidden states (a multiple of --num-heads)")
+    num_heads: int = option(4, "attention heads per attention layer")
+    ffn_dim: int = option(1024, "hidden width of each layer's feed-forward block")
+    encoder_layers: int = option(3, "number of encoder layers")
+    decoder_layers: int = option(3, "number of decoder layers (one decoder serves both AR and NAR)")
+    dropout: float = option(
+        0.1,
+        (
+            "dropout probability on the embeddings, on the outputs of the attention and feed-forward "
+            "blocks and inside the feed-forward blocks, in [0, 1); training only"
+        ),
+    )
+    attention_dropout: float = option(0.0, "dropout probability on the attention weights, in [0, 1); training only")
+    max_source_positions: int = option(
+        128,
+        (
+            "longest source in tokens (learned position embeddings); longer training sources are cut, "
+            "longer inputs to translate are cut or refused"
+        ),
+    )
+    max_target_positions: int = option(
+        128,
+        (
+            "longest target in tokens counting <bos> and <eos> (learned position embeddings); longer "
+            "training targets are cut"
+        ),
+    )
+    num_length_classes: int = option(
+        256,
+        (
+            "classes N of the NAR target-length head: target lengths 0 .. N-1 counting <bos> and <eos> "
+            "(with --length-offset, target minus source length + N/2)"
+        ),
+    )
+    length_offset: bool = option(
+        False,
+        (
+            "the length head predicts the target length minus the source length (offset by N/2) instead "
+            "of the target length itself"
+        ),
+    )
     # a decoding default kept with the model: NAR ranks its length candidates by score + this x
     # length (``candidates.best_length_candidates``); tuned on validation (``export --length-bonus``)
     length_bonus: float = field(

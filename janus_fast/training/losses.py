@@ -16,23 +16,50 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from janus_fast.arguments import check_field_types
+from janus_fast.arguments import check_field_types, option
 
 
 @dataclass
 class LossWeights:
     """Weights of the JANUS loss terms (reference values by default)."""
 
-    kl_ar_nar: float = 1.0
-    kl_ar_aux: float = 3.0
-    ce_nar_aux: float = 0.5
-    length: float = 0.1
-    kl_nar_aux: float = 1.0
-    label_smoothing: float = 0.1
+    kl_ar_nar: float = option(
+        1.0,
+        ("weight of the symmetric KL between the AR and NAR distributions at the masked positions (--objective janus)"),
+    )
+    kl_ar_aux: float = option(
+        3.0,
+        (
+            "weight of the symmetric KL between the AR and the auxiliary (AUX) distributions at the "
+            "masked positions (--objective janus)"
+        ),
+    )
+    ce_nar_aux: float = option(
+        0.5,
+        (
+            "weight of the NAR and the AUX cross-entropies of the masked tokens, each (--objective janus;"
+            " cmlm weighs its NAR cross-entropy 1)"
+        ),
+    )
+    length: float = option(0.1, "weight of the target-length cross-entropy (--objective janus and cmlm)")
+    kl_nar_aux: float = option(
+        1.0,
+        (
+            "weight of the symmetric KL between the NAR and the AUX distributions at the masked positions"
+            " (--objective janus)"
+        ),
+    )
+    label_smoothing: float = option(0.1, "label smoothing epsilon of the AR, NAR and AUX cross-entropies")
     # Not in the reference method: P_AR as a fixed teacher in KL(AR, NAR) and KL(AR, AUX) (no
     # gradient reaches the AR side through them), to keep a warm-started AR side from being
     # pulled towards a still-poor NAR side.
-    detach_ar_in_kl: bool = False
+    detach_ar_in_kl: bool = option(
+        False,
+        (
+            "no gradient reaches the AR side through the KL(AR, NAR) and KL(AR, AUX) terms (P_AR a fixed "
+            "teacher there, e.g. for a warm-started AR side; not in the reference method)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         """Refuse weights no loss can use (named as the train command's options)."""

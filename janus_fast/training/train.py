@@ -120,44 +120,7 @@ class TrainConfig:
         choices=("unigram", "bpe", "char", "word"),
     )
     # the architecture; its vocab_size is the size of the SentencePiece model trained for the run
-    model: JanusConfig = field(
-        default_factory=JanusConfig,
-        metadata={
-            "cli_prefix": "",
-            "fields": {
-                "vocab_size": (
-                    "vocabulary size the joint SentencePiece tokenizer is trained for (the model takes the "
-                    "tokenizer's actual size, which may be smaller on a small corpus; with --init-from its own)"
-                ),
-                "d_model": "model width: embeddings and hidden states (a multiple of --num-heads)",
-                "num_heads": "attention heads per attention layer",
-                "ffn_dim": "hidden width of each layer's feed-forward block",
-                "encoder_layers": "number of encoder layers",
-                "decoder_layers": "number of decoder layers (one decoder serves both AR and NAR)",
-                "dropout": (
-                    "dropout probability on the embeddings, on the outputs of the attention and "
-                    "feed-forward blocks and inside the feed-forward blocks, in [0, 1); training only"
-                ),
-                "attention_dropout": "dropout probability on the attention weights, in [0, 1); training only",
-                "max_source_positions": (
-                    "longest source in tokens (learned position embeddings); longer training sources are "
-                    "cut, longer inputs to translate are cut or refused"
-                ),
-                "max_target_positions": (
-                    "longest target in tokens counting <bos> and <eos> (learned position embeddings); "
-                    "longer training targets are cut"
-                ),
-                "num_length_classes": (
-                    "classes N of the NAR target-length head: target lengths 0 .. N-1 counting <bos> and "
-                    "<eos> (with --length-offset, target minus source length + N/2)"
-                ),
-                "length_offset": (
-                    "the length head predicts the target length minus the source length (offset by N/2) "
-                    "instead of the target length itself"
-                ),
-            },
-        },
-    )
+    model: JanusConfig = field(default_factory=JanusConfig, metadata={"cli_prefix": ""})  # options without a prefix
     lr: float = option(
         1e-3,
         "peak learning rate of AdamW (betas 0.9, 0.98), reached after --warmup-updates and then "
@@ -221,35 +184,7 @@ class TrainConfig:
     )
     valid_iterations: int = option(4, "mask-predict iterations of the validation BLEU's NAR decoding")
     progress: bool = option(True, "show a progress bar of each epoch")
-    weights: LossWeights = field(
-        default_factory=LossWeights,
-        metadata={
-            "fields": {
-                "kl_ar_nar": (
-                    "weight of the symmetric KL between the AR and NAR distributions at the masked "
-                    "positions (--objective janus)"
-                ),
-                "kl_ar_aux": (
-                    "weight of the symmetric KL between the AR and the auxiliary (AUX) distributions at "
-                    "the masked positions (--objective janus)"
-                ),
-                "ce_nar_aux": (
-                    "weight of the NAR and the AUX cross-entropies of the masked tokens, each "
-                    "(--objective janus; cmlm weighs its NAR cross-entropy 1)"
-                ),
-                "length": "weight of the target-length cross-entropy (--objective janus and cmlm)",
-                "kl_nar_aux": (
-                    "weight of the symmetric KL between the NAR and the AUX distributions at the masked "
-                    "positions (--objective janus)"
-                ),
-                "label_smoothing": "label smoothing epsilon of the AR, NAR and AUX cross-entropies",
-                "detach_ar_in_kl": (
-                    "no gradient reaches the AR side through the KL(AR, NAR) and KL(AR, AUX) terms "
-                    "(P_AR a fixed teacher there, e.g. for a warm-started AR side; not in the reference method)"
-                ),
-            }
-        },
-    )
+    weights: LossWeights = field(default_factory=LossWeights)  # --weights-* options
 
     def __post_init__(self) -> None:
         """Refuse values no run can use before any work (tokenizer training, data reading)."""
