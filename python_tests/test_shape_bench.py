@@ -70,12 +70,14 @@ def test_outputs_are_forced_to_the_source_length(decoder):
         assert [len(t) for t in found.tokens] == lengths
     found = translator.translate_ids(sources, **ROWS["NAR T=2 l=3"])  # the best of the three candidates
     assert all(abs(len(t) - n) <= 1 for t, n in zip(found.tokens, lengths))
+    found = translator.translate_ids(sources, **ROWS["NAR T=2 l=1"])  # the predicted length alone
+    assert [len(t) for t in found.tokens] == lengths
     # NAR: the length head predicts as many words as the source has, then one fewer and one more
     wrapped = translator.wrap_sources(sources)
     src = torch.tensor([ids + [config.pad_id] * (41 - len(ids)) for ids in wrapped])
     encoder_out = model.encode(src, torch.tensor([len(ids) for ids in wrapped]))
     candidates, _ = length_candidates(model, encoder_out, 3)
-    expected = torch.tensor([[n + 1, n, n + 2] for n in lengths])  # target lengths count eos
+    expected = torch.tensor([[n + 2, n + 1, n + 3] for n in lengths])  # target lengths count bos and eos
     assert torch.equal(candidates, expected)
 
 

@@ -90,7 +90,7 @@ class ForcedLengthModel(JanusModel):
     def length_logits(self, encoder_out) -> torch.Tensor:  # noqa: ANN001
         classes = self.config.num_length_classes
         logits = torch.full((encoder_out.states.shape[0], classes), -30.0, device=encoder_out.states.device)
-        same_words = classes // 2 + 1
+        same_words = classes // 2 + 2  # target length (bos and eos counted) = source length + 2
         logits[:, same_words] = 0.0
         logits[:, same_words - 1 : same_words + 2 : 2] = -1.0
         return logits
