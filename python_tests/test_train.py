@@ -370,3 +370,26 @@ def test_a_model_decodes_only_with_the_sides_its_objective_trained(corpus_dir, t
         )
         config = Translator.from_pretrained(os.path.join(warm, "last")).model.config
         assert config.extra["trained_objectives"] == ["ar", "janus"]
+
+
+def test_a_metrics_record_means_its_window_and_logs_the_rate_its_update_used(corpus_dir, tmp_path):
+    """--log-every 3 against --log-every 1 on the same seeded run: the loss, every loss term and the
+    gradient norm of a record are the means of its 3 updates; ``lr`` is the rate the record's last
+    update ran at (warm-up: update u at lr x u / warmup-updates)."""
+    from janus_fast.training.train import train
+
+    runs = {}
+    for every in (1, 3):
+        out = str(tmp_path / f"every{every}")
+        train(tiny_train_config(corpus_dir, out, log_every=every, max_updates=6))
+        with open(os.path.join(out, "metrics.jsonl")) as handle:
+            runs[every] = [r for r in map(json.loads, handle) if r["type"] == "train"]
+    single, windows = runs[1], runs[3]
+    assert [r["update"] for r in windows] == [3, 6] and [r["update"] for r in single] == list(range(1, 7))
+    names = [k for k in windows[0] if k not in ("type", "update", "epoch", "tokens_per_second", "lr")]
+    assert {"loss", "grad_norm", "ce_ar", "ce_nar"} <= set(names)
+    for window in windows:
+        covered = [r for r in single if window["update"] - 3 < r["update"] <= window["update"]]
+        for name in names:
+            assert window[name] == pytest.approx(sum(r[name] for r in covered) / 3, rel=1e-5), name
+    assert [r["lr"] for r in single] == pytest.approx([1e-3 * u / 10 for u in range(1, 7)])

@@ -157,8 +157,8 @@ class TrainConfig:
     )
     log_every: int = option(
         20,
-        "every N updates append a record to OUT/metrics.jsonl: mean loss and its terms, tokens per "
-        "second, learning rate, gradient norm",
+        "every N updates append a record to OUT/metrics.jsonl: the loss, its terms and the gradient norm "
+        "(each the mean over those N updates), tokens per second, and the learning rate of the last of them",
     )
     seed: int = option(1, "random seed: initial weights, batch order of each epoch, NAR masking")
     precision: str = option(
@@ -698,7 +698,8 @@ class Run:
             disable=not (config.progress and context.is_main),
             dynamic_ncols=True,
         )
-        window_tokens, window_loss, window_updates, window_start = 0, 0.0, 0, time.perf_counter()
+        window_tokens, window_updates, window_start = 0, 0, time.perf_counter()
+        window_sums: dict[str, float] = {}  # loss, its terms and the gradient norm, summed over the window
         while state.batch_in_epoch < len(batches) and more():
             step_start = time.perf_counter()
             batch = self.train_data.collate(batches[state.batch_in_epoch])
@@ -713,6 +714,7 @@ class Run:
                     f"options: start again in a new --output-dir with a lower --lr (or more --warmup-updates; "
                     f"--init-from {self.last_dir} keeps the last save's weights), and check the --weights-* options"
                 )
+            rate = self.optimizer.param_groups[0]["lr"]  # this update's (the scheduler then sets the next one's)
             self.optimizer.step()
             self.scheduler.step()
             state.update += 1
@@ -721,7 +723,8 @@ class Run:
 
             window_tokens += int(context.all_reduce_sum(batch.num_target_tokens))
             loss_value = float(loss.detach())
-            window_loss += loss_value
+            for name, value in {"loss": loss_value, "grad_norm": float(grad_norm), **terms}.items():
+                window_sums[name] = window_sums.get(name, 0.0) + value
             window_updates += 1
             elapsed = time.perf_counter() - window_start
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{window_tokens / max(elapsed, 1e-9):.0f}")
@@ -732,14 +735,13 @@ class Run:
                         "type": "train",
                         "update": state.update,
                         "epoch": state.epoch + 1,
-                        "loss": window_loss / window_updates,
+                        **{name: total / window_updates for name, total in window_sums.items()},
                         "tokens_per_second": window_tokens / elapsed,
-                        "lr": self.scheduler.get_last_lr()[0],
-                        "grad_norm": float(grad_norm),
-                        **terms,
+                        "lr": rate,
                     }
                 )
-                window_tokens, window_loss, window_updates, window_start = 0, 0.0, 0, time.perf_counter()
+                window_tokens, window_updates, window_start = 0, 0, time.perf_counter()
+                window_sums = {}
                 return_free_memory()
             # the kept save first: a kill between the two then resumes from the save before, which
             # reaches this update again and keeps it (the other order would skip it for good)
