@@ -337,9 +337,14 @@ def test_a_kill_between_the_kept_save_and_last_does_not_lose_the_kept_save(corpu
         ),
         ({"objective": "cmlm", "weights": LossWeights(detach_ar_in_kl=True)}, "--weights-detach-ar-in-kl"),
         ({"objective": "ar", "masking": "uniform"}, "--masking applies"),
-        ({"objective": "ar", "valid_mode": "nar"}, "does not train that side"),
-        ({"objective": "cmlm", "valid_mode": "ar"}, "does not train that side"),
-        ({"objective": "janus", "valid_mode": "ar", "valid_iterations": 8}, "--valid-iterations applies to NAR"),
+        ({"objective": "ar", "valid_mode": "nar", "valid_bleu": True}, "does not train that side"),
+        ({"objective": "cmlm", "valid_mode": "ar", "valid_bleu": True}, "does not train that side"),
+        (
+            {"objective": "janus", "valid_mode": "ar", "valid_iterations": 8, "valid_bleu": True},
+            "--valid-iterations applies to NAR",
+        ),
+        ({"valid_bleu": False, "valid_mode": "nar"}, "--valid-mode sets the validation BLEU's decoding"),
+        ({"valid_bleu": False, "valid_iterations": 7}, "--valid-iterations sets the validation BLEU's decoding"),
     ],
 )
 def test_options_the_objective_never_reads_are_refused(corpus_dir, tmp_path, options, message):

@@ -225,7 +225,7 @@ class TrainConfig:
         """ValueError for a non-default option the objective (or the validation decoding) never
         reads, as the decoding options refuse theirs: loss weights of terms the objective lacks,
         NAR masking for ``ar``, a validation mode whose side the objective does not train, NAR
-        iterations for AR validation."""
+        iterations for AR validation, validation decoding options without the validation BLEU."""
         objective, defaults = self.objective, LossWeights()
         uses = {"janus": None, "ar": ("label_smoothing",), "cmlm": ("length", "label_smoothing")}
         for item in fields(self.weights):
@@ -245,6 +245,13 @@ class TrainConfig:
                 f"--valid-mode {self.valid_mode}: --objective {objective} does not train that side (use "
                 f"--valid-mode {trains[0]})"
             )
+        if not self.valid_bleu:  # the validation BLEU's decoding options, without the BLEU
+            for name in ("valid_mode", "valid_iterations"):
+                if getattr(self, name) != getattr(TrainConfig, name):
+                    raise ValueError(
+                        f"--{name.replace('_', '-')} sets the validation BLEU's decoding: it does nothing with "
+                        "--no-valid-bleu"
+                    )
         if self.validation_mode == "ar" and self.valid_iterations != TrainConfig.valid_iterations:
             raise ValueError("--valid-iterations applies to NAR validation (--valid-mode nar) only")
 
