@@ -839,3 +839,26 @@ def test_int8_runs_the_native_passes_at_every_batch_size_and_each_sentence_alone
     assert all(natives) and translator.choice._int8_model is None
     stored = NativeDecoder.for_model(translator.model, "int8").weights.layers[0].ffn.fc1.weight
     assert stored.dtype == torch.int8 and stored.dim() == (4 if vnni else 3)  # quads for vpdpbusd, else panels
+
+
+def test_the_native_report_says_what_decoding_will_run():
+    """``python -m janus_fast.native`` names the native passes' instruction set, says when
+    JANUS_FAST_FORCE_REFERENCE makes decoding run the reference ops instead, fails on a
+    JANUS_FAST_ISA that decoding would refuse, and refuses arguments it does not take."""
+    import subprocess
+    import sys
+
+    def report(*args: str, **env: str) -> subprocess.CompletedProcess:
+        clean = {k: v for k, v in os.environ.items() if k not in ("JANUS_FAST_ISA", "JANUS_FAST_FORCE_REFERENCE")}
+        command = [sys.executable, "-m", "janus_fast.native", *args]
+        return subprocess.run(command, capture_output=True, text=True, env={**clean, **env}, timeout=300)
+
+    plain = report()
+    assert plain.returncode == 0 and "native CPU passes: " in plain.stdout, plain.stderr
+    capped = report(JANUS_FAST_ISA="scalar")
+    assert capped.returncode == 0 and "native CPU passes: scalar instructions" in capped.stdout
+    forced = report(JANUS_FAST_FORCE_REFERENCE="1")
+    assert forced.returncode == 0 and "runs the PyTorch reference ops" in forced.stdout
+    wrong = report(JANUS_FAST_ISA="bogus")
+    assert wrong.returncode == 1 and "JANUS_FAST_ISA='bogus'" in wrong.stderr
+    assert report("--no-such-option").returncode == 2

@@ -2,7 +2,8 @@
 first-use build (``janus_fast._C``, which calls ``janus_fast.native.build.build_and_load``).
 
 ``python -m janus_fast.native`` runs :func:`main`: builds the library now if needed and says which
-one is used.
+one is used (then ``janus_fast/native/__main__.py`` reports the instruction set of the native
+passes, or that the reference ops are forced).
 """
 
 from __future__ import annotations
