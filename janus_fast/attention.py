@@ -17,13 +17,20 @@ import torch.nn.functional as F
 from janus_fast.masks import MaskSpec
 
 
+def attention_backend() -> str:
+    """``JANUS_FAST_ATTENTION_BACKEND`` ("auto" when unset); ValueError for another value than
+    auto, torch or triton (checked where a decoding starts too, whichever passes it then runs)."""
+    backend = os.environ.get("JANUS_FAST_ATTENTION_BACKEND", "auto")
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"JANUS_FAST_ATTENTION_BACKEND={backend!r}; expected auto, torch or triton")
+    return backend
+
+
 def use_triton(query: torch.Tensor) -> bool:
     """Whether attention on ``query`` runs the Triton kernel: ``JANUS_FAST_ATTENTION_BACKEND``
     "torch" / "triton" forces a path; "auto" (default) picks Triton for CUDA tensors when triton
     is installed and the head dim is supported."""
-    backend = os.environ.get("JANUS_FAST_ATTENTION_BACKEND", "auto")
-    if backend not in ("auto", "torch", "triton"):
-        raise ValueError(f"JANUS_FAST_ATTENTION_BACKEND={backend!r}; expected auto, torch or triton")
+    backend = attention_backend()
     if backend != "auto":
         return backend == "triton"
     if not query.is_cuda:

@@ -307,3 +307,15 @@ def test_numbers_of_other_types_get_errors_that_name_the_type_or_the_range():
     with pytest.raises(TypeError, match="options must be a DecodeOptions, got dict"):
         generate(model, src, lengths, {"mode": "nar"})
     assert generate(model, src, lengths, max_len_a=Fraction(3, 2)) == generate(model, src, lengths, max_len_a=1.5)
+
+
+def test_a_wrong_attention_backend_is_refused_on_every_decoding_path(monkeypatch):
+    """JANUS_FAST_ATTENTION_BACKEND is read by the PyTorch attention only; the engine's native
+    passes never call it, so a typo there would pass unnoticed on the default path."""
+    from janus_fast import Translator
+
+    translator = Translator.from_pretrained()
+    monkeypatch.setenv("JANUS_FAST_ATTENTION_BACKEND", "Triton")
+    for decoder in ("engine", "reference"):
+        with pytest.raises(ValueError, match="JANUS_FAST_ATTENTION_BACKEND='Triton'"):
+            Translator(translator.model, translator.tokenizer, decoder=decoder).translate(["Ein Hund."])

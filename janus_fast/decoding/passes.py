@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from janus_fast.attention import attention_backend
 from janus_fast.decoding.options import PRECISIONS
 from janus_fast.decoding.packed import PackedRows, packed_decode
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
@@ -280,6 +281,7 @@ class PassChoice:
     def __init__(self, model: JanusModel, precision: str = "fp32", native: bool = True) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        attention_backend()  # a wrong value is refused whether or not these passes read it
         self.model = model
         self.precision = precision
         parameter = next(model.parameters())
