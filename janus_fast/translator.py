@@ -164,7 +164,9 @@ class Translator:
     ) -> list[str] | list[tuple[str, float]]:
         """Translations of ``sentences``, in order, one per input (blank input -> ""); with
         ``return_scores`` (translation, score) pairs, the score being the mean token log-probability
-        (NAR) or the length-normalised log-probability (AR) of the translation (0.0 for blanks).
+        (NAR; with ``ar_rescore`` the AR side's mean log-probability of the chosen candidate, eos
+        included, by which it was chosen) or the length-normalised log-probability (AR) of the
+        translation (0.0 for blanks).
 
         ``options`` (default: the translator's decoder and precision, AR greedy) and keyword
         ``changes`` to them are ``DecodeOptions`` (``janus_fast.decoding.options``), e.g.
