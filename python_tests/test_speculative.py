@@ -258,7 +258,8 @@ def test_speculative_equals_greedy_at_the_same_precision(weight_type: str) -> No
     model = biased_model(7, {})
     src, src_lengths = source_batch(7, batch=8)
     expected = engine.ar_search(model, src, src_lengths, beam=1, precision=weight_type)
-    got = engine.speculative(model, src, src_lengths, precision=weight_type)
+    always = SpeculativeOptions(speculate_up_to=0)
+    got = engine.speculative(model, src, src_lengths, precision=weight_type, options=always)
     assert got.tokens == expected.tokens
     torch.testing.assert_close(torch.tensor(got.scores), torch.tensor(expected.scores), rtol=0, atol=1e-5)
 
@@ -348,7 +349,8 @@ def test_shipped_model_spec_equals_ar_greedy() -> None:
     for precision in ("fp32", "int8"):
         translator = Translator.from_pretrained(precision=precision)
         greedy = translator.translate(sentences, mode="ar", return_scores=True)
-        spec = translator.translate(sentences, mode="spec", batch_size=16, return_scores=True)
+        always = SpeculativeOptions(speculate_up_to=0)  # batches of 16 speculate too (default: AR greedy's steps)
+        spec = translator.translate(sentences, mode="spec", batch_size=16, return_scores=True, speculative=always)
         assert [text for text, _ in spec] == [text for text, _ in greedy]
         torch.testing.assert_close(
             torch.tensor([s for _, s in spec]), torch.tensor([s for _, s in greedy]), rtol=0, atol=1e-5
@@ -368,3 +370,28 @@ def test_spec_int8_on_pytorch_layers_is_refused(monkeypatch) -> None:
     with pytest.raises(ValueError, match="mode 'spec' with precision 'int8' needs the engine's native passes"):
         generate(model, src, src_lengths, mode="spec", precision="int8")
     assert generate(model, src, src_lengths, mode="spec") == generate(model, src, src_lengths, mode="ar")
+
+
+def test_a_batch_above_speculate_up_to_runs_ar_greedys_steps() -> None:
+    """Exact verification's output is AR greedy's, so a batch of more than ``speculate_up_to``
+    sentences runs AR greedy's steps (no speculative rounds: ``stats`` untouched) and gives the same
+    tokens as speculating in it; a batch within the limit, or ``speculate_up_to`` 0, speculates;
+    relaxed verification (another output) speculates at every batch size."""
+    model = biased_model(3, {})
+    src, src_lengths = source_batch(3, batch=10)
+    greedy = engine.ar_search(model, src, src_lengths, beam=1)
+    stats = SpeculativeStats()
+    above = engine.speculative(model, src, src_lengths, options=SpeculativeOptions(speculate_up_to=9), stats=stats)
+    assert above.tokens == greedy.tokens and above.scores == greedy.scores and stats.rounds == 0
+    for limit in (10, 0):
+        stats = SpeculativeStats()
+        within = engine.speculative(
+            model, src, src_lengths, options=SpeculativeOptions(speculate_up_to=limit), stats=stats
+        )
+        assert within.tokens == greedy.tokens and stats.rounds >= len(src_lengths)
+    stats = SpeculativeStats()
+    relaxed = SpeculativeOptions(relaxed_top_k=3, speculate_up_to=1)
+    engine.speculative(model, src, src_lengths, options=relaxed, stats=stats)
+    assert stats.rounds >= len(src_lengths)
+    with pytest.raises(ValueError, match="speculate_up_to"):
+        SpeculativeOptions(speculate_up_to=-1)

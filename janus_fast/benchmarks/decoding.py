@@ -75,8 +75,11 @@ class Setting:
             return f"{self.translator_key} NAR T={self.iterations} lb={self.length_beam}{rescore}"
         if self.mode == "spec":
             spec = self.speculative
-            relaxed = f" relaxed k={spec.relaxed_top_k} m={spec.relaxed_margin:g}" if spec is not None else ""
-            return f"{self.translator_key} speculative{relaxed}"
+            relaxed = ""
+            if spec is not None and spec.relaxed_top_k:
+                relaxed = f" relaxed k={spec.relaxed_top_k} m={spec.relaxed_margin:g}"
+            always = " in every batch" if spec is not None and spec.speculate_up_to == 0 else ""
+            return f"{self.translator_key} speculative{relaxed}{always}"
         return f"{self.translator_key} AR {'greedy' if self.beam == 1 else f'beam {self.beam}'}"
 
 
@@ -99,7 +102,8 @@ def settings(compat: str = "janus", has_nar: bool = True) -> list[Setting]:
     rows = [Setting.of(decoder, "nar", iterations=t) for decoder in ("reference", "engine") for t in NAR_ITERATIONS]
     rows += [Setting.of(decoder, "ar", beam=beam) for decoder in ("reference", "engine") for beam in (1, 4)]
     rows += [Setting.of("engine", "nar", iterations=t, ar_rescore=True) for t in RESCORED_ITERATIONS]
-    rows += [Setting.of("engine", "spec")]
+    rows += [Setting.of("engine", "spec")]  # AR greedy's steps in batches of more than SPECULATE_UP_TO sentences
+    rows += [Setting.of("engine", "spec", speculative=SpeculativeOptions(speculate_up_to=0))]  # speculation's cost
     rows += [
         Setting.of("engine", "spec", speculative=SpeculativeOptions(relaxed_top_k=k, relaxed_margin=m))
         for k, m in RELAXED

@@ -93,7 +93,9 @@ def speculative(
 ) -> Hypotheses:
     """Speculative decoding (``janus_fast.decoding.speculative``): with exact verification the
     tokens and scores of ``ar_search`` (beam 1) at the same precision. ``options`` None: the defaults; ``stats``,
-    when given, counts rounds and accepted tokens.
+    when given, counts rounds and accepted tokens. With exact verification a batch of more than
+    ``options.speculate_up_to`` sentences runs AR greedy's steps instead (the same output; not
+    counted in ``stats``).
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
@@ -106,4 +108,7 @@ def speculative(
         )
     passes = chosen.passes()
     limits = max_ar_lengths(src_lengths, model, max_len)
+    options = options if options is not None else SpeculativeOptions()
+    if options.relaxed_top_k == 0 and 0 < options.speculate_up_to < len(src_lengths):
+        return greedy_loop(passes.model, passes, src_tokens, src_lengths, limits)
     return speculative_greedy(passes.model, passes, src_tokens, src_lengths, limits, options, stats)

@@ -47,6 +47,10 @@ FAIRSEQ_MAX_LEN = (COMPAT_DEFAULTS["fairseq"]["max_len_a"], COMPAT_DEFAULTS["fai
 # the most positions a draft or a verification may name (decoding caps both at the sentence's length
 # limit, which no model's max_target_positions exceeds here); also the largest relaxed top k
 MAX_WINDOW = 65536
+# mode "spec" speculates in batches of at most this many sentences (``SpeculativeOptions``): its
+# rounds do 4-5x AR greedy's row-work per token, which pays only where an AR step costs far more
+# than its rows (batch 1 on a GPU: launches and latency); larger batches run AR greedy's steps
+SPECULATE_UP_TO = 8
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,12 @@ class SpeculativeOptions:
         "also keep a drafted token among AR's top k within --relaxed-margin of its best (0: exact, AR greedy's output)",
     )
     relaxed_margin: float = option(1.0, "log-probability margin of relaxed verification")
+    speculate_up_to: int = option(
+        SPECULATE_UP_TO,
+        "speculate in batches of at most this many sentences; a larger batch runs AR greedy's steps, the "
+        "same output (its AR steps are already many-row products, and speculation only adds rows to them); "
+        "0: speculate in every batch. Exact verification only: relaxed verification always speculates",
+    )
 
     def __post_init__(self) -> None:
         ranges = {
@@ -68,6 +78,7 @@ class SpeculativeOptions:
             "min_draft": (1, MAX_WINDOW),
             "max_verify": (1, MAX_WINDOW),
             "relaxed_top_k": (0, MAX_WINDOW),
+            "speculate_up_to": (0, None),
         }
         for name, (low, high) in ranges.items():
             value = getattr(self, name)
