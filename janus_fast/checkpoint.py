@@ -77,7 +77,8 @@ def recover_directory(directory: str) -> None:
 def checkpoint_output(output: str, sources: Sequence[str], option: str = "--output") -> str:
     """Where a command that writes a checkpoint directory (export, average) writes: ``output`` with
     symlinks resolved. CheckpointError when it resolves to one of ``sources`` (a symlink to a source
-    included: the source would be overwritten) or is an existing non-empty folder that holds no
+    included: the source would be overwritten), holds one or lies inside one, or is an existing
+    non-empty folder that holds no
     checkpoint (its files would be lost when the new copy takes its place)."""
     from janus_fast.fairseq.dictionary import BPE_FILES, DICT_NAME
 
@@ -91,6 +92,11 @@ def checkpoint_output(output: str, sources: Sequence[str], option: str = "--outp
         if os.path.commonpath([real, os.path.realpath(source)]) == real:
             raise CheckpointError(
                 f"{option} {output} holds the source checkpoint {source}: replacing the folder would delete it"
+            )
+        if os.path.commonpath([real, os.path.realpath(source)]) == os.path.realpath(source):
+            raise CheckpointError(
+                f"{option} {output} is inside the source checkpoint {source}: a checkpoint folder is replaced whole "
+                "when it is saved again (a training run's last/), which would delete it; choose a folder outside it"
             )
     if os.path.lexists(real) and not os.path.isdir(real):
         raise CheckpointError(f"{option} {output} is a file: a checkpoint is a folder; choose a new or empty one")

@@ -42,13 +42,28 @@ def test_export_and_average_refuse_an_output_that_holds_a_source(trained_dir, tm
 
     outer = tmp_path / "outer"
     shutil.copytree(trained_dir, outer)
-    assert run_cli("export", "--model", str(outer), "--output", str(outer / "inner")).returncode == 0
+    shutil.copytree(trained_dir, outer / "inner")  # (a checkpoint put there by hand: export refuses it, below)
     before = sorted(os.listdir(outer))
     result = run_cli("export", "--model", str(outer / "inner"), "--output", str(outer), "--dtype", "bf16")
     assert result.returncode != 0 and b"holds the source checkpoint" in result.stderr
     result = run_cli("average", "--models", str(outer / "inner"), trained_dir, "--output", str(outer))
     assert result.returncode != 0 and b"holds the source checkpoint" in result.stderr
     assert sorted(os.listdir(outer)) == before and load_pretrained(str(outer / "inner")) is not None
+
+
+def test_export_and_average_refuse_an_output_inside_a_source(trained_dir, tmp_path):
+    """A copy written inside the folder it was read from (e.g. a run's last/) is deleted without a
+    word when that folder is saved again (replaced whole), as translate's outputs there are refused."""
+    from test_cli import run_cli
+
+    source = tmp_path / "last"
+    shutil.copytree(trained_dir, source)
+    before = sorted(os.listdir(source))
+    result = run_cli("export", "--model", str(source), "--output", str(source / "shipme"), "--dtype", "bf16")
+    assert result.returncode == 2 and b"is inside the source checkpoint" in result.stderr, result.stderr
+    result = run_cli("average", "--models", str(source), trained_dir, "--output", str(source / "avg" / "deeper"))
+    assert result.returncode == 2 and b"is inside the source checkpoint" in result.stderr, result.stderr
+    assert sorted(os.listdir(source)) == before
 
 
 def test_export_replaces_an_old_copy_whole_and_refuses_a_folder_of_other_files(trained_dir, tmp_path):
