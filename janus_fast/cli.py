@@ -329,6 +329,8 @@ def check_file_options(args: argparse.Namespace, command: str, *options: str) ->
     parts folder, so standard input and output ('-'), pipes and FIFOs are refused."""
     for option in options:
         path = getattr(args, option)
+        if path is not None and os.path.isdir(path):
+            raise InputError(f"--{option} {path}: is a directory, not a file of lines")
         if path is not None and not is_regular_input(path):
             raise InputError(
                 f"--{option} {path}: {command} reads and writes files ('-', pipes and FIFOs are not supported "

@@ -82,3 +82,22 @@ def test_reference_int8_copy_follows_weight_changes(change: str) -> None:
     after = translator.translate_ids(ids)
     assert after.tokens == fresh.tokens
     assert after.scores == pytest.approx(fresh.scores, abs=1e-6)
+
+
+def test_resolved_options_given_again_with_another_mode_resolve_that_modes_defaults():
+    """``resolve_options()`` of an AR call holds no NAR choices (collapse_repeats and length_bonus
+    stay None, as do the counts AR does not use), so the same options with mode="nar" decode as a
+    plain NAR call (the model's length bonus, repeats collapsed) instead of turning both off."""
+    from janus_fast import Translator
+
+    translator = Translator.from_pretrained()
+    shown = translator.resolve_options()
+    assert shown.mode == "ar" and shown.collapse_repeats is None and shown.length_bonus is None
+    assert shown.iterations is None and shown.length_beam is None and shown.beam == 1
+    sentences = ["Zwei Hunde spielen im Schnee.", "Ein Mann fährt Fahrrad auf einer Straße.", "Drei Kinder lachen."]
+    plain = translator.translate(sentences, mode="nar", iterations=4)
+    assert translator.translate(sentences, shown, mode="nar", iterations=4) == plain
+    nar = translator.resolve_options(mode="nar")
+    assert nar.length_bonus == translator.model.config.length_bonus and nar.collapse_repeats is True
+    with pytest.raises(ValueError, match="collapse_repeats applies to mode='nar'"):
+        translator.translate(sentences, nar, mode="ar")  # a NAR choice given to AR is refused, not ignored

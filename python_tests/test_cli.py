@@ -330,3 +330,12 @@ def test_sigterm_cleans_up_as_ctrl_c_does(tmp_path):
     finally:
         process.kill()
     assert list(scratch_root.glob("janus-fast-evaluate-*")) == []  # (torch may leave a cache folder of its own)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "distill"])
+def test_a_directory_as_src_is_named_as_one(tmp_path, command):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    rest = ["--ref", str(folder)] if command == "evaluate" else ["--output", str(tmp_path / "out.txt")]
+    result = run_cli(command, "--src", str(folder), *rest)
+    assert result.returncode == 2 and f"--src {folder}: is a directory".encode() in result.stderr, result.stderr

@@ -218,7 +218,8 @@ def fixture_sentences(count: int | None = None) -> list[str]:
 def test_compat_defaults_are_each_tools_own() -> None:
     """Options left None take their compat's defaults: this project's (iterations 10, length beam 3,
     beam 1, unchanged) or fairseq-generate 0.12.2's (``--iter-decode-max-iter 10``,
-    ``--iter-decode-with-beam 1``, ``--beam 5``, its ``GenerationConfig``); a value given wins."""
+    ``--iter-decode-with-beam 1``, ``--beam 5``, its ``GenerationConfig``); a value given wins. The
+    counts a mode does not use stay None (they resolve when the options are given with that mode)."""
     from janus_fast.decoding.options import DecodeOptions
     from janus_fast.model import JanusConfig
 
@@ -227,12 +228,14 @@ def test_compat_defaults_are_each_tools_own() -> None:
         resolved = options.resolve(JanusConfig(vocab_size=32))
         return resolved.iterations, resolved.length_beam, resolved.beam
 
-    assert resolve_compat_defaults("janus") == resolve_compat_defaults("janus", "ar") == (10, 3, 1)
-    assert resolve_compat_defaults("fairseq") == resolve_compat_defaults("fairseq", "ar") == (10, 1, 5)
-    assert resolve_compat_defaults("fairseq", iterations=4, length_beam=3) == (4, 3, 5)
-    assert resolve_compat_defaults("fairseq", iterations=0) == (0, 1, 5)
-    assert resolve_compat_defaults("fairseq", "ar", beam=2) == (10, 1, 2)
-    assert resolve_compat_defaults("janus", iterations=2) == (2, 3, 1)
+    assert resolve_compat_defaults("janus") == (10, 3, None)
+    assert resolve_compat_defaults("janus", "ar") == (None, None, 1)
+    assert resolve_compat_defaults("fairseq") == (10, 1, None)
+    assert resolve_compat_defaults("fairseq", "ar") == (None, None, 5)
+    assert resolve_compat_defaults("fairseq", iterations=4, length_beam=3) == (4, 3, None)
+    assert resolve_compat_defaults("fairseq", iterations=0) == (0, 1, None)
+    assert resolve_compat_defaults("fairseq", "ar", beam=2) == (None, None, 2)
+    assert resolve_compat_defaults("janus", iterations=2) == (2, 3, None)
     with pytest.raises(ValueError, match="does not apply to mode='ar'"):  # a count the mode does not use
         resolve_compat_defaults("fairseq", "ar", iterations=4)
     with pytest.raises(ValueError, match="unknown compat"):
@@ -334,16 +337,21 @@ def test_cli_fairseq_flag_names_are_aliases() -> None:
         assert vars(aliased) == vars(plain)
         assert (aliased.iterations, aliased.length_beam, aliased.force_max_iter) == (7, 4, True)
     kwargs = _decode_kwargs(parser.parse_args(["translate", "--compat", "fairseq", "--mode", "nar"]))
-    assert (kwargs["iterations"], kwargs["length_beam"], kwargs["beam"], kwargs["force_max_iter"]) == (10, 1, 5, False)
+    assert (kwargs["iterations"], kwargs["length_beam"], kwargs["beam"], kwargs["force_max_iter"]) == (
+        10,
+        1,
+        None,
+        False,
+    )
     kwargs = _decode_kwargs(parser.parse_args(["translate"]))
-    assert (kwargs["mode"], kwargs["iterations"], kwargs["length_beam"], kwargs["beam"]) == ("ar", 10, 3, 1)
+    assert (kwargs["mode"], kwargs["iterations"], kwargs["length_beam"], kwargs["beam"]) == ("ar", None, None, 1)
     explicit = ["translate", "--compat", "fairseq", "--mode", "nar", "--length-beam", "3"]
     assert _decode_kwargs(parser.parse_args(explicit))["length_beam"] == 3
     assert _decode_kwargs(parser.parse_args(["translate", "--compat", "fairseq", "--beam", "1"]))["beam"] == 1
     kwargs = _decode_kwargs(parser.parse_args(["distill", "--src", "s", "--output", "o", "--compat", "fairseq"]))
     assert (kwargs["mode"], kwargs["beam"]) == ("ar", 4)  # distill's own default beam stays
     kwargs = _decode_kwargs(parser.parse_args(["distill", "--src", "s", "--output", "o", "--mode", "nar"]))
-    assert (kwargs["mode"], kwargs["beam"]) == ("nar", 1)  # ... in mode ar only
+    assert (kwargs["mode"], kwargs["beam"]) == ("nar", None)  # ... in mode ar only (NAR has no beam)
 
 
 # --------------------------------------------------------------------------- restricted unpickler

@@ -214,6 +214,8 @@ class DecodeOptions:
             for name in ("iterations", "length_beam", "beam", "max_len_a", "max_len_b")
         }
         for name, value in resolved.items():  # a count another mode uses, given a value of its own
+            if isinstance(value, bool):
+                raise TypeError(f"{name} must be a number, got {value!r}")
             if name not in USED_COUNTS[mode] and value != defaults[name]:
                 raise ValueError(
                     f"{name}={value!r} does not apply to mode={mode!r} (it uses {', '.join(USED_COUNTS[mode])})"
@@ -230,7 +232,7 @@ class DecodeOptions:
         collapse = self.collapse_repeats
         if collapse is not None and not isinstance(collapse, bool):
             raise TypeError(f"collapse_repeats must be true, false or None, got {collapse!r}")
-        if collapse and not nar_janus:
+        if collapse and not nar_janus:  # (keeping repeats is what the other modes do: accepted)
             raise ValueError("collapse_repeats applies to mode='nar' with compat='janus' only")
         bonus = self.length_bonus
         if bonus is not None:
@@ -238,12 +240,14 @@ class DecodeOptions:
             if bonus and not nar_janus:
                 raise ValueError("length_bonus applies to mode='nar' with compat='janus' only")
         speculative = _check_speculative(self.speculative, mode, compat, self.decoder)
+        # what the mode does not use stays None: resolved options given again with another mode then
+        # resolve that mode's defaults (an AR call's "no bonus, repeats kept" is not a NAR choice)
         return dataclasses.replace(
             self,
             speculative=speculative,
-            **resolved,
-            collapse_repeats=nar_janus if collapse is None else collapse,
-            length_bonus=float(bonus) if bonus is not None else (config.length_bonus if nar_janus else 0.0),
+            **{name: value if name in USED_COUNTS[mode] else None for name, value in resolved.items()},
+            collapse_repeats=(collapse is None or collapse) if nar_janus else None,
+            length_bonus=(float(bonus) if bonus is not None else config.length_bonus) if nar_janus else None,
         )
 
 
