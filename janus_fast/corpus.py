@@ -317,7 +317,8 @@ def check_parts(parts_dir: str, manifest: dict, create: bool = True) -> None:
             )
         if entries:
             raise InputError(
-                f"{parts_dir} holds chunks but no {MANIFEST_NAME} (made by an older janus-fast): which source, "
+                f"{parts_dir} holds chunks but no {MANIFEST_NAME} (left by another job on this output that ended "
+                "meanwhile, or made by an older janus-fast): which source, "
                 f"model and options made them is unknown; {restart}"
             )
         # exclusive: of two jobs started at once on one output, one makes the manifest and the other
