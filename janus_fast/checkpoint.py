@@ -78,22 +78,23 @@ def checkpoint_output(output: str, sources: Sequence[str], option: str = "--outp
     """Where a command that writes a checkpoint directory (export, average) writes: ``output`` with
     symlinks resolved. CheckpointError when it resolves to one of ``sources`` (a symlink to a source
     included: the source would be overwritten), holds one or lies inside one, or is an existing
-    non-empty folder that holds no
-    checkpoint (its files would be lost when the new copy takes its place)."""
+    non-empty folder that holds no checkpoint (its files would be lost when the new copy takes its place)."""
     from janus_fast.fairseq.dictionary import BPE_FILES, DICT_NAME
 
     real = os.path.realpath(output)
     for source in sources:
-        if real == os.path.realpath(source):
+        real_source = os.path.realpath(source)
+        common = os.path.commonpath([real, real_source])
+        if real == real_source:
             raise CheckpointError(
                 f"{option} {output} must differ from the source checkpoint {source} (it resolves to it): "
                 "a source is never overwritten"
             )
-        if os.path.commonpath([real, os.path.realpath(source)]) == real:
+        if common == real:
             raise CheckpointError(
                 f"{option} {output} holds the source checkpoint {source}: replacing the folder would delete it"
             )
-        if os.path.commonpath([real, os.path.realpath(source)]) == os.path.realpath(source):
+        if common == real_source:
             raise CheckpointError(
                 f"{option} {output} is inside the source checkpoint {source}: a checkpoint folder is replaced whole "
                 "when it is saved again (a training run's last/), which would delete it; choose a folder outside it"

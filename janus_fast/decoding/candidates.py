@@ -62,9 +62,9 @@ def length_candidates(
     lengths = lengths.clamp(max=config.max_target_positions)
     none = ~(log_probs[:, 0] > float("-inf"))  # every class impossible (NaN from the softmax) or NaN logits
     if bool(none.any()):
-        lengths = torch.where(none[:, None], MIN_NAR_LENGTH, lengths)
-        first = torch.arange(log_probs.shape[1], device=log_probs.device)[None] == 0
-        log_probs = torch.where(none[:, None], torch.where(first, 0.0, float("-inf")), log_probs)
+        lengths = lengths.masked_fill(none[:, None], MIN_NAR_LENGTH)
+        log_probs = log_probs.masked_fill(none[:, None], float("-inf"))
+        log_probs[:, 0].masked_fill_(none, 0.0)  # the one candidate; the others repeat it below
     impossible = log_probs == float("-inf")
     return torch.where(impossible, lengths[:, :1], lengths), log_probs
 

@@ -308,10 +308,11 @@ def _check_model_kind(config: JanusConfig, mode: str, compat: str, ar_rescore: b
         objectives = ", ".join(config.extra["trained_objectives"])
         untrained = " and ".join(sorted(needed - trained)).upper()
         usable = " or ".join(f"mode={m!r}" for m in ("ar", "nar") if m in trained) or "no mode"
-        what = f"mode={mode!r} with ar_rescore=True" if ar_rescore and "ar" not in trained else f"mode={mode!r}"
+        by_rescore = ar_rescore and "ar" not in trained  # (the mode alone may need only a trained side)
+        rescore, without = (" with ar_rescore=True", " without ar_rescore") if by_rescore else ("", "")
         raise ValueError(
             f"this model was trained with objective {objectives} only: its {untrained} side was never trained, so "
-            f"{what} would decode noise; use {usable}" + (" without ar_rescore" if what != f"mode={mode!r}" else "")
+            f"mode={mode!r}{rescore} would decode noise; use {usable}{without}"
         )
 
 
