@@ -1026,8 +1026,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, category, *_: f"janus-fast: warning: {message}\n"
+    from janus_fast.decoding.options import spelled_as_flags
+
     try:
-        status = args.handler(args)
+        with spelled_as_flags():  # option errors name the flags typed (--relaxed-top-k, --mode nar)
+            status = args.handler(args)
         flush_standard_output()
         return status
     except (InputError, CheckpointError, ValueError, TypeError) as error:

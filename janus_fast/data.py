@@ -153,12 +153,16 @@ def read_lines(path: str) -> list[str]:
 
 
 def corpus_path(data_dir: str, split: str, language: str) -> str:
-    """Path of one side of a Multi30k-style split, e.g. ``train.de.gz`` (or plain ``train.de``)."""
+    """Path of one side of a Multi30k-style split, e.g. ``train.de.gz`` (or plain ``train.de``);
+    InputError when there is neither, or both (which one was meant cannot be told: a plain copy
+    unpacked and then edited beside its original, say)."""
     if language not in LANGUAGES:
         warnings.warn(f"language {language!r} is not one of the bundled ones {LANGUAGES}", stacklevel=2)
-    for path in corpus_candidates(data_dir, split, language):
-        if os.path.exists(path):
-            return path
+    found = [path for path in corpus_candidates(data_dir, split, language) if os.path.exists(path)]
+    if len(found) > 1:
+        raise InputError(f"both {found[0]} and {found[1]} exist: which one to read is unclear; move one away")
+    if found:
+        return found[0]
     raise InputError(f"no file {split}.{language}[.gz] in {data_dir}")
 
 

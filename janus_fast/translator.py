@@ -73,6 +73,8 @@ class Translator:
                 f"tokenizer has {tokenizer.vocab_size} pieces but the model {model.config.vocab_size}"
             )
         check_choice("decoder", decoder, DECODERS)
+        if not isinstance(release_weights, bool):  # a truthy "no" would free the weights
+            raise TypeError(f"release_weights must be true or false, got {release_weights!r}")
         self.options = DecodeOptions(decoder=decoder, precision=precision)
         # fixed for the translator's life (read-only properties below): the passes are chosen for them
         self._model, self._tokenizer, self._decoder, self._precision = model.eval(), tokenizer, decoder, precision
@@ -181,7 +183,9 @@ class Translator:
         """
         if isinstance(sentences, (str, bytes)) or not isinstance(sentences, Sequence):
             raise TypeError(f"translate() takes a list of sentences, not a {type(sentences).__name__}")
-        resolved = self._resolve(options, changes, max_batch_tokens, batch_size)
+        if not isinstance(return_scores, bool):
+            raise TypeError(f"return_scores must be true or false, got {return_scores!r}")
+        resolved = self._resolve(options, changes, max_batch_tokens, batch_size, progress)
         encoded = self.encode_sources(sentences, first_line)
         found = self._decode(encoded, resolved, max_batch_tokens, batch_size, progress)
         outputs = self.texts(found.tokens, resolved.mode)
@@ -237,7 +241,7 @@ class Translator:
         [] and 0.0 for an empty source. Options as ``translate``."""
         if isinstance(sources, (str, bytes)) or not isinstance(sources, Sequence):
             raise TypeError(f"translate_ids() takes a list of sources, not a {type(sources).__name__}")
-        resolved = self._resolve(options, changes, max_batch_tokens, batch_size)
+        resolved = self._resolve(options, changes, max_batch_tokens, batch_size, progress)
         config = self.model.config
         vocab = config.vocab_size
         reserved = {config.pad_id, config.bos_id, config.eos_id, config.mask_id} - {config.unk_id}
@@ -273,10 +277,18 @@ class Translator:
         return (options if options is not None else self.options).replace(**changes).resolve(self.model.config)
 
     def _resolve(
-        self, options: DecodeOptions | None, changes: dict, max_batch_tokens: int | None, batch_size: int | None
+        self,
+        options: DecodeOptions | None,
+        changes: dict,
+        max_batch_tokens: int | None,
+        batch_size: int | None,
+        progress: Callable[[int], None] | None,
     ) -> DecodeOptions:
-        """``resolve_options`` after the checks of the batch options; ValueError for a model put back
-        in training mode (dropout would change the output on every call)."""
+        """``resolve_options`` after the checks of the batch options and ``progress`` (None or a
+        callable); ValueError for a model put back in training mode (dropout would change the output
+        on every call)."""
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be a function of the sentences done, or None, got {progress!r}")
         if self.model.training:
             raise ValueError(
                 "the translator's model is in training mode (dropout would change the output on every call): "

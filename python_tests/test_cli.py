@@ -264,7 +264,7 @@ def test_ar_rescore_option_reaches_the_translator(trained_dir):
     result = run_cli("translate", "--model", trained_dir, *args, stdin=b"Ein Mann.\n")
     assert result.returncode == 0 and len(result.stdout.decode().splitlines()) == 1
     result = run_cli("translate", "--model", trained_dir, "--ar-rescore", stdin=b"Ein Mann.\n")  # default: AR
-    assert result.returncode != 0 and b"ar_rescore applies" in result.stderr
+    assert result.returncode != 0 and b"--ar-rescore applies to --mode nar" in result.stderr
 
 
 @pytest.mark.parametrize(("text", "value"), [("-1e-3", -0.001), ("-2E2", -200.0), ("-0.5", -0.5), ("-.5", -0.5)])

@@ -7,7 +7,7 @@ import gzip
 import pytest
 import torch
 
-from janus_fast.data import InputError, ParallelDataset, iter_lines, read_lines, span_mask, uniform_mask
+from janus_fast.data import InputError, ParallelDataset, corpus_path, iter_lines, read_lines, span_mask, uniform_mask
 
 
 def test_read_plain_gz_and_invalid_utf8(tmp_path):
@@ -84,3 +84,16 @@ def test_a_line_past_the_byte_limit_is_cut_with_a_warning_and_memory_stays_bound
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert lines == [MAX_LINE_BYTES, 5] and peak < 6 * MAX_LINE_BYTES
+
+
+def test_a_split_with_both_a_gzipped_and_a_plain_file_is_refused(tmp_path):
+    """``train.de.gz`` beside a plain ``train.de`` (unpacked with ``gunzip -k``, then edited): which
+    one was meant cannot be told, so both are named and neither is read; one alone is read."""
+    with gzip.open(tmp_path / "train.de.gz", "wt") as handle:
+        handle.write("ein Hund\n")
+    assert corpus_path(str(tmp_path), "train", "de") == str(tmp_path / "train.de.gz")
+    (tmp_path / "train.de").write_text("ein hund\n")
+    with pytest.raises(InputError, match=r"both .*train\.de\.gz and .*train\.de exist"):
+        corpus_path(str(tmp_path), "train", "de")
+    (tmp_path / "train.de.gz").unlink()
+    assert corpus_path(str(tmp_path), "train", "de") == str(tmp_path / "train.de")

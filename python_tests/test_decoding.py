@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from janus_fast.decoding.beam import BeamRules, finished_beam_search
+from janus_fast.decoding.beam import BeamChoice, BeamRules, finished_beam_search
 from janus_fast.decoding.reference import ar_search, mask_predict
 from janus_fast.generation import generate
 
@@ -124,14 +124,14 @@ def test_beam_search_wider_than_every_hypothesis_is_exhaustive(min_length):
     row_limits = torch.tensor(limits).repeat_interleave(beam)
     sentence_of_row = torch.arange(len(limits)).repeat_interleave(beam)  # the decoder's per-row state
 
-    def step_logits(history: torch.Tensor, step: int) -> torch.Tensor:
-        return tables[sentence_of_row, step, history[:, step]]
+    def step_candidates(history: torch.Tensor, step: int, choice: BeamChoice) -> tuple[torch.Tensor, torch.Tensor]:
+        return choice.choose(tables[sentence_of_row, step, history[:, step]])
 
     def reorder(origin: torch.Tensor) -> None:
         nonlocal sentence_of_row
         sentence_of_row = sentence_of_row[origin]
 
-    found = finished_beam_search(step_logits, reorder, rules, beam, row_limits)
+    found = finished_beam_search(step_candidates, reorder, rules, beam, row_limits)
     lengths = set()
     for index, limit in enumerate(limits):
         tokens, scores = _exhaustive_best(tables[index], rules, limit)
@@ -151,14 +151,14 @@ def test_beam_search_of_one_is_greedy():
 
     sentence_of_row = torch.arange(3)  # the decoder's per-row state
 
-    def step_logits(history: torch.Tensor, step: int) -> torch.Tensor:
-        return tables[sentence_of_row, step, history[:, step]]
+    def step_candidates(history: torch.Tensor, step: int, choice: BeamChoice) -> tuple[torch.Tensor, torch.Tensor]:
+        return choice.choose(tables[sentence_of_row, step, history[:, step]])
 
     def reorder(origin: torch.Tensor) -> None:
         nonlocal sentence_of_row
         sentence_of_row = sentence_of_row[origin]
 
-    found = finished_beam_search(step_logits, reorder, rules, 1, torch.full((3,), limit))
+    found = finished_beam_search(step_candidates, reorder, rules, 1, torch.full((3,), limit))
     for index in range(3):
         tokens, previous = [], 0
         for step in range(limit):

@@ -39,8 +39,9 @@ def test_engine_greedy_equals_reference(seed):
 @pytest.mark.parametrize("seed", [2, 7])  # random models whose beam outputs differ from greedy's
 @pytest.mark.parametrize("beam", [2, 4])
 def test_engine_beam_search_equals_reference(seed, beam):
-    """The engine's beam search runs the reference's loop over the native steps, whose caches it
-    reorders: same tokens, same scores, and the native path really ran."""
+    """The engine's beam search runs the reference's loop over the native steps, which choose each
+    row's candidates without the logits, and reorders their caches: same tokens, same scores, and
+    the native path really ran."""
     from janus_fast.native.decoder import NativeDecoder, native_decoder_available
 
     if not native_decoder_available():
@@ -49,14 +50,14 @@ def test_engine_beam_search_equals_reference(seed, beam):
     src, lengths = random_sources(seed + 20)
     expected = ar_search(model, src, lengths, beam=beam)
     calls = []
-    original = NativeDecoder.ar_step
+    original = NativeDecoder.ar_topk_step
 
     def counted(self, *args, **kwargs):
         calls.append(1)
         return original(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(NativeDecoder, "ar_step", counted)
+        patch.setattr(NativeDecoder, "ar_topk_step", counted)
         got = engine.ar_search(model, src, lengths, beam=beam)
     assert calls
     assert got.tokens == expected.tokens
@@ -91,7 +92,7 @@ def test_finished_sentences_leave_the_batch(decoder, beam):
     lengths[0] = 1  # limits 11 .. 24 tokens (1.2 S + 10): sentences end at different steps
     rows_per_step = []
     if decoder == "engine":
-        cls, name = NativeDecoder, "ar_greedy_step" if beam == 1 else "ar_step"
+        cls, name = NativeDecoder, "ar_greedy_step" if beam == 1 else "ar_topk_step"
     else:
         cls, name = JanusModel, "ar_step"
     original = getattr(cls, name)

@@ -149,3 +149,25 @@ def test_empty_splits_are_refused_before_training(corpus_dir, tmp_path, split):
     result = run_cli("train", "--data-dir", str(data), "--output-dir", out, *TRAIN_OPTIONS)
     assert result.returncode == 2
     error_line(result, named)
+
+
+@pytest.mark.parametrize(
+    "flags,names,api_spelling",
+    [
+        (
+            ["--mode", "spec", "--relaxed-margin", "0.5"],
+            ["--relaxed-margin 0.5", "give --relaxed-top-k > 0"],
+            "relaxed_",
+        ),
+        (["--mode", "spec", "--draft-iterations", "0"], ["--draft-iterations must be in [1, 128]"], "draft_"),
+        (["--mode", "ar", "--iterations", "4"], ["--iterations 4 does not apply to --mode ar", "--mode nar"], "mode="),
+        (["--mode", "ar", "--collapse-repeats"], ["--collapse-repeats applies to --mode nar with --compat janus"], "="),
+        (["--mode", "spec", "--relaxed-top-k", "3", "--decoder", "reference"], ["needs --decoder engine"], "="),
+    ],
+)
+def test_decoding_option_errors_name_the_flags_typed(flags, names, api_spelling):
+    """The decoding options' errors name the command-line flags, not the API's fields (issue 34:
+    ``relaxed_top_k``, ``mode='nar'`` in a CLI error)."""
+    result = run_cli("translate", *flags, stdin=b"Ein Hund.\n")
+    assert result.returncode == 2
+    assert api_spelling not in error_line(result, *names).split("error:", 1)[1]

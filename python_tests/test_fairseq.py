@@ -997,6 +997,10 @@ def test_a_converted_cmlm_decodes_only_with_its_nar_side(converted: dict[str, st
         generate(cmlm, src, lengths, mode="nar", ar_rescore=True)
     assert len(generate(cmlm, src, lengths, mode="nar")) == 2
     assert load_pretrained(converted["janus"]).config.extra["trained_objectives"] == ["janus"]
+    # fairseq-generate's mask-predict flags without the mode: the model's kind is named first, with the
+    # mode that works (not "iterations does not apply to mode 'ar'")
+    with pytest.raises(ValueError, match="AR side was never trained.*use mode='nar'"):
+        generate(cmlm, src, lengths, mode="ar", compat="fairseq", iterations=4, length_beam=3)
 
 
 def test_train_refuses_to_warm_start_from_a_converted_fairseq_model(converted, corpus_dir, tmp_path) -> None:

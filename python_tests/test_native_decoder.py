@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from conftest import random_model
 
 from janus_fast.decoding import engine, passes
+from janus_fast.decoding.beam import BeamChoice
 from janus_fast.decoding.reference import ar_search, mask_predict
 from janus_fast.native.decoder import (
     NativeDecoder,
@@ -232,6 +233,82 @@ def test_ar_greedy_step_is_argmax_and_log_softmax_of_model_logits(threads, archi
                 native.ar_greedy_step(tokens, 6, memory, caches, excluded, forced[:2], model.config.eos_id)
     finally:
         torch.set_num_threads(threads_before)
+
+
+@pytest.mark.parametrize("architecture", list(AR_ARCHITECTURES))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ar_topk_step_is_the_top_k_of_the_model_log_softmax(threads, architecture):
+    """A beam step's candidates without logits == BeamChoice.choose of the model's step logits (an
+    independent torch log_softmax + topk): the same ids in the same order (no ties in random
+    logits), log-probabilities to float32 rounding; forced rows hold the forced id alone, then
+    -inf; excluded ids never appear; k above the vocabulary gives the whole vocabulary."""
+    model = model_for("medium", seed=8, architecture=architecture)
+    batch, vocab = 6, model.config.vocab_size
+    src, lengths = sources(7, batch, vocab)
+    native = NativeDecoder.for_model(model)
+    eos = model.config.eos_id
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            encoder_out, memory, expected_caches, caches, tokens = ar_start(model, src, lengths, 7)
+            for step, k in enumerate([1, 2, 8, 8, vocab + 3]):
+                logits = model.ar_step(tokens, step, encoder_out, expected_caches)
+                # the specials and the first row's favourite excluded, so exclusion decides something
+                excluded = torch.tensor([model.config.mask_id, model.config.pad_id, int(logits[0].argmax())])
+                forced = torch.arange(batch) % 3 == step % 3
+                choice = BeamChoice(excluded, forced, eos, k)
+                expected_ids, expected_scores = choice.choose(logits)
+                got_ids, got_scores = native.ar_topk_step(tokens, step, memory, caches, excluded, forced, eos, k, False)
+                assert got_ids.shape == expected_ids.shape == (batch, min(k, vocab))
+                possible = expected_scores > float("-inf")
+                assert torch.equal(got_ids[possible], expected_ids[possible])
+                assert torch.equal(got_scores > float("-inf"), possible)
+                scale = max(1.0, float(logits.abs().amax()))  # rounding grows with the logits (no final norm)
+                torch.testing.assert_close(
+                    got_scores[possible], expected_scores[possible], rtol=1e-4, atol=1e-4 * scale
+                )
+                assert (got_ids[forced, 0] == eos).all() and possible[forced].sum() == forced.sum()
+                assert not set(got_ids[~forced][possible[~forced]].tolist()) & set(excluded.tolist())
+                for row in got_ids.tolist():  # every id at most once, within the vocabulary
+                    assert len(set(row)) == len(row) and 0 <= min(row) and max(row) < vocab
+                tokens = expected_ids[:, 0]
+            with pytest.raises(ValueError, match="k must be >= 1"):
+                native.ar_topk_step(tokens, 5, memory, caches, excluded, forced, eos, 0, False)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def test_ar_topk_step_follows_torch_on_rows_with_nan():
+    """Rows whose logits hold NaN take torch's rules (BeamChoice.choose). Token 9's embedding is NaN
+    (tied to the output projection): a row fed 9 is NaN throughout, every other row has NaN at id 9
+    only. With nan_as_impossible the NaN log-probabilities count as -inf (a row with any NaN has
+    no possible candidate, a forced one included); without, a row with any NaN has
+    NaN log-probabilities only (torch's log_softmax), and NaN ranks first, as in torch.topk."""
+    model = model_for("tiny", seed=3)
+    vocab, eos = model.config.vocab_size, model.config.eos_id
+    with torch.no_grad():
+        model.embed_tokens.weight[9].fill_(float("nan"))
+    native = NativeDecoder.for_model(model)
+    src, lengths = sources(2, 3, vocab)
+    tokens = torch.tensor([9, 5, 9])
+    forced = torch.tensor([False, False, True])
+    excluded = torch.tensor([model.config.pad_id])
+    with torch.inference_mode():
+        for nan_as_impossible in (True, False):
+            encoder_out, memory, expected_caches, caches, _ = ar_start(model, src, lengths, 3)
+            logits = model.ar_step(tokens, 0, encoder_out, expected_caches)
+            assert logits[0].isnan().all() and logits[1].isnan().sum() == 1
+            choice = BeamChoice(excluded, forced, eos, 4, nan_as_impossible)
+            expected_ids, expected_scores = choice.choose(logits)
+            got_ids, got_scores = native.ar_topk_step(
+                tokens, 0, memory, caches, excluded, forced, eos, 4, nan_as_impossible
+            )
+            torch.testing.assert_close(got_scores, expected_scores, equal_nan=True, rtol=1e-5, atol=1e-5)
+            if nan_as_impossible:
+                assert (got_scores == float("-inf")).all()
+            else:
+                assert got_scores[:2].isnan().all() and int(got_ids[2, 0]) == eos
 
 
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
@@ -610,6 +687,7 @@ def test_meta_kernels_give_the_shapes_of_the_cpu_ops(architecture):
         ),
         "decoder_ar_step": (*ar, tokens, 0, *memory, *cache_lists),
         "decoder_ar_greedy": (*ar, tokens, 1, *memory, *cache_lists, excluded, forced[:3], eos),
+        "decoder_ar_topk": (*ar, tokens, 1, *memory, *cache_lists, excluded, forced[:3], eos, 4, False),
         "decoder_ar_extend": (
             *ar,
             packed_tokens,

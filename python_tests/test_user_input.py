@@ -319,3 +319,20 @@ def test_a_wrong_attention_backend_is_refused_on_every_decoding_path(monkeypatch
     for decoder in ("engine", "reference"):
         with pytest.raises(ValueError, match="JANUS_FAST_ATTENTION_BACKEND='Triton'"):
             Translator(translator.model, translator.tokenizer, decoder=decoder).translate(["Ein Hund."])
+
+
+def test_api_flags_are_type_checked_before_any_work(trained_dir, translator):
+    """A truthy string is not a yes: ``release_weights="no"`` is refused before the weights are
+    freed, ``return_scores="yes"`` before decoding; a ``progress`` that cannot be called is refused
+    before the first batch (it used to fail after decoding it)."""
+    with pytest.raises(TypeError, match="release_weights must be true or false"):
+        Translator.from_pretrained(trained_dir, release_weights="no")
+    assert not any(p.is_meta for p in Translator.from_pretrained(trained_dir).model.parameters())
+    with pytest.raises(TypeError, match="return_scores must be true or false"):
+        translator.translate(["Ein Hund."], return_scores="yes")
+    with pytest.raises(TypeError, match="progress must be a function"):
+        translator.translate(["Ein Hund."], progress=5)
+    with pytest.raises(TypeError, match="progress must be a function"):
+        translator.translate_ids([[5, 6]], progress=5)
+    done = []
+    assert translator.translate(["Ein Hund."], progress=done.append) and done == [1]

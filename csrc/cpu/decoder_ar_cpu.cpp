@@ -5,6 +5,8 @@
 //                                 caches, returning (B, V) logits;
 //   janus_fast::decoder_ar_greedy the same step returning greedy search's token per row and its
 //                                 log-probability instead of logits;
+//   janus_fast::decoder_ar_topk   the same step returning each row's k most likely tokens and their
+//                                 log-probabilities instead of logits: a beam search step;
 //   janus_fast::decoder_ar_extend several new tokens per sentence appended to its caches (AR passes of
 //                                 both streams from per-sentence cache lengths), with the greedy
 //                                 choice after each: the verification of speculative decoding;
@@ -247,6 +249,28 @@ std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy(at::TensorList weights, int
   return select_tokens(s.d, s.states, s.rows, rules.excluded, rules.forced_ids.data());
 }
 
+// decoder_ar_step followed by a beam search step's choice (select_top_tokens): per row the k tokens of
+// largest log-probability without `excluded_ids` (or `forced_id` alone where `forced` (B,) bool is set),
+// best first: ids (B, min(k, V)) int64 and log-probabilities (B, min(k, V)) float32; no (B, V) logits.
+std::tuple<at::Tensor, at::Tensor> decoder_ar_topk(at::TensorList weights, int64_t num_heads, double embed_scale,
+                                                   bool post_norm, bool relu, int64_t mask_id,
+                                                   int64_t query_position_offset, bool query_stream,
+                                                   const at::Tensor& tokens, int64_t step, at::TensorList memory_keys,
+                                                   at::TensorList memory_values, const at::Tensor& memory_lengths,
+                                                   at::TensorList cache_keys, at::TensorList cache_values,
+                                                   const at::Tensor& excluded_ids, const at::Tensor& forced,
+                                                   int64_t forced_id, int64_t k, bool nan_as_impossible,
+                                                   const std::optional<at::Tensor>& memory_rows) {
+  const char* op = "decoder_ar_topk";
+  TORCH_CHECK_VALUE(tokens.dim() == 1, op, ": tokens must be int64 (B,), got ", tokens.sizes());
+  TORCH_CHECK_VALUE(k >= 1, op, ": k must be >= 1, got ", k);
+  const GreedyRules rules = greedy_rules(weights, num_heads, excluded_ids, forced, tokens.size(0), forced_id, op);
+  const PassStates s = ar_states(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
+                                 query_stream, tokens, step_layout(tokens.size(0), step, op), memory_keys,
+                                 memory_values, memory_lengths, memory_rows, {cache_keys, cache_values, true}, op);
+  return select_top_tokens(s.d, s.states, s.rows, rules.excluded, rules.forced_ids.data(), k, nan_as_impossible);
+}
+
 // decoder_ar_extend: ar_states over packed new tokens (row_offsets (N + 1,), cache_lengths
 // (N,)), then greedy search's choice after every new token (as decoder_ar_greedy, `forced` (P,) per
 // token): the AR greedy tokens and log-probabilities (P,) of the positions after each new token, and,
@@ -329,6 +353,7 @@ at::Tensor decoder_ar_score(at::TensorList weights, int64_t num_heads, double em
 TORCH_LIBRARY_IMPL(janus_fast, CPU, m) {
   m.impl("decoder_ar_step", &decoder_ar_step);
   m.impl("decoder_ar_greedy", &decoder_ar_greedy);
+  m.impl("decoder_ar_topk", &decoder_ar_topk);
   m.impl("decoder_ar_extend", &decoder_ar_extend);
   m.impl("decoder_ar_score", &decoder_ar_score);
 }

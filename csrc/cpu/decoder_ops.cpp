@@ -5,6 +5,8 @@
 //                                 appending to the key/value caches, returning (B, V) logits;
 //   janus_fast::decoder_ar_greedy the same step returning greedy search's token per row and its
 //                                 log-probability instead of logits;
+//   janus_fast::decoder_ar_topk   the same step returning each row's k most likely tokens and their
+//                                 log-probabilities instead of logits: a beam search step;
 //   janus_fast::decoder_ar_extend several new tokens per sentence appended to its caches, with the
 //                                 greedy choice after each: the verification of speculative decoding;
 //   janus_fast::decoder_nar_pass  the content-stream pass of mask-predict over packed rows
@@ -85,6 +87,18 @@ std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy_meta(
   return {meta_empty({rows}, tokens, at::kLong), meta_empty({rows}, tokens, at::kFloat)};
 }
 
+std::tuple<at::Tensor, at::Tensor> decoder_ar_topk_meta(
+    at::TensorList weights, int64_t, double, bool, bool, int64_t, int64_t, bool, const at::Tensor& tokens, int64_t,
+    at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor&, at::TensorList cache_keys,
+    at::TensorList cache_values, const at::Tensor&, const at::Tensor&, int64_t, int64_t k, bool,
+    const std::optional<at::Tensor>&) {
+  const char* op = "decoder_ar_topk";
+  const int64_t vocab = meta_vocab(weights, memory_keys, memory_values, cache_keys, cache_values, true, op);
+  TORCH_CHECK_VALUE(k >= 1, op, ": k must be >= 1, got ", k);
+  const int64_t rows = meta_length(tokens, op, "tokens"), width = std::min(k, vocab);
+  return {meta_empty({rows, width}, tokens, at::kLong), meta_empty({rows, width}, tokens, at::kFloat)};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_ar_extend_meta(
     at::TensorList weights, int64_t, double, bool, bool, int64_t, int64_t, bool, const at::Tensor& tokens,
     const at::Tensor&, const at::Tensor&, at::TensorList memory_keys, at::TensorList memory_values,
@@ -162,6 +176,12 @@ TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
       "Tensor[] memory_values, Tensor memory_lengths, Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values, "
       "Tensor excluded_ids, Tensor forced, int forced_id, Tensor? memory_rows=None) -> (Tensor, Tensor)");
   m.def(
+      "decoder_ar_topk(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
+      "int query_position_offset, bool query_stream, Tensor tokens, int step, Tensor[] memory_keys, "
+      "Tensor[] memory_values, Tensor memory_lengths, Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values, "
+      "Tensor excluded_ids, Tensor forced, int forced_id, int k, bool nan_as_impossible, Tensor? memory_rows=None) "
+      "-> (Tensor, Tensor)");
+  m.def(
       "decoder_ar_extend(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
       "int query_position_offset, bool query_stream, Tensor tokens, Tensor row_offsets, Tensor cache_lengths, "
       "Tensor[] memory_keys, Tensor[] memory_values, Tensor memory_lengths, Tensor(a!)[] cache_keys, "
@@ -189,6 +209,7 @@ TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
 TORCH_LIBRARY_IMPL(janus_fast, Meta, m) {
   m.impl("decoder_ar_step", &decoder_ar_step_meta);
   m.impl("decoder_ar_greedy", &decoder_ar_greedy_meta);
+  m.impl("decoder_ar_topk", &decoder_ar_topk_meta);
   m.impl("decoder_ar_extend", &decoder_ar_extend_meta);
   m.impl("decoder_nar_pass", &decoder_nar_pass_meta);
   m.impl("decoder_nar_fill", &decoder_nar_fill_meta);

@@ -1,11 +1,14 @@
 // The choice of tokens from the last states of a pass without materialising its logits (decoder_passes.h's
-// select_tokens): greedy search's argmax and its log-softmax, as torch computes them, and the rank of a
-// candidate token (speculative decoding's relaxed verification).
+// select_tokens, select_top_tokens): greedy search's argmax and its log-softmax, as torch computes them,
+// the rank of a candidate token (speculative decoding's relaxed verification), and a beam search step's
+// k best tokens per row.
 #include "cpu/decoder_passes.h"
 
+#include <cstring>
 #include <limits>
 
 #include "core/logit_reduction.h"
+#include "core/top_k.h"
 
 namespace janus_fast {
 namespace cpu {
@@ -85,22 +88,48 @@ CandidateRank rank_candidate(const float* row, int64_t vocab, const std::vector<
   return {score, rank};
 }
 
+// Runs the final norm and the vocabulary projection over `states` (rows, d), calling choose(r, logits
+// of row r) once per row: in tiles of rows whose logits stay in a per-thread buffer, or, with fewer rows
+// than threads (one sentence's AR step), with the projection's columns split across the threads
+// (linear) and the rows reduced after; the same logits either way.
+template <typename Choose>
+void for_each_logit_row(const DecoderWeights& d, float* states, int64_t rows, const Choose& choose) {
+  if (rows == 0) return;
+  if (d.final_norm.weight != nullptr) layer_norm_rows(states, rows, d.dim, d.final_norm, states);
+  const int64_t threads = at::get_num_threads();
+  if (rows < threads) {
+    thread_local std::vector<float> logits_buffer;
+    float* logits = scratch(logits_buffer, rows * d.vocab);
+    linear(states, rows, d.dim, d.vocab_projection, logits, d.vocab);
+    for (int64_t r = 0; r < rows; ++r) choose(r, logits + r * d.vocab);
+    return;
+  }
+  const Isa isa = active_isa();
+  const int64_t tile = std::min<int64_t>(32, std::max<int64_t>(1, (rows + threads - 1) / threads));
+  const int64_t num_tiles = (rows + tile - 1) / tile;
+  at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> logits_buffer;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t first = t * tile, n = std::min(tile, rows - first);
+      float* logits = scratch(logits_buffer, n * d.vocab);
+      core::gemm(isa, n, states + first * d.dim, d.dim, d.vocab_projection, logits, d.vocab, 0, d.vocab);
+      for (int64_t i = 0; i < n; ++i) choose(first + i, logits + i * d.vocab);
+    }
+  });
+}
+
 }  // namespace
 
-// The final norm and the vocabulary projection run in tiles of rows whose logits stay in a per-thread
-// buffer.
 std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float* states, int64_t rows,
                                                  const std::vector<int64_t>& excluded, const int64_t* forced_ids,
                                                  const Candidates& candidates) {
   at::Tensor best = at::empty({rows}, at::TensorOptions().dtype(at::kLong));
   at::Tensor scores = at::empty({rows}, at::TensorOptions().dtype(at::kFloat));
-  if (rows == 0) return {best, scores};
-  if (d.final_norm.weight != nullptr) layer_norm_rows(states, rows, d.dim, d.final_norm, states);
   int64_t* best_ids = best.data_ptr<int64_t>();
   float* best_scores = scores.data_ptr<float>();
   const Isa isa = active_isa();
   // greedy_token (and the candidate's rank) of row r of the pass, from its logits
-  auto choose = [&](int64_t r, const float* row) {
+  for_each_logit_row(d, states, rows, [&](int64_t r, const float* row) {
     const int64_t forced = forced_ids != nullptr ? forced_ids[r] : -1;
     const GreedyToken token = greedy_token(isa, row, d.vocab, excluded, forced);
     best_ids[r] = token.id;
@@ -113,29 +142,59 @@ std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float*
       candidates.scores[r] = ranked.score;
       candidates.ranks[r] = ranked.rank;
     }
-  };
-  const int64_t threads = at::get_num_threads();
-  if (rows < threads) {
-    // fewer rows than threads (one sentence's AR step): the projection's columns are split across
-    // the threads instead (linear), then each row is reduced; the same logits as the tiles below
-    thread_local std::vector<float> logits_buffer;
-    float* logits = scratch(logits_buffer, rows * d.vocab);
-    linear(states, rows, d.dim, d.vocab_projection, logits, d.vocab);
-    for (int64_t r = 0; r < rows; ++r) choose(r, logits + r * d.vocab);
-    return {best, scores};
-  }
-  const int64_t tile = std::min<int64_t>(32, std::max<int64_t>(1, (rows + threads - 1) / threads));
-  const int64_t num_tiles = (rows + tile - 1) / tile;
-  at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> logits_buffer;
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t first = t * tile, n = std::min(tile, rows - first);
-      float* logits = scratch(logits_buffer, n * d.vocab);
-      core::gemm(isa, n, states + first * d.dim, d.dim, d.vocab_projection, logits, d.vocab, 0, d.vocab);
-      for (int64_t i = 0; i < n; ++i) choose(first + i, logits + i * d.vocab);
-    }
   });
   return {best, scores};
+}
+
+std::tuple<at::Tensor, at::Tensor> select_top_tokens(const DecoderWeights& d, float* states, int64_t rows,
+                                                     const std::vector<int64_t>& excluded,
+                                                     const int64_t* forced_ids, int64_t k, bool nan_as_impossible) {
+  k = std::min(k, d.vocab);
+  at::Tensor top_ids = at::empty({rows, k}, at::TensorOptions().dtype(at::kLong));
+  at::Tensor top_scores = at::empty({rows, k}, at::TensorOptions().dtype(at::kFloat));
+  int64_t* all_ids = top_ids.data_ptr<int64_t>();
+  float* all_scores = top_scores.data_ptr<float>();
+  const Isa isa = active_isa();
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for_each_logit_row(d, states, rows, [&](int64_t r, const float* row) {
+    int64_t* ids = all_ids + r * k;
+    float* scores = all_scores + r * k;
+    const int64_t forced = forced_ids != nullptr ? forced_ids[r] : -1;
+    const core::LogitReduction reduction = core::reduce_logits_isa(isa, row, d.vocab);
+    if (!reduction.finite) {  // torch's rules for rows with NaN or infinities (BeamChoice.choose's ops)
+      const auto options = at::TensorOptions().dtype(at::kFloat);
+      at::Tensor log_probs = at::_log_softmax(at::from_blob(const_cast<float*>(row), {d.vocab}, options), 0, false);
+      if (nan_as_impossible) log_probs = at::nan_to_num(log_probs, neg_inf);
+      at::Tensor allowed = log_probs.clone();
+      for (const int64_t id : excluded) allowed.select(0, id).fill_(neg_inf);
+      if (forced >= 0) {
+        allowed.fill_(neg_inf);
+        allowed.select(0, forced).copy_(log_probs.select(0, forced));
+      }
+      const auto [values, indices] = at::topk(allowed, k);
+      std::memcpy(scores, values.data_ptr<float>(), k * sizeof(float));
+      std::memcpy(ids, indices.data_ptr<int64_t>(), k * sizeof(int64_t));
+      return;
+    }
+    const float offset = reduction.max + reduction.log_sum_exp;  // log-softmax = logit - offset
+    int64_t found = 0;
+    if (forced >= 0) {
+      ids[0] = forced, scores[0] = row[forced] - offset, found = 1;
+    } else {
+      thread_local std::vector<float> values_buffer;
+      found = core::top_k_isa(isa, row, d.vocab, k, excluded.data(), static_cast<int64_t>(excluded.size()), ids,
+                              scratch(values_buffer, k));
+      for (int64_t i = 0; i < found; ++i) scores[i] = row[ids[i]] - offset;
+    }
+    // the rest of the k (a forced row; more excluded ids than vocab - k): impossible entries, on the
+    // lowest ids not taken
+    for (int64_t id = 0; found < k; ++id) {
+      bool taken = false;
+      for (int64_t i = 0; i < found; ++i) taken |= ids[i] == id;
+      if (!taken) ids[found] = id, scores[found++] = neg_inf;
+    }
+  });
+  return {top_ids, top_scores};
 }
 
 }  // namespace cpu

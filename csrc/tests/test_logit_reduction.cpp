@@ -4,6 +4,7 @@
 // reported as not finite. Failures print their lines (tests/check.h); the test then exits non-zero.
 #include "core/logit_reduction.h"
 #include "tests/check.h"
+#include "tests/isas_here.h"
 
 #include <cmath>
 #include <cstdio>
@@ -32,14 +33,6 @@ Expected expected_of(const std::vector<float>& x) {
   double sum = 0.0;
   for (const float v : x) sum += std::exp(static_cast<double>(v) - x[argmax]);
   return {argmax, x[argmax], std::log(sum)};
-}
-
-std::vector<Isa> isas_here() {
-  std::vector<Isa> isas = {Isa::kScalar};
-  const Isa best = janus_fast::core::detect_isa();
-  if (best >= Isa::kAvx2) isas.push_back(Isa::kAvx2);
-  if (best >= Isa::kAvx512) isas.push_back(Isa::kAvx512);
-  return isas;
 }
 
 void test_random_rows() {

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from janus_fast.decoding.beam import BeamRows, BeamRules, FinishedBeams, finished_beam_search, janus_rules
+from janus_fast.decoding.beam import BeamChoice, BeamRows, BeamRules, FinishedBeams, finished_beam_search, janus_rules
 from janus_fast.decoding.hypotheses import Hypotheses, output_tokens
 from janus_fast.decoding.passes import DecoderPasses, GreedyRule
 from janus_fast.model import JanusModel
@@ -92,7 +92,7 @@ def beam_search(
     caches = passes.new_caches(int(row_limits.max()))
     state = BeamRows(caches, passes, _keep_rows, batch * beam)
 
-    def step_logits(history: torch.Tensor, step: int) -> torch.Tensor:
-        return passes.ar_logits(history[:, step], step, caches)
+    def step_candidates(history: torch.Tensor, step: int, choice: BeamChoice) -> tuple[Tensor, Tensor]:
+        return passes.ar_candidates(history[:, step], step, caches, choice)
 
-    return finished_beam_search(step_logits, state.reorder, rules, beam, row_limits)
+    return finished_beam_search(step_candidates, state.reorder, rules, beam, row_limits)

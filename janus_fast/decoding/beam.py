@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from janus_fast.decoding.hypotheses import Hypotheses, output_tokens
 from janus_fast.model import JanusModel, LayerCache
@@ -39,6 +40,34 @@ class BeamRules:
     blocked_ids: tuple[int, ...]
     min_length: int = 0
     nan_as_impossible: bool = False
+
+
+@dataclass
+class BeamChoice:
+    """A beam search step's candidates after each of R rows: the ``k`` tokens of largest
+    log-softmax over the whole vocabulary without ``banned`` (K,) int64 ids, or ``forced_id``
+    alone where ``forced`` (R,) bool; with ``nan_as_impossible`` a NaN log-probability counts as
+    -inf (fairseq's rule)."""
+
+    banned: Tensor
+    forced: Tensor
+    forced_id: int
+    k: int
+    nan_as_impossible: bool = False
+
+    def choose(self, logits: Tensor) -> tuple[Tensor, Tensor]:
+        """(R, V) logits -> ids (R, min(k, V)) int64 and their log-probabilities (R, min(k, V))
+        float32, best first (ties in an unspecified order; the native pass: lowest id first)."""
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        if self.nan_as_impossible:
+            log_probs = log_probs.nan_to_num(nan=float("-inf"))
+        allowed = log_probs.index_fill(1, self.banned, float("-inf"))
+        if bool(self.forced.any()):
+            only = torch.full_like(allowed, float("-inf"))
+            only[:, self.forced_id] = log_probs[:, self.forced_id]
+            allowed = torch.where(self.forced[:, None], only, allowed)
+        values, ids = allowed.topk(min(self.k, allowed.shape[-1]), dim=-1)
+        return ids, values
 
 
 @dataclass
@@ -85,7 +114,7 @@ class BeamRows(Generic[EncoderSide]):
 
 
 def finished_beam_search(
-    step_logits: Callable[[torch.Tensor, int], torch.Tensor],
+    step_candidates: Callable[[torch.Tensor, int, BeamChoice], tuple[torch.Tensor, torch.Tensor]],
     reorder: Callable[[torch.Tensor], None],
     rules: BeamRules,
     beam: int,
@@ -93,7 +122,7 @@ def finished_beam_search(
 ) -> FinishedBeams:
     """AR beam search (beam 1 = greedy) with ``beam`` live hypotheses per sentence, as NMT toolkits
     run it (fairseq's ``SequenceGenerator`` with ``--lenpen 1``); the decoder is whatever
-    ``step_logits`` runs.
+    ``step_candidates`` runs.
 
     Each step ranks the ``2 * beam`` best extensions of a sentence's live hypotheses (summed
     log-probabilities). Those among the first ``beam`` that end with eos are finished, scored by
@@ -104,9 +133,13 @@ def finished_beam_search(
     step anyway; greedy: once a quarter of the rows are done), so one long sentence does not keep
     the whole batch stepping; the results are the same either way.
 
-    ``step_logits(history, step)``: the (rows, V) logits of the next token of each row, given the
-    tokens so far, history (rows, steps + 1) int64 (bos, then one token per step; rows = the
-    active sentences x beam, a sentence's beams adjacent). ``reorder(origin)``: keep rows
+    ``step_candidates(history, step, choice)``: each row's best next tokens under ``choice`` (a
+    ``BeamChoice`` of ``2 * beam`` tokens: the rules' banned ids, eos forced at a row's limit),
+    ids (rows, k) int64 and log-probabilities (rows, k) float32, given the tokens so far, history
+    (rows, steps + 1) int64 (bos, then one token per step; rows = the active sentences x beam, a
+    sentence's beams adjacent): ``choice.choose(logits)``, or a decoder pass that chooses without
+    the (rows, V) logits. A sentence's best 2 * beam extensions are among its rows' best 2 * beam
+    each, so ranking those ranks all of beam x V. ``reorder(origin)``: keep rows
     ``origin`` (rows',) int64 of the decoder's state: its key/value caches, and, when rows' <
     rows (sentences left the batch), its per-row encoder output too. Called after a step when beam
     > 1 or the batch shrinks. ``row_limits`` (rows,) int64, equal within a sentence: tokens a row
@@ -132,31 +165,23 @@ def finished_beam_search(
     finished_count = torch.zeros(batch, dtype=torch.long, device=device)  # of each active sentence
     row_offsets = torch.arange(batch, device=device)[:, None] * beam
     rank = torch.arange(2 * beam, device=device)
-    first_limit = int(row_limits.min())
-    blocked: torch.Tensor | None = None  # (V,) float32: -inf at the blocked ids, else 0
+    banned = torch.tensor(rules.blocked_ids, dtype=torch.long, device=device)
+    banned_early = torch.tensor(sorted({*rules.blocked_ids, rules.eos_id}), dtype=torch.long, device=device)
 
     for step in range(steps):
-        log_probs = F.log_softmax(step_logits(history, step).float(), dim=-1)
-        if rules.nan_as_impossible:
-            log_probs = log_probs.nan_to_num(nan=float("-inf"))
-        if blocked is None:
-            blocked = torch.zeros(log_probs.shape[-1], dtype=torch.float32, device=device)
-            blocked[list(rules.blocked_ids)] = float("-inf")
-        log_probs += blocked
-        at_limit = row_limits == step + 1 if step + 1 >= first_limit else None
-        if step < rules.min_length:  # no eos yet, unless forced
-            too_early = ~at_limit if at_limit is not None else torch.ones_like(row_limits, dtype=torch.bool)
-            log_probs[too_early, rules.eos_id] = float("-inf")
-        if at_limit is not None:  # only eos at a row's length limit
-            eos_log_probs = log_probs[at_limit, rules.eos_id]
-            log_probs[at_limit] = float("-inf")
-            log_probs[at_limit, rules.eos_id] = eos_log_probs
-
-        count, vocab = len(active), log_probs.shape[-1]
-        candidates = (live_scores.view(-1, 1) + log_probs).view(count, beam * vocab)
+        choice = BeamChoice(
+            banned_early if step < rules.min_length else banned,  # no eos yet, unless forced
+            row_limits == step + 1,  # only eos at a row's length limit
+            rules.eos_id,
+            2 * beam,
+            rules.nan_as_impossible,
+        )
+        ids, log_probs = step_candidates(history, step, choice)
+        count, k = len(active), ids.shape[-1]
+        candidates = (live_scores.view(-1, 1) + log_probs).view(count, beam * k)
         cand_scores, flat = candidates.topk(2 * beam, dim=-1)  # (count, 2 * beam), best first
-        cand_rows = flat // vocab + row_offsets
-        cand_tokens = flat % vocab
+        cand_rows = flat // k + row_offsets
+        cand_tokens = ids.view(count, beam * k).gather(1, flat)
         ends = (cand_tokens == rules.eos_id) & (cand_scores > float("-inf"))
 
         # finish the eos candidates among the first `beam` while a sentence has free slots
@@ -188,7 +213,6 @@ def finished_beam_search(
             origin, next_tokens, live_scores = origin[keep], next_tokens[keep], live_scores[keep]
             row_limits = row_limits.view(count, beam)[keep].reshape(-1)
             row_offsets = row_offsets[: len(keep)]
-            first_limit = int(row_limits.min())
         origin = origin.view(-1)
         history = history.index_select(0, origin)
         history_scores = history_scores.index_select(0, origin)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,6 +45,34 @@ USED_COUNTS = {
 # AR length limits (max_len_a, max_len_b): this project's default, and fairseq-generate's
 JANUS_MAX_LEN = (COMPAT_DEFAULTS["janus"]["max_len_a"], COMPAT_DEFAULTS["janus"]["max_len_b"])
 FAIRSEQ_MAX_LEN = (COMPAT_DEFAULTS["fairseq"]["max_len_a"], COMPAT_DEFAULTS["fairseq"]["max_len_b"])
+
+
+# How messages name an option: as the API's field (``relaxed_top_k``, ``mode='nar'``) or, where the
+# command line runs (``spelled_as_flags``), as the flag typed (``--relaxed-top-k``, ``--mode nar``).
+_AS_FLAGS: ContextVar[bool] = ContextVar("janus_fast_options_as_flags", default=False)
+
+
+@contextmanager
+def spelled_as_flags() -> Iterator[None]:
+    """Within this context the option errors name command-line flags (every field's flag is
+    ``--`` + its name with dashes)."""
+    token = _AS_FLAGS.set(True)
+    try:
+        yield
+    finally:
+        _AS_FLAGS.reset(token)
+
+
+def named(name: str) -> str:
+    """An option's name in a message: ``length_beam``, or ``--length-beam`` from the command line."""
+    return "--" + name.replace("_", "-") if _AS_FLAGS.get() else name
+
+
+def setting(name: str, value: object) -> str:
+    """An option set to a value in a message: ``mode='nar'``, or ``--mode nar`` (a true flag alone)."""
+    if not _AS_FLAGS.get():
+        return f"{name}={value!r}"
+    return named(name) if value is True else f"{named(name)} {value}"
 
 
 # the most positions a draft or a verification may name (decoding caps both at the sentence's length
@@ -83,17 +114,19 @@ class SpeculativeOptions:
         for name, (low, high) in ranges.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"{name} must be an int, got {value!r}")
+                raise TypeError(f"{named(name)} must be an int, got {value!r}")
             if value < low or (high is not None and value > high):
-                raise ValueError(f"{name} must be in [{low}, {high if high is not None else 'inf'}], got {value}")
+                bounds = f"[{low}, {high}]" if high is not None else f"[{low}, inf]"
+                raise ValueError(f"{named(name)} must be in {bounds}, got {value}")
             object.__setattr__(self, name, int(value))
         margin = self.relaxed_margin
         if isinstance(margin, bool) or not isinstance(margin, numbers.Real) or not math.isfinite(margin) or margin < 0:
-            raise ValueError(f"relaxed_margin must be a finite number >= 0, got {margin!r}")
+            raise ValueError(f"{named('relaxed_margin')} must be a finite number >= 0, got {margin!r}")
         if self.relaxed_top_k == 0 and margin != SpeculativeOptions.relaxed_margin:
+            top_k = named("relaxed_top_k")
             raise ValueError(
-                f"relaxed_margin {margin} applies to relaxed verification only: give relaxed_top_k > 0 with it "
-                "(relaxed_top_k 0 is exact verification, AR greedy's output)"
+                f"{named('relaxed_margin')} {margin} applies to relaxed verification only: give {top_k} > 0 with it "
+                f"({top_k} 0 is exact verification, AR greedy's output)"
             )
 
 
@@ -206,8 +239,9 @@ class DecodeOptions:
         check_choice("precision", self.precision, PRECISIONS)
         for name in ("force_max_iter", "ar_rescore"):
             if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise TypeError(f"{named(name)} must be true or false, got {getattr(self, name)!r}")
         mode, compat = self.mode, self.compat
+        _check_model_kind(config, mode, compat, self.ar_rescore)
         defaults = COMPAT_DEFAULTS[compat]
         resolved = {
             name: defaults[name] if getattr(self, name) is None else getattr(self, name)
@@ -215,30 +249,31 @@ class DecodeOptions:
         }
         for name, value in resolved.items():  # a count another mode uses, given a value of its own
             if isinstance(value, bool):
-                raise TypeError(f"{name} must be a number, got {value!r}")
+                raise TypeError(f"{named(name)} must be a number, got {value!r}")
             if name not in USED_COUNTS[mode] and value != defaults[name]:
+                users = " or ".join(setting("mode", other) for other in MODES if name in USED_COUNTS[other])
                 raise ValueError(
-                    f"{name}={value!r} does not apply to mode={mode!r} (it uses {', '.join(USED_COUNTS[mode])})"
+                    f"{setting(name, value)} does not apply to {setting('mode', mode)} (it uses "
+                    f"{', '.join(map(named, USED_COUNTS[mode]))}); {named(name)} is for {users}"
                 )
         _check_counts(config, mode, compat, resolved)
-        _check_model_kind(config, mode, compat, self.ar_rescore)
         nar_janus = mode == "nar" and compat == "janus"
+        nar_fairseq = f"{setting('mode', 'nar')} with {setting('compat', 'fairseq')}"
+        nar_janus_only = f"applies to {setting('mode', 'nar')} with {setting('compat', 'janus')} only"
         if self.force_max_iter and (compat != "fairseq" or mode != "nar"):
-            raise ValueError(
-                "force_max_iter applies to mode='nar' with compat='fairseq' only (janus runs every iteration)"
-            )
+            raise ValueError(f"{named('force_max_iter')} applies to {nar_fairseq} only (janus runs every iteration)")
         if self.ar_rescore and not nar_janus:
-            raise ValueError("ar_rescore applies to mode='nar' with compat='janus' only")
+            raise ValueError(f"{named('ar_rescore')} {nar_janus_only}")
         collapse = self.collapse_repeats
         if collapse is not None and not isinstance(collapse, bool):
-            raise TypeError(f"collapse_repeats must be true, false or None, got {collapse!r}")
+            raise TypeError(f"{named('collapse_repeats')} must be true, false or None, got {collapse!r}")
         if collapse and not nar_janus:  # (keeping repeats is what the other modes do: accepted)
-            raise ValueError("collapse_repeats applies to mode='nar' with compat='janus' only")
+            raise ValueError(f"{named('collapse_repeats')} {nar_janus_only}")
         bonus = self.length_bonus
         if bonus is not None:
-            bonus = check_real("length_bonus", bonus)
+            bonus = check_real(named("length_bonus"), bonus)
             if bonus and not nar_janus:
-                raise ValueError("length_bonus applies to mode='nar' with compat='janus' only")
+                raise ValueError(f"{named('length_bonus')} {nar_janus_only}")
         speculative = _check_speculative(self.speculative, mode, compat, self.decoder)
         # what the mode does not use stays None: resolved options given again with another mode then
         # resolve that mode's defaults (an AR call's "no bonus, repeats kept" is not a NAR choice)
@@ -264,24 +299,28 @@ def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict) -> 
     ranges = {"iterations": (1, positions), "length_beam": (1, classes), "beam": (1, MAX_BEAM)}
     if compat == "fairseq":
         if mode not in ("nar", "ar"):
-            raise ValueError(f"mode must be 'nar' or 'ar' with compat='fairseq', got {mode!r}")
+            raise ValueError(
+                f"{setting('compat', 'fairseq')} decodes with {setting('mode', 'nar')} or {setting('mode', 'ar')}, "
+                f"not {setting('mode', mode)}"
+            )
         ranges["iterations"] = (0, positions)  # fairseq's max iter: + 1 passes
         checked = ("beam",) if mode == "ar" else ("iterations", "length_beam")
     else:  # only the counts the mode uses: a model of 8 positions decodes AR with the default 10 iterations
         checked = {"ar": ("beam",), "nar": ("iterations", "length_beam"), "spec": ()}.get(mode, tuple(ranges))
     for name in checked:
-        values[name] = check_int(name, values[name], *ranges[name])
-    values["max_len_a"] = check_real("max_len_a", values["max_len_a"], 0)
-    values["max_len_b"] = check_int("max_len_b", values["max_len_b"], 0)
+        values[name] = check_int(named(name), values[name], *ranges[name])
+    values["max_len_a"] = check_real(named("max_len_a"), values["max_len_a"], 0)
+    values["max_len_b"] = check_int(named("max_len_b"), values["max_len_b"], 0)
     # janus counts eos in the limit (beam.max_ar_lengths), fairseq does not
     words_from = 2 if compat == "janus" else 1
     longest = values["max_len_a"] * config.max_source_positions + values["max_len_b"]  # the longest source's limit
     if longest < words_from:
         counted = ", which counts eos," if compat == "janus" else ""
+        a, b = named("max_len_a"), named("max_len_b")
         raise ValueError(
-            f"max_len_a {values['max_len_a']} and max_len_b {values['max_len_b']}: the AR length limit{counted} "
+            f"{a} {values['max_len_a']} and {b} {values['max_len_b']}: the AR length limit{counted} "
             f"allows no word for any source up to the model's {config.max_source_positions} positions; give "
-            f"max_len_b >= {words_from} or a larger max_len_a"
+            f"{b} >= {words_from} or a larger {a}"
         )
 
 
@@ -296,23 +335,30 @@ def _check_model_kind(config: JanusConfig, mode: str, compat: str, ar_rescore: b
     a side that none of the model's recorded training objectives trained (``trained_sides``) is noise
     (``ar_rescore`` ranks NAR candidates with the AR side: it needs that side too)."""
     if mode == "spec" and (not config.has_nar or config.ar_stream != "query"):
-        raise ValueError("mode='spec' drafts with the NAR side and verifies with the AR query stream of a JANUS model")
+        raise ValueError(
+            f"{setting('mode', 'spec')} drafts with the NAR side and verifies with the AR query stream of a JANUS model"
+        )
     if not config.has_nar:
         if mode == "nar":
-            raise ValueError("this model is a plain transformer (AR only): it has no NAR side; use mode='ar'")
+            raise ValueError(
+                f"this model is a plain transformer (AR only): it has no NAR side; use {setting('mode', 'ar')}"
+            )
         if compat != "fairseq":
-            raise ValueError("this model is a converted fairseq transformer: decode it with compat='fairseq'")
+            raise ValueError(
+                f"this model is a converted fairseq transformer: decode it with {setting('compat', 'fairseq')}"
+            )
     trained = config.trained_sides
     needed = needed_sides(mode, ar_rescore)
     if trained is not None and not needed <= trained:
         objectives = ", ".join(config.extra["trained_objectives"])
         untrained = " and ".join(sorted(needed - trained)).upper()
-        usable = " or ".join(f"mode={m!r}" for m in ("ar", "nar") if m in trained) or "no mode"
+        usable = " or ".join(setting("mode", m) for m in ("ar", "nar") if m in trained) or "no mode"
         by_rescore = ar_rescore and "ar" not in trained  # (the mode alone may need only a trained side)
-        rescore, without = (" with ar_rescore=True", " without ar_rescore") if by_rescore else ("", "")
+        rescore = named("ar_rescore")
+        rescore, without = (f" with {setting('ar_rescore', True)}", f" without {rescore}") if by_rescore else ("", "")
         raise ValueError(
             f"this model was trained with objective {objectives} only: its {untrained} side was never trained, so "
-            f"mode={mode!r}{rescore} would decode noise; use {usable}{without}"
+            f"{setting('mode', mode)}{rescore} would decode noise; use {usable}{without}"
         )
 
 
@@ -325,11 +371,11 @@ def _check_speculative(options: object, mode: str, compat: str, decoder: str) ->
         raise TypeError(f"speculative must be a SpeculativeOptions or None, got {type(options).__name__}")
     if mode != "spec":
         if options is not None:
-            raise ValueError("speculative options apply to mode='spec' only")
+            raise ValueError(f"speculative options apply to {setting('mode', 'spec')} only")
         return None
     if compat != "janus":
-        raise ValueError("mode='spec' runs with compat='janus' only")
+        raise ValueError(f"{setting('mode', 'spec')} runs with {setting('compat', 'janus')} only")
     options = options if options is not None else SpeculativeOptions()
     if options.relaxed_top_k and decoder != "engine":
-        raise ValueError("relaxed verification (relaxed_top_k > 0) needs decoder='engine'")
+        raise ValueError(f"relaxed verification ({named('relaxed_top_k')} > 0) needs {setting('decoder', 'engine')}")
     return options

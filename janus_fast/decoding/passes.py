@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from janus_fast.attention import attention_backend
+from janus_fast.decoding.beam import BeamChoice
 from janus_fast.decoding.options import PRECISIONS
 from janus_fast.decoding.packed import PackedRows, packed_decode
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
@@ -125,6 +126,12 @@ class DecoderPasses:
     def ar_greedy(self, tokens: Tensor, step: int, caches: list[LayerCache], rule: GreedyRule) -> tuple[Tensor, Tensor]:
         """``ar_logits`` followed by ``rule.choose``: tokens (N,) int64, log-probabilities (N,)."""
         raise NotImplementedError
+
+    def ar_candidates(
+        self, tokens: Tensor, step: int, caches: list[LayerCache], choice: BeamChoice
+    ) -> tuple[Tensor, Tensor]:
+        """``ar_logits`` followed by ``choice.choose``: ids (N, k) int64, log-probabilities (N, k)."""
+        return choice.choose(self.ar_logits(tokens, step, caches))
 
     def ar_extend(self, history: Tensor, new: NewTokens, caches: list[LayerCache], rule: GreedyRule) -> Verdicts:
         """AR passes of both streams over several new tokens per row (``NativeDecoder.ar_extend``),
@@ -241,6 +248,14 @@ class NativePasses(DecoderPasses):
         return self.decoder.ar_greedy_step(
             tokens, step, self.memory, caches, rule.banned, rule.forced, rule.forced_id, self.memory_rows
         )
+
+    def ar_candidates(
+        self, tokens: Tensor, step: int, caches: list[LayerCache], choice: BeamChoice
+    ) -> tuple[Tensor, Tensor]:
+        return self.decoder.ar_topk_step(
+            tokens, step, self.memory, caches, choice.banned, choice.forced, choice.forced_id, choice.k,
+            choice.nan_as_impossible, self.memory_rows,
+        )  # fmt: skip
 
     def ar_extend(self, history: Tensor, new: NewTokens, caches: list[LayerCache], rule: GreedyRule) -> Verdicts:
         return self.decoder.ar_extend(

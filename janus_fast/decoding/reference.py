@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from janus_fast.decoding.beam import BeamRows, finished_beam_search, janus_hypotheses, janus_rules, max_ar_lengths
+from janus_fast.decoding.beam import (
+    BeamChoice,
+    BeamRows,
+    finished_beam_search,
+    janus_hypotheses,
+    janus_rules,
+    max_ar_lengths,
+)
 from janus_fast.decoding.candidates import best_length_candidates, start_mask_predict
 from janus_fast.decoding.hypotheses import Hypotheses
 from janus_fast.decoding.options import JANUS_MAX_LEN, PLAIN_RANKING, CandidateRanking
@@ -86,6 +93,9 @@ def ar_search(
         lengths = torch.full((len(history),), step + 2, dtype=torch.long, device=history.device)
         return model.output_logits(model.ar_hidden(prefix, lengths, state.encoder)[:, step])
 
+    def step_candidates(history: torch.Tensor, step: int, choice: BeamChoice) -> tuple[torch.Tensor, torch.Tensor]:
+        return choice.choose(step_logits(history, step))
+
     return janus_hypotheses(
-        model, finished_beam_search(step_logits, state.reorder, janus_rules(model), beam, row_limits)
+        model, finished_beam_search(step_candidates, state.reorder, janus_rules(model), beam, row_limits)
     )

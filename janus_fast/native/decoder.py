@@ -339,6 +339,24 @@ class NativeDecoder:
             cache.length = step + 1
         return chosen
 
+    def ar_topk_step(
+        self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache], excluded_ids: Tensor,
+        forced: Tensor, forced_id: int, k: int, nan_as_impossible: bool, memory_rows: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """``ar_step`` followed by a beam search step's choice, without the (B, V) logits: per row the
+        min(k, V) tokens of largest log-softmax outside ``excluded_ids`` (K,) int64 (ties -> lowest
+        id), or ``forced_id`` alone where ``forced`` (B,) bool is set (the other entries -inf); rows
+        with NaN or infinities as ``janus_fast.decoding.passes.BeamChoice.choose``. Returns ids (B,
+        k') int64 and log-probabilities (B, k') float32, best first.
+        """
+        arguments = self._ar_step_arguments(tokens, step, memory, caches)
+        chosen = torch.ops.janus_fast.decoder_ar_topk(
+            *arguments, excluded_ids, forced, forced_id, k, nan_as_impossible, memory_rows=memory_rows
+        )
+        for cache in caches:
+            cache.length = step + 1
+        return chosen
+
     def ar_extend(
         self, tokens: Tensor, row_offsets: Tensor, cache_lengths: Tensor, memory: Memory, caches: list[LayerCache],
         excluded_ids: Tensor, forced: Tensor, forced_id: int, candidates: Tensor | None = None,
