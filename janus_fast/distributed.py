@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
 
 import torch
 import torch.distributed as dist
@@ -29,12 +30,48 @@ def environment_int(name: str, default: int, low: int) -> int:
     return value
 
 
+# torch's default wait for the ranks (init_process_group's timeout for gloo and nccl)
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
+# torch's own rendezvous is given this much longer than ours, so that ours gives up first (with one
+# line) rather than torch's store client (which retries its connect and prints C++ stack dumps)
+_TORCH_GRACE = datetime.timedelta(minutes=1)
+
+
+def init_process_group(backend: str, timeout: datetime.timedelta, world_size: int) -> None:
+    """``dist.init_process_group`` waited for at most ``timeout``, interruptibly: the rendezvous runs
+    in a helper thread while this one waits, so Ctrl-C and SIGTERM act at once (torch's connect loop
+    holds the thread it runs in for minutes), and a ValueError comes at ``timeout`` (torch's store
+    client retries a 5-minute connect several times). The helper of a failed wait is left behind:
+    the process is expected to end."""
+    outcome: dict[str, BaseException] = {}
+
+    def rendezvous() -> None:
+        try:
+            dist.init_process_group(backend, timeout=timeout + _TORCH_GRACE)
+        except BaseException as error:  # reported by the waiting thread
+            outcome["error"] = error
+
+    helper = threading.Thread(target=rendezvous, name="janus-fast-rendezvous", daemon=True)
+    helper.start()
+    helper.join(timeout.total_seconds())  # interruptible: signal handlers run in this thread
+    error = outcome.get("error")
+    if helper.is_alive() or error is not None:
+        if error is None:
+            reason = f"no answer within {timeout.total_seconds():g} s"
+        else:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"WORLD_SIZE={world_size}: cannot reach the other ranks ({reason}); start every process with torchrun"
+        ) from error
+
+
 class DistributedContext:
     """Rank and world size of this process, and the process group when there are several.
 
     ``backend``: the process group's ("nccl" / "gloo"; default nccl where CUDA is available, as
-    training's gradients live there, else gloo). ``timeout``: how long a collective (a barrier)
-    waits for the slowest rank (torch's default when None).
+    training's gradients live there, else gloo). ``timeout``: how long the ranks may take to
+    connect (``init_process_group``) and a collective (a barrier) waits for the slowest rank
+    (torch's default, 30 minutes, when None).
     """
 
     def __init__(self, backend: str | None = None, timeout: datetime.timedelta | None = None) -> None:
@@ -47,15 +84,8 @@ class DistributedContext:
         self.owns_group = False
         if self.world_size > 1 and not dist.is_initialized():
             backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-            kwargs = {} if timeout is None else {"timeout": timeout}
-            try:
-                dist.init_process_group(backend, **kwargs)
-            except (RuntimeError, ValueError) as error:  # no peers (WORLD_SIZE set by hand), no MASTER_ADDR
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise ValueError(
-                    f"WORLD_SIZE={self.world_size}: cannot reach the other ranks ({reason}); start every process "
-                    "with torchrun"
-                ) from error
+            # no peers (WORLD_SIZE set by hand), no MASTER_ADDR: one error line, at the timeout at the latest
+            init_process_group(backend, timeout if timeout is not None else DEFAULT_TIMEOUT, self.world_size)
             self.owns_group = True
 
     @property

@@ -50,16 +50,22 @@ def test_engine_beam_search_equals_reference(seed, beam):
     src, lengths = random_sources(seed + 20)
     expected = ar_search(model, src, lengths, beam=beam)
     calls = []
-    original = NativeDecoder.ar_topk_step
+    original, original_reorder = NativeDecoder.ar_topk_step, NativeDecoder.reorder_caches
+    reorders = []
 
     def counted(self, *args, **kwargs):
         calls.append(1)
         return original(self, *args, **kwargs)
 
+    def counted_reorder(caches, index):
+        reorders.append(len(index))
+        return original_reorder(caches, index)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(NativeDecoder, "ar_topk_step", counted)
+        patch.setattr(NativeDecoder, "reorder_caches", staticmethod(counted_reorder))
         got = engine.ar_search(model, src, lengths, beam=beam)
-    assert calls
+    assert calls and reorders  # the native step and the native reorder of its caches ran
     assert got.tokens == expected.tokens
     assert got.scores == pytest.approx(expected.scores, abs=1e-5)
     assert any(len(t) > 1 for t in got.tokens)

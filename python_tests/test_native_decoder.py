@@ -311,6 +311,73 @@ def test_ar_topk_step_follows_torch_on_rows_with_nan():
                 assert got_scores[:2].isnan().all() and int(got_ids[2, 0]) == eos
 
 
+def _beam_reorders(rows: int, beam: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Reorders a beam search makes: each sentence's rows from its own beams (any of them, repeats),
+    then with sentences leaving (the kept sentences' rows, compacted), and indices of no beam search
+    (a row read after an earlier row replaced it; rows past the kept ones read)."""
+    groups = rows // beam
+    within = torch.randint(0, beam, (groups, beam), generator=generator) + torch.arange(groups)[:, None] * beam
+    kept_groups = torch.tensor([g for g in range(groups) if g % 3 != 1])
+    leaving = torch.randint(0, beam, (len(kept_groups), beam), generator=generator) + kept_groups[:, None] * beam
+    return [
+        within.view(-1),
+        leaving.view(-1),
+        torch.arange(rows),
+        torch.randint(0, rows, (rows,), generator=generator),
+        torch.randint(0, rows, (rows // 2,), generator=generator),
+        torch.arange(rows).flip(0),
+        torch.empty(0, dtype=torch.long),
+    ]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_cache_reorder_equals_the_layer_cache_reorder(threads):
+    """``NativeDecoder.reorder_caches`` (in place, changed rows only) keeps the same rows as
+    ``LayerCache.reorder`` (index_select and copy back), bit for bit over the filled positions, for a
+    beam search's reorders and for arbitrary indices; bad indices are refused before any write."""
+    from janus_fast.model import LayerCache
+
+    generator = torch.Generator().manual_seed(9)
+    rows, heads, head_dim, capacity, length = 24, 3, 5, 16, 7
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for index in _beam_reorders(rows, 4, generator):
+            caches, expected = [], []
+            for _ in range(3):
+                cache = LayerCache(rows, heads, capacity, head_dim, torch.empty(0))
+                cache.append(*(torch.randn(rows, heads, length, head_dim, generator=generator) for _ in range(2)))
+                twin = LayerCache(rows, heads, capacity, head_dim, torch.empty(0))
+                twin.append(cache.keys[:, :, :length].clone(), cache.values[:, :, :length].clone())
+                caches.append(cache)
+                expected.append(twin)
+            NativeDecoder.reorder_caches(caches, index)
+            for cache, twin in zip(caches, expected):
+                twin.reorder(index)
+                assert cache.keys.shape[0] == len(index) and cache.keys.is_contiguous()
+                assert torch.equal(cache.keys[:, :, :length], twin.keys[:, :, :length])
+                assert torch.equal(cache.values[:, :, :length], twin.values[:, :, :length])
+        cache = LayerCache(4, heads, capacity, head_dim, torch.empty(0))
+        cache.append(*(torch.randn(4, heads, 2, head_dim, generator=generator) for _ in range(2)))
+        before = cache.keys.clone()
+        for bad, message in (
+            (torch.tensor([0, 4]), "outside"),
+            (torch.tensor([0.0]), "int64"),
+            (torch.arange(5), "rows kept"),
+        ):
+            with pytest.raises(ValueError, match=message):
+                NativeDecoder.reorder_caches([cache], bad)
+        assert torch.equal(cache.keys, before)
+        op = torch.ops.janus_fast.reorder_caches_.default
+        torch.library.opcheck(
+            op,
+            ([cache.keys, cache.values], torch.tensor([1, 0, 0, 3]), 2),
+            test_utils=("test_schema", "test_faketensor"),
+        )
+    finally:
+        torch.set_num_threads(threads_before)
+
+
 @pytest.mark.parametrize("architecture", list(ARCHITECTURES))
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_nar_logits_match_model_at_requested_positions(shape, architecture):

@@ -29,6 +29,7 @@ norms passes empty tensors for them. The ops take them flattened in field order
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -305,6 +306,18 @@ class NativeDecoder:
         """Rows ``index`` (R,) int64 of a ``memory`` (e.g. the sentences still decoding)."""
         keys, values, lengths = memory
         return [k.index_select(0, index) for k in keys], [v.index_select(0, index) for v in values], lengths[index]
+
+    @staticmethod
+    def reorder_caches(caches: Sequence[LayerCache], index: Tensor) -> None:
+        """``LayerCache.reorder`` of every cache in one native call, in place (``reorder_caches_``):
+        keep rows ``index`` (R',) int64 (a beam search's reorder; R' < R drops the rows of finished
+        sentences), reading and writing only the rows that change, once."""
+        for length in sorted({cache.length for cache in caches}):  # (one length in every decoding loop)
+            same = [cache for cache in caches if cache.length == length]
+            tensors = [tensor for cache in same for tensor in (cache.keys, cache.values)]
+            torch.ops.janus_fast.reorder_caches_(tensors, index, length)
+        for cache in caches:
+            cache.keys, cache.values = cache.keys[: len(index)], cache.values[: len(index)]
 
     def ar_step(
         self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache], memory_rows: Tensor | None = None
