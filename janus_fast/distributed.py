@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
+import sys
 import threading
 
 import torch
@@ -35,6 +37,8 @@ DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
 # torch's own rendezvous is given this much longer than ours, so that ours gives up first (with one
 # line) rather than torch's store client (which retries its connect and prints C++ stack dumps)
 _TORCH_GRACE = datetime.timedelta(minutes=1)
+# a wait longer than this is announced on standard error (under torchrun the ranks meet at once)
+WAITING_NOTICE = datetime.timedelta(seconds=10)
 
 
 def init_process_group(backend: str, timeout: datetime.timedelta, world_size: int) -> None:
@@ -43,6 +47,15 @@ def init_process_group(backend: str, timeout: datetime.timedelta, world_size: in
     holds the thread it runs in for minutes), and a ValueError comes at ``timeout`` (torch's store
     client retries a 5-minute connect several times). The helper of a failed wait is left behind:
     the process is expected to end."""
+    address = os.environ.get("MASTER_ADDR", "").strip()
+    if address:  # a host name that does not resolve: say so now (torch retries it until the timeout)
+        try:
+            socket.getaddrinfo(address, None)
+        except (OSError, UnicodeError) as error:
+            raise ValueError(
+                f"WORLD_SIZE={world_size}: MASTER_ADDR={address!r} does not resolve ({error}); start every process "
+                "with torchrun"
+            ) from None
     outcome: dict[str, BaseException] = {}
 
     def rendezvous() -> None:
@@ -53,7 +66,15 @@ def init_process_group(backend: str, timeout: datetime.timedelta, world_size: in
 
     helper = threading.Thread(target=rendezvous, name="janus-fast-rendezvous", daemon=True)
     helper.start()
-    helper.join(timeout.total_seconds())  # interruptible: signal handlers run in this thread
+    helper.join(min(WAITING_NOTICE, timeout).total_seconds())  # interruptible: signal handlers run here
+    if helper.is_alive() and timeout > WAITING_NOTICE:
+        peers = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+        print(
+            f"janus-fast: waiting for the other {world_size - 1} rank(s) of WORLD_SIZE={world_size} at {peers} "
+            f"(up to {timeout.total_seconds():g} s)",
+            file=sys.stderr,
+        )
+        helper.join((timeout - WAITING_NOTICE).total_seconds())
     error = outcome.get("error")
     if helper.is_alive() or error is not None:
         if error is None:

@@ -376,10 +376,11 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])  # rank 0 hosts torch's store and waits; rank 1 connects to it
-def test_a_rank_without_peers_gives_up_at_its_timeout(monkeypatch, rank):
+def test_a_rank_without_peers_gives_up_at_its_timeout(monkeypatch, capsys, rank):
     """WORLD_SIZE set by hand, no other process: one ValueError naming it, at the timeout given (the
-    corpus commands wait CONNECT_TIMEOUT; here 2 s). Torch's store client alone retries its connect
-    several times: a 5-minute CONNECT_TIMEOUT took 9.5 minutes."""
+    corpus commands wait CONNECT_TIMEOUT; here 3 s), after a line saying what it waits for. Torch's
+    store client alone retries its connect several times: a 5-minute CONNECT_TIMEOUT took 9.5
+    minutes."""
     import datetime
 
     from janus_fast.distributed import DistributedContext
@@ -391,10 +392,33 @@ def test_a_rank_without_peers_gives_up_at_its_timeout(monkeypatch, rank):
         ("MASTER_PORT", str(_free_port())),
     ):
         monkeypatch.setenv(name, value)
+    from janus_fast import distributed
+
+    monkeypatch.setattr(distributed, "WAITING_NOTICE", datetime.timedelta(seconds=1))  # (10 s)
     start = time.monotonic()
     with pytest.raises(ValueError, match="WORLD_SIZE=2: cannot reach the other ranks .*torchrun"):
-        DistributedContext("gloo", datetime.timedelta(seconds=2))
-    assert time.monotonic() - start < 60  # 2 s on a quiet machine
+        DistributedContext("gloo", datetime.timedelta(seconds=3))
+    assert time.monotonic() - start < 60  # 3 s on a quiet machine
+    assert "janus-fast: waiting for the other 1 rank(s) of WORLD_SIZE=2 at 127.0.0.1:" in capsys.readouterr().err
+
+
+def test_a_master_address_that_does_not_resolve_is_named_at_once(monkeypatch):
+    """No wait (torch would retry the name until the timeout, printing a warning every few seconds)."""
+    import datetime
+
+    from janus_fast.distributed import DistributedContext
+
+    for name, value in (
+        ("WORLD_SIZE", "2"),
+        ("RANK", "1"),
+        ("MASTER_ADDR", "nosuchhost.invalid"),
+        ("MASTER_PORT", "29500"),
+    ):
+        monkeypatch.setenv(name, value)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="MASTER_ADDR='nosuchhost.invalid' does not resolve"):
+        DistributedContext("gloo", datetime.timedelta(minutes=5))
+    assert time.monotonic() - start < 60  # at once (a name lookup) on a quiet machine
 
 
 def test_sigterm_ends_a_rank_waiting_for_its_peers(tmp_path):

@@ -166,3 +166,26 @@ def test_a_sentence_with_no_possible_length_gets_the_shortest(mode, decoder):
         model.length_embed.weight.fill_(float("nan"))
     found = generate(model, src, lengths, mode="nar", decoder=decoder, length_beam=2, iterations=2)
     assert all(len(row) <= 1 for row in found)
+
+
+@pytest.mark.parametrize("mode", ["ar", "spec"])
+def test_a_model_yielding_nan_gives_the_reference_result_in_greedy_and_spec(mode):
+    """A NaN log-probability never finishes a beam search's hypothesis (the reference's AR greedy is
+    its beam 1), so a sentence whose decoding meets NaN has no translation and score -inf there; the
+    engine's greedy loop and speculative mode (AR greedy's output) give the same, not the NaN
+    argmax's tokens with a NaN score."""
+    from janus_fast.decoding.options import SpeculativeOptions
+
+    model = random_model(3)
+    src, lengths = random_sources(3)
+    with torch.no_grad():
+        model.embed_tokens.weight[int(src[0, 0])].fill_(float("nan"))  # sentence 0's first source token
+    expected = ar_search(model, src, lengths, beam=1)
+    assert expected.tokens[0] == [] and expected.scores[0] == float("-inf")
+    speculative = SpeculativeOptions(speculate_up_to=0) if mode == "spec" else None
+    got = generate(model, src, lengths, mode=mode, speculative=speculative, return_scores=True)
+    assert got.tokens == expected.tokens
+    impossible = [score == float("-inf") for score in expected.scores]
+    assert [score == float("-inf") for score in got.scores] == impossible
+    finite = [(g, e) for g, e, no in zip(got.scores, expected.scores, impossible) if not no]
+    assert [g for g, _ in finite] == pytest.approx([e for _, e in finite], abs=1e-5)

@@ -163,6 +163,8 @@ def test_empty_splits_are_refused_before_training(corpus_dir, tmp_path, split):
         (["--mode", "ar", "--iterations", "4"], ["--iterations 4 does not apply to --mode ar", "--mode nar"], "mode="),
         (["--mode", "ar", "--collapse-repeats"], ["--collapse-repeats applies to --mode nar with --compat janus"], "="),
         (["--mode", "spec", "--relaxed-top-k", "3", "--decoder", "reference"], ["needs --decoder engine"], "="),
+        (["--relaxed-top-k", "2"], ["--relaxed-top-k 2 applies to --mode spec only, not to --mode ar"], "speculative"),
+        (["--mode", "ar", "--relaxed-margin", "0.5"], ["relaxed verification of --mode spec only"], "relaxed_"),
     ],
 )
 def test_decoding_option_errors_name_the_flags_typed(flags, names, api_spelling):

@@ -369,6 +369,11 @@ def test_native_cache_reorder_equals_the_layer_cache_reorder(threads):
                 NativeDecoder.reorder_caches([cache], bad)
         assert torch.equal(cache.keys, before)
         op = torch.ops.janus_fast.reorder_caches_.default
+        storage = torch.randn(5, heads, capacity, head_dim)
+        for aliased in ([cache.keys, cache.keys], [storage[0:4], storage[1:5]]):  # would be reordered twice
+            with pytest.raises(ValueError, match="share memory"):
+                op(aliased, torch.tensor([1, 0, 0, 3]), 2)
+        assert torch.equal(cache.keys, before)
         torch.library.opcheck(
             op,
             ([cache.keys, cache.values], torch.tensor([1, 0, 0, 3]), 2),

@@ -77,7 +77,7 @@ def test_train_options_are_checked_before_any_work(values: dict, option: str) ->
 
 
 def test_a_relaxed_margin_without_relaxed_verification_is_refused() -> None:
-    with pytest.raises(ValueError, match="relaxed_margin 5.0 applies to relaxed verification only"):
+    with pytest.raises(ValueError, match="relaxed_margin 5.0 applies to the relaxed verification of mode='spec' only"):
         SpeculativeOptions(relaxed_margin=5.0)
     assert SpeculativeOptions(relaxed_margin=5.0, relaxed_top_k=2).relaxed_margin == 5.0
     result = run_cli("translate", "--mode", "spec", "--relaxed-margin", "5", stdin=b"Zwei Hunde.\n")

@@ -279,7 +279,9 @@ def test_generate_spec_mode_and_its_checks() -> None:
         generate(
             model, src, src_lengths, mode="spec", decoder="reference", speculative=SpeculativeOptions(relaxed_top_k=2)
         )
-    with pytest.raises(ValueError, match="mode='nar' or mode='ar', not mode='spec'"):  # fairseq-generate has no speculative mode
+    with pytest.raises(
+        ValueError, match="mode='nar' or mode='ar', not mode='spec'"
+    ):  # fairseq-generate has no speculative mode
         generate(model, src, src_lengths, mode="spec", compat="fairseq")
     with pytest.raises(TypeError, match="SpeculativeOptions"):
         generate(model, src, src_lengths, mode="spec", speculative={"max_verify": 2})

@@ -93,6 +93,12 @@ void reorder_caches(at::TensorList caches, const at::Tensor& index, int64_t leng
     TORCH_CHECK_VALUE(length >= 0 && length <= cache.size(2), op, ": length ", length, " outside [0, ",
                       cache.size(2), "]");
   }
+  // each cache its own memory: a tensor given twice, or two views of one storage, would be reordered
+  // twice (and written by two threads at once)
+  for (size_t a = 0; a < caches.size(); ++a)
+    for (size_t b = a + 1; b < caches.size(); ++b)
+      TORCH_CHECK_VALUE(!caches[a].storage().is_alias_of(caches[b].storage()), op, ": caches ", a, " and ", b,
+                        " share memory; each cache must be a tensor of its own");
   const int64_t rows = caches.empty() ? 0 : caches[0].size(0);
   TORCH_CHECK_VALUE(kept <= rows, op, ": ", kept, " rows kept of ", rows);
   for (int64_t i = 0; i < kept; ++i)

@@ -195,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor> select_tokens(const DecoderWeights& d, float*
 // A beam search step's candidates from every row of `states` (rows, d), without the (rows, V) logits:
 // the min(k, V) tokens of largest log-softmax outside the `excluded` ids (ties -> lowest id; core/top_k.h),
 // or, where forced_ids[r] >= 0, that token alone; entries past the possible ones are -inf (on the lowest
-// ids not taken). Rows with NaN or infinities follow torch (janus_fast.decoding.passes.BeamChoice.choose:
+// ids not taken). Rows with NaN or infinities follow torch (janus_fast.decoding.beam.BeamChoice.choose:
 // log_softmax, NaN -> -inf with `nan_as_impossible`, excluded / not forced -> -inf, topk). Returns ids
 // (rows, k) int64 and log-probabilities (rows, k) float32, best first. The final norm is applied to
 // `states` in place.

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from janus_fast.decoding.beam import BeamChoice, BeamRules, FinishedBeams, finished_beam_search, janus_rules
-from janus_fast.decoding.hypotheses import Hypotheses, output_tokens
+from janus_fast.decoding.hypotheses import Hypotheses, greedy_hypotheses, output_tokens
 from janus_fast.decoding.passes import DecoderPasses, GreedyRule
 from janus_fast.model import JanusModel
 
@@ -70,7 +70,7 @@ def greedy(
     history, total_log_prob, out_lengths = results
     specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
     tokens = output_tokens([row[1:] for row in history.tolist()], config.eos_id, specials)
-    return Hypotheses(tokens, (total_log_prob / out_lengths.clamp(min=1)).tolist())
+    return greedy_hypotheses(tokens, total_log_prob, out_lengths)
 
 
 def beam_search(

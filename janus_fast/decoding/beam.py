@@ -223,7 +223,8 @@ def finished_beam_search(
 
     best_scores, best = finished_scores.max(1)
     sentences = torch.arange(batch, device=device)
-    lengths = finished_lengths[sentences, best].tolist()
+    # a sentence with no finished hypothesis (NaN scores never finish one): no tokens, score -inf
+    lengths = finished_lengths[sentences, best].masked_fill(best_scores == float("-inf"), 0).tolist()
     tokens = finished_tokens[sentences, best].tolist()
     sums = finished_sums[sentences, best]
     positional = (sums[:, 1:] - sums[:, :-1]).tolist()

@@ -49,7 +49,7 @@ from janus_fast.decoding.beam import BeamRules
 from janus_fast.decoding.candidates import length_candidates
 from janus_fast.decoding.mask_predict import FinishedRows, MaskPredictPolicy
 from janus_fast.decoding.mask_predict import mask_predict as mask_predict_loop
-from janus_fast.decoding.options import FAIRSEQ_MAX_LEN
+from janus_fast.decoding.options import FAIRSEQ_MAX_LEN, named
 from janus_fast.decoding.passes import PassChoice
 from janus_fast.model import EncoderOutput, JanusModel
 
@@ -195,12 +195,17 @@ def ar_beam_search(
     max_len_a, max_len_b = max_len
     limit = min(int(max_len_a * src_tokens.shape[1] + max_len_b), config.max_target_positions - 1 - query_ahead)
     if limit < 1:
-        raise ValueError(f"max_len_a * source width + max_len_b must allow >= 1 target token, got {limit}")
+        a, b = named("max_len_a"), named("max_len_b")
+        raise ValueError(
+            f"{a} {max_len_a} x this batch's source width {src_tokens.shape[1]} + {b} {max_len_b} allows no target "
+            f"token (fairseq's AR limit follows the batch's padded source width, so it differs between batches): "
+            f"raise {b} to 1 or more"
+        )
     choice = choice if choice is not None else PassChoice(model, precision, native)
     passes = choice.passes()
     row_limits = torch.full((len(src_lengths) * beam,), limit + 1, dtype=torch.long, device=src_tokens.device)
     found = beam_search(passes, src_tokens, src_lengths, fairseq_rules(model), beam, row_limits)
     return [
-        FairseqHypothesis(tokens, positional, score, len(tokens) - 1)
+        FairseqHypothesis(tokens, positional, score, max(len(tokens) - 1, 0))  # (none: nothing finished)
         for tokens, positional, score in zip(found.tokens, found.positional_scores, found.scores)
     ]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass
 class Hypotheses:
@@ -42,3 +44,14 @@ def output_tokens(rows: list[list[int]], eos_id: int, specials: set[int]) -> lis
     """Each decoded row (a list of ids from the first generated position) as output tokens:
     ``strip_special`` of every row."""
     return [strip_special(row, eos_id, specials) for row in rows]
+
+
+def greedy_hypotheses(tokens: list[list[int]], summed: torch.Tensor, lengths: torch.Tensor) -> Hypotheses:
+    """A greedy search's result as the beam search's (``beam.finished_beam_search``, beam 1): the
+    length-normalised score ``summed / lengths`` (B,) float32, and, where a sentence's summed
+    log-probability is NaN (a model that yields NaN), no finished hypothesis: "" and -inf, since a
+    NaN-scored eos never finishes a beam search's hypothesis."""
+    scores = summed / lengths.clamp(min=1)
+    unfinished = scores.isnan()
+    tokens = [[] if nan else row for row, nan in zip(tokens, unfinished.tolist())]
+    return Hypotheses(tokens, scores.masked_fill(unfinished, float("-inf")).tolist())

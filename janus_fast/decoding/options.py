@@ -125,8 +125,8 @@ class SpeculativeOptions:
         if self.relaxed_top_k == 0 and margin != SpeculativeOptions.relaxed_margin:
             top_k = named("relaxed_top_k")
             raise ValueError(
-                f"{named('relaxed_margin')} {margin} applies to relaxed verification only: give {top_k} > 0 with it "
-                f"({top_k} 0 is exact verification, AR greedy's output)"
+                f"{named('relaxed_margin')} {margin} applies to the relaxed verification of {setting('mode', 'spec')} "
+                f"only: give {top_k} > 0 with it ({top_k} 0 is exact verification, AR greedy's output)"
             )
 
 
@@ -371,7 +371,17 @@ def _check_speculative(options: object, mode: str, compat: str, decoder: str) ->
         raise TypeError(f"speculative must be a SpeculativeOptions or None, got {type(options).__name__}")
     if mode != "spec":
         if options is not None:
-            raise ValueError(f"speculative options apply to {setting('mode', 'spec')} only")
+            given = [
+                setting(item.name, getattr(options, item.name))
+                for item in dataclasses.fields(SpeculativeOptions)
+                if getattr(options, item.name) != item.default
+            ]
+            what, verb = (
+                (", ".join(given), "applies" if len(given) == 1 else "apply")
+                if given
+                else ("speculative options", "apply")
+            )
+            raise ValueError(f"{what} {verb} to {setting('mode', 'spec')} only, not to {setting('mode', mode)}")
         return None
     if compat != "janus":
         raise ValueError(f"{setting('mode', 'spec')} runs with {setting('compat', 'janus')} only")

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from janus_fast.decoding.beam import janus_rules
 from janus_fast.decoding.candidates import length_candidates
-from janus_fast.decoding.hypotheses import Hypotheses, output_tokens
+from janus_fast.decoding.hypotheses import Hypotheses, greedy_hypotheses, output_tokens
 from janus_fast.decoding.options import SpeculativeOptions
 from janus_fast.decoding.packed import PackedRows
 from janus_fast.decoding.passes import DecoderPasses, GreedyRule, NewTokens
@@ -180,7 +180,7 @@ def speculative_greedy(
     history, total_log_prob, out_lengths = results
     specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
     tokens = output_tokens([row[1:] for row in history.tolist()], config.eos_id, specials)
-    return Hypotheses(tokens, (total_log_prob / out_lengths.clamp(min=1)).tolist())
+    return greedy_hypotheses(tokens, total_log_prob, out_lengths)
 
 
 def _draft(

@@ -329,11 +329,7 @@ class NativeDecoder:
         length candidates share its entry); the caches (float32, from ``model.new_caches``) get this
         step's keys/values at index ``step``.
         """
-        arguments = self._ar_step_arguments(tokens, step, memory, caches)
-        logits = torch.ops.janus_fast.decoder_ar_step(*arguments, memory_rows=memory_rows)
-        for cache in caches:
-            cache.length = step + 1
-        return logits
+        return self._step(torch.ops.janus_fast.decoder_ar_step, tokens, step, memory, caches, memory_rows=memory_rows)
 
     def ar_greedy_step(
         self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache], excluded_ids: Tensor,
@@ -344,13 +340,8 @@ class NativeDecoder:
         ``forced_id`` where ``forced`` (B,) bool is set, and that token's log-softmax over the whole
         vocabulary. Returns tokens (B,) int64 and log-probabilities (B,) float32.
         """
-        arguments = self._ar_step_arguments(tokens, step, memory, caches)
-        chosen = torch.ops.janus_fast.decoder_ar_greedy(
-            *arguments, excluded_ids, forced, forced_id, memory_rows=memory_rows
-        )
-        for cache in caches:
-            cache.length = step + 1
-        return chosen
+        op = torch.ops.janus_fast.decoder_ar_greedy
+        return self._step(op, tokens, step, memory, caches, excluded_ids, forced, forced_id, memory_rows=memory_rows)
 
     def ar_topk_step(
         self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache], excluded_ids: Tensor,
@@ -359,16 +350,13 @@ class NativeDecoder:
         """``ar_step`` followed by a beam search step's choice, without the (B, V) logits: per row the
         min(k, V) tokens of largest log-softmax outside ``excluded_ids`` (K,) int64 (ties -> lowest
         id), or ``forced_id`` alone where ``forced`` (B,) bool is set (the other entries -inf); rows
-        with NaN or infinities as ``janus_fast.decoding.passes.BeamChoice.choose``. Returns ids (B,
+        with NaN or infinities as ``janus_fast.decoding.beam.BeamChoice.choose``. Returns ids (B,
         k') int64 and log-probabilities (B, k') float32, best first.
         """
-        arguments = self._ar_step_arguments(tokens, step, memory, caches)
-        chosen = torch.ops.janus_fast.decoder_ar_topk(
-            *arguments, excluded_ids, forced, forced_id, k, nan_as_impossible, memory_rows=memory_rows
+        choice = (excluded_ids, forced, forced_id, k, nan_as_impossible)
+        return self._step(
+            torch.ops.janus_fast.decoder_ar_topk, tokens, step, memory, caches, *choice, memory_rows=memory_rows
         )
-        for cache in caches:
-            cache.length = step + 1
-        return chosen
 
     def ar_extend(
         self, tokens: Tensor, row_offsets: Tensor, cache_lengths: Tensor, memory: Memory, caches: list[LayerCache],
@@ -401,6 +389,17 @@ class NativeDecoder:
         for cache in caches:  # every position written so far (reorders keep them all)
             cache.length = max(cache.length, written)
         return chosen
+
+    def _step(
+        self, op: object, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache], *choice: object,
+        memory_rows: Tensor | None,
+    ) -> object:  # fmt: skip
+        """One AR step op (``decoder_ar_step`` / ``_greedy`` / ``_topk``) with its ``choice``
+        arguments; the caches then count the step."""
+        out = op(*self._ar_step_arguments(tokens, step, memory, caches), *choice, memory_rows=memory_rows)
+        for cache in caches:
+            cache.length = step + 1
+        return out
 
     def _ar_step_arguments(self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache]) -> tuple:
         """The arguments of the AR step ops: the decoder's, the step's tokens, memory and caches
