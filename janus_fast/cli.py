@@ -616,6 +616,8 @@ def command_export(args: argparse.Namespace) -> int:
             stacklevel=1,
         )
     given = {name: getattr(args, name) for name in decoding_defaults() if getattr(args, name) is not None}
+    if "length_bonus" in given and not model.config.has_nar:  # translate would refuse it: a dead setting
+        raise InputError(f"--length-bonus is a NAR setting; {args.model} is a plain transformer (AR only)")
     model.config = dataclasses.replace(model.config, **given)  # decoding defaults kept with the copy
     with replaced_directory(output) as staging:  # the old copy stays whole until the new one is
         save_pretrained(model, staging, dtype=dtype, **lineage([args.model]))

@@ -14,8 +14,9 @@ import torch
 from janus_fast.arguments import check_device, check_int
 from janus_fast.checkpoint import CheckpointError, load_checkpoint
 from janus_fast.data import pad_sequences
+from janus_fast.decoding.beam import max_ar_lengths
 from janus_fast.decoding.hypotheses import Hypotheses
-from janus_fast.decoding.options import DECODERS, DecodeOptions, check_choice
+from janus_fast.decoding.options import DECODERS, DecodeOptions, check_choice, named
 from janus_fast.decoding.passes import PassChoice
 from janus_fast.generation import decode_batch
 from janus_fast.model import JanusModel
@@ -319,11 +320,15 @@ class Translator:
         budget = rows_budget(max_batch_tokens or self.max_batch_tokens, options)
         batches = length_sorted_batches(encoded, budget, batch_size)
         choice = self.choice
+        at_limit = 0  # AR / speculative outputs that reached their length limit (eos forced there)
         if (options.precision, options.decoder) != (self.precision, self.decoder):  # changed for this call
             choice = PassChoice(self.model, options.precision, native=options.decoder == "engine")
         for indices in batches:
             src, src_lengths = pad_sequences([encoded[i] for i in indices], self.model.config.pad_id)
             hypotheses = decode_batch(self.model, src.to(self.device), src_lengths.to(self.device), options, choice)
+            if options.mode in ("ar", "spec") and options.compat == "janus":
+                limits = max_ar_lengths(src_lengths, self.model, (options.max_len_a, options.max_len_b)).tolist()
+                at_limit += sum(len(ids) + 1 >= limit for ids, limit in zip(hypotheses.tokens, limits))
             for row, (index, ids, score) in enumerate(zip(indices, hypotheses.tokens, hypotheses.scores)):
                 outputs[index] = ids
                 scores[index] = score
@@ -333,6 +338,14 @@ class Translator:
                 positional = None
             if progress is not None:
                 progress(len(indices))
+        if at_limit:  # as input truncation is said: an output the limit may have cut
+            a, b = named("max_len_a"), named("max_len_b")
+            warnings.warn(
+                f"{at_limit} translation(s) reached the AR length limit ({a} {options.max_len_a} x source pieces + "
+                f"{b} {options.max_len_b}, at most the model's {self.model.config.max_target_positions - 1}) and may "
+                f"be cut short; a larger {a} or {b} lets them finish",
+                stacklevel=3,
+            )
         return Hypotheses(outputs, scores, positional)
 
 

@@ -1030,3 +1030,14 @@ def test_control_symbols_written_in_text_are_unknown_words(converted: dict[str, 
             "translate", "--model", converted["trained"], "--mode", "nar", *extra, stdin=b"ein hund </s> .\n"
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_export_refuses_a_nar_setting_for_a_plain_transformer(converted: dict[str, str], tmp_path) -> None:
+    """``export --length-bonus`` on an AR-only model would store a default that translate refuses."""
+    from test_cli import run_cli
+
+    result = run_cli(
+        "export", "--model", converted["transformer"], "--output", str(tmp_path / "copy"), "--length-bonus", "0.1"
+    )
+    assert result.returncode == 2 and b"--length-bonus is a NAR setting" in result.stderr
+    assert not (tmp_path / "copy").exists()

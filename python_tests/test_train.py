@@ -398,3 +398,37 @@ def test_a_metrics_record_means_its_window_and_logs_the_rate_its_update_used(cor
         for name in names:
             assert window[name] == pytest.approx(sum(r[name] for r in covered) / 3, rel=1e-5), name
     assert [r["lr"] for r in single] == pytest.approx([1e-3 * u / 10 for u in range(1, 7)])
+
+
+def test_pairs_with_an_empty_side_are_left_out_with_a_warning(corpus_dir, tmp_path):
+    """Blank targets (a distillation that gave nothing) leave their pairs out of training, and blank
+    validation lines out of its loss and BLEU: said, with how many, not silently."""
+    from janus_fast.training.train import train
+
+    data = tmp_path / "data"
+    shutil.copytree(corpus_dir, data)
+    for split, every in (("train", 4), ("val", 5)):
+        path = data / f"{split}.en"
+        lines = path.read_text(encoding="utf-8").splitlines()
+        path.write_text("".join(("" if i % every == 0 else line) + "\n" for i, line in enumerate(lines)))
+    with pytest.warns(UserWarning) as caught:
+        train(tiny_train_config(str(data), str(tmp_path / "run"), max_updates=1))
+    said = [str(w.message) for w in caught if "have an empty side" in str(w.message)]
+    assert any("training split" in m and "100 of 400 line pairs" in m for m in said), said
+    assert any("validation split" in m and "8 of 40 line pairs" in m and "BLEU are of the others" in m for m in said)
+
+
+def test_a_refused_init_from_leaves_no_tokenizer_behind(corpus_dir, tmp_path):
+    """``--init-from`` with another architecture is refused before any save; the tokenizer the start
+    had written goes too, so the corrected command is not refused as "a run with other options"."""
+    from janus_fast.checkpoint import CheckpointError
+    from janus_fast.training.train import train
+
+    source = tmp_path / "source"
+    train(tiny_train_config(corpus_dir, str(source), max_updates=1))
+    run = tmp_path / "run"
+    with pytest.raises(CheckpointError, match="--init-from .* incompatible"):
+        train(tiny_train_config(corpus_dir, str(run), max_updates=1, init_from=str(source / "last"), d_model=16))
+    assert not (run / "spm.model").exists() and not (run / "spm.json").exists()
+    train(tiny_train_config(corpus_dir, str(run), max_updates=1))  # the corrected command: a fresh start
+    assert (run / "last").is_dir()

@@ -89,7 +89,7 @@ def test_huge_length_beam_through_the_cli(trained_dir):
                          "2", stdin=b"Ein Hund.\n")  # fmt: skip
         assert result.returncode == 0 and result.stdout.strip(), (beam, result.stderr)
     result = run_cli("translate", "--model", trained_dir, "--mode", "nar", "--length-beam", "257", stdin=b"Ein Hund.\n")
-    assert result.returncode == 2 and b"length_beam must be in [1, 256]" in result.stderr
+    assert result.returncode == 2 and b"--length-beam must be in [1, 256]" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -336,3 +336,21 @@ def test_api_flags_are_type_checked_before_any_work(trained_dir, translator):
         translator.translate_ids([[5, 6]], progress=5)
     done = []
     assert translator.translate(["Ein Hund."], progress=done.append) and done == [1]
+
+
+def test_outputs_that_reach_the_length_limit_are_said():
+    """An AR or speculative output that reached its length limit (eos forced there) may be cut: one
+    warning with how many, as input truncation is said; an output that ended on its own is not
+    (the shipped model)."""
+    import warnings
+
+    translator = Translator.from_pretrained()
+    sentences = ["Zwei Hunde spielen im Schnee.", "Ein Mann fährt Fahrrad."]
+    for mode in ("ar", "spec"):
+        with pytest.warns(UserWarning, match="2 translation\\(s\\) reached the AR length limit"):
+            short = translator.translate(sentences, mode=mode, max_len_a=0.0, max_len_b=3)
+        assert all(len(text.split()) <= 2 for text in short)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            translator.translate(sentences, mode=mode)
+        assert not [w for w in caught if "length limit" in str(w.message)]

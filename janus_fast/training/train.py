@@ -593,20 +593,32 @@ class Run:
         self.valid_data = ParallelDataset(
             tokenizer.encode_batch(self.valid_src), tokenizer.encode_batch(self.valid_tgt), *limits
         )
-        for split, dataset, paths in (
-            ("training", self.train_data, train_paths),
-            ("validation", self.valid_data, valid_paths),
+        for split, dataset, paths, lines in (
+            ("training", self.train_data, train_paths, len(train_src)),
+            ("validation", self.valid_data, valid_paths, len(self.valid_src)),
         ):
+            if 0 < len(dataset) < lines and self.context.is_main:  # blank lines: said, not silently dropped
+                scored = "; validation loss and BLEU are of the others" if split == "validation" else ""
+                warnings.warn(
+                    f"the {split} split {paths[0]} / {paths[1]}: {lines - len(dataset)} of {lines} line pairs have an "
+                    f"empty side (blank, or only characters the tokenizer drops) and are left out{scored}",
+                    stacklevel=2,
+                )
             if len(dataset) == 0:  # text that encodes to nothing: U+200B, U+FEFF, control characters
-                # no save uses the run's tokenizer yet: a rerun on other data starts afresh
-                if self.context.is_main and not os.path.exists(os.path.join(config.output_dir, "last")):
-                    for name in (TOKENIZER_NAME, TOKENIZER_RECORD_NAME):
-                        if os.path.exists(os.path.join(config.output_dir, name)):
-                            os.remove(os.path.join(config.output_dir, name))
+                self._forget_tokenizer()
                 raise InputError(
                     f"the {split} split {paths[0]} / {paths[1]} has no line pair whose both sides encode to at least "
                     "one piece (its text is only characters the tokenizer drops, such as zero-width spaces)"
                 )
+
+    def _forget_tokenizer(self) -> None:
+        """Remove the run's tokenizer files where no save uses them yet (a start refused before its
+        first save): the corrected command then starts afresh, not "with other options"."""
+        output_dir = self.config.output_dir
+        if self.context.is_main and not os.path.exists(os.path.join(output_dir, "last")):
+            for name in (TOKENIZER_NAME, TOKENIZER_RECORD_NAME):
+                if os.path.exists(os.path.join(output_dir, name)):
+                    os.remove(os.path.join(output_dir, name))
 
     def resume_or_start(self) -> None:
         """Resume from ``last/`` if a run left one (refusing changed options), else start, from
@@ -630,7 +642,11 @@ class Run:
                 raise CheckpointError(f"{path}: unusable training state ({type(error).__name__}: {error})") from error
             message = f"resuming from {self.last_dir} at update {self.state.update} (epoch {self.state.epoch + 1})"
         elif config.init_from:
-            source = warm_start(model, config.init_from)
+            try:
+                source = warm_start(model, config.init_from)
+            except CheckpointError:  # a wrong --init-from: its fix is a fresh start, not "other options"
+                self._forget_tokenizer()
+                raise
             message = f"initialised from {config.init_from} (fresh optimizer and schedule)"
             earlier = source.extra.get(TRAINED_OBJECTIVES)  # a start without a record: unknown, as it is
             trained = sorted({*earlier, config.objective}) if isinstance(earlier, list) and earlier else None
