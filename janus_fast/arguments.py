@@ -88,6 +88,11 @@ def check_device(device: object) -> None:
 __all__ = ["check_int", "check_field_types", "check_writable_directory", "check_device"]
 
 
+def flag(name: str) -> str:
+    """The command-line flag of an option field: ``length_beam`` -> ``--length-beam``."""
+    return "--" + name.replace("_", "-")
+
+
 def option(default: Any, help: str, **metadata: Any) -> Any:
     """A dataclass field that is also a command-line option: ``help`` is its text, ``metadata`` the
     rest of what ``janus_fast.cli`` reads from it (``choices``, ``aliases``, ``required``, ...)."""

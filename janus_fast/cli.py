@@ -19,7 +19,7 @@ import typing
 import warnings
 from collections.abc import Sequence
 
-from janus_fast.arguments import MAX_THREADS, check_writable_directory
+from janus_fast.arguments import MAX_THREADS, check_writable_directory, flag
 from janus_fast.checkpoint import CheckpointError
 from janus_fast.data import InputError, corpus_candidates, gzip_named, read_lines
 from janus_fast.memory import check_fits_in_memory
@@ -62,7 +62,7 @@ def _add_dataclass_options(
             _add_dataclass_options(group, nested, nested_prefix, nested_type is not None)
             continue
         metadata = item.metadata
-        flags = ["--" + (prefix + item.name).replace("_", "-"), *metadata.get("aliases", ())]
+        flags = [flag(prefix + item.name), *metadata.get("aliases", ())]
         dest = prefix + item.name
         text = metadata.get("help", "")
         kind = type(value) if value is not None else _optional_type(hints[item.name])
@@ -754,7 +754,7 @@ def command_bench(args: argparse.Namespace) -> int:
     for name in ignored:
         if getattr(args, name) is not None:
             form = "a trained model (no --shape)" if shape else "--shape"
-            raise InputError(f"--{name.replace('_', '-')} applies to bench with {form} only")
+            raise InputError(f"{flag(name)} applies to bench with {form} only")
     for name, default in used.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
@@ -886,8 +886,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16")
     for item in dataclasses.fields(JanusConfig):  # the decoding defaults a copy may set
         if item.metadata.get("decoding_default"):
-            flag = "--" + item.name.replace("_", "-")
-            export_parser.add_argument(flag, type=float, default=None, help=item.metadata["help"])
+            export_parser.add_argument(flag(item.name), type=float, default=None, help=item.metadata["help"])
     export_parser.set_defaults(handler=command_export)
 
     average_parser = commands.add_parser(

@@ -42,6 +42,7 @@ from typing import Protocol
 
 import torch
 
+from janus_fast.arguments import flag
 from janus_fast.checkpoint import CONFIG_NAME, WEIGHTS_NAME, config_digest
 from janus_fast.data import InputError, file_sha256, gzip_named, iter_lines, stream_lines
 from janus_fast.distributed import DistributedContext
@@ -172,7 +173,7 @@ def assign_chunks(costs: Sequence[int], world_size: int) -> list[int]:
 
 
 def _flag(name: str) -> str:
-    return _FLAGS.get(name, f"--{name.replace('_', '-')}")
+    return _FLAGS.get(name, flag(name))
 
 
 def _jsonable(value: object) -> object:

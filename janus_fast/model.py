@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -414,6 +414,12 @@ class LayerCache:
         self.values[:, :, self.length : end] = value
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]
+
+    @staticmethod
+    def reorder_all(caches: Sequence[LayerCache], index: torch.Tensor) -> None:
+        """``reorder`` of each of ``caches`` (every layer's)."""
+        for cache in caches:
+            cache.reorder(index)
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (B',) int64 (beam search; B' < B drops rows of finished sentences):

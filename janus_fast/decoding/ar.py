@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from janus_fast.decoding.beam import BeamChoice, BeamRules, FinishedBeams, finished_beam_search, janus_rules
+from janus_fast.decoding.beam import BeamChoice, BeamRows, BeamRules, FinishedBeams, finished_beam_search, janus_rules
 from janus_fast.decoding.hypotheses import Hypotheses, greedy_hypotheses, output_tokens
 from janus_fast.decoding.passes import DecoderPasses, GreedyRule
 from janus_fast.model import JanusModel
@@ -73,6 +73,11 @@ def greedy(
     return greedy_hypotheses(tokens, total_log_prob, out_lengths)
 
 
+def _keep_rows(passes: DecoderPasses, index: torch.Tensor) -> DecoderPasses:
+    passes.keep(index)
+    return passes
+
+
 def beam_search(
     passes: DecoderPasses, src_tokens: Tensor, src_lengths: Tensor, rules: BeamRules, beam: int, row_limits: Tensor
 ) -> FinishedBeams:
@@ -85,11 +90,9 @@ def beam_search(
     rows = torch.arange(batch, device=src_tokens.device).repeat_interleave(beam)
     passes.bind(passes.encode(src_tokens, src_lengths), rows)
     caches = passes.new_caches(int(row_limits.max()))
+    state = BeamRows(caches, passes, _keep_rows, batch * beam, passes.reorder_caches)
 
     def step_candidates(history: torch.Tensor, step: int, choice: BeamChoice) -> tuple[Tensor, Tensor]:
         return passes.ar_candidates(history[:, step], step, caches, choice)
 
-    def reorder(origin: Tensor) -> None:
-        passes.reorder_beams(origin, caches)
-
-    return finished_beam_search(step_candidates, reorder, rules, beam, row_limits)
+    return finished_beam_search(step_candidates, state.reorder, rules, beam, row_limits)

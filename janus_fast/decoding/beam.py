@@ -88,7 +88,9 @@ class BeamRows(Generic[EncoderSide]):
     per-row encoder side (an ``EncoderOutput``, the native decoder's memory, ...), kept on the rows
     the search keeps. Pass ``reorder`` as the search's callback and read ``encoder`` in each step.
 
-    ``select(encoder, origin)`` returns the encoder side of rows ``origin`` (rows',) int64.
+    ``select(encoder, origin)`` returns the encoder side of rows ``origin`` (rows',) int64;
+    ``reorder_caches(caches, origin)`` keeps those rows of the caches (``LayerCache.reorder`` of
+    each, or a decoder's own, e.g. one native call for all of them).
     """
 
     def __init__(
@@ -97,17 +99,18 @@ class BeamRows(Generic[EncoderSide]):
         encoder: EncoderSide,
         select: Callable[[EncoderSide, torch.Tensor], EncoderSide],
         rows: int,
+        reorder_caches: Callable[[Sequence[LayerCache], torch.Tensor], None] = LayerCache.reorder_all,
     ) -> None:
         self.caches = list(caches)
         self.encoder = encoder
         self.rows = rows
         self._select = select
+        self._reorder_caches = reorder_caches
 
     def reorder(self, origin: torch.Tensor) -> None:
         """Keep rows ``origin`` (rows',) int64 of every cache, and of the encoder side when rows' <
         rows (sentences left the batch; with the same rows the encoder side is equal within a beam)."""
-        for cache in self.caches:
-            cache.reorder(origin)
+        self._reorder_caches(self.caches, origin)
         if len(origin) < self.rows:
             self.encoder = self._select(self.encoder, origin)
         self.rows = len(origin)

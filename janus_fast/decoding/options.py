@@ -18,7 +18,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from janus_fast.arguments import check_int, check_real, option
+from janus_fast.arguments import check_int, check_real, flag, option
 
 if TYPE_CHECKING:
     from janus_fast.model import JanusConfig
@@ -65,7 +65,7 @@ def spelled_as_flags() -> Iterator[None]:
 
 def named(name: str) -> str:
     """An option's name in a message: ``length_beam``, or ``--length-beam`` from the command line."""
-    return "--" + name.replace("_", "-") if _AS_FLAGS.get() else name
+    return flag(name) if _AS_FLAGS.get() else name
 
 
 def setting(name: str, value: object) -> str:
@@ -354,8 +354,9 @@ def _check_model_kind(config: JanusConfig, mode: str, compat: str, ar_rescore: b
         untrained = " and ".join(sorted(needed - trained)).upper()
         usable = " or ".join(setting("mode", m) for m in ("ar", "nar") if m in trained) or "no mode"
         by_rescore = ar_rescore and "ar" not in trained  # (the mode alone may need only a trained side)
-        rescore = named("ar_rescore")
-        rescore, without = (f" with {setting('ar_rescore', True)}", f" without {rescore}") if by_rescore else ("", "")
+        rescore, without = (
+            (f" with {setting('ar_rescore', True)}", f" without {named('ar_rescore')}") if by_rescore else ("", "")
+        )
         raise ValueError(
             f"this model was trained with objective {objectives} only: its {untrained} side was never trained, so "
             f"{setting('mode', mode)}{rescore} would decode noise; use {usable}{without}"

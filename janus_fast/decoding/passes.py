@@ -102,17 +102,12 @@ class DecoderPasses:
     def keep(self, index: Tensor, caches: Sequence[LayerCache] = ()) -> None:
         """Keep rows ``index`` (R,) int64 (finished ones leave; beams reorder), of the rows' encoder
         output and of ``caches``."""
-        for cache in caches:
-            cache.reorder(index)
+        self.reorder_caches(caches, index)
         self.bind(self.encoder_out.select(index))
 
-    def reorder_beams(self, origin: Tensor, caches: Sequence[LayerCache]) -> None:
-        """A beam search's ``keep``: rows ``origin`` (R',) int64 of the caches; the rows' encoder
-        output only when R' < R (sentences left the batch): within a sentence's beams it is equal."""
-        for cache in caches:
-            cache.reorder(origin)
-        if len(origin) < self.rows:
-            self.bind(self.encoder_out.select(origin))
+    def reorder_caches(self, caches: Sequence[LayerCache], index: Tensor) -> None:
+        """Keep rows ``index`` (R',) int64 of ``caches`` (``LayerCache.reorder`` of each)."""
+        LayerCache.reorder_all(caches, index)
 
     def new_caches(self, max_len: int) -> list[LayerCache]:
         """Empty key/value caches for the bound rows, room for ``max_len`` positions."""
@@ -233,14 +228,14 @@ class NativePasses(DecoderPasses):
         return 0 if self.memory is None else len(self.memory[2])
 
     def keep(self, index: Tensor, caches: Sequence[LayerCache] = ()) -> None:
-        """As ``DecoderPasses.keep``, of the rows' memory entries (no memory is copied); the caches
-        reordered natively."""
-        if caches:
-            NativeDecoder.reorder_caches(caches, index)
+        """As ``DecoderPasses.keep``, of the rows' memory entries (no memory is copied)."""
+        self.reorder_caches(caches, index)
         self.memory_rows = index if self.memory_rows is None else self.memory_rows.index_select(0, index)
 
-    def reorder_beams(self, origin: Tensor, caches: Sequence[LayerCache]) -> None:
-        self.keep(origin, caches)  # the rows' memory entries are indices: reordering them costs nothing
+    def reorder_caches(self, caches: Sequence[LayerCache], index: Tensor) -> None:
+        """In place, in one native call (``NativeDecoder.reorder_caches``)."""
+        if caches:
+            NativeDecoder.reorder_caches(caches, index)
 
     def new_caches(self, max_len: int) -> list[LayerCache]:
         return self.model.new_caches(self.rows, max_len, self.memory[0][0])

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 
-from janus_fast.arguments import check_field_types, option
+from janus_fast.arguments import check_field_types, flag, option
 
 
 @dataclass
@@ -63,11 +63,11 @@ class LossWeights:
 
     def __post_init__(self) -> None:
         """Refuse weights no loss can use (named as the train command's options)."""
-        check_field_types(self, lambda name: f"--weights-{name.replace('_', '-')}")
+        check_field_types(self, lambda name: flag(f"weights_{name}"))
         for item in fields(self):
             value = getattr(self, item.name)
             if item.name != "detach_ar_in_kl" and not 0 <= value < math.inf:
-                raise ValueError(f"--weights-{item.name.replace('_', '-')} must be a finite number >= 0, got {value!r}")
+                raise ValueError(f"{flag(f'weights_{item.name}')} must be a finite number >= 0, got {value!r}")
         if not self.label_smoothing < 1:
             raise ValueError(f"--weights-label-smoothing must be in [0, 1), got {self.label_smoothing}")
 

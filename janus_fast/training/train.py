@@ -33,7 +33,7 @@ import sacrebleu
 import torch
 from tqdm import tqdm
 
-from janus_fast.arguments import MAX_THREADS, check_int, option
+from janus_fast.arguments import MAX_THREADS, check_int, flag, option
 from janus_fast.checkpoint import (
     TOKENIZER_NAME,
     CheckpointError,
@@ -197,7 +197,7 @@ class TrainConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(f"{flag(name)} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("max_tokens", "epochs", "save_every", "log_every", "warmup_updates", "valid_iterations"):
             check_int(name, getattr(self, name), 1)
         for name in ("max_updates", "train_limit", "valid_limit", "threads", "keep_every"):
@@ -234,7 +234,7 @@ class TrainConfig:
                 if getattr(self.weights, name) != getattr(defaults, name):
                     users = " and ".join(o for o, used in uses.items() if used is None or name in used)
                     raise ValueError(
-                        f"--weights-{name.replace('_', '-')} applies to --objective {users} only (the {objective} "
+                        f"{flag(f'weights_{name}')} applies to --objective {users} only (the {objective} "
                         "loss has no such term)"
                     )
         if objective == "ar" and self.masking != TrainConfig.masking:
@@ -249,8 +249,7 @@ class TrainConfig:
             for name in ("valid_mode", "valid_iterations"):
                 if getattr(self, name) != getattr(TrainConfig, name):
                     raise ValueError(
-                        f"--{name.replace('_', '-')} sets the validation BLEU's decoding: it does nothing with "
-                        "--no-valid-bleu"
+                        f"{flag(name)} sets the validation BLEU's decoding: it does nothing with --no-valid-bleu"
                     )
         if self.validation_mode == "ar" and self.valid_iterations != TrainConfig.valid_iterations:
             raise ValueError("--valid-iterations applies to NAR validation (--valid-mode nar) only")
@@ -370,7 +369,7 @@ def check_run_tokenizer(config: TrainConfig, path: str, train_lines: list[str]) 
         "init_from_tokenizer_sha256": "--init-from: another tokenizer",
     }
     changed = [
-        described.get(name) or f"--{name.replace('_', '-')} {saved.get(name)!r} -> {value!r}"
+        described.get(name) or f"{flag(name)} {saved.get(name)!r} -> {value!r}"
         for name, value in tokenizer_record(config, train_lines).items()
         if saved.get(name) != value
     ]
@@ -888,7 +887,7 @@ def check_resumable(saved: dict, config: TrainConfig, train_data: dict[str, str]
         f"({config.train_target or f'{config.train_split}.{config.target_lang}'}) differ from the run's",
     }
     changed = [
-        described.get(name) or f"--{name.replace('_', '-')} {saved[name]!r} -> {current[name]!r}"
+        described.get(name) or f"{flag(name)} {saved[name]!r} -> {current[name]!r}"
         for name in sorted(current)
         if name not in RESUME_MAY_CHANGE and name in saved and saved[name] != current[name]
     ]
