@@ -38,6 +38,58 @@ def test_resume_reproduces_uninterrupted_run(corpus_dir, tmp_path, objective):
         assert resumed[update] == pytest.approx(expected[update], rel=1e-6), update
 
 
+def valid_records(output_dir: str) -> list[dict]:
+    with open(os.path.join(output_dir, "metrics.jsonl")) as handle:
+        return [record for record in map(json.loads, handle) if record["type"] == "valid"]
+
+
+def test_a_start_stopped_within_an_epoch_validates_its_last_updates(corpus_dir, tmp_path):
+    """``--max-updates`` (or ``--max-minutes``) stopping a start inside an epoch validates the
+    model there: a run shorter than one epoch has a ``best/``, and the updates after the last
+    epoch end are scored. A stop at an epoch's end validates once, as before."""
+    from janus_fast.checkpoint import load_pretrained
+
+    out = str(tmp_path / "run")
+    state = train(tiny_train_config(corpus_dir, out, max_updates=3, valid_limit=5))
+    assert state.epoch == 0 and state.batch_in_epoch == 3  # the tiny corpus has more than 3 batches an epoch
+    [record] = valid_records(out)
+    assert (record["update"], record["epoch"], record["batch_in_epoch"]) == (3, 0, 3)
+    saved = torch.load(os.path.join(out, "best", "train_state.pt"), weights_only=False)["state"]
+    assert saved["update"] == 3 and saved["best_bleu"] == pytest.approx(-record["loss"])
+    best, last = load_pretrained(os.path.join(out, "best")), load_pretrained(os.path.join(out, "last"))
+    assert all(torch.equal(tensor, last.state_dict()[name]) for name, tensor in best.state_dict().items())
+
+    assert train(tiny_train_config(corpus_dir, out, max_updates=3, valid_limit=5)).update == 3  # nothing to do
+    assert len(valid_records(out)) == 1  # and nothing validated twice
+    state = train(tiny_train_config(corpus_dir, out, max_updates=None, valid_limit=5))  # to the epoch's end
+    records = valid_records(out)
+    assert [(r["update"], r["epoch"]) for r in records] == [(3, 0), (state.update, 1)]
+    assert "batch_in_epoch" not in records[1]
+
+
+def test_every_process_stops_at_the_time_limit_when_one_does():
+    """With several processes, one past its ``--max-minutes`` deadline stops all of them (alone it
+    would leave the others waiting in the gradient sum)."""
+    import time
+
+    from janus_fast.training.train import within_time_limit
+
+    class Processes:
+        world_size = 2
+
+        def __init__(self, others_past: float) -> None:
+            self.others_past = others_past
+
+        def all_reduce_sum(self, value: float) -> float:
+            return value + self.others_past
+
+    later, earlier = time.perf_counter() + 600, time.perf_counter() - 1
+    assert within_time_limit(Processes(0.0), later)
+    assert not within_time_limit(Processes(1.0), later)  # another process's deadline has passed
+    assert not within_time_limit(Processes(0.0), earlier)
+    assert within_time_limit(Processes(1.0), float("inf"))  # no limit: no collective call at all
+
+
 def test_keep_every_keeps_the_model_for_averaging(corpus_dir, tmp_path):
     """``--keep-every 2``: OUT/saves/u000002, u000004, u000006, each the model at that update (the
     last one equal to ``last/``, written at the same update), loadable and averageable."""

@@ -13,7 +13,8 @@
 #   DATA_DIR=DIR RUNS=DIR bash scripts/cold_start.sh
 #
 # RUNS (default ~/janus-runs/coldstart) keeps both runs' state; STEP (default 250) updates per
-# turn; MAX (default 10000) updates in all; THREADS (default 1) threads per run.
+# turn; MAX (default 10000) updates in all; THREADS (default 1) threads per run; PARALLEL=1 runs
+# the two runs of a turn side by side (two processes) instead of one after the other.
 set -euo pipefail
 : "${DATA_DIR:?set DATA_DIR to the Multi30k folder}"
 RUNS=${RUNS:-$HOME/janus-runs/coldstart}
@@ -36,7 +37,13 @@ train() {
 [ -f "$RUNS/cold_ar/spm.model" ] || cp "$RUNS/cold_janus/spm.json" "$RUNS/cold_janus/spm.model" "$RUNS/cold_ar/"
 for ((updates = STEP; updates <= MAX; updates += STEP)); do
   echo "== turn: both runs to $updates updates"
-  train cold_ar ar "$updates"
-  train cold_janus janus "$updates"
+  if [ "${PARALLEL:-0}" = 1 ]; then
+    train cold_ar ar "$updates" & ar_pid=$!
+    train cold_janus janus "$updates" & janus_pid=$!
+    wait "$ar_pid" && wait "$janus_pid"
+  else
+    train cold_ar ar "$updates"
+    train cold_janus janus "$updates"
+  fi
 done
 echo "== done"

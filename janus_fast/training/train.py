@@ -5,7 +5,8 @@ Output directory layout::
     OUT/spm.model         the joint SentencePiece model (trained on the first run)
     OUT/last/             the latest checkpoint + train_state.pt (resume point, written every
                           --save-every updates and at each epoch end)
-    OUT/best/             the checkpoint with the best validation BLEU
+    OUT/best/             the checkpoint with the best validation BLEU (validated at each epoch end,
+                          and where a start stops within an epoch: --max-updates, --max-minutes)
     OUT/saves/u000900/    with --keep-every N: the model at every multiple of N updates (no train
                           state), for ``janus-fast average``
     OUT/metrics.jsonl     one JSON record per log interval and per validation
@@ -84,7 +85,9 @@ class TrainConfig:
     target_lang: str = option("en", "target language: the {lang} suffix of the target-side corpus files")
     train_split: str = option("train", "the {split} name of the training files in --data-dir")
     valid_split: str = option(
-        "val", "the {split} name of the validation files in --data-dir, validated at each epoch end"
+        "val",
+        "the {split} name of the validation files in --data-dir, validated at each epoch end and where "
+        "--max-updates or --max-minutes stops a start within an epoch",
     )
     train_target: str | None = option(
         None,
@@ -278,6 +281,7 @@ class TrainState:
     best_bleu: float = float("-inf")  # the best validation score: BLEU, or minus the loss (--no-valid-bleu)
     train_seconds: float = 0.0
     best_measure: str = ""  # what best_bleu measures (Run.validation_measure; "": a run saved before it was kept)
+    validated_update: int = 0  # the update of the last validation (at an epoch's end or a stop within one)
     # this run's id, drawn when it starts, kept by resumes, written into every save's config.json
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
@@ -502,14 +506,30 @@ def _train(config: TrainConfig) -> TrainState:
     first = run.state.update  # the time limit allows this start one update at least (and its save)
 
     def more() -> bool:
-        return run.state.update < max_updates and (run.state.update == first or time.perf_counter() < deadline)
+        if run.state.update >= max_updates:
+            return False
+        return run.state.update == first or within_time_limit(run.context, deadline)
 
     while run.state.epoch < config.epochs and more():
         if run.train_epoch(more):
             run.end_epoch()
         run.checkpoint(run.last_dir)
+    if run.state.update > run.state.validated_update:  # stopped within an epoch (--max-updates, --max-minutes)
+        run.validate_and_keep_best(stopped_within_epoch=True)
+        run.checkpoint(run.last_dir)
     run.context.close()
     return run.state
+
+
+def within_time_limit(context: DistributedContext, deadline: float) -> bool:
+    """Whether training goes on before ``deadline`` (``time.perf_counter()`` seconds): every
+    process gets the same answer, as one past its deadline stops all (their clocks started a
+    little apart, and a process that stopped alone would leave the others waiting in the gradient
+    sum). A collective call when there are several processes and a finite deadline."""
+    if deadline == float("inf"):
+        return True
+    past = float(time.perf_counter() >= deadline)
+    return context.all_reduce_sum(past) == 0
 
 
 @contextmanager
@@ -776,9 +796,16 @@ class Run:
 
     def end_epoch(self) -> None:
         """Count the epoch, validate, and keep the checkpoint as ``best/`` if it improved."""
+        self.state.epoch += 1
+        self.state.batch_in_epoch = 0
+        self.validate_and_keep_best(stopped_within_epoch=False)
+
+    def validate_and_keep_best(self, stopped_within_epoch: bool) -> None:
+        """Validate the model as it is now, log the record, and keep the checkpoint as ``best/``
+        if it improved. At an epoch's end, and where a start stops within an epoch, so that its
+        last updates are validated and a run shorter than one epoch has a ``best/``."""
         state, context = self.state, self.context
-        state.epoch += 1
-        state.batch_in_epoch = 0
+        state.validated_update = state.update
         record = validate(
             self.model,
             self.tokenizer,
@@ -790,6 +817,8 @@ class Run:
             context,
         )
         record.update({"type": "valid", "update": state.update, "epoch": state.epoch})
+        if stopped_within_epoch:  # "epoch": the epochs complete; these updates are of the next one
+            record["batch_in_epoch"] = state.batch_in_epoch
         self.log(record)
         if context.is_main:
             print(json.dumps(record), flush=True)
