@@ -7,6 +7,7 @@ pass, verify passes per sentence); how many of the translations equal AR greedy'
 precision; and BLEU. Threads: torch's default, or OMP_NUM_THREADS.
 
     python scripts/bench_speculative.py --data-dir DIR [--limit 1000] [--batch1 50] [--model DIR] [--json]
+        [--windows 3,4,6] [--relaxed 3:1.0,5:2.0] [--precisions fp32,bf16,int8]
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precisions", default="fp32,bf16,int8")
     parser.add_argument("--relaxed", default="3:1.0,5:2.0", help="top k:margin pairs of relaxed rows (fp32)")
+    parser.add_argument(
+        "--windows",
+        default="",
+        help="comma-separated max_verify values: exact rows with those windows (default: 8 only)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     sources, references = read_parallel(
@@ -61,6 +67,9 @@ def main() -> int:
         always = SpeculativeOptions(speculate_up_to=0)
         settings = [("AR greedy", {"mode": "ar"}, None)]
         settings.append(("speculative", {"mode": "spec", "speculative": always}, always))
+        for window in filter(None, args.windows.split(",")):
+            options = SpeculativeOptions(speculate_up_to=0, max_verify=int(window))
+            settings.append((f"speculative max_verify={window}", {"mode": "spec", "speculative": options}, options))
         if precision == "fp32":
             for pair in filter(None, args.relaxed.split(",")):
                 k, margin = pair.split(":")

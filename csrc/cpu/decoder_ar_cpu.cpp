@@ -118,6 +118,8 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
         std::memcpy(cv + at_position, kv + p * 2 * dim + dim + head * d.head_dim, d.head_dim * sizeof(float));
       }
     linear(in + first * dim, n, dim, attention.q, q, dim);
+    // a sentence's rows (both streams, every new token) read its keys: visited together
+    const std::vector<int64_t> order = rows_by_key(n, [&](int64_t row) { return layout.row_of[(row + first) % packed]; });
     if (caches.used) {
       attention_rows(q, dim, n, d, a, dim, last_position + 1,
                      [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
@@ -128,7 +130,8 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
                        values = cv + offset;
                        ks = vs = d.head_dim;
                        count = layout.positions[p] + 1;  // causal, itself included
-                     });
+                     },
+                     order.data());
     } else {
       attention_rows(q, dim, n, d, a, dim, max_row,
                      [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
@@ -138,7 +141,8 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
                        values = keys + dim;
                        ks = vs = 2 * dim;
                        count = p - offsets[r] + 1;  // causal, itself included
-                     });
+                     },
+                     order.data());
     }
     linear(a, n, dim, attention.out, xs, dim, /*accumulate=*/true);
     finish_sublayer(arch, xs, n, dim, attention.norm);

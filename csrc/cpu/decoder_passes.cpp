@@ -161,6 +161,8 @@ void cross_and_ffn(const Architecture& arch, float* x, int64_t n, const DecoderL
                    const Memories& memories, float* h, float* q, float* a, float* f) {
   const int64_t dim = d.dim, stride = memory.length * d.head_dim;
   linear(sublayer_input(arch, x, n, dim, layer.cross_norm, h), n, dim, layer.cross_q, q, dim);
+  // the rows of one memory entry (a sentence's tokens, both streams, its beams) visited together
+  const std::vector<int64_t> order = rows_by_key(n, [&](int64_t row) { return memories.entry[decoder_row[row]]; });
   attention_rows(q, dim, n, d, a, dim, memory.length,
                  [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values, int64_t& vs,
                      int64_t& count) {
@@ -170,7 +172,8 @@ void cross_and_ffn(const Architecture& arch, float* x, int64_t n, const DecoderL
                    values = memory.values + offset;
                    ks = vs = d.head_dim;
                    count = memories.lengths[r];
-                 });
+                 },
+                 order.data());
   linear(a, n, dim, layer.cross_out, x, dim, /*accumulate=*/true);
   finish_sublayer(arch, x, n, dim, layer.cross_norm);
   feed_forward(arch, x, n, dim, d.ffn, layer.ffn, h, f);

@@ -101,11 +101,27 @@ inline void embed(const Embeddings& d, int64_t token, int64_t position, float sc
   for (int64_t i = 0; i < d.dim; ++i) out[i] = scale * e[i] + p[i];
 }
 
+// A visiting order for attention_rows: rows 0..num_rows-1 sorted (stably) by `key_of(row)`, the
+// keys/values they read (a sentence's cache, a memory entry). A decoder pass lays its rows out by
+// stream (every content row, then every query row) and a beam search's beams of one sentence share
+// its memory entry; in this order the rows reading the same keys come one after another, and the
+// keys stream from memory once instead of once per row.
+template <typename KeyOf>
+std::vector<int64_t> rows_by_key(int64_t num_rows, const KeyOf& key_of) {
+  std::vector<int64_t> keys(num_rows), order(num_rows);
+  for (int64_t row = 0; row < num_rows; ++row) keys[row] = key_of(row), order[row] = row;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[a] < keys[b]; });
+  return order;
+}
+
 // Rows 0..num_rows-1 of `queries` (ldq apart) attend, head by head, to keys/values given per
-// query row by `locate(row, head)` -> (keys, key_stride, values, value_stride, num_keys).
+// query row by `locate(row, head)` -> (keys, key_stride, values, value_stride, num_keys). The rows
+// are visited in `order` (num_rows row indices; nullptr: 0, 1, ...): rows_by_key puts the rows that
+// read the same keys next to each other, so that each finds them still in cache. Every row's
+// arithmetic is the same whatever the order.
 template <typename Locate>
 void attention_rows(const float* queries, int64_t ldq, int64_t num_rows, const Embeddings& d, float* out,
-                    int64_t ldo, int64_t max_keys, Locate locate) {
+                    int64_t ldo, int64_t max_keys, Locate locate, const int64_t* order = nullptr) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(d.head_dim));
   const Isa isa = active_isa();
   const int64_t items = num_rows * d.heads;
@@ -113,7 +129,8 @@ void attention_rows(const float* queries, int64_t ldq, int64_t num_rows, const E
   at::parallel_for(0, items, items * max_keys * d.head_dim < 65536 ? items : grain, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(static_cast<size_t>(std::max<int64_t>(max_keys, 1)));
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t row = item / d.heads, head = item % d.heads;
+      const int64_t slot = item / d.heads, head = item % d.heads;
+      const int64_t row = order != nullptr ? order[slot] : slot;
       const float* keys;
       const float* values;
       int64_t key_stride, value_stride, num_keys;
