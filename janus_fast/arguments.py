@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import field, fields
 from typing import Any
 
@@ -71,18 +73,23 @@ def check_writable_directory(path: str, option: str) -> None:
     check_output(path, option)  # not there yet: its nearest existing folder must be writable
 
 
-def check_device(device: object) -> None:
-    """Raise ValueError for a device string torch does not know or a CUDA device without CUDA."""
+def check_device(device: object, name: str = "device") -> None:
+    """Raise ValueError for a device string torch does not know, a CUDA device without CUDA (or
+    past the GPUs there are) or any other device type; ``name``: how the message names the option
+    (``device``, or ``--device`` from the command line)."""
     import torch
 
+    said = setting(name, device) if name == "device" else f"{name} {device}"
     try:
         resolved = torch.device(device)  # type: ignore[arg-type]
     except (RuntimeError, TypeError) as error:
-        raise ValueError(f"unknown device {device!r} ({error})") from error
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available here (use --device cpu)")
+        raise ValueError(f"{said}: not a device torch knows ({error})") from error
     if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r}: only cpu and cuda are supported")
+        raise ValueError(f"{said}: only cpu and cuda are supported")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{said}: CUDA is not available here (use cpu)")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"{said}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 __all__ = ["check_int", "check_field_types", "check_writable_directory", "check_device"]
@@ -91,6 +98,34 @@ __all__ = ["check_int", "check_field_types", "check_writable_directory", "check_
 def flag(name: str) -> str:
     """The command-line flag of an option field: ``length_beam`` -> ``--length-beam``."""
     return "--" + name.replace("_", "-")
+
+
+# How messages name an option: as the API's field (``relaxed_top_k``, ``mode='nar'``) or, where the
+# command line runs (``spelled_as_flags``), as the flag typed (``--relaxed-top-k``, ``--mode nar``).
+_AS_FLAGS: ContextVar[bool] = ContextVar("janus_fast_options_as_flags", default=False)
+
+
+@contextmanager
+def spelled_as_flags() -> Iterator[None]:
+    """Within this context the option errors name command-line flags (every field's flag is
+    ``--`` + its name with dashes)."""
+    token = _AS_FLAGS.set(True)
+    try:
+        yield
+    finally:
+        _AS_FLAGS.reset(token)
+
+
+def named(name: str) -> str:
+    """An option's name in a message: ``length_beam``, or ``--length-beam`` from the command line."""
+    return flag(name) if _AS_FLAGS.get() else name
+
+
+def setting(name: str, value: object) -> str:
+    """An option set to a value in a message: ``mode='nar'``, or ``--mode nar`` (a true flag alone)."""
+    if not _AS_FLAGS.get():
+        return f"{name}={value!r}"
+    return named(name) if value is True else f"{named(name)} {value}"
 
 
 def option(default: Any, help: str, **metadata: Any) -> Any:

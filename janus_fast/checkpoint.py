@@ -187,7 +187,9 @@ def save_pretrained(
                 f"{name} does not fit {tensor.dtype} (its largest magnitude is {largest:.4g}): store the "
                 "weights as float32 or bfloat16"
             )
-    weights = save_safetensors(state, metadata={"format": "janus_fast", "version": str(FORMAT_VERSION)})
+    # one metadata entry: safetensors writes several in a varying order, and the same weights saved
+    # twice must give the same bytes (weights_sha256 is how `average` tells a checkpoint's copies)
+    weights = save_safetensors(state, metadata={"format": f"janus_fast {FORMAT_VERSION}"})
     if tokenizer_model is not None:
         atomic_write(os.path.join(directory, TOKENIZER_NAME), tokenizer_model)
     atomic_write(os.path.join(directory, WEIGHTS_NAME), weights)
@@ -464,6 +466,7 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
     if model.precision != "fp32":
         raise CheckpointError(f"{directories[0]}: cannot average a {model.precision} inference copy")
     sums = {name: tensor.double() for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
+    seen_contents = {tensors_digest(model.state_dict()): directories[0]}
     for directory, config in zip(directories[1:], configs[1:]):
         model_config = config["model"]
         differing = sorted(
@@ -476,7 +479,15 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
             )
         if _tokenizer_bytes(directory) != first_tokenizer:
             raise CheckpointError(f"{directory}: its tokenizer differs from {directories[0]}'s")
-        for name, tensor in load_pretrained(directory, config=config).state_dict().items():
+        state = load_pretrained(directory, config=config).state_dict()
+        contents = tensors_digest(state)
+        if contents in seen_contents:  # saved twice, in files whose bytes differ (older saves' metadata order)
+            raise CheckpointError(
+                f"{directory}: the same weights as {seen_contents[contents]} (tensor for tensor): each checkpoint "
+                "counts once"
+            )
+        seen_contents[contents] = directory
+        for name, tensor in state.items():
             if name in sums:
                 sums[name] += tensor.double()
     with torch.no_grad():
@@ -484,6 +495,17 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
             if name in sums:
                 tensor.copy_(sums[name] / len(directories))
     return model
+
+
+def tensors_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's tensors (names, dtypes, shapes and values, in name order): the same
+    for the same weights whatever file they were read from."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def weights_identity(config: dict[str, Any]) -> str:

@@ -1027,7 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, category, *_: f"janus-fast: warning: {message}\n"
-    from janus_fast.decoding.options import spelled_as_flags
+    from janus_fast.arguments import spelled_as_flags
 
     try:
         with spelled_as_flags():  # option errors name the flags typed (--relaxed-top-k, --mode nar)

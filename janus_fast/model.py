@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from janus_fast.arguments import check_field_types, option
+from janus_fast.arguments import check_field_types, named, option, setting
 from janus_fast.attention import masked_attention
 from janus_fast.length import length_classes, mean_pool
 from janus_fast.masks import MaskSpec
@@ -145,20 +145,22 @@ class JanusConfig:
         minimum.update(decoder_layers=1, max_source_positions=1, max_target_positions=3, num_length_classes=4)
         for name, low in minimum.items():
             if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+                raise ValueError(f"{named(name)} must be >= {low}, got {getattr(self, name)}")
         limits = {**MAX_SIZES, "encoder_layers": MAX_LAYERS, "decoder_layers": MAX_LAYERS}
         for name, high in limits.items():  # layers: Python modules each, even on the meta device
             if getattr(self, name) > high:
-                raise ValueError(f"{name} must be <= {high}, got {getattr(self, name)}")
+                raise ValueError(f"{named(name)} must be <= {high}, got {getattr(self, name)}")
         if not math.isfinite(self.length_bonus):
             raise ValueError(f"length_bonus must be a finite number, got {self.length_bonus}")
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+                raise ValueError(f"{named(name)} must be in [0, 1), got {getattr(self, name)}")
         if not isinstance(self.extra, dict):
             raise TypeError(f"extra must be a mapping, got {type(self.extra).__name__}")
         if self.d_model % self.num_heads:
-            raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+            raise ValueError(
+                f"{setting('d_model', self.d_model)} must be divisible by {setting('num_heads', self.num_heads)}"
+            )
         if self.query_position_offset not in (0, 1):
             raise ValueError(f"query_position_offset must be 0 or 1, got {self.query_position_offset}")
         if self.ar_stream not in AR_STREAMS:

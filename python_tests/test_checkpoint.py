@@ -130,6 +130,40 @@ def test_average_is_the_mean_of_the_weights(tmp_path):
     assert not torch.equal(averaged["embed_tokens.weight"], states[0]["embed_tokens.weight"])
 
 
+def test_the_same_weights_saved_twice_are_counted_once_by_average(tmp_path):
+    """Saving the same weights twice gives the same file bytes (safetensors wrote several metadata
+    entries in a varying order, so a run's ``best/`` and its ``saves/uN`` could differ in bytes and
+    be averaged as two checkpoints); and weights whose files differ anyway (saved so by an older
+    version) are still recognised, tensor for tensor."""
+    import hashlib
+
+    from safetensors.torch import save as save_safetensors
+
+    from janus_fast.checkpoint import average_checkpoints
+
+    model = random_model(0)
+    digests = set()
+    for index in range(8):
+        save_pretrained(model, str(tmp_path / f"save{index}"), tokenizer_model=b"same tokenizer")
+        digests.add(hashlib.sha256((tmp_path / f"save{index}" / WEIGHTS_NAME).read_bytes()).hexdigest())
+    assert len(digests) == 1
+    with pytest.raises(CheckpointError, match="the same weights as"):
+        average_checkpoints([str(tmp_path / "save0"), str(tmp_path / "save1")])
+
+    # the same tensors in a file of other bytes, its config's digest matching it (as an older save's)
+    other = tmp_path / "save1"
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    data = save_safetensors(state, metadata={"version": "1", "format": "janus_fast"})
+    (other / WEIGHTS_NAME).write_bytes(data)
+    config = json.loads((other / CONFIG_NAME).read_text())
+    config["weights_sha256"] = hashlib.sha256(data).hexdigest()
+    (other / CONFIG_NAME).write_text(json.dumps(config))
+    assert config["weights_sha256"] not in digests
+    save_pretrained(random_model(1), str(tmp_path / "different"), tokenizer_model=b"same tokenizer")
+    with pytest.raises(CheckpointError, match=r"save1: the same weights as .*save0 \(tensor for tensor\)"):
+        average_checkpoints([str(tmp_path / "save0"), str(tmp_path / "different"), str(other)])
+
+
 def test_average_refuses_checkpoints_of_different_runs(tmp_path):
     from janus_fast.checkpoint import average_checkpoints
 

@@ -276,18 +276,45 @@ def test_cli_options_translate_or_exit_2_with_a_message(trained_dir, tmp_path_fa
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--max-tokens", "0", "max_tokens must be >= 1"),
+        ("--max-tokens", "0", "error: --max-tokens must be >= 1"),
         ("--masking", "spans", "--masking must be one of"),
         ("--objective", "nat", "--objective must be one of"),
         ("--lr", "-1", "--lr must be a number in (0, 10]"),
-        ("--epochs", "0", "epochs must be >= 1"),
+        ("--epochs", "0", "error: --epochs must be >= 1"),
+        ("--max-updates", "-1", "error: --max-updates must be >= 0, got -1"),
+        ("--seed", "-3000000000", "error: --seed must be in [-2147483648, 2147483647]"),
+        ("--d-model", "33", "error: --d-model 33 must be divisible by --num-heads 4"),
+        ("--dropout", "1", "error: --dropout must be in [0, 1)"),
+        ("--max-target-positions", "2", "error: --max-target-positions must be >= 3"),
+        ("--device", "meta", "error: --device meta: only cpu and cuda are supported"),
+        ("--device", "foo", "error: --device foo: not a device torch knows"),
+        pytest.param(
+            "--device",
+            "cuda",
+            "error: --device cuda: CUDA is not available here",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
     ],
 )
 def test_train_options_refused_before_any_work(corpus_dir, tmp_path, option, value, message):
+    """Option errors name the flag typed; a wrong --device is one of them (it used to end in a
+    traceback after the tokenizer was trained)."""
     out = tmp_path / "run"
     result = run_cli("train", "--data-dir", corpus_dir, "--output-dir", str(out), option, value)
     assert result.returncode == 2 and message.encode() in result.stderr, result.stderr
     assert not out.exists()  # nothing written, no tokenizer trained
+
+
+def test_a_wrong_device_is_named_as_the_api_or_the_command_line_spells_it(trained_dir, capsys):
+    from janus_fast.cli import main
+    from janus_fast.translator import Translator
+
+    with pytest.raises(ValueError, match=r"^device='meta': only cpu and cuda are supported"):
+        Translator.from_pretrained(trained_dir, device="meta")
+    with pytest.raises(ValueError, match=r"^device='cpu:-1': not a device torch knows"):
+        Translator.from_pretrained(trained_dir, device="cpu:-1")
+    assert main(["translate", "--model", trained_dir, "--device", "meta"]) == 2
+    assert capsys.readouterr().err.startswith("janus-fast: error: --device meta: only cpu and cuda are supported")
 
 
 def test_numbers_of_other_types_get_errors_that_name_the_type_or_the_range():

@@ -12,13 +12,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from janus_fast.arguments import check_int, check_real, flag, option
+from janus_fast.arguments import check_int, check_real, named, option, setting
 
 if TYPE_CHECKING:
     from janus_fast.model import JanusConfig
@@ -45,34 +42,6 @@ USED_COUNTS = {
 # AR length limits (max_len_a, max_len_b): this project's default, and fairseq-generate's
 JANUS_MAX_LEN = (COMPAT_DEFAULTS["janus"]["max_len_a"], COMPAT_DEFAULTS["janus"]["max_len_b"])
 FAIRSEQ_MAX_LEN = (COMPAT_DEFAULTS["fairseq"]["max_len_a"], COMPAT_DEFAULTS["fairseq"]["max_len_b"])
-
-
-# How messages name an option: as the API's field (``relaxed_top_k``, ``mode='nar'``) or, where the
-# command line runs (``spelled_as_flags``), as the flag typed (``--relaxed-top-k``, ``--mode nar``).
-_AS_FLAGS: ContextVar[bool] = ContextVar("janus_fast_options_as_flags", default=False)
-
-
-@contextmanager
-def spelled_as_flags() -> Iterator[None]:
-    """Within this context the option errors name command-line flags (every field's flag is
-    ``--`` + its name with dashes)."""
-    token = _AS_FLAGS.set(True)
-    try:
-        yield
-    finally:
-        _AS_FLAGS.reset(token)
-
-
-def named(name: str) -> str:
-    """An option's name in a message: ``length_beam``, or ``--length-beam`` from the command line."""
-    return flag(name) if _AS_FLAGS.get() else name
-
-
-def setting(name: str, value: object) -> str:
-    """An option set to a value in a message: ``mode='nar'``, or ``--mode nar`` (a true flag alone)."""
-    if not _AS_FLAGS.get():
-        return f"{name}={value!r}"
-    return named(name) if value is True else f"{named(name)} {value}"
 
 
 # the most positions a draft or a verification may name (decoding caps both at the sentence's length

@@ -34,7 +34,7 @@ import sacrebleu
 import torch
 from tqdm import tqdm
 
-from janus_fast.arguments import MAX_THREADS, check_int, flag, option
+from janus_fast.arguments import MAX_THREADS, check_device, check_int, flag, option
 from janus_fast.checkpoint import (
     TOKENIZER_NAME,
     CheckpointError,
@@ -202,11 +202,12 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{flag(name)} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("max_tokens", "epochs", "save_every", "log_every", "warmup_updates", "valid_iterations"):
-            check_int(name, getattr(self, name), 1)
+            check_int(flag(name), getattr(self, name), 1)
         for name in ("max_updates", "train_limit", "valid_limit", "threads", "keep_every"):
             if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), 0 if name == "max_updates" else 1)
-        check_int("seed", self.seed, -(2**31), 2**31 - 1)
+                check_int(flag(name), getattr(self, name), 0 if name == "max_updates" else 1)
+        check_int("--seed", self.seed, -(2**31), 2**31 - 1)
+        check_device(self.device, "--device")
         if self.threads is not None and self.threads > MAX_THREADS:
             raise ValueError(f"--threads must be at most {MAX_THREADS}, got {self.threads}")
         if not 0 < self.lr <= MAX_LR:  # past it AdamW's steps overflow float32 (no schedule starts there)
