@@ -17,6 +17,14 @@ from janus_fast.output import check_output
 MAX_THREADS = 1024  # thread counts past this are a mistake on any machine this runs on
 
 
+def check_bool(name: str, value: object) -> bool:
+    """``value`` if it is True or False; TypeError otherwise (1, "no", None, numpy's bool_: a flag
+    whose truth would be guessed)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
     """``value`` as an int in [low, high]: TypeError for non-integers (bool and float included),
     ValueError outside the range."""
@@ -92,7 +100,7 @@ def check_device(device: object, name: str = "device") -> None:
         raise ValueError(f"{said}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
-__all__ = ["check_int", "check_field_types", "check_writable_directory", "check_device"]
+__all__ = ["check_bool", "check_int", "check_field_types", "check_writable_directory", "check_device"]
 
 
 def flag(name: str) -> str:
@@ -106,10 +114,11 @@ _AS_FLAGS: ContextVar[bool] = ContextVar("janus_fast_options_as_flags", default=
 
 
 @contextmanager
-def spelled_as_flags() -> Iterator[None]:
+def spelled_as_flags(as_flags: bool = True) -> Iterator[None]:
     """Within this context the option errors name command-line flags (every field's flag is
-    ``--`` + its name with dashes)."""
-    token = _AS_FLAGS.set(True)
+    ``--`` + its name with dashes); ``as_flags`` False: field names again (an option that is
+    not a flag of the command running, e.g. an architecture inside ``bench --shape``)."""
+    token = _AS_FLAGS.set(as_flags)
     try:
         yield
     finally:

@@ -171,6 +171,18 @@ def _decode_options(args: argparse.Namespace):  # noqa: ANN202
     return options
 
 
+def speed_summary(translated: int, seconds: float, reused: int) -> str:
+    """The speed line of ``evaluate``, over the sentences this run translated; those an interrupted
+    run of the job had translated are said apart, not counted in the speed."""
+    if reused == 0:
+        return f"{translated} sentences in {seconds:.2f}s: {round(translated / max(seconds, 1e-9), 2)} sentences/s"
+    earlier = f"{reused} translated by an interrupted run of this job and reused"
+    if translated == 0:
+        return f"0 sentences translated ({earlier}; no speed measured)"
+    rate = round(translated / max(seconds, 1e-9), 2)
+    return f"{translated} sentences in {seconds:.2f}s: {rate} sentences/s ({earlier})"
+
+
 def command_train(args: argparse.Namespace) -> int:
     from janus_fast.training.train import TrainConfig, train
 
@@ -511,6 +523,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
             scratch = context.broadcast(tempfile.mkdtemp(prefix="janus-fast-evaluate-") if context.is_main else None)
             output = os.path.join(scratch, "hypotheses.txt")
         start = time.perf_counter()
+        reused: list[int] = []  # sentences an interrupted run of this job had translated
         translate_file(
             translator,
             args.src,
@@ -521,6 +534,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
             model_dir=getattr(translator, "checkpoint_dir", None),
             context=context,
             output_name=None if scratch is None else f"{output} (evaluate's scratch file: no --output given)",
+            reused=reused.append,
         )
         seconds = time.perf_counter() - start
         if not context.is_main:
@@ -543,8 +557,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "chrf": round(chrf_score.score, 2),
         "chrf_signature": str(chrf.get_signature()),
         "sentences": sources,
+        "reused_sentences": reused[0],  # translated before, by an interrupted run: not in the speed
         "seconds": round(seconds, 3),
-        "sentences_per_second": round(sources / max(seconds, 1e-9), 2),
+        "sentences_per_second": round((sources - reused[0]) / max(seconds, 1e-9), 2) if sources > reused[0] else None,
         "processes": context.world_size,
         **dataclasses.asdict(options),
     }
@@ -553,7 +568,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     else:
         summary = (
             f"{bleu_score}\n  {bleu.get_signature()}\n{chrf_score}\n  {chrf.get_signature()}\n"
-            f"{sources} sentences in {seconds:.2f}s: {result['sentences_per_second']} sentences/s"
+            f"{speed_summary(sources - reused[0], seconds, reused[0])}"
             f"{f' ({context.world_size} processes)' if context.world_size > 1 else ''}\n"
         )
     write_standard_output(summary, "the scores")

@@ -484,6 +484,7 @@ def translate_file(
     translate_chunk: ChunkFunction | None = None,
     output_kind: str | None = None,
     output_name: str | None = None,
+    reused: Callable[[int], object] | None = None,
     **changes: object,
 ) -> int:
     """Translate every line of ``source_path`` (plain or .gz) into ``output_path`` (plain or .gz);
@@ -495,7 +496,9 @@ def translate_file(
     manifest. ``translate_chunk`` replaces ``translator.translate`` (e.g. token ids, scored lines),
     with ``output_kind`` naming what its lines hold (recorded too). ``chunk_size``: lines per chunk
     (default ``default_chunk_size``). ``progress`` (rank 0): called with counts of sentences done,
-    the whole job's; ``total`` (rank 0): called once with the source's line count, from the scan.
+    the whole job's; ``total`` (rank 0): called once with the source's line count, from the scan;
+    ``reused``: called once with the number of lines an earlier, interrupted run of the job had
+    translated already (0 for a fresh job), so that a caller's speed counts only this run's.
     ``model_dir``, the checkpoint the translator was loaded from, identifies the model by its
     recorded weights digest (else the loaded weights are hashed). An ``output_path``
     that is the source file (symlinks followed) is refused (InputError). ``output_name``: how
@@ -508,6 +511,9 @@ def translate_file(
             f"--output {output_path} is not a regular file (a device, a pipe): a resumable job writes a file beside "
             "its chunks"
         )
+    resolve = getattr(translator, "resolve_options", None)  # a Translator: record what decodes, so that
+    if resolve is not None and options is not None and not changes:  # a default typed out resumes as unset
+        options = resolve(options)
     context = context if context is not None else DistributedContext("gloo", CONNECT_TIMEOUT)
     translate_chunk = translate_chunk or plain_translations(translator, options, batch_size, changes)
     scan = scan_source(source_path, chunk_size or BLOCK_LINES)
@@ -543,6 +549,8 @@ def translate_file(
         check_parts(parts_dir, manifest, create=False)
 
     done = {i for i in range(chunks) if _is_complete(chunk_path(parts_dir, i), lines_of(i))}
+    if reused is not None:
+        reused(sum(lines_of(i) for i in done))
     if done and context.is_main:
         print(f"janus-fast: resuming {output_path}: {len(done)} of {chunks} chunks already translated", file=sys.stderr)
     foreign = {i: lines_of(i) for i in range(chunks) if owners[i] != context.rank and i not in done}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from janus_fast.arguments import check_bool
 from janus_fast.decoding import engine, fairseq, reference
 from janus_fast.decoding.hypotheses import Hypotheses, collapse_repeats
 from janus_fast.decoding.options import DecodeOptions
@@ -59,6 +60,7 @@ def generate(
             "generate() needs the model in eval mode, but it is in training mode (dropout would change "
             "the output on every call): call model.eval() first"
         )
+    check_bool("return_scores", return_scores)
     _check_source(model, src_tokens, src_lengths)
     if options is not None and not isinstance(options, DecodeOptions):
         raise TypeError(f"options must be a DecodeOptions, got {type(options).__name__}")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy
 import torch
 
-from janus_fast.arguments import check_device, check_int
+from janus_fast.arguments import check_bool, check_device, check_int
 from janus_fast.checkpoint import CheckpointError, load_checkpoint
 from janus_fast.data import pad_sequences
 from janus_fast.decoding.beam import max_ar_lengths
@@ -74,8 +74,7 @@ class Translator:
                 f"tokenizer has {tokenizer.vocab_size} pieces but the model {model.config.vocab_size}"
             )
         check_choice("decoder", decoder, DECODERS)
-        if not isinstance(release_weights, bool):  # a truthy "no" would free the weights
-            raise TypeError(f"release_weights must be true or false, got {release_weights!r}")
+        check_bool("release_weights", release_weights)  # a truthy "no" would free the weights
         self.options = DecodeOptions(decoder=decoder, precision=precision)
         # fixed for the translator's life (read-only properties below): the passes are chosen for them
         self._model, self._tokenizer, self._decoder, self._precision = model.eval(), tokenizer, decoder, precision
@@ -184,8 +183,7 @@ class Translator:
         """
         if isinstance(sentences, (str, bytes)) or not isinstance(sentences, Sequence):
             raise TypeError(f"translate() takes a list of sentences, not a {type(sentences).__name__}")
-        if not isinstance(return_scores, bool):
-            raise TypeError(f"return_scores must be true or false, got {return_scores!r}")
+        check_bool("return_scores", return_scores)
         resolved = self._resolve(options, changes, max_batch_tokens, batch_size, progress)
         encoded = self.encode_sources(sentences, first_line)
         found = self._decode(encoded, resolved, max_batch_tokens, batch_size, progress)

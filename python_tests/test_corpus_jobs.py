@@ -188,10 +188,11 @@ def test_translate_file_resumes_only_the_missing_chunks(tmp_path):
     assert sorted(os.listdir(parts)) == ["chunk-000000.txt", "chunk-000001.txt", "chunk-000002.txt", MANIFEST_NAME]
     assert not os.path.exists(output)
     resumed = Upper()
-    done = []
-    translate_file(resumed, source, output, chunk_size=10, progress=done.append)
+    done, reused = [], []
+    translate_file(resumed, source, output, chunk_size=10, progress=done.append, reused=reused.append)
     assert read_lines(output) == [s.upper() for s in sources]
     assert resumed.translated == 65 and sum(done) == 95  # the progress counts the kept chunks too
+    assert reused == [30]  # said to the caller, whose speed counts this run's 65 only
     # a changed option is refused, naming it, and loses nothing
     with pytest.raises(KeyboardInterrupt):
         translate_file(Killed(), source, output, chunk_size=10)
@@ -200,6 +201,47 @@ def test_translate_file_resumes_only_the_missing_chunks(tmp_path):
     with pytest.raises(InputError, match=r"--beam unset -> 5"):
         translate_file(Upper(), source, output, chunk_size=10, beam=5)
     assert len(os.listdir(parts)) == 4
+
+
+def test_a_default_typed_out_on_the_rerun_resumes_the_job(trained_dir, tmp_path):
+    """The manifest records the options as they decode (resolved), so an option left unset in the
+    interrupted run and typed with its default value in the rerun is the same job, not a change."""
+    from janus_fast.decoding.options import DecodeOptions
+    from janus_fast.translator import Translator
+
+    translator = Translator.from_pretrained(trained_dir)
+
+    source = write_lines(str(tmp_path / "src.txt"), ["Ein Hund.", "Zwei Katzen.", "Ein Mann.", "Eine Frau."])
+    output = str(tmp_path / "out.txt")
+
+    def first_chunk_only(lines, first_line, progress):  # noqa: ANN001, ANN202
+        if first_line > 1:
+            raise KeyboardInterrupt
+        return translator.translate(lines, DecodeOptions(mode="ar"))
+
+    with pytest.raises(KeyboardInterrupt):
+        translate_file(translator, source, output, chunk_size=2, options=DecodeOptions(mode="ar"),
+                       translate_chunk=first_chunk_only)  # fmt: skip
+    default_b = translator.resolve_options(DecodeOptions(mode="ar")).max_len_b
+    reused = []
+    translate_file(translator, source, output, chunk_size=2, options=DecodeOptions(mode="ar", max_len_b=default_b),
+                   reused=reused.append)  # fmt: skip
+    assert reused == [2] and read_lines(output) == translator.translate(read_lines(source), mode="ar")
+    with pytest.raises(KeyboardInterrupt):
+        translate_file(translator, source, output, chunk_size=2, options=DecodeOptions(mode="ar"),
+                       translate_chunk=first_chunk_only)  # fmt: skip
+    with pytest.raises(InputError, match=r"max-len-b 10 -> 3"):  # another value is still refused
+        translate_file(translator, source, output, chunk_size=2, options=DecodeOptions(mode="ar", max_len_b=3))
+
+
+def test_evaluate_speed_counts_only_the_sentences_this_run_translated():
+    from janus_fast.cli import speed_summary
+
+    assert speed_summary(100, 10.0, 0) == "100 sentences in 10.00s: 10.0 sentences/s"
+    assert speed_summary(250, 33.32, 50) == (
+        "250 sentences in 33.32s: 7.5 sentences/s (50 translated by an interrupted run of this job and reused)"
+    )
+    assert speed_summary(0, 0.01, 300).startswith("0 sentences translated (300 translated by an interrupted run")
 
 
 def test_translate_stream_hands_over_each_chunk_as_it_is_done():

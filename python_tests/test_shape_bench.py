@@ -101,11 +101,26 @@ def test_bench_shape_refuses_bad_options():
         (["--shape", TINY, "--precisions", "bf16,bf16"], "bf16 given twice"),
         (["--shape", TINY, "--rows", "AR turbo"], "unknown rows"),
         ([], "--data-dir"),
+        # a shape past the machine's memory: refused in one line (two nested tracebacks before)
+        (["--shape", "65536,65536,2,6,6,300000", "--lengths", "5"], "choose a smaller shape"),
+        # an architecture limit named as the shape's field, not as train's --d-model
+        (["--shape", "100000,100000,2,6,6,300"], "--shape '100000,100000,2,6,6,300': d_model must be <= 65536"),
     ):
         result = run_cli("bench", *options)
         assert result.returncode == 2, result.stderr.decode()
         err = result.stderr.decode()
         assert err.startswith("janus-fast: error:") and named in err and err.count("\n") == 1, err
+
+
+def test_a_worker_job_larger_than_a_command_line_argument_runs():
+    """The job (one length per sentence) goes to the worker on its standard input: 60,000 lengths
+    are over the 128 KiB a single command-line argument may hold."""
+    from janus_fast.benchmarks.shapes import run_shape_bench
+
+    report = run_shape_bench(
+        "16,32,2,1,1,20", "5", sentences=40000, batch1=1, rows=("AR greedy",), precisions=("int8",)
+    )
+    assert len(report["rows"]) == 1 and report["rows"][0]["batch_ms_per_sentence"] > 0
 
 
 def test_bench_refuses_the_options_of_its_other_form(tmp_path):

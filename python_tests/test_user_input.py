@@ -9,6 +9,7 @@ import resource
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, random_model, tiny_train_config
@@ -363,6 +364,13 @@ def test_api_flags_are_type_checked_before_any_work(trained_dir, translator):
         translator.translate_ids([[5, 6]], progress=5)
     done = []
     assert translator.translate(["Ein Hund."], progress=done.append) and done == [1]
+    from janus_fast.generation import generate
+
+    source, lengths = torch.tensor([[9, 10, 11, 2]]), torch.tensor([4])
+    for value in ("no", 1, None, np.bool_(True)):  # generate(): refused as Translator refuses them
+        with pytest.raises(TypeError, match="return_scores must be true or false"):
+            generate(translator.model, source, lengths, return_scores=value)
+    assert generate(translator.model, source, lengths, return_scores=True).scores
 
 
 def test_outputs_that_reach_the_length_limit_are_said():

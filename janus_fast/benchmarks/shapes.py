@@ -32,7 +32,9 @@ import sys
 
 import torch
 
+from janus_fast.arguments import spelled_as_flags
 from janus_fast.benchmarks.tables import markdown_table, number
+from janus_fast.memory import check_fits_in_memory
 from janus_fast.model import JanusConfig, JanusModel
 
 SHAPES = {
@@ -74,13 +76,17 @@ def shape_config(shape: str) -> JanusConfig:
         )
     if sizes["vocab_size"] < 16:
         raise ValueError(f"--shape {shape!r}: a vocabulary of at least 16 entries")
-    return JanusConfig(
-        **sizes,
-        dropout=0.0,
-        max_source_positions=MAX_POSITIONS,
-        max_target_positions=MAX_POSITIONS,
-        length_offset=True,
-    )
+    try:
+        with spelled_as_flags(False):  # bench has no --d-model: the field names, after --shape
+            return JanusConfig(
+                **sizes,
+                dropout=0.0,
+                max_source_positions=MAX_POSITIONS,
+                max_target_positions=MAX_POSITIONS,
+                length_offset=True,
+            )
+    except ValueError as error:
+        raise ValueError(f"--shape {shape!r}: {error}") from None
 
 
 class ForcedLengthModel(JanusModel):
@@ -249,6 +255,12 @@ def run_shape_bench(
     from janus_fast.native.cpu_features import cpu_description
 
     config = shape_config(shape)
+    parameters = config.parameter_count()  # refused here, in one line, not by the worker it would kill
+    check_fits_in_memory(
+        4 * parameters,
+        f"--shape {shape}: a model of {parameters / 1e6:.0f}M parameters (fp32)",
+        "choose a smaller shape",
+    )
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
         raise ValueError(f"unknown rows {unknown}; known: {sorted(ROWS)}")
@@ -271,13 +283,17 @@ def run_shape_bench(
                 "repeats": repeats,
                 "max_batch_tokens": max_batch_tokens,
             }
-            result = subprocess.run(
-                [sys.executable, "-m", "janus_fast.benchmarks.shapes", "--worker", json.dumps(job)],
+            result = subprocess.run(  # the job on stdin: one length per sentence outgrows a command line
+                [sys.executable, "-m", "janus_fast.benchmarks.shapes", "--worker", "-"],
+                input=json.dumps(job),
                 capture_output=True,
                 text=True,
                 env={**os.environ, "OMP_NUM_THREADS": str(count)},
             )
             if result.returncode != 0:
+                last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+                if last.startswith(("ValueError: ", "MemoryError")):  # the worker's refusal, said as one line
+                    raise ValueError(f"--shape {shape} ({precision}, {count} threads): {last.partition(': ')[2]}")
                 raise RuntimeError(
                     f"shape bench worker ({precision}, {count} threads) failed:\n{result.stderr[-3000:]}"
                 )
@@ -352,9 +368,10 @@ def format_shape_report(report: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="a shape bench worker (run by janus-fast bench --shape)")
-    parser.add_argument("--worker", required=True, help="the job, as JSON")
+    parser.add_argument("--worker", required=True, help="the job, as JSON ('-': read it from stdin)")
     args = parser.parse_args()
-    print(json.dumps(run_worker(json.loads(args.worker))))
+    job = sys.stdin.read() if args.worker == "-" else args.worker
+    print(json.dumps(run_worker(json.loads(job))))
 
 
 if __name__ == "__main__":
