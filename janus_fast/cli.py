@@ -171,16 +171,19 @@ def _decode_options(args: argparse.Namespace):  # noqa: ANN202
     return options
 
 
+def translation_rate(translated: int, seconds: float) -> float | None:
+    """Sentences per second over the sentences this run translated (None: it translated none)."""
+    return round(translated / max(seconds, 1e-9), 2) if translated else None
+
+
 def speed_summary(translated: int, seconds: float, reused: int) -> str:
     """The speed line of ``evaluate``, over the sentences this run translated; those an interrupted
     run of the job had translated are said apart, not counted in the speed."""
-    if reused == 0:
-        return f"{translated} sentences in {seconds:.2f}s: {round(translated / max(seconds, 1e-9), 2)} sentences/s"
     earlier = f"{reused} translated by an interrupted run of this job and reused"
-    if translated == 0:
+    if reused and not translated:
         return f"0 sentences translated ({earlier}; no speed measured)"
-    rate = round(translated / max(seconds, 1e-9), 2)
-    return f"{translated} sentences in {seconds:.2f}s: {rate} sentences/s ({earlier})"
+    line = f"{translated} sentences in {seconds:.2f}s: {translation_rate(translated, seconds) or 0.0} sentences/s"
+    return f"{line} ({earlier})" if reused else line
 
 
 def command_train(args: argparse.Namespace) -> int:
@@ -559,7 +562,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         "sentences": sources,
         "reused_sentences": reused[0],  # translated before, by an interrupted run: not in the speed
         "seconds": round(seconds, 3),
-        "sentences_per_second": round((sources - reused[0]) / max(seconds, 1e-9), 2) if sources > reused[0] else None,
+        "sentences_per_second": translation_rate(sources - reused[0], seconds),
         "processes": context.world_size,
         **dataclasses.asdict(options),
     }

@@ -293,7 +293,8 @@ def run_shape_bench(
             if result.returncode != 0:
                 last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
                 if last.startswith(("ValueError: ", "MemoryError")):  # the worker's refusal, said as one line
-                    raise ValueError(f"--shape {shape} ({precision}, {count} threads): {last.partition(': ')[2]}")
+                    said = last.partition(": ")[2] or last  # a bare "MemoryError" has no text after it
+                    raise ValueError(f"--shape {shape} ({precision}, {count} threads): {said}")
                 raise RuntimeError(
                     f"shape bench worker ({precision}, {count} threads) failed:\n{result.stderr[-3000:]}"
                 )

@@ -516,7 +516,7 @@ def _train(config: TrainConfig) -> TrainState:
             run.end_epoch()
         run.checkpoint(run.last_dir)
     if run.state.update > run.state.validated_update:  # stopped within an epoch (--max-updates, --max-minutes)
-        run.validate_and_keep_best(stopped_within_epoch=True)
+        run.validate_and_keep_best()
         run.checkpoint(run.last_dir)
     run.context.close()
     return run.state
@@ -799,9 +799,9 @@ class Run:
         """Count the epoch, validate, and keep the checkpoint as ``best/`` if it improved."""
         self.state.epoch += 1
         self.state.batch_in_epoch = 0
-        self.validate_and_keep_best(stopped_within_epoch=False)
+        self.validate_and_keep_best()
 
-    def validate_and_keep_best(self, stopped_within_epoch: bool) -> None:
+    def validate_and_keep_best(self) -> None:
         """Validate the model as it is now, log the record, and keep the checkpoint as ``best/``
         if it improved. At an epoch's end, and where a start stops within an epoch, so that its
         last updates are validated and a run shorter than one epoch has a ``best/``."""
@@ -818,7 +818,7 @@ class Run:
             context,
         )
         record.update({"type": "valid", "update": state.update, "epoch": state.epoch})
-        if stopped_within_epoch:  # "epoch": the epochs complete; these updates are of the next one
+        if state.batch_in_epoch:  # stopped within an epoch: "epoch" counts the complete ones
             record["batch_in_epoch"] = state.batch_in_epoch
         self.log(record)
         if context.is_main:
