@@ -356,6 +356,7 @@ def check_file_options(args: argparse.Namespace, command: str, *options: str) ->
 def command_translate(args: argparse.Namespace) -> int:
     from janus_fast.corpus import (
         MAX_CHUNK_LINES,
+        TOKEN_IDS,
         count_lines,
         iter_lines,
         stream_lines,
@@ -384,7 +385,7 @@ def command_translate(args: argparse.Namespace) -> int:
         options = _decode_options(args)
         translate_chunk = _chunk_function(args, translator, options)
         if resumable:
-            kind = "token ids" if args.token_ids else None
+            kind = TOKEN_IDS if args.token_ids else None
             with _progress_bar(args.progress and context.is_main) as bar:
                 translate_file(
                     translator,

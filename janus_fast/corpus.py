@@ -70,6 +70,11 @@ _FLAGS = {
     "native_products": "the CPU's native products (another CPU or JANUS_FAST_ISA)",
 }
 
+# the decoding record's entry naming what a job's output lines hold (absent: translations as text),
+# and its value for `translate --token-ids` (vocabulary ids in, ids out)
+OUTPUT_KIND = "output"
+TOKEN_IDS = "token ids"
+
 Progress = Callable[[int], object]
 
 
@@ -289,6 +294,10 @@ def manifest_changes(saved: dict, current: dict) -> list[str]:
         before = before if isinstance(before, dict) else {}
         for name in sorted(set(before) | set(after)):
             if name not in before or name not in after or before[name] != after[name]:
+                if name == OUTPUT_KIND:  # what the lines hold: token ids under --token-ids, else text
+                    was, now = ("on" if values.get(name) == TOKEN_IDS else "off" for values in (before, after))
+                    changes.append(f"--token-ids {was} -> {now}")
+                    continue
                 was, now = (repr(values[name]) if name in values else "unset" for values in (before, after))
                 changes.append(f"{_flag(name)} {was} -> {now}")
     return list(dict.fromkeys(changes))  # an option recorded in both groups (--precision) named once
@@ -527,7 +536,7 @@ def translate_file(
     parts_dir = output_path + PARTS_SUFFIX
     decoding = decoding_record(options, batch_size, changes)
     if output_kind is not None:
-        decoding["output"] = output_kind
+        decoding[OUTPUT_KIND] = output_kind
     manifest = corpus_manifest(translator, scan, chunk_size, decoding, model_dir)
 
     def lines_of(index: int) -> int:

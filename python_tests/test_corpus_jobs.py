@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from janus_fast.corpus import (
     MANIFEST_NAME,
     MAX_CHUNKS,
     PARTS_SUFFIX,
+    TOKEN_IDS,
     assign_chunks,
     check_parts,
     default_chunk_size,
@@ -200,6 +202,15 @@ def test_translate_file_resumes_only_the_missing_chunks(tmp_path):
 
     with pytest.raises(InputError, match=r"--beam unset -> 5"):
         translate_file(Upper(), source, output, chunk_size=10, beam=5)
+    # what the lines hold is named by the flag that sets it (before: "--output 'token ids' -> unset")
+    with pytest.raises(InputError, match=r"\(--token-ids off -> on\)"):
+        translate_file(Upper(), source, output, chunk_size=10, output_kind=TOKEN_IDS)
+    assert len(os.listdir(parts)) == 4
+    shutil.rmtree(parts)
+    with pytest.raises(KeyboardInterrupt):
+        translate_file(Killed(), source, output, chunk_size=10, output_kind=TOKEN_IDS)
+    with pytest.raises(InputError, match=r"\(--token-ids on -> off\)"):
+        translate_file(Upper(), source, output, chunk_size=10)
     assert len(os.listdir(parts)) == 4
 
 

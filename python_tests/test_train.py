@@ -53,7 +53,8 @@ def test_a_start_stopped_within_an_epoch_validates_its_last_updates(corpus_dir, 
     state = train(tiny_train_config(corpus_dir, out, max_updates=3, valid_limit=5))
     assert state.epoch == 0 and state.batch_in_epoch == 3  # the tiny corpus has more than 3 batches an epoch
     [record] = valid_records(out)
-    assert (record["update"], record["epoch"], record["batch_in_epoch"]) == (3, 0, 3)
+    # epoch 1 (as the train records and the progress bar number it), 3 of its batches in
+    assert (record["update"], record["epoch"], record["batch_in_epoch"]) == (3, 1, 3)
     saved = torch.load(os.path.join(out, "best", "train_state.pt"), weights_only=False)["state"]
     assert saved["update"] == 3 and saved["best_bleu"] == pytest.approx(-record["loss"])
     best, last = load_pretrained(os.path.join(out, "best")), load_pretrained(os.path.join(out, "last"))
@@ -63,7 +64,7 @@ def test_a_start_stopped_within_an_epoch_validates_its_last_updates(corpus_dir, 
     assert len(valid_records(out)) == 1  # and nothing validated twice
     state = train(tiny_train_config(corpus_dir, out, max_updates=None, valid_limit=5))  # to the epoch's end
     records = valid_records(out)
-    assert [(r["update"], r["epoch"]) for r in records] == [(3, 0), (state.update, 1)]
+    assert [(r["update"], r["epoch"]) for r in records] == [(3, 1), (state.update, 1)]
     assert "batch_in_epoch" not in records[1]
 
 

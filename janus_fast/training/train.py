@@ -817,8 +817,10 @@ class Run:
             self.valid_mode,
             context,
         )
-        record.update({"type": "valid", "update": state.update, "epoch": state.epoch})
-        if state.batch_in_epoch:  # stopped within an epoch: "epoch" counts the complete ones
+        # "epoch" numbers the epoch as the train records and the progress bar do (from 1): the one
+        # just ended, or with "batch_in_epoch" the one stopped in, after that many of its batches
+        record.update({"type": "valid", "update": state.update, "epoch": state.epoch + (state.batch_in_epoch > 0)})
+        if state.batch_in_epoch:
             record["batch_in_epoch"] = state.batch_in_epoch
         self.log(record)
         if context.is_main:
