@@ -473,7 +473,7 @@ def command_convert(args: argparse.Namespace) -> int:
         raise ValueError(f"--bpe {bpe}: expected sentencepiece or subword-nmt")
     for path, option in ((args.fairseq, "--fairseq"), (args.dict, "--dict"), (bpe_path, "--bpe")):
         if path is not None and not os.path.isfile(path):
-            raise InputError(f"{option} {path}: no such file")
+            raise InputError(f"{option} {path}: {'a folder, not a file' if os.path.isdir(path) else 'no such file'}")
     if bpe is not None:  # the BPE file checked before the work (and named in the error)
         from janus_fast.fairseq.dictionary import bpe_splitter
 

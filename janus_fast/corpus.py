@@ -65,7 +65,6 @@ TRANSLATOR_SETTINGS = ("device", "precision", "decoder", "max_batch_tokens", "on
 # manifest names spelled otherwise on the command line (the rest: --name-with-dashes)
 _FLAGS = {
     "source_sha256": "--src",
-    "collapse_repeats": "--keep-repeats",
     "speculative": "the speculative options (--draft-iterations, --min-draft, --max-verify, --relaxed-*)",
     "native_products": "the CPU's native products (another CPU or JANUS_FAST_ISA)",
 }
@@ -74,6 +73,12 @@ _FLAGS = {
 # and its value for `translate --token-ids` (vocabulary ids in, ids out)
 OUTPUT_KIND = "output"
 TOKEN_IDS = "token ids"
+# manifest entries set by an on/off flag: the flag, and the entry's value when the flag is on (an
+# absent entry: off where None is listed as the default, else unset)
+_SWITCHES = {
+    OUTPUT_KIND: ("--token-ids", TOKEN_IDS, None),
+    "collapse_repeats": ("--keep-repeats", False, "unset"),
+}
 
 Progress = Callable[[int], object]
 
@@ -294,9 +299,13 @@ def manifest_changes(saved: dict, current: dict) -> list[str]:
         before = before if isinstance(before, dict) else {}
         for name in sorted(set(before) | set(after)):
             if name not in before or name not in after or before[name] != after[name]:
-                if name == OUTPUT_KIND:  # what the lines hold: token ids under --token-ids, else text
-                    was, now = ("on" if values.get(name) == TOKEN_IDS else "off" for values in (before, after))
-                    changes.append(f"--token-ids {was} -> {now}")
+                if name in _SWITCHES:  # named as the flag is typed: --keep-repeats on, not collapse_repeats False
+                    switch, on, absent = _SWITCHES[name]
+                    was, now = (
+                        ("on" if values[name] == on else "off") if name in values else (absent or "off")
+                        for values in (before, after)
+                    )
+                    changes.append(f"{switch} {was} -> {now}")
                     continue
                 was, now = (repr(values[name]) if name in values else "unset" for values in (before, after))
                 changes.append(f"{_flag(name)} {was} -> {now}")

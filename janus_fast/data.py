@@ -32,10 +32,11 @@ MAX_LINE_BYTES = 1 << 20
 def decoded_lines(handle: BinaryIO, what: str, warn: bool = True) -> Iterator[str]:
     """The lines of a binary stream decoded as UTF-8, without newlines (a final newline ends the
     last line rather than starting an empty one; a CR before a newline dropped). Invalid UTF-8 is
-    replaced (U+FFFD) with one warning naming ``what`` (none without ``warn``). A line longer than
+    replaced (U+FFFD) with one warning naming ``what`` (none without ``warn``); a CR inside a line is
+    kept, with one such warning (old Mac line endings put several sentences on one line). A line longer than
     ``MAX_LINE_BYTES`` is cut there (a character split by the cut dropped) and the rest of it
     skipped, with a warning naming the line."""
-    warned = not warn
+    warned = warned_return = not warn
     number = 0
     while True:
         raw = handle.readline(MAX_LINE_BYTES)
@@ -62,7 +63,15 @@ def decoded_lines(handle: BinaryIO, what: str, warn: bool = True) -> Iterator[st
                 warnings.warn(f"{what}: invalid UTF-8 replaced with U+FFFD", stacklevel=2)
                 warned = True
             line = raw.decode("utf-8", errors="replace")
-        yield (line[:-1] if line.endswith("\n") else line).rstrip("\r")
+        line = (line[:-1] if line.endswith("\n") else line).rstrip("\r")
+        if "\r" in line and not warned_return:
+            warnings.warn(
+                f"{what}: line {number} holds a carriage return (\\r) not followed by a line feed (old Mac line "
+                "endings?): lines end at \\n only, so the text on both sides of it is one sentence",
+                stacklevel=2,
+            )
+            warned_return = True
+        yield line
 
 
 def _partial_character_bytes(data: bytes) -> int:

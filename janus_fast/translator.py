@@ -33,6 +33,15 @@ def _fixed(name: str, doc: str) -> property:
     return property(operator.attrgetter(f"_{name}"), doc=doc)
 
 
+def _why_not_text(sentence: str, error: Exception) -> str:
+    """Why the tokenizer refused ``sentence``: its first lone surrogate (a str that no UTF-8 can hold,
+    e.g. from bytes decoded with errors="surrogateescape"), else the tokenizer's own words."""
+    for position, character in enumerate(sentence):
+        if "\ud800" <= character <= "\udfff":
+            return f"a lone surrogate U+{ord(character):04X} at character {position}"
+    return str(error)
+
+
 class Translator:
     """Translate sentences with a JANUS model: autoregressively (default: AR greedy, on the shipped
     model on the CPU both faster and better than mask-predict), non-autoregressively (mask-predict) or
@@ -131,7 +140,9 @@ class Translator:
                 ids = self.tokenizer.encode(sentence) if sentence.strip() else []
             except (RuntimeError, TypeError, UnicodeError) as error:  # e.g. a lone surrogate ("\ud800")
                 where = f"sentence index {index} (input line {first_line + index})"
-                raise ValueError(f"{where} cannot be encoded: not valid Unicode text ({error})") from error
+                raise ValueError(
+                    f"{where} cannot be encoded: not valid Unicode text ({_why_not_text(sentence, error)})"
+                ) from error
             encoded.append(self._wrap_source(ids, index, first_line))
         return encoded
 

@@ -214,6 +214,20 @@ def test_translate_file_resumes_only_the_missing_chunks(tmp_path):
     assert len(os.listdir(parts)) == 4
 
 
+def test_a_refused_resume_names_switches_as_they_are_typed():
+    """collapse_repeats=True (the default) is --keep-repeats off: the message names the flag's state
+    (before: "--keep-repeats True", the opposite of what the run did)."""
+    from janus_fast.corpus import manifest_changes
+
+    shared = {"format": MANIFEST_FORMAT, "source_sha256": "s", "lines": 9, "chunk_size": 10, "model": {}}
+    kept = {**shared, "translator": {}, "decoding": {"collapse_repeats": False, "output": TOKEN_IDS}}
+    collapsed = {**shared, "translator": {}, "decoding": {"collapse_repeats": True}}
+    unset = {**shared, "translator": {}, "decoding": {}}
+    assert manifest_changes(collapsed, unset) == ["--keep-repeats off -> unset"]
+    assert manifest_changes(kept, collapsed) == ["--keep-repeats on -> off", "--token-ids on -> off"]
+    assert manifest_changes(unset, kept) == ["--keep-repeats unset -> on", "--token-ids off -> on"]
+
+
 def test_a_default_typed_out_on_the_rerun_resumes_the_job(trained_dir, tmp_path):
     """The manifest records the options as they decode (resolved), so an option left unset in the
     interrupted run and typed with its default value in the rerun is the same job, not a change."""

@@ -23,6 +23,21 @@ def test_read_plain_gz_and_invalid_utf8(tmp_path):
         read_lines(str(tmp_path / "missing.txt"))
 
 
+def test_carriage_returns_inside_lines_are_kept_with_one_warning(tmp_path):
+    """Lines end at \\n (CRLF's CR dropped); a CR alone (old Mac line endings) ends nothing, so the
+    sentences around it are one line: said once, naming the first such line."""
+    import warnings
+
+    (tmp_path / "crlf.txt").write_bytes(b"eins\r\nzwei\r\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_lines(str(tmp_path / "crlf.txt")) == ["eins", "zwei"]
+    (tmp_path / "mac.txt").write_bytes(b"eins\rzwei\r\ndrei\rvier\r")
+    with pytest.warns(UserWarning, match=r"mac.txt: line 1 holds a carriage return") as caught:
+        assert read_lines(str(tmp_path / "mac.txt")) == ["eins\rzwei", "drei\rvier"]
+    assert len([w for w in caught if "carriage return" in str(w.message)]) == 1
+
+
 @pytest.mark.parametrize("scheme", [span_mask, uniform_mask])
 def test_masks_cover_only_real_tokens(scheme):
     generator = torch.Generator().manual_seed(0)

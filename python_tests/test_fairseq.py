@@ -418,6 +418,14 @@ def _modified(tmp_path, **changes) -> str:
         ({"encoder_layers": None}, "argument encoder_layers is None, expected an integer"),
         ({"decoder_layers": 2.7}, "argument decoder_layers is 2.7, expected an integer"),
         ({"max_source_positions": "256"}, "argument max_source_positions is '256', expected an integer"),
+        # named by the checkpoint's arguments, not by train's flags (before: --num-heads 3, --max-source-positions)
+        (
+            {"encoder_attention_heads": 3, "decoder_attention_heads": 3},
+            "encoder_embed_dim 64 is not divisible by encoder_attention_heads 3",
+        ),
+        ({"encoder_attention_heads": 0, "decoder_attention_heads": 0}, "encoder_attention_heads is 0, expected >= 1"),
+        ({"max_source_positions": 0}, "argument max_source_positions is 0, expected >= 1"),
+        ({"dropout": 1.5}, "the arguments make no valid model: dropout"),
     ],
 )
 def test_converter_refuses_what_it_cannot_map(tmp_path, changes: dict, message: str) -> None:
@@ -461,6 +469,27 @@ def test_cli_convert_errors_are_one_line(tmp_path, capsys) -> None:
         ]
     )
     assert code == 2 and "missing.pt: no such file" in capsys.readouterr().err
+    # a folder that exists is said to be one (before: "no such file")
+    for fairseq, dictionary, option in (
+        (str(tmp_path), os.path.join(DATA, "dict.txt"), "--fairseq"),
+        (os.path.join(DATA, "trained.pt"), str(tmp_path), "--dict"),
+    ):
+        arguments = ["convert", "--fairseq", fairseq, "--dict", dictionary, "--output", str(tmp_path / "out")]
+        assert cli_main(arguments) == 2
+        assert f"{option} {tmp_path}: a folder, not a file" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="a folder, not a file"):
+        load_fairseq_checkpoint(str(tmp_path))
+
+
+def test_converter_names_a_nan_in_shared_embeddings_as_non_finite(tmp_path) -> None:
+    """The tied embeddings share storage, so a NaN stands in both; NaN != NaN made the sharing check
+    fail with "embeddings not shared", which sent the user after --share-all-embeddings."""
+    checkpoint = load_fairseq_checkpoint(os.path.join(DATA, "trained.pt"))
+    checkpoint["model"]["encoder.embed_tokens.weight"][5, 3] = float("nan")
+    torch.save(checkpoint, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"embed_tokens.weight holds non-finite values \(nan or inf\)"):
+        convert_fairseq(str(tmp_path / "nan.pt"), os.path.join(DATA, "dict.txt"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- config and tokenizer

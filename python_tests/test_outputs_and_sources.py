@@ -429,8 +429,10 @@ def test_api_refusals_of_the_third_probe(trained_dir):
     from janus_fast.generation import generate
 
     translator = Translator.from_pretrained(trained_dir)
-    with pytest.raises(ValueError, match=r"sentence index 1 \(input line 2\) cannot be encoded"):
+    with pytest.raises(ValueError, match=r"sentence index 1 \(input line 2\) cannot be encoded") as refused:
         translator.translate(["Ein Hund.", "Ein \ud800 Hund."])
+    # where it is, in the user's terms (before: pybind11's "Unable to cast Python instance ...")
+    assert str(refused.value).endswith("(a lone surrogate U+D800 at character 4)")
     with pytest.raises(TypeError, match="src_lengths must be a torch.Tensor"):
         generate(translator.model, torch.tensor([[12, 73, 5]]), [3])
     with pytest.raises((TypeError, ValueError), match="first_line"):

@@ -43,7 +43,7 @@ def load_fairseq_checkpoint(path: str) -> dict[str, Any]:
     by the restricted unpickler; CheckpointError for a missing file, a damaged one or one that
     asks for anything but tensors, containers and ``argparse.Namespace``."""
     if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError(f"{path}: {'a folder, not a file' if os.path.isdir(path) else 'no such file'}")
     _check_declared_sizes(path)
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):

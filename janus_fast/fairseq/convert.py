@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from janus_fast.arguments import spelled_as_flags
 from janus_fast.checkpoint import CheckpointError, save_pretrained, save_tokenizer
 from janus_fast.fairseq.checkpoint import fairseq_arguments, load_fairseq_checkpoint
 from janus_fast.fairseq.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, FairseqTokenizer, check_sentencepiece_matches
@@ -57,6 +58,18 @@ IGNORED = re.compile(
 
 def _refuse(path: str, reason: str) -> CheckpointError:
     return CheckpointError(f"{path}: cannot convert: {reason}")
+
+
+# JanusConfig's sizes and the fairseq arguments they come from
+SIZE_ARGUMENTS = {
+    "d_model": "encoder_embed_dim",
+    "num_heads": "encoder_attention_heads",
+    "ffn_dim": "encoder_ffn_embed_dim",
+    "encoder_layers": "encoder_layers",
+    "decoder_layers": "decoder_layers",
+    "max_source_positions": "max_source_positions",
+    "max_target_positions": "max_target_positions",
+}
 
 
 def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "checkpoint") -> JanusConfig:
@@ -116,39 +129,47 @@ def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "ch
     if plain and value("task", "translation") != "translation":
         raise _refuse(path, f"a transformer trained with task {value('task')!r} (supported: translation)")
     objective = "ar" if plain else "janus" if arch.startswith("janus_transformer") else "cmlm"
-    return JanusConfig(
-        vocab_size=vocab_size,
-        d_model=integer("encoder_embed_dim"),
-        num_heads=integer("encoder_attention_heads"),
-        ffn_dim=integer("encoder_ffn_embed_dim"),
-        encoder_layers=integer("encoder_layers"),
-        decoder_layers=integer("decoder_layers"),
-        dropout=real("dropout", 0.1),
-        attention_dropout=real("attention_dropout", 0.0),
-        max_source_positions=integer("max_source_positions"),
-        max_target_positions=integer("max_target_positions"),
-        num_length_classes=256,
-        length_offset=bool(value("pred_length_offset", False)),
-        pad_id=PAD_ID,
-        unk_id=UNK_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        mask_id=UNK_ID,
-        normalize_before=bool(value("encoder_normalize_before", False)),
-        final_norms=bool(value("encoder_normalize_before", False)),
-        activation=activation,
-        scale_embedding=not bool(value("no_scale_embedding", False)),
-        # translation_lev / janus_translation prepend <bos> to sources, translation does not; all append <eos>
-        source_bos=not plain,
-        source_eos=True,
-        # the plain transformer predicts from its (causal) content stream, starting from </s>
-        ar_stream="content" if plain else "query",
-        ar_start="eos" if plain else "bos",
-        # the plugin's AR query stream sits at the position of the last visible content token
-        query_position_offset=0 if arch.startswith("janus_transformer") else 1,
-        # what trained it, as janus-fast train records it: decoding refuses the side it never trained
-        extra={"converted_from": "fairseq", "fairseq_arch": arch, TRAINED_OBJECTIVES: [objective]},
-    )
+    sizes = {name: integer(argument) for name, argument in SIZE_ARGUMENTS.items()}
+    for name, argument in SIZE_ARGUMENTS.items():
+        if sizes[name] < 1:
+            raise _refuse(path, f"argument {argument} is {sizes[name]}, expected >= 1")
+    if sizes["d_model"] % sizes["num_heads"]:
+        raise _refuse(
+            path,
+            f"encoder_embed_dim {sizes['d_model']} is not divisible by encoder_attention_heads {sizes['num_heads']}",
+        )
+    dropout, attention_dropout = real("dropout", 0.1), real("attention_dropout", 0.0)
+    try:
+        with spelled_as_flags(False):  # convert has no --d-model: what is wrong named as the model's field
+            return JanusConfig(
+                vocab_size=vocab_size,
+                **sizes,
+                dropout=dropout,
+                attention_dropout=attention_dropout,
+                num_length_classes=256,
+                length_offset=bool(value("pred_length_offset", False)),
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                mask_id=UNK_ID,
+                normalize_before=bool(value("encoder_normalize_before", False)),
+                final_norms=bool(value("encoder_normalize_before", False)),
+                activation=activation,
+                scale_embedding=not bool(value("no_scale_embedding", False)),
+                # translation_lev / janus_translation prepend <bos> to sources, translation does not; all append <eos>
+                source_bos=not plain,
+                source_eos=True,
+                # the plain transformer predicts from its (causal) content stream, starting from </s>
+                ar_stream="content" if plain else "query",
+                ar_start="eos" if plain else "bos",
+                # the plugin's AR query stream sits at the position of the last visible content token
+                query_position_offset=0 if arch.startswith("janus_transformer") else 1,
+                # what trained it, as janus-fast train records it: decoding refuses the side it never trained
+                extra={"converted_from": "fairseq", "fairseq_arch": arch, TRAINED_OBJECTIVES: [objective]},
+            )
+    except ValueError as error:  # a value no JanusConfig takes (a dropout of 2, say)
+        raise _refuse(path, f"the arguments make no valid model: {error}") from None
 
 
 def _floating(tensor: torch.Tensor, name: str, path: str) -> torch.Tensor:
@@ -202,7 +223,10 @@ def convert_state_dict(
 
     embed = take("encoder.embed_tokens.weight")
     for tied in ("decoder.embed_tokens.weight", "decoder.output_projection.weight"):
-        if tied in state and not torch.equal(take(tied), embed):
+        if tied in state and not torch.equal(shared := take(tied), embed):
+            for name, tensor in (("encoder.embed_tokens.weight", embed), (tied, shared)):
+                if not torch.isfinite(tensor).all():  # NaN equals nothing, itself neither: not a sharing question
+                    raise _refuse(path, f"{name} holds non-finite values (nan or inf): the model is broken")
             raise _refuse(path, f"{tied} differs from encoder.embed_tokens.weight (embeddings not shared)")
     if config.has_nar:
         length_embed = take("decoder.embed_length.weight")
