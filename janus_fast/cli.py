@@ -503,6 +503,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     import sacrebleu
 
     from janus_fast.corpus import count_lines, translate_file
+    from janus_fast.data import iter_lines
     from janus_fast.output import is_replaceable
 
     check_file_options(args, "evaluate", "src", "ref")
@@ -510,11 +511,25 @@ def command_evaluate(args: argparse.Namespace) -> int:
         if args.output == "-":
             raise InputError("--output -: evaluate prints its scores there; write the translations to a file")
         check_output_option(args.output, "--output", inputs=[args.src, args.ref], model=args.model)
-    sources, references = count_lines(args.src), count_lines(args.ref)
+    if os.path.samefile(args.src, args.ref):
+        raise InputError(f"--ref {args.ref} is the --src file: the references are translations, in the target language")
+    sources = count_lines(args.src)
+    references, blank, first_blank = 0, 0, 0
+    for references, line in enumerate(iter_lines(args.ref, warn=False), 1):  # read_lines warns, below
+        if not line.strip():
+            blank, first_blank = blank + 1, first_blank or references
     if not sources:
         raise InputError(f"{args.src} has no lines to translate and score")
     if sources != references:
         raise InputError(f"{args.src} has {sources} lines but {args.ref} has {references}")
+    if blank == references:
+        raise InputError(f"--ref {args.ref}: every line is blank: nothing to score against")
+    if blank:
+        warnings.warn(
+            f"--ref {args.ref}: {blank} of {references} lines are blank (the first: line {first_blank}): their "
+            "translations are scored against an empty reference",
+            stacklevel=2,
+        )
     context = _decoding_context(args)
     scratch = None
     try:

@@ -64,6 +64,8 @@ def decoded_lines(handle: BinaryIO, what: str, warn: bool = True) -> Iterator[st
                 warned = True
             line = raw.decode("utf-8", errors="replace")
         line = (line[:-1] if line.endswith("\n") else line).rstrip("\r")
+        if number == 1 and line.startswith("\ufeff"):  # a byte order mark: not text (a reference's first word)
+            line = line[1:]
         if "\r" in line and not warned_return:
             warnings.warn(
                 f"{what}: line {number} holds a carriage return (\\r) not followed by a line feed (old Mac line "
@@ -102,6 +104,8 @@ def iter_lines(path: str, warn: bool = True) -> Iterator[str]:
         with open(path, "rb") as raw:
             yield from stream_lines(raw, path, warn, gzip_named(path))
     except (OSError, EOFError, zlib.error) as error:  # zlib.error: corrupt compressed data
+        if isinstance(error, gzip.BadGzipFile) and "Not a gzipped file" in str(error):  # after its first stream
+            raise InputError(f"cannot read {path}: bytes after its gzip data are not gzip ({error})") from error
         raise InputError(f"cannot read {path}: {error}") from error
 
 

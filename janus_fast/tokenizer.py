@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
+from janus_fast.data import MAX_LINE_BYTES
 from janus_fast.vocab import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
 
 MASK_PIECE = "<mask>"
@@ -52,6 +53,7 @@ class Tokenizer:
             eos_id=EOS_ID,
             user_defined_symbols=[MASK_PIECE],
             input_sentence_size=max_sentences,
+            max_sentence_length=MAX_LINE_BYTES,  # SentencePiece's default (4,192 bytes) skips longer lines silently
             shuffle_input_sentence=True,
             hard_vocab_limit=False,
             num_threads=2,

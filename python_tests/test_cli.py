@@ -339,3 +339,53 @@ def test_a_directory_as_src_is_named_as_one(tmp_path, command):
     rest = ["--ref", str(folder)] if command == "evaluate" else ["--output", str(tmp_path / "out.txt")]
     result = run_cli(command, "--src", str(folder), *rest)
     assert result.returncode == 2 and f"--src {folder}: is a directory".encode() in result.stderr, result.stderr
+
+
+def test_evaluate_refuses_the_source_as_reference_and_says_of_blank_references(
+    corpus_dir, tmp_path, monkeypatch, capsys
+):
+    """A --ref that is the --src file, or all blank, is refused before any translating; some blank
+    references are scored (as sacreBLEU scores them) with a warning counting them; a byte order
+    mark is not part of the first reference; an invalid-UTF-8 reference is warned about once."""
+    import warnings
+
+    from janus_fast import cli
+
+    sources = os.path.join(corpus_dir, "val.de")
+    references = Path(corpus_dir, "val.en").read_text(encoding="utf-8").splitlines()
+
+    class Perfect:  # translates every source into its reference
+        def resolve_options(self, options, **changes):  # noqa: ANN001, ANN003, ANN202
+            return options.replace(**changes)
+
+        def translate(self, lines: list[str], *options, **changes) -> list[str]:  # noqa: ANN002, ANN003
+            return references[: len(lines)]
+
+    monkeypatch.setattr(cli, "_translator", lambda args: Perfect())
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # cli.main replaces it
+
+    def evaluate(reference: str) -> tuple[int, str, str]:  # exit code, output, errors and warnings
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = cli.main(["evaluate", "--src", sources, "--ref", reference, "--json"])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err + "".join(f"{w.message}\n" for w in caught)
+
+    code, _, err = evaluate(sources)
+    assert code == 2 and "is the --src file" in err
+    blank = tmp_path / "blank.en"
+    blank.write_text("\n" * len(references), encoding="utf-8")
+    code, _, err = evaluate(str(blank))
+    assert code == 2 and "every line is blank" in err
+    some_blank = tmp_path / "some_blank.en"
+    some_blank.write_text("".join(("" if i in (2, 6) else line) + "\n" for i, line in enumerate(references)))
+    code, out, err = evaluate(str(some_blank))
+    assert code == 0 and "2 of 40 lines are blank (the first: line 3)" in err and json.loads(out)["bleu"] < 100
+    bom = tmp_path / "bom.en"
+    bom.write_bytes(b"\xef\xbb\xbf" + "".join(line + "\n" for line in references).encode("utf-8"))
+    code, out, err = evaluate(str(bom))
+    assert code == 0 and json.loads(out)["bleu"] == 100.0
+    invalid = tmp_path / "invalid.en"
+    invalid.write_bytes(b"\xff\xfe " + "".join(line + "\n" for line in references).encode("utf-8"))
+    code, out, err = evaluate(str(invalid))
+    assert code == 0 and err.count("invalid UTF-8") == 1

@@ -112,3 +112,28 @@ def test_a_split_with_both_a_gzipped_and_a_plain_file_is_refused(tmp_path):
         corpus_path(str(tmp_path), "train", "de")
     (tmp_path / "train.de.gz").unlink()
     assert corpus_path(str(tmp_path), "train", "de") == str(tmp_path / "train.de")
+
+
+def test_a_byte_order_mark_and_bytes_after_gzip_data(tmp_path):
+    """A UTF-8 byte order mark is not text (it stayed glued to a reference's first word); bytes after
+    a gzip stream that are no gzip stream are named as such (before: "Not a gzipped file")."""
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfeins\nzwei\n")
+    assert read_lines(str(tmp_path / "bom.txt")) == ["eins", "zwei"]
+    (tmp_path / "inner.txt").write_bytes(b"eins\n\xef\xbb\xbfzwei\n")  # only a first line's mark is one
+    assert read_lines(str(tmp_path / "inner.txt")) == ["eins", "\ufeffzwei"]
+    with open(tmp_path / "trailing.gz", "wb") as handle:
+        handle.write(gzip.compress(b"eins\nzwei\n") + b"GARBAGE")
+    with pytest.raises(InputError, match=r"trailing.gz: bytes after its gzip data are not gzip"):
+        read_lines(str(tmp_path / "trailing.gz"))
+
+
+def test_the_tokenizer_trains_on_lines_longer_than_sentencepieces_default_limit():
+    """SentencePiece skips lines over 4,192 bytes unless told otherwise: a corpus of such lines left it
+    nothing to train on (an error that blamed --vocab-size)."""
+    from janus_fast.tokenizer import Tokenizer
+
+    words = "ein hund läuft über eine wiese und ein mann fährt mit dem fahrrad".split()
+    long_lines = [" ".join(words[(i + j) % len(words)] for j in range(900)) for i in range(20)]
+    assert min(len(line.encode("utf-8")) for line in long_lines) > 4192
+    tokenizer = Tokenizer.train(long_lines, 60, "unigram")
+    assert tokenizer.decode(tokenizer.encode("ein hund")) == "ein hund"

@@ -246,9 +246,10 @@ def test_torchrun_environment_is_checked(monkeypatch):
 def test_evaluate_refuses_empty_files(tmp_path):
     from test_cli import run_cli
 
-    empty = tmp_path / "empty.txt"
+    empty, empty_reference = tmp_path / "empty.txt", tmp_path / "empty.en"
     empty.write_text("")
-    result = run_cli("evaluate", "--src", str(empty), "--ref", str(empty))
+    empty_reference.write_text("")
+    result = run_cli("evaluate", "--src", str(empty), "--ref", str(empty_reference))
     assert result.returncode != 0 and b"no lines" in result.stderr and b"Traceback" not in result.stderr
 
 

@@ -485,3 +485,92 @@ def test_a_refused_init_from_leaves_no_tokenizer_behind(corpus_dir, tmp_path):
     assert not (run / "spm.model").exists() and not (run / "spm.json").exists()
     train(tiny_train_config(corpus_dir, str(run), max_updates=1))  # the corrected command: a fresh start
     assert (run / "last").is_dir()
+
+
+# --- probe 26 ----------------------------------------------------------------------------------------
+
+
+def test_a_resume_inside_a_logging_window_logs_the_records_of_an_uninterrupted_run(corpus_dir, tmp_path):
+    """The loss terms summed since the last train record are saved with the run: stopped at update 3
+    and resumed, the record at update 4 averages updates 1-4 as the uninterrupted run's does (it
+    averaged 4 only: the sums were the process's)."""
+    straight, interrupted = str(tmp_path / "straight"), str(tmp_path / "interrupted")
+    train(tiny_train_config(corpus_dir, straight, max_updates=6, log_every=4))
+    train(tiny_train_config(corpus_dir, interrupted, max_updates=3, log_every=4))
+    train(tiny_train_config(corpus_dir, interrupted, max_updates=6, log_every=4))
+    expected, resumed = train_losses(straight), train_losses(interrupted)
+    assert sorted(resumed) == sorted(expected) == [4]
+    assert resumed[4] == pytest.approx(expected[4], rel=1e-6)
+
+
+def test_a_folder_with_an_earlier_runs_checkpoints_but_no_last_is_refused(corpus_dir, tmp_path):
+    """Without last/ nothing can resume; a new run there overwrote best/ and some saves, cut
+    metrics.jsonl and left the other saves mixed with its own. Refused, and nothing touched."""
+    from janus_fast.data import InputError
+
+    out = str(tmp_path / "run")
+    train(tiny_train_config(corpus_dir, out, max_updates=4, save_every=2, keep_every=2))
+    shutil.rmtree(os.path.join(out, "last"))
+    before = {name: sorted(os.listdir(os.path.join(out, name))) for name in ("best", "saves")}
+    with open(os.path.join(out, "metrics.jsonl"), "rb") as handle:
+        metrics = handle.read()
+    with pytest.raises(InputError, match=r"holds best/ and saves/ of an earlier run but no last/ to resume it from"):
+        train(tiny_train_config(corpus_dir, out, max_updates=4, save_every=2, keep_every=2))
+    assert {name: sorted(os.listdir(os.path.join(out, name))) for name in ("best", "saves")} == before
+    with open(os.path.join(out, "metrics.jsonl"), "rb") as handle:
+        assert handle.read() == metrics
+    # a start that a kill stopped before any checkpoint (only the tokenizer there) starts again
+    fresh = str(tmp_path / "fresh")
+    train(tiny_train_config(corpus_dir, fresh, max_updates=0))
+    assert train(tiny_train_config(corpus_dir, fresh, max_updates=2)).update == 2
+
+
+def test_train_refuses_one_language_for_both_sides_and_paths_of_the_wrong_kind(corpus_dir, tmp_path):
+    from janus_fast.checkpoint import CheckpointError
+    from janus_fast.data import InputError
+
+    out = str(tmp_path / "run")
+    with pytest.raises(InputError, match="--source-lang and --target-lang are both de"):
+        train(tiny_train_config(corpus_dir, out, source_lang="de", target_lang="de"))
+    with pytest.raises(InputError, match=r"--data-dir \S+train.de: a file, not a folder"):
+        train(tiny_train_config(os.path.join(corpus_dir, "train.de"), out))
+    with pytest.raises(InputError, match=r"--data-dir \S+missing: no such folder"):
+        train(tiny_train_config(str(tmp_path / "missing"), out))
+    with pytest.raises(CheckpointError, match=r"--init-from \S+: not a checkpoint \(no config.json\)"):
+        train(tiny_train_config(corpus_dir, out, init_from=corpus_dir))
+
+
+def test_init_from_says_that_it_ignores_a_vocabulary_size_and_tokenizer_type(corpus_dir, tmp_path):
+    base = str(tmp_path / "base")
+    train(tiny_train_config(corpus_dir, base, max_updates=2))
+    with pytest.warns(UserWarning, match=r"--vocab-size 500 and --tokenizer-type 'bpe' ignored: with --init-from"):
+        state = train(
+            tiny_train_config(
+                corpus_dir, str(tmp_path / "warm"), max_updates=1, init_from=os.path.join(base, "last"),
+                vocab_size=500, tokenizer_type="bpe",
+            )
+        )  # fmt: skip
+    assert state.update == 1
+
+
+def test_resume_refusals_name_the_loss_weight_and_the_train_limit_that_changed():
+    """--weights-* are options of their own (before: "--weights {dict} -> {dict}"); a --train-limit
+    change is named once, not also as other training data behind --data-dir."""
+    from dataclasses import asdict
+
+    from janus_fast.training.train import check_resumable
+
+    config = train_config_for_check(weights=LossWeights(kl_ar_nar=0.3, detach_ar_in_kl=True), train_limit=100)
+    saved = json.loads(json.dumps(asdict(train_config_for_check())))
+    saved.update({"train_source_sha256": "a", "train_target_sha256": "b"})
+    with pytest.raises(ValueError) as refused:
+        check_resumable(saved, config, {"train_source_sha256": "c", "train_target_sha256": "d"})
+    message = str(refused.value)
+    assert "--weights-kl-ar-nar 1.0 -> 0.3" in message and "--weights-detach-ar-in-kl False -> True" in message
+    assert "--train-limit None -> 100" in message and "--data-dir" not in message and "{" not in message
+
+
+def train_config_for_check(**overrides):  # noqa: ANN003, ANN201
+    from janus_fast.training.train import train_config
+
+    return train_config(output_dir="out", data_dir="data", **overrides)

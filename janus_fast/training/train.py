@@ -283,8 +283,32 @@ class TrainState:
     train_seconds: float = 0.0
     best_measure: str = ""  # what best_bleu measures (Run.validation_measure; "": a run saved before it was kept)
     validated_update: int = 0  # the update of the last validation (at an epoch's end or a stop within one)
+    # the loss terms summed over this epoch's updates since its last train record (--log-every), so
+    # that the first record after a resume averages the same updates as an uninterrupted run's
+    log_sums: dict[str, float] = field(default_factory=dict)
+    log_updates: int = 0
     # this run's id, drawn when it starts, kept by resumes, written into every save's config.json
     run_id: str = field(default_factory=lambda: secrets.token_hex(8))
+
+
+def check_no_orphaned_run(output_dir: str) -> None:
+    """InputError where ``output_dir`` holds the checkpoints of an earlier run (``best/``, ``saves/``)
+    but no ``last/`` to resume it from: a new run there would overwrite some of them, cut its
+    ``metrics.jsonl`` and leave the rest mixed with its own."""
+    last = os.path.join(output_dir, "last")
+    recover_directory(last)
+    if os.path.exists(os.path.join(last, TRAIN_STATE_NAME)):
+        return
+    saves = os.path.join(output_dir, "saves")
+    found = [name for name in ("best",) if os.path.exists(os.path.join(output_dir, name, "config.json"))]
+    if os.path.isdir(saves) and any(name.startswith("u") for name in os.listdir(saves)):
+        found.append("saves")
+    if found:
+        raise InputError(
+            f"{output_dir} holds {' and '.join(name + '/' for name in found)} of an earlier run but no last/ to resume "
+            "it from: a new run there would overwrite them and mix its checkpoints and metrics.jsonl with that "
+            "run's; give another --output-dir, or delete them to start over"
+        )
 
 
 def use_bf16(precision: str, device: str = "cpu") -> bool:
@@ -316,6 +340,9 @@ TOKENIZER_RECORD_NAME = "spm.json"  # beside OUT/spm.model: what it was made fro
 def init_from_tokenizer(directory: str) -> Tokenizer:
     """The SentencePiece tokenizer of the ``--init-from`` checkpoint; CheckpointError for a converted
     fairseq model, whose tokenizer is a fairseq dictionary that training cannot encode its data with."""
+    if not os.path.isfile(os.path.join(directory, "config.json")):
+        what = "no such folder" if not os.path.exists(directory) else "not a checkpoint (no config.json)"
+        raise CheckpointError(f"--init-from {directory}: {what}")
     tokenizer = load_tokenizer(directory)
     if not isinstance(tokenizer, Tokenizer):
         raise CheckpointError(
@@ -412,6 +439,20 @@ def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, tra
         with open(path, "rb") as handle:
             if handle.read() != init_from_tokenizer(config.init_from).model_proto:
                 raise CheckpointError(f"{path} differs from the tokenizer of --init-from {config.init_from}")
+    ignored = [
+        f"{flag(name)} {value!r}"
+        for name, value, default in (
+            ("vocab_size", config.model.vocab_size, JanusConfig.vocab_size),
+            ("tokenizer_type", config.tokenizer_type, TrainConfig.tokenizer_type),
+        )
+        if value != default
+    ]
+    if config.init_from and ignored and context.is_main:
+        warnings.warn(
+            f"{' and '.join(ignored)} ignored: with --init-from the run keeps that checkpoint's tokenizer and "
+            "vocabulary",
+            stacklevel=2,
+        )
     context.barrier()
     return Tokenizer.load(path)
 
@@ -571,7 +612,11 @@ class Run:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.world_size))
         if not config.data_dir:
             raise InputError("--data-dir is required: the folder with the {split}.{lang}[.gz] corpus files")
+        if not os.path.isdir(config.data_dir):
+            what = "a file, not a folder" if os.path.exists(config.data_dir) else "no such folder"
+            raise InputError(f"--data-dir {config.data_dir}: {what}")
         os.makedirs(config.output_dir, exist_ok=True)
+        check_no_orphaned_run(config.output_dir)
         self.load_data()
         torch.manual_seed(config.seed)
         self.model = JanusModel(self.model_config).to(config.device)
@@ -590,6 +635,11 @@ class Run:
         """The corpus (training targets from ``train_target`` if given), the run's tokenizer, the
         encoded datasets and the model config with the tokenizer's vocabulary size."""
         config = self.config
+        if config.source_lang == config.target_lang and not config.train_target:
+            raise InputError(
+                f"--source-lang and --target-lang are both {config.source_lang}: the same files would be read as "
+                "source and target; give the target language (or --train-target for a deliberate copy task)"
+            )
         data_dir = config.data_dir
         train_paths = (
             corpus_path(data_dir, config.train_split, config.source_lang),
@@ -741,8 +791,9 @@ class Run:
             disable=not (config.progress and context.is_main),
             dynamic_ncols=True,
         )
-        window_tokens, window_updates, window_start = 0, 0, time.perf_counter()
-        window_sums: dict[str, float] = {}  # loss, its terms and the gradient norm, summed over the window
+        if state.batch_in_epoch == 0:  # each epoch's records average its own updates only
+            state.log_sums, state.log_updates = {}, 0
+        window_tokens, window_start = 0, time.perf_counter()  # this start's, for the speed
         while state.batch_in_epoch < len(batches) and more():
             step_start = time.perf_counter()
             batch = self.train_data.collate(batches[state.batch_in_epoch])
@@ -767,8 +818,8 @@ class Run:
             window_tokens += int(context.all_reduce_sum(batch.num_target_tokens))
             loss_value = float(loss.detach())
             for name, value in {"loss": loss_value, "grad_norm": float(grad_norm), **terms}.items():
-                window_sums[name] = window_sums.get(name, 0.0) + value
-            window_updates += 1
+                state.log_sums[name] = state.log_sums.get(name, 0.0) + value
+            state.log_updates += 1
             elapsed = time.perf_counter() - window_start
             bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{window_tokens / max(elapsed, 1e-9):.0f}")
             bar.update(1)
@@ -778,13 +829,13 @@ class Run:
                         "type": "train",
                         "update": state.update,
                         "epoch": state.epoch + 1,
-                        **{name: total / window_updates for name, total in window_sums.items()},
+                        **{name: total / state.log_updates for name, total in state.log_sums.items()},
                         "tokens_per_second": window_tokens / elapsed,
                         "lr": rate,
                     }
                 )
-                window_tokens, window_updates, window_start = 0, 0, time.perf_counter()
-                window_sums = {}
+                window_tokens, window_start = 0, time.perf_counter()
+                state.log_sums, state.log_updates = {}, 0
                 return_free_memory()
             # the kept save first: a kill between the two then resumes from the save before, which
             # reaches this update again and keeps it (the other order would skip it for good)
@@ -902,8 +953,12 @@ def check_resumable(saved: dict, config: TrainConfig, train_data: dict[str, str]
     name another folder, not another corpus. Options the saved run did not record (older versions)
     are not compared."""
 
-    def options(values: dict) -> dict:  # the architecture's fields are options of their own
-        return {**{k: v for k, v in values.items() if k != "model"}, **values.get("model", {})}
+    def options(values: dict) -> dict:  # the architecture's fields and the loss weights are options of their own
+        nested = {"model": "", "weights": "weights_"}
+        flat = {k: v for k, v in values.items() if k not in nested}
+        for group, prefix in nested.items():
+            flat.update({prefix + k: v for k, v in (values.get(group) or {}).items()})
+        return flat
 
     saved, current = options(saved), {**options(json.loads(json.dumps(asdict(config)))), **(train_data or {})}
     if config.init_from:  # the vocabulary is --init-from's tokenizer's (checked on load), not --vocab-size
@@ -918,11 +973,14 @@ def check_resumable(saved: dict, config: TrainConfig, train_data: dict[str, str]
         "train_target_sha256": f"{target_option}: the training targets "
         f"({config.train_target or f'{config.train_split}.{config.target_lang}'}) differ from the run's",
     }
-    changed = [
-        described.get(name) or f"{flag(name)} {saved[name]!r} -> {current[name]!r}"
+    differs = [
+        name
         for name in sorted(current)
         if name not in RESUME_MAY_CHANGE and name in saved and saved[name] != current[name]
     ]
+    if "train_limit" in differs:  # the data digests follow from it: named once, by the option that changed
+        differs = [name for name in differs if name not in ("train_source_sha256", "train_target_sha256")]
+    changed = [described.get(name) or f"{flag(name)} {saved[name]!r} -> {current[name]!r}" for name in differs]
     if changed:
         raise ValueError(
             f"{config.output_dir} holds a run with other options ({'; '.join(changed)}); "
