@@ -324,6 +324,31 @@ def test_reference_fallback_warns_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(torch.equal(a, b) for a, b in zip(first, expected, strict=True))
 
 
+def test_the_engine_says_once_that_it_decodes_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where janus_fast._C did not load (no compiler, a cache it cannot use), the engine's passes fall
+    back to PyTorch: one warning says so (before: silent in the default decoding, probe 27); none
+    where JANUS_FAST_FORCE_REFERENCE turned a loaded extension off."""
+    from conftest import random_model
+
+    from janus_fast.decoding.passes import PassChoice
+
+    model = random_model()
+    monkeypatch.setattr(ops, "_warned_missing", False)
+    monkeypatch.setenv("JANUS_FAST_FORCE_REFERENCE", "1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not PassChoice(model).native
+    if ops.HAS_NATIVE_OPS:  # loaded and turned off on purpose: nothing to say
+        assert not [w for w in caught if "native extension" in str(w.message)]
+    monkeypatch.delenv("JANUS_FAST_FORCE_REFERENCE")
+    monkeypatch.setattr(ops, "HAS_NATIVE_OPS", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not PassChoice(model).native and not PassChoice(model, "int8").native
+    said = [str(w.message) for w in caught if "native extension" in str(w.message)]
+    assert len(said) == 1 and "decoding uses the slower PyTorch path" in said[0]
+
+
 def test_force_reference_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JANUS_FAST_FORCE_REFERENCE", "1")
     assert not ops.uses_native_ops()

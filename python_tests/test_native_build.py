@@ -99,6 +99,16 @@ def test_no_extension_switch(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch)
     assert not fresh_cache.exists()
 
 
+def test_a_cache_path_the_system_refuses_is_an_import_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache path too long for the filesystem: the error every caller falls back on (ImportError,
+    naming the variable to set), not a bare OSError that ended translate (probe 27)."""
+    monkeypatch.setenv("JANUS_FAST_CACHE_DIR", str(tmp_path / ("x" * 300)))
+    monkeypatch.setenv("FORCE_ONLY_CPU", "1")
+    monkeypatch.delenv("JANUS_FAST_NO_EXTENSION", raising=False)
+    with pytest.raises(ImportError, match=r"cannot use the cache .*set JANUS_FAST_CACHE_DIR to a writable directory"):
+        native.build_and_load()
+
+
 def test_cache_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("JANUS_FAST_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

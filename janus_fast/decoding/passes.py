@@ -36,6 +36,7 @@ from janus_fast.native.decoder import (
     release_layer_weights,
     unsupported_reason,
 )
+from janus_fast.ops import warn_if_native_missing
 from janus_fast.parameter_stamp import ParameterStamp
 from janus_fast.quantize import quantize_int8
 
@@ -313,6 +314,8 @@ class PassChoice:
             raise ValueError(f"precision {precision!r} needs a float32 model; its parameters are {parameter.dtype}")
         reason = unsupported_reason(model) if native else None
         self.native = native and reason is None
+        if native and not self.native and parameter.device.type == "cpu":  # the extension did not load: say so
+            warn_if_native_missing("decoding")
         if precision == "bf16" and not self.native:
             if not native:
                 raise ValueError(

@@ -416,7 +416,13 @@ def build_and_load(retry_failed: bool = False) -> Path:
     with_cuda = want_cuda(torch, bool(cuda_sources(csrc)))
     build_dir = cache_root() / build_key(torch, csrc, with_cuda)
     library = build_dir / f"{LIBRARY_NAME}.so"
-    problem = _cache_problem(build_dir, library)
+    try:
+        problem = _cache_problem(build_dir, library)
+    except OSError as error:  # a path too long, a folder that cannot be searched: no cache there
+        raise NativeBuildError(
+            f"janus_fast._C: cannot use the cache {build_dir} ({error.strerror or error}); set JANUS_FAST_CACHE_DIR "
+            f"to a writable directory and run `{_retry_command()}`"
+        ) from error
     loads = problem == _NO_RECORD and _loads_in_child(library)
     if problem is not None:
         try:
@@ -473,7 +479,7 @@ def _build(torch, csrc: Path, build_dir: Path, with_cuda: bool, retry_failed: bo
         kind = "CPU + CUDA" if with_cuda else "CPU"
         _say(
             f"compiling the native op janus_fast._C ({kind}) against torch {torch.__version__}: once, "
-            f"about a minute; cached in {build_dir}"
+            f"1-5 minutes on 2 cores; cached in {build_dir}"
         )
         started = time.perf_counter()
         try:

@@ -59,5 +59,10 @@ def main() -> int:
         return 1
     import torch
 
-    print(f"janus_fast._C: {where}; torch {torch.__version__}; op janus_fast::mask_predict_step registered")
+    try:  # a file of another build in the cache loads but registers nothing of ours
+        registered = torch._C._dispatch_has_kernel_for_dispatch_key("janus_fast::mask_predict_step", "CPU")
+    except RuntimeError:  # no such operator
+        registered = False
+    op = "op janus_fast::mask_predict_step registered" if registered else "no janus_fast op registered"
+    print(f"janus_fast._C: {where}; torch {torch.__version__}; {op}")
     return 0

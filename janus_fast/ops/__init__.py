@@ -71,6 +71,21 @@ _warned_missing = False
 _native_kernels: dict[tuple[str, str], bool] = {}
 
 
+def warn_if_native_missing(what: str) -> None:
+    """One RuntimeWarning per process where janus_fast._C did not load (none where it loaded and
+    ``JANUS_FAST_FORCE_REFERENCE`` turned it off): ``what`` runs the slower PyTorch path instead."""
+    global _warned_missing
+    if HAS_NATIVE_OPS or _warned_missing:
+        return
+    _warned_missing = True
+    warnings.warn(
+        f"janus_fast native extension (janus_fast._C) is not available ({NATIVE_IMPORT_ERROR}); {what} uses the "
+        "slower PyTorch path. `python -m janus_fast.native` builds it (or says why it cannot).",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def _has_native_kernel(device_type: str, op: str = "mask_predict_step", warn: bool = True) -> bool:
     """Whether janus_fast._C has a kernel of ``op`` for this device type (asked once per pair); with
     ``warn``, warns once where not, e.g. a CUDA torch whose janus_fast._C was compiled without nvcc
@@ -242,7 +257,6 @@ def mask_predict_step(
     Raises:
         TypeError / ValueError on a wrong dtype, shape, device, layout or argument range.
     """
-    global _warned_missing
     _check_inputs(logits, tokens, scores, lengths, iteration, num_iterations, mask_id)
     logits = logits.contiguous()
     lengths = lengths.contiguous()
@@ -251,15 +265,8 @@ def mask_predict_step(
             return torch.ops.janus_fast.mask_predict_step(
                 logits, tokens, scores, lengths, iteration, num_iterations, mask_id
             )
-    elif not HAS_NATIVE_OPS and not _warned_missing:
-        _warned_missing = True
-        warnings.warn(
-            "janus_fast native extension (janus_fast._C) is not available "
-            f"({NATIVE_IMPORT_ERROR}); mask_predict_step uses the slower PyTorch reference. "
-            "`python -m janus_fast.native` builds it (or says why it cannot).",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    else:
+        warn_if_native_missing("mask_predict_step")
     return mask_predict_step_reference(logits, tokens, scores, lengths, iteration, num_iterations, mask_id)
 
 
