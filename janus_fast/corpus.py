@@ -73,10 +73,10 @@ _FLAGS = {
 # and its value for `translate --token-ids` (vocabulary ids in, ids out)
 OUTPUT_KIND = "output"
 TOKEN_IDS = "token ids"
-# manifest entries set by an on/off flag: the flag, and the entry's value when the flag is on (an
-# absent entry: off where None is listed as the default, else unset)
+# manifest entries set by an on/off flag: the flag, the entry's value when the flag is on, and what
+# an absent entry means (no output kind: text, --token-ids off; no collapse_repeats: not recorded)
 _SWITCHES = {
-    OUTPUT_KIND: ("--token-ids", TOKEN_IDS, None),
+    OUTPUT_KIND: ("--token-ids", TOKEN_IDS, "off"),
     "collapse_repeats": ("--keep-repeats", False, "unset"),
 }
 
@@ -302,7 +302,7 @@ def manifest_changes(saved: dict, current: dict) -> list[str]:
                 if name in _SWITCHES:  # named as the flag is typed: --keep-repeats on, not collapse_repeats False
                     switch, on, absent = _SWITCHES[name]
                     was, now = (
-                        ("on" if values[name] == on else "off") if name in values else (absent or "off")
+                        ("on" if values[name] == on else "off") if name in values else absent
                         for values in (before, after)
                     )
                     changes.append(f"{switch} {was} -> {now}")

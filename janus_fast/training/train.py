@@ -439,20 +439,21 @@ def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, tra
         with open(path, "rb") as handle:
             if handle.read() != init_from_tokenizer(config.init_from).model_proto:
                 raise CheckpointError(f"{path} differs from the tokenizer of --init-from {config.init_from}")
-    ignored = [
-        f"{flag(name)} {value!r}"
-        for name, value, default in (
-            ("vocab_size", config.model.vocab_size, JanusConfig.vocab_size),
-            ("tokenizer_type", config.tokenizer_type, TrainConfig.tokenizer_type),
-        )
-        if value != default
-    ]
-    if config.init_from and ignored and context.is_main:
-        warnings.warn(
-            f"{' and '.join(ignored)} ignored: with --init-from the run keeps that checkpoint's tokenizer and "
-            "vocabulary",
-            stacklevel=2,
-        )
+    if config.init_from and context.is_main:  # options that shape a tokenizer this run does not make
+        ignored = [
+            f"{flag(name)} {value!r}"
+            for name, value, default in (
+                ("vocab_size", config.model.vocab_size, JanusConfig.vocab_size),
+                ("tokenizer_type", config.tokenizer_type, TrainConfig.tokenizer_type),
+            )
+            if value != default
+        ]
+        if ignored:
+            warnings.warn(
+                f"{' and '.join(ignored)} ignored: with --init-from the run keeps that checkpoint's tokenizer and "
+                "vocabulary",
+                stacklevel=2,
+            )
     context.barrier()
     return Tokenizer.load(path)
 
