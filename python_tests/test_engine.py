@@ -26,11 +26,23 @@ def test_engine_mask_predict_equals_reference(seed, iterations, length_beam):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_engine_greedy_equals_reference(seed):
-    """The engine's own greedy search."""
+    """The engine's own greedy search: with the native passes, the whole search in one native call."""
+    from janus_fast.native.decoder import NativeDecoder, native_decoder_available
+
     model = random_model(seed)
     src, lengths = random_sources(seed + 10)
     expected = ar_search(model, src, lengths, beam=1)
-    got = engine.ar_search(model, src, lengths, beam=1)
+    calls = []
+    one_call = NativeDecoder.ar_greedy_search
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return one_call(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(NativeDecoder, "ar_greedy_search", counted)
+        got = engine.ar_search(model, src, lengths, beam=1)
+    assert len(calls) == (1 if native_decoder_available() else 0)
     assert got.tokens == expected.tokens
     assert got.scores == pytest.approx(expected.scores, abs=1e-5)
     assert any(len(t) > 1 for t in got.tokens)
@@ -87,7 +99,11 @@ def test_engine_batch_invariance(mode):
 @pytest.mark.parametrize("decoder,beam", [("engine", 1), ("engine", 3), ("reference", 1), ("reference", 3)])
 def test_finished_sentences_leave_the_batch(decoder, beam):
     """Sentences that are done stop being decoded (the steps get fewer rows) and every sentence's
-    output is still the one it gets decoded alone."""
+    output is still the one it gets decoded alone. The engine's greedy case runs the step-by-step
+    loop (``ar.greedy_steps``, what the PyTorch passes run): the native passes' one-call search
+    drops finished rows inside the call (compared with this loop in test_native_decoder.py, and
+    batched against alone in test_engine_batch_invariance)."""
+    from janus_fast.decoding import passes
     from janus_fast.model import JanusModel
     from janus_fast.native.decoder import NativeDecoder, native_decoder_available
 
@@ -110,14 +126,15 @@ def test_finished_sentences_leave_the_batch(decoder, beam):
     search = engine.ar_search if decoder == "engine" else ar_search
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cls, name, counted)
+        patch.setattr(passes.NativePasses, "ar_greedy_search", lambda self, limits, banned: None)
         batched = search(model, src, lengths, beam=beam)
-    assert rows_per_step[0] == len(src) * beam
-    assert min(rows_per_step) < len(src) * beam
-    assert sorted(rows_per_step, reverse=True) == rows_per_step
-    for row in range(len(src)):
-        alone = search(model, src[row : row + 1, : int(lengths[row])], lengths[row : row + 1], beam=beam)
-        assert alone.tokens[0] == batched.tokens[row], f"sentence {row}"
-        assert alone.scores[0] == pytest.approx(batched.scores[row], abs=1e-5)
+        assert rows_per_step[0] == len(src) * beam
+        assert min(rows_per_step) < len(src) * beam
+        assert sorted(rows_per_step, reverse=True) == rows_per_step
+        for row in range(len(src)):
+            alone = search(model, src[row : row + 1, : int(lengths[row])], lengths[row : row + 1], beam=beam)
+            assert alone.tokens[0] == batched.tokens[row], f"sentence {row}"
+            assert alone.scores[0] == pytest.approx(batched.scores[row], abs=1e-5)
 
 
 def test_generate_rejects_unknown_decoder():

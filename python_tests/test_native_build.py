@@ -99,6 +99,31 @@ def test_no_extension_switch(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch)
     assert not fresh_cache.exists()
 
 
+@pytest.mark.parametrize("name", ["JANUS_FAST_NO_EXTENSION", "FORCE_CUDA", "FORCE_ONLY_CPU"])
+def test_a_build_switch_with_an_unknown_value_is_refused_by_name(
+    fresh_cache: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """The build's switches read their values as every switch of the package does (probe 27 found
+    FORCE_CUDA=maybe silently read as off): an unknown value is the ImportError every caller falls
+    back on, naming the variable and the values it takes, before anything is built."""
+    monkeypatch.setenv(name, "maybe")
+    with pytest.raises(ImportError, match=rf"{name}='maybe': expected one of 1, true, yes, on, 0, false, no, off"):
+        native.build_and_load()
+    assert not fresh_cache.exists()
+
+
+def test_switch_values_read_alike_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    from janus_fast import ops
+
+    assert ops.env_flag is native.env_flag  # one reader for the build's and the package's switches
+    for value, expected in [("1", True), ("On", True), (" yes ", True), ("0", False), ("OFF", False), ("", None)]:
+        monkeypatch.setenv("JANUS_FAST_TEST_SWITCH", value)
+        assert native.env_flag("JANUS_FAST_TEST_SWITCH") is (False if expected is None else expected)
+        assert native.env_flag("JANUS_FAST_TEST_SWITCH", default=True) is (True if expected is None else expected)
+    monkeypatch.delenv("JANUS_FAST_TEST_SWITCH")
+    assert native.env_flag("JANUS_FAST_TEST_SWITCH") is False
+
+
 def test_a_cache_path_the_system_refuses_is_an_import_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cache path too long for the filesystem: the error every caller falls back on (ImportError,
     naming the variable to set), not a bare OSError that ended translate (probe 27)."""

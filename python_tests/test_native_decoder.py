@@ -17,10 +17,10 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_model
+from conftest import MULTI30K, random_model
 
-from janus_fast.decoding import engine, passes
-from janus_fast.decoding.beam import BeamChoice
+from janus_fast.decoding import ar, engine, passes
+from janus_fast.decoding.beam import BeamChoice, janus_rules
 from janus_fast.decoding.reference import ar_search, mask_predict
 from janus_fast.native.decoder import (
     NativeDecoder,
@@ -328,6 +328,85 @@ def _beam_reorders(rows: int, beam: int, generator: torch.Generator) -> list[tor
         torch.arange(rows).flip(0),
         torch.empty(0, dtype=torch.long),
     ]
+
+
+@pytest.mark.parametrize("weight_type", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("architecture", list(AR_ARCHITECTURES))
+def test_greedy_search_in_one_call_equals_the_stepwise_loop(architecture, weight_type):
+    """decoder_ar_greedy_search runs AR greedy search to its end in one native call, each sentence
+    leaving the pass when it finishes; ar.greedy_steps runs the same native steps one call at a time
+    (rows leaving once a quarter finished, their caches reordered). The same tokens, and bitwise the
+    same summed log-probabilities and lengths. The limits differ per sentence (eos forced there), so
+    sentences leave the one-call search at different steps."""
+    model = model_for("medium", seed=6, architecture=architecture)
+    config = model.config
+    src, lengths = sources(6, 6, config.vocab_size)
+    limits = torch.tensor([1, 2, 5, 9, 14, 30])
+    banned = torch.tensor(janus_rules(model).blocked_ids)
+    found = []
+    for stepwise in (False, True):
+        decoder_passes = passes.PassChoice(model, weight_type).passes()
+        with torch.inference_mode():
+            decoder_passes.bind(decoder_passes.encode(src, lengths))
+            if stepwise:
+                found.append(ar.greedy_steps(model, decoder_passes, limits, banned))
+            else:
+                found.append(decoder_passes.ar_greedy_search(limits, banned))
+    (tokens, log_probs, counts), (expected_tokens, expected_log_probs, expected_counts) = found
+    assert tokens.shape == (6, 30) and tokens.dtype == torch.long
+    assert torch.equal(tokens, expected_tokens) and torch.equal(counts, expected_counts)
+    assert torch.equal(log_probs, expected_log_probs)
+    assert (counts <= limits).all() and counts.unique().numel() > 1
+    ends = tokens[torch.arange(6), counts - 1]
+    assert (ends == config.eos_id).all()  # each sentence's last token is its eos, pad after it
+    after = torch.arange(30)[None, :] >= counts[:, None]
+    assert (tokens[after] == config.pad_id).all() and not (tokens[~after] == config.pad_id).any()
+    assert ((tokens == config.eos_id).sum(1) == 1).all()  # one eos per sentence: none before its end
+
+
+def test_greedy_search_with_shared_memory_entries_equals_their_copies():
+    """``memory_rows``: rows that share a sentence's encoder memory entry decode as rows with their own copy."""
+    model = model_for("medium", seed=4)
+    native = NativeDecoder.for_model(model, "int8")
+    src, lengths = sources(4, 2, model.config.vocab_size)
+    config, banned = model.config, torch.tensor(janus_rules(model).blocked_ids)
+    rows, limits = torch.tensor([1, 0, 1]), torch.tensor([7, 12, 3])
+    ids = (config.bos_id, config.eos_id, config.pad_id)
+    with torch.inference_mode():
+        memory = NativeDecoder.memory(native.encode(src, lengths))
+        shared = native.ar_greedy_search(memory, limits, banned, *ids, memory_rows=rows)
+        copied = native.ar_greedy_search(NativeDecoder.select_memory(memory, rows), limits, banned, *ids)
+    for got, expected in zip(shared, copied):
+        assert torch.equal(got, expected)
+
+
+def test_shipped_model_greedy_search_in_one_call_equals_the_stepwise_loop(monkeypatch):
+    """The shipped model on 100 test sentences (each ending at its own eos), fp32 and int8: the
+    one-call greedy search gives the stepwise loop's translations and scores exactly, in batches
+    and one sentence at a time."""
+    import gzip
+
+    from janus_fast import Translator
+
+    with gzip.open(os.path.join(MULTI30K, "test_2016_flickr.de.gz"), "rt", encoding="utf-8") as handle:
+        sentences = [line.strip() for line, _ in zip(handle, range(100))]
+    calls = []
+    one_call = passes.NativePasses.ar_greedy_search
+
+    def counted(self, limits, banned):
+        calls.append(len(limits))
+        return one_call(self, limits, banned)
+
+    for precision in ("fp32", "int8"):
+        translator = Translator.from_pretrained(precision=precision)
+        monkeypatch.setattr(passes.NativePasses, "ar_greedy_search", counted)
+        fast = translator.translate(sentences, mode="ar", return_scores=True)
+        alone = [translator.translate([s], mode="ar", return_scores=True)[0] for s in sentences[:10]]
+        monkeypatch.setattr(passes.NativePasses, "ar_greedy_search", lambda self, limits, banned: None)
+        stepwise = translator.translate(sentences, mode="ar", return_scores=True)
+        assert fast == stepwise and alone == stepwise[:10], precision
+        assert sum(calls) == 110 and len({len(text.split()) for text, _ in fast}) > 5
+        calls.clear()
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -746,7 +825,7 @@ def test_meta_kernels_give_the_shapes_of_the_cpu_ops(architecture):
         torch.tensor([0, 2, 3, 5]),
     )
     decoder = native._decoder_arguments()
-    ar = (*decoder, native.mask_id, native.query_position_offset, native.query_stream)
+    ar_arguments = (*decoder, native.mask_id, native.query_position_offset, native.query_stream)
     cache_lists = ([cache.keys for cache in caches], [cache.values for cache in caches])
     forced = torch.tensor([False, True, False, False, False])
     calls = {
@@ -757,11 +836,12 @@ def test_meta_kernels_give_the_shapes_of_the_cpu_ops(architecture):
             src,
             lengths,
         ),
-        "decoder_ar_step": (*ar, tokens, 0, *memory, *cache_lists),
-        "decoder_ar_greedy": (*ar, tokens, 1, *memory, *cache_lists, excluded, forced[:3], eos),
-        "decoder_ar_topk": (*ar, tokens, 1, *memory, *cache_lists, excluded, forced[:3], eos, 4, False),
+        "decoder_ar_step": (*ar_arguments, tokens, 0, *memory, *cache_lists),
+        "decoder_ar_greedy": (*ar_arguments, tokens, 1, *memory, *cache_lists, excluded, forced[:3], eos),
+        "decoder_ar_greedy_search": (*ar_arguments, *memory, torch.tensor([3, 1, 5]), 6, excluded, 1, eos, 0),
+        "decoder_ar_topk": (*ar_arguments, tokens, 1, *memory, *cache_lists, excluded, forced[:3], eos, 4, False),
         "decoder_ar_extend": (
-            *ar,
+            *ar_arguments,
             packed_tokens,
             offsets,
             torch.tensor([2, 2, 2]),
@@ -932,6 +1012,25 @@ def test_bad_inputs_raise_clear_errors():
         with pytest.raises(ValueError, match="memory length"):
             bad = (memory[0], memory[1], torch.tensor([1, 99]))
             native.ar_step(torch.tensor([1, 2]), 0, bad, caches)
+        # the one-call greedy search checks its limits, ids and length before it allocates anything
+        ids = (model.config.bos_id, model.config.eos_id, model.config.pad_id)
+        banned = torch.tensor([model.config.pad_id])
+        for limits, max_steps, excluded, special, message in [
+            (torch.tensor([0, 2]), 2, banned, ids, r"limit 0 outside \[1, max_steps = 2\]"),
+            (torch.tensor([3, 2]), 2, banned, ids, r"limit 3 outside \[1, max_steps = 2\]"),
+            (torch.tensor([1.0, 2.0]), 2, banned, ids, "limits must be int64"),
+            (torch.tensor([1, 2]), 10**6, banned, ids, "max_steps 1000000 exceeds the model's"),
+            (torch.tensor([1, 2]), -1, banned, ids, "max_steps must be >= 0"),
+            (torch.tensor([1, 2]), 2, torch.tensor([10_000]), ids, "excluded id 10000 outside"),
+            (torch.tensor([1, 2]), 2, banned, (10_000, *ids[1:]), "bos_id 10000 outside"),
+            (torch.tensor([1, 2]), 2, banned, (*ids[:2], -1), "pad_id -1 outside"),
+            (torch.tensor([1, 2, 3]), 3, banned, ids, "memory keys/values must be"),
+        ]:
+            with pytest.raises(ValueError, match=message):
+                torch.ops.janus_fast.decoder_ar_greedy_search(
+                    *native._decoder_arguments(), native.mask_id, native.query_position_offset,
+                    native.query_stream, *memory, limits, max_steps, excluded, *special,
+                )  # fmt: skip
         # every op that reads the encoder memory checks it the same way
         keys, values, memory_lengths = memory
         assert len(keys) >= 2

@@ -5,6 +5,8 @@
 //                                 caches, returning (B, V) logits;
 //   janus_fast::decoder_ar_greedy the same step returning greedy search's token per row and its
 //                                 log-probability instead of logits;
+//   janus_fast::decoder_ar_greedy_search  AR greedy search to its end in one call (that step for every
+//                                 step, finished sentences leaving the pass);
 //   janus_fast::decoder_ar_topk   the same step returning each row's k most likely tokens and their
 //                                 log-probabilities instead of logits: a beam search step;
 //   janus_fast::decoder_ar_extend several new tokens per sentence appended to its caches (AR passes of
@@ -49,27 +51,32 @@ struct Caches {
   bool used;
 };
 
-PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
-                     int64_t mask_id, int64_t query_position_offset, bool query_stream, const at::Tensor& tokens,
-                     const ArLayout& layout, at::TensorList memory_keys, at::TensorList memory_values,
-                     const at::Tensor& memory_lengths, const std::optional<at::Tensor>& memory_rows,
-                     const Caches& caches, const char* op) {
+// An AR pass's arguments, checked once: decoder_ar_greedy_search runs every step of a search over them.
+struct ArPass {
+  DecoderWeights d;
+  Architecture arch;
+  Memories memory;
+  Caches caches;
+  int64_t mask_id, query_position_offset;
+  bool query_stream;
+  float scale;
+};
+
+// The checks of an AR pass over sentences 0..batch-1 writing (or reading) positions up to
+// last_position: the weights, the wiring, the memory of each sentence and the caches' shapes.
+ArPass checked_ar_pass(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                       int64_t mask_id, int64_t query_position_offset, bool query_stream, int64_t batch,
+                       int64_t last_position, at::TensorList memory_keys, at::TensorList memory_values,
+                       const at::Tensor& memory_lengths, const std::optional<at::Tensor>& memory_rows,
+                       const Caches& caches, const char* op) {
   const DecoderWeights d = parse_decoder_weights(weights, num_heads);
-  const Architecture arch{post_norm, relu};
   const int64_t num_layers = static_cast<int64_t>(d.layers.size());
-  TORCH_CHECK_VALUE(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.device().is_cpu(), op,
-                    ": tokens must be 1-D int64 on the CPU, got ", tokens.sizes());
-  const int64_t packed = tokens.size(0), batch = static_cast<int64_t>(layout.offsets.size()) - 1;
-  TORCH_CHECK_VALUE(static_cast<int64_t>(layout.positions.size()) == packed, op, ": ", packed,
-                    " tokens for a layout of ", layout.positions.size());
   TORCH_CHECK_VALUE(!caches.used || (static_cast<int64_t>(caches.keys.size()) == num_layers &&
                                      static_cast<int64_t>(caches.values.size()) == num_layers),
                     op, ": one cache tensor per layer (", num_layers, ") expected");
   TORCH_CHECK_VALUE(query_position_offset == 0 || query_position_offset == 1, op,
                     ": query_position_offset must be 0 or 1, got ", query_position_offset);
   const int64_t query_offset = query_stream ? query_position_offset : 0;
-  int64_t last_position = -1;
-  for (const int64_t position : layout.positions) last_position = std::max(last_position, position);
   TORCH_CHECK_VALUE(last_position + query_offset < d.max_positions, op, ": position ", last_position,
                     " outside [0, ", d.max_positions - query_offset, ")");
   for (int64_t l = 0; caches.used && l < num_layers; ++l) {
@@ -81,22 +88,36 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
                         ", ", d.head_dim, "), got ", t->sizes());
     }
   }
-  const Memories memory = checked_memories(memory_keys, memory_values, memory_lengths, memory_rows, batch, d, op);
+  Memories memory = checked_memories(memory_keys, memory_values, memory_lengths, memory_rows, batch, d, op);
+  return {d,           Architecture{post_norm, relu}, std::move(memory), caches, mask_id, query_position_offset,
+          query_stream, static_cast<float>(embed_scale)};
+}
+
+// The pass itself over `layout.positions.size()` new tokens (token_ids), checked by checked_ar_pass
+// for every sentence and position the layout names.
+PassStates run_ar_pass(const ArPass& pass, const int64_t* token_ids, const ArLayout& layout) {
+  const DecoderWeights& d = pass.d;
+  const Architecture& arch = pass.arch;
+  const Caches& caches = pass.caches;
+  const int64_t num_layers = static_cast<int64_t>(d.layers.size());
+  const int64_t packed = static_cast<int64_t>(layout.positions.size());
+  const bool query_stream = pass.query_stream;
   if (packed == 0) return {d, nullptr, 0};
-  const at::Tensor token_values = tokens.contiguous();
-  const int64_t* token_ids = token_values.data_ptr<int64_t>();
   const int64_t* offsets = layout.offsets.data();
+  const int64_t sentences = static_cast<int64_t>(layout.offsets.size()) - 1;
   int64_t max_row = 0;  // the most keys of a query: the longest row without caches
-  for (int64_t r = 0; r < batch; ++r) max_row = std::max(max_row, offsets[r + 1] - offsets[r]);
+  for (int64_t r = 0; r < sentences; ++r) max_row = std::max(max_row, offsets[r + 1] - offsets[r]);
+  int64_t last_position = -1;
+  for (const int64_t position : layout.positions) last_position = std::max(last_position, position);
 
   // rows 0..P-1: content stream (each new token at its position); rows P..2P-1: query stream
   const int64_t rows = (query_stream ? 2 : 1) * packed, dim = d.dim;
   const PassScratch s = pass_scratch(rows, rows, packed, dim, d.ffn);
   float *x = s.x, *h = s.h, *q = s.q, *a = s.a, *kv = s.kv, *f = s.f;
-  const float scale = static_cast<float>(embed_scale);
   for (int64_t p = 0; p < packed; ++p) {
-    embed(d, token_ids[p], layout.positions[p], scale, x + p * dim);
-    if (query_stream) embed(d, mask_id, layout.positions[p] + query_position_offset, scale, x + (packed + p) * dim);
+    embed(d, token_ids[p], layout.positions[p], pass.scale, x + p * dim);
+    if (query_stream)
+      embed(d, pass.mask_id, layout.positions[p] + pass.query_position_offset, pass.scale, x + (packed + p) * dim);
   }
   std::vector<int64_t> memory_row(rows);
   for (int64_t r = 0; r < rows; ++r) memory_row[r] = layout.row_of[r % packed];
@@ -147,9 +168,29 @@ PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_sca
     linear(a, n, dim, attention.out, xs, dim, /*accumulate=*/true);
     finish_sublayer(arch, xs, n, dim, attention.norm);
     const std::vector<int64_t> rows_memory(memory_row.begin() + first, memory_row.end());
-    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], rows_memory, memory, h, q, a, f);
+    cross_and_ffn(arch, xs, n, layer, d, pass.memory.layers[l], rows_memory, pass.memory, h, q, a, f);
   }
   return {d, x + (rows - packed) * dim, packed};
+}
+
+// checked_ar_pass and run_ar_pass of one pass over `tokens` (P,) int64 laid out by `layout`.
+PassStates ar_states(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,
+                     int64_t mask_id, int64_t query_position_offset, bool query_stream, const at::Tensor& tokens,
+                     const ArLayout& layout, at::TensorList memory_keys, at::TensorList memory_values,
+                     const at::Tensor& memory_lengths, const std::optional<at::Tensor>& memory_rows,
+                     const Caches& caches, const char* op) {
+  TORCH_CHECK_VALUE(tokens.dim() == 1 && tokens.scalar_type() == at::kLong && tokens.device().is_cpu(), op,
+                    ": tokens must be 1-D int64 on the CPU, got ", tokens.sizes());
+  const int64_t packed = tokens.size(0), batch = static_cast<int64_t>(layout.offsets.size()) - 1;
+  TORCH_CHECK_VALUE(static_cast<int64_t>(layout.positions.size()) == packed, op, ": ", packed,
+                    " tokens for a layout of ", layout.positions.size());
+  int64_t last_position = -1;
+  for (const int64_t position : layout.positions) last_position = std::max(last_position, position);
+  const ArPass pass = checked_ar_pass(weights, num_heads, embed_scale, post_norm, relu, mask_id,
+                                      query_position_offset, query_stream, batch, last_position, memory_keys,
+                                      memory_values, memory_lengths, memory_rows, caches, op);
+  const at::Tensor token_values = tokens.contiguous();
+  return run_ar_pass(pass, token_values.data_ptr<int64_t>(), layout);
 }
 
 // The layout of one AR step: one token per sentence, at `step`.
@@ -208,22 +249,29 @@ struct GreedyRules {
   std::vector<int64_t> forced_ids;
 };
 
-GreedyRules greedy_rules(at::TensorList weights, int64_t num_heads, const at::Tensor& excluded_ids,
-                         const at::Tensor& forced, int64_t count, int64_t forced_id, const char* op) {
+// The ids greedy search never chooses, checked: excluded_ids (K,) int64, each in [0, V).
+std::vector<int64_t> checked_excluded(at::TensorList weights, int64_t num_heads, const at::Tensor& excluded_ids,
+                                      const char* op) {
   TORCH_CHECK_VALUE(excluded_ids.dim() == 1 && excluded_ids.scalar_type() == at::kLong &&
                         excluded_ids.device().is_cpu(),
                     op, ": excluded_ids must be int64 (K,) on the CPU, got ", excluded_ids.sizes());
+  const at::Tensor excluded_values = excluded_ids.contiguous();
+  const int64_t* excluded = excluded_values.data_ptr<int64_t>();
+  std::vector<int64_t> ids(excluded, excluded + excluded_values.numel());
+  const int64_t vocab = parse_embeddings(weights, num_heads, op).vocab;  // the pass checks the rest
+  for (const int64_t id : ids) TORCH_CHECK_VALUE(id >= 0 && id < vocab, op, ": excluded id ", id, " outside [0, ", vocab, ")");
+  return ids;
+}
+
+GreedyRules greedy_rules(at::TensorList weights, int64_t num_heads, const at::Tensor& excluded_ids,
+                         const at::Tensor& forced, int64_t count, int64_t forced_id, const char* op) {
   TORCH_CHECK_VALUE(forced.dim() == 1 && forced.size(0) == count && forced.scalar_type() == at::kBool &&
                         forced.device().is_cpu(),
                     op, ": forced must be bool (", count, ",) on the CPU, got ", forced.sizes(), " ",
                     forced.scalar_type());
-  const at::Tensor excluded_values = excluded_ids.contiguous();
   GreedyRules rules;
-  const int64_t* excluded = excluded_values.data_ptr<int64_t>();
-  rules.excluded.assign(excluded, excluded + excluded_values.numel());
-  const int64_t vocab = parse_embeddings(weights, num_heads, op).vocab;  // the pass checks the rest
-  for (const int64_t id : rules.excluded)
-    TORCH_CHECK_VALUE(id >= 0 && id < vocab, op, ": excluded id ", id, " outside [0, ", vocab, ")");
+  rules.excluded = checked_excluded(weights, num_heads, excluded_ids, op);
+  const int64_t vocab = parse_embeddings(weights, num_heads, op).vocab;
   TORCH_CHECK_VALUE(forced_id >= 0 && forced_id < vocab, op, ": forced_id ", forced_id, " outside [0, ", vocab, ")");
   const at::Tensor forced_values = forced.contiguous();
   rules.forced_ids.assign(count, -1);
@@ -251,6 +299,83 @@ std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy(at::TensorList weights, int
                                  query_stream, tokens, step_layout(tokens.size(0), step, op), memory_keys,
                                  memory_values, memory_lengths, memory_rows, {cache_keys, cache_values, true}, op);
   return select_tokens(s.d, s.states, s.rows, rules.excluded, rules.forced_ids.data());
+}
+
+// decoder_ar_greedy_search: AR greedy search to its end in one call, decoder_ar_greedy's step for
+// every step with the loop of janus_fast.decoding.ar.greedy around it: each sentence starts from
+// bos_id and takes its greedy choice (never `excluded_ids`) at positions 0, 1, ... until it chooses
+// eos_id, which it is forced to at its `limits` (B,) int64 in [1, max_steps]-th token. A sentence
+// leaves the pass once it is finished (every row's arithmetic is the same whatever the other rows,
+// so its tokens and scores equal a step-by-step loop's). The key/value caches live inside the call.
+// Returns tokens (B, max_steps) int64 (after bos; pad_id after a sentence's eos), the summed
+// log-probability of each sentence's tokens (B,) float32 (eos included, added in order in float32)
+// and their count (B,) int64.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> decoder_ar_greedy_search(
+    at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu, int64_t mask_id,
+    int64_t query_position_offset, bool query_stream, at::TensorList memory_keys, at::TensorList memory_values,
+    const at::Tensor& memory_lengths, const at::Tensor& limits, int64_t max_steps, const at::Tensor& excluded_ids,
+    int64_t bos_id, int64_t eos_id, int64_t pad_id, const std::optional<at::Tensor>& memory_rows) {
+  const char* op = "decoder_ar_greedy_search";
+  TORCH_CHECK_VALUE(limits.dim() == 1 && limits.scalar_type() == at::kLong && limits.device().is_cpu(), op,
+                    ": limits must be int64 (B,) on the CPU, got ", limits.sizes(), " ", limits.scalar_type());
+  TORCH_CHECK_VALUE(max_steps >= 0, op, ": max_steps must be >= 0, got ", max_steps);
+  const int64_t batch = limits.size(0);
+  const at::Tensor limit_values = limits.contiguous();
+  const int64_t* limit = limit_values.data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b)
+    TORCH_CHECK_VALUE(limit[b] >= 1 && limit[b] <= max_steps, op, ": limit ", limit[b], " outside [1, max_steps = ",
+                      max_steps, "]");
+  const std::vector<int64_t> excluded = checked_excluded(weights, num_heads, excluded_ids, op);
+  const Embeddings e = parse_embeddings(weights, num_heads, op);
+  for (const auto& [name, id] : {std::pair<const char*, int64_t>{"bos_id", bos_id}, {"eos_id", eos_id},
+                                 {"pad_id", pad_id}})
+    TORCH_CHECK_VALUE(id >= 0 && id < e.vocab, op, ": ", name, " ", id, " outside [0, ", e.vocab, ")");
+  TORCH_CHECK_VALUE(max_steps <= e.max_positions, op, ": max_steps ", max_steps, " exceeds the model's ",
+                    e.max_positions, " positions");  // (checked_ar_pass checks the query stream's offset too)
+  at::Tensor tokens = at::full({batch, max_steps}, pad_id, at::TensorOptions().dtype(at::kLong));
+  at::Tensor log_probs = at::zeros({batch}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor lengths = at::zeros({batch}, at::TensorOptions().dtype(at::kLong));
+  if (batch == 0) return {tokens, log_probs, lengths};
+  const int64_t layers = cpu::decoder_layer_count(weights);
+  std::vector<at::Tensor> cache_keys, cache_values;
+  for (int64_t l = 0; l < layers; ++l) {
+    const auto options = at::TensorOptions().dtype(at::kFloat);
+    cache_keys.push_back(at::empty({batch, e.heads, max_steps, e.head_dim}, options));
+    cache_values.push_back(at::empty({batch, e.heads, max_steps, e.head_dim}, options));
+  }
+  const ArPass pass = checked_ar_pass(weights, num_heads, embed_scale, post_norm, relu, mask_id,
+                                      query_position_offset, query_stream, batch, max_steps - 1, memory_keys,
+                                      memory_values, memory_lengths, memory_rows, {cache_keys, cache_values, true}, op);
+  int64_t* out = tokens.data_ptr<int64_t>();
+  float* total = log_probs.data_ptr<float>();
+  int64_t* count = lengths.data_ptr<int64_t>();
+  // the sentences still decoding and the token each feeds next
+  std::vector<int64_t> active(batch), next(batch, bos_id), forced(batch);
+  for (int64_t b = 0; b < batch; ++b) active[b] = b;
+  ArLayout layout;
+  for (int64_t step = 0; step < max_steps && !active.empty(); ++step) {
+    const int64_t n = static_cast<int64_t>(active.size());
+    layout.offsets.resize(n + 1);
+    for (int64_t p = 0; p <= n; ++p) layout.offsets[p] = p;
+    layout.row_of = active;
+    layout.positions.assign(n, step);
+    for (int64_t p = 0; p < n; ++p) forced[p] = limit[active[p]] == step + 1 ? eos_id : -1;
+    const PassStates s = run_ar_pass(pass, next.data(), layout);
+    const auto [best, scores] = select_tokens(s.d, s.states, n, excluded, forced.data());
+    const int64_t* best_ids = best.data_ptr<int64_t>();
+    const float* best_scores = scores.data_ptr<float>();
+    int64_t kept = 0;
+    for (int64_t p = 0; p < n; ++p) {
+      const int64_t row = active[p], id = best_ids[p];
+      total[row] += best_scores[p];
+      count[row] += 1;
+      out[row * max_steps + step] = id;
+      if (id != eos_id) active[kept] = row, next[kept] = id, ++kept;
+    }
+    active.resize(kept);
+    next.resize(kept);
+  }
+  return {tokens, log_probs, lengths};
 }
 
 // decoder_ar_step followed by a beam search step's choice (select_top_tokens): per row the k tokens of
@@ -357,6 +482,7 @@ at::Tensor decoder_ar_score(at::TensorList weights, int64_t num_heads, double em
 TORCH_LIBRARY_IMPL(janus_fast, CPU, m) {
   m.impl("decoder_ar_step", &decoder_ar_step);
   m.impl("decoder_ar_greedy", &decoder_ar_greedy);
+  m.impl("decoder_ar_greedy_search", &decoder_ar_greedy_search);
   m.impl("decoder_ar_topk", &decoder_ar_topk);
   m.impl("decoder_ar_extend", &decoder_ar_extend);
   m.impl("decoder_ar_score", &decoder_ar_score);

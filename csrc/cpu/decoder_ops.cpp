@@ -5,6 +5,8 @@
 //                                 appending to the key/value caches, returning (B, V) logits;
 //   janus_fast::decoder_ar_greedy the same step returning greedy search's token per row and its
 //                                 log-probability instead of logits;
+//   janus_fast::decoder_ar_greedy_search  AR greedy search to its end in one call: that step for every
+//                                 step, each sentence until its eos or its length limit;
 //   janus_fast::decoder_ar_topk   the same step returning each row's k most likely tokens and their
 //                                 log-probabilities instead of logits: a beam search step;
 //   janus_fast::decoder_ar_extend several new tokens per sentence appended to its caches, with the
@@ -85,6 +87,18 @@ std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy_meta(
   meta_vocab(weights, memory_keys, memory_values, cache_keys, cache_values, true, op);
   const int64_t rows = meta_length(tokens, op, "tokens");
   return {meta_empty({rows}, tokens, at::kLong), meta_empty({rows}, tokens, at::kFloat)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> decoder_ar_greedy_search_meta(
+    at::TensorList weights, int64_t, double, bool, bool, int64_t, int64_t, bool, at::TensorList memory_keys,
+    at::TensorList memory_values, const at::Tensor&, const at::Tensor& limits, int64_t max_steps, const at::Tensor&,
+    int64_t, int64_t, int64_t, const std::optional<at::Tensor>&) {
+  const char* op = "decoder_ar_greedy_search";
+  meta_vocab(weights, memory_keys, memory_values, {}, {}, false, op);
+  TORCH_CHECK_VALUE(max_steps >= 0, op, ": max_steps must be >= 0, got ", max_steps);
+  const int64_t rows = meta_length(limits, op, "limits");
+  return {meta_empty({rows, max_steps}, limits, at::kLong), meta_empty({rows}, limits, at::kFloat),
+          meta_empty({rows}, limits, at::kLong)};
 }
 
 std::tuple<at::Tensor, at::Tensor> decoder_ar_topk_meta(
@@ -176,6 +190,11 @@ TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
       "Tensor[] memory_values, Tensor memory_lengths, Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values, "
       "Tensor excluded_ids, Tensor forced, int forced_id, Tensor? memory_rows=None) -> (Tensor, Tensor)");
   m.def(
+      "decoder_ar_greedy_search(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, "
+      "int mask_id, int query_position_offset, bool query_stream, Tensor[] memory_keys, Tensor[] memory_values, "
+      "Tensor memory_lengths, Tensor limits, int max_steps, Tensor excluded_ids, int bos_id, int eos_id, int pad_id, "
+      "Tensor? memory_rows=None) -> (Tensor, Tensor, Tensor)");
+  m.def(
       "decoder_ar_topk(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
       "int query_position_offset, bool query_stream, Tensor tokens, int step, Tensor[] memory_keys, "
       "Tensor[] memory_values, Tensor memory_lengths, Tensor(a!)[] cache_keys, Tensor(b!)[] cache_values, "
@@ -209,6 +228,7 @@ TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
 TORCH_LIBRARY_IMPL(janus_fast, Meta, m) {
   m.impl("decoder_ar_step", &decoder_ar_step_meta);
   m.impl("decoder_ar_greedy", &decoder_ar_greedy_meta);
+  m.impl("decoder_ar_greedy_search", &decoder_ar_greedy_search_meta);
   m.impl("decoder_ar_topk", &decoder_ar_topk_meta);
   m.impl("decoder_ar_extend", &decoder_ar_extend_meta);
   m.impl("decoder_nar_pass", &decoder_nar_pass_meta);

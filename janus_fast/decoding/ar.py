@@ -1,9 +1,11 @@
 """The engine's AR search over the decoder passes (``janus_fast.decoding.passes``).
 
-* ``greedy``: a preallocated key/value cache and greedy search's choice inside each step (in the
-  native step: no (rows, V) logits); finished sentences leave the batch once a quarter of the rows
-  are finished, so one long sentence does not keep the whole batch stepping. It is the beam-1 case
-  of ``beam.finished_beam_search`` without the beam bookkeeping, and gives its tokens and scores.
+* ``greedy``: the beam-1 case of ``beam.finished_beam_search`` without the beam bookkeeping, with
+  its tokens and scores. With the native passes the whole search is one native call
+  (``decoder_ar_greedy_search``: no Python per step, finished sentences leave the pass at once);
+  otherwise ``greedy_steps`` runs it a step at a time: a preallocated key/value cache and greedy
+  search's choice inside each step, finished sentences leaving the batch once a quarter of the rows
+  are finished, so one long sentence does not keep the whole batch stepping.
 * ``beam_search``: ``beam.finished_beam_search`` (the one beam search loop, which the reference
   decoder runs too) over the passes' steps, under any ``BeamRules`` (this project's, or
   fairseq-generate's: ``janus_fast.decoding.fairseq``).
@@ -21,20 +23,41 @@ from janus_fast.model import JanusModel
 
 
 def greedy(
-    model: JanusModel, passes: DecoderPasses, src_tokens: torch.Tensor, src_lengths: torch.Tensor, limits: torch.Tensor
+    model: JanusModel,
+    passes: DecoderPasses,
+    src_tokens: torch.Tensor,
+    src_lengths: torch.Tensor,
+    limits: torch.Tensor,
+    stepwise: bool = False,
 ) -> Hypotheses:
     """AR greedy decoding under ``janus_rules``: each sentence at most ``limits`` (B,) int64 tokens,
     eos included (eos forced at the limit). Scores: summed log-probability / tokens (eos included).
+    The whole search in one call where the passes have it (``DecoderPasses.ar_greedy_search``: the
+    native passes), else, or with ``stepwise``, one call per step (``greedy_steps``): the same
+    tokens and scores.
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
     config = model.config
-    device = src_tokens.device
-    batch = src_tokens.shape[0]
-    steps = int(limits.max())
     passes.bind(passes.encode(src_tokens, src_lengths))
+    banned = torch.tensor(janus_rules(model).blocked_ids, device=src_tokens.device)
+    found = None if stepwise else passes.ar_greedy_search(limits, banned)
+    tokens, total_log_prob, out_lengths = found if found is not None else greedy_steps(model, passes, limits, banned)
+    specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
+    return greedy_hypotheses(output_tokens(tokens.tolist(), config.eos_id, specials), total_log_prob, out_lengths)
+
+
+def greedy_steps(
+    model: JanusModel, passes: DecoderPasses, limits: torch.Tensor, banned: torch.Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Greedy search over the bound rows, one ``ar_greedy`` step at a time: ``banned`` (K,) int64
+    never chosen, eos forced at each row's ``limits`` (B,) int64. Returns tokens (B, max(limits))
+    int64 after bos (pad after eos), summed log-probabilities (B,) float32 and lengths (B,) int64."""
+    config = model.config
+    device = limits.device
+    batch = len(limits)
+    steps = int(limits.max())
     caches = passes.new_caches(steps)
-    banned = torch.tensor(janus_rules(model).blocked_ids, device=device)
     # the rows still decoding (one per sentence, the sentence ids in `rows`), and each sentence's result
     history = torch.full((batch, steps + 1), config.pad_id, dtype=torch.long, device=device)
     history[:, 0] = config.bos_id
@@ -68,9 +91,7 @@ def greedy(
             passes.keep(keep, caches)
     store(torch.arange(len(rows), device=device))
     history, total_log_prob, out_lengths = results
-    specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
-    tokens = output_tokens([row[1:] for row in history.tolist()], config.eos_id, specials)
-    return greedy_hypotheses(tokens, total_log_prob, out_lengths)
+    return history[:, 1:], total_log_prob, out_lengths
 
 
 def _keep_rows(passes: DecoderPasses, index: torch.Tensor) -> DecoderPasses:

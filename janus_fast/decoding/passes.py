@@ -131,6 +131,13 @@ class DecoderPasses:
         """``ar_logits`` followed by ``rule.choose``: tokens (N,) int64, log-probabilities (N,)."""
         raise NotImplementedError
 
+    def ar_greedy_search(self, limits: Tensor, banned: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """AR greedy search over every bound row to its end in one call (``NativeDecoder.ar_greedy_search``:
+        limits (N,) int64 tokens per row, eos forced at the limit; ``banned`` (K,) int64 never chosen)
+        -> tokens (N, max(limits)) int64 after bos, summed log-probabilities (N,) float32, lengths
+        (N,) int64; or None where these passes run it a step at a time (``ar_greedy``)."""
+        return None
+
     def ar_candidates(
         self, tokens: Tensor, step: int, caches: list[LayerCache], choice: BeamChoice
     ) -> tuple[Tensor, Tensor]:
@@ -256,6 +263,11 @@ class NativePasses(DecoderPasses):
         return self.decoder.ar_greedy_step(
             tokens, step, self.memory, caches, rule.banned, rule.forced, rule.forced_id, self.memory_rows
         )
+
+    def ar_greedy_search(self, limits: Tensor, banned: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        config = self.model.config
+        ids = (config.bos_id, config.eos_id, config.pad_id)
+        return self.decoder.ar_greedy_search(self.memory, limits, banned, *ids, self.memory_rows)
 
     def ar_candidates(
         self, tokens: Tensor, step: int, caches: list[LayerCache], choice: BeamChoice

@@ -82,8 +82,26 @@ class DamagedLibraryError(NativeBuildError):
     """The compiled module installed with the package fails its check (e.g. truncated): not loaded."""
 
 
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+_TRUE_VALUES = ("1", "true", "yes", "on")
+_FALSE_VALUES = ("0", "false", "no", "off")
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """The boolean environment variable ``name``: 1/true/yes/on or 0/false/no/off (any case);
+    ``default`` when it is unset or empty. Any other value raises ValueError naming the variable and
+    the values it takes, as an option's would (every switch of the package reads it this way: the
+    build's ``FORCE_CUDA`` / ``FORCE_ONLY_CPU`` / ``JANUS_FAST_NO_EXTENSION`` and
+    ``JANUS_FAST_FORCE_REFERENCE``)."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in _TRUE_VALUES:
+        return True
+    if value in _FALSE_VALUES:
+        return False
+    raise ValueError(
+        f"{name}={os.environ[name]!r}: expected one of {', '.join(_TRUE_VALUES + _FALSE_VALUES)} (any case)"
+    )
 
 
 def _glob(csrc: str | os.PathLike, patterns: tuple[str, ...]) -> list[str]:
@@ -103,10 +121,12 @@ def extension_sources(csrc: str | os.PathLike, with_cuda: bool) -> list[str]:
 
 def want_cuda(torch, has_cuda_sources: bool) -> bool:  # noqa: ANN001  (torch is passed in: no import here)
     """Whether to compile the CUDA sources: ``FORCE_ONLY_CPU=1`` never, ``FORCE_CUDA=1`` always (with
-    a CUDA build of torch), else when a GPU is visible and a CUDA toolkit is found."""
-    if env_flag("FORCE_ONLY_CPU") or not has_cuda_sources or torch.version.cuda is None:
+    a CUDA build of torch), else when a GPU is visible and a CUDA toolkit is found. Both switches
+    are read first: a value ``env_flag`` does not take is a ValueError whatever the other says."""
+    only_cpu, force_cuda = env_flag("FORCE_ONLY_CPU"), env_flag("FORCE_CUDA")
+    if only_cpu or not has_cuda_sources or torch.version.cuda is None:
         return False
-    if env_flag("FORCE_CUDA"):
+    if force_cuda:
         return True
     if not torch.cuda.is_available():
         return False
@@ -400,7 +420,11 @@ def build_and_load(retry_failed: bool = False) -> Path:
     with what to run when it cannot be built; a remembered compile failure is raised again without
     compiling unless ``retry_failed``.
     """
-    if env_flag("JANUS_FAST_NO_EXTENSION"):
+    try:
+        switched_off = env_flag("JANUS_FAST_NO_EXTENSION")
+    except ValueError as error:  # the callers fall back on an ImportError, which now says why
+        raise NativeBuildError(f"janus_fast._C is not built: {error}") from None
+    if switched_off:
         raise NativeBuildError(
             "janus_fast._C is not built: JANUS_FAST_NO_EXTENSION=1 turns off its first-use build "
             f"(unset it and run `{_retry_command()}` to build it)"
@@ -413,7 +437,10 @@ def build_and_load(retry_failed: bool = False) -> Path:
             f"janus_fast._C: its C++ sources are not installed next to {Path(__file__).resolve().parent.parent}; "
             "reinstall the package from its source checkout: `pip install --force-reinstall --no-deps <checkout>`"
         )
-    with_cuda = want_cuda(torch, bool(cuda_sources(csrc)))
+    try:
+        with_cuda = want_cuda(torch, bool(cuda_sources(csrc)))
+    except ValueError as error:
+        raise NativeBuildError(f"janus_fast._C is not built: {error}") from None
     build_dir = cache_root() / build_key(torch, csrc, with_cuda)
     library = build_dir / f"{LIBRARY_NAME}.so"
     try:

@@ -343,6 +343,25 @@ class NativeDecoder:
         op = torch.ops.janus_fast.decoder_ar_greedy
         return self._step(op, tokens, step, memory, caches, excluded_ids, forced, forced_id, memory_rows=memory_rows)
 
+    def ar_greedy_search(
+        self, memory: Memory, limits: Tensor, excluded_ids: Tensor, bos_id: int, eos_id: int, pad_id: int,
+        memory_rows: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+        """AR greedy search to its end in one native call: ``ar_greedy_step`` for every step, each
+        row from ``bos_id`` until it chooses ``eos_id`` (forced at its ``limits`` (B,) int64 >= 1-th
+        token; ``excluded_ids`` (K,) int64 never chosen), finished rows leaving the pass; the
+        key/value caches live inside the call. The tokens and scores of the same steps run one
+        call at a time (``janus_fast.decoding.ar.greedy`` with ``stepwise=True``).
+
+        Returns tokens (B, max(limits)) int64 after bos (``pad_id`` after a row's eos), the summed
+        log-probability of each row's tokens (B,) float32 (eos included) and their count (B,) int64.
+        """
+        max_steps = int(limits.max()) if len(limits) else 0
+        return torch.ops.janus_fast.decoder_ar_greedy_search(
+            *self._decoder_arguments(), self.mask_id, self.query_position_offset, self.query_stream,
+            *memory, limits, max_steps, excluded_ids, bos_id, eos_id, pad_id, memory_rows=memory_rows,
+        )  # fmt: skip
+
     def ar_topk_step(
         self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache], excluded_ids: Tensor,
         forced: Tensor, forced_id: int, k: int, nan_as_impossible: bool, memory_rows: Tensor | None = None,

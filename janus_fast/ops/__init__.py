@@ -18,6 +18,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from janus_fast.native.build import env_flag
 from janus_fast.ops.reference import (
     mask_predict_remask_reference,
     mask_predict_step_reference,
@@ -114,29 +115,9 @@ def _has_native_kernel(device_type: str, op: str = "mask_predict_step", warn: bo
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-_TRUE_VALUES = ("1", "true", "yes")
-_FALSE_VALUES = ("0", "false", "no")
-
-
-def env_flag(name: str, default: bool = False) -> bool:
-    """The boolean environment variable ``name``: 1/true/yes or 0/false/no (any case); ``default``
-    when it is unset or empty. Any other value raises ValueError naming the variable and the values
-    it takes, as an option's would."""
-    value = os.environ.get(name, "").strip().lower()
-    if not value:
-        return default
-    if value in _TRUE_VALUES:
-        return True
-    if value in _FALSE_VALUES:
-        return False
-    raise ValueError(
-        f"{name}={os.environ[name]!r}: expected one of {', '.join(_TRUE_VALUES + _FALSE_VALUES)} (any case)"
-    )
-
-
 def uses_native_ops() -> bool:
     """True when ``mask_predict_step`` calls the compiled kernels (built and not forced off by
-    ``JANUS_FAST_FORCE_REFERENCE``; ValueError for a value of it other than 0/1/true/false/yes/no)."""
+    ``JANUS_FAST_FORCE_REFERENCE``; ValueError for a value of it other than 0/1/true/false/yes/no/on/off)."""
     forced = env_flag("JANUS_FAST_FORCE_REFERENCE")
     return HAS_NATIVE_OPS and not forced
 
