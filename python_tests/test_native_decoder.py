@@ -330,18 +330,10 @@ def _beam_reorders(rows: int, beam: int, generator: torch.Generator) -> list[tor
     ]
 
 
-@pytest.mark.parametrize("weight_type", ["fp32", "bf16", "int8"])
-@pytest.mark.parametrize("architecture", list(AR_ARCHITECTURES))
-def test_greedy_search_in_one_call_equals_the_stepwise_loop(architecture, weight_type):
-    """decoder_ar_greedy_search runs AR greedy search to its end in one native call, each sentence
-    leaving the pass when it finishes; ar.greedy_steps runs the same native steps one call at a time
-    (rows leaving once a quarter finished, their caches reordered). The same tokens, and bitwise the
-    same summed log-probabilities and lengths. The limits differ per sentence (eos forced there), so
-    sentences leave the one-call search at different steps."""
-    model = model_for("medium", seed=6, architecture=architecture)
-    config = model.config
-    src, lengths = sources(6, 6, config.vocab_size)
-    limits = torch.tensor([1, 2, 5, 9, 14, 30])
+def greedy_search_both_ways(model, weight_type: str, src, lengths, limits) -> list[tuple]:
+    """AR greedy search of ``src`` under ``limits`` (B,) int64 on fresh native passes: in one call
+    (``ar_greedy_search``), then one step at a time (``ar.greedy_steps``); each as (tokens (B, T),
+    summed log-probabilities (B,), lengths (B,))."""
     banned = torch.tensor(janus_rules(model).blocked_ids)
     found = []
     for stepwise in (False, True):
@@ -352,14 +344,32 @@ def test_greedy_search_in_one_call_equals_the_stepwise_loop(architecture, weight
                 found.append(ar.greedy_steps(model, decoder_passes, limits, banned))
             else:
                 found.append(decoder_passes.ar_greedy_search(limits, banned))
+    return found
+
+
+@pytest.mark.parametrize("weight_type", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("architecture", list(AR_ARCHITECTURES))
+def test_greedy_search_in_one_call_equals_the_stepwise_loop(architecture, weight_type):
+    """decoder_ar_greedy_search runs AR greedy search to its end in one native call, each sentence
+    leaving the pass when it finishes; ar.greedy_steps runs the same native steps one call at a time
+    (rows leaving once a quarter finished, their caches reordered). The same tokens, and bitwise the
+    same summed log-probabilities and lengths. The limits differ per sentence (eos forced there), so
+    sentences leave the one-call search at different steps, three of them before its caches grow
+    past their first 32 positions (dropping those sentences' rows) and the longest up to the
+    model's last position (63 tokens with the query stream one position ahead)."""
+    model = model_for("medium", seed=6, architecture=architecture)
+    config = model.config
+    src, lengths = sources(6, 6, config.vocab_size)
+    limits = torch.tensor([1, 2, 5, 33, 40, 63])
+    found = greedy_search_both_ways(model, weight_type, src, lengths, limits)
     (tokens, log_probs, counts), (expected_tokens, expected_log_probs, expected_counts) = found
-    assert tokens.shape == (6, 30) and tokens.dtype == torch.long
+    assert tokens.shape == (6, 63) and tokens.dtype == torch.long
     assert torch.equal(tokens, expected_tokens) and torch.equal(counts, expected_counts)
     assert torch.equal(log_probs, expected_log_probs)
     assert (counts <= limits).all() and counts.unique().numel() > 1
     ends = tokens[torch.arange(6), counts - 1]
     assert (ends == config.eos_id).all()  # each sentence's last token is its eos, pad after it
-    after = torch.arange(30)[None, :] >= counts[:, None]
+    after = torch.arange(63)[None, :] >= counts[:, None]
     assert (tokens[after] == config.pad_id).all() and not (tokens[~after] == config.pad_id).any()
     assert ((tokens == config.eos_id).sum(1) == 1).all()  # one eos per sentence: none before its end
 
@@ -378,6 +388,76 @@ def test_greedy_search_with_shared_memory_entries_equals_their_copies():
         copied = native.ar_greedy_search(NativeDecoder.select_memory(memory, rows), limits, banned, *ids)
     for got, expected in zip(shared, copied):
         assert torch.equal(got, expected)
+
+
+def test_greedy_search_with_nan_gives_the_stepwise_loops_nan():
+    """A model whose decoding meets NaN: the one-call search gives the step-by-step loop's tokens,
+    lengths and finite sums, and NaN where it has NaN (NaN's bits are not kept: probe 28 saw
+    0xffffffff against 0x7fc00000, and the loop itself writes both, by the steps its rows saw)."""
+    model = model_for("tiny", seed=3)
+    src, lengths = sources(3, 3, model.config.vocab_size)
+    with torch.no_grad():
+        model.embed_tokens.weight[int(src[0, 0])] = float("nan")  # (a tied embedding: NaN logits)
+    found = greedy_search_both_ways(model, "fp32", src, lengths, torch.tensor([4, 6, 9]))
+    (tokens, log_probs, counts), (expected_tokens, expected_log_probs, expected_counts) = found
+    assert torch.isnan(log_probs).any()
+    torch.testing.assert_close(log_probs, expected_log_probs, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(tokens, expected_tokens) and torch.equal(counts, expected_counts)
+
+
+def eos_first_model(**overrides):
+    """A random model whose every sentence chooses eos at its first step: its final norm outputs eos's
+    embedding (tied output projection) whatever its input."""
+    model = random_model(0, **overrides)
+    with torch.no_grad():
+        model.decoder_norm.weight.zero_()
+        model.decoder_norm.bias.copy_(model.embed_tokens.weight[model.config.eos_id] * 10)
+    return model
+
+
+def test_greedy_search_memory_follows_what_is_decoded_not_the_length_limit():
+    """Probe 28: the one-call search reserved its key/value caches for batch x the longest limit up
+    front; with a model of 65,536 positions and a large max_len_b that is terabytes, refused by the
+    allocator although every sentence ends at its first step. Its caches grow as decoding goes (as
+    the step-by-step loop's LayerCache), so the search runs in a few MB."""
+    model = eos_first_model(d_model=32, num_heads=2, ffn_dim=32, max_target_positions=1 << 16)
+    batch = 4096
+    src = torch.randint(5, model.config.vocab_size, (batch, 4), generator=torch.Generator().manual_seed(0))
+    hypotheses = engine.ar_search(model, src, torch.full((batch,), 4), beam=1, max_len=(0.0, 60_000))
+    assert hypotheses.tokens == [[]] * batch  # eos first: no tokens (the caches would be 2 x 31 GB per layer)
+
+
+def test_ctrl_c_stops_a_long_greedy_search(tmp_path):
+    """The one-call search asks Python for pending signals between its steps (past its first 200
+    ms): SIGINT raises KeyboardInterrupt within about a tenth of a second of a step, not after a
+    search of minutes (probe 28: 91 s)."""
+    import signal
+    import time
+
+    script = tmp_path / "long_search.py"
+    script.write_text(
+        "import sys, time, torch\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from conftest import random_model\n"
+        "from janus_fast.decoding import engine\n"
+        "torch.set_num_threads(1)\n"
+        "model = random_model(0, d_model=64, num_heads=2, ffn_dim=64, max_target_positions=1 << 14)\n"
+        "with torch.no_grad():\n"
+        "    model.embed_tokens.weight[model.config.eos_id] = 0.0  # eos never chosen: every step runs\n"
+        "src = torch.randint(5, model.config.vocab_size, (64, 4))\n"
+        "print('searching', flush=True)\n"
+        "try:\n"
+        "    engine.ar_search(model, src, torch.full((64,), 4), beam=1, max_len=(0.0, 16_000))\n"
+        "    print('finished')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+    )
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "searching"
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=600)  # the whole search takes many minutes: never reached
+    assert out.strip() == "interrupted" and process.returncode == 0
 
 
 def test_shipped_model_greedy_search_in_one_call_equals_the_stepwise_loop(monkeypatch):
@@ -1019,7 +1099,8 @@ def test_bad_inputs_raise_clear_errors():
             (torch.tensor([0, 2]), 2, banned, ids, r"limit 0 outside \[1, max_steps = 2\]"),
             (torch.tensor([3, 2]), 2, banned, ids, r"limit 3 outside \[1, max_steps = 2\]"),
             (torch.tensor([1.0, 2.0]), 2, banned, ids, "limits must be int64"),
-            (torch.tensor([1, 2]), 10**6, banned, ids, "max_steps 1000000 exceeds the model's"),
+            (torch.tensor([1, 2]), 10**6, banned, ids, r"max_steps 1000000 \(the longest limit\) exceeds the 63 "),
+            (torch.tensor([1, 64]), 64, banned, ids, r"max_steps 64 \(the longest limit\) exceeds the 63 tokens"),
             (torch.tensor([1, 2]), -1, banned, ids, "max_steps must be >= 0"),
             (torch.tensor([1, 2]), 2, torch.tensor([10_000]), ids, "excluded id 10000 outside"),
             (torch.tensor([1, 2]), 2, banned, (10_000, *ids[1:]), "bos_id 10000 outside"),

@@ -19,6 +19,7 @@
 
 #include <torch/library.h>
 
+#include <chrono>
 #include <cstring>
 
 namespace janus_fast {
@@ -40,9 +41,10 @@ namespace {
 // plain transformer decoder) the content rows alone run every layer and their last states predict.
 // Returns the query (or content) stream's last states, one per new token.
 struct ArLayout {
-  std::vector<int64_t> offsets;    // N + 1
-  std::vector<int64_t> row_of;     // packed token -> sentence
-  std::vector<int64_t> positions;  // packed token -> its target position
+  std::vector<int64_t> offsets;     // N + 1
+  std::vector<int64_t> row_of;      // packed token -> sentence
+  std::vector<int64_t> positions;   // packed token -> its target position
+  std::vector<int64_t> cache_rows;  // packed token -> its row of the caches (empty: its sentence)
 };
 
 // The caches of a pass, one (N, H, > positions, head_dim) tensor per layer each; `used` false: none.
@@ -121,6 +123,8 @@ PassStates run_ar_pass(const ArPass& pass, const int64_t* token_ids, const ArLay
   }
   std::vector<int64_t> memory_row(rows);
   for (int64_t r = 0; r < rows; ++r) memory_row[r] = layout.row_of[r % packed];
+  const bool own_cache_rows = !layout.cache_rows.empty();
+  const auto cache_row = [&](int64_t p) { return own_cache_rows ? layout.cache_rows[p] : layout.row_of[p]; };
   for (int64_t l = 0; l < num_layers; ++l) {
     const DecoderLayerWeights& layer = d.layers[l];
     const SelfAttentionWeights& attention = layer.self_attention;
@@ -134,7 +138,7 @@ PassStates run_ar_pass(const ArPass& pass, const int64_t* token_ids, const ArLay
     const int64_t max_len = caches.used ? caches.keys[l].size(2) : 0;
     for (int64_t p = 0; caches.used && p < packed; ++p)
       for (int64_t head = 0; head < d.heads; ++head) {
-        const int64_t at_position = ((layout.row_of[p] * d.heads + head) * max_len + layout.positions[p]) * d.head_dim;
+        const int64_t at_position = ((cache_row(p) * d.heads + head) * max_len + layout.positions[p]) * d.head_dim;
         std::memcpy(ck + at_position, kv + p * 2 * dim + head * d.head_dim, d.head_dim * sizeof(float));
         std::memcpy(cv + at_position, kv + p * 2 * dim + dim + head * d.head_dim, d.head_dim * sizeof(float));
       }
@@ -146,7 +150,7 @@ PassStates run_ar_pass(const ArPass& pass, const int64_t* token_ids, const ArLay
                      [&](int64_t row, int64_t head, const float*& keys, int64_t& ks, const float*& values,
                          int64_t& vs, int64_t& count) {
                        const int64_t p = (row + first) % packed;
-                       const int64_t offset = (layout.row_of[p] * d.heads + head) * max_len * d.head_dim;
+                       const int64_t offset = (cache_row(p) * d.heads + head) * max_len * d.head_dim;
                        keys = ck + offset;
                        values = cv + offset;
                        ks = vs = d.head_dim;
@@ -301,15 +305,60 @@ std::tuple<at::Tensor, at::Tensor> decoder_ar_greedy(at::TensorList weights, int
   return select_tokens(s.d, s.states, s.rows, rules.excluded, rules.forced_ids.data());
 }
 
+// Key/value caches of a search that grow as it goes: capacity for the positions decoded so far
+// (doubling from kFirstCachePositions, as janus_fast.model.LayerCache), rows for the sentences still
+// decoding (finished ones are dropped when the caches grow), so a length limit far above what a
+// batch decodes costs no memory.
+constexpr int64_t kFirstCachePositions = 32;
+
+constexpr std::chrono::milliseconds kFirstInterruptCheck{200}, kInterruptCheck{100};
+
+struct GrowingCaches {
+  std::vector<at::Tensor> keys, values;  // per layer (rows, H, capacity, head_dim)
+  std::vector<int64_t> row;              // sentence -> its row of the caches (while it decodes)
+
+  int64_t capacity() const { return keys.empty() ? 0 : keys[0].size(2); }
+
+  // Room for position `step` for the sentences `active`: new tensors holding only their rows, their
+  // positions 0 .. step - 1 copied over.
+  void grow(const std::vector<int64_t>& active, int64_t step, int64_t max_steps, int64_t layers, int64_t heads,
+            int64_t head_dim) {
+    const int64_t old_capacity = capacity();
+    const int64_t capacity = std::min(max_steps, std::max(step + 1, old_capacity == 0 ? kFirstCachePositions
+                                                                                       : 2 * old_capacity));
+    const int64_t n = static_cast<int64_t>(active.size());
+    const auto options = at::TensorOptions().dtype(at::kFloat);
+    for (int64_t l = 0; l < 2 * layers; ++l) {
+      std::vector<at::Tensor>& tensors = l < layers ? keys : values;
+      const int64_t layer = l % layers;
+      at::Tensor grown = at::empty({n, heads, capacity, head_dim}, options);
+      if (old_capacity > 0) {
+        const float* from = tensors[layer].data_ptr<float>();
+        float* to = grown.data_ptr<float>();
+        for (int64_t p = 0; p < n; ++p)
+          for (int64_t h = 0; h < heads; ++h)
+            std::memcpy(to + ((p * heads + h) * capacity) * head_dim,
+                        from + ((row[active[p]] * heads + h) * old_capacity) * head_dim,
+                        step * head_dim * sizeof(float));
+      }
+      if (static_cast<int64_t>(tensors.size()) <= layer) tensors.resize(layer + 1);
+      tensors[layer] = std::move(grown);
+    }
+    for (int64_t p = 0; p < n; ++p) row[active[p]] = p;
+  }
+};
+
 // decoder_ar_greedy_search: AR greedy search to its end in one call, decoder_ar_greedy's step for
 // every step with the loop of janus_fast.decoding.ar.greedy around it: each sentence starts from
 // bos_id and takes its greedy choice (never `excluded_ids`) at positions 0, 1, ... until it chooses
 // eos_id, which it is forced to at its `limits` (B,) int64 in [1, max_steps]-th token. A sentence
 // leaves the pass once it is finished (every row's arithmetic is the same whatever the other rows,
-// so its tokens and scores equal a step-by-step loop's). The key/value caches live inside the call.
-// Returns tokens (B, max_steps) int64 (after bos; pad_id after a sentence's eos), the summed
-// log-probability of each sentence's tokens (B,) float32 (eos included, added in order in float32)
-// and their count (B,) int64.
+// so its tokens and scores equal a step-by-step loop's). The key/value caches live inside the call
+// (GrowingCaches). Ctrl-C stops it between steps (interrupt_requested, checked every 100 ms past the
+// first 200). Returns tokens (B, max_steps)
+// int64 (after bos; pad_id after a sentence's eos), the summed log-probability of each sentence's
+// tokens (B,) float32 (eos included, added in order in float32) and
+// their count (B,) int64.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> decoder_ar_greedy_search(
     at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu, int64_t mask_id,
     int64_t query_position_offset, bool query_stream, at::TensorList memory_keys, at::TensorList memory_values,
@@ -330,22 +379,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decoder_ar_greedy_search(
   for (const auto& [name, id] : {std::pair<const char*, int64_t>{"bos_id", bos_id}, {"eos_id", eos_id},
                                  {"pad_id", pad_id}})
     TORCH_CHECK_VALUE(id >= 0 && id < e.vocab, op, ": ", name, " ", id, " outside [0, ", e.vocab, ")");
-  TORCH_CHECK_VALUE(max_steps <= e.max_positions, op, ": max_steps ", max_steps, " exceeds the model's ",
-                    e.max_positions, " positions");  // (checked_ar_pass checks the query stream's offset too)
+  // the query stream of the last step reads position max_steps - 1 + offset
+  const int64_t positions = e.max_positions - (query_stream ? query_position_offset : 0);
+  TORCH_CHECK_VALUE(max_steps <= positions, op, ": max_steps ", max_steps, " (the longest limit) exceeds the ",
+                    positions, " tokens the model's ", e.max_positions, " positions allow");
   at::Tensor tokens = at::full({batch, max_steps}, pad_id, at::TensorOptions().dtype(at::kLong));
   at::Tensor log_probs = at::zeros({batch}, at::TensorOptions().dtype(at::kFloat));
   at::Tensor lengths = at::zeros({batch}, at::TensorOptions().dtype(at::kLong));
   if (batch == 0) return {tokens, log_probs, lengths};
-  const int64_t layers = cpu::decoder_layer_count(weights);
-  std::vector<at::Tensor> cache_keys, cache_values;
-  for (int64_t l = 0; l < layers; ++l) {
-    const auto options = at::TensorOptions().dtype(at::kFloat);
-    cache_keys.push_back(at::empty({batch, e.heads, max_steps, e.head_dim}, options));
-    cache_values.push_back(at::empty({batch, e.heads, max_steps, e.head_dim}, options));
-  }
-  const ArPass pass = checked_ar_pass(weights, num_heads, embed_scale, post_norm, relu, mask_id,
-                                      query_position_offset, query_stream, batch, max_steps - 1, memory_keys,
-                                      memory_values, memory_lengths, memory_rows, {cache_keys, cache_values, true}, op);
+  ArPass pass = checked_ar_pass(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
+                                query_stream, batch, max_steps - 1, memory_keys, memory_values, memory_lengths,
+                                memory_rows, {{}, {}, false}, op);
+  const int64_t layers = static_cast<int64_t>(pass.d.layers.size());
+  GrowingCaches caches;
+  caches.row.assign(batch, -1);
   int64_t* out = tokens.data_ptr<int64_t>();
   float* total = log_probs.data_ptr<float>();
   int64_t* count = lengths.data_ptr<int64_t>();
@@ -353,13 +400,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decoder_ar_greedy_search(
   std::vector<int64_t> active(batch), next(batch, bos_id), forced(batch);
   for (int64_t b = 0; b < batch; ++b) active[b] = b;
   ArLayout layout;
+  auto next_interrupt_check = std::chrono::steady_clock::now() + kFirstInterruptCheck;
   for (int64_t step = 0; step < max_steps && !active.empty(); ++step) {
+    if (step == caches.capacity()) {
+      caches.grow(active, step, max_steps, layers, e.heads, e.head_dim);
+      pass.caches = {caches.keys, caches.values, true};
+    }
     const int64_t n = static_cast<int64_t>(active.size());
     layout.offsets.resize(n + 1);
     for (int64_t p = 0; p <= n; ++p) layout.offsets[p] = p;
     layout.row_of = active;
     layout.positions.assign(n, step);
-    for (int64_t p = 0; p < n; ++p) forced[p] = limit[active[p]] == step + 1 ? eos_id : -1;
+    layout.cache_rows.resize(n);
+    for (int64_t p = 0; p < n; ++p) {
+      forced[p] = limit[active[p]] == step + 1 ? eos_id : -1;
+      layout.cache_rows[p] = caches.row[active[p]];
+    }
     const PassStates s = run_ar_pass(pass, next.data(), layout);
     const auto [best, scores] = select_tokens(s.d, s.states, n, excluded, forced.data());
     const int64_t* best_ids = best.data_ptr<int64_t>();
@@ -374,6 +430,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decoder_ar_greedy_search(
     }
     active.resize(kept);
     next.resize(kept);
+    // Ctrl-C: a search running longer than kFirstInterruptCheck asks Python every kInterruptCheck
+    // (each ask takes the GIL: a short search never does). Python raises KeyboardInterrupt on return.
+    if (!active.empty() && std::chrono::steady_clock::now() >= next_interrupt_check) {
+      if (interrupt_requested()) break;
+      next_interrupt_check = std::chrono::steady_clock::now() + kInterruptCheck;
+    }
   }
   return {tokens, log_probs, lengths};
 }
