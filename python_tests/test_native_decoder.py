@@ -958,6 +958,11 @@ def test_meta_kernels_give_the_shapes_of_the_cpu_ops(architecture):
             expected = as_list(getattr(ops, name)(*arguments))
         got = as_list(getattr(ops, name)(*meta(arguments)))
         assert [(t.shape, t.dtype, t.device.type) for t in got] == [(t.shape, t.dtype, "meta") for t in expected], name
+        # a call mixing meta and CPU tensors (the memory alone on meta) gets meta tensors back, never
+        # CPU tensors of uninitialised memory (probe 28)
+        mixed = [meta(argument) if argument is memory[0] else argument for argument in arguments]
+        if any(argument is memory[0] for argument in arguments):
+            assert {t.device.type for t in as_list(getattr(ops, name)(*mixed))} == {"meta"}, name
         # the schema's aliasing (only the caches are written) and the Meta kernel under FakeTensor
         torch.library.opcheck(getattr(ops, name).default, arguments, test_utils=("test_schema", "test_faketensor"))
     with pytest.raises(ValueError, match="one memory tensor per layer"):

@@ -44,7 +44,7 @@ namespace {
 std::string decoder_isa() { return core::isa_name(cpu::active_isa()); }
 
 // The Meta kernels check what the output shapes depend on (the lengths of the lists, the ranks of the
-// tensors sized from) and return empty tensors of the CPU kernels' shapes and dtypes on the inputs' device.
+// tensors sized from) and return empty meta tensors of the CPU kernels' shapes and dtypes.
 
 // The vocabulary size of a decoder weight list, after checking the list's length and the number of
 // memory tensors (and caches, where given) against its layers.
@@ -66,8 +66,10 @@ int64_t meta_length(const at::Tensor& t, const char* op, const char* what) {
   return t.size(0);
 }
 
+// Always on the meta device: the dispatcher sends a call here when any of its tensors is a meta one,
+// and one mixing meta and CPU tensors must not get CPU tensors of uninitialised memory back (probe 28).
 at::Tensor meta_empty(at::IntArrayRef sizes, const at::Tensor& like, at::ScalarType type) {
-  return at::empty(sizes, like.options().dtype(type));
+  return at::empty(sizes, like.options().dtype(type).device(at::kMeta));
 }
 
 at::Tensor decoder_ar_step_meta(at::TensorList weights, int64_t, double, bool, bool, int64_t, int64_t, bool,
