@@ -253,16 +253,14 @@ struct GreedyRules {
   std::vector<int64_t> forced_ids;
 };
 
-// The ids greedy search never chooses, checked: excluded_ids (K,) int64, each in [0, V).
-std::vector<int64_t> checked_excluded(at::TensorList weights, int64_t num_heads, const at::Tensor& excluded_ids,
-                                      const char* op) {
+// The ids greedy search never chooses, checked: excluded_ids (K,) int64, each in [0, vocab).
+std::vector<int64_t> checked_excluded(const at::Tensor& excluded_ids, int64_t vocab, const char* op) {
   TORCH_CHECK_VALUE(excluded_ids.dim() == 1 && excluded_ids.scalar_type() == at::kLong &&
                         excluded_ids.device().is_cpu(),
                     op, ": excluded_ids must be int64 (K,) on the CPU, got ", excluded_ids.sizes());
   const at::Tensor excluded_values = excluded_ids.contiguous();
   const int64_t* excluded = excluded_values.data_ptr<int64_t>();
   std::vector<int64_t> ids(excluded, excluded + excluded_values.numel());
-  const int64_t vocab = parse_embeddings(weights, num_heads, op).vocab;  // the pass checks the rest
   for (const int64_t id : ids) TORCH_CHECK_VALUE(id >= 0 && id < vocab, op, ": excluded id ", id, " outside [0, ", vocab, ")");
   return ids;
 }
@@ -273,9 +271,9 @@ GreedyRules greedy_rules(at::TensorList weights, int64_t num_heads, const at::Te
                         forced.device().is_cpu(),
                     op, ": forced must be bool (", count, ",) on the CPU, got ", forced.sizes(), " ",
                     forced.scalar_type());
+  const int64_t vocab = parse_embeddings(weights, num_heads, op).vocab;  // the pass checks the rest
   GreedyRules rules;
-  rules.excluded = checked_excluded(weights, num_heads, excluded_ids, op);
-  const int64_t vocab = parse_embeddings(weights, num_heads, op).vocab;
+  rules.excluded = checked_excluded(excluded_ids, vocab, op);
   TORCH_CHECK_VALUE(forced_id >= 0 && forced_id < vocab, op, ": forced_id ", forced_id, " outside [0, ", vocab, ")");
   const at::Tensor forced_values = forced.contiguous();
   rules.forced_ids.assign(count, -1);
@@ -355,10 +353,9 @@ struct GrowingCaches {
 // leaves the pass once it is finished (every row's arithmetic is the same whatever the other rows,
 // so its tokens and scores equal a step-by-step loop's). The key/value caches live inside the call
 // (GrowingCaches). Ctrl-C stops it between steps (interrupt_requested, checked every 100 ms past the
-// first 200). Returns tokens (B, max_steps)
-// int64 (after bos; pad_id after a sentence's eos), the summed log-probability of each sentence's
-// tokens (B,) float32 (eos included, added in order in float32) and
-// their count (B,) int64.
+// first 200). Returns tokens (B, max_steps) int64 (after bos; pad_id after a sentence's eos), the
+// summed log-probability of each sentence's tokens (B,) float32 (eos included, added in order in
+// float32) and their count (B,) int64.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> decoder_ar_greedy_search(
     at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu, int64_t mask_id,
     int64_t query_position_offset, bool query_stream, at::TensorList memory_keys, at::TensorList memory_values,
@@ -374,8 +371,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decoder_ar_greedy_search(
   for (int64_t b = 0; b < batch; ++b)
     TORCH_CHECK_VALUE(limit[b] >= 1 && limit[b] <= max_steps, op, ": limit ", limit[b], " outside [1, max_steps = ",
                       max_steps, "]");
-  const std::vector<int64_t> excluded = checked_excluded(weights, num_heads, excluded_ids, op);
-  const Embeddings e = parse_embeddings(weights, num_heads, op);
+  const Embeddings e = parse_embeddings(weights, num_heads, op);  // checked_ar_pass checks the rest
+  const std::vector<int64_t> excluded = checked_excluded(excluded_ids, e.vocab, op);
   for (const auto& [name, id] : {std::pair<const char*, int64_t>{"bos_id", bos_id}, {"eos_id", eos_id},
                                  {"pad_id", pad_id}})
     TORCH_CHECK_VALUE(id >= 0 && id < e.vocab, op, ": ", name, " ", id, " outside [0, ", e.vocab, ")");

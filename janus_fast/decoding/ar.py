@@ -28,20 +28,18 @@ def greedy(
     src_tokens: torch.Tensor,
     src_lengths: torch.Tensor,
     limits: torch.Tensor,
-    stepwise: bool = False,
 ) -> Hypotheses:
     """AR greedy decoding under ``janus_rules``: each sentence at most ``limits`` (B,) int64 tokens,
     eos included (eos forced at the limit). Scores: summed log-probability / tokens (eos included).
     The whole search in one call where the passes have it (``DecoderPasses.ar_greedy_search``: the
-    native passes), else, or with ``stepwise``, one call per step (``greedy_steps``): the same
-    tokens and scores.
+    native passes), else one call per step (``greedy_steps``): the same tokens and scores.
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
     config = model.config
     passes.bind(passes.encode(src_tokens, src_lengths))
     banned = torch.tensor(janus_rules(model).blocked_ids, device=src_tokens.device)
-    found = None if stepwise else passes.ar_greedy_search(limits, banned)
+    found = passes.ar_greedy_search(limits, banned)
     tokens, total_log_prob, out_lengths = found if found is not None else greedy_steps(model, passes, limits, banned)
     specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
     return greedy_hypotheses(output_tokens(tokens.tolist(), config.eos_id, specials), total_log_prob, out_lengths)

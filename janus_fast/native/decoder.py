@@ -351,7 +351,7 @@ class NativeDecoder:
         row from ``bos_id`` until it chooses ``eos_id`` (forced at its ``limits`` (B,) int64 >= 1-th
         token; ``excluded_ids`` (K,) int64 never chosen), finished rows leaving the pass; the
         key/value caches live inside the call. The tokens and scores of the same steps run one
-        call at a time (``janus_fast.decoding.ar.greedy`` with ``stepwise=True``).
+        call at a time (``janus_fast.decoding.ar.greedy_steps``).
 
         Returns tokens (B, max(limits)) int64 after bos (``pad_id`` after a row's eos), the summed
         log-probability of each row's tokens (B,) float32 (eos included) and their count (B,) int64.
