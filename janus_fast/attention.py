@@ -35,7 +35,7 @@ def use_triton(query: torch.Tensor) -> bool:
         return backend == "triton"
     if not query.is_cuda:
         return False
-    from janus_fast import kernels
+    import janus_fast.kernels as kernels
 
     return kernels.TRITON_AVAILABLE and query.shape[-1] in kernels.HEAD_DIMS
 

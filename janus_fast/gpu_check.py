@@ -45,7 +45,7 @@ def environment() -> dict:
     if torch.cuda.is_available():
         properties = torch.cuda.get_device_properties(0)
         info.update(gpu=properties.name, gpu_memory_gib=round(properties.total_memory / 2**30, 1))
-    from janus_fast import ops
+    import janus_fast.ops as ops
 
     info["native_ops"] = ops.HAS_NATIVE_OPS
     info["native_cuda_kernel"] = bool(

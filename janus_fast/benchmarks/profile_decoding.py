@@ -18,8 +18,8 @@ import time
 
 from torch.profiler import ProfilerActivity, profile
 
-from janus_fast import Translator
 from janus_fast.data import read_lines
+from janus_fast.translator import Translator
 
 MATMUL_OPS = ("aten::addmm", "aten::mm", "aten::bmm", "quantized::linear_dynamic")
 

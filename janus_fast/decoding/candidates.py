@@ -80,7 +80,7 @@ def use_length_kernel(states: torch.Tensor, beam: int) -> bool:
         return backend == "triton"
     if not states.is_cuda or beam > 16:  # decided before the import: a plain checkout has no janus_fast.kernels
         return False
-    from janus_fast import kernels
+    import janus_fast.kernels as kernels
 
     return kernels.TRITON_AVAILABLE
 
