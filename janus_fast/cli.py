@@ -637,7 +637,7 @@ def command_export(args: argparse.Namespace) -> int:
         save_pretrained,
         save_tokenizer,
     )
-    from janus_fast.model import decoding_defaults
+    from janus_fast.model import decoding_default_side, decoding_defaults
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     output = checkpoint_output(args.output, [args.model])
@@ -650,8 +650,9 @@ def command_export(args: argparse.Namespace) -> int:
             stacklevel=1,
         )
     given = {name: getattr(args, name) for name in decoding_defaults() if getattr(args, name) is not None}
-    if "length_bonus" in given and not model.config.has_nar:  # translate would refuse it: a dead setting
-        raise InputError(f"--length-bonus is a NAR setting; {args.model} is a plain transformer (AR only)")
+    for name in given:  # translate would refuse it: a dead setting
+        if decoding_default_side(name) == "nar" and not model.config.has_nar:
+            raise InputError(f"{flag(name)} is a NAR setting; {args.model} is a plain transformer (AR only)")
     model.config = dataclasses.replace(model.config, **given)  # decoding defaults kept with the copy
     with replaced_directory(output) as staging:  # the old copy stays whole until the new one is
         save_pretrained(model, staging, dtype=dtype, **lineage([args.model]))

@@ -50,8 +50,14 @@ AR_STREAMS = ("query", "content")  # the decoder stream that predicts P_AR (see 
 
 def decoding_defaults() -> tuple[str, ...]:
     """The ``JanusConfig`` fields that are decoding defaults kept with a model, not its architecture
-    (field metadata "decoding_default"): a run may change them, ``export`` may set them."""
+    (field metadata "decoding_default": the side that uses it, "ar" or "nar"): a run may change them,
+    ``export`` may set them."""
     return tuple(item.name for item in fields(JanusConfig) if item.metadata.get("decoding_default"))
+
+
+def decoding_default_side(name: str) -> str:
+    """The side ("ar" or "nar") that uses the decoding default ``name`` (``decoding_defaults``)."""
+    return next(item.metadata["decoding_default"] for item in fields(JanusConfig) if item.name == name)
 
 
 @dataclass
@@ -112,7 +118,7 @@ class JanusConfig:
         default=0.0,
         metadata={
             "cli": False,
-            "decoding_default": True,
+            "decoding_default": "nar",
             "help": "NAR length bonus stored as the copy's decoding default (see translate --length-bonus; "
             "default: keep the source's)",
         },

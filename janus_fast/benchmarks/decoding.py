@@ -311,9 +311,9 @@ def run_bench(
         "cpu": cpu_description(),
         "native_isa": cpu_isa(),
         "compat": compat,
-        # the NAR rows' ranking: the model's own length bonus
-        "nar_length_bonus": (
-            DecodeOptions(mode="nar").resolve(config).length_bonus
+        # the NAR rows' candidate ranking (the model's own defaults)
+        "nar_ranking": (
+            dataclasses.asdict(DecodeOptions(mode="nar").resolve(config).ranking)
             if compat == "janus" and (trained is None or "nar" in trained)
             else None
         ),
@@ -398,7 +398,7 @@ def format_report(report: dict) -> str:
         f"large batch = {report['max_batch_tokens']} tokens, {report['threads']} threads, "
         f"fp32 matmul peak measured: {report['matmul_peak_gflops']:.0f} GFLOP/s",
         f"CPU: {report.get('cpu', 'unknown')}; native matrix products: {report.get('native_isa', 'none')}",
-        f"NAR length bonus (the model's default): {report.get('nar_length_bonus')}",
+        f"NAR candidate ranking (the model's defaults): {report.get('nar_ranking')}",
         *(
             [f"left out, a side this model's training never trained: {', '.join(report['untrained_rows'])}"]
             if report.get("untrained_rows")
