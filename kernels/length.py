@@ -113,7 +113,6 @@ def length_candidates(
     num_classes = length_weight.shape[0]
     out_lengths = torch.empty(batch, beam, dtype=torch.int64, device=encoder_states.device)
     out_log_probs = torch.empty(batch, beam, dtype=torch.float32, device=encoder_states.device)
-    block_d = 32 if interpreting() else 64
     _length_kernel[(batch,)](
         encoder_states,
         src_lengths,
@@ -128,8 +127,12 @@ def length_candidates(
         min_length,
         BEAM=beam,
         OFFSET=offset,
-        BLOCK_S=16,
-        BLOCK_D=block_d,
-        BLOCK_C=triton.next_power_of_2(num_classes),
+        **block_sizes(num_classes),
     )
     return out_lengths, out_log_probs
+
+
+def block_sizes(num_classes: int) -> dict[str, int]:
+    """The length kernel's tiles for a head of ``num_classes`` classes (all of them in one block; the
+    interpreter's narrower BLOCK_D keeps its NumPy arrays small)."""
+    return {"BLOCK_S": 16, "BLOCK_D": 32 if interpreting() else 64, "BLOCK_C": triton.next_power_of_2(num_classes)}
