@@ -59,3 +59,27 @@ def check_bf16_model(directory: str) -> None:
     for name, parameter in parameters.items():
         assert parameter.dtype == torch.float32, name
         assert torch.equal(parameter.detach(), weights[name].float()), name
+
+
+def test_a_spent_budget_skips_the_steps_and_the_report_says_so(tmp_path):
+    """The visit's time budget: a step that would start with under a minute left is skipped (so the
+    device call's limit is never reached), recorded as such, and the exit status says not all ran."""
+    from janus_fast.gpu_check import main
+
+    out = tmp_path / "out"
+    code = main(["--out", str(out), "--data-dir", MULTI30K, "--dry-run", "--budget-seconds", "30"])
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert code == 1
+    assert list(report["steps"]) == ["environment", "gpu_tests", "kernels", "mask_predict_step", "bench"]
+    assert {step["status"] for step in report["steps"].values()} == {"skipped"}
+    assert report["bench"] == {"skipped": "the budget of 30 s was spent"}
+
+
+@pytest.mark.slow
+def test_the_gpu_tests_stop_at_their_timeout_and_keep_their_log(tmp_path):
+    from janus_fast.gpu_check import gpu_tests
+
+    log = tmp_path / "gpu_tests.log"
+    found = gpu_tests(MULTI30K, dry_run=True, log_path=str(log), timeout=0.5)  # pytest takes longer to start
+    assert found["returncode"] is None and found["timed_out_after_seconds"] == 0.5
+    assert log.exists()
