@@ -14,13 +14,14 @@ from janus_fast.length import length_candidates_reference
 
 from .attention import DTYPES, HEAD_DIMS, MASK_KINDS, attention_reference, fused_attention, interpreting
 from .attention import triton as _triton
-from .length import length_candidates
+from .length import LENGTH_MAX_CLASSES, length_candidates
 
 TRITON_AVAILABLE = _triton is not None
 
 __all__ = [
     "DTYPES",
     "HEAD_DIMS",
+    "LENGTH_MAX_CLASSES",
     "MASK_KINDS",
     "TRITON_AVAILABLE",
     "attention_reference",

@@ -114,17 +114,17 @@ def attention_variants(everything: bool) -> list[Variant]:
 
 def length_variants(everything: bool) -> list[Variant]:
     """``length_candidates`` on a GPU: each beam (1-16), with and without the offset, for length heads
-    of 256 classes (the default) and 1,024, in each dtype; without ``everything``, beams 1 and 16 of
-    256 classes in bf16 and beam 3 of 1,024 classes in fp32."""
+    of 256 classes (the default) and the kernel's most (1,024), in each dtype; without ``everything``,
+    beams 1 and 16 of 256 classes in bf16 and beam 3 of 1,024 classes in fp32."""
     settings = [
         (num_classes, dtype, beam, offset)
-        for num_classes in (256, 1024)
+        for num_classes in (256, length.LENGTH_MAX_CLASSES)
         for dtype in DTYPES
         for beam in range(1, 17)
         for offset in (False, True)
         if everything
         or (num_classes == 256 and dtype == torch.bfloat16 and beam in (1, 16))
-        or (num_classes == 1024 and dtype == torch.float32 and beam == 3 and not offset)
+        or (num_classes == length.LENGTH_MAX_CLASSES and dtype == torch.float32 and beam == 3 and not offset)
     ]
     variants = []
     for num_classes, dtype, beam, offset in settings:

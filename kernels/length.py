@@ -82,6 +82,13 @@ if triton is not None:
             log_probs = tl.where(classes == best, float("-inf"), log_probs)
 
 
+# The most classes a length head may have for the kernel, which holds them all in one block: compiling
+# it for sm_90 takes seconds at 1,024 classes, 1.5 minutes at 2,048 and 9 at 4,096
+# (janus_fast.kernels.ahead_of_time, which compiles it for heads of 256 and 1,024). The decoders use the
+# PyTorch path for larger heads.
+LENGTH_MAX_CLASSES = 1024
+
+
 def length_candidates(
     encoder_states: torch.Tensor,
     src_lengths: torch.Tensor,
@@ -105,6 +112,11 @@ def length_candidates(
         raise ValueError(f"length_weight must be (C, {encoder_states.shape[2]}), got {tuple(length_weight.shape)}")
     if not 1 <= beam <= min(16, length_weight.shape[0] - min_length):
         raise ValueError(f"beam must be in [1, {min(16, length_weight.shape[0] - min_length)}], got {beam}")
+    if length_weight.shape[0] > LENGTH_MAX_CLASSES:
+        raise ValueError(
+            f"the Triton length kernel takes at most {LENGTH_MAX_CLASSES} length classes, got {length_weight.shape[0]} "
+            "(use length_candidates_reference)"
+        )
     if triton is None:
         raise RuntimeError("triton is not installed: use length_candidates_reference")
     if not encoder_states.is_cuda and not interpreting():

@@ -89,7 +89,7 @@ def test_nar_decoding_on_the_cpu_needs_no_kernels_package(model, decoder, monkey
     with pytest.raises(ImportError):
         from janus_fast import kernels  # noqa: F401
     src, lengths = sources()
-    assert use_length_kernel(torch.zeros(4, 6, 32), 3) is False
+    assert use_length_kernel(torch.zeros(4, 6, 32), 3, 256) is False
     tokens = generate(model, src, lengths, mode="nar", iterations=2, length_beam=3, decoder=decoder)
     assert len(tokens) == len(src) and all(tokens)
 

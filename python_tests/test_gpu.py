@@ -68,6 +68,16 @@ def test_length_kernel_compiled_matches_reference(offset, dtype):
     torch.testing.assert_close(got[1].cpu(), expected[1], atol=1e-3, rtol=1e-3)
 
 
+def test_decoders_take_the_length_kernel_for_heads_it_compiles_quickly():
+    """``use_length_kernel`` on the device's states: the kernel for the default 256 classes, the
+    PyTorch path past ``LENGTH_MAX_CLASSES`` (a 4,096-class head took 9 minutes to compile)."""
+    from janus_fast.decoding.candidates import use_length_kernel
+
+    states = torch.zeros(2, 5, 32, device=DEVICE)
+    assert use_length_kernel(states, 3, kernels.LENGTH_MAX_CLASSES + 1) is False
+    assert use_length_kernel(states, 3, 256) is (not DRY_RUN)  # the dry run's CPU states: PyTorch
+
+
 def test_native_mask_predict_step_on_device_matches_reference():
     for seed, (rows, width, vocab) in enumerate([(3, 7, 50), (8, 20, 300)] + ([] if DRY_RUN else [(192, 32, 8000)])):
         generator = torch.Generator().manual_seed(seed)

@@ -138,6 +138,8 @@ def test_length_misuse_raises():
         length_candidates(torch.zeros(1, 4, 32), torch.tensor([4]), torch.zeros(256, 32), 0)
     with pytest.raises(ValueError, match="length_weight"):
         length_candidates(torch.zeros(1, 4, 32), torch.tensor([4]), torch.zeros(256, 16), 2)
+    with pytest.raises(ValueError, match="at most 1024 length classes, got 1025"):  # minutes to compile on a GPU
+        length_candidates(torch.zeros(1, 4, 32), torch.tensor([4]), torch.zeros(1025, 32), 2)
 
 
 def test_model_forward_through_triton_equals_torch_path(monkeypatch):

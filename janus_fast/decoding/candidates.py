@@ -53,7 +53,7 @@ def length_candidates(
         raise ValueError(f"unknown length rule {rule!r}; expected one of {LENGTH_RULES}")
     beam = max_length_beam(model, length_beam)
     options = {"offset": config.length_offset, "min_length": MIN_NAR_LENGTH}
-    if use_length_kernel(states, beam):
+    if use_length_kernel(states, beam, config.num_length_classes):
         from janus_fast.kernels import length_candidates as fused_length_candidates
 
         lengths, log_probs = fused_length_candidates(states, src_lengths, model.length_embed.weight, beam, **options)
@@ -69,10 +69,11 @@ def length_candidates(
     return torch.where(impossible, lengths[:, :1], lengths), log_probs
 
 
-def use_length_kernel(states: torch.Tensor, beam: int) -> bool:
+def use_length_kernel(states: torch.Tensor, beam: int, num_classes: int) -> bool:
     """Whether length candidates come from the Triton kernel: ``JANUS_FAST_LENGTH_BACKEND``
     "torch" / "triton" forces a path; "auto" (default) takes the kernel for CUDA states when triton
-    is installed and the beam is within the kernel's 16."""
+    is installed, the beam is within the kernel's 16 and the head within its classes
+    (``janus_fast.kernels.LENGTH_MAX_CLASSES``)."""
     backend = os.environ.get("JANUS_FAST_LENGTH_BACKEND", "auto")
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"JANUS_FAST_LENGTH_BACKEND={backend!r}; expected auto, torch or triton")
@@ -82,7 +83,7 @@ def use_length_kernel(states: torch.Tensor, beam: int) -> bool:
         return False
     import janus_fast.kernels as kernels
 
-    return kernels.TRITON_AVAILABLE
+    return kernels.TRITON_AVAILABLE and num_classes <= kernels.LENGTH_MAX_CLASSES
 
 
 def max_length_beam(model: JanusModel, length_beam: int) -> int:
