@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=(
             "time for the whole visit from --started-at: a step that would start with less than a minute "
-            "left is skipped, the GPU tests stop at what is left (default: 480 on a GPU, so that the "
-            "device call's 600 s limit is never reached; none in a dry run)"
+            "left is skipped, the GPU tests stop two minutes before the end (default: 480 on a GPU, so that "
+            "the device call's 600 s limit is never reached; none in a dry run)"
         ),
     )
     parser.add_argument(
@@ -168,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
     step("environment", environment)
     tests_log = os.path.join(args.out, "gpu_tests.log")
-    # the tests stop two steps' minimum before the budget ends, so that the kernel benchmarks still run
-    tests_timeout = lambda: max(MIN_STEP_SECONDS, min(1800.0, seconds_left() - 2 * MIN_STEP_SECONDS))  # noqa: E731
+
+    def tests_timeout() -> float:  # two steps' minimum before the budget ends: the kernel benchmarks still run
+        return max(MIN_STEP_SECONDS, min(1800.0, seconds_left() - 2 * MIN_STEP_SECONDS))
+
     step("gpu_tests", lambda: gpu_tests(args.data_dir, args.dry_run, tests_log, tests_timeout()))
     step("kernels", lambda: profile_kernels(repeats=2 if args.dry_run else 20))
     grid = (
