@@ -44,7 +44,8 @@ def _why_not_text(sentence: str, error: Exception) -> str:
 
 class Translator:
     """Translate sentences with a JANUS model: autoregressively (default: AR greedy, on the shipped
-    model on the CPU both faster and better than mask-predict), non-autoregressively (mask-predict) or
+    model on the CPU better than mask-predict and faster than it at 4 or more iterations),
+    non-autoregressively (mask-predict) or
     speculatively (NAR drafts, AR verifies: AR greedy's output).
 
     Args:
@@ -58,14 +59,16 @@ class Translator:
         precision: "fp32" (default; engine == reference token for token), "bf16" or "int8": the
             decode precision (``janus_fast.decoding.passes.PassChoice``: on the CPU the native passes
             store their weights in that type and multiply in it where the CPU has the instructions,
-            AVX-512 BF16 / VNNI; int8 elsewhere runs PyTorch's dynamic int8 layers). Outputs may
-            differ slightly from fp32.
+            AVX-512 BF16 / VNNI, and without VNNI widen their int8 weights to fp32; only without the
+            native passes does int8 run PyTorch's dynamic int8 layers). Outputs may differ slightly
+            from fp32.
         release_weights: free the model's own fp32 copy of its layer matrices once the engine's
             native passes hold them at ``precision``, so the weights are in memory once (a big model
             at int8: a quarter of the fp32 bytes). The model is changed in place (its linear
             layers' weights become meta tensors) and the translator then decodes with the engine at
             its own precision only. The CLI's translate, evaluate and distill do this. ValueError
-            where the passes need the PyTorch model (reference decoder; int8 without AVX-512 VNNI).
+            where the passes need the PyTorch model (reference decoder; no native passes: the extension
+            not built, a GPU, or a model they cannot run).
     """
 
     def __init__(

@@ -39,9 +39,8 @@ run() {
   [[ " $ONLY " == *" $name "* ]] || return 0
   echo "== $name: --objective $objective --seed $seed $*"
   janus-fast train --output-dir "$RUNS/$name" --data-dir "$RUNS/data" --train-target "$RUNS/data/train.en.gz" \
-    --init-from "$MODEL" --vocab-size 8000 --d-model 256 --num-heads 4 --ffn-dim 1024 --encoder-layers 3 \
-    --decoder-layers 3 --objective "$objective" --seed "$seed" "$@" --lr 1e-4 --warmup-updates 300 \
-    --max-updates "$UPDATES" --max-tokens 2048 --dropout 0.1 --epochs 1000 --precision auto --threads "$THREADS" \
+    --init-from "$MODEL" "${model_shape[@]}" "${recipe_batch[@]}" --objective "$objective" --seed "$seed" "$@" \
+    --lr 1e-4 --warmup-updates 300 --max-updates "$UPDATES" --precision auto --threads "$THREADS" \
     --save-every 50 --keep-every 500 --valid-iterations 4 --no-progress
 }
 run ar_seed1 ar 1

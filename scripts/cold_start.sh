@@ -22,12 +22,13 @@ STEP=${STEP:-250}
 MAX=${MAX:-10000}
 THREADS=${THREADS:-1}
 mkdir -p "$RUNS/cold_ar" "$RUNS/cold_janus"
+# shellcheck source=scripts/corpus_lib.sh
+. "$(dirname "$0")/corpus_lib.sh"
 
 # train NAME OBJECTIVE UPDATES
 train() {
   janus-fast train --output-dir "$RUNS/$1" --data-dir "$DATA_DIR" --source-lang de --target-lang en \
-    --vocab-size 8000 --d-model 256 --num-heads 4 --ffn-dim 1024 --encoder-layers 3 --decoder-layers 3 \
-    --objective "$2" --seed 1 --dropout 0.1 --lr 1e-3 --warmup-updates 300 --max-tokens 2048 --epochs 1000 \
+    "${model_shape[@]}" "${recipe_batch[@]}" --objective "$2" --seed 1 --lr 1e-3 --warmup-updates 300 \
     --max-updates "$3" --precision auto --threads "$THREADS" --save-every 50 --keep-every "$STEP" \
     --valid-iterations 4 --no-progress
 }

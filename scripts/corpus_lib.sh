@@ -1,5 +1,12 @@
 # Shell functions shared by the training recipes (sourced, not run). DATA_DIR: the Multi30k folder.
 
+# The shipped model's shape (janus_fast/pretrained/multi30k-de-en/MODEL.md; VOCAB_SIZE overrides
+# the vocabulary for a quick trial) and every recipe's batch: 2,048 target tokens an update,
+# dropout 0.1, stopped by --max-updates (not by epochs).
+model_shape=(--vocab-size "${VOCAB_SIZE:-8000}" --d-model 256 --num-heads 4 --ffn-dim 1024 --encoder-layers 3
+  --decoder-layers 3)
+recipe_batch=(--max-tokens 2048 --dropout 0.1 --epochs 1000)
+
 # the corpus file NAME in DATA_DIR, plain or gzipped
 corpus() {
   local f

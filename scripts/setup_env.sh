@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create (or reuse) .venv with the CPU build of torch and install janus_fast in editable mode,
+# Create (or reuse) .venv with torch 2.13.0 (the CPU build where TORCH_INDEX_URL names the CPU index
+# or the index holds only that; from PyPI on Linux the CUDA build) and install janus_fast in editable mode,
 # building its C++ extension (and the CUDA one where a toolkit and a CUDA torch are present).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -22,11 +22,9 @@ MIX_UPDATES=${MIX_UPDATES:-2500}
 KEEP=${KEEP:-100}  # keep the model every KEEP updates (for averaging)
 LENGTH_BONUSES=${LENGTH_BONUSES:-0 0.01 0.02 0.03 0.04 0.05 0.06 0.07 0.08}  # stage 7's grid
 mkdir -p "$RUNS"
-architecture=(--vocab-size "${VOCAB_SIZE:-8000}" --d-model 256 --num-heads 4 --ffn-dim 1024 --encoder-layers 3 --decoder-layers 3
-  --dropout 0.1 --max-tokens 2048 --epochs 1000 --precision auto --threads "$THREADS" --no-progress)
-
 # shellcheck source=scripts/corpus_lib.sh
 . "$(dirname "$0")/corpus_lib.sh"
+architecture=("${model_shape[@]}" "${recipe_batch[@]}" --precision auto --threads "$THREADS" --no-progress)
 # the saves of RUN from update FIRST to LAST (every KEEP), one directory per line
 saves() { local run=$1 first=$2 last=$3 u; for ((u = first; u <= last; u += KEEP)); do printf '%s/saves/u%06d\n' "$run" "$u"; done; }
 # the largest multiple of KEEP <= N

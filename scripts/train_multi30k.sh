@@ -12,9 +12,10 @@ cd "$(dirname "$0")/.."
 RUN_ROOT=${1:-runs}
 MAX_UPDATES=${2:-1548}  # 6 epochs of 258 batches (the README table): the last update is validated
 DATA_DIR=${DATA_DIR:?set DATA_DIR to the Multi30k folder (train/val/test .de/.en .gz files)}
-COMMON=(--data-dir "$DATA_DIR" --source-lang de --target-lang en --vocab-size 8000
-        --d-model 256 --num-heads 4 --ffn-dim 1024 --encoder-layers 3 --decoder-layers 3
-        --dropout 0.1 --lr 1e-3 --warmup-updates 300 --max-tokens 2048 --epochs 1000
+# shellcheck source=scripts/corpus_lib.sh
+. scripts/corpus_lib.sh
+COMMON=(--data-dir "$DATA_DIR" --source-lang de --target-lang en "${model_shape[@]}" "${recipe_batch[@]}"
+        --lr 1e-3 --warmup-updates 300
         --max-updates "$MAX_UPDATES" --save-every 100 --log-every 20 --threads 1 --no-progress)
 
 mkdir -p "$RUN_ROOT/final_janus" "$RUN_ROOT/final_ar" "$RUN_ROOT/final_cmlm"

@@ -5,7 +5,7 @@
 #
 # FAIRSEQ_VENV: a Python 3.10 venv with torch==2.4.1 fairseq==0.12.2 'numpy<2' (pip<24.1 to install).
 # TRAINED_CMLM.pt: a small trained fairseq cmlm_transformer over DICT.txt (joined dictionary; here
-# the 400-update model of the shared fairseq_cmlm_tiny fixture, trained on the same 2,000 pairs),
+# a 400-update model trained with fairseq-train on the same 2,000 pairs),
 # trained on to 1,600 updates here. Writes to OUT: the two checkpoints (trained, prenorm), dict.txt, test.de and one fairseq-generate output per (model, --iter-decode-max-iter,
 # --iter-decode-with-beam, adaptive/force). Takes about 20 minutes on 2 CPU cores.
 set -euo pipefail

@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # Reproduce the JANUS-plugin golden fixtures (fairseq 0.12.2, torch 2.4.1, CPU, one thread).
-#   [TRAIN=0] [PLUGIN=..] [ARFIX=..] [WORK=..] [OUT=..] bash make_janus_fixtures.sh
-# DICT and RAW: the dictionary and text of make_fixtures.sh (its WORK directory).
+#   [TRAIN=0] [VENV=..] [PLUGIN=..] [ARFIX=..] [DICT=..] [RAW=..] [WORK=..] [OUT=..] bash make_janus_fixtures.sh
+# VENV: a virtual environment with fairseq 0.12.2. DICT and RAW: the dictionary and text of
+# make_fixtures.sh (its WORK directory).
 # Plugin: github dropreg/JANUS (commit 116039b), directory janus/src used as --user-dir, unpatched.
 # ARFIX: a copy of janus/src whose query-stream pass of an incremental AR step attends to the self-attention
 # cache as it is (the content pass of the step already appended its key/value) instead of appending the
 # same key/value again; used only for the *_arfix outputs (python_tests/data/fairseq/README.md explains why).
 set -euo pipefail
-. /root/fairseq-venv/bin/activate
+. "${VENV:-$HOME/fairseq-venv}/bin/activate"
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-PLUGIN=${PLUGIN:-/root/janus-plugin/src/janus/src}
-ARFIX=${ARFIX:-/root/janus-plugin/src-arfix/janus_arfix}
+PLUGIN=${PLUGIN:-$HOME/janus-plugin/src/janus/src}
+ARFIX=${ARFIX:-$HOME/janus-plugin/src-arfix/janus_arfix}
 WORK=${WORK:-/tmp/janus-plugin-work}
 OUT=${OUT:-/tmp/janus-plugin-fixtures}
-DICT=/root/fq-out/dict.txt          # joined dictionary (2,652 lines -> 2,656 types)
-RAW=/root/fq-work/raw               # lower-cased, punctuation-split Multi30k text (prepare_text.py)
+DICT=${DICT:-$HOME/fq-out/dict.txt}  # joined dictionary (2,652 lines -> 2,656 types)
+RAW=${RAW:-$HOME/fq-work/raw}        # lower-cased, punctuation-split Multi30k text (prepare_text.py)
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$WORK" "$OUT"
 

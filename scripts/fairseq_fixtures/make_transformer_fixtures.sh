@@ -5,7 +5,7 @@
 # DATA_BIN / DATA_BIN20: the binarised 2,000 training pairs and the first 20 test sentences of
 # make_janus_fixtures.sh (same joined dictionary, python_tests/data/fairseq/dict.txt).
 set -euo pipefail
-VENV=${VENV:-/root/fairseq-venv}
+VENV=${VENV:-$HOME/fairseq-venv}
 DATA_BIN=${DATA_BIN:-/tmp/janus-plugin-work/data-bin}
 DATA_BIN20=${DATA_BIN20:-/tmp/janus-plugin-work/data-bin20}
 WORK=${WORK:-/tmp/fq-transformer}
