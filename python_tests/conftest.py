@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import inspect
 import os
 
 # The Triton kernels are tested on the CPU through Triton's interpreter; it must be chosen before
@@ -15,6 +16,35 @@ import torch
 from janus_fast.model import JanusConfig, JanusModel
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _interpreter_index_fix() -> None:
+    """Make older Triton interpreters run the kernels' loops under numpy >= 2.4.
+
+    The interpreter holds a scalar kernel argument as a one-element array, and Triton 3.6's (the
+    GPU image's; torch 2.11 installs it) turns it into a loop bound with ``int(array)``, which numpy
+    2.4 refuses ("only 0-dimensional arrays can be converted to Python scalars": every kernel's
+    ``range(0, num_keys, BLOCK_N)`` failed). Later interpreters squeeze the array first; this does
+    the same where the installed one does not. Only the interpreter is touched: compiled kernels
+    never take this path."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    try:
+        from triton.runtime import interpreter
+    except ImportError:  # no triton: the kernel tests skip themselves
+        return
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or "squeeze" in inspect.getsource(patch):
+        return
+
+    def patch_with_squeezed_index(tensor, scope) -> None:  # noqa: ANN001
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    interpreter._patch_lang_tensor = patch_with_squeezed_index
+
+
+_interpreter_index_fix()
 
 
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
