@@ -31,3 +31,29 @@ def test_the_readme_python_example_runs_as_written():
     assert int8.translate(sentence)[0].strip()
     with pytest.raises(ValueError, match="held only by the engine"):
         int8.translate(sentence, precision="fp32")
+
+
+def github_anchor(heading: str) -> str:
+    """The id GitHub gives a Markdown heading: lower case, punctuation but '-' and '_' dropped,
+    spaces as '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_the_readme_links_lead_somewhere():
+    """Every relative link of the README names a file of the repository, and every #anchor a heading
+    (of the README, or of the linked Markdown file)."""
+    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as file:
+        text = file.read()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert len(links) > 20
+    for link in links:
+        if link.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = link.partition("#")
+        target = os.path.join(REPO_ROOT, path) if path else os.path.join(REPO_ROOT, "README.md")
+        assert os.path.exists(target), f"README links to {link}: no {path}"
+        if anchor:
+            with open(target, encoding="utf-8") as file:
+                headings = re.findall(r"^#+ (.+)$", file.read(), flags=re.M)
+            anchors = {github_anchor(heading) for heading in headings}
+            assert anchor in anchors, f"README links to {link}: no such heading"
