@@ -1,7 +1,8 @@
 """Optional dynamic int8 compute for CPU decoding (``precision="int8"``) where the engine's native
-passes do not run int8 products themselves: the reference decoder, a model the native passes cannot
-run, and large batches on a CPU without AVX-512 VNNI (``janus_fast.translator``). With VNNI the
-native passes quantize activations per row instead (``janus_fast.native.decoder``).
+passes do not run at all: the reference decoder, a model the native passes cannot run, or no native
+extension (``janus_fast.decoding.passes.PassChoice``). Where they run, the native passes decode int8
+themselves at every batch size: with VNNI they quantize activations per row, without it they widen
+int8 weights to fp32 (``janus_fast.native.decoder``).
 
 Every ``nn.Linear`` of a copy of the model (attention projections, feed-forward, length head) and
 the tied output projection run through PyTorch's dynamic int8 kernels (fbgemm / x86 backend):
