@@ -436,7 +436,10 @@ def test_ctrl_c_stops_a_long_greedy_search(tmp_path):
 
     script = tmp_path / "long_search.py"
     script.write_text(
-        "import sys, time, torch\n"
+        "import signal, sys, time, torch\n"
+        # Python's KeyboardInterrupt handler, as in a terminal: a process started from a background job
+        # of a non-interactive shell (a CI runner's) inherits SIGINT ignored, and Python then leaves it so
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
         "from conftest import random_model\n"
         "from janus_fast.decoding import engine\n"
