@@ -28,7 +28,7 @@ from janus_fast.decoding.options import DecodeOptions
 from janus_fast.translator import DEFAULT_MODEL_DIR, Translator
 
 WARM_RUNS = ("ar_seed1", "ar_seed2", "janus_ref", "janus_detach")  # scripts/ar_claim.sh
-COLD_RUNS = ("cold_ar", "cold_janus")  # scripts/cold_start.sh
+COLD_RUNS = ("cold_ar", "cold_janus", "cold_ar_seed2")  # scripts/cold_start.sh (the last with SEED2=1)
 RUNS = WARM_RUNS + COLD_RUNS
 SETTINGS = {
     "ar greedy": {"mode": "ar", "beam": 1},
