@@ -9,9 +9,13 @@ import pytest
 from conftest import REPO_ROOT
 
 
-def readme_python_blocks() -> list[str]:
+def readme_text() -> str:
     with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as file:
-        return re.findall(r"^```python\n(.*?)^```", file.read(), flags=re.S | re.M)
+        return file.read()
+
+
+def readme_python_blocks() -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", readme_text(), flags=re.S | re.M)
 
 
 @pytest.mark.slow
@@ -42,9 +46,7 @@ def github_anchor(heading: str) -> str:
 def test_the_readme_links_lead_somewhere():
     """Every relative link of the README names a file of the repository, and every #anchor a heading
     (of the README, or of the linked Markdown file)."""
-    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as file:
-        text = file.read()
-    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    links = re.findall(r"\]\(([^)\s]+)\)", readme_text())
     assert len(links) > 20
     for link in links:
         if link.startswith(("http://", "https://", "mailto:")):

@@ -24,7 +24,7 @@ RUNS=${RUNS:-$HOME/janus-runs/coldstart}
 STEP=${STEP:-250}
 MAX=${MAX:-10000}
 THREADS=${THREADS:-1}
-mkdir -p "$RUNS/cold_ar" "$RUNS/cold_janus"
+mkdir -p "$RUNS/cold_janus"
 # shellcheck source=scripts/corpus_lib.sh
 . "$(dirname "$0")/corpus_lib.sh"
 
@@ -38,7 +38,7 @@ train() {
 
 # one tokenizer for both runs (trained by a 0-update janus run, copied to the ar run)
 [ -f "$RUNS/cold_janus/spm.model" ] || train cold_janus janus 0
-ar_runs=(cold_ar)
+ar_runs=(cold_ar)  # the AR-only run(s): the one of index i has seed i + 1
 [ "${SEED2:-0}" = 1 ] && ar_runs+=(cold_ar_seed2)
 for run in "${ar_runs[@]}"; do
   mkdir -p "$RUNS/$run"
@@ -46,8 +46,8 @@ for run in "${ar_runs[@]}"; do
 done
 # train_ar UPDATES: the AR-only run(s) to UPDATES, one after the other
 train_ar() {
-  train cold_ar ar "$1"
-  if [ "${SEED2:-0}" = 1 ]; then train cold_ar_seed2 ar "$1" 2; fi
+  local i
+  for i in "${!ar_runs[@]}"; do train "${ar_runs[$i]}" ar "$1" $((i + 1)); done
 }
 for ((updates = STEP; updates <= MAX; updates += STEP)); do
   echo "== turn: both runs to $updates updates"
