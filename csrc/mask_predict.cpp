@@ -94,10 +94,7 @@ TORCH_LIBRARY(janus_fast, m) {
       "int mask_id) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(janus_fast, Meta, m) {
-  m.impl("mask_predict_step", &mask_predict_step_meta);
-  m.impl("mask_predict_remask", &mask_predict_remask_meta);
-}
+JANUS_MASK_PREDICT_KERNELS(Meta, meta)
 
 }  // namespace janus_fast
 

@@ -27,3 +27,12 @@ void check_mask_predict_lengths(const at::Tensor& lengths, int64_t max_length,
                                 const char* op = "mask_predict_step");
 
 }  // namespace janus_fast
+
+// Registers both ops' kernels for one dispatch key KEY (Meta in mask_predict.cpp, CPU in
+// cpu/mask_predict_cpu.cpp, CUDA in cuda/mask_predict_cuda.cu): mask_predict_step_<suffix> and
+// mask_predict_remask_<suffix>, declared in the file that uses it (inside namespace janus_fast).
+#define JANUS_MASK_PREDICT_KERNELS(KEY, suffix)                   \
+  TORCH_LIBRARY_IMPL(janus_fast, KEY, m) {                        \
+    m.impl("mask_predict_step", &mask_predict_step_##suffix);     \
+    m.impl("mask_predict_remask", &mask_predict_remask_##suffix); \
+  }

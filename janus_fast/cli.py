@@ -142,17 +142,15 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# the flags that set up a Translator (Translator.from_pretrained's keywords, under the same names)
+TRANSLATOR_FLAGS = ("device", "max_batch_tokens", "on_long_input", "decoder", "precision")
+
+
 def _translator(args: argparse.Namespace):  # noqa: ANN202
     from janus_fast.translator import Translator
 
-    translator = Translator.from_pretrained(
-        args.model,
-        device=args.device,
-        max_batch_tokens=args.max_batch_tokens,
-        on_long_input=args.on_long_input,
-        decoder=args.decoder,
-        precision=args.precision,
-    )
+    settings = {name: getattr(args, name) for name in TRANSLATOR_FLAGS}
+    translator = Translator.from_pretrained(args.model, **settings)
     if translator.choice.can_release_weights:  # the command decodes at this precision only: weights once
         translator.choice.release_weights()
     return translator

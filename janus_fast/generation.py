@@ -104,14 +104,8 @@ def decode_batch(
         else:  # exact speculative decoding gives AR greedy's output: its reference is AR greedy
             beam = 1 if mode == "spec" else options.beam
             hypotheses = reference.ar_search(reference_model, src_tokens, src_lengths, beam, limits)
-    elif mode == "nar":
-        hypotheses = engine.mask_predict(
-            *src, options.iterations, options.length_beam, ranking=options.ranking, choice=choice
-        )
-    elif mode == "spec":
-        hypotheses = engine.speculative(*src, limits, options=options.speculative, stats=stats, choice=choice)
     else:
-        hypotheses = engine.ar_search(*src, options.beam, limits, choice=choice)
+        hypotheses = engine.decode(choice, src_tokens, src_lengths, options, stats)
     if options.collapse_repeats:
         hypotheses = Hypotheses([collapse_repeats(tokens) for tokens in hypotheses.tokens], hypotheses.scores)
     return hypotheses

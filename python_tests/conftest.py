@@ -13,6 +13,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
+from janus_fast.decoding import engine
+from janus_fast.decoding.hypotheses import Hypotheses
+from janus_fast.decoding.options import DecodeOptions
+from janus_fast.decoding.passes import PassChoice
 from janus_fast.model import JanusConfig, JanusModel
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,6 +91,18 @@ def random_model(seed: int = 0, **overrides) -> JanusModel:
             parameter.normal_(0.0, 0.3)
         model.length_embed.weight.normal_(0.0, 1.0)
     return model
+
+
+def engine_decode(model: JanusModel, src_tokens: torch.Tensor, src_lengths: torch.Tensor, **options) -> Hypotheses:
+    """``janus_fast.decoding.engine.decode`` with its options as keywords of ``DecodeOptions``
+    (e.g. ``mode="nar", iterations=4``), resolved for ``model``, over the passes chosen for their
+    precision (default fp32); ``stats=`` a ``SpeculativeStats`` to fill. NAR ranks with no length
+    bonus unless ``length_bonus`` is given."""
+    stats = options.pop("stats", None)
+    if options.get("mode") == "nar":
+        options.setdefault("length_bonus", 0.0)
+    resolved = DecodeOptions(**options).resolve(model.config)
+    return engine.decode(PassChoice(model, resolved.precision), src_tokens, src_lengths, resolved, stats)
 
 
 def random_sources(

@@ -56,7 +56,8 @@ def _exhaustive_best(table: torch.Tensor, rules: BeamRules, limit: int) -> tuple
 def test_caches_grow_past_their_first_room(model, decoder, beam):
     """A key/value cache starts with room for CACHE_START_POSITIONS steps and grows as the steps
     need: outputs longer than that equal the reference's without any cache."""
-    from janus_fast.decoding import engine
+    from conftest import engine_decode
+
     from janus_fast.model import CACHE_START_POSITIONS
     from janus_fast.native.decoder import native_decoder_available
 
@@ -66,10 +67,12 @@ def test_caches_grow_past_their_first_room(model, decoder, beam):
             "beam search would be the reference's own, compared with itself"
         )
     src, lengths = sources()
-    limit = {"max_len": (0.0, CACHE_START_POSITIONS + 20)}
-    uncached = ar_search(model, src, lengths, beam=beam, use_cache=False, **limit)
-    search = engine.ar_search if decoder == "engine" else ar_search
-    got = search(model, src, lengths, beam=beam, **limit)
+    max_len = (0.0, CACHE_START_POSITIONS + 20)
+    uncached = ar_search(model, src, lengths, beam=beam, use_cache=False, max_len=max_len)
+    if decoder == "engine":
+        got = engine_decode(model, src, lengths, beam=beam, max_len_a=max_len[0], max_len_b=max_len[1])
+    else:
+        got = ar_search(model, src, lengths, beam=beam, max_len=max_len)
     assert got.tokens == uncached.tokens
     assert got.scores == pytest.approx(uncached.scores, abs=1e-4)
     assert max(len(t) for t in got.tokens) > CACHE_START_POSITIONS

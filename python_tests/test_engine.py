@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_model, random_sources
+from conftest import engine_decode, random_model, random_sources
 
-from janus_fast.decoding import engine
 from janus_fast.decoding.packed import PackedRows, packed_decode
 from janus_fast.decoding.reference import ar_search, mask_predict
 from janus_fast.generation import generate
@@ -19,7 +18,7 @@ def test_engine_mask_predict_equals_reference(seed, iterations, length_beam):
     model = random_model(seed)
     src, lengths = random_sources(seed)
     expected = mask_predict(model, src, lengths, iterations, length_beam)
-    got = engine.mask_predict(model, src, lengths, iterations, length_beam)
+    got = engine_decode(model, src, lengths, mode="nar", iterations=iterations, length_beam=length_beam)
     assert got.tokens == expected.tokens
     assert got.scores == pytest.approx(expected.scores, abs=1e-5)
 
@@ -41,7 +40,7 @@ def test_engine_greedy_equals_reference(seed):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(NativeDecoder, "ar_greedy_search", counted)
-        got = engine.ar_search(model, src, lengths, beam=1)
+        got = engine_decode(model, src, lengths, beam=1)
     assert len(calls) == (1 if native_decoder_available() else 0)
     assert got.tokens == expected.tokens
     assert got.scores == pytest.approx(expected.scores, abs=1e-5)
@@ -76,13 +75,13 @@ def test_engine_beam_search_equals_reference(seed, beam):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(NativeDecoder, "ar_topk_step", counted)
         patch.setattr(NativeDecoder, "reorder_caches", staticmethod(counted_reorder))
-        got = engine.ar_search(model, src, lengths, beam=beam)
+        got = engine_decode(model, src, lengths, beam=beam)
     assert calls and reorders  # the native step and the native reorder of its caches ran
     assert got.tokens == expected.tokens
     assert got.scores == pytest.approx(expected.scores, abs=1e-5)
     assert any(len(t) > 1 for t in got.tokens)
     if beam == 4:
-        assert got.tokens != engine.ar_search(model, src, lengths, beam=1).tokens  # the beam decides something
+        assert got.tokens != engine_decode(model, src, lengths, beam=1).tokens  # the beam decides something
 
 
 @pytest.mark.parametrize("mode", ["nar", "ar"])
@@ -123,7 +122,7 @@ def test_finished_sentences_leave_the_batch(decoder, beam):
         rows_per_step.append(len(tokens))
         return original(self, tokens, *args, **kwargs)
 
-    search = engine.ar_search if decoder == "engine" else ar_search
+    search = engine_decode if decoder == "engine" else ar_search
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cls, name, counted)
         patch.setattr(passes.NativePasses, "ar_greedy_search", lambda self, limits, banned: None)

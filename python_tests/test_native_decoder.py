@@ -17,9 +17,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MULTI30K, random_model
+from conftest import MULTI30K, engine_decode, random_model
 
-from janus_fast.decoding import ar, engine, passes
+from janus_fast.decoding import ar, passes
 from janus_fast.decoding.beam import BeamChoice, janus_rules
 from janus_fast.decoding.reference import ar_search, mask_predict
 from janus_fast.native.decoder import (
@@ -423,7 +423,7 @@ def test_greedy_search_memory_follows_what_is_decoded_not_the_length_limit():
     model = eos_first_model(d_model=32, num_heads=2, ffn_dim=32, max_target_positions=1 << 16)
     batch = 4096
     src = torch.randint(5, model.config.vocab_size, (batch, 4), generator=torch.Generator().manual_seed(0))
-    hypotheses = engine.ar_search(model, src, torch.full((batch,), 4), beam=1, max_len=(0.0, 60_000))
+    hypotheses = engine_decode(model, src, torch.full((batch,), 4), max_len_a=0.0, max_len_b=60_000)
     assert hypotheses.tokens == [[]] * batch  # eos first: no tokens (the caches would be 2 x 31 GB per layer)
 
 
@@ -442,7 +442,7 @@ def test_ctrl_c_stops_a_long_greedy_search(tmp_path):
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
         "from conftest import random_model\n"
-        "from janus_fast.decoding import engine\n"
+        "from janus_fast.generation import generate\n"
         "torch.set_num_threads(1)\n"
         "model = random_model(0, d_model=64, num_heads=2, ffn_dim=64, max_target_positions=1 << 14)\n"
         "with torch.no_grad():\n"
@@ -450,7 +450,7 @@ def test_ctrl_c_stops_a_long_greedy_search(tmp_path):
         "src = torch.randint(5, model.config.vocab_size, (64, 4))\n"
         "print('searching', flush=True)\n"
         "try:\n"
-        "    engine.ar_search(model, src, torch.full((64,), 4), beam=1, max_len=(0.0, 16_000))\n"
+        "    generate(model, src, torch.full((64,), 4), max_len_a=0.0, max_len_b=16_000)\n"
         "    print('finished')\n"
         "except KeyboardInterrupt:\n"
         "    print('interrupted', flush=True)\n"
@@ -1074,8 +1074,9 @@ def test_engine_equals_reference_with_and_without_native_passes(native, architec
         monkeypatch.setattr(passes, "unsupported_reason", lambda model: "disabled by the test")
     model = model_for("medium", seed=6, architecture=architecture)
     src, lengths = sources(6, 5, model.config.vocab_size)
-    assert engine.mask_predict(model, src, lengths, 4, 3).tokens == mask_predict(model, src, lengths, 4, 3).tokens
-    assert engine.ar_search(model, src, lengths, beam=1).tokens == ar_search(model, src, lengths, beam=1).tokens
+    nar = engine_decode(model, src, lengths, mode="nar", iterations=4, length_beam=3)
+    assert nar.tokens == mask_predict(model, src, lengths, 4, 3).tokens
+    assert engine_decode(model, src, lengths, beam=1).tokens == ar_search(model, src, lengths, beam=1).tokens
 
 
 def test_bad_inputs_raise_clear_errors():

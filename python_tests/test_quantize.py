@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_model
+from conftest import engine_decode, random_model
 
 from janus_fast import quantize
 from janus_fast.checkpoint import CheckpointError, save_pretrained
-from janus_fast.decoding import engine
 from janus_fast.native.cpu_features import has_avx512_vnni
 from janus_fast.quantize import FullRangeDynamicLinear, dynamic_linear_type, quantize_int8
 
@@ -41,8 +40,8 @@ def test_int8_engine_decodes_both_ways():
     lengths = torch.tensor([10, 3, 7, 1, 9])
     specials = {0, 1, 2, 3, 4}
     for hypotheses in (
-        engine.mask_predict(quantized, src, lengths, 4, 3),
-        engine.ar_search(quantized, src, lengths, 1),
+        engine_decode(quantized, src, lengths, mode="nar", iterations=4, length_beam=3),
+        engine_decode(quantized, src, lengths, beam=1),
     ):
         assert len(hypotheses.tokens) == 5
         assert all(not specials & set(row) for row in hypotheses.tokens)

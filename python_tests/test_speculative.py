@@ -8,10 +8,9 @@ import os
 
 import pytest
 import torch
-from conftest import MULTI30K, random_model
+from conftest import MULTI30K, engine_decode, random_model
 
 from janus_fast import ops
-from janus_fast.decoding import engine
 from janus_fast.decoding import reference as reference_decoding
 from janus_fast.decoding.beam import max_ar_lengths
 from janus_fast.decoding.options import SpeculativeOptions
@@ -257,9 +256,9 @@ def test_speculative_equals_greedy(case, native: bool) -> None:
 def test_speculative_equals_greedy_at_the_same_precision(weight_type: str) -> None:
     model = biased_model(7, {})
     src, src_lengths = source_batch(7, batch=8)
-    expected = engine.ar_search(model, src, src_lengths, beam=1, precision=weight_type)
+    expected = engine_decode(model, src, src_lengths, beam=1, precision=weight_type)
     always = SpeculativeOptions(speculate_up_to=0)
-    got = engine.speculative(model, src, src_lengths, precision=weight_type, options=always)
+    got = engine_decode(model, src, src_lengths, mode="spec", precision=weight_type, speculative=always)
     assert got.tokens == expected.tokens
     torch.testing.assert_close(torch.tensor(got.scores), torch.tensor(expected.scores), rtol=0, atol=1e-5)
 
@@ -381,19 +380,20 @@ def test_a_batch_above_speculate_up_to_runs_ar_greedys_steps() -> None:
     relaxed verification (another output) speculates at every batch size."""
     model = biased_model(3, {})
     src, src_lengths = source_batch(3, batch=10)
-    greedy = engine.ar_search(model, src, src_lengths, beam=1)
+    greedy = engine_decode(model, src, src_lengths, beam=1)
     stats = SpeculativeStats()
-    above = engine.speculative(model, src, src_lengths, options=SpeculativeOptions(speculate_up_to=9), stats=stats)
+    above_limit = SpeculativeOptions(speculate_up_to=9)
+    above = engine_decode(model, src, src_lengths, stats=stats, mode="spec", speculative=above_limit)
     assert above.tokens == greedy.tokens and above.scores == greedy.scores and stats.rounds == 0
     for limit in (10, 0):
         stats = SpeculativeStats()
-        within = engine.speculative(
-            model, src, src_lengths, options=SpeculativeOptions(speculate_up_to=limit), stats=stats
+        within = engine_decode(
+            model, src, src_lengths, stats=stats, mode="spec", speculative=SpeculativeOptions(speculate_up_to=limit)
         )
         assert within.tokens == greedy.tokens and stats.rounds >= len(src_lengths)
     stats = SpeculativeStats()
     relaxed = SpeculativeOptions(relaxed_top_k=3, speculate_up_to=1)
-    engine.speculative(model, src, src_lengths, options=relaxed, stats=stats)
+    engine_decode(model, src, src_lengths, stats=stats, mode="spec", speculative=relaxed)
     assert stats.rounds >= len(src_lengths)
     with pytest.raises(ValueError, match="speculate_up_to"):
         SpeculativeOptions(speculate_up_to=-1)

@@ -21,7 +21,7 @@ import torch
 
 from janus_fast.data import corpus_path, read_parallel
 from janus_fast.decoding import engine
-from janus_fast.decoding.options import SpeculativeOptions
+from janus_fast.decoding.options import DecodeOptions, SpeculativeOptions
 from janus_fast.decoding.speculative import SpeculativeStats
 from janus_fast.native.cpu_features import cpu_description
 from janus_fast.native.decoder import cpu_isa
@@ -100,12 +100,11 @@ def main() -> int:
                 greedy_output = output
             else:
                 stats = SpeculativeStats()
+                resolved = DecodeOptions(mode="spec", speculative=spec, precision=precision)
+                resolved = resolved.resolve(translator.model.config)
                 for source in batch1:
                     ids = translator.encode_sources([source])[0]
-                    engine.speculative(
-                        translator.model, torch.tensor([ids]), torch.tensor([len(ids)]),
-                        options=spec, stats=stats, choice=translator.choice,
-                    )  # fmt: skip
+                    engine.decode(translator.choice, torch.tensor([ids]), torch.tensor([len(ids)]), resolved, stats)
                 row["tokens_per_verify_pass"] = stats.tokens_per_round
                 row["verify_passes_per_sentence"] = stats.rounds_per_sentence
                 row["same_as_ar_greedy"] = sum(a == b for a, b in zip(output, greedy_output))

@@ -19,14 +19,14 @@
 # cold_ar_seed2 to each turn, after cold_ar (in the process of cold_ar, which is about 3x faster
 # per update than cold_janus: with PARALLEL=1 it uses the time that process otherwise waits).
 set -euo pipefail
+# shellcheck source=scripts/corpus_lib.sh
+. "$(dirname "$0")/corpus_lib.sh"
 : "${DATA_DIR:?set DATA_DIR to the Multi30k folder}"
 RUNS=${RUNS:-$HOME/janus-runs/coldstart}
 STEP=${STEP:-250}
 MAX=${MAX:-10000}
 THREADS=${THREADS:-1}
 mkdir -p "$RUNS/cold_janus"
-# shellcheck source=scripts/corpus_lib.sh
-. "$(dirname "$0")/corpus_lib.sh"
 
 # train NAME OBJECTIVE UPDATES [SEED]
 train() {

@@ -538,14 +538,7 @@ at::Tensor decoder_ar_score(at::TensorList weights, int64_t num_heads, double em
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(janus_fast, CPU, m) {
-  m.impl("decoder_ar_step", &decoder_ar_step);
-  m.impl("decoder_ar_greedy", &decoder_ar_greedy);
-  m.impl("decoder_ar_greedy_search", &decoder_ar_greedy_search);
-  m.impl("decoder_ar_topk", &decoder_ar_topk);
-  m.impl("decoder_ar_extend", &decoder_ar_extend);
-  m.impl("decoder_ar_score", &decoder_ar_score);
-}
+TORCH_LIBRARY_IMPL(janus_fast, CPU, m) { JANUS_DECODER_AR_OPS(JANUS_CPU_KERNEL) }
 
 }  // namespace cpu
 }  // namespace janus_fast

@@ -124,10 +124,7 @@ std::tuple<at::Tensor, at::Tensor> decoder_nar_fill(at::TensorList weights, int6
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(janus_fast, CPU, m) {
-  m.impl("decoder_nar_pass", &decoder_nar_pass);
-  m.impl("decoder_nar_fill", &decoder_nar_fill);
-}
+TORCH_LIBRARY_IMPL(janus_fast, CPU, m) { JANUS_DECODER_NAR_OPS(JANUS_CPU_KERNEL) }
 
 }  // namespace cpu
 }  // namespace janus_fast

@@ -228,15 +228,9 @@ TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
 }
 
 TORCH_LIBRARY_IMPL(janus_fast, Meta, m) {
-  m.impl("decoder_ar_step", &decoder_ar_step_meta);
-  m.impl("decoder_ar_greedy", &decoder_ar_greedy_meta);
-  m.impl("decoder_ar_greedy_search", &decoder_ar_greedy_search_meta);
-  m.impl("decoder_ar_topk", &decoder_ar_topk_meta);
-  m.impl("decoder_ar_extend", &decoder_ar_extend_meta);
-  m.impl("decoder_nar_pass", &decoder_nar_pass_meta);
-  m.impl("decoder_nar_fill", &decoder_nar_fill_meta);
-  m.impl("decoder_ar_score", &decoder_ar_score_meta);
-  m.impl("encoder_forward", &encoder_forward_meta);
+  JANUS_DECODER_AR_OPS(JANUS_META_KERNEL)
+  JANUS_DECODER_NAR_OPS(JANUS_META_KERNEL)
+  JANUS_ENCODER_OPS(JANUS_META_KERNEL)
 }
 
 }  // namespace janus_fast

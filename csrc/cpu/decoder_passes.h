@@ -25,6 +25,23 @@
 #include "core/small_gemm.h"
 #include "cpu/decoder_weights.h"
 
+// The native passes' ops, listed once by the file that holds their CPU kernels (decoder_ar_cpu.cpp,
+// decoder_nar_cpu.cpp, encoder_cpu.cpp); decoder_ops.cpp defines their schemas and registers a Meta
+// kernel <op>_meta for every op of the three lists, so an op cannot be left without one. Each list
+// applies REGISTER to its ops' names: JANUS_CPU_KERNEL registers the kernel named as the op,
+// JANUS_META_KERNEL the op's <op>_meta, both inside a TORCH_LIBRARY_IMPL block (whose handle is m).
+#define JANUS_DECODER_AR_OPS(REGISTER) \
+  REGISTER(decoder_ar_step)              \
+  REGISTER(decoder_ar_greedy)            \
+  REGISTER(decoder_ar_greedy_search)     \
+  REGISTER(decoder_ar_topk)              \
+  REGISTER(decoder_ar_extend)            \
+  REGISTER(decoder_ar_score)
+#define JANUS_DECODER_NAR_OPS(REGISTER) REGISTER(decoder_nar_pass) REGISTER(decoder_nar_fill)
+#define JANUS_ENCODER_OPS(REGISTER) REGISTER(encoder_forward)
+#define JANUS_CPU_KERNEL(op) m.impl(#op, &op);
+#define JANUS_META_KERNEL(op) m.impl(#op, &op##_meta);
+
 namespace janus_fast {
 namespace cpu {
 

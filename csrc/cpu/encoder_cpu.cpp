@@ -89,9 +89,7 @@ std::vector<at::Tensor> encoder_forward(at::TensorList weights, int64_t num_enco
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(janus_fast, CPU, m) {
-  m.impl("encoder_forward", &encoder_forward);
-}
+TORCH_LIBRARY_IMPL(janus_fast, CPU, m) { JANUS_ENCODER_OPS(JANUS_CPU_KERNEL) }
 
 }  // namespace cpu
 }  // namespace janus_fast

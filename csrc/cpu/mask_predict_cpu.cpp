@@ -290,9 +290,6 @@ at::Tensor mask_predict_remask_cpu(at::Tensor& tokens, const at::Tensor& scores,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(janus_fast, CPU, m) {
-  m.impl("mask_predict_step", &mask_predict_step_cpu);
-  m.impl("mask_predict_remask", &mask_predict_remask_cpu);
-}
+JANUS_MASK_PREDICT_KERNELS(CPU, cpu)
 
 }  // namespace janus_fast

@@ -187,9 +187,6 @@ at::Tensor mask_predict_remask_cuda(at::Tensor& tokens, const at::Tensor& scores
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(janus_fast, CUDA, m) {
-  m.impl("mask_predict_step", &mask_predict_step_cuda);
-  m.impl("mask_predict_remask", &mask_predict_remask_cuda);
-}
+JANUS_MASK_PREDICT_KERNELS(CUDA, cuda)
 
 }  // namespace janus_fast

@@ -13,7 +13,7 @@ Each round, per sentence with accepted tokens ``y_0 = <bos> .. y_n``:
    from AR's choice, then AR's choice there (every round gains at least one token), cut after eos.
    The keys/values of rejected drafts are dropped by not counting them in the cache length.
 
-The output is AR greedy's (``engine.ar_search``, beam 1), token for token, by construction: every kept token
+The output is AR greedy's (mode "ar", beam 1), token for token, by construction: every kept token
 is AR's argmax given the kept tokens before it, computed by the same pass arithmetic as a single
 AR step (the native products are row-independent). ``relaxed_top_k`` / ``relaxed_margin`` loosen the
 verification (a drafted token is also kept when it is among AR's top k and within the margin of
