@@ -96,11 +96,9 @@ def random_model(seed: int = 0, **overrides) -> JanusModel:
 def engine_decode(model: JanusModel, src_tokens: torch.Tensor, src_lengths: torch.Tensor, **options) -> Hypotheses:
     """``janus_fast.decoding.engine.decode`` with its options as keywords of ``DecodeOptions``
     (e.g. ``mode="nar", iterations=4``), resolved for ``model``, over the passes chosen for their
-    precision (default fp32); ``stats=`` a ``SpeculativeStats`` to fill. NAR ranks with no length
-    bonus unless ``length_bonus`` is given."""
+    precision (default fp32); ``stats=`` a ``SpeculativeStats`` to fill. NAR ranks with the model's
+    length bonus (0 in ``random_model``'s config) unless ``length_bonus`` is given."""
     stats = options.pop("stats", None)
-    if options.get("mode") == "nar":
-        options.setdefault("length_bonus", 0.0)
     resolved = DecodeOptions(**options).resolve(model.config)
     return engine.decode(PassChoice(model, resolved.precision), src_tokens, src_lengths, resolved, stats)
 
