@@ -205,3 +205,19 @@ def test_a_model_yielding_nan_gives_the_reference_result_in_greedy_and_spec(mode
     assert [score == float("-inf") for score in got.scores] == impossible
     finite = [(g, e) for g, e, no in zip(got.scores, expected.scores, impossible) if not no]
     assert [g for g, _ in finite] == pytest.approx([e for _, e in finite], abs=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["ar", "nar", "spec"])
+def test_engine_decode_refuses_unresolved_options(mode):
+    """``engine.decode`` takes resolved options; unresolved ones (the counts and, for mode spec, the
+    speculative options still None) are refused with a message that says so, before any work."""
+    from janus_fast.decoding import engine
+    from janus_fast.decoding.options import DecodeOptions
+    from janus_fast.decoding.passes import PassChoice
+
+    model = random_model(0)
+    src, lengths = random_sources(0)
+    with pytest.raises(ValueError, match="resolved for the model"):
+        engine.decode(PassChoice(model), src, lengths, DecodeOptions(mode=mode))
+    resolved = DecodeOptions(mode=mode).resolve(model.config)
+    assert len(engine.decode(PassChoice(model), src, lengths, resolved).tokens) == len(src)

@@ -26,7 +26,7 @@ from janus_fast.decoding.beam import janus_hypotheses, janus_rules, max_ar_lengt
 from janus_fast.decoding.hypotheses import Hypotheses
 from janus_fast.decoding.mask_predict import MaskPredictPolicy
 from janus_fast.decoding.mask_predict import mask_predict as mask_predict_loop
-from janus_fast.decoding.options import DecodeOptions
+from janus_fast.decoding.options import USED_COUNTS, DecodeOptions
 from janus_fast.decoding.passes import PassChoice
 from janus_fast.decoding.speculative import SpeculativeStats, speculative_greedy
 
@@ -51,6 +51,14 @@ def decode(
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
+    unset = [name for name in USED_COUNTS.get(options.mode, ("mode",)) if getattr(options, name) is None]
+    if options.mode == "spec" and options.speculative is None:
+        unset.append("speculative")
+    if unset:
+        raise ValueError(
+            f"engine.decode needs options resolved for the model (DecodeOptions.resolve, as generate does): "
+            f"{', '.join(unset)} unset for mode {options.mode!r}"
+        )
     model = choice.model
     if options.mode == "spec" and choice.dynamic_int8:
         raise ValueError(
