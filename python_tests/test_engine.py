@@ -221,3 +221,15 @@ def test_engine_decode_refuses_unresolved_options(mode):
         engine.decode(PassChoice(model), src, lengths, DecodeOptions(mode=mode))
     resolved = DecodeOptions(mode=mode).resolve(model.config)
     assert len(engine.decode(PassChoice(model), src, lengths, resolved).tokens) == len(src)
+
+
+def test_engine_decode_refuses_an_unknown_mode():
+    """A mode that ``DecodeOptions.resolve`` would refuse is not decoded as AR by default."""
+    from janus_fast.decoding import engine
+    from janus_fast.decoding.options import DecodeOptions
+    from janus_fast.decoding.passes import PassChoice
+
+    model = random_model(0)
+    src, lengths = random_sources(0)
+    with pytest.raises(ValueError, match="unknown mode 'greedy'"):
+        engine.decode(PassChoice(model), src, lengths, DecodeOptions(mode="greedy"))

@@ -41,7 +41,8 @@ def decode(
 ) -> Hypotheses:
     """Decode one batch over the passes of ``choice`` (its model, precision and native-or-not) with
     ``options`` resolved for the model (``DecodeOptions.resolve``; compat "janus", decoder
-    "engine"); no option checks here (``generate`` makes them). The candidate ranking of mode "nar"
+    "engine"): their values are not checked again here (``generate`` checks them), but options not
+    resolved are refused with a ValueError. The candidate ranking of mode "nar"
     is ``options.ranking``; ``stats``, when given, counts speculative decoding's rounds and accepted
     tokens. Repeats are not collapsed here (``generate`` does that).
 
@@ -51,13 +52,18 @@ def decode(
 
     src_tokens (B, S) int64, src_lengths (B,) int64.
     """
-    unset = [name for name in USED_COUNTS.get(options.mode, ("mode",)) if getattr(options, name) is None]
-    if options.mode == "spec" and options.speculative is None:
-        unset.append("speculative")
-    if unset:
+    used = USED_COUNTS.get(options.mode)
+    if used is None:
+        unresolved = f"unknown mode {options.mode!r}"
+    else:
+        unset = [name for name in used if getattr(options, name) is None]
+        if options.mode == "spec" and options.speculative is None:
+            unset.append("speculative")
+        unresolved = f"{', '.join(unset)} unset for mode {options.mode!r}" if unset else None
+    if unresolved is not None:
         raise ValueError(
             f"engine.decode needs options resolved for the model (DecodeOptions.resolve, as generate does): "
-            f"{', '.join(unset)} unset for mode {options.mode!r}"
+            f"{unresolved}"
         )
     model = choice.model
     if options.mode == "spec" and choice.dynamic_int8:
