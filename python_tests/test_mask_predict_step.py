@@ -372,6 +372,28 @@ def test_native_op_large_vocabulary_and_long_rows() -> None:
 
 
 @needs_native
+@pytest.mark.parametrize("scale", [1.0, 40.0, 200.0])
+def test_native_scores_are_as_precise_as_torch_log_softmax_at_large_logits(scale: float) -> None:
+    """The fill's log-probabilities against float64 log-softmax, as close as torch's float32 one.
+
+    A confident token with a logit of 40-200 has a log-probability near 0; computed as
+    ``x - (max + log(sum))`` it rounds to the ulp of the largest logit (1.8e-6 at 40, 6e-6 at 200)
+    and makes exact ties of scores that torch tells apart (re-masked differently by the reference
+    decoder and the engine: a probe's NAR mismatch). ``(x - max) - log(sum)`` is torch's order."""
+    generator = torch.Generator().manual_seed(7)
+    rows, length, vocab = 4, 12, 600
+    logits = torch.randn(rows, length, vocab, generator=generator) * scale / 3
+    logits[..., 7] += scale
+    tokens = torch.full((rows, length), 4)
+    tokens[:, 0], tokens[:, -1] = 2, 3
+    lengths = torch.full((rows,), length)
+    native = run(native_op, logits, tokens, torch.zeros(rows, length), lengths, 0, 1, 4)
+    exact = torch.log_softmax(logits.double(), -1).gather(2, native[0][..., None]).squeeze(-1)[:, 1:-1]
+    torch_error = (torch.log_softmax(logits, -1).double().gather(2, native[0][..., None]).squeeze(-1)[:, 1:-1] - exact)
+    native_error = (native[1][:, 1:-1].double() - exact).abs().max()
+    assert native_error <= max(4 * float(torch_error.abs().max()), 5e-7), (native_error, torch_error.abs().max())
+
+@needs_native
 def test_native_op_under_torch_compile_and_opcheck() -> None:
     """The schema (mutating tokens/scores) and the Meta kernel support tracing and compile."""
     logits, tokens, scores, lengths = make_case(2, 3, 8, 11, torch.float32, 0, False, 1.0)

@@ -92,13 +92,17 @@ def test_an_ar_length_limit_allowing_no_word_is_refused() -> None:
     assert DecodeOptions(mode="ar", max_len_a=0.02, max_len_b=0).resolve(config).max_len_a == 0.02
 
 
-def test_a_model_of_few_positions_decodes_ar_with_the_default_options() -> None:
-    """The counts a mode does not use are not checked against the model: 8 target positions are
-    fewer than the default 10 iterations, which AR does not run."""
+def test_a_model_of_few_positions_decodes_with_the_default_options() -> None:
+    """The counts a mode does not use are not checked against the model, and a count left to its
+    default is capped to what the model allows: 8 target positions are fewer than the default 10
+    iterations, which AR does not run and NAR runs as 8; 10 asked for is refused."""
     config = JanusConfig(max_target_positions=8)
     assert DecodeOptions(mode="ar").resolve(config).beam == 1
+    resolved = DecodeOptions(mode="nar").resolve(config)
+    assert (resolved.iterations, resolved.length_beam) == (8, 3)
+    assert DecodeOptions(mode="nar", compat="fairseq").resolve(config).iterations == 8
     with pytest.raises(ValueError, match="iterations"):
-        DecodeOptions(mode="nar").resolve(config)
+        DecodeOptions(mode="nar", iterations=10).resolve(config)
     assert DecodeOptions(mode="ar", max_len_a=0.0, max_len_b=2).resolve(config).max_len_b == 2
     fairseq = DecodeOptions(mode="ar", compat="fairseq", beam=1, max_len_a=0.0, max_len_b=1)
     assert fairseq.resolve(JanusConfig(ar_stream="content")).max_len_b == 1  # fairseq's limit leaves eos out

@@ -138,10 +138,12 @@ JANUS_HOST_DEVICE int64_t chosen_token(const OnlineSoftmaxState& state, int64_t 
 }
 
 // log-softmax over the whole row of the chosen token whose logit is `value`, as torch computes
-// it: NaN for a row holding NaN or +inf, or made only of -inf; else value - (max + log(sum_exp)).
+// it: NaN for a row holding NaN or +inf, or made only of -inf; else (value - max) - log(sum_exp).
+// The order matters: max + log(sum_exp) first would round to the ulp of the largest logit (4e-6 at
+// a logit of 40) and make ties of scores that torch tells apart.
 JANUS_HOST_DEVICE float token_log_prob(const OnlineSoftmaxState& state, float value) {
   if (state.poisoned) return ::nanf("");
-  return value - (state.max_value + ::logf(state.sum_exp));
+  return (value - state.max_value) - ::logf(state.sum_exp);
 }
 
 }  // namespace core

@@ -225,7 +225,8 @@ class DecodeOptions:
                     f"{setting(name, value)} does not apply to {setting('mode', mode)} (it uses "
                     f"{', '.join(map(named, USED_COUNTS[mode]))}); {named(name)} is for {users}"
                 )
-        _check_counts(config, mode, compat, resolved)
+        defaulted = {name for name in resolved if getattr(self, name) is None}
+        _check_counts(config, mode, compat, resolved, defaulted)
         nar_janus = mode == "nar" and compat == "janus"
         nar_fairseq = f"{setting('mode', 'nar')} with {setting('compat', 'fairseq')}"
         nar_janus_only = f"applies to {setting('mode', 'nar')} with {setting('compat', 'janus')} only"
@@ -260,10 +261,12 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; expected one of {choices}")
 
 
-def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict) -> None:
+def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict, defaulted: set[str]) -> None:
     """The iteration, length beam and beam counts in range for the mode and compat, and the AR
     length limit's a (a number >= 0) and b (an integer >= 0); ``values`` get them as Python ints and
-    floats (NumPy numbers accepted)."""
+    floats (NumPy numbers accepted). A count in ``defaulted`` (left None by the caller) is capped to
+    what the model allows instead of refused: a model of 8 target positions decodes NAR with 8
+    iterations when none are asked for, not with an error about the default of 10."""
     positions, classes = config.max_target_positions, config.num_length_classes
     ranges = {"iterations": (1, positions), "length_beam": (1, classes), "beam": (1, MAX_BEAM)}
     if compat == "fairseq":
@@ -277,7 +280,10 @@ def _check_counts(config: JanusConfig, mode: str, compat: str, values: dict) -> 
     else:  # only the counts the mode uses: a model of 8 positions decodes AR with the default 10 iterations
         checked = {"ar": ("beam",), "nar": ("iterations", "length_beam"), "spec": ()}.get(mode, tuple(ranges))
     for name in checked:
-        values[name] = check_int(named(name), values[name], *ranges[name])
+        low, high = ranges[name]
+        if name in defaulted:
+            values[name] = min(values[name], high)
+        values[name] = check_int(named(name), values[name], low, high)
     values["max_len_a"] = check_real(named("max_len_a"), values["max_len_a"], 0)
     values["max_len_b"] = check_int(named("max_len_b"), values["max_len_b"], 0)
     # janus counts eos in the limit (beam.max_ar_lengths), fairseq does not
