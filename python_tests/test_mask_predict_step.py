@@ -389,9 +389,10 @@ def test_native_scores_are_as_precise_as_torch_log_softmax_at_large_logits(scale
     lengths = torch.full((rows,), length)
     native = run(native_op, logits, tokens, torch.zeros(rows, length), lengths, 0, 1, 4)
     exact = torch.log_softmax(logits.double(), -1).gather(2, native[0][..., None]).squeeze(-1)[:, 1:-1]
-    torch_error = (torch.log_softmax(logits, -1).double().gather(2, native[0][..., None]).squeeze(-1)[:, 1:-1] - exact)
+    torch_error = torch.log_softmax(logits, -1).double().gather(2, native[0][..., None]).squeeze(-1)[:, 1:-1] - exact
     native_error = (native[1][:, 1:-1].double() - exact).abs().max()
     assert native_error <= max(4 * float(torch_error.abs().max()), 5e-7), (native_error, torch_error.abs().max())
+
 
 @needs_native
 def test_native_op_under_torch_compile_and_opcheck() -> None:
