@@ -217,6 +217,18 @@ def write_output_file(path: str, data: bytes, option: str, what: str) -> None:
         raise InputError(f"{option} {path}: cannot write {what} ({reason})") from error
 
 
+def _standard_input() -> typing.BinaryIO:
+    """Standard input's binary stream; a closed one (``<&-``) is an InputError saying so."""
+    if sys.stdin is None:
+        raise InputError("standard input is closed: give --input FILE or pipe the lines in")
+    return sys.stdin.buffer
+
+
+def _stderr_is_terminal() -> bool:
+    """Whether standard error is a terminal (the progress bar's default); False when it is closed."""
+    return sys.stderr is not None and sys.stderr.isatty()
+
+
 def write_standard_output(text: str, what: str) -> None:
     """Write ``text`` (``what``: e.g. "the translations") to standard output and flush it; a closed
     or failing standard output (``>&-``, ``> /dev/full``, a full disk or a file size limit reached
@@ -402,7 +414,7 @@ def command_translate(args: argparse.Namespace) -> int:
             return 0
         # one process, streamed (read once, nothing to resume): standard input or output, a pipe or a
         # device, or scored lines
-        lines = stream_lines(sys.stdin.buffer, "standard input") if args.input == "-" else iter_lines(args.input)
+        lines = stream_lines(_standard_input(), "standard input") if args.input == "-" else iter_lines(args.input)
         total = count_lines(args.input) if is_regular_input(args.input) else None
         chunk_size = args.chunk_size or MAX_CHUNK_LINES
         with _progress_bar(args.progress, total) as bar:
@@ -875,7 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding_options(translate_parser)
     translate_parser.add_argument("--input", "-i", default="-", help="input file (default: stdin)")
     translate_parser.add_argument("--output", "-o", default="-", help="output file (default: stdout)")
-    translate_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
+    translate_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=_stderr_is_terminal())
     translate_parser.add_argument(
         "--token-ids",
         action="store_true",
@@ -910,7 +922,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill_parser.add_argument("--src", required=True, help="source lines (plain or .gz)")
     distill_parser.add_argument("--output", required=True, help="translations, one per line (.gz: gzip)")
     distill_parser.add_argument("--chunk-size", type=positive_int, default=None, help=CHUNK_SIZE_HELP)
-    distill_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
+    distill_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=_stderr_is_terminal())
     distill_parser.set_defaults(handler=command_distill)
 
     export_parser = commands.add_parser("export", help="write an inference-only copy of a checkpoint (e.g. bf16)")
@@ -1047,6 +1059,8 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if sys.stderr is None:  # started with standard error closed (2>&-): warnings and errors go nowhere
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     args = build_parser().parse_args(argv)
     if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
         return _run(args)

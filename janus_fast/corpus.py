@@ -20,7 +20,8 @@ are made of: a digest of the source lines and their count, a digest of the model
 settings, the decoding options and the chunk size. A run that finds a parts folder (a killed run:
 any rank, at any point) keeps its finished chunks when its manifest matches and translates the
 others; a manifest that differs is refused (InputError naming what changed), as is a parts folder
-with chunks but no manifest (made by an older version).
+with chunks but no manifest (made by an older version). A job that fails or is stopped before any
+chunk is finished removes the folder it made (it would only refuse the corrected rerun).
 """
 
 from __future__ import annotations
@@ -312,11 +313,12 @@ def manifest_changes(saved: dict, current: dict) -> list[str]:
     return list(dict.fromkeys(changes))  # an option recorded in both groups (--precision) named once
 
 
-def check_parts(parts_dir: str, manifest: dict, create: bool = True) -> None:
+def check_parts(parts_dir: str, manifest: dict, create: bool = True) -> bool:
     """Make ``parts_dir`` the parts folder of the run ``manifest`` describes: create it with the
     manifest (``create``: rank 0), or check the manifest of a run there (InputError naming what
     changed). A folder without a manifest is refused unless it holds nothing (an atomic write's
-    left-over temporary file aside); without ``create`` a missing manifest is an InputError."""
+    left-over temporary file aside); without ``create`` a missing manifest is an InputError.
+    Returns whether this call wrote the manifest (a new job, not a resumed one)."""
     path = os.path.join(parts_dir, MANIFEST_NAME)
     restart = f"delete {parts_dir} to start over"
     try:
@@ -343,7 +345,7 @@ def check_parts(parts_dir: str, manifest: dict, create: bool = True) -> None:
         # exclusive: of two jobs started at once on one output, one makes the manifest and the other
         # reads it below (and is refused if its inputs or options differ)
         if create_exclusively(path, json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")):
-            return
+            return True
     try:
         with open(path, encoding="utf-8") as handle:
             saved = json.load(handle)
@@ -351,10 +353,20 @@ def check_parts(parts_dir: str, manifest: dict, create: bool = True) -> None:
         raise InputError(f"{path}: unreadable manifest ({error}); {restart}") from error
     changes = manifest_changes(saved if isinstance(saved, dict) else {}, manifest)
     if changes:
+        held = "the chunks" if _finished_chunks(parts_dir) else "the manifest (no chunk finished yet)"
         raise InputError(
-            f"{parts_dir} holds the chunks of a run with other inputs or options ({'; '.join(changes)}): "
+            f"{parts_dir} holds {held} of a run with other inputs or options ({'; '.join(changes)}): "
             f"rerun with the options it was started with, or {restart}"
         )
+    return False
+
+
+def _finished_chunks(parts_dir: str) -> list[str]:
+    """The names of the chunk files in ``parts_dir`` (none where it cannot be read)."""
+    try:
+        return [name for name in os.listdir(parts_dir) if name.startswith("chunk-")]
+    except OSError:
+        return []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,10 +563,10 @@ def translate_file(
     def lines_of(index: int) -> int:
         return min(chunk_size, scan.lines - index * chunk_size)
 
-    error = None
+    error, created = None, False
     if context.is_main:  # rank 0 makes (or checks) the parts folder, the others then check it
         try:
-            check_parts(parts_dir, manifest)
+            created = check_parts(parts_dir, manifest)
             for rank in range(1, context.world_size):  # a killed run's: they would end the wait early
                 if os.path.exists(_done_path(parts_dir, rank)):
                     os.unlink(_done_path(parts_dir, rank))
@@ -566,33 +578,40 @@ def translate_file(
     if not context.is_main:
         check_parts(parts_dir, manifest, create=False)
 
-    done = {i for i in range(chunks) if _is_complete(chunk_path(parts_dir, i), lines_of(i))}
-    if reused is not None:
-        reused(sum(lines_of(i) for i in done))
-    if done and context.is_main:
-        print(f"janus-fast: resuming {output_path}: {len(done)} of {chunks} chunks already translated", file=sys.stderr)
-    foreign = {i: lines_of(i) for i in range(chunks) if owners[i] != context.rank and i not in done}
-    shared = _SharedProgress(progress if context.is_main else None, parts_dir, foreign)
-    if shared.progress is not None and done:
-        shared.progress(sum(lines_of(i) for i in done))
-    mine = {i for i in range(chunks) if owners[i] == context.rank and i not in done}
-    for index, lines in _owned_chunks(source_path, chunk_size, mine):
-        outputs = translate_chunk(lines, index * chunk_size + 1, shared.own if shared.progress is not None else None)
-        if len(outputs) != len(lines):
-            raise RuntimeError(f"chunk {index}: {len(outputs)} translations for {len(lines)} lines")
-        atomic_write(chunk_path(parts_dir, index), _lines_text(outputs).encode("utf-8"))
-    if context.world_size > 1:
-        atomic_write(_done_path(parts_dir, context.rank), b"")
-    _wait_for_ranks(parts_dir, context, shared)
-    if context.is_main:
-        try:
-            merge_chunks(parts_dir, output_path, chunks, scan.lines)
-        except OSError as error:  # a full disk: the chunks stay for a rerun
-            reason = error.strerror or str(error)
-            named = output_name or f"--output {output_path}"
-            raise InputError(f"{named}: cannot write the translations ({reason})") from error
-        shutil.rmtree(parts_dir)
-    return scan.lines
+    try:
+        done = {i for i in range(chunks) if _is_complete(chunk_path(parts_dir, i), lines_of(i))}
+        if reused is not None:
+            reused(sum(lines_of(i) for i in done))
+        if done and context.is_main:
+            resumed = f"{len(done)} of {chunks} chunks already translated"
+            print(f"janus-fast: resuming {output_path}: {resumed}", file=sys.stderr)
+        foreign = {i: lines_of(i) for i in range(chunks) if owners[i] != context.rank and i not in done}
+        shared = _SharedProgress(progress if context.is_main else None, parts_dir, foreign)
+        if shared.progress is not None and done:
+            shared.progress(sum(lines_of(i) for i in done))
+        mine = {i for i in range(chunks) if owners[i] == context.rank and i not in done}
+        for index, lines in _owned_chunks(source_path, chunk_size, mine):
+            counted = shared.own if shared.progress is not None else None
+            outputs = translate_chunk(lines, index * chunk_size + 1, counted)
+            if len(outputs) != len(lines):
+                raise RuntimeError(f"chunk {index}: {len(outputs)} translations for {len(lines)} lines")
+            atomic_write(chunk_path(parts_dir, index), _lines_text(outputs).encode("utf-8"))
+        if context.world_size > 1:
+            atomic_write(_done_path(parts_dir, context.rank), b"")
+        _wait_for_ranks(parts_dir, context, shared)
+        if context.is_main:
+            try:
+                merge_chunks(parts_dir, output_path, chunks, scan.lines)
+            except OSError as error:  # a full disk: the chunks stay for a rerun
+                reason = error.strerror or str(error)
+                named = output_name or f"--output {output_path}"
+                raise InputError(f"{named}: cannot write the translations ({reason})") from error
+            shutil.rmtree(parts_dir)
+        return scan.lines
+    except BaseException:  # an input error, Ctrl-C: a folder this job made and no chunk finished goes
+        if created and not _finished_chunks(parts_dir):  # (it would only block the corrected rerun)
+            shutil.rmtree(parts_dir, ignore_errors=True)
+        raise
 
 
 def translate_stream(

@@ -105,6 +105,38 @@ def test_long_input_is_named_by_its_input_line(trained_dir, tmp_path):
     assert "sentence 2 " not in line
 
 
+def test_a_job_failing_before_its_first_chunk_leaves_nothing_that_blocks_the_rerun(trained_dir, tmp_path):
+    """A translation to a file that fails on its input before any chunk is done keeps the old output
+    and leaves no parts folder (it held only the job's manifest, and refused the corrected rerun
+    as 'a run with other options')."""
+    path = tmp_path / "long.de"
+    path.write_text("Ein Hund.\n" + "Hund " * 400 + "\n", encoding="utf-8")
+    out = tmp_path / "keep.en"
+    out.write_text("earlier work\n", encoding="utf-8")
+    command = ("translate", "--model", trained_dir, "--input", str(path), "-o", str(out), "--no-progress")
+    result = run_cli(*command, "--on-long-input", "error")
+    assert result.returncode == 2
+    error_line(result, "input line 2")
+    assert out.read_text(encoding="utf-8") == "earlier work\n"
+    assert not os.path.exists(f"{out}.parts")
+    rerun = run_cli(*command)  # the fix: long lines truncated (the default)
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_closed_standard_input_and_error_are_handled(trained_dir, source_file, tmp_path):
+    """``<&-``: one error line saying so (not a traceback); ``2>&-``: the translation still runs (the
+    progress bar's default asked the closed stream whether it is a terminal, and every command ended
+    with exit code 1 and no word)."""
+    result = run_shell(f"$JANUS translate --model {trained_dir} <&-")
+    assert result.returncode == 2
+    error_line(result, "standard input is closed")
+    out = tmp_path / "out.en"
+    result = run_shell(f"$JANUS translate --model {trained_dir} --input {source_file} > {out} 2>&-")
+    assert result.returncode == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 2
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "named"),
     [("JANUS_FAST_ISA", "avx3", "avx512_bf16"), ("JANUS_FAST_FORCE_REFERENCE", "maybe", "maybe")],
