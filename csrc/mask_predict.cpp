@@ -28,7 +28,10 @@ void check_remask_inputs(const char* op, const at::Tensor& tokens, const at::Ten
   TORCH_CHECK(tokens.is_contiguous() && scores.is_contiguous() && lengths.is_contiguous(), op,
               ": tokens, scores and lengths must be contiguous");
   TORCH_CHECK_VALUE(max_length >= 2, op, ": T must be >= 2 (bos and eos), got ", max_length);
-  TORCH_CHECK_VALUE(num_iterations >= 1, op, ": num_iterations must be >= 1, got ", num_iterations);
+  // (T - 2) * (num_iterations - 1) must stay inside int64: the re-mask count's product
+  constexpr int64_t kMaxIterations = (int64_t{1} << 31) - 1;
+  TORCH_CHECK_VALUE(num_iterations >= 1 && num_iterations <= kMaxIterations, op, ": num_iterations must be in [1, ",
+                    kMaxIterations, "], got ", num_iterations);
   TORCH_CHECK_VALUE(iteration >= 0 && iteration < num_iterations, op, ": iteration must be in [0, ",
                     num_iterations, "), got ", iteration);
   TORCH_CHECK_VALUE(mask_id >= 0, op, ": mask_id must be >= 0, got ", mask_id);

@@ -55,6 +55,11 @@ def generate(
     ``model`` must be in eval mode (a ValueError otherwise: in training mode dropout would change
     the tokens on every call); ``Translator`` puts its model there itself.
     """
+    if not isinstance(model, JanusModel):
+        raise TypeError(
+            f"generate() needs a JanusModel (janus_fast.model; Translator.from_pretrained(...).model loads one), "
+            f"got {type(model).__name__}"
+        )
     if model.training:
         raise ValueError(
             "generate() needs the model in eval mode, but it is in training mode (dropout would change "

@@ -118,6 +118,9 @@ class Translator:
             check_int("max_batch_tokens", value, 1)
         if name == "on_long_input" and value not in ("truncate", "error"):
             raise ValueError(f"on_long_input must be 'truncate' or 'error', got {value!r}")
+        if name == "options":  # every translate call starts from them: checked here, not at the next call
+            if not isinstance(value, DecodeOptions):
+                raise TypeError(f"Translator.options must be a DecodeOptions, got {type(value).__name__}")
         super().__setattr__(name, value)
 
     model = _fixed("model", "The ``JanusModel`` this translator decodes (fixed; in eval mode).")

@@ -60,6 +60,38 @@ def test_settable_attributes_are_checked() -> None:
     assert (translator.max_batch_tokens, translator.on_long_input) == (64, "error")
 
 
+def test_options_are_checked_when_assigned() -> None:
+    """``translator.options = "nar"`` was accepted, then every call failed with 'replace expected at
+    least 2 arguments'."""
+    translator = Translator(random_model(0), ToyTokenizer())
+    expected = translator.translate_ids(IDS)
+    with pytest.raises(TypeError, match="Translator.options must be a DecodeOptions, got str"):
+        translator.options = "nar"
+    assert translator.translate_ids(IDS) == expected
+
+
+def test_a_model_cast_after_its_translator_was_made_is_a_clear_error() -> None:
+    """``model.half()`` after the engine chose its native passes: a ValueError saying to make a new
+    Translator (before: a RuntimeError from inside the native decoder); cast back, it translates."""
+    translator = Translator(random_model(0), ToyTokenizer())
+    expected = translator.translate_ids(IDS)
+    if not translator.choice.native:
+        pytest.skip("the native passes are not built")
+    translator.model.half()
+    with pytest.raises(ValueError, match="changed after its decoding passes were chosen.*float16.*new Translator"):
+        translator.translate_ids(IDS)
+    translator.model.float()  # (weights now rounded to float16's precision: the same tokens here)
+    assert translator.translate_ids(IDS).tokens == expected.tokens
+
+
+@pytest.mark.parametrize("model", [None, "path/to/model", torch.nn.Linear(2, 2)], ids=["None", "str", "Linear"])
+def test_generate_refuses_what_is_not_a_janus_model(model: object) -> None:
+    from janus_fast import generate
+
+    with pytest.raises(TypeError, match="generate\\(\\) needs a JanusModel"):
+        generate(model, torch.tensor([[5, 6]]), torch.tensor([2]))
+
+
 @pytest.mark.parametrize("change", ["in_place", "data_copy", "load_state_dict_assign"])
 def test_reference_int8_copy_follows_weight_changes(change: str) -> None:
     """The PyTorch dynamic int8 copy is made again when the model's weights change, as the engine's

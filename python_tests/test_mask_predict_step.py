@@ -245,6 +245,9 @@ def _bad_inputs() -> list[tuple[str, dict]]:
         "iteration negative": {"iteration": -1},
         "iteration too large": {"iteration": 3},
         "num_iterations zero": {"num_iterations": 0, "iteration": 0},
+        # (T - 2) * (num_iterations - 1) overflowed int64: 0 positions re-masked instead of 3, no error
+        "num_iterations past the limit": {"num_iterations": 2**62},
+        "num_iterations past int64": {"num_iterations": 2**64},
         "mask_id negative": {"mask_id": -1},
         "mask_id too large": {"mask_id": 7},
         "tokens non-contiguous": {"tokens": torch.zeros(5, 2, dtype=torch.long).t()},
@@ -260,6 +263,15 @@ BAD_INPUTS = _bad_inputs()
 @pytest.mark.parametrize(("name", "arguments"), BAD_INPUTS, ids=[name for name, _ in BAD_INPUTS])
 def test_dispatcher_rejects_bad_input(name: str, arguments: dict) -> None:
     with pytest.raises((TypeError, ValueError)):
+        mask_predict_step(**arguments)
+
+
+def test_dispatcher_refuses_meta_tensors_with_its_own_error() -> None:
+    """Meta tensors hold no lengths to check (before: torch's 'cannot be called on meta tensors')."""
+    arguments = {name: value.to("meta") if isinstance(value, torch.Tensor) else value
+                 for name, value in _bad_inputs()[0][1].items()}  # fmt: skip
+    arguments["logits"] = torch.randn(2, 5, 7, device="meta")
+    with pytest.raises(ValueError, match="meta device"):
         mask_predict_step(**arguments)
 
 

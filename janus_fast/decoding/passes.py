@@ -390,5 +390,15 @@ class PassChoice:
         """The passes for a batch: native (the model converted at this precision) or PyTorch's."""
         self._check_held()
         if self.native:
-            return NativePasses(self.model, NativeDecoder.for_model(self.model, self.precision))
+            try:
+                decoder = NativeDecoder.for_model(self.model, self.precision)
+            except RuntimeError:
+                reason = unsupported_reason(self.model)
+                if reason is None:
+                    raise
+                raise ValueError(  # e.g. model.half() on a Translator's model
+                    f"the model changed after its decoding passes were chosen ({reason}): make a new Translator "
+                    "for it (generate() chooses the passes on every call)"
+                ) from None
+            return NativePasses(self.model, decoder)
         return TorchPasses(self.torch_model)

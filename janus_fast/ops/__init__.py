@@ -121,9 +121,15 @@ def uses_native_ops() -> bool:
     return HAS_NATIVE_OPS and not forced
 
 
+# the most mask-predict iterations an op takes: (T - 2) * (num_iterations - 1) stays far inside int64
+MAX_OP_ITERATIONS = 2**31 - 1
+
+
 def _check_int(name: str, value: object, op: str = "mask_predict_step") -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"{op}: {name} must fit in int64, got {value}")
     return value
 
 
@@ -172,12 +178,14 @@ def _check_rows(
     iteration = _check_int("iteration", iteration, op)
     num_iterations = _check_int("num_iterations", num_iterations, op)
     mask_id = _check_int("mask_id", mask_id, op)
-    if num_iterations < 1:
-        raise ValueError(f"{op}: num_iterations must be >= 1, got {num_iterations}")
+    if not 1 <= num_iterations <= MAX_OP_ITERATIONS:
+        raise ValueError(f"{op}: num_iterations must be in [1, {MAX_OP_ITERATIONS}], got {num_iterations}")
     if not 0 <= iteration < num_iterations:
         raise ValueError(f"{op}: iteration must be in [0, {num_iterations}), got {iteration}")
     if mask_id < 0:
         raise ValueError(f"{op}: mask_id must be >= 0, got {mask_id}")
+    if lengths.device.type == "meta":
+        raise ValueError(f"{op}: tensors on the meta device hold no values to decode (use cpu or cuda)")
     if num_rows > 0:
         low, high = (int(value) for value in torch.aminmax(lengths))
         if low < 2 or high > max_length:

@@ -304,9 +304,10 @@ def check_no_orphaned_run(output_dir: str) -> None:
     if os.path.isdir(saves) and any(name.startswith("u") for name in os.listdir(saves)):
         found.append("saves")
     if found:
+        missing = f"no {last}/{TRAIN_STATE_NAME}" if os.path.exists(last) else "no last/"
         raise InputError(
-            f"{output_dir} holds {' and '.join(name + '/' for name in found)} of an earlier run but no last/ to resume "
-            "it from: a new run there would overwrite them and mix its checkpoints and metrics.jsonl with that "
+            f"{output_dir} holds {' and '.join(name + '/' for name in found)} of an earlier run but {missing} to "
+            "resume it from: a new run there would overwrite them and mix its checkpoints and metrics.jsonl with that "
             "run's; give another --output-dir, or delete them to start over"
         )
 
