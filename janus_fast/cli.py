@@ -224,11 +224,6 @@ def _standard_input() -> typing.BinaryIO:
     return sys.stdin.buffer
 
 
-def _stderr_is_terminal() -> bool:
-    """Whether standard error is a terminal (the progress bar's default); False when it is closed."""
-    return sys.stderr is not None and sys.stderr.isatty()
-
-
 def write_standard_output(text: str, what: str) -> None:
     """Write ``text`` (``what``: e.g. "the translations") to standard output and flush it; a closed
     or failing standard output (``>&-``, ``> /dev/full``, a full disk or a file size limit reached
@@ -887,7 +882,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding_options(translate_parser)
     translate_parser.add_argument("--input", "-i", default="-", help="input file (default: stdin)")
     translate_parser.add_argument("--output", "-o", default="-", help="output file (default: stdout)")
-    translate_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=_stderr_is_terminal())
+    translate_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
     translate_parser.add_argument(
         "--token-ids",
         action="store_true",
@@ -922,7 +917,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill_parser.add_argument("--src", required=True, help="source lines (plain or .gz)")
     distill_parser.add_argument("--output", required=True, help="translations, one per line (.gz: gzip)")
     distill_parser.add_argument("--chunk-size", type=positive_int, default=None, help=CHUNK_SIZE_HELP)
-    distill_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=_stderr_is_terminal())
+    distill_parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty())
     distill_parser.set_defaults(handler=command_distill)
 
     export_parser = commands.add_parser("export", help="write an inference-only copy of a checkpoint (e.g. bf16)")
@@ -1060,6 +1055,7 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     if sys.stderr is None:  # started with standard error closed (2>&-): warnings and errors go nowhere
+        # (before the parser, whose --progress default asks it; print(file=None) would write to stdout)
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     args = build_parser().parse_args(argv)
     if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread

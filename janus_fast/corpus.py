@@ -51,6 +51,7 @@ from janus_fast.output import atomic_write, atomic_writer, check_output_not_inpu
 
 PARTS_SUFFIX = ".parts"
 MANIFEST_NAME = "manifest.json"
+CHUNK_PREFIX = "chunk-"  # a finished chunk's file: chunk-000012.txt (chunk_path)
 MANIFEST_FORMAT = 1
 MIN_CHUNK_LINES, MAX_CHUNK_LINES = 50, 2000
 MAX_CHUNKS = 1 << 17  # chunks of one job at most (each a file; default_chunk_size grows past that)
@@ -364,7 +365,7 @@ def check_parts(parts_dir: str, manifest: dict, create: bool = True) -> bool:
 def _finished_chunks(parts_dir: str) -> list[str]:
     """The names of the chunk files in ``parts_dir`` (none where it cannot be read)."""
     try:
-        return [name for name in os.listdir(parts_dir) if name.startswith("chunk-")]
+        return [name for name in os.listdir(parts_dir) if name.startswith(CHUNK_PREFIX)]
     except OSError:
         return []
 
@@ -374,7 +375,7 @@ def _finished_chunks(parts_dir: str) -> list[str]:
 
 
 def chunk_path(parts_dir: str, index: int) -> str:
-    return os.path.join(parts_dir, f"chunk-{index:06d}.txt")
+    return os.path.join(parts_dir, f"{CHUNK_PREFIX}{index:06d}.txt")
 
 
 def _done_path(parts_dir: str, rank: int) -> str:
