@@ -81,6 +81,8 @@ def checkpoint_output(output: str, sources: Sequence[str], option: str = "--outp
     non-empty folder that holds no checkpoint (its files would be lost when the new copy takes its place)."""
     from janus_fast.fairseq.dictionary import BPE_FILES, DICT_NAME
 
+    if not output:  # realpath("") is the current folder, which the new checkpoint would replace
+        raise CheckpointError(f"{option} is empty: name the checkpoint folder to write")
     real = os.path.realpath(output)
     for source in sources:
         real_source = os.path.realpath(source)
@@ -297,8 +299,11 @@ def load_pretrained(
         _check_tokenizer_digest(tokenizer_path, _read_tokenizer(tokenizer_path), config, config_path)
     model = JanusModel(model_config)
     model.load_state_dict({name: tensor.to(expected[name].dtype) for name, tensor in state.items()})
-    # what was loaded, as the checkpoint's config recorded it (a corpus job's manifest names the model
-    # by these: read again from the folder later, they could be another checkpoint's)
+    # how its weights were stored (``average`` refuses an export's rounded ones), and what was loaded,
+    # as the checkpoint's config recorded it (a corpus job's manifest names the model by these: read
+    # again from the folder later, they could be another checkpoint's)
+    stored = {str(tensor.dtype) for tensor in state.values() if tensor.is_floating_point()}
+    model.__dict__["stored_float_dtypes"] = sorted(stored)
     model.__dict__["checkpoint_digests"] = {
         "directory": os.path.realpath(directory),
         "weights_sha256": config["weights_sha256"],
@@ -462,9 +467,7 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
         )
     first_config = configs[0]["model"]
     first_tokenizer = _tokenizer_bytes(directories[0])
-    model = load_pretrained(directories[0], config=configs[0])
-    if model.precision != "fp32":
-        raise CheckpointError(f"{directories[0]}: cannot average a {model.precision} inference copy")
+    model = _full_precision(load_pretrained(directories[0], config=configs[0]), directories[0])
     sums = {name: tensor.double() for name, tensor in model.state_dict().items() if tensor.is_floating_point()}
     seen_contents = {tensors_digest(model.state_dict()): directories[0]}
     for directory, config in zip(directories[1:], configs[1:]):
@@ -479,7 +482,7 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
             )
         if _tokenizer_bytes(directory) != first_tokenizer:
             raise CheckpointError(f"{directory}: its tokenizer differs from {directories[0]}'s")
-        state = load_pretrained(directory, config=config).state_dict()
+        state = _full_precision(load_pretrained(directory, config=config), directory).state_dict()
         contents = tensors_digest(state)
         if contents in seen_contents:  # saved twice, in files whose bytes differ (older saves' metadata order)
             raise CheckpointError(
@@ -494,6 +497,18 @@ def average_checkpoints(directories: list[str]) -> JanusModel:
         for name, tensor in model.state_dict().items():
             if name in sums:
                 tensor.copy_(sums[name] / len(directories))
+    return model
+
+
+def _full_precision(model: JanusModel, directory: str) -> JanusModel:
+    """``model`` if its checkpoint stored every weight as float32; CheckpointError for an export to
+    bf16 or fp16 (its weights were rounded: a mean with it would carry the rounding in silently)."""
+    narrow = sorted(set(model.__dict__.get("stored_float_dtypes", ())) - {"torch.float32"})
+    if narrow:
+        raise CheckpointError(
+            f"{directory}: its weights are stored as {', '.join(narrow)} (an inference export): average the "
+            "float32 checkpoints it was exported from"
+        )
     return model
 
 

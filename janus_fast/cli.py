@@ -489,8 +489,10 @@ def command_convert(args: argparse.Namespace) -> int:
             raise InputError(f"--bpe {bpe_path}: cannot read it ({error.strerror or error})") from error
         except ValueError as error:
             raise InputError(f"--bpe {bpe} {bpe_path}: {error}") from error
-    if os.path.exists(args.output) and os.listdir(args.output):
-        raise InputError(f"--output {args.output} exists and is not empty")
+    if not args.output:
+        raise InputError("--output is empty: name the checkpoint folder to write")
+    if os.path.lexists(args.output) and not (os.path.isdir(args.output) and not os.listdir(args.output)):
+        raise InputError(f"--output {args.output} exists and is not an empty folder: convert writes a new checkpoint")
     check_writable_directory(args.output, "--output")
     model = convert_fairseq(args.fairseq, args.dict, args.output, bpe, bpe_path)
     config = model.config
@@ -729,7 +731,7 @@ def check_plot_option(path: str, model: str | None, inputs: Sequence[str]) -> No
     extension = os.path.splitext(path)[1].lower().lstrip(".")
     if extension not in PLOT_FORMATS:
         raise InputError(f"--plot {path}: the name must end in .png, .pdf or .svg (the plot's file type)")
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = os.path.dirname(os.path.realpath(path))  # a symlink's target's folder: where the plot lands
     if not os.path.isdir(folder):
         raise InputError(f"--plot {path}: no such folder {folder}; create it or choose another path")
     check_output_option(path, "--plot", inputs=inputs, model=model)

@@ -115,6 +115,49 @@ def test_plot_onto_the_data_or_the_model_is_refused(tmp_path, trained_dir):
     assert result.returncode == 2 and "inside" in result.stderr.decode() and not os.path.exists(plot)
 
 
+def test_plot_through_a_dangling_link_is_checked_where_it_points(tmp_path):
+    """The folder check looked at the link's folder; the plot then created the target's missing folders."""
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere" / "deeper" / "plot.png")
+    result = run_cli("bench", "--data-dir", str(tmp_path), "--plot", str(tmp_path / "dangling.png"))
+    assert result.returncode == 2 and "no such folder" in result.stderr.decode()
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"batch1_sentences": 0}, "batch1_sentences must be >= 1"),
+        ({"repeats": 0}, "repeats must be >= 1"),
+        ({"limit": -1}, "limit must be >= 1"),
+        ({"max_batch_tokens": 0}, "max_batch_tokens must be >= 1"),
+        ({"compat": "bogus"}, "compat must be 'janus' or 'fairseq'"),
+    ],
+)
+def test_run_bench_checks_its_arguments_before_the_work(tmp_path, arguments, message):
+    """From Python these reached a ZeroDivisionError after the timing (batch1 0) or were taken."""
+    from janus_fast.benchmarks.decoding import run_bench
+
+    with pytest.raises(ValueError, match=message):
+        run_bench(None, str(tmp_path), **arguments)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"sentences": 0}, "sentences must be >= 1"),
+        ({"batch1": 0}, "batch1 must be >= 1"),
+        ({"threads": (0,)}, "threads must be >= 1"),
+        ({"threads": ()}, "at least one entry"),
+        ({"precisions": ("fp64",)}, "each fp32, bf16 or int8"),
+    ],
+)
+def test_run_shape_bench_checks_its_arguments_before_the_work(arguments, message):
+    from janus_fast.benchmarks.shapes import run_shape_bench
+
+    with pytest.raises(ValueError, match=message):
+        run_shape_bench("base", **arguments)
+
+
 def test_a_failing_plot_still_prints_the_report(tmp_path, monkeypatch, capsys):
     """The measurements are not lost when the plot cannot be written: the report is printed, then
     the error (exit 2)."""

@@ -181,6 +181,39 @@ def test_average_refuses_checkpoints_of_different_runs(tmp_path):
         average_checkpoints([base, str(tmp_path / "missing")])
 
 
+def test_average_refuses_an_export_to_a_narrower_type(tmp_path):
+    """A bf16 export loads as float32, so its rounded weights went into the mean without a word
+    (in either position); an fp32 export of another checkpoint is still averaged."""
+    from janus_fast.checkpoint import average_checkpoints
+
+    first, second, exported = (str(tmp_path / name) for name in ("first", "second", "second_bf16"))
+    save_pretrained(random_model(0), first, tokenizer_model=b"same tokenizer")
+    save_pretrained(random_model(1), second, tokenizer_model=b"same tokenizer")
+    save_pretrained(random_model(1), exported, tokenizer_model=b"same tokenizer", dtype=torch.bfloat16)
+    for order in ([first, exported], [exported, first]):
+        with pytest.raises(CheckpointError, match=r"second_bf16: its weights are stored as torch.bfloat16"):
+            average_checkpoints(order)
+    fp32_copy = str(tmp_path / "second_fp32")
+    save_pretrained(random_model(1), fp32_copy, tokenizer_model=b"same tokenizer", dtype=torch.float32)
+    averaged = average_checkpoints([first, fp32_copy]).state_dict()
+    expected = (
+        random_model(0).state_dict()["embed_tokens.weight"].double()
+        + random_model(1).state_dict()["embed_tokens.weight"].double()
+    ) / 2
+    assert torch.equal(averaged["embed_tokens.weight"], expected.float())
+
+
+def test_export_and_average_refuse_an_empty_output_name(trained_dir, tmp_path):
+    """``--output ''`` resolved to the current folder, which export then replaced by the checkpoint."""
+    from test_cli import run_cli
+
+    (tmp_path / "keep.txt").write_text("kept")
+    for command in (["export", "--model", trained_dir], ["average", "--models", trained_dir, trained_dir]):
+        result = run_cli(*command, "--output", "", cwd=str(tmp_path))
+        assert result.returncode == 2 and b"--output is empty" in result.stderr, result.stderr.decode()[-500:]
+    assert sorted(os.listdir(tmp_path)) == ["keep.txt"]
+
+
 def test_average_through_the_cli(trained_dir, tmp_path):
     from test_cli import run_cli
 

@@ -12,9 +12,9 @@ import pytest
 from conftest import REPO_ROOT
 
 
-def run_cli(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+def run_cli(*args: str, stdin: bytes = b"", cwd: str = REPO_ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "janus_fast.cli", *args], input=stdin, capture_output=True, cwd=REPO_ROOT, timeout=300
+        [sys.executable, "-m", "janus_fast.cli", *args], input=stdin, capture_output=True, cwd=cwd, timeout=300
     )
 
 

@@ -492,6 +492,138 @@ def test_converter_names_a_nan_in_shared_embeddings_as_non_finite(tmp_path) -> N
     assert not (tmp_path / "out").exists()
 
 
+def _crafted(tmp_path, edit) -> str:
+    """The fixture's checkpoint with ``edit(checkpoint)`` applied, saved under ``tmp_path``."""
+    checkpoint = load_fairseq_checkpoint(os.path.join(DATA, "trained.pt"))
+    edit(checkpoint)
+    path = str(tmp_path / "crafted.pt")
+    torch.save(checkpoint, path)
+    return path
+
+
+def _set_weight(name: str, value):  # noqa: ANN202 - an edit for _crafted
+    return lambda checkpoint: checkpoint["model"].__setitem__(name, value)
+
+
+def _set_argument(name: str, value):  # noqa: ANN202 - an edit for _crafted
+    return lambda checkpoint: setattr(checkpoint["cfg"]["model"], name, value)
+
+
+K_PROJ = "encoder.layers.0.self_attn.k_proj.weight"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        # each of these was a raw traceback (torch.cat's RuntimeError, AttributeError, IndexError, ...)
+        (_set_weight(K_PROJ, torch.zeros(64, 32)), "k_proj.weight (64, 32) and encoder.layers.0.self_attn.v_proj"),
+        (_set_weight("encoder.embed_tokens.weight", [1, 2, 3]), "weight encoder.embed_tokens.weight is a list"),
+        (_set_weight("encoder.embed_tokens.weight", torch.tensor(1.0)), "has shape (), expected (vocabulary, d)"),
+        (_set_weight("decoder.layers.0.fc1.bias", torch.zeros(4).to_sparse()), "is a torch.sparse_coo tensor"),
+        (_set_weight(7, torch.zeros(2)), "a weight is named 7 (int)"),
+        (_set_argument("encoder_embed_dim", torch.tensor([1, 1])), "argument encoder_embed_dim holds a Tensor"),
+        (_set_argument("pad", torch.tensor([1, 1])), "argument pad holds a Tensor"),
+        (_set_argument("activation_fn", ["relu"]), "argument activation_fn holds a list"),
+        (_set_argument("decoder_learned_pos", torch.tensor([1, 1])), "holds a Tensor"),
+    ],
+)
+def test_converter_refuses_crafted_contents_with_one_message(tmp_path, edit, message: str) -> None:
+    path = _crafted(tmp_path, edit)
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        convert_fairseq(path, os.path.join(DATA, "dict.txt"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_converter_refuses_expanded_views_before_allocating_them(tmp_path, dtype) -> None:
+    """A weight saved as an expanded view stores one row for a tensor of any size: the conversion's
+    torch.cat / .float() then allocated all of it (5.2 GB from a 1.8 MB file) before the shape check
+    refused it. A small expansion stands for a large one here; the check is on the stored bytes."""
+    huge = torch.zeros(1, 64, dtype=dtype).expand(4096, 64)
+    with pytest.raises(CheckpointError, match=r"k_proj.weight \(4096, 64\) is a view that repeats its"):
+        convert_fairseq(
+            _crafted(tmp_path, _set_weight(K_PROJ, huge)), os.path.join(DATA, "dict.txt"), str(tmp_path / "o")
+        )
+
+    # a view that shares a storage without repeating elements (a transposed copy) converts as before
+    def transposed(checkpoint: dict) -> None:
+        weight = checkpoint["model"][K_PROJ]
+        checkpoint["model"][K_PROJ] = weight.t().contiguous().t()
+
+    model = convert_fairseq(_crafted(tmp_path, transposed), os.path.join(DATA, "dict.txt"), str(tmp_path / "ok"))
+    original = load_fairseq_checkpoint(os.path.join(DATA, "trained.pt"))["model"][K_PROJ]
+    assert torch.equal(model.encoder_layers[0].self_attn.kv_proj.weight[:64], original.float())
+
+
+def test_converter_checks_shapes_before_building_a_model_the_arguments_inflate(tmp_path) -> None:
+    """Arguments edited to a huge width with the real 64-wide weights: refused by the shape check
+    (before: the whole model was built first, 1.9 GB at d 4096). Measured by the peak RSS of a
+    fresh process, which a model of that size would raise by gigabytes."""
+    import subprocess
+    import sys
+
+    def inflate(checkpoint: dict) -> None:
+        for name in ("encoder_embed_dim", "decoder_embed_dim", "decoder_output_dim"):
+            setattr(checkpoint["cfg"]["model"], name, 8192)
+
+    path = _crafted(tmp_path, inflate)
+    script = (
+        "import resource, sys\n"
+        "from janus_fast.checkpoint import CheckpointError\n"
+        "from janus_fast.fairseq.convert import convert_fairseq\n"
+        "try:\n"
+        f"    convert_fairseq({path!r}, {os.path.join(DATA, 'dict.txt')!r}, {str(tmp_path / 'out')!r})\n"
+        "except CheckpointError as error:\n"
+        "    print('refused:', error)\n"
+        "print('peak_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert "refused:" in result.stdout and "shape mismatches" in result.stdout, result.stdout + result.stderr
+    peak = int(result.stdout.rsplit("peak_mb", 1)[1])
+    assert peak < 1500, f"{peak} MB: the inflated model was allocated"  # a d-8192 model: > 5 GB
+    assert not (tmp_path / "out").exists()
+
+
+def test_converter_never_overwrites_and_leaves_nothing_when_a_write_fails(tmp_path, monkeypatch) -> None:
+    """Before: the Python API wrote into an existing checkpoint folder (its weights lost, the folder
+    unusable), and a failed write (a full disk) left a half checkpoint that blocked the rerun."""
+    from janus_fast.fairseq import convert as convert_module
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="exists and is not an empty folder"):
+        convert_fairseq(os.path.join(DATA, "trained.pt"), os.path.join(DATA, "dict.txt"), str(existing))
+    assert os.listdir(existing) == ["config.json"]
+    with pytest.raises(CheckpointError, match="name is empty"):
+        convert_fairseq(os.path.join(DATA, "trained.pt"), os.path.join(DATA, "dict.txt"), "")
+
+    def full_disk(tokenizer, directory: str) -> None:  # noqa: ANN001
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(convert_module, "save_tokenizer", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        convert_fairseq(os.path.join(DATA, "trained.pt"), os.path.join(DATA, "dict.txt"), str(tmp_path / "new"))
+    assert sorted(os.listdir(tmp_path)) == ["existing"]  # no half checkpoint, no staging folder
+    monkeypatch.undo()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    convert_fairseq(os.path.join(DATA, "trained.pt"), os.path.join(DATA, "dict.txt"), str(empty))
+    assert {"config.json", "model.safetensors", "dict.txt"} <= set(os.listdir(empty))
+
+
+def test_converter_warns_of_a_byte_order_mark_in_the_dictionary(tmp_path) -> None:
+    with open(os.path.join(DATA, "dict.txt"), encoding="utf-8") as handle:
+        text = handle.read()
+    marked = tmp_path / "dict.txt"
+    marked.write_text("\ufeff" + text, encoding="utf-8")
+    with pytest.warns(UserWarning, match="opens with a byte-order mark"):
+        convert_fairseq(os.path.join(DATA, "trained.pt"), str(marked), str(tmp_path / "out"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert_fairseq(os.path.join(DATA, "trained.pt"), os.path.join(DATA, "dict.txt"), str(tmp_path / "plain"))
+
+
 # --------------------------------------------------------------------------- config and tokenizer
 def test_old_configs_load_with_todays_defaults() -> None:
     old = {"vocab_size": 100, "d_model": 16, "num_heads": 2, "ffn_dim": 32}

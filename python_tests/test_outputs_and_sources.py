@@ -685,12 +685,18 @@ def test_average_refuses_a_checkpoint_twice_and_warns_about_different_runs(train
     assert exported[TRAINING_RUN] == original[TRAINING_RUN]  # an export keeps its run
     with pytest.raises(CheckpointError, match="the same weights as"):  # and counts as the checkpoint it copies
         average_checkpoints([trained_dir, str(export)])
-    # the export made to look like another run's save (other weights, another run id): averaged, with a warning
-    del exported["exported_from"]
-    exported[TRAINING_RUN] = "another-run"
-    (export / "config.json").write_text(json_module.dumps(exported))
+    # another run's save (other weights, another run id): averaged, with a warning
+    from janus_fast.checkpoint import load_pretrained, load_tokenizer, save_pretrained, save_tokenizer
+
+    other_run = str(tmp_path / "other_run")
+    model = load_pretrained(trained_dir)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01)
+    save_pretrained(model, other_run, training_run="another-run")
+    save_tokenizer(load_tokenizer(trained_dir), other_run)
     with pytest.warns(UserWarning, match="2 different training runs"):
-        average_checkpoints([trained_dir, str(export)])
+        average_checkpoints([trained_dir, other_run])
 
 
 def test_convert_refuses_a_sentencepiece_model_the_dictionary_was_not_built_with(tmp_path):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import sacrebleu
 import torch
 
+from janus_fast.arguments import check_int
 from janus_fast.benchmarks.ctranslate2_compare import (
     INSTALL_HINT,
     ctranslate2_available,
@@ -189,6 +190,15 @@ def run_bench(
     own process with the engine's AR greedy output lengths (``ctranslate2_compare``).
     ``compat="fairseq"`` measures fairseq-generate's mask-predict (``settings``) on a converted
     fairseq model; its test files must then be tokenised as the model's training data was."""
+    for name, value in (
+        ("limit", limit),
+        ("batch1_sentences", batch1_sentences),
+        ("max_batch_tokens", max_batch_tokens),
+        ("repeats", repeats),
+    ):
+        check_int(name, value, 1)
+    if compat not in ("janus", "fairseq"):
+        raise ValueError(f"compat must be 'janus' or 'fairseq', got {compat!r}")
     for tool in compare:
         if tool != "ctranslate2":
             raise ValueError(f"unknown tool to compare with: {tool!r} (known: ctranslate2)")

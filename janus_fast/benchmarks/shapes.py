@@ -32,7 +32,7 @@ import sys
 
 import torch
 
-from janus_fast.arguments import spelled_as_flags
+from janus_fast.arguments import check_int, spelled_as_flags
 from janus_fast.benchmarks.tables import markdown_table, number
 from janus_fast.memory import check_fits_in_memory
 from janus_fast.model import JanusConfig, JanusModel
@@ -254,6 +254,15 @@ def run_shape_bench(
     )
     from janus_fast.native.cpu_features import cpu_description
 
+    for name, value in (("sentences", sentences), ("batch1", batch1), ("repeats", repeats)):
+        check_int(name, value, 1)
+    check_int("max_batch_tokens", max_batch_tokens, 1)
+    if not threads or not precisions or not rows:
+        raise ValueError("threads, precisions and rows each need at least one entry")
+    for count in threads:
+        check_int("threads", count, 1)
+    if set(precisions) - {"fp32", "bf16", "int8"}:
+        raise ValueError(f"precisions {precisions}: each fp32, bf16 or int8")
     config = shape_config(shape)
     parameters = config.parameter_count()  # refused here, in one line, not by the worker it would kill
     check_fits_in_memory(

@@ -32,15 +32,25 @@ positions' ``_float_tensor`` are not weights of the model and are dropped.
 from __future__ import annotations
 
 import math
+import os
 import re
+import warnings
 from typing import Any
 
 import torch
 
 from janus_fast.arguments import spelled_as_flags
-from janus_fast.checkpoint import CheckpointError, save_pretrained, save_tokenizer
+from janus_fast.checkpoint import CheckpointError, replaced_directory, save_pretrained, save_tokenizer
 from janus_fast.fairseq.checkpoint import fairseq_arguments, load_fairseq_checkpoint
-from janus_fast.fairseq.dictionary import BOS_ID, EOS_ID, PAD_ID, UNK_ID, FairseqTokenizer, check_sentencepiece_matches
+from janus_fast.fairseq.dictionary import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_SYMBOLS,
+    UNK_ID,
+    FairseqTokenizer,
+    check_sentencepiece_matches,
+)
 from janus_fast.model import ACTIVATIONS, TRAINED_OBJECTIVES, JanusConfig, JanusModel
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "config_from_arguments", "convert_state_dict", "convert_fairseq"]
@@ -56,8 +66,47 @@ IGNORED = re.compile(
 )
 
 
+BYTE_ORDER_MARK = "\ufeff"
+
+
 def _refuse(path: str, reason: str) -> CheckpointError:
     return CheckpointError(f"{path}: cannot convert: {reason}")
+
+
+PLAIN_ARGUMENT_TYPES = (type(None), bool, int, float, str)  # what an argument the conversion reads may hold
+
+
+def _argument(args: dict[str, Any], name: str, path: str, default: Any = None) -> Any:
+    """Argument ``name`` of a fairseq checkpoint (``default`` where it has none); CheckpointError
+    when it holds anything but a plain value (a tensor or a list there is a damaged or crafted file)."""
+    found = args.get(name, default)
+    if not isinstance(found, PLAIN_ARGUMENT_TYPES):
+        raise _refuse(path, f"argument {name} holds a {type(found).__name__}, expected a number, a string or a flag")
+    return found
+
+
+def check_stored_tensors(state: Any, path: str) -> None:
+    """CheckpointError unless ``state`` (a checkpoint's ``model`` entry) maps names to dense tensors
+    whose every element has its own bytes in the file: an expanded or overlapping view stores a few
+    bytes for a tensor of any size, which the conversion's arithmetic would then allocate in full."""
+    if not isinstance(state, dict):
+        raise _refuse(path, f"its 'model' entry is a {type(state).__name__}, expected the weights by name")
+    for name, tensor in state.items():
+        if not isinstance(name, str):
+            raise _refuse(path, f"a weight is named {name!r} ({type(name).__name__}), expected names as strings")
+        if not isinstance(tensor, torch.Tensor):
+            raise _refuse(path, f"weight {name} is a {type(tensor).__name__}, expected a tensor")
+        if tensor.layout != torch.strided or tensor.is_meta:
+            raise _refuse(path, f"weight {name} is a {tensor.layout} tensor without values, expected a dense one")
+        stored = tensor.untyped_storage().nbytes()
+        if tensor.numel() * tensor.element_size() > stored or any(
+            stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape)
+        ):
+            raise _refuse(
+                path,
+                f"weight {name} {tuple(tensor.shape)} is a view that repeats its {stored} stored bytes "
+                "(expanded or overlapping), not a saved weight",
+            )
 
 
 # JanusConfig's sizes and the fairseq arguments they come from
@@ -81,7 +130,7 @@ def config_from_arguments(args: dict[str, Any], vocab_size: int, path: str = "ch
         raise _refuse(path, f"architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
 
     def value(name: str, default: Any = None) -> Any:
-        return args.get(name, default)
+        return _argument(args, name, path, default)
 
     def integer(name: str) -> int:  # a size argument: an integer (3.0 is one; 2.7, None, "3" are not)
         found = value(name)
@@ -197,12 +246,12 @@ def sinusoidal_positions(num_positions: int, dim: int, padding_idx: int) -> torc
 def _positions(state: dict[str, torch.Tensor], side: str, config: JanusConfig, args: dict, path: str) -> torch.Tensor:
     """The (max positions, d) table of ``side`` ("encoder" | "decoder") with row i = position i."""
     count = config.max_source_positions if side == "encoder" else config.max_target_positions
-    if args.get("no_token_positional_embeddings"):
+    if _argument(args, "no_token_positional_embeddings", path):
         return torch.zeros(count, config.d_model, dtype=torch.float32)
-    if not args.get(f"{side}_learned_pos"):
+    if not _argument(args, f"{side}_learned_pos", path):
         return sinusoidal_positions(count, config.d_model, PAD_ID)
     table = state.get(f"{side}.embed_positions.weight")
-    if table is None or table.shape[0] < PAD_ID + 1 + count:
+    if table is None or table.ndim != 2 or table.shape[0] < PAD_ID + 1 + count:
         raise _refuse(path, f"{side}.embed_positions.weight missing or shorter than {PAD_ID + 1 + count} rows")
     return _floating(table, f"{side}.embed_positions.weight", path)[PAD_ID + 1 : PAD_ID + 1 + count].float()
 
@@ -240,9 +289,14 @@ def convert_state_dict(
     def attention(source: str, target: str) -> None:
         for kind in ("weight", "bias"):
             out[f"{target}.q_proj.{kind}"] = take(f"{source}.q_proj.{kind}")
-            out[f"{target}.kv_proj.{kind}"] = torch.cat(
-                [take(f"{source}.k_proj.{kind}"), take(f"{source}.v_proj.{kind}")]
-            )
+            key, value = take(f"{source}.k_proj.{kind}"), take(f"{source}.v_proj.{kind}")
+            if key.shape != value.shape or key.ndim == 0:  # stacked below: one must be the other's shape
+                raise _refuse(
+                    path,
+                    f"{source}.k_proj.{kind} {tuple(key.shape)} and {source}.v_proj.{kind} {tuple(value.shape)} "
+                    "differ in shape (or hold one number)",
+                )
+            out[f"{target}.kv_proj.{kind}"] = torch.cat([key, value])
             out[f"{target}.out_proj.{kind}"] = take(f"{source}.out_proj.{kind}")
 
     def copy(source: str, target: str) -> None:
@@ -274,7 +328,12 @@ def convert_fairseq(
     checkpoint_path: str, dict_path: str, output: str, bpe: str | None = None, bpe_path: str | None = None
 ) -> JanusModel:
     """Convert ``checkpoint_path`` (read without executing pickled code) with its dictionary (and
-    BPE) into the checkpoint directory ``output``; returns the converted model."""
+    BPE) into the checkpoint directory ``output`` (a new or empty folder: an existing checkpoint is
+    never overwritten; the folder appears whole or not at all); returns the converted model."""
+    if not output:
+        raise CheckpointError("the output folder's name is empty")
+    if os.path.lexists(output) and not (os.path.isdir(output) and not os.listdir(output)):
+        raise CheckpointError(f"{output} exists and is not an empty folder: converting writes a new checkpoint folder")
     checkpoint = load_fairseq_checkpoint(checkpoint_path)
     args = fairseq_arguments(checkpoint, checkpoint_path)
     try:
@@ -283,19 +342,33 @@ def convert_fairseq(
             check_sentencepiece_matches(tokenizer.symbols, tokenizer.bpe_data)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{dict_path}: unusable dictionary or BPE ({error})") from error
+    first = tokenizer.symbols[len(SPECIAL_SYMBOLS)] if len(tokenizer.symbols) > len(SPECIAL_SYMBOLS) else ""
+    if first.startswith(BYTE_ORDER_MARK):
+        warnings.warn(
+            f"{dict_path} opens with a byte-order mark: like fairseq, the converter keeps it as part of the first "
+            f"symbol ({first!r}), so that symbol never matches input text; if "
+            "the model was trained on this file it saw the same, otherwise remove the mark and convert again",
+            stacklevel=2,
+        )
     state = checkpoint["model"]
+    check_stored_tensors(state, checkpoint_path)
     embed = state.get("encoder.embed_tokens.weight")
     if embed is None:
         raise _refuse(checkpoint_path, "no encoder.embed_tokens.weight")
+    if embed.ndim != 2:
+        shape = tuple(embed.shape)
+        raise _refuse(checkpoint_path, f"encoder.embed_tokens.weight has shape {shape}, expected (vocabulary, d)")
     if embed.shape[0] != tokenizer.vocab_size:
         raise CheckpointError(
             f"{dict_path}: {tokenizer.vocab_size} symbols (with the 4 specials) but the checkpoint's embeddings "
             f"have {embed.shape[0]} rows: not this model's dictionary"
         )
     config = config_from_arguments(args, tokenizer.vocab_size, checkpoint_path)
-    model = JanusModel(config)
+    # the shapes the arguments ask for, on the meta device (no memory): arguments edited to ask for a
+    # huge model are refused by the shape check below instead of being allocated first
+    with torch.device("meta"):
+        expected = JanusModel(config).state_dict()
     weights = convert_state_dict(state, config, args, checkpoint_path)
-    expected = model.state_dict()
     wrong = [
         f"{n} {tuple(t.shape)} != {tuple(expected[n].shape)}"
         for n, t in weights.items()
@@ -304,8 +377,10 @@ def convert_fairseq(
     missing = sorted(set(expected) - set(weights))
     if wrong or missing:
         raise _refuse(checkpoint_path, f"shape mismatches {wrong[:5]}, missing {missing[:5]}")
+    model = JanusModel(config)
     model.load_state_dict(weights)
     model.eval()
-    save_pretrained(model, output)
-    save_tokenizer(tokenizer, output)  # with its digest in config.json
+    with replaced_directory(output) as staging:  # a failed write leaves nothing behind (and no half checkpoint)
+        save_pretrained(model, staging)
+        save_tokenizer(tokenizer, staging)  # with its digest in config.json
     return model
