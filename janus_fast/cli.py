@@ -478,7 +478,14 @@ def command_convert(args: argparse.Namespace) -> int:
         raise ValueError(f"--bpe {bpe}: expected sentencepiece or subword-nmt")
     for path, option in ((args.fairseq, "--fairseq"), (args.dict, "--dict"), (bpe_path, "--bpe")):
         if path is not None and not os.path.isfile(path):
-            raise InputError(f"{option} {path}: {'a folder, not a file' if os.path.isdir(path) else 'no such file'}")
+            found = (
+                "a folder, not a file"
+                if os.path.isdir(path)
+                else "not a regular file"
+                if os.path.exists(path)
+                else "no such file"
+            )
+            raise InputError(f"{option} {path}: {found}")
     if bpe is not None:  # the BPE file checked before the work (and named in the error)
         from janus_fast.fairseq.dictionary import bpe_splitter
 

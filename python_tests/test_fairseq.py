@@ -479,6 +479,10 @@ def test_cli_convert_errors_are_one_line(tmp_path, capsys) -> None:
         assert f"{option} {tmp_path}: a folder, not a file" in capsys.readouterr().err
     with pytest.raises(CheckpointError, match="a folder, not a file"):
         load_fairseq_checkpoint(str(tmp_path))
+    # a device is said to be one (before: "no such file" for /dev/null)
+    arguments = ["convert", "--fairseq", os.path.join(DATA, "trained.pt"), "--dict", os.devnull]
+    assert cli_main([*arguments, "--output", str(tmp_path / "out")]) == 2
+    assert f"--dict {os.devnull}: not a regular file" in capsys.readouterr().err
 
 
 def test_converter_names_a_nan_in_shared_embeddings_as_non_finite(tmp_path) -> None:
