@@ -1076,6 +1076,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous)
 
 
+PEER_FAILURE_SIGNS = ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer", "Broken pipe")
+
+
+def peer_failure(error: BaseException) -> str | None:
+    """One line for a collective that failed because another process of a torchrun job died or
+    vanished (gloo's or NCCL's error carries C++ stack frames); None for any other error."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is None or os.environ.get("WORLD_SIZE", "1").strip() in ("", "1"):  # not under torchrun
+        return None
+    text = str(error).strip()
+    dist_error = getattr(distributed, "DistError", ())
+    if not (isinstance(error, dist_error) or any(sign in text for sign in PEER_FAILURE_SIGNS)):
+        return None
+    first = text.splitlines()[0] if text else type(error).__name__
+    first = first if len(first) <= 200 else first[:200] + " ..."
+    return (
+        f"another process of this torchrun job failed or was stopped ({first}); its own error says why. Rerun the "
+        "same command: training resumes from its last save, a corpus job from its finished chunks"
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     warnings.simplefilter("default")
     warnings.formatwarning = lambda message, category, *_: f"janus-fast: warning: {message}\n"
@@ -1090,6 +1111,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"janus-fast: error: {error}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as error:
+        peer = peer_failure(error)
+        if peer is not None:
+            print(f"janus-fast: error: {peer}", file=sys.stderr)
+            return 1
         if isinstance(error, RuntimeError) and "allocate" not in str(error):
             raise
         advice = OUT_OF_MEMORY_ADVICE.get(args.command, DECODE_ADVICE)

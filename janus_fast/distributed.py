@@ -134,6 +134,23 @@ class DistributedContext:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
+    def gather_to_main(self, value: object) -> list[object] | None:
+        """Every rank's ``value`` (picklable), in rank order, on rank 0; None on the others."""
+        if self.world_size == 1:
+            return [value]
+        gathered: list[object] | None = [None] * self.world_size if self.is_main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
+
+    def threads_per_process(self) -> int:
+        """This machine's CPUs (those this process may run on) shared by its ranks (torchrun's
+        LOCAL_WORLD_SIZE: the ranks of other machines have their own)."""
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # not Linux
+            cpus = os.cpu_count() or 1
+        return max(1, cpus // self.local_world_size)
+
     def all_reduce_sum(self, value: float) -> float:
         if self.world_size == 1:
             return value

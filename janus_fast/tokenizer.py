@@ -7,14 +7,15 @@ One joint model is trained on source + target text, so embeddings can be shared.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
-from janus_fast.data import MAX_LINE_BYTES
 from janus_fast.vocab import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
 
 MASK_PIECE = "<mask>"
+TOKENIZER_LINE_CHARS = 4096  # the characters of a training line the tokenizer learns from (its beginning)
 
 
 class Tokenizer:
@@ -39,10 +40,24 @@ class Tokenizer:
         model_type: str = "unigram",
         max_sentences: int = 2_000_000,
     ) -> Tokenizer:
-        """Train a joint model on ``sentences`` (source and target lines together)."""
+        """Train a joint model on ``sentences`` (source and target lines together). A line longer
+        than ``TOKENIZER_LINE_CHARS`` characters is learned from by its beginning only (with a
+        warning): SentencePiece's time grows with the square of a repetitive line's length (a line
+        of 100,000 "=" took 17 s, one of 1 MiB more than 10 minutes), and a model reads at most its
+        positions' worth of pieces of any line."""
+        cut = 0
+
+        def beginnings() -> Iterator[str]:
+            nonlocal cut
+            for sentence in sentences:
+                if len(sentence) > TOKENIZER_LINE_CHARS:
+                    cut += 1
+                    sentence = sentence[:TOKENIZER_LINE_CHARS]
+                yield sentence
+
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences),
+            sentence_iterator=beginnings(),
             model_writer=model,
             vocab_size=vocab_size,
             model_type=model_type,
@@ -53,12 +68,19 @@ class Tokenizer:
             eos_id=EOS_ID,
             user_defined_symbols=[MASK_PIECE],
             input_sentence_size=max_sentences,
-            max_sentence_length=MAX_LINE_BYTES,  # SentencePiece's default (4,192 bytes) skips longer lines silently
+            # in bytes: every (cut) line fits, none is skipped (SentencePiece's default, 4,192, skips silently)
+            max_sentence_length=4 * TOKENIZER_LINE_CHARS,
             shuffle_input_sentence=True,
             hard_vocab_limit=False,
             num_threads=2,
             minloglevel=2,
         )
+        if cut:
+            warnings.warn(
+                f"{cut} training line(s) longer than {TOKENIZER_LINE_CHARS} characters: the tokenizer learned from "
+                f"their first {TOKENIZER_LINE_CHARS} (a model reads at most its positions' worth of pieces of a line)",
+                stacklevel=2,
+            )
         return cls(model.getvalue())
 
     @classmethod

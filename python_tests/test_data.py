@@ -135,5 +135,21 @@ def test_the_tokenizer_trains_on_lines_longer_than_sentencepieces_default_limit(
     words = "ein hund läuft über eine wiese und ein mann fährt mit dem fahrrad".split()
     long_lines = [" ".join(words[(i + j) % len(words)] for j in range(900)) for i in range(20)]
     assert min(len(line.encode("utf-8")) for line in long_lines) > 4192
-    tokenizer = Tokenizer.train(long_lines, 60, "unigram")
+    with pytest.warns(UserWarning, match="20 training line"):  # over 4,096 characters: learned from their beginning
+        tokenizer = Tokenizer.train(long_lines, 60, "unigram")
     assert tokenizer.decode(tokenizer.encode("ein hund")) == "ein hund"
+
+
+def test_the_tokenizer_learns_from_the_beginning_of_a_very_long_line():
+    """SentencePiece's time grows with the square of a repetitive line's length (200,000 "=" took 42 s,
+    a 1 MiB line of one repeated word more than 10 minutes, with no output): it now learns from a
+    line's first TOKENIZER_LINE_CHARS characters. A character that only appears past them gets no piece."""
+    from janus_fast.tokenizer import TOKENIZER_LINE_CHARS, Tokenizer
+    from janus_fast.vocab import UNK_ID
+
+    lines = ["ein hund läuft über eine wiese", "ein mann fährt fahrrad"] * 20
+    lines.append("=" * 200_000 + "Ω")
+    with pytest.warns(UserWarning, match=f"1 training line.* longer than {TOKENIZER_LINE_CHARS} characters"):
+        tokenizer = Tokenizer.train(lines, 40, "unigram")
+    assert tokenizer.encode("Ω") in ([UNK_ID], [tokenizer.processor.piece_to_id("▁"), UNK_ID])
+    assert UNK_ID not in tokenizer.encode("= ein hund")

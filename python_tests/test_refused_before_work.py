@@ -147,3 +147,19 @@ def test_a_split_whose_text_encodes_to_nothing_is_refused(corpus_dir: str, tmp_p
     named = {"train": "the training split", "val": "the validation split"}[split]
     error_line(result, named, "encode to at least one piece")
     assert not (out / "spm.model").exists() and not (out / "last").exists()
+
+
+def test_a_training_text_of_no_learnable_character_is_named_as_such(corpus_dir: str, tmp_path: Path) -> None:
+    """Both sides of every training pair only zero-width and blank characters: SentencePiece refused
+    with its internal check (all_chars_count > 0) and the message sent the user to --vocab-size."""
+    data = tmp_path / "data"
+    shutil.copytree(corpus_dir, data)
+    for language in ("de", "en"):
+        lines = (data / f"train.{language}").read_text(encoding="utf-8").count("\n")
+        (data / f"train.{language}").write_text("\u200b\ufeff \u200b\n" * lines, encoding="utf-8")
+    out = tmp_path / "run"
+    result = run_cli("train", "--data-dir", str(data), "--output-dir", str(out), *TRAIN_OPTIONS, "--vocab-size", "300")
+    assert result.returncode == 2
+    error_line(result, "no character the tokenizer can learn from", "check the train split")
+    assert "--vocab-size" not in result.stderr.decode()
+    assert not (out / "spm.model").exists() and not (out / "last").exists()

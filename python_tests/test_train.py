@@ -135,53 +135,59 @@ def test_bf16_autocast_matches_fp32_loss():
 
 
 @pytest.mark.slow
+def run_two_processes(corpus_dir: str, out: str, *options: str, port: int = 29533) -> subprocess.CompletedProcess:
+    """``janus-fast train`` of a tiny model under ``torchrun --nproc_per_node 2`` (fp32)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    command += ["-m", "janus_fast.cli", "train", "--output-dir", out, "--data-dir", corpus_dir, "--vocab-size", "300"]
+    command += ["--d-model", "32", "--ffn-dim", "64", "--encoder-layers", "1", "--decoder-layers", "1"]
+    command += ["--log-every", "1", "--no-valid-bleu", "--no-progress", "--precision", "fp32", "--threads", "1"]
+    return subprocess.run([*command, *options], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+
 def test_two_process_ddp_training(corpus_dir, tmp_path):
-    out = str(tmp_path / "ddp")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29533",
-        "-m",
-        "janus_fast.cli",
-        "train",
-        "--output-dir",
-        out,
-        "--data-dir",
-        corpus_dir,
-        "--vocab-size",
-        "300",
-        "--d-model",
-        "32",
-        "--ffn-dim",
-        "64",
-        "--encoder-layers",
-        "1",
-        "--decoder-layers",
-        "1",
-        "--max-tokens",
-        "600",
-        "--max-updates",
-        "4",
-        "--save-every",
-        "2",
-        "--log-every",
-        "1",
-        "--no-valid-bleu",
-        "--no-progress",
-        "--precision",
-        "fp32",
-    ]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    """Two processes train, and a run killed and resumed continues exactly as the one that was not:
+    the same losses and weights. Both ranks' masks and dropout come from their own generators, so
+    both must come back (before: only rank 0's were saved and every rank took them on resume, so the
+    resumed run drifted from the first update after the resume)."""
+    from safetensors.torch import load_file
+
+    full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+    common = ("--max-tokens", "600", "--save-every", "2", "--dropout", "0.1")
+    result = run_two_processes(corpus_dir, full, *common, "--max-updates", "6")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
-    losses = train_losses(out)
-    assert sorted(losses) == [1, 2, 3, 4]
-    assert os.path.exists(os.path.join(out, "last", "model.safetensors"))
-    shutil.rmtree(out)
+    assert os.path.exists(os.path.join(full, "last", "model.safetensors"))
+    for updates in ("3", "6"):
+        result = run_two_processes(corpus_dir, resumed, *common, "--max-updates", updates)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stdout
+    assert sorted(train_losses(full)) == [1, 2, 3, 4, 5, 6]
+    assert train_losses(resumed) == train_losses(full)
+    first, second = (load_file(os.path.join(run, "last", "model.safetensors")) for run in (full, resumed))
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_two_processes_refuse_fewer_batches_than_processes(corpus_dir, tmp_path):
+    """Each process takes the same number of whole batches: with one batch per epoch, two processes
+    trained nothing and saved the untrained model as best/ and last/, without a word."""
+    result = run_two_processes(corpus_dir, str(tmp_path / "run"), "--max-tokens", "100000000", "--epochs", "2")
+    assert result.returncode != 0
+    assert "fewer than the 2 processes" in result.stderr + result.stdout
+    assert not os.path.exists(tmp_path / "run" / "best") and not os.path.exists(tmp_path / "run" / "last")
+
+
+def test_threads_are_shared_by_the_processes_of_this_machine(monkeypatch):
+    """Divided by torchrun's LOCAL_WORLD_SIZE (this machine's ranks), among the CPUs this process may
+    use; before: by WORLD_SIZE (ranks on every machine) and among all the machine's CPUs."""
+    from janus_fast.distributed import DistributedContext
+
+    context = DistributedContext()
+    cpus = len(os.sched_getaffinity(0))
+    assert context.threads_per_process() == cpus
+    context.local_world_size = 2
+    assert context.threads_per_process() == max(1, cpus // 2)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert context.threads_per_process() == 1
 
 
 def test_kill_during_checkpoint_swap_resumes_from_previous(corpus_dir, tmp_path):
@@ -574,3 +580,32 @@ def train_config_for_check(**overrides):  # noqa: ANN003, ANN201
     from janus_fast.training.train import train_config
 
     return train_config(output_dir="out", data_dir="data", **overrides)
+
+
+def test_a_dead_peer_is_one_error_line(monkeypatch, capsys):
+    """When another rank of a multi-machine run dies, the survivor's collective raises gloo's error
+    with C++ stack frames (about 110 lines before); the command says what happened in one line.
+    The same error outside torchrun is left alone (not a peer's doing)."""
+    import argparse
+
+    import torch.distributed  # noqa: F401 - the command has imported it when a collective fails
+
+    from janus_fast.cli import _run
+
+    gloo = (
+        "[../third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:4512: Connection reset by peer\n"
+        "Exception raised from ... (most recent call first):\nframe #0: c10::Error::Error(...)\nframe #1: ..."
+    )
+
+    def collective_fails(args: argparse.Namespace) -> int:
+        raise RuntimeError(gloo)
+
+    args = argparse.Namespace(handler=collective_fails, command="train")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _run(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another process of this torchrun job failed" in err and "frame #" not in err
+    assert "Connection reset by peer" in err and "Rerun the same command" in err
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(RuntimeError, match="Connection reset by peer"):
+        _run(args)

@@ -61,6 +61,7 @@ from janus_fast.tokenizer import Tokenizer
 from janus_fast.training.losses import LossWeights, compute_loss
 
 TRAIN_STATE_NAME = "train_state.pt"
+RANK_RNG_KEY = "rank_rngs"  # train_state.pt's key for every rank's (torch, mask) generator states
 TRAIN_STATE_DIGEST = "train_state_sha256"  # config.json's key for the SHA-256 of train_state.pt
 MAX_LR = 10.0
 
@@ -431,6 +432,11 @@ def load_tokenizer_for_run(config: TrainConfig, context: DistributedContext, tra
                 tokenizer = Tokenizer.train(train_lines, config.model.vocab_size, config.tokenizer_type)
             except RuntimeError as error:  # SentencePiece's refusals, e.g. fewer pieces than characters
                 reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+                if "all_chars_count" in reason:  # it counted no character to learn from
+                    raise InputError(
+                        "the training text holds no character the tokenizer can learn from (only spaces, zero-width "
+                        "or control characters): check the train split of --data-dir"
+                    ) from error
                 raise ValueError(
                     f"SentencePiece cannot train a {config.model.vocab_size}-piece {config.tokenizer_type} tokenizer "
                     f"on the training data ({reason}): check --vocab-size and --tokenizer-type against the data"
@@ -469,11 +475,14 @@ def save_checkpoint(
     mask_generator: torch.Generator,
     config: TrainConfig,
     train_data: dict[str, str] | None = None,
+    rank_rngs: list | None = None,
 ) -> None:
     """A checkpoint directory that is both a model (``from_pretrained``) and a resume point.
 
     Written as a whole directory replaced atomically (``checkpoint.replace_directory``). The run's
     options are saved with ``train_data`` (``train_data_digests``) among them, for ``check_resumable``.
+    ``rank_rngs``: under torchrun, every rank's (torch, mask) generator states in rank order (each
+    rank masks and drops out with its own), restored rank by rank on resume.
     """
 
     def write(directory: str) -> None:
@@ -485,6 +494,8 @@ def save_checkpoint(
             "state": asdict(state),
             "train_config": json.dumps({**asdict(config), **(train_data or {})}),
         }
+        if rank_rngs is not None:
+            train_state[RANK_RNG_KEY] = rank_rngs
         buffer = io.BytesIO()
         torch.save(train_state, buffer)
         atomic_write(os.path.join(directory, TRAIN_STATE_NAME), buffer.getvalue())
@@ -611,7 +622,7 @@ class Run:
         if config.threads:
             torch.set_num_threads(config.threads)
         elif context.world_size > 1:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.world_size))
+            torch.set_num_threads(context.threads_per_process())
         if not config.data_dir:
             raise InputError("--data-dir is required: the folder with the {split}.{lang}[.gz] corpus files")
         if not os.path.isdir(config.data_dir):
@@ -707,8 +718,11 @@ class Run:
             try:  # a state saved without a digest (older runs) may still be damaged inside
                 self.optimizer.load_state_dict(saved["optimizer"])
                 self.scheduler.load_state_dict(saved["scheduler"])
-                torch.set_rng_state(saved["torch_rng"])
-                self.mask_generator.set_state(saved["mask_rng"])
+                torch_rng, mask_rng = saved["torch_rng"], saved["mask_rng"]
+                if RANK_RNG_KEY in saved:  # each rank its own (saves before 2026-12-07: rank 0's for all)
+                    torch_rng, mask_rng = saved[RANK_RNG_KEY][context.rank]
+                torch.set_rng_state(torch_rng)
+                self.mask_generator.set_state(mask_rng)
                 self.state = TrainState(**saved["state"])
             except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
                 raise CheckpointError(f"{path}: unusable training state ({type(error).__name__}: {error})") from error
@@ -732,6 +746,7 @@ class Run:
         model.config = replace(model.config, extra=extra)
         self.forward: torch.nn.Module = model
         if context.world_size > 1:
+            self.check_batches_per_process()
             ddp = torch.nn.parallel.DistributedDataParallel
             self.forward = ddp(model, find_unused_parameters=config.objective == "ar")
         if context.is_main:
@@ -746,12 +761,36 @@ class Run:
             )
             drop_metrics_after(self.metrics_path, self.state.update)  # records a killed run had not saved
 
+    def check_batches_per_process(self) -> None:
+        """Under torchrun every process takes the same number of batches per epoch, so an epoch's last
+        ``batches % processes`` are left out: InputError when that is all of them (the run would save
+        an untrained model), a note when some are."""
+        config, world_size = self.config, self.context.world_size
+        count = len(self.train_data.batches(config.max_tokens))
+        if count < world_size:
+            raise InputError(
+                f"--max-tokens {config.max_tokens} makes {count} batch(es) of the training data per epoch, fewer than "
+                f"the {world_size} processes (each process takes whole batches, the same number): lower --max-tokens "
+                "or use fewer processes"
+            )
+        left_out = count % world_size
+        if left_out and self.context.is_main:
+            print(
+                f"note: each epoch leaves out {left_out} of its about {count} batches (a different few each epoch): "
+                f"the {world_size} processes take the same number of batches",
+                flush=True,
+            )
+
     def log(self, record: dict) -> None:
         if self.context.is_main:
             with open(self.metrics_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
 
     def checkpoint(self, directory: str) -> None:
+        # every rank's generators (rank 0 writes the state): a resumed rank masks and drops out as it would have
+        rank_rngs = None
+        if self.context.world_size > 1:
+            rank_rngs = self.context.gather_to_main((torch.get_rng_state(), self.mask_generator.get_state()))
         if self.context.is_main:
             save_checkpoint(
                 directory,
@@ -763,6 +802,7 @@ class Run:
                 self.mask_generator,
                 self.config,
                 self.train_data_digests,
+                rank_rngs,
             )
         self.context.barrier()
 
