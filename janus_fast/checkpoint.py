@@ -126,7 +126,10 @@ def replaced_directory(directory: str) -> Iterator[str]:
     directory = os.path.abspath(directory)
     parent, name = os.path.dirname(directory), os.path.basename(directory)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        staging = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    except OSError as error:  # named as the folder asked for, not the temporary one beside it
+        raise OSError(error.errno, error.strerror, directory) from None
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -137,8 +140,11 @@ def replaced_directory(directory: str) -> Iterator[str]:
             old = os.path.join(parent, f".{name}.old-{secrets.token_hex(4)}")
             os.rename(directory, old)
         os.rename(staging, directory)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError) and isinstance(error.filename, str) and error.filename.startswith(staging):
+            # a file of the new copy (a full disk): named as it would be in the folder asked for
+            raise OSError(error.errno, error.strerror, directory + error.filename[len(staging) :]) from error
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.unlink(old)

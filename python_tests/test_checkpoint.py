@@ -235,3 +235,21 @@ def test_average_through_the_cli(trained_dir, tmp_path):
     assert os.path.exists(os.path.join(output, "spm.model"))
     same = run_cli("average", "--models", trained_dir, shifted, "--output", shifted)
     assert same.returncode == 2 and b"must differ" in same.stderr
+
+
+def test_a_failed_checkpoint_write_names_the_folder_asked_for(tmp_path):
+    """export / average / convert write into a temporary folder beside the output: an error named
+    that folder (``/proc/.x.tmp-jb0jrtkf: No such file or directory``, a full disk's
+    ``.out.tmp-.../model.safetensors``) instead of the --output the user gave."""
+    from janus_fast.checkpoint import replaced_directory
+
+    output = str(tmp_path / "out")
+    with pytest.raises(OSError) as raised:
+        with replaced_directory(output) as staging:
+            raise OSError(28, "No space left on device", os.path.join(staging, WEIGHTS_NAME))
+    assert raised.value.filename == os.path.join(output, WEIGHTS_NAME) and raised.value.errno == 28
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(OSError) as raised:  # a folder where no temporary folder can be made
+        with replaced_directory("/proc/janus-fast-test"):
+            pass
+    assert raised.value.filename == "/proc/janus-fast-test"
