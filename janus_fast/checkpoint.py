@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from janus_fast.data import MAX_TOKENIZER_FILE_BYTES, InputError, read_regular_file
 from janus_fast.output import atomic_write  # the one writer of every file (re-exported here for its callers)
 
 if TYPE_CHECKING:
@@ -42,6 +43,11 @@ FAIRSEQ_TOKENIZER_DIGEST = "fairseq_tokenizer_sha256"  # ... of a converted mode
 FORMAT_VERSION = 1
 # the floating types a weight may be stored as (converted to the model's float32 on load)
 STORED_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# bounds on what a checkpoint's files may hold, checked before they are read (a checkpoint folder may
+# come from anyone: a symlink to /dev/zero in it would otherwise be read until memory ran out)
+MAX_CONFIG_BYTES = 16 << 20  # config.json (the shipped model's: 2 KB)
+MAX_CONFIG_DEPTH = 32  # its nesting (the shipped model's: 3)
+MAX_WEIGHTS_HEADER_BYTES = 64 << 20  # model.safetensors beyond 4 bytes per parameter (its header)
 
 
 class CheckpointError(RuntimeError):
@@ -223,6 +229,20 @@ def config_digest(model_config: dict) -> str:
     return hashlib.sha256(json.dumps(model_config, sort_keys=True).encode()).hexdigest()
 
 
+def _depth(value: Any) -> int:
+    """How deeply ``value`` (parsed JSON) nests lists and objects (a number or string: 0)."""
+    depth, level = 0, [value]
+    while level:
+        level = [
+            child
+            for item in level
+            if isinstance(item, (dict, list))
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        depth += 1
+    return depth - 1
+
+
 def read_config(directory: str) -> dict:
     """The parsed ``config.json`` of a checkpoint directory (CheckpointError if unusable)."""
     if not os.path.isdir(directory):
@@ -230,8 +250,7 @@ def read_config(directory: str) -> dict:
         raise CheckpointError(f"{directory}: not a checkpoint directory ({what})")
     path = os.path.join(directory, CONFIG_NAME)
     try:
-        with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
+        config = json.loads(read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except FileNotFoundError as error:
         inside = [name for name in ("best", "last") if os.path.isfile(os.path.join(directory, name, CONFIG_NAME))]
         if inside:  # a training run's folder: its checkpoints are inside
@@ -239,8 +258,12 @@ def read_config(directory: str) -> dict:
             choices = " or ".join(f"{os.path.join(directory, name)} ({meaning[name]})" for name in inside)
             raise CheckpointError(f"{directory} is a training run's folder, not a checkpoint: use {choices}") from error
         raise CheckpointError(f"{path}: missing") from error
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # not JSON, not UTF-8, not a regular file, an integer of 5,000 digits
         raise CheckpointError(f"{path}: unreadable or not valid JSON ({error})") from error
+    except RecursionError as error:
+        raise CheckpointError(f"{path}: not a janus_fast config (JSON nested too deeply to read)") from error
+    if _depth(config) > MAX_CONFIG_DEPTH:  # read, but deeper than any writer of it goes (saving it again would fail)
+        raise CheckpointError(f"{path}: not a janus_fast config (JSON nested deeper than {MAX_CONFIG_DEPTH} levels)")
     if not isinstance(config, dict) or "model" not in config or "weights_sha256" not in config:
         raise CheckpointError(f"{path}: not a janus_fast config (needs 'model' and 'weights_sha256')")
     if config.get("format_version") != FORMAT_VERSION:
@@ -268,10 +291,9 @@ def load_pretrained(
         raise CheckpointError(f"{config_path}: invalid model config ({error})") from error
 
     weights_path = os.path.join(directory, WEIGHTS_NAME)
-    try:
-        with open(weights_path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
+    try:  # at most float32 weights for the config's parameters and a header
+        data = read_regular_file(weights_path, 4 * model_config.parameter_count() + MAX_WEIGHTS_HEADER_BYTES)
+    except (OSError, InputError) as error:
         raise CheckpointError(f"{weights_path}: cannot read ({error})") from error
     if hashlib.sha256(data).hexdigest() != config["weights_sha256"]:
         raise CheckpointError(
@@ -339,9 +361,8 @@ def _check_tensor(weights_path: str, name: str, tensor: torch.Tensor, expected: 
 
 def _read_tokenizer(path: str) -> bytes:
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as error:
+        return read_regular_file(path, MAX_TOKENIZER_FILE_BYTES)
+    except (OSError, InputError) as error:
         raise CheckpointError(f"{path}: cannot read ({error})") from error
 
 
@@ -419,9 +440,24 @@ def load_tokenizer(directory: str, config: dict[str, Any] | None = None):  # noq
     if config is not None:  # beside weights: it must be the tokenizer they were saved with
         _check_tokenizer_digest(path, data, config, config_path)
     try:
-        return Tokenizer(data)
+        tokenizer = Tokenizer(data)
     except (RuntimeError, ValueError) as error:
         raise CheckpointError(f"{path}: not a valid janus_fast SentencePiece model ({error})") from error
+    if config is not None:  # the weights' special ids are the tokenizer's fixed ones (else: nonsense, exit 0)
+        from janus_fast.vocab import BOS_ID, EOS_ID, MASK_ID, PAD_ID, UNK_ID
+
+        fixed = {"pad_id": PAD_ID, "unk_id": UNK_ID, "bos_id": BOS_ID, "eos_id": EOS_ID, "mask_id": MASK_ID}
+        model_config = config.get("model") if isinstance(config.get("model"), dict) else {}
+        wrong = [
+            f"{name} {model_config[name]} (its tokenizer's: {value})"
+            for name, value in fixed.items()
+            if name in model_config and model_config[name] != value
+        ]
+        if wrong:
+            raise CheckpointError(
+                f"{config_path}: special ids that are not its SentencePiece tokenizer's: {', '.join(wrong)}"
+            )
+    return tokenizer
 
 
 def load_checkpoint(directory: str, device: str | torch.device = "cpu"):  # noqa: ANN201 - (model, tokenizer)

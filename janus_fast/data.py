@@ -23,6 +23,30 @@ class InputError(ValueError):
     """Bad user input (missing file, mismatched corpus, ...), reported with a clear message."""
 
 
+# the bytes a tokenizer file may hold: spm.model, dict.txt, bpe.model / bpe.codes (the shipped
+# 8,000-piece spm.model: 0.4 MB; a 250,000-symbol dict.txt: about 4 MB)
+MAX_TOKENIZER_FILE_BYTES = 256 << 20
+
+
+def read_regular_file(path: str, limit: int) -> bytes:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes (a file of a checkpoint
+    folder, a dictionary): InputError for anything else, before reading it (a FIFO would block the
+    read forever, a device such as /dev/zero never end); OSError where it cannot be read."""
+    import stat
+
+    info = os.stat(path)  # follows a symlink: its target is what would be read
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a pipe" if stat.S_ISFIFO(info.st_mode) else "a device"
+        raise InputError(f"{path}: {kind}, not a regular file")
+    if info.st_size > limit:
+        raise InputError(f"{path}: {info.st_size} bytes, more than the {limit} such a file may hold")
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:  # grew since the stat
+        raise InputError(f"{path}: more than the {limit} bytes such a file may hold")
+    return data
+
+
 # The most bytes of one line kept: the rest of a longer line is skipped (with a warning), so that
 # reading, and tokenizing, an endless line takes bounded memory. Far past any model's input (a
 # model takes at most max_source_positions pieces, 1,024 for the largest here, a few KB of text).

@@ -163,6 +163,11 @@ class JanusConfig:
                 raise ValueError(f"{named(name)} must be in [0, 1), got {getattr(self, name)}")
         if not isinstance(self.extra, dict):
             raise TypeError(f"extra must be a mapping, got {type(self.extra).__name__}")
+        objectives = self.extra.get(TRAINED_OBJECTIVES)
+        if objectives is not None and not (
+            isinstance(objectives, list) and all(isinstance(objective, str) for objective in objectives)
+        ):
+            raise TypeError(f"extra[{TRAINED_OBJECTIVES!r}] must be a list of objective names, got {objectives!r:.200}")
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"{setting('d_model', self.d_model)} must be divisible by {setting('num_heads', self.num_heads)}"

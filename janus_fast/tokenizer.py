@@ -23,7 +23,11 @@ class Tokenizer:
 
     def __init__(self, model_proto: bytes) -> None:
         self.model_proto = model_proto
+        if not model_proto:  # SentencePiece takes an empty model without a word (then fails on every call)
+            raise ValueError("not a SentencePiece model: the file is empty")
         self.processor = spm.SentencePieceProcessor(model_proto=model_proto)
+        if self.processor.get_piece_size() == 0:  # SentencePiece takes an empty file without a word
+            raise ValueError("not a SentencePiece model: it holds no piece (an empty or truncated file?)")
         expected = {PAD_ID: "<pad>", UNK_ID: "<unk>", BOS_ID: "<s>", EOS_ID: "</s>", MASK_ID: MASK_PIECE}
         for token_id, piece in expected.items():
             if self.processor.id_to_piece(token_id) != piece:

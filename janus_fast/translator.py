@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import operator
 import os
@@ -353,6 +354,13 @@ class Translator:
                 positional = None
             if progress is not None:
                 progress(len(indices))
+        broken = sum(1 for ids, score in zip(encoded, scores) if ids and not math.isfinite(score))
+        if broken:  # a model whose activations overflow decodes nothing: said, not an empty line with exit 0
+            warnings.warn(
+                f"{broken} translation(s) scored nan or inf: the model's activations overflow (weights too large: a "
+                "broken or tampered checkpoint?), so those outputs are not translations",
+                stacklevel=3,
+            )
         if at_limit:  # as input truncation is said: an output the limit may have cut
             a, b = named("max_len_a"), named("max_len_b")
             warnings.warn(

@@ -21,6 +21,7 @@ from janus_fast.checkpoint import (
     TOKENIZER_NAME,
     WEIGHTS_NAME,
     CheckpointError,
+    load_checkpoint,
     load_pretrained,
     load_tokenizer,
     read_config,
@@ -228,3 +229,128 @@ def test_a_folder_replaced_between_weights_and_tokenizer_is_read_again(trained_d
     assert swaps
     assert model.checkpoint_digests["weights_sha256"] == checkpoint.read_config(str(second))["weights_sha256"]
     assert tokenizer.model_proto == (second / "spm.model").read_bytes()
+
+
+# --------------------------------------------------------------------------- crafted folders (a hostile probe)
+def _saved(tmp_path) -> str:
+    """A small checkpoint with the shipped tokenizer (its config records the tokenizer's digest)."""
+    directory = str(tmp_path / "ckpt")
+    save_pretrained(random_model(0, vocab_size=8000), directory, tokenizer_model=shipped_tokenizer())
+    return directory
+
+
+def _rewrite_config(directory: str, edit) -> None:  # noqa: ANN001 - edit(config) changes it in place
+    path = os.path.join(directory, CONFIG_NAME)
+    with open(path, encoding="utf-8") as handle:
+        config = json.load(handle)
+    edit(config)
+    config["model_sha256"] = hashlib.sha256(json.dumps(config["model"], sort_keys=True).encode()).hexdigest()
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(config, handle)
+
+
+@pytest.mark.parametrize("name", [CONFIG_NAME, WEIGHTS_NAME, TOKENIZER_NAME])
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_file_of_the_folder_that_is_not_a_regular_file_is_refused_before_it_is_read(tmp_path, name, kind):
+    """A FIFO in its place blocked the read forever; a link to /dev/zero was read until memory ran out
+    (/dev/null stands for it here: a device, refused as one). A writer thread keeps a regression from
+    hanging the suite: it opens the FIFO (blocking until a reader does), and the test opens the read end
+    itself at the end, so that the writer always finishes."""
+    import threading
+
+    directory = _saved(tmp_path)
+    path = os.path.join(directory, name)
+    os.remove(path)
+    writer = None
+    if kind == "fifo":
+        os.mkfifo(path)
+        writer = threading.Thread(target=lambda: open(path, "wb").close(), daemon=True)  # noqa: SIM115
+        writer.start()
+    else:
+        os.symlink(os.devnull, path)
+    what = "a pipe" if kind == "fifo" else "a device"
+    try:
+        with pytest.raises(CheckpointError, match=re.escape(f"{name}: {what}, not a regular file")):
+            load_checkpoint(directory)
+    finally:
+        if writer is not None:
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))  # lets the writer's open return
+            writer.join(timeout=60)
+
+
+def test_files_larger_than_such_a_file_may_hold_are_refused_before_they_are_read(tmp_path):
+    from janus_fast.checkpoint import MAX_CONFIG_BYTES
+
+    directory = _saved(tmp_path)
+    _rewrite_config(directory, lambda config: config.update(padding="x" * MAX_CONFIG_BYTES))
+    with pytest.raises(CheckpointError, match="more than the 16777216 such a file may hold"):
+        load_checkpoint(directory)
+    directory = _saved(tmp_path / "weights")
+    with open(os.path.join(directory, WEIGHTS_NAME), "ab") as handle:  # past 4 bytes a parameter + the header bound
+        handle.truncate(4 * random_model(0, vocab_size=8000).config.parameter_count() + (64 << 20) + 1)
+    with pytest.raises(CheckpointError, match=f"{WEIGHTS_NAME}: cannot read .* such a file may hold"):
+        load_checkpoint(directory)
+
+
+@pytest.mark.parametrize("depth", [40, 100_000])
+def test_a_config_nested_too_deeply_is_refused_in_one_line(tmp_path, depth):
+    """100,000 nested lists: a RecursionError traceback from the JSON reader; 40 levels inside the
+    model's ``extra``: read, then export died saving it (dataclasses.asdict's recursion)."""
+    directory = _saved(tmp_path)
+    if depth > 1000:
+        with open(os.path.join(directory, CONFIG_NAME), "w") as handle:
+            handle.write("[" * depth + "]" * depth)
+        expected = "nested too deeply to read"
+    else:
+        nested: list = []
+        for _ in range(depth):
+            nested = [nested]
+        _rewrite_config(directory, lambda config: config["model"]["extra"].update(deep=nested))
+        expected = "nested deeper than 32 levels"
+    with pytest.raises(CheckpointError, match=expected):
+        load_checkpoint(directory)
+
+
+def test_an_integer_too_long_to_read_is_one_checkpoint_error(tmp_path):
+    directory = _saved(tmp_path)
+    with open(os.path.join(directory, CONFIG_NAME), "w") as handle:
+        handle.write('{"model": {}, "weights_sha256": ' + "9" * 5000 + "}")
+    with pytest.raises(CheckpointError, match=f"{CONFIG_NAME}: unreadable or not valid JSON"):
+        load_checkpoint(directory)
+
+
+def test_an_empty_tokenizer_is_refused_naming_the_file(tmp_path):
+    """SentencePiece takes an empty model without a word: an IndexError traceback came from the
+    first id looked up (an old checkpoint records no tokenizer digest, so nothing checked the file)."""
+    directory = _saved(tmp_path)
+    with open(os.path.join(directory, TOKENIZER_NAME), "wb"):
+        pass
+    _rewrite_config(directory, lambda config: config.pop(TOKENIZER_DIGEST))
+    with pytest.raises(CheckpointError, match=f"{TOKENIZER_NAME}: not a valid janus_fast SentencePiece model .* empty"):
+        load_checkpoint(directory)
+
+
+def test_special_ids_other_than_the_sentencepiece_tokenizers_are_refused(tmp_path):
+    """A config whose pad and eos ids were swapped loaded and decoded nonsense with exit 0."""
+    directory = _saved(tmp_path)
+    _rewrite_config(directory, lambda config: config["model"].update(pad_id=3, eos_id=0))
+    with pytest.raises(CheckpointError, match=r"special ids that are not its SentencePiece tokenizer's: pad_id 3"):
+        load_checkpoint(directory)
+
+
+def test_a_malformed_objectives_record_is_named(tmp_path):
+    directory = _saved(tmp_path)
+    _rewrite_config(directory, lambda config: config["model"]["extra"].update(trained_objectives=[["janus"]]))
+    with pytest.raises(CheckpointError, match="trained_objectives.*must be a list of objective names"):
+        load_checkpoint(directory)
+
+
+@pytest.mark.parametrize("mode", ["nar", "ar", "spec"])
+def test_outputs_of_a_model_whose_activations_overflow_are_said_not_to_be_translations(mode):
+    """Finite weights of 3e38 pass the loader's checks but overflow: every line came out empty, exit 0."""
+    translator = Translator.from_pretrained()
+    with torch.no_grad():
+        translator.model.embed_tokens.weight.fill_(3e38)
+    broken = Translator(translator.model, translator.tokenizer)
+    with pytest.warns(UserWarning, match="1 translation.* scored nan or inf"):
+        broken.translate(["Zwei Hunde spielen im Schnee.", ""], mode=mode)

@@ -14,9 +14,12 @@ or ``bpe.codes`` (subword-nmt).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 from collections.abc import Sequence
+
+from janus_fast.data import MAX_TOKENIZER_FILE_BYTES, read_regular_file
 
 DICT_NAME = "dict.txt"
 BPE_FILES = {"sentencepiece": "bpe.model", "subword-nmt": "bpe.codes"}
@@ -32,24 +35,25 @@ def read_dictionary(path: str) -> list[str]:
     for a malformed or duplicated entry."""
     symbols = list(SPECIAL_SYMBOLS)
     seen = set(symbols)
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            fields = line.rstrip("\n").rsplit(" ", 1)
+    # universal newlines, as a file opened in text mode reads them
+    text = read_regular_file(path, MAX_TOKENIZER_FILE_BYTES).decode("utf-8")
+    for number, line in enumerate(io.StringIO(text, newline=None), 1):
+        fields = line.rstrip("\n").rsplit(" ", 1)
+        if len(fields) != 2:
+            raise ValueError(f"{path}:{number}: expected 'symbol count', got {line.rstrip()!r}")
+        word, count = fields
+        overwrite = count == "#fairseq:overwrite"
+        if overwrite:
+            fields = word.rsplit(" ", 1)
             if len(fields) != 2:
-                raise ValueError(f"{path}:{number}: expected 'symbol count', got {line.rstrip()!r}")
+                raise ValueError(f"{path}:{number}: expected 'symbol count #fairseq:overwrite'")
             word, count = fields
-            overwrite = count == "#fairseq:overwrite"
-            if overwrite:
-                fields = word.rsplit(" ", 1)
-                if len(fields) != 2:
-                    raise ValueError(f"{path}:{number}: expected 'symbol count #fairseq:overwrite'")
-                word, count = fields
-            if not count.lstrip("-").isdigit():
-                raise ValueError(f"{path}:{number}: count {count!r} is not an integer")
-            if word in seen and not overwrite:
-                raise ValueError(f"{path}:{number}: duplicate symbol {word!r}")
-            seen.add(word)
-            symbols.append(word)
+        if not count.lstrip("-").isdigit():
+            raise ValueError(f"{path}:{number}: count {count!r} is not an integer")
+        if word in seen and not overwrite:
+            raise ValueError(f"{path}:{number}: duplicate symbol {word!r}")
+        seen.add(word)
+        symbols.append(word)
     return symbols
 
 
@@ -76,8 +80,7 @@ class FairseqTokenizer:
         if bpe is not None:
             if bpe_path is None:
                 raise ValueError(f"--bpe {bpe} needs the path of its model / codes")
-            with open(bpe_path, "rb") as handle:
-                data = handle.read()
+            data = read_regular_file(bpe_path, MAX_TOKENIZER_FILE_BYTES)
         return cls(read_dictionary(dict_path), bpe, data)
 
     @classmethod
@@ -163,11 +166,15 @@ def bpe_splitter(bpe: str | None, data: bytes | None):  # noqa: ANN202 - Callabl
     if bpe == "sentencepiece":
         import sentencepiece as spm
 
+        if not data:  # SentencePiece takes an empty model without a word (then fails on every call)
+            raise ValueError("not a SentencePiece model: the file is empty")
         try:
             processor = spm.SentencePieceProcessor(model_proto=data)
         except (RuntimeError, TypeError) as error:
             reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
             raise ValueError(f"not a SentencePiece model ({reason})") from error
+        if processor.get_piece_size() == 0:  # SentencePiece takes an empty file without a word
+            raise ValueError("not a SentencePiece model: it holds no piece (an empty or truncated file?)")
         return lambda text: " ".join(processor.encode(text, out_type=str))
     try:
         from subword_nmt.apply_bpe import BPE
