@@ -413,7 +413,8 @@ def load_tokenizer(directory: str, config: dict[str, Any] | None = None):  # noq
     if config is None and os.path.exists(config_path):
         config = read_config(directory)
     recorded = config is not None and TOKENIZER_DIGEST in config
-    if os.path.exists(dictionary) and (recorded or os.path.exists(path)):
+    # lexists: a dangling link in dict.txt's place is named as that file, not as a missing spm.model
+    if os.path.lexists(dictionary) and (recorded or os.path.exists(path)):
         if not recorded:
             raise CheckpointError(
                 f"{directory} holds both {TOKENIZER_NAME} and {DICT_NAME} and its config records neither: "
@@ -423,7 +424,7 @@ def load_tokenizer(directory: str, config: dict[str, Any] | None = None):  # noq
             f"{dictionary}: not this checkpoint's tokenizer (its config records {TOKENIZER_NAME}); ignored",
             stacklevel=2,
         )
-    elif os.path.exists(dictionary):
+    elif os.path.lexists(dictionary):
         try:
             tokenizer = FairseqTokenizer.load(directory)
         except (OSError, ValueError, RuntimeError) as error:

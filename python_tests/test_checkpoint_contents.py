@@ -354,3 +354,17 @@ def test_outputs_of_a_model_whose_activations_overflow_are_said_not_to_be_transl
     broken = Translator(translator.model, translator.tokenizer)
     with pytest.warns(UserWarning, match="1 translation.* scored nan or inf"):
         broken.translate(["Zwei Hunde spielen im Schnee.", ""], mode=mode)
+
+
+def test_a_dangling_link_in_place_of_the_dictionary_is_named_as_the_dictionary(tmp_path):
+    """A converted model whose dict.txt is a dangling link was reported as a missing spm.model."""
+    from janus_fast.fairseq.convert import convert_fairseq
+
+    fairseq = os.path.join(REPO_ROOT, "python_tests", "data", "fairseq")
+    directory = str(tmp_path / "converted")
+    convert_fairseq(os.path.join(fairseq, "trained.pt"), os.path.join(fairseq, "dict.txt"), directory)
+    os.remove(os.path.join(directory, "dict.txt"))
+    os.symlink(str(tmp_path / "nowhere.txt"), os.path.join(directory, "dict.txt"))
+    with pytest.raises(CheckpointError, match="unusable fairseq dictionary or BPE .*No such file") as raised:
+        load_checkpoint(directory)
+    assert TOKENIZER_NAME not in str(raised.value)
