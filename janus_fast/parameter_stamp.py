@@ -9,9 +9,16 @@ longer matches.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from torch import nn
+
+# Guards what a model keeps in its ``__dict__`` for the engine (the converted weights, made on first
+# use) against another thread copying the model meanwhile (the int8 copy's deepcopy iterates that
+# dict: "dictionary changed size during iteration" when two first calls met) or converting it too.
+MODEL_CACHE_LOCK = threading.RLock()
 
 
 def model_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -51,11 +58,16 @@ class WeightSamples:
     SAMPLES = 32
 
     def __init__(self, parameters: list[nn.Parameter]) -> None:
-        # NumPy views of the parameters' memory, as integers of the same width, and the positions
-        # to read: indexing a NumPy array costs a fraction of a torch op, which matters per call
+        self.parameters = parameters
+        self._view()
+        self.values = self.read()
+
+    def _view(self) -> None:
+        """NumPy views of the parameters' memory, as integers of the same width, and the positions
+        to read: indexing a NumPy array costs a fraction of a torch op, which matters per call."""
         self.views: list[np.ndarray] = []
         self.positions: list[np.ndarray | tuple[np.ndarray, ...]] = []
-        for parameter in parameters:
+        for parameter in self.parameters:
             tensor = parameter.detach()
             if tensor.dim() == 0:
                 tensor = tensor.reshape(1)  # a view
@@ -68,7 +80,17 @@ class WeightSamples:
             else:  # never copied: a copy would not see later writes
                 self.views.append(tensor.numpy())
                 self.positions.append(np.unravel_index(flat, tuple(tensor.shape)))
-        self.values = self.read()
+
+    # Pickled (a Translator sent to a process pool, a deep copy) without the views: a view is a raw
+    # pointer into a parameter's memory, which pickling the parameter for a pool moves to shared
+    # memory (freeing the old block: the view would read freed memory, a segfault); made again from
+    # the parameters on arrival, with the values sampled at conversion kept.
+    def __getstate__(self) -> dict:
+        return {"parameters": self.parameters, "values": self.values}
+
+    def __setstate__(self, state: dict) -> None:
+        self.parameters, self.values = state["parameters"], state["values"]
+        self._view()
 
     def read(self) -> bytes:
         """The sampled values now, as bytes."""

@@ -26,6 +26,7 @@ from torch import nn
 
 from janus_fast.model import JanusModel
 from janus_fast.native.cpu_features import has_avx512_vnni
+from janus_fast.parameter_stamp import MODEL_CACHE_LOCK
 
 
 class FullRangeDynamicLinear(torch.ao.nn.quantized.dynamic.Linear):
@@ -52,7 +53,10 @@ def quantize_int8(model: JanusModel, full_range: bool | None = None) -> JanusMod
         raise RuntimeError(
             f"int8 needs the fbgemm backend; this torch has {torch.backends.quantized.supported_engines}"
         )
-    quantized = copy.deepcopy(model).eval().cpu()
+    with MODEL_CACHE_LOCK:  # not while another thread adds the engine's weights to the model's __dict__
+        cache = model.__dict__.get("_native_decoders")
+        memo = {id(cache): {}} if cache is not None else {}  # the engine's converted weights are not copied
+        quantized = copy.deepcopy(model, memo).eval().cpu()
     config = quantized.config
     output = nn.Linear(config.d_model, config.vocab_size, bias=False)
     output.weight = nn.Parameter(quantized.embed_tokens.weight.detach().clone(), requires_grad=False)

@@ -3,6 +3,10 @@ assigned, a model's weights changed after a translator was made (probe findings 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import random_model
@@ -133,3 +137,70 @@ def test_resolved_options_given_again_with_another_mode_resolve_that_modes_defau
     assert nar.length_bonus == translator.model.config.length_bonus and nar.collapse_repeats is True
     with pytest.raises(ValueError, match="collapse_repeats applies to mode='nar'"):
         translator.translate(sentences, nar, mode="ar")  # a NAR choice given to AR is refused, not ignored
+
+
+def test_a_translator_that_has_translated_pickles_after_its_model_moved_to_shared_memory(tmp_path):
+    """A process pool pickles a Translator by moving its parameters to shared memory, which frees their
+    old blocks; the engine's weight samples were NumPy views of those blocks, so pickling read freed
+    memory (a segfault of the parent). MALLOC_MMAP_THRESHOLD_ makes every large block its own mapping,
+    unmapped when freed: the old code crashed every time."""
+    script = tmp_path / "pool_pickle.py"
+    script.write_text(
+        "import pickle, torch\n"
+        "from janus_fast.translator import Translator\n"
+        "torch.set_num_threads(1)\n"
+        "translator = Translator.from_pretrained()\n"
+        "sentences = ['Zwei Hunde spielen im Schnee.', 'Ein Mann fährt Fahrrad.']\n"
+        "before = translator.translate(sentences, mode='ar')\n"
+        "translator.model.share_memory()\n"
+        "copy = pickle.loads(pickle.dumps(translator))\n"
+        "assert copy.translate(sentences, mode='ar') == before == translator.translate(sentences, mode='ar')\n"
+        "print('ok', flush=True)\n"
+    )
+    environment = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", (result.returncode, result.stderr[-2000:])
+
+
+def test_an_int8_copy_waits_for_a_conversion_in_another_thread_and_leaves_the_engine_weights_out(monkeypatch):
+    """Two first calls in two threads: one converting the model for the engine (adding to the
+    model's __dict__), the other making the int8 copy (a deepcopy iterating it) raised "dictionary
+    changed size during iteration". The copy now waits for the conversion, and carries none of the
+    engine's converted weights."""
+    import threading
+
+    from janus_fast.native import decoder as decoder_module
+    from janus_fast.quantize import quantize_int8
+
+    model = random_model(0)
+    converting, release = threading.Event(), threading.Event()
+    original = decoder_module.NativeDecoder.__init__
+
+    def slow_conversion(self, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+        converting.set()
+        release.wait(timeout=60)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(decoder_module.NativeDecoder, "__init__", slow_conversion)
+    errors: list[BaseException] = []
+    copies: list = []
+
+    def run(target) -> None:  # noqa: ANN001
+        try:
+            target()
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            errors.append(error)
+
+    convert = threading.Thread(target=run, args=(lambda: decoder_module.NativeDecoder.for_model(model),))
+    convert.start()
+    assert converting.wait(timeout=60)
+    copy_thread = threading.Thread(target=run, args=(lambda: copies.append(quantize_int8(model)),))
+    copy_thread.start()
+    copy_thread.join(timeout=1.0)
+    assert copy_thread.is_alive()  # waiting for the conversion
+    release.set()
+    convert.join(timeout=120)
+    copy_thread.join(timeout=120)
+    assert errors == [] and len(copies) == 1
+    assert "fp32" in model.__dict__["_native_decoders"]
+    assert not copies[0].__dict__.get("_native_decoders")

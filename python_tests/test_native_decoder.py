@@ -427,20 +427,15 @@ def test_greedy_search_memory_follows_what_is_decoded_not_the_length_limit():
     assert hypotheses.tokens == [[]] * batch  # eos first: no tokens (the caches would be 2 x 31 GB per layer)
 
 
-def test_ctrl_c_stops_a_long_greedy_search(tmp_path):
-    """The one-call search asks Python for pending signals between its steps (past its first 200
-    ms): SIGINT raises KeyboardInterrupt within about a tenth of a second of a step, not after a
-    search of minutes (probe 28: 91 s)."""
-    import signal
+def _interrupted_long_search(tmp_path, setup: str, caught: str, signal_number: int) -> str:
+    """Run a greedy search of many minutes in a subprocess (``setup``: its signal set-up, lines of
+    Python), send it ``signal_number`` a second into the search, and return what it printed:
+    ``caught`` where the search raised that exception, ``finished`` where it returned."""
     import time
 
     script = tmp_path / "long_search.py"
     script.write_text(
-        "import signal, sys, time, torch\n"
-        # Python's KeyboardInterrupt handler, as in a terminal: a process started from a background job
-        # of a non-interactive shell (a CI runner's) inherits SIGINT ignored, and Python then leaves it so
-        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "import signal, sys, time, torch\n" + setup + f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
         "from conftest import random_model\n"
         "from janus_fast.generation import generate\n"
         "torch.set_num_threads(1)\n"
@@ -452,15 +447,47 @@ def test_ctrl_c_stops_a_long_greedy_search(tmp_path):
         "try:\n"
         "    generate(model, src, torch.full((64,), 4), max_len_a=0.0, max_len_b=16_000)\n"
         "    print('finished')\n"
-        "except KeyboardInterrupt:\n"
-        "    print('interrupted', flush=True)\n"
+        f"except {caught}:\n"
+        f"    print({caught!r}, flush=True)\n"
     )
     process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "searching"
     time.sleep(1.0)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal_number)
     out, _ = process.communicate(timeout=600)  # the whole search takes many minutes: never reached
-    assert out.strip() == "interrupted" and process.returncode == 0
+    assert process.returncode == 0
+    return out.strip()
+
+
+def test_ctrl_c_stops_a_long_greedy_search(tmp_path):
+    """The one-call search asks Python for pending signals between its steps (past its first 200
+    ms): SIGINT raises KeyboardInterrupt within about a tenth of a second of a step, not after a
+    search of minutes (probe 28: 91 s)."""
+    import signal
+
+    # Python's KeyboardInterrupt handler, as in a terminal: a process started from a background job
+    # of a non-interactive shell (a CI runner's) inherits SIGINT ignored, and Python then leaves it so
+    setup = "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+    assert _interrupted_long_search(tmp_path, setup, "KeyboardInterrupt", signal.SIGINT) == "KeyboardInterrupt"
+
+
+@pytest.mark.parametrize("sigint", ["SIG_IGN", "SIG_DFL"])
+def test_a_signal_handlers_own_exception_stops_a_long_greedy_search(tmp_path, sigint):
+    """A handler's exception raised during the one-call search comes out of the call as itself (a
+    deadline's own exception, the CLI's SystemExit for SIGTERM), whatever SIGINT's disposition: it was
+    replaced by KeyboardInterrupt, or, with SIGINT ignored (a background job of a script) or left at
+    the default, dropped, and the search's partial outputs were returned as translations."""
+    import signal
+
+    setup = (
+        f"signal.signal(signal.SIGINT, signal.{sigint})\n"
+        "class Deadline(Exception):\n"
+        "    pass\n"
+        "def on_deadline(signum, frame):\n"
+        "    raise Deadline()\n"
+        "signal.signal(signal.SIGUSR1, on_deadline)\n"
+    )
+    assert _interrupted_long_search(tmp_path, setup, "Deadline", signal.SIGUSR1) == "Deadline"
 
 
 def test_shipped_model_greedy_search_in_one_call_equals_the_stepwise_loop(monkeypatch):

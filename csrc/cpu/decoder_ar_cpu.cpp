@@ -427,8 +427,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decoder_ar_greedy_search(
     }
     active.resize(kept);
     next.resize(kept);
-    // Ctrl-C: a search running longer than kFirstInterruptCheck asks Python every kInterruptCheck
-    // (each ask takes the GIL: a short search never does). Python raises KeyboardInterrupt on return.
+    // Signals: a search running longer than kFirstInterruptCheck asks Python every kInterruptCheck (each
+    // ask takes the GIL: a short search never does); a handler's exception is raised on return.
     if (!active.empty() && std::chrono::steady_clock::now() >= next_interrupt_check) {
       if (interrupt_requested()) break;
       next_interrupt_check = std::chrono::steady_clock::now() + kInterruptCheck;

@@ -53,9 +53,9 @@ constexpr float kLayerNormEps = 1e-5f;
 // (scalar | avx2 | avx512 | avx512_bf16) so that tests can run every path on one machine.
 Isa active_isa();
 
-// Whether Python asked the running native call to stop (Ctrl-C): checked between the steps of a
-// call that runs many (interrupt.cpp). True: the caller returns at once; Python raises
-// KeyboardInterrupt when the call returns, so its outputs are never used.
+// Whether a Python signal handler raised during the running native call (Ctrl-C, SIGTERM, a deadline):
+// checked between the steps of a call that runs many (interrupt.cpp). True: the caller returns at once;
+// its Python caller raises the handler's exception when the call returns, so its outputs are never used.
 bool interrupt_requested();
 
 // How the layers are wired (janus_fast.model.JanusConfig's normalize_before and activation).

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from janus_fast.model import EncoderOutput, JanusModel, LayerCache
 from janus_fast.native.cpu_features import has_avx512_vnni
+from janus_fast.native.interrupts import raise_pending
 from janus_fast.native.weights import (
     DecoderLayerWeights,
     DecoderWeights,
@@ -48,7 +49,7 @@ from janus_fast.native.weights import (
     flatten,
 )
 from janus_fast.ops import uses_native_ops
-from janus_fast.parameter_stamp import ParameterStamp
+from janus_fast.parameter_stamp import MODEL_CACHE_LOCK, ParameterStamp
 
 # a batch's cross-attention keys and values per decoder layer (float32, contiguous) and its source lengths
 Memory = tuple[list[Tensor], list[Tensor], Tensor]
@@ -257,6 +258,11 @@ class NativeDecoder:
         in-place (optimizer steps, ``load_state_dict``, ``p.data.copy_``) or by new tensors
         (``load_state_dict(..., assign=True)``, ``p.data = ...``). Checked on every call, without
         reading every weight: ``janus_fast.parameter_stamp.ParameterStamp``."""
+        with MODEL_CACHE_LOCK:  # one thread converts; another's copy of the model never sees the cache grow
+            return NativeDecoder._cached_for_model(model, weight_type)
+
+    @staticmethod
+    def _cached_for_model(model: JanusModel, weight_type: str) -> NativeDecoder:
         cache: dict[str, NativeDecoder] = model.__dict__.setdefault("_native_decoders", {})
         decoder = cache.get(weight_type)
         held = engine_held_weights(model)
@@ -357,10 +363,12 @@ class NativeDecoder:
         log-probability of each row's tokens (B,) float32 (eos included) and their count (B,) int64.
         """
         max_steps = int(limits.max()) if len(limits) else 0
-        return torch.ops.janus_fast.decoder_ar_greedy_search(
+        found = torch.ops.janus_fast.decoder_ar_greedy_search(
             *self._decoder_arguments(), self.mask_id, self.query_position_offset, self.query_stream,
             *memory, limits, max_steps, excluded_ids, bos_id, eos_id, pad_id, memory_rows=memory_rows,
         )  # fmt: skip
+        raise_pending()  # a signal handler's exception that stopped the search (its outputs are partial)
+        return found
 
     def ar_topk_step(
         self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache], excluded_ids: Tensor,
