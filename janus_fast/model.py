@@ -157,7 +157,7 @@ class JanusConfig:
             if getattr(self, name) > high:
                 raise ValueError(f"{named(name)} must be <= {high}, got {getattr(self, name)}")
         if not math.isfinite(self.length_bonus):
-            raise ValueError(f"length_bonus must be a finite number, got {self.length_bonus}")
+            raise ValueError(f"{named('length_bonus')} must be a finite number, got {self.length_bonus}")
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{named(name)} must be in [0, 1), got {getattr(self, name)}")

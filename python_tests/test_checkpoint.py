@@ -110,7 +110,7 @@ def test_export_stores_a_length_bonus_that_decoding_then_uses(trained_dir, tmp_p
     assert plain.stdout != exported.stdout  # the bonus picks other (longer) candidates somewhere
     assert len(plain.stdout.split()) < len(exported.stdout.split())
     bad = run_cli("export", "--model", trained_dir, "--output", str(tmp_path / "bad"), "--length-bonus", "nan")
-    assert bad.returncode != 0 and b"finite" in bad.stderr
+    assert bad.returncode != 0 and b"--length-bonus must be a finite number" in bad.stderr  # named by its flag
 
 
 def test_average_is_the_mean_of_the_weights(tmp_path):
