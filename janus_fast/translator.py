@@ -21,6 +21,7 @@ from janus_fast.decoding.options import DECODERS, DecodeOptions, check_choice, n
 from janus_fast.decoding.passes import PassChoice
 from janus_fast.generation import decode_batch
 from janus_fast.model import JanusModel
+from janus_fast.parameter_stamp import MODEL_CACHE_LOCK
 from janus_fast.tokenizer import Tokenizer
 
 DEFAULT_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "multi30k-de-en")
@@ -108,6 +109,16 @@ class Translator:
         translator = cls(*load_checkpoint(directory, device=device), **options)
         translator.checkpoint_dir = directory
         return translator
+
+    def _call_choice(self, precision: str, decoder: str) -> PassChoice:
+        """The passes of a precision or decoder given for one call, made once and kept for the next
+        such calls (a reference int8 call's PyTorch int8 copy of the model was made again on every
+        call); at most one per (precision, decoder) pair."""
+        with MODEL_CACHE_LOCK:
+            choices: dict[tuple[str, str], PassChoice] = self.__dict__.setdefault("_call_choices", {})
+            if (precision, decoder) not in choices:
+                choices[precision, decoder] = PassChoice(self.model, precision, native=decoder == "engine")
+            return choices[precision, decoder]
 
     def __setattr__(self, name: str, value: object) -> None:
         if name in _FIXED_ATTRIBUTES:
@@ -338,7 +349,7 @@ class Translator:
         choice = self.choice
         at_limit = 0  # AR / speculative outputs that reached their length limit (eos forced there)
         if (options.precision, options.decoder) != (self.precision, self.decoder):  # changed for this call
-            choice = PassChoice(self.model, options.precision, native=options.decoder == "engine")
+            choice = self._call_choice(options.precision, options.decoder)
         for indices in batches:
             src, src_lengths = pad_sequences([encoded[i] for i in indices], self.model.config.pad_id)
             hypotheses = decode_batch(self.model, src.to(self.device), src_lengths.to(self.device), options, choice)

@@ -204,3 +204,24 @@ def test_an_int8_copy_waits_for_a_conversion_in_another_thread_and_leaves_the_en
     assert errors == [] and len(copies) == 1
     assert "fp32" in model.__dict__["_native_decoders"]
     assert not copies[0].__dict__.get("_native_decoders")
+
+
+def test_a_per_call_reference_int8_copy_is_made_once(monkeypatch):
+    """Every call with decoder="reference", precision="int8" on an fp32 engine Translator made a new
+    PyTorch int8 copy of the model (a deepcopy and a quantization per call); it is made once, and made
+    again only when the model's weights change."""
+    from janus_fast.decoding import passes
+
+    made = []
+    original = passes.quantize_int8
+    monkeypatch.setattr(passes, "quantize_int8", lambda model: made.append(1) or original(model))
+    model = random_model(0)
+    translator = Translator(model, ToyTokenizer())
+    per_call = {"mode": "ar", "decoder": "reference", "precision": "int8"}
+    first = translator.translate_ids(IDS, **per_call)
+    assert translator.translate_ids(IDS, **per_call).tokens == first.tokens
+    assert len(made) == 1
+    with torch.no_grad():
+        model.embed_tokens.weight.mul_(1.5)
+    translator.translate_ids(IDS, **per_call)
+    assert len(made) == 2
