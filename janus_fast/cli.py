@@ -471,7 +471,7 @@ def parse_token_ids(line: str, number: int) -> list[int]:
 
 
 def command_convert(args: argparse.Namespace) -> int:
-    from janus_fast.fairseq.convert import convert_fairseq
+    from janus_fast.fairseq.convert import convert_fairseq, new_folder_problem
 
     bpe, bpe_path = (None, None) if args.bpe is None else args.bpe
     if bpe is not None and bpe not in ("sentencepiece", "subword-nmt"):
@@ -496,10 +496,9 @@ def command_convert(args: argparse.Namespace) -> int:
             raise InputError(f"--bpe {bpe_path}: cannot read it ({error.strerror or error})") from error
         except ValueError as error:
             raise InputError(f"--bpe {bpe} {bpe_path}: {error}") from error
-    if not args.output:
-        raise InputError("--output is empty: name the checkpoint folder to write")
-    if os.path.lexists(args.output) and not (os.path.isdir(args.output) and not os.listdir(args.output)):
-        raise InputError(f"--output {args.output} exists and is not an empty folder: convert writes a new checkpoint")
+    problem = new_folder_problem(args.output)
+    if problem is not None:
+        raise InputError(f"--output: {problem}")
     check_writable_directory(args.output, "--output")
     model = convert_fairseq(args.fairseq, args.dict, args.output, bpe, bpe_path)
     config = model.config

@@ -588,7 +588,7 @@ def test_converter_checks_shapes_before_building_a_model_the_arguments_inflate(t
     assert not (tmp_path / "out").exists()
 
 
-def test_converter_never_overwrites_and_leaves_nothing_when_a_write_fails(tmp_path, monkeypatch) -> None:
+def test_converter_never_overwrites_and_leaves_nothing_when_a_write_fails(tmp_path, monkeypatch, capsys) -> None:
     """Before: the Python API wrote into an existing checkpoint folder (its weights lost, the folder
     unusable), and a failed write (a full disk) left a half checkpoint that blocked the rerun."""
     from janus_fast.fairseq import convert as convert_module
@@ -601,6 +601,14 @@ def test_converter_never_overwrites_and_leaves_nothing_when_a_write_fails(tmp_pa
     assert os.listdir(existing) == ["config.json"]
     with pytest.raises(CheckpointError, match="name is empty"):
         convert_fairseq(os.path.join(DATA, "trained.pt"), os.path.join(DATA, "dict.txt"), "")
+
+    for output, message in ((str(existing), "exists and is not an empty folder"), ("", "name is empty")):
+        # the command line refuses the same outputs with the same reason, naming --output, before any work
+        status = cli_main(["convert", "--fairseq", os.path.join(DATA, "trained.pt"), "--dict",
+                           os.path.join(DATA, "dict.txt"), "--output", output])  # fmt: skip
+        error = capsys.readouterr().err
+        assert status == 2 and "--output: " in error and message in error, error
+    assert os.listdir(existing) == ["config.json"]
 
     def full_disk(tokenizer, directory: str) -> None:  # noqa: ANN001
         raise OSError(28, "No space left on device")

@@ -324,16 +324,25 @@ def convert_state_dict(
     return out
 
 
+def new_folder_problem(output: str) -> str | None:
+    """Why ``output`` cannot take a converted checkpoint (an empty name, or a file or non-empty folder
+    there: converting never overwrites), or None."""
+    if not output:
+        return "the output folder's name is empty: name the checkpoint folder to write"
+    if os.path.lexists(output) and not (os.path.isdir(output) and not os.listdir(output)):
+        return f"{output} exists and is not an empty folder: converting writes a new checkpoint folder"
+    return None
+
+
 def convert_fairseq(
     checkpoint_path: str, dict_path: str, output: str, bpe: str | None = None, bpe_path: str | None = None
 ) -> JanusModel:
     """Convert ``checkpoint_path`` (read without executing pickled code) with its dictionary (and
     BPE) into the checkpoint directory ``output`` (a new or empty folder: an existing checkpoint is
     never overwritten; the folder appears whole or not at all); returns the converted model."""
-    if not output:
-        raise CheckpointError("the output folder's name is empty")
-    if os.path.lexists(output) and not (os.path.isdir(output) and not os.listdir(output)):
-        raise CheckpointError(f"{output} exists and is not an empty folder: converting writes a new checkpoint folder")
+    problem = new_folder_problem(output)
+    if problem is not None:
+        raise CheckpointError(problem)
     checkpoint = load_fairseq_checkpoint(checkpoint_path)
     args = fairseq_arguments(checkpoint, checkpoint_path)
     try:
