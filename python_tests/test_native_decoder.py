@@ -23,6 +23,7 @@ from janus_fast.decoding import ar, passes
 from janus_fast.decoding.beam import BeamChoice, janus_rules
 from janus_fast.decoding.reference import ar_search, mask_predict
 from janus_fast.native.decoder import (
+    ISA_NAMES,
     NativeDecoder,
     bf16_computes_in_bf16,
     cpu_isa,
@@ -737,7 +738,7 @@ def test_ar_scores_with_low_precision_weights_equal_the_rounded_model(weight_typ
 FEED_FORWARD_ROWS = 256  # csrc/cpu/decoder_passes.h kFeedForwardRows: the FFN runs in blocks of this many rows
 
 
-@pytest.mark.parametrize("weight_type", ["fp32", "int8"])
+@pytest.mark.parametrize("weight_type", ["fp32", "bf16", "int8"])
 @pytest.mark.parametrize("architecture", ["pre_norm_gelu", "post_norm_relu"])
 def test_passes_longer_than_one_feed_forward_block(architecture, weight_type):
     """Encoder and NAR passes of 2-3 FFN blocks of rows: the model's values (fp32), and each row's
@@ -1080,9 +1081,9 @@ def test_rows_sharing_a_memory_entry_equal_rows_with_their_own_copy(architecture
     )
 
 
-@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512", "avx512_bf16"])
+@pytest.mark.parametrize("isa", ISA_NAMES)
 def test_every_isa_path_matches_model(isa):
-    order = ["scalar", "avx2", "avx512", "avx512_bf16"]
+    order = list(ISA_NAMES)
     if order.index(isa) > order.index(cpu_isa()):
         pytest.skip(f"this CPU runs {cpu_isa()}, not {isa}")
     here = os.path.dirname(os.path.abspath(__file__))

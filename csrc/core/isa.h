@@ -10,6 +10,13 @@
 #define JANUS_AVX512_BF16 __attribute__((target("avx512bf16,avx512f,avx512bw,avx512vl,avx2,fma")))
 #define JANUS_AVX512_VNNI __attribute__((target("avx512vnni,avx512f,avx512bw,avx512vl,avx2,fma")))
 #define JANUS_AVX2 __attribute__((target("avx2,fma")))
+#define JANUS_AMX \
+  __attribute__((target("amx-tile,amx-int8,amx-bf16,avx512bf16,avx512vnni,avx512f,avx512bw,avx512vl,avx2,fma")))
+#include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #else
 #define JANUS_X86 0
 #endif
@@ -17,7 +24,28 @@
 namespace janus_fast {
 namespace core {
 
-enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+// kAmx: AVX-512 BF16 and VNNI plus the AMX tile unit (tile products of bf16 pairs and int8 quads,
+// core/small_gemm.h), which the kernel lets this process use.
+enum class Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4 };
+
+// The CPU reports AMX (tiles, int8 and bf16 products; cpuid leaf 7) and Linux lets this process use
+// the tile data registers (arch_prctl ARCH_REQ_XCOMP_PERM: the permission is process-wide and asked
+// once). False elsewhere: another OS, an older kernel, or a CPU without AMX.
+inline bool amx_usable() {
+#if JANUS_X86 && defined(__linux__)
+  static const bool usable = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    const bool amx_bf16 = (edx >> 22) & 1u, amx_tile = (edx >> 24) & 1u, amx_int8 = (edx >> 25) & 1u;
+    if (!(amx_bf16 && amx_tile && amx_int8)) return false;
+    constexpr long kRequestPermission = 0x1023, kTileData = 18;  // ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA
+    return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+  }();
+  return usable;
+#else
+  return false;
+#endif
+}
 
 // The widest kernel this CPU runs, from what it reports (cpuid).
 inline Isa detect_isa() {
@@ -25,7 +53,10 @@ inline Isa detect_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl"))
-    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
+  {
+    if (!__builtin_cpu_supports("avx512bf16")) return Isa::kAvx512;
+    return __builtin_cpu_supports("avx512vnni") && amx_usable() ? Isa::kAmx : Isa::kAvx512Bf16;
+  }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
 #endif
   return Isa::kScalar;
@@ -47,6 +78,7 @@ inline bool has_avx512_vnni() {
 
 inline const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kAmx: return "amx";
     case Isa::kAvx512Bf16: return "avx512_bf16";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";

@@ -135,7 +135,7 @@ JANUS_AVX2 inline LogitReduction reduce_logits_avx2(const float* x, int64_t n) {
 
 inline LogitReduction reduce_logits_isa(Isa isa, const float* x, int64_t n) {
 #if JANUS_X86
-  if (isa == Isa::kAvx512 || isa == Isa::kAvx512Bf16) return reduce_logits_avx512(x, n);
+  if (isa >= Isa::kAvx512) return reduce_logits_avx512(x, n);
   if (isa == Isa::kAvx2) return reduce_logits_avx2(x, n);
 #endif
   (void)isa;

@@ -13,7 +13,9 @@
 // instruction: kBFloat16Pairs (AVX-512 BF16) and kInt8Quads (AVX-512 VNNI, int8 x uint8 products
 // summed in int32, x quantized per row). The loop keeps an MR x 64 (or x 32) block of y in
 // registers and streams a panel once per block of MR rows; the vector width is chosen at run time
-// from what the CPU reports (AVX-512, AVX2 + FMA, or plain C++).
+// from what the CPU reports (AVX-512, AVX2 + FMA, or plain C++). Where the CPU has AMX (Isa::kAmx)
+// the two dot-product layouts also run on its tiles (16 rows x 16 columns per tile product), as
+// they are stored: bf16 pairs for every row count, int8 quads from kAmxInt8MinRows rows on.
 //
 // Plain C++17 + intrinsics behind target attributes: no torch, so csrc/tests/ can test it alone.
 #pragma once
@@ -223,6 +225,21 @@ JANUS_AVX512 void gemm_avx512(int64_t rows, const float* x, int64_t ldx, const G
   if (n0 < n_end) gemm_columns_scalar<W>(rows, x, ldx, weight, y, ldy, n0, n_end);
 }
 
+// The first `valid` of the 64 outputs from column n0 of one row of a bf16-pairs product (its four
+// vectors of float32 sums): y = sum + bias, or sum + (y + bias) with weight.accumulate. Both
+// kernels of the layout (AVX-512 BF16 and AMX) store through it.
+JANUS_AVX512 inline void store_pairs_row(const __m512 sums[4], const GemmWeight& weight, float* y_row, int64_t n0,
+                                         int64_t valid) {
+  for (int j = 0; j < 4; ++j) {
+    const int64_t n = n0 + 16 * j, count = std::min<int64_t>(16, valid - 16 * j);
+    if (count <= 0) break;
+    const __mmask16 mask = static_cast<__mmask16>(count >= 16 ? 0xffff : (1u << count) - 1u);
+    const __m512 bias = weight.bias ? _mm512_maskz_loadu_ps(mask, weight.bias + n) : _mm512_setzero_ps();
+    const __m512 base = weight.accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask, y_row + n), bias) : bias;
+    _mm512_mask_storeu_ps(y_row + n, mask, _mm512_add_ps(sums[j], base));
+  }
+}
+
 // One MR x 64 block of y from bfloat16 pairs: xp holds each row of x as ceil(K/2) bfloat16 pairs
 // (one uint32 each); `valid` of the 64 columns are stored (the last panel may be partial).
 template <int MR>
@@ -244,17 +261,7 @@ JANUS_AVX512_BF16 inline void gemm_block_bf16_pairs(const uint32_t* xp, int64_t 
       acc[m][3] = _mm512_dpbf16_ps(acc[m][3], (__m512bh)xv, (__m512bh)w3);
     }
   }
-  for (int j = 0; j < 4; ++j) {
-    const int64_t n = n0 + 16 * j, count = std::min<int64_t>(16, valid - 16 * j);
-    if (count <= 0) break;
-    const __mmask16 mask = static_cast<__mmask16>(count >= 16 ? 0xffff : (1u << count) - 1u);
-    const __m512 bias = weight.bias ? _mm512_maskz_loadu_ps(mask, weight.bias + n) : _mm512_setzero_ps();
-    for (int m = 0; m < MR; ++m) {
-      const __m512 base =
-          weight.accumulate ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask, y + m * ldy + n), bias) : bias;
-      _mm512_mask_storeu_ps(y + m * ldy + n, mask, _mm512_add_ps(acc[m][j], base));
-    }
-  }
+  for (int m = 0; m < MR; ++m) store_pairs_row(acc[m], weight, y + m * ldy, n0, valid);
 }
 
 JANUS_AVX512_BF16 inline void gemm_bf16_pairs(int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight,
@@ -330,6 +337,27 @@ JANUS_AVX512_VNNI inline __m512i dot_u8_s8(__m512i acc, __m512i x, __m512i w) {
   return acc;
 }
 
+// The first `valid` of the 64 outputs from column n0 of one row of an int8-quads product (its four
+// vectors of int32 dot products): int8_output's operations in its order, 16 columns at a time. Both
+// kernels of the layout (AVX-512 VNNI and AMX) store through it, so equal dot products give equal y.
+JANUS_AVX512 inline void store_quads_row(const __m512i dots[4], RowQuantization row, const GemmWeight& weight,
+                                         float* y_row, int64_t n0, int64_t valid) {
+  for (int j = 0; j < 4; ++j) {
+    const int64_t n = n0 + 16 * j, count = std::min<int64_t>(16, valid - 16 * j);
+    if (count <= 0) break;
+    const __mmask16 mask = static_cast<__mmask16>(count >= 16 ? 0xffff : (1u << count) - 1u);
+    const __m512 scale = _mm512_maskz_loadu_ps(mask, weight.scale + n);
+    const __m512 sums = _mm512_maskz_loadu_ps(mask, weight.scale + weight.n + n);
+    const __m512 bias = weight.bias ? _mm512_maskz_loadu_ps(mask, weight.bias + n) : _mm512_setzero_ps();
+    const __m512 dot = _mm512_cvtepi32_ps(dots[j]);
+    const __m512 value = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(row.step), dot),
+                                       _mm512_mul_ps(_mm512_set1_ps(row.offset), sums));
+    __m512 out = _mm512_add_ps(_mm512_mul_ps(value, scale), bias);
+    if (weight.accumulate) out = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, y_row + n), out);
+    _mm512_mask_storeu_ps(y_row + n, mask, out);
+  }
+}
+
 // One MR x 64 block of y from int8 quads: xq holds each row of x as ceil(K/4) uint8 quads.
 template <int MR>
 JANUS_AVX512_VNNI inline void gemm_block_int8_quads(const uint32_t* xq, int64_t quads, const int8_t* panel,
@@ -350,23 +378,7 @@ JANUS_AVX512_VNNI inline void gemm_block_int8_quads(const uint32_t* xq, int64_t 
       acc[m][3] = dot_u8_s8(acc[m][3], xv, w3);
     }
   }
-  for (int j = 0; j < 4; ++j) {
-    const int64_t n = n0 + 16 * j, count = std::min<int64_t>(16, valid - 16 * j);
-    if (count <= 0) break;
-    const __mmask16 mask = static_cast<__mmask16>(count >= 16 ? 0xffff : (1u << count) - 1u);
-    const __m512 scale = _mm512_maskz_loadu_ps(mask, weight.scale + n);
-    const __m512 sums = _mm512_maskz_loadu_ps(mask, weight.scale + weight.n + n);
-    const __m512 bias = weight.bias ? _mm512_maskz_loadu_ps(mask, weight.bias + n) : _mm512_setzero_ps();
-    for (int m = 0; m < MR; ++m) {
-      // the same operations in the same order as int8_output
-      const __m512 dot = _mm512_cvtepi32_ps(acc[m][j]);
-      const __m512 value = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(rows[m].step), dot),
-                                         _mm512_mul_ps(_mm512_set1_ps(rows[m].offset), sums));
-      __m512 out = _mm512_add_ps(_mm512_mul_ps(value, scale), bias);
-      if (weight.accumulate) out = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, y + m * ldy + n), out);
-      _mm512_mask_storeu_ps(y + m * ldy + n, mask, out);
-    }
-  }
+  for (int m = 0; m < MR; ++m) store_quads_row(acc[m], rows[m], weight, y + m * ldy, n0, valid);
 }
 
 JANUS_AVX512_VNNI inline void gemm_int8_quads(int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight,
@@ -397,6 +409,130 @@ JANUS_AVX512_VNNI inline void gemm_int8_quads(int64_t rows, const float* x, int6
       }
     }
   }
+}
+
+// AMX tiles (Isa::kAmx): x in blocks of 16 rows (the last padded with zero rows, computed and not
+// stored) against one 64-column panel at a time, as four 16-column output tiles (0-3) summed over K
+// in steps of 64 bytes of x per row (32 bf16 / 64 uint8: tile 4) times 16 rows of the panel (tiles
+// 5-7, loaded with the panel's row stride of 256 bytes: the bf16-pairs and int8-quads layouts are the
+// B operands of the tile products as stored). Every block of a chunk of up to kAmxChunkRows rows is
+// multiplied with a panel before the next panel is read, so the weights, which at batch 1 come from
+// L3 or memory, are streamed once per chunk, not once per block. One tile configuration per call,
+// released at the end.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+constexpr int64_t kTileRows = 16;
+constexpr int64_t kTileBytes = 64;
+constexpr int64_t kPanelRowBytes = kPanel * 4;  // one row of a pairs (2 x bf16) or quads (4 x int8) panel
+constexpr int64_t kAmxChunkRows = 8 * kTileRows;
+
+JANUS_AMX inline void load_tile_config() {
+  TileConfig config;
+  for (int t = 0; t < 8; ++t) config.rows[t] = kTileRows, config.bytes_per_row[t] = kTileBytes;
+  _tile_loadconfig(&config);
+}
+
+// Whether a product of this inner size runs on the tiles: K must fill whole 64-byte tile rows.
+inline bool amx_pairs_fit(int64_t k) { return k % 32 == 0; }
+inline bool amx_quads_fit(int64_t k) { return k % 64 == 0; }
+
+// The four 16 x 16 output tiles of a 16-row block of x (`a`: 16 rows of `row_bytes`, 64 bytes of x
+// per tile step) times one panel, stored to out[16][64] (float32 or int32: `Int8` picks the product).
+// Output tile C += tile 4 (x) times tile B: uint8 x int8 quads summed in int32, or bf16 pairs in
+// float32 (a macro: the intrinsics take tile numbers as literals).
+#define JANUS_TILE_PRODUCT(C, B) \
+  do {                           \
+    if constexpr (Int8)          \
+      _tile_dpbusd(C, 4, B);     \
+    else                         \
+      _tile_dpbf16ps(C, 4, B);   \
+  } while (0)
+
+template <bool Int8>
+JANUS_AMX inline void amx_block(const uint8_t* a, int64_t row_bytes, const uint8_t* panel, void* out) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t offset = 0; offset < row_bytes; offset += kTileBytes) {
+    _tile_loadd(4, a + offset, row_bytes);
+    const uint8_t* b = panel + (offset / 4) * kPanelRowBytes;  // 16 panel rows per 64 bytes of x
+    _tile_loadd(5, b, kPanelRowBytes);
+    JANUS_TILE_PRODUCT(0, 5);
+    _tile_loadd(6, b + kTileBytes, kPanelRowBytes);
+    JANUS_TILE_PRODUCT(1, 6);
+    _tile_loadd(7, b + 2 * kTileBytes, kPanelRowBytes);
+    JANUS_TILE_PRODUCT(2, 7);
+    _tile_loadd(5, b + 3 * kTileBytes, kPanelRowBytes);
+    JANUS_TILE_PRODUCT(3, 5);
+  }
+  uint8_t* o = static_cast<uint8_t*>(out);
+  _tile_stored(0, o, kPanelRowBytes);
+  _tile_stored(1, o + kTileBytes, kPanelRowBytes);
+  _tile_stored(2, o + 2 * kTileBytes, kPanelRowBytes);
+  _tile_stored(3, o + 3 * kTileBytes, kPanelRowBytes);
+}
+#undef JANUS_TILE_PRODUCT
+
+// kBFloat16Pairs (Int8 false: tdpbf16ps) or kInt8Quads (Int8 true: tdpbusd) on AMX tiles.
+// bf16: the float32 sums are not summed in the same order as gemm_bf16_pairs's, so a weight that fits
+// the tiles takes this kernel for every number of rows: each row's y depends on that row of x alone,
+// as the exactness of speculative decoding needs. int8: the int32 dot products are exact whatever
+// their order and the stores are store_quads_row's, so y is bit for bit gemm_int8_quads's.
+template <bool Int8>
+JANUS_AMX inline void gemm_amx(int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight, float* y,
+                               int64_t ldy, int64_t n_begin, int64_t n_end) {
+  const int64_t words = weight.k / (Int8 ? 4 : 2);  // uint32 per row of x: bf16 pairs or uint8 quads
+  thread_local std::vector<uint32_t> buffer;
+  if (static_cast<int64_t>(buffer.size()) < kAmxChunkRows * words) buffer.resize(kAmxChunkRows * words);
+  uint32_t* packed = buffer.data();
+  RowQuantization quantization[kAmxChunkRows];
+  alignas(64) uint32_t out[kTileRows][kPanel];  // float32 or int32 sums
+  const uint8_t* w = static_cast<const uint8_t*>(weight.data);
+  const int64_t panel_bytes = words * kPanelRowBytes;
+  load_tile_config();
+  for (int64_t c0 = 0; c0 < rows; c0 += kAmxChunkRows) {
+    const int64_t chunk = std::min(kAmxChunkRows, rows - c0);
+    const int64_t padded = (chunk + kTileRows - 1) / kTileRows * kTileRows;
+    for (int64_t m = 0; m < chunk; ++m) {
+      const float* xr = x + (c0 + m) * ldx;
+      uint32_t* row = packed + m * words;
+      if constexpr (Int8) {
+        quantization[m] = quantize_row_u8_avx512(xr, weight.k, row);
+      } else {
+        for (int64_t kp = 0; kp < words; ++kp)
+          row[kp] = to_bfloat16(xr[2 * kp]) | (static_cast<uint32_t>(to_bfloat16(xr[2 * kp + 1])) << 16);
+      }
+    }
+    std::fill(packed + chunk * words, packed + padded * words, 0u);
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += kPanel) {
+      const uint8_t* panel = w + (n0 / kPanel) * panel_bytes;
+      const int64_t valid = std::min(kPanel, n_end - n0);
+      for (int64_t m0 = 0; m0 < chunk; m0 += kTileRows) {
+        amx_block<Int8>(reinterpret_cast<const uint8_t*>(packed + m0 * words), words * 4, panel, out);
+        for (int64_t m = 0; m < std::min(kTileRows, chunk - m0); ++m) {
+          float* y_row = y + (c0 + m0 + m) * ldy;
+          if constexpr (Int8) {
+            const __m512i sums[4] = {_mm512_load_si512(out[m]), _mm512_load_si512(out[m] + 16),
+                                     _mm512_load_si512(out[m] + 32), _mm512_load_si512(out[m] + 48)};
+            store_quads_row(sums, quantization[m0 + m], weight, y_row, n0, valid);
+          } else {
+            const float* f = reinterpret_cast<const float*>(out[m]);
+            const __m512 sums[4] = {_mm512_load_ps(f), _mm512_load_ps(f + 16), _mm512_load_ps(f + 32),
+                                    _mm512_load_ps(f + 48)};
+            store_pairs_row(sums, weight, y_row, n0, valid);
+          }
+        }
+      }
+    }
+  }
+  _tile_release();
 }
 
 JANUS_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
@@ -463,16 +599,25 @@ void gemm_columns(Isa isa, int64_t rows, const float* x, int64_t ldx, const Gemm
   gemm_columns_scalar<W>(rows, x, ldx, weight, y, ldy, n_begin, n_end);
 }
 
+// int8 products of at least this many rows run on the AMX tiles where they fit (fewer rows: AVX-512
+// VNNI is as fast or faster, measured with weights streamed from L3 as in a decoder pass; both give
+// the same y).
+constexpr int64_t kAmxInt8MinRows = 7;
+
 inline void gemm(Isa isa, int64_t rows, const float* x, int64_t ldx, const GemmWeight& weight, float* y,
                  int64_t ldy, int64_t n_begin, int64_t n_end) {
   switch (weight.type) {
     case WeightType::kBFloat16Pairs:
 #if JANUS_X86
-      if (isa == Isa::kAvx512Bf16) return gemm_bf16_pairs(rows, x, ldx, weight, y, ldy, n_begin, n_end);
+      if (isa == Isa::kAmx && amx_pairs_fit(weight.k))
+        return gemm_amx<false>(rows, x, ldx, weight, y, ldy, n_begin, n_end);
+      if (isa >= Isa::kAvx512Bf16) return gemm_bf16_pairs(rows, x, ldx, weight, y, ldy, n_begin, n_end);
 #endif
       return gemm_pairs_scalar(rows, x, ldx, weight, y, ldy, n_begin, n_end);
     case WeightType::kInt8Quads:
 #if JANUS_X86
+      if (isa == Isa::kAmx && amx_quads_fit(weight.k) && rows >= kAmxInt8MinRows)
+        return gemm_amx<true>(rows, x, ldx, weight, y, ldy, n_begin, n_end);
       if (isa >= Isa::kAvx512 && has_avx512_vnni())
         return gemm_int8_quads(rows, x, ldx, weight, y, ldy, n_begin, n_end);
 #endif

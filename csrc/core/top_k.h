@@ -87,7 +87,7 @@ JANUS_AVX2 inline int64_t top_k_avx2(const float* x, int64_t n, int64_t k, const
 inline int64_t top_k_isa(Isa isa, const float* x, int64_t n, int64_t k, const int64_t* excluded,
                          int64_t num_excluded, int64_t* ids, float* values) {
 #if JANUS_X86
-  if (isa == Isa::kAvx512 || isa == Isa::kAvx512Bf16) return top_k_avx512(x, n, k, excluded, num_excluded, ids, values);
+  if (isa >= Isa::kAvx512) return top_k_avx512(x, n, k, excluded, num_excluded, ids, values);
   if (isa == Isa::kAvx2) return top_k_avx2(x, n, k, excluded, num_excluded, ids, values);
 #endif
   (void)isa;

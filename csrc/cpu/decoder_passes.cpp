@@ -12,7 +12,7 @@ Isa active_isa() {
     Isa found = core::detect_isa();
     if (const char* cap = std::getenv("JANUS_FAST_ISA")) {
       const std::string value(cap);
-      const Isa caps[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16};
+      const Isa caps[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16, Isa::kAmx};
       for (const Isa cap_isa : caps)
         if (value == core::isa_name(cap_isa) && cap_isa < found) found = cap_isa;
     }

@@ -82,19 +82,37 @@ std::vector<float> pack(WeightType type, const std::vector<float>& dense, int k,
   return seen;
 }
 
+// The GemmWeight of a matrix that `pack` stored, with `bias`.
+GemmWeight weight_of(WeightType type, int k, int n, const std::vector<float>& bias, const std::vector<float>& f32,
+                     const std::vector<uint16_t>& b16, const std::vector<int8_t>& i8, const std::vector<float>& scale) {
+  const bool int8 = type == WeightType::kInt8 || type == WeightType::kInt8Quads;
+  GemmWeight w;
+  w.k = k;
+  w.n = n;
+  w.type = type;
+  w.bias = bias.data();
+  w.data = type == WeightType::kFloat32 ? static_cast<const void*>(f32.data())
+           : int8                       ? static_cast<const void*>(i8.data())
+                                        : static_cast<const void*>(b16.data());
+  if (int8) w.scale = scale.data();
+  return w;
+}
+
 }  // namespace
 
 int main() {
   std::mt19937 rng(1);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const Isa best = detect_isa();
-  const Isa isas[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16};
+  const Isa isas[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Bf16, Isa::kAmx};
   const WeightType types[] = {WeightType::kFloat32, WeightType::kBFloat16, WeightType::kInt8,
                               WeightType::kBFloat16Pairs, WeightType::kInt8Quads};
   int cases = 0;
-  for (const int k : {1, 7, 64, 130, 2101}) {  // 2101: past the 1,024 / 2,048 inputs the bf16 / int8 kernels once held
+  // 2101: past the 1,024 / 2,048 inputs the bf16 / int8 kernels once held; 64 and 320: inputs that fill
+  // the AMX tiles (K a multiple of 64)
+  for (const int k : {1, 7, 64, 130, 320, 2101}) {
     for (const int n : {5, 64, 100, 192}) {
-      if (k > 1000 && n != 100) continue;  // the long K once, with a partial panel
+      if ((k > 1000 || k == 320) && n != 100) continue;  // the long Ks once, with a partial panel
       std::vector<float> dense(k * n), bias(n);
       for (auto& v : dense) v = normal(rng);
       for (auto& v : bias) v = normal(rng);
@@ -103,16 +121,8 @@ int main() {
         std::vector<uint16_t> b16;
         std::vector<int8_t> i8;
         const std::vector<float> seen = pack(type, dense, k, n, f32, b16, i8, scale);
-        GemmWeight w;
-        w.k = k;
-        w.n = n;
-        w.type = type;
-        w.bias = bias.data();
-        w.data = type == WeightType::kFloat32 ? static_cast<const void*>(f32.data())
-                 : type == WeightType::kInt8 || type == WeightType::kInt8Quads ? static_cast<const void*>(i8.data())
-                                              : static_cast<const void*>(b16.data());
-        if (type == WeightType::kInt8 || type == WeightType::kInt8Quads) w.scale = scale.data();
-        for (const int rows : {1, 2, 3, 4, 5, 7, 13}) {
+        GemmWeight w = weight_of(type, k, n, bias, f32, b16, i8, scale);
+        for (const int rows : {1, 2, 3, 4, 5, 7, 13, 16, 18}) {  // 16, 18: one and two AMX tile blocks
           if (k > 1000 && rows != 7) continue;
           std::vector<float> x(rows * k);
           for (auto& v : x) v = normal(rng);
@@ -215,6 +225,50 @@ int main() {
     }
   }
 #endif
+  // a row's y does not depend on the other rows of the product (how many, which block it falls in),
+  // bit for bit, on every ISA and layout: speculative decoding's verification (many rows) must give
+  // the AR step's (one or two rows) values. And where the CPU has AMX, the int8 tile product gives
+  // the AVX-512 VNNI product's y bit for bit (exact int32 sums, one store).
+  int row_cases = 0;
+  for (const int k : {64, 256}) {
+    const int n = 130, rows = 35;
+    std::vector<float> dense(k * n), bias(n), x(rows * k);
+    for (auto& v : dense) v = normal(rng);
+    for (auto& v : bias) v = normal(rng);
+    for (auto& v : x) v = normal(rng);
+    for (const WeightType type : types) {
+      std::vector<float> f32, scale;
+      std::vector<uint16_t> b16;
+      std::vector<int8_t> i8;
+      pack(type, dense, k, n, f32, b16, i8, scale);
+      const GemmWeight w = weight_of(type, k, n, bias, f32, b16, i8, scale);
+      for (const Isa isa : isas) {
+        if (isa > best) continue;
+        std::vector<float> all(rows * n);
+        gemm(isa, rows, x.data(), k, w, all.data(), n, 0, n);
+        bool ok = true;
+        for (const int count : {1, 2, 3, 6, 7, 9, 16, 17}) {
+          for (const int first : {0, rows - count}) {
+            std::vector<float> part(count * n);
+            gemm(isa, count, x.data() + first * k, k, w, part.data(), n, 0, n);
+            ok = ok && std::equal(part.begin(), part.end(), all.begin() + first * n);
+          }
+        }
+        check(ok, "row independence", rows, k, n, isa_name(isa));
+        ++row_cases;
+      }
+      if (type == WeightType::kInt8Quads && best >= Isa::kAmx) {
+        for (const int count : {1, 4, 7, 16, 35}) {
+          std::vector<float> tiles(count * n), vnni(count * n);
+          gemm(Isa::kAmx, count, x.data(), k, w, tiles.data(), n, 0, n);
+          gemm(Isa::kAvx512Bf16, count, x.data(), k, w, vnni.data(), n, 0, n);
+          check(tiles == vnni, "int8 AMX == VNNI", count, k, n, "amx");
+          ++row_cases;
+        }
+      }
+    }
+  }
+  std::printf("%d row-independence cases\n", row_cases);
   std::printf("%d gemm and %d attention cases on ISAs up to %s, %d failures\n", cases, attention_cases,
               isa_name(best), failures);
   return failures == 0 ? 0 : 1;

@@ -57,7 +57,7 @@ WEIGHT_TYPES = ("fp32", "bf16", "int8")
 _EMPTY = torch.empty(0, dtype=torch.float32)
 
 
-ISA_NAMES = ("scalar", "avx2", "avx512", "avx512_bf16")
+ISA_NAMES = ("scalar", "avx2", "avx512", "avx512_bf16", "amx")
 
 
 def check_isa_env() -> None:
@@ -97,6 +97,7 @@ def unsupported_reason(model: JanusModel) -> str | None:
 
 def cpu_isa() -> str:
     """The instruction set the native matrix products use here, from what the CPU reports:
+    amx (AVX-512 BF16 and VNNI, and the AMX tile products: Intel Xeon since Sapphire Rapids, on Linux),
     avx512_bf16, avx512, avx2 or scalar (JANUS_FAST_ISA caps it)."""
     return torch.ops.janus_fast.decoder_isa() if native_decoder_available() else "none"
 
@@ -130,13 +131,13 @@ def int8_computes_in_int8() -> bool:
     """True where int8 weights also run int8 products (the CPU reports AVX-512 VNNI and the native
     products use AVX-512): each row of activations is then quantized to uint8, else only weights are
     int8."""
-    return cpu_isa() in ("avx512", "avx512_bf16") and has_avx512_vnni()
+    return cpu_isa() in ("avx512", "avx512_bf16", "amx") and has_avx512_vnni()
 
 
 def bf16_computes_in_bf16() -> bool:
     """True where bf16 weights also run bf16 dot products (the CPU reports AVX-512 BF16): the
     activations are then rounded to bfloat16 before each product, else only weights are rounded."""
-    return cpu_isa() == "avx512_bf16"
+    return cpu_isa() in ("avx512_bf16", "amx")
 
 
 def _matrix(weight: torch.Tensor, bias: torch.Tensor | None, weight_type: str) -> PackedMatrix:
