@@ -231,7 +231,7 @@ int main() {
   // the AVX-512 VNNI product's y bit for bit (exact int32 sums, one store).
   int row_cases = 0;
   for (const int k : {64, 256}) {
-    const int n = 130, rows = 35;
+    const int n = 130, rows = 150;  // past one chunk of 128 rows of the AMX kernel
     std::vector<float> dense(k * n), bias(n), x(rows * k);
     for (auto& v : dense) v = normal(rng);
     for (auto& v : bias) v = normal(rng);
@@ -247,7 +247,7 @@ int main() {
         std::vector<float> all(rows * n);
         gemm(isa, rows, x.data(), k, w, all.data(), n, 0, n);
         bool ok = true;
-        for (const int count : {1, 2, 3, 6, 7, 9, 16, 17}) {
+        for (const int count : {1, 2, 3, 6, 7, 9, 16, 17, 129}) {
           for (const int first : {0, rows - count}) {
             std::vector<float> part(count * n);
             gemm(isa, count, x.data() + first * k, k, w, part.data(), n, 0, n);
@@ -258,7 +258,7 @@ int main() {
         ++row_cases;
       }
       if (type == WeightType::kInt8Quads && best >= Isa::kAmx) {
-        for (const int count : {1, 4, 7, 16, 35}) {
+        for (const int count : {1, 4, 7, 16, 35, 150}) {
           std::vector<float> tiles(count * n), vnni(count * n);
           gemm(Isa::kAmx, count, x.data(), k, w, tiles.data(), n, 0, n);
           gemm(Isa::kAvx512Bf16, count, x.data(), k, w, vnni.data(), n, 0, n);
