@@ -967,6 +967,10 @@ def test_meta_kernels_give_the_shapes_of_the_cpu_ops(architecture):
         "decoder_nar_fill": (*decoder, packed_tokens, positions, offsets, *memory, torch.tensor([4, 0]), -1),
     }
     if native.query_stream:
+        calls["decoder_speculative_search"] = (
+            *decoder, native.mask_id, native.query_position_offset, *memory, torch.tensor([3, 1, 5]),
+            torch.tensor([2, 2, 6]), 6, excluded, 1, eos, 0, 4, 2,
+        )  # fmt: skip
         calls["decoder_ar_score"] = (
             *decoder,
             native.mask_id,
@@ -980,7 +984,7 @@ def test_meta_kernels_give_the_shapes_of_the_cpu_ops(architecture):
     ops = torch.ops.janus_fast
     names = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("janus_fast::")}
     passes = {name for name in names if name.startswith(("decoder_", "encoder_")) and name != "decoder_isa"}
-    assert passes == set(calls) | {"decoder_ar_score"}
+    assert passes == set(calls) | {"decoder_ar_score", "decoder_speculative_search"}
     for name in passes:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"janus_fast::{name}", "Meta"), name
     no_candidates = (*calls["decoder_ar_extend"][:-1], torch.empty(0, dtype=torch.long))

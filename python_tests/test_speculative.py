@@ -224,31 +224,93 @@ def source_batch(seed: int, batch: int = 6, vocab: int = 40) -> tuple[torch.Tens
     return src, lengths
 
 
-def run_speculative(model, src, src_lengths, max_len, native, options, stats=None):
-    """``speculative_greedy`` on the native passes (``native``) or the PyTorch ones."""
-    passes = PassChoice(model, "fp32", native=native).passes()
+def run_speculative(model, src, src_lengths, max_len, native, options, stats=None, one_call=True, precision="fp32"):
+    """``speculative_greedy`` on the native passes (``native``; with ``one_call`` false their rounds run
+    one pass at a time, as without ``decoder_speculative_search``) or the PyTorch ones."""
+    passes = PassChoice(model, precision, native=native).passes()
     assert passes.native == native
+    if not one_call:
+        passes.speculative_search = lambda *arguments: None
     limits = max_ar_lengths(src_lengths, model, max_len)
     return speculative_greedy(model, passes, src, src_lengths, limits, options, stats)
 
 
 @pytest.mark.parametrize("case", list(exact_cases()), ids=lambda c: f"seed{c[0]}")
-@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
-def test_speculative_equals_greedy(case, native: bool) -> None:
+@pytest.mark.parametrize("native", ["one call", "rounds", "torch"])
+def test_speculative_equals_greedy(case, native: str) -> None:
     """Tokens identical to AR greedy and scores within 1e-5, batches of mixed lengths, every
-    rejection path of an untrained drafter; both pass implementations."""
+    rejection path of an untrained drafter; the native search in one call, its rounds one native
+    pass at a time, and the PyTorch passes."""
     seed, overrides, options, max_len_b = case
-    if native and not native_decoder_available():
+    if native != "torch" and not native_decoder_available():
         pytest.skip("native decoder ops not built")
     model = biased_model(seed, overrides)
     src, src_lengths = source_batch(seed)
     expected = reference_decoding.ar_search(model, src, src_lengths, 1, (1.2, max_len_b))
     stats = SpeculativeStats()
-    got = run_speculative(model, src, src_lengths, (1.2, max_len_b), native, options, stats)
+    got = run_speculative(
+        model, src, src_lengths, (1.2, max_len_b), native != "torch", options, stats, one_call=native == "one call"
+    )
     assert got.tokens == expected.tokens
     torch.testing.assert_close(torch.tensor(got.scores), torch.tensor(expected.scores), rtol=0, atol=1e-5)
     assert stats.sentences == len(src_lengths) and stats.rounds >= len(src_lengths)
     assert stats.tokens == sum(len(t) + 1 for t in expected.tokens)  # every token generated, eos included
+
+
+@needs_native_decoder
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_native_search_equals_its_rounds_pass_by_pass(precision: str) -> None:
+    """``decoder_speculative_search`` (one call) against the same rounds run one native pass at a
+    time from Python: the same tokens, the same rounds and kept drafts (stats), scores within 1e-5
+    (the one call adds each kept token's log-probability in order, as AR greedy's search does);
+    windows and drafts of several sizes, eos in the drafts, the length limit."""
+    for seed, overrides, options, max_len_b in exact_cases():
+        if options.draft_iterations != 1 or options.relaxed_top_k:
+            continue  # the one call covers exact verification with one-iteration drafts
+        model = biased_model(seed, overrides)
+        src, src_lengths = source_batch(seed, batch=7)
+        outputs = []
+        for one_call in (True, False):
+            stats = SpeculativeStats()
+            found = run_speculative(
+                model, src, src_lengths, (1.2, max_len_b), True, options, stats, one_call, precision
+            )  # fmt: skip
+            outputs.append((found, vars(stats)))
+        (fast, fast_stats), (rounds, round_stats) = outputs
+        assert fast.tokens == rounds.tokens, seed
+        assert fast_stats == round_stats, seed
+        torch.testing.assert_close(torch.tensor(fast.scores), torch.tensor(rounds.scores), rtol=0, atol=1e-5)
+
+
+@needs_native_decoder
+def test_native_search_checks_its_arguments() -> None:
+    model = biased_model(3, {})
+    native = NativeDecoder.for_model(model)
+    src, src_lengths = source_batch(3, batch=2)
+    with torch.inference_mode():
+        memory = NativeDecoder.memory(native.encode(src, src_lengths))
+    config = model.config
+    banned, ids = torch.tensor([config.pad_id]), (config.bos_id, config.eos_id, config.pad_id)
+    good = (torch.tensor([4, 6]), torch.tensor([3, 7]), banned, ids, 4, 2)
+    found = native.speculative_search(memory, *good)
+    assert found[0].shape == (2, 6) and found[3].tolist() >= [1, 1]
+    for change, message in [
+        ({0: torch.tensor([0, 6])}, r"limit 0 outside \[1, max_steps = 6\]"),
+        ({0: torch.tensor([4.0, 6.0])}, "limits and draft_lengths must be int64"),
+        ({1: torch.tensor([3])}, "2 limits but 1 draft lengths"),
+        ({1: torch.tensor([6, 7])}, r"draft length 6 outside \[0, limit \+ 1 = 5\]"),
+        ({1: torch.tensor([-1, 7])}, "draft length -1 outside"),
+        ({2: torch.tensor([10_000])}, "excluded id 10000 outside"),
+        ({3: (10_000, *ids[1:])}, "bos_id 10000 outside"),
+        ({4: 0}, "max_verify and min_draft must be >= 1"),
+        ({5: 0}, "max_verify and min_draft must be >= 1"),
+        ({0: torch.tensor([4, 10_000]), 1: torch.tensor([3, 7])}, r"max_steps 10000 \(the longest limit\) exceeds"),
+    ]:
+        arguments = list(good)
+        for index, value in change.items():
+            arguments[index] = value
+        with pytest.raises(ValueError, match=message):
+            native.speculative_search(memory, *arguments)
 
 
 @needs_native_decoder

@@ -22,6 +22,8 @@
 #include <chrono>
 #include <cstring>
 
+#include "core/speculative_accept.h"
+
 namespace janus_fast {
 namespace cpu {
 namespace {
@@ -317,13 +319,13 @@ struct GrowingCaches {
 
   int64_t capacity() const { return keys.empty() ? 0 : keys[0].size(2); }
 
-  // Room for position `step` for the sentences `active`: new tensors holding only their rows, their
-  // positions 0 .. step - 1 copied over.
-  void grow(const std::vector<int64_t>& active, int64_t step, int64_t max_steps, int64_t layers, int64_t heads,
-            int64_t head_dim) {
+  // Room for positions 0 .. needed - 1 for the sentences `active`: new tensors holding only their rows,
+  // their positions 0 .. kept - 1 (<= the old capacity) copied over.
+  void grow(const std::vector<int64_t>& active, int64_t kept, int64_t needed, int64_t max_steps, int64_t layers,
+            int64_t heads, int64_t head_dim) {
     const int64_t old_capacity = capacity();
-    const int64_t capacity = std::min(max_steps, std::max(step + 1, old_capacity == 0 ? kFirstCachePositions
-                                                                                       : 2 * old_capacity));
+    const int64_t capacity = std::min(max_steps, std::max(needed, old_capacity == 0 ? kFirstCachePositions
+                                                                                    : 2 * old_capacity));
     const int64_t n = static_cast<int64_t>(active.size());
     const auto options = at::TensorOptions().dtype(at::kFloat);
     for (int64_t l = 0; l < 2 * layers; ++l) {
@@ -337,7 +339,7 @@ struct GrowingCaches {
           for (int64_t h = 0; h < heads; ++h)
             std::memcpy(to + ((p * heads + h) * capacity) * head_dim,
                         from + ((row[active[p]] * heads + h) * old_capacity) * head_dim,
-                        step * head_dim * sizeof(float));
+                        kept * head_dim * sizeof(float));
       }
       if (static_cast<int64_t>(tensors.size()) <= layer) tensors.resize(layer + 1);
       tensors[layer] = std::move(grown);
@@ -400,7 +402,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decoder_ar_greedy_search(
   auto next_interrupt_check = std::chrono::steady_clock::now() + kFirstInterruptCheck;
   for (int64_t step = 0; step < max_steps && !active.empty(); ++step) {
     if (step == caches.capacity()) {
-      caches.grow(active, step, max_steps, layers, e.heads, e.head_dim);
+      caches.grow(active, step, step + 1, max_steps, layers, e.heads, e.head_dim);
       pass.caches = {caches.keys, caches.values, true};
     }
     const int64_t n = static_cast<int64_t>(active.size());
@@ -435,6 +437,175 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decoder_ar_greedy_search(
     }
   }
   return {tokens, log_probs, lengths};
+}
+
+// decoder_speculative_search: speculative decoding with exact verification to its end in one call, the
+// loop of janus_fast.decoding.speculative.speculative_greedy (one draft iteration, no relaxed
+// verification) with the draft and verification passes of decoder_nar_fill and decoder_ar_extend inside:
+// per round and sentence with accepted tokens bos y_1 .. y_n, (1) its draft length L grows to at least
+// min(n + 2 + min_draft, limit + 1); the NAR pass over bos y_1 .. y_n <mask> .. <mask> eos (L tokens)
+// fills the first k = min(max(min(L - 2, limit - 1) - n, 0), max_verify) masked positions (argmax
+// without mask_id); (2) the AR pass of both streams over y_n d_1 .. d_k, appended to the sentence's
+// key/value cache at position n, chooses AR greedy's token after each (never `excluded_ids`; eos at the
+// limit); (3) the drafted tokens are kept up to the first that differs from AR's choice, then AR's
+// choice there, cut after eos (core::accept_drafted), their log-probabilities added in order. A
+// sentence leaves the pass when it has accepted eos. `draft_lengths` (B,) int64: the first round's L
+// (the length predictor's, at most limit + 1). The key/value caches live inside the call
+// (GrowingCaches); Ctrl-C stops it between rounds. The tokens are AR greedy's (decoder_ar_greedy_search:
+// the products are row-independent); returns them as that op does (B, max_steps) int64 after bos,
+// pad_id after eos, with the summed log-probabilities (B,) float32 and counts (B,) int64, and the
+// verification rounds of each sentence (B,) int64.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_speculative_search(
+    at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu, int64_t mask_id,
+    int64_t query_position_offset, at::TensorList memory_keys, at::TensorList memory_values,
+    const at::Tensor& memory_lengths, const at::Tensor& limits, const at::Tensor& draft_lengths, int64_t max_steps,
+    const at::Tensor& excluded_ids, int64_t bos_id, int64_t eos_id, int64_t pad_id, int64_t max_verify,
+    int64_t min_draft, const std::optional<at::Tensor>& memory_rows) {
+  const char* op = "decoder_speculative_search";
+  for (const at::Tensor* t : {&limits, &draft_lengths})
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->scalar_type() == at::kLong && t->device().is_cpu(), op,
+                      ": limits and draft_lengths must be int64 (B,) on the CPU, got ", t->sizes(), " ",
+                      t->scalar_type());
+  const int64_t batch = limits.size(0);
+  TORCH_CHECK_VALUE(draft_lengths.size(0) == batch, op, ": ", batch, " limits but ", draft_lengths.size(0),
+                    " draft lengths");
+  TORCH_CHECK_VALUE(max_steps >= 0, op, ": max_steps must be >= 0, got ", max_steps);
+  TORCH_CHECK_VALUE(max_verify >= 1 && min_draft >= 1, op, ": max_verify and min_draft must be >= 1, got ",
+                    max_verify, " and ", min_draft);
+  const at::Tensor limit_values = limits.contiguous(), draft_values = draft_lengths.contiguous();
+  const int64_t* limit = limit_values.data_ptr<int64_t>();
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK_VALUE(limit[b] >= 1 && limit[b] <= max_steps, op, ": limit ", limit[b], " outside [1, max_steps = ",
+                      max_steps, "]");
+    const int64_t draft = draft_values.data_ptr<int64_t>()[b];
+    TORCH_CHECK_VALUE(draft >= 0 && draft <= limit[b] + 1, op, ": draft length ", draft, " outside [0, limit + 1 = ",
+                      limit[b] + 1, "]");
+  }
+  const Embeddings e = parse_embeddings(weights, num_heads, op);  // checked_ar_pass checks the rest
+  const std::vector<int64_t> excluded = checked_excluded(excluded_ids, e.vocab, op);
+  for (const auto& [name, id] : {std::pair<const char*, int64_t>{"bos_id", bos_id}, {"eos_id", eos_id},
+                                 {"pad_id", pad_id}, {"mask_id", mask_id}})
+    TORCH_CHECK_VALUE(id >= 0 && id < e.vocab, op, ": ", name, " ", id, " outside [0, ", e.vocab, ")");
+  // the NAR rows reach position limit (eos at L - 1 <= limit); the query stream position max_steps - 1 + offset
+  TORCH_CHECK_VALUE(max_steps + std::max<int64_t>(query_position_offset, 1) <= e.max_positions, op, ": max_steps ",
+                    max_steps, " (the longest limit) exceeds what the model's ", e.max_positions, " positions allow");
+  const auto long_options = at::TensorOptions().dtype(at::kLong);
+  at::Tensor tokens = at::full({batch, max_steps}, pad_id, long_options);
+  at::Tensor log_probs = at::zeros({batch}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor lengths = at::zeros({batch}, long_options), rounds = at::zeros({batch}, long_options);
+  if (batch == 0) return {tokens, log_probs, lengths, rounds};
+  ArPass pass = checked_ar_pass(weights, num_heads, embed_scale, post_norm, relu, mask_id, query_position_offset,
+                                /*query_stream=*/true, batch, max_steps - 1, memory_keys, memory_values,
+                                memory_lengths, memory_rows, {{}, {}, false}, op);
+  const int64_t layers = static_cast<int64_t>(pass.d.layers.size());
+  const std::vector<int64_t> nar_excluded{mask_id};
+  int64_t* out = tokens.data_ptr<int64_t>();
+  float* total = log_probs.data_ptr<float>();
+  int64_t* count = lengths.data_ptr<int64_t>();
+  int64_t* round_count = rounds.data_ptr<int64_t>();
+  // per sentence: its tokens from bos (history), n = the index of its last accepted token, L
+  std::vector<int64_t> history(batch * (max_steps + 1), pad_id), accepted(batch, 0), draft_length(batch);
+  for (int64_t b = 0; b < batch; ++b) history[b * (max_steps + 1)] = bos_id, draft_length[b] = draft_values.data_ptr<int64_t>()[b];
+  std::vector<int64_t> active(batch);
+  for (int64_t b = 0; b < batch; ++b) active[b] = b;
+  GrowingCaches caches;
+  caches.row.assign(batch, -1);
+  PackedLayout nar;
+  std::vector<int64_t> nar_tokens, nar_positions, nar_outputs, drafted(batch), verified_count(batch);
+  ArLayout verify;
+  std::vector<int64_t> verify_tokens, forced, kept(max_verify + 1);
+  auto next_interrupt_check = std::chrono::steady_clock::now() + kFirstInterruptCheck;
+  while (!active.empty()) {
+    const int64_t n_active = static_cast<int64_t>(active.size());
+    // (1) the drafts: one NAR pass over every active sentence's row
+    nar.offsets.assign(1, 0);
+    nar.row_of.clear();
+    nar.max_row = 0;
+    nar_tokens.clear();
+    nar_positions.clear();
+    nar_outputs.clear();
+    int64_t needed = 0;  // cache positions the verification writes up to
+    for (int64_t p = 0; p < n_active; ++p) {
+      const int64_t b = active[p], n = accepted[b];
+      const int64_t* row = history.data() + b * (max_steps + 1);
+      int64_t& length = draft_length[b];
+      length = std::max(length, std::min(n + 2 + min_draft, limit[b] + 1));
+      verified_count[b] = std::min(std::max<int64_t>(std::min(length - 2, limit[b] - 1) - n, 0), max_verify);
+      const int64_t start = nar.offsets.back();
+      for (int64_t j = 0; j < length; ++j) {
+        nar_tokens.push_back(j == length - 1 ? eos_id : j <= n ? row[j] : mask_id);
+        nar_positions.push_back(j);
+        nar.row_of.push_back(p);
+      }
+      for (int64_t j = 0; j < verified_count[b]; ++j) nar_outputs.push_back(start + n + 1 + j);
+      nar.offsets.push_back(start + length);
+      nar.max_row = std::max(nar.max_row, length);
+      needed = std::max(needed, n + verified_count[b] + 1);
+    }
+    nar.num_rows = n_active;
+    const int64_t num_out = static_cast<int64_t>(nar_outputs.size());
+    std::vector<int64_t> drafts;
+    if (num_out > 0) {
+      const PassStates s = run_nar_rows(pass.d, pass.arch, pass.scale, pass.memory, nar_tokens.data(),
+                                        nar_positions.data(), nar, active, nar_outputs.data(), num_out);
+      const at::Tensor filled = std::get<0>(select_tokens(s.d, s.states, s.rows, nar_excluded, nullptr));
+      drafts.assign(filled.data_ptr<int64_t>(), filled.data_ptr<int64_t>() + num_out);
+    }
+    // (2) the verification: y_n and the drafted tokens of every sentence, appended to its cache
+    if (needed > caches.capacity()) {
+      caches.grow(active, caches.capacity(), needed, max_steps, layers, e.heads, e.head_dim);
+      pass.caches = {caches.keys, caches.values, true};
+    }
+    verify.offsets.assign(1, 0);
+    verify.row_of.clear();
+    verify.positions.clear();
+    verify.cache_rows.clear();
+    verify_tokens.clear();
+    forced.clear();
+    int64_t next_draft = 0;
+    for (int64_t p = 0; p < n_active; ++p) {
+      const int64_t b = active[p], n = accepted[b], k = verified_count[b];
+      for (int64_t slot = 0; slot <= k; ++slot) {
+        verify_tokens.push_back(slot == 0 ? history[b * (max_steps + 1) + n] : drafts[next_draft + slot - 1]);
+        verify.row_of.push_back(b);
+        verify.positions.push_back(n + slot);
+        verify.cache_rows.push_back(caches.row[b]);
+        forced.push_back(n + slot + 1 >= limit[b] ? eos_id : -1);
+      }
+      next_draft += k;
+      verify.offsets.push_back(verify.offsets.back() + k + 1);
+    }
+    const PassStates s = run_ar_pass(pass, verify_tokens.data(), verify);
+    const auto [best, scores] = select_tokens(s.d, s.states, s.rows, excluded, forced.data());
+    const int64_t* best_ids = best.data_ptr<int64_t>();
+    const float* best_scores = scores.data_ptr<float>();
+    // (3) the accepted tokens
+    int64_t still = 0;
+    for (int64_t p = 0; p < n_active; ++p) {
+      const int64_t b = active[p], k = verified_count[b], first = verify.offsets[p];
+      const int64_t* draft = verify_tokens.data() + first + 1;  // d_1 .. d_k
+      const int64_t m = core::accept_drafted(draft, best_ids + first, nullptr, k, eos_id, kept.data());
+      int64_t* row = history.data() + b * (max_steps + 1);
+      for (int64_t i = 0; i < m; ++i) {
+        total[b] += best_scores[first + i];
+        row[accepted[b] + 1 + i] = kept[i];
+      }
+      accepted[b] += m;
+      round_count[b] += 1;
+      if (row[accepted[b]] == eos_id) {
+        count[b] = accepted[b];
+        std::memcpy(out + b * max_steps, row + 1, accepted[b] * sizeof(int64_t));
+      } else {
+        active[still++] = b;
+      }
+    }
+    active.resize(still);
+    if (!active.empty() && std::chrono::steady_clock::now() >= next_interrupt_check) {
+      if (interrupt_requested()) break;
+      next_interrupt_check = std::chrono::steady_clock::now() + kInterruptCheck;
+    }
+  }
+  return {tokens, log_probs, lengths, rounds};
 }
 
 // decoder_ar_step followed by a beam search step's choice (select_top_tokens): per row the k tokens of

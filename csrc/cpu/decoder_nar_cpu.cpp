@@ -13,36 +13,17 @@
 
 namespace janus_fast {
 namespace cpu {
-namespace {
 
-// The last decoder states (before the final norm) of the requested positions of a NAR pass.
-PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm, bool relu, double embed_scale,
-                     const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& row_offsets,
-                     at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
-                     const at::Tensor& output_positions, const std::optional<at::Tensor>& memory_rows) {
-  const DecoderWeights d = parse_decoder_weights(weights, num_heads);
-  const Architecture arch{post_norm, relu};
+// The last decoder states (before the final norm) of the requested positions of a NAR pass (see
+// decoder_passes.h).
+PassStates run_nar_rows(const DecoderWeights& d, const Architecture& arch, float scale, const Memories& memory,
+                        const int64_t* token_ids, const int64_t* position_ids, const PackedLayout& layout,
+                        const std::vector<int64_t>& decoder_row, const int64_t* out_pos, int64_t num_out) {
   const int64_t num_layers = static_cast<int64_t>(d.layers.size());
-  for (const at::Tensor* t : {&tokens, &positions, &row_offsets, &output_positions})
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->scalar_type() == at::kLong && t->device().is_cpu(),
-                      "decoder_nar_pass: tokens, positions, row_offsets and output_positions must be 1-D int64 "
-                      "CPU tensors");
-  const int64_t packed = tokens.size(0);
-  TORCH_CHECK_VALUE(positions.size(0) == packed, "decoder_nar_pass: ", packed, " tokens but ", positions.size(0),
-                    " positions");
-  const PackedLayout layout = packed_layout(row_offsets, packed, "decoder_nar_pass");
-  const int64_t num_rows = layout.num_rows, max_row = layout.max_row;
+  const int64_t packed = static_cast<int64_t>(layout.row_of.size());
+  const int64_t max_row = layout.max_row;
   const int64_t* offsets = layout.offsets.data();
   const std::vector<int64_t>& row_of = layout.row_of;
-  const at::Tensor tokens_c = tokens.contiguous();
-  const at::Tensor positions_c = positions.contiguous(), outputs_c = output_positions.contiguous();
-  const int64_t num_out = output_positions.size(0);
-  const int64_t* out_pos = outputs_c.data_ptr<int64_t>();
-  for (int64_t i = 0; i < num_out; ++i)
-    TORCH_CHECK_VALUE(out_pos[i] >= 0 && out_pos[i] < packed, "decoder_nar_pass: output position ", out_pos[i],
-                      " outside [0, ", packed, ")");
-  const Memories memory =
-      checked_memories(memory_keys, memory_values, memory_lengths, memory_rows, num_rows, d, "decoder_nar_pass");
   if (num_out == 0) return {d, nullptr, 0};
 
   const int64_t dim = d.dim, cap = std::max(packed, num_out);  // rows of the per-row buffers
@@ -50,12 +31,10 @@ PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm,
   float *x = s.x, *h = s.h, *q = s.q, *a = s.a, *kv = s.kv, *f = s.f;
   thread_local std::vector<float> xo_buffer;
   float* xo = scratch(xo_buffer, num_out * dim);
-  const float scale = static_cast<float>(embed_scale);
-  const int64_t* token_ids = tokens_c.data_ptr<int64_t>();
-  const int64_t* position_ids = positions_c.data_ptr<int64_t>();
   for (int64_t p = 0; p < packed; ++p) embed(d, token_ids[p], position_ids[p], scale, x + p * dim);
-  std::vector<int64_t> out_rows(num_out);
-  for (int64_t i = 0; i < num_out; ++i) out_rows[i] = row_of[out_pos[i]];
+  std::vector<int64_t> memory_rows(packed), out_rows(num_out);
+  for (int64_t p = 0; p < packed; ++p) memory_rows[p] = decoder_row[row_of[p]];
+  for (int64_t i = 0; i < num_out; ++i) out_rows[i] = decoder_row[row_of[out_pos[i]]];
 
   for (int64_t l = 0; l < num_layers; ++l) {
     const DecoderLayerWeights& layer = d.layers[l];
@@ -90,9 +69,41 @@ PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm,
                    });
     linear(a, n, dim, attention.out, xs, dim, /*accumulate=*/true);
     finish_sublayer(arch, xs, n, dim, attention.norm);
-    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], last ? out_rows : row_of, memory, h, q, a, f);
+    cross_and_ffn(arch, xs, n, layer, d, memory.layers[l], last ? out_rows : memory_rows, memory, h, q, a, f);
   }
   return {d, xo, num_out};
+}
+
+namespace {
+
+// The checks and arguments of the NAR pass of the ops below, then run_nar_rows.
+PassStates nar_states(at::TensorList weights, int64_t num_heads, bool post_norm, bool relu, double embed_scale,
+                     const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& row_offsets,
+                     at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor& memory_lengths,
+                     const at::Tensor& output_positions, const std::optional<at::Tensor>& memory_rows) {
+  const DecoderWeights d = parse_decoder_weights(weights, num_heads);
+  for (const at::Tensor* t : {&tokens, &positions, &row_offsets, &output_positions})
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->scalar_type() == at::kLong && t->device().is_cpu(),
+                      "decoder_nar_pass: tokens, positions, row_offsets and output_positions must be 1-D int64 "
+                      "CPU tensors");
+  const int64_t packed = tokens.size(0);
+  TORCH_CHECK_VALUE(positions.size(0) == packed, "decoder_nar_pass: ", packed, " tokens but ", positions.size(0),
+                    " positions");
+  const PackedLayout layout = packed_layout(row_offsets, packed, "decoder_nar_pass");
+  const at::Tensor tokens_c = tokens.contiguous();
+  const at::Tensor positions_c = positions.contiguous(), outputs_c = output_positions.contiguous();
+  const int64_t num_out = output_positions.size(0);
+  const int64_t* out_pos = outputs_c.data_ptr<int64_t>();
+  for (int64_t i = 0; i < num_out; ++i)
+    TORCH_CHECK_VALUE(out_pos[i] >= 0 && out_pos[i] < packed, "decoder_nar_pass: output position ", out_pos[i],
+                      " outside [0, ", packed, ")");
+  const Memories memory =
+      checked_memories(memory_keys, memory_values, memory_lengths, memory_rows, layout.num_rows, d, "decoder_nar_pass");
+  std::vector<int64_t> decoder_row(layout.num_rows);
+  for (int64_t r = 0; r < layout.num_rows; ++r) decoder_row[r] = r;
+  return run_nar_rows(d, Architecture{post_norm, relu}, static_cast<float>(embed_scale), memory,
+                      tokens_c.data_ptr<int64_t>(), positions_c.data_ptr<int64_t>(), layout, decoder_row, out_pos,
+                      num_out);
 }
 
 at::Tensor decoder_nar_pass(at::TensorList weights, int64_t num_heads, double embed_scale, bool post_norm, bool relu,

@@ -7,6 +7,8 @@
 //                                 log-probability instead of logits;
 //   janus_fast::decoder_ar_greedy_search  AR greedy search to its end in one call: that step for every
 //                                 step, each sentence until its eos or its length limit;
+//   janus_fast::decoder_speculative_search  speculative decoding (NAR drafts, exact AR verification) to
+//                                 its end in one call;
 //   janus_fast::decoder_ar_topk   the same step returning each row's k most likely tokens and their
 //                                 log-probabilities instead of logits: a beam search step;
 //   janus_fast::decoder_ar_extend several new tokens per sentence appended to its caches, with the
@@ -103,6 +105,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decoder_ar_greedy_search_meta(
           meta_empty({rows}, limits, at::kLong)};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_speculative_search_meta(
+    at::TensorList weights, int64_t, double, bool, bool, int64_t, int64_t, at::TensorList memory_keys,
+    at::TensorList memory_values, const at::Tensor&, const at::Tensor& limits, const at::Tensor&, int64_t max_steps,
+    const at::Tensor&, int64_t, int64_t, int64_t, int64_t, int64_t, const std::optional<at::Tensor>&) {
+  const char* op = "decoder_speculative_search";
+  meta_vocab(weights, memory_keys, memory_values, {}, {}, false, op);
+  TORCH_CHECK_VALUE(max_steps >= 0, op, ": max_steps must be >= 0, got ", max_steps);
+  const int64_t rows = meta_length(limits, op, "limits");
+  return {meta_empty({rows, max_steps}, limits, at::kLong), meta_empty({rows}, limits, at::kFloat),
+          meta_empty({rows}, limits, at::kLong), meta_empty({rows}, limits, at::kLong)};
+}
+
 std::tuple<at::Tensor, at::Tensor> decoder_ar_topk_meta(
     at::TensorList weights, int64_t, double, bool, bool, int64_t, int64_t, bool, const at::Tensor& tokens, int64_t,
     at::TensorList memory_keys, at::TensorList memory_values, const at::Tensor&, at::TensorList cache_keys,
@@ -196,6 +210,11 @@ TORCH_LIBRARY_FRAGMENT(janus_fast, m) {
       "int mask_id, int query_position_offset, bool query_stream, Tensor[] memory_keys, Tensor[] memory_values, "
       "Tensor memory_lengths, Tensor limits, int max_steps, Tensor excluded_ids, int bos_id, int eos_id, int pad_id, "
       "Tensor? memory_rows=None) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "decoder_speculative_search(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, "
+      "int mask_id, int query_position_offset, Tensor[] memory_keys, Tensor[] memory_values, Tensor memory_lengths, "
+      "Tensor limits, Tensor draft_lengths, int max_steps, Tensor excluded_ids, int bos_id, int eos_id, int pad_id, "
+      "int max_verify, int min_draft, Tensor? memory_rows=None) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "decoder_ar_topk(Tensor[] weights, int num_heads, float embed_scale, bool post_norm, bool relu, int mask_id, "
       "int query_position_offset, bool query_stream, Tensor tokens, int step, Tensor[] memory_keys, "

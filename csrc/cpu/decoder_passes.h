@@ -36,6 +36,7 @@
   REGISTER(decoder_ar_greedy_search)     \
   REGISTER(decoder_ar_topk)              \
   REGISTER(decoder_ar_extend)            \
+  REGISTER(decoder_speculative_search)   \
   REGISTER(decoder_ar_score)
 #define JANUS_DECODER_NAR_OPS(REGISTER) REGISTER(decoder_nar_pass) REGISTER(decoder_nar_fill)
 #define JANUS_ENCODER_OPS(REGISTER) REGISTER(encoder_forward)
@@ -213,6 +214,14 @@ struct PackedLayout {
 };
 
 PackedLayout packed_layout(const at::Tensor& row_offsets, int64_t packed, const char* op);
+
+// The content-stream (NAR) pass over packed rows, `layout` over token_ids / position_ids (P each),
+// row r attending to the memory of decoder row decoder_row[r] (`memory`'s rows): the last decoder
+// states (before the final norm) of the packed positions out_pos[0..num_out), computed only for them
+// in the last layer (decoder_nar_cpu.cpp; checked by the caller).
+PassStates run_nar_rows(const DecoderWeights& d, const Architecture& arch, float scale, const Memories& memory,
+                        const int64_t* token_ids, const int64_t* position_ids, const PackedLayout& layout,
+                        const std::vector<int64_t>& decoder_row, const int64_t* out_pos, int64_t num_out);
 
 // Per-row outputs of select_tokens beyond the greedy choice: for rows with a candidate id (>= 0 in
 // `ids`), its log-softmax and rank (rank_candidate); null `ids`: none.

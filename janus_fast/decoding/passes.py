@@ -138,6 +138,15 @@ class DecoderPasses:
         (N,) int64; or None where these passes run it a step at a time (``ar_greedy``)."""
         return None
 
+    def speculative_search(
+        self, limits: Tensor, draft_lengths: Tensor, banned: Tensor, max_verify: int, min_draft: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        """Speculative decoding with exact verification and one-iteration drafts over every bound row
+        to its end in one call (``NativeDecoder.speculative_search``) -> tokens (N, max(limits)) int64
+        after bos, summed log-probabilities (N,) float32, lengths (N,) int64, verification rounds (N,)
+        int64; or None where these passes run its rounds one pass at a time."""
+        return None
+
     def ar_candidates(
         self, tokens: Tensor, step: int, caches: list[LayerCache], choice: BeamChoice
     ) -> tuple[Tensor, Tensor]:
@@ -268,6 +277,15 @@ class NativePasses(DecoderPasses):
         config = self.model.config
         ids = (config.bos_id, config.eos_id, config.pad_id)
         return self.decoder.ar_greedy_search(self.memory, limits, banned, *ids, self.memory_rows)
+
+    def speculative_search(
+        self, limits: Tensor, draft_lengths: Tensor, banned: Tensor, max_verify: int, min_draft: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+        config = self.model.config
+        ids = (config.bos_id, config.eos_id, config.pad_id)
+        return self.decoder.speculative_search(
+            self.memory, limits, draft_lengths, banned, ids, max_verify, min_draft, self.memory_rows
+        )
 
     def ar_candidates(
         self, tokens: Tensor, step: int, caches: list[LayerCache], choice: BeamChoice

@@ -87,8 +87,21 @@ def speculative_greedy(
     predicted, _ = length_candidates(model, encoder_out, 1)
     draft_lengths = torch.minimum(predicted[:, 0], limits + 1)  # bos .. eos, eos at most at the limit
     passes.bind(encoder_out)
-    caches = passes.new_caches(steps + 1)
     banned = torch.tensor(janus_rules(model).blocked_ids, device=device)
+    stats = stats if stats is not None else SpeculativeStats()
+    stats.sentences += batch
+    specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
+    if options.draft_iterations == 1 and options.relaxed_top_k == 0:  # the whole search in one call, where native
+        window, min_draft = min(options.max_verify, steps), min(options.min_draft, steps + 1)
+        found = passes.speculative_search(limits, draft_lengths, banned, window, min_draft)
+        if found is not None:
+            tokens, total_log_prob, out_lengths, rounds = found
+            stats.rounds += int(rounds.sum())
+            stats.tokens += int(out_lengths.sum())
+            stats.accepted_drafted += int((out_lengths - rounds).sum())
+            found_tokens = output_tokens(tokens.tolist(), config.eos_id, specials)
+            return greedy_hypotheses(found_tokens, total_log_prob, out_lengths)
+    caches = passes.new_caches(steps + 1)
     history = torch.full((batch, steps + 2), config.pad_id, dtype=torch.long, device=device)
     history[:, 0] = config.bos_id
     accepted = torch.zeros(batch, dtype=torch.long, device=device)  # n: index of the last accepted token
@@ -101,8 +114,6 @@ def speculative_greedy(
     min_draft = min(options.min_draft, steps + 1)
     slots = torch.arange(window + 1, device=device)[None]
     relaxed_options = options.relaxed_top_k > 0
-    stats = stats if stats is not None else SpeculativeStats()
-    stats.sentences += batch
 
     while len(rows):
         active = len(rows)
@@ -178,7 +189,6 @@ def speculative_greedy(
         rows, limits, draft_lengths = rows[keep], limits[keep], draft_lengths[keep]
         passes.keep(keep, caches)
     history, total_log_prob, out_lengths = results
-    specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
     tokens = output_tokens([row[1:] for row in history.tolist()], config.eos_id, specials)
     return greedy_hypotheses(tokens, total_log_prob, out_lengths)
 

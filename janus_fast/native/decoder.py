@@ -371,6 +371,31 @@ class NativeDecoder:
         raise_pending()  # a signal handler's exception that stopped the search (its outputs are partial)
         return found
 
+    def speculative_search(
+        self, memory: Memory, limits: Tensor, draft_lengths: Tensor, excluded_ids: Tensor, ids: tuple[int, int, int],
+        max_verify: int, min_draft: int, memory_rows: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+        """Speculative decoding with exact verification to its end in one native call
+        (``janus_fast.decoding.speculative.speculative_greedy``'s rounds with one draft iteration:
+        ``decoder_nar_fill``'s draft and ``ar_extend``'s verification inside, the key/value caches too).
+        limits (B,) int64 >= 1 tokens per row, eos forced at the limit; draft_lengths (B,) int64 the
+        first round's draft length (bos .. eos, in [0, limit + 1]); excluded_ids (K,) int64 never
+        chosen by AR; ids = (bos_id, eos_id, pad_id).
+
+        Returns AR greedy's tokens (B, max(limits)) int64 after bos (pad after eos), the summed
+        log-probabilities (B,) float32 (eos included), the counts (B,) int64 and the verification
+        rounds of each row (B,) int64.
+        """
+        if not self.query_stream:
+            raise ValueError("speculative decoding runs the two-stream pass; this model is a plain transformer")
+        max_steps = int(limits.max()) if len(limits) else 0
+        found = torch.ops.janus_fast.decoder_speculative_search(
+            *self._decoder_arguments(), self.mask_id, self.query_position_offset, *memory, limits, draft_lengths,
+            max_steps, excluded_ids, *ids, max_verify, min_draft, memory_rows=memory_rows,
+        )  # fmt: skip
+        raise_pending()  # a signal handler's exception that stopped the search (its outputs are partial)
+        return found
+
     def ar_topk_step(
         self, tokens: Tensor, step: int, memory: Memory, caches: list[LayerCache], excluded_ids: Tensor,
         forced: Tensor, forced_id: int, k: int, nan_as_impossible: bool, memory_rows: Tensor | None = None,
