@@ -428,13 +428,15 @@ def test_greedy_search_memory_follows_what_is_decoded_not_the_length_limit():
     assert hypotheses.tokens == [[]] * batch  # eos first: no tokens (the caches would be 2 x 31 GB per layer)
 
 
-def _interrupted_long_search(tmp_path, setup: str, caught: str, signal_number: int) -> str:
-    """Run a greedy search of many minutes in a subprocess (``setup``: its signal set-up, lines of
-    Python), send it ``signal_number`` a second into the search, and return what it printed:
-    ``caught`` where the search raised that exception, ``finished`` where it returned."""
+def _interrupted_long_search(tmp_path, setup: str, caught: str, signal_number: int, mode: str = "ar") -> str:
+    """Run a greedy (or, ``mode`` "spec", speculative) search of many minutes in a subprocess
+    (``setup``: its signal set-up, lines of Python), send it ``signal_number`` a second into the
+    search, and return what it printed: ``caught`` where the search raised that exception,
+    ``finished`` where it returned."""
     import time
 
     script = tmp_path / "long_search.py"
+    decode = "mode='spec', speculative=SpeculativeOptions(speculate_up_to=64)" if mode == "spec" else "mode='ar'"
     script.write_text(
         "import signal, sys, time, torch\n" + setup + f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
         "from conftest import random_model\n"
@@ -446,7 +448,8 @@ def _interrupted_long_search(tmp_path, setup: str, caught: str, signal_number: i
         "src = torch.randint(5, model.config.vocab_size, (64, 4))\n"
         "print('searching', flush=True)\n"
         "try:\n"
-        "    generate(model, src, torch.full((64,), 4), max_len_a=0.0, max_len_b=16_000)\n"
+        "    from janus_fast.decoding.options import SpeculativeOptions\n"
+        f"    generate(model, src, torch.full((64,), 4), max_len_a=0.0, max_len_b=16_000, {decode})\n"
         "    print('finished')\n"
         f"except {caught}:\n"
         f"    print({caught!r}, flush=True)\n"
@@ -460,16 +463,18 @@ def _interrupted_long_search(tmp_path, setup: str, caught: str, signal_number: i
     return out.strip()
 
 
-def test_ctrl_c_stops_a_long_greedy_search(tmp_path):
-    """The one-call search asks Python for pending signals between its steps (past its first 200
-    ms): SIGINT raises KeyboardInterrupt within about a tenth of a second of a step, not after a
-    search of minutes (probe 28: 91 s)."""
+@pytest.mark.parametrize("mode", ["ar", "spec"])
+def test_ctrl_c_stops_a_long_greedy_search(tmp_path, mode):
+    """The one-call searches (AR greedy, speculative) ask Python for pending signals between their
+    steps or rounds (past their first 200 ms): SIGINT raises KeyboardInterrupt within about a tenth of
+    a second of a step, not after a search of minutes (probe 28: 91 s)."""
     import signal
 
     # Python's KeyboardInterrupt handler, as in a terminal: a process started from a background job
     # of a non-interactive shell (a CI runner's) inherits SIGINT ignored, and Python then leaves it so
     setup = "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-    assert _interrupted_long_search(tmp_path, setup, "KeyboardInterrupt", signal.SIGINT) == "KeyboardInterrupt"
+    found = _interrupted_long_search(tmp_path, setup, "KeyboardInterrupt", signal.SIGINT, mode)
+    assert found == "KeyboardInterrupt"
 
 
 @pytest.mark.parametrize("sigint", ["SIG_IGN", "SIG_DFL"])
