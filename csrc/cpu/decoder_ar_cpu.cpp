@@ -511,7 +511,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> decoder_speculative_s
   GrowingCaches caches;
   caches.row.assign(batch, -1);
   PackedLayout nar;
-  std::vector<int64_t> nar_tokens, nar_positions, nar_outputs, drafted(batch), verified_count(batch);
+  std::vector<int64_t> nar_tokens, nar_positions, nar_outputs, verified_count(batch);
   ArLayout verify;
   std::vector<int64_t> verify_tokens, forced, kept(max_verify + 1);
   auto next_interrupt_check = std::chrono::steady_clock::now() + kFirstInterruptCheck;

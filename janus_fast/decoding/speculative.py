@@ -91,8 +91,11 @@ def speculative_greedy(
     stats = stats if stats is not None else SpeculativeStats()
     stats.sentences += batch
     specials = {config.pad_id, config.bos_id, config.eos_id, config.mask_id}
+    # a window or a draft past the longest length limit changes nothing: capped, so that memory
+    # follows the batch, not the option
+    window = min(options.max_verify, steps)
+    min_draft = min(options.min_draft, steps + 1)
     if options.draft_iterations == 1 and options.relaxed_top_k == 0:  # the whole search in one call, where native
-        window, min_draft = min(options.max_verify, steps), min(options.min_draft, steps + 1)
         found = passes.speculative_search(limits, draft_lengths, banned, window, min_draft)
         if found is not None:
             tokens, total_log_prob, out_lengths, rounds = found
@@ -108,10 +111,6 @@ def speculative_greedy(
     total_log_prob = torch.zeros(batch, dtype=torch.float32, device=device)
     rows = torch.arange(batch, device=device)  # the sentence of each active row
     results = (history.clone(), total_log_prob.clone(), accepted.clone())
-    # a window or a draft past the longest length limit changes nothing: capped, so that memory
-    # follows the batch, not the option
-    window = min(options.max_verify, steps)
-    min_draft = min(options.min_draft, steps + 1)
     slots = torch.arange(window + 1, device=device)[None]
     relaxed_options = options.relaxed_top_k > 0
 
